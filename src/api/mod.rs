@@ -1,0 +1,460 @@
+//! The gRPC boundary, and the only module that knows tonic. It validates
+//! requests into domain commands, hands them to the writers, maps every
+//! outcome to a status, and answers queries from the views.
+
+mod auth;
+pub mod errors;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::{Code, Request, Response, Status};
+
+pub use auth::{Access, Auth};
+use errors::{internal, invalid, status};
+
+use crate::codec;
+use crate::domain::{self, calendar, Account, AccountKey, Command, CommandBody, ProgrammeKey};
+use crate::programmes::Programmes;
+use crate::projector::{entry_key, parse_expiring_key};
+use crate::proto as pb;
+use crate::record::partition_for;
+use crate::store::{self, Cf, Db};
+use crate::writer::{Clock, Writers};
+
+pub const ENTRIES_PAGE_SIZE_MAX: u32 = 500;
+pub const ENTRIES_PAGE_SIZE_DEFAULT: u32 = 100;
+pub const EXPIRING_PAGE_SIZE_MAX: u32 = 1000;
+pub const EXPIRING_WITHIN_DAYS_MAX: i32 = 3650;
+/// Longest a query waits for its view to reach `min_position`.
+pub const QUERY_WAIT_MS_MAX: u64 = 5_000;
+/// Events folded at most to answer `GetAccount.as_of`.
+pub const AS_OF_EVENTS_MAX: usize = 100_000;
+
+/// What the services share.
+pub struct Ledger {
+    pub writers: Arc<Writers>,
+    pub programmes: Arc<Programmes>,
+    pub views: Arc<Db>,
+    pub positions: watch::Receiver<Vec<u64>>,
+    pub clock: Arc<dyn Clock>,
+    pub auth: Auth,
+}
+
+impl Ledger {
+    async fn command(&self, command: Command) -> Result<Response<pb::CommandReply>, Status> {
+        let reply = self.writers.submit(command).await?;
+        Ok(Response::new(codec::reply_to_pb(&reply)))
+    }
+
+    fn programme(&self, key: &ProgrammeKey) -> Result<Arc<domain::Programme>, Status> {
+        self.programmes.registry().read().expect("registry lock").current(key).ok_or_else(|| {
+            status(
+                Code::NotFound,
+                "PROGRAMME_NOT_FOUND",
+                format!("programme {}/{} is not configured", key.tenant_id, key.programme_id),
+                Some("programme_id"),
+            )
+        })
+    }
+
+    /// Waits (bounded) until the views of `min`'s partition have folded it.
+    async fn wait_for(&self, account: &AccountKey, min: Option<&pb::LogPosition>) -> Result<(), Status> {
+        let Some(min) = min else { return Ok(()) };
+        let p = partition_for(account, self.writers.partitions());
+        if min.partition != p {
+            return Err(invalid("min_position.partition", format!("this account's events are in partition {p}")));
+        }
+        let mut rx = self.positions.clone();
+        let reached = tokio::time::timeout(
+            Duration::from_millis(QUERY_WAIT_MS_MAX),
+            rx.wait_for(|v| v.get(p as usize).is_some_and(|next| *next > min.offset)),
+        )
+        .await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(status(
+                Code::Unavailable,
+                "VIEW_BEHIND",
+                format!("the view has not reached offset {} of partition {p} within {QUERY_WAIT_MS_MAX} ms", min.offset),
+                None,
+            )),
+        }
+    }
+
+    fn view_position(&self, account: &AccountKey) -> pb::LogPosition {
+        let p = partition_for(account, self.writers.partitions());
+        let next = self.positions.borrow().get(p as usize).copied().unwrap_or(0);
+        pb::LogPosition { partition: p, offset: next.saturating_sub(1) }
+    }
+
+    fn load_view(&self, key: &AccountKey) -> Result<Account, Status> {
+        match self.views.get(Cf::Accounts, &store::account_key(key)).map_err(internal)? {
+            Some(b) => codec::decode_account(&b).map_err(internal),
+            None => Ok(Account::default()),
+        }
+    }
+
+    /// The account as of an instant, folded from its statement.
+    fn account_as_of(&self, key: &AccountKey, as_of: domain::Millis) -> Result<Account, Status> {
+        let prefix = store::account_key(key);
+        let rows = self.views.scan(Cf::Entries, &prefix, &prefix, AS_OF_EVENTS_MAX).map_err(internal)?;
+        let mut account = Account::default();
+        for (_, v) in rows {
+            let entry: pb::Entry = prost::Message::decode(v.as_slice()).map_err(internal)?;
+            let at = entry.at.as_ref().and_then(codec::millis).unwrap_or(0);
+            if at > as_of {
+                break;
+            }
+            let event = codec::event_from_pb(entry.event.as_ref().ok_or_else(|| internal("entry without event"))?).map_err(internal)?;
+            account.apply(&event);
+        }
+        Ok(account)
+    }
+}
+
+fn level_of(programme: &domain::Programme, growth: i64) -> String {
+    programme.levels.iter().rev().find(|l| growth >= l.min_growth).map(|l| l.name.clone()).unwrap_or_default()
+}
+
+fn account_to_pb(key: &AccountKey, a: &Account, level: String, position: pb::LogPosition) -> pb::Account {
+    let mut lots: Vec<pb::Lot> = a
+        .lots_fefo()
+        .into_iter()
+        .map(|(id, l)| pb::Lot { lot_id: id.clone(), remaining: l.remaining, expires_at: l.expires_at.map(codec::timestamp) })
+        .collect();
+    lots.retain(|l| l.remaining > 0);
+    pb::Account {
+        account: Some(codec::account_key_to_pb(key)),
+        available: a.available(),
+        reserved: a.reserved(),
+        debt: a.debt,
+        growth: a.growth,
+        level,
+        earning_frozen: a.earning_frozen,
+        spending_frozen: a.spending_frozen,
+        lots,
+        position: Some(position),
+        reservations: a
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.status == domain::ReservationStatus::Open)
+            .map(|(id, r)| pb::Reservation {
+                reservation_id: id.clone(),
+                order_ref: r.order_ref.clone(),
+                points: r.held(),
+                expires_at: Some(codec::timestamp(r.expires_at)),
+            })
+            .collect(),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(field: &str, s: &str) -> Result<Vec<u8>, Status> {
+    if s.len() % 2 != 0 || s.len() > 1024 {
+        return Err(invalid(field, "not a token this service issued"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| invalid(field, "not a token this service issued")))
+        .collect()
+}
+
+/// Builds a command from a request's common fields.
+macro_rules! command {
+    ($self:ident, $req:ident, $access:expr, |$r:ident| $body:expr) => {{
+        let $r = $req.get_ref();
+        let account = validate::account(&$r.account)?;
+        $self.0.auth.check($req.metadata(), &account.tenant_id, $access)?;
+        let request_id = validate::request_id(&$r.request_id)?;
+        let context = validate::context(&$r.metadata, &$r.client_ip, &$r.device_id)?;
+        let body = $body;
+        $self.0.command(Command { request_id, account, body, context }).await
+    }};
+}
+
+#[derive(Clone)]
+pub struct LedgerService(pub Arc<Ledger>);
+
+#[tonic::async_trait]
+impl pb::points_ledger_server::PointsLedger for LedgerService {
+    async fn earn(&self, req: Request<pb::EarnRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Member, |r| CommandBody::Earn {
+            points: validate::positive("points", r.points)?,
+            reason: validate::id("reason", &r.reason)?,
+            order_ref: validate::order_ref(r.order_ref.as_ref())?,
+            growth: validate::growth(r.growth)?,
+            expires_at: r.expires_at.as_ref().map(|t| validate::instant("expires_at", t)).transpose()?,
+        })
+    }
+
+    async fn spend(&self, req: Request<pb::SpendRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Member, |r| CommandBody::Spend {
+            points: validate::positive("points", r.points)?,
+            order_ref: validate::order_ref(r.order_ref.as_ref())?,
+            order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
+        })
+    }
+
+    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Member, |r| CommandBody::Reserve {
+            points: validate::positive("points", r.points)?,
+            order_ref: validate::text("order_ref", &r.order_ref, validate::ORDER_REF_CHARS_MAX, true)?,
+            timeout_seconds: match r.timeout_seconds {
+                t if (1..=domain::RESERVATION_TIMEOUT_SECONDS_MAX).contains(&t) => t,
+                _ => {
+                    return Err(invalid(
+                        "timeout_seconds",
+                        format!("must be 1..={}", domain::RESERVATION_TIMEOUT_SECONDS_MAX),
+                    ))
+                }
+            },
+            order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
+        })
+    }
+
+    async fn capture_reservation(&self, req: Request<pb::CaptureReservationRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Member, |r| CommandBody::Capture {
+            reservation_id: validate::request_id(&r.reservation_id).map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
+            points: r.points.map(|p| validate::positive("points", p)).transpose()?,
+        })
+    }
+
+    async fn release_reservation(&self, req: Request<pb::ReleaseReservationRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Member, |r| CommandBody::Release {
+            reservation_id: validate::request_id(&r.reservation_id).map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
+        })
+    }
+
+    async fn refund(&self, req: Request<pb::RefundRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Member, |r| CommandBody::Refund {
+            spend_id: validate::request_id(&r.spend_request_id).map_err(|_| invalid("spend_request_id", "must be 1..128 characters"))?,
+            points: validate::positive("points", r.points)?,
+        })
+    }
+
+    async fn reverse_earn(&self, req: Request<pb::ReverseEarnRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Member, |r| CommandBody::ReverseEarn {
+            earn_id: validate::request_id(&r.earn_request_id).map_err(|_| invalid("earn_request_id", "must be 1..128 characters"))?,
+            points: validate::positive("points", r.points)?,
+            growth: validate::growth(r.growth)?,
+        })
+    }
+
+    async fn expire(&self, req: Request<pb::ExpireRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Member, |r| CommandBody::Expire {
+            all_points: r.all_points,
+            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, r.all_points)?,
+        })
+    }
+
+    async fn adjust(&self, req: Request<pb::AdjustRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        command!(self, req, Access::Admin, |r| CommandBody::Adjust {
+            points: match r.points {
+                0 | i64::MIN => return Err(invalid("points", "must be non-zero (and > i64::MIN)")),
+                p => p,
+            },
+            operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+        })
+    }
+
+    async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
+        let r = req.get_ref();
+        let key = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        let programme = self.0.programme(&key.programme())?;
+        self.0.wait_for(&key, r.min_position.as_ref()).await?;
+        let position = self.0.view_position(&key);
+        let account = match &r.as_of {
+            Some(t) => self.0.account_as_of(&key, validate::instant("as_of", t)?)?,
+            None => self.0.load_view(&key)?,
+        };
+        let level = level_of(&programme, account.growth);
+        Ok(Response::new(account_to_pb(&key, &account, level, position)))
+    }
+
+    async fn list_entries(&self, req: Request<pb::ListEntriesRequest>) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let r = req.get_ref();
+        let key = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        self.0.programme(&key.programme())?;
+        let size = match r.page_size {
+            0 => ENTRIES_PAGE_SIZE_DEFAULT,
+            n if n <= ENTRIES_PAGE_SIZE_MAX => n,
+            _ => return Err(invalid("page_size", format!("must be at most {ENTRIES_PAGE_SIZE_MAX}"))),
+        } as usize;
+        self.0.wait_for(&key, r.min_position.as_ref()).await?;
+        let prefix = store::account_key(&key);
+        let start = if r.page_token.is_empty() {
+            prefix.clone()
+        } else {
+            let after = unhex("page_token", &r.page_token)?;
+            if after.len() != 10 {
+                return Err(invalid("page_token", "not a token this service issued"));
+            }
+            // The next key after the last one returned.
+            let offset = u64::from_be_bytes(after[..8].try_into().expect("8 bytes"));
+            let index = u16::from_be_bytes(after[8..].try_into().expect("2 bytes"));
+            match index.checked_add(1) {
+                Some(i) => entry_key(&key, offset, i),
+                None => entry_key(&key, offset + 1, 0),
+            }
+        };
+        let rows = self.0.views.scan(Cf::Entries, &prefix, &start, size + 1).map_err(internal)?;
+        let more = rows.len() > size;
+        let mut entries = Vec::with_capacity(size);
+        let mut last = Vec::new();
+        for (k, v) in rows.into_iter().take(size) {
+            entries.push(prost::Message::decode(v.as_slice()).map_err(internal)?);
+            last = k[prefix.len()..].to_vec();
+        }
+        let next_page_token = if more { hex(&last) } else { String::new() };
+        Ok(Response::new(pb::ListEntriesResponse { entries, next_page_token }))
+    }
+
+    async fn list_expiring(&self, req: Request<pb::ListExpiringRequest>) -> Result<Response<pb::ListExpiringResponse>, Status> {
+        let r = req.get_ref();
+        let tenant = validate::id("tenant_id", &r.tenant_id)?;
+        let programme_id = validate::id("programme_id", &r.programme_id)?;
+        self.0.auth.check(req.metadata(), &tenant, Access::Member)?;
+        let programme = self.0.programme(&ProgrammeKey { tenant_id: tenant.clone(), programme_id: programme_id.clone() })?;
+        let days = match r.within_days {
+            0 if programme.reminder_days > 0 => programme.reminder_days as i32,
+            0 => 15,
+            d if (1..=EXPIRING_WITHIN_DAYS_MAX).contains(&d) => d,
+            _ => return Err(invalid("within_days", format!("must be 0 (the programme's reminder window) ..= {EXPIRING_WITHIN_DAYS_MAX}"))),
+        };
+        let size = match r.page_size {
+            0 => ENTRIES_PAGE_SIZE_DEFAULT,
+            n if n <= EXPIRING_PAGE_SIZE_MAX => n,
+            _ => return Err(invalid("page_size", format!("must be at most {EXPIRING_PAGE_SIZE_MAX}"))),
+        } as usize;
+        let now = self.0.clock.now();
+        let until = calendar::add_days(now, i64::from(days));
+        let prefix = store::programme_prefix(&tenant, &programme_id);
+        let start = if r.page_token.is_empty() {
+            let mut s = prefix.clone();
+            s.extend_from_slice(&store::millis_key(now.saturating_add(1)));
+            s
+        } else {
+            let mut s = prefix.clone();
+            s.extend_from_slice(&unhex("page_token", &r.page_token)?);
+            s.push(0); // strictly after the last key returned
+            s
+        };
+        let rows = self.0.views.scan(Cf::Expiring, &prefix, &start, size + 1).map_err(internal)?;
+        let mut lots = Vec::new();
+        let mut last = Vec::new();
+        let mut more = false;
+        for (k, v) in rows {
+            let (member, at, lot_id) = parse_expiring_key(prefix.len(), &k).ok_or_else(|| internal("bad expiring key"))?;
+            if at > until {
+                break;
+            }
+            if lots.len() == size {
+                more = true;
+                break;
+            }
+            lots.push(pb::ExpiringLot {
+                account: Some(pb::AccountKey { tenant_id: tenant.clone(), programme_id: programme_id.clone(), member_id: member }),
+                lot_id,
+                points: i64::from_be_bytes(v[..8].try_into().map_err(internal)?),
+                expires_at: Some(codec::timestamp(at)),
+            });
+            last = k[prefix.len()..].to_vec();
+        }
+        let next_page_token = if more { hex(&last) } else { String::new() };
+        Ok(Response::new(pb::ListExpiringResponse { lots, next_page_token }))
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminService(pub Arc<Ledger>);
+
+#[tonic::async_trait]
+impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
+    async fn configure_programme(&self, req: Request<pb::ConfigureProgrammeRequest>) -> Result<Response<pb::ConfigureProgrammeReply>, Status> {
+        let r = req.get_ref();
+        let input = r.programme.as_ref().ok_or_else(|| invalid("programme", "is required"))?;
+        let programme = codec::programme_from_pb(input)?;
+        self.0.auth.check(req.metadata(), &programme.tenant_id, Access::Admin)?;
+        let request_id = validate::request_id(&r.request_id)?;
+        let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
+        if programme.programme_daily_issuance_cap != 0 {
+            return Err(status(
+                Code::Unimplemented,
+                "PROGRAMME_CAP_NOT_SUPPORTED",
+                "programme_daily_issuance_cap is not enforced by this version; leave it 0",
+                Some("programme.programme_daily_issuance_cap"),
+            ));
+        }
+        let fingerprint = domain::fingerprint_programme(&programme, &operator);
+        let (programmes, now) = (self.0.programmes.clone(), self.0.clock.now());
+        let (stored, position, replayed) = tokio::task::spawn_blocking(move || {
+            programmes.configure(&request_id, &operator, programme, fingerprint, now)
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(pb::ConfigureProgrammeReply {
+            request_id: r.request_id.clone(),
+            replayed,
+            programme: Some(codec::programme_to_pb(&stored)),
+            position: Some(codec::position_to_pb(position)),
+        }))
+    }
+
+    async fn get_programme(&self, req: Request<pb::GetProgrammeRequest>) -> Result<Response<pb::Programme>, Status> {
+        let r = req.get_ref();
+        let key = ProgrammeKey { tenant_id: validate::id("tenant_id", &r.tenant_id)?, programme_id: validate::id("programme_id", &r.programme_id)? };
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        let found = {
+            let reg = self.0.programmes.registry();
+            let reg = reg.read().expect("registry lock");
+            if r.version == 0 { reg.current(&key) } else { reg.version(&key, r.version) }
+        };
+        let p = found.ok_or_else(|| {
+            status(Code::NotFound, "PROGRAMME_NOT_FOUND", format!("no programme {}/{} version {}", key.tenant_id, key.programme_id, r.version), None)
+        })?;
+        Ok(Response::new(codec::programme_to_pb(&p)))
+    }
+
+    async fn freeze_account(&self, req: Request<pb::FreezeAccountRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        let r = req.get_ref();
+        let account = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &account.tenant_id, Access::Admin)?;
+        let body = CommandBody::Freeze {
+            earning: r.earning,
+            spending: r.spending,
+            operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+        };
+        if !r.earning && !r.spending {
+            return Err(invalid("earning", "name earning, spending or both"));
+        }
+        let request_id = validate::request_id(&r.request_id)?;
+        self.0.command(Command { request_id, account, body, context: Default::default() }).await
+    }
+
+    async fn unfreeze_account(&self, req: Request<pb::UnfreezeAccountRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        let r = req.get_ref();
+        let account = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &account.tenant_id, Access::Admin)?;
+        let body = CommandBody::Unfreeze {
+            earning: r.earning,
+            spending: r.spending,
+            operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+        };
+        if !r.earning && !r.spending {
+            return Err(invalid("earning", "name earning, spending or both"));
+        }
+        let request_id = validate::request_id(&r.request_id)?;
+        self.0.command(Command { request_id, account, body, context: Default::default() }).await
+    }
+}

@@ -1,0 +1,657 @@
+//! The one place where domain types meet their protobuf form: log records,
+//! state snapshots and programme rules. Snapshots keep repeated fields sorted,
+//! so equal states always encode to equal bytes (replays compare by digest).
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use crate::domain::{
+    Account, AccountKey, CapPolicy, ClawbackPolicy, EarnRecord, Event, ExpiryCause, LevelThreshold, Lot, LotAmount,
+    Millis, Programme, ReleaseCause, ReservationRecord, ReservationStatus, SpendRecord, Totals, ValidityRounding,
+};
+use crate::proto as pb;
+use crate::proto::ledger_event::Event as PbEvent;
+use crate::record::{AccountRecord, ControlRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("undecodable record: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("record is missing {0}")]
+    Missing(&'static str),
+    #[error("invalid programme in record: {0}")]
+    Programme(#[from] FieldError),
+    #[error("unknown enum value {1} for {0}")]
+    Enum(&'static str, i32),
+}
+
+/// A request field that does not hold a valid value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+// ---- small pieces ----
+
+pub fn account_key_to_pb(k: &AccountKey) -> pb::AccountKey {
+    pb::AccountKey { tenant_id: k.tenant_id.clone(), programme_id: k.programme_id.clone(), member_id: k.member_id.clone() }
+}
+
+pub fn account_key_from_pb(k: &pb::AccountKey) -> AccountKey {
+    AccountKey { tenant_id: k.tenant_id.clone(), programme_id: k.programme_id.clone(), member_id: k.member_id.clone() }
+}
+
+fn lots_to_pb(lots: &[LotAmount]) -> Vec<pb::LotAmount> {
+    lots.iter().map(|l| pb::LotAmount { lot_id: l.lot_id.clone(), points: l.points }).collect()
+}
+
+fn lots_from_pb(lots: &[pb::LotAmount]) -> Vec<LotAmount> {
+    lots.iter().map(|l| LotAmount { lot_id: l.lot_id.clone(), points: l.points }).collect()
+}
+
+fn opt_at(at: i64) -> Option<Millis> {
+    (at != 0).then_some(at)
+}
+
+fn opt_str(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+pub fn timestamp(at: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.div_euclid(1000), nanos: (at.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn millis(t: &prost_types::Timestamp) -> Option<Millis> {
+    t.seconds.checked_mul(1000)?.checked_add(i64::from(t.nanos) / 1_000_000)
+}
+
+// ---- events ----
+
+pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
+    let event = match e.clone() {
+        Event::PointsEarned { lot_id, reason, order_ref, requested, granted, forfeited, debt_repaid, expires_at, growth, day } => {
+            PbEvent::PointsEarned(pb::PointsEarned {
+                lot_id,
+                reason,
+                order_ref: order_ref.unwrap_or_default(),
+                requested_points: requested,
+                granted_points: granted,
+                forfeited_points: forfeited,
+                debt_repaid,
+                expires_at_ms: expires_at.unwrap_or(0),
+                growth,
+                day,
+            })
+        }
+        Event::PointsSpent { spend_id, order_ref, points, lots } => PbEvent::PointsSpent(pb::PointsSpent {
+            spend_id,
+            order_ref: order_ref.unwrap_or_default(),
+            points,
+            lots: lots_to_pb(&lots),
+        }),
+        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at } => {
+            PbEvent::PointsReserved(pb::PointsReserved {
+                reservation_id,
+                order_ref,
+                points,
+                lots: lots_to_pb(&lots),
+                expires_at_ms: expires_at,
+            })
+        }
+        Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_points, released_lots } => {
+            PbEvent::ReservationCaptured(pb::ReservationCaptured {
+                reservation_id,
+                spend_id,
+                points,
+                lots: lots_to_pb(&lots),
+                released_points,
+                released_lots: lots_to_pb(&released_lots),
+            })
+        }
+        Event::ReservationReleased { reservation_id, points, lots, cause } => {
+            PbEvent::ReservationReleased(pb::ReservationReleased {
+                reservation_id,
+                points,
+                lots: lots_to_pb(&lots),
+                cause: match cause {
+                    ReleaseCause::Requested => pb::ReleaseCause::Requested,
+                    ReleaseCause::TimedOut => pb::ReleaseCause::TimedOut,
+                    ReleaseCause::Recycled => pb::ReleaseCause::Recycled,
+                } as i32,
+            })
+        }
+        Event::SpendRefunded { refund_id, spend_id, points, lots } => {
+            PbEvent::SpendRefunded(pb::SpendRefunded { refund_id, spend_id, points, lots: lots_to_pb(&lots) })
+        }
+        Event::EarnReversed { reversal_id, earn_id, points, taken, debt_added, written_off, growth } => {
+            PbEvent::EarnReversed(pb::EarnReversed {
+                reversal_id,
+                earn_id,
+                points,
+                taken_lots: lots_to_pb(&taken),
+                debt_added,
+                written_off,
+                growth,
+            })
+        }
+        Event::PointsExpired { points, lots, cause, reason } => PbEvent::PointsExpired(pb::PointsExpired {
+            points,
+            lots: lots_to_pb(&lots),
+            cause: match cause {
+                ExpiryCause::Due => pb::ExpiryCause::Due,
+                ExpiryCause::AllPoints => pb::ExpiryCause::AllPoints,
+            } as i32,
+            reason,
+        }),
+        Event::PointsAdjusted { adjustment_id, points, operator, reason, lots, debt_repaid, expires_at } => {
+            PbEvent::PointsAdjusted(pb::PointsAdjusted {
+                adjustment_id,
+                points,
+                operator,
+                reason,
+                lots: lots_to_pb(&lots),
+                debt_repaid,
+                expires_at_ms: expires_at.unwrap_or(0),
+            })
+        }
+        Event::AccountFrozen { earning, spending, operator, reason } => {
+            PbEvent::AccountFrozen(pb::AccountFrozen { earning, spending, operator, reason })
+        }
+        Event::AccountUnfrozen { earning, spending, operator, reason } => {
+            PbEvent::AccountUnfrozen(pb::AccountUnfrozen { earning, spending, operator, reason })
+        }
+    };
+    pb::LedgerEvent { event: Some(event) }
+}
+
+pub fn event_from_pb(e: &pb::LedgerEvent) -> Result<Event, CodecError> {
+    Ok(match e.event.clone().ok_or(CodecError::Missing("event"))? {
+        PbEvent::PointsEarned(x) => Event::PointsEarned {
+            order_ref: opt_str(&x.order_ref),
+            lot_id: x.lot_id,
+            reason: x.reason,
+            requested: x.requested_points,
+            granted: x.granted_points,
+            forfeited: x.forfeited_points,
+            debt_repaid: x.debt_repaid,
+            expires_at: opt_at(x.expires_at_ms),
+            growth: x.growth,
+            day: x.day,
+        },
+        PbEvent::PointsSpent(x) => Event::PointsSpent {
+            order_ref: opt_str(&x.order_ref),
+            spend_id: x.spend_id,
+            points: x.points,
+            lots: lots_from_pb(&x.lots),
+        },
+        PbEvent::PointsReserved(x) => Event::PointsReserved {
+            reservation_id: x.reservation_id,
+            order_ref: x.order_ref,
+            points: x.points,
+            lots: lots_from_pb(&x.lots),
+            expires_at: x.expires_at_ms,
+        },
+        PbEvent::ReservationCaptured(x) => Event::ReservationCaptured {
+            reservation_id: x.reservation_id,
+            spend_id: x.spend_id,
+            points: x.points,
+            lots: lots_from_pb(&x.lots),
+            released_points: x.released_points,
+            released_lots: lots_from_pb(&x.released_lots),
+        },
+        PbEvent::ReservationReleased(x) => Event::ReservationReleased {
+            cause: match pb::ReleaseCause::try_from(x.cause) {
+                Ok(pb::ReleaseCause::Requested) => ReleaseCause::Requested,
+                Ok(pb::ReleaseCause::TimedOut) => ReleaseCause::TimedOut,
+                Ok(pb::ReleaseCause::Recycled) => ReleaseCause::Recycled,
+                Ok(pb::ReleaseCause::Unspecified) | Err(_) => return Err(CodecError::Enum("ReleaseCause", x.cause)),
+            },
+            reservation_id: x.reservation_id,
+            points: x.points,
+            lots: lots_from_pb(&x.lots),
+        },
+        PbEvent::SpendRefunded(x) => Event::SpendRefunded {
+            refund_id: x.refund_id,
+            spend_id: x.spend_id,
+            points: x.points,
+            lots: lots_from_pb(&x.lots),
+        },
+        PbEvent::EarnReversed(x) => Event::EarnReversed {
+            reversal_id: x.reversal_id,
+            earn_id: x.earn_id,
+            points: x.points,
+            taken: lots_from_pb(&x.taken_lots),
+            debt_added: x.debt_added,
+            written_off: x.written_off,
+            growth: x.growth,
+        },
+        PbEvent::PointsExpired(x) => Event::PointsExpired {
+            cause: match pb::ExpiryCause::try_from(x.cause) {
+                Ok(pb::ExpiryCause::Due) => ExpiryCause::Due,
+                Ok(pb::ExpiryCause::AllPoints) => ExpiryCause::AllPoints,
+                Ok(pb::ExpiryCause::Unspecified) | Err(_) => return Err(CodecError::Enum("ExpiryCause", x.cause)),
+            },
+            points: x.points,
+            lots: lots_from_pb(&x.lots),
+            reason: x.reason,
+        },
+        PbEvent::PointsAdjusted(x) => Event::PointsAdjusted {
+            adjustment_id: x.adjustment_id,
+            points: x.points,
+            operator: x.operator,
+            reason: x.reason,
+            lots: lots_from_pb(&x.lots),
+            debt_repaid: x.debt_repaid,
+            expires_at: opt_at(x.expires_at_ms),
+        },
+        PbEvent::AccountFrozen(x) => {
+            Event::AccountFrozen { earning: x.earning, spending: x.spending, operator: x.operator, reason: x.reason }
+        }
+        PbEvent::AccountUnfrozen(x) => {
+            Event::AccountUnfrozen { earning: x.earning, spending: x.spending, operator: x.operator, reason: x.reason }
+        }
+    })
+}
+
+// ---- records ----
+
+pub fn account_record_to_pb(r: &AccountRecord) -> pb::AccountRecord {
+    pb::AccountRecord {
+        epoch: r.epoch,
+        request_id: r.request_id.clone(),
+        account: Some(account_key_to_pb(&r.account)),
+        programme_version: r.programme_version,
+        at_ms: r.at,
+        fingerprint: r.fingerprint,
+        system: r.system,
+        events: r.events.iter().map(event_to_pb).collect(),
+        client_ip: r.context.client_ip.clone(),
+        device_id: r.context.device_id.clone(),
+        metadata: r.context.metadata.clone().into_iter().collect(),
+    }
+}
+
+pub fn encode_account_record(r: &AccountRecord) -> Vec<u8> {
+    account_record_to_pb(r).encode_to_vec()
+}
+
+pub fn decode_account_record(bytes: &[u8]) -> Result<AccountRecord, CodecError> {
+    let r = pb::AccountRecord::decode(bytes)?;
+    Ok(AccountRecord {
+        epoch: r.epoch,
+        account: account_key_from_pb(r.account.as_ref().ok_or(CodecError::Missing("account"))?),
+        request_id: r.request_id,
+        programme_version: r.programme_version,
+        at: r.at_ms,
+        fingerprint: r.fingerprint,
+        system: r.system,
+        events: r.events.iter().map(event_from_pb).collect::<Result<_, _>>()?,
+        context: crate::domain::CommandContext {
+            client_ip: r.client_ip,
+            device_id: r.device_id,
+            metadata: r.metadata.into_iter().collect(),
+        },
+    })
+}
+
+pub fn encode_control_record(r: &ControlRecord) -> Vec<u8> {
+    pb::ControlRecord {
+        epoch: r.epoch,
+        request_id: r.request_id.clone(),
+        at_ms: r.at,
+        fingerprint: r.fingerprint,
+        operator: r.operator.clone(),
+        event: Some(pb::control_record::Event::ProgrammeConfigured(programme_to_pb(&r.programme))),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_control_record(bytes: &[u8]) -> Result<ControlRecord, CodecError> {
+    let r = pb::ControlRecord::decode(bytes)?;
+    let pb::control_record::Event::ProgrammeConfigured(p) = r.event.ok_or(CodecError::Missing("event"))?;
+    let mut programme = programme_from_pb(&p)?;
+    programme.version = p.version;
+    programme.configured_at = p.configured_at.as_ref().and_then(millis).unwrap_or(r.at_ms);
+    Ok(ControlRecord { epoch: r.epoch, request_id: r.request_id, at: r.at_ms, fingerprint: r.fingerprint, operator: r.operator, programme })
+}
+
+// ---- programmes ----
+
+pub fn programme_to_pb(p: &Programme) -> pb::Programme {
+    pb::Programme {
+        tenant_id: p.tenant_id.clone(),
+        programme_id: p.programme_id.clone(),
+        unit_name: p.unit_name.clone(),
+        points_per_cash_unit: p.points_per_cash_unit,
+        validity_days: p.validity_days as i32,
+        validity_rounding: match p.validity_rounding {
+            ValidityRounding::None => pb::ValidityRounding::None,
+            ValidityRounding::EndOfMonth => pb::ValidityRounding::EndOfMonth,
+            ValidityRounding::EndOfQuarter => pb::ValidityRounding::EndOfQuarter,
+            ValidityRounding::EndOfYear => pb::ValidityRounding::EndOfYear,
+        } as i32,
+        reminder_days: p.reminder_days as i32,
+        time_zone: p.time_zone.name().to_string(),
+        member_daily_earn_cap: p.member_daily_earn_cap,
+        action_daily_earn_caps: p.action_daily_earn_caps.clone().into_iter().collect(),
+        programme_daily_issuance_cap: p.programme_daily_issuance_cap,
+        cap_policy: match p.cap_policy {
+            CapPolicy::Truncate => pb::CapPolicy::Truncate,
+            CapPolicy::Reject => pb::CapPolicy::Reject,
+        } as i32,
+        max_order_share_percent: p.max_order_share_percent as i32,
+        clawback_policy: match p.clawback_policy {
+            ClawbackPolicy::WithinBalance => pb::ClawbackPolicy::WithinBalance,
+            ClawbackPolicy::AllowDebt => pb::ClawbackPolicy::AllowDebt,
+        } as i32,
+        levels: p.levels.iter().map(|l| pb::LevelThreshold { name: l.name.clone(), min_growth: l.min_growth }).collect(),
+        level_window_days: p.level_window_days as i32,
+        version: p.version,
+        configured_at: Some(timestamp(p.configured_at)),
+    }
+}
+
+/// Names and codes: 1..64 characters of `[A-Za-z0-9_.:-]`.
+pub fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
+fn check_id(field: &str, s: &str) -> Result<(), FieldError> {
+    if valid_id(s) {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "must be 1..64 characters of [A-Za-z0-9_.:-]"))
+    }
+}
+
+/// Limits on a programme's rules.
+pub const PROGRAMME_VALIDITY_DAYS_MAX: i32 = 36_500;
+pub const PROGRAMME_ACTION_CAPS_MAX: usize = 64;
+pub const PROGRAMME_LEVELS_MAX: usize = 32;
+pub const PROGRAMME_UNIT_NAME_CHARS_MAX: usize = 64;
+
+/// Reads and fully validates a programme's rules. Unspecified enums take
+/// their documented defaults; unknown values are refused. `version` and
+/// `configured_at` are left for the caller (the service sets them).
+pub fn programme_from_pb(p: &pb::Programme) -> Result<Programme, FieldError> {
+    check_id("programme.tenant_id", &p.tenant_id)?;
+    check_id("programme.programme_id", &p.programme_id)?;
+    if p.unit_name.chars().count() > PROGRAMME_UNIT_NAME_CHARS_MAX {
+        return Err(FieldError::new("programme.unit_name", "at most 64 characters"));
+    }
+    if p.points_per_cash_unit <= 0 {
+        return Err(FieldError::new("programme.points_per_cash_unit", "must be > 0 (e.g. 100: 100 points = 1 unit)"));
+    }
+    if !(0..=PROGRAMME_VALIDITY_DAYS_MAX).contains(&p.validity_days) {
+        return Err(FieldError::new("programme.validity_days", "must be 0 (never) ..= 36500"));
+    }
+    let validity_rounding = match pb::ValidityRounding::try_from(p.validity_rounding) {
+        Ok(pb::ValidityRounding::Unspecified | pb::ValidityRounding::None) => ValidityRounding::None,
+        Ok(pb::ValidityRounding::EndOfMonth) => ValidityRounding::EndOfMonth,
+        Ok(pb::ValidityRounding::EndOfQuarter) => ValidityRounding::EndOfQuarter,
+        Ok(pb::ValidityRounding::EndOfYear) => ValidityRounding::EndOfYear,
+        Err(_) => return Err(FieldError::new("programme.validity_rounding", "unknown value")),
+    };
+    if !(0..=PROGRAMME_VALIDITY_DAYS_MAX).contains(&p.reminder_days) {
+        return Err(FieldError::new("programme.reminder_days", "must be 0..=36500"));
+    }
+    let tz_name = if p.time_zone.is_empty() { "UTC" } else { p.time_zone.as_str() };
+    let time_zone: chrono_tz::Tz = tz_name
+        .parse()
+        .map_err(|_| FieldError::new("programme.time_zone", format!("unknown IANA time zone '{}'", p.time_zone)))?;
+    if p.member_daily_earn_cap < 0 {
+        return Err(FieldError::new("programme.member_daily_earn_cap", "must be >= 0 (0 = no cap)"));
+    }
+    if p.action_daily_earn_caps.len() > PROGRAMME_ACTION_CAPS_MAX {
+        return Err(FieldError::new("programme.action_daily_earn_caps", "at most 64 actions"));
+    }
+    for (action, cap) in &p.action_daily_earn_caps {
+        check_id("programme.action_daily_earn_caps", action)?;
+        if *cap < 0 {
+            return Err(FieldError::new(format!("programme.action_daily_earn_caps[{action}]"), "must be >= 0"));
+        }
+    }
+    if p.programme_daily_issuance_cap < 0 {
+        return Err(FieldError::new("programme.programme_daily_issuance_cap", "must be >= 0 (0 = no cap)"));
+    }
+    let cap_policy = match pb::CapPolicy::try_from(p.cap_policy) {
+        Ok(pb::CapPolicy::Unspecified | pb::CapPolicy::Truncate) => CapPolicy::Truncate,
+        Ok(pb::CapPolicy::Reject) => CapPolicy::Reject,
+        Err(_) => return Err(FieldError::new("programme.cap_policy", "unknown value")),
+    };
+    if !(0..=100).contains(&p.max_order_share_percent) {
+        return Err(FieldError::new("programme.max_order_share_percent", "must be 0 (no limit) ..= 100"));
+    }
+    let clawback_policy = match pb::ClawbackPolicy::try_from(p.clawback_policy) {
+        Ok(pb::ClawbackPolicy::Unspecified | pb::ClawbackPolicy::WithinBalance) => ClawbackPolicy::WithinBalance,
+        Ok(pb::ClawbackPolicy::AllowDebt) => ClawbackPolicy::AllowDebt,
+        Err(_) => return Err(FieldError::new("programme.clawback_policy", "unknown value")),
+    };
+    if p.levels.len() > PROGRAMME_LEVELS_MAX {
+        return Err(FieldError::new("programme.levels", "at most 32 levels"));
+    }
+    for (i, l) in p.levels.iter().enumerate() {
+        if l.name.is_empty() || l.name.chars().count() > 64 {
+            return Err(FieldError::new(format!("programme.levels[{i}].name"), "must be 1..64 characters"));
+        }
+        if l.min_growth < 0 || (i > 0 && l.min_growth <= p.levels[i - 1].min_growth) {
+            return Err(FieldError::new(format!("programme.levels[{i}].min_growth"), "must be >= 0 and ascending"));
+        }
+    }
+    if !(0..=PROGRAMME_VALIDITY_DAYS_MAX).contains(&p.level_window_days) {
+        return Err(FieldError::new("programme.level_window_days", "must be 0 (lifetime) ..= 36500"));
+    }
+    Ok(Programme {
+        tenant_id: p.tenant_id.clone(),
+        programme_id: p.programme_id.clone(),
+        unit_name: p.unit_name.clone(),
+        points_per_cash_unit: p.points_per_cash_unit,
+        validity_days: p.validity_days as u32,
+        validity_rounding,
+        reminder_days: p.reminder_days as u32,
+        time_zone,
+        member_daily_earn_cap: p.member_daily_earn_cap,
+        action_daily_earn_caps: p.action_daily_earn_caps.clone().into_iter().collect(),
+        programme_daily_issuance_cap: p.programme_daily_issuance_cap,
+        cap_policy,
+        max_order_share_percent: p.max_order_share_percent as u32,
+        clawback_policy,
+        levels: p.levels.iter().map(|l| LevelThreshold { name: l.name.clone(), min_growth: l.min_growth }).collect(),
+        level_window_days: p.level_window_days as u32,
+        version: 0,
+        configured_at: 0,
+    })
+}
+
+// ---- account snapshots ----
+
+fn sorted_lots(m: &BTreeMap<String, i64>) -> Vec<pb::LotAmount> {
+    m.iter().map(|(id, p)| pb::LotAmount { lot_id: id.clone(), points: *p }).collect()
+}
+
+pub fn encode_account(a: &Account) -> Vec<u8> {
+    let t = &a.totals;
+    pb::AccountSnapshot {
+        lots: a
+            .lots
+            .iter()
+            .map(|(id, l)| pb::LotState {
+                lot_id: id.clone(),
+                earned_points: l.earned,
+                remaining: l.remaining,
+                expires_at_ms: l.expires_at.unwrap_or(0),
+            })
+            .collect(),
+        earns: a
+            .earns
+            .iter()
+            .map(|(id, e)| pb::EarnState {
+                earn_id: id.clone(),
+                points: e.points,
+                reversed: e.reversed,
+                growth: e.growth,
+                growth_reversed: e.growth_reversed,
+            })
+            .collect(),
+        spends: a
+            .spends
+            .iter()
+            .map(|(id, s)| pb::SpendState { spend_id: id.clone(), lots: lots_to_pb(&s.lots), refunded: sorted_lots(&s.refunded) })
+            .collect(),
+        reservations: a
+            .reservations
+            .iter()
+            .map(|(id, r)| pb::ReservationState {
+                reservation_id: id.clone(),
+                order_ref: r.order_ref.clone(),
+                lots: lots_to_pb(&r.lots),
+                expires_at_ms: r.expires_at,
+                status: match r.status {
+                    ReservationStatus::Open => pb::ReservationStatus::Open,
+                    ReservationStatus::Captured => pb::ReservationStatus::Captured,
+                    ReservationStatus::Released => pb::ReservationStatus::Released,
+                    ReservationStatus::TimedOut => pb::ReservationStatus::TimedOut,
+                } as i32,
+            })
+            .collect(),
+        debt: a.debt,
+        growth: a.growth,
+        earning_frozen: a.earning_frozen,
+        spending_frozen: a.spending_frozen,
+        totals: Some(pb::Totals {
+            issued: t.issued,
+            spent: t.spent,
+            refunded: t.refunded,
+            reversed: t.reversed,
+            expired: t.expired,
+            adjusted_up: t.adjusted_up,
+            adjusted_down: t.adjusted_down,
+        }),
+        day: a.day,
+        day_earned: a.day_earned,
+        day_actions: a.day_actions.iter().map(|(k, v)| pb::DayCounter { action: k.clone(), earned: *v }).collect(),
+        events: a.events,
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
+    let s = pb::AccountSnapshot::decode(bytes)?;
+    let t = s.totals.unwrap_or_default();
+    Ok(Account {
+        lots: s
+            .lots
+            .into_iter()
+            .map(|l| (l.lot_id, Lot { earned: l.earned_points, remaining: l.remaining, expires_at: opt_at(l.expires_at_ms) }))
+            .collect(),
+        earns: s
+            .earns
+            .into_iter()
+            .map(|e| {
+                (e.earn_id, EarnRecord { points: e.points, reversed: e.reversed, growth: e.growth, growth_reversed: e.growth_reversed })
+            })
+            .collect(),
+        spends: s
+            .spends
+            .into_iter()
+            .map(|sp| {
+                let refunded = sp.refunded.iter().map(|l| (l.lot_id.clone(), l.points)).collect();
+                (sp.spend_id, SpendRecord { lots: lots_from_pb(&sp.lots), refunded })
+            })
+            .collect(),
+        reservations: s
+            .reservations
+            .into_iter()
+            .map(|r| {
+                let status = match pb::ReservationStatus::try_from(r.status) {
+                    Ok(pb::ReservationStatus::Open) => ReservationStatus::Open,
+                    Ok(pb::ReservationStatus::Captured) => ReservationStatus::Captured,
+                    Ok(pb::ReservationStatus::Released) => ReservationStatus::Released,
+                    Ok(pb::ReservationStatus::TimedOut) => ReservationStatus::TimedOut,
+                    Ok(pb::ReservationStatus::Unspecified) | Err(_) => {
+                        return Err(CodecError::Enum("ReservationStatus", r.status))
+                    }
+                };
+                Ok((
+                    r.reservation_id,
+                    ReservationRecord { order_ref: r.order_ref, lots: lots_from_pb(&r.lots), expires_at: r.expires_at_ms, status },
+                ))
+            })
+            .collect::<Result<_, _>>()?,
+        debt: s.debt,
+        growth: s.growth,
+        earning_frozen: s.earning_frozen,
+        spending_frozen: s.spending_frozen,
+        totals: Totals {
+            issued: t.issued,
+            spent: t.spent,
+            refunded: t.refunded,
+            reversed: t.reversed,
+            expired: t.expired,
+            adjusted_up: t.adjusted_up,
+            adjusted_down: t.adjusted_down,
+        },
+        day: s.day,
+        day_earned: s.day_earned,
+        day_actions: s.day_actions.into_iter().map(|d| (d.action, d.earned)).collect(),
+        events: s.events,
+    })
+}
+
+// ---- replies ----
+
+use crate::record::{Balance, Position, Reply};
+
+pub fn balance_to_pb(b: &Balance) -> pb::AccountBalance {
+    pb::AccountBalance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth }
+}
+
+pub fn position_to_pb(p: Position) -> pb::LogPosition {
+    pb::LogPosition { partition: p.partition, offset: p.offset }
+}
+
+pub fn reply_to_pb(r: &Reply) -> pb::CommandReply {
+    pb::CommandReply {
+        request_id: r.request_id.clone(),
+        replayed: r.replayed,
+        events: r.events.iter().map(event_to_pb).collect(),
+        balance: Some(balance_to_pb(&r.balance)),
+        position: Some(position_to_pb(r.position)),
+        granted_points: r.granted,
+        forfeited_points: r.forfeited,
+        programme_version: r.programme_version,
+    }
+}
+
+pub fn encode_stored_reply(fingerprint: u64, r: &Reply) -> Vec<u8> {
+    pb::StoredReply { fingerprint, reply: Some(reply_to_pb(r)) }.encode_to_vec()
+}
+
+pub fn decode_stored_reply(bytes: &[u8]) -> Result<(u64, Reply), CodecError> {
+    let s = pb::StoredReply::decode(bytes)?;
+    let r = s.reply.ok_or(CodecError::Missing("reply"))?;
+    let b = r.balance.unwrap_or_default();
+    let p = r.position.unwrap_or_default();
+    Ok((
+        s.fingerprint,
+        Reply {
+            request_id: r.request_id,
+            replayed: r.replayed,
+            events: r.events.iter().map(event_from_pb).collect::<Result<_, _>>()?,
+            balance: Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth },
+            position: Position { partition: p.partition, offset: p.offset },
+            granted: r.granted_points,
+            forfeited: r.forfeited_points,
+            programme_version: r.programme_version,
+        },
+    ))
+}

@@ -1,0 +1,280 @@
+//! An account's state and the fold of events into it.
+
+use std::collections::BTreeMap;
+
+use super::{Event, ExpiryCause, LotAmount, Millis, Points, ReleaseCause};
+
+/// One earn (or credit adjustment) with its own expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lot {
+    /// Points the lot was created with.
+    pub earned: Points,
+    /// Points still spendable in it (never negative).
+    pub remaining: Points,
+    /// `None`: never expires. Spendable while `now < expires_at`.
+    pub expires_at: Option<Millis>,
+}
+
+/// What a later `ReverseEarn` needs to know about an earn.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EarnRecord {
+    pub points: Points,
+    pub reversed: Points,
+    pub growth: i64,
+    pub growth_reversed: i64,
+}
+
+/// What a later `Refund` needs to know about a spend (or a capture).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpendRecord {
+    /// The lots that paid, in the order they were consumed.
+    pub lots: Vec<LotAmount>,
+    /// Refunded so far, per lot.
+    pub refunded: BTreeMap<String, Points>,
+}
+
+impl SpendRecord {
+    pub fn refundable(&self) -> Points {
+        super::sum(&self.lots) - self.refunded.values().sum::<Points>()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservationStatus {
+    Open,
+    Captured,
+    Released,
+    TimedOut,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationRecord {
+    pub order_ref: String,
+    /// The held points, by the lot they were taken from.
+    pub lots: Vec<LotAmount>,
+    pub expires_at: Millis,
+    pub status: ReservationStatus,
+}
+
+impl ReservationRecord {
+    pub fn held(&self) -> Points {
+        if self.status == ReservationStatus::Open {
+            super::sum(&self.lots)
+        } else {
+            0
+        }
+    }
+}
+
+/// Running totals of every movement, for the conservation invariant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub issued: Points,
+    pub spent: Points,
+    pub refunded: Points,
+    /// Taken from lots or turned into debt by reversals (not what was written off).
+    pub reversed: Points,
+    pub expired: Points,
+    pub adjusted_up: Points,
+    pub adjusted_down: Points,
+}
+
+/// The state of one account, as folded from its events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Every lot by id (the earn's or credit's request id).
+    pub lots: BTreeMap<String, Lot>,
+    pub earns: BTreeMap<String, EarnRecord>,
+    pub spends: BTreeMap<String, SpendRecord>,
+    pub reservations: BTreeMap<String, ReservationRecord>,
+    /// Clawed-back points the member owes; earns and credits repay it first.
+    pub debt: Points,
+    pub growth: i64,
+    pub earning_frozen: bool,
+    pub spending_frozen: bool,
+    pub totals: Totals,
+    /// The programme day `day_earned` and `day_actions` count for.
+    pub day: i64,
+    pub day_earned: Points,
+    pub day_actions: BTreeMap<String, Points>,
+    /// Events folded so far.
+    pub events: u64,
+}
+
+impl Account {
+    /// Spendable now: the sum of lots.
+    pub fn available(&self) -> Points {
+        self.lots.values().map(|l| l.remaining).sum()
+    }
+
+    /// Held by open reservations.
+    pub fn reserved(&self) -> Points {
+        self.reservations.values().map(ReservationRecord::held).sum()
+    }
+
+    /// Lots with points in them, soonest-expiring first (never-expiring last).
+    pub fn lots_fefo(&self) -> Vec<(&String, &Lot)> {
+        let mut lots: Vec<_> = self.lots.iter().filter(|(_, l)| l.remaining > 0).collect();
+        lots.sort_by_key(|(id, l)| (l.expires_at.unwrap_or(Millis::MAX), (*id).clone()));
+        lots
+    }
+
+    /// Earned today (programme day `day`) in all, and for one action.
+    pub fn earned_on(&self, day: i64, action: &str) -> (Points, Points) {
+        if self.day != day {
+            return (0, 0);
+        }
+        (self.day_earned, self.day_actions.get(action).copied().unwrap_or(0))
+    }
+
+    /// Folds one event. Cannot fail: a history that takes more from a lot than
+    /// it holds is a bug, and it panics here rather than bend the books.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::PointsEarned { lot_id, reason, granted, debt_repaid, expires_at, growth, day, .. } => {
+                self.credit_lot(lot_id, granted - debt_repaid, *expires_at);
+                self.debt -= debt_repaid;
+                self.growth += growth;
+                self.earns.insert(
+                    lot_id.clone(),
+                    EarnRecord { points: *granted, reversed: 0, growth: *growth, growth_reversed: 0 },
+                );
+                self.totals.issued += granted;
+                if self.day != *day {
+                    self.day = *day;
+                    self.day_earned = 0;
+                    self.day_actions.clear();
+                }
+                self.day_earned += granted;
+                *self.day_actions.entry(reason.clone()).or_insert(0) += granted;
+            }
+            Event::PointsSpent { spend_id, points, lots, .. } => {
+                self.take(lots);
+                self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: BTreeMap::new() });
+                self.totals.spent += points;
+            }
+            Event::PointsReserved { reservation_id, order_ref, lots, expires_at, .. } => {
+                self.take(lots);
+                self.reservations.insert(
+                    reservation_id.clone(),
+                    ReservationRecord {
+                        order_ref: order_ref.clone(),
+                        lots: lots.clone(),
+                        expires_at: *expires_at,
+                        status: super::ReservationStatus::Open,
+                    },
+                );
+            }
+            Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_lots, .. } => {
+                self.settle(reservation_id, ReservationStatus::Captured);
+                self.give(released_lots);
+                self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: BTreeMap::new() });
+                self.totals.spent += points;
+            }
+            Event::ReservationReleased { reservation_id, lots, cause, .. } => {
+                let status = match cause {
+                    ReleaseCause::TimedOut => ReservationStatus::TimedOut,
+                    ReleaseCause::Requested | ReleaseCause::Recycled => ReservationStatus::Released,
+                };
+                self.settle(reservation_id, status);
+                self.give(lots);
+            }
+            Event::SpendRefunded { spend_id, points, lots, .. } => {
+                self.give(lots);
+                let spend = self.spends.get_mut(spend_id).expect("refund of a recorded spend");
+                for l in lots {
+                    *spend.refunded.entry(l.lot_id.clone()).or_insert(0) += l.points;
+                }
+                self.totals.refunded += points;
+            }
+            Event::EarnReversed { earn_id, points, taken, debt_added, growth, .. } => {
+                self.take(taken);
+                self.debt += debt_added;
+                self.growth -= growth;
+                let earn = self.earns.get_mut(earn_id).expect("reversal of a recorded earn");
+                earn.reversed += points;
+                earn.growth_reversed += growth;
+                self.totals.reversed += super::sum(taken) + debt_added;
+            }
+            Event::PointsExpired { points, lots, cause, .. } => {
+                debug_assert!(matches!(cause, ExpiryCause::Due | ExpiryCause::AllPoints));
+                self.take(lots);
+                self.totals.expired += points;
+            }
+            Event::PointsAdjusted { adjustment_id, points, lots, debt_repaid, expires_at, .. } => {
+                if *points > 0 {
+                    self.credit_lot(adjustment_id, points - debt_repaid, *expires_at);
+                    self.debt -= debt_repaid;
+                    self.totals.adjusted_up += points;
+                } else {
+                    self.take(lots);
+                    self.totals.adjusted_down -= points;
+                }
+            }
+            Event::AccountFrozen { earning, spending, .. } => {
+                self.earning_frozen |= earning;
+                self.spending_frozen |= spending;
+            }
+            Event::AccountUnfrozen { earning, spending, .. } => {
+                self.earning_frozen &= !earning;
+                self.spending_frozen &= !spending;
+            }
+        }
+        self.events += 1;
+        debug_assert_eq!(self.check_invariants(), Ok(()));
+    }
+
+    fn credit_lot(&mut self, lot_id: &str, points: Points, expires_at: Option<Millis>) {
+        if points > 0 {
+            let previous = self.lots.insert(lot_id.into(), Lot { earned: points, remaining: points, expires_at });
+            assert!(previous.is_none(), "lot {lot_id} credited twice");
+        }
+    }
+
+    fn take(&mut self, lots: &[LotAmount]) {
+        for l in lots {
+            let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
+            assert!(l.points >= 0 && lot.remaining >= l.points, "lot {} holds {} < {}", l.lot_id, lot.remaining, l.points);
+            lot.remaining -= l.points;
+        }
+    }
+
+    fn give(&mut self, lots: &[LotAmount]) {
+        for l in lots {
+            let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
+            assert!(l.points >= 0, "negative points back into lot {}", l.lot_id);
+            lot.remaining += l.points;
+        }
+    }
+
+    fn settle(&mut self, reservation_id: &str, status: ReservationStatus) {
+        let r = self.reservations.get_mut(reservation_id).expect("settle of a recorded reservation");
+        assert_eq!(r.status, ReservationStatus::Open, "reservation {reservation_id} settled twice");
+        r.status = status;
+    }
+
+    /// The ledger's invariants for one account; written once, checked from
+    /// `apply` (debug builds), tests, the projectors and the audit tooling.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if let Some((id, lot)) = self.lots.iter().find(|(_, l)| l.remaining < 0) {
+            return Err(format!("lot {id} is negative: {}", lot.remaining));
+        }
+        if self.debt < 0 {
+            return Err(format!("debt is negative: {}", self.debt));
+        }
+        if self.growth < 0 {
+            return Err(format!("growth is negative: {}", self.growth));
+        }
+        let t = &self.totals;
+        let movements = t.issued - t.spent + t.refunded - t.reversed - t.expired + t.adjusted_up - t.adjusted_down;
+        let net = self.available() + self.reserved() - self.debt;
+        if movements != net {
+            return Err(format!(
+                "conservation: issued {} - spent {} + refunded {} - reversed {} - expired {} + adjusted {} - {} = {} but available {} + reserved {} - debt {} = {}",
+                t.issued, t.spent, t.refunded, t.reversed, t.expired, t.adjusted_up, t.adjusted_down, movements,
+                self.available(), self.reserved(), self.debt, net
+            ));
+        }
+        Ok(())
+    }
+}

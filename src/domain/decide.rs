@@ -1,0 +1,578 @@
+//! `decide`: every business rule of the ledger, as a pure function.
+
+use std::borrow::Cow;
+
+use super::calendar::{lot_expiry, programme_day};
+use super::{
+    sum, Account, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, LotAmount, Millis, Points,
+    Programme, Reason, Rejection, ReleaseCause, ReservationStatus, CASH_MINOR_PER_UNIT, RESERVATION_TIMEOUT_SECONDS_MAX,
+};
+
+/// Decides what `command` does to `account` at `now` under `programme`'s rules.
+///
+/// Before the command itself, anything already due is settled: reservations
+/// past their timeout are released and lots past their expiry are expired, so
+/// a command never spends points whose time is up even if the scheduler has
+/// not come round yet. Those events come first in the result. A rejection
+/// writes nothing, due events included.
+pub fn decide(
+    programme: Option<&Programme>,
+    account: &Account,
+    command: &Command,
+    now: Millis,
+) -> Result<Vec<Event>, Rejection> {
+    let mut events = due_events(account, now);
+    let state: Cow<'_, Account> = if events.is_empty() {
+        Cow::Borrowed(account)
+    } else {
+        let mut s = account.clone();
+        events.iter().for_each(|e| s.apply(e));
+        Cow::Owned(s)
+    };
+    if let CommandBody::Tick = command.body {
+        return Ok(events);
+    }
+    let programme = programme.ok_or_else(|| {
+        Rejection::field(
+            Reason::ProgrammeNotFound,
+            "account.programme_id",
+            format!("programme {}/{} is not configured", command.account.tenant_id, command.account.programme_id),
+        )
+    })?;
+    let d = Decision { programme, account: &state, request_id: &command.request_id, now };
+    events.extend(d.decide(&command.body)?);
+    Ok(events)
+}
+
+/// The earliest instant at which something in the account falls due (a lot's
+/// expiry or a reservation's timeout), for the writer's scheduler.
+pub fn due_at(account: &Account) -> Option<Millis> {
+    let lots = account.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at);
+    let holds = account.reservations.values().filter(|r| r.status == ReservationStatus::Open).map(|r| r.expires_at);
+    lots.chain(holds).min()
+}
+
+fn due_events(account: &Account, now: Millis) -> Vec<Event> {
+    let mut events = Vec::new();
+    // Timed-out holds first: their points go back to their lots, which may be
+    // due themselves.
+    let mut restored: std::collections::BTreeMap<&str, Points> = Default::default();
+    for (id, r) in &account.reservations {
+        if r.status == ReservationStatus::Open && r.expires_at <= now {
+            for l in &r.lots {
+                *restored.entry(l.lot_id.as_str()).or_insert(0) += l.points;
+            }
+            events.push(Event::ReservationReleased {
+                reservation_id: id.clone(),
+                points: sum(&r.lots),
+                lots: r.lots.clone(),
+                cause: ReleaseCause::TimedOut,
+            });
+        }
+    }
+    let lots: Vec<LotAmount> = account
+        .lots
+        .iter()
+        .filter(|(_, l)| l.expires_at.is_some_and(|at| at <= now))
+        .map(|(id, l)| LotAmount::new(id, l.remaining + restored.get(id.as_str()).copied().unwrap_or(0)))
+        .filter(|l| l.points > 0)
+        .collect();
+    if !lots.is_empty() {
+        events.push(Event::PointsExpired { points: sum(&lots), lots, cause: ExpiryCause::Due, reason: String::new() });
+    }
+    events
+}
+
+struct Decision<'a> {
+    programme: &'a Programme,
+    account: &'a Account,
+    request_id: &'a str,
+    now: Millis,
+}
+
+fn positive(points: Points, field: &'static str) -> Result<(), Rejection> {
+    if points <= 0 {
+        return Err(Rejection::field(Reason::InvalidAmount, field, format!("{field} must be > 0, got {points}")));
+    }
+    Ok(())
+}
+
+fn overflow(what: &str) -> Rejection {
+    Rejection::field(Reason::Overflow, "points", format!("{what} would overflow a 64-bit point count"))
+}
+
+/// Takes `points` from lots, soonest-expiring first.
+fn take_fefo(account: &Account, points: Points) -> Vec<LotAmount> {
+    let mut left = points;
+    let mut taken = Vec::new();
+    for (id, lot) in account.lots_fefo() {
+        if left == 0 {
+            break;
+        }
+        let p = left.min(lot.remaining);
+        taken.push(LotAmount::new(id, p));
+        left -= p;
+    }
+    taken
+}
+
+impl Decision<'_> {
+    fn decide(&self, body: &CommandBody) -> Result<Vec<Event>, Rejection> {
+        match body {
+            CommandBody::Earn { points, reason, order_ref, growth, expires_at } => {
+                self.earn(*points, reason, order_ref, *growth, *expires_at)
+            }
+            CommandBody::Spend { points, order_ref, order_cash_amount } => {
+                self.spend(*points, order_ref, *order_cash_amount)
+            }
+            CommandBody::Reserve { points, order_ref, timeout_seconds, order_cash_amount } => {
+                self.reserve(*points, order_ref, *timeout_seconds, *order_cash_amount)
+            }
+            CommandBody::Capture { reservation_id, points } => self.capture(reservation_id, *points),
+            CommandBody::Release { reservation_id } => self.release(reservation_id),
+            CommandBody::Refund { spend_id, points } => self.refund(spend_id, *points),
+            CommandBody::ReverseEarn { earn_id, points, growth } => self.reverse(earn_id, *points, *growth),
+            CommandBody::Expire { all_points, reason } => self.expire(*all_points, reason),
+            CommandBody::Adjust { points, operator, reason } => self.adjust(*points, operator, reason),
+            CommandBody::Freeze { earning, spending, operator, reason } => {
+                self.freeze_flags(*earning, *spending, operator, reason)?;
+                Ok(vec![Event::AccountFrozen {
+                    earning: *earning,
+                    spending: *spending,
+                    operator: operator.clone(),
+                    reason: reason.clone(),
+                }])
+            }
+            CommandBody::Unfreeze { earning, spending, operator, reason } => {
+                self.freeze_flags(*earning, *spending, operator, reason)?;
+                Ok(vec![Event::AccountUnfrozen {
+                    earning: *earning,
+                    spending: *spending,
+                    operator: operator.clone(),
+                    reason: reason.clone(),
+                }])
+            }
+            CommandBody::Tick => Ok(Vec::new()),
+        }
+    }
+
+    fn earn(
+        &self,
+        points: Points,
+        reason: &str,
+        order_ref: &Option<String>,
+        growth: i64,
+        expires_at: Option<Millis>,
+    ) -> Result<Vec<Event>, Rejection> {
+        positive(points, "points")?;
+        if reason.is_empty() {
+            return Err(Rejection::field(Reason::MissingField, "reason", "reason (the action code) is required"));
+        }
+        if growth < 0 {
+            return Err(Rejection::field(Reason::InvalidAmount, "growth", "growth must be >= 0"));
+        }
+        if self.account.earning_frozen {
+            return Err(Rejection::new(Reason::AccountFrozen, "account is frozen for earning"));
+        }
+        if let Some(at) = expires_at {
+            if at <= self.now {
+                return Err(Rejection::field(Reason::InvalidExpiry, "expires_at", "expires_at must lie in the future"));
+            }
+        }
+        let p = self.programme;
+        let day = programme_day(p.time_zone, self.now);
+        let (earned_today, action_today) = self.account.earned_on(day, reason);
+        let mut allowed = points;
+        let mut cap_reason = None;
+        if p.member_daily_earn_cap > 0 {
+            let room = (p.member_daily_earn_cap - earned_today).max(0);
+            if room < allowed {
+                allowed = room;
+                cap_reason = Some(Reason::DailyEarnCapReached);
+            }
+        }
+        if let Some(&cap) = p.action_daily_earn_caps.get(reason) {
+            let room = (cap - action_today).max(0);
+            if cap > 0 && room < allowed {
+                allowed = room;
+                cap_reason = Some(Reason::ActionDailyCapReached);
+            }
+        }
+        if let (Some(why), CapPolicy::Reject) = (cap_reason, p.cap_policy) {
+            return Err(Rejection::new(
+                why,
+                format!("daily earn cap reached: {points} requested, {allowed} left today for '{reason}'"),
+            ));
+        }
+        let granted = allowed;
+        let debt_repaid = granted.min(self.account.debt);
+        self.account.available().checked_add(granted).ok_or_else(|| overflow("the balance"))?;
+        self.account.totals.issued.checked_add(granted).ok_or_else(|| overflow("issued points"))?;
+        self.account.growth.checked_add(growth).ok_or_else(|| overflow("growth"))?;
+        Ok(vec![Event::PointsEarned {
+            lot_id: self.request_id.into(),
+            reason: reason.into(),
+            order_ref: order_ref.clone(),
+            requested: points,
+            granted,
+            forfeited: points - granted,
+            debt_repaid,
+            expires_at: expires_at.or_else(|| lot_expiry(p, self.now)),
+            growth,
+            day,
+        }])
+    }
+
+    fn spendable(&self, points: Points) -> Result<(), Rejection> {
+        if self.account.spending_frozen {
+            return Err(Rejection::new(Reason::AccountFrozen, "account is frozen for spending"));
+        }
+        let available = self.account.available();
+        if available < points {
+            return Err(Rejection::new(
+                Reason::InsufficientPoints,
+                format!("insufficient points: {points} requested, {available} available"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The max-share-of-order rule: points may pay at most that share of the order.
+    fn within_order_share(&self, points: Points, order_cash_amount: Option<i64>) -> Result<(), Rejection> {
+        let pct = self.programme.max_order_share_percent;
+        if pct == 0 {
+            return Ok(());
+        }
+        let Some(cash) = order_cash_amount else {
+            return Err(Rejection::field(
+                Reason::OrderCashAmountRequired,
+                "order_cash_amount",
+                format!("the programme lets points pay at most {pct}% of an order: order_cash_amount is required"),
+            ));
+        };
+        if cash <= 0 {
+            return Err(Rejection::field(Reason::InvalidAmount, "order_cash_amount", "order_cash_amount must be > 0"));
+        }
+        // points are worth points * 100 / ppcu minor units; compare without division.
+        let value = i128::from(points) * i128::from(CASH_MINOR_PER_UNIT) * 100;
+        let limit = i128::from(cash) * i128::from(pct) * i128::from(self.programme.points_per_cash_unit);
+        if value > limit {
+            let max_points = limit / (i128::from(CASH_MINOR_PER_UNIT) * 100);
+            return Err(Rejection::new(
+                Reason::OrderShareExceeded,
+                format!("points may pay at most {pct}% of this order: {max_points} points, {points} requested"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn spend(&self, points: Points, order_ref: &Option<String>, cash: Option<i64>) -> Result<Vec<Event>, Rejection> {
+        positive(points, "points")?;
+        self.within_order_share(points, cash)?;
+        self.spendable(points)?;
+        Ok(vec![Event::PointsSpent {
+            spend_id: self.request_id.into(),
+            order_ref: order_ref.clone(),
+            points,
+            lots: take_fefo(self.account, points),
+        }])
+    }
+
+    fn reserve(&self, points: Points, order_ref: &str, timeout_seconds: i64, cash: Option<i64>) -> Result<Vec<Event>, Rejection> {
+        positive(points, "points")?;
+        if !(1..=RESERVATION_TIMEOUT_SECONDS_MAX).contains(&timeout_seconds) {
+            return Err(Rejection::field(
+                Reason::InvalidTimeout,
+                "timeout_seconds",
+                format!("timeout_seconds must be 1..={RESERVATION_TIMEOUT_SECONDS_MAX}"),
+            ));
+        }
+        self.within_order_share(points, cash)?;
+        self.spendable(points)?;
+        Ok(vec![Event::PointsReserved {
+            reservation_id: self.request_id.into(),
+            order_ref: order_ref.into(),
+            points,
+            lots: take_fefo(self.account, points),
+            expires_at: self.now + timeout_seconds * 1000,
+        }])
+    }
+
+    fn open_reservation(&self, reservation_id: &str) -> Result<&super::ReservationRecord, Rejection> {
+        let r = self.account.reservations.get(reservation_id).ok_or_else(|| {
+            Rejection::field(Reason::ReservationNotFound, "reservation_id", format!("no reservation {reservation_id}"))
+        })?;
+        if r.status != ReservationStatus::Open {
+            return Err(Rejection::new(
+                Reason::ReservationSettled,
+                format!("reservation {reservation_id} is already settled ({:?})", r.status),
+            ));
+        }
+        Ok(r)
+    }
+
+    fn capture(&self, reservation_id: &str, points: Option<Points>) -> Result<Vec<Event>, Rejection> {
+        let r = self.open_reservation(reservation_id)?;
+        let held = r.held();
+        let points = points.unwrap_or(held);
+        positive(points, "points")?;
+        if points > held {
+            return Err(Rejection::new(
+                Reason::CaptureExceedsReservation,
+                format!("capture of {points} exceeds the {held} reserved"),
+            ));
+        }
+        if self.account.spending_frozen {
+            return Err(Rejection::new(Reason::AccountFrozen, "account is frozen for spending"));
+        }
+        // Capture the soonest-expiring part of the hold; release the rest.
+        let mut held_lots = r.lots.clone();
+        held_lots.sort_by_key(|l| (self.lot_expiry(&l.lot_id).unwrap_or(Millis::MAX), l.lot_id.clone()));
+        let (mut lots, mut released) = (Vec::new(), Vec::new());
+        let mut left = points;
+        for l in held_lots {
+            let p = left.min(l.points);
+            if p > 0 {
+                lots.push(LotAmount::new(&l.lot_id, p));
+            }
+            if l.points > p {
+                released.push(LotAmount::new(&l.lot_id, l.points - p));
+            }
+            left -= p;
+        }
+        let mut events = vec![Event::ReservationCaptured {
+            reservation_id: reservation_id.into(),
+            spend_id: self.request_id.into(),
+            points,
+            lots,
+            released_points: held - points,
+            released_lots: released.clone(),
+        }];
+        events.extend(self.expire_if_due(&released));
+        Ok(events)
+    }
+
+    fn release(&self, reservation_id: &str) -> Result<Vec<Event>, Rejection> {
+        let r = self.open_reservation(reservation_id)?;
+        let mut events = vec![Event::ReservationReleased {
+            reservation_id: reservation_id.into(),
+            points: r.held(),
+            lots: r.lots.clone(),
+            cause: ReleaseCause::Requested,
+        }];
+        events.extend(self.expire_if_due(&r.lots));
+        Ok(events)
+    }
+
+    fn lot_expiry(&self, lot_id: &str) -> Option<Millis> {
+        self.account.lots.get(lot_id).and_then(|l| l.expires_at)
+    }
+
+    /// Points that go back into lots whose time is already up expire at once.
+    fn expire_if_due(&self, returned: &[LotAmount]) -> Option<Event> {
+        let mut lots: std::collections::BTreeMap<&str, Points> = Default::default();
+        for l in returned {
+            if self.lot_expiry(&l.lot_id).is_some_and(|at| at <= self.now) && l.points > 0 {
+                *lots.entry(l.lot_id.as_str()).or_insert(0) += l.points;
+            }
+        }
+        let lots: Vec<LotAmount> = lots.into_iter().map(|(id, p)| LotAmount::new(id, p)).collect();
+        (!lots.is_empty()).then(|| Event::PointsExpired {
+            points: sum(&lots),
+            lots,
+            cause: ExpiryCause::Due,
+            reason: String::new(),
+        })
+    }
+
+    fn refund(&self, spend_id: &str, points: Points) -> Result<Vec<Event>, Rejection> {
+        positive(points, "points")?;
+        let spend = self.account.spends.get(spend_id).ok_or_else(|| {
+            Rejection::field(Reason::SpendNotFound, "spend_request_id", format!("no spend {spend_id} on this account"))
+        })?;
+        let refundable = spend.refundable();
+        if points > refundable {
+            return Err(Rejection::new(
+                Reason::RefundExceedsSpend,
+                format!("refund of {points} exceeds the {refundable} still refundable"),
+            ));
+        }
+        self.account.available().checked_add(points).ok_or_else(|| overflow("the balance"))?;
+        // Back into the lots the spend came from, latest expiry first, so the
+        // member gets the longest-lived points back.
+        let mut paid: std::collections::BTreeMap<&str, Points> = Default::default();
+        for l in &spend.lots {
+            *paid.entry(l.lot_id.as_str()).or_insert(0) += l.points;
+        }
+        let mut order: Vec<(&str, Points)> = paid
+            .into_iter()
+            .map(|(id, p)| (id, p - spend.refunded.get(id).copied().unwrap_or(0)))
+            .filter(|(_, left)| *left > 0)
+            .collect();
+        order.sort_by_key(|(id, _)| (std::cmp::Reverse(self.lot_expiry(id).unwrap_or(Millis::MAX)), *id));
+        let mut left = points;
+        let mut lots = Vec::new();
+        for (id, room) in order {
+            if left == 0 {
+                break;
+            }
+            let p = left.min(room);
+            lots.push(LotAmount::new(id, p));
+            left -= p;
+        }
+        let mut events = vec![Event::SpendRefunded {
+            refund_id: self.request_id.into(),
+            spend_id: spend_id.into(),
+            points,
+            lots: lots.clone(),
+        }];
+        events.extend(self.expire_if_due(&lots));
+        Ok(events)
+    }
+
+    fn reverse(&self, earn_id: &str, points: Points, growth: i64) -> Result<Vec<Event>, Rejection> {
+        positive(points, "points")?;
+        if growth < 0 {
+            return Err(Rejection::field(Reason::InvalidAmount, "growth", "growth must be >= 0"));
+        }
+        let earn = self.account.earns.get(earn_id).ok_or_else(|| {
+            Rejection::field(Reason::EarnNotFound, "earn_request_id", format!("no earn {earn_id} on this account"))
+        })?;
+        let reversible = earn.points - earn.reversed;
+        if points > reversible {
+            return Err(Rejection::new(
+                Reason::ReversalExceedsEarn,
+                format!("reversal of {points} exceeds the {reversible} still reversible"),
+            ));
+        }
+        let growth_left = earn.growth - earn.growth_reversed;
+        if growth > growth_left {
+            return Err(Rejection::new(
+                Reason::GrowthReversalExceedsEarn,
+                format!("growth reversal of {growth} exceeds the {growth_left} left of this earn"),
+            ));
+        }
+        // The earn's own lot first, then the other lots soonest-expiring first.
+        let mut taken = Vec::new();
+        let mut left = points;
+        let own = self.account.lots.get(earn_id).map(|l| l.remaining).unwrap_or(0);
+        if own > 0 {
+            let p = left.min(own);
+            taken.push(LotAmount::new(earn_id, p));
+            left -= p;
+        }
+        for (id, lot) in self.account.lots_fefo() {
+            if left == 0 {
+                break;
+            }
+            if id == earn_id {
+                continue;
+            }
+            let p = left.min(lot.remaining);
+            taken.push(LotAmount::new(id, p));
+            left -= p;
+        }
+        let (debt_added, written_off) = match self.programme.clawback_policy {
+            ClawbackPolicy::AllowDebt => (left, 0),
+            ClawbackPolicy::WithinBalance => (0, left),
+        };
+        self.account.debt.checked_add(debt_added).ok_or_else(|| overflow("debt"))?;
+        Ok(vec![Event::EarnReversed {
+            reversal_id: self.request_id.into(),
+            earn_id: earn_id.into(),
+            points,
+            taken,
+            debt_added,
+            written_off,
+            growth,
+        }])
+    }
+
+    fn expire(&self, all_points: bool, reason: &str) -> Result<Vec<Event>, Rejection> {
+        if !all_points {
+            // Due lots were already expired before this command; nothing else to do.
+            return Ok(Vec::new());
+        }
+        if reason.is_empty() {
+            return Err(Rejection::field(Reason::MissingField, "reason", "reason is required to expire all points"));
+        }
+        let mut events = Vec::new();
+        for (id, r) in &self.account.reservations {
+            if r.status == ReservationStatus::Open {
+                events.push(Event::ReservationReleased {
+                    reservation_id: id.clone(),
+                    points: r.held(),
+                    lots: r.lots.clone(),
+                    cause: ReleaseCause::Recycled,
+                });
+            }
+        }
+        let mut after = self.account.clone();
+        events.iter().for_each(|e| after.apply(e));
+        let lots: Vec<LotAmount> =
+            after.lots_fefo().into_iter().map(|(id, l)| LotAmount::new(id, l.remaining)).collect();
+        if !lots.is_empty() {
+            events.push(Event::PointsExpired {
+                points: sum(&lots),
+                lots,
+                cause: ExpiryCause::AllPoints,
+                reason: reason.into(),
+            });
+        }
+        Ok(events)
+    }
+
+    fn adjust(&self, points: Points, operator: &str, reason: &str) -> Result<Vec<Event>, Rejection> {
+        if points == 0 || points == Points::MIN {
+            return Err(Rejection::field(Reason::InvalidAmount, "points", "points must be non-zero"));
+        }
+        if operator.is_empty() || reason.is_empty() {
+            return Err(Rejection::field(
+                Reason::MissingField,
+                if operator.is_empty() { "operator" } else { "reason" },
+                "a manual adjustment needs an operator and a reason",
+            ));
+        }
+        let (lots, debt_repaid, expires_at) = if points > 0 {
+            self.account.available().checked_add(points).ok_or_else(|| overflow("the balance"))?;
+            self.account.totals.adjusted_up.checked_add(points).ok_or_else(|| overflow("adjusted points"))?;
+            let repaid = points.min(self.account.debt);
+            let expires_at = lot_expiry(self.programme, self.now);
+            let lots = if points > repaid { vec![LotAmount::new(self.request_id, points - repaid)] } else { vec![] };
+            (lots, repaid, expires_at)
+        } else {
+            let take = -points;
+            let available = self.account.available();
+            if available < take {
+                return Err(Rejection::new(
+                    Reason::InsufficientPoints,
+                    format!("cannot take {take} points: {available} available"),
+                ));
+            }
+            (take_fefo(self.account, take), 0, None)
+        };
+        Ok(vec![Event::PointsAdjusted {
+            adjustment_id: self.request_id.into(),
+            points,
+            operator: operator.into(),
+            reason: reason.into(),
+            lots,
+            debt_repaid,
+            expires_at,
+        }])
+    }
+
+    fn freeze_flags(&self, earning: bool, spending: bool, operator: &str, reason: &str) -> Result<(), Rejection> {
+        if !earning && !spending {
+            return Err(Rejection::field(Reason::MissingField, "earning", "name earning, spending or both"));
+        }
+        if operator.is_empty() || reason.is_empty() {
+            return Err(Rejection::field(
+                Reason::MissingField,
+                if operator.is_empty() { "operator" } else { "reason" },
+                "freezing and unfreezing need an operator and a reason",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! A stable fingerprint of a command's content (everything but its request
+//! id), stored in the log with its events, so that a retry carrying the same
+//! request id but other content is recognised, even after a restart.
+//!
+//! Fields are fed explicitly, in a fixed order, into FNV-1a 64: the value must
+//! never change between releases, so it does not rely on `std::hash`.
+
+use super::{Command, CommandBody};
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn opt_i64(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => {
+                self.bytes(&[1]);
+                self.i64(v);
+            }
+            None => self.bytes(&[0]),
+        }
+    }
+    fn opt_str(&mut self, v: &Option<String>) {
+        match v {
+            Some(v) => {
+                self.bytes(&[1]);
+                self.str(v);
+            }
+            None => self.bytes(&[0]),
+        }
+    }
+    fn flag(&mut self, v: bool) {
+        self.bytes(&[u8::from(v)]);
+    }
+}
+
+pub fn fingerprint(command: &Command) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    h.str(&command.account.tenant_id);
+    h.str(&command.account.programme_id);
+    h.str(&command.account.member_id);
+    match &command.body {
+        CommandBody::Earn { points, reason, order_ref, growth, expires_at } => {
+            h.str("earn");
+            h.i64(*points);
+            h.str(reason);
+            h.opt_str(order_ref);
+            h.i64(*growth);
+            h.opt_i64(*expires_at);
+        }
+        CommandBody::Spend { points, order_ref, order_cash_amount } => {
+            h.str("spend");
+            h.i64(*points);
+            h.opt_str(order_ref);
+            h.opt_i64(*order_cash_amount);
+        }
+        CommandBody::Reserve { points, order_ref, timeout_seconds, order_cash_amount } => {
+            h.str("reserve");
+            h.i64(*points);
+            h.str(order_ref);
+            h.i64(*timeout_seconds);
+            h.opt_i64(*order_cash_amount);
+        }
+        CommandBody::Capture { reservation_id, points } => {
+            h.str("capture");
+            h.str(reservation_id);
+            h.opt_i64(*points);
+        }
+        CommandBody::Release { reservation_id } => {
+            h.str("release");
+            h.str(reservation_id);
+        }
+        CommandBody::Refund { spend_id, points } => {
+            h.str("refund");
+            h.str(spend_id);
+            h.i64(*points);
+        }
+        CommandBody::ReverseEarn { earn_id, points, growth } => {
+            h.str("reverse");
+            h.str(earn_id);
+            h.i64(*points);
+            h.i64(*growth);
+        }
+        CommandBody::Expire { all_points, reason } => {
+            h.str("expire");
+            h.flag(*all_points);
+            h.str(reason);
+        }
+        CommandBody::Adjust { points, operator, reason } => {
+            h.str("adjust");
+            h.i64(*points);
+            h.str(operator);
+            h.str(reason);
+        }
+        CommandBody::Freeze { earning, spending, operator, reason }
+        | CommandBody::Unfreeze { earning, spending, operator, reason } => {
+            h.str(if matches!(command.body, CommandBody::Freeze { .. }) { "freeze" } else { "unfreeze" });
+            h.flag(*earning);
+            h.flag(*spending);
+            h.str(operator);
+            h.str(reason);
+        }
+        CommandBody::Tick => h.str("tick"),
+    }
+    let ctx = &command.context;
+    h.str(&ctx.client_ip);
+    h.str(&ctx.device_id);
+    h.u64(ctx.metadata.len() as u64);
+    for (k, v) in &ctx.metadata {
+        h.str(k);
+        h.str(v);
+    }
+    h.0
+}
+
+/// The fingerprint of a programme configuration request (rules and operator).
+pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    h.str(&p.tenant_id);
+    h.str(&p.programme_id);
+    h.str(&p.unit_name);
+    h.i64(p.points_per_cash_unit);
+    h.u64(u64::from(p.validity_days));
+    h.str(&format!("{:?}", p.validity_rounding));
+    h.u64(u64::from(p.reminder_days));
+    h.str(p.time_zone.name());
+    h.i64(p.member_daily_earn_cap);
+    h.u64(p.action_daily_earn_caps.len() as u64);
+    for (k, v) in &p.action_daily_earn_caps {
+        h.str(k);
+        h.i64(*v);
+    }
+    h.i64(p.programme_daily_issuance_cap);
+    h.str(&format!("{:?}", p.cap_policy));
+    h.u64(u64::from(p.max_order_share_percent));
+    h.str(&format!("{:?}", p.clawback_policy));
+    h.u64(p.levels.len() as u64);
+    for l in &p.levels {
+        h.str(&l.name);
+        h.i64(l.min_growth);
+    }
+    h.u64(u64::from(p.level_window_days));
+    h.str(operator);
+    h.0
+}

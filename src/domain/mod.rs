@@ -1,0 +1,396 @@
+//! The pure core of the ledger: programmes, accounts, commands, events, and the
+//! two functions that give them meaning.
+//!
+//! - [`decide`] takes an account's state, a command and the time, and returns
+//!   the events that the command causes, or a [`Rejection`]. Every business
+//!   rule lives there.
+//! - [`Account::apply`] folds one event into the state. It cannot fail: a
+//!   well-formed history is always applicable, and an ill-formed one is a bug
+//!   that panics loudly rather than bending the books.
+//!
+//! This module never does IO, never reads the clock, never draws a random
+//! number, and knows nothing of protobuf, gRPC, Kafka or RocksDB. Time enters
+//! as an argument; wire types are converted in `codec`.
+
+mod account;
+pub mod calendar;
+mod decide;
+mod fingerprint;
+
+use std::collections::BTreeMap;
+
+pub use account::{Account, EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals};
+pub use decide::{decide, due_at};
+
+/// A number of points. Signed so that debts and adjustments read naturally;
+/// every sum is checked.
+pub type Points = i64;
+
+/// An instant: milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// Limits the domain enforces itself (the API enforces the string limits).
+pub const RESERVATION_TIMEOUT_SECONDS_MAX: i64 = 7 * 24 * 3600;
+/// Minor units of cash in one unit (fen per yuan, cents per dollar).
+pub const CASH_MINOR_PER_UNIT: i64 = 100;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountKey {
+    pub tenant_id: String,
+    pub programme_id: String,
+    pub member_id: String,
+}
+
+impl AccountKey {
+    pub fn new(tenant: &str, programme: &str, member: &str) -> Self {
+        AccountKey { tenant_id: tenant.into(), programme_id: programme.into(), member_id: member.into() }
+    }
+
+    pub fn programme(&self) -> ProgrammeKey {
+        ProgrammeKey { tenant_id: self.tenant_id.clone(), programme_id: self.programme_id.clone() }
+    }
+}
+
+impl std::fmt::Display for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant_id, self.programme_id, self.member_id)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProgrammeKey {
+    pub tenant_id: String,
+    pub programme_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValidityRounding {
+    None,
+    EndOfMonth,
+    EndOfQuarter,
+    EndOfYear,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapPolicy {
+    Truncate,
+    Reject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClawbackPolicy {
+    WithinBalance,
+    AllowDebt,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LevelThreshold {
+    pub name: String,
+    pub min_growth: i64,
+}
+
+/// One version of a programme's rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Programme {
+    pub tenant_id: String,
+    pub programme_id: String,
+    pub unit_name: String,
+    pub points_per_cash_unit: i64,
+    /// 0 = points never expire.
+    pub validity_days: u32,
+    pub validity_rounding: ValidityRounding,
+    pub reminder_days: u32,
+    pub time_zone: chrono_tz::Tz,
+    /// 0 = no cap.
+    pub member_daily_earn_cap: Points,
+    pub action_daily_earn_caps: BTreeMap<String, Points>,
+    /// 0 = no cap.
+    pub programme_daily_issuance_cap: Points,
+    pub cap_policy: CapPolicy,
+    /// 0 = no limit.
+    pub max_order_share_percent: u32,
+    pub clawback_policy: ClawbackPolicy,
+    pub levels: Vec<LevelThreshold>,
+    /// 0 = lifetime.
+    pub level_window_days: u32,
+    pub version: u64,
+    pub configured_at: Millis,
+}
+
+impl Programme {
+    pub fn key(&self) -> ProgrammeKey {
+        ProgrammeKey { tenant_id: self.tenant_id.clone(), programme_id: self.programme_id.clone() }
+    }
+
+    /// Rules of thumb for a new programme: 100 points = 1 unit, a year's
+    /// validity rounded to the end of the month, no caps.
+    pub fn example(tenant: &str, programme: &str) -> Programme {
+        Programme {
+            tenant_id: tenant.into(),
+            programme_id: programme.into(),
+            unit_name: "points".into(),
+            points_per_cash_unit: 100,
+            validity_days: 365,
+            validity_rounding: ValidityRounding::None,
+            reminder_days: 15,
+            time_zone: chrono_tz::Asia::Shanghai,
+            member_daily_earn_cap: 0,
+            action_daily_earn_caps: BTreeMap::new(),
+            programme_daily_issuance_cap: 0,
+            cap_policy: CapPolicy::Truncate,
+            max_order_share_percent: 0,
+            clawback_policy: ClawbackPolicy::WithinBalance,
+            levels: Vec::new(),
+            level_window_days: 0,
+            version: 1,
+            configured_at: 0,
+        }
+    }
+}
+
+/// Where a command came from, for risk rules and audit. Not interpreted by
+/// `decide` yet, but part of the command's content (and fingerprint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandContext {
+    pub client_ip: String,
+    pub device_id: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// The idempotency key, unique per tenant. Empty for commands the writer
+    /// issues itself.
+    pub request_id: String,
+    pub account: AccountKey,
+    pub body: CommandBody,
+    pub context: CommandContext,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandBody {
+    Earn { points: Points, reason: String, order_ref: Option<String>, growth: i64, expires_at: Option<Millis> },
+    Spend { points: Points, order_ref: Option<String>, order_cash_amount: Option<i64> },
+    Reserve { points: Points, order_ref: String, timeout_seconds: i64, order_cash_amount: Option<i64> },
+    Capture { reservation_id: String, points: Option<Points> },
+    Release { reservation_id: String },
+    Refund { spend_id: String, points: Points },
+    ReverseEarn { earn_id: String, points: Points, growth: i64 },
+    Expire { all_points: bool, reason: String },
+    Adjust { points: Points, operator: String, reason: String },
+    Freeze { earning: bool, spending: bool, operator: String, reason: String },
+    Unfreeze { earning: bool, spending: bool, operator: String, reason: String },
+    /// Issued by the writer's scheduler: expire due lots and time out due
+    /// reservations. Never sent by callers.
+    Tick,
+}
+
+impl CommandBody {
+    /// Whether the writer's scheduler issued it (no idempotency key).
+    pub fn is_system(&self) -> bool {
+        matches!(self, CommandBody::Tick)
+    }
+}
+
+/// A lot's share in a movement.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LotAmount {
+    pub lot_id: String,
+    pub points: Points,
+}
+
+impl LotAmount {
+    pub fn new(lot_id: &str, points: Points) -> Self {
+        LotAmount { lot_id: lot_id.into(), points }
+    }
+}
+
+pub fn sum(lots: &[LotAmount]) -> Points {
+    lots.iter().map(|l| l.points).sum()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseCause {
+    Requested,
+    TimedOut,
+    /// Released so that an `Expire { all_points }` can recycle every point.
+    Recycled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpiryCause {
+    Due,
+    AllPoints,
+}
+
+/// Facts, in the past tense. Each carries every number a reader needs, so
+/// folding an event never consults the programme's rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    PointsEarned {
+        lot_id: String,
+        reason: String,
+        order_ref: Option<String>,
+        requested: Points,
+        granted: Points,
+        forfeited: Points,
+        /// Part of `granted` that repaid debt; the lot holds the rest.
+        debt_repaid: Points,
+        expires_at: Option<Millis>,
+        growth: i64,
+        /// Programme day of the earn, for daily caps.
+        day: i64,
+    },
+    PointsSpent { spend_id: String, order_ref: Option<String>, points: Points, lots: Vec<LotAmount> },
+    PointsReserved { reservation_id: String, order_ref: String, points: Points, lots: Vec<LotAmount>, expires_at: Millis },
+    ReservationCaptured {
+        reservation_id: String,
+        spend_id: String,
+        points: Points,
+        lots: Vec<LotAmount>,
+        released_points: Points,
+        released_lots: Vec<LotAmount>,
+    },
+    ReservationReleased { reservation_id: String, points: Points, lots: Vec<LotAmount>, cause: ReleaseCause },
+    SpendRefunded { refund_id: String, spend_id: String, points: Points, lots: Vec<LotAmount> },
+    EarnReversed {
+        reversal_id: String,
+        earn_id: String,
+        /// Clawed back in all: taken + debt_added + written_off.
+        points: Points,
+        taken: Vec<LotAmount>,
+        debt_added: Points,
+        written_off: Points,
+        growth: i64,
+    },
+    PointsExpired { points: Points, lots: Vec<LotAmount>, cause: ExpiryCause, reason: String },
+    PointsAdjusted {
+        adjustment_id: String,
+        points: Points,
+        operator: String,
+        reason: String,
+        /// For a credit: the new lot (at most one); for a debit: the lots taken.
+        lots: Vec<LotAmount>,
+        debt_repaid: Points,
+        expires_at: Option<Millis>,
+    },
+    AccountFrozen { earning: bool, spending: bool, operator: String, reason: String },
+    AccountUnfrozen { earning: bool, spending: bool, operator: String, reason: String },
+}
+
+impl Event {
+    /// The signed change this event makes to available + reserved − debt
+    /// (the member's net balance), for statements and books.
+    pub fn net_delta(&self) -> Points {
+        match self {
+            Event::PointsEarned { granted, .. } => *granted,
+            Event::PointsSpent { points, .. } => -points,
+            Event::PointsReserved { .. } | Event::ReservationReleased { .. } => 0,
+            Event::ReservationCaptured { points, .. } => -points,
+            Event::SpendRefunded { points, .. } => *points,
+            Event::EarnReversed { points, written_off, .. } => -(points - written_off),
+            Event::PointsExpired { points, .. } => -points,
+            Event::PointsAdjusted { points, .. } => *points,
+            Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } => 0,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::PointsEarned { .. } => "PointsEarned",
+            Event::PointsSpent { .. } => "PointsSpent",
+            Event::PointsReserved { .. } => "PointsReserved",
+            Event::ReservationCaptured { .. } => "ReservationCaptured",
+            Event::ReservationReleased { .. } => "ReservationReleased",
+            Event::SpendRefunded { .. } => "SpendRefunded",
+            Event::EarnReversed { .. } => "EarnReversed",
+            Event::PointsExpired { .. } => "PointsExpired",
+            Event::PointsAdjusted { .. } => "PointsAdjusted",
+            Event::AccountFrozen { .. } => "AccountFrozen",
+            Event::AccountUnfrozen { .. } => "AccountUnfrozen",
+        }
+    }
+}
+
+/// Why a command was refused. Stable, machine-readable; the API maps each to
+/// a gRPC status code in one exhaustive match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // The command is malformed for the domain.
+    InvalidAmount,
+    Overflow,
+    InvalidExpiry,
+    InvalidTimeout,
+    MissingField,
+    OrderCashAmountRequired,
+    // A reference to something that does not exist.
+    ProgrammeNotFound,
+    SpendNotFound,
+    EarnNotFound,
+    ReservationNotFound,
+    // The account's state does not allow it.
+    InsufficientPoints,
+    AccountFrozen,
+    ReservationSettled,
+    CaptureExceedsReservation,
+    RefundExceedsSpend,
+    ReversalExceedsEarn,
+    GrowthReversalExceedsEarn,
+    OrderShareExceeded,
+    // A cap under the reject policy.
+    DailyEarnCapReached,
+    ActionDailyCapReached,
+    ProgrammeDailyCapReached,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidAmount => "INVALID_AMOUNT",
+            Reason::Overflow => "OVERFLOW",
+            Reason::InvalidExpiry => "INVALID_EXPIRY",
+            Reason::InvalidTimeout => "INVALID_TIMEOUT",
+            Reason::MissingField => "MISSING_FIELD",
+            Reason::OrderCashAmountRequired => "ORDER_CASH_AMOUNT_REQUIRED",
+            Reason::ProgrammeNotFound => "PROGRAMME_NOT_FOUND",
+            Reason::SpendNotFound => "SPEND_NOT_FOUND",
+            Reason::EarnNotFound => "EARN_NOT_FOUND",
+            Reason::ReservationNotFound => "RESERVATION_NOT_FOUND",
+            Reason::InsufficientPoints => "INSUFFICIENT_POINTS",
+            Reason::AccountFrozen => "ACCOUNT_FROZEN",
+            Reason::ReservationSettled => "RESERVATION_SETTLED",
+            Reason::CaptureExceedsReservation => "CAPTURE_EXCEEDS_RESERVATION",
+            Reason::RefundExceedsSpend => "REFUND_EXCEEDS_SPEND",
+            Reason::ReversalExceedsEarn => "REVERSAL_EXCEEDS_EARN",
+            Reason::GrowthReversalExceedsEarn => "GROWTH_REVERSAL_EXCEEDS_EARN",
+            Reason::OrderShareExceeded => "ORDER_SHARE_EXCEEDED",
+            Reason::DailyEarnCapReached => "DAILY_EARN_CAP_REACHED",
+            Reason::ActionDailyCapReached => "ACTION_DAILY_CAP_REACHED",
+            Reason::ProgrammeDailyCapReached => "PROGRAMME_DAILY_CAP_REACHED",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub reason: Reason,
+    /// The request field at fault, for INVALID_ARGUMENT details.
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Rejection { reason, field: None, message: message.into() }
+    }
+
+    pub fn field(reason: Reason, field: &'static str, message: impl Into<String>) -> Self {
+        Rejection { reason, field: Some(field), message: message.into() }
+    }
+}
+
+pub use fingerprint::{fingerprint, fingerprint_programme};
+
+#[cfg(test)]
+mod tests;

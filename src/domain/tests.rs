@@ -1,0 +1,436 @@
+//! Given / when / then tests of every rule in `decide`, through one helper.
+
+use super::*;
+
+const DAY: i64 = 86_400_000;
+/// 2026-03-10T00:00:00Z
+const T0: Millis = 1_773_100_800_000;
+
+/// Given a programme and the history so far, when a command arrives at `now`,
+/// then these events (folded into the account) or this rejection.
+struct Scenario {
+    programme: Programme,
+    account: Account,
+    now: Millis,
+}
+
+fn key() -> AccountKey {
+    AccountKey::new("shop", "points", "m1")
+}
+
+impl Scenario {
+    fn new() -> Scenario {
+        let mut p = Programme::example("shop", "points");
+        p.validity_days = 0;
+        Scenario { programme: p, account: Account::default(), now: T0 }
+    }
+
+    fn rules(mut self, f: impl FnOnce(&mut Programme)) -> Self {
+        f(&mut self.programme);
+        self
+    }
+
+    fn at(&mut self, now: Millis) -> &mut Self {
+        self.now = now;
+        self
+    }
+
+    fn given_events(&mut self, events: &[Event]) -> &mut Self {
+        events.iter().for_each(|e| self.account.apply(e));
+        self
+    }
+
+    fn when(&self, id: &str, body: CommandBody) -> Result<Vec<Event>, Rejection> {
+        let cmd = Command { request_id: id.into(), account: key(), body, context: Default::default() };
+        decide(Some(&self.programme), &self.account, &cmd, self.now)
+    }
+
+    /// Decides and folds; panics on a rejection.
+    fn then_ok(&mut self, id: &str, body: CommandBody) -> Vec<Event> {
+        let events = self.when(id, body).unwrap_or_else(|r| panic!("{id} rejected: {r:?}"));
+        self.given_events(&events);
+        self.account.check_invariants().unwrap();
+        events
+    }
+
+    fn then_rejects(&self, id: &str, body: CommandBody, reason: Reason) {
+        match self.when(id, body) {
+            Err(r) => assert_eq!(r.reason, reason, "{}", r.message),
+            Ok(events) => panic!("{id} accepted: {events:?}"),
+        }
+    }
+
+    fn earn(&mut self, id: &str, points: Points, expires_at: Option<Millis>) -> Vec<Event> {
+        self.then_ok(id, earn_body(points, "purchase", expires_at))
+    }
+
+    fn available(&self) -> Points {
+        self.account.available()
+    }
+}
+
+fn earn_body(points: Points, reason: &str, expires_at: Option<Millis>) -> CommandBody {
+    CommandBody::Earn { points, reason: reason.into(), order_ref: None, growth: 0, expires_at }
+}
+
+fn spend(points: Points) -> CommandBody {
+    CommandBody::Spend { points, order_ref: None, order_cash_amount: None }
+}
+
+fn lots(v: &[(&str, Points)]) -> Vec<LotAmount> {
+    v.iter().map(|(id, p)| LotAmount::new(id, *p)).collect()
+}
+
+fn spent_lots(events: &[Event]) -> Vec<LotAmount> {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::PointsSpent { lots, .. } => Some(lots.clone()),
+            _ => None,
+        })
+        .expect("a PointsSpent event")
+}
+
+#[test]
+fn earn_creates_a_lot_with_the_programmes_validity_rounded_to_month_end_in_its_zone() {
+    let mut s = Scenario::new().rules(|p| {
+        p.validity_days = 30;
+        p.validity_rounding = ValidityRounding::EndOfMonth;
+        p.time_zone = chrono_tz::Asia::Shanghai;
+    });
+    // 2026-03-10 + 30 days = 2026-04-09 → end of April in Shanghai = 2026-04-30T16:00Z.
+    let events = s.earn("e1", 100, None);
+    let Event::PointsEarned { granted, expires_at, .. } = &events[0] else { panic!() };
+    assert_eq!(*granted, 100);
+    assert_eq!(*expires_at, Some(1_777_564_800_000));
+    assert_eq!(s.account.lots["e1"].remaining, 100);
+}
+
+#[test]
+fn quarter_and_year_rounding() {
+    let mut p = Programme::example("t", "p");
+    p.time_zone = chrono_tz::UTC;
+    p.validity_days = 1;
+    p.validity_rounding = ValidityRounding::EndOfQuarter;
+    // 2026-03-11 → quarter ends 2026-04-01T00:00Z
+    assert_eq!(calendar::lot_expiry(&p, T0), Some(1_775_001_600_000));
+    p.validity_rounding = ValidityRounding::EndOfYear;
+    assert_eq!(calendar::lot_expiry(&p, T0), Some(1_798_761_600_000));
+    p.validity_days = 0;
+    assert_eq!(calendar::lot_expiry(&p, T0), None);
+}
+
+#[test]
+fn spend_takes_soonest_expiring_lots_first_and_never_expiring_last() {
+    let mut s = Scenario::new();
+    s.earn("never", 100, None);
+    s.earn("late", 100, Some(T0 + 30 * DAY));
+    s.earn("soon", 100, Some(T0 + 5 * DAY));
+    let events = s.then_ok("s1", spend(250));
+    assert_eq!(spent_lots(&events), lots(&[("soon", 100), ("late", 100), ("never", 50)]));
+    assert_eq!(s.available(), 50);
+}
+
+#[test]
+fn spend_beyond_the_balance_is_refused() {
+    let mut s = Scenario::new();
+    s.earn("e1", 100, None);
+    s.then_rejects("s1", spend(101), Reason::InsufficientPoints);
+    s.then_rejects("s1", spend(0), Reason::InvalidAmount);
+    s.then_rejects("s1", spend(-5), Reason::InvalidAmount);
+}
+
+#[test]
+fn commands_on_an_unconfigured_programme_are_refused() {
+    let s = Scenario::new();
+    let cmd = Command { request_id: "x".into(), account: key(), body: spend(1), context: Default::default() };
+    assert_eq!(decide(None, &s.account, &cmd, T0).unwrap_err().reason, Reason::ProgrammeNotFound);
+}
+
+#[test]
+fn partial_capture_spends_part_and_releases_the_rest() {
+    let mut s = Scenario::new();
+    s.earn("a", 30, Some(T0 + DAY));
+    s.earn("b", 70, Some(T0 + 9 * DAY));
+    s.then_ok("r1", CommandBody::Reserve { points: 50, order_ref: "o1".into(), timeout_seconds: 900, order_cash_amount: None });
+    assert_eq!((s.account.available(), s.account.reserved()), (50, 50));
+    let events = s.then_ok("c1", CommandBody::Capture { reservation_id: "r1".into(), points: Some(40) });
+    assert_eq!(
+        events,
+        vec![Event::ReservationCaptured {
+            reservation_id: "r1".into(),
+            spend_id: "c1".into(),
+            points: 40,
+            lots: lots(&[("a", 30), ("b", 10)]),
+            released_points: 10,
+            released_lots: lots(&[("b", 10)]),
+        }]
+    );
+    assert_eq!((s.account.available(), s.account.reserved()), (60, 0));
+    s.then_rejects("c2", CommandBody::Capture { reservation_id: "r1".into(), points: None }, Reason::ReservationSettled);
+    s.then_rejects("c3", CommandBody::Release { reservation_id: "nope".into() }, Reason::ReservationNotFound);
+    // The capture is a spend that can be refunded.
+    s.then_ok("rf", CommandBody::Refund { spend_id: "c1".into(), points: 40 });
+    assert_eq!(s.available(), 100);
+}
+
+#[test]
+fn capture_beyond_the_hold_is_refused_and_release_returns_everything() {
+    let mut s = Scenario::new();
+    s.earn("a", 100, None);
+    s.then_ok("r1", CommandBody::Reserve { points: 60, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None });
+    s.then_rejects("c", CommandBody::Capture { reservation_id: "r1".into(), points: Some(61) }, Reason::CaptureExceedsReservation);
+    s.then_ok("rel", CommandBody::Release { reservation_id: "r1".into() });
+    assert_eq!((s.available(), s.account.reserved()), (100, 0));
+    s.then_rejects("rel2", CommandBody::Release { reservation_id: "r1".into() }, Reason::ReservationSettled);
+}
+
+#[test]
+fn a_reservation_past_its_timeout_is_released_by_the_scheduler() {
+    let mut s = Scenario::new();
+    s.earn("a", 100, None);
+    s.then_ok("r1", CommandBody::Reserve { points: 60, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None });
+    assert_eq!(due_at(&s.account), Some(T0 + 60_000));
+    s.at(T0 + 59_999);
+    assert!(s.then_ok("", CommandBody::Tick).is_empty());
+    s.at(T0 + 60_000);
+    let events = s.then_ok("", CommandBody::Tick);
+    assert!(matches!(&events[..], [Event::ReservationReleased { cause: ReleaseCause::TimedOut, points: 60, .. }]));
+    assert_eq!((s.available(), s.account.reserved()), (100, 0));
+    // Capturing afterwards: the hold is gone.
+    s.then_rejects("c", CommandBody::Capture { reservation_id: "r1".into(), points: None }, Reason::ReservationSettled);
+}
+
+#[test]
+fn partial_refund_goes_back_to_the_original_lots_latest_expiry_first() {
+    let mut s = Scenario::new();
+    s.earn("soon", 50, Some(T0 + DAY));
+    s.earn("late", 50, Some(T0 + 10 * DAY));
+    s.then_ok("s1", spend(80));
+    let events = s.then_ok("rf1", CommandBody::Refund { spend_id: "s1".into(), points: 20 });
+    assert_eq!(events, vec![Event::SpendRefunded { refund_id: "rf1".into(), spend_id: "s1".into(), points: 20, lots: lots(&[("late", 20)]) }]);
+    s.then_rejects("rf2", CommandBody::Refund { spend_id: "s1".into(), points: 61 }, Reason::RefundExceedsSpend);
+    s.then_rejects("rf3", CommandBody::Refund { spend_id: "nope".into(), points: 1 }, Reason::SpendNotFound);
+    s.then_ok("rf4", CommandBody::Refund { spend_id: "s1".into(), points: 60 });
+    assert_eq!(s.account.lots["soon"].remaining, 50);
+    assert_eq!(s.account.lots["late"].remaining, 50);
+    s.then_rejects("rf5", CommandBody::Refund { spend_id: "s1".into(), points: 1 }, Reason::RefundExceedsSpend);
+}
+
+#[test]
+fn partial_refund_after_one_of_the_lots_expired_expires_that_part_at_once() {
+    let mut s = Scenario::new();
+    s.earn("soon", 50, Some(T0 + DAY));
+    s.earn("late", 50, Some(T0 + 10 * DAY));
+    s.then_ok("s1", spend(100));
+    s.at(T0 + 2 * DAY);
+    // Refund 70: 50 back into "late" (still live), 20 into "soon" (expired).
+    let events = s.then_ok("rf1", CommandBody::Refund { spend_id: "s1".into(), points: 70 });
+    assert_eq!(
+        events,
+        vec![
+            Event::SpendRefunded { refund_id: "rf1".into(), spend_id: "s1".into(), points: 70, lots: lots(&[("late", 50), ("soon", 20)]) },
+            Event::PointsExpired { points: 20, lots: lots(&[("soon", 20)]), cause: ExpiryCause::Due, reason: String::new() },
+        ]
+    );
+    assert_eq!(s.available(), 50);
+    assert_eq!(s.account.totals.expired, 20);
+}
+
+#[test]
+fn due_lots_expire_before_any_command_and_on_tick() {
+    let mut s = Scenario::new();
+    s.earn("soon", 40, Some(T0 + DAY));
+    s.earn("late", 60, Some(T0 + 10 * DAY));
+    s.at(T0 + DAY);
+    // A spend of 60 sees only the live lot.
+    let events = s.then_ok("s1", spend(60));
+    assert!(matches!(&events[0], Event::PointsExpired { points: 40, cause: ExpiryCause::Due, .. }));
+    assert_eq!(spent_lots(&events), lots(&[("late", 60)]));
+    assert_eq!(s.available(), 0);
+    s.then_rejects("s2", spend(1), Reason::InsufficientPoints);
+}
+
+#[test]
+fn expire_all_points_recycles_everything_including_holds() {
+    let mut s = Scenario::new();
+    s.earn("a", 100, None);
+    s.then_ok("r1", CommandBody::Reserve { points: 30, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None });
+    s.then_rejects("x", CommandBody::Expire { all_points: true, reason: String::new() }, Reason::MissingField);
+    let events = s.then_ok("x", CommandBody::Expire { all_points: true, reason: "blacklisted".into() });
+    assert!(matches!(&events[0], Event::ReservationReleased { cause: ReleaseCause::Recycled, points: 30, .. }));
+    assert!(matches!(&events[1], Event::PointsExpired { points: 100, cause: ExpiryCause::AllPoints, .. }));
+    assert_eq!((s.available(), s.account.reserved()), (0, 0));
+    // Nothing due: an accepted no-op.
+    assert!(s.then_ok("y", CommandBody::Expire { all_points: false, reason: String::new() }).is_empty());
+}
+
+#[test]
+fn clawback_within_balance_takes_what_is_there_and_writes_off_the_rest() {
+    let mut s = Scenario::new().rules(|p| p.clawback_policy = ClawbackPolicy::WithinBalance);
+    s.earn("e1", 100, None);
+    s.earn("e2", 20, None);
+    s.then_ok("s1", spend(90));
+    let events = s.then_ok("rv", CommandBody::ReverseEarn { earn_id: "e1".into(), points: 100, growth: 0 });
+    assert_eq!(
+        events,
+        vec![Event::EarnReversed {
+            reversal_id: "rv".into(),
+            earn_id: "e1".into(),
+            points: 100,
+            taken: lots(&[("e1", 10), ("e2", 20)]),
+            debt_added: 0,
+            written_off: 70,
+            growth: 0,
+        }]
+    );
+    assert_eq!((s.available(), s.account.debt), (0, 0));
+    s.then_rejects("rv2", CommandBody::ReverseEarn { earn_id: "e1".into(), points: 1, growth: 0 }, Reason::ReversalExceedsEarn);
+    s.then_rejects("rv3", CommandBody::ReverseEarn { earn_id: "zz".into(), points: 1, growth: 0 }, Reason::EarnNotFound);
+}
+
+#[test]
+fn clawback_into_debt_is_repaid_first_by_later_earns() {
+    let mut s = Scenario::new().rules(|p| p.clawback_policy = ClawbackPolicy::AllowDebt);
+    s.earn("e1", 100, None);
+    s.then_ok("s1", spend(80));
+    s.then_ok("rv", CommandBody::ReverseEarn { earn_id: "e1".into(), points: 100, growth: 0 });
+    assert_eq!((s.available(), s.account.debt), (0, 80));
+    let events = s.earn("e2", 50, None);
+    assert!(matches!(&events[0], Event::PointsEarned { granted: 50, debt_repaid: 50, .. }));
+    assert_eq!((s.available(), s.account.debt), (0, 30));
+    assert!(!s.account.lots.contains_key("e2"), "a fully repaying earn leaves no lot");
+    s.earn("e3", 50, None);
+    assert_eq!((s.available(), s.account.debt), (20, 0));
+    assert_eq!(s.account.lots["e3"].remaining, 20);
+    // A credit adjustment repays debt the same way.
+    s.then_ok("s2", spend(20));
+    s.then_ok("rv2", CommandBody::ReverseEarn { earn_id: "e3".into(), points: 10, growth: 0 });
+    assert_eq!(s.account.debt, 10);
+    s.then_ok("adj", CommandBody::Adjust { points: 15, operator: "ops1".into(), reason: "goodwill".into() });
+    assert_eq!((s.available(), s.account.debt), (5, 0));
+}
+
+#[test]
+fn growth_rises_with_earns_and_falls_with_reversals_within_what_the_earn_added() {
+    let mut s = Scenario::new();
+    s.then_ok("e1", CommandBody::Earn { points: 10, reason: "purchase".into(), order_ref: Some("o1".into()), growth: 300, expires_at: None });
+    assert_eq!(s.account.growth, 300);
+    s.then_rejects("rv", CommandBody::ReverseEarn { earn_id: "e1".into(), points: 5, growth: 301 }, Reason::GrowthReversalExceedsEarn);
+    s.then_ok("rv", CommandBody::ReverseEarn { earn_id: "e1".into(), points: 5, growth: 200 });
+    assert_eq!(s.account.growth, 100);
+}
+
+#[test]
+fn points_may_pay_at_most_the_programmes_share_of_an_order() {
+    // 100 points = 1 yuan; points may pay 50% of an order.
+    let mut s = Scenario::new().rules(|p| p.max_order_share_percent = 50);
+    s.earn("e1", 100_000, None);
+    let spend_for = |points, cash| CommandBody::Spend { points, order_ref: Some("o".into()), order_cash_amount: cash };
+    // A 100.00 yuan order (10_000 fen): at most 50 yuan = 5_000 points.
+    s.then_ok("s1", spend_for(5_000, Some(10_000)));
+    s.then_rejects("s2", spend_for(5_001, Some(10_000)), Reason::OrderShareExceeded);
+    s.then_rejects("s3", spend_for(10, None), Reason::OrderCashAmountRequired);
+    s.then_rejects(
+        "r1",
+        CommandBody::Reserve { points: 5_001, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: Some(10_000) },
+        Reason::OrderShareExceeded,
+    );
+}
+
+#[test]
+fn daily_caps_truncate_or_reject_and_reset_on_the_next_programme_day() {
+    let truncate = |p: &mut Programme| {
+        p.member_daily_earn_cap = 100;
+        p.action_daily_earn_caps.insert("check_in".into(), 10);
+        p.time_zone = chrono_tz::Asia::Shanghai;
+    };
+    let mut s = Scenario::new().rules(truncate);
+    // T0 = 08:00 in Shanghai. Caps hit exactly, then truncated.
+    s.then_ok("a", earn_body(90, "purchase", None));
+    let e = s.then_ok("b", earn_body(15, "check_in", None));
+    assert!(matches!(&e[0], Event::PointsEarned { granted: 10, forfeited: 5, .. }));
+    let e = s.then_ok("c", earn_body(5, "check_in", None));
+    assert!(matches!(&e[0], Event::PointsEarned { granted: 0, forfeited: 5, .. }));
+    // 15:59:59Z is still the same Shanghai day; 16:00Z is the next.
+    s.at(T0 + 16 * 3_600_000 - 1);
+    let e = s.then_ok("d", earn_body(5, "purchase", None));
+    assert!(matches!(&e[0], Event::PointsEarned { granted: 0, .. }));
+    s.at(T0 + 16 * 3_600_000);
+    let e = s.then_ok("e", earn_body(100, "purchase", None));
+    assert!(matches!(&e[0], Event::PointsEarned { granted: 100, forfeited: 0, .. }));
+
+    let mut r = Scenario::new().rules(|p| {
+        truncate(p);
+        p.cap_policy = CapPolicy::Reject;
+    });
+    r.then_ok("a", earn_body(100, "purchase", None));
+    r.then_rejects("b", earn_body(1, "purchase", None), Reason::DailyEarnCapReached);
+    let mut r2 = Scenario::new().rules(|p| {
+        truncate(p);
+        p.cap_policy = CapPolicy::Reject;
+    });
+    r2.then_ok("a", earn_body(10, "check_in", None));
+    r2.then_rejects("b", earn_body(1, "check_in", None), Reason::ActionDailyCapReached);
+}
+
+#[test]
+fn manual_adjustments_need_operator_and_reason_and_cannot_overdraw() {
+    let mut s = Scenario::new();
+    s.earn("e1", 50, None);
+    let adj = |points: Points, op: &str, why: &str| CommandBody::Adjust { points, operator: op.into(), reason: why.into() };
+    s.then_rejects("a", adj(10, "", "x"), Reason::MissingField);
+    s.then_rejects("a", adj(10, "ops", ""), Reason::MissingField);
+    s.then_rejects("a", adj(0, "ops", "x"), Reason::InvalidAmount);
+    s.then_rejects("a", adj(-51, "ops", "x"), Reason::InsufficientPoints);
+    s.then_ok("a", adj(-20, "ops", "duplicate grant"));
+    s.then_ok("b", adj(5, "ops", "goodwill"));
+    assert_eq!(s.available(), 35);
+    assert_eq!((s.account.totals.adjusted_up, s.account.totals.adjusted_down), (5, 20));
+}
+
+#[test]
+fn freezing_blocks_earning_and_spending_separately() {
+    let mut s = Scenario::new();
+    s.earn("e1", 50, None);
+    let freeze = |earning, spending| CommandBody::Freeze { earning, spending, operator: "risk".into(), reason: "fraud".into() };
+    s.then_rejects("f", CommandBody::Freeze { earning: false, spending: false, operator: "r".into(), reason: "x".into() }, Reason::MissingField);
+    s.then_ok("f1", freeze(true, false));
+    s.then_rejects("e2", earn_body(1, "purchase", None), Reason::AccountFrozen);
+    s.then_ok("s1", spend(10));
+    s.then_ok("f2", freeze(false, true));
+    s.then_rejects("s2", spend(1), Reason::AccountFrozen);
+    s.then_rejects("r", CommandBody::Reserve { points: 1, order_ref: "o".into(), timeout_seconds: 9, order_cash_amount: None }, Reason::AccountFrozen);
+    s.then_ok("u", CommandBody::Unfreeze { earning: true, spending: false, operator: "risk".into(), reason: "cleared".into() });
+    assert!(!s.account.earning_frozen && s.account.spending_frozen);
+    s.earn("e3", 1, None);
+}
+
+#[test]
+fn sums_that_would_overflow_are_refused() {
+    let mut s = Scenario::new();
+    s.earn("e1", i64::MAX, None);
+    s.then_rejects("e2", earn_body(1, "purchase", None), Reason::Overflow);
+    s.then_rejects("a", CommandBody::Adjust { points: 1, operator: "o".into(), reason: "r".into() }, Reason::Overflow);
+    s.then_ok("s", spend(i64::MAX));
+    assert_eq!(s.available(), 0);
+}
+
+#[test]
+fn expiry_override_must_lie_in_the_future() {
+    let s = Scenario::new();
+    s.then_rejects("e", earn_body(1, "purchase", Some(T0)), Reason::InvalidExpiry);
+    s.then_rejects("r", CommandBody::Reserve { points: 1, order_ref: "o".into(), timeout_seconds: 0, order_cash_amount: None }, Reason::InvalidTimeout);
+}
+
+#[test]
+fn fingerprints_tell_content_apart() {
+    let c = |points| Command { request_id: "r".into(), account: key(), body: spend(points), context: Default::default() };
+    assert_eq!(fingerprint(&c(5)), fingerprint(&c(5)));
+    assert_ne!(fingerprint(&c(5)), fingerprint(&c(6)));
+    let mut other = c(5);
+    other.request_id = "other".into();
+    assert_eq!(fingerprint(&c(5)), fingerprint(&other), "the request id is the key, not the content");
+    other.context.client_ip = "10.0.0.1".into();
+    assert_ne!(fingerprint(&c(5)), fingerprint(&other));
+}

@@ -1,0 +1,15 @@
+//! An event-sourced points ledger for loyalty programmes.
+//!
+//! See ARCHITECTURE.md for the bird's-eye view and the code map.
+
+pub mod codec;
+pub mod domain;
+pub mod log;
+pub mod programmes;
+pub mod projector;
+pub mod proto;
+pub mod record;
+pub mod store;
+pub mod writer;
+pub mod api;
+pub mod server;

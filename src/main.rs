@@ -1,0 +1,103 @@
+//! `points-ledger`: the service and its tools, as subcommands of one binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use points_ledger::api::Auth;
+use points_ledger::server::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "points-ledger", version, about = "An event-sourced points ledger for loyalty programmes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogKind {
+    /// The embedded log on local disk under --data-dir.
+    Embedded,
+    /// Apache Kafka (or any Kafka-protocol broker).
+    Kafka,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the gRPC service.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "POINTS_LEDGER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Directory for the embedded log, writer state and views.
+    #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Where events are appended.
+    #[arg(long, env = "POINTS_LEDGER_LOG", value_enum, default_value = "embedded")]
+    log: LogKind,
+    /// Kafka bootstrap servers, HOST:PORT[,...] (with --log kafka).
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Account partitions; fixed when the log is created.
+    #[arg(long, env = "POINTS_LEDGER_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: u32,
+    /// Commands a writer decides and appends together at most.
+    #[arg(long, env = "POINTS_LEDGER_BATCH_COMMANDS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    batch_commands_max: u64,
+    /// Bearer tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` per line); without it, access is open.
+    #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
+    auth_tokens_file: Option<PathBuf>,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let LogKind::Kafka = args.log {
+        anyhow::bail!(
+            "--log kafka is not available in this build yet (brokers: {}); use the embedded log",
+            args.kafka_brokers.as_deref().unwrap_or("none given")
+        );
+    }
+    let mut config = Config::new(&args.data_dir);
+    config.partitions = args.partitions;
+    config.writer.batch_commands_max = args.batch_commands_max as usize;
+    if let Some(path) = &args.auth_tokens_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        config.auth = Auth::parse(&text)?;
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    // Scripts and tests read this line to learn the port (e.g. with --listen 127.0.0.1:0).
+    println!("points-ledger listening on {}", listener.local_addr()?);
+    server::run(listener, config, shutdown_signal()).await
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Cmd::Serve(args) => rt.block_on(serve(args)),
+    }
+}

@@ -1,0 +1,106 @@
+//! The units the writers append: one record per accepted command, holding all
+//! of its events, so a command's events become visible together or not at all.
+
+use crate::domain::{AccountKey, CommandContext, Event, Millis, Programme};
+
+/// A record of an account partition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountRecord {
+    /// The epoch of the writer that appended it.
+    pub epoch: u64,
+    /// Empty for commands the writer issued itself.
+    pub request_id: String,
+    pub account: AccountKey,
+    /// The programme version the command was decided under.
+    pub programme_version: u64,
+    /// When the command was decided.
+    pub at: Millis,
+    pub fingerprint: u64,
+    pub system: bool,
+    pub events: Vec<Event>,
+    pub context: CommandContext,
+}
+
+/// A record of the control stream: a new version of a programme's rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlRecord {
+    pub epoch: u64,
+    pub request_id: String,
+    pub at: Millis,
+    pub fingerprint: u64,
+    pub operator: String,
+    pub programme: Programme,
+}
+
+/// Where a record sits in the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// An account's balance right after a command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    pub available: i64,
+    pub reserved: i64,
+    pub debt: i64,
+    pub growth: i64,
+}
+
+impl Balance {
+    pub fn of(a: &crate::domain::Account) -> Balance {
+        Balance { available: a.available(), reserved: a.reserved(), debt: a.debt, growth: a.growth }
+    }
+}
+
+/// The answer to an accepted command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub request_id: String,
+    /// True when this repeats the answer to an earlier identical request.
+    pub replayed: bool,
+    pub events: Vec<Event>,
+    pub balance: Balance,
+    pub position: Position,
+    pub granted: i64,
+    pub forfeited: i64,
+    pub programme_version: u64,
+}
+
+impl Reply {
+    /// The reply a record gives, wherever it is built (live or in recovery).
+    pub fn for_record(record: &AccountRecord, position: Position, balance: Balance) -> Reply {
+        let (granted, forfeited) = record
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::PointsEarned { granted, forfeited, .. } => Some((*granted, *forfeited)),
+                _ => None,
+            })
+            .fold((0, 0), |(g, f), (g2, f2)| (g + g2, f + f2));
+        Reply {
+            request_id: record.request_id.clone(),
+            replayed: false,
+            events: record.events.clone(),
+            balance,
+            position,
+            granted,
+            forfeited,
+            programme_version: record.programme_version,
+        }
+    }
+}
+
+/// The partition an account's events live in. FNV-1a of the account key, so
+/// it never changes between releases or machines.
+pub fn partition_for(account: &AccountKey, partitions: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [&account.tenant_id, &account.programme_id, &account.member_id] {
+        for &b in part.as_bytes().iter().chain(std::iter::once(&0u8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    (h % u64::from(partitions.max(1))) as u32
+}

@@ -1,0 +1,137 @@
+//! Wiring: opens the log, the stores and the registry, starts writers and
+//! projectors, and serves gRPC on a listener it is given until a shutdown
+//! future completes (mini-redis's `server::run(listener, shutdown)`), so tests
+//! run it on `127.0.0.1:0` and stop it cleanly. Shutdown stops accepting
+//! calls, lets writers finish queued batches, stops projectors and flushes.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{AdminService, Auth, Ledger, LedgerService};
+use crate::log::embedded::EmbeddedLog;
+use crate::log::EventLog;
+use crate::programmes::Programmes;
+use crate::projector::Projectors;
+use crate::proto as pb;
+use crate::store::{self, Db};
+use crate::writer::{Clock, SystemClock, WriterConfig, Writers};
+
+#[derive(Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Account partitions of the embedded log (fixed when the log is created).
+    pub partitions: u32,
+    pub writer: WriterConfig,
+    pub auth: Auth,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            partitions: 4,
+            writer: WriterConfig::default(),
+            auth: Auth::open(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The logs of a data directory: account partitions and the control stream.
+pub struct Logs {
+    pub events: Arc<dyn EventLog>,
+    pub control: Arc<dyn EventLog>,
+}
+
+pub fn open_embedded_logs(data_dir: &Path, partitions: u32) -> anyhow::Result<Logs> {
+    Ok(Logs {
+        events: Arc::new(EmbeddedLog::open(&data_dir.join("log").join("events"), partitions)?),
+        control: Arc::new(EmbeddedLog::open(&data_dir.join("log").join("control"), 1)?),
+    })
+}
+
+/// Everything the service runs, started and caught up.
+pub struct Service {
+    pub ledger: Arc<Ledger>,
+    writers: Arc<Writers>,
+    projectors: Projectors,
+    writer_db: Arc<Db>,
+    views: Arc<Db>,
+}
+
+impl Service {
+    pub fn start(config: &Config, logs: Logs) -> anyhow::Result<Service> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let programmes = Arc::new(Programmes::open(logs.control.clone())?);
+        let writer_db = Arc::new(Db::open(&config.data_dir.join("writer"), store::WRITER_CFS)?);
+        let views = Arc::new(Db::open(&config.data_dir.join("views"), store::VIEW_CFS)?);
+        let writers = Arc::new(Writers::start(
+            logs.events.clone(),
+            writer_db.clone(),
+            programmes.registry(),
+            config.clock.clone(),
+            config.writer.clone(),
+        )?);
+        let projectors = Projectors::start(logs.events.clone(), views.clone())?;
+        let ledger = Arc::new(Ledger {
+            writers: writers.clone(),
+            programmes,
+            views: views.clone(),
+            positions: projectors.positions(),
+            clock: config.clock.clone(),
+            auth: config.auth.clone(),
+        });
+        Ok(Service { ledger, writers, projectors, writer_db, views })
+    }
+
+    /// Stops writers (after their queued batches), then projectors, and flushes.
+    pub fn stop(self) {
+        drop(self.ledger);
+        match Arc::try_unwrap(self.writers) {
+            Ok(w) => w.shutdown(),
+            Err(_) => tracing::warn!("writers still referenced at shutdown"),
+        }
+        self.projectors.shutdown();
+        let _ = self.writer_db.flush();
+        let _ = self.views.flush();
+    }
+}
+
+/// Serves the gRPC services of `service` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
+    health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::points_ledger_server::PointsLedgerServer::new(LedgerService(service.ledger.clone())))
+        .add_service(pb::programme_admin_server::ProgrammeAdminServer::new(AdminService(service.ledger.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Starts everything on the embedded log and serves until `shutdown`.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let logs = open_embedded_logs(&config.data_dir, config.partitions)?;
+    let service = Service::start(&config, logs)?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "serving");
+    let served = serve(listener, &service, shutdown).await;
+    tokio::task::spawn_blocking(move || service.stop()).await?;
+    served
+}

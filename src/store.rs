@@ -1,0 +1,251 @@
+//! RocksDB, and only here. Two databases: the writer's state (a checkpoint of
+//! what it has folded from the log, plus the idempotency records and the due
+//! index) and the views the projectors maintain. Both are derived from the
+//! log: deleting either directory loses nothing but time.
+//!
+//! Writes are not synced: each WriteBatch carries the log position it brings
+//! its state to, and RocksDB's WAL recovers a prefix of batches, so after a
+//! crash a reader resumes exactly where its state stops.
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+use sha2::{Digest, Sha256};
+
+use crate::domain::{AccountKey, Millis};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("stored value unreadable: {0}")]
+    Codec(#[from] crate::codec::CodecError),
+}
+
+/// Column families. Writer state: `Accounts`, `Requests`, `Due`, `Meta`.
+/// Views: `Accounts`, `Entries`, `Expiring`, `Meta`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cf {
+    Accounts,
+    Requests,
+    Due,
+    Entries,
+    Expiring,
+    Meta,
+}
+
+impl Cf {
+    fn name(self) -> &'static str {
+        match self {
+            Cf::Accounts => "accounts",
+            Cf::Requests => "requests",
+            Cf::Due => "due",
+            Cf::Entries => "entries",
+            Cf::Expiring => "expiring",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+pub const WRITER_CFS: &[Cf] = &[Cf::Accounts, Cf::Requests, Cf::Due, Cf::Meta];
+pub const VIEW_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta];
+
+pub struct Db {
+    db: DB,
+    cfs: &'static [Cf],
+}
+
+/// A set of changes applied atomically.
+#[derive(Default)]
+pub struct Batch {
+    inner: WriteBatch,
+    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.ops.push((cf, key.to_vec(), Some(value.to_vec())));
+    }
+    pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.ops.push((cf, key.to_vec(), None));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+impl Db {
+    pub fn open(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let descriptors = cfs.iter().map(|cf| {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
+        Ok(Db { db, cfs })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        assert!(self.cfs.contains(&cf), "column family {} is not in this database", cf.name());
+        self.db.cf_handle(cf.name()).expect("column family opened")
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut wb = batch.inner;
+        for (cf, k, v) in &batch.ops {
+            match v {
+                Some(v) => wb.put_cf(self.cf(*cf), k, v),
+                None => wb.delete_cf(self.cf(*cf), k),
+            }
+        }
+        Ok(self.db.write(wb)?)
+    }
+
+    /// Up to `limit` entries with keys starting with `prefix`, from `start`
+    /// (inclusive; at least `prefix`) on.
+    pub fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let from = if start < prefix { prefix } else { start };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A digest of every key and value, column family by column family in
+    /// key order: equal digests mean byte-identical contents. Also returns the
+    /// first key of each column family, for naming a difference.
+    pub fn digest(&self) -> Result<Vec<(&'static str, String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for cf in self.cfs {
+            let mut h = Sha256::new();
+            let mut n = 0u64;
+            for item in self.db.iterator_cf(self.cf(*cf), IteratorMode::Start) {
+                let (k, v) = item?;
+                h.update((k.len() as u64).to_le_bytes());
+                h.update(&k);
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(&v);
+                n += 1;
+            }
+            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            out.push((cf.name(), hex, n));
+        }
+        Ok(out)
+    }
+
+    /// Every key and value of one column family, for tests and `verify`.
+    pub fn all(&self, cf: Cf) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.scan(cf, &[], &[], usize::MAX)
+    }
+
+    /// Flushes memtables to disk (on clean shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for cf in self.cfs {
+            self.db.flush_cf(self.cf(*cf))?;
+        }
+        Ok(())
+    }
+}
+
+// ---- keys ----
+
+/// `tenant \0 programme \0 member \0`: ids never contain NUL, and the
+/// trailing NUL keeps one member's prefix from matching another's.
+pub fn account_key(k: &AccountKey) -> Vec<u8> {
+    let mut b = Vec::with_capacity(k.tenant_id.len() + k.programme_id.len() + k.member_id.len() + 3);
+    for part in [&k.tenant_id, &k.programme_id, &k.member_id] {
+        b.extend_from_slice(part.as_bytes());
+        b.push(0);
+    }
+    b
+}
+
+pub fn parse_account_key(b: &[u8]) -> Option<(AccountKey, &[u8])> {
+    let mut parts = Vec::with_capacity(3);
+    let mut rest = b;
+    for _ in 0..3 {
+        let i = rest.iter().position(|&x| x == 0)?;
+        parts.push(String::from_utf8(rest[..i].to_vec()).ok()?);
+        rest = &rest[i + 1..];
+    }
+    let member = parts.pop()?;
+    let programme = parts.pop()?;
+    let tenant = parts.pop()?;
+    Some((AccountKey { tenant_id: tenant, programme_id: programme, member_id: member }, rest))
+}
+
+pub fn programme_prefix(tenant: &str, programme: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(tenant.as_bytes());
+    b.push(0);
+    b.extend_from_slice(programme.as_bytes());
+    b.push(0);
+    b
+}
+
+/// Big-endian with the sign bit flipped, so instants sort as bytes.
+pub fn millis_key(at: Millis) -> [u8; 8] {
+    ((at as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn millis_from_key(b: &[u8]) -> Millis {
+    (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64
+}
+
+/// Idempotency records: `tenant \0 request_id`.
+pub fn request_key(tenant: &str, request_id: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(tenant.len() + request_id.len() + 1);
+    b.extend_from_slice(tenant.as_bytes());
+    b.push(0);
+    b.extend_from_slice(request_id.as_bytes());
+    b
+}
+
+/// The writer's due index: `partition BE, due_at, account`.
+pub fn due_key(partition: u32, at: Millis, account: &AccountKey) -> Vec<u8> {
+    let mut b = partition.to_be_bytes().to_vec();
+    b.extend_from_slice(&millis_key(at));
+    b.extend_from_slice(&account_key(account));
+    b
+}
+
+/// Where a reader's state stops: `position/<partition>` → next offset (u64 BE).
+pub fn position_key(partition: u32) -> Vec<u8> {
+    format!("position/{partition:05}").into_bytes()
+}
+
+pub fn read_position(db: &Db, partition: u32) -> Result<u64, StoreError> {
+    Ok(db.get(Cf::Meta, &position_key(partition))?.map(|v| u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))).unwrap_or(0))
+}
+
+pub fn put_position(batch: &mut Batch, partition: u32, next_offset: u64) {
+    batch.put(Cf::Meta, &position_key(partition), &next_offset.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_sort() {
+        let k = AccountKey::new("t", "p", "m:1");
+        let b = account_key(&k);
+        assert_eq!(parse_account_key(&b), Some((k, &[][..])));
+        assert!(millis_key(-5) < millis_key(3));
+        assert_eq!(millis_from_key(&millis_key(-123)), -123);
+    }
+}

@@ -1,0 +1,138 @@
+//! Test harness: the real service (embedded log, RocksDB, gRPC on
+//! 127.0.0.1:0) in a temp dir, and clients for it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use points_ledger::api::Auth;
+use points_ledger::log::EventLog;
+use points_ledger::proto as pb;
+use points_ledger::proto::points_ledger_client::PointsLedgerClient;
+use points_ledger::proto::programme_admin_client::ProgrammeAdminClient;
+use points_ledger::server::{open_embedded_logs, serve, Config, Service};
+use points_ledger::writer::{Clock, ManualClock};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub struct Harness {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub events: Arc<dyn EventLog>,
+    pub clock: Arc<ManualClock>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// 2026-03-10T00:00:00Z
+pub const T0: i64 = 1_773_100_800_000;
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        Harness::start_in(dir, ManualClock::new(T0), tune).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, clock: Arc<ManualClock>, tune: impl FnOnce(&mut Config)) -> Harness {
+        let mut config = Config::new(dir.path());
+        config.partitions = 3;
+        config.clock = clock.clone() as Arc<dyn Clock>;
+        config.writer.tick_interval_ms = 50;
+        tune(&mut config);
+        let logs = open_embedded_logs(&config.data_dir, config.partitions).unwrap();
+        let events = logs.events.clone();
+        let service = Service::start(&config, logs).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            serve(listener, &service, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+            tokio::task::spawn_blocking(move || service.stop()).await.unwrap();
+        });
+        Harness { addr, dir, events, clock, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Stops the service cleanly and returns its data directory and clock.
+    pub async fn stop(mut self) -> (tempfile::TempDir, Arc<ManualClock>) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.clock.clone())
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn ledger(&self) -> PointsLedgerClient<Channel> {
+        PointsLedgerClient::connect(self.url()).await.unwrap()
+    }
+
+    pub async fn admin(&self) -> ProgrammeAdminClient<Channel> {
+        ProgrammeAdminClient::connect(self.url()).await.unwrap()
+    }
+
+    /// Records in the account log, all partitions.
+    pub fn records(&self) -> u64 {
+        (0..self.events.partitions()).map(|p| self.events.end_offset(p).unwrap()).sum()
+    }
+}
+
+pub fn auth(text: &str) -> Auth {
+    Auth::parse(text).unwrap()
+}
+
+pub fn account(member: &str) -> Option<pb::AccountKey> {
+    Some(pb::AccountKey { tenant_id: "shop".into(), programme_id: "points".into(), member_id: member.into() })
+}
+
+pub fn programme() -> pb::Programme {
+    pb::Programme {
+        tenant_id: "shop".into(),
+        programme_id: "points".into(),
+        unit_name: "积分".into(),
+        points_per_cash_unit: 100,
+        validity_days: 365,
+        validity_rounding: pb::ValidityRounding::EndOfMonth as i32,
+        reminder_days: 15,
+        time_zone: "Asia/Shanghai".into(),
+        clawback_policy: pb::ClawbackPolicy::AllowDebt as i32,
+        ..Default::default()
+    }
+}
+
+pub async fn configure(h: &Harness, p: pb::Programme) -> pb::ConfigureProgrammeReply {
+    h.admin()
+        .await
+        .configure_programme(pb::ConfigureProgrammeRequest { request_id: format!("cfg-{}-{}", p.programme_id, p.validity_days), programme: Some(p), operator: "ops".into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub fn earn(id: &str, member: &str, points: i64) -> pb::EarnRequest {
+    pb::EarnRequest { request_id: id.into(), account: account(member), points, reason: "purchase".into(), ..Default::default() }
+}
+
+pub fn spend(id: &str, member: &str, points: i64) -> pb::SpendRequest {
+    pb::SpendRequest { request_id: id.into(), account: account(member), points, ..Default::default() }
+}
+
+pub fn reason_of(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+pub fn bad_field_of(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_details_bad_request().and_then(|b| b.field_violations.first().map(|v| v.field.clone())).unwrap_or_default()
+}

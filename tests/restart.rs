@@ -1,0 +1,145 @@
+//! Crash safety: a child `points-ledger serve` is killed with SIGKILL in the
+//! middle of a load. After a restart no acknowledged command is lost, none is
+//! applied twice, and retries with the same request ids are answered
+//! `replayed = true`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{account, earn, programme};
+use points_ledger::proto as pb;
+use points_ledger::proto::points_ledger_client::PointsLedgerClient;
+use points_ledger::proto::programme_admin_client::ProgrammeAdminClient;
+
+const MEMBERS: usize = 6;
+const WORKERS: usize = 6;
+/// Acknowledged commands before the kill.
+const ACKED_BEFORE_KILL: usize = 300;
+/// Commands one worker sends at most.
+const COMMANDS_PER_WORKER_MAX: usize = 5_000;
+
+fn spawn_server(dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--partitions", "2", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start points-ledger");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(line.contains("listening on"), "unexpected first line: {line}");
+    (child, format!("http://{addr}"))
+}
+
+async fn connect(url: &str) -> PointsLedgerClient<tonic::transport::Channel> {
+    for _ in 0..100 {
+        if let Ok(c) = PointsLedgerClient::connect(url.to_string()).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {url} did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_server(dir.path());
+    let mut admin = ProgrammeAdminClient::connect(url.clone()).await.unwrap();
+    admin
+        .configure_programme(pb::ConfigureProgrammeRequest { request_id: "cfg".into(), programme: Some(programme()), operator: "ops".into() })
+        .await
+        .unwrap();
+
+    // (member, request id) of every command sent, and of those acknowledged.
+    let sent: Arc<Mutex<BTreeSet<(usize, String)>>> = Default::default();
+    let acked: Arc<Mutex<BTreeSet<(usize, String)>>> = Default::default();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (sent, acked, url) = (sent.clone(), acked.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&url).await;
+            for i in 0..COMMANDS_PER_WORKER_MAX {
+                let member = (w + i) % MEMBERS;
+                let id = format!("w{w}-{i}");
+                sent.lock().unwrap().insert((member, id.clone()));
+                match c.earn(earn(&id, &format!("m{member}"), 1)).await {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert((member, id));
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    for _ in 0..600 {
+        if acked.lock().unwrap().len() >= ACKED_BEFORE_KILL {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = sent.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= ACKED_BEFORE_KILL, "only {} acknowledged", acked.len());
+
+    let (mut child, url) = spawn_server(dir.path());
+    let mut c = connect(&url).await;
+    // Before any retry: every acknowledged command is there.
+    let mut last_position: BTreeMap<usize, pb::LogPosition> = BTreeMap::new();
+    for (member, id) in &acked {
+        let r = c.earn(earn(id, &format!("m{member}"), 1)).await.unwrap().into_inner();
+        assert!(r.replayed, "acknowledged {id} was lost");
+        let p = r.position.unwrap();
+        let e = last_position.entry(*member).or_insert(p);
+        if p.offset > e.offset {
+            *e = p;
+        }
+    }
+    // Retry the rest: each lands once, whether or not it made it before.
+    for (member, id) in sent.difference(&acked) {
+        let r = c.earn(earn(id, &format!("m{member}"), 1)).await.unwrap().into_inner();
+        let p = r.position.unwrap();
+        let e = last_position.entry(*member).or_insert(p);
+        if p.offset > e.offset {
+            *e = p;
+        }
+    }
+    for member in 0..MEMBERS {
+        let expected = sent.iter().filter(|(m, _)| *m == member).count() as i64;
+        let a = c
+            .get_account(pb::GetAccountRequest { account: account(&format!("m{member}")), min_position: last_position.get(&member).copied(), as_of: None })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(a.available, expected, "member m{member}: every distinct request exactly once");
+        let entries = c
+            .list_entries(pb::ListEntriesRequest { account: account(&format!("m{member}")), page_size: 500, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: BTreeSet<_> = entries.entries.iter().map(|e| e.request_id.clone()).collect();
+        assert_eq!(ids.len(), entries.entries.len(), "no request applied twice");
+    }
+    // A clean stop after the restart.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
