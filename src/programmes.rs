@@ -42,7 +42,7 @@ impl Registry {
 
     pub fn all_current(&self) -> Vec<Arc<Programme>> {
         let mut v: Vec<_> = self.versions.values().filter_map(|v| v.last().cloned()).collect();
-        v.sort_by(|a, b| a.key().cmp(&b.key()));
+        v.sort_by_key(|p| p.key());
         v
     }
 

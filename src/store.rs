@@ -55,10 +55,12 @@ pub struct Db {
     cfs: &'static [Cf],
 }
 
-/// A set of changes applied atomically.
+/// A key and its value, as stored.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+/// A set of changes applied atomically (a `None` value deletes).
 #[derive(Default)]
 pub struct Batch {
-    inner: WriteBatch,
     ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
 }
 
@@ -100,7 +102,7 @@ impl Db {
     }
 
     pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut wb = batch.inner;
+        let mut wb = WriteBatch::default();
         for (cf, k, v) in &batch.ops {
             match v {
                 Some(v) => wb.put_cf(self.cf(*cf), k, v),
@@ -112,7 +114,7 @@ impl Db {
 
     /// Up to `limit` entries with keys starting with `prefix`, from `start`
     /// (inclusive; at least `prefix`) on.
-    pub fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<Row>, StoreError> {
         let from = if start < prefix { prefix } else { start };
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward)) {
@@ -148,7 +150,7 @@ impl Db {
     }
 
     /// Every key and value of one column family, for tests and `verify`.
-    pub fn all(&self, cf: Cf) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn all(&self, cf: Cf) -> Result<Vec<Row>, StoreError> {
         self.scan(cf, &[], &[], usize::MAX)
     }
 

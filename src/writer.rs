@@ -107,7 +107,8 @@ type ReplyTx = oneshot::Sender<Result<Reply, WriteError>>;
 
 enum Msg {
     Submit(Box<Command>, ReplyTx),
-    Tick,
+    /// Settle what is due; the sender, if any, hears when that is done.
+    Tick(Option<oneshot::Sender<()>>),
 }
 
 /// The handle the API submits commands through.
@@ -161,7 +162,7 @@ impl Writers {
                     if let Some(s) = s.upgrade() {
                         alive = true;
                         // A full queue is busy enough; the next tick will come.
-                        let _ = s.try_send(Msg::Tick);
+                        let _ = s.try_send(Msg::Tick(None));
                     }
                 }
                 if !alive {
@@ -191,11 +192,18 @@ impl Writers {
         rx.await.map_err(|_| WriteError::Unavailable("the partition's writer stopped before answering".into()))?
     }
 
-    /// Asks every writer to settle what is due now (tests; the ticker does it
-    /// in service).
+    /// Asks every writer to settle what is due now and waits until they have
+    /// (tests and tools; in service the ticker does it).
     pub async fn tick(&self) {
+        let mut done = Vec::new();
         for s in &self.senders {
-            let _ = s.send(Msg::Tick).await;
+            let (tx, rx) = oneshot::channel();
+            if s.send(Msg::Tick(Some(tx))).await.is_ok() {
+                done.push(rx);
+            }
+        }
+        for rx in done {
+            let _ = rx.await;
         }
     }
 
@@ -225,10 +233,19 @@ struct PartitionWriter {
 /// State changed by one batch, not yet committed.
 #[derive(Default)]
 struct Work {
-    /// Account → (its due instant before the batch, its state now).
-    accounts: HashMap<AccountKey, (Option<Millis>, Account)>,
+    /// Accounts the batch has looked at.
+    accounts: HashMap<AccountKey, Touched>,
     /// (tenant, request id, fingerprint, reply) for the idempotency records.
     replies: Vec<(String, String, u64, Reply)>,
+}
+
+/// An account as a batch sees it.
+struct Touched {
+    /// When something in it fell due before the batch (for the due index).
+    due_before: Option<Millis>,
+    account: Account,
+    /// Whether events were applied (only those are written back).
+    changed: bool,
 }
 
 impl PartitionWriter {
@@ -242,12 +259,19 @@ impl PartitionWriter {
         }
     }
 
-    fn account<'w>(&self, work: &'w mut Work, key: &AccountKey) -> Result<&'w mut Account, store::StoreError> {
+    fn account<'w>(&self, work: &'w mut Work, key: &AccountKey) -> Result<&'w mut Touched, store::StoreError> {
         if !work.accounts.contains_key(key) {
-            let a = self.load(key)?;
-            work.accounts.insert(key.clone(), (domain::due_at(&a), a));
+            let account = self.load(key)?;
+            work.accounts.insert(key.clone(), Touched { due_before: domain::due_at(&account), account, changed: false });
         }
-        Ok(&mut work.accounts.get_mut(key).expect("just inserted").1)
+        Ok(work.accounts.get_mut(key).expect("just inserted"))
+    }
+
+    /// Folds accepted events into a touched account; returns its balance after.
+    fn fold(touched: &mut Touched, events: &[domain::Event]) -> Balance {
+        events.iter().for_each(|e| touched.account.apply(e));
+        touched.changed |= !events.is_empty();
+        Balance::of(&touched.account)
     }
 
     /// Folds the log from the checkpoint to its end. Returns records folded.
@@ -263,11 +287,7 @@ impl PartitionWriter {
             let mut work = Work::default();
             for e in &entries {
                 let record = codec::decode_account_record(&e.payload)?;
-                let account = self.account(&mut work, &record.account)?;
-                for ev in &record.events {
-                    account.apply(ev);
-                }
-                let balance = Balance::of(account);
+                let balance = Self::fold(self.account(&mut work, &record.account)?, &record.events);
                 self.last_now = self.last_now.max(record.at);
                 if !record.system {
                     let reply = Reply::for_record(&record, Position { partition: self.partition, offset: e.offset }, balance);
@@ -282,9 +302,9 @@ impl PartitionWriter {
     /// Writes a batch's state with the log offset it reflects, atomically.
     fn commit(&mut self, work: Work, next_offset: u64) -> Result<(), store::StoreError> {
         let mut batch = Batch::default();
-        for (key, (due_before, account)) in &work.accounts {
-            let k = store::account_key(key);
-            batch.put(Cf::Accounts, &k, &codec::encode_account(account));
+        for (key, t) in work.accounts.iter().filter(|(_, t)| t.changed) {
+            let (due_before, account) = (&t.due_before, &t.account);
+            batch.put(Cf::Accounts, &store::account_key(key), &codec::encode_account(account));
             let due_after = domain::due_at(account);
             if due_before != &due_after {
                 if let Some(at) = due_before {
@@ -304,8 +324,10 @@ impl PartitionWriter {
             // Crude but bounded: the store has everything.
             self.cache.clear();
         }
-        for (key, (_, account)) in work.accounts {
-            self.cache.insert(key, account);
+        for (key, t) in work.accounts {
+            if t.changed {
+                self.cache.insert(key, t.account);
+            }
         }
         Ok(())
     }
@@ -344,17 +366,21 @@ impl PartitionWriter {
         self.last_now = now;
         let mut commands: Vec<(Command, Option<ReplyTx>)> = Vec::with_capacity(msgs.len());
         let mut ticked = false;
+        // Tick senders hear back once the batch is appended (or failed).
+        let mut tick_waiters = Vec::new();
         for m in msgs {
             match m {
                 Msg::Submit(c, tx) => commands.push((*c, Some(tx))),
-                Msg::Tick if !ticked => {
-                    ticked = true;
-                    for account in self.due_accounts(now)? {
-                        let cmd = Command { request_id: String::new(), account, body: CommandBody::Tick, context: Default::default() };
-                        commands.push((cmd, None));
+                Msg::Tick(done) => {
+                    tick_waiters.extend(done);
+                    if !ticked {
+                        ticked = true;
+                        for account in self.due_accounts(now)? {
+                            let cmd = Command { request_id: String::new(), account, body: CommandBody::Tick, context: Default::default() };
+                            commands.push((cmd, None));
+                        }
                     }
                 }
-                Msg::Tick => {}
             }
         }
 
@@ -364,55 +390,49 @@ impl PartitionWriter {
         let mut waiting: Vec<(ReplyTx, usize, bool)> = Vec::new();
         let mut in_batch: HashMap<(String, String), (u64, usize)> = HashMap::new();
         for (cmd, tx) in commands {
-            let system = cmd.body.is_system();
             let fingerprint = domain::fingerprint(&cmd);
             let key = (cmd.account.tenant_id.clone(), cmd.request_id.clone());
-            if !system {
-                let tx_ref = tx.expect("callers' commands have a reply channel");
-                if let Some(&(fp, i)) = in_batch.get(&key) {
-                    if fp == fingerprint {
-                        waiting.push((tx_ref, i, true));
-                    } else {
-                        let _ = tx_ref.send(Err(WriteError::RequestIdReused(cmd.request_id)));
+            // Callers' commands are idempotent; the writer's own have no id.
+            let tx = match tx {
+                None => None,
+                Some(tx) => {
+                    if let Some(&(fp, i)) = in_batch.get(&key) {
+                        if fp == fingerprint {
+                            waiting.push((tx, i, true));
+                        } else {
+                            let _ = tx.send(Err(WriteError::RequestIdReused(cmd.request_id)));
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if let Some(bytes) = self.store.get(Cf::Requests, &store::request_key(&key.0, &key.1))? {
-                    let (fp, mut reply) = codec::decode_stored_reply(&bytes)?;
-                    let answer = if fp == fingerprint {
+                    if let Some(bytes) = self.store.get(Cf::Requests, &store::request_key(&key.0, &key.1))? {
+                        let (fp, mut reply) = codec::decode_stored_reply(&bytes)?;
                         reply.replayed = true;
-                        Ok(reply)
-                    } else {
-                        Err(WriteError::RequestIdReused(cmd.request_id))
-                    };
-                    let _ = tx_ref.send(answer);
+                        let _ = tx.send(if fp == fingerprint { Ok(reply) } else { Err(WriteError::RequestIdReused(cmd.request_id)) });
+                        continue;
+                    }
+                    Some(tx)
+                }
+            };
+            let programme = self.registry.read().expect("registry lock").current(&cmd.account.programme());
+            let touched = self.account(&mut work, &cmd.account)?;
+            let events = match domain::decide(programme.as_deref(), &touched.account, &cmd, now) {
+                Ok(events) => events,
+                Err(rejection) => {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(Err(WriteError::Rejected(rejection)));
+                    }
                     continue;
                 }
-                let programme = self.registry.read().expect("registry lock").current(&cmd.account.programme());
-                let account = self.account(&mut work, &cmd.account)?;
-                match domain::decide(programme.as_deref(), account, &cmd, now) {
-                    Ok(events) => {
-                        events.iter().for_each(|e| account.apply(e));
-                        let balance = Balance::of(account);
-                        in_batch.insert(key, (fingerprint, records.len()));
-                        waiting.push((tx_ref, records.len(), false));
-                        records.push((self.record(cmd, programme.map(|p| p.version).unwrap_or(0), fingerprint, now, events), balance));
-                    }
-                    Err(rejection) => {
-                        let _ = tx_ref.send(Err(WriteError::Rejected(rejection)));
-                    }
-                }
-            } else {
-                let programme = self.registry.read().expect("registry lock").current(&cmd.account.programme());
-                let account = self.account(&mut work, &cmd.account)?;
-                let events = domain::decide(programme.as_deref(), account, &cmd, now).unwrap_or_default();
-                if events.is_empty() {
-                    continue;
-                }
-                events.iter().for_each(|e| account.apply(e));
-                let balance = Balance::of(account);
-                records.push((self.record(cmd, programme.map(|p| p.version).unwrap_or(0), fingerprint, now, events), balance));
+            };
+            if tx.is_none() && events.is_empty() {
+                continue; // a tick with nothing due
             }
+            let balance = Self::fold(touched, &events);
+            if let Some(tx) = tx {
+                in_batch.insert(key, (fingerprint, records.len()));
+                waiting.push((tx, records.len(), false));
+            }
+            records.push((self.record(cmd, programme.map(|p| p.version).unwrap_or(0), fingerprint, now, events), balance));
         }
         if records.is_empty() {
             return Ok(());

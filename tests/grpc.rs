@@ -427,6 +427,22 @@ async fn health_and_reflection_answer() {
     for s in ["points.v1.PointsLedger", "points.v1.ProgrammeAdmin", "grpc.health.v1.Health"] {
         assert!(listed.contains(s), "{s} missing from {listed}");
     }
+    // v1 answers too, and error details resolve (grpcurl shows ErrorInfo by name).
+    use tonic_reflection::pb::v1 as r1;
+    let channel = tonic::transport::Channel::from_shared(h.url()).unwrap().connect().await.unwrap();
+    let mut refl = r1::server_reflection_client::ServerReflectionClient::new(channel);
+    let reqs = vec![
+        r1::ServerReflectionRequest { host: String::new(), message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())) },
+        r1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(r1::server_reflection_request::MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into())),
+        },
+    ];
+    let mut stream = refl.server_reflection_info(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+    let listed = format!("{:?}", stream.message().await.unwrap().unwrap());
+    assert!(listed.contains("points.v1.PointsLedger"), "{listed}");
+    let file = stream.message().await.unwrap().unwrap();
+    assert!(matches!(file.message_response, Some(r1::server_reflection_response::MessageResponse::FileDescriptorResponse(_))), "{file:?}");
     h.stop().await;
 }
 

@@ -156,7 +156,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(field: &str, s: &str) -> Result<Vec<u8>, Status> {
-    if s.len() % 2 != 0 || s.len() > 1024 {
+    if !s.len().is_multiple_of(2) || s.len() > 1024 {
         return Err(invalid(field, "not a token this service issued"));
     }
     (0..s.len())

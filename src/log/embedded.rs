@@ -110,7 +110,7 @@ impl Partition {
                 return Err(LogError::Corrupt(format!("{}: segment {base} follows end {end}", dir.display())));
             }
             let path = segment_path(dir, base);
-            let (index, next, good_bytes, file_bytes) = scan_segment(&path, base)?;
+            let Scanned { index, next, good_bytes, file_bytes } = scan_segment(&path, base)?;
             if good_bytes != file_bytes {
                 if i != last {
                     return Err(LogError::Corrupt(format!("{}: bad record at byte {good_bytes}", path.display())));
@@ -136,9 +136,19 @@ impl Partition {
     }
 }
 
-/// Reads a segment's valid records: (sparse index, next offset, bytes of valid
-/// records, file length).
-fn scan_segment(path: &Path, base: u64) -> Result<(Vec<(u64, u64)>, u64, u64, u64), LogError> {
+/// What scanning a segment found.
+struct Scanned {
+    /// (offset, byte position) every INDEX_INTERVAL_RECORDS records.
+    index: Vec<(u64, u64)>,
+    /// The offset after the last valid record.
+    next: u64,
+    /// Bytes of valid records from the start.
+    good_bytes: u64,
+    file_bytes: u64,
+}
+
+/// Reads a segment's valid records.
+fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
@@ -148,13 +158,13 @@ fn scan_segment(path: &Path, base: u64) -> Result<(Vec<(u64, u64)>, u64, u64, u6
     loop {
         match read_record(&mut r)? {
             Some(payload) => {
-                if (offset - base) % INDEX_INTERVAL_RECORDS == 0 {
+                if (offset - base).is_multiple_of(INDEX_INTERVAL_RECORDS) {
                     index.push((offset, pos));
                 }
                 pos += (HEADER_BYTES + payload.len()) as u64;
                 offset += 1;
             }
-            None => return Ok((index, offset, pos, len)),
+            None => return Ok(Scanned { index, next: offset, good_bytes: pos, file_bytes: len }),
         }
     }
 }
@@ -219,7 +229,7 @@ impl EventLog for EmbeddedLog {
                 return Err(LogError::Corrupt(format!("record of {} bytes exceeds {RECORD_BYTES_MAX}", rec.len())));
             }
             let offset = first + i as u64;
-            if (offset - seg_base) % INDEX_INTERVAL_RECORDS == 0 {
+            if (offset - seg_base).is_multiple_of(INDEX_INTERVAL_RECORDS) {
                 index.push((offset, pos));
             }
             buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());

@@ -39,12 +39,23 @@ impl Harness {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, clock: Arc<ManualClock>, tune: impl FnOnce(&mut Config)) -> Harness {
+        Harness::start_wrapped(dir, clock, tune, |log| log).await
+    }
+
+    /// Starts with the account log wrapped (for fault injection).
+    pub async fn start_wrapped(
+        dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        tune: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn EventLog>) -> Arc<dyn EventLog>,
+    ) -> Harness {
         let mut config = Config::new(dir.path());
         config.partitions = 3;
         config.clock = clock.clone() as Arc<dyn Clock>;
         config.writer.tick_interval_ms = 50;
         tune(&mut config);
-        let logs = open_embedded_logs(&config.data_dir, config.partitions).unwrap();
+        let mut logs = open_embedded_logs(&config.data_dir, config.partitions).unwrap();
+        logs.events = wrap(logs.events);
         let events = logs.events.clone();
         let service = Service::start(&config, logs).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

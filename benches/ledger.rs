@@ -1,0 +1,116 @@
+//! Criterion benches of the hot paths: decide + apply, record encode/decode,
+//! and the projection fold into RocksDB. Run: `cargo bench --bench ledger`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use points_ledger::codec;
+use points_ledger::domain::{decide, Account, AccountKey, Command, CommandBody, Programme};
+use points_ledger::log::LogEntry;
+use points_ledger::projector::fold;
+use points_ledger::record::AccountRecord;
+use points_ledger::store::{self, Db};
+
+const T0: i64 = 1_773_100_800_000;
+
+fn earn(i: u64) -> CommandBody {
+    CommandBody::Earn { points: 10 + (i % 50) as i64, reason: "purchase".into(), order_ref: None, growth: 1, expires_at: None }
+}
+
+/// A realistic mix on one account: earns, then spends across lots.
+fn commands(n: u64) -> Vec<Command> {
+    let account = AccountKey::new("shop", "points", "m1");
+    (0..n)
+        .map(|i| Command {
+            request_id: format!("r{i}"),
+            account: account.clone(),
+            body: if i % 4 == 3 { CommandBody::Spend { points: 20, order_ref: None, order_cash_amount: None } } else { earn(i) },
+            context: Default::default(),
+        })
+        .collect()
+}
+
+fn record(i: u64, account: &AccountKey, events: Vec<points_ledger::domain::Event>) -> AccountRecord {
+    AccountRecord {
+        epoch: 0,
+        request_id: format!("r{i}"),
+        account: account.clone(),
+        programme_version: 1,
+        at: T0 + i as i64,
+        fingerprint: i,
+        system: false,
+        events,
+        context: Default::default(),
+    }
+}
+
+fn bench_decide_apply(c: &mut Criterion) {
+    let programme = Programme::example("shop", "points");
+    let cmds = commands(1000);
+    let mut g = c.benchmark_group("domain");
+    g.throughput(Throughput::Elements(cmds.len() as u64));
+    g.bench_function("decide+apply 1000 commands on one account", |b| {
+        b.iter(|| {
+            let mut a = Account::default();
+            for (i, cmd) in cmds.iter().enumerate() {
+                if let Ok(events) = decide(Some(&programme), &a, cmd, T0 + i as i64) {
+                    events.iter().for_each(|e| a.apply(e));
+                }
+            }
+            black_box(a.available())
+        })
+    });
+    g.finish();
+}
+
+fn bench_codec(c: &mut Criterion) {
+    let account = AccountKey::new("shop", "points", "m1");
+    let rec = record(7, &account, vec![points_ledger::domain::Event::PointsSpent {
+        spend_id: "s1".into(),
+        order_ref: Some("o-1".into()),
+        points: 120,
+        lots: vec![points_ledger::domain::LotAmount::new("e1", 100), points_ledger::domain::LotAmount::new("e2", 20)],
+    }]);
+    let bytes = codec::encode_account_record(&rec);
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode record", |b| b.iter(|| black_box(codec::encode_account_record(black_box(&rec)))));
+    g.bench_function("decode record", |b| b.iter(|| black_box(codec::decode_account_record(black_box(&bytes)).unwrap())));
+    g.finish();
+}
+
+fn bench_projection(c: &mut Criterion) {
+    let programme = Programme::example("shop", "points");
+    let mut g = c.benchmark_group("projection");
+    for batch in [256u64, 4096] {
+        // Earns spread over 1000 accounts.
+        let entries: Vec<LogEntry> = (0..batch)
+            .map(|i| {
+                let account = AccountKey::new("shop", "points", &format!("m{}", i % 1000));
+                let cmd = Command { request_id: format!("r{i}"), account: account.clone(), body: earn(i), context: Default::default() };
+                let events = decide(Some(&programme), &Account::default(), &cmd, T0).unwrap();
+                LogEntry { offset: i, payload: codec::encode_account_record(&record(i, &account, events)) }
+            })
+            .collect();
+        g.throughput(Throughput::Elements(batch));
+        g.bench_function(format!("fold + write batch of {batch}"), |b| {
+            b.iter_batched(
+                || {
+                    let dir = tempfile::tempdir().unwrap();
+                    let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
+                    (dir, db)
+                },
+                |(dir, db)| {
+                    db.write(fold(&db, 0, &entries).unwrap()).unwrap();
+                    drop(db);
+                    drop(dir);
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide_apply, bench_codec, bench_projection);
+criterion_main!(benches);
