@@ -14,7 +14,13 @@ use points_ledger::store::{self, Db};
 const T0: i64 = 1_773_100_800_000;
 
 fn earn(i: u64) -> CommandBody {
-    CommandBody::Earn { points: 10 + (i % 50) as i64, reason: "purchase".into(), order_ref: None, growth: 1, expires_at: None }
+    CommandBody::Earn {
+        points: 10 + (i % 50) as i64,
+        reason: "purchase".into(),
+        order_ref: None,
+        growth: 1,
+        expires_at: None,
+    }
 }
 
 /// A realistic mix on one account: earns, then spends across lots.
@@ -24,7 +30,11 @@ fn commands(n: u64) -> Vec<Command> {
         .map(|i| Command {
             request_id: format!("r{i}"),
             account: account.clone(),
-            body: if i % 4 == 3 { CommandBody::Spend { points: 20, order_ref: None, order_cash_amount: None } } else { earn(i) },
+            body: if i % 4 == 3 {
+                CommandBody::Spend { points: 20, order_ref: None, order_cash_amount: None }
+            } else {
+                earn(i)
+            },
             context: Default::default(),
         })
         .collect()
@@ -65,17 +75,26 @@ fn bench_decide_apply(c: &mut Criterion) {
 
 fn bench_codec(c: &mut Criterion) {
     let account = AccountKey::new("shop", "points", "m1");
-    let rec = record(7, &account, vec![points_ledger::domain::Event::PointsSpent {
-        spend_id: "s1".into(),
-        order_ref: Some("o-1".into()),
-        points: 120,
-        lots: vec![points_ledger::domain::LotAmount::new("e1", 100), points_ledger::domain::LotAmount::new("e2", 20)],
-    }]);
+    let rec = record(
+        7,
+        &account,
+        vec![points_ledger::domain::Event::PointsSpent {
+            spend_id: "s1".into(),
+            order_ref: Some("o-1".into()),
+            points: 120,
+            lots: vec![
+                points_ledger::domain::LotAmount::new("e1", 100),
+                points_ledger::domain::LotAmount::new("e2", 20),
+            ],
+        }],
+    );
     let bytes = codec::encode_account_record(&rec);
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode record", |b| b.iter(|| black_box(codec::encode_account_record(black_box(&rec)))));
-    g.bench_function("decode record", |b| b.iter(|| black_box(codec::decode_account_record(black_box(&bytes)).unwrap())));
+    g.bench_function("decode record", |b| {
+        b.iter(|| black_box(codec::decode_account_record(black_box(&bytes)).unwrap()))
+    });
     g.finish();
 }
 
@@ -87,7 +106,12 @@ fn bench_projection(c: &mut Criterion) {
         let entries: Vec<LogEntry> = (0..batch)
             .map(|i| {
                 let account = AccountKey::new("shop", "points", &format!("m{}", i % 1000));
-                let cmd = Command { request_id: format!("r{i}"), account: account.clone(), body: earn(i), context: Default::default() };
+                let cmd = Command {
+                    request_id: format!("r{i}"),
+                    account: account.clone(),
+                    body: earn(i),
+                    context: Default::default(),
+                };
                 let events = decide(Some(&programme), &Account::default(), &cmd, T0).unwrap();
                 LogEntry { offset: i, payload: codec::encode_account_record(&record(i, &account, events)) }
             })

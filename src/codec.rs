@@ -43,7 +43,11 @@ impl FieldError {
 // ---- small pieces ----
 
 pub fn account_key_to_pb(k: &AccountKey) -> pb::AccountKey {
-    pb::AccountKey { tenant_id: k.tenant_id.clone(), programme_id: k.programme_id.clone(), member_id: k.member_id.clone() }
+    pb::AccountKey {
+        tenant_id: k.tenant_id.clone(),
+        programme_id: k.programme_id.clone(),
+        member_id: k.member_id.clone(),
+    }
 }
 
 pub fn account_key_from_pb(k: &pb::AccountKey) -> AccountKey {
@@ -78,20 +82,29 @@ pub fn millis(t: &prost_types::Timestamp) -> Option<Millis> {
 
 pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
     let event = match e.clone() {
-        Event::PointsEarned { lot_id, reason, order_ref, requested, granted, forfeited, debt_repaid, expires_at, growth, day } => {
-            PbEvent::PointsEarned(pb::PointsEarned {
-                lot_id,
-                reason,
-                order_ref: order_ref.unwrap_or_default(),
-                requested_points: requested,
-                granted_points: granted,
-                forfeited_points: forfeited,
-                debt_repaid,
-                expires_at_ms: expires_at.unwrap_or(0),
-                growth,
-                day,
-            })
-        }
+        Event::PointsEarned {
+            lot_id,
+            reason,
+            order_ref,
+            requested,
+            granted,
+            forfeited,
+            debt_repaid,
+            expires_at,
+            growth,
+            day,
+        } => PbEvent::PointsEarned(pb::PointsEarned {
+            lot_id,
+            reason,
+            order_ref: order_ref.unwrap_or_default(),
+            requested_points: requested,
+            granted_points: granted,
+            forfeited_points: forfeited,
+            debt_repaid,
+            expires_at_ms: expires_at.unwrap_or(0),
+            growth,
+            day,
+        }),
         Event::PointsSpent { spend_id, order_ref, points, lots } => PbEvent::PointsSpent(pb::PointsSpent {
             spend_id,
             order_ref: order_ref.unwrap_or_default(),
@@ -321,7 +334,14 @@ pub fn decode_control_record(bytes: &[u8]) -> Result<ControlRecord, CodecError> 
     let mut programme = programme_from_pb(&p)?;
     programme.version = p.version;
     programme.configured_at = p.configured_at.as_ref().and_then(millis).unwrap_or(r.at_ms);
-    Ok(ControlRecord { epoch: r.epoch, request_id: r.request_id, at: r.at_ms, fingerprint: r.fingerprint, operator: r.operator, programme })
+    Ok(ControlRecord {
+        epoch: r.epoch,
+        request_id: r.request_id,
+        at: r.at_ms,
+        fingerprint: r.fingerprint,
+        operator: r.operator,
+        programme,
+    })
 }
 
 // ---- programmes ----
@@ -353,7 +373,11 @@ pub fn programme_to_pb(p: &Programme) -> pb::Programme {
             ClawbackPolicy::WithinBalance => pb::ClawbackPolicy::WithinBalance,
             ClawbackPolicy::AllowDebt => pb::ClawbackPolicy::AllowDebt,
         } as i32,
-        levels: p.levels.iter().map(|l| pb::LevelThreshold { name: l.name.clone(), min_growth: l.min_growth }).collect(),
+        levels: p
+            .levels
+            .iter()
+            .map(|l| pb::LevelThreshold { name: l.name.clone(), min_growth: l.min_growth })
+            .collect(),
         level_window_days: p.level_window_days as i32,
         version: p.version,
         configured_at: Some(timestamp(p.configured_at)),
@@ -505,7 +529,11 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
         spends: a
             .spends
             .iter()
-            .map(|(id, s)| pb::SpendState { spend_id: id.clone(), lots: lots_to_pb(&s.lots), refunded: sorted_lots(&s.refunded) })
+            .map(|(id, s)| pb::SpendState {
+                spend_id: id.clone(),
+                lots: lots_to_pb(&s.lots),
+                refunded: sorted_lots(&s.refunded),
+            })
             .collect(),
         reservations: a
             .reservations
@@ -551,13 +579,23 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
         lots: s
             .lots
             .into_iter()
-            .map(|l| (l.lot_id, Lot { earned: l.earned_points, remaining: l.remaining, expires_at: opt_at(l.expires_at_ms) }))
+            .map(|l| {
+                (l.lot_id, Lot { earned: l.earned_points, remaining: l.remaining, expires_at: opt_at(l.expires_at_ms) })
+            })
             .collect(),
         earns: s
             .earns
             .into_iter()
             .map(|e| {
-                (e.earn_id, EarnRecord { points: e.points, reversed: e.reversed, growth: e.growth, growth_reversed: e.growth_reversed })
+                (
+                    e.earn_id,
+                    EarnRecord {
+                        points: e.points,
+                        reversed: e.reversed,
+                        growth: e.growth,
+                        growth_reversed: e.growth_reversed,
+                    },
+                )
             })
             .collect(),
         spends: s
@@ -583,7 +621,12 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
                 };
                 Ok((
                     r.reservation_id,
-                    ReservationRecord { order_ref: r.order_ref, lots: lots_from_pb(&r.lots), expires_at: r.expires_at_ms, status },
+                    ReservationRecord {
+                        order_ref: r.order_ref,
+                        lots: lots_from_pb(&r.lots),
+                        expires_at: r.expires_at_ms,
+                        status,
+                    },
                 ))
             })
             .collect::<Result<_, _>>()?,

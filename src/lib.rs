@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view and the code map.
 
+pub mod api;
 pub mod codec;
 pub mod domain;
 pub mod log;
@@ -9,7 +10,6 @@ pub mod programmes;
 pub mod projector;
 pub mod proto;
 pub mod record;
+pub mod server;
 pub mod store;
 pub mod writer;
-pub mod api;
-pub mod server;

@@ -58,7 +58,9 @@ impl Projectors {
             let (views, tx, stop) = (views.clone(), tx.clone(), stop.clone());
             threads.push(std::thread::Builder::new().name(format!("projector-{p}")).spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let entries = match reader.next_batch(PROJECTOR_BATCH_RECORDS_MAX, Duration::from_millis(PROJECTOR_POLL_WAIT_MS)) {
+                    let entries = match reader
+                        .next_batch(PROJECTOR_BATCH_RECORDS_MAX, Duration::from_millis(PROJECTOR_POLL_WAIT_MS))
+                    {
                         Ok(e) => e,
                         Err(e) => {
                             tracing::error!(partition = p, error = %e, "projector cannot read the log; retrying");
@@ -191,7 +193,12 @@ pub struct Until {
 /// Rebuilds every view from offset zero into a fresh database at `into`,
 /// stopping at the log's end as it was when the rebuild started (or `until`).
 /// Returns the number of records folded.
-pub fn rebuild(log: &dyn EventLog, into: &Path, until: Until, mut progress: impl FnMut(u64)) -> anyhow::Result<(Db, u64)> {
+pub fn rebuild(
+    log: &dyn EventLog,
+    into: &Path,
+    until: Until,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<(Db, u64)> {
     let views = Db::open(into, store::VIEW_CFS)?;
     let mut folded = 0;
     for p in 0..log.partitions() {

@@ -231,7 +231,10 @@ pub fn position_key(partition: u32) -> Vec<u8> {
 }
 
 pub fn read_position(db: &Db, partition: u32) -> Result<u64, StoreError> {
-    Ok(db.get(Cf::Meta, &position_key(partition))?.map(|v| u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))).unwrap_or(0))
+    Ok(db
+        .get(Cf::Meta, &position_key(partition))?
+        .map(|v| u64::from_be_bytes(v[..8].try_into().expect("8 bytes")))
+        .unwrap_or(0))
 }
 
 pub fn put_position(batch: &mut Batch, partition: u32, next_offset: u64) {

@@ -144,11 +144,7 @@ impl Writers {
             tracing::info!(partition, recovered, "writer caught up with the log");
             let (tx, rx) = mpsc::channel(config.queue_commands_max);
             senders.push(tx);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("writer-{partition}"))
-                    .spawn(move || w.run(rx))?,
-            );
+            threads.push(std::thread::Builder::new().name(format!("writer-{partition}")).spawn(move || w.run(rx))?);
         }
         let weak: Vec<_> = senders.iter().map(|s| s.downgrade()).collect();
         let every = Duration::from_millis(config.tick_interval_ms.max(1));
@@ -262,7 +258,8 @@ impl PartitionWriter {
     fn account<'w>(&self, work: &'w mut Work, key: &AccountKey) -> Result<&'w mut Touched, store::StoreError> {
         if !work.accounts.contains_key(key) {
             let account = self.load(key)?;
-            work.accounts.insert(key.clone(), Touched { due_before: domain::due_at(&account), account, changed: false });
+            work.accounts
+                .insert(key.clone(), Touched { due_before: domain::due_at(&account), account, changed: false });
         }
         Ok(work.accounts.get_mut(key).expect("just inserted"))
     }
@@ -290,8 +287,14 @@ impl PartitionWriter {
                 let balance = Self::fold(self.account(&mut work, &record.account)?, &record.events);
                 self.last_now = self.last_now.max(record.at);
                 if !record.system {
-                    let reply = Reply::for_record(&record, Position { partition: self.partition, offset: e.offset }, balance);
-                    work.replies.push((record.account.tenant_id.clone(), record.request_id.clone(), record.fingerprint, reply));
+                    let reply =
+                        Reply::for_record(&record, Position { partition: self.partition, offset: e.offset }, balance);
+                    work.replies.push((
+                        record.account.tenant_id.clone(),
+                        record.request_id.clone(),
+                        record.fingerprint,
+                        reply,
+                    ));
                 }
                 folded += 1;
             }
@@ -316,7 +319,11 @@ impl PartitionWriter {
             }
         }
         for (tenant, request_id, fingerprint, reply) in &work.replies {
-            batch.put(Cf::Requests, &store::request_key(tenant, request_id), &codec::encode_stored_reply(*fingerprint, reply));
+            batch.put(
+                Cf::Requests,
+                &store::request_key(tenant, request_id),
+                &codec::encode_stored_reply(*fingerprint, reply),
+            );
         }
         store::put_position(&mut batch, self.partition, next_offset);
         self.store.write(batch)?;
@@ -376,7 +383,12 @@ impl PartitionWriter {
                     if !ticked {
                         ticked = true;
                         for account in self.due_accounts(now)? {
-                            let cmd = Command { request_id: String::new(), account, body: CommandBody::Tick, context: Default::default() };
+                            let cmd = Command {
+                                request_id: String::new(),
+                                account,
+                                body: CommandBody::Tick,
+                                context: Default::default(),
+                            };
                             commands.push((cmd, None));
                         }
                     }
@@ -407,7 +419,11 @@ impl PartitionWriter {
                     if let Some(bytes) = self.store.get(Cf::Requests, &store::request_key(&key.0, &key.1))? {
                         let (fp, mut reply) = codec::decode_stored_reply(&bytes)?;
                         reply.replayed = true;
-                        let _ = tx.send(if fp == fingerprint { Ok(reply) } else { Err(WriteError::RequestIdReused(cmd.request_id)) });
+                        let _ = tx.send(if fp == fingerprint {
+                            Ok(reply)
+                        } else {
+                            Err(WriteError::RequestIdReused(cmd.request_id))
+                        });
                         continue;
                     }
                     Some(tx)
@@ -432,7 +448,8 @@ impl PartitionWriter {
                 in_batch.insert(key, (fingerprint, records.len()));
                 waiting.push((tx, records.len(), false));
             }
-            records.push((self.record(cmd, programme.map(|p| p.version).unwrap_or(0), fingerprint, now, events), balance));
+            records
+                .push((self.record(cmd, programme.map(|p| p.version).unwrap_or(0), fingerprint, now, events), balance));
         }
         if records.is_empty() {
             return Ok(());
@@ -455,7 +472,9 @@ impl PartitionWriter {
         let replies: Vec<Reply> = records
             .iter()
             .enumerate()
-            .map(|(i, (r, b))| Reply::for_record(r, Position { partition: self.partition, offset: first + i as u64 }, *b))
+            .map(|(i, (r, b))| {
+                Reply::for_record(r, Position { partition: self.partition, offset: first + i as u64 }, *b)
+            })
             .collect();
         for ((r, _), reply) in records.iter().zip(&replies) {
             if !r.system {
@@ -471,7 +490,14 @@ impl PartitionWriter {
         committed.map_err(Into::into)
     }
 
-    fn record(&self, cmd: Command, programme_version: u64, fingerprint: u64, now: Millis, events: Vec<domain::Event>) -> AccountRecord {
+    fn record(
+        &self,
+        cmd: Command,
+        programme_version: u64,
+        fingerprint: u64,
+        now: Millis,
+        events: Vec<domain::Event>,
+    ) -> AccountRecord {
         AccountRecord {
             epoch: 0,
             system: cmd.body.is_system(),

@@ -40,9 +40,12 @@ impl EventLog for FlakyLog {
 async fn a_failing_log_answers_unavailable_writes_nothing_and_recovers() {
     let down = Arc::new(AtomicBool::new(false));
     let d = down.clone();
-    let h = Harness::start_wrapped(tempfile::tempdir().unwrap(), ManualClock::new(T0), |_| {}, move |inner| {
-        Arc::new(FlakyLog { inner, down: d }) as Arc<dyn EventLog>
-    })
+    let h = Harness::start_wrapped(
+        tempfile::tempdir().unwrap(),
+        ManualClock::new(T0),
+        |_| {},
+        move |inner| Arc::new(FlakyLog { inner, down: d }) as Arc<dyn EventLog>,
+    )
     .await;
     configure(&h, programme()).await;
     let mut c = h.ledger().await;
@@ -64,7 +67,11 @@ async fn a_failing_log_answers_unavailable_writes_nothing_and_recovers() {
     assert_eq!(r.balance.unwrap().available, 70);
     let again = c.spend(spend("s1", "ivy", 30)).await.unwrap().into_inner();
     assert!(again.replayed);
-    let a = c.get_account(pb::GetAccountRequest { account: account("ivy"), min_position: r.position, as_of: None }).await.unwrap().into_inner();
+    let a = c
+        .get_account(pb::GetAccountRequest { account: account("ivy"), min_position: r.position, as_of: None })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(a.available, 70);
     h.stop().await;
 }

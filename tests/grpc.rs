@@ -29,7 +29,11 @@ async fn every_command_round_trips_and_queries_see_it() {
     assert_eq!(cfg.programme.as_ref().unwrap().version, 1);
     let mut c = h.ledger().await;
 
-    let r = c.earn(pb::EarnRequest { growth: Some(500), order_ref: Some("o-1".into()), ..earn("e1", "alice", 1000) }).await.unwrap().into_inner();
+    let r = c
+        .earn(pb::EarnRequest { growth: Some(500), order_ref: Some("o-1".into()), ..earn("e1", "alice", 1000) })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!r.replayed);
     assert_eq!(r.balance.unwrap(), pb::AccountBalance { available: 1000, reserved: 0, debt: 0, growth: 500 });
     assert_eq!((r.granted_points, r.forfeited_points, r.programme_version), (1000, 0, 1));
@@ -38,43 +42,87 @@ async fn every_command_round_trips_and_queries_see_it() {
     assert_eq!(r.balance.unwrap().available, 700);
 
     let r = c
-        .reserve(pb::ReserveRequest { request_id: "r1".into(), account: account("alice"), points: 200, order_ref: "o-2".into(), timeout_seconds: 600, ..Default::default() })
+        .reserve(pb::ReserveRequest {
+            request_id: "r1".into(),
+            account: account("alice"),
+            points: 200,
+            order_ref: "o-2".into(),
+            timeout_seconds: 600,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!((r.balance.unwrap().available, r.balance.unwrap().reserved), (500, 200));
     let r = c
-        .capture_reservation(pb::CaptureReservationRequest { request_id: "c1".into(), account: account("alice"), reservation_id: "r1".into(), points: Some(150), ..Default::default() })
+        .capture_reservation(pb::CaptureReservationRequest {
+            request_id: "c1".into(),
+            account: account("alice"),
+            reservation_id: "r1".into(),
+            points: Some(150),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!((r.balance.unwrap().available, r.balance.unwrap().reserved), (550, 0));
 
-    c.reserve(pb::ReserveRequest { request_id: "r2".into(), account: account("alice"), points: 50, order_ref: "o-3".into(), timeout_seconds: 600, ..Default::default() })
-        .await
-        .unwrap();
+    c.reserve(pb::ReserveRequest {
+        request_id: "r2".into(),
+        account: account("alice"),
+        points: 50,
+        order_ref: "o-3".into(),
+        timeout_seconds: 600,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let r = c
-        .release_reservation(pb::ReleaseReservationRequest { request_id: "rel2".into(), account: account("alice"), reservation_id: "r2".into(), ..Default::default() })
+        .release_reservation(pb::ReleaseReservationRequest {
+            request_id: "rel2".into(),
+            account: account("alice"),
+            reservation_id: "r2".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.balance.unwrap().available, 550);
 
     let r = c
-        .refund(pb::RefundRequest { request_id: "rf1".into(), account: account("alice"), spend_request_id: "s1".into(), points: 100, ..Default::default() })
+        .refund(pb::RefundRequest {
+            request_id: "rf1".into(),
+            account: account("alice"),
+            spend_request_id: "s1".into(),
+            points: 100,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.balance.unwrap().available, 650);
     let r = c
-        .refund(pb::RefundRequest { request_id: "rf2".into(), account: account("alice"), spend_request_id: "c1".into(), points: 150, ..Default::default() })
+        .refund(pb::RefundRequest {
+            request_id: "rf2".into(),
+            account: account("alice"),
+            spend_request_id: "c1".into(),
+            points: 150,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.balance.unwrap().available, 800);
 
     let r = c
-        .reverse_earn(pb::ReverseEarnRequest { request_id: "rv1".into(), account: account("alice"), earn_request_id: "e1".into(), points: 100, growth: Some(200), ..Default::default() })
+        .reverse_earn(pb::ReverseEarnRequest {
+            request_id: "rv1".into(),
+            account: account("alice"),
+            earn_request_id: "e1".into(),
+            points: 100,
+            growth: Some(200),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -82,25 +130,52 @@ async fn every_command_round_trips_and_queries_see_it() {
 
     let mut admin = h.admin().await;
     let r = c
-        .adjust(pb::AdjustRequest { request_id: "a1".into(), account: account("alice"), points: -50, operator: "ops-7".into(), reason: "double grant".into(), ..Default::default() })
+        .adjust(pb::AdjustRequest {
+            request_id: "a1".into(),
+            account: account("alice"),
+            points: -50,
+            operator: "ops-7".into(),
+            reason: "double grant".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.balance.unwrap().available, 650);
 
     let r = admin
-        .freeze_account(pb::FreezeAccountRequest { request_id: "f1".into(), account: account("alice"), earning: true, spending: false, operator: "risk".into(), reason: "review".into() })
+        .freeze_account(pb::FreezeAccountRequest {
+            request_id: "f1".into(),
+            account: account("alice"),
+            earning: true,
+            spending: false,
+            operator: "risk".into(),
+            reason: "review".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.events.len(), 1);
     admin
-        .unfreeze_account(pb::UnfreezeAccountRequest { request_id: "u1".into(), account: account("alice"), earning: true, spending: false, operator: "risk".into(), reason: "ok".into() })
+        .unfreeze_account(pb::UnfreezeAccountRequest {
+            request_id: "u1".into(),
+            account: account("alice"),
+            earning: true,
+            spending: false,
+            operator: "risk".into(),
+            reason: "ok".into(),
+        })
         .await
         .unwrap();
 
     let r = c
-        .expire(pb::ExpireRequest { request_id: "x1".into(), account: account("alice"), all_points: true, reason: "blacklisted".into(), ..Default::default() })
+        .expire(pb::ExpireRequest {
+            request_id: "x1".into(),
+            account: account("alice"),
+            all_points: true,
+            reason: "blacklisted".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -121,7 +196,12 @@ async fn every_command_round_trips_and_queries_see_it() {
     let mut token = String::new();
     loop {
         let page = c
-            .list_entries(pb::ListEntriesRequest { account: account("alice"), page_size: 3, page_token: token.clone(), min_position: None })
+            .list_entries(pb::ListEntriesRequest {
+                account: account("alice"),
+                page_size: 3,
+                page_token: token.clone(),
+                min_position: None,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -141,13 +221,21 @@ async fn every_command_round_trips_and_queries_see_it() {
     h.clock.advance(1000);
     c.earn(earn("e2", "alice", 10)).await.unwrap();
     let before = c
-        .get_account(pb::GetAccountRequest { account: account("alice"), min_position: None, as_of: Some(prost_types::Timestamp { seconds: T0 / 1000, nanos: 0 }) })
+        .get_account(pb::GetAccountRequest {
+            account: account("alice"),
+            min_position: None,
+            as_of: Some(prost_types::Timestamp { seconds: T0 / 1000, nanos: 0 }),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(before.available, 0, "everything up to T0 included the expiry");
 
-    let p = admin.get_programme(pb::GetProgrammeRequest { tenant_id: "shop".into(), programme_id: "points".into(), version: 0 }).await.unwrap().into_inner();
+    let p = admin
+        .get_programme(pb::GetProgrammeRequest { tenant_id: "shop".into(), programme_id: "points".into(), version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((p.version, p.time_zone.as_str(), p.unit_name.as_str()), (1, "Asia/Shanghai", "积分"));
     h.stop().await;
 }
@@ -164,7 +252,11 @@ async fn retries_get_the_original_answer_and_other_content_is_already_exists() {
     rejected!(h, c.earn(earn("e1", "bob", 101)), Code::AlreadyExists, "REQUEST_ID_REUSED");
     // Configure is idempotent too.
     let mut a = h.admin().await;
-    let req = pb::ConfigureProgrammeRequest { request_id: "cfg-x".into(), programme: Some(programme()), operator: "ops".into() };
+    let req = pb::ConfigureProgrammeRequest {
+        request_id: "cfg-x".into(),
+        programme: Some(programme()),
+        operator: "ops".into(),
+    };
     let v2 = a.configure_programme(req.clone()).await.unwrap().into_inner();
     let v2b = a.configure_programme(req.clone()).await.unwrap().into_inner();
     assert!(v2b.replayed && !v2.replayed);
@@ -194,10 +286,22 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         (pb::EarnRequest { reason: String::new(), ..earn("ok", "carol", 1) }, "reason"),
         (pb::EarnRequest { account: None, ..earn("ok", "carol", 1) }, "account"),
         (pb::EarnRequest { growth: Some(-1), ..earn("ok", "carol", 1) }, "growth"),
-        (pb::EarnRequest { metadata: (0..17).map(|i| (format!("k{i}"), "v".into())).collect(), ..earn("ok", "carol", 1) }, "metadata"),
+        (
+            pb::EarnRequest {
+                metadata: (0..17).map(|i| (format!("k{i}"), "v".into())).collect(),
+                ..earn("ok", "carol", 1)
+            },
+            "metadata",
+        ),
         (pb::EarnRequest { metadata: [("k".into(), "v".repeat(257))].into(), ..earn("ok", "carol", 1) }, "metadata[k]"),
         (pb::EarnRequest { client_ip: "1".repeat(65), ..earn("ok", "carol", 1) }, "client_ip"),
-        (pb::EarnRequest { expires_at: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }), ..earn("ok", "carol", 1) }, "expires_at"),
+        (
+            pb::EarnRequest {
+                expires_at: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
+                ..earn("ok", "carol", 1)
+            },
+            "expires_at",
+        ),
     ];
     for (req, field) in cases {
         let err = rejected!(h, c.earn(req), ia, "");
@@ -209,22 +313,81 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
     rejected!(h, c.spend(spend("s", "carol", 0)), ia, "");
     rejected!(
         h,
-        c.reserve(pb::ReserveRequest { request_id: "r".into(), account: account("carol"), points: 1, order_ref: "o".into(), timeout_seconds: 0, ..Default::default() }),
+        c.reserve(pb::ReserveRequest {
+            request_id: "r".into(),
+            account: account("carol"),
+            points: 1,
+            order_ref: "o".into(),
+            timeout_seconds: 0,
+            ..Default::default()
+        }),
         ia,
         ""
     );
     rejected!(
         h,
-        c.reserve(pb::ReserveRequest { request_id: "r".into(), account: account("carol"), points: 1, order_ref: String::new(), timeout_seconds: 5, ..Default::default() }),
+        c.reserve(pb::ReserveRequest {
+            request_id: "r".into(),
+            account: account("carol"),
+            points: 1,
+            order_ref: String::new(),
+            timeout_seconds: 5,
+            ..Default::default()
+        }),
         ia,
         ""
     );
-    rejected!(h, c.adjust(pb::AdjustRequest { request_id: "a".into(), account: account("carol"), points: 0, operator: "o".into(), reason: "r".into(), ..Default::default() }), ia, "");
-    rejected!(h, c.adjust(pb::AdjustRequest { request_id: "a".into(), account: account("carol"), points: 5, operator: String::new(), reason: "r".into(), ..Default::default() }), ia, "");
-    rejected!(h, c.expire(pb::ExpireRequest { request_id: "x".into(), account: account("carol"), all_points: true, reason: String::new(), ..Default::default() }), ia, "");
-    let err = c.list_entries(pb::ListEntriesRequest { account: account("carol"), page_size: 501, ..Default::default() }).await.unwrap_err();
+    rejected!(
+        h,
+        c.adjust(pb::AdjustRequest {
+            request_id: "a".into(),
+            account: account("carol"),
+            points: 0,
+            operator: "o".into(),
+            reason: "r".into(),
+            ..Default::default()
+        }),
+        ia,
+        ""
+    );
+    rejected!(
+        h,
+        c.adjust(pb::AdjustRequest {
+            request_id: "a".into(),
+            account: account("carol"),
+            points: 5,
+            operator: String::new(),
+            reason: "r".into(),
+            ..Default::default()
+        }),
+        ia,
+        ""
+    );
+    rejected!(
+        h,
+        c.expire(pb::ExpireRequest {
+            request_id: "x".into(),
+            account: account("carol"),
+            all_points: true,
+            reason: String::new(),
+            ..Default::default()
+        }),
+        ia,
+        ""
+    );
+    let err = c
+        .list_entries(pb::ListEntriesRequest { account: account("carol"), page_size: 501, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), bad_field_of(&err).as_str()), (ia, "page_size"));
-    let err = c.list_entries(pb::ListEntriesRequest { account: account("carol"), page_token: "zz".into(), ..Default::default() }).await.unwrap_err();
+    let err = c
+        .list_entries(pb::ListEntriesRequest {
+            account: account("carol"),
+            page_token: "zz".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ia);
     // Bad programme rules.
     let mut a = h.admin().await;
@@ -235,17 +398,31 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         (pb::Programme { max_order_share_percent: 101, ..programme() }, "programme.max_order_share_percent"),
         (
             pb::Programme {
-                levels: vec![pb::LevelThreshold { name: "金牌".into(), min_growth: 10 }, pb::LevelThreshold { name: "银牌".into(), min_growth: 5 }],
+                levels: vec![
+                    pb::LevelThreshold { name: "金牌".into(), min_growth: 10 },
+                    pb::LevelThreshold { name: "银牌".into(), min_growth: 5 },
+                ],
                 ..programme()
             },
             "programme.levels[1].min_growth",
         ),
     ] {
-        let err = a.configure_programme(pb::ConfigureProgrammeRequest { request_id: "c".into(), programme: Some(p), operator: "ops".into() }).await.unwrap_err();
+        let err = a
+            .configure_programme(pb::ConfigureProgrammeRequest {
+                request_id: "c".into(),
+                programme: Some(p),
+                operator: "ops".into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!((err.code(), bad_field_of(&err).as_str()), (ia, field));
     }
     let err = a
-        .configure_programme(pb::ConfigureProgrammeRequest { request_id: "c".into(), programme: Some(pb::Programme { programme_daily_issuance_cap: 5, ..programme() }), operator: "ops".into() })
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: "c".into(),
+            programme: Some(pb::Programme { programme_daily_issuance_cap: 5, ..programme() }),
+            operator: "ops".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
@@ -275,28 +452,125 @@ async fn not_found_failed_precondition_and_resource_exhausted() {
     req.account.as_mut().unwrap().programme_id = "coins".into();
     rejected!(h, c.earn(req), nf, "PROGRAMME_NOT_FOUND");
     c.earn(earn("e1", "dave", 500)).await.unwrap();
-    rejected!(h, c.refund(pb::RefundRequest { request_id: "rf".into(), account: account("dave"), spend_request_id: "nope".into(), points: 1, ..Default::default() }), nf, "SPEND_NOT_FOUND");
-    rejected!(h, c.reverse_earn(pb::ReverseEarnRequest { request_id: "rv".into(), account: account("dave"), earn_request_id: "nope".into(), points: 1, ..Default::default() }), nf, "EARN_NOT_FOUND");
-    rejected!(h, c.release_reservation(pb::ReleaseReservationRequest { request_id: "rl".into(), account: account("dave"), reservation_id: "nope".into(), ..Default::default() }), nf, "RESERVATION_NOT_FOUND");
-    let err = h.admin().await.get_programme(pb::GetProgrammeRequest { tenant_id: "shop".into(), programme_id: "coins".into(), version: 0 }).await.unwrap_err();
+    rejected!(
+        h,
+        c.refund(pb::RefundRequest {
+            request_id: "rf".into(),
+            account: account("dave"),
+            spend_request_id: "nope".into(),
+            points: 1,
+            ..Default::default()
+        }),
+        nf,
+        "SPEND_NOT_FOUND"
+    );
+    rejected!(
+        h,
+        c.reverse_earn(pb::ReverseEarnRequest {
+            request_id: "rv".into(),
+            account: account("dave"),
+            earn_request_id: "nope".into(),
+            points: 1,
+            ..Default::default()
+        }),
+        nf,
+        "EARN_NOT_FOUND"
+    );
+    rejected!(
+        h,
+        c.release_reservation(pb::ReleaseReservationRequest {
+            request_id: "rl".into(),
+            account: account("dave"),
+            reservation_id: "nope".into(),
+            ..Default::default()
+        }),
+        nf,
+        "RESERVATION_NOT_FOUND"
+    );
+    let err = h
+        .admin()
+        .await
+        .get_programme(pb::GetProgrammeRequest { tenant_id: "shop".into(), programme_id: "coins".into(), version: 0 })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), nf);
 
     // Insufficient points, max share, refund beyond, settled reservation, frozen.
-    let big_order = |id: &str, points| pb::SpendRequest { order_cash_amount: Some(1_000_000), ..spend(id, "dave", points) };
+    let big_order =
+        |id: &str, points| pb::SpendRequest { order_cash_amount: Some(1_000_000), ..spend(id, "dave", points) };
     rejected!(h, c.spend(big_order("s", 501)), fp, "INSUFFICIENT_POINTS");
-    rejected!(h, c.spend(pb::SpendRequest { order_cash_amount: Some(100), ..spend("s", "dave", 51) }), fp, "ORDER_SHARE_EXCEEDED");
+    rejected!(
+        h,
+        c.spend(pb::SpendRequest { order_cash_amount: Some(100), ..spend("s", "dave", 51) }),
+        fp,
+        "ORDER_SHARE_EXCEEDED"
+    );
     rejected!(h, c.spend(spend("s", "dave", 5)), Code::InvalidArgument, "ORDER_CASH_AMOUNT_REQUIRED");
     c.spend(big_order("s1", 100)).await.unwrap();
-    rejected!(h, c.refund(pb::RefundRequest { request_id: "rf".into(), account: account("dave"), spend_request_id: "s1".into(), points: 101, ..Default::default() }), fp, "REFUND_EXCEEDS_SPEND");
-    rejected!(h, c.reverse_earn(pb::ReverseEarnRequest { request_id: "rv".into(), account: account("dave"), earn_request_id: "e1".into(), points: 501, ..Default::default() }), fp, "REVERSAL_EXCEEDS_EARN");
-    c.reserve(pb::ReserveRequest { request_id: "r1".into(), account: account("dave"), points: 10, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: Some(1_000_000), ..Default::default() })
-        .await
-        .unwrap();
-    c.release_reservation(pb::ReleaseReservationRequest { request_id: "rl1".into(), account: account("dave"), reservation_id: "r1".into(), ..Default::default() }).await.unwrap();
-    rejected!(h, c.capture_reservation(pb::CaptureReservationRequest { request_id: "cp".into(), account: account("dave"), reservation_id: "r1".into(), ..Default::default() }), fp, "RESERVATION_SETTLED");
+    rejected!(
+        h,
+        c.refund(pb::RefundRequest {
+            request_id: "rf".into(),
+            account: account("dave"),
+            spend_request_id: "s1".into(),
+            points: 101,
+            ..Default::default()
+        }),
+        fp,
+        "REFUND_EXCEEDS_SPEND"
+    );
+    rejected!(
+        h,
+        c.reverse_earn(pb::ReverseEarnRequest {
+            request_id: "rv".into(),
+            account: account("dave"),
+            earn_request_id: "e1".into(),
+            points: 501,
+            ..Default::default()
+        }),
+        fp,
+        "REVERSAL_EXCEEDS_EARN"
+    );
+    c.reserve(pb::ReserveRequest {
+        request_id: "r1".into(),
+        account: account("dave"),
+        points: 10,
+        order_ref: "o".into(),
+        timeout_seconds: 60,
+        order_cash_amount: Some(1_000_000),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.release_reservation(pb::ReleaseReservationRequest {
+        request_id: "rl1".into(),
+        account: account("dave"),
+        reservation_id: "r1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    rejected!(
+        h,
+        c.capture_reservation(pb::CaptureReservationRequest {
+            request_id: "cp".into(),
+            account: account("dave"),
+            reservation_id: "r1".into(),
+            ..Default::default()
+        }),
+        fp,
+        "RESERVATION_SETTLED"
+    );
     h.admin()
         .await
-        .freeze_account(pb::FreezeAccountRequest { request_id: "f".into(), account: account("dave"), earning: false, spending: true, operator: "risk".into(), reason: "fraud".into() })
+        .freeze_account(pb::FreezeAccountRequest {
+            request_id: "f".into(),
+            account: account("dave"),
+            earning: false,
+            spending: true,
+            operator: "risk".into(),
+            reason: "fraud".into(),
+        })
         .await
         .unwrap();
     rejected!(h, c.spend(big_order("s2", 1)), fp, "ACCOUNT_FROZEN");
@@ -317,8 +591,20 @@ fn with<T>(token: &str, req: T) -> tonic::Request<T> {
 async fn tokens_gate_tenants_and_admin_operations() {
     let h = Harness::start_with(|c| c.auth = auth("# tokens\nadm * admin\nshop-app shop\nother-app other\n")).await;
     let mut a = h.admin().await;
-    let cfg = |t| with(t, pb::ConfigureProgrammeRequest { request_id: "c1".into(), programme: Some(programme()), operator: "ops".into() });
-    assert_eq!(a.configure_programme(tonic::Request::new(pb::ConfigureProgrammeRequest::default())).await.unwrap_err().code(), Code::InvalidArgument);
+    let cfg = |t| {
+        with(
+            t,
+            pb::ConfigureProgrammeRequest {
+                request_id: "c1".into(),
+                programme: Some(programme()),
+                operator: "ops".into(),
+            },
+        )
+    };
+    assert_eq!(
+        a.configure_programme(tonic::Request::new(pb::ConfigureProgrammeRequest::default())).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     assert_eq!(a.configure_programme(cfg("shop-app")).await.unwrap_err().code(), Code::PermissionDenied);
     a.configure_programme(cfg("adm")).await.unwrap();
     let mut c = h.ledger().await;
@@ -328,7 +614,14 @@ async fn tokens_gate_tenants_and_admin_operations() {
     assert_eq!(c.earn(with("nope", earn("e1", "erin", 5))).await.unwrap_err().code(), Code::Unauthenticated);
     let err = c.earn(with("other-app", earn("e1", "erin", 5))).await.unwrap_err();
     assert_eq!((err.code(), reason_of(&err).as_str()), (Code::PermissionDenied, "TENANT_NOT_ALLOWED"));
-    let adj = pb::AdjustRequest { request_id: "a".into(), account: account("erin"), points: 5, operator: "o".into(), reason: "r".into(), ..Default::default() };
+    let adj = pb::AdjustRequest {
+        request_id: "a".into(),
+        account: account("erin"),
+        points: 5,
+        operator: "o".into(),
+        reason: "r".into(),
+        ..Default::default()
+    };
     assert_eq!(c.adjust(with("shop-app", adj.clone())).await.unwrap_err().code(), Code::PermissionDenied);
     assert_eq!(h.records(), before);
     c.earn(with("shop-app", earn("e1", "erin", 5))).await.unwrap();
@@ -344,11 +637,17 @@ async fn a_view_that_cannot_reach_the_asked_position_is_unavailable() {
     let r = c.earn(earn("e1", "fay", 5)).await.unwrap().into_inner();
     let mut far = r.position.unwrap();
     far.offset += 1_000_000;
-    let err = c.get_account(pb::GetAccountRequest { account: account("fay"), min_position: Some(far), as_of: None }).await.unwrap_err();
+    let err = c
+        .get_account(pb::GetAccountRequest { account: account("fay"), min_position: Some(far), as_of: None })
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), reason_of(&err).as_str()), (Code::Unavailable, "VIEW_BEHIND"));
     let mut wrong = r.position.unwrap();
     wrong.partition += 1;
-    let err = c.get_account(pb::GetAccountRequest { account: account("fay"), min_position: Some(wrong), as_of: None }).await.unwrap_err();
+    let err = c
+        .get_account(pb::GetAccountRequest { account: account("fay"), min_position: Some(wrong), as_of: None })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     h.stop().await;
 }
@@ -356,25 +655,61 @@ async fn a_view_that_cannot_reach_the_asked_position_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_expires_due_lots_and_times_out_reservations_as_events() {
     let h = Harness::start().await;
-    configure(&h, pb::Programme { validity_days: 10, validity_rounding: pb::ValidityRounding::None as i32, ..programme() }).await;
+    configure(
+        &h,
+        pb::Programme { validity_days: 10, validity_rounding: pb::ValidityRounding::None as i32, ..programme() },
+    )
+    .await;
     let mut c = h.ledger().await;
     c.earn(earn("e1", "gus", 100)).await.unwrap();
     c.earn(earn("e2", "gus", 50)).await.unwrap();
-    c.reserve(pb::ReserveRequest { request_id: "r1".into(), account: account("gus"), points: 30, order_ref: "o".into(), timeout_seconds: 60, ..Default::default() })
-        .await
-        .unwrap();
+    c.reserve(pb::ReserveRequest {
+        request_id: "r1".into(),
+        account: account("gus"),
+        points: 30,
+        order_ref: "o".into(),
+        timeout_seconds: 60,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     // Reminders: both lots expire within 15 days; ordered by expiry.
-    let exp = c.list_expiring(pb::ListExpiringRequest { tenant_id: "shop".into(), programme_id: "points".into(), within_days: 0, page_size: 1, page_token: String::new() }).await.unwrap().into_inner();
+    let exp = c
+        .list_expiring(pb::ListExpiringRequest {
+            tenant_id: "shop".into(),
+            programme_id: "points".into(),
+            within_days: 0,
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(exp.lots.len(), 1);
     assert!(!exp.next_page_token.is_empty());
     let exp2 = c
-        .list_expiring(pb::ListExpiringRequest { tenant_id: "shop".into(), programme_id: "points".into(), within_days: 0, page_size: 10, page_token: exp.next_page_token })
+        .list_expiring(pb::ListExpiringRequest {
+            tenant_id: "shop".into(),
+            programme_id: "points".into(),
+            within_days: 0,
+            page_size: 10,
+            page_token: exp.next_page_token,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(exp.lots.len() + exp2.lots.len(), 2);
     assert!(exp2.next_page_token.is_empty());
-    let none = c.list_expiring(pb::ListExpiringRequest { tenant_id: "shop".into(), programme_id: "points".into(), within_days: 5, ..Default::default() }).await.unwrap().into_inner();
+    let none = c
+        .list_expiring(pb::ListExpiringRequest {
+            tenant_id: "shop".into(),
+            programme_id: "points".into(),
+            within_days: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(none.lots.is_empty());
 
     // After the timeout the writer releases the hold by itself.
@@ -386,7 +721,11 @@ async fn the_scheduler_expires_due_lots_and_times_out_reservations_as_events() {
     wait_until(|| h.records() > before + 1).await;
     let mut last = None;
     for _ in 0..100 {
-        let a = c.get_account(pb::GetAccountRequest { account: account("gus"), ..Default::default() }).await.unwrap().into_inner();
+        let a = c
+            .get_account(pb::GetAccountRequest { account: account("gus"), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         if a.available == 0 && a.reserved == 0 {
             last = Some(a);
             break;
@@ -394,8 +733,24 @@ async fn the_scheduler_expires_due_lots_and_times_out_reservations_as_events() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(last.is_some(), "points did not expire");
-    let entries = c.list_entries(pb::ListEntriesRequest { account: account("gus"), ..Default::default() }).await.unwrap().into_inner().entries;
-    let kinds: Vec<_> = entries.iter().map(|e| e.event.as_ref().unwrap().event.as_ref().map(|x| format!("{x:?}").split('(').next().unwrap().to_string()).unwrap()).collect();
+    let entries = c
+        .list_entries(pb::ListEntriesRequest { account: account("gus"), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let kinds: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            e.event
+                .as_ref()
+                .unwrap()
+                .event
+                .as_ref()
+                .map(|x| format!("{x:?}").split('(').next().unwrap().to_string())
+                .unwrap()
+        })
+        .collect();
     assert_eq!(kinds, ["PointsEarned", "PointsEarned", "PointsReserved", "ReservationReleased", "PointsExpired"]);
     assert_eq!(entries.last().unwrap().delta, -150);
     h.stop().await;
@@ -416,11 +771,21 @@ async fn health_and_reflection_answer() {
     let h = Harness::start().await;
     let channel = tonic::transport::Channel::from_shared(h.url()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let s = health.check(tonic_health::pb::HealthCheckRequest { service: "points.v1.PointsLedger".into() }).await.unwrap().into_inner();
+    let s = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "points.v1.PointsLedger".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(s.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
-    use tonic_reflection::pb::v1alpha::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest};
+    use tonic_reflection::pb::v1alpha::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        ServerReflectionRequest,
+    };
     let mut refl = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
     let resp = stream.message().await.unwrap().unwrap();
     let listed = format!("{resp:?}");
@@ -432,17 +797,28 @@ async fn health_and_reflection_answer() {
     let channel = tonic::transport::Channel::from_shared(h.url()).unwrap().connect().await.unwrap();
     let mut refl = r1::server_reflection_client::ServerReflectionClient::new(channel);
     let reqs = vec![
-        r1::ServerReflectionRequest { host: String::new(), message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())) },
         r1::ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(r1::server_reflection_request::MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into())),
+            message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())),
+        },
+        r1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(r1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "google.rpc.ErrorInfo".into(),
+            )),
         },
     ];
     let mut stream = refl.server_reflection_info(tokio_stream::iter(reqs)).await.unwrap().into_inner();
     let listed = format!("{:?}", stream.message().await.unwrap().unwrap());
     assert!(listed.contains("points.v1.PointsLedger"), "{listed}");
     let file = stream.message().await.unwrap().unwrap();
-    assert!(matches!(file.message_response, Some(r1::server_reflection_response::MessageResponse::FileDescriptorResponse(_))), "{file:?}");
+    assert!(
+        matches!(
+            file.message_response,
+            Some(r1::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+        ),
+        "{file:?}"
+    );
     h.stop().await;
 }
 

@@ -155,17 +155,28 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(again.position, first.position);
                     continue;
                 }
-                Op::Earn { m, points, expires_in_hours } => (*m, CommandBody::Earn {
-                    points: *points,
-                    reason: "purchase".into(),
-                    order_ref: None,
-                    growth: 0,
-                    expires_at: expires_in_hours.map(|h| clock.now() + i64::from(h) * 3_600_000),
-                }),
-                Op::Spend { m, points } => (*m, CommandBody::Spend { points: *points, order_ref: None, order_cash_amount: None }),
-                Op::Reserve { m, points, timeout_minutes } => {
-                    (*m, CommandBody::Reserve { points: *points, order_ref: "o".into(), timeout_seconds: i64::from(*timeout_minutes) * 60, order_cash_amount: None })
+                Op::Earn { m, points, expires_in_hours } => (
+                    *m,
+                    CommandBody::Earn {
+                        points: *points,
+                        reason: "purchase".into(),
+                        order_ref: None,
+                        growth: 0,
+                        expires_at: expires_in_hours.map(|h| clock.now() + i64::from(h) * 3_600_000),
+                    },
+                ),
+                Op::Spend { m, points } => {
+                    (*m, CommandBody::Spend { points: *points, order_ref: None, order_cash_amount: None })
                 }
+                Op::Reserve { m, points, timeout_minutes } => (
+                    *m,
+                    CommandBody::Reserve {
+                        points: *points,
+                        order_ref: "o".into(),
+                        timeout_seconds: i64::from(*timeout_minutes) * 60,
+                        order_cash_amount: None,
+                    },
+                ),
                 Op::Capture { m, which, points } => {
                     let Some(r) = pick(&models[m].holds, *which) else { continue };
                     (*m, CommandBody::Capture { reservation_id: r, points: *points })
@@ -182,10 +193,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let Some(e) = pick(&models[m].earns, *which) else { continue };
                     (*m, CommandBody::ReverseEarn { earn_id: e, points: *points, growth: 0 })
                 }
-                Op::Adjust { m, points } => (*m, CommandBody::Adjust { points: *points, operator: "ops".into(), reason: "fix".into() }),
+                Op::Adjust { m, points } => {
+                    (*m, CommandBody::Adjust { points: *points, operator: "ops".into(), reason: "fix".into() })
+                }
                 Op::ExpireAll { m } => (*m, CommandBody::Expire { all_points: true, reason: "recycle".into() }),
             };
-            let cmd = Command { request_id: id.clone(), account: key(m), body: body.clone(), context: Default::default() };
+            let cmd =
+                Command { request_id: id.clone(), account: key(m), body: body.clone(), context: Default::default() };
             let outcome = ledger.writers.submit(cmd.clone()).await;
             let model = models.get_mut(&m).unwrap();
             match outcome {
@@ -193,7 +207,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     // A rejection must be one the model can explain (before due
                     // expiries, which a rejection does not write).
                     let ok = match &body {
-                        CommandBody::Spend { points, .. } | CommandBody::Reserve { points, .. } => *points > model.available,
+                        CommandBody::Spend { points, .. } | CommandBody::Reserve { points, .. } => {
+                            *points > model.available
+                        }
                         CommandBody::Adjust { points, .. } => -points > model.available,
                         // Beyond the hold, or the hold timed out meanwhile.
                         CommandBody::Capture { .. } | CommandBody::Release { .. } => true,
@@ -258,7 +274,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         _ => {}
                     }
                     let b = reply.balance;
-                    prop_assert_eq!((b.available, b.reserved, b.debt), (model.available, model.reserved, model.debt), "after {:?}", body);
+                    prop_assert_eq!(
+                        (b.available, b.reserved, b.debt),
+                        (model.available, model.reserved, model.debt),
+                        "after {:?}",
+                        body
+                    );
                     history.push((cmd, reply));
                 }
             }
@@ -267,7 +288,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         // Views catch up with the log; then stop.
         let ends: Vec<u64> = (0..2).map(|p| events_log.end_offset(p).unwrap()).collect();
         let mut positions = ledger.positions.clone();
-        tokio::time::timeout(std::time::Duration::from_secs(20), positions.wait_for(|v| v == &ends)).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(20), positions.wait_for(|v| v == &ends))
+            .await
+            .unwrap()
+            .unwrap();
         drop(ledger);
         tokio::task::spawn_blocking(move || service.stop()).await.unwrap();
 

@@ -55,7 +55,11 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
     let (mut child, url) = spawn_server(dir.path());
     let mut admin = ProgrammeAdminClient::connect(url.clone()).await.unwrap();
     admin
-        .configure_programme(pb::ConfigureProgrammeRequest { request_id: "cfg".into(), programme: Some(programme()), operator: "ops".into() })
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: "cfg".into(),
+            programme: Some(programme()),
+            operator: "ops".into(),
+        })
         .await
         .unwrap();
 
@@ -120,13 +124,21 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
     for member in 0..MEMBERS {
         let expected = sent.iter().filter(|(m, _)| *m == member).count() as i64;
         let a = c
-            .get_account(pb::GetAccountRequest { account: account(&format!("m{member}")), min_position: last_position.get(&member).copied(), as_of: None })
+            .get_account(pb::GetAccountRequest {
+                account: account(&format!("m{member}")),
+                min_position: last_position.get(&member).copied(),
+                as_of: None,
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(a.available, expected, "member m{member}: every distinct request exactly once");
         let entries = c
-            .list_entries(pb::ListEntriesRequest { account: account(&format!("m{member}")), page_size: 500, ..Default::default() })
+            .list_entries(pb::ListEntriesRequest {
+                account: account(&format!("m{member}")),
+                page_size: 500,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();

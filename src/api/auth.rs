@@ -65,13 +65,20 @@ impl Auth {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| status(Code::Unauthenticated, "UNAUTHENTICATED", "missing `authorization: Bearer TOKEN`", None))?;
+            .ok_or_else(|| {
+                status(Code::Unauthenticated, "UNAUTHENTICATED", "missing `authorization: Bearer TOKEN`", None)
+            })?;
         let grant = tokens
             .get(token.trim())
             .ok_or_else(|| status(Code::Unauthenticated, "UNAUTHENTICATED", "unknown token", None))?;
         let tenant_ok = grant.tenants.as_ref().is_none_or(|t| t.iter().any(|x| x == tenant));
         if !tenant_ok {
-            return Err(status(Code::PermissionDenied, "TENANT_NOT_ALLOWED", format!("this token may not act for tenant {tenant}"), None));
+            return Err(status(
+                Code::PermissionDenied,
+                "TENANT_NOT_ALLOWED",
+                format!("this token may not act for tenant {tenant}"),
+                None,
+            ));
         }
         if access == Access::Admin && !grant.admin {
             return Err(status(Code::PermissionDenied, "ADMIN_REQUIRED", "this operation needs an admin token", None));

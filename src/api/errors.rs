@@ -78,7 +78,9 @@ impl From<WriteError> for Status {
                 format!("request_id {id} was already used with different content"),
                 Some("request_id"),
             ),
-            WriteError::Unavailable(m) => status(Code::Unavailable, "UNAVAILABLE", format!("{m} (safe to retry with the same request_id)"), None),
+            WriteError::Unavailable(m) => {
+                status(Code::Unavailable, "UNAVAILABLE", format!("{m} (safe to retry with the same request_id)"), None)
+            }
         }
     }
 }
@@ -92,7 +94,9 @@ impl From<ConfigureError> for Status {
                 format!("request_id {id} was already used for another configuration"),
                 Some("request_id"),
             ),
-            ConfigureError::Unavailable(e) => status(Code::Unavailable, "UNAVAILABLE", format!("control log: {e}"), None),
+            ConfigureError::Unavailable(e) => {
+                status(Code::Unavailable, "UNAVAILABLE", format!("control log: {e}"), None)
+            }
         }
     }
 }

@@ -78,7 +78,10 @@ impl Ledger {
             _ => Err(status(
                 Code::Unavailable,
                 "VIEW_BEHIND",
-                format!("the view has not reached offset {} of partition {p} within {QUERY_WAIT_MS_MAX} ms", min.offset),
+                format!(
+                    "the view has not reached offset {} of partition {p} within {QUERY_WAIT_MS_MAX} ms",
+                    min.offset
+                ),
                 None,
             )),
         }
@@ -108,7 +111,8 @@ impl Ledger {
             if at > as_of {
                 break;
             }
-            let event = codec::event_from_pb(entry.event.as_ref().ok_or_else(|| internal("entry without event"))?).map_err(internal)?;
+            let event = codec::event_from_pb(entry.event.as_ref().ok_or_else(|| internal("entry without event"))?)
+                .map_err(internal)?;
             account.apply(&event);
         }
         Ok(account)
@@ -123,7 +127,11 @@ fn account_to_pb(key: &AccountKey, a: &Account, level: String, position: pb::Log
     let mut lots: Vec<pb::Lot> = a
         .lots_fefo()
         .into_iter()
-        .map(|(id, l)| pb::Lot { lot_id: id.clone(), remaining: l.remaining, expires_at: l.expires_at.map(codec::timestamp) })
+        .map(|(id, l)| pb::Lot {
+            lot_id: id.clone(),
+            remaining: l.remaining,
+            expires_at: l.expires_at.map(codec::timestamp),
+        })
         .collect();
     lots.retain(|l| l.remaining > 0);
     pb::Account {
@@ -211,36 +219,46 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
                     return Err(invalid(
                         "timeout_seconds",
                         format!("must be 1..={}", domain::RESERVATION_TIMEOUT_SECONDS_MAX),
-                    ))
+                    ));
                 }
             },
             order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
         })
     }
 
-    async fn capture_reservation(&self, req: Request<pb::CaptureReservationRequest>) -> Result<Response<pb::CommandReply>, Status> {
+    async fn capture_reservation(
+        &self,
+        req: Request<pb::CaptureReservationRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
         command!(self, req, Access::Member, |r| CommandBody::Capture {
-            reservation_id: validate::request_id(&r.reservation_id).map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
+            reservation_id: validate::request_id(&r.reservation_id)
+                .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
             points: r.points.map(|p| validate::positive("points", p)).transpose()?,
         })
     }
 
-    async fn release_reservation(&self, req: Request<pb::ReleaseReservationRequest>) -> Result<Response<pb::CommandReply>, Status> {
+    async fn release_reservation(
+        &self,
+        req: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
         command!(self, req, Access::Member, |r| CommandBody::Release {
-            reservation_id: validate::request_id(&r.reservation_id).map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
+            reservation_id: validate::request_id(&r.reservation_id)
+                .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
         })
     }
 
     async fn refund(&self, req: Request<pb::RefundRequest>) -> Result<Response<pb::CommandReply>, Status> {
         command!(self, req, Access::Member, |r| CommandBody::Refund {
-            spend_id: validate::request_id(&r.spend_request_id).map_err(|_| invalid("spend_request_id", "must be 1..128 characters"))?,
+            spend_id: validate::request_id(&r.spend_request_id)
+                .map_err(|_| invalid("spend_request_id", "must be 1..128 characters"))?,
             points: validate::positive("points", r.points)?,
         })
     }
 
     async fn reverse_earn(&self, req: Request<pb::ReverseEarnRequest>) -> Result<Response<pb::CommandReply>, Status> {
         command!(self, req, Access::Member, |r| CommandBody::ReverseEarn {
-            earn_id: validate::request_id(&r.earn_request_id).map_err(|_| invalid("earn_request_id", "must be 1..128 characters"))?,
+            earn_id: validate::request_id(&r.earn_request_id)
+                .map_err(|_| invalid("earn_request_id", "must be 1..128 characters"))?,
             points: validate::positive("points", r.points)?,
             growth: validate::growth(r.growth)?,
         })
@@ -279,7 +297,10 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
         Ok(Response::new(account_to_pb(&key, &account, level, position)))
     }
 
-    async fn list_entries(&self, req: Request<pb::ListEntriesRequest>) -> Result<Response<pb::ListEntriesResponse>, Status> {
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
@@ -318,17 +339,26 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
         Ok(Response::new(pb::ListEntriesResponse { entries, next_page_token }))
     }
 
-    async fn list_expiring(&self, req: Request<pb::ListExpiringRequest>) -> Result<Response<pb::ListExpiringResponse>, Status> {
+    async fn list_expiring(
+        &self,
+        req: Request<pb::ListExpiringRequest>,
+    ) -> Result<Response<pb::ListExpiringResponse>, Status> {
         let r = req.get_ref();
         let tenant = validate::id("tenant_id", &r.tenant_id)?;
         let programme_id = validate::id("programme_id", &r.programme_id)?;
         self.0.auth.check(req.metadata(), &tenant, Access::Member)?;
-        let programme = self.0.programme(&ProgrammeKey { tenant_id: tenant.clone(), programme_id: programme_id.clone() })?;
+        let programme =
+            self.0.programme(&ProgrammeKey { tenant_id: tenant.clone(), programme_id: programme_id.clone() })?;
         let days = match r.within_days {
             0 if programme.reminder_days > 0 => programme.reminder_days as i32,
             0 => 15,
             d if (1..=EXPIRING_WITHIN_DAYS_MAX).contains(&d) => d,
-            _ => return Err(invalid("within_days", format!("must be 0 (the programme's reminder window) ..= {EXPIRING_WITHIN_DAYS_MAX}"))),
+            _ => {
+                return Err(invalid(
+                    "within_days",
+                    format!("must be 0 (the programme's reminder window) ..= {EXPIRING_WITHIN_DAYS_MAX}"),
+                ))
+            }
         };
         let size = match r.page_size {
             0 => ENTRIES_PAGE_SIZE_DEFAULT,
@@ -353,7 +383,8 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
         let mut last = Vec::new();
         let mut more = false;
         for (k, v) in rows {
-            let (member, at, lot_id) = parse_expiring_key(prefix.len(), &k).ok_or_else(|| internal("bad expiring key"))?;
+            let (member, at, lot_id) =
+                parse_expiring_key(prefix.len(), &k).ok_or_else(|| internal("bad expiring key"))?;
             if at > until {
                 break;
             }
@@ -362,7 +393,11 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
                 break;
             }
             lots.push(pb::ExpiringLot {
-                account: Some(pb::AccountKey { tenant_id: tenant.clone(), programme_id: programme_id.clone(), member_id: member }),
+                account: Some(pb::AccountKey {
+                    tenant_id: tenant.clone(),
+                    programme_id: programme_id.clone(),
+                    member_id: member,
+                }),
                 lot_id,
                 points: i64::from_be_bytes(v[..8].try_into().map_err(internal)?),
                 expires_at: Some(codec::timestamp(at)),
@@ -379,7 +414,10 @@ pub struct AdminService(pub Arc<Ledger>);
 
 #[tonic::async_trait]
 impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
-    async fn configure_programme(&self, req: Request<pb::ConfigureProgrammeRequest>) -> Result<Response<pb::ConfigureProgrammeReply>, Status> {
+    async fn configure_programme(
+        &self,
+        req: Request<pb::ConfigureProgrammeRequest>,
+    ) -> Result<Response<pb::ConfigureProgrammeReply>, Status> {
         let r = req.get_ref();
         let input = r.programme.as_ref().ok_or_else(|| invalid("programme", "is required"))?;
         let programme = codec::programme_from_pb(input)?;
@@ -411,20 +449,35 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
 
     async fn get_programme(&self, req: Request<pb::GetProgrammeRequest>) -> Result<Response<pb::Programme>, Status> {
         let r = req.get_ref();
-        let key = ProgrammeKey { tenant_id: validate::id("tenant_id", &r.tenant_id)?, programme_id: validate::id("programme_id", &r.programme_id)? };
+        let key = ProgrammeKey {
+            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
+            programme_id: validate::id("programme_id", &r.programme_id)?,
+        };
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
         let found = {
             let reg = self.0.programmes.registry();
             let reg = reg.read().expect("registry lock");
-            if r.version == 0 { reg.current(&key) } else { reg.version(&key, r.version) }
+            if r.version == 0 {
+                reg.current(&key)
+            } else {
+                reg.version(&key, r.version)
+            }
         };
         let p = found.ok_or_else(|| {
-            status(Code::NotFound, "PROGRAMME_NOT_FOUND", format!("no programme {}/{} version {}", key.tenant_id, key.programme_id, r.version), None)
+            status(
+                Code::NotFound,
+                "PROGRAMME_NOT_FOUND",
+                format!("no programme {}/{} version {}", key.tenant_id, key.programme_id, r.version),
+                None,
+            )
         })?;
         Ok(Response::new(codec::programme_to_pb(&p)))
     }
 
-    async fn freeze_account(&self, req: Request<pb::FreezeAccountRequest>) -> Result<Response<pb::CommandReply>, Status> {
+    async fn freeze_account(
+        &self,
+        req: Request<pb::FreezeAccountRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
         let r = req.get_ref();
         let account = validate::account(&r.account)?;
         self.0.auth.check(req.metadata(), &account.tenant_id, Access::Admin)?;
@@ -441,7 +494,10 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         self.0.command(Command { request_id, account, body, context: Default::default() }).await
     }
 
-    async fn unfreeze_account(&self, req: Request<pb::UnfreezeAccountRequest>) -> Result<Response<pb::CommandReply>, Status> {
+    async fn unfreeze_account(
+        &self,
+        req: Request<pb::UnfreezeAccountRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
         let r = req.get_ref();
         let account = validate::account(&r.account)?;
         self.0.auth.check(req.metadata(), &account.tenant_id, Access::Admin)?;

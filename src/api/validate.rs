@@ -60,7 +60,10 @@ pub fn context(metadata: &HashMap<String, String>, client_ip: &str, device_id: &
             return Err(invalid("metadata", format!("keys must be 1..{METADATA_KEY_CHARS_MAX} characters")));
         }
         if chars(v) > METADATA_VALUE_CHARS_MAX {
-            return Err(invalid(&format!("metadata[{k}]"), format!("values must be at most {METADATA_VALUE_CHARS_MAX} characters")));
+            return Err(invalid(
+                &format!("metadata[{k}]"),
+                format!("values must be at most {METADATA_VALUE_CHARS_MAX} characters"),
+            ));
         }
     }
     for (field, v) in [("client_ip", client_ip), ("device_id", device_id)] {

@@ -234,7 +234,13 @@ impl Account {
     fn take(&mut self, lots: &[LotAmount]) {
         for l in lots {
             let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
-            assert!(l.points >= 0 && lot.remaining >= l.points, "lot {} holds {} < {}", l.lot_id, lot.remaining, l.points);
+            assert!(
+                l.points >= 0 && lot.remaining >= l.points,
+                "lot {} holds {} < {}",
+                l.lot_id,
+                lot.remaining,
+                l.points
+            );
             lot.remaining -= l.points;
         }
     }

@@ -5,7 +5,8 @@ use std::borrow::Cow;
 use super::calendar::{lot_expiry, programme_day};
 use super::{
     sum, Account, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, LotAmount, Millis, Points,
-    Programme, Reason, Rejection, ReleaseCause, ReservationStatus, CASH_MINOR_PER_UNIT, RESERVATION_TIMEOUT_SECONDS_MAX,
+    Programme, Reason, Rejection, ReleaseCause, ReservationStatus, CASH_MINOR_PER_UNIT,
+    RESERVATION_TIMEOUT_SECONDS_MAX,
 };
 
 /// Decides what `command` does to `account` at `now` under `programme`'s rules.
@@ -278,7 +279,13 @@ impl Decision<'_> {
         }])
     }
 
-    fn reserve(&self, points: Points, order_ref: &str, timeout_seconds: i64, cash: Option<i64>) -> Result<Vec<Event>, Rejection> {
+    fn reserve(
+        &self,
+        points: Points,
+        order_ref: &str,
+        timeout_seconds: i64,
+        cash: Option<i64>,
+    ) -> Result<Vec<Event>, Rejection> {
         positive(points, "points")?;
         if !(1..=RESERVATION_TIMEOUT_SECONDS_MAX).contains(&timeout_seconds) {
             return Err(Rejection::field(

@@ -169,17 +169,61 @@ pub struct Command {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandBody {
-    Earn { points: Points, reason: String, order_ref: Option<String>, growth: i64, expires_at: Option<Millis> },
-    Spend { points: Points, order_ref: Option<String>, order_cash_amount: Option<i64> },
-    Reserve { points: Points, order_ref: String, timeout_seconds: i64, order_cash_amount: Option<i64> },
-    Capture { reservation_id: String, points: Option<Points> },
-    Release { reservation_id: String },
-    Refund { spend_id: String, points: Points },
-    ReverseEarn { earn_id: String, points: Points, growth: i64 },
-    Expire { all_points: bool, reason: String },
-    Adjust { points: Points, operator: String, reason: String },
-    Freeze { earning: bool, spending: bool, operator: String, reason: String },
-    Unfreeze { earning: bool, spending: bool, operator: String, reason: String },
+    Earn {
+        points: Points,
+        reason: String,
+        order_ref: Option<String>,
+        growth: i64,
+        expires_at: Option<Millis>,
+    },
+    Spend {
+        points: Points,
+        order_ref: Option<String>,
+        order_cash_amount: Option<i64>,
+    },
+    Reserve {
+        points: Points,
+        order_ref: String,
+        timeout_seconds: i64,
+        order_cash_amount: Option<i64>,
+    },
+    Capture {
+        reservation_id: String,
+        points: Option<Points>,
+    },
+    Release {
+        reservation_id: String,
+    },
+    Refund {
+        spend_id: String,
+        points: Points,
+    },
+    ReverseEarn {
+        earn_id: String,
+        points: Points,
+        growth: i64,
+    },
+    Expire {
+        all_points: bool,
+        reason: String,
+    },
+    Adjust {
+        points: Points,
+        operator: String,
+        reason: String,
+    },
+    Freeze {
+        earning: bool,
+        spending: bool,
+        operator: String,
+        reason: String,
+    },
+    Unfreeze {
+        earning: bool,
+        spending: bool,
+        operator: String,
+        reason: String,
+    },
     /// Issued by the writer's scheduler: expire due lots and time out due
     /// reservations. Never sent by callers.
     Tick,
@@ -241,8 +285,19 @@ pub enum Event {
         /// Programme day of the earn, for daily caps.
         day: i64,
     },
-    PointsSpent { spend_id: String, order_ref: Option<String>, points: Points, lots: Vec<LotAmount> },
-    PointsReserved { reservation_id: String, order_ref: String, points: Points, lots: Vec<LotAmount>, expires_at: Millis },
+    PointsSpent {
+        spend_id: String,
+        order_ref: Option<String>,
+        points: Points,
+        lots: Vec<LotAmount>,
+    },
+    PointsReserved {
+        reservation_id: String,
+        order_ref: String,
+        points: Points,
+        lots: Vec<LotAmount>,
+        expires_at: Millis,
+    },
     ReservationCaptured {
         reservation_id: String,
         spend_id: String,
@@ -251,8 +306,18 @@ pub enum Event {
         released_points: Points,
         released_lots: Vec<LotAmount>,
     },
-    ReservationReleased { reservation_id: String, points: Points, lots: Vec<LotAmount>, cause: ReleaseCause },
-    SpendRefunded { refund_id: String, spend_id: String, points: Points, lots: Vec<LotAmount> },
+    ReservationReleased {
+        reservation_id: String,
+        points: Points,
+        lots: Vec<LotAmount>,
+        cause: ReleaseCause,
+    },
+    SpendRefunded {
+        refund_id: String,
+        spend_id: String,
+        points: Points,
+        lots: Vec<LotAmount>,
+    },
     EarnReversed {
         reversal_id: String,
         earn_id: String,
@@ -263,7 +328,12 @@ pub enum Event {
         written_off: Points,
         growth: i64,
     },
-    PointsExpired { points: Points, lots: Vec<LotAmount>, cause: ExpiryCause, reason: String },
+    PointsExpired {
+        points: Points,
+        lots: Vec<LotAmount>,
+        cause: ExpiryCause,
+        reason: String,
+    },
     PointsAdjusted {
         adjustment_id: String,
         points: Points,
@@ -274,8 +344,18 @@ pub enum Event {
         debt_repaid: Points,
         expires_at: Option<Millis>,
     },
-    AccountFrozen { earning: bool, spending: bool, operator: String, reason: String },
-    AccountUnfrozen { earning: bool, spending: bool, operator: String, reason: String },
+    AccountFrozen {
+        earning: bool,
+        spending: bool,
+        operator: String,
+        reason: String,
+    },
+    AccountUnfrozen {
+        earning: bool,
+        spending: bool,
+        operator: String,
+        reason: String,
+    },
 }
 
 impl Event {

@@ -152,7 +152,10 @@ fn partial_capture_spends_part_and_releases_the_rest() {
     let mut s = Scenario::new();
     s.earn("a", 30, Some(T0 + DAY));
     s.earn("b", 70, Some(T0 + 9 * DAY));
-    s.then_ok("r1", CommandBody::Reserve { points: 50, order_ref: "o1".into(), timeout_seconds: 900, order_cash_amount: None });
+    s.then_ok(
+        "r1",
+        CommandBody::Reserve { points: 50, order_ref: "o1".into(), timeout_seconds: 900, order_cash_amount: None },
+    );
     assert_eq!((s.account.available(), s.account.reserved()), (50, 50));
     let events = s.then_ok("c1", CommandBody::Capture { reservation_id: "r1".into(), points: Some(40) });
     assert_eq!(
@@ -167,7 +170,11 @@ fn partial_capture_spends_part_and_releases_the_rest() {
         }]
     );
     assert_eq!((s.account.available(), s.account.reserved()), (60, 0));
-    s.then_rejects("c2", CommandBody::Capture { reservation_id: "r1".into(), points: None }, Reason::ReservationSettled);
+    s.then_rejects(
+        "c2",
+        CommandBody::Capture { reservation_id: "r1".into(), points: None },
+        Reason::ReservationSettled,
+    );
     s.then_rejects("c3", CommandBody::Release { reservation_id: "nope".into() }, Reason::ReservationNotFound);
     // The capture is a spend that can be refunded.
     s.then_ok("rf", CommandBody::Refund { spend_id: "c1".into(), points: 40 });
@@ -178,8 +185,15 @@ fn partial_capture_spends_part_and_releases_the_rest() {
 fn capture_beyond_the_hold_is_refused_and_release_returns_everything() {
     let mut s = Scenario::new();
     s.earn("a", 100, None);
-    s.then_ok("r1", CommandBody::Reserve { points: 60, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None });
-    s.then_rejects("c", CommandBody::Capture { reservation_id: "r1".into(), points: Some(61) }, Reason::CaptureExceedsReservation);
+    s.then_ok(
+        "r1",
+        CommandBody::Reserve { points: 60, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None },
+    );
+    s.then_rejects(
+        "c",
+        CommandBody::Capture { reservation_id: "r1".into(), points: Some(61) },
+        Reason::CaptureExceedsReservation,
+    );
     s.then_ok("rel", CommandBody::Release { reservation_id: "r1".into() });
     assert_eq!((s.available(), s.account.reserved()), (100, 0));
     s.then_rejects("rel2", CommandBody::Release { reservation_id: "r1".into() }, Reason::ReservationSettled);
@@ -189,7 +203,10 @@ fn capture_beyond_the_hold_is_refused_and_release_returns_everything() {
 fn a_reservation_past_its_timeout_is_released_by_the_scheduler() {
     let mut s = Scenario::new();
     s.earn("a", 100, None);
-    s.then_ok("r1", CommandBody::Reserve { points: 60, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None });
+    s.then_ok(
+        "r1",
+        CommandBody::Reserve { points: 60, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None },
+    );
     assert_eq!(due_at(&s.account), Some(T0 + 60_000));
     s.at(T0 + 59_999);
     assert!(s.then_ok("", CommandBody::Tick).is_empty());
@@ -208,7 +225,15 @@ fn partial_refund_goes_back_to_the_original_lots_latest_expiry_first() {
     s.earn("late", 50, Some(T0 + 10 * DAY));
     s.then_ok("s1", spend(80));
     let events = s.then_ok("rf1", CommandBody::Refund { spend_id: "s1".into(), points: 20 });
-    assert_eq!(events, vec![Event::SpendRefunded { refund_id: "rf1".into(), spend_id: "s1".into(), points: 20, lots: lots(&[("late", 20)]) }]);
+    assert_eq!(
+        events,
+        vec![Event::SpendRefunded {
+            refund_id: "rf1".into(),
+            spend_id: "s1".into(),
+            points: 20,
+            lots: lots(&[("late", 20)])
+        }]
+    );
     s.then_rejects("rf2", CommandBody::Refund { spend_id: "s1".into(), points: 61 }, Reason::RefundExceedsSpend);
     s.then_rejects("rf3", CommandBody::Refund { spend_id: "nope".into(), points: 1 }, Reason::SpendNotFound);
     s.then_ok("rf4", CommandBody::Refund { spend_id: "s1".into(), points: 60 });
@@ -229,8 +254,18 @@ fn partial_refund_after_one_of_the_lots_expired_expires_that_part_at_once() {
     assert_eq!(
         events,
         vec![
-            Event::SpendRefunded { refund_id: "rf1".into(), spend_id: "s1".into(), points: 70, lots: lots(&[("late", 50), ("soon", 20)]) },
-            Event::PointsExpired { points: 20, lots: lots(&[("soon", 20)]), cause: ExpiryCause::Due, reason: String::new() },
+            Event::SpendRefunded {
+                refund_id: "rf1".into(),
+                spend_id: "s1".into(),
+                points: 70,
+                lots: lots(&[("late", 50), ("soon", 20)])
+            },
+            Event::PointsExpired {
+                points: 20,
+                lots: lots(&[("soon", 20)]),
+                cause: ExpiryCause::Due,
+                reason: String::new()
+            },
         ]
     );
     assert_eq!(s.available(), 50);
@@ -255,7 +290,10 @@ fn due_lots_expire_before_any_command_and_on_tick() {
 fn expire_all_points_recycles_everything_including_holds() {
     let mut s = Scenario::new();
     s.earn("a", 100, None);
-    s.then_ok("r1", CommandBody::Reserve { points: 30, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None });
+    s.then_ok(
+        "r1",
+        CommandBody::Reserve { points: 30, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None },
+    );
     s.then_rejects("x", CommandBody::Expire { all_points: true, reason: String::new() }, Reason::MissingField);
     let events = s.then_ok("x", CommandBody::Expire { all_points: true, reason: "blacklisted".into() });
     assert!(matches!(&events[0], Event::ReservationReleased { cause: ReleaseCause::Recycled, points: 30, .. }));
@@ -285,8 +323,16 @@ fn clawback_within_balance_takes_what_is_there_and_writes_off_the_rest() {
         }]
     );
     assert_eq!((s.available(), s.account.debt), (0, 0));
-    s.then_rejects("rv2", CommandBody::ReverseEarn { earn_id: "e1".into(), points: 1, growth: 0 }, Reason::ReversalExceedsEarn);
-    s.then_rejects("rv3", CommandBody::ReverseEarn { earn_id: "zz".into(), points: 1, growth: 0 }, Reason::EarnNotFound);
+    s.then_rejects(
+        "rv2",
+        CommandBody::ReverseEarn { earn_id: "e1".into(), points: 1, growth: 0 },
+        Reason::ReversalExceedsEarn,
+    );
+    s.then_rejects(
+        "rv3",
+        CommandBody::ReverseEarn { earn_id: "zz".into(), points: 1, growth: 0 },
+        Reason::EarnNotFound,
+    );
 }
 
 #[test]
@@ -314,9 +360,22 @@ fn clawback_into_debt_is_repaid_first_by_later_earns() {
 #[test]
 fn growth_rises_with_earns_and_falls_with_reversals_within_what_the_earn_added() {
     let mut s = Scenario::new();
-    s.then_ok("e1", CommandBody::Earn { points: 10, reason: "purchase".into(), order_ref: Some("o1".into()), growth: 300, expires_at: None });
+    s.then_ok(
+        "e1",
+        CommandBody::Earn {
+            points: 10,
+            reason: "purchase".into(),
+            order_ref: Some("o1".into()),
+            growth: 300,
+            expires_at: None,
+        },
+    );
     assert_eq!(s.account.growth, 300);
-    s.then_rejects("rv", CommandBody::ReverseEarn { earn_id: "e1".into(), points: 5, growth: 301 }, Reason::GrowthReversalExceedsEarn);
+    s.then_rejects(
+        "rv",
+        CommandBody::ReverseEarn { earn_id: "e1".into(), points: 5, growth: 301 },
+        Reason::GrowthReversalExceedsEarn,
+    );
     s.then_ok("rv", CommandBody::ReverseEarn { earn_id: "e1".into(), points: 5, growth: 200 });
     assert_eq!(s.account.growth, 100);
 }
@@ -333,7 +392,12 @@ fn points_may_pay_at_most_the_programmes_share_of_an_order() {
     s.then_rejects("s3", spend_for(10, None), Reason::OrderCashAmountRequired);
     s.then_rejects(
         "r1",
-        CommandBody::Reserve { points: 5_001, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: Some(10_000) },
+        CommandBody::Reserve {
+            points: 5_001,
+            order_ref: "o".into(),
+            timeout_seconds: 60,
+            order_cash_amount: Some(10_000),
+        },
         Reason::OrderShareExceeded,
     );
 }
@@ -378,7 +442,8 @@ fn daily_caps_truncate_or_reject_and_reset_on_the_next_programme_day() {
 fn manual_adjustments_need_operator_and_reason_and_cannot_overdraw() {
     let mut s = Scenario::new();
     s.earn("e1", 50, None);
-    let adj = |points: Points, op: &str, why: &str| CommandBody::Adjust { points, operator: op.into(), reason: why.into() };
+    let adj =
+        |points: Points, op: &str, why: &str| CommandBody::Adjust { points, operator: op.into(), reason: why.into() };
     s.then_rejects("a", adj(10, "", "x"), Reason::MissingField);
     s.then_rejects("a", adj(10, "ops", ""), Reason::MissingField);
     s.then_rejects("a", adj(0, "ops", "x"), Reason::InvalidAmount);
@@ -393,15 +458,27 @@ fn manual_adjustments_need_operator_and_reason_and_cannot_overdraw() {
 fn freezing_blocks_earning_and_spending_separately() {
     let mut s = Scenario::new();
     s.earn("e1", 50, None);
-    let freeze = |earning, spending| CommandBody::Freeze { earning, spending, operator: "risk".into(), reason: "fraud".into() };
-    s.then_rejects("f", CommandBody::Freeze { earning: false, spending: false, operator: "r".into(), reason: "x".into() }, Reason::MissingField);
+    let freeze =
+        |earning, spending| CommandBody::Freeze { earning, spending, operator: "risk".into(), reason: "fraud".into() };
+    s.then_rejects(
+        "f",
+        CommandBody::Freeze { earning: false, spending: false, operator: "r".into(), reason: "x".into() },
+        Reason::MissingField,
+    );
     s.then_ok("f1", freeze(true, false));
     s.then_rejects("e2", earn_body(1, "purchase", None), Reason::AccountFrozen);
     s.then_ok("s1", spend(10));
     s.then_ok("f2", freeze(false, true));
     s.then_rejects("s2", spend(1), Reason::AccountFrozen);
-    s.then_rejects("r", CommandBody::Reserve { points: 1, order_ref: "o".into(), timeout_seconds: 9, order_cash_amount: None }, Reason::AccountFrozen);
-    s.then_ok("u", CommandBody::Unfreeze { earning: true, spending: false, operator: "risk".into(), reason: "cleared".into() });
+    s.then_rejects(
+        "r",
+        CommandBody::Reserve { points: 1, order_ref: "o".into(), timeout_seconds: 9, order_cash_amount: None },
+        Reason::AccountFrozen,
+    );
+    s.then_ok(
+        "u",
+        CommandBody::Unfreeze { earning: true, spending: false, operator: "risk".into(), reason: "cleared".into() },
+    );
     assert!(!s.account.earning_frozen && s.account.spending_frozen);
     s.earn("e3", 1, None);
 }
@@ -420,12 +497,17 @@ fn sums_that_would_overflow_are_refused() {
 fn expiry_override_must_lie_in_the_future() {
     let s = Scenario::new();
     s.then_rejects("e", earn_body(1, "purchase", Some(T0)), Reason::InvalidExpiry);
-    s.then_rejects("r", CommandBody::Reserve { points: 1, order_ref: "o".into(), timeout_seconds: 0, order_cash_amount: None }, Reason::InvalidTimeout);
+    s.then_rejects(
+        "r",
+        CommandBody::Reserve { points: 1, order_ref: "o".into(), timeout_seconds: 0, order_cash_amount: None },
+        Reason::InvalidTimeout,
+    );
 }
 
 #[test]
 fn fingerprints_tell_content_apart() {
-    let c = |points| Command { request_id: "r".into(), account: key(), body: spend(points), context: Default::default() };
+    let c =
+        |points| Command { request_id: "r".into(), account: key(), body: spend(points), context: Default::default() };
     assert_eq!(fingerprint(&c(5)), fingerprint(&c(5)));
     assert_ne!(fingerprint(&c(5)), fingerprint(&c(6)));
     let mut other = c(5);

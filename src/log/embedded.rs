@@ -223,7 +223,8 @@ impl EventLog for EmbeddedLog {
         }
         let mut buf = Vec::with_capacity(records.iter().map(|r| r.len() + HEADER_BYTES).sum());
         let mut index = Vec::new();
-        let (seg_base, mut pos) = (p.shared.lock().expect("log lock").segments.last().expect("segment").base, app.segment_bytes);
+        let (seg_base, mut pos) =
+            (p.shared.lock().expect("log lock").segments.last().expect("segment").base, app.segment_bytes);
         for (i, rec) in records.iter().enumerate() {
             if rec.len() > RECORD_BYTES_MAX {
                 return Err(LogError::Corrupt(format!("record of {} bytes exceeds {RECORD_BYTES_MAX}", rec.len())));
@@ -277,12 +278,14 @@ impl EmbeddedReader {
             let i = shared.segments.partition_point(|s| s.base <= self.position).saturating_sub(1);
             (shared.segments[i].clone(), shared.segments.get(i + 1).map(|s| s.base))
         };
-        let (mut offset, byte) = seg.index.iter().rev().find(|(o, _)| *o <= self.position).copied().unwrap_or((seg.base, 0));
+        let (mut offset, byte) =
+            seg.index.iter().rev().find(|(o, _)| *o <= self.position).copied().unwrap_or((seg.base, 0));
         let mut file = File::open(&seg.path)?;
         file.seek(SeekFrom::Start(byte))?;
         let mut r = BufReader::with_capacity(256 << 10, file);
         while offset < self.position {
-            read_record(&mut r)?.ok_or_else(|| LogError::Corrupt(format!("{}: record {offset} unreadable", seg.path.display())))?;
+            read_record(&mut r)?
+                .ok_or_else(|| LogError::Corrupt(format!("{}: record {offset} unreadable", seg.path.display())))?;
             offset += 1;
         }
         self.file = Some((seg.base, next_base, r));
@@ -352,7 +355,10 @@ mod tests {
         assert_eq!(log.append(1, &[b"ccc".to_vec()]).unwrap(), 2);
         let mut r = log.reader(1, 1).unwrap();
         let got = r.next_batch(10, Duration::ZERO).unwrap();
-        assert_eq!(got.iter().map(|e| (e.offset, e.payload.clone())).collect::<Vec<_>>(), vec![(1, b"bb".to_vec()), (2, b"ccc".to_vec())]);
+        assert_eq!(
+            got.iter().map(|e| (e.offset, e.payload.clone())).collect::<Vec<_>>(),
+            vec![(1, b"bb".to_vec()), (2, b"ccc".to_vec())]
+        );
         assert!(r.next_batch(10, Duration::from_millis(1)).unwrap().is_empty());
         drop(log);
         // A crash mid-append leaves half a record behind.

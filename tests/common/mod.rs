@@ -124,14 +124,24 @@ pub fn programme() -> pb::Programme {
 pub async fn configure(h: &Harness, p: pb::Programme) -> pb::ConfigureProgrammeReply {
     h.admin()
         .await
-        .configure_programme(pb::ConfigureProgrammeRequest { request_id: format!("cfg-{}-{}", p.programme_id, p.validity_days), programme: Some(p), operator: "ops".into() })
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: format!("cfg-{}-{}", p.programme_id, p.validity_days),
+            programme: Some(p),
+            operator: "ops".into(),
+        })
         .await
         .unwrap()
         .into_inner()
 }
 
 pub fn earn(id: &str, member: &str, points: i64) -> pb::EarnRequest {
-    pb::EarnRequest { request_id: id.into(), account: account(member), points, reason: "purchase".into(), ..Default::default() }
+    pb::EarnRequest {
+        request_id: id.into(),
+        account: account(member),
+        points,
+        reason: "purchase".into(),
+        ..Default::default()
+    }
 }
 
 pub fn spend(id: &str, member: &str, points: i64) -> pb::SpendRequest {
