@@ -5,6 +5,7 @@
 pub mod api;
 pub mod codec;
 pub mod domain;
+pub mod loadgen;
 pub mod log;
 pub mod programmes;
 pub mod projector;

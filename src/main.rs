@@ -28,6 +28,33 @@ enum LogKind {
 enum Cmd {
     /// Start the gRPC service.
     Serve(ServeArgs),
+    /// Drive a real gRPC server with load and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// HOST:PORT of a running service; without it, a server is started on the
+    /// embedded log in a temporary directory.
+    #[arg(long)]
+    target: Option<String>,
+    /// Distinct member accounts to spread the load over.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    duration_seconds: u64,
+    /// Operation weights: earn, spend, reserve, refund, query.
+    #[arg(long, default_value = "earn=70,spend=20,reserve=5,refund=5")]
+    mix: String,
+    /// Also write the figures to this file as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seed of the request generator (and part of every request id).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -101,5 +128,18 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Cmd::Serve(args) => rt.block_on(serve(args)),
+        Cmd::Bench(args) => {
+            let target = args.target.map(|t| if t.starts_with("http") { t } else { format!("http://{t}") });
+            let opts = points_ledger::loadgen::Options {
+                target,
+                accounts: args.accounts,
+                concurrency: args.concurrency as usize,
+                duration_seconds: args.duration_seconds,
+                mix: points_ledger::loadgen::parse_mix(&args.mix)?,
+                json: args.json,
+                seed: args.seed,
+            };
+            rt.block_on(points_ledger::loadgen::run(opts)).map(|_| ())
+        }
     }
 }

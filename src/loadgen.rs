@@ -1,0 +1,296 @@
+//! `points-ledger bench`: a load generator that drives a real gRPC server
+//! (its own on the embedded log in a temporary directory, or `--target`).
+//! It is a gRPC client tool, so it speaks tonic directly.
+//!
+//! Rejections the mix provokes on purpose (spending more than an account
+//! holds, refunding a spend twice) are counted apart from errors.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::proto as pb;
+use crate::proto::points_ledger_client::PointsLedgerClient;
+use crate::proto::programme_admin_client::ProgrammeAdminClient;
+
+/// Latency samples kept per worker at most (beyond it, every other one).
+const LATENCY_SAMPLES_PER_WORKER_MAX: usize = 2_000_000;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `http://HOST:PORT`; None starts a server in a temporary directory.
+    pub target: Option<String>,
+    pub accounts: u64,
+    pub concurrency: usize,
+    pub duration_seconds: u64,
+    /// Weights by operation: earn, spend, reserve, refund, query.
+    pub mix: BTreeMap<String, u32>,
+    pub json: Option<std::path::PathBuf>,
+    pub seed: u64,
+}
+
+pub fn parse_mix(s: &str) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut mix = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').with_context(|| format!("mix entry '{part}' is not op=weight"))?;
+        if !["earn", "spend", "reserve", "refund", "query"].contains(&k) {
+            anyhow::bail!("unknown mix operation '{k}' (earn, spend, reserve, refund, query)");
+        }
+        mix.insert(k.to_string(), v.parse().with_context(|| format!("weight of '{k}'"))?);
+    }
+    if mix.values().sum::<u32>() == 0 {
+        anyhow::bail!("the mix needs a positive weight");
+    }
+    Ok(mix)
+}
+
+#[derive(Default)]
+struct WorkerResult {
+    latencies_us: Vec<u32>,
+    ok: u64,
+    expected_rejections: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// A small deterministic generator (xorshift64*), one per worker.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn account(i: u64) -> Option<pb::AccountKey> {
+    Some(pb::AccountKey { tenant_id: "bench".into(), programme_id: "points".into(), member_id: format!("m{i}") })
+}
+
+async fn worker(
+    mut client: PointsLedgerClient<Channel>,
+    opts: Arc<Options>,
+    id: usize,
+    deadline: Instant,
+    done: Arc<AtomicU64>,
+) -> WorkerResult {
+    let mut rng = Rng((opts.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    let ops: Vec<(&str, u32)> = opts.mix.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let total: u32 = ops.iter().map(|(_, w)| w).sum();
+    let mut res = WorkerResult::default();
+    let mut spends: Vec<(u64, String)> = Vec::new();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let mut pick = (rng.next() % u64::from(total)) as u32;
+        let op = ops
+            .iter()
+            .find(|(_, w)| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .map(|(k, _)| *k)
+            .unwrap_or("earn");
+        let member = rng.next() % opts.accounts.max(1);
+        let rid = format!("w{id}-{n}-{}", opts.seed);
+        let started = Instant::now();
+        let outcome: Result<(), tonic::Status> = match op {
+            "earn" => client
+                .earn(pb::EarnRequest {
+                    request_id: rid,
+                    account: account(member),
+                    points: 100,
+                    reason: "purchase".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            "spend" => {
+                let r = client
+                    .spend(pb::SpendRequest {
+                        request_id: rid.clone(),
+                        account: account(member),
+                        points: 30,
+                        ..Default::default()
+                    })
+                    .await;
+                if r.is_ok() && spends.len() < 1024 {
+                    spends.push((member, rid));
+                }
+                r.map(|_| ())
+            }
+            "reserve" => client
+                .reserve(pb::ReserveRequest {
+                    request_id: rid,
+                    account: account(member),
+                    points: 20,
+                    order_ref: "bench".into(),
+                    timeout_seconds: 30,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            "refund" => match spends.pop() {
+                Some((m, spend)) => client
+                    .refund(pb::RefundRequest {
+                        request_id: rid,
+                        account: account(m),
+                        spend_request_id: spend,
+                        points: 30,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ()),
+                None => client
+                    .earn(pb::EarnRequest {
+                        request_id: rid,
+                        account: account(member),
+                        points: 100,
+                        reason: "purchase".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ()),
+            },
+            _ => client
+                .get_account(pb::GetAccountRequest { account: account(member), ..Default::default() })
+                .await
+                .map(|_| ()),
+        };
+        let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        if res.latencies_us.len() < LATENCY_SAMPLES_PER_WORKER_MAX || n.is_multiple_of(2) {
+            res.latencies_us.push(us);
+        }
+        match outcome {
+            Ok(()) => res.ok += 1,
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => res.expected_rejections += 1,
+            Err(s) => *res.errors.entry(format!("{:?}", s.code())).or_insert(0) += 1,
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    res
+}
+
+fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// Runs the load and prints (and optionally writes) the figures.
+pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
+    let mut own = None;
+    let target = match &opts.target {
+        Some(t) => t.clone(),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let config = crate::server::Config::new(dir.path());
+            let task = tokio::spawn(crate::server::run(listener, config, async {
+                let _ = rx.await;
+            }));
+            own = Some((dir, tx, task));
+            url
+        }
+    };
+    let channel =
+        Channel::from_shared(target.clone())?.connect().await.with_context(|| format!("connecting to {target}"))?;
+    let mut admin = ProgrammeAdminClient::new(channel.clone());
+    admin
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: "bench-programme".into(),
+            operator: "bench".into(),
+            programme: Some(pb::Programme {
+                tenant_id: "bench".into(),
+                programme_id: "points".into(),
+                points_per_cash_unit: 100,
+                validity_days: 365,
+                time_zone: "Asia/Shanghai".into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let opts = Arc::new(opts);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(opts.duration_seconds);
+    // Several HTTP/2 connections, so one connection's window is not the limit.
+    let connections: Vec<Channel> = {
+        let mut v = vec![channel];
+        for _ in 1..opts.concurrency.clamp(1, 8) {
+            v.push(Channel::from_shared(target.clone())?.connect().await?);
+        }
+        v
+    };
+    let workers: Vec<_> = (0..opts.concurrency)
+        .map(|i| {
+            let client = PointsLedgerClient::new(connections[i % connections.len()].clone());
+            tokio::spawn(worker(client, opts.clone(), i, deadline, done.clone()))
+        })
+        .collect();
+    let progress = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = done.load(Ordering::Relaxed);
+                eprintln!("[{:>4.0}s] {} commands, {} /s", started.elapsed().as_secs_f64(), now, now - last);
+                last = now;
+            }
+        })
+    };
+    let mut all = WorkerResult::default();
+    for w in workers {
+        let r = w.await?;
+        all.latencies_us.extend(r.latencies_us);
+        all.ok += r.ok;
+        all.expected_rejections += r.expected_rejections;
+        for (k, v) in r.errors {
+            *all.errors.entry(k).or_insert(0) += v;
+        }
+    }
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    all.latencies_us.sort_unstable();
+    let total = all.ok + all.expected_rejections + all.errors.values().sum::<u64>();
+    let figures = serde_json::json!({
+        "target": if own.is_some() { "own server (embedded log, temp dir)".to_string() } else { target.clone() },
+        "accounts": opts.accounts,
+        "concurrency": opts.concurrency,
+        "duration_seconds": elapsed,
+        "mix": opts.mix,
+        "commands": total,
+        "commands_per_second": total as f64 / elapsed,
+        "p50_ms": percentile_ms(&all.latencies_us, 0.50),
+        "p99_ms": percentile_ms(&all.latencies_us, 0.99),
+        "p999_ms": percentile_ms(&all.latencies_us, 0.999),
+        "ok": all.ok,
+        "expected_rejections": all.expected_rejections,
+        "errors": all.errors,
+    });
+    println!("{}", serde_json::to_string_pretty(&figures)?);
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)?;
+    }
+    if let Some((dir, tx, task)) = own {
+        let _ = tx.send(());
+        task.await??;
+        drop(dir);
+    }
+    Ok(figures)
+}
