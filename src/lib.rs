@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the bird's-eye view and the code map.
 
 pub mod api;
+pub mod audit;
 pub mod codec;
 pub mod domain;
 pub mod loadgen;

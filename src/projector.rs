@@ -183,9 +183,11 @@ pub fn parse_expiring_key(prefix_len: usize, k: &[u8]) -> Option<(String, Millis
 
 /// How far to rebuild.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Until {
-    /// Fold records with offset < this, per partition (None: to the end).
+pub struct Until<'a> {
+    /// Fold records with offset < this, in every partition (None: to the end).
     pub offset: Option<u64>,
+    /// Per partition, fold records with offset < this (overrides `offset`).
+    pub offsets: Option<&'a [u64]>,
     /// Fold records decided at or before this instant.
     pub time: Option<Millis>,
 }
@@ -202,7 +204,11 @@ pub fn rebuild(
     let views = Db::open(into, store::VIEW_CFS)?;
     let mut folded = 0;
     for p in 0..log.partitions() {
-        let end = until.offset.unwrap_or(u64::MAX).min(log.end_offset(p)?);
+        let limit = match until.offsets {
+            Some(v) => v.get(p as usize).copied().unwrap_or(0),
+            None => until.offset.unwrap_or(u64::MAX),
+        };
+        let end = limit.min(log.end_offset(p)?);
         let mut reader = log.reader(p, 0)?;
         while reader.position() < end {
             let mut entries = reader.next_batch(PROJECTOR_BATCH_RECORDS_MAX, Duration::ZERO)?;

@@ -35,7 +35,7 @@ pub enum Cf {
 }
 
 impl Cf {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Cf::Accounts => "accounts",
             Cf::Requests => "requests",
@@ -89,6 +89,14 @@ impl Db {
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
+        Ok(Db { db, cfs })
+    }
+
+    /// Opens an existing database for reading while its owner may be running
+    /// (a consistent view as of the moment of opening).
+    pub fn open_read_only(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, path, cfs.iter().map(|c| c.name()), false)?;
         Ok(Db { db, cfs })
     }
 
@@ -149,7 +157,18 @@ impl Db {
         Ok(out)
     }
 
-    /// Every key and value of one column family, for tests and `verify`.
+    /// Every row of one column family in key order, lazily.
+    pub fn rows(&self, cf: Cf) -> impl Iterator<Item = Result<Row, StoreError>> + '_ {
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::Start)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+    }
+
+    pub fn column_families(&self) -> &'static [Cf] {
+        self.cfs
+    }
+
+    /// Every key and value of one column family, for tests.
     pub fn all(&self, cf: Cf) -> Result<Vec<Row>, StoreError> {
         self.scan(cf, &[], &[], usize::MAX)
     }

@@ -24,6 +24,8 @@ const HEADER_BYTES: usize = 8;
 
 pub struct EmbeddedLog {
     partitions: Vec<Arc<Partition>>,
+    /// Opened beside a running writer: appends are refused.
+    read_only: bool,
 }
 
 struct Partition {
@@ -67,7 +69,27 @@ impl EmbeddedLog {
     /// Opens (or creates) a log of `partitions` partitions under `dir`. The
     /// count is fixed at creation; opening with another count is an error.
     pub fn open(dir: &Path, partitions: u32) -> Result<Self, LogError> {
-        fs::create_dir_all(dir)?;
+        EmbeddedLog::open_mode(dir, partitions, false)
+    }
+
+    /// Opens an existing log for reading beside a running writer: creates
+    /// nothing and never cuts a tail (an append in flight is not torn); its
+    /// end is the last whole record. Appending is refused.
+    pub fn open_read_only(dir: &Path) -> Result<Self, LogError> {
+        let partitions = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('p'))
+            .count() as u32;
+        if partitions == 0 {
+            return Err(LogError::Corrupt(format!("{} holds no log", dir.display())));
+        }
+        EmbeddedLog::open_mode(dir, partitions, true)
+    }
+
+    fn open_mode(dir: &Path, partitions: u32, read_only: bool) -> Result<Self, LogError> {
+        if !read_only {
+            fs::create_dir_all(dir)?;
+        }
         let existing = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().starts_with('p'))
@@ -79,9 +101,9 @@ impl EmbeddedLog {
             )));
         }
         let partitions = (0..partitions)
-            .map(|p| Partition::open(&dir.join(format!("p{p:05}"))).map(Arc::new))
+            .map(|p| Partition::open(&dir.join(format!("p{p:05}")), read_only).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(EmbeddedLog { partitions })
+        Ok(EmbeddedLog { partitions, read_only })
     }
 
     fn partition(&self, p: u32) -> Result<&Arc<Partition>, LogError> {
@@ -90,17 +112,22 @@ impl EmbeddedLog {
 }
 
 impl Partition {
-    fn open(dir: &Path) -> Result<Partition, LogError> {
-        fs::create_dir_all(dir)?;
+    fn open(dir: &Path, read_only: bool) -> Result<Partition, LogError> {
+        if !read_only {
+            fs::create_dir_all(dir)?;
+        }
         let mut bases: Vec<u64> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
             .collect();
         bases.sort_unstable();
-        if bases.is_empty() {
+        if bases.is_empty() && !read_only {
             File::create(segment_path(dir, 0))?.sync_all()?;
             sync_dir(dir)?;
             bases.push(0);
+        }
+        if bases.is_empty() {
+            return Err(LogError::Corrupt(format!("{} holds no segment", dir.display())));
         }
         let mut segments = Vec::new();
         let mut end = 0;
@@ -111,7 +138,7 @@ impl Partition {
             }
             let path = segment_path(dir, base);
             let Scanned { index, next, good_bytes, file_bytes } = scan_segment(&path, base)?;
-            if good_bytes != file_bytes {
+            if good_bytes != file_bytes && !read_only {
                 if i != last {
                     return Err(LogError::Corrupt(format!("{}: bad record at byte {good_bytes}", path.display())));
                 }
@@ -125,7 +152,7 @@ impl Partition {
             end = next;
         }
         let active = segments.last().expect("one segment at least").path.clone();
-        let file = OpenOptions::new().append(true).open(&active)?;
+        let file = if read_only { File::open(&active)? } else { OpenOptions::new().append(true).open(&active)? };
         let segment_bytes = file.metadata()?.len();
         Ok(Partition {
             dir: dir.to_path_buf(),
@@ -207,6 +234,9 @@ impl EventLog for EmbeddedLog {
     }
 
     fn append(&self, partition: u32, records: &[Vec<u8>]) -> Result<u64, LogError> {
+        if self.read_only {
+            return Err(LogError::Unavailable("the log was opened read-only".into()));
+        }
         let p = self.partition(partition)?;
         let mut app = p.append.lock().expect("log appender lock");
         let first = p.shared.lock().expect("log lock").end;
