@@ -94,3 +94,53 @@ pub fn open_for_audit(data_dir: &Path) -> anyhow::Result<(crate::log::embedded::
     let views = Db::open_read_only(&data_dir.join("views"), store::VIEW_CFS)?;
     Ok((log, views))
 }
+
+/// One step of an account's history.
+pub struct Step {
+    pub offset: u64,
+    pub at: crate::domain::Millis,
+    pub request_id: String,
+    pub event: crate::domain::Event,
+    /// The account right after this event.
+    pub after: crate::domain::Account,
+}
+
+/// An account's history from the log (its partition, from offset zero), with
+/// the state after each event, up to `as_of` if given.
+pub fn explain(
+    log: &dyn EventLog,
+    account: &crate::domain::AccountKey,
+    as_of: Option<crate::domain::Millis>,
+) -> anyhow::Result<Vec<Step>> {
+    let partition = crate::record::partition_for(account, log.partitions());
+    let end = log.end_offset(partition)?;
+    let mut reader = log.reader(partition, 0)?;
+    let mut state = crate::domain::Account::default();
+    let mut steps = Vec::new();
+    while reader.position() < end {
+        let entries = reader.next_batch(4096, std::time::Duration::ZERO)?;
+        if entries.is_empty() {
+            break;
+        }
+        for e in entries {
+            let r = crate::codec::decode_account_record(&e.payload)?;
+            if &r.account != account {
+                continue;
+            }
+            if as_of.is_some_and(|t| r.at > t) {
+                return Ok(steps);
+            }
+            for event in r.events {
+                state.apply(&event);
+                steps.push(Step {
+                    offset: e.offset,
+                    at: r.at,
+                    request_id: r.request_id.clone(),
+                    event,
+                    after: state.clone(),
+                });
+            }
+        }
+    }
+    Ok(steps)
+}

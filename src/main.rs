@@ -32,6 +32,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// Rebuild every view from offset zero into a fresh directory.
     Replay(ReplayArgs),
+    /// An account's events in order, with the balance and lots after each.
+    Explain(ExplainArgs),
     /// Rebuild the views into a temporary directory and compare them with the
     /// live ones; exits 1 and names the first differing key on any difference.
     Verify(VerifyArgs),
@@ -51,6 +53,19 @@ struct ReplayArgs {
     /// Fold only records decided at or before this instant (RFC 3339).
     #[arg(long)]
     until_time: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The service's data directory (read only; the service may be running).
+    #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// TENANT/PROGRAMME/MEMBER
+    #[arg(long)]
+    account: String,
+    /// Stop at this instant (RFC 3339): the account as it was then.
+    #[arg(long)]
+    as_of: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -153,11 +168,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} exists: replay builds into a fresh directory", args.into.display());
     }
     let time = match &args.until_time {
-        Some(t) => Some(
-            chrono::DateTime::parse_from_rfc3339(t)
-                .with_context(|| format!("--until-time {t}: expected RFC 3339, e.g. 2026-11-11T00:00:00+08:00"))?
-                .timestamp_millis(),
-        ),
+        Some(t) => Some(rfc3339_millis("--until-time", t)?),
         None => None,
     };
     let log = points_ledger::log::embedded::EmbeddedLog::open_read_only(&args.data_dir.join("log").join("events"))
@@ -179,6 +190,64 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     );
     for (cf, digest, rows) in views.digest()? {
         println!("  {cf:<10} {rows:>10} rows  sha256 {digest}");
+    }
+    Ok(())
+}
+
+fn rfc3339_millis(flag: &str, t: &str) -> anyhow::Result<i64> {
+    Ok(chrono::DateTime::parse_from_rfc3339(t)
+        .with_context(|| format!("{flag} {t}: expected RFC 3339, e.g. 2026-11-11T00:00:00+08:00"))?
+        .timestamp_millis())
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    let parts: Vec<&str> = args.account.split('/').collect();
+    let [tenant, programme, member] = parts.as_slice() else {
+        anyhow::bail!("--account {}: expected TENANT/PROGRAMME/MEMBER", args.account);
+    };
+    let key = points_ledger::domain::AccountKey::new(tenant, programme, member);
+    let as_of = args.as_of.as_deref().map(|t| rfc3339_millis("--as-of", t)).transpose()?;
+    let log = points_ledger::log::embedded::EmbeddedLog::open_read_only(&args.data_dir.join("log").join("events"))
+        .with_context(|| format!("opening the log in {}", args.data_dir.display()))?;
+    let steps = points_ledger::audit::explain(&log, &key, as_of)?;
+    println!(
+        "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7}  lots",
+        "offset", "at (UTC)", "request", "event", "delta", "available", "reserved", "debt"
+    );
+    for s in &steps {
+        let at = chrono::DateTime::from_timestamp_millis(s.at)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_default();
+        let lots: Vec<String> = s.after.lots_fefo().iter().map(|(id, l)| format!("{id}={}", l.remaining)).collect();
+        println!(
+            "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7}  {}",
+            s.offset,
+            at,
+            if s.request_id.is_empty() { "(scheduler)" } else { &s.request_id },
+            s.event.name(),
+            s.event.net_delta(),
+            s.after.available(),
+            s.after.reserved(),
+            s.after.debt,
+            lots.join(" ")
+        );
+    }
+    let last = steps.last().map(|s| s.after.clone()).unwrap_or_default();
+    println!(
+        "{key}: {} events; available {}, reserved {}, debt {}, growth {}{}",
+        steps.len(),
+        last.available(),
+        last.reserved(),
+        last.debt,
+        last.growth,
+        if last.earning_frozen || last.spending_frozen {
+            format!(" (frozen: earning {}, spending {})", last.earning_frozen, last.spending_frozen)
+        } else {
+            String::new()
+        }
+    );
+    if let Err(v) = last.check_invariants() {
+        anyhow::bail!("invariant violated: {v}");
     }
     Ok(())
 }
@@ -222,6 +291,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(points_ledger::loadgen::run(opts)).map(|_| ())
         }
         Cmd::Replay(args) => replay(args),
+        Cmd::Explain(args) => explain(args),
         Cmd::Verify(args) => {
             if !verify(args)? {
                 std::process::exit(1);

@@ -66,6 +66,16 @@ async fn verify_passes_on_clean_views_and_names_a_corrupted_key() {
     let (ok, out) = cli(&["replay", "--data-dir", &data, "--into", into.to_str().unwrap()]);
     assert!(!ok && out.contains("exists"), "{out}");
 
+    // Explain: every event of m0 with the running balance; as of T0 without the late earn.
+    let (ok, out) = cli(&["explain", "--data-dir", &data, "--account", "shop/points/m0"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("PointsEarned") && out.contains("PointsSpent") && out.contains("late="), "{out}");
+    assert!(out.contains("shop/points/m0: 17 events; available 1720"), "{out}");
+    let (ok, out) = cli(&["explain", "--data-dir", &data, "--account", "shop/points/m0", "--as-of", &until]);
+    assert!(ok && out.contains("available 720") && !out.contains("late="), "{out}");
+    let (ok, out) = cli(&["explain", "--data-dir", &data, "--account", "shop-points-m0"]);
+    assert!(!ok && out.contains("TENANT/PROGRAMME/MEMBER"), "{out}");
+
     // Corrupt one account row of the live views.
     {
         let views = Db::open(&dir.path().join("views"), store::VIEW_CFS).unwrap();
