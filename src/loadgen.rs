@@ -101,6 +101,8 @@ async fn worker(
             })
             .map(|(k, _)| *k)
             .unwrap_or("earn");
+        // Nothing to refund yet: earn instead.
+        let op = if op == "refund" && spends.is_empty() { "earn" } else { op };
         let member = rng.next() % opts.accounts.max(1);
         let rid = format!("w{id}-{n}-{}", opts.seed);
         let started = Instant::now();
@@ -140,8 +142,9 @@ async fn worker(
                 })
                 .await
                 .map(|_| ()),
-            "refund" => match spends.pop() {
-                Some((m, spend)) => client
+            "refund" => {
+                let (m, spend) = spends.pop().expect("refunds only with a spend to refund");
+                client
                     .refund(pb::RefundRequest {
                         request_id: rid,
                         account: account(m),
@@ -150,18 +153,8 @@ async fn worker(
                         ..Default::default()
                     })
                     .await
-                    .map(|_| ()),
-                None => client
-                    .earn(pb::EarnRequest {
-                        request_id: rid,
-                        account: account(member),
-                        points: 100,
-                        reason: "purchase".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ()),
-            },
+                    .map(|_| ())
+            }
             _ => client
                 .get_account(pb::GetAccountRequest { account: account(member), ..Default::default() })
                 .await

@@ -36,8 +36,29 @@ fn the_domain_is_pure() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain");
     for file in sources(&root) {
         let code = code_of(&file);
-        for banned in ["std::fs", "std::net", "std::time::", "SystemTime", "Instant", "Utc::now", "Local::now", "rand::", "prost", "tonic", "rocksdb", "rdkafka", "serde", "tokio", "println!", "tracing::"] {
-            assert!(!code.contains(banned), "{} uses `{banned}`: the domain does no IO, reads no clock and knows no wire types", rel(&file));
+        for banned in [
+            "std::fs",
+            "std::net",
+            "std::time::",
+            "SystemTime",
+            "Instant",
+            "Utc::now",
+            "Local::now",
+            "rand::",
+            "prost",
+            "tonic",
+            "rocksdb",
+            "rdkafka",
+            "serde",
+            "tokio",
+            "println!",
+            "tracing::",
+        ] {
+            assert!(
+                !code.contains(banned),
+                "{} uses `{banned}`: the domain does no IO, reads no clock and knows no wire types",
+                rel(&file)
+            );
         }
     }
 }
@@ -54,7 +75,10 @@ fn each_library_stays_in_its_module() {
         let (name, code) = (rel(&file), code_of(&file));
         for (lib, allowed) in rules {
             if code.contains(&format!("{lib}::")) || code.contains(&format!("use {lib}")) {
-                assert!(allowed.iter().any(|a| name.starts_with(a)), "{name} uses {lib}, which only {allowed:?} may know");
+                assert!(
+                    allowed.iter().any(|a| name.starts_with(a)),
+                    "{name} uses {lib}, which only {allowed:?} may know"
+                );
             }
         }
     }
