@@ -45,13 +45,13 @@ struct ReplayArgs {
     #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// A directory that does not exist yet, for the rebuilt views.
-    #[arg(long)]
+    #[arg(long, env = "POINTS_LEDGER_REPLAY_INTO")]
     into: PathBuf,
     /// Fold only records with an offset below this, in every partition.
-    #[arg(long, conflicts_with = "until_time")]
+    #[arg(long, env = "POINTS_LEDGER_REPLAY_UNTIL_POSITION", conflicts_with = "until_time")]
     until_position: Option<u64>,
     /// Fold only records decided at or before this instant (RFC 3339).
-    #[arg(long)]
+    #[arg(long, env = "POINTS_LEDGER_REPLAY_UNTIL_TIME")]
     until_time: Option<String>,
 }
 
@@ -61,10 +61,10 @@ struct ExplainArgs {
     #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// TENANT/PROGRAMME/MEMBER
-    #[arg(long)]
+    #[arg(long, env = "POINTS_LEDGER_EXPLAIN_ACCOUNT")]
     account: String,
     /// Stop at this instant (RFC 3339): the account as it was then.
-    #[arg(long)]
+    #[arg(long, env = "POINTS_LEDGER_EXPLAIN_AS_OF")]
     as_of: Option<String>,
 }
 
@@ -79,24 +79,24 @@ struct VerifyArgs {
 struct BenchArgs {
     /// HOST:PORT of a running service; without it, a server is started on the
     /// embedded log in a temporary directory.
-    #[arg(long)]
+    #[arg(long, env = "POINTS_LEDGER_BENCH_TARGET")]
     target: Option<String>,
     /// Distinct member accounts to spread the load over.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "POINTS_LEDGER_BENCH_ACCOUNTS", default_value_t = 100_000)]
     accounts: u64,
     /// Requests in flight at once.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, env = "POINTS_LEDGER_BENCH_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    #[arg(long, env = "POINTS_LEDGER_BENCH_DURATION_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     duration_seconds: u64,
     /// Operation weights: earn, spend, reserve, refund, query.
-    #[arg(long, default_value = "earn=70,spend=20,reserve=5,refund=5")]
+    #[arg(long, env = "POINTS_LEDGER_BENCH_MIX", default_value = "earn=70,spend=20,reserve=5,refund=5")]
     mix: String,
     /// Also write the figures to this file as JSON.
-    #[arg(long)]
+    #[arg(long, env = "POINTS_LEDGER_BENCH_JSON")]
     json: Option<PathBuf>,
     /// Seed of the request generator (and part of every request id).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "POINTS_LEDGER_BENCH_SEED", default_value_t = 1)]
     seed: u64,
 }
 
