@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use points_ledger::api::Auth;
+
+// mimalloc: under load, glibc malloc/free took ~21% of the server's CPU
+// (BENCHMARKS.md); this allocator serves the Rust side.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use points_ledger::server::{self, Config};
 
 #[derive(Parser)]
