@@ -89,40 +89,13 @@ async fn every_command_round_trips_and_queries_see_it() {
         .into_inner();
     assert_eq!(r.balance.unwrap().available, 550);
 
-    let r = c
-        .refund(pb::RefundRequest {
-            request_id: "rf1".into(),
-            account: account("alice"),
-            spend_request_id: "s1".into(),
-            points: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.refund(refund("rf1", "alice", "s1", 100)).await.unwrap().into_inner();
     assert_eq!(r.balance.unwrap().available, 650);
-    let r = c
-        .refund(pb::RefundRequest {
-            request_id: "rf2".into(),
-            account: account("alice"),
-            spend_request_id: "c1".into(),
-            points: 150,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.refund(refund("rf2", "alice", "c1", 150)).await.unwrap().into_inner();
     assert_eq!(r.balance.unwrap().available, 800);
 
     let r = c
-        .reverse_earn(pb::ReverseEarnRequest {
-            request_id: "rv1".into(),
-            account: account("alice"),
-            earn_request_id: "e1".into(),
-            points: 100,
-            growth: Some(200),
-            ..Default::default()
-        })
+        .reverse_earn(pb::ReverseEarnRequest { growth: Some(200), ..reverse("rv1", "alice", "e1", 100) })
         .await
         .unwrap()
         .into_inner();
@@ -452,30 +425,8 @@ async fn not_found_failed_precondition_and_resource_exhausted() {
     req.account.as_mut().unwrap().programme_id = "coins".into();
     rejected!(h, c.earn(req), nf, "PROGRAMME_NOT_FOUND");
     c.earn(earn("e1", "dave", 500)).await.unwrap();
-    rejected!(
-        h,
-        c.refund(pb::RefundRequest {
-            request_id: "rf".into(),
-            account: account("dave"),
-            spend_request_id: "nope".into(),
-            points: 1,
-            ..Default::default()
-        }),
-        nf,
-        "SPEND_NOT_FOUND"
-    );
-    rejected!(
-        h,
-        c.reverse_earn(pb::ReverseEarnRequest {
-            request_id: "rv".into(),
-            account: account("dave"),
-            earn_request_id: "nope".into(),
-            points: 1,
-            ..Default::default()
-        }),
-        nf,
-        "EARN_NOT_FOUND"
-    );
+    rejected!(h, c.refund(refund("rf", "dave", "nope", 1)), nf, "SPEND_NOT_FOUND");
+    rejected!(h, c.reverse_earn(reverse("rv", "dave", "nope", 1)), nf, "EARN_NOT_FOUND");
     rejected!(
         h,
         c.release_reservation(pb::ReleaseReservationRequest {
@@ -507,30 +458,8 @@ async fn not_found_failed_precondition_and_resource_exhausted() {
     );
     rejected!(h, c.spend(spend("s", "dave", 5)), Code::InvalidArgument, "ORDER_CASH_AMOUNT_REQUIRED");
     c.spend(big_order("s1", 100)).await.unwrap();
-    rejected!(
-        h,
-        c.refund(pb::RefundRequest {
-            request_id: "rf".into(),
-            account: account("dave"),
-            spend_request_id: "s1".into(),
-            points: 101,
-            ..Default::default()
-        }),
-        fp,
-        "REFUND_EXCEEDS_SPEND"
-    );
-    rejected!(
-        h,
-        c.reverse_earn(pb::ReverseEarnRequest {
-            request_id: "rv".into(),
-            account: account("dave"),
-            earn_request_id: "e1".into(),
-            points: 501,
-            ..Default::default()
-        }),
-        fp,
-        "REVERSAL_EXCEEDS_EARN"
-    );
+    rejected!(h, c.refund(refund("rf", "dave", "s1", 101)), fp, "REFUND_EXCEEDS_SPEND");
+    rejected!(h, c.reverse_earn(reverse("rv", "dave", "e1", 501)), fp, "REVERSAL_EXCEEDS_EARN");
     c.reserve(pb::ReserveRequest {
         request_id: "r1".into(),
         account: account("dave"),

@@ -49,6 +49,30 @@ impl Ledger {
         Ok(Response::new(codec::reply_to_pb(&reply)))
     }
 
+    /// Freezes (or, with `freeze` false, unfreezes) earning and/or spending.
+    async fn freeze(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        r: &pb::FreezeAccountRequest,
+        freeze: bool,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let account = validate::account(&r.account)?;
+        self.auth.check(metadata, &account.tenant_id, Access::Admin)?;
+        if !r.earning && !r.spending {
+            return Err(invalid("earning", "name earning, spending or both"));
+        }
+        let (earning, spending) = (r.earning, r.spending);
+        let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
+        let reason = validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?;
+        let body = if freeze {
+            CommandBody::Freeze { earning, spending, operator, reason }
+        } else {
+            CommandBody::Unfreeze { earning, spending, operator, reason }
+        };
+        let request_id = validate::request_id(&r.request_id)?;
+        self.command(Command { request_id, account, body, context: Default::default() }).await
+    }
+
     fn programme(&self, key: &ProgrammeKey) -> Result<Arc<domain::Programme>, Status> {
         self.programmes.registry().read().expect("registry lock").current(key).ok_or_else(|| {
             status(
@@ -478,39 +502,23 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         &self,
         req: Request<pb::FreezeAccountRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
-        let r = req.get_ref();
-        let account = validate::account(&r.account)?;
-        self.0.auth.check(req.metadata(), &account.tenant_id, Access::Admin)?;
-        let body = CommandBody::Freeze {
-            earning: r.earning,
-            spending: r.spending,
-            operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
-            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
-        };
-        if !r.earning && !r.spending {
-            return Err(invalid("earning", "name earning, spending or both"));
-        }
-        let request_id = validate::request_id(&r.request_id)?;
-        self.0.command(Command { request_id, account, body, context: Default::default() }).await
+        self.0.freeze(req.metadata(), req.get_ref(), true).await
     }
 
     async fn unfreeze_account(
         &self,
         req: Request<pb::UnfreezeAccountRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
+        // The same fields as a freeze, with the opposite effect.
         let r = req.get_ref();
-        let account = validate::account(&r.account)?;
-        self.0.auth.check(req.metadata(), &account.tenant_id, Access::Admin)?;
-        let body = CommandBody::Unfreeze {
+        let as_freeze = pb::FreezeAccountRequest {
+            request_id: r.request_id.clone(),
+            account: r.account.clone(),
             earning: r.earning,
             spending: r.spending,
-            operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
-            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+            operator: r.operator.clone(),
+            reason: r.reason.clone(),
         };
-        if !r.earning && !r.spending {
-            return Err(invalid("earning", "name earning, spending or both"));
-        }
-        let request_id = validate::request_id(&r.request_id)?;
-        self.0.command(Command { request_id, account, body, context: Default::default() }).await
+        self.0.freeze(req.metadata(), &as_freeze, false).await
     }
 }

@@ -157,3 +157,23 @@ pub fn bad_field_of(s: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     s.get_details_bad_request().and_then(|b| b.field_violations.first().map(|v| v.field.clone())).unwrap_or_default()
 }
+
+pub fn refund(id: &str, member: &str, spend_id: &str, points: i64) -> pb::RefundRequest {
+    pb::RefundRequest {
+        request_id: id.into(),
+        account: account(member),
+        spend_request_id: spend_id.into(),
+        points,
+        ..Default::default()
+    }
+}
+
+pub fn reverse(id: &str, member: &str, earn_id: &str, points: i64) -> pb::ReverseEarnRequest {
+    pb::ReverseEarnRequest {
+        request_id: id.into(),
+        account: account(member),
+        earn_request_id: earn_id.into(),
+        points,
+        ..Default::default()
+    }
+}
