@@ -102,18 +102,7 @@ async fn every_command_round_trips_and_queries_see_it() {
     assert_eq!(r.balance.unwrap(), pb::AccountBalance { available: 700, reserved: 0, debt: 0, growth: 300 });
 
     let mut admin = h.admin().await;
-    let r = c
-        .adjust(pb::AdjustRequest {
-            request_id: "a1".into(),
-            account: account("alice"),
-            points: -50,
-            operator: "ops-7".into(),
-            reason: "double grant".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.adjust(adjust("a1", "alice", -50, "ops-7", "double grant")).await.unwrap().into_inner();
     assert_eq!(r.balance.unwrap().available, 650);
 
     let r = admin
@@ -310,32 +299,8 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         ia,
         ""
     );
-    rejected!(
-        h,
-        c.adjust(pb::AdjustRequest {
-            request_id: "a".into(),
-            account: account("carol"),
-            points: 0,
-            operator: "o".into(),
-            reason: "r".into(),
-            ..Default::default()
-        }),
-        ia,
-        ""
-    );
-    rejected!(
-        h,
-        c.adjust(pb::AdjustRequest {
-            request_id: "a".into(),
-            account: account("carol"),
-            points: 5,
-            operator: String::new(),
-            reason: "r".into(),
-            ..Default::default()
-        }),
-        ia,
-        ""
-    );
+    rejected!(h, c.adjust(adjust("a", "carol", 0, "o", "r")), ia, "");
+    rejected!(h, c.adjust(adjust("a", "carol", 5, "", "r")), ia, "");
     rejected!(
         h,
         c.expire(pb::ExpireRequest {
@@ -543,14 +508,7 @@ async fn tokens_gate_tenants_and_admin_operations() {
     assert_eq!(c.earn(with("nope", earn("e1", "erin", 5))).await.unwrap_err().code(), Code::Unauthenticated);
     let err = c.earn(with("other-app", earn("e1", "erin", 5))).await.unwrap_err();
     assert_eq!((err.code(), reason_of(&err).as_str()), (Code::PermissionDenied, "TENANT_NOT_ALLOWED"));
-    let adj = pb::AdjustRequest {
-        request_id: "a".into(),
-        account: account("erin"),
-        points: 5,
-        operator: "o".into(),
-        reason: "r".into(),
-        ..Default::default()
-    };
+    let adj = adjust("a", "erin", 5, "o", "r");
     assert_eq!(c.adjust(with("shop-app", adj.clone())).await.unwrap_err().code(), Code::PermissionDenied);
     assert_eq!(h.records(), before);
     c.earn(with("shop-app", earn("e1", "erin", 5))).await.unwrap();

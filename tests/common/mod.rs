@@ -177,3 +177,14 @@ pub fn reverse(id: &str, member: &str, earn_id: &str, points: i64) -> pb::Revers
         ..Default::default()
     }
 }
+
+pub fn adjust(id: &str, member: &str, points: i64, operator: &str, reason: &str) -> pb::AdjustRequest {
+    pb::AdjustRequest {
+        request_id: id.into(),
+        account: account(member),
+        points,
+        operator: operator.into(),
+        reason: reason.into(),
+        ..Default::default()
+    }
+}
