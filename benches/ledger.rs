@@ -125,7 +125,7 @@ fn bench_projection(c: &mut Criterion) {
                     (dir, db)
                 },
                 |(dir, db)| {
-                    db.write(fold(&db, 0, &entries).unwrap()).unwrap();
+                    db.write(fold(&db, 0, &mut Default::default(), &entries).unwrap()).unwrap();
                     drop(db);
                     drop(dir);
                 },

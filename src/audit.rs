@@ -115,15 +115,19 @@ pub fn explain(
     let partition = crate::record::partition_for(account, log.partitions());
     let end = log.end_offset(partition)?;
     let mut reader = log.reader(partition, 0)?;
+    let mut arbiter = crate::record::Arbiter::default();
     let mut state = crate::domain::Account::default();
     let mut steps = Vec::new();
-    while reader.position() < end {
-        let entries = reader.next_batch(4096, std::time::Duration::ZERO)?;
+    loop {
+        let entries = crate::log::read_towards(reader.as_mut(), end, 4096)?;
         if entries.is_empty() {
             break;
         }
         for e in entries {
-            let r = crate::codec::decode_account_record(&e.payload)?;
+            let r = match arbiter.admit_bytes(&e.payload)? {
+                crate::record::Admitted::Record(r) => r,
+                _ => continue,
+            };
             if &r.account != account {
                 continue;
             }

@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::proto as pb;
 use crate::proto::ledger_event::Event as PbEvent;
-use crate::record::{AccountRecord, ControlRecord};
+use crate::record::{AccountRecord, Claim, ControlRecord, PartitionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -290,15 +290,43 @@ pub fn account_record_to_pb(r: &AccountRecord) -> pb::AccountRecord {
         client_ip: r.context.client_ip.clone(),
         device_id: r.context.device_id.clone(),
         metadata: r.context.metadata.clone().into_iter().collect(),
+        claim: None,
     }
+}
+
+pub fn encode_claim(c: &Claim) -> Vec<u8> {
+    pb::AccountRecord {
+        epoch: c.epoch,
+        at_ms: c.at,
+        claim: Some(pb::WriterClaim { writer: c.writer.clone() }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a record of an account partition: a command's record or a claim.
+pub fn decode_partition_record(bytes: &[u8]) -> Result<PartitionRecord, CodecError> {
+    let r = pb::AccountRecord::decode(bytes)?;
+    if let Some(c) = r.claim {
+        return Ok(PartitionRecord::Claim(Claim { epoch: r.epoch, writer: c.writer, at: r.at_ms }));
+    }
+    account_record_from_pb(r).map(PartitionRecord::Account)
 }
 
 pub fn encode_account_record(r: &AccountRecord) -> Vec<u8> {
     account_record_to_pb(r).encode_to_vec()
 }
 
+/// Decodes a command's record (a claim marker is an error here; readers of
+/// partitions use [`decode_partition_record`] through the arbiter).
 pub fn decode_account_record(bytes: &[u8]) -> Result<AccountRecord, CodecError> {
-    let r = pb::AccountRecord::decode(bytes)?;
+    match decode_partition_record(bytes)? {
+        PartitionRecord::Account(r) => Ok(r),
+        PartitionRecord::Claim(_) => Err(CodecError::Missing("account (this is a claim marker)")),
+    }
+}
+
+fn account_record_from_pb(r: pb::AccountRecord) -> Result<AccountRecord, CodecError> {
     Ok(AccountRecord {
         epoch: r.epoch,
         account: account_key_from_pb(r.account.as_ref().ok_or(CodecError::Missing("account"))?),

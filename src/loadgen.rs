@@ -183,6 +183,27 @@ fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
 }
 
 /// Runs the load and prints (and optionally writes) the figures.
+/// Waits until the server's health service says SERVING (every partition
+/// has caught up with the log).
+pub async fn wait_serving(channel: Channel, timeout: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let started = Instant::now();
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest { service: "points.v1.PointsLedger".into() })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.as_ref().ok() == Some(&(ServingStatus::Serving as i32)) {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!("the server did not become ready within {} s ({status:?})", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     let mut own = None;
     let target = match &opts.target {
@@ -202,6 +223,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     };
     let channel =
         Channel::from_shared(target.clone())?.connect().await.with_context(|| format!("connecting to {target}"))?;
+    wait_serving(channel.clone(), Duration::from_secs(60)).await?;
     let mut admin = ProgrammeAdminClient::new(channel.clone());
     admin
         .configure_programme(pb::ConfigureProgrammeRequest {

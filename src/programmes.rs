@@ -4,14 +4,23 @@
 //! control log (one partition) and, once it is durable, publishes it in the
 //! registry. Every version is kept: account records name the version they were
 //! decided under, so a reader can always find the rules in force. On start the
-//! registry is rebuilt by reading the control log from zero (it is small).
+//! registry is rebuilt by reading the control log from zero (it is small);
+//! then a follower thread keeps reading it, so versions configured by other
+//! instances (on a shared log) arrive too.
+//!
+//! The log arbitrates between instances here as well: a record counts only if
+//! it carries the next version of its programme and a request id not seen
+//! before; anything else is void for every reader. `configure` answers only
+//! once the follower has read its record back and found it counted.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::domain::{Millis, Programme, ProgrammeKey};
-use crate::log::{EventLog, LogError};
+use crate::log::{EventLog, LogError, LogReader, LogRecord};
 use crate::record::{ControlRecord, Position};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +29,8 @@ pub enum ConfigureError {
     RequestIdReused(String),
     #[error("control log unavailable: {0}")]
     Unavailable(#[from] LogError),
+    #[error("control log: {0}")]
+    NotConfirmed(String),
 }
 
 /// All versions of all programmes, and the configure requests seen.
@@ -28,6 +39,8 @@ pub struct Registry {
     versions: HashMap<ProgrammeKey, Vec<Arc<Programme>>>,
     /// (tenant, request id) → (fingerprint, programme, position): configure idempotency.
     requests: HashMap<(String, String), (u64, Arc<Programme>, Position)>,
+    /// The next control-log offset to fold.
+    applied: u64,
 }
 
 impl Registry {
@@ -46,12 +59,29 @@ impl Registry {
         v
     }
 
-    fn add(&mut self, record: &ControlRecord, position: Position) {
+    /// Folds one control record; false when the log's arbitration voids it
+    /// (not the next version of its programme, or a request id seen before).
+    fn add(&mut self, record: &ControlRecord, position: Position) -> bool {
+        self.applied = position.offset + 1;
         let p = Arc::new(record.programme.clone());
+        let key = (p.tenant_id.clone(), record.request_id.clone());
         let versions = self.versions.entry(p.key()).or_default();
-        assert_eq!(p.version as usize, versions.len() + 1, "programme versions follow each other");
+        if p.version as usize != versions.len() + 1 || self.requests.contains_key(&key) {
+            return false;
+        }
         versions.push(p.clone());
-        self.requests.insert((p.tenant_id.clone(), record.request_id.clone()), (record.fingerprint, p, position));
+        self.requests.insert(key, (record.fingerprint, p, position));
+        true
+    }
+
+    fn fold(&mut self, entries: &[crate::log::LogEntry]) -> Result<(), crate::codec::CodecError> {
+        for e in entries {
+            let r = crate::codec::decode_control_record(&e.payload)?;
+            if !self.add(&r, Position { partition: 0, offset: e.offset }) {
+                tracing::debug!(offset = e.offset, "void control record (version or request id taken)");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -63,28 +93,43 @@ pub struct Programmes {
     registry: SharedRegistry,
     /// Serialises configuration: versions are assigned under this lock.
     append_lock: Mutex<()>,
+    stop: Arc<AtomicBool>,
+    follower: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Longest wait for new control records while catching up.
-const CATCH_UP_WAIT: Duration = Duration::from_millis(0);
+/// How long the follower waits for new control records per poll.
+const FOLLOW_WAIT: Duration = Duration::from_millis(100);
+/// How long `configure` waits to read its own record back.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Programmes {
-    /// Opens the control stream and rebuilds the registry from it.
+    /// Opens the control stream, rebuilds the registry from it, and starts
+    /// following it.
     pub fn open(log: Arc<dyn EventLog>) -> anyhow::Result<Programmes> {
         let registry = SharedRegistry::default();
+        let end = log.end_offset(0)?;
         let mut reader = log.reader(0, 0)?;
         loop {
-            let batch = reader.next_batch(1024, CATCH_UP_WAIT)?;
+            let batch = crate::log::read_towards(reader.as_mut(), end, 1024)?;
             if batch.is_empty() {
                 break;
             }
-            let mut reg = registry.write().expect("registry lock");
-            for e in batch {
-                let r = crate::codec::decode_control_record(&e.payload)?;
-                reg.add(&r, Position { partition: 0, offset: e.offset });
-            }
+            registry.write().expect("registry lock").fold(&batch)?;
         }
-        Ok(Programmes { log, registry, append_lock: Mutex::new(()) })
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = {
+            let (log, registry, stop) = (log.clone(), registry.clone(), stop.clone());
+            std::thread::Builder::new().name("control-follower".into()).spawn(move || follow(log, reader, registry, stop))?
+        };
+        Ok(Programmes { log, registry, append_lock: Mutex::new(()), stop, follower: Mutex::new(Some(follower)) })
+    }
+
+    /// Stops following the control stream.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.follower.lock().expect("follower lock").take() {
+            let _ = t.join();
+        }
     }
 
     pub fn registry(&self) -> SharedRegistry {
@@ -104,27 +149,72 @@ impl Programmes {
     ) -> Result<(Arc<Programme>, Position, bool), ConfigureError> {
         let _guard = self.append_lock.lock().expect("control lock");
         let key = (programme.tenant_id.clone(), request_id.to_string());
-        if let Some((fp, p, pos)) = self.registry.read().expect("registry lock").requests.get(&key) {
-            if *fp == fingerprint {
-                return Ok((p.clone(), *pos, true));
+        for _attempt in 0..3 {
+            if let Some((fp, p, pos)) = self.registry.read().expect("registry lock").requests.get(&key) {
+                if *fp == fingerprint {
+                    return Ok((p.clone(), *pos, true));
+                }
+                return Err(ConfigureError::RequestIdReused(request_id.into()));
             }
-            return Err(ConfigureError::RequestIdReused(request_id.into()));
+            let previous = self.registry.read().expect("registry lock").current(&programme.key());
+            programme.version = previous.as_ref().map(|p| p.version).unwrap_or(0) + 1;
+            programme.configured_at = now.max(previous.map(|p| p.configured_at).unwrap_or(0));
+            let record = ControlRecord {
+                epoch: 0,
+                request_id: request_id.into(),
+                at: programme.configured_at,
+                fingerprint,
+                operator: operator.into(),
+                programme: programme.clone(),
+            };
+            let payload = crate::codec::encode_control_record(&record);
+            let offset = self.log.append(0, &[LogRecord::new(format!("{}/{}", programme.tenant_id, programme.programme_id).into_bytes(), payload)])?[0];
+            // Wait for the follower to fold it, then see whether it counted.
+            let started = Instant::now();
+            loop {
+                let reg = self.registry.read().expect("registry lock");
+                if reg.applied > offset {
+                    if let Some((_, p, pos)) = reg.requests.get(&key) {
+                        if pos.offset == offset {
+                            return Ok((p.clone(), *pos, false));
+                        }
+                    }
+                    break; // void: another instance took the version (or the id); look again
+                }
+                drop(reg);
+                if started.elapsed() > CONFIRM_TIMEOUT {
+                    return Err(ConfigureError::NotConfirmed(format!(
+                        "the configuration was appended at offset {offset} but not read back within {} s; \
+                         retry with the same request id",
+                        CONFIRM_TIMEOUT.as_secs()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
-        let previous = self.registry.read().expect("registry lock").current(&programme.key());
-        programme.version = previous.as_ref().map(|p| p.version).unwrap_or(0) + 1;
-        programme.configured_at = now.max(previous.map(|p| p.configured_at).unwrap_or(0));
-        let record = ControlRecord {
-            epoch: 0,
-            request_id: request_id.into(),
-            at: programme.configured_at,
-            fingerprint,
-            operator: operator.into(),
-            programme,
-        };
-        let offset = self.log.append(0, &[crate::codec::encode_control_record(&record)])?;
-        let position = Position { partition: 0, offset };
-        let mut reg = self.registry.write().expect("registry lock");
-        reg.add(&record, position);
-        Ok((reg.current(&record.programme.key()).expect("just added"), position, false))
+        Err(ConfigureError::NotConfirmed("other instances kept configuring this programme; retry".into()))
+    }
+}
+
+/// Keeps folding the control stream into the registry until `stop`.
+fn follow(log: Arc<dyn EventLog>, mut reader: Box<dyn LogReader>, registry: SharedRegistry, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match reader.next_batch(1024, FOLLOW_WAIT) {
+            Ok(batch) if batch.is_empty() => {}
+            Ok(batch) => {
+                if let Err(e) = registry.write().expect("registry lock").fold(&batch) {
+                    tracing::error!(error = %e, "control stream unreadable; the follower stops");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the control stream; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+                let at = registry.read().expect("registry lock").applied;
+                if let Ok(r) = log.reader(0, at) {
+                    reader = r;
+                }
+            }
+        }
     }
 }

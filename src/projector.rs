@@ -30,7 +30,7 @@ use crate::codec;
 use crate::domain::{Account, AccountKey, Millis};
 use crate::log::{EventLog, LogEntry};
 use crate::proto as pb;
-use crate::record::{Balance, Position};
+use crate::record::{Admitted, Arbiter, Balance, PartitionRecord, Position};
 use crate::store::{self, Batch, Cf, Db};
 
 /// Records folded into one WriteBatch at most.
@@ -48,13 +48,14 @@ pub struct Projectors {
 impl Projectors {
     pub fn start(log: Arc<dyn EventLog>, views: Arc<Db>) -> anyhow::Result<Projectors> {
         let n = log.partitions();
-        let start: Vec<u64> = (0..n).map(|p| store::read_position(&views, p)).collect::<Result<_, _>>()?;
-        let (tx, rx) = watch::channel(start.clone());
+        let start: Vec<store::Cursor> = (0..n).map(|p| store::read_cursor(&views, p)).collect::<Result<_, _>>()?;
+        let (tx, rx) = watch::channel(start.iter().map(|c| c.next).collect::<Vec<u64>>());
         let tx = Arc::new(tx);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for p in 0..n {
-            let mut reader = log.reader(p, start[p as usize])?;
+            let mut arbiter = start[p as usize].arbiter;
+            let mut reader = log.reader(p, start[p as usize].next)?;
             let (views, tx, stop) = (views.clone(), tx.clone(), stop.clone());
             threads.push(std::thread::Builder::new().name(format!("projector-{p}")).spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -72,7 +73,7 @@ impl Projectors {
                         continue;
                     }
                     let next = entries.last().expect("non-empty").offset + 1;
-                    if let Err(e) = fold(&views, p, &entries).and_then(|b| views.write(b)) {
+                    if let Err(e) = fold(&views, p, &mut arbiter, &entries).and_then(|b| views.write(b)) {
                         tracing::error!(partition = p, error = %e, "projector cannot fold; it stops");
                         return;
                     }
@@ -98,11 +99,21 @@ impl Projectors {
 
 /// Folds consecutive records of one partition into a WriteBatch of view
 /// changes and the new position. Reads current view rows from `views`.
-pub fn fold(views: &Db, partition: u32, entries: &[LogEntry]) -> Result<Batch, store::StoreError> {
+/// `arbiter` is the log's arbitration as of the first entry (records of a
+/// superseded writer are void and leave no trace); it moves past the last.
+pub fn fold(
+    views: &Db,
+    partition: u32,
+    arbiter: &mut Arbiter,
+    entries: &[LogEntry],
+) -> Result<Batch, store::StoreError> {
     let mut accounts: HashMap<AccountKey, (Account, Account)> = HashMap::new();
     let mut batch = Batch::default();
     for entry in entries {
-        let record = codec::decode_account_record(&entry.payload)?;
+        let record = match arbiter.admit_bytes(&entry.payload)? {
+            Admitted::Record(r) => r,
+            Admitted::Claim(_) | Admitted::Void => continue,
+        };
         if !accounts.contains_key(&record.account) {
             let a = match views.get(Cf::Accounts, &store::account_key(&record.account))? {
                 Some(b) => codec::decode_account(&b)?,
@@ -142,7 +153,7 @@ pub fn fold(views: &Db, partition: u32, entries: &[LogEntry]) -> Result<Batch, s
         }
     }
     if let Some(last) = entries.last() {
-        store::put_position(&mut batch, partition, last.offset + 1);
+        store::put_cursor(&mut batch, partition, store::Cursor { next: last.offset + 1, arbiter: *arbiter });
     }
     Ok(batch)
 }
@@ -210,28 +221,36 @@ pub fn rebuild(
         };
         let end = limit.min(log.end_offset(p)?);
         let mut reader = log.reader(p, 0)?;
-        while reader.position() < end {
-            let mut entries = reader.next_batch(PROJECTOR_BATCH_RECORDS_MAX, Duration::ZERO)?;
+        let mut arbiter = Arbiter::default();
+        loop {
+            let mut entries = crate::log::read_towards(reader.as_mut(), end, PROJECTOR_BATCH_RECORDS_MAX)?;
             if entries.is_empty() {
                 break;
             }
-            entries.retain(|e| e.offset < end);
+            let mut done = false;
             if let Some(t) = until.time {
-                let cut = entries
-                    .iter()
-                    .position(|e| codec::decode_account_record(&e.payload).map(|r| r.at > t).unwrap_or(true));
+                // The first record decided after `t` ends the replay (claims carry a time too).
+                let cut = entries.iter().position(|e| {
+                    codec::decode_partition_record(&e.payload)
+                        .map(|r| match r {
+                            PartitionRecord::Account(r) => r.at > t,
+                            PartitionRecord::Claim(c) => c.at > t,
+                        })
+                        .unwrap_or(true)
+                });
                 if let Some(cut) = cut {
                     entries.truncate(cut);
-                    if !entries.is_empty() {
-                        folded += entries.len() as u64;
-                        views.write(fold(&views, p, &entries)?)?;
-                    }
-                    break;
+                    done = true;
                 }
             }
-            folded += entries.len() as u64;
-            views.write(fold(&views, p, &entries)?)?;
-            progress(folded);
+            if !entries.is_empty() {
+                folded += entries.len() as u64;
+                views.write(fold(&views, p, &mut arbiter, &entries)?)?;
+                progress(folded);
+            }
+            if done {
+                break;
+            }
         }
     }
     views.flush()?;

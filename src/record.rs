@@ -32,6 +32,61 @@ pub struct ControlRecord {
     pub programme: Programme,
 }
 
+/// A claim marker: `writer` takes its partition with `epoch`. Every record
+/// after it with an older epoch is void for every reader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub epoch: u64,
+    pub writer: String,
+    pub at: Millis,
+}
+
+/// What an account partition holds: commands' records and claim markers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PartitionRecord {
+    Account(AccountRecord),
+    Claim(Claim),
+}
+
+/// The log's own arbitration of writers, applied identically by every
+/// reader (writers, projectors, replay, audit, reconciliation): a claim with
+/// a higher epoch than any before it takes the partition; a record counts
+/// only when it carries the epoch of the latest such claim (0 before any).
+/// Everything else is void. The state is one number, stored with a reader's
+/// position so it resumes exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Arbiter {
+    pub epoch: u64,
+}
+
+/// A record as the arbiter sees it.
+#[derive(Debug)]
+pub enum Admitted {
+    Record(AccountRecord),
+    /// A claim that took the partition.
+    Claim(Claim),
+    /// A record of a superseded writer, or a claim that came too late.
+    Void,
+}
+
+impl Arbiter {
+    pub fn admit(&mut self, record: PartitionRecord) -> Admitted {
+        match record {
+            PartitionRecord::Claim(c) if c.epoch > self.epoch => {
+                self.epoch = c.epoch;
+                Admitted::Claim(c)
+            }
+            PartitionRecord::Account(r) if r.epoch == self.epoch => Admitted::Record(r),
+            _ => Admitted::Void,
+        }
+    }
+
+    /// Decodes and admits one payload of an account partition.
+    pub fn admit_bytes(&mut self, payload: &[u8]) -> Result<Admitted, crate::codec::CodecError> {
+        Ok(self.admit(crate::codec::decode_partition_record(payload)?))
+    }
+}
+
 /// Where a record sits in the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{AdminService, Auth, Ledger, LedgerService};
 use crate::log::embedded::EmbeddedLog;
+use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::log::EventLog;
 use crate::programmes::Programmes;
 use crate::projector::Projectors;
@@ -20,11 +21,21 @@ use crate::proto as pb;
 use crate::store::{self, Db};
 use crate::writer::{Clock, SystemClock, WriterConfig, Writers};
 
+/// Where the events go.
+#[derive(Clone, Debug)]
+pub enum LogConfig {
+    /// The embedded log under the data directory.
+    Embedded,
+    /// A Kafka topic (account partitions) and `<topic>-control` (one partition).
+    Kafka(KafkaConfig),
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
-    /// Account partitions of the embedded log (fixed when the log is created).
+    /// Account partitions of the log (fixed when the log is created).
     pub partitions: u32,
+    pub log: LogConfig,
     pub writer: WriterConfig,
     pub auth: Auth,
     pub clock: Arc<dyn Clock>,
@@ -35,6 +46,7 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             partitions: 4,
+            log: LogConfig::Embedded,
             writer: WriterConfig::default(),
             auth: Auth::open(),
             clock: Arc::new(SystemClock),
@@ -55,9 +67,38 @@ pub fn open_embedded_logs(data_dir: &Path, partitions: u32) -> anyhow::Result<Lo
     })
 }
 
-/// Everything the service runs, started and caught up.
+/// The control topic that goes with an account topic.
+pub fn control_topic(topic: &str) -> String {
+    format!("{topic}-control")
+}
+
+/// Opens (creating if need be) the account topic and its control topic.
+pub fn open_kafka_logs(kafka: &KafkaConfig) -> anyhow::Result<Logs> {
+    let events = KafkaLog::open(kafka.clone())?;
+    let mut control = kafka.clone();
+    control.topic = control_topic(&kafka.topic);
+    control.partitions = 1;
+    let control = KafkaLog::open(control)?;
+    Ok(Logs { events: Arc::new(events), control: Arc::new(control) })
+}
+
+/// Opens the logs a configuration names.
+pub fn open_logs(config: &Config) -> anyhow::Result<Logs> {
+    match &config.log {
+        LogConfig::Embedded => open_embedded_logs(&config.data_dir, config.partitions),
+        LogConfig::Kafka(k) => {
+            let mut k = k.clone();
+            k.partitions = config.partitions;
+            open_kafka_logs(&k)
+        }
+    }
+}
+
+/// Everything the service runs. Writers catch up with the log in the
+/// background; [`Service::ready`] waits for them.
 pub struct Service {
     pub ledger: Arc<Ledger>,
+    programmes: Arc<Programmes>,
     writers: Arc<Writers>,
     projectors: Projectors,
     writer_db: Arc<Db>,
@@ -80,13 +121,20 @@ impl Service {
         let projectors = Projectors::start(logs.events.clone(), views.clone())?;
         let ledger = Arc::new(Ledger {
             writers: writers.clone(),
-            programmes,
+            programmes: programmes.clone(),
             views: views.clone(),
             positions: projectors.positions(),
             clock: config.clock.clone(),
             auth: config.auth.clone(),
         });
-        Ok(Service { ledger, writers, projectors, writer_db, views })
+        Ok(Service { ledger, programmes, writers, projectors, writer_db, views })
+    }
+
+    /// Waits until every partition's writer has caught up with the log (and
+    /// claimed its partition, on Kafka). Before that, commands to a partition
+    /// still catching up are answered UNAVAILABLE.
+    pub async fn ready(&self) {
+        self.writers.ready().await
     }
 
     /// Stops writers (after their queued batches), then projectors, and flushes.
@@ -97,6 +145,7 @@ impl Service {
             Err(_) => tracing::warn!("writers still referenced at shutdown"),
         }
         self.projectors.shutdown();
+        self.programmes.shutdown();
         let _ = self.writer_db.flush();
         let _ = self.views.flush();
     }
@@ -105,8 +154,16 @@ impl Service {
 /// Serves the gRPC services of `service` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
-    health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
+    // NOT_SERVING until every writer has caught up with the log.
+    health_reporter.set_not_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
+    health_reporter.set_not_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
+    let writers = service.writers.clone();
+    tokio::spawn(async move {
+        writers.ready().await;
+        health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
+        health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
+        tracing::info!("every partition caught up; serving");
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -129,9 +186,9 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
     Ok(())
 }
 
-/// Starts everything on the embedded log and serves until `shutdown`.
+/// Starts everything on the configured log and serves until `shutdown`.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let logs = open_embedded_logs(&config.data_dir, config.partitions)?;
+    let logs = tokio::task::block_in_place(|| open_logs(&config))?;
     let service = Service::start(&config, logs)?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "serving");
     let served = serve(listener, &service, shutdown).await;

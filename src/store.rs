@@ -244,20 +244,40 @@ pub fn due_key(partition: u32, at: Millis, account: &AccountKey) -> Vec<u8> {
     b
 }
 
-/// Where a reader's state stops: `position/<partition>` → next offset (u64 BE).
+/// Where a reader's state stops: `position/<partition>` → next offset (u64
+/// BE) and the arbiter's epoch there (u64 BE; absent in old stores = 0).
 pub fn position_key(partition: u32) -> Vec<u8> {
     format!("position/{partition:05}").into_bytes()
 }
 
-pub fn read_position(db: &Db, partition: u32) -> Result<u64, StoreError> {
-    Ok(db
-        .get(Cf::Meta, &position_key(partition))?
-        .map(|v| u64::from_be_bytes(v[..8].try_into().expect("8 bytes")))
-        .unwrap_or(0))
+/// A reader's place in one partition: the next offset to fold and the
+/// arbiter as of just before it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub next: u64,
+    pub arbiter: crate::record::Arbiter,
 }
 
-pub fn put_position(batch: &mut Batch, partition: u32, next_offset: u64) {
-    batch.put(Cf::Meta, &position_key(partition), &next_offset.to_be_bytes());
+pub fn read_cursor(db: &Db, partition: u32) -> Result<Cursor, StoreError> {
+    Ok(match db.get(Cf::Meta, &position_key(partition))? {
+        None => Cursor::default(),
+        Some(v) => Cursor {
+            next: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            arbiter: crate::record::Arbiter {
+                epoch: v.get(8..16).map(|e| u64::from_be_bytes(e.try_into().expect("8 bytes"))).unwrap_or(0),
+            },
+        },
+    })
+}
+
+pub fn read_position(db: &Db, partition: u32) -> Result<u64, StoreError> {
+    Ok(read_cursor(db, partition)?.next)
+}
+
+pub fn put_cursor(batch: &mut Batch, partition: u32, cursor: Cursor) {
+    let mut v = cursor.next.to_be_bytes().to_vec();
+    v.extend_from_slice(&cursor.arbiter.epoch.to_be_bytes());
+    batch.put(Cf::Meta, &position_key(partition), &v);
 }
 
 #[cfg(test)]

@@ -9,8 +9,17 @@
 //!
 //! State lives in RocksDB (a checkpoint with the log offset it reflects) plus
 //! an in-memory cache. On start a writer folds the log from its checkpoint to
-//! the end before it takes any command, so nothing acknowledged is lost and
-//! nothing is applied twice.
+//! the end before it takes any command (until then its partition answers
+//! `Unavailable`), so nothing acknowledged is lost and nothing is applied
+//! twice.
+//!
+//! On a shared log (Kafka) ownership is arbitrated by the log itself
+//! (DESIGN.md): a writer appends a claim marker with a higher epoch, stamps
+//! its records with that epoch, and answers a batch only after reading the
+//! partition back past it and finding its records admitted and no newer
+//! claim. A writer that sees a newer claim stops writing the partition. After
+//! an append whose outcome is unknown (a timeout may still land) the writer
+//! re-reads the log and claims a new epoch, so a late landing is void.
 //!
 //! Time: the writer reads the clock once per batch and never lets it run
 //! backwards within a partition. Due lots and reservations are settled by
@@ -18,7 +27,7 @@
 //! an event in the log like any other.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,10 +36,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
 use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis, Rejection};
-use crate::log::{EventLog, LogError};
+use crate::log::{self as eventlog, EventLog, LogError, LogReader, LogRecord};
 use crate::programmes::SharedRegistry;
-use crate::record::{partition_for, AccountRecord, Balance, Position, Reply};
-use crate::store::{self, Batch, Cf, Db};
+use crate::record::{partition_for, AccountRecord, Admitted, Balance, Claim, Position, Reply};
+use crate::store::{self, Batch, Cf, Cursor, Db};
 
 /// The source of "now" for writers. The domain never reads a clock.
 pub trait Clock: Send + Sync + 'static {
@@ -111,15 +120,24 @@ enum Msg {
     Tick(Option<oneshot::Sender<()>>),
 }
 
+/// A partition writer's state, as the API sees it.
+const CATCHING_UP: u8 = 0;
+const READY: u8 = 1;
+const FENCED: u8 = 2;
+
 /// The handle the API submits commands through.
 pub struct Writers {
     senders: Vec<mpsc::Sender<Msg>>,
     threads: Vec<JoinHandle<()>>,
+    status: Arc<Vec<AtomicU8>>,
+    ready: tokio::sync::watch::Receiver<u32>,
 }
 
 impl Writers {
-    /// Recovers every partition's writer from the log, then starts them and
-    /// their scheduler. Must run inside a tokio runtime (for the ticker).
+    /// Starts every partition's writer and their scheduler. Each writer first
+    /// catches up with the log (and claims its partition on a shared log);
+    /// until then its commands are answered `Unavailable`. Must run inside a
+    /// tokio runtime (for the ticker).
     pub fn start(
         log: Arc<dyn EventLog>,
         store: Arc<Db>,
@@ -129,8 +147,12 @@ impl Writers {
     ) -> anyhow::Result<Writers> {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
+        let status: Arc<Vec<AtomicU8>> = Arc::new((0..log.partitions()).map(|_| AtomicU8::new(CATCHING_UP)).collect());
+        let (ready_tx, ready) = tokio::sync::watch::channel(0u32);
+        let ready_tx = Arc::new(ready_tx);
+        let writer_id: Arc<str> = writer_id().into();
         for partition in 0..log.partitions() {
-            let mut w = PartitionWriter {
+            let w = PartitionWriter {
                 partition,
                 log: log.clone(),
                 store: store.clone(),
@@ -139,12 +161,22 @@ impl Writers {
                 cache: HashMap::new(),
                 last_now: 0,
                 config: config.clone(),
+                writer_id: writer_id.clone(),
+                cursor: store::read_cursor(&store, partition)?,
+                reader: None,
+                last_claim: None,
+                own_claim: None,
+                stale: false,
+                status: status.clone(),
             };
-            let recovered = w.recover()?;
-            tracing::info!(partition, recovered, "writer caught up with the log");
             let (tx, rx) = mpsc::channel(config.queue_commands_max);
             senders.push(tx);
-            threads.push(std::thread::Builder::new().name(format!("writer-{partition}")).spawn(move || w.run(rx))?);
+            let ready_tx = ready_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("writer-{partition}"))
+                    .spawn(move || w.run(rx, &ready_tx))?,
+            );
         }
         let weak: Vec<_> = senders.iter().map(|s| s.downgrade()).collect();
         let every = Duration::from_millis(config.tick_interval_ms.max(1));
@@ -166,7 +198,19 @@ impl Writers {
                 }
             }
         });
-        Ok(Writers { senders, threads })
+        Ok(Writers { senders, threads, status, ready })
+    }
+
+    /// Waits until every partition's writer has caught up with the log.
+    pub async fn ready(&self) {
+        let n = self.partitions();
+        let mut rx = self.ready.clone();
+        let _ = rx.wait_for(|ready| *ready >= n).await;
+    }
+
+    /// Whether every partition's writer has caught up and owns its partition.
+    pub fn all_ready(&self) -> bool {
+        self.status.iter().all(|s| s.load(Ordering::Acquire) == READY)
     }
 
     pub fn partitions(&self) -> u32 {
@@ -180,6 +224,19 @@ impl Writers {
     /// Submits a command to its partition's writer and waits for the answer.
     pub async fn submit(&self, command: Command) -> Result<Reply, WriteError> {
         let p = self.partition_of(&command.account) as usize;
+        match self.status[p].load(Ordering::Acquire) {
+            READY => {}
+            CATCHING_UP => {
+                return Err(WriteError::Unavailable(format!(
+                    "partition {p} is catching up with the log; retry shortly"
+                )))
+            }
+            _ => {
+                return Err(WriteError::Unavailable(format!(
+                    "partition {p} was taken over by a newer writer; this instance no longer writes it"
+                )))
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.senders[p]
             .send(Msg::Submit(Box::new(command), tx))
@@ -224,6 +281,36 @@ struct PartitionWriter {
     /// The latest `now` used, so time never runs backwards in a partition.
     last_now: Millis,
     config: WriterConfig,
+    /// Names this process in its claim markers.
+    writer_id: Arc<str>,
+    /// The next offset the state reflects, and the log's arbiter there.
+    cursor: Cursor,
+    /// A reader kept at `cursor.next` between batches (shared logs).
+    reader: Option<Box<dyn LogReader>>,
+    /// The offset of the latest claim admitted up to `cursor`.
+    last_claim: Option<u64>,
+    /// Our own claim's offset, once we own the partition (shared logs).
+    own_claim: Option<u64>,
+    /// True after an append whose outcome is unknown: the state may lack
+    /// records the log has; re-read (and re-claim) before deciding again.
+    stale: bool,
+    status: Arc<Vec<AtomicU8>>,
+}
+
+/// `host:pid:start-ms`, to tell claim markers apart for operators.
+fn writer_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    format!("{}:{}:{}", if host.is_empty() { "localhost" } else { &host }, std::process::id(), chrono::Utc::now().timestamp_millis())
+}
+
+/// How a shared-log writer's read-back of its batch ended.
+enum ReadBack {
+    /// Every record of the batch is admitted; nothing else counts in between.
+    Confirmed,
+    /// A newer claim took the partition.
+    Fenced(u64),
+    /// Something unexpected (e.g. a record of an earlier, failed append).
+    Unclear(String),
 }
 
 /// State changed by one batch, not yet committed.
@@ -271,39 +358,146 @@ impl PartitionWriter {
         Balance::of(&touched.account)
     }
 
-    /// Folds the log from the checkpoint to its end. Returns records folded.
-    fn recover(&mut self) -> anyhow::Result<u64> {
-        let from = store::read_position(&self.store, self.partition)?;
-        let mut reader = self.log.reader(self.partition, from)?;
-        let mut folded = 0;
-        loop {
-            let entries = reader.next_batch(self.config.batch_commands_max, Duration::ZERO)?;
-            if entries.is_empty() {
-                return Ok(folded);
-            }
-            let mut work = Work::default();
-            for e in &entries {
-                let record = codec::decode_account_record(&e.payload)?;
-                let balance = Self::fold(self.account(&mut work, &record.account)?, &record.events);
-                self.last_now = self.last_now.max(record.at);
-                if !record.system {
-                    let reply =
-                        Reply::for_record(&record, Position { partition: self.partition, offset: e.offset }, balance);
-                    work.replies.push((
-                        record.account.tenant_id.clone(),
-                        record.request_id.clone(),
-                        record.fingerprint,
-                        reply,
-                    ));
-                }
-                folded += 1;
-            }
-            self.commit(work, reader.position())?;
+    /// A reader at `cursor.next`: the kept one if it is there, else a new one.
+    fn take_reader(&mut self) -> Result<Box<dyn LogReader>, LogError> {
+        match self.reader.take() {
+            Some(r) if r.position() == self.cursor.next => Ok(r),
+            _ => self.log.reader(self.partition, self.cursor.next),
         }
     }
 
-    /// Writes a batch's state with the log offset it reflects, atomically.
-    fn commit(&mut self, work: Work, next_offset: u64) -> Result<(), store::StoreError> {
+    /// Folds the log from the cursor up to `end` (exclusive), committing as it
+    /// goes. Returns the records folded.
+    fn catch_up(&mut self, end: u64) -> anyhow::Result<u64> {
+        let mut reader = self.take_reader()?;
+        let mut folded = 0;
+        loop {
+            let entries = eventlog::read_towards(reader.as_mut(), end, self.config.batch_commands_max)?;
+            if entries.is_empty() {
+                break;
+            }
+            let mut work = Work::default();
+            for e in &entries {
+                match self.cursor.arbiter.admit_bytes(&e.payload)? {
+                    Admitted::Record(record) => {
+                        let balance = Self::fold(self.account(&mut work, &record.account)?, &record.events);
+                        self.last_now = self.last_now.max(record.at);
+                        if !record.system {
+                            let position = Position { partition: self.partition, offset: e.offset };
+                            let reply = Reply::for_record(&record, position, balance);
+                            work.replies.push((
+                                record.account.tenant_id.clone(),
+                                record.request_id.clone(),
+                                record.fingerprint,
+                                reply,
+                            ));
+                        }
+                        folded += 1;
+                    }
+                    Admitted::Claim(_) => self.last_claim = Some(e.offset),
+                    Admitted::Void => {}
+                }
+            }
+            self.cursor.next = reader.position();
+            self.commit(work)?;
+        }
+        self.reader = Some(reader);
+        Ok(folded)
+    }
+
+    /// Catches up with the log's end and, on a shared log, claims the
+    /// partition. Ok(false) when another writer has taken it meanwhile.
+    fn start_up(&mut self) -> anyhow::Result<bool> {
+        let end = self.log.end_offset(self.partition)?;
+        let folded = self.catch_up(end)?;
+        tracing::info!(partition = self.partition, folded, next = self.cursor.next, "writer caught up with the log");
+        if self.log.shared() {
+            return self.claim();
+        }
+        Ok(true)
+    }
+
+    /// Appends a claim marker with the next epoch and reads back past it.
+    /// Ok(true) when it took the partition.
+    fn claim(&mut self) -> anyhow::Result<bool> {
+        for _attempt in 0..3 {
+            let end = self.log.end_offset(self.partition)?;
+            self.catch_up(end)?;
+            if self.own_claim.is_some() && self.last_claim != self.own_claim {
+                // Someone claimed after us: they own it now; do not fight back.
+                return Ok(false);
+            }
+            let claim = Claim {
+                epoch: self.cursor.arbiter.epoch + 1,
+                writer: self.writer_id.to_string(),
+                at: self.clock.now().max(self.last_now),
+            };
+            let offsets = self
+                .log
+                .append(self.partition, &[LogRecord::new(b"claim".to_vec(), codec::encode_claim(&claim))])?;
+            self.catch_up(offsets[0] + 1)?;
+            if self.last_claim == Some(offsets[0]) {
+                self.own_claim = self.last_claim;
+                tracing::info!(partition = self.partition, epoch = claim.epoch, offset = offsets[0], "claimed partition");
+                return Ok(true);
+            }
+            // A claim with the same epoch landed first: try the next epoch.
+        }
+        Ok(false)
+    }
+
+    /// Reads the partition back past a just-appended batch (shared logs).
+    fn read_back(&mut self, offsets: &[u64]) -> Result<ReadBack, LogError> {
+        let end = offsets.last().expect("a batch") + 1;
+        let mut reader = self.take_reader()?;
+        let mut arbiter = self.cursor.arbiter;
+        loop {
+            let entries = eventlog::read_towards(reader.as_mut(), end, self.config.batch_commands_max.max(64))?;
+            if entries.is_empty() {
+                break;
+            }
+            for e in &entries {
+                let ours = offsets.binary_search(&e.offset).is_ok();
+                let admitted = arbiter.admit_bytes(&e.payload).map_err(|c| LogError::Corrupt(c.to_string()))?;
+                match (ours, admitted) {
+                    (true, Admitted::Record(_)) | (false, Admitted::Void) => {}
+                    (_, Admitted::Claim(c)) => return Ok(ReadBack::Fenced(c.epoch)),
+                    (true, _) => return Ok(ReadBack::Unclear(format!("record at offset {} is void", e.offset))),
+                    (false, Admitted::Record(_)) => {
+                        return Ok(ReadBack::Unclear(format!("unexpected record at offset {}", e.offset)))
+                    }
+                }
+            }
+        }
+        self.reader = Some(reader);
+        self.cursor.next = end;
+        Ok(ReadBack::Confirmed)
+    }
+
+    /// Before deciding after an unknown outcome: re-read the log, and on a
+    /// shared log take a new epoch so anything of ours still in flight is void.
+    fn resync(&mut self) -> anyhow::Result<()> {
+        self.reader = None;
+        if self.log.shared() {
+            if !self.claim()? {
+                self.fence();
+                anyhow::bail!("partition {} was taken over by a newer writer", self.partition);
+            }
+        } else {
+            let end = self.log.end_offset(self.partition)?;
+            self.catch_up(end)?;
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    fn fence(&mut self) {
+        tracing::warn!(partition = self.partition, "a newer writer claimed the partition; this writer stops writing it");
+        self.status[self.partition as usize].store(FENCED, Ordering::Release);
+    }
+
+    /// Writes a batch's state with the cursor it reflects, atomically.
+    fn commit(&mut self, work: Work) -> Result<(), store::StoreError> {
         let mut batch = Batch::default();
         for (key, t) in work.accounts.iter().filter(|(_, t)| t.changed) {
             let (due_before, account) = (&t.due_before, &t.account);
@@ -325,7 +519,7 @@ impl PartitionWriter {
                 &codec::encode_stored_reply(*fingerprint, reply),
             );
         }
-        store::put_position(&mut batch, self.partition, next_offset);
+        store::put_cursor(&mut batch, self.partition, self.cursor);
         self.store.write(batch)?;
         if self.cache.len() + work.accounts.len() > self.config.cache_accounts_max {
             // Crude but bounded: the store has everything.
@@ -339,7 +533,27 @@ impl PartitionWriter {
         Ok(())
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>, ready: &tokio::sync::watch::Sender<u32>) {
+        loop {
+            match self.start_up() {
+                Ok(true) => break,
+                Ok(false) => {
+                    self.fence();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "writer cannot catch up with the log yet; retrying");
+                    if rx.is_closed() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        if self.status[self.partition as usize].load(Ordering::Acquire) == CATCHING_UP {
+            self.status[self.partition as usize].store(READY, Ordering::Release);
+        }
+        ready.send_modify(|n| *n += 1);
         while let Some(first) = rx.blocking_recv() {
             let mut msgs = vec![first];
             while msgs.len() < self.config.batch_commands_max {
@@ -351,10 +565,23 @@ impl PartitionWriter {
             if let Err(e) = self.process(msgs) {
                 // The log holds what was answered; a restart rebuilds the rest.
                 tracing::error!(partition = self.partition, error = %e, "writer state could not be committed; writer stops");
+                self.status[self.partition as usize].store(FENCED, Ordering::Release);
                 return;
             }
         }
         tracing::info!(partition = self.partition, "writer stopped");
+    }
+
+    /// Answers every caller in `msgs` with `Unavailable(message)`.
+    fn refuse(msgs: Vec<Msg>, message: &str) {
+        for m in msgs {
+            match m {
+                Msg::Submit(_, tx) => {
+                    let _ = tx.send(Err(WriteError::Unavailable(message.to_string())));
+                }
+                Msg::Tick(done) => drop(done),
+            }
+        }
     }
 
     /// Accounts with something due at `now`, from the due index.
@@ -369,6 +596,20 @@ impl PartitionWriter {
     }
 
     fn process(&mut self, msgs: Vec<Msg>) -> anyhow::Result<()> {
+        if self.status[self.partition as usize].load(Ordering::Acquire) == FENCED {
+            Self::refuse(
+                msgs,
+                &format!("partition {} was taken over by a newer writer; this instance no longer writes it", self.partition),
+            );
+            return Ok(());
+        }
+        if self.stale {
+            if let Err(e) = self.resync() {
+                tracing::warn!(partition = self.partition, error = %e, "writer cannot re-read the log yet");
+                Self::refuse(msgs, &format!("log unavailable: {e}"));
+                return Ok(());
+            }
+        }
         let now = self.clock.now().max(self.last_now);
         self.last_now = now;
         let mut commands: Vec<(Command, Option<ReplyTx>)> = Vec::with_capacity(msgs.len());
@@ -454,34 +695,55 @@ impl PartitionWriter {
         if records.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<Vec<u8>> = records.iter().map(|(r, _)| codec::encode_account_record(r)).collect();
-        let first = match self.log.append(self.partition, &encoded) {
-            Ok(first) => first,
-            Err(e) => {
-                let message = match &e {
-                    LogError::Unavailable(m) => format!("log unavailable: {m}"),
-                    other => format!("log append failed: {other}"),
-                };
-                tracing::warn!(partition = self.partition, error = %e, "append failed; batch answered UNAVAILABLE");
-                for (tx, _, _) in waiting {
-                    let _ = tx.send(Err(WriteError::Unavailable(message.clone())));
+        let encoded: Vec<LogRecord> = records
+            .iter()
+            .map(|(r, _)| LogRecord::new(r.account.to_string().into_bytes(), codec::encode_account_record(r)))
+            .collect();
+        let appended = self.log.append(self.partition, &encoded).map_err(|e| match e {
+            LogError::Unavailable(m) => format!("log unavailable: {m}"),
+            other => format!("log append failed: {other}"),
+        });
+        let verdict = match (&appended, self.log.shared()) {
+            (Err(m), _) => Err(m.clone()),
+            (Ok(_), false) => Ok(()),
+            (Ok(offsets), true) => match self.read_back(offsets) {
+                Ok(ReadBack::Confirmed) => Ok(()),
+                Ok(ReadBack::Fenced(epoch)) => {
+                    self.fence();
+                    Err(format!(
+                        "partition {} was taken over by a newer writer (epoch {epoch}); this batch is void",
+                        self.partition
+                    ))
                 }
-                return Ok(());
-            }
+                Ok(ReadBack::Unclear(why)) => Err(format!("log read-back did not confirm the batch: {why}")),
+                Err(e) => Err(format!("log read-back failed: {e}")),
+            },
         };
+        if let Err(message) = verdict {
+            tracing::warn!(partition = self.partition, error = %message, "batch answered UNAVAILABLE");
+            // What landed is in the log; the next batch re-reads it first.
+            self.stale = true;
+            self.reader = None;
+            for (tx, _, _) in waiting {
+                let _ = tx.send(Err(WriteError::Unavailable(message.clone())));
+            }
+            return Ok(());
+        }
+        let offsets = appended.expect("checked");
+        if !self.log.shared() {
+            self.cursor.next = offsets.last().expect("a batch") + 1;
+        }
         let replies: Vec<Reply> = records
             .iter()
-            .enumerate()
-            .map(|(i, (r, b))| {
-                Reply::for_record(r, Position { partition: self.partition, offset: first + i as u64 }, *b)
-            })
+            .zip(&offsets)
+            .map(|((r, b), &offset)| Reply::for_record(r, Position { partition: self.partition, offset }, *b))
             .collect();
         for ((r, _), reply) in records.iter().zip(&replies) {
             if !r.system {
                 work.replies.push((r.account.tenant_id.clone(), r.request_id.clone(), r.fingerprint, reply.clone()));
             }
         }
-        let committed = self.commit(work, first + records.len() as u64);
+        let committed = self.commit(work);
         for (tx, i, replayed) in waiting {
             let mut reply = replies[i].clone();
             reply.replayed = replayed;
@@ -499,7 +761,7 @@ impl PartitionWriter {
         events: Vec<domain::Event>,
     ) -> AccountRecord {
         AccountRecord {
-            epoch: 0,
+            epoch: self.cursor.arbiter.epoch,
             system: cmd.body.is_system(),
             request_id: cmd.request_id,
             account: cmd.account,

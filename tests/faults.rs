@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use points_ledger::log::{EventLog, LogError, LogReader};
+use points_ledger::log::{EventLog, LogError, LogReader, LogRecord};
 use points_ledger::proto as pb;
 use points_ledger::writer::ManualClock;
 use tonic::Code;
@@ -22,7 +22,10 @@ impl EventLog for FlakyLog {
     fn partitions(&self) -> u32 {
         self.inner.partitions()
     }
-    fn append(&self, partition: u32, records: &[Vec<u8>]) -> Result<u64, LogError> {
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+    fn append(&self, partition: u32, records: &[LogRecord]) -> Result<Vec<u64>, LogError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(LogError::Unavailable("injected: disk gone".into()));
         }

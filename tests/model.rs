@@ -110,6 +110,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let logs = open_embedded_logs(dir.path(), 2).unwrap();
         let events_log = logs.events.clone();
         let service = Service::start(&config, logs).unwrap();
+        service.ready().await;
         let ledger = service.ledger.clone();
         let p = pb::Programme {
             tenant_id: "shop".into(),

@@ -41,8 +41,9 @@ fn spawn_server(dir: &std::path::Path) -> (Child, String) {
 
 async fn connect(url: &str) -> PointsLedgerClient<tonic::transport::Channel> {
     for _ in 0..100 {
-        if let Ok(c) = PointsLedgerClient::connect(url.to_string()).await {
-            return c;
+        if let Ok(c) = tonic::transport::Channel::from_shared(url.to_string()).unwrap().connect().await {
+            points_ledger::loadgen::wait_serving(c.clone(), Duration::from_secs(60)).await.unwrap();
+            return PointsLedgerClient::new(c);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -97,6 +97,7 @@ impl From<ConfigureError> for Status {
             ConfigureError::Unavailable(e) => {
                 status(Code::Unavailable, "UNAVAILABLE", format!("control log: {e}"), None)
             }
+            ConfigureError::NotConfirmed(m) => status(Code::Unavailable, "UNAVAILABLE", m, None),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{EventLog, LogEntry, LogError, LogReader};
+use super::{EventLog, LogEntry, LogError, LogReader, LogRecord};
 
 pub const SEGMENT_BYTES_MAX: u64 = 256 << 20;
 pub const RECORD_BYTES_MAX: usize = 16 << 20;
@@ -233,7 +233,11 @@ impl EventLog for EmbeddedLog {
         self.partitions.len() as u32
     }
 
-    fn append(&self, partition: u32, records: &[Vec<u8>]) -> Result<u64, LogError> {
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn append(&self, partition: u32, records: &[LogRecord]) -> Result<Vec<u64>, LogError> {
         if self.read_only {
             return Err(LogError::Unavailable("the log was opened read-only".into()));
         }
@@ -241,7 +245,7 @@ impl EventLog for EmbeddedLog {
         let mut app = p.append.lock().expect("log appender lock");
         let first = p.shared.lock().expect("log lock").end;
         if records.is_empty() {
-            return Ok(first);
+            return Ok(Vec::new());
         }
         if app.segment_bytes >= SEGMENT_BYTES_MAX {
             let path = segment_path(&p.dir, first);
@@ -251,11 +255,11 @@ impl EventLog for EmbeddedLog {
             app.segment_bytes = 0;
             p.shared.lock().expect("log lock").segments.push(Segment { base: first, path, index: Vec::new() });
         }
-        let mut buf = Vec::with_capacity(records.iter().map(|r| r.len() + HEADER_BYTES).sum());
+        let mut buf = Vec::with_capacity(records.iter().map(|r| r.payload.len() + HEADER_BYTES).sum());
         let mut index = Vec::new();
         let (seg_base, mut pos) =
             (p.shared.lock().expect("log lock").segments.last().expect("segment").base, app.segment_bytes);
-        for (i, rec) in records.iter().enumerate() {
+        for (i, rec) in records.iter().map(|r| &r.payload).enumerate() {
             if rec.len() > RECORD_BYTES_MAX {
                 return Err(LogError::Corrupt(format!("record of {} bytes exceeds {RECORD_BYTES_MAX}", rec.len())));
             }
@@ -280,7 +284,7 @@ impl EventLog for EmbeddedLog {
         shared.end = first + records.len() as u64;
         drop(shared);
         p.grown.notify_all();
-        Ok(first)
+        Ok((first..first + records.len() as u64).collect())
     }
 
     fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
@@ -377,12 +381,16 @@ impl LogReader for EmbeddedReader {
 mod tests {
     use super::*;
 
+    fn recs(payloads: &[&[u8]]) -> Vec<LogRecord> {
+        payloads.iter().map(|p| LogRecord::new(Vec::new(), p.to_vec())).collect()
+    }
+
     #[test]
     fn appends_read_back_and_survive_reopen_with_torn_tail_cut() {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), 2).unwrap();
-        assert_eq!(log.append(1, &[b"a".to_vec(), b"bb".to_vec()]).unwrap(), 0);
-        assert_eq!(log.append(1, &[b"ccc".to_vec()]).unwrap(), 2);
+        assert_eq!(log.append(1, &recs(&[b"a", b"bb"])).unwrap(), vec![0, 1]);
+        assert_eq!(log.append(1, &recs(&[b"ccc"])).unwrap(), vec![2]);
         let mut r = log.reader(1, 1).unwrap();
         let got = r.next_batch(10, Duration::ZERO).unwrap();
         assert_eq!(
@@ -398,7 +406,7 @@ mod tests {
         drop(f);
         let log = EmbeddedLog::open(dir.path(), 2).unwrap();
         assert_eq!(log.end_offset(1).unwrap(), 3);
-        assert_eq!(log.append(1, &[b"d".to_vec()]).unwrap(), 3);
+        assert_eq!(log.append(1, &recs(&[b"d"])).unwrap(), vec![3]);
         let all = log.reader(1, 0).unwrap().next_batch(10, Duration::ZERO).unwrap();
         assert_eq!(all.len(), 4);
         assert!(EmbeddedLog::open(dir.path(), 3).is_err(), "partition count is fixed");
@@ -408,8 +416,8 @@ mod tests {
     fn readers_start_anywhere_and_wait_for_appends() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(EmbeddedLog::open(dir.path(), 1).unwrap());
-        let recs: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
-        log.append(0, &recs).unwrap();
+        let many: Vec<LogRecord> = (0..1000u32).map(|i| LogRecord::new(Vec::new(), i.to_le_bytes().to_vec())).collect();
+        log.append(0, &many).unwrap();
         let mut r = log.reader(0, 700).unwrap();
         let got = r.next_batch(5, Duration::ZERO).unwrap();
         assert_eq!(got[0].payload, 700u32.to_le_bytes().to_vec());
@@ -417,7 +425,7 @@ mod tests {
         let l2 = log.clone();
         let h = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
-            l2.append(0, &[b"late".to_vec()]).unwrap();
+            l2.append(0, &recs(&[b"late"])).unwrap();
         });
         let got = tail.next_batch(5, Duration::from_secs(5)).unwrap();
         h.join().unwrap();

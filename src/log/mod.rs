@@ -6,8 +6,23 @@
 //! projectors), never on the async runtime.
 
 pub mod embedded;
+pub mod kafka;
 
 use std::time::Duration;
+
+/// One record to append: the key names the account (Kafka keeps it for
+/// outside consumers; the embedded log does not store it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl LogRecord {
+    pub fn new(key: impl Into<Vec<u8>>, payload: Vec<u8>) -> LogRecord {
+        LogRecord { key: key.into(), payload }
+    }
+}
 
 /// One record read back from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,10 +46,16 @@ pub enum LogError {
 pub trait EventLog: Send + Sync + 'static {
     fn partitions(&self) -> u32;
 
-    /// Appends records to one partition and returns the offset of the first.
-    /// Returns only once the records are durable; readers never see a record
-    /// before that.
-    fn append(&self, partition: u32, records: &[Vec<u8>]) -> Result<u64, LogError>;
+    /// Whether other processes may append to this log too. Writers on a
+    /// shared log claim their partitions and verify every batch by reading
+    /// it back (DESIGN.md, "arbitrated by the log").
+    fn shared(&self) -> bool;
+
+    /// Appends records to one partition, in order, and returns the offset
+    /// each got. Returns only once the records are durable; readers never see
+    /// a record before that. On an error some of the records may still have
+    /// been written: the caller must find out by reading the log.
+    fn append(&self, partition: u32, records: &[LogRecord]) -> Result<Vec<u64>, LogError>;
 
     /// The offset the next appended record will get (= records so far).
     fn end_offset(&self, partition: u32) -> Result<u64, LogError>;
@@ -51,4 +72,30 @@ pub trait LogReader: Send {
 
     /// The offset of the next record this cursor returns.
     fn position(&self) -> u64;
+}
+
+/// How long a reader that knows more records exist waits for them before it
+/// calls the log unavailable.
+pub const READ_TO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the next batch of a partition known to hold records up to `end`
+/// (exclusive), waiting for them if need be (a Kafka fetch takes a moment),
+/// but never beyond [`READ_TO_TIMEOUT`]. Empty once the reader is at `end`.
+pub fn read_towards(reader: &mut dyn LogReader, end: u64, max_records: usize) -> Result<Vec<LogEntry>, LogError> {
+    let started = std::time::Instant::now();
+    while reader.position() < end {
+        let mut entries = reader.next_batch(max_records, Duration::from_millis(200))?;
+        if !entries.is_empty() {
+            entries.retain(|e| e.offset < end);
+            return Ok(entries);
+        }
+        if started.elapsed() > READ_TO_TIMEOUT {
+            return Err(LogError::Unavailable(format!(
+                "no records arrived for {} s while reading towards offset {end} from {}",
+                READ_TO_TIMEOUT.as_secs(),
+                reader.position()
+            )));
+        }
+    }
+    Ok(Vec::new())
 }

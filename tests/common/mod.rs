@@ -58,6 +58,7 @@ impl Harness {
         logs.events = wrap(logs.events);
         let events = logs.events.clone();
         let service = Service::start(&config, logs).unwrap();
+        service.ready().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,383 @@
+//! The Kafka log: the same [`EventLog`] over a Kafka topic, for deployments
+//! that span machines. One topic partition per log partition; offsets are
+//! Kafka's offsets.
+//!
+//! - Appends go through one idempotent producer (`enable.idempotence`,
+//!   `acks=all`) to an explicit partition, keyed by the account, and return
+//!   only when every record's delivery report came back with its offset, or
+//!   fail within `message.timeout.ms` (+ a margin). A failed append may still
+//!   have landed: the writers (src/writer.rs) settle that by reading the log
+//!   and, on this shared log, by claiming a new epoch.
+//! - Readers are consumers assigned to one partition at an offset (no group
+//!   membership, no committed offsets: every reader keeps its position in its
+//!   own RocksDB, in the same WriteBatch as what it folded).
+//! - `open` creates the topic with the configured partition count, or refuses
+//!   an existing topic whose count differs.
+
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{EventLog, LogEntry, LogError, LogReader, LogRecord};
+
+/// How a service reaches its broker and topic.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `HOST:PORT[,HOST:PORT...]`.
+    pub brokers: String,
+    pub topic: String,
+    pub partitions: u32,
+    /// Used when the topic is created.
+    pub replication_factor: i32,
+    /// Longest time an append may take before it fails (`message.timeout.ms`).
+    pub append_timeout: Duration,
+    /// Longest time for metadata and watermark queries.
+    pub request_timeout: Duration,
+    /// Extra librdkafka properties (`key=value`), applied to every client.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: &str, topic: &str, partitions: u32) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitions,
+            replication_factor: 1,
+            append_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            properties: Vec::new(),
+        }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "points-ledger")
+            .set("socket.timeout.ms", ms(self.request_timeout).max(10).to_string())
+            .set("log_level", "4");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn producer(&self) -> ClientConfig {
+        let mut c = self.client();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", ms(self.append_timeout).max(10).to_string())
+            .set("request.timeout.ms", ms(self.append_timeout).max(10).to_string());
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn consumer(&self) -> ClientConfig {
+        let mut c = self.client();
+        c.set("group.id", "points-ledger-readers")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "false")
+            .set("fetch.wait.max.ms", "50");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(format!("kafka {what}: {e}"))
+}
+
+/// Where a delivery report goes: the appending thread's channel and the
+/// record's index in its batch.
+struct Slot {
+    tx: mpsc::Sender<(usize, Result<i64, String>)>,
+    index: usize,
+}
+
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Slot>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<Slot>) {
+        let outcome = match result {
+            Ok(m) => Ok(m.offset()),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        let _ = slot.tx.send((slot.index, outcome));
+    }
+}
+
+type Prod = ThreadedProducer<Deliveries>;
+
+pub struct KafkaLog {
+    config: KafkaConfig,
+    /// Replaced when librdkafka reports the idempotent producer's state as
+    /// fatal (it cannot be used any more after that).
+    producer: RwLock<Arc<Prod>>,
+    /// For watermark and metadata queries.
+    meta: BaseConsumer,
+}
+
+impl KafkaLog {
+    /// Connects, creates the topic when it does not exist, and checks the
+    /// partition count of one that does.
+    pub fn open(config: KafkaConfig) -> Result<KafkaLog, LogError> {
+        let meta: BaseConsumer = config.consumer().create().map_err(|e| unavailable("client", e))?;
+        match topic_partitions(&meta, &config)? {
+            Some(n) if n == config.partitions => {}
+            Some(n) => {
+                return Err(LogError::Corrupt(format!(
+                    "topic {} has {n} partitions but {} are configured; the partition count of a ledger topic \
+                     cannot change (accounts would move between partitions). Configure {n}, or use a new topic",
+                    config.topic, config.partitions
+                )))
+            }
+            None => create_topic(&config)?,
+        }
+        let producer = Arc::new(make_producer(&config)?);
+        tracing::info!(brokers = %config.brokers, topic = %config.topic, partitions = config.partitions, "kafka log open");
+        Ok(KafkaLog { config, producer: RwLock::new(producer), meta })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.config.topic
+    }
+
+    fn producer(&self) -> Arc<Prod> {
+        self.producer.read().expect("producer lock").clone()
+    }
+
+    /// Replaces the producer if librdkafka says it can no longer be used.
+    fn renew_if_fatal(&self, current: &Arc<Prod>) {
+        if let Some((code, reason)) = current.client().fatal_error() {
+            tracing::warn!(?code, %reason, "kafka producer hit a fatal error; starting a new one");
+            if let Ok(p) = make_producer(&self.config) {
+                let mut slot = self.producer.write().expect("producer lock");
+                if Arc::ptr_eq(&slot, current) {
+                    *slot = Arc::new(p);
+                }
+            }
+        }
+    }
+
+    fn check_partition(&self, partition: u32) -> Result<(), LogError> {
+        if partition >= self.config.partitions {
+            return Err(LogError::NoPartition(partition));
+        }
+        Ok(())
+    }
+}
+
+fn make_producer(config: &KafkaConfig) -> Result<Prod, LogError> {
+    config.producer().create_with_context(Deliveries).map_err(|e| unavailable("producer", e))
+}
+
+/// The topic's partition count, or None when it does not exist.
+fn topic_partitions(meta: &BaseConsumer, config: &KafkaConfig) -> Result<Option<u32>, LogError> {
+    let md = meta.fetch_metadata(Some(&config.topic), config.request_timeout).map_err(|e| {
+        unavailable(&format!("metadata from {} (is the broker up?)", config.brokers), e)
+    })?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == config.topic) else {
+        return Ok(None);
+    };
+    match t.error() {
+        None if !t.partitions().is_empty() => Ok(Some(t.partitions().len() as u32)),
+        None => Ok(None),
+        Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => Ok(None),
+        Some(e) => Err(unavailable("topic metadata", RDKafkaErrorCode::from(e))),
+    }
+}
+
+fn create_topic(config: &KafkaConfig) -> Result<(), LogError> {
+    let admin: AdminClient<DefaultClientContext> = config.client().create().map_err(|e| unavailable("admin", e))?;
+    let topic = NewTopic::new(
+        &config.topic,
+        config.partitions as i32,
+        TopicReplication::Fixed(config.replication_factor),
+    )
+    // A ledger forgets nothing.
+    .set("retention.ms", "-1")
+    .set("retention.bytes", "-1")
+    .set("cleanup.policy", "delete");
+    let options = AdminOptions::new().operation_timeout(Some(config.request_timeout));
+    let results = futures_executor::block_on(admin.create_topics([&topic], &options))
+        .map_err(|e| unavailable("create topic", e))?;
+    for r in results {
+        match r {
+            Ok(_) => tracing::info!(topic = %config.topic, partitions = config.partitions, "created topic"),
+            // Another instance created it meanwhile: check its count.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => return Err(unavailable(&format!("create topic {t}"), code)),
+        }
+    }
+    // The broker may take a moment before it serves the new topic's metadata.
+    let meta: BaseConsumer = config.consumer().create().map_err(|e| unavailable("client", e))?;
+    let deadline = Instant::now() + config.request_timeout * 2;
+    loop {
+        match topic_partitions(&meta, config)? {
+            Some(n) if n == config.partitions => return Ok(()),
+            Some(n) => {
+                return Err(LogError::Corrupt(format!(
+                    "topic {} was created with {n} partitions, not {}",
+                    config.topic, config.partitions
+                )))
+            }
+            None if Instant::now() > deadline => {
+                return Err(LogError::Unavailable(format!("topic {} not visible after creating it", config.topic)))
+            }
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+impl EventLog for KafkaLog {
+    fn partitions(&self) -> u32 {
+        self.config.partitions
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn append(&self, partition: u32, records: &[LogRecord]) -> Result<Vec<u64>, LogError> {
+        self.check_partition(partition)?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let producer = self.producer();
+        let (tx, rx) = mpsc::channel();
+        let deadline = Instant::now() + self.config.append_timeout + Duration::from_secs(1);
+        for (index, r) in records.iter().enumerate() {
+            let mut record = BaseRecord::with_opaque_to(&self.config.topic, Box::new(Slot { tx: tx.clone(), index }))
+                .partition(partition as i32)
+                .key(&r.key[..])
+                .payload(&r.payload[..]);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if Instant::now() < deadline =>
+                    {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((e, _)) => {
+                        // Earlier records of this batch may still land; the
+                        // writer settles that through the log.
+                        self.renew_if_fatal(&producer);
+                        return Err(unavailable("produce", e));
+                    }
+                }
+            }
+        }
+        drop(tx);
+        let mut offsets = vec![None; records.len()];
+        let mut failure = None;
+        for _ in 0..records.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((i, Ok(offset))) => offsets[i] = Some(offset as u64),
+                Ok((_, Err(e))) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert_with(|| "no delivery report in time".into());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.renew_if_fatal(&producer);
+            return Err(unavailable("append", e));
+        }
+        Ok(offsets.into_iter().map(|o| o.expect("every record reported")).collect())
+    }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
+        self.check_partition(partition)?;
+        let (_, high) = self
+            .meta
+            .fetch_watermarks(&self.config.topic, partition as i32, self.config.request_timeout)
+            .map_err(|e| unavailable("watermarks", e))?;
+        Ok(high.max(0) as u64)
+    }
+
+    fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError> {
+        self.check_partition(partition)?;
+        let consumer: BaseConsumer = self.config.consumer().create().map_err(|e| unavailable("consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.config.topic, partition as i32, Offset::Offset(from as i64))
+            .map_err(|e| unavailable("assign", e))?;
+        consumer.assign(&tpl).map_err(|e| unavailable("assign", e))?;
+        Ok(Box::new(KafkaReader { consumer, partition: partition as i32, position: from }))
+    }
+}
+
+pub struct KafkaReader {
+    consumer: BaseConsumer,
+    partition: i32,
+    position: u64,
+}
+
+impl LogReader for KafkaReader {
+    fn next_batch(&mut self, max_records: usize, wait: Duration) -> Result<Vec<LogEntry>, LogError> {
+        let mut out = Vec::new();
+        let started = Instant::now();
+        while out.len() < max_records.max(1) {
+            // Wait only for the first record; then take what has arrived.
+            let timeout = if out.is_empty() { wait.saturating_sub(started.elapsed()) } else { Duration::ZERO };
+            match self.consumer.poll(timeout) {
+                None => {
+                    if !out.is_empty() || started.elapsed() >= wait {
+                        break;
+                    }
+                }
+                Some(Ok(m)) => {
+                    let offset = m.offset();
+                    if m.partition() != self.partition || offset < self.position as i64 {
+                        continue;
+                    }
+                    out.push(LogEntry { offset: offset as u64, payload: m.payload().unwrap_or_default().to_vec() });
+                    self.position = offset as u64 + 1;
+                }
+                Some(Err(e)) => {
+                    // librdkafka reconnects by itself; callers bound their waits.
+                    tracing::debug!(partition = self.partition, error = %e, "kafka consumer");
+                    if !out.is_empty() || started.elapsed() >= wait {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(wait));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+}
