@@ -87,12 +87,10 @@ pub fn verify(log: &dyn EventLog, live: &Db) -> anyhow::Result<(u64, Option<Diff
     Ok((folded, first_difference(live, &rebuilt)?))
 }
 
-/// Opens a data directory's account log and views for reading, beside a
-/// running service if there is one.
-pub fn open_for_audit(data_dir: &Path) -> anyhow::Result<(crate::log::embedded::EmbeddedLog, Db)> {
-    let log = crate::log::embedded::EmbeddedLog::open_read_only(&data_dir.join("log").join("events"))?;
-    let views = Db::open_read_only(&data_dir.join("views"), store::VIEW_CFS)?;
-    Ok((log, views))
+/// Opens a data directory's views for reading, beside a running service if
+/// there is one.
+pub fn open_views_read_only(data_dir: &Path) -> anyhow::Result<Db> {
+    Ok(Db::open_read_only(&data_dir.join("views"), store::VIEW_CFS)?)
 }
 
 /// One step of an account's history.

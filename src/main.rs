@@ -12,11 +12,16 @@ use points_ledger::api::Auth;
 // (BENCHMARKS.md); this allocator serves the Rust side.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use points_ledger::server::{self, Config};
+use points_ledger::log::kafka::KafkaConfig;
+use points_ledger::log::EventLog;
+use points_ledger::server::{self, Config, LogConfig};
 
 #[derive(Parser)]
 #[command(name = "points-ledger", version, about = "An event-sourced points ledger for loyalty programmes")]
 struct Cli {
+    /// A file of `flag-name = value` lines (flags and environment variables win).
+    #[arg(long, global = true, env = "POINTS_LEDGER_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -27,6 +32,59 @@ enum LogKind {
     Embedded,
     /// Apache Kafka (or any Kafka-protocol broker).
     Kafka,
+}
+
+/// Where the log is: shared by `serve` and every tool.
+#[derive(clap::Args, Clone)]
+struct LogArgs {
+    /// Where events are appended.
+    #[arg(long, env = "POINTS_LEDGER_LOG", value_enum, default_value = "embedded")]
+    log: LogKind,
+    /// Account partitions; fixed when the log (or Kafka topic) is created.
+    #[arg(long, env = "POINTS_LEDGER_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: u32,
+    /// Kafka bootstrap servers, HOST:PORT[,...] (with --log kafka).
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// The account topic; programme rules go to `<topic>-control`.
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_TOPIC", default_value = "points-events")]
+    kafka_topic: String,
+    /// Replication factor of topics the service creates.
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=16))]
+    kafka_replication_factor: i32,
+    /// Longest an append may take before the command gets UNAVAILABLE.
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_APPEND_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    kafka_append_timeout_ms: u64,
+    /// Extra librdkafka property, KEY=VALUE (repeatable; e.g. security.protocol=ssl).
+    #[arg(long = "kafka-property", env = "POINTS_LEDGER_KAFKA_PROPERTIES", value_delimiter = ';')]
+    kafka_properties: Vec<String>,
+}
+
+impl LogArgs {
+    fn kafka(&self, create_topics: bool) -> anyhow::Result<KafkaConfig> {
+        let brokers = self.kafka_brokers.as_deref().context("--log kafka needs --kafka-brokers HOST:PORT")?;
+        let mut k = KafkaConfig::new(brokers, &self.kafka_topic, self.partitions);
+        k.replication_factor = self.kafka_replication_factor;
+        k.append_timeout = std::time::Duration::from_millis(self.kafka_append_timeout_ms);
+        k.create_topics = create_topics;
+        for p in &self.kafka_properties {
+            let (key, value) =
+                p.split_once('=').with_context(|| format!("--kafka-property {p}: expected KEY=VALUE"))?;
+            k.properties.push((key.trim().to_string(), value.trim().to_string()));
+        }
+        Ok(k)
+    }
+
+    /// The account log, for tools: read only, never creating anything.
+    fn open_events_read_only(&self, data_dir: &std::path::Path) -> anyhow::Result<Box<dyn EventLog>> {
+        Ok(match self.log {
+            LogKind::Embedded => Box::new(
+                points_ledger::log::embedded::EmbeddedLog::open_read_only(&data_dir.join("log").join("events"))
+                    .with_context(|| format!("opening the log in {}", data_dir.display()))?,
+            ),
+            LogKind::Kafka => Box::new(points_ledger::log::kafka::KafkaLog::open(self.kafka(false)?)?),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -49,6 +107,8 @@ struct ReplayArgs {
     /// The service's data directory (read only; the service may be running).
     #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
     /// A directory that does not exist yet, for the rebuilt views.
     #[arg(long, env = "POINTS_LEDGER_REPLAY_INTO")]
     into: PathBuf,
@@ -65,6 +125,8 @@ struct ExplainArgs {
     /// The service's data directory (read only; the service may be running).
     #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
     /// TENANT/PROGRAMME/MEMBER
     #[arg(long, env = "POINTS_LEDGER_EXPLAIN_ACCOUNT")]
     account: String,
@@ -78,6 +140,8 @@ struct VerifyArgs {
     /// The service's data directory (read only; the service may be running).
     #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(clap::Args)]
@@ -113,15 +177,8 @@ struct ServeArgs {
     /// Directory for the embedded log, writer state and views.
     #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// Where events are appended.
-    #[arg(long, env = "POINTS_LEDGER_LOG", value_enum, default_value = "embedded")]
-    log: LogKind,
-    /// Kafka bootstrap servers, HOST:PORT[,...] (with --log kafka).
-    #[arg(long, env = "POINTS_LEDGER_KAFKA_BROKERS")]
-    kafka_brokers: Option<String>,
-    /// Account partitions; fixed when the log is created.
-    #[arg(long, env = "POINTS_LEDGER_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    partitions: u32,
+    #[command(flatten)]
+    log: LogArgs,
     /// Commands a writer decides and appends together at most.
     #[arg(long, env = "POINTS_LEDGER_BATCH_COMMANDS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch_commands_max: u64,
@@ -147,14 +204,11 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if let LogKind::Kafka = args.log {
-        anyhow::bail!(
-            "--log kafka is not available in this build yet (brokers: {}); use the embedded log",
-            args.kafka_brokers.as_deref().unwrap_or("none given")
-        );
-    }
     let mut config = Config::new(&args.data_dir);
-    config.partitions = args.partitions;
+    config.partitions = args.log.partitions;
+    if let LogKind::Kafka = args.log.log {
+        config.log = LogConfig::Kafka(args.log.kafka(true)?);
+    }
     config.writer.batch_commands_max = args.batch_commands_max as usize;
     if let Some(path) = &args.auth_tokens_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -176,11 +230,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         Some(t) => Some(rfc3339_millis("--until-time", t)?),
         None => None,
     };
-    let log = points_ledger::log::embedded::EmbeddedLog::open_read_only(&args.data_dir.join("log").join("events"))
-        .with_context(|| format!("opening the log in {}", args.data_dir.display()))?;
+    let log = args.log.open_events_read_only(&args.data_dir)?;
     let started = std::time::Instant::now();
     let mut last_print = started;
-    let (views, folded) = rebuild(&log, &args.into, Until { offset: args.until_position, time, offsets: None }, |n| {
+    let (views, folded) = rebuild(log.as_ref(), &args.into, Until { offset: args.until_position, time, offsets: None }, |n| {
         if last_print.elapsed().as_millis() >= 500 {
             last_print = std::time::Instant::now();
             eprint!("\rreplayed {n} records, {:.0} records/s   ", n as f64 / started.elapsed().as_secs_f64());
@@ -212,9 +265,8 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     };
     let key = points_ledger::domain::AccountKey::new(tenant, programme, member);
     let as_of = args.as_of.as_deref().map(|t| rfc3339_millis("--as-of", t)).transpose()?;
-    let log = points_ledger::log::embedded::EmbeddedLog::open_read_only(&args.data_dir.join("log").join("events"))
-        .with_context(|| format!("opening the log in {}", args.data_dir.display()))?;
-    let steps = points_ledger::audit::explain(&log, &key, as_of)?;
+    let log = args.log.open_events_read_only(&args.data_dir)?;
+    let steps = points_ledger::audit::explain(log.as_ref(), &key, as_of)?;
     println!(
         "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7}  lots",
         "offset", "at (UTC)", "request", "event", "delta", "available", "reserved", "debt"
@@ -258,9 +310,10 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
-    let (log, live) = points_ledger::audit::open_for_audit(&args.data_dir)
-        .with_context(|| format!("opening {} for audit", args.data_dir.display()))?;
-    let (folded, difference) = points_ledger::audit::verify(&log, &live)?;
+    let log = args.log.open_events_read_only(&args.data_dir)?;
+    let live = points_ledger::audit::open_views_read_only(&args.data_dir)
+        .with_context(|| format!("opening the views in {} for audit", args.data_dir.display()))?;
+    let (folded, difference) = points_ledger::audit::verify(log.as_ref(), &live)?;
     match difference {
         None => {
             println!("views verified: a rebuild of {folded} records from offset zero is byte-identical");
@@ -273,11 +326,58 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     }
 }
 
+/// `--config FILE` (or POINTS_LEDGER_CONFIG): lines of `flag-name = value`
+/// (`#` starts a comment), e.g. `kafka-brokers = kafka:9092`. A value from
+/// the file applies where neither the flag nor its environment variable is
+/// given, so flags > environment > file > defaults.
+fn load_config_file() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut path = std::env::var("POINTS_LEDGER_CONFIG").ok();
+    let mut given = std::collections::HashSet::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--config" {
+            path = args.get(i + 1).cloned();
+            i += 1;
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.to_string());
+        } else if let Some(flag) = a.strip_prefix("--") {
+            given.insert(flag.split('=').next().unwrap_or(flag).to_string());
+        }
+        i += 1;
+    }
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) =
+            line.split_once('=').with_context(|| format!("{path}:{}: expected `flag-name = value`", n + 1))?;
+        let key = key.trim().trim_start_matches("--");
+        if !key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || key.is_empty() {
+            anyhow::bail!("{path}:{}: `{key}` is not a flag name (e.g. kafka-brokers)", n + 1);
+        }
+        let var = format!("POINTS_LEDGER_{}", key.replace('-', "_").to_ascii_uppercase());
+        if !given.contains(key) && std::env::var_os(&var).is_none() {
+            // Single-threaded here: nothing else reads the environment yet.
+            std::env::set_var(var, value.trim().trim_matches('"'));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = load_config_file() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {

@@ -44,6 +44,8 @@ pub struct KafkaConfig {
     pub request_timeout: Duration,
     /// Extra librdkafka properties (`key=value`), applied to every client.
     pub properties: Vec<(String, String)>,
+    /// Create the topic when it does not exist (the service does; tools do not).
+    pub create_topics: bool,
 }
 
 impl KafkaConfig {
@@ -56,6 +58,7 @@ impl KafkaConfig {
             append_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             properties: Vec::new(),
+            create_topics: true,
         }
     }
 
@@ -156,7 +159,13 @@ impl KafkaLog {
                     config.topic, config.partitions
                 )))
             }
-            None => create_topic(&config)?,
+            None if config.create_topics => create_topic(&config)?,
+            None => {
+                return Err(LogError::Unavailable(format!(
+                    "topic {} does not exist on {}",
+                    config.topic, config.brokers
+                )))
+            }
         }
         let producer = Arc::new(make_producer(&config)?);
         tracing::info!(brokers = %config.brokers, topic = %config.topic, partitions = config.partitions, "kafka log open");
@@ -379,5 +388,37 @@ impl LogReader for KafkaReader {
 
     fn position(&self) -> u64 {
         self.position
+    }
+}
+
+/// librdkafka's in-process mock cluster, for fault tests that need a broker
+/// to go down and come back on cue. It is not a real broker: the tests on
+/// a real Kafka-protocol broker stay the reference.
+pub struct MockBroker {
+    cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+}
+
+impl MockBroker {
+    /// One mock broker holding the given topics (the mock cannot create
+    /// topics through the admin API, so they are made here).
+    pub fn start(topics: &[(&str, u32)]) -> Result<MockBroker, LogError> {
+        let cluster = rdkafka::mocking::MockCluster::new(1).map_err(|e| unavailable("mock cluster", e))?;
+        for (name, partitions) in topics {
+            cluster.create_topic(name, *partitions as i32, 1).map_err(|e| unavailable("mock topic", e))?;
+        }
+        Ok(MockBroker { cluster })
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Makes the broker refuse connections (and drop open ones).
+    pub fn down(&self) -> Result<(), LogError> {
+        self.cluster.broker_down(-1).map_err(|e| unavailable("mock broker down", e))
+    }
+
+    pub fn up(&self) -> Result<(), LogError> {
+        self.cluster.broker_up(-1).map_err(|e| unavailable("mock broker up", e))
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,7 +13,8 @@ use points_ledger::log::EventLog;
 use points_ledger::proto as pb;
 use points_ledger::proto::points_ledger_client::PointsLedgerClient;
 use points_ledger::proto::programme_admin_client::ProgrammeAdminClient;
-use points_ledger::server::{open_embedded_logs, serve, Config, Service};
+use points_ledger::log::kafka::KafkaConfig;
+use points_ledger::server::{open_logs, serve, Config, LogConfig, Service};
 use points_ledger::writer::{Clock, ManualClock};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -21,6 +24,8 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub events: Arc<dyn EventLog>,
     pub clock: Arc<ManualClock>,
+    /// The broker under the Kafka run of the suite.
+    pub broker: Option<broker::Tansu>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -54,7 +59,14 @@ impl Harness {
         config.clock = clock.clone() as Arc<dyn Clock>;
         config.writer.tick_interval_ms = 50;
         tune(&mut config);
-        let mut logs = open_embedded_logs(&config.data_dir, config.partitions).unwrap();
+        // The Kafka run of the suite: a broker of its own under the test's dir
+        // (unless the test chose its log itself).
+        let broker = (broker::kafka_suite() && matches!(config.log, LogConfig::Embedded))
+            .then(|| broker::Tansu::start(&dir.path().join("tansu")));
+        if let Some(b) = &broker {
+            config.log = LogConfig::Kafka(KafkaConfig::new(&b.bootstrap(), "points", config.partitions));
+        }
+        let mut logs = tokio::task::block_in_place(|| open_logs(&config)).unwrap();
         logs.events = wrap(logs.events);
         let events = logs.events.clone();
         let service = Service::start(&config, logs).unwrap();
@@ -70,13 +82,16 @@ impl Harness {
             .unwrap();
             tokio::task::spawn_blocking(move || service.stop()).await.unwrap();
         });
-        Harness { addr, dir, events, clock, shutdown: Some(tx), task: Some(task) }
+        Harness { addr, dir, events, clock, broker, shutdown: Some(tx), task: Some(task) }
     }
 
     /// Stops the service cleanly and returns its data directory and clock.
     pub async fn stop(mut self) -> (tempfile::TempDir, Arc<ManualClock>) {
         let _ = self.shutdown.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap();
+        if let Some(mut b) = self.broker.take() {
+            tokio::task::spawn_blocking(move || b.stop()).await.unwrap();
+        }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         (dir, self.clock.clone())
     }

@@ -1,0 +1,106 @@
+//! A real Kafka-protocol broker for tests: `tansu` (an Apache-Kafka-compatible
+//! broker, AGPL, run only as a separate process), started in a scratch
+//! directory on a free 127.0.0.1 port and stopped by its own pid.
+//! `scripts/test` installs it (`cargo install tansu ...`) when it is missing.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+/// The tansu binary: $TANSU, else on PATH, else ~/.cargo/bin/tansu.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANSU") {
+        return PathBuf::from(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let c = d.join("tansu");
+            if c.is_file() {
+                return c;
+            }
+        }
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let c = home.join(".cargo/bin/tansu");
+    assert!(
+        c.is_file(),
+        "the Kafka tests need the tansu broker; run scripts/test (it installs it) or \
+         `cargo install tansu --locked --version 0.6.0 --features dynostore,libsql`"
+    );
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Tansu {
+    /// Starts a broker whose data lives in `dir` (kept across restarts).
+    pub fn start(dir: &Path) -> Tansu {
+        Tansu::start_on(dir, free_port())
+    }
+
+    /// Starts on a given port (to bring the same broker back after a stop).
+    pub fn start_on(dir: &Path, port: u16) -> Tansu {
+        std::fs::create_dir_all(dir).unwrap();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("tansu.log")).unwrap();
+        let child = Command::new(tansu_binary())
+            .current_dir(dir)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting tansu");
+        let t = Tansu { child: Some(child), port, dir: dir.to_path_buf() };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "tansu did not listen on {port} within 60 s; see {}",
+                dir.join("tansu.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker by its pid: SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether this run of the suite goes over Kafka (`POINTS_LEDGER_TEST_LOG=kafka`).
+pub fn kafka_suite() -> bool {
+    std::env::var("POINTS_LEDGER_TEST_LOG").map(|v| v == "kafka").unwrap_or(false)
+}

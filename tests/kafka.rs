@@ -1,0 +1,196 @@
+//! The Kafka log on a real Kafka-protocol broker (tansu, started and stopped
+//! here) and on librdkafka's mock cluster (for faults on cue): writers
+//! arbitrated by the log, broker outages, partition-count checks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::broker::Tansu;
+use common::*;
+use points_ledger::audit;
+use points_ledger::log::kafka::{KafkaConfig, KafkaLog, MockBroker};
+use points_ledger::log::EventLog;
+use points_ledger::proto as pb;
+use points_ledger::server::LogConfig;
+use points_ledger::store;
+use points_ledger::writer::ManualClock;
+use tonic::Code;
+
+fn kafka(bootstrap: &str, topic: &str, partitions: u32) -> KafkaConfig {
+    let mut k = KafkaConfig::new(bootstrap, topic, partitions);
+    k.append_timeout = Duration::from_millis(2000);
+    k.request_timeout = Duration::from_millis(2000);
+    k
+}
+
+async fn balance(h: &Harness, member: &str, at: Option<pb::LogPosition>) -> i64 {
+    h.ledger()
+        .await
+        .get_account(pb::GetAccountRequest { account: account(member), min_position: at, as_of: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .available
+}
+
+/// Retries a command with the same request id until it is answered, as a
+/// client would; the retries are bounded.
+async fn earn_until_ok(h: &Harness, id: &str, member: &str, points: i64) -> pb::CommandReply {
+    let mut last = None;
+    for _ in 0..60 {
+        match h.ledger().await.earn(earn(id, member, points)).await {
+            Ok(r) => return r.into_inner(),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    panic!("{id} never succeeded: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_broker_going_down_gives_unavailable_then_the_service_recovers() {
+    let broker = MockBroker::start(&[("m", 2), ("m-control", 1)]).unwrap();
+    let servers = broker.bootstrap_servers();
+    let h = Harness::start_with(|c| {
+        c.partitions = 2;
+        c.log = LogConfig::Kafka(kafka(&servers, "m", 2));
+    })
+    .await;
+    configure(&h, programme()).await;
+    earn_until_ok(&h, "e1", "ann", 100).await;
+
+    broker.down().unwrap();
+    let before = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), async {
+        h.ledger().await.earn(earn("e2", "ann", 50)).await.unwrap_err()
+    })
+    .await
+    .expect("a command must not hang while the broker is down");
+    assert_eq!((err.code(), reason_of(&err).as_str()), (Code::Unavailable, "UNAVAILABLE"), "{err:?}");
+    eprintln!("UNAVAILABLE after {:?} with the broker down", before.elapsed());
+
+    broker.up().unwrap();
+    let r = earn_until_ok(&h, "e2", "ann", 50).await;
+    // Landed exactly once, whether the first try reached the log or not.
+    assert_eq!(r.balance.unwrap().available, 150);
+    assert_eq!(balance(&h, "ann", r.position).await, 150);
+    let again = h.ledger().await.earn(earn("e2", "ann", 50)).await.unwrap().into_inner();
+    assert!(again.replayed);
+    h.stop().await;
+}
+
+#[test]
+fn a_topic_with_another_partition_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(dir.path());
+    let log = KafkaLog::open(kafka(&broker.bootstrap(), "counted", 2)).unwrap();
+    assert_eq!(log.partitions(), 2);
+    drop(log);
+    let err = KafkaLog::open(kafka(&broker.bootstrap(), "counted", 3)).err().expect("refused");
+    let message = err.to_string();
+    assert!(message.contains("has 2 partitions but 3 are configured"), "{message}");
+    // A tool that must not create topics says the topic is missing.
+    let mut k = kafka(&broker.bootstrap(), "absent", 2);
+    k.create_topics = false;
+    assert!(KafkaLog::open(k).err().expect("refused").to_string().contains("does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_claim_wins_and_every_reader_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(&dir.path().join("tansu"));
+    let log = kafka(&broker.bootstrap(), "race", 2);
+    let a = Harness::start_in(tempfile::tempdir().unwrap(), ManualClock::new(T0), |c| {
+        c.partitions = 2;
+        c.log = LogConfig::Kafka(log.clone());
+    })
+    .await;
+    configure(&a, programme()).await;
+    let first = earn_until_ok(&a, "a1", "kim", 100).await;
+    assert!(first.position.is_some());
+
+    // A second instance takes over every partition.
+    let b = Harness::start_in(tempfile::tempdir().unwrap(), ManualClock::new(T0), |c| {
+        c.partitions = 2;
+        c.log = LogConfig::Kafka(log.clone());
+    })
+    .await;
+    let records_before = a.records();
+    // The first writer still believes it owns kim's partition: its append is
+    // void, it sees the newer claim when reading back, and says so.
+    let err = a.ledger().await.earn(earn("a2", "kim", 7)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("newer writer"), "{}", err.message());
+    assert!(a.records() > records_before, "the void record is in the log");
+    // It has stopped writing that partition.
+    let err = a.ledger().await.earn(earn("a3", "kim", 1)).await.unwrap_err();
+    assert!(err.message().contains("newer writer"), "{}", err.message());
+
+    // The new owner knows everything acknowledged before, and nothing void.
+    let r = earn_until_ok(&b, "b1", "kim", 10).await;
+    assert_eq!(r.balance.unwrap().available, 110);
+    let replay = b.ledger().await.earn(earn("a1", "kim", 100)).await.unwrap().into_inner();
+    assert!(replay.replayed, "a1 was acknowledged by the first writer and is known to the second");
+    // a2 was never acknowledged: the new owner decides it afresh.
+    let r = earn_until_ok(&b, "a2", "kim", 7).await;
+    assert!(!r.replayed);
+    let end = r.position;
+
+    // Every reader agrees: both instances' projectors, and a replay from zero.
+    assert_eq!(balance(&b, "kim", end).await, 117);
+    assert_eq!(balance(&a, "kim", end).await, 117);
+    let events = a.events.clone();
+    let (dir_a, _) = a.stop().await;
+    let (dir_b, _) = b.stop().await;
+    let views_a = audit::open_views_read_only(dir_a.path()).unwrap();
+    let views_b = audit::open_views_read_only(dir_b.path()).unwrap();
+    for p in 0..2 {
+        assert_eq!(store::read_cursor(&views_a, p).unwrap(), store::read_cursor(&views_b, p).unwrap());
+    }
+    assert_eq!(views_a.digest().unwrap(), views_b.digest().unwrap());
+    let (_, difference) = audit::verify(events.as_ref(), &views_b).unwrap();
+    assert_eq!(difference, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_real_broker_gives_unavailable_and_the_service_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker_dir = dir.path().join("tansu");
+    let mut broker = Tansu::start(&broker_dir);
+    let port = broker.port;
+    let log = kafka(&broker.bootstrap(), "outage", 2);
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), ManualClock::new(T0), |c| {
+        c.partitions = 2;
+        c.log = LogConfig::Kafka(log.clone());
+    })
+    .await;
+    configure(&h, programme()).await;
+    earn_until_ok(&h, "o1", "lee", 100).await;
+
+    tokio::task::spawn_blocking(move || {
+        broker.stop();
+        broker
+    })
+    .await
+    .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), async {
+        h.ledger().await.earn(earn("o2", "lee", 5)).await.unwrap_err()
+    })
+    .await
+    .expect("a command must not hang while the broker is down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    let broker = tokio::task::spawn_blocking(move || Tansu::start_on(&broker_dir, port)).await.unwrap();
+    let r = earn_until_ok(&h, "o2", "lee", 5).await;
+    assert_eq!(r.balance.unwrap().available, 105, "o2 landed exactly once");
+    assert_eq!(balance(&h, "lee", r.position).await, 105);
+    let events = h.events.clone();
+    let (data, _) = h.stop().await;
+    let views = audit::open_views_read_only(data.path()).unwrap();
+    assert_eq!(audit::verify(events.as_ref(), &views).unwrap().1, None);
+    drop(broker);
+}
