@@ -233,12 +233,13 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let log = args.log.open_events_read_only(&args.data_dir)?;
     let started = std::time::Instant::now();
     let mut last_print = started;
-    let (views, folded) = rebuild(log.as_ref(), &args.into, Until { offset: args.until_position, time, offsets: None }, |n| {
-        if last_print.elapsed().as_millis() >= 500 {
-            last_print = std::time::Instant::now();
-            eprint!("\rreplayed {n} records, {:.0} records/s   ", n as f64 / started.elapsed().as_secs_f64());
-        }
-    })?;
+    let (views, folded) =
+        rebuild(log.as_ref(), &args.into, Until { offset: args.until_position, time, offsets: None }, |n| {
+            if last_print.elapsed().as_millis() >= 500 {
+                last_print = std::time::Instant::now();
+                eprint!("\rreplayed {n} records, {:.0} records/s   ", n as f64 / started.elapsed().as_secs_f64());
+            }
+        })?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     println!(

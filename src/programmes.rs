@@ -119,7 +119,9 @@ impl Programmes {
         let stop = Arc::new(AtomicBool::new(false));
         let follower = {
             let (log, registry, stop) = (log.clone(), registry.clone(), stop.clone());
-            std::thread::Builder::new().name("control-follower".into()).spawn(move || follow(log, reader, registry, stop))?
+            std::thread::Builder::new()
+                .name("control-follower".into())
+                .spawn(move || follow(log, reader, registry, stop))?
         };
         Ok(Programmes { log, registry, append_lock: Mutex::new(()), stop, follower: Mutex::new(Some(follower)) })
     }
@@ -168,7 +170,10 @@ impl Programmes {
                 programme: programme.clone(),
             };
             let payload = crate::codec::encode_control_record(&record);
-            let offset = self.log.append(0, &[LogRecord::new(format!("{}/{}", programme.tenant_id, programme.programme_id).into_bytes(), payload)])?[0];
+            let offset = self.log.append(
+                0,
+                &[LogRecord::new(format!("{}/{}", programme.tenant_id, programme.programme_id).into_bytes(), payload)],
+            )?[0];
             // Wait for the follower to fold it, then see whether it counted.
             let started = Instant::now();
             loop {

@@ -173,9 +173,7 @@ impl Writers {
             senders.push(tx);
             let ready_tx = ready_tx.clone();
             threads.push(
-                std::thread::Builder::new()
-                    .name(format!("writer-{partition}"))
-                    .spawn(move || w.run(rx, &ready_tx))?,
+                std::thread::Builder::new().name(format!("writer-{partition}")).spawn(move || w.run(rx, &ready_tx))?,
             );
         }
         let weak: Vec<_> = senders.iter().map(|s| s.downgrade()).collect();
@@ -300,7 +298,12 @@ struct PartitionWriter {
 /// `host:pid:start-ms`, to tell claim markers apart for operators.
 fn writer_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    format!("{}:{}:{}", if host.is_empty() { "localhost" } else { &host }, std::process::id(), chrono::Utc::now().timestamp_millis())
+    format!(
+        "{}:{}:{}",
+        if host.is_empty() { "localhost" } else { &host },
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    )
 }
 
 /// How a shared-log writer's read-back of its batch ended.
@@ -432,13 +435,17 @@ impl PartitionWriter {
                 writer: self.writer_id.to_string(),
                 at: self.clock.now().max(self.last_now),
             };
-            let offsets = self
-                .log
-                .append(self.partition, &[LogRecord::new(b"claim".to_vec(), codec::encode_claim(&claim))])?;
+            let offsets =
+                self.log.append(self.partition, &[LogRecord::new(b"claim".to_vec(), codec::encode_claim(&claim))])?;
             self.catch_up(offsets[0] + 1)?;
             if self.last_claim == Some(offsets[0]) {
                 self.own_claim = self.last_claim;
-                tracing::info!(partition = self.partition, epoch = claim.epoch, offset = offsets[0], "claimed partition");
+                tracing::info!(
+                    partition = self.partition,
+                    epoch = claim.epoch,
+                    offset = offsets[0],
+                    "claimed partition"
+                );
                 return Ok(true);
             }
             // A claim with the same epoch landed first: try the next epoch.
@@ -492,7 +499,10 @@ impl PartitionWriter {
     }
 
     fn fence(&mut self) {
-        tracing::warn!(partition = self.partition, "a newer writer claimed the partition; this writer stops writing it");
+        tracing::warn!(
+            partition = self.partition,
+            "a newer writer claimed the partition; this writer stops writing it"
+        );
         self.status[self.partition as usize].store(FENCED, Ordering::Release);
     }
 
@@ -599,7 +609,10 @@ impl PartitionWriter {
         if self.status[self.partition as usize].load(Ordering::Acquire) == FENCED {
             Self::refuse(
                 msgs,
-                &format!("partition {} was taken over by a newer writer; this instance no longer writes it", self.partition),
+                &format!(
+                    "partition {} was taken over by a newer writer; this instance no longer writes it",
+                    self.partition
+                ),
             );
             return Ok(());
         }

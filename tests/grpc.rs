@@ -717,7 +717,7 @@ async fn state_survives_a_clean_restart() {
     for i in 0..20 {
         c.earn(earn(&format!("e{i}"), "hal", 10)).await.unwrap();
     }
-    let (dir, clock) = h.stop().await;
+    let (dir, clock) = h.stop_for_restart().await;
     let h = Harness::start_in(dir, clock, |_| {}).await;
     let mut c = h.ledger().await;
     let again = c.earn(earn("e3", "hal", 10)).await.unwrap().into_inner();

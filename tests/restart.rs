@@ -1,7 +1,8 @@
 //! Crash safety: a child `points-ledger serve` is killed with SIGKILL in the
 //! middle of a load. After a restart no acknowledged command is lost, none is
 //! applied twice, and retries with the same request ids are answered
-//! `replayed = true`.
+//! `replayed = true`, and the views equal a replay from offset zero. Under
+//! `POINTS_LEDGER_TEST_LOG=kafka` the same runs on a real broker (tansu).
 
 mod common;
 
@@ -23,9 +24,22 @@ const ACKED_BEFORE_KILL: usize = 300;
 /// Commands one worker sends at most.
 const COMMANDS_PER_WORKER_MAX: usize = 5_000;
 
-fn spawn_server(dir: &std::path::Path) -> (Child, String) {
+/// `--log ...` arguments: the embedded log, or Kafka on the test's broker.
+fn log_args(broker: &Option<common::broker::Tansu>) -> Vec<String> {
+    match broker {
+        None => vec!["--log".into(), "embedded".into(), "--partitions".into(), "2".into()],
+        Some(b) => ["--log", "kafka", "--partitions", "2", "--kafka-topic", "crash", "--kafka-brokers", &b.bootstrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    }
+}
+
+fn spawn_server(dir: &std::path::Path, log: &[String]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--partitions", "2", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(log)
+        .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -53,7 +67,10 @@ async fn connect(url: &str) -> PointsLedgerClient<tonic::transport::Channel> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, url) = spawn_server(dir.path());
+    let broker = common::broker::kafka_suite().then(|| common::broker::Tansu::start(&dir.path().join("tansu")));
+    let log = log_args(&broker);
+    let data = dir.path().join("data");
+    let (mut child, url) = spawn_server(&data, &log);
     let mut admin = ProgrammeAdminClient::connect(url.clone()).await.unwrap();
     admin
         .configure_programme(pb::ConfigureProgrammeRequest {
@@ -101,7 +118,7 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= ACKED_BEFORE_KILL, "only {} acknowledged", acked.len());
 
-    let (mut child, url) = spawn_server(dir.path());
+    let (mut child, url) = spawn_server(&data, &log);
     let mut c = connect(&url).await;
     // Before any retry: every acknowledged command is there.
     let mut last_position: BTreeMap<usize, pb::LogPosition> = BTreeMap::new();
@@ -151,6 +168,17 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
     unsafe { libc_kill(child.id() as i32, 15) };
     let status = child.wait().unwrap();
     assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
+    // The views equal a replay from offset zero.
+    let out = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+        .arg("verify")
+        .args(&log)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("byte-identical"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    drop(broker);
 }
 
 extern "C" {

@@ -141,8 +141,9 @@ pub struct KafkaLog {
     /// Replaced when librdkafka reports the idempotent producer's state as
     /// fatal (it cannot be used any more after that).
     producer: RwLock<Arc<Prod>>,
-    /// For watermark and metadata queries.
-    meta: BaseConsumer,
+    /// For watermark queries; replaced after a failure (a client that lost
+    /// its broker can keep timing out after the broker is back).
+    meta: RwLock<Arc<BaseConsumer>>,
 }
 
 impl KafkaLog {
@@ -169,7 +170,7 @@ impl KafkaLog {
         }
         let producer = Arc::new(make_producer(&config)?);
         tracing::info!(brokers = %config.brokers, topic = %config.topic, partitions = config.partitions, "kafka log open");
-        Ok(KafkaLog { config, producer: RwLock::new(producer), meta })
+        Ok(KafkaLog { config, producer: RwLock::new(producer), meta: RwLock::new(Arc::new(meta)) })
     }
 
     pub fn topic(&self) -> &str {
@@ -207,9 +208,9 @@ fn make_producer(config: &KafkaConfig) -> Result<Prod, LogError> {
 
 /// The topic's partition count, or None when it does not exist.
 fn topic_partitions(meta: &BaseConsumer, config: &KafkaConfig) -> Result<Option<u32>, LogError> {
-    let md = meta.fetch_metadata(Some(&config.topic), config.request_timeout).map_err(|e| {
-        unavailable(&format!("metadata from {} (is the broker up?)", config.brokers), e)
-    })?;
+    let md = meta
+        .fetch_metadata(Some(&config.topic), config.request_timeout)
+        .map_err(|e| unavailable(&format!("metadata from {} (is the broker up?)", config.brokers), e))?;
     let Some(t) = md.topics().iter().find(|t| t.name() == config.topic) else {
         return Ok(None);
     };
@@ -223,15 +224,12 @@ fn topic_partitions(meta: &BaseConsumer, config: &KafkaConfig) -> Result<Option<
 
 fn create_topic(config: &KafkaConfig) -> Result<(), LogError> {
     let admin: AdminClient<DefaultClientContext> = config.client().create().map_err(|e| unavailable("admin", e))?;
-    let topic = NewTopic::new(
-        &config.topic,
-        config.partitions as i32,
-        TopicReplication::Fixed(config.replication_factor),
-    )
-    // A ledger forgets nothing.
-    .set("retention.ms", "-1")
-    .set("retention.bytes", "-1")
-    .set("cleanup.policy", "delete");
+    let topic =
+        NewTopic::new(&config.topic, config.partitions as i32, TopicReplication::Fixed(config.replication_factor))
+            // A ledger forgets nothing.
+            .set("retention.ms", "-1")
+            .set("retention.bytes", "-1")
+            .set("cleanup.policy", "delete");
     let options = AdminOptions::new().operation_timeout(Some(config.request_timeout));
     let results = futures_executor::block_on(admin.create_topics([&topic], &options))
         .map_err(|e| unavailable("create topic", e))?;
@@ -328,11 +326,19 @@ impl EventLog for KafkaLog {
 
     fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
         self.check_partition(partition)?;
-        let (_, high) = self
-            .meta
-            .fetch_watermarks(&self.config.topic, partition as i32, self.config.request_timeout)
-            .map_err(|e| unavailable("watermarks", e))?;
-        Ok(high.max(0) as u64)
+        let meta = self.meta.read().expect("meta lock").clone();
+        match meta.fetch_watermarks(&self.config.topic, partition as i32, self.config.request_timeout) {
+            Ok((_, high)) => Ok(high.max(0) as u64),
+            Err(e) => {
+                if let Ok(fresh) = self.config.consumer().create::<BaseConsumer>() {
+                    let mut slot = self.meta.write().expect("meta lock");
+                    if Arc::ptr_eq(&slot, &meta) {
+                        *slot = Arc::new(fresh);
+                    }
+                }
+                Err(unavailable("watermarks", e))
+            }
+        }
     }
 
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError> {

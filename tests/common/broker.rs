@@ -3,6 +3,8 @@
 //! directory on a free 127.0.0.1 port and stopped by its own pid.
 //! `scripts/test` installs it (`cargo install tansu ...`) when it is missing.
 
+#![allow(dead_code)]
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,8 +76,31 @@ impl Tansu {
         t
     }
 
+    /// The end of the broker's own log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {sig} {}", child.id());
     }
 
     /// Stops the broker by its pid: SIGTERM, then SIGKILL after 10 s.

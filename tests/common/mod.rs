@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use points_ledger::api::Auth;
+use points_ledger::log::kafka::KafkaConfig;
 use points_ledger::log::EventLog;
 use points_ledger::proto as pb;
 use points_ledger::proto::points_ledger_client::PointsLedgerClient;
 use points_ledger::proto::programme_admin_client::ProgrammeAdminClient;
-use points_ledger::log::kafka::KafkaConfig;
 use points_ledger::server::{open_logs, serve, Config, LogConfig, Service};
 use points_ledger::writer::{Clock, ManualClock};
 use tokio::sync::oneshot;
@@ -29,6 +29,9 @@ pub struct Harness {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// Brokers kept running between `stop_for_restart` and the next start in the same dir.
+static PARKED: std::sync::Mutex<Vec<(std::path::PathBuf, broker::Tansu)>> = std::sync::Mutex::new(Vec::new());
 
 /// 2026-03-10T00:00:00Z
 pub const T0: i64 = 1_773_100_800_000;
@@ -61,8 +64,13 @@ impl Harness {
         tune(&mut config);
         // The Kafka run of the suite: a broker of its own under the test's dir
         // (unless the test chose its log itself).
+        let parked = {
+            let mut parked = PARKED.lock().unwrap();
+            let i = parked.iter().position(|(d, _)| d == dir.path());
+            i.map(|i| parked.remove(i).1)
+        };
         let broker = (broker::kafka_suite() && matches!(config.log, LogConfig::Embedded))
-            .then(|| broker::Tansu::start(&dir.path().join("tansu")));
+            .then(|| parked.unwrap_or_else(|| broker::Tansu::start(&dir.path().join("tansu"))));
         if let Some(b) = &broker {
             config.log = LogConfig::Kafka(KafkaConfig::new(&b.bootstrap(), "points", config.partitions));
         }
@@ -83,6 +91,18 @@ impl Harness {
             tokio::task::spawn_blocking(move || service.stop()).await.unwrap();
         });
         Harness { addr, dir, events, clock, broker, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Stops the service but keeps its broker (if any) running for the
+    /// restart that follows with the same directory: the log stays where it
+    /// is, as a Kafka cluster would across a service restart.
+    pub async fn stop_for_restart(mut self) -> (tempfile::TempDir, Arc<ManualClock>) {
+        let broker = self.broker.take();
+        let (dir, clock) = self.stop().await;
+        if let Some(b) = broker {
+            PARKED.lock().unwrap().push((dir.path().to_path_buf(), b));
+        }
+        (dir, clock)
     }
 
     /// Stops the service cleanly and returns its data directory and clock.
