@@ -155,15 +155,20 @@ impl Service {
 pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // NOT_SERVING until every writer has caught up with the log.
-    health_reporter.set_not_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
-    health_reporter.set_not_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
-    let writers = service.writers.clone();
-    tokio::spawn(async move {
-        writers.ready().await;
+    if service.writers.all_ready() {
         health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
         health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
-        tracing::info!("every partition caught up; serving");
-    });
+    } else {
+        health_reporter.set_not_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
+        health_reporter.set_not_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
+        let writers = service.writers.clone();
+        tokio::spawn(async move {
+            writers.ready().await;
+            health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
+            health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
+            tracing::info!("every partition caught up; serving");
+        });
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
