@@ -35,20 +35,24 @@ async fn balance(h: &Harness, member: &str, at: Option<pb::LogPosition>) -> i64 
 }
 
 /// Retries a command with the same request id until it is answered, as a
-/// client would; the retries are bounded.
-async fn earn_until_ok(h: &Harness, id: &str, member: &str, points: i64) -> pb::CommandReply {
-    let mut last = None;
+/// client would; the retries are bounded. Err: the last UNAVAILABLE message.
+async fn try_earn_until_ok(h: &Harness, id: &str, member: &str, points: i64) -> Result<pb::CommandReply, String> {
+    let mut last = String::new();
     for _ in 0..60 {
         match h.ledger().await.earn(earn(id, member, points)).await {
-            Ok(r) => return r.into_inner(),
+            Ok(r) => return Ok(r.into_inner()),
             Err(e) => {
                 assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                last = Some(e);
+                last = e.message().to_string();
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
-    panic!("{id} never succeeded: {last:?}");
+    Err(last)
+}
+
+async fn earn_until_ok(h: &Harness, id: &str, member: &str, points: i64) -> pb::CommandReply {
+    try_earn_until_ok(h, id, member, points).await.unwrap_or_else(|last| panic!("{id} never succeeded: {last}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,21 +190,9 @@ async fn a_hung_real_broker_gives_unavailable_and_the_service_recovers() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     broker.resume();
 
-    let (mut r, mut last) = (None, String::new());
-    for _ in 0..60 {
-        match h.ledger().await.earn(earn("o2", "lee", 5)).await {
-            Ok(ok) => {
-                r = Some(ok.into_inner());
-                break;
-            }
-            Err(e) => {
-                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                last = e.message().to_string();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    let r = r.unwrap_or_else(|| panic!("o2 never succeeded ({last}); broker log:\n{}", broker.log_tail()));
+    let r = try_earn_until_ok(&h, "o2", "lee", 5)
+        .await
+        .unwrap_or_else(|last| panic!("o2 never succeeded ({last}); broker log:\n{}", broker.log_tail()));
     assert_eq!(r.balance.unwrap().available, 105, "o2 landed exactly once");
     assert_eq!(balance(&h, "lee", r.position).await, 105);
     let events = h.events.clone();

@@ -62,44 +62,48 @@ impl KafkaConfig {
         }
     }
 
-    fn client(&self) -> ClientConfig {
+    /// Settings every client shares, then `role`'s, then the operator's
+    /// `--kafka-property` values, which win over both.
+    fn build(&self, role: &[(&str, String)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", "points-ledger")
             .set("socket.timeout.ms", ms(self.request_timeout).max(10).to_string())
             .set("log_level", "4");
+        for (k, v) in role {
+            c.set(*k, v);
+        }
         for (k, v) in &self.properties {
             c.set(k, v);
         }
         c
+    }
+
+    fn client(&self) -> ClientConfig {
+        self.build(&[])
     }
 
     fn producer(&self) -> ClientConfig {
-        let mut c = self.client();
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", ms(self.append_timeout).max(10).to_string())
-            .set("request.timeout.ms", ms(self.append_timeout).max(10).to_string());
-        for (k, v) in &self.properties {
-            c.set(k, v);
-        }
-        c
+        let timeout = ms(self.append_timeout).max(10).to_string();
+        self.build(&[
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("linger.ms", "1".into()),
+            ("message.timeout.ms", timeout.clone()),
+            ("request.timeout.ms", timeout),
+        ])
     }
 
     fn consumer(&self) -> ClientConfig {
-        let mut c = self.client();
-        c.set("group.id", "points-ledger-readers")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "false")
-            .set("fetch.wait.max.ms", "50");
-        for (k, v) in &self.properties {
-            c.set(k, v);
-        }
-        c
+        self.build(&[
+            ("group.id", "points-ledger-readers".into()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("allow.auto.create.topics", "false".into()),
+            ("fetch.wait.max.ms", "50".into()),
+        ])
     }
 }
 
