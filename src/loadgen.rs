@@ -32,6 +32,71 @@ pub struct Options {
     pub mix: BTreeMap<String, u32>,
     pub json: Option<std::path::PathBuf>,
     pub seed: u64,
+    /// The log of the server the bench starts itself (without `target`).
+    pub log: crate::server::LogConfig,
+    pub partitions: u32,
+    /// Also measure the floors underneath in the same run: gRPC empty calls
+    /// on the same server, and the raw log (RocksDB sync WriteBatch for the
+    /// embedded log, the plain rdkafka producer for Kafka).
+    pub floors: bool,
+}
+
+/// How long each floor is measured.
+const FLOOR_SECONDS: u64 = 5;
+/// Records per WriteBatch in the RocksDB floor (the writer's group commit
+/// appends batches of about this size under load).
+const FLOOR_ROCKSDB_BATCH_RECORDS: usize = 256;
+/// Bytes per record in the log floors (a typical encoded earn record).
+const FLOOR_RECORD_BYTES: usize = 200;
+
+/// gRPC calls/s of `grpc.health.v1.Health/Check` (no body to speak of, no
+/// storage) at `concurrency` over the same connections as the load.
+async fn grpc_empty_call_floor(connections: &[Channel], concurrency: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(FLOOR_SECONDS);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let mut health =
+                tonic_health::pb::health_client::HealthClient::new(connections[i % connections.len()].clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
+                    n += 1;
+                }
+                Ok::<u64, tonic::Status>(n)
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for t in tasks {
+        calls += t.await??;
+    }
+    Ok(calls as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Records/s that RocksDB alone takes in WriteBatches of
+/// `FLOOR_ROCKSDB_BATCH_RECORDS` with a synced WAL, in a temporary directory
+/// on the same disk as the bench's own server.
+fn rocksdb_sync_floor() -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    let db = rocksdb::DB::open(&opts, dir.path())?;
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    let value = vec![0x5au8; FLOOR_RECORD_BYTES];
+    let started = Instant::now();
+    let mut records = 0u64;
+    while started.elapsed() < Duration::from_secs(FLOOR_SECONDS) {
+        let mut batch = rocksdb::WriteBatch::default();
+        for _ in 0..FLOOR_ROCKSDB_BATCH_RECORDS {
+            batch.put(records.to_be_bytes(), &value);
+            records += 1;
+        }
+        db.write_opt(batch, &sync)?;
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
 }
 
 pub fn parse_mix(s: &str) -> anyhow::Result<BTreeMap<String, u32>> {
@@ -213,7 +278,9 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let url = format!("http://{}", listener.local_addr()?);
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let config = crate::server::Config::new(dir.path());
+            let mut config = crate::server::Config::new(dir.path());
+            config.log = opts.log.clone();
+            config.partitions = opts.partitions;
             let task = tokio::spawn(crate::server::run(listener, config, async {
                 let _ = rx.await;
             }));
@@ -241,8 +308,6 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         .await?;
     let opts = Arc::new(opts);
     let done = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(opts.duration_seconds);
     // Several HTTP/2 connections, so one connection's window is not the limit.
     let connections: Vec<Channel> = {
         let mut v = vec![channel];
@@ -251,6 +316,35 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         }
         v
     };
+    let mut floors = serde_json::Map::new();
+    if opts.floors {
+        eprintln!("measuring floors ({FLOOR_SECONDS} s each)...");
+        floors.insert(
+            "grpc_empty_calls_per_second".into(),
+            grpc_empty_call_floor(&connections, opts.concurrency).await?.into(),
+        );
+        match (&opts.log, own.is_some()) {
+            (crate::server::LogConfig::Kafka(k), _) => {
+                let k = k.clone();
+                let raw = tokio::task::spawn_blocking(move || {
+                    crate::log::kafka::raw_producer_floor(&k, Duration::from_secs(FLOOR_SECONDS), FLOOR_RECORD_BYTES)
+                })
+                .await??;
+                floors.insert("kafka_raw_producer_records_per_second".into(), raw.into());
+            }
+            (crate::server::LogConfig::Embedded, true) => {
+                let raw = tokio::task::spawn_blocking(rocksdb_sync_floor).await??;
+                floors.insert("rocksdb_sync_write_batch_records_per_second".into(), raw.into());
+            }
+            // The target's disk is not ours to measure.
+            (crate::server::LogConfig::Embedded, false) => {}
+        }
+        floors.insert("record_bytes".into(), FLOOR_RECORD_BYTES.into());
+        floors.insert("rocksdb_batch_records".into(), FLOOR_ROCKSDB_BATCH_RECORDS.into());
+        eprintln!("floors: {}", serde_json::Value::Object(floors.clone()));
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(opts.duration_seconds);
     let workers: Vec<_> = (0..opts.concurrency)
         .map(|i| {
             let client = PointsLedgerClient::new(connections[i % connections.len()].clone());
@@ -284,7 +378,12 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     all.latencies_us.sort_unstable();
     let total = all.ok + all.expected_rejections + all.errors.values().sum::<u64>();
     let figures = serde_json::json!({
-        "target": if own.is_some() { "own server (embedded log, temp dir)".to_string() } else { target.clone() },
+        "target": match (&own, &opts.log) {
+            (None, _) => target.clone(),
+            (Some(_), crate::server::LogConfig::Embedded) => "own server (embedded log, temp dir)".to_string(),
+            (Some(_), crate::server::LogConfig::Kafka(k)) => format!("own server (kafka {} topic {})", k.brokers, k.topic),
+        },
+        "floors": floors,
         "accounts": opts.accounts,
         "concurrency": opts.concurrency,
         "duration_seconds": elapsed,

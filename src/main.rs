@@ -167,6 +167,15 @@ struct BenchArgs {
     /// Seed of the request generator (and part of every request id).
     #[arg(long, env = "POINTS_LEDGER_BENCH_SEED", default_value_t = 1)]
     seed: u64,
+    /// Before the load, measure the floors in the same run: gRPC empty calls
+    /// on the same server, and the raw log underneath (RocksDB sync
+    /// WriteBatch, or the plain rdkafka producer on the same broker).
+    #[arg(long, env = "POINTS_LEDGER_BENCH_FLOORS")]
+    floors: bool,
+    /// The log of the server the bench starts itself (without --target).
+    /// On Kafka, name a fresh --kafka-topic per run.
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(clap::Args)]
@@ -393,6 +402,12 @@ fn main() -> anyhow::Result<()> {
                 mix: points_ledger::loadgen::parse_mix(&args.mix)?,
                 json: args.json,
                 seed: args.seed,
+                log: match args.log.log {
+                    LogKind::Embedded => LogConfig::Embedded,
+                    LogKind::Kafka => LogConfig::Kafka(args.log.kafka(true)?),
+                },
+                partitions: args.log.partitions,
+                floors: args.floors,
             };
             rt.block_on(points_ledger::loadgen::run(opts)).map(|_| ())
         }

@@ -160,18 +160,21 @@ async fn the_second_claim_wins_and_every_reader_agrees() {
     assert_eq!(difference, None);
 }
 
-/// The real broker hangs (SIGSTOP: connections open, nothing answers), the
-/// harshest kind of slow. The command gets UNAVAILABLE in bounded time (this
-/// part passes); but after SIGCONT, as after a full stop and restart on its
-/// sqlite storage, tansu 0.6.0 keeps failing every Metadata request with
-/// `Storage(UnableToSend)` in its own log, so the recovery half cannot pass
-/// against it. Outages with recovery are covered by the mock cluster above;
-/// run this one by hand against Apache Kafka (`--ignored`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 does not serve metadata again after SIGSTOP/SIGCONT (Storage(UnableToSend))"]
-async fn a_hung_real_broker_gives_unavailable_and_the_service_recovers() {
+enum Outage {
+    /// SIGSTOP: connections stay open and nothing answers, the harshest kind
+    /// of slow; then SIGCONT.
+    Hang,
+    /// SIGTERM, then a new broker process on the same port and storage.
+    Restart,
+}
+
+/// The real broker hangs or stops: the command gets UNAVAILABLE in bounded
+/// time, nothing half-written; when the broker is back the service recovers
+/// by itself and the client's retry (same request id) lands exactly once.
+async fn real_broker_outage(outage: Outage) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Tansu::start(&dir.path().join("tansu"));
+    let broker_dir = dir.path().join("tansu");
+    let mut broker = Tansu::start(&broker_dir);
     let log = kafka(&broker.bootstrap(), "outage", 2);
     let h = Harness::start_in(tempfile::tempdir().unwrap(), ManualClock::new(T0), |c| {
         c.partitions = 2;
@@ -181,23 +184,56 @@ async fn a_hung_real_broker_gives_unavailable_and_the_service_recovers() {
     configure(&h, programme()).await;
     earn_until_ok(&h, "o1", "lee", 100).await;
 
-    broker.pause();
+    match outage {
+        Outage::Hang => broker.pause(),
+        Outage::Restart => broker.stop(),
+    }
     let err = tokio::time::timeout(Duration::from_secs(60), async {
         h.ledger().await.earn(earn("o2", "lee", 5)).await.unwrap_err()
     })
     .await
     .expect("a command must not hang while the broker does");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    broker.resume();
+    let broker = match outage {
+        Outage::Hang => {
+            broker.resume();
+            broker
+        }
+        Outage::Restart => Tansu::start_on(&broker_dir, broker.port()),
+    };
 
     let r = try_earn_until_ok(&h, "o2", "lee", 5)
         .await
         .unwrap_or_else(|last| panic!("o2 never succeeded ({last}); broker log:\n{}", broker.log_tail()));
     assert_eq!(r.balance.unwrap().available, 105, "o2 landed exactly once");
     assert_eq!(balance(&h, "lee", r.position).await, 105);
+    let again = earn_until_ok(&h, "o2", "lee", 5).await;
+    assert!(again.replayed && again.balance.unwrap().available == 105, "a retry is the original answer");
     let events = h.events.clone();
     let (data, _) = h.stop().await;
     let views = audit::open_views_read_only(data.path()).unwrap();
-    assert_eq!(audit::verify(events.as_ref(), &views).unwrap().1, None);
+    match outage {
+        Outage::Hang => assert_eq!(audit::verify(events.as_ref(), &views).unwrap().1, None),
+        // tansu 0.6.0 keeps the records written before its restart in its
+        // sqlite file but no longer serves them: a fetch from offset 0
+        // answers from the first offset written after the restart. The
+        // readers refuse that gap ("records are missing from the log")
+        // rather than skip it, so a replay from zero cannot be compared
+        // here; the hang case above compares it.
+        Outage::Restart => {
+            let err = audit::verify(events.as_ref(), &views).map(|(_, d)| d).unwrap_err().to_string();
+            assert!(err.contains("records are missing"), "{err}");
+        }
+    }
     drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_real_broker_gives_unavailable_and_the_service_recovers() {
+    real_broker_outage(Outage::Hang).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_real_broker_gives_unavailable_and_the_service_recovers() {
+    real_broker_outage(Outage::Restart).await;
 }

@@ -100,7 +100,9 @@ impl KafkaConfig {
             ("enable.auto.commit", "false".into()),
             ("enable.auto.offset.store", "false".into()),
             ("enable.partition.eof", "false".into()),
-            ("auto.offset.reset", "earliest".into()),
+            // Never skip: an offset the broker no longer has is an error,
+            // not a reason to jump to another one.
+            ("auto.offset.reset", "error".into()),
             ("allow.auto.create.topics", "false".into()),
             ("fetch.wait.max.ms", "50".into()),
         ])
@@ -185,15 +187,23 @@ impl KafkaLog {
         self.producer.read().expect("producer lock").clone()
     }
 
-    /// Replaces the producer if librdkafka says it can no longer be used.
-    fn renew_if_fatal(&self, current: &Arc<Prod>) {
-        if let Some((code, reason)) = current.client().fatal_error() {
-            tracing::warn!(?code, %reason, "kafka producer hit a fatal error; starting a new one");
-            if let Ok(p) = make_producer(&self.config) {
-                let mut slot = self.producer.write().expect("producer lock");
-                if Arc::ptr_eq(&slot, current) {
-                    *slot = Arc::new(p);
-                }
+    /// Replaces the producer after an append failed. A fresh producer gets a
+    /// new producer id from the broker, which is the only way out when the
+    /// broker lost or fenced the old one's idempotence state (seen after a
+    /// broker hang: every produce answered `ProducerFenced`) or when
+    /// librdkafka marked it fatal. Records the old one still holds may land
+    /// later; the writer re-claims after a failed append, so they are void.
+    fn renew(&self, current: &Arc<Prod>, why: &str) {
+        match current.client().fatal_error() {
+            Some((code, reason)) => {
+                tracing::warn!(?code, %reason, "kafka producer hit a fatal error; starting a new one")
+            }
+            None => tracing::warn!(why, "kafka append failed; starting a new producer"),
+        }
+        if let Ok(p) = make_producer(&self.config) {
+            let mut slot = self.producer.write().expect("producer lock");
+            if Arc::ptr_eq(&slot, current) {
+                *slot = Arc::new(p);
             }
         }
     }
@@ -299,7 +309,7 @@ impl EventLog for KafkaLog {
                     Err((e, _)) => {
                         // Earlier records of this batch may still land; the
                         // writer settles that through the log.
-                        self.renew_if_fatal(&producer);
+                        self.renew(&producer, &e.to_string());
                         return Err(unavailable("produce", e));
                     }
                 }
@@ -322,7 +332,7 @@ impl EventLog for KafkaLog {
             }
         }
         if let Some(e) = failure {
-            self.renew_if_fatal(&producer);
+            self.renew(&producer, &e);
             return Err(unavailable("append", e));
         }
         Ok(offsets.into_iter().map(|o| o.expect("every record reported")).collect())
@@ -347,23 +357,67 @@ impl EventLog for KafkaLog {
 
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError> {
         self.check_partition(partition)?;
-        let consumer: BaseConsumer = self.config.consumer().create().map_err(|e| unavailable("consumer", e))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.config.topic, partition as i32, Offset::Offset(from as i64))
-            .map_err(|e| unavailable("assign", e))?;
-        consumer.assign(&tpl).map_err(|e| unavailable("assign", e))?;
-        Ok(Box::new(KafkaReader { consumer, partition: partition as i32, position: from }))
+        let consumer = assigned_consumer(&self.config, partition, from)?;
+        Ok(Box::new(KafkaReader {
+            config: self.config.clone(),
+            consumer,
+            partition: partition as i32,
+            position: from,
+            trouble_since: None,
+        }))
     }
 }
 
+fn assigned_consumer(config: &KafkaConfig, partition: u32, from: u64) -> Result<BaseConsumer, LogError> {
+    let consumer: BaseConsumer = config.consumer().create().map_err(|e| unavailable("consumer", e))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&config.topic, partition as i32, Offset::Offset(from as i64))
+        .map_err(|e| unavailable("assign", e))?;
+    consumer.assign(&tpl).map_err(|e| unavailable("assign", e))?;
+    Ok(consumer)
+}
+
+/// How long a reader keeps a consumer that reports errors and delivers
+/// nothing before it starts a fresh one at its position. librdkafka
+/// reconnects by itself, but after a broker restart a consumer can stay
+/// stuck on the old fetch state.
+const READER_RENEW_AFTER_TROUBLE_MS: u64 = 3000;
+
 pub struct KafkaReader {
+    config: KafkaConfig,
     consumer: BaseConsumer,
     partition: i32,
     position: u64,
+    /// When the consumer first reported an error with nothing delivered since.
+    trouble_since: Option<Instant>,
+}
+
+impl KafkaReader {
+    fn renew_if_stuck(&mut self) {
+        let Some(since) = self.trouble_since else { return };
+        if since.elapsed() < Duration::from_millis(READER_RENEW_AFTER_TROUBLE_MS) {
+            return;
+        }
+        match assigned_consumer(&self.config, self.partition as u32, self.position) {
+            Ok(c) => {
+                tracing::warn!(
+                    partition = self.partition,
+                    position = self.position,
+                    "kafka reader starting a new consumer"
+                );
+                self.consumer = c;
+                self.trouble_since = None;
+            }
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "kafka reader could not start a new consumer")
+            }
+        }
+    }
 }
 
 impl LogReader for KafkaReader {
     fn next_batch(&mut self, max_records: usize, wait: Duration) -> Result<Vec<LogEntry>, LogError> {
+        self.renew_if_stuck();
         let mut out = Vec::new();
         let started = Instant::now();
         while out.len() < max_records.max(1) {
@@ -380,12 +434,32 @@ impl LogReader for KafkaReader {
                     if m.partition() != self.partition || offset < self.position as i64 {
                         continue;
                     }
+                    if offset > self.position as i64 {
+                        // Offsets of a ledger topic are dense (no compaction,
+                        // no transactions): a jump means the broker skipped
+                        // records, and a reader must never skip silently.
+                        return Err(LogError::Corrupt(format!(
+                            "asked {} partition {} for offset {} and the broker answered from offset {offset}: \
+                             records are missing from the log",
+                            self.config.topic, self.partition, self.position
+                        )));
+                    }
                     out.push(LogEntry { offset: offset as u64, payload: m.payload().unwrap_or_default().to_vec() });
                     self.position = offset as u64 + 1;
+                    self.trouble_since = None;
+                }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    return Err(LogError::Corrupt(format!(
+                        "the broker has no record at offset {} of {} partition {} (out of range): \
+                         records are missing from the log",
+                        self.position, self.config.topic, self.partition
+                    )));
                 }
                 Some(Err(e)) => {
-                    // librdkafka reconnects by itself; callers bound their waits.
+                    // Callers bound their waits; a consumer that keeps
+                    // failing is replaced on a later call.
                     tracing::debug!(partition = self.partition, error = %e, "kafka consumer");
+                    self.trouble_since.get_or_insert_with(Instant::now);
                     if !out.is_empty() || started.elapsed() >= wait {
                         break;
                     }
@@ -431,4 +505,62 @@ impl MockBroker {
     pub fn up(&self) -> Result<(), LogError> {
         self.cluster.broker_up(-1).map_err(|e| unavailable("mock broker up", e))
     }
+}
+
+/// The raw producer floor for `bench --floors`: records/s that librdkafka
+/// alone delivers to the same broker with the service's producer settings
+/// (idempotent, acks=all), records of `record_bytes`, round-robin over the
+/// partitions of a scratch topic `<topic>-floor` (never the ledger's own).
+pub fn raw_producer_floor(config: &KafkaConfig, duration: Duration, record_bytes: usize) -> Result<f64, LogError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// Records sent and not yet reported at most.
+    const FLOOR_IN_FLIGHT_MAX: u64 = 20_000;
+    struct Count(Arc<AtomicU64>, Arc<AtomicU64>);
+    impl ClientContext for Count {}
+    impl ProducerContext for Count {
+        type DeliveryOpaque = ();
+        fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+            let counter = if result.is_ok() { &self.0 } else { &self.1 };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let mut scratch = config.clone();
+    scratch.topic = format!("{}-floor", config.topic);
+    // A floor measures throughput; a slow broker must not turn it into failures.
+    scratch.append_timeout = Duration::from_secs(60);
+    if topic_partitions(&config.consumer().create().map_err(|e| unavailable("client", e))?, &scratch)?.is_none() {
+        create_topic(&scratch)?;
+    }
+    let (delivered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let producer: ThreadedProducer<Count> = scratch
+        .producer()
+        .create_with_context(Count(delivered.clone(), failed.clone()))
+        .map_err(|e| unavailable("producer", e))?;
+    let payload = vec![0x5au8; record_bytes];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < duration {
+        if sent - delivered.load(Ordering::Relaxed) - failed.load(Ordering::Relaxed) >= FLOOR_IN_FLIGHT_MAX {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let key = sent.to_be_bytes();
+        let record = BaseRecord::to(&scratch.topic)
+            .partition((sent % u64::from(scratch.partitions)) as i32)
+            .key(&key[..])
+            .payload(&payload[..]);
+        match producer.send(record) {
+            Ok(()) => sent += 1,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            Err((e, _)) => return Err(unavailable("floor produce", e)),
+        }
+    }
+    producer.flush(scratch.append_timeout).map_err(|e| unavailable("floor flush", e))?;
+    let secs = started.elapsed().as_secs_f64();
+    if failed.load(Ordering::Relaxed) > 0 {
+        return Err(LogError::Unavailable(format!("{} floor records failed", failed.load(Ordering::Relaxed))));
+    }
+    Ok(delivered.load(Ordering::Relaxed) as f64 / secs)
 }

@@ -57,7 +57,11 @@ impl Tansu {
         let child = Command::new(tansu_binary())
             .current_dir(dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            // POINTS_LEDGER_TEST_TANSU_STORAGE=memory://tansu/ to try another engine.
+            .args([
+                "--storage-engine",
+                &std::env::var("POINTS_LEDGER_TEST_TANSU_STORAGE").unwrap_or_else(|_| "sqlite://tansu.db".into()),
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -81,6 +85,10 @@ impl Tansu {
         let text = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn bootstrap(&self) -> String {
