@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod books;
 pub mod codec;
 pub mod domain;
 pub mod loadgen;

@@ -80,23 +80,13 @@ async fn grpc_empty_call_floor(connections: &[Channel], concurrency: usize) -> a
 /// on the same disk as the bench's own server.
 fn rocksdb_sync_floor() -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
-    let mut opts = rocksdb::Options::default();
-    opts.create_if_missing(true);
-    let db = rocksdb::DB::open(&opts, dir.path())?;
-    let mut sync = rocksdb::WriteOptions::default();
-    sync.set_sync(true);
-    let value = vec![0x5au8; FLOOR_RECORD_BYTES];
-    let started = Instant::now();
-    let mut records = 0u64;
-    while started.elapsed() < Duration::from_secs(FLOOR_SECONDS) {
-        let mut batch = rocksdb::WriteBatch::default();
-        for _ in 0..FLOOR_ROCKSDB_BATCH_RECORDS {
-            batch.put(records.to_be_bytes(), &value);
-            records += 1;
-        }
-        db.write_opt(batch, &sync)?;
-    }
-    Ok(records as f64 / started.elapsed().as_secs_f64())
+    let (records, took) = crate::store::sync_write_batch_floor(
+        dir.path(),
+        Duration::from_secs(FLOOR_SECONDS),
+        FLOOR_ROCKSDB_BATCH_RECORDS,
+        FLOOR_RECORD_BYTES,
+    )?;
+    Ok(records as f64 / took.as_secs_f64())
 }
 
 pub fn parse_mix(s: &str) -> anyhow::Result<BTreeMap<String, u32>> {
@@ -326,10 +316,11 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         match (&opts.log, own.is_some()) {
             (crate::server::LogConfig::Kafka(k), _) => {
                 let k = k.clone();
-                let raw = tokio::task::spawn_blocking(move || {
+                let (records, took) = tokio::task::spawn_blocking(move || {
                     crate::log::kafka::raw_producer_floor(&k, Duration::from_secs(FLOOR_SECONDS), FLOOR_RECORD_BYTES)
                 })
                 .await??;
+                let raw = records as f64 / took.as_secs_f64();
                 floors.insert("kafka_raw_producer_records_per_second".into(), raw.into());
             }
             (crate::server::LogConfig::Embedded, true) => {

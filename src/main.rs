@@ -85,6 +85,22 @@ impl LogArgs {
             LogKind::Kafka => Box::new(points_ledger::log::kafka::KafkaLog::open(self.kafka(false)?)?),
         })
     }
+
+    /// The control stream (programme rules), for tools: read only.
+    fn open_control_read_only(&self, data_dir: &std::path::Path) -> anyhow::Result<Box<dyn EventLog>> {
+        Ok(match self.log {
+            LogKind::Embedded => Box::new(
+                points_ledger::log::embedded::EmbeddedLog::open_read_only(&data_dir.join("log").join("control"))
+                    .with_context(|| format!("opening the control log in {}", data_dir.display()))?,
+            ),
+            LogKind::Kafka => {
+                let mut k = self.kafka(false)?;
+                k.topic = server::control_topic(&k.topic);
+                k.partitions = 1;
+                Box::new(points_ledger::log::kafka::KafkaLog::open(k)?)
+            }
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -100,6 +116,43 @@ enum Cmd {
     /// Rebuild the views into a temporary directory and compare them with the
     /// live ones; exits 1 and names the first differing key on any difference.
     Verify(VerifyArgs),
+    /// Daily books per programme, folded afresh from the log up to where the
+    /// balance view stands and checked against it; exits 1 when a book does
+    /// not balance or the books disagree with the view.
+    Recon(ReconArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BookFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ReconArgs {
+    /// The service's data directory (read only; the service may be running).
+    #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+    /// The first day, YYYY-MM-DD in each programme's time zone.
+    #[arg(long, env = "POINTS_LEDGER_RECON_DATE")]
+    date: String,
+    /// The last day (inclusive); default: --date.
+    #[arg(long, env = "POINTS_LEDGER_RECON_TO")]
+    to: Option<String>,
+    /// Only this tenant's programmes.
+    #[arg(long, env = "POINTS_LEDGER_RECON_TENANT")]
+    tenant: Option<String>,
+    /// Only this programme (with --tenant).
+    #[arg(long, env = "POINTS_LEDGER_RECON_PROGRAMME", requires = "tenant")]
+    programme: Option<String>,
+    #[arg(long, env = "POINTS_LEDGER_RECON_FORMAT", value_enum, default_value = "table")]
+    format: BookFormat,
+    /// Write here instead of standard output.
+    #[arg(long, env = "POINTS_LEDGER_RECON_OUTPUT")]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -336,6 +389,81 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     }
 }
 
+/// Most days one `recon` prints.
+const RECON_DAYS_MAX: i64 = 3660;
+
+fn parse_date(flag: &str, s: &str) -> anyhow::Result<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").with_context(|| format!("{flag} {s}: expected YYYY-MM-DD"))
+}
+
+/// Prints the books; false when one does not balance or the check failed.
+fn recon(args: ReconArgs) -> anyhow::Result<bool> {
+    use points_ledger::books;
+    let from = parse_date("--date", &args.date)?;
+    let to = match &args.to {
+        Some(t) => parse_date("--to", t)?,
+        None => from,
+    };
+    if to < from {
+        anyhow::bail!("--to {to} is before --date {from}");
+    }
+    if (to - from).num_days() >= RECON_DAYS_MAX {
+        anyhow::bail!("at most {RECON_DAYS_MAX} days at once");
+    }
+    let events = args.log.open_events_read_only(&args.data_dir)?;
+    let control = args.log.open_control_read_only(&args.data_dir)?;
+    let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
+    let views = match points_ledger::audit::open_views_read_only(&args.data_dir) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            eprintln!("no balance view to check against ({e}); folding the whole log");
+            None
+        }
+    };
+    let scratch = tempfile::tempdir()?;
+    let (db, mismatches) = books::rebuild(events.as_ref(), &registry, views.as_ref(), &scratch.path().join("books"))?;
+    let programmes: Vec<_> = registry
+        .all_current()
+        .into_iter()
+        .filter(|p| args.tenant.as_deref().is_none_or(|t| t == p.tenant_id))
+        .filter(|p| args.programme.as_deref().is_none_or(|x| x == p.programme_id))
+        .collect();
+    if programmes.is_empty() {
+        anyhow::bail!("no programme matches (tenant {:?}, programme {:?})", args.tenant, args.programme);
+    }
+    let mut rows = Vec::new();
+    for p in &programmes {
+        let mut d = from;
+        while d <= to {
+            rows.push(books::book_for_date(&db, &registry, p, events.partitions(), d)?);
+            d = d.succ_opt().context("date out of range")?;
+        }
+    }
+    let text = match args.format {
+        BookFormat::Json => {
+            rows.iter().map(|b| serde_json::to_string(&books::book_json(b))).collect::<Result<Vec<_>, _>>()?.join("\n")
+                + "\n"
+        }
+        BookFormat::Csv => books::books_csv(&rows),
+        BookFormat::Table => books::books_table(&rows),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    let unbalanced = rows.iter().filter(|b| !b.balanced).count();
+    for m in &mismatches {
+        eprintln!("MISMATCH: {m}");
+    }
+    if unbalanced > 0 {
+        eprintln!("{unbalanced} book(s) do not balance");
+    }
+    if mismatches.is_empty() && unbalanced == 0 {
+        eprintln!("{} book(s); all balance and agree with the balance view", rows.len());
+    }
+    Ok(mismatches.is_empty() && unbalanced == 0)
+}
+
 /// `--config FILE` (or POINTS_LEDGER_CONFIG): lines of `flag-name = value`
 /// (`#` starts a comment), e.g. `kafka-brokers = kafka:9092`. A value from
 /// the file applies where neither the flag nor its environment variable is
@@ -413,6 +541,12 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Replay(args) => replay(args),
         Cmd::Explain(args) => explain(args),
+        Cmd::Recon(args) => {
+            if !recon(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Verify(args) => {
             if !verify(args)? {
                 std::process::exit(1);

@@ -53,10 +53,32 @@ impl Registry {
         v.get(usize::try_from(version).ok()?.checked_sub(1)?).cloned()
     }
 
+    /// The version in force at `at` (the latest configured at or before it;
+    /// the first version for instants before any).
+    pub fn in_force_at(&self, key: &ProgrammeKey, at: Millis) -> Option<Arc<Programme>> {
+        let v = self.versions.get(key)?;
+        v.iter().rev().find(|p| p.configured_at <= at).or_else(|| v.first()).cloned()
+    }
+
     pub fn all_current(&self) -> Vec<Arc<Programme>> {
         let mut v: Vec<_> = self.versions.values().filter_map(|v| v.last().cloned()).collect();
         v.sort_by_key(|p| p.key());
         v
+    }
+
+    /// Every version in the control log up to its current end, for tools
+    /// that read the log without running the service.
+    pub fn load(log: &dyn EventLog) -> anyhow::Result<Registry> {
+        let mut registry = Registry::default();
+        let end = log.end_offset(0)?;
+        let mut reader = log.reader(0, 0)?;
+        loop {
+            let batch = crate::log::read_towards(reader.as_mut(), end, 1024)?;
+            if batch.is_empty() {
+                return Ok(registry);
+            }
+            registry.fold(&batch)?;
+        }
     }
 
     /// Folds one control record; false when the log's arbitration voids it

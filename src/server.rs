@@ -7,11 +7,13 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{AdminService, Auth, Ledger, LedgerService};
+use crate::api::{AdminService, Auth, Ledger, LedgerService, ReconciliationService};
+use crate::books::Reconciler;
 use crate::log::embedded::EmbeddedLog;
 use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::log::EventLog;
@@ -39,7 +41,13 @@ pub struct Config {
     pub writer: WriterConfig,
     pub auth: Auth,
     pub clock: Arc<dyn Clock>,
+    /// How often the reconciliation consumer compares the books with the
+    /// balance view (a scan of every account), when something changed.
+    pub books_check_interval: Duration,
 }
+
+/// Default of [`Config::books_check_interval`].
+pub const BOOKS_CHECK_INTERVAL_SECONDS: u64 = 60;
 
 impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
@@ -50,6 +58,7 @@ impl Config {
             writer: WriterConfig::default(),
             auth: Auth::open(),
             clock: Arc::new(SystemClock),
+            books_check_interval: Duration::from_secs(BOOKS_CHECK_INTERVAL_SECONDS),
         }
     }
 }
@@ -101,8 +110,10 @@ pub struct Service {
     programmes: Arc<Programmes>,
     writers: Arc<Writers>,
     projectors: Projectors,
+    reconciler: Reconciler,
     writer_db: Arc<Db>,
     views: Arc<Db>,
+    books: Arc<Db>,
 }
 
 impl Service {
@@ -119,7 +130,16 @@ impl Service {
             config.writer.clone(),
         )?);
         let projectors = Projectors::start(logs.events.clone(), views.clone())?;
+        let books = Arc::new(Db::open(&config.data_dir.join("books"), store::BOOK_CFS)?);
+        let reconciler = Reconciler::start(
+            logs.events.clone(),
+            views.clone(),
+            books.clone(),
+            programmes.registry(),
+            config.books_check_interval,
+        )?;
         let ledger = Arc::new(Ledger {
+            books: books.clone(),
             writers: writers.clone(),
             programmes: programmes.clone(),
             views: views.clone(),
@@ -127,7 +147,7 @@ impl Service {
             clock: config.clock.clone(),
             auth: config.auth.clone(),
         });
-        Ok(Service { ledger, programmes, writers, projectors, writer_db, views })
+        Ok(Service { ledger, programmes, writers, projectors, reconciler, writer_db, views, books })
     }
 
     /// Waits until every partition's writer has caught up with the log (and
@@ -145,9 +165,11 @@ impl Service {
             Err(_) => tracing::warn!("writers still referenced at shutdown"),
         }
         self.projectors.shutdown();
+        self.reconciler.shutdown();
         self.programmes.shutdown();
         let _ = self.writer_db.flush();
         let _ = self.views.flush();
+        let _ = self.books.flush();
     }
 }
 
@@ -186,6 +208,9 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
         .add_service(reflection_v1alpha)
         .add_service(pb::points_ledger_server::PointsLedgerServer::new(LedgerService(service.ledger.clone())))
         .add_service(pb::programme_admin_server::ProgrammeAdminServer::new(AdminService(service.ledger.clone())))
+        .add_service(pb::reconciliation_server::ReconciliationServer::new(ReconciliationService(
+            service.ledger.clone(),
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -32,6 +32,7 @@ pub enum Cf {
     Entries,
     Expiring,
     Meta,
+    Books,
 }
 
 impl Cf {
@@ -43,12 +44,15 @@ impl Cf {
             Cf::Entries => "entries",
             Cf::Expiring => "expiring",
             Cf::Meta => "meta",
+            Cf::Books => "books",
         }
     }
 }
 
 pub const WRITER_CFS: &[Cf] = &[Cf::Accounts, Cf::Requests, Cf::Due, Cf::Meta];
 pub const VIEW_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta];
+/// The reconciliation consumer's database: partial books and its positions.
+pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Meta];
 
 pub struct Db {
     db: DB,
@@ -135,6 +139,23 @@ impl Db {
         Ok(out)
     }
 
+    /// A consistent read view of the whole database as of now.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot { db: self, snap: self.db.snapshot() }
+    }
+
+    /// The greatest row whose key is at most `at` and starts with `prefix`.
+    pub fn seek_prev(&self, cf: Cf, prefix: &[u8], at: &[u8]) -> Result<Option<Row>, StoreError> {
+        let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::From(at, Direction::Reverse));
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(k.starts_with(prefix).then(|| (k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// A digest of every key and value, column family by column family in
     /// key order: equal digests mean byte-identical contents. Also returns the
     /// first key of each column family, for naming a difference.
@@ -179,6 +200,62 @@ impl Db {
             self.db.flush_cf(self.cf(*cf))?;
         }
         Ok(())
+    }
+}
+
+/// The floor under every store write, for `bench --floors`: plain RocksDB
+/// (one column family, default options) in `dir`, WriteBatches of
+/// `batch_records` values of `record_bytes` with a synced WAL, for about
+/// `duration`. Returns the records written and the time taken.
+pub fn sync_write_batch_floor(
+    dir: &Path,
+    duration: std::time::Duration,
+    batch_records: usize,
+    record_bytes: usize,
+) -> Result<(u64, std::time::Duration), StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    let db = DB::open(&opts, dir)?;
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    let value = vec![0x5au8; record_bytes];
+    let started = std::time::Instant::now();
+    let mut records = 0u64;
+    while started.elapsed() < duration {
+        let mut batch = WriteBatch::default();
+        for _ in 0..batch_records {
+            batch.put(records.to_be_bytes(), &value);
+            records += 1;
+        }
+        db.write_opt(batch, &sync)?;
+    }
+    Ok((records, started.elapsed()))
+}
+
+/// Reads that all see the database as of one instant (other writers go on).
+pub struct Snapshot<'a> {
+    db: &'a Db,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl Snapshot<'_> {
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snap.get_cf(self.db.cf(cf), key)?)
+    }
+
+    /// Every row of one column family in key order, lazily.
+    pub fn rows(&self, cf: Cf) -> impl Iterator<Item = Result<Row, StoreError>> + '_ {
+        self.snap
+            .iterator_cf(self.db.cf(cf), IteratorMode::Start)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+    }
+
+    /// The next offset the views of `partition` fold, as of this snapshot.
+    pub fn position(&self, partition: u32) -> Result<u64, StoreError> {
+        Ok(match self.get(Cf::Meta, &position_key(partition))? {
+            Some(v) => u64::from_be_bytes(v[..8].try_into().expect("stored position")),
+            None => 0,
+        })
     }
 }
 

@@ -36,6 +36,8 @@ pub const AS_OF_EVENTS_MAX: usize = 100_000;
 /// What the services share.
 pub struct Ledger {
     pub writers: Arc<Writers>,
+    /// The reconciliation consumer's books.
+    pub books: Arc<Db>,
     pub programmes: Arc<Programmes>,
     pub views: Arc<Db>,
     pub positions: watch::Receiver<Vec<u64>>,
@@ -520,5 +522,38 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
             reason: r.reason.clone(),
         };
         self.0.freeze(req.metadata(), &as_freeze, false).await
+    }
+}
+
+pub struct ReconciliationService(pub Arc<Ledger>);
+
+#[tonic::async_trait]
+impl pb::reconciliation_server::Reconciliation for ReconciliationService {
+    async fn get_daily_book(&self, req: Request<pb::GetDailyBookRequest>) -> Result<Response<pb::DailyBook>, Status> {
+        let r = req.get_ref();
+        let key = ProgrammeKey {
+            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
+            programme_id: validate::id("programme_id", &r.programme_id)?,
+        };
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        let date = chrono::NaiveDate::parse_from_str(&r.date, "%Y-%m-%d")
+            .map_err(|_| invalid("date", format!("'{}' is not a date YYYY-MM-DD", r.date)))?;
+        let programme = self.0.programmes.registry().read().expect("registry lock").current(&key).ok_or_else(|| {
+            status(
+                Code::NotFound,
+                "PROGRAMME_NOT_FOUND",
+                format!("no programme {}/{}", key.tenant_id, key.programme_id),
+                None,
+            )
+        })?;
+        let book = crate::books::book_for_date(
+            &self.0.books,
+            &self.0.programmes.registry().read().expect("registry lock"),
+            &programme,
+            self.0.writers.partitions(),
+            date,
+        )
+        .map_err(|e| status(Code::Internal, "BOOKS_UNREADABLE", e.to_string(), None))?;
+        Ok(Response::new(book))
     }
 }

@@ -507,11 +507,15 @@ impl MockBroker {
     }
 }
 
-/// The raw producer floor for `bench --floors`: records/s that librdkafka
-/// alone delivers to the same broker with the service's producer settings
+/// The raw producer floor for `bench --floors`: the records librdkafka
+/// alone delivers in about `duration` (and the time it took, flush included) to the same broker with the service's producer settings
 /// (idempotent, acks=all), records of `record_bytes`, round-robin over the
 /// partitions of a scratch topic `<topic>-floor` (never the ledger's own).
-pub fn raw_producer_floor(config: &KafkaConfig, duration: Duration, record_bytes: usize) -> Result<f64, LogError> {
+pub fn raw_producer_floor(
+    config: &KafkaConfig,
+    duration: Duration,
+    record_bytes: usize,
+) -> Result<(u64, Duration), LogError> {
     use std::sync::atomic::{AtomicU64, Ordering};
     /// Records sent and not yet reported at most.
     const FLOOR_IN_FLIGHT_MAX: u64 = 20_000;
@@ -558,9 +562,9 @@ pub fn raw_producer_floor(config: &KafkaConfig, duration: Duration, record_bytes
         }
     }
     producer.flush(scratch.append_timeout).map_err(|e| unavailable("floor flush", e))?;
-    let secs = started.elapsed().as_secs_f64();
+    let took = started.elapsed();
     if failed.load(Ordering::Relaxed) > 0 {
         return Err(LogError::Unavailable(format!("{} floor records failed", failed.load(Ordering::Relaxed))));
     }
-    Ok(delivered.load(Ordering::Relaxed) as f64 / secs)
+    Ok((delivered.load(Ordering::Relaxed), took))
 }

@@ -105,6 +105,25 @@ impl Harness {
         (dir, clock)
     }
 
+    /// Stops the service and hands over its broker (if any), still running,
+    /// for tools that read the log afterwards; it stops when dropped.
+    pub async fn stop_keep_broker(mut self) -> (tempfile::TempDir, Option<broker::Tansu>) {
+        let broker = self.broker.take();
+        let (dir, _) = self.stop().await;
+        (dir, broker)
+    }
+
+    /// The log flags a command-line tool needs to read this service's log.
+    pub fn log_flags(&self) -> Vec<String> {
+        let mut flags = vec!["--partitions".to_string(), self.events.partitions().to_string()];
+        if let Some(b) = &self.broker {
+            flags.extend(
+                ["--log", "kafka", "--kafka-brokers", &b.bootstrap(), "--kafka-topic", "points"].map(String::from),
+            );
+        }
+        flags
+    }
+
     /// Stops the service cleanly and returns its data directory and clock.
     pub async fn stop(mut self) -> (tempfile::TempDir, Arc<ManualClock>) {
         let _ = self.shutdown.take().unwrap().send(());
