@@ -7,6 +7,7 @@ pub mod audit;
 pub mod books;
 pub mod codec;
 pub mod domain;
+pub mod export;
 pub mod loadgen;
 pub mod log;
 pub mod programmes;

@@ -120,6 +120,9 @@ enum Cmd {
     /// balance view stands and checked against it; exits 1 when a book does
     /// not balance or the books disagree with the view.
     Recon(ReconArgs),
+    /// The log's events as JSON lines or Parquet, filtered by tenant,
+    /// programme, account and time.
+    Export(ExportArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -127,6 +130,42 @@ enum BookFormat {
     Table,
     Csv,
     Json,
+    /// Needs --output.
+    Parquet,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EventFormat {
+    Jsonl,
+    /// Needs --output.
+    Parquet,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The service's data directory (only its log is read).
+    #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+    #[arg(long, env = "POINTS_LEDGER_EXPORT_FORMAT", value_enum)]
+    format: EventFormat,
+    /// The file to write (`-` for standard output, JSON lines only).
+    #[arg(long, env = "POINTS_LEDGER_EXPORT_OUTPUT")]
+    output: PathBuf,
+    #[arg(long, env = "POINTS_LEDGER_EXPORT_TENANT")]
+    tenant: Option<String>,
+    #[arg(long, env = "POINTS_LEDGER_EXPORT_PROGRAMME")]
+    programme: Option<String>,
+    /// TENANT/PROGRAMME/MEMBER
+    #[arg(long, env = "POINTS_LEDGER_EXPORT_ACCOUNT")]
+    account: Option<String>,
+    /// Events decided at or after this instant (RFC 3339).
+    #[arg(long, env = "POINTS_LEDGER_EXPORT_FROM")]
+    from: Option<String>,
+    /// Events decided before this instant (RFC 3339).
+    #[arg(long, env = "POINTS_LEDGER_EXPORT_TO")]
+    to: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -389,6 +428,46 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     }
 }
 
+fn parse_account(flag: &str, s: &str) -> anyhow::Result<points_ledger::domain::AccountKey> {
+    match s.split('/').collect::<Vec<_>>().as_slice() {
+        [t, p, m] if !t.is_empty() && !p.is_empty() && !m.is_empty() => {
+            Ok(points_ledger::domain::AccountKey::new(t, p, m))
+        }
+        _ => anyhow::bail!("{flag} {s}: expected TENANT/PROGRAMME/MEMBER"),
+    }
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use points_ledger::export;
+    let filter = export::Filter {
+        tenant: args.tenant.clone(),
+        programme: args.programme.clone(),
+        account: args.account.as_deref().map(|a| parse_account("--account", a)).transpose()?,
+        from: args.from.as_deref().map(|t| rfc3339_millis("--from", t)).transpose()?,
+        to: args.to.as_deref().map(|t| rfc3339_millis("--to", t)).transpose()?,
+    };
+    let log = args.log.open_events_read_only(&args.data_dir)?;
+    let n = match args.format {
+        EventFormat::Jsonl if args.output.as_os_str() == "-" => {
+            export::events_jsonl(log.as_ref(), &filter, &mut std::io::stdout().lock())?
+        }
+        EventFormat::Jsonl => {
+            let file =
+                std::fs::File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let n = export::events_jsonl(log.as_ref(), &filter, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            n
+        }
+        EventFormat::Parquet if args.output.as_os_str() == "-" => {
+            anyhow::bail!("--format parquet needs --output FILE (not standard output)")
+        }
+        EventFormat::Parquet => export::events_parquet(log.as_ref(), &filter, &args.output)?,
+    };
+    eprintln!("exported {n} events");
+    Ok(())
+}
+
 /// Most days one `recon` prints.
 const RECON_DAYS_MAX: i64 = 3660;
 
@@ -439,7 +518,12 @@ fn recon(args: ReconArgs) -> anyhow::Result<bool> {
             d = d.succ_opt().context("date out of range")?;
         }
     }
+    if let BookFormat::Parquet = args.format {
+        let path = args.output.as_ref().context("--format parquet needs --output FILE")?;
+        points_ledger::export::books_parquet(&rows, path).with_context(|| format!("writing {}", path.display()))?;
+    }
     let text = match args.format {
+        BookFormat::Parquet => String::new(),
         BookFormat::Json => {
             rows.iter().map(|b| serde_json::to_string(&books::book_json(b))).collect::<Result<Vec<_>, _>>()?.join("\n")
                 + "\n"
@@ -447,9 +531,10 @@ fn recon(args: ReconArgs) -> anyhow::Result<bool> {
         BookFormat::Csv => books::books_csv(&rows),
         BookFormat::Table => books::books_table(&rows),
     };
-    match &args.output {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{text}"),
+    match (&args.output, args.format) {
+        (_, BookFormat::Parquet) => {}
+        (Some(path), _) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        (None, _) => print!("{text}"),
     }
     let unbalanced = rows.iter().filter(|b| !b.balanced).count();
     for m in &mismatches {
@@ -541,6 +626,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Replay(args) => replay(args),
         Cmd::Explain(args) => explain(args),
+        Cmd::Export(args) => export(args),
         Cmd::Recon(args) => {
             if !recon(args)? {
                 std::process::exit(1);

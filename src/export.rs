@@ -1,0 +1,363 @@
+//! Exports for auditors and finance tools: the log's events as JSON lines or
+//! Parquet (filtered by tenant, programme, account and time), and tables of
+//! books as Parquet. Parquet is written with the parquet crate's column
+//! writers (no Arrow), uncompressed, one row group per chunk of rows.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType, Int64Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+
+use serde_json::json;
+
+use crate::domain::{AccountKey, Event, LotAmount, Millis};
+use crate::log::EventLog;
+use crate::record::{Admitted, Arbiter};
+
+/// Rows per Parquet row group (and rows an export holds in memory at most).
+pub const EXPORT_ROW_GROUP_ROWS: usize = 65_536;
+/// Records read from the log per batch.
+const EXPORT_READ_BATCH_RECORDS: usize = 4096;
+
+/// One column's values.
+pub enum Column {
+    I64(Vec<i64>),
+    Str(Vec<String>),
+    Bool(Vec<bool>),
+}
+
+impl Column {
+    fn parquet_type(&self) -> &'static str {
+        match self {
+            Column::I64(_) => "INT64",
+            Column::Str(_) => "BYTE_ARRAY",
+            Column::Bool(_) => "BOOLEAN",
+        }
+    }
+}
+
+/// A Parquet file written one row group at a time.
+pub struct ParquetSink {
+    writer: SerializedFileWriter<File>,
+}
+
+impl ParquetSink {
+    /// `columns`: names and a sample of each column's kind, in order.
+    pub fn create(path: &Path, table: &str, columns: &[(&str, &Column)]) -> anyhow::Result<ParquetSink> {
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|(name, c)| {
+                let utf8 = if matches!(c, Column::Str(_)) { " (UTF8)" } else { "" };
+                format!("REQUIRED {} {name}{utf8};", c.parquet_type())
+            })
+            .collect();
+        let schema = Arc::new(parse_message_type(&format!("message {table} {{ {} }}", fields.join(" ")))?);
+        let props = Arc::new(WriterProperties::builder().build());
+        let file = File::create(path)?;
+        Ok(ParquetSink { writer: SerializedFileWriter::new(file, schema, props)? })
+    }
+
+    /// Writes one row group; the columns come in schema order.
+    pub fn write_group(&mut self, columns: Vec<Column>) -> anyhow::Result<()> {
+        let mut group = self.writer.next_row_group()?;
+        for column in columns {
+            let mut w = group.next_column()?.ok_or_else(|| anyhow::anyhow!("more columns than the schema has"))?;
+            match column {
+                Column::I64(v) => {
+                    w.typed::<Int64Type>().write_batch(&v, None, None)?;
+                }
+                Column::Str(v) => {
+                    let v: Vec<ByteArray> = v.into_iter().map(|s| ByteArray::from(s.into_bytes())).collect();
+                    w.typed::<ByteArrayType>().write_batch(&v, None, None)?;
+                }
+                Column::Bool(v) => {
+                    w.typed::<BoolType>().write_batch(&v, None, None)?;
+                }
+            }
+            w.close()?;
+        }
+        group.close()?;
+        Ok(())
+    }
+
+    pub fn close(self) -> anyhow::Result<()> {
+        self.writer.close()?;
+        Ok(())
+    }
+}
+
+/// Which events an export takes.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub tenant: Option<String>,
+    pub programme: Option<String>,
+    pub account: Option<AccountKey>,
+    /// Decided at or after (ms since the epoch).
+    pub from: Option<Millis>,
+    /// Decided before.
+    pub to: Option<Millis>,
+}
+
+impl Filter {
+    fn takes(&self, account: &AccountKey, at: Millis) -> bool {
+        self.tenant.as_ref().is_none_or(|t| *t == account.tenant_id)
+            && self.programme.as_ref().is_none_or(|p| *p == account.programme_id)
+            && self.account.as_ref().is_none_or(|a| a == account)
+            && self.from.is_none_or(|f| at >= f)
+            && self.to.is_none_or(|t| at < t)
+    }
+}
+
+/// One exported event.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct EventRow {
+    pub partition: u32,
+    pub offset: u64,
+    /// Index of the event within its record.
+    pub index: u32,
+    /// RFC 3339 (UTC, milliseconds).
+    pub at: String,
+    pub at_ms: Millis,
+    pub tenant_id: String,
+    pub programme_id: String,
+    pub member_id: String,
+    /// Empty for events the writer's scheduler issued.
+    pub request_id: String,
+    pub programme_version: u64,
+    pub event_type: String,
+    /// The change to available + reserved − debt.
+    pub delta: i64,
+    /// The event's fields, with its kind in `type` ([`event_json`]).
+    pub event: serde_json::Value,
+}
+
+fn lots_json(lots: &[LotAmount]) -> serde_json::Value {
+    lots.iter().map(|l| json!({"lot_id": l.lot_id, "points": l.points})).collect()
+}
+
+/// An event as a JSON object: its kind in `type`, then its fields as the
+/// log records them (instants in ms since the epoch, `null` for none).
+pub fn event_json(e: &Event) -> serde_json::Value {
+    let mut v = match e {
+        Event::PointsEarned {
+            lot_id,
+            reason,
+            order_ref,
+            requested,
+            granted,
+            forfeited,
+            debt_repaid,
+            expires_at,
+            growth,
+            day,
+        } => json!({
+            "lot_id": lot_id, "reason": reason, "order_ref": order_ref, "requested": requested,
+            "granted": granted, "forfeited": forfeited, "debt_repaid": debt_repaid,
+            "expires_at_ms": expires_at, "growth": growth, "day": day,
+        }),
+        Event::PointsSpent { spend_id, order_ref, points, lots } => {
+            json!({"spend_id": spend_id, "order_ref": order_ref, "points": points, "lots": lots_json(lots)})
+        }
+        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at } => json!({
+            "reservation_id": reservation_id, "order_ref": order_ref, "points": points,
+            "lots": lots_json(lots), "expires_at_ms": expires_at,
+        }),
+        Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_points, released_lots } => {
+            json!({
+                "reservation_id": reservation_id, "spend_id": spend_id, "points": points, "lots": lots_json(lots),
+                "released_points": released_points, "released_lots": lots_json(released_lots),
+            })
+        }
+        Event::ReservationReleased { reservation_id, points, lots, cause } => json!({
+            "reservation_id": reservation_id, "points": points, "lots": lots_json(lots),
+            "cause": format!("{cause:?}"),
+        }),
+        Event::SpendRefunded { refund_id, spend_id, points, lots } => {
+            json!({"refund_id": refund_id, "spend_id": spend_id, "points": points, "lots": lots_json(lots)})
+        }
+        Event::EarnReversed { reversal_id, earn_id, points, taken, debt_added, written_off, growth } => json!({
+            "reversal_id": reversal_id, "earn_id": earn_id, "points": points, "taken": lots_json(taken),
+            "debt_added": debt_added, "written_off": written_off, "growth": growth,
+        }),
+        Event::PointsExpired { points, lots, cause, reason } => json!({
+            "points": points, "lots": lots_json(lots), "cause": format!("{cause:?}"), "reason": reason,
+        }),
+        Event::PointsAdjusted { adjustment_id, points, operator, reason, lots, debt_repaid, expires_at } => json!({
+            "adjustment_id": adjustment_id, "points": points, "operator": operator, "reason": reason,
+            "lots": lots_json(lots), "debt_repaid": debt_repaid, "expires_at_ms": expires_at,
+        }),
+        Event::AccountFrozen { earning, spending, operator, reason }
+        | Event::AccountUnfrozen { earning, spending, operator, reason } => json!({
+            "earning": earning, "spending": spending, "operator": operator, "reason": reason,
+        }),
+    };
+    v["type"] = e.name().into();
+    v
+}
+
+/// The columns of an event export, in order.
+pub const EVENT_COLUMNS: &[&str] = &[
+    "partition",
+    "offset",
+    "index",
+    "at",
+    "at_ms",
+    "tenant_id",
+    "programme_id",
+    "member_id",
+    "request_id",
+    "programme_version",
+    "event_type",
+    "delta",
+    "event_json",
+];
+
+/// Reads the whole log as of now (every partition to its current end, void
+/// records skipped, in partition then offset order) and hands each event
+/// the filter takes to `sink`. Returns the events handed over.
+pub fn events(
+    log: &dyn EventLog,
+    filter: &Filter,
+    mut sink: impl FnMut(EventRow) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let partitions: Vec<u32> = match &filter.account {
+        Some(a) => vec![crate::record::partition_for(a, log.partitions())],
+        None => (0..log.partitions()).collect(),
+    };
+    let mut n = 0;
+    for p in partitions {
+        let end = log.end_offset(p)?;
+        let mut reader = log.reader(p, 0)?;
+        let mut arbiter = Arbiter::default();
+        loop {
+            let batch = crate::log::read_towards(reader.as_mut(), end, EXPORT_READ_BATCH_RECORDS)?;
+            if batch.is_empty() {
+                break;
+            }
+            for entry in batch {
+                let Admitted::Record(r) = arbiter.admit_bytes(&entry.payload)? else { continue };
+                if !filter.takes(&r.account, r.at) {
+                    continue;
+                }
+                let at = chrono::DateTime::from_timestamp_millis(r.at)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default();
+                for (i, event) in r.events.into_iter().enumerate() {
+                    sink(EventRow {
+                        partition: p,
+                        offset: entry.offset,
+                        index: i as u32,
+                        at: at.clone(),
+                        at_ms: r.at,
+                        tenant_id: r.account.tenant_id.clone(),
+                        programme_id: r.account.programme_id.clone(),
+                        member_id: r.account.member_id.clone(),
+                        request_id: r.request_id.clone(),
+                        programme_version: r.programme_version,
+                        event_type: event.name().to_string(),
+                        delta: event.net_delta(),
+                        event: event_json(&event),
+                    })?;
+                    n += 1;
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Writes events as JSON lines (one object per event, the event itself
+/// under `event` with its kind in `type`).
+pub fn events_jsonl(log: &dyn EventLog, filter: &Filter, out: &mut dyn Write) -> anyhow::Result<u64> {
+    events(log, filter, |row| {
+        serde_json::to_writer(&mut *out, &row)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    })
+}
+
+fn event_columns(rows: Vec<EventRow>) -> anyhow::Result<Vec<Column>> {
+    let mut cols: Vec<Column> = vec![
+        Column::I64(Vec::new()),
+        Column::I64(Vec::new()),
+        Column::I64(Vec::new()),
+        Column::Str(Vec::new()),
+        Column::I64(Vec::new()),
+        Column::Str(Vec::new()),
+        Column::Str(Vec::new()),
+        Column::Str(Vec::new()),
+        Column::Str(Vec::new()),
+        Column::I64(Vec::new()),
+        Column::Str(Vec::new()),
+        Column::I64(Vec::new()),
+        Column::Str(Vec::new()),
+    ];
+    for r in rows {
+        let json = serde_json::to_string(&r.event)?;
+        let ints =
+            [i64::from(r.partition), r.offset as i64, i64::from(r.index), r.at_ms, r.programme_version as i64, r.delta];
+        let strs = [r.at, r.tenant_id, r.programme_id, r.member_id, r.request_id, r.event_type, json];
+        let (mut i, mut s) = (ints.into_iter(), strs.into_iter());
+        for c in cols.iter_mut() {
+            match c {
+                Column::I64(v) => v.push(i.next().expect("as many ints as int columns")),
+                Column::Str(v) => v.push(s.next().expect("as many strings as string columns")),
+                Column::Bool(_) => unreachable!("no bool columns in events"),
+            }
+        }
+    }
+    Ok(cols)
+}
+
+/// Writes events as Parquet with [`EVENT_COLUMNS`] (the event itself as JSON
+/// in `event_json`).
+pub fn events_parquet(log: &dyn EventLog, filter: &Filter, path: &Path) -> anyhow::Result<u64> {
+    let sample = event_columns(Vec::new())?;
+    let named: Vec<(&str, &Column)> = EVENT_COLUMNS.iter().copied().zip(sample.iter()).collect();
+    let mut sink = ParquetSink::create(path, "events", &named)?;
+    let mut rows = Vec::new();
+    let n = events(log, filter, |row| {
+        rows.push(row);
+        if rows.len() >= EXPORT_ROW_GROUP_ROWS {
+            sink.write_group(event_columns(std::mem::take(&mut rows))?)?;
+        }
+        Ok(())
+    })?;
+    if !rows.is_empty() || n == 0 {
+        sink.write_group(event_columns(rows)?)?;
+    }
+    sink.close()?;
+    Ok(n)
+}
+
+/// Writes books as Parquet with [`crate::books::BOOK_COLUMNS`].
+pub fn books_parquet(books: &[crate::proto::DailyBook], path: &Path) -> anyhow::Result<()> {
+    use crate::books::{book_values, BOOK_COLUMNS};
+    let text = ["tenant_id", "programme_id", "date", "first_position", "last_position", "digest", "mismatch"];
+    let mut cols: Vec<Column> = BOOK_COLUMNS
+        .iter()
+        .map(|c| match *c {
+            "balanced" => Column::Bool(Vec::new()),
+            c if text.contains(&c) => Column::Str(Vec::new()),
+            _ => Column::I64(Vec::new()),
+        })
+        .collect();
+    for b in books {
+        for (c, v) in cols.iter_mut().zip(book_values(b)) {
+            match c {
+                Column::I64(x) => x.push(v.parse()?),
+                Column::Str(x) => x.push(v),
+                Column::Bool(x) => x.push(v == "true"),
+            }
+        }
+    }
+    let named: Vec<(&str, &Column)> = BOOK_COLUMNS.iter().copied().zip(cols.iter()).collect();
+    let mut sink = ParquetSink::create(path, "daily_books", &named)?;
+    sink.write_group(cols)?;
+    sink.close()
+}
