@@ -606,6 +606,153 @@ pub fn liability_minor(points: i64, points_per_cash_unit: i64) -> i64 {
     (i128::from(points) * 100 / i128::from(points_per_cash_unit)).clamp(i64::MIN.into(), i64::MAX.into()) as i64
 }
 
+/// Periods books roll up into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+    Quarter,
+    Year,
+}
+
+impl Period {
+    /// The label of the period a date falls in: `2026-03-10`, `2026-03`,
+    /// `2026-Q1`, `2026`.
+    pub fn label(self, date: chrono::NaiveDate) -> String {
+        use chrono::Datelike;
+        match self {
+            Period::Day => date.to_string(),
+            Period::Month => format!("{:04}-{:02}", date.year(), date.month()),
+            Period::Quarter => format!("{:04}-Q{}", date.year(), (date.month() - 1) / 3 + 1),
+            Period::Year => format!("{:04}", date.year()),
+        }
+    }
+}
+
+/// Rolls consecutive daily books (one programme's, in date order) up into
+/// periods: movements and event counts add up, the opening is the first
+/// day's, the closing the last day's, `date` holds the period's label, the
+/// digest is sha256 over the days' digests, and a period balances when every
+/// day in it does. Days outside the given range are not fetched: a period
+/// cut by the range covers only its days in it.
+pub fn roll_up(days: &[pb::DailyBook], period: Period) -> Result<Vec<pb::DailyBook>, BooksError> {
+    if period == Period::Day {
+        return Ok(days.to_vec());
+    }
+    let mut out: Vec<pb::DailyBook> = Vec::new();
+    let mut digests: Vec<Sha256> = Vec::new();
+    for d in days {
+        let date = chrono::NaiveDate::parse_from_str(&d.date, "%Y-%m-%d").unwrap_or_default();
+        let label = period.label(date);
+        let same = out
+            .last()
+            .is_some_and(|p| p.date == label && p.programme_id == d.programme_id && p.tenant_id == d.tenant_id);
+        if !same {
+            out.push(pb::DailyBook {
+                tenant_id: d.tenant_id.clone(),
+                programme_id: d.programme_id.clone(),
+                date: label,
+                opening_balance: d.opening_balance,
+                opening_debt: d.opening_debt,
+                first_position: d.first_position,
+                balanced: true,
+                ..Default::default()
+            });
+            digests.push(Sha256::new());
+        }
+        let p = out.last_mut().expect("pushed");
+        let overflow = || {
+            BooksError::Overflow(ProgrammeKey { tenant_id: d.tenant_id.clone(), programme_id: d.programme_id.clone() })
+        };
+        for (t, x) in [
+            (&mut p.issued, d.issued),
+            (&mut p.spent, d.spent),
+            (&mut p.refunded, d.refunded),
+            (&mut p.reversed, d.reversed),
+            (&mut p.expired, d.expired),
+            (&mut p.adjusted_up, d.adjusted_up),
+            (&mut p.adjusted_down, d.adjusted_down),
+            (&mut p.written_off, d.written_off),
+        ] {
+            *t = t.checked_add(x).ok_or_else(overflow)?;
+        }
+        p.event_count += d.event_count;
+        p.closing_balance = d.closing_balance;
+        p.debt = d.debt;
+        p.reserved = d.reserved;
+        p.liability_cash_minor = d.liability_cash_minor;
+        p.points_per_cash_unit = d.points_per_cash_unit;
+        if d.last_position.is_some() {
+            p.last_position = d.last_position;
+        }
+        if p.first_position.is_none() {
+            p.first_position = d.first_position;
+        }
+        if !d.balanced {
+            p.balanced = false;
+            p.mismatch = if p.mismatch.is_empty() {
+                format!("{}: {}", d.date, d.mismatch)
+            } else {
+                format!("{}; {}: {}", p.mismatch, d.date, d.mismatch)
+            };
+        }
+        digests.last_mut().expect("pushed").update(d.digest.as_bytes());
+    }
+    for (p, h) in out.iter_mut().zip(digests) {
+        p.digest = hex(&h.finalize());
+    }
+    Ok(out)
+}
+
+/// Points due to expire per future day (in the programme's time zone), from
+/// the balance view's expiring-lots index: (date, points, lots) for every
+/// day from `from` on, `days` days long, that has points due.
+pub fn expiry_forecast(
+    views: &Db,
+    programme: &crate::domain::Programme,
+    from: chrono::NaiveDate,
+    days: u32,
+) -> Result<Vec<(chrono::NaiveDate, i64, u64)>, BooksError> {
+    let prefix = store::programme_prefix(&programme.tenant_id, &programme.programme_id);
+    let start_ms = calendar::start_of_day(programme.time_zone, from).unwrap_or(i64::MIN);
+    let end_ms = from
+        .checked_add_days(chrono::Days::new(u64::from(days)))
+        .and_then(|d| calendar::start_of_day(programme.time_zone, d))
+        .unwrap_or(i64::MAX);
+    let mut start = prefix.clone();
+    start.extend_from_slice(&store::millis_key(start_ms));
+    let mut out: Vec<(chrono::NaiveDate, i64, u64)> = Vec::new();
+    // The index is read in pages, so a large programme is never held whole.
+    const PAGE_ROWS: usize = 4096;
+    loop {
+        let rows = views.scan(Cf::Expiring, &prefix, &start, PAGE_ROWS)?;
+        let Some((last, _)) = rows.last() else { break };
+        let mut next = last.clone();
+        next.push(0);
+        let full = rows.len() == PAGE_ROWS;
+        for (k, v) in rows {
+            let at = store::millis_from_key(&k[prefix.len()..prefix.len() + 8]);
+            if at >= end_ms {
+                return Ok(out);
+            }
+            let points = i64::from_be_bytes(v[..8].try_into().expect("stored points"));
+            let day = calendar::day_to_date(calendar::programme_day(programme.time_zone, at)).unwrap_or(from);
+            match out.last_mut() {
+                Some((d, p, n)) if *d == day => {
+                    *p = p.saturating_add(points);
+                    *n += 1;
+                }
+                _ => out.push((day, points, 1)),
+            }
+        }
+        if !full {
+            break;
+        }
+        start = next;
+    }
+    Ok(out)
+}
+
 /// The columns of a book in exports, in order.
 pub const BOOK_COLUMNS: &[&str] = &[
     "tenant_id",

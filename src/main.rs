@@ -192,6 +192,22 @@ struct ReconArgs {
     /// Write here instead of standard output.
     #[arg(long, env = "POINTS_LEDGER_RECON_OUTPUT")]
     output: Option<PathBuf>,
+    /// Roll the days up into periods (issuance, redemption and expiry totals
+    /// by month, quarter or year).
+    #[arg(long, env = "POINTS_LEDGER_RECON_PERIOD", value_enum, default_value = "day")]
+    period: PeriodArg,
+    /// Instead of books: points due to expire per day for this many days
+    /// from --date, from the balance view's expiry index.
+    #[arg(long, env = "POINTS_LEDGER_RECON_EXPIRY_FORECAST_DAYS", value_parser = clap::value_parser!(u32).range(1..=3660))]
+    expiry_forecast_days: Option<u32>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PeriodArg {
+    Day,
+    Month,
+    Quarter,
+    Year,
 }
 
 #[derive(clap::Args)]
@@ -468,6 +484,69 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `recon --expiry-forecast-days N`: points due per day, per programme.
+fn expiry_forecast(
+    args: &ReconArgs,
+    registry: &points_ledger::programmes::Registry,
+    from: chrono::NaiveDate,
+    days: u32,
+) -> anyhow::Result<bool> {
+    let views = points_ledger::audit::open_views_read_only(&args.data_dir)
+        .with_context(|| format!("the forecast reads the balance view in {}", args.data_dir.display()))?;
+    let mut rows = Vec::new();
+    for p in registry.all_current() {
+        if args.tenant.as_deref().is_some_and(|t| t != p.tenant_id)
+            || args.programme.as_deref().is_some_and(|x| x != p.programme_id)
+        {
+            continue;
+        }
+        for (date, points, lots) in points_ledger::books::expiry_forecast(&views, &p, from, days)? {
+            rows.push(serde_json::json!({
+                "tenant_id": p.tenant_id, "programme_id": p.programme_id, "date": date.to_string(),
+                "points": points, "lots": lots,
+            }));
+        }
+    }
+    let text = match args.format {
+        BookFormat::Json => rows.iter().map(|r| r.to_string() + "\n").collect::<String>(),
+        BookFormat::Csv => {
+            let mut t = "tenant_id,programme_id,date,points,lots\r\n".to_string();
+            for r in &rows {
+                t += &format!(
+                    "{},{},{},{},{}\r\n",
+                    r["tenant_id"].as_str().unwrap_or_default(),
+                    r["programme_id"].as_str().unwrap_or_default(),
+                    r["date"].as_str().unwrap_or_default(),
+                    r["points"],
+                    r["lots"]
+                );
+            }
+            t
+        }
+        BookFormat::Table => {
+            let mut t =
+                format!("{:<12} {:<12} {:<10} {:>12} {:>8}\n", "tenant", "programme", "date", "expiring", "lots");
+            for r in &rows {
+                t += &format!(
+                    "{:<12} {:<12} {:<10} {:>12} {:>8}\n",
+                    r["tenant_id"].as_str().unwrap_or_default(),
+                    r["programme_id"].as_str().unwrap_or_default(),
+                    r["date"].as_str().unwrap_or_default(),
+                    r["points"],
+                    r["lots"]
+                );
+            }
+            t
+        }
+        BookFormat::Parquet => anyhow::bail!("the expiry forecast prints table, csv or json"),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(true)
+}
+
 /// Most days one `recon` prints.
 const RECON_DAYS_MAX: i64 = 3660;
 
@@ -492,6 +571,9 @@ fn recon(args: ReconArgs) -> anyhow::Result<bool> {
     let events = args.log.open_events_read_only(&args.data_dir)?;
     let control = args.log.open_control_read_only(&args.data_dir)?;
     let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
+    if let Some(days) = args.expiry_forecast_days {
+        return expiry_forecast(&args, &registry, from, days);
+    }
     let views = match points_ledger::audit::open_views_read_only(&args.data_dir) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -510,13 +592,21 @@ fn recon(args: ReconArgs) -> anyhow::Result<bool> {
     if programmes.is_empty() {
         anyhow::bail!("no programme matches (tenant {:?}, programme {:?})", args.tenant, args.programme);
     }
+    let period = match args.period {
+        PeriodArg::Day => books::Period::Day,
+        PeriodArg::Month => books::Period::Month,
+        PeriodArg::Quarter => books::Period::Quarter,
+        PeriodArg::Year => books::Period::Year,
+    };
     let mut rows = Vec::new();
     for p in &programmes {
+        let mut days = Vec::new();
         let mut d = from;
         while d <= to {
-            rows.push(books::book_for_date(&db, &registry, p, events.partitions(), d)?);
+            days.push(books::book_for_date(&db, &registry, p, events.partitions(), d)?);
             d = d.succ_opt().context("date out of range")?;
         }
+        rows.extend(books::roll_up(&days, period)?);
     }
     if let BookFormat::Parquet = args.format {
         let path = args.output.as_ref().context("--format parquet needs --output FILE")?;

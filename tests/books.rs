@@ -511,7 +511,8 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
         ] {
             assert_eq!(row[k].as_i64(), Some(v), "{k} of {} {}", b.programme_id, b.date);
         }
-        assert_eq!(row["digest"], b.digest.as_str(), "the same records, the same chain");
+        assert_eq!(row["event_count"].as_u64(), Some(b.event_count), "events of {} {}: {row}", b.programme_id, b.date);
+        assert_eq!(row["digest"], b.digest.as_str(), "the same records, the same chain: {row} {b:?}");
         assert_eq!(row["balanced"], true);
     }
     let csv_path = h.dir.path().join("books.csv");
@@ -585,6 +586,77 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
             assert!(row.get_bool(col("balanced")).unwrap());
         }
     }
+
+    // Roll-ups: the month and the year add the days up.
+    for (period, label) in [("month", "2026-03"), ("quarter", "2026-Q1"), ("year", "2026")] {
+        let (ok, out, err) =
+            cli(&["recon", "--data-dir", &data, "--date", &from, "--to", &to, "--period", period, "--format", "json"]);
+        assert!(ok, "{err}");
+        let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), PROGS.len(), "{out}");
+        for p in &PROGS {
+            let row = rows.iter().find(|r| r["programme_id"] == p.id).unwrap();
+            let days: Vec<_> = live.iter().filter(|b| b.programme_id == p.id).collect();
+            assert_eq!(row["date"], label);
+            for (k, f) in [
+                ("issued", (|b: &pb::DailyBook| b.issued) as fn(&pb::DailyBook) -> i64),
+                ("spent", |b| b.spent),
+                ("expired", |b| b.expired),
+                ("event_count", |b| b.event_count as i64),
+            ] {
+                assert_eq!(row[k].as_i64().unwrap(), days.iter().map(|b| f(b)).sum::<i64>(), "{period} {k}");
+            }
+            assert_eq!(row["opening_balance"].as_i64().unwrap(), days[0].opening_balance);
+            assert_eq!(row["closing_balance"].as_i64().unwrap(), days[days.len() - 1].closing_balance);
+            assert_eq!(row["balanced"], true);
+        }
+    }
+
+    // The expiry forecast equals the members' lots due in the window.
+    let start = dates[dates.len() - 2];
+    let (ok, out, err) = cli(&[
+        "recon",
+        "--data-dir",
+        &data,
+        "--date",
+        &start.to_string(),
+        "--expiry-forecast-days",
+        "3",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let forecast: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut lc = h.ledger().await;
+    let mut due_somewhere = 0;
+    for p in &PROGS {
+        let from_ms = p.tz.from_local_datetime(&start.and_hms_opt(0, 0, 0).unwrap()).unwrap().timestamp_millis();
+        let to_ms = from_ms + 3 * 86_400_000;
+        let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+        for m in 0..MEMBERS {
+            let a = lc
+                .get_account(pb::GetAccountRequest { account: key(p.id, m), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            for lot in a.lots.iter().filter(|l| l.remaining > 0) {
+                let Some(at) = &lot.expires_at else { continue };
+                let ms = at.seconds * 1000 + i64::from(at.nanos) / 1_000_000;
+                if (from_ms..to_ms).contains(&ms) {
+                    let day = p.tz.timestamp_millis_opt(ms).unwrap().date_naive().to_string();
+                    *expected.entry(day).or_default() += lot.remaining;
+                }
+            }
+        }
+        let got: BTreeMap<String, i64> = forecast
+            .iter()
+            .filter(|r| r["programme_id"] == p.id)
+            .map(|r| (r["date"].as_str().unwrap().to_string(), r["points"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(got, expected, "{}", p.id);
+        due_somewhere += expected.len();
+    }
+    assert!(due_somewhere > 0, "the forecast window should hold some lots");
 
     // The events behind the books, exported as JSON lines and as Parquet:
     // as many as the books counted, the same in both formats.
