@@ -734,10 +734,11 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
     let (ok, _, err) = cli(&["export", "--data-dir", &data, "--format", "jsonl", "--output", "-", "--account", "m1"]);
     assert!(!ok && err.contains("TENANT/PROGRAMME/MEMBER"), "{err}");
 
-    let (h_dir, _broker) = h.stop_keep_broker().await;
+    let (h_dir, clock) = h.stop_for_restart().await;
     // A corrupted balance view: one account's row removed. recon's check
-    // against the view fails loudly (exit 1, the programme named), and
-    // verify names the key.
+    // against the view fails loudly (exit 1, the programme named), verify
+    // names the key, and the service's own reconciliation consumer flags the
+    // book after a restart.
     {
         let views = Db::open(&h_dir.path().join("views"), store::VIEW_CFS).unwrap();
         let victim = views.all(Cf::Accounts).unwrap().into_iter().find(|(_, v)| {
@@ -755,9 +756,41 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
     let (ok, out, _) = cli(&["verify", "--data-dir", &data]);
     assert!(!ok && out.contains("DIFFER"), "{out}");
 
+    let h = Harness::start_in(h_dir, clock, |c| {
+        c.partitions = 3;
+        c.books_check_interval = Duration::ZERO;
+    })
+    .await;
+    let mut rc =
+        ReconciliationClient::new(tonic::transport::Channel::from_shared(h.url()).unwrap().connect().await.unwrap());
+    let mut flagged = None;
+    'wait: for _ in 0..100 {
+        for p in &PROGS {
+            for d in &dates {
+                let b = rc
+                    .get_daily_book(pb::GetDailyBookRequest {
+                        tenant_id: "shop".into(),
+                        programme_id: p.id.into(),
+                        date: d.to_string(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if !b.balanced {
+                    flagged = Some(b);
+                    break 'wait;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flagged = flagged.expect("the live consumer flags a book that disagrees with the view");
+    assert!(flagged.mismatch.contains("balance view sums to"), "{}", flagged.mismatch);
+
     // Bad arguments: a clear error and a non-zero exit.
     let (ok, _, err) = cli(&["recon", "--data-dir", &data, "--date", "yesterday"]);
     assert!(!ok && err.contains("YYYY-MM-DD"), "{err}");
     let (ok, _, err) = cli(&["recon", "--data-dir", &data, "--date", &to, "--tenant", "nobody"]);
     assert!(!ok && err.contains("no programme"), "{err}");
+    h.stop().await;
 }
