@@ -96,6 +96,8 @@ pub fn open_views_read_only(data_dir: &Path) -> anyhow::Result<Db> {
 /// One step of an account's history.
 pub struct Step {
     pub offset: u64,
+    /// The rules the record was decided under.
+    pub programme_version: u64,
     pub at: crate::domain::Millis,
     pub request_id: String,
     pub event: crate::domain::Event,
@@ -109,9 +111,13 @@ pub fn explain(
     log: &dyn EventLog,
     account: &crate::domain::AccountKey,
     as_of: Option<crate::domain::Millis>,
+    as_of_offset: Option<u64>,
 ) -> anyhow::Result<Vec<Step>> {
     let partition = crate::record::partition_for(account, log.partitions());
-    let end = log.end_offset(partition)?;
+    let mut end = log.end_offset(partition)?;
+    if let Some(o) = as_of_offset {
+        end = end.min(o.saturating_add(1));
+    }
     let mut reader = log.reader(partition, 0)?;
     let mut arbiter = crate::record::Arbiter::default();
     let mut state = crate::domain::Account::default();
@@ -136,6 +142,7 @@ pub fn explain(
                 state.apply(&event);
                 steps.push(Step {
                     offset: e.offset,
+                    programme_version: r.programme_version,
                     at: r.at,
                     request_id: r.request_id.clone(),
                     event,

@@ -241,6 +241,10 @@ struct ExplainArgs {
     /// Stop at this instant (RFC 3339): the account as it was then.
     #[arg(long, env = "POINTS_LEDGER_EXPLAIN_AS_OF")]
     as_of: Option<String>,
+    /// Stop after this offset of the account's partition (a reply's
+    /// `position.offset`): the account as it was right after it.
+    #[arg(long, env = "POINTS_LEDGER_EXPLAIN_AS_OF_POSITION")]
+    as_of_position: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -348,15 +352,22 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         None => None,
     };
     let log = args.log.open_events_read_only(&args.data_dir)?;
+    // At most this many records (fewer with --until-time).
+    let mut total = 0u64;
+    for p in 0..log.partitions() {
+        let end = log.end_offset(p)?;
+        total += args.until_position.map_or(end, |u| u.min(end));
+    }
     let started = std::time::Instant::now();
     let mut last_print = started;
     let (views, folded) =
         rebuild(log.as_ref(), &args.into, Until { offset: args.until_position, time, offsets: None }, |n| {
-            if last_print.elapsed().as_millis() >= 500 {
+            if last_print.elapsed().as_millis() >= 250 {
                 last_print = std::time::Instant::now();
-                eprint!("\rreplayed {n} records, {:.0} records/s   ", n as f64 / started.elapsed().as_secs_f64());
+                eprint!("\r{}", progress_line(n, total, started.elapsed()));
             }
         })?;
+    eprint!("\r{}", progress_line(folded, total.max(folded), started.elapsed()));
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     println!(
@@ -370,6 +381,19 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `[#########.........]  45%  12345/27000 records  8123 records/s`
+fn progress_line(done: u64, total: u64, elapsed: std::time::Duration) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let percent = (done.min(total) * 100).checked_div(total).unwrap_or(100);
+    format!(
+        "[{}{}] {percent:>3}%  {done}/{total} records  {:.0} records/s   ",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize),
+        done as f64 / elapsed.as_secs_f64().max(1e-9)
+    )
+}
+
 fn rfc3339_millis(flag: &str, t: &str) -> anyhow::Result<i64> {
     Ok(chrono::DateTime::parse_from_rfc3339(t)
         .with_context(|| format!("{flag} {t}: expected RFC 3339, e.g. 2026-11-11T00:00:00+08:00"))?
@@ -377,17 +401,22 @@ fn rfc3339_millis(flag: &str, t: &str) -> anyhow::Result<i64> {
 }
 
 fn explain(args: ExplainArgs) -> anyhow::Result<()> {
-    let parts: Vec<&str> = args.account.split('/').collect();
-    let [tenant, programme, member] = parts.as_slice() else {
-        anyhow::bail!("--account {}: expected TENANT/PROGRAMME/MEMBER", args.account);
-    };
-    let key = points_ledger::domain::AccountKey::new(tenant, programme, member);
+    let key = parse_account("--account", &args.account)?;
     let as_of = args.as_of.as_deref().map(|t| rfc3339_millis("--as-of", t)).transpose()?;
     let log = args.log.open_events_read_only(&args.data_dir)?;
-    let steps = points_ledger::audit::explain(log.as_ref(), &key, as_of)?;
+    let control = args.log.open_control_read_only(&args.data_dir)?;
+    let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
+    let programme = points_ledger::domain::ProgrammeKey {
+        tenant_id: key.tenant_id.clone(),
+        programme_id: key.programme_id.clone(),
+    };
+    let steps = points_ledger::audit::explain(log.as_ref(), &key, as_of, args.as_of_position)?;
+    let level = |version: u64, growth: i64| {
+        registry.version(&programme, version).map(|p| p.level_for(growth).to_string()).unwrap_or_default()
+    };
     println!(
-        "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7}  lots",
-        "offset", "at (UTC)", "request", "event", "delta", "available", "reserved", "debt"
+        "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7} {:>8} {:<8}  lots",
+        "offset", "at (UTC)", "request", "event", "delta", "available", "reserved", "debt", "growth", "level"
     );
     for s in &steps {
         let at = chrono::DateTime::from_timestamp_millis(s.at)
@@ -395,7 +424,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         let lots: Vec<String> = s.after.lots_fefo().iter().map(|(id, l)| format!("{id}={}", l.remaining)).collect();
         println!(
-            "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7}  {}",
+            "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7} {:>8} {:<8}  {}",
             s.offset,
             at,
             if s.request_id.is_empty() { "(scheduler)" } else { &s.request_id },
@@ -404,6 +433,8 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
             s.after.available(),
             s.after.reserved(),
             s.after.debt,
+            s.after.growth,
+            level(s.programme_version, s.after.growth),
             lots.join(" ")
         );
     }

@@ -73,6 +73,12 @@ async fn verify_passes_on_clean_views_and_names_a_corrupted_key() {
     assert!(out.contains("shop/points/m0: 17 events; available 1720"), "{out}");
     let (ok, out) = cli(&["explain", "--data-dir", &data, "--account", "shop/points/m0", "--as-of", &until]);
     assert!(ok && out.contains("available 720") && !out.contains("late="), "{out}");
+    // As of a position: right after m0's second record.
+    let second = out.lines().filter(|l| l.contains("PointsEarned") || l.contains("PointsSpent")).nth(1).unwrap();
+    let offset = second.split_whitespace().next().unwrap().to_string();
+    let (ok, out) = cli(&["explain", "--data-dir", &data, "--account", "shop/points/m0", "--as-of-position", &offset]);
+    assert!(ok && out.contains("shop/points/m0: 2 events"), "{out}");
+    assert!(out.contains("growth") && out.contains("level"), "{out}");
     let (ok, out) = cli(&["explain", "--data-dir", &data, "--account", "shop-points-m0"]);
     assert!(!ok && out.contains("TENANT/PROGRAMME/MEMBER"), "{out}");
 

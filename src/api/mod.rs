@@ -146,7 +146,7 @@ impl Ledger {
 }
 
 fn level_of(programme: &domain::Programme, growth: i64) -> String {
-    programme.levels.iter().rev().find(|l| growth >= l.min_growth).map(|l| l.name.clone()).unwrap_or_default()
+    programme.level_for(growth).to_string()
 }
 
 fn account_to_pb(key: &AccountKey, a: &Account, level: String, position: pb::LogPosition) -> pb::Account {

@@ -118,6 +118,11 @@ pub struct Programme {
 }
 
 impl Programme {
+    /// The highest level whose threshold `growth` meets ("" below all).
+    pub fn level_for(&self, growth: i64) -> &str {
+        self.levels.iter().rev().find(|l| growth >= l.min_growth).map(|l| l.name.as_str()).unwrap_or_default()
+    }
+
     pub fn key(&self) -> ProgrammeKey {
         ProgrammeKey { tenant_id: self.tenant_id.clone(), programme_id: self.programme_id.clone() }
     }
