@@ -173,7 +173,10 @@ fn apply(b: &mut pb::DailyBook, event: &Event) -> Option<()> {
                 add(&mut b.closing_balance, -lots(l)?)?;
             }
         }
-        Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } => {}
+        Event::AccountFrozen { .. }
+        | Event::AccountUnfrozen { .. }
+        | Event::GrowthExpired { .. }
+        | Event::LevelChanged { .. } => {}
     }
     Some(())
 }

@@ -182,6 +182,12 @@ pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
         Event::AccountUnfrozen { earning, spending, operator, reason } => {
             PbEvent::AccountUnfrozen(pb::AccountUnfrozen { earning, spending, operator, reason })
         }
+        Event::GrowthExpired { earns, growth } => {
+            PbEvent::GrowthExpired(pb::GrowthExpired { earns: lots_to_pb(&earns), growth })
+        }
+        Event::LevelChanged { from, to, growth, why } => {
+            PbEvent::LevelChanged(pb::LevelChanged { from, to, growth, why })
+        }
     };
     pb::LedgerEvent { event: Some(event) }
 }
@@ -272,6 +278,8 @@ pub fn event_from_pb(e: &pb::LedgerEvent) -> Result<Event, CodecError> {
         PbEvent::AccountUnfrozen(x) => {
             Event::AccountUnfrozen { earning: x.earning, spending: x.spending, operator: x.operator, reason: x.reason }
         }
+        PbEvent::GrowthExpired(x) => Event::GrowthExpired { earns: lots_from_pb(&x.earns), growth: x.growth },
+        PbEvent::LevelChanged(x) => Event::LevelChanged { from: x.from, to: x.to, growth: x.growth, why: x.why },
     })
 }
 
@@ -552,6 +560,8 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
                 reversed: e.reversed,
                 growth: e.growth,
                 growth_reversed: e.growth_reversed,
+                day: e.day,
+                growth_expired: e.growth_expired,
             })
             .collect(),
         spends: a
@@ -596,6 +606,7 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
         day_earned: a.day_earned,
         day_actions: a.day_actions.iter().map(|(k, v)| pb::DayCounter { action: k.clone(), earned: *v }).collect(),
         events: a.events,
+        level: a.level.clone(),
     }
     .encode_to_vec()
 }
@@ -622,6 +633,8 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
                         reversed: e.reversed,
                         growth: e.growth,
                         growth_reversed: e.growth_reversed,
+                        day: e.day,
+                        growth_expired: e.growth_expired,
                     },
                 )
             })
@@ -675,6 +688,7 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
         day_earned: s.day_earned,
         day_actions: s.day_actions.into_iter().map(|d| (d.action, d.earned)).collect(),
         events: s.events,
+        level: s.level,
     })
 }
 

@@ -195,6 +195,8 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         | Event::AccountUnfrozen { earning, spending, operator, reason } => json!({
             "earning": earning, "spending": spending, "operator": operator, "reason": reason,
         }),
+        Event::GrowthExpired { earns, growth } => json!({"earns": lots_json(earns), "growth": growth}),
+        Event::LevelChanged { from, to, growth, why } => json!({"from": from, "to": to, "growth": growth, "why": why}),
     };
     v["type"] = e.name().into();
     v

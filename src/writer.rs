@@ -323,6 +323,10 @@ struct Work {
     accounts: HashMap<AccountKey, Touched>,
     /// (tenant, request id, fingerprint, reply) for the idempotency records.
     replies: Vec<(String, String, u64, Reply)>,
+    /// Due-index rows a tick took up: deleted at commit, and each account's
+    /// current due instant put back (a row can go stale when the rules that
+    /// set it change, e.g. the level window).
+    ticked: Vec<(Vec<u8>, AccountKey)>,
 }
 
 /// An account as a batch sees it.
@@ -348,8 +352,8 @@ impl PartitionWriter {
     fn account<'w>(&self, work: &'w mut Work, key: &AccountKey) -> Result<&'w mut Touched, store::StoreError> {
         if !work.accounts.contains_key(key) {
             let account = self.load(key)?;
-            work.accounts
-                .insert(key.clone(), Touched { due_before: domain::due_at(&account), account, changed: false });
+            let due_before = domain::due_at(&account, self.programme(key).as_deref());
+            work.accounts.insert(key.clone(), Touched { due_before, account, changed: false });
         }
         Ok(work.accounts.get_mut(key).expect("just inserted"))
     }
@@ -512,12 +516,20 @@ impl PartitionWriter {
         for (key, t) in work.accounts.iter().filter(|(_, t)| t.changed) {
             let (due_before, account) = (&t.due_before, &t.account);
             batch.put(Cf::Accounts, &store::account_key(key), &codec::encode_account(account));
-            let due_after = domain::due_at(account);
+            let due_after = domain::due_at(account, self.programme(key).as_deref());
             if due_before != &due_after {
                 if let Some(at) = due_before {
                     batch.delete(Cf::Due, &store::due_key(self.partition, *at, key));
                 }
                 if let Some(at) = due_after {
+                    batch.put(Cf::Due, &store::due_key(self.partition, at, key), &[]);
+                }
+            }
+        }
+        for (row, key) in &work.ticked {
+            batch.delete(Cf::Due, row);
+            if let Some(t) = work.accounts.get(key) {
+                if let Some(at) = domain::due_at(&t.account, self.programme(key).as_deref()) {
                     batch.put(Cf::Due, &store::due_key(self.partition, at, key), &[]);
                 }
             }
@@ -595,14 +607,20 @@ impl PartitionWriter {
     }
 
     /// Accounts with something due at `now`, from the due index.
-    fn due_accounts(&self, now: Millis) -> Result<Vec<AccountKey>, store::StoreError> {
+    /// Due-index rows at or before `now` (at most `tick_accounts_max`), with
+    /// their accounts.
+    fn due_accounts(&self, now: Millis) -> Result<Vec<(Vec<u8>, AccountKey)>, store::StoreError> {
         let prefix = self.partition.to_be_bytes();
         let rows = self.store.scan(Cf::Due, &prefix, &prefix, self.config.tick_accounts_max)?;
         Ok(rows
             .into_iter()
             .take_while(|(k, _)| store::millis_from_key(&k[4..12]) <= now)
-            .filter_map(|(k, _)| store::parse_account_key(&k[12..]).map(|(a, _)| a))
+            .filter_map(|(k, _)| store::parse_account_key(&k[12..]).map(|(a, _)| (k.clone(), a)))
             .collect())
+    }
+
+    fn programme(&self, key: &AccountKey) -> Option<Arc<domain::Programme>> {
+        self.registry.read().expect("registry lock").current(&key.programme())
     }
 
     fn process(&mut self, msgs: Vec<Msg>) -> anyhow::Result<()> {
@@ -629,6 +647,7 @@ impl PartitionWriter {
         let mut ticked = false;
         // Tick senders hear back once the batch is appended (or failed).
         let mut tick_waiters = Vec::new();
+        let mut ticked_rows = Vec::new();
         for m in msgs {
             match m {
                 Msg::Submit(c, tx) => commands.push((*c, Some(tx))),
@@ -636,7 +655,8 @@ impl PartitionWriter {
                     tick_waiters.extend(done);
                     if !ticked {
                         ticked = true;
-                        for account in self.due_accounts(now)? {
+                        for (row, account) in self.due_accounts(now)? {
+                            ticked_rows.push((row, account.clone()));
                             let cmd = Command {
                                 request_id: String::new(),
                                 account,
@@ -650,7 +670,7 @@ impl PartitionWriter {
             }
         }
 
-        let mut work = Work::default();
+        let mut work = Work { ticked: ticked_rows, ..Work::default() };
         let mut records: Vec<(AccountRecord, Balance)> = Vec::new();
         // Callers waiting for record i; `true` marks an in-batch retry.
         let mut waiting: Vec<(ReplyTx, usize, bool)> = Vec::new();

@@ -25,6 +25,8 @@ use crate::store::{self, Cf, Db};
 use crate::writer::{Clock, Writers};
 
 pub const ENTRIES_PAGE_SIZE_MAX: u32 = 500;
+/// Statement rows one `ListLevelChanges` page reads at most.
+pub const LEVEL_CHANGES_SCAN_ROWS_MAX: usize = 10_000;
 pub const ENTRIES_PAGE_SIZE_DEFAULT: u32 = 100;
 pub const EXPIRING_PAGE_SIZE_MAX: u32 = 1000;
 pub const EXPIRING_WITHIN_DAYS_MAX: i32 = 3650;
@@ -145,11 +147,37 @@ impl Ledger {
     }
 }
 
-fn level_of(programme: &domain::Programme, growth: i64) -> String {
-    programme.level_for(growth).to_string()
+/// The first statement key a page starts at: the account's first, or the
+/// one after the last key a previous page returned (its token).
+fn entries_from_token(key: &AccountKey, token: &str) -> Result<Vec<u8>, Status> {
+    if token.is_empty() {
+        return Ok(store::account_key(key));
+    }
+    let after = unhex("page_token", token)?;
+    if after.len() != 10 {
+        return Err(invalid("page_token", "not a token this service issued"));
+    }
+    let offset = u64::from_be_bytes(after[..8].try_into().expect("8 bytes"));
+    let index = u16::from_be_bytes(after[8..].try_into().expect("2 bytes"));
+    Ok(match index.checked_add(1) {
+        Some(i) => entry_key(key, offset, i),
+        None => entry_key(key, offset + 1, 0),
+    })
 }
 
-fn account_to_pb(key: &AccountKey, a: &Account, level: String, position: pb::LogPosition) -> pb::Account {
+fn level_status_to_pb(programme: &domain::Programme, s: domain::LevelStatus) -> pb::LevelStatus {
+    pb::LevelStatus {
+        level: s.level,
+        growth_in_window: s.growth_in_window,
+        window_days: programme.level_window_days as i32,
+        next_evaluation: s.next_evaluation.map(codec::timestamp),
+        growth_to_keep: s.growth_to_keep,
+        next_level: s.next_level,
+        growth_to_next: s.growth_to_next,
+    }
+}
+
+fn account_to_pb(key: &AccountKey, a: &Account, level: pb::LevelStatus, position: pb::LogPosition) -> pb::Account {
     let mut lots: Vec<pb::Lot> = a
         .lots_fefo()
         .into_iter()
@@ -166,7 +194,8 @@ fn account_to_pb(key: &AccountKey, a: &Account, level: String, position: pb::Log
         reserved: a.reserved(),
         debt: a.debt,
         growth: a.growth,
-        level,
+        level: level.level.clone(),
+        level_status: Some(level),
         earning_frozen: a.earning_frozen,
         spending_frozen: a.spending_frozen,
         lots,
@@ -319,7 +348,7 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
             Some(t) => self.0.account_as_of(&key, validate::instant("as_of", t)?)?,
             None => self.0.load_view(&key)?,
         };
-        let level = level_of(&programme, account.growth);
+        let level = level_status_to_pb(&programme, domain::level_status(&programme, &account));
         Ok(Response::new(account_to_pb(&key, &account, level, position)))
     }
 
@@ -338,21 +367,7 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
         } as usize;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
         let prefix = store::account_key(&key);
-        let start = if r.page_token.is_empty() {
-            prefix.clone()
-        } else {
-            let after = unhex("page_token", &r.page_token)?;
-            if after.len() != 10 {
-                return Err(invalid("page_token", "not a token this service issued"));
-            }
-            // The next key after the last one returned.
-            let offset = u64::from_be_bytes(after[..8].try_into().expect("8 bytes"));
-            let index = u16::from_be_bytes(after[8..].try_into().expect("2 bytes"));
-            match index.checked_add(1) {
-                Some(i) => entry_key(&key, offset, i),
-                None => entry_key(&key, offset + 1, 0),
-            }
-        };
+        let start = entries_from_token(&key, &r.page_token)?;
         let rows = self.0.views.scan(Cf::Entries, &prefix, &start, size + 1).map_err(internal)?;
         let more = rows.len() > size;
         let mut entries = Vec::with_capacity(size);
@@ -363,6 +378,64 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
         }
         let next_page_token = if more { hex(&last) } else { String::new() };
         Ok(Response::new(pb::ListEntriesResponse { entries, next_page_token }))
+    }
+
+    async fn list_level_changes(
+        &self,
+        req: Request<pb::ListLevelChangesRequest>,
+    ) -> Result<Response<pb::ListLevelChangesResponse>, Status> {
+        let r = req.get_ref();
+        let key = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        self.0.programme(&key.programme())?;
+        let size = match r.page_size {
+            0 => ENTRIES_PAGE_SIZE_DEFAULT,
+            n if n <= ENTRIES_PAGE_SIZE_MAX => n,
+            _ => return Err(invalid("page_size", format!("must be at most {ENTRIES_PAGE_SIZE_MAX}"))),
+        } as usize;
+        self.0.wait_for(&key, r.min_position.as_ref()).await?;
+        let prefix = store::account_key(&key);
+        let mut start = entries_from_token(&key, &r.page_token)?;
+        let mut changes = Vec::new();
+        let mut scanned = 0;
+        let mut last: Option<Vec<u8>> = None;
+        let mut exhausted = false;
+        // Level changes are rare among a member's events: read the statement
+        // in chunks, at most LEVEL_CHANGES_SCAN_ROWS_MAX rows per page.
+        while changes.len() < size && scanned < LEVEL_CHANGES_SCAN_ROWS_MAX {
+            let rows =
+                self.0.views.scan(Cf::Entries, &prefix, &start, ENTRIES_PAGE_SIZE_MAX as usize).map_err(internal)?;
+            let chunk_was_full = rows.len() == ENTRIES_PAGE_SIZE_MAX as usize;
+            for (k, v) in rows {
+                scanned += 1;
+                let entry: pb::Entry = prost::Message::decode(v.as_slice()).map_err(internal)?;
+                if let Some(pb::ledger_event::Event::LevelChanged(c)) = entry.event.and_then(|e| e.event) {
+                    changes.push(pb::LevelChange {
+                        from: c.from,
+                        to: c.to,
+                        growth: c.growth,
+                        why: c.why,
+                        at: entry.at,
+                        position: entry.position,
+                    });
+                }
+                start = k.clone();
+                start.push(0);
+                last = Some(k[prefix.len()..].to_vec());
+                if changes.len() == size {
+                    break;
+                }
+            }
+            if !chunk_was_full && changes.len() < size {
+                exhausted = true;
+                break;
+            }
+        }
+        let next_page_token = match last {
+            Some(l) if !exhausted => hex(&l),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListLevelChangesResponse { changes, next_page_token }))
     }
 
     async fn list_expiring(

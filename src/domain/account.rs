@@ -22,6 +22,17 @@ pub struct EarnRecord {
     pub reversed: Points,
     pub growth: i64,
     pub growth_reversed: i64,
+    /// Programme day of the earn (the level window counts from it).
+    pub day: i64,
+    /// Growth that left the level window (`GrowthExpired`).
+    pub growth_expired: i64,
+}
+
+impl EarnRecord {
+    /// What this earn still adds to the growth in the level window.
+    pub fn growth_in_window(&self) -> i64 {
+        (self.growth - self.growth_reversed - self.growth_expired).max(0)
+    }
 }
 
 /// What a later `Refund` needs to know about a spend (or a capture).
@@ -99,6 +110,8 @@ pub struct Account {
     pub day_actions: BTreeMap<String, Points>,
     /// Events folded so far.
     pub events: u64,
+    /// The member's level as of the last `LevelChanged` ("" before any).
+    pub level: String,
 }
 
 impl Account {
@@ -119,6 +132,12 @@ impl Account {
         lots
     }
 
+    /// Growth earned within the level window (lifetime growth when the
+    /// programme has no window: nothing ever leaves it).
+    pub fn growth_in_window(&self) -> i64 {
+        self.earns.values().map(EarnRecord::growth_in_window).sum()
+    }
+
     /// Earned today (programme day `day`) in all, and for one action.
     pub fn earned_on(&self, day: i64, action: &str) -> (Points, Points) {
         if self.day != day {
@@ -137,7 +156,14 @@ impl Account {
                 self.growth += growth;
                 self.earns.insert(
                     lot_id.clone(),
-                    EarnRecord { points: *granted, reversed: 0, growth: *growth, growth_reversed: 0 },
+                    EarnRecord {
+                        points: *granted,
+                        reversed: 0,
+                        growth: *growth,
+                        growth_reversed: 0,
+                        day: *day,
+                        growth_expired: 0,
+                    },
                 );
                 self.totals.issued += granted;
                 if self.day != *day {
@@ -219,6 +245,18 @@ impl Account {
                 self.earning_frozen &= !earning;
                 self.spending_frozen &= !spending;
             }
+            Event::GrowthExpired { earns, .. } => {
+                for e in earns {
+                    let earn = self.earns.get_mut(&e.lot_id).expect("growth expiry of a recorded earn");
+                    assert!(
+                        e.points >= 0 && e.points <= earn.growth_in_window(),
+                        "earn {} growth over-expired",
+                        e.lot_id
+                    );
+                    earn.growth_expired += e.points;
+                }
+            }
+            Event::LevelChanged { to, .. } => self.level = to.clone(),
         }
         self.events += 1;
         debug_assert_eq!(self.check_invariants(), Ok(()));

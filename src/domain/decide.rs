@@ -22,38 +22,122 @@ pub fn decide(
     command: &Command,
     now: Millis,
 ) -> Result<Vec<Event>, Rejection> {
-    let mut events = due_events(account, now);
-    let state: Cow<'_, Account> = if events.is_empty() {
+    let mut events = due_events(account, programme, now);
+    let mut state: Cow<'_, Account> = if events.is_empty() {
         Cow::Borrowed(account)
     } else {
         let mut s = account.clone();
         events.iter().for_each(|e| s.apply(e));
         Cow::Owned(s)
     };
-    if let CommandBody::Tick = command.body {
-        return Ok(events);
+    if !matches!(command.body, CommandBody::Tick) {
+        let programme = programme.ok_or_else(|| {
+            Rejection::field(
+                Reason::ProgrammeNotFound,
+                "account.programme_id",
+                format!("programme {}/{} is not configured", command.account.tenant_id, command.account.programme_id),
+            )
+        })?;
+        let d = Decision { programme, account: &state, request_id: &command.request_id, now };
+        let decided = d.decide(&command.body)?;
+        // The state after the command matters only for levels; skip the
+        // copy where the programme has none and the member holds none.
+        if !decided.is_empty() && (!programme.levels.is_empty() || !state.level.is_empty()) {
+            let s = state.to_mut();
+            decided.iter().for_each(|e| s.apply(e));
+        }
+        events.extend(decided);
     }
-    let programme = programme.ok_or_else(|| {
-        Rejection::field(
-            Reason::ProgrammeNotFound,
-            "account.programme_id",
-            format!("programme {}/{} is not configured", command.account.tenant_id, command.account.programme_id),
-        )
-    })?;
-    let d = Decision { programme, account: &state, request_id: &command.request_id, now };
-    events.extend(d.decide(&command.body)?);
+    if let Some(p) = programme.filter(|p| !p.levels.is_empty() || !state.level.is_empty()) {
+        events.extend(level_change(p, &state, &command.body, &events));
+    }
     Ok(events)
 }
 
-/// The earliest instant at which something in the account falls due (a lot's
-/// expiry or a reservation's timeout), for the writer's scheduler.
-pub fn due_at(account: &Account) -> Option<Millis> {
-    let lots = account.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at);
-    let holds = account.reservations.values().filter(|r| r.status == ReservationStatus::Open).map(|r| r.expires_at);
-    lots.chain(holds).min()
+/// The member's level after `events`, when it differs from the one the
+/// account holds: the highest threshold the growth in the window meets.
+fn level_change(programme: &Programme, after: &Account, body: &CommandBody, events: &[Event]) -> Option<Event> {
+    let growth = after.growth_in_window();
+    let to = programme.level_for(growth);
+    if to == after.level {
+        return None;
+    }
+    let why = if events.iter().any(|e| matches!(e, Event::GrowthExpired { .. })) {
+        format!("growth earned more than {} days ago left the window", programme.level_window_days)
+    } else {
+        match body {
+            CommandBody::Earn { .. } => "growth earned".to_string(),
+            CommandBody::ReverseEarn { .. } => "growth reversed".to_string(),
+            _ => "level rules re-evaluated".to_string(),
+        }
+    };
+    Some(Event::LevelChanged { from: after.level.clone(), to: to.to_string(), growth, why })
 }
 
-fn due_events(account: &Account, now: Millis) -> Vec<Event> {
+/// The programme day from which an earn's growth no longer counts.
+fn growth_exit_day(programme: &Programme, earn_day: i64) -> Option<i64> {
+    (programme.level_window_days > 0).then(|| earn_day + i64::from(programme.level_window_days))
+}
+
+/// Where a member stands against the programme's levels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LevelStatus {
+    pub level: String,
+    pub growth_in_window: i64,
+    /// The next instant growth leaves the window.
+    pub next_evaluation: Option<Millis>,
+    /// Growth to earn before `next_evaluation` to keep `level`.
+    pub growth_to_keep: i64,
+    pub next_level: String,
+    pub growth_to_next: i64,
+}
+
+/// The level view of an account: its level, the growth in the window, what
+/// it takes to keep the level at the next evaluation and to reach the next.
+pub fn level_status(programme: &Programme, account: &Account) -> LevelStatus {
+    let growth = account.growth_in_window();
+    let level = if account.level.is_empty() { programme.level_for(growth).to_string() } else { account.level.clone() };
+    let exits: Vec<(i64, i64)> = account
+        .earns
+        .values()
+        .filter(|e| e.growth_in_window() > 0)
+        .filter_map(|e| growth_exit_day(programme, e.day).map(|d| (d, e.growth_in_window())))
+        .collect();
+    let next_day = exits.iter().map(|(d, _)| *d).min();
+    let leaving: i64 = exits.iter().filter(|(d, _)| Some(*d) == next_day).map(|(_, g)| *g).sum();
+    let threshold = programme.levels.iter().find(|l| l.name == level).map(|l| l.min_growth).unwrap_or(0);
+    let next = programme.levels.iter().find(|l| l.min_growth > threshold);
+    LevelStatus {
+        next_evaluation: next_day
+            .and_then(super::calendar::day_to_date)
+            .and_then(|d| super::calendar::start_of_day(programme.time_zone, d)),
+        growth_to_keep: if next_day.is_some() { (threshold - (growth - leaving)).max(0) } else { 0 },
+        next_level: next.map(|l| l.name.clone()).unwrap_or_default(),
+        growth_to_next: next.map(|l| (l.min_growth - growth).max(0)).unwrap_or(0),
+        level,
+        growth_in_window: growth,
+    }
+}
+
+/// The earliest instant at which something in the account falls due (a lot's
+/// expiry, a reservation's timeout, growth leaving the level window), for
+/// the writer's scheduler.
+pub fn due_at(account: &Account, programme: Option<&Programme>) -> Option<Millis> {
+    let lots = account.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at);
+    let holds = account.reservations.values().filter(|r| r.status == ReservationStatus::Open).map(|r| r.expires_at);
+    let growth = programme.and_then(|p| {
+        let day = account
+            .earns
+            .values()
+            .filter(|e| e.growth_in_window() > 0)
+            .filter_map(|e| growth_exit_day(p, e.day))
+            .min()?;
+        super::calendar::day_to_date(day).and_then(|d| super::calendar::start_of_day(p.time_zone, d))
+    });
+    lots.chain(holds).chain(growth).min()
+}
+
+fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> Vec<Event> {
     let mut events = Vec::new();
     // Timed-out holds first: their points go back to their lots, which may be
     // due themselves.
@@ -80,6 +164,18 @@ fn due_events(account: &Account, now: Millis) -> Vec<Event> {
         .collect();
     if !lots.is_empty() {
         events.push(Event::PointsExpired { points: sum(&lots), lots, cause: ExpiryCause::Due, reason: String::new() });
+    }
+    if let Some(p) = programme {
+        let today = programme_day(p.time_zone, now);
+        let earns: Vec<LotAmount> = account
+            .earns
+            .iter()
+            .filter(|(_, e)| e.growth_in_window() > 0 && growth_exit_day(p, e.day).is_some_and(|d| d <= today))
+            .map(|(id, e)| LotAmount::new(id, e.growth_in_window()))
+            .collect();
+        if !earns.is_empty() {
+            events.push(Event::GrowthExpired { growth: sum(&earns), earns });
+        }
     }
     events
 }

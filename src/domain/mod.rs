@@ -20,7 +20,7 @@ mod fingerprint;
 use std::collections::BTreeMap;
 
 pub use account::{Account, EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals};
-pub use decide::{decide, due_at};
+pub use decide::{decide, due_at, level_status, LevelStatus};
 
 /// A number of points. Signed so that debts and adjustments read naturally;
 /// every sum is checked.
@@ -361,6 +361,20 @@ pub enum Event {
         operator: String,
         reason: String,
     },
+    /// Growth of earns older than the programme's level window left the
+    /// window (each earn's share in `earns`, lot id = earn id).
+    GrowthExpired {
+        earns: Vec<LotAmount>,
+        growth: i64,
+    },
+    /// The member's level, re-evaluated from the growth in the window.
+    LevelChanged {
+        from: String,
+        to: String,
+        /// Growth in the window at the evaluation.
+        growth: i64,
+        why: String,
+    },
 }
 
 impl Event {
@@ -377,6 +391,7 @@ impl Event {
             Event::PointsExpired { points, .. } => -points,
             Event::PointsAdjusted { points, .. } => *points,
             Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } => 0,
+            Event::GrowthExpired { .. } | Event::LevelChanged { .. } => 0,
         }
     }
 
@@ -393,6 +408,8 @@ impl Event {
             Event::PointsAdjusted { .. } => "PointsAdjusted",
             Event::AccountFrozen { .. } => "AccountFrozen",
             Event::AccountUnfrozen { .. } => "AccountUnfrozen",
+            Event::GrowthExpired { .. } => "GrowthExpired",
+            Event::LevelChanged { .. } => "LevelChanged",
         }
     }
 }

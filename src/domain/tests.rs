@@ -207,7 +207,7 @@ fn a_reservation_past_its_timeout_is_released_by_the_scheduler() {
         "r1",
         CommandBody::Reserve { points: 60, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None },
     );
-    assert_eq!(due_at(&s.account), Some(T0 + 60_000));
+    assert_eq!(due_at(&s.account, Some(&s.programme)), Some(T0 + 60_000));
     s.at(T0 + 59_999);
     assert!(s.then_ok("", CommandBody::Tick).is_empty());
     s.at(T0 + 60_000);
@@ -515,4 +515,127 @@ fn fingerprints_tell_content_apart() {
     assert_eq!(fingerprint(&c(5)), fingerprint(&other), "the request id is the key, not the content");
     other.context.client_ip = "10.0.0.1".into();
     assert_ne!(fingerprint(&c(5)), fingerprint(&other));
+}
+
+// ---- levels ----
+
+fn tiers(p: &mut Programme) {
+    p.time_zone = chrono_tz::Asia::Shanghai;
+    p.levels = [("注册", 0), ("铜牌", 100), ("银牌", 500), ("金牌", 2000)]
+        .iter()
+        .map(|(n, g)| LevelThreshold { name: (*n).into(), min_growth: *g })
+        .collect();
+    p.level_window_days = 365;
+}
+
+fn earn_growth(points: Points, growth: i64) -> CommandBody {
+    CommandBody::Earn { points, reason: "purchase".into(), order_ref: None, growth, expires_at: None }
+}
+
+fn level_changes(events: &[Event]) -> Vec<(String, String, i64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LevelChanged { from, to, growth, .. } => Some((from.clone(), to.clone(), *growth)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn growth_raises_the_level_and_each_change_is_an_event() {
+    let mut s = Scenario::new().rules(tiers);
+    // The first command places the member at the entry level.
+    let e = s.then_ok("a", earn_growth(10, 50));
+    assert_eq!(level_changes(&e), vec![("".into(), "注册".into(), 50)]);
+    // Below the next threshold: no event.
+    assert!(level_changes(&s.then_ok("b", earn_growth(10, 49))).is_empty());
+    // Exactly at it: up.
+    let e = s.then_ok("c", earn_growth(10, 1));
+    assert_eq!(level_changes(&e), vec![("注册".into(), "铜牌".into(), 100)]);
+    // Several thresholds at once: straight to the highest met.
+    let e = s.then_ok("d", earn_growth(10, 1900));
+    assert_eq!(level_changes(&e), vec![("铜牌".into(), "金牌".into(), 2000)]);
+    assert_eq!(s.account.level, "金牌");
+    // Spending points changes nothing about the level.
+    assert!(level_changes(&s.then_ok("s", spend(5))).is_empty());
+}
+
+#[test]
+fn a_growth_reversal_can_downgrade() {
+    let mut s = Scenario::new().rules(tiers);
+    s.then_ok("o1", earn_growth(100, 600));
+    assert_eq!(s.account.level, "银牌");
+    let e = s.then_ok("rev", CommandBody::ReverseEarn { earn_id: "o1".into(), points: 10, growth: 101 });
+    assert_eq!(level_changes(&e), vec![("银牌".into(), "铜牌".into(), 499)]);
+    assert!(e.iter().any(|e| matches!(e, Event::LevelChanged { why, .. } if why == "growth reversed")));
+}
+
+#[test]
+fn members_who_stop_buying_are_downgraded_when_the_window_passes() {
+    let mut s = Scenario::new().rules(tiers);
+    // 2026-03-10T00:00Z is 08:00 on 2026-03-10 in Shanghai (programme day D).
+    s.then_ok("o1", earn_growth(100, 600));
+    s.at(T0 + 100 * DAY);
+    s.then_ok("o2", earn_growth(100, 100));
+    assert_eq!((s.account.level.as_str(), s.account.growth_in_window()), ("银牌", 700));
+    // o1's growth leaves the window at the start of day D + 365 in Shanghai:
+    // 2027-03-10T00:00+08:00 = 2027-03-09T16:00Z.
+    let boundary = T0 + 365 * DAY - 8 * 3_600_000;
+    assert_eq!(due_at(&s.account, Some(&s.programme)), Some(boundary));
+    s.at(boundary - 1);
+    assert!(s.then_ok("", CommandBody::Tick).is_empty(), "one millisecond early: nothing");
+    s.at(boundary);
+    let e = s.then_ok("", CommandBody::Tick);
+    assert!(matches!(&e[0], Event::GrowthExpired { growth: 600, earns } if earns == &lots(&[("o1", 600)])));
+    assert_eq!(level_changes(&e), vec![("银牌".into(), "铜牌".into(), 100)]);
+    // o2 leaves 100 days later: down to the entry level (0 growth meets 注册).
+    let next = due_at(&s.account, Some(&s.programme)).unwrap();
+    assert_eq!(next, boundary + 100 * DAY);
+    s.at(next);
+    let e = s.then_ok("", CommandBody::Tick);
+    assert!(matches!(&e[0], Event::GrowthExpired { growth: 100, .. }), "{e:?}");
+    assert_eq!(level_changes(&e), vec![("铜牌".into(), "注册".into(), 0)]);
+    assert_eq!(s.account.growth_in_window(), 0);
+    assert_eq!(s.account.growth, 700, "lifetime growth is kept");
+    assert_eq!(due_at(&s.account, Some(&s.programme)), None, "nothing left to fall due");
+}
+
+#[test]
+fn any_command_settles_a_passed_window_first() {
+    let mut s = Scenario::new().rules(tiers);
+    s.then_ok("o1", earn_growth(100, 600));
+    // The scheduler has not come round; a spend a year later sees the window passed.
+    s.at(T0 + 400 * DAY);
+    let e = s.then_ok("s", spend(10));
+    assert!(matches!(&e[0], Event::GrowthExpired { growth: 600, .. }));
+    assert!(matches!(&e[1], Event::PointsSpent { .. }));
+    assert_eq!(level_changes(&e), vec![("银牌".into(), "注册".into(), 0)]);
+}
+
+#[test]
+fn without_a_window_growth_counts_for_life_and_without_levels_nothing_happens() {
+    let mut s = Scenario::new().rules(|p| {
+        tiers(p);
+        p.level_window_days = 0;
+    });
+    s.then_ok("o1", earn_growth(100, 600));
+    assert_eq!(due_at(&s.account, Some(&s.programme)), None);
+    s.at(T0 + 3000 * DAY);
+    assert!(s.then_ok("", CommandBody::Tick).is_empty());
+    assert_eq!(s.account.level, "银牌");
+
+    let mut plain = Scenario::new();
+    let e = plain.then_ok("o1", earn_growth(100, 600));
+    assert!(level_changes(&e).is_empty() && plain.account.level.is_empty());
+}
+
+#[test]
+fn new_thresholds_apply_at_the_next_command() {
+    let mut s = Scenario::new().rules(tiers);
+    s.then_ok("o1", earn_growth(100, 600));
+    s.programme.levels[2].min_growth = 1000;
+    let e = s.then_ok("s", spend(1));
+    assert_eq!(level_changes(&e), vec![("银牌".into(), "铜牌".into(), 600)]);
+    assert!(e.iter().any(|e| matches!(e, Event::LevelChanged { why, .. } if why == "level rules re-evaluated")));
 }

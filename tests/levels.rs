@@ -1,0 +1,120 @@
+//! Levels end to end: growth raises the level, a reversal lowers it, and a
+//! member who stops buying is downgraded by the writer's scheduler when the
+//! window passes (no command needed); GetAccount's level view and
+//! ListLevelChanges show it, and a replay from offset zero reproduces it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use points_ledger::audit;
+use points_ledger::proto as pb;
+
+const DAY: i64 = 86_400_000;
+
+fn with_levels() -> pb::Programme {
+    pb::Programme {
+        levels: [("注册", 0), ("铜牌", 100), ("银牌", 500), ("金牌", 2000)]
+            .iter()
+            .map(|(n, g)| pb::LevelThreshold { name: (*n).into(), min_growth: *g })
+            .collect(),
+        level_window_days: 30,
+        ..programme()
+    }
+}
+
+async fn account_now(h: &Harness, at: Option<pb::LogPosition>) -> pb::Account {
+    h.ledger()
+        .await
+        .get_account(pb::GetAccountRequest { account: account("lee"), min_position: at, as_of: None })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn levels_rise_fall_with_reversals_and_lapse_when_the_window_passes() {
+    let h = Harness::start().await;
+    configure(&h, with_levels()).await;
+    let mut c = h.ledger().await;
+
+    let r = c.earn(pb::EarnRequest { growth: Some(600), ..earn("o1", "lee", 100) }).await.unwrap().into_inner();
+    let events: Vec<_> = r.events.iter().filter_map(|e| e.event.clone()).collect();
+    assert!(
+        events.iter().any(|e| matches!(e, pb::ledger_event::Event::LevelChanged(l) if l.to == "银牌" && l.from.is_empty())),
+        "{events:?}"
+    );
+    let a = account_now(&h, r.position).await;
+    assert_eq!(a.level, "银牌");
+    let s = a.level_status.unwrap();
+    assert_eq!((s.level.as_str(), s.growth_in_window, s.window_days), ("银牌", 600, 30));
+    assert_eq!((s.next_level.as_str(), s.growth_to_next), ("金牌", 1400));
+    // T0 is 08:00 on 2026-03-10 in Shanghai: the growth leaves at the start of
+    // 2026-04-09 there, 2026-04-08T16:00Z; keeping 银牌 then takes 500 more.
+    let boundary = T0 + 30 * DAY - 8 * 3_600_000;
+    assert_eq!(s.next_evaluation.as_ref().map(|t| t.seconds * 1000), Some(boundary));
+    assert_eq!(s.growth_to_keep, 500);
+
+    let r = c
+        .reverse_earn(pb::ReverseEarnRequest { growth: Some(200), ..reverse("rv", "lee", "o1", 10) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(account_now(&h, r.position).await.level, "铜牌");
+
+    // The window passes with no purchase: the scheduler downgrades.
+    h.clock.set(boundary);
+    let mut lapsed = None;
+    for _ in 0..100 {
+        let a = account_now(&h, None).await;
+        if a.level == "注册" {
+            lapsed = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = lapsed.expect("the member was not downgraded when the window passed");
+    assert_eq!(a.level_status.as_ref().unwrap().growth_in_window, 0);
+    assert_eq!(a.growth, 400, "lifetime growth is kept");
+
+    // The history, one per page and all at once.
+    let list = |token: String, size: u32| {
+        let mut c = c.clone();
+        async move {
+            c.list_level_changes(pb::ListLevelChangesRequest {
+                account: account("lee"),
+                page_size: size,
+                page_token: token,
+                min_position: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let all = list(String::new(), 0).await;
+    let path: Vec<_> = all.changes.iter().map(|c| (c.from.as_str(), c.to.as_str())).collect();
+    assert_eq!(path, vec![("", "银牌"), ("银牌", "铜牌"), ("铜牌", "注册")]);
+    assert_eq!(all.changes[1].why, "growth reversed");
+    assert!(all.changes[2].why.contains("left the window"), "{}", all.changes[2].why);
+    assert_eq!(all.changes[2].at.as_ref().unwrap().seconds * 1000, boundary);
+    assert!(all.next_page_token.is_empty());
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list(token, 1).await;
+        paged.extend(page.changes);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged, all.changes);
+
+    // A replay from zero reproduces the level view byte for byte.
+    let events = h.events.clone();
+    let (dir, _) = h.stop().await;
+    let views = audit::open_views_read_only(dir.path()).unwrap();
+    assert_eq!(audit::verify(events.as_ref(), &views).unwrap().1, None);
+}
