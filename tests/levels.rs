@@ -114,7 +114,7 @@ async fn levels_rise_fall_with_reversals_and_lapse_when_the_window_passes() {
 
     // A replay from zero reproduces the level view byte for byte.
     let events = h.events.clone();
-    let (dir, _) = h.stop().await;
+    let (dir, _broker) = h.stop_keep_broker().await;
     let views = audit::open_views_read_only(dir.path()).unwrap();
     assert_eq!(audit::verify(events.as_ref(), &views).unwrap().1, None);
 }
