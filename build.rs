@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("points_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // Maps as BTreeMap: equal contents encode to equal bytes (views and
+    // alerts must be byte-identical across replays).
+    tonic_prost_build::configure().btree_map(".").build_server(true).build_client(true).compile_fds(fds)?;
     Ok(())
 }

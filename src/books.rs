@@ -191,6 +191,7 @@ pub fn fold(
     entries: &[LogEntry],
 ) -> Result<Batch, BooksError> {
     let mut open: Open = HashMap::new();
+    let mut risk = crate::risk::RiskFold::default();
     // Partials finished within this fold (a later day began), to store too.
     let mut done: Vec<(ProgrammeKey, i64, pb::DailyBook)> = Vec::new();
     for entry in entries {
@@ -220,6 +221,7 @@ pub fn fold(
             }
             *day = record_day;
         }
+        risk.record(books, &programme, partition, entry.offset, &record, *day)?;
         book.points_per_cash_unit = programme.points_per_cash_unit;
         for event in &record.events {
             apply(book, event).ok_or_else(|| BooksError::Overflow(key.clone()))?;
@@ -241,6 +243,7 @@ pub fn fold(
         }
         batch.put(Cf::Books, &book_key(&key.tenant_id, &key.programme_id, partition, day), &book.encode_to_vec());
     }
+    risk.write(&mut batch, partition);
     if let Some(last) = entries.last() {
         store::put_cursor(&mut batch, partition, store::Cursor { next: last.offset + 1, arbiter: *arbiter });
     }

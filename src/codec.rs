@@ -8,7 +8,8 @@ use prost::Message;
 
 use crate::domain::{
     Account, AccountKey, CapPolicy, ClawbackPolicy, EarnRecord, Event, ExpiryCause, LevelThreshold, Lot, LotAmount,
-    Millis, Programme, ReleaseCause, ReservationRecord, ReservationStatus, SpendRecord, Totals, ValidityRounding,
+    Millis, Programme, ReleaseCause, ReservationRecord, ReservationStatus, RiskRules, SpendRecord, Totals,
+    ValidityRounding,
 };
 use crate::proto as pb;
 use crate::proto::ledger_event::Event as PbEvent;
@@ -417,6 +418,7 @@ pub fn programme_to_pb(p: &Programme) -> pb::Programme {
         level_window_days: p.level_window_days as i32,
         version: p.version,
         configured_at: Some(timestamp(p.configured_at)),
+        risk: (p.risk != RiskRules::default()).then(|| risk_rules_to_pb(&p.risk)),
     }
 }
 
@@ -510,6 +512,7 @@ pub fn programme_from_pb(p: &pb::Programme) -> Result<Programme, FieldError> {
     if !(0..=PROGRAMME_VALIDITY_DAYS_MAX).contains(&p.level_window_days) {
         return Err(FieldError::new("programme.level_window_days", "must be 0 (lifetime) ..= 36500"));
     }
+    let risk = risk_rules_from_pb(&p.risk.unwrap_or_default())?;
     Ok(Programme {
         tenant_id: p.tenant_id.clone(),
         programme_id: p.programme_id.clone(),
@@ -529,7 +532,65 @@ pub fn programme_from_pb(p: &pb::Programme) -> Result<Programme, FieldError> {
         level_window_days: p.level_window_days as u32,
         version: 0,
         configured_at: 0,
+        risk,
     })
+}
+
+/// Windows of the alert rules are at most a week.
+const RISK_WINDOW_MINUTES_MAX: i32 = 7 * 24 * 60;
+
+fn risk_rules_from_pb(r: &pb::RiskRules) -> Result<RiskRules, FieldError> {
+    let count = |field: &str, v: i32| -> Result<u32, FieldError> {
+        u32::try_from(v).map_err(|_| FieldError::new(format!("programme.risk.{field}"), "must be >= 0"))
+    };
+    let minutes = |field: &str, v: i32| -> Result<u32, FieldError> {
+        if !(0..=RISK_WINDOW_MINUTES_MAX).contains(&v) {
+            return Err(FieldError::new(format!("programme.risk.{field}"), "must be 0..=10080 (a week)"));
+        }
+        Ok(v as u32)
+    };
+    let points = |field: &str, v: i64| -> Result<i64, FieldError> {
+        if v < 0 {
+            return Err(FieldError::new(format!("programme.risk.{field}"), "must be >= 0"));
+        }
+        Ok(v)
+    };
+    let rules = RiskRules {
+        issuance_spike_percent: count("issuance_spike_percent", r.issuance_spike_percent)?,
+        issuance_spike_min_points: points("issuance_spike_min_points", r.issuance_spike_min_points)?,
+        dense_spend_count: count("dense_spend_count", r.dense_spend_count)?,
+        dense_spend_minutes: minutes("dense_spend_minutes", r.dense_spend_minutes)?,
+        shared_address_members: count("shared_address_members", r.shared_address_members)?,
+        member_addresses: count("member_addresses", r.member_addresses)?,
+        member_addresses_minutes: minutes("member_addresses_minutes", r.member_addresses_minutes)?,
+        member_daily_earn_alert: points("member_daily_earn_alert", r.member_daily_earn_alert)?,
+    };
+    if (rules.dense_spend_count > 0) != (rules.dense_spend_minutes > 0) {
+        return Err(FieldError::new(
+            "programme.risk.dense_spend_minutes",
+            "set with dense_spend_count (both or neither)",
+        ));
+    }
+    if (rules.member_addresses > 0) != (rules.member_addresses_minutes > 0) {
+        return Err(FieldError::new(
+            "programme.risk.member_addresses_minutes",
+            "set with member_addresses (both or neither)",
+        ));
+    }
+    Ok(rules)
+}
+
+fn risk_rules_to_pb(r: &RiskRules) -> pb::RiskRules {
+    pb::RiskRules {
+        issuance_spike_percent: r.issuance_spike_percent as i32,
+        issuance_spike_min_points: r.issuance_spike_min_points,
+        dense_spend_count: r.dense_spend_count as i32,
+        dense_spend_minutes: r.dense_spend_minutes as i32,
+        shared_address_members: r.shared_address_members as i32,
+        member_addresses: r.member_addresses as i32,
+        member_addresses_minutes: r.member_addresses_minutes as i32,
+        member_daily_earn_alert: r.member_daily_earn_alert,
+    }
 }
 
 // ---- account snapshots ----

@@ -14,6 +14,7 @@ pub mod programmes;
 pub mod projector;
 pub mod proto;
 pub mod record;
+pub mod risk;
 pub mod server;
 pub mod store;
 pub mod writer;

@@ -33,6 +33,8 @@ pub enum Cf {
     Expiring,
     Meta,
     Books,
+    Risk,
+    Alerts,
 }
 
 impl Cf {
@@ -45,14 +47,17 @@ impl Cf {
             Cf::Expiring => "expiring",
             Cf::Meta => "meta",
             Cf::Books => "books",
+            Cf::Risk => "risk",
+            Cf::Alerts => "alerts",
         }
     }
 }
 
 pub const WRITER_CFS: &[Cf] = &[Cf::Accounts, Cf::Requests, Cf::Due, Cf::Meta];
 pub const VIEW_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta];
-/// The reconciliation consumer's database: partial books and its positions.
-pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Meta];
+/// The reconciliation consumer's database: partial books, the risk view,
+/// alerts, and its positions.
+pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta];
 
 pub struct Db {
     db: DB,

@@ -42,7 +42,9 @@ async fn levels_rise_fall_with_reversals_and_lapse_when_the_window_passes() {
     let r = c.earn(pb::EarnRequest { growth: Some(600), ..earn("o1", "lee", 100) }).await.unwrap().into_inner();
     let events: Vec<_> = r.events.iter().filter_map(|e| e.event.clone()).collect();
     assert!(
-        events.iter().any(|e| matches!(e, pb::ledger_event::Event::LevelChanged(l) if l.to == "银牌" && l.from.is_empty())),
+        events
+            .iter()
+            .any(|e| matches!(e, pb::ledger_event::Event::LevelChanged(l) if l.to == "银牌" && l.from.is_empty())),
         "{events:?}"
     );
     let a = account_now(&h, r.position).await;

@@ -25,6 +25,10 @@ use crate::store::{self, Cf, Db};
 use crate::writer::{Clock, Writers};
 
 pub const ENTRIES_PAGE_SIZE_MAX: u32 = 500;
+/// Longest time range one `ListAlerts` call covers.
+pub const ALERTS_RANGE_DAYS_MAX: i64 = 92;
+/// Most days one `GetIssuance` call returns.
+pub const ISSUANCE_DAYS_MAX: i64 = 366;
 /// Statement rows one `ListLevelChanges` page reads at most.
 pub const LEVEL_CHANGES_SCAN_ROWS_MAX: usize = 10_000;
 pub const ENTRIES_PAGE_SIZE_DEFAULT: u32 = 100;
@@ -513,6 +517,109 @@ pub struct AdminService(pub Arc<Ledger>);
 
 #[tonic::async_trait]
 impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
+    async fn list_alerts(
+        &self,
+        req: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        let r = req.get_ref();
+        let key = ProgrammeKey {
+            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
+            programme_id: validate::id("programme_id", &r.programme_id)?,
+        };
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        let programme = self.0.programme(&key)?;
+        let from = validate::instant("from", r.from.as_ref().ok_or_else(|| invalid("from", "is required"))?)?;
+        let to = validate::instant("to", r.to.as_ref().ok_or_else(|| invalid("to", "is required"))?)?;
+        if to <= from || to - from > ALERTS_RANGE_DAYS_MAX * 86_400_000 {
+            return Err(invalid("to", format!("must be after from, at most {ALERTS_RANGE_DAYS_MAX} days later")));
+        }
+        let size = match r.page_size {
+            0 => ENTRIES_PAGE_SIZE_DEFAULT,
+            n if n <= ENTRIES_PAGE_SIZE_MAX => n,
+            _ => return Err(invalid("page_size", format!("must be at most {ENTRIES_PAGE_SIZE_MAX}"))),
+        } as usize;
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                String::from_utf8(unhex("page_token", &r.page_token)?)
+                    .map_err(|_| invalid("page_token", "not a token this service issued"))?,
+            )
+        };
+        let sort_key = |a: &pb::Alert| {
+            let t = a.at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+            format!("{:020}.{:09}/{}/{}", t.0, t.1, a.rule, a.subject)
+        };
+        let all = crate::risk::alerts(&self.0.books, &programme, from, to).map_err(internal)?;
+        let mut alerts: Vec<pb::Alert> =
+            all.into_iter().filter(|a| after.as_ref().is_none_or(|t| sort_key(a) > *t)).take(size + 1).collect();
+        let more = alerts.len() > size;
+        alerts.truncate(size);
+        let next_page_token = match alerts.last() {
+            Some(a) if more => hex(sort_key(a).as_bytes()),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAlertsResponse { alerts, next_page_token }))
+    }
+
+    async fn get_account_risk(
+        &self,
+        req: Request<pb::GetAccountRiskRequest>,
+    ) -> Result<Response<pb::AccountRisk>, Status> {
+        let r = req.get_ref();
+        let key = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        self.0.programme(&key.programme())?;
+        let state = crate::risk::account_risk(&self.0.books, &key).map_err(internal)?.unwrap_or_default();
+        let date = |day: i64| calendar::day_to_date(day).map(|d| d.to_string()).unwrap_or_default();
+        let mut out = pb::AccountRisk {
+            account: r.account.clone(),
+            date: date(state.day),
+            earned: state.earned,
+            spent: state.spent,
+            commands: state.commands,
+        };
+        if !r.date.is_empty() {
+            let asked = chrono::NaiveDate::parse_from_str(&r.date, "%Y-%m-%d")
+                .map_err(|_| invalid("date", format!("'{}' is not a date YYYY-MM-DD", r.date)))?;
+            if asked.to_string() != out.date {
+                // The view keeps the member's latest day; any other day had
+                // no records after it, or is gone: nothing to show.
+                out = pb::AccountRisk { account: r.account.clone(), date: asked.to_string(), ..Default::default() };
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn get_issuance(
+        &self,
+        req: Request<pb::GetIssuanceRequest>,
+    ) -> Result<Response<pb::GetIssuanceResponse>, Status> {
+        let r = req.get_ref();
+        let key = ProgrammeKey {
+            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
+            programme_id: validate::id("programme_id", &r.programme_id)?,
+        };
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        self.0.programme(&key)?;
+        let parse = |field: &str, v: &str| {
+            chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .map_err(|_| invalid(field, format!("'{v}' is not a date YYYY-MM-DD")))
+        };
+        let (from, to) = (parse("from_date", &r.from_date)?, parse("to_date", &r.to_date)?);
+        if to < from || (to - from).num_days() >= ISSUANCE_DAYS_MAX {
+            return Err(invalid("to_date", format!("must be on or after from_date, at most {ISSUANCE_DAYS_MAX} days")));
+        }
+        let mut days = Vec::new();
+        let mut d = from;
+        while d <= to {
+            let issued = crate::risk::issuance(&self.0.books, &key, calendar::days_since_epoch(d)).map_err(internal)?;
+            days.push(pb::DayIssuance { date: d.to_string(), issued });
+            d = d.succ_opt().ok_or_else(|| invalid("to_date", "out of range"))?;
+        }
+        Ok(Response::new(pb::GetIssuanceResponse { days }))
+    }
+
     async fn configure_programme(
         &self,
         req: Request<pb::ConfigureProgrammeRequest>,

@@ -1,7 +1,7 @@
 //! Request validation: every limit of the API contract, checked before a
 //! command reaches a writer. Produces domain commands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use tonic::Status;
 
@@ -51,7 +51,11 @@ pub fn account(a: &Option<pb::AccountKey>) -> Result<AccountKey, Status> {
     })
 }
 
-pub fn context(metadata: &HashMap<String, String>, client_ip: &str, device_id: &str) -> Result<CommandContext, Status> {
+pub fn context(
+    metadata: &BTreeMap<String, String>,
+    client_ip: &str,
+    device_id: &str,
+) -> Result<CommandContext, Status> {
     if metadata.len() > METADATA_ENTRIES_MAX {
         return Err(invalid("metadata", format!("at most {METADATA_ENTRIES_MAX} entries")));
     }

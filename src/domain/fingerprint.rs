@@ -155,6 +155,23 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
         h.i64(l.min_growth);
     }
     h.u64(u64::from(p.level_window_days));
+    // Hashed only when set, so fingerprints of rules without alert thresholds
+    // stay what they were before thresholds existed.
+    if p.risk != super::RiskRules::default() {
+        let r = &p.risk;
+        for v in [
+            r.issuance_spike_percent.into(),
+            r.issuance_spike_min_points,
+            r.dense_spend_count.into(),
+            r.dense_spend_minutes.into(),
+            r.shared_address_members.into(),
+            r.member_addresses.into(),
+            r.member_addresses_minutes.into(),
+            r.member_daily_earn_alert,
+        ] {
+            h.i64(v);
+        }
+    }
     h.str(operator);
     h.0
 }

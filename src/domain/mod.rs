@@ -115,6 +115,26 @@ pub struct Programme {
     pub level_window_days: u32,
     pub version: u64,
     pub configured_at: Millis,
+    pub risk: RiskRules,
+}
+
+/// Thresholds of the alert rules (0 = the rule is off). Alerts are derived
+/// from events by the risk view; `decide` does not read these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RiskRules {
+    /// Issuance on a day above this percentage of the trailing 7-day average.
+    pub issuance_spike_percent: u32,
+    pub issuance_spike_min_points: Points,
+    /// More than this many spends within `dense_spend_minutes`.
+    pub dense_spend_count: u32,
+    pub dense_spend_minutes: u32,
+    /// One address earning for more than this many members in a day.
+    pub shared_address_members: u32,
+    /// One member from more than this many addresses within the minutes.
+    pub member_addresses: u32,
+    pub member_addresses_minutes: u32,
+    /// A member's earnings in a day reaching this.
+    pub member_daily_earn_alert: Points,
 }
 
 impl Programme {
@@ -149,6 +169,7 @@ impl Programme {
             level_window_days: 0,
             version: 1,
             configured_at: 0,
+            risk: RiskRules::default(),
         }
     }
 }

@@ -1,0 +1,424 @@
+//! The risk view and alerts, derived from events (their decision times,
+//! never the wall clock) by the reconciliation consumer, in the same
+//! WriteBatch as the books.
+//!
+//! Every stored value is written from one partition only (an account's
+//! counters and windows, a partition's share of a day's issuance, a member's
+//! first earn from an address on a day, alerts keyed by their record's
+//! position), so any interleaving of partitions, live or in a replay, gives
+//! byte-identical results. Rules that span partitions (issuance spikes, one
+//! address earning for many members) are evaluated when alerts are listed,
+//! as pure functions of those stored facts.
+//!
+//! Rules (thresholds in the programme's `RiskRules`; 0 = off):
+//! - `member_daily_earn`: a member's earnings in a programme day reach the
+//!   threshold (once per day);
+//! - `dense_spend`: more than N spends (and captures) within M minutes (once
+//!   per burst: not again within M minutes of the last alert);
+//! - `member_addresses`: more than N distinct addresses (client_ip,
+//!   device_id) within M minutes (once per burst);
+//! - `shared_address`: one address earning for more than N members in a day;
+//! - `issuance_spike`: a day's issuance above k% of the trailing 7-day daily
+//!   average and at least a minimum.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message;
+
+use crate::domain::{calendar, AccountKey, Event, Millis, Programme, ProgrammeKey};
+use crate::proto as pb;
+use crate::record::AccountRecord;
+use crate::store::{self, Batch, Cf, Db, StoreError};
+
+/// Days the issuance-spike rule averages over.
+pub const SPIKE_TRAILING_DAYS: i64 = 7;
+/// Positions an alert lists at most.
+pub const ALERT_EVENTS_MAX: usize = 32;
+const MINUTE_MS: i64 = 60_000;
+
+fn account_row(a: &AccountKey) -> Vec<u8> {
+    let mut k = b"a".to_vec();
+    k.extend_from_slice(&store::account_key(a));
+    k
+}
+
+fn day_prefix(tag: u8, p: &ProgrammeKey, day: i64) -> Vec<u8> {
+    let mut k = vec![tag];
+    k.extend_from_slice(&store::programme_prefix(&p.tenant_id, &p.programme_id));
+    k.extend_from_slice(&store::millis_key(day));
+    k
+}
+
+fn issuance_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
+    let mut k = day_prefix(b'i', p, day);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn shared_row(p: &ProgrammeKey, day: i64, address: &str, member: &str) -> Vec<u8> {
+    let mut k = day_prefix(b's', p, day);
+    k.extend_from_slice(address.as_bytes());
+    k.push(0);
+    k.extend_from_slice(member.as_bytes());
+    k
+}
+
+/// Alerts: programme, decision time, partition, offset, rule.
+fn alert_row(p: &ProgrammeKey, at: Millis, partition: u32, offset: u64, rule: &str) -> Vec<u8> {
+    let mut k = store::programme_prefix(&p.tenant_id, &p.programme_id);
+    k.extend_from_slice(&store::millis_key(at));
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&offset.to_be_bytes());
+    k.extend_from_slice(rule.as_bytes());
+    k
+}
+
+fn programme_of(a: &AccountKey) -> ProgrammeKey {
+    ProgrammeKey { tenant_id: a.tenant_id.clone(), programme_id: a.programme_id.clone() }
+}
+
+/// What one fold of a partition changes, written at its end.
+#[derive(Default)]
+pub struct RiskFold {
+    accounts: HashMap<AccountKey, pb::RiskState>,
+    issuance: HashMap<(ProgrammeKey, i64), i64>,
+    shared: BTreeMap<Vec<u8>, Vec<u8>>,
+    alerts: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn position(partition: u32, offset: u64) -> pb::LogPosition {
+    pb::LogPosition { partition, offset }
+}
+
+fn date_of(day: i64) -> String {
+    calendar::day_to_date(day).map(|d| d.to_string()).unwrap_or_default()
+}
+
+impl RiskFold {
+    /// Folds one counted record of `partition` decided on programme `day`.
+    pub fn record(
+        &mut self,
+        db: &Db,
+        programme: &Programme,
+        partition: u32,
+        offset: u64,
+        record: &AccountRecord,
+        day: i64,
+    ) -> Result<(), StoreError> {
+        let key = &record.account;
+        let pk = programme_of(key);
+        let rules = programme.risk;
+        if !self.accounts.contains_key(key) {
+            let s = match db.get(Cf::Risk, &account_row(key))? {
+                Some(b) => pb::RiskState::decode(&b[..]).map_err(crate::codec::CodecError::from)?,
+                None => pb::RiskState::default(),
+            };
+            self.accounts.insert(key.clone(), s);
+        }
+        let s = self.accounts.get_mut(key).expect("loaded");
+        if s.day != day {
+            *s = pb::RiskState { day, ..std::mem::take(s) };
+            s.earned = 0;
+            s.spent = 0;
+            s.commands = 0;
+        }
+        let earned: i64 = record
+            .events
+            .iter()
+            .map(|e| match e {
+                Event::PointsEarned { granted, .. } => *granted,
+                _ => 0,
+            })
+            .sum();
+        let spends = record
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PointsSpent { .. } | Event::ReservationCaptured { .. }))
+            .count();
+        let spent: i64 = record
+            .events
+            .iter()
+            .map(|e| match e {
+                Event::PointsSpent { points, .. } | Event::ReservationCaptured { points, .. } => *points,
+                _ => 0,
+            })
+            .sum();
+        let before = s.earned;
+        s.earned = s.earned.saturating_add(earned);
+        s.spent = s.spent.saturating_add(spent);
+        if !record.system {
+            s.commands += 1;
+        }
+        let at = record.at;
+        let here = position(partition, offset);
+        let mut alerts: Vec<(&str, pb::Alert)> = Vec::new();
+        let alert = |rule: &str, subject: String, figures: Vec<(&str, i64)>, events: Vec<pb::LogPosition>| pb::Alert {
+            rule: rule.into(),
+            at: Some(crate::codec::timestamp(at)),
+            accounts: vec![crate::codec::account_key_to_pb(key)],
+            figures: figures.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            events,
+            subject,
+            date: date_of(day),
+        };
+
+        let threshold = rules.member_daily_earn_alert;
+        if threshold > 0 && before < threshold && s.earned >= threshold {
+            alerts.push((
+                "member_daily_earn",
+                alert(
+                    "member_daily_earn",
+                    key.to_string(),
+                    vec![("earned_today", s.earned), ("threshold", threshold)],
+                    vec![here],
+                ),
+            ));
+        }
+
+        if rules.dense_spend_count > 0 && spends > 0 {
+            let window = i64::from(rules.dense_spend_minutes) * MINUTE_MS;
+            for _ in 0..spends {
+                s.spend_at_ms.push(at);
+                s.spend_offsets.push(offset);
+            }
+            let keep = s.spend_at_ms.iter().position(|t| *t > at - window).unwrap_or(s.spend_at_ms.len());
+            s.spend_at_ms.drain(..keep);
+            s.spend_offsets.drain(..keep);
+            let n = s.spend_at_ms.len();
+            if n > rules.dense_spend_count as usize && s.dense_alerted_at_ms <= at - window {
+                s.dense_alerted_at_ms = at;
+                let events = s.spend_offsets.iter().take(ALERT_EVENTS_MAX).map(|o| position(partition, *o)).collect();
+                alerts.push((
+                    "dense_spend",
+                    alert(
+                        "dense_spend",
+                        key.to_string(),
+                        vec![
+                            ("spends", n as i64),
+                            ("threshold", rules.dense_spend_count.into()),
+                            ("minutes", rules.dense_spend_minutes.into()),
+                        ],
+                        events,
+                    ),
+                ));
+            }
+            // Only the last `count + 1` spends can matter for the next alert.
+            let excess = s.spend_at_ms.len().saturating_sub(rules.dense_spend_count as usize + 1);
+            s.spend_at_ms.drain(..excess);
+            s.spend_offsets.drain(..excess);
+        }
+
+        let addresses: Vec<String> = [("ip", &record.context.client_ip), ("device", &record.context.device_id)]
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(kind, v)| format!("{kind}:{v}"))
+            .collect();
+        if rules.member_addresses > 0 && !addresses.is_empty() {
+            let window = i64::from(rules.member_addresses_minutes) * MINUTE_MS;
+            for a in &addresses {
+                s.address_at_ms.push(at);
+                s.addresses.push(a.clone());
+                s.address_offsets.push(offset);
+            }
+            let keep = s.address_at_ms.iter().position(|t| *t > at - window).unwrap_or(s.address_at_ms.len());
+            s.address_at_ms.drain(..keep);
+            s.addresses.drain(..keep);
+            s.address_offsets.drain(..keep);
+            let mut distinct: Vec<&String> = s.addresses.iter().collect();
+            distinct.sort();
+            distinct.dedup();
+            if distinct.len() > rules.member_addresses as usize && s.addresses_alerted_at_ms <= at - window {
+                s.addresses_alerted_at_ms = at;
+                let mut offsets = s.address_offsets.clone();
+                offsets.dedup();
+                let subject = distinct.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",");
+                alerts.push((
+                    "member_addresses",
+                    alert(
+                        "member_addresses",
+                        subject,
+                        vec![
+                            ("addresses", distinct.len() as i64),
+                            ("threshold", rules.member_addresses.into()),
+                            ("minutes", rules.member_addresses_minutes.into()),
+                        ],
+                        offsets.iter().take(ALERT_EVENTS_MAX).map(|o| position(partition, *o)).collect(),
+                    ),
+                ));
+            }
+        }
+
+        if earned > 0 {
+            let sum = self.issuance.entry((pk.clone(), day)).or_insert(i64::MIN);
+            if *sum == i64::MIN {
+                *sum = match db.get(Cf::Risk, &issuance_row(&pk, day, partition))? {
+                    Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored issuance")),
+                    None => 0,
+                };
+            }
+            *sum = sum.saturating_add(earned);
+            for a in &addresses {
+                let row = shared_row(&pk, day, a, &key.member_id);
+                if !self.shared.contains_key(&row) && db.get(Cf::Risk, &row)?.is_none() {
+                    let mut v = at.to_be_bytes().to_vec();
+                    v.extend_from_slice(&partition.to_be_bytes());
+                    v.extend_from_slice(&offset.to_be_bytes());
+                    self.shared.insert(row, v);
+                }
+            }
+        }
+        for (rule, a) in alerts {
+            self.alerts.insert(alert_row(&pk, at, partition, offset, rule), a.encode_to_vec());
+        }
+        Ok(())
+    }
+
+    /// Adds the fold's changes to `batch`.
+    pub fn write(self, batch: &mut Batch, partition: u32) {
+        for (k, s) in self.accounts {
+            batch.put(Cf::Risk, &account_row(&k), &s.encode_to_vec());
+        }
+        for ((p, day), sum) in self.issuance {
+            batch.put(Cf::Risk, &issuance_row(&p, day, partition), &sum.to_be_bytes());
+        }
+        for (k, v) in self.shared {
+            batch.put(Cf::Risk, &k, &v);
+        }
+        for (k, v) in self.alerts {
+            batch.put(Cf::Alerts, &k, &v);
+        }
+    }
+}
+
+/// A programme's issuance on one day, all partitions.
+pub fn issuance(db: &Db, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> {
+    let prefix = day_prefix(b'i', p, day);
+    Ok(db
+        .scan(Cf::Risk, &prefix, &prefix, usize::MAX)?
+        .iter()
+        .map(|(_, v)| i64::from_be_bytes(v[..8].try_into().expect("stored issuance")))
+        .sum())
+}
+
+/// A member's counters, when its latest record fell on `day` (or any day).
+pub fn account_risk(db: &Db, key: &AccountKey) -> Result<Option<pb::RiskState>, StoreError> {
+    Ok(match db.get(Cf::Risk, &account_row(key))? {
+        Some(b) => Some(pb::RiskState::decode(&b[..]).map_err(crate::codec::CodecError::from)?),
+        None => None,
+    })
+}
+
+/// Alerts of a programme decided in `[from, to)`: the stored ones and those
+/// evaluated from the stored facts for every programme day the range
+/// touches, sorted by (time, rule, subject).
+pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Result<Vec<pb::Alert>, StoreError> {
+    let pk = programme.key();
+    let prefix = store::programme_prefix(&pk.tenant_id, &pk.programme_id);
+    let mut start = prefix.clone();
+    start.extend_from_slice(&store::millis_key(from));
+    let mut out = Vec::new();
+    for (k, v) in db.scan(Cf::Alerts, &prefix, &start, usize::MAX)? {
+        if store::millis_from_key(&k[prefix.len()..prefix.len() + 8]) >= to {
+            break;
+        }
+        out.push(pb::Alert::decode(&v[..]).map_err(crate::codec::CodecError::from)?);
+    }
+    let tz = programme.time_zone;
+    let rules = programme.risk;
+    for day in calendar::programme_day(tz, from)..=calendar::programme_day(tz, to - 1) {
+        let Some(start_of_day) = calendar::day_to_date(day).and_then(|d| calendar::start_of_day(tz, d)) else {
+            continue;
+        };
+        if rules.issuance_spike_percent > 0 && (from..to).contains(&start_of_day) {
+            let today = issuance(db, &pk, day)?;
+            let mut trailing = 0i64;
+            for d in day - SPIKE_TRAILING_DAYS..day {
+                trailing = trailing.saturating_add(issuance(db, &pk, d)?);
+            }
+            // today > percent% of trailing / 7, in integers.
+            let spike = i128::from(today) * 100 * i128::from(SPIKE_TRAILING_DAYS)
+                > i128::from(rules.issuance_spike_percent) * i128::from(trailing);
+            if spike && today >= rules.issuance_spike_min_points && today > 0 {
+                out.push(pb::Alert {
+                    rule: "issuance_spike".into(),
+                    at: Some(crate::codec::timestamp(start_of_day)),
+                    accounts: Vec::new(),
+                    figures: [
+                        ("issued_today", today),
+                        ("trailing_7_day_total", trailing),
+                        ("trailing_daily_average", trailing / SPIKE_TRAILING_DAYS),
+                        ("threshold_percent", rules.issuance_spike_percent.into()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                    events: Vec::new(),
+                    subject: date_of(day),
+                    date: date_of(day),
+                });
+            }
+        }
+        if rules.shared_address_members > 0 {
+            out.extend(shared_address_alerts(db, programme, day, from, to)?);
+        }
+    }
+    out.sort_by(|a, b| {
+        let t = |x: &pb::Alert| x.at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+        (t(a), &a.rule, &a.subject).cmp(&(t(b), &b.rule, &b.subject))
+    });
+    Ok(out)
+}
+
+/// Addresses that earned for more than N members on `day`; the alert's time
+/// is the first earn of the member who crossed N (by time, then position).
+fn shared_address_alerts(
+    db: &Db,
+    programme: &Programme,
+    day: i64,
+    from: Millis,
+    to: Millis,
+) -> Result<Vec<pb::Alert>, StoreError> {
+    let pk = programme.key();
+    let prefix = day_prefix(b's', &pk, day);
+    let mut by_address: BTreeMap<String, Vec<(Millis, u32, u64, String)>> = BTreeMap::new();
+    for (k, v) in db.scan(Cf::Risk, &prefix, &prefix, usize::MAX)? {
+        let rest = &k[prefix.len()..];
+        let Some(i) = rest.iter().position(|b| *b == 0) else { continue };
+        let address = String::from_utf8_lossy(&rest[..i]).into_owned();
+        let member = String::from_utf8_lossy(&rest[i + 1..]).into_owned();
+        let at = i64::from_be_bytes(v[..8].try_into().expect("stored time"));
+        let partition = u32::from_be_bytes(v[8..12].try_into().expect("stored partition"));
+        let offset = u64::from_be_bytes(v[12..20].try_into().expect("stored offset"));
+        by_address.entry(address).or_default().push((at, partition, offset, member));
+    }
+    let n = programme.risk.shared_address_members as usize;
+    let mut out = Vec::new();
+    for (address, mut members) in by_address {
+        if members.len() <= n {
+            continue;
+        }
+        members.sort();
+        let at = members[n].0;
+        if !(from..to).contains(&at) {
+            continue;
+        }
+        out.push(pb::Alert {
+            rule: "shared_address".into(),
+            at: Some(crate::codec::timestamp(at)),
+            accounts: members
+                .iter()
+                .map(|(_, _, _, m)| {
+                    crate::codec::account_key_to_pb(&AccountKey::new(&pk.tenant_id, &pk.programme_id, m))
+                })
+                .collect(),
+            figures: [("members", members.len() as i64), ("threshold", n as i64)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            events: members.iter().take(ALERT_EVENTS_MAX).map(|(_, p, o, _)| position(*p, *o)).collect(),
+            subject: address,
+            date: date_of(day),
+        });
+    }
+    Ok(out)
+}
