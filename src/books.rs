@@ -564,6 +564,56 @@ fn step(
     Ok((folded, Some(mismatches)))
 }
 
+/// Folds every partition from offset zero into `books` up to `targets`
+/// (per partition; the log's current end when None), stopping at the first
+/// record decided after `until_time`. Returns the records read.
+fn fold_from_zero(
+    events: &dyn EventLog,
+    registry: &Registry,
+    books: &Db,
+    targets: Option<&[u64]>,
+    until_time: Option<crate::domain::Millis>,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    let mut folded = 0;
+    for p in 0..events.partitions() {
+        let target = match targets {
+            Some(t) => t.get(p as usize).copied().unwrap_or(0),
+            None => events.end_offset(p)?,
+        };
+        let mut reader = events.reader(p, 0)?;
+        let mut arbiter = Arbiter::default();
+        while reader.position() < target {
+            let max = BOOKS_BATCH_RECORDS_MAX.min((target - reader.position()) as usize);
+            let mut entries = crate::log::read_towards(reader.as_mut(), target, max)?;
+            if entries.is_empty() {
+                break;
+            }
+            let mut done = false;
+            if let Some(t) = until_time {
+                let late = |e: &LogEntry| match crate::codec::decode_partition_record(&e.payload) {
+                    Ok(crate::record::PartitionRecord::Account(r)) => r.at > t,
+                    Ok(crate::record::PartitionRecord::Claim(c)) => c.at > t,
+                    Err(_) => true,
+                };
+                if let Some(cut) = entries.iter().position(late) {
+                    entries.truncate(cut);
+                    done = true;
+                }
+            }
+            if !entries.is_empty() {
+                folded += entries.len() as u64;
+                books.write(fold(books, registry, p, &mut arbiter, &entries)?)?;
+                progress(folded);
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(folded)
+}
+
 /// The books folded afresh from the log into `scratch` (a directory that
 /// does not exist yet), for tools: up to exactly the positions of `views`
 /// (one snapshot; then checked against them), or to the end of the log when
@@ -576,22 +626,11 @@ pub fn rebuild(
 ) -> anyhow::Result<(Db, Vec<Mismatch>)> {
     let books = Db::open(scratch, store::BOOK_CFS)?;
     let snap = views.map(|v| v.snapshot());
-    for p in 0..events.partitions() {
-        let target = match &snap {
-            Some(s) => s.position(p)?,
-            None => events.end_offset(p)?,
-        };
-        let mut reader = events.reader(p, 0)?;
-        let mut arbiter = Arbiter::default();
-        while reader.position() < target {
-            let max = BOOKS_BATCH_RECORDS_MAX.min((target - reader.position()) as usize);
-            let entries = crate::log::read_towards(reader.as_mut(), target, max)?;
-            if entries.is_empty() {
-                break;
-            }
-            books.write(fold(&books, registry, p, &mut arbiter, &entries)?)?;
-        }
-    }
+    let targets = match &snap {
+        Some(s) => Some((0..events.partitions()).map(|p| s.position(p)).collect::<Result<Vec<_>, _>>()?),
+        None => None,
+    };
+    fold_from_zero(events, registry, &books, targets.as_deref(), None, |_| {})?;
     let mismatches = match &snap {
         Some(s) => {
             let (m, batch) = check_against_views(&books, s.rows(Cf::Accounts), events.partitions())?;
@@ -602,6 +641,45 @@ pub fn rebuild(
     };
     drop(snap);
     Ok((books, mismatches))
+}
+
+/// The books and the risk view rebuilt from offset zero into `into`, up to
+/// an offset in every partition and/or an instant, for `replay`. Returns
+/// the database and the records folded.
+pub fn replay(
+    events: &dyn EventLog,
+    registry: &Registry,
+    into: &std::path::Path,
+    until_offset: Option<u64>,
+    until_time: Option<crate::domain::Millis>,
+    progress: impl FnMut(u64),
+) -> anyhow::Result<(Db, u64)> {
+    let books = Db::open(into, store::BOOK_CFS)?;
+    let targets = (0..events.partitions())
+        .map(|p| events.end_offset(p).map(|end| until_offset.map_or(end, |u| u.min(end))))
+        .collect::<Result<Vec<u64>, crate::log::LogError>>()?;
+    let folded = fold_from_zero(events, registry, &books, Some(&targets), until_time, progress)?;
+    books.flush()?;
+    Ok((books, folded))
+}
+
+/// Rebuilds the books and the risk view into a temporary directory up to
+/// exactly the live consumer's positions and compares them byte for byte.
+/// Returns the records folded and the first difference.
+pub fn verify(
+    events: &dyn EventLog,
+    registry: &Registry,
+    live: &Db,
+) -> anyhow::Result<(u64, Option<crate::audit::Difference>)> {
+    let targets: Vec<u64> =
+        (0..events.partitions()).map(|p| store::read_position(live, p)).collect::<Result<_, _>>()?;
+    let scratch = tempfile::tempdir()?;
+    let rebuilt = Db::open(&scratch.path().join("books"), store::BOOK_CFS)?;
+    let folded = fold_from_zero(events, registry, &rebuilt, Some(&targets), None, |_| {})?;
+    if rebuilt.digest()? == live.digest()? {
+        return Ok((folded, None));
+    }
+    Ok((folded, crate::audit::first_difference(live, &rebuilt)?))
 }
 
 /// Points in cash minor units (100 per cash unit), rounded down.

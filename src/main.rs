@@ -226,6 +226,18 @@ struct ReplayArgs {
     /// Fold only records decided at or before this instant (RFC 3339).
     #[arg(long, env = "POINTS_LEDGER_REPLAY_UNTIL_TIME")]
     until_time: Option<String>,
+    /// Which views: `balances` (accounts, statements, expiry index) into
+    /// DIR/views, `books` (daily books, risk view, alerts) into DIR/books,
+    /// or `all`.
+    #[arg(long, env = "POINTS_LEDGER_REPLAY_VIEWS", value_enum, default_value = "all")]
+    views: ReplayViews,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReplayViews {
+    All,
+    Balances,
+    Books,
 }
 
 #[derive(clap::Args)]
@@ -358,25 +370,47 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let end = log.end_offset(p)?;
         total += args.until_position.map_or(end, |u| u.min(end));
     }
-    let started = std::time::Instant::now();
-    let mut last_print = started;
-    let (views, folded) =
-        rebuild(log.as_ref(), &args.into, Until { offset: args.until_position, time, offsets: None }, |n| {
+    let mut outputs = Vec::new();
+    if args.views != ReplayViews::Books {
+        let into = args.into.join("views");
+        let started = std::time::Instant::now();
+        let mut last_print = started;
+        let until = Until { offset: args.until_position, time, offsets: None };
+        let (db, folded) = rebuild(log.as_ref(), &into, until, |n| {
             if last_print.elapsed().as_millis() >= 250 {
                 last_print = std::time::Instant::now();
-                eprint!("\r{}", progress_line(n, total, started.elapsed()));
+                eprint!("\rviews {}", progress_line(n, total, started.elapsed()));
             }
         })?;
-    eprint!("\r{}", progress_line(folded, total.max(folded), started.elapsed()));
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!();
-    println!(
-        "replayed {folded} records into {} in {secs:.2} s ({:.0} records/s)",
-        args.into.display(),
-        folded as f64 / secs.max(1e-9)
-    );
-    for (cf, digest, rows) in views.digest()? {
-        println!("  {cf:<10} {rows:>10} rows  sha256 {digest}");
+        eprintln!("\rviews {}", progress_line(folded, total.max(folded), started.elapsed()));
+        outputs.push((into, db, folded, started.elapsed()));
+    }
+    if args.views != ReplayViews::Balances {
+        let control = args.log.open_control_read_only(&args.data_dir)?;
+        let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
+        let into = args.into.join("books");
+        let started = std::time::Instant::now();
+        let mut last_print = started;
+        let (db, folded) =
+            points_ledger::books::replay(log.as_ref(), &registry, &into, args.until_position, time, |n| {
+                if last_print.elapsed().as_millis() >= 250 {
+                    last_print = std::time::Instant::now();
+                    eprint!("\rbooks {}", progress_line(n, total, started.elapsed()));
+                }
+            })?;
+        eprintln!("\rbooks {}", progress_line(folded, total.max(folded), started.elapsed()));
+        outputs.push((into, db, folded, started.elapsed()));
+    }
+    for (into, db, folded, took) in outputs {
+        let secs = took.as_secs_f64();
+        println!(
+            "replayed {folded} records into {} in {secs:.2} s ({:.0} records/s)",
+            into.display(),
+            folded as f64 / secs.max(1e-9)
+        );
+        for (cf, digest, rows) in db.digest()? {
+            println!("  {cf:<10} {rows:>10} rows  sha256 {digest}");
+        }
     }
     Ok(())
 }
@@ -463,16 +497,33 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let live = points_ledger::audit::open_views_read_only(&args.data_dir)
         .with_context(|| format!("opening the views in {} for audit", args.data_dir.display()))?;
     let (folded, difference) = points_ledger::audit::verify(log.as_ref(), &live)?;
-    match difference {
+    let mut ok = match difference {
         None => {
             println!("views verified: a rebuild of {folded} records from offset zero is byte-identical");
-            Ok(true)
+            true
         }
         Some(d) => {
             println!("views DIFFER from a rebuild of {folded} records: first difference at {d}");
-            Ok(false)
+            false
+        }
+    };
+    let books_dir = args.data_dir.join("books");
+    if books_dir.exists() {
+        let books = points_ledger::store::Db::open_read_only(&books_dir, points_ledger::store::BOOK_CFS)
+            .with_context(|| format!("opening the books in {}", books_dir.display()))?;
+        let control = args.log.open_control_read_only(&args.data_dir)?;
+        let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
+        match points_ledger::books::verify(log.as_ref(), &registry, &books)? {
+            (folded, None) => {
+                println!("books verified: a rebuild of {folded} records from offset zero is byte-identical")
+            }
+            (folded, Some(d)) => {
+                println!("books DIFFER from a rebuild of {folded} records: first difference at {d}");
+                ok = false;
+            }
         }
     }
+    Ok(ok)
 }
 
 fn parse_account(flag: &str, s: &str) -> anyhow::Result<points_ledger::domain::AccountKey> {

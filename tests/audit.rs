@@ -46,6 +46,7 @@ async fn verify_passes_on_clean_views_and_names_a_corrupted_key() {
     let data = dir.path().to_str().unwrap().to_string();
     let (ok, out) = cli(&["verify", "--data-dir", &data]);
     assert!(ok, "{out}");
+    assert!(out.contains("books verified"), "the books and risk view are verified too: {out}");
 
     // Replay everything, and replay up to T0 (before the late earn).
     let into = dir.path().join("replayed");
@@ -61,8 +62,13 @@ async fn verify_passes_on_clean_views_and_names_a_corrupted_key() {
             db.get(Cf::Accounts, &store::account_key(&AccountKey::new("shop", "points", "m0"))).unwrap().unwrap();
         codec::decode_account(&bytes).unwrap().available()
     };
-    assert_eq!(balance(&into) - balance(&early), 1000);
-    assert_eq!(balance(&into), balance(&dir.path().join("views")));
+    assert_eq!(balance(&into.join("views")) - balance(&early.join("views")), 1000);
+    assert_eq!(balance(&into.join("views")), balance(&dir.path().join("views")));
+    assert!(into.join("books").exists() && early.join("books").exists(), "all views by default");
+    let only = dir.path().join("only-books");
+    let (ok, out) = cli(&["replay", "--data-dir", &data, "--into", only.to_str().unwrap(), "--views", "books"]);
+    assert!(ok && only.join("books").exists() && !only.join("views").exists(), "{out}");
+    assert!(out.contains("alerts") && out.contains("risk"), "{out}");
     let (ok, out) = cli(&["replay", "--data-dir", &data, "--into", into.to_str().unwrap()]);
     assert!(!ok && out.contains("exists"), "{out}");
 
@@ -95,6 +101,17 @@ async fn verify_passes_on_clean_views_and_names_a_corrupted_key() {
     let (ok, out) = cli(&["verify", "--data-dir", &data]);
     assert!(!ok, "verify must fail: {out}");
     assert!(out.contains("accounts: shop/points/m2 (values differ)"), "{out}");
+    assert!(out.contains("books verified"), "{out}");
+    // A corrupted risk view row in the books database is caught as well.
+    {
+        let books = Db::open(&dir.path().join("books"), store::BOOK_CFS).unwrap();
+        let (k, _) = books.all(Cf::Risk).unwrap().into_iter().next().expect("a risk row");
+        let mut b = store::Batch::default();
+        b.put(Cf::Risk, &k, b"garbage");
+        books.write(b).unwrap();
+    }
+    let (ok, out) = cli(&["verify", "--data-dir", &data]);
+    assert!(!ok && out.contains("books DIFFER") && out.contains("risk:"), "{out}");
     let (ok, out) = cli(&["verify", "--data-dir", "/nonexistent/dir"]);
     assert!(!ok && out.contains("opening"), "{out}");
 }
