@@ -28,14 +28,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
-use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis, Rejection};
+use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis, Points, ProgrammeKey, Rejection};
 use crate::log::{self as eventlog, EventLog, LogError, LogReader, LogRecord};
 use crate::programmes::SharedRegistry;
 use crate::record::{partition_for, AccountRecord, Admitted, Balance, Claim, Position, Reply};
@@ -126,6 +126,53 @@ const READY: u8 = 1;
 const FENCED: u8 = 2;
 
 /// The handle the API submits commands through.
+/// Points each programme issued per programme day, across this instance's
+/// partitions: every partition's persisted count plus the grants of batches
+/// in flight. `programme_daily_issuance_cap` is decided against it, under
+/// its lock, so concurrent partitions never grant past the cap together.
+/// Exact while one instance owns every partition (the only deployment the
+/// log arbitration supports today).
+#[derive(Default)]
+pub struct Issuance(Mutex<HashMap<(ProgrammeKey, i64), Points>>);
+
+impl Issuance {
+    fn add(&self, amounts: &HashMap<(ProgrammeKey, i64), Points>, sign: i64) {
+        let mut t = self.0.lock().expect("issuance lock");
+        for (k, v) in amounts {
+            *t.entry(k.clone()).or_default() += sign * v;
+        }
+    }
+
+    /// Issued so far on a programme day (all partitions of this instance).
+    pub fn today(&self, programme: &ProgrammeKey, day: i64) -> Points {
+        self.0.lock().expect("issuance lock").get(&(programme.clone(), day)).copied().unwrap_or(0)
+    }
+}
+
+/// `issued/<partition BE>/<tenant \0 programme \0><day>`: a partition's
+/// persisted issuance per programme day, in the writer's `meta`.
+fn issued_key(partition: u32, p: &ProgrammeKey, day: i64) -> Vec<u8> {
+    let mut k = issued_prefix(partition);
+    k.extend_from_slice(&store::programme_prefix(&p.tenant_id, &p.programme_id));
+    k.extend_from_slice(&store::millis_key(day));
+    k
+}
+
+fn issued_prefix(partition: u32) -> Vec<u8> {
+    let mut k = b"issued/".to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// Granted points per (programme, day) in a record's events.
+fn earned_in(account: &AccountKey, events: &[domain::Event], into: &mut HashMap<(ProgrammeKey, i64), Points>) {
+    for e in events {
+        if let domain::Event::PointsEarned { granted, day, .. } = e {
+            *into.entry((account.programme(), *day)).or_default() += granted;
+        }
+    }
+}
+
 pub struct Writers {
     senders: Vec<mpsc::Sender<Msg>>,
     threads: Vec<JoinHandle<()>>,
@@ -151,8 +198,18 @@ impl Writers {
         let (ready_tx, ready) = tokio::sync::watch::channel(0u32);
         let ready_tx = Arc::new(ready_tx);
         let writer_id: Arc<str> = writer_id().into();
+        let issuance = Arc::new(Issuance::default());
         for partition in 0..log.partitions() {
+            let prefix = issued_prefix(partition);
+            let mut persisted = HashMap::new();
+            for (k, v) in store.scan(Cf::Meta, &prefix, &prefix, usize::MAX)? {
+                let Some((p, rest)) = parse_programme_prefix(&k[prefix.len()..]) else { continue };
+                let value = i64::from_be_bytes(v[..8].try_into().expect("stored issuance"));
+                persisted.insert((p, store::millis_from_key(rest)), value);
+            }
+            issuance.add(&persisted, 1);
             let w = PartitionWriter {
+                issuance: issuance.clone(),
                 partition,
                 log: log.clone(),
                 store: store.clone(),
@@ -270,6 +327,7 @@ impl Writers {
 
 struct PartitionWriter {
     partition: u32,
+    issuance: Arc<Issuance>,
     log: Arc<dyn EventLog>,
     store: Arc<Db>,
     registry: SharedRegistry,
@@ -293,6 +351,15 @@ struct PartitionWriter {
     /// records the log has; re-read (and re-claim) before deciding again.
     stale: bool,
     status: Arc<Vec<AtomicU8>>,
+}
+
+/// Splits `tenant \0 programme \0` off the front of a key.
+fn parse_programme_prefix(b: &[u8]) -> Option<(ProgrammeKey, &[u8])> {
+    let i = b.iter().position(|&x| x == 0)?;
+    let j = i + 1 + b[i + 1..].iter().position(|&x| x == 0)?;
+    let tenant = String::from_utf8(b[..i].to_vec()).ok()?;
+    let programme = String::from_utf8(b[i + 1..j].to_vec()).ok()?;
+    Some((ProgrammeKey { tenant_id: tenant, programme_id: programme }, &b[j + 1..]))
 }
 
 /// `host:pid:start-ms`, to tell claim markers apart for operators.
@@ -327,6 +394,12 @@ struct Work {
     /// current due instant put back (a row can go stale when the rules that
     /// set it change, e.g. the level window).
     ticked: Vec<(Vec<u8>, AccountKey)>,
+    /// Points granted by records read back from the log (added to the
+    /// shared issuance at commit).
+    issued_folded: HashMap<(ProgrammeKey, i64), Points>,
+    /// Points granted by this batch's decisions (already in the shared
+    /// issuance; taken out again if the batch fails).
+    issued_reserved: HashMap<(ProgrammeKey, i64), Points>,
 }
 
 /// An account as a batch sees it.
@@ -388,6 +461,7 @@ impl PartitionWriter {
                 match self.cursor.arbiter.admit_bytes(&e.payload)? {
                     Admitted::Record(record) => {
                         let balance = Self::fold(self.account(&mut work, &record.account)?, &record.events);
+                        earned_in(&record.account, &record.events, &mut work.issued_folded);
                         self.last_now = self.last_now.max(record.at);
                         if !record.system {
                             let position = Position { partition: self.partition, offset: e.offset };
@@ -534,6 +608,18 @@ impl PartitionWriter {
                 }
             }
         }
+        let mut issued = work.issued_reserved.clone();
+        for (k, v) in &work.issued_folded {
+            *issued.entry(k.clone()).or_default() += v;
+        }
+        for ((p, day), v) in &issued {
+            let key = issued_key(self.partition, p, *day);
+            let before = match self.store.get(Cf::Meta, &key)? {
+                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored issuance")),
+                None => 0,
+            };
+            batch.put(Cf::Meta, &key, &(before + v).to_be_bytes());
+        }
         for (tenant, request_id, fingerprint, reply) in &work.replies {
             batch.put(
                 Cf::Requests,
@@ -543,6 +629,7 @@ impl PartitionWriter {
         }
         store::put_cursor(&mut batch, self.partition, self.cursor);
         self.store.write(batch)?;
+        self.issuance.add(&work.issued_folded, 1);
         if self.cache.len() + work.accounts.len() > self.config.cache_accounts_max {
             // Crude but bounded: the store has everything.
             self.cache.clear();
@@ -705,7 +792,27 @@ impl PartitionWriter {
             };
             let programme = self.registry.read().expect("registry lock").current(&cmd.account.programme());
             let touched = self.account(&mut work, &cmd.account)?;
-            let events = match domain::decide(programme.as_deref(), &touched.account, &cmd, now) {
+            let day = programme.as_deref().map(|p| domain::calendar::programme_day(p.time_zone, now));
+            // Earns decide and count under the shared issuance's lock, so two
+            // partitions cannot both take the programme's last room.
+            let mut issuance =
+                matches!(cmd.body, CommandBody::Earn { .. }).then(|| self.issuance.0.lock().expect("issuance lock"));
+            let limits = domain::Limits {
+                programme_issued_today: match (&issuance, day) {
+                    (Some(t), Some(day)) => t.get(&(cmd.account.programme(), day)).copied().unwrap_or(0),
+                    _ => 0,
+                },
+            };
+            let decided = domain::decide_with(programme.as_deref(), &touched.account, &cmd, now, &limits);
+            let mut granted = HashMap::new();
+            if let (Some(t), Ok(events)) = (issuance.as_mut(), &decided) {
+                earned_in(&cmd.account, events, &mut granted);
+                for (k, v) in &granted {
+                    *t.entry(k.clone()).or_default() += v;
+                }
+            }
+            drop(issuance);
+            let events = match decided {
                 Ok(events) => events,
                 Err(rejection) => {
                     if let Some(tx) = tx {
@@ -718,6 +825,9 @@ impl PartitionWriter {
                 continue; // a tick with nothing due
             }
             let balance = Self::fold(touched, &events);
+            for (k, v) in granted {
+                *work.issued_reserved.entry(k).or_default() += v;
+            }
             if let Some(tx) = tx {
                 in_batch.insert(key, (fingerprint, records.len()));
                 waiting.push((tx, records.len(), false));
@@ -754,7 +864,9 @@ impl PartitionWriter {
         };
         if let Err(message) = verdict {
             tracing::warn!(partition = self.partition, error = %message, "batch answered UNAVAILABLE");
-            // What landed is in the log; the next batch re-reads it first.
+            // What landed is in the log; the next batch re-reads it first
+            // (and counts its grants then).
+            self.issuance.add(&work.issued_reserved, -1);
             self.stale = true;
             self.reader = None;
             for (tx, _, _) in waiting {

@@ -358,12 +358,12 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
     let err = a
         .configure_programme(pb::ConfigureProgrammeRequest {
             request_id: "c".into(),
-            programme: Some(pb::Programme { programme_daily_issuance_cap: 5, ..programme() }),
+            programme: Some(pb::Programme { programme_daily_issuance_cap: -5, ..programme() }),
             operator: "ops".into(),
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!((err.code(), bad_field_of(&err).as_str()), (ia, "programme.programme_daily_issuance_cap"));
     let acct = c.get_account(pb::GetAccountRequest { account: account("carol"), ..Default::default() }).await;
     assert!(acct.is_ok());
     h.stop().await;

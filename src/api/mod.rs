@@ -630,14 +630,6 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         self.0.auth.check(req.metadata(), &programme.tenant_id, Access::Admin)?;
         let request_id = validate::request_id(&r.request_id)?;
         let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
-        if programme.programme_daily_issuance_cap != 0 {
-            return Err(status(
-                Code::Unimplemented,
-                "PROGRAMME_CAP_NOT_SUPPORTED",
-                "programme_daily_issuance_cap is not enforced by this version; leave it 0",
-                Some("programme.programme_daily_issuance_cap"),
-            ));
-        }
         let fingerprint = domain::fingerprint_programme(&programme, &operator);
         let (programmes, now) = (self.0.programmes.clone(), self.0.clock.now());
         let (stored, position, replayed) = tokio::task::spawn_blocking(move || {

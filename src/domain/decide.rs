@@ -22,6 +22,26 @@ pub fn decide(
     command: &Command,
     now: Millis,
 ) -> Result<Vec<Event>, Rejection> {
+    decide_with(programme, account, command, now, &Limits::default())
+}
+
+/// What a decision needs to know beyond the account: figures that span
+/// accounts, kept by the caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Points the programme has issued today (its day at `now`), for
+    /// `programme_daily_issuance_cap`.
+    pub programme_issued_today: Points,
+}
+
+/// [`decide`] with the programme-wide figures the caller keeps.
+pub fn decide_with(
+    programme: Option<&Programme>,
+    account: &Account,
+    command: &Command,
+    now: Millis,
+    limits: &Limits,
+) -> Result<Vec<Event>, Rejection> {
     let mut events = due_events(account, programme, now);
     let mut state: Cow<'_, Account> = if events.is_empty() {
         Cow::Borrowed(account)
@@ -38,7 +58,7 @@ pub fn decide(
                 format!("programme {}/{} is not configured", command.account.tenant_id, command.account.programme_id),
             )
         })?;
-        let d = Decision { programme, account: &state, request_id: &command.request_id, now };
+        let d = Decision { programme, account: &state, request_id: &command.request_id, now, limits: *limits };
         let decided = d.decide(&command.body)?;
         // The state after the command matters only for levels; skip the
         // copy where the programme has none and the member holds none.
@@ -185,6 +205,7 @@ struct Decision<'a> {
     account: &'a Account,
     request_id: &'a str,
     now: Millis,
+    limits: Limits,
 }
 
 fn positive(points: Points, field: &'static str) -> Result<(), Rejection> {
@@ -293,6 +314,13 @@ impl Decision<'_> {
             if cap > 0 && room < allowed {
                 allowed = room;
                 cap_reason = Some(Reason::ActionDailyCapReached);
+            }
+        }
+        if p.programme_daily_issuance_cap > 0 {
+            let room = (p.programme_daily_issuance_cap - self.limits.programme_issued_today).max(0);
+            if room < allowed {
+                allowed = room;
+                cap_reason = Some(Reason::ProgrammeDailyCapReached);
             }
         }
         if let (Some(why), CapPolicy::Reject) = (cap_reason, p.cap_policy) {

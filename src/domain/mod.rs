@@ -20,7 +20,7 @@ mod fingerprint;
 use std::collections::BTreeMap;
 
 pub use account::{Account, EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals};
-pub use decide::{decide, due_at, level_status, LevelStatus};
+pub use decide::{decide, decide_with, due_at, level_status, LevelStatus, Limits};
 
 /// A number of points. Signed so that debts and adjustments read naturally;
 /// every sum is checked.

@@ -639,3 +639,41 @@ fn new_thresholds_apply_at_the_next_command() {
     assert_eq!(level_changes(&e), vec![("银牌".into(), "铜牌".into(), 600)]);
     assert!(e.iter().any(|e| matches!(e, Event::LevelChanged { why, .. } if why == "level rules re-evaluated")));
 }
+
+// ---- the programme-wide daily issuance cap ----
+
+#[test]
+fn the_programme_cap_truncates_or_rejects_against_what_the_programme_issued_today() {
+    let s = Scenario::new().rules(|p| p.programme_daily_issuance_cap = 1000);
+    let earn_with = |issued: Points, points: Points| {
+        let cmd = Command {
+            request_id: "e".into(),
+            account: key(),
+            body: earn_body(points, "purchase", None),
+            context: Default::default(),
+        };
+        decide_with(Some(&s.programme), &s.account, &cmd, s.now, &Limits { programme_issued_today: issued })
+    };
+    // Room left exactly: all of it.
+    let e = earn_with(900, 100).unwrap();
+    assert!(matches!(&e[0], Event::PointsEarned { granted: 100, forfeited: 0, .. }));
+    // Truncate (the default policy): up to the cap, the rest forfeited.
+    let e = earn_with(950, 100).unwrap();
+    assert!(matches!(&e[0], Event::PointsEarned { granted: 50, forfeited: 50, .. }));
+    let e = earn_with(1000, 100).unwrap();
+    assert!(matches!(&e[0], Event::PointsEarned { granted: 0, forfeited: 100, .. }));
+    // Reject: RESOURCE_EXHAUSTED's reason.
+    let r = Scenario::new().rules(|p| {
+        p.programme_daily_issuance_cap = 1000;
+        p.cap_policy = CapPolicy::Reject;
+    });
+    let cmd = Command {
+        request_id: "e".into(),
+        account: key(),
+        body: earn_body(100, "purchase", None),
+        context: Default::default(),
+    };
+    let rejected = decide_with(Some(&r.programme), &r.account, &cmd, r.now, &Limits { programme_issued_today: 950 });
+    assert_eq!(rejected.unwrap_err().reason, Reason::ProgrammeDailyCapReached);
+    assert!(decide_with(Some(&r.programme), &r.account, &cmd, r.now, &Limits { programme_issued_today: 900 }).is_ok());
+}
