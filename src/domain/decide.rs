@@ -43,13 +43,14 @@ pub fn decide_with(
     limits: &Limits,
 ) -> Result<Vec<Event>, Rejection> {
     let mut events = due_events(account, programme, now);
-    let mut state: Cow<'_, Account> = if events.is_empty() {
+    let state: Cow<'_, Account> = if events.is_empty() {
         Cow::Borrowed(account)
     } else {
         let mut s = account.clone();
         events.iter().for_each(|e| s.apply(e));
         Cow::Owned(s)
     };
+    let due = events.len();
     if !matches!(command.body, CommandBody::Tick) {
         let programme = programme.ok_or_else(|| {
             Rejection::field(
@@ -59,27 +60,45 @@ pub fn decide_with(
             )
         })?;
         let d = Decision { programme, account: &state, request_id: &command.request_id, now, limits: *limits };
-        let decided = d.decide(&command.body)?;
-        // The state after the command matters only for levels; skip the
-        // copy where the programme has none and the member holds none.
-        if !decided.is_empty() && (!programme.levels.is_empty() || !state.level.is_empty()) {
-            let s = state.to_mut();
-            decided.iter().for_each(|e| s.apply(e));
-        }
-        events.extend(decided);
+        events.extend(d.decide(&command.body)?);
     }
     if let Some(p) = programme.filter(|p| !p.levels.is_empty() || !state.level.is_empty()) {
-        events.extend(level_change(p, &state, &command.body, &events));
+        let growth = growth_in_window_after(&state, &events[due..]);
+        events.extend(level_change(p, &state.level, growth, &command.body, &events));
     }
     Ok(events)
 }
 
-/// The member's level after `events`, when it differs from the one the
-/// account holds: the highest threshold the growth in the window meets.
-fn level_change(programme: &Programme, after: &Account, body: &CommandBody, events: &[Event]) -> Option<Event> {
-    let growth = after.growth_in_window();
+/// The growth in the window once `decided` (the command's own events) are
+/// folded into `state`, without copying the account.
+fn growth_in_window_after(state: &Account, decided: &[Event]) -> i64 {
+    let mut growth = state.growth_in_window();
+    for e in decided {
+        match e {
+            Event::PointsEarned { growth: g, .. } => growth += g,
+            Event::EarnReversed { earn_id, growth: g, .. } => {
+                if let Some(earn) = state.earns.get(earn_id) {
+                    let before = earn.growth_in_window();
+                    growth -= before - (before - g).max(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    growth
+}
+
+/// The member's level for `growth` in the window, when it differs from
+/// `level` (the one the account holds).
+fn level_change(
+    programme: &Programme,
+    level: &str,
+    growth: i64,
+    body: &CommandBody,
+    events: &[Event],
+) -> Option<Event> {
     let to = programme.level_for(growth);
-    if to == after.level {
+    if to == level {
         return None;
     }
     let why = if events.iter().any(|e| matches!(e, Event::GrowthExpired { .. })) {
@@ -91,7 +110,7 @@ fn level_change(programme: &Programme, after: &Account, body: &CommandBody, even
             _ => "level rules re-evaluated".to_string(),
         }
     };
-    Some(Event::LevelChanged { from: after.level.clone(), to: to.to_string(), growth, why })
+    Some(Event::LevelChanged { from: level.to_string(), to: to.to_string(), growth, why })
 }
 
 /// The programme day from which an earn's growth no longer counts.
