@@ -35,6 +35,8 @@ pub struct Options {
     /// The log of the server the bench starts itself (without `target`).
     pub log: crate::server::LogConfig,
     pub partitions: u32,
+    /// Commands per `SubmitBatch` call; 1 sends unary calls.
+    pub batch: usize,
     /// Also measure the floors underneath in the same run: gRPC empty calls
     /// on the same server, and the raw log (RocksDB sync WriteBatch for the
     /// embedded log, the plain rdkafka producer for Kafka).
@@ -126,6 +128,98 @@ impl Rng {
 
 fn account(i: u64) -> Option<pb::AccountKey> {
     Some(pb::AccountKey { tenant_id: "bench".into(), programme_id: "points".into(), member_id: format!("m{i}") })
+}
+
+/// Sends `SubmitBatch` calls of `opts.batch` commands drawn from the mix
+/// (refunds and queries are drawn as earns: a batch is written blind).
+/// Latencies are per call; counts are per command.
+async fn batch_worker(
+    mut client: PointsLedgerClient<Channel>,
+    opts: Arc<Options>,
+    id: usize,
+    deadline: Instant,
+    done: Arc<AtomicU64>,
+) -> WorkerResult {
+    use pb::batch_command::Command as C;
+    let mut rng = Rng((opts.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    let ops: Vec<(&str, u32)> = opts.mix.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let total: u32 = ops.iter().map(|(_, w)| w).sum();
+    let mut res = WorkerResult::default();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let mut commands = Vec::with_capacity(opts.batch);
+        for _ in 0..opts.batch {
+            n += 1;
+            let mut pick = (rng.next() % u64::from(total)) as u32;
+            let op = ops
+                .iter()
+                .find(|(_, w)| {
+                    if pick < *w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .map(|(k, _)| *k)
+                .unwrap_or("earn");
+            let member = rng.next() % opts.accounts.max(1);
+            let request_id = format!("w{id}-{n}-{}", opts.seed);
+            commands.push(pb::BatchCommand {
+                command: Some(match op {
+                    "spend" => C::Spend(pb::SpendRequest {
+                        request_id,
+                        account: account(member),
+                        points: 30,
+                        ..Default::default()
+                    }),
+                    "reserve" => C::Reserve(pb::ReserveRequest {
+                        request_id,
+                        account: account(member),
+                        points: 20,
+                        order_ref: "bench".into(),
+                        timeout_seconds: 30,
+                        ..Default::default()
+                    }),
+                    _ => C::Earn(pb::EarnRequest {
+                        request_id,
+                        account: account(member),
+                        points: 100,
+                        reason: "purchase".into(),
+                        ..Default::default()
+                    }),
+                }),
+            });
+        }
+        let count = commands.len() as u64;
+        let started = Instant::now();
+        let outcome = client.submit_batch(pb::SubmitBatchRequest { commands }).await;
+        let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        if res.latencies_us.len() < LATENCY_SAMPLES_PER_WORKER_MAX {
+            res.latencies_us.push(us);
+        }
+        match outcome {
+            Ok(r) => {
+                for result in r.into_inner().results {
+                    match result.result {
+                        Some(pb::batch_result::Result::Reply(_)) => res.ok += 1,
+                        Some(pb::batch_result::Result::Error(e))
+                            if e.code == Code::FailedPrecondition as i32 || e.code == Code::NotFound as i32 =>
+                        {
+                            res.expected_rejections += 1
+                        }
+                        Some(pb::batch_result::Result::Error(e)) => {
+                            *res.errors.entry(format!("{:?}", Code::from(e.code))).or_insert(0) += 1
+                        }
+                        None => *res.errors.entry("Empty".into()).or_insert(0) += 1,
+                    }
+                }
+            }
+            Err(s) => *res.errors.entry(format!("{:?}", s.code())).or_insert(0) += count,
+        }
+        done.fetch_add(count, Ordering::Relaxed);
+    }
+    res
 }
 
 async fn worker(
@@ -338,8 +432,14 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     let deadline = started + Duration::from_secs(opts.duration_seconds);
     let workers: Vec<_> = (0..opts.concurrency)
         .map(|i| {
-            let client = PointsLedgerClient::new(connections[i % connections.len()].clone());
-            tokio::spawn(worker(client, opts.clone(), i, deadline, done.clone()))
+            let client = PointsLedgerClient::new(connections[i % connections.len()].clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
+            if opts.batch > 1 {
+                tokio::spawn(batch_worker(client, opts.clone(), i, deadline, done.clone()))
+            } else {
+                tokio::spawn(worker(client, opts.clone(), i, deadline, done.clone()))
+            }
         })
         .collect();
     let progress = {
@@ -377,6 +477,8 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         "floors": floors,
         "accounts": opts.accounts,
         "concurrency": opts.concurrency,
+        "batch": opts.batch,
+        "latency_unit": if opts.batch > 1 { "SubmitBatch call" } else { "command" },
         "duration_seconds": elapsed,
         "mix": opts.mix,
         "commands": total,

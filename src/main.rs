@@ -291,6 +291,9 @@ struct BenchArgs {
     /// Seed of the request generator (and part of every request id).
     #[arg(long, env = "POINTS_LEDGER_BENCH_SEED", default_value_t = 1)]
     seed: u64,
+    /// Send SubmitBatch calls of this many commands (1: unary calls).
+    #[arg(long, env = "POINTS_LEDGER_BENCH_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch: u64,
     /// Before the load, measure the floors in the same run: gRPC empty calls
     /// on the same server, and the raw log underneath (RocksDB sync
     /// WriteBatch, or the plain rdkafka producer on the same broker).
@@ -792,6 +795,7 @@ fn main() -> anyhow::Result<()> {
                     LogKind::Kafka => LogConfig::Kafka(args.log.kafka(true)?),
                 },
                 partitions: args.log.partitions,
+                batch: args.batch as usize,
                 floors: args.floors,
             };
             rt.block_on(points_ledger::loadgen::run(opts)).map(|_| ())

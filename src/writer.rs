@@ -278,6 +278,25 @@ impl Writers {
 
     /// Submits a command to its partition's writer and waits for the answer.
     pub async fn submit(&self, command: Command) -> Result<Reply, WriteError> {
+        Self::answer(self.send(command).await).await
+    }
+
+    /// Submits commands in order (each partition's writer receives its
+    /// share in this order, so commands on one account are decided as
+    /// listed) and then waits for every answer.
+    pub async fn submit_all(&self, commands: Vec<Command>) -> Vec<Result<Reply, WriteError>> {
+        let mut pending = Vec::with_capacity(commands.len());
+        for c in commands {
+            pending.push(self.send(c).await);
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for p in pending {
+            answers.push(Self::answer(p).await);
+        }
+        answers
+    }
+
+    async fn send(&self, command: Command) -> Result<oneshot::Receiver<Result<Reply, WriteError>>, WriteError> {
         let p = self.partition_of(&command.account) as usize;
         match self.status[p].load(Ordering::Acquire) {
             READY => {}
@@ -297,7 +316,13 @@ impl Writers {
             .send(Msg::Submit(Box::new(command), tx))
             .await
             .map_err(|_| WriteError::Unavailable("the partition's writer has stopped".into()))?;
-        rx.await.map_err(|_| WriteError::Unavailable("the partition's writer stopped before answering".into()))?
+        Ok(rx)
+    }
+
+    async fn answer(
+        sent: Result<oneshot::Receiver<Result<Reply, WriteError>>, WriteError>,
+    ) -> Result<Reply, WriteError> {
+        sent?.await.map_err(|_| WriteError::Unavailable("the partition's writer stopped before answering".into()))?
     }
 
     /// Asks every writer to settle what is due now and waits until they have

@@ -726,3 +726,63 @@ async fn state_survives_a_clean_restart() {
     assert_eq!(r.balance.unwrap().available, 0);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_batch_answers_each_command_on_its_own_in_order() {
+    use pb::batch_command::Command as C;
+    use pb::batch_result::Result as R;
+    let h = Harness::start().await;
+    configure(&h, programme()).await;
+    let mut c = h.ledger().await;
+    let batch = || pb::SubmitBatchRequest {
+        commands: vec![
+            pb::BatchCommand { command: Some(C::Earn(earn("b-e1", "ann", 100))) },
+            // The same account, later in the batch: decided after the earn.
+            pb::BatchCommand { command: Some(C::Spend(spend("b-s1", "ann", 60))) },
+            pb::BatchCommand { command: Some(C::Earn(earn("b-e2", "bob", 0))) },
+            pb::BatchCommand { command: Some(C::Spend(spend("b-s2", "bob", 5))) },
+            pb::BatchCommand { command: Some(C::Earn(earn("b-e3", "cid", 7))) },
+            pb::BatchCommand { command: None },
+        ],
+    };
+    let results = c.submit_batch(batch()).await.unwrap().into_inner().results;
+    assert_eq!(results.len(), 6);
+    let reply = |i: usize| match &results[i].result {
+        Some(R::Reply(r)) => r.clone(),
+        other => panic!("command {i}: {other:?}"),
+    };
+    let error = |i: usize| match &results[i].result {
+        Some(R::Error(e)) => e.clone(),
+        other => panic!("command {i}: {other:?}"),
+    };
+    assert_eq!(reply(0).balance.unwrap().available, 100);
+    assert_eq!(reply(1).balance.unwrap().available, 40, "the spend saw the earn before it");
+    let e = error(2);
+    assert_eq!((e.code, e.field.as_str()), (Code::InvalidArgument as i32, "points"));
+    let e = error(3);
+    assert_eq!((e.code, e.reason.as_str()), (Code::FailedPrecondition as i32, "INSUFFICIENT_POINTS"));
+    assert_eq!(reply(4).balance.unwrap().available, 7);
+    assert_eq!(error(5).field, "command");
+    // The same batch again: the accepted ones are replayed, nothing doubles.
+    let again = c.submit_batch(batch()).await.unwrap().into_inner().results;
+    for i in [0, 1, 4] {
+        match &again[i].result {
+            Some(R::Reply(r)) => assert!(r.replayed && r.balance == reply(i).balance, "{i}: {r:?}"),
+            other => panic!("command {i}: {other:?}"),
+        }
+    }
+    // Limits.
+    let err = c.submit_batch(pb::SubmitBatchRequest { commands: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let many =
+        (0..1001).map(|i| pb::BatchCommand { command: Some(C::Earn(earn(&format!("m-{i}"), "dan", 1))) }).collect();
+    let err = c.submit_batch(pb::SubmitBatchRequest { commands: many }).await.unwrap_err();
+    assert_eq!((err.code(), bad_field_of(&err).as_str()), (Code::InvalidArgument, "commands"));
+    // A full batch of 1000 lands.
+    let full: Vec<_> = (0..1000)
+        .map(|i| pb::BatchCommand { command: Some(C::Earn(earn(&format!("f-{i}"), &format!("m{}", i % 37), 1))) })
+        .collect();
+    let results = c.submit_batch(pb::SubmitBatchRequest { commands: full }).await.unwrap().into_inner().results;
+    assert!(results.iter().all(|r| matches!(r.result, Some(R::Reply(_)))));
+    h.stop().await;
+}

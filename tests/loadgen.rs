@@ -19,6 +19,7 @@ fn options(log: LogConfig, floors: bool) -> points_ledger::loadgen::Options {
         seed: 7,
         log,
         partitions: 2,
+        batch: 1,
         floors,
     }
 }
@@ -60,4 +61,17 @@ async fn bench_on_kafka_measures_the_raw_producer_in_the_same_run() {
         assert!(figures["floors"][k].as_f64().unwrap() > 0.0, "{k}: {figures}");
     }
     assert!(figures["target"].as_str().unwrap().contains("kafka"), "{figures}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sends_submit_batch_calls() {
+    let figures = points_ledger::loadgen::run(points_ledger::loadgen::Options {
+        batch: 50,
+        ..options(LogConfig::Embedded, false)
+    })
+    .await
+    .unwrap();
+    assert!(figures["commands"].as_u64().unwrap() >= 50);
+    assert_eq!(figures["errors"], serde_json::json!({}), "{figures}");
+    assert_eq!(figures["batch"], 50);
 }

@@ -232,17 +232,155 @@ fn unhex(field: &str, s: &str) -> Result<Vec<u8>, Status> {
         .collect()
 }
 
-/// Builds a command from a request's common fields.
-macro_rules! command {
-    ($self:ident, $req:ident, $access:expr, |$r:ident| $body:expr) => {{
-        let $r = $req.get_ref();
-        let account = validate::account(&$r.account)?;
-        $self.0.auth.check($req.metadata(), &account.tenant_id, $access)?;
-        let request_id = validate::request_id(&$r.request_id)?;
-        let context = validate::context(&$r.metadata, &$r.client_ip, &$r.device_id)?;
-        let body = $body;
-        $self.0.command(Command { request_id, account, body, context }).await
-    }};
+/// Most commands one `SubmitBatch` call carries.
+pub const SUBMIT_BATCH_COMMANDS_MAX: usize = 1000;
+
+/// The fields every command request has.
+struct Common<'a> {
+    account: &'a Option<pb::AccountKey>,
+    request_id: &'a str,
+    metadata: &'a std::collections::BTreeMap<String, String>,
+    client_ip: &'a str,
+    device_id: &'a str,
+}
+
+/// A command request: its common fields, the access it needs, its body.
+trait CommandRequest {
+    const ACCESS: Access;
+    fn common(&self) -> Common<'_>;
+    fn body(&self) -> Result<CommandBody, Status>;
+}
+
+macro_rules! command_request {
+    ($t:ty, $access:expr, |$r:ident| $body:expr) => {
+        impl CommandRequest for $t {
+            const ACCESS: Access = $access;
+            fn common(&self) -> Common<'_> {
+                Common {
+                    account: &self.account,
+                    request_id: &self.request_id,
+                    metadata: &self.metadata,
+                    client_ip: &self.client_ip,
+                    device_id: &self.device_id,
+                }
+            }
+            fn body(&self) -> Result<CommandBody, Status> {
+                let $r = self;
+                Ok($body)
+            }
+        }
+    };
+}
+
+command_request!(pb::EarnRequest, Access::Member, |r| CommandBody::Earn {
+    points: validate::positive("points", r.points)?,
+    reason: validate::id("reason", &r.reason)?,
+    order_ref: validate::order_ref(r.order_ref.as_ref())?,
+    growth: validate::growth(r.growth)?,
+    expires_at: r.expires_at.as_ref().map(|t| validate::instant("expires_at", t)).transpose()?,
+});
+
+command_request!(pb::SpendRequest, Access::Member, |r| CommandBody::Spend {
+    points: validate::positive("points", r.points)?,
+    order_ref: validate::order_ref(r.order_ref.as_ref())?,
+    order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
+});
+
+command_request!(pb::ReserveRequest, Access::Member, |r| CommandBody::Reserve {
+    points: validate::positive("points", r.points)?,
+    order_ref: validate::text("order_ref", &r.order_ref, validate::ORDER_REF_CHARS_MAX, true)?,
+    timeout_seconds: match r.timeout_seconds {
+        t if (1..=domain::RESERVATION_TIMEOUT_SECONDS_MAX).contains(&t) => t,
+        _ => {
+            return Err(invalid("timeout_seconds", format!("must be 1..={}", domain::RESERVATION_TIMEOUT_SECONDS_MAX)));
+        }
+    },
+    order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
+});
+
+command_request!(pb::CaptureReservationRequest, Access::Member, |r| CommandBody::Capture {
+    reservation_id: validate::request_id(&r.reservation_id)
+        .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
+    points: r.points.map(|p| validate::positive("points", p)).transpose()?,
+});
+
+command_request!(pb::ReleaseReservationRequest, Access::Member, |r| CommandBody::Release {
+    reservation_id: validate::request_id(&r.reservation_id)
+        .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
+});
+
+command_request!(pb::RefundRequest, Access::Member, |r| CommandBody::Refund {
+    spend_id: validate::request_id(&r.spend_request_id)
+        .map_err(|_| invalid("spend_request_id", "must be 1..128 characters"))?,
+    points: validate::positive("points", r.points)?,
+});
+
+command_request!(pb::ReverseEarnRequest, Access::Member, |r| CommandBody::ReverseEarn {
+    earn_id: validate::request_id(&r.earn_request_id)
+        .map_err(|_| invalid("earn_request_id", "must be 1..128 characters"))?,
+    points: validate::positive("points", r.points)?,
+    growth: validate::growth(r.growth)?,
+});
+
+command_request!(pb::ExpireRequest, Access::Member, |r| CommandBody::Expire {
+    all_points: r.all_points,
+    reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, r.all_points)?,
+});
+
+command_request!(pb::AdjustRequest, Access::Admin, |r| CommandBody::Adjust {
+    points: match r.points {
+        0 | i64::MIN => return Err(invalid("points", "must be non-zero (and > i64::MIN)")),
+        p => p,
+    },
+    operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+    reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+});
+
+impl Ledger {
+    /// Validates a command request fully (and checks access) into a command.
+    fn build<R: CommandRequest>(&self, metadata: &tonic::metadata::MetadataMap, r: &R) -> Result<Command, Status> {
+        let c = r.common();
+        let account = validate::account(c.account)?;
+        self.auth.check(metadata, &account.tenant_id, R::ACCESS)?;
+        let request_id = validate::request_id(c.request_id)?;
+        let context = validate::context(c.metadata, c.client_ip, c.device_id)?;
+        let body = r.body()?;
+        Ok(Command { request_id, account, body, context })
+    }
+
+    async fn unary<R: CommandRequest>(&self, req: Request<R>) -> Result<Response<pb::CommandReply>, Status> {
+        let command = self.build(req.metadata(), req.get_ref())?;
+        self.command(command).await
+    }
+
+    fn build_batched(&self, metadata: &tonic::metadata::MetadataMap, c: &pb::BatchCommand) -> Result<Command, Status> {
+        use pb::batch_command::Command as C;
+        match c.command.as_ref().ok_or_else(|| invalid("command", "is required"))? {
+            C::Earn(r) => self.build(metadata, r),
+            C::Spend(r) => self.build(metadata, r),
+            C::Reserve(r) => self.build(metadata, r),
+            C::CaptureReservation(r) => self.build(metadata, r),
+            C::ReleaseReservation(r) => self.build(metadata, r),
+            C::Refund(r) => self.build(metadata, r),
+            C::ReverseEarn(r) => self.build(metadata, r),
+            C::Expire(r) => self.build(metadata, r),
+            C::Adjust(r) => self.build(metadata, r),
+        }
+    }
+}
+
+fn command_error(s: Status) -> pb::CommandError {
+    use tonic_types::StatusExt;
+    let details = s.get_error_details();
+    pb::CommandError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        reason: details.error_info().map(|i| i.reason.clone()).unwrap_or_default(),
+        field: details
+            .bad_request()
+            .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+            .unwrap_or_default(),
+    }
 }
 
 #[derive(Clone)]
@@ -251,94 +389,76 @@ pub struct LedgerService(pub Arc<Ledger>);
 #[tonic::async_trait]
 impl pb::points_ledger_server::PointsLedger for LedgerService {
     async fn earn(&self, req: Request<pb::EarnRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Member, |r| CommandBody::Earn {
-            points: validate::positive("points", r.points)?,
-            reason: validate::id("reason", &r.reason)?,
-            order_ref: validate::order_ref(r.order_ref.as_ref())?,
-            growth: validate::growth(r.growth)?,
-            expires_at: r.expires_at.as_ref().map(|t| validate::instant("expires_at", t)).transpose()?,
-        })
+        self.0.unary(req).await
     }
 
     async fn spend(&self, req: Request<pb::SpendRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Member, |r| CommandBody::Spend {
-            points: validate::positive("points", r.points)?,
-            order_ref: validate::order_ref(r.order_ref.as_ref())?,
-            order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
-        })
+        self.0.unary(req).await
     }
 
     async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Member, |r| CommandBody::Reserve {
-            points: validate::positive("points", r.points)?,
-            order_ref: validate::text("order_ref", &r.order_ref, validate::ORDER_REF_CHARS_MAX, true)?,
-            timeout_seconds: match r.timeout_seconds {
-                t if (1..=domain::RESERVATION_TIMEOUT_SECONDS_MAX).contains(&t) => t,
-                _ => {
-                    return Err(invalid(
-                        "timeout_seconds",
-                        format!("must be 1..={}", domain::RESERVATION_TIMEOUT_SECONDS_MAX),
-                    ));
-                }
-            },
-            order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
-        })
+        self.0.unary(req).await
     }
 
     async fn capture_reservation(
         &self,
         req: Request<pb::CaptureReservationRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Member, |r| CommandBody::Capture {
-            reservation_id: validate::request_id(&r.reservation_id)
-                .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
-            points: r.points.map(|p| validate::positive("points", p)).transpose()?,
-        })
+        self.0.unary(req).await
     }
 
     async fn release_reservation(
         &self,
         req: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Member, |r| CommandBody::Release {
-            reservation_id: validate::request_id(&r.reservation_id)
-                .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
-        })
+        self.0.unary(req).await
     }
 
     async fn refund(&self, req: Request<pb::RefundRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Member, |r| CommandBody::Refund {
-            spend_id: validate::request_id(&r.spend_request_id)
-                .map_err(|_| invalid("spend_request_id", "must be 1..128 characters"))?,
-            points: validate::positive("points", r.points)?,
-        })
+        self.0.unary(req).await
     }
 
     async fn reverse_earn(&self, req: Request<pb::ReverseEarnRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Member, |r| CommandBody::ReverseEarn {
-            earn_id: validate::request_id(&r.earn_request_id)
-                .map_err(|_| invalid("earn_request_id", "must be 1..128 characters"))?,
-            points: validate::positive("points", r.points)?,
-            growth: validate::growth(r.growth)?,
-        })
+        self.0.unary(req).await
     }
 
     async fn expire(&self, req: Request<pb::ExpireRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Member, |r| CommandBody::Expire {
-            all_points: r.all_points,
-            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, r.all_points)?,
-        })
+        self.0.unary(req).await
     }
 
     async fn adjust(&self, req: Request<pb::AdjustRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        command!(self, req, Access::Admin, |r| CommandBody::Adjust {
-            points: match r.points {
-                0 | i64::MIN => return Err(invalid("points", "must be non-zero (and > i64::MIN)")),
-                p => p,
-            },
-            operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
-            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
-        })
+        self.0.unary(req).await
+    }
+
+    async fn submit_batch(
+        &self,
+        req: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let commands = &req.get_ref().commands;
+        if commands.is_empty() || commands.len() > SUBMIT_BATCH_COMMANDS_MAX {
+            return Err(invalid("commands", format!("must hold 1..={SUBMIT_BATCH_COMMANDS_MAX} commands")));
+        }
+        // Every command is validated on its own; the valid ones go to their
+        // writers in order, all before any answer is awaited (each partition
+        // decides its share in group commits), and each gets its own answer.
+        let mut valid = Vec::with_capacity(commands.len());
+        let built: Vec<Result<(), Status>> =
+            commands.iter().map(|c| self.0.build_batched(req.metadata(), c).map(|cmd| valid.push(cmd))).collect();
+        let mut answers = self.0.writers.submit_all(valid).await.into_iter();
+        let results = built
+            .into_iter()
+            .map(|b| {
+                let answer =
+                    b.and_then(|()| answers.next().expect("one answer per valid command").map_err(Status::from));
+                pb::BatchResult {
+                    result: Some(match answer {
+                        Ok(reply) => pb::batch_result::Result::Reply(codec::reply_to_pb(&reply)),
+                        Err(s) => pb::batch_result::Result::Error(command_error(s)),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::SubmitBatchResponse { results }))
     }
 
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
