@@ -177,6 +177,8 @@ impl Service {
 pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // NOT_SERVING until every writer has caught up with the log.
+    // The books are served from the start (they trail the log by design).
+    health_reporter.set_serving::<pb::reconciliation_server::ReconciliationServer<ReconciliationService>>().await;
     if service.writers.all_ready() {
         health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
         health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;

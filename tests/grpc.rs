@@ -664,6 +664,12 @@ async fn health_and_reflection_answer() {
         .unwrap()
         .into_inner();
     assert_eq!(s.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let s = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "points.v1.Reconciliation".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     use tonic_reflection::pb::v1alpha::{
         server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
         ServerReflectionRequest,
@@ -676,7 +682,8 @@ async fn health_and_reflection_answer() {
     let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
     let resp = stream.message().await.unwrap().unwrap();
     let listed = format!("{resp:?}");
-    for s in ["points.v1.PointsLedger", "points.v1.ProgrammeAdmin", "grpc.health.v1.Health"] {
+    for s in ["points.v1.PointsLedger", "points.v1.ProgrammeAdmin", "points.v1.Reconciliation", "grpc.health.v1.Health"]
+    {
         assert!(listed.contains(s), "{s} missing from {listed}");
     }
     // v1 answers too, and error details resolve (grpcurl shows ErrorInfo by name).
