@@ -59,6 +59,9 @@ pub const VIEW_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta]
 /// alerts, and its positions.
 pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta];
 
+/// Memtable budget of each database (writer state, views, books).
+pub const DB_WRITE_BUFFER_BYTES: usize = 96 << 20;
+
 pub struct Db {
     db: DB,
     cfs: &'static [Cf],
@@ -91,6 +94,9 @@ impl Db {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // All memtables of this database together, so memory stays bounded
+        // however many column families it has.
+        opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let descriptors = cfs.iter().map(|cf| {
             let mut o = Options::default();

@@ -86,7 +86,9 @@ pub struct WriterConfig {
     pub tick_interval_ms: u64,
     /// Accounts settled per tick at most (the rest go in the next tick).
     pub tick_accounts_max: usize,
-    /// Accounts kept in memory per partition at most.
+    /// Accounts kept in memory per partition at most (the store has them
+    /// all; 200,000 per partition made a 10-minute run with 1M accounts
+    /// swing between 1.2 and 3 GiB of RSS).
     pub cache_accounts_max: usize,
 }
 
@@ -97,7 +99,7 @@ impl Default for WriterConfig {
             queue_commands_max: 8192,
             tick_interval_ms: 1000,
             tick_accounts_max: 512,
-            cache_accounts_max: 200_000,
+            cache_accounts_max: 25_000,
         }
     }
 }
