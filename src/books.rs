@@ -624,7 +624,7 @@ pub fn rebuild(
     views: Option<&Db>,
     scratch: &std::path::Path,
 ) -> anyhow::Result<(Db, Vec<Mismatch>)> {
-    let books = Db::open(scratch, store::BOOK_CFS)?;
+    let books = Db::open_rebuild(scratch, store::BOOK_CFS)?;
     let snap = views.map(|v| v.snapshot());
     let targets = match &snap {
         Some(s) => Some((0..events.partitions()).map(|p| s.position(p)).collect::<Result<Vec<_>, _>>()?),
@@ -654,7 +654,7 @@ pub fn replay(
     until_time: Option<crate::domain::Millis>,
     progress: impl FnMut(u64),
 ) -> anyhow::Result<(Db, u64)> {
-    let books = Db::open(into, store::BOOK_CFS)?;
+    let books = Db::open_rebuild(into, store::BOOK_CFS)?;
     let targets = (0..events.partitions())
         .map(|p| events.end_offset(p).map(|end| until_offset.map_or(end, |u| u.min(end))))
         .collect::<Result<Vec<u64>, crate::log::LogError>>()?;
@@ -674,7 +674,7 @@ pub fn verify(
     let targets: Vec<u64> =
         (0..events.partitions()).map(|p| store::read_position(live, p)).collect::<Result<_, _>>()?;
     let scratch = tempfile::tempdir()?;
-    let rebuilt = Db::open(&scratch.path().join("books"), store::BOOK_CFS)?;
+    let rebuilt = Db::open_rebuild(&scratch.path().join("books"), store::BOOK_CFS)?;
     let folded = fold_from_zero(events, registry, &rebuilt, Some(&targets), None, |_| {})?;
     if rebuilt.digest()? == live.digest()? {
         return Ok((folded, None));

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -205,54 +205,83 @@ pub struct Until<'a> {
 
 /// Rebuilds every view from offset zero into a fresh database at `into`,
 /// stopping at the log's end as it was when the rebuild started (or `until`).
-/// Returns the number of records folded.
+/// Partitions are folded in parallel (up to the machine's cores): each writes
+/// only its own accounts' rows and its own position, so the result does not
+/// depend on how they interleave. Returns the number of records folded.
 pub fn rebuild(
     log: &dyn EventLog,
     into: &Path,
     until: Until,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<(Db, u64)> {
-    let views = Db::open(into, store::VIEW_CFS)?;
-    let mut folded = 0;
-    for p in 0..log.partitions() {
-        let limit = match until.offsets {
-            Some(v) => v.get(p as usize).copied().unwrap_or(0),
-            None => until.offset.unwrap_or(u64::MAX),
-        };
-        let end = limit.min(log.end_offset(p)?);
-        let mut reader = log.reader(p, 0)?;
-        let mut arbiter = Arbiter::default();
-        loop {
-            let mut entries = crate::log::read_towards(reader.as_mut(), end, PROJECTOR_BATCH_RECORDS_MAX)?;
-            if entries.is_empty() {
-                break;
-            }
-            let mut done = false;
-            if let Some(t) = until.time {
-                // The first record decided after `t` ends the replay (claims carry a time too).
-                let cut = entries.iter().position(|e| {
-                    codec::decode_partition_record(&e.payload)
-                        .map(|r| match r {
-                            PartitionRecord::Account(r) => r.at > t,
-                            PartitionRecord::Claim(c) => c.at > t,
-                        })
-                        .unwrap_or(true)
-                });
-                if let Some(cut) = cut {
-                    entries.truncate(cut);
-                    done = true;
-                }
-            }
-            if !entries.is_empty() {
-                folded += entries.len() as u64;
-                views.write(fold(&views, p, &mut arbiter, &entries)?)?;
-                progress(folded);
-            }
-            if done {
-                break;
-            }
+    let views = Db::open_rebuild(into, store::VIEW_CFS)?;
+    let folded = AtomicU64::new(0);
+    let next = AtomicU32::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(log.partitions() as usize).max(1);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let p = next.fetch_add(1, Ordering::Relaxed);
+                        if p >= log.partitions() {
+                            return Ok(());
+                        }
+                        rebuild_partition(log, &views, p, until, &folded)?;
+                    }
+                })
+            })
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            progress(folded.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(50));
         }
-    }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a rebuild thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let folded = folded.into_inner();
+    progress(folded);
     views.flush()?;
     Ok((views, folded))
+}
+
+fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folded: &AtomicU64) -> anyhow::Result<()> {
+    let limit = match until.offsets {
+        Some(v) => v.get(p as usize).copied().unwrap_or(0),
+        None => until.offset.unwrap_or(u64::MAX),
+    };
+    let end = limit.min(log.end_offset(p)?);
+    let mut reader = log.reader(p, 0)?;
+    let mut arbiter = Arbiter::default();
+    loop {
+        let mut entries = crate::log::read_towards(reader.as_mut(), end, PROJECTOR_BATCH_RECORDS_MAX)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut done = false;
+        if let Some(t) = until.time {
+            // The first record decided after `t` ends the replay (claims carry a time too).
+            let cut = entries.iter().position(|e| {
+                codec::decode_partition_record(&e.payload)
+                    .map(|r| match r {
+                        PartitionRecord::Account(r) => r.at > t,
+                        PartitionRecord::Claim(c) => c.at > t,
+                    })
+                    .unwrap_or(true)
+            });
+            if let Some(cut) = cut {
+                entries.truncate(cut);
+                done = true;
+            }
+        }
+        if !entries.is_empty() {
+            folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
+            views.write(fold(views, p, &mut arbiter, &entries)?)?;
+        }
+        if done {
+            return Ok(());
+        }
+    }
 }

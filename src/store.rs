@@ -65,6 +65,8 @@ pub const DB_WRITE_BUFFER_BYTES: usize = 96 << 20;
 pub struct Db {
     db: DB,
     cfs: &'static [Cf],
+    /// False for a database being rebuilt from scratch (see [`Db::open_rebuild`]).
+    wal: bool,
 }
 
 /// A key and its value, as stored.
@@ -104,7 +106,14 @@ impl Db {
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
-        Ok(Db { db, cfs })
+        Ok(Db { db, cfs, wal: true })
+    }
+
+    /// Opens a fresh database that a rebuild fills from the log: writes skip
+    /// the WAL (a crash leaves a partial directory that is simply rebuilt
+    /// again); the rebuild flushes at the end.
+    pub fn open_rebuild(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
+        Ok(Db { wal: false, ..Db::open(path, cfs)? })
     }
 
     /// Opens an existing database for reading while its owner may be running
@@ -112,7 +121,7 @@ impl Db {
     pub fn open_read_only(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
         let opts = Options::default();
         let db = DB::open_cf_for_read_only(&opts, path, cfs.iter().map(|c| c.name()), false)?;
-        Ok(Db { db, cfs })
+        Ok(Db { db, cfs, wal: true })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -132,7 +141,12 @@ impl Db {
                 None => wb.delete_cf(self.cf(*cf), k),
             }
         }
-        Ok(self.db.write(wb)?)
+        if self.wal {
+            return Ok(self.db.write(wb)?);
+        }
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(true);
+        Ok(self.db.write_opt(wb, &opts)?)
     }
 
     /// Up to `limit` entries with keys starting with `prefix`, from `start`
