@@ -820,25 +820,33 @@ impl PartitionWriter {
             let programme = self.registry.read().expect("registry lock").current(&cmd.account.programme());
             let touched = self.account(&mut work, &cmd.account)?;
             let day = programme.as_deref().map(|p| domain::calendar::programme_day(p.time_zone, now));
-            // Earns decide and count under the shared issuance's lock, so two
-            // partitions cannot both take the programme's last room.
-            let mut issuance =
-                matches!(cmd.body, CommandBody::Earn { .. }).then(|| self.issuance.0.lock().expect("issuance lock"));
+            // Under a programme-wide cap, earns decide and count under the
+            // shared issuance's lock, so two partitions cannot both take the
+            // programme's last room; other earns only count after deciding.
+            let capped = matches!(cmd.body, CommandBody::Earn { .. })
+                && programme.as_deref().is_some_and(|p| p.programme_daily_issuance_cap > 0);
+            let mut held = capped.then(|| self.issuance.0.lock().expect("issuance lock"));
             let limits = domain::Limits {
-                programme_issued_today: match (&issuance, day) {
+                programme_issued_today: match (&held, day) {
                     (Some(t), Some(day)) => t.get(&(cmd.account.programme(), day)).copied().unwrap_or(0),
                     _ => 0,
                 },
             };
             let decided = domain::decide_with(programme.as_deref(), &touched.account, &cmd, now, &limits);
             let mut granted = HashMap::new();
-            if let (Some(t), Ok(events)) = (issuance.as_mut(), &decided) {
+            if let Ok(events) = &decided {
                 earned_in(&cmd.account, events, &mut granted);
+            }
+            if !granted.is_empty() {
+                let mut t = match held.take() {
+                    Some(t) => t,
+                    None => self.issuance.0.lock().expect("issuance lock"),
+                };
                 for (k, v) in &granted {
                     *t.entry(k.clone()).or_default() += v;
                 }
             }
-            drop(issuance);
+            drop(held);
             let events = match decided {
                 Ok(events) => events,
                 Err(rejection) => {
