@@ -126,6 +126,18 @@ impl Rng {
     }
 }
 
+/// An operation drawn from the mix by weight.
+fn pick_op<'a>(rng: &mut Rng, ops: &[(&'a str, u32)], total: u32) -> &'a str {
+    let mut pick = (rng.next() % u64::from(total)) as u32;
+    for (op, w) in ops {
+        if pick < *w {
+            return op;
+        }
+        pick -= w;
+    }
+    "earn"
+}
+
 fn account(i: u64) -> Option<pb::AccountKey> {
     Some(pb::AccountKey { tenant_id: "bench".into(), programme_id: "points".into(), member_id: format!("m{i}") })
 }
@@ -150,19 +162,7 @@ async fn batch_worker(
         let mut commands = Vec::with_capacity(opts.batch);
         for _ in 0..opts.batch {
             n += 1;
-            let mut pick = (rng.next() % u64::from(total)) as u32;
-            let op = ops
-                .iter()
-                .find(|(_, w)| {
-                    if pick < *w {
-                        true
-                    } else {
-                        pick -= w;
-                        false
-                    }
-                })
-                .map(|(k, _)| *k)
-                .unwrap_or("earn");
+            let op = pick_op(&mut rng, &ops, total);
             let member = rng.next() % opts.accounts.max(1);
             let request_id = format!("w{id}-{n}-{}", opts.seed);
             commands.push(pb::BatchCommand {
@@ -237,19 +237,7 @@ async fn worker(
     let mut n = 0u64;
     while Instant::now() < deadline {
         n += 1;
-        let mut pick = (rng.next() % u64::from(total)) as u32;
-        let op = ops
-            .iter()
-            .find(|(_, w)| {
-                if pick < *w {
-                    true
-                } else {
-                    pick -= w;
-                    false
-                }
-            })
-            .map(|(k, _)| *k)
-            .unwrap_or("earn");
+        let op = pick_op(&mut rng, &ops, total);
         // Nothing to refund yet: earn instead.
         let op = if op == "refund" && spends.is_empty() { "earn" } else { op };
         let member = rng.next() % opts.accounts.max(1);

@@ -169,6 +169,15 @@ fn entries_from_token(key: &AccountKey, token: &str) -> Result<Vec<u8>, Status> 
     })
 }
 
+/// A request's `page_size`: 0 means the default, more than the maximum is refused.
+fn page_size(n: u32) -> Result<usize, Status> {
+    match n {
+        0 => Ok(ENTRIES_PAGE_SIZE_DEFAULT as usize),
+        n if n <= ENTRIES_PAGE_SIZE_MAX => Ok(n as usize),
+        _ => Err(invalid("page_size", format!("must be at most {ENTRIES_PAGE_SIZE_MAX}"))),
+    }
+}
+
 fn level_status_to_pb(programme: &domain::Programme, s: domain::LevelStatus) -> pb::LevelStatus {
     pb::LevelStatus {
         level: s.level,
@@ -484,11 +493,7 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
         let key = validate::account(&r.account)?;
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
         self.0.programme(&key.programme())?;
-        let size = match r.page_size {
-            0 => ENTRIES_PAGE_SIZE_DEFAULT,
-            n if n <= ENTRIES_PAGE_SIZE_MAX => n,
-            _ => return Err(invalid("page_size", format!("must be at most {ENTRIES_PAGE_SIZE_MAX}"))),
-        } as usize;
+        let size = page_size(r.page_size)?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
         let prefix = store::account_key(&key);
         let start = entries_from_token(&key, &r.page_token)?;
@@ -512,11 +517,7 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
         let key = validate::account(&r.account)?;
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
         self.0.programme(&key.programme())?;
-        let size = match r.page_size {
-            0 => ENTRIES_PAGE_SIZE_DEFAULT,
-            n if n <= ENTRIES_PAGE_SIZE_MAX => n,
-            _ => return Err(invalid("page_size", format!("must be at most {ENTRIES_PAGE_SIZE_MAX}"))),
-        } as usize;
+        let size = page_size(r.page_size)?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
         let prefix = store::account_key(&key);
         let mut start = entries_from_token(&key, &r.page_token)?;
@@ -653,11 +654,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         if to <= from || to - from > ALERTS_RANGE_DAYS_MAX * 86_400_000 {
             return Err(invalid("to", format!("must be after from, at most {ALERTS_RANGE_DAYS_MAX} days later")));
         }
-        let size = match r.page_size {
-            0 => ENTRIES_PAGE_SIZE_DEFAULT,
-            n if n <= ENTRIES_PAGE_SIZE_MAX => n,
-            _ => return Err(invalid("page_size", format!("must be at most {ENTRIES_PAGE_SIZE_MAX}"))),
-        } as usize;
+        let size = page_size(r.page_size)?;
         let after = if r.page_token.is_empty() {
             None
         } else {
