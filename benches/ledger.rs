@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use points_ledger::codec;
 use points_ledger::domain::{decide, Account, AccountKey, Command, CommandBody, Programme};
 use points_ledger::log::LogEntry;
-use points_ledger::projector::fold;
+use points_ledger::projector::{fold, ViewCache, PROJECTOR_CACHE_ACCOUNTS};
 use points_ledger::record::AccountRecord;
 use points_ledger::store::{self, Db};
 
@@ -125,7 +125,8 @@ fn bench_projection(c: &mut Criterion) {
                     (dir, db)
                 },
                 |(dir, db)| {
-                    db.write(fold(&db, 0, &mut Default::default(), &entries).unwrap()).unwrap();
+                    let mut cache = ViewCache::live(PROJECTOR_CACHE_ACCOUNTS);
+                    db.write(fold(&db, 0, &mut Default::default(), &entries, &mut cache).unwrap()).unwrap();
                     drop(db);
                     drop(dir);
                 },

@@ -40,7 +40,7 @@ pub fn describe_key(cf: Cf, key: &[u8]) -> String {
         Cf::Meta => String::from_utf8(key.to_vec()).ok(),
         _ => None,
     }
-    .unwrap_or_else(|| key.iter().map(|b| format!("{b:02x}")).collect())
+    .unwrap_or_else(|| crate::codec::hex(key))
 }
 
 /// The first differing row of two databases, column family by column family.

@@ -37,6 +37,7 @@ use crate::log::{EventLog, LogEntry, LogReader};
 use crate::programmes::{Registry, SharedRegistry};
 use crate::proto as pb;
 use crate::record::{partition_for, Admitted, Arbiter, Balance};
+use crate::codec::hex;
 use crate::store::{self, Batch, Cf, Db};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,10 +87,6 @@ pub fn partial_at_or_before(
         }
         None => Ok(None),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The chain head before any record: 32 zero bytes.

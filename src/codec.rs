@@ -801,3 +801,14 @@ pub fn decode_stored_reply(bytes: &[u8]) -> Result<(u64, Reply), CodecError> {
         },
     ))
 }
+
+/// Lower-case hex of `bytes` (digests, chain heads, page tokens).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}

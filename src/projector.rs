@@ -16,7 +16,7 @@
 //! [`fold`] is the one fold: the live projectors and `replay` both use it, so
 //! a rebuild from offset zero gives byte-identical views.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +55,7 @@ impl Projectors {
         let mut threads = Vec::new();
         for p in 0..n {
             let mut arbiter = start[p as usize].arbiter;
+            let mut cache = ViewCache::live(PROJECTOR_CACHE_ACCOUNTS);
             let mut reader = log.reader(p, start[p as usize].next)?;
             let (views, tx, stop) = (views.clone(), tx.clone(), stop.clone());
             threads.push(std::thread::Builder::new().name(format!("projector-{p}")).spawn(move || {
@@ -73,7 +74,7 @@ impl Projectors {
                         continue;
                     }
                     let next = entries.last().expect("non-empty").offset + 1;
-                    if let Err(e) = fold(&views, p, &mut arbiter, &entries).and_then(|b| views.write(b)) {
+                    if let Err(e) = fold(&views, p, &mut arbiter, &entries, &mut cache).and_then(|b| views.write(b)) {
                         tracing::error!(partition = p, error = %e, "projector cannot fold; it stops");
                         return;
                     }
@@ -97,31 +98,154 @@ impl Projectors {
     }
 }
 
+/// A projector's decoded accounts between batches, each with the expiring
+/// rows the views hold for it, so a batch neither re-reads nor re-decodes
+/// the accounts it touches. The views database is the truth: the cache only
+/// ever holds what was written there (or, for a rebuild, what will be).
+pub struct ViewCache {
+    accounts: HashMap<AccountKey, Cached>,
+    /// Accounts kept at most; over it, the cache starts again empty.
+    max: usize,
+    /// For a fresh rebuild: account and expiring rows are written only when
+    /// the cache is full and at the end ([`ViewCache::write_out`]), once per
+    /// account instead of once per batch, and every row goes into the
+    /// database as ingested table files rather than through the memtable.
+    deferred: bool,
+    /// Statement rows a deferred cache has not ingested yet.
+    entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Statement rows a deferred cache gathers before ingesting them.
+    ingest_rows: usize,
+}
+
+struct Cached {
+    account: Account,
+    /// Expiring rows the views hold (or will hold once written) for it.
+    stored: BTreeSet<(Millis, String, i64)>,
+    /// Changed since its rows were last put in a batch.
+    dirty: bool,
+}
+
+/// Accounts a live projector keeps decoded, per partition.
+pub const PROJECTOR_CACHE_ACCOUNTS: usize = 25_000;
+/// Accounts a rebuild keeps in memory per partition before writing them out.
+pub const REBUILD_CACHE_ACCOUNTS: usize = 100_000;
+/// Statement rows a rebuild gathers per partition before ingesting them as
+/// one table file.
+pub const REBUILD_INGEST_ROWS: usize = 250_000;
+
+impl ViewCache {
+    /// Write-through: every batch carries the account and expiring rows of
+    /// the accounts it changed.
+    pub fn live(max: usize) -> ViewCache {
+        ViewCache { accounts: HashMap::new(), max, deferred: false, entries: Vec::new(), ingest_rows: 0 }
+    }
+
+    /// Write-behind, for a fresh rebuild: see [`ViewCache::write_out`].
+    /// Statement rows go in as table files of `ingest_rows` rows.
+    pub fn rebuild(max: usize, ingest_rows: usize) -> ViewCache {
+        ViewCache { accounts: HashMap::new(), max, deferred: true, entries: Vec::new(), ingest_rows }
+    }
+
+    fn load<'c>(
+        accounts: &'c mut HashMap<AccountKey, Cached>,
+        views: &Db,
+        key: &AccountKey,
+    ) -> Result<&'c mut Cached, store::StoreError> {
+        if !accounts.contains_key(key) {
+            let account = match views.get(Cf::Accounts, &store::account_key(key))? {
+                Some(b) => codec::decode_account(&b)?,
+                None => Account::default(),
+            };
+            let stored = expiring_lots(&account);
+            accounts.insert(key.clone(), Cached { account, stored, dirty: false });
+        }
+        Ok(accounts.get_mut(key).expect("loaded"))
+    }
+
+    /// The account and expiring rows of every changed account, as
+    /// (column family, key, value or `None` to delete), in the order to apply.
+    fn changed_rows(&mut self) -> Vec<(Cf, Vec<u8>, Option<Vec<u8>>)> {
+        let mut rows = Vec::new();
+        for (key, c) in self.accounts.iter_mut().filter(|(_, c)| c.dirty) {
+            if let Err(violation) = c.account.check_invariants() {
+                tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
+            }
+            rows.push((Cf::Accounts, store::account_key(key), Some(codec::encode_account(&c.account))));
+            let now = expiring_lots(&c.account);
+            for (at, lot, _) in c.stored.difference(&now) {
+                rows.push((Cf::Expiring, expiring_key(key, *at, lot), None));
+            }
+            for (at, lot, points) in now.difference(&c.stored) {
+                rows.push((Cf::Expiring, expiring_key(key, *at, lot), Some(points.to_be_bytes().to_vec())));
+            }
+            c.stored = now;
+            c.dirty = false;
+        }
+        rows
+    }
+
+    /// Writes every account not yet written and returns the batch that
+    /// moves the position to `cursor` (the end of a rebuild, a full cache, or
+    /// every batch of a live projector).
+    pub fn write_out(&mut self, views: &Db, partition: u32, cursor: store::Cursor) -> Result<Batch, store::StoreError> {
+        let mut batch = Batch::default();
+        let rows = self.changed_rows();
+        if self.deferred {
+            views.ingest(Cf::Entries, &mut self.entries)?;
+            // One row per key in a table file: a lot whose points changed
+            // is deleted and put again; the put is what stays.
+            let mut by_cf: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 2] = Default::default();
+            for (cf, k, v) in rows {
+                let i = usize::from(cf == Cf::Expiring);
+                let slot = by_cf[i].entry(k).or_insert(None);
+                if v.is_some() {
+                    *slot = v;
+                }
+            }
+            for (cf, rows) in [Cf::Accounts, Cf::Expiring].into_iter().zip(by_cf) {
+                views.ingest(cf, &mut rows.into_iter().collect())?;
+            }
+        } else {
+            for (cf, k, v) in rows {
+                match v {
+                    Some(v) => batch.put(cf, &k, &v),
+                    None => batch.delete(cf, &k),
+                }
+            }
+        }
+        store::put_cursor(&mut batch, partition, cursor);
+        Ok(batch)
+    }
+
+    /// Forgets every account (after a failed write the views may hold less
+    /// than the cache).
+    pub fn clear(&mut self) {
+        self.accounts.clear();
+    }
+}
+
 /// Folds consecutive records of one partition into a WriteBatch of view
-/// changes and the new position. Reads current view rows from `views`.
-/// `arbiter` is the log's arbitration as of the first entry (records of a
-/// superseded writer are void and leave no trace); it moves past the last.
+/// changes and the new position, reading the accounts it touches through
+/// `cache`. `arbiter` is the log's arbitration as of the first entry (records
+/// of a superseded writer are void and leave no trace); it moves past the last.
+/// A deferred (rebuild) cache puts account rows and the position only when it
+/// writes out; statement rows are put in every batch.
 pub fn fold(
     views: &Db,
     partition: u32,
     arbiter: &mut Arbiter,
     entries: &[LogEntry],
+    cache: &mut ViewCache,
 ) -> Result<Batch, store::StoreError> {
-    let mut accounts: HashMap<AccountKey, (Account, Account)> = HashMap::new();
     let mut batch = Batch::default();
     for entry in entries {
         let record = match arbiter.admit_bytes(&entry.payload)? {
             Admitted::Record(r) => r,
             Admitted::Claim(_) | Admitted::Void => continue,
         };
-        if !accounts.contains_key(&record.account) {
-            let a = match views.get(Cf::Accounts, &store::account_key(&record.account))? {
-                Some(b) => codec::decode_account(&b)?,
-                None => Account::default(),
-            };
-            accounts.insert(record.account.clone(), (a.clone(), a));
-        }
-        let (_, account) = accounts.get_mut(&record.account).expect("loaded");
+        let cached = ViewCache::load(&mut cache.accounts, views, &record.account)?;
+        cached.dirty |= !record.events.is_empty();
+        let account = &mut cached.account;
         let position = Position { partition, offset: entry.offset };
         for (i, event) in record.events.iter().enumerate() {
             account.apply(event);
@@ -133,27 +257,25 @@ pub fn fold(
                 delta: event.net_delta(),
                 balance: Some(codec::balance_to_pb(&Balance::of(account))),
             };
-            batch.put(Cf::Entries, &entry_key(&record.account, entry.offset, i as u16), &row.encode_to_vec());
+            let key = entry_key(&record.account, entry.offset, i as u16);
+            if cache.deferred {
+                cache.entries.push((key, Some(row.encode_to_vec())));
+            } else {
+                batch.put(Cf::Entries, &key, &row.encode_to_vec());
+            }
         }
     }
-    let mut keys: Vec<_> = accounts.keys().cloned().collect();
-    keys.sort();
-    for key in keys {
-        let (before, after) = &accounts[&key];
-        if let Err(violation) = after.check_invariants() {
-            tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
-        }
-        batch.put(Cf::Accounts, &store::account_key(&key), &codec::encode_account(after));
-        let (old, new) = (expiring_lots(before), expiring_lots(after));
-        for (at, lot, _) in old.difference(&new) {
-            batch.delete(Cf::Expiring, &expiring_key(&key, *at, lot));
-        }
-        for (at, lot, points) in new.difference(&old) {
-            batch.put(Cf::Expiring, &expiring_key(&key, *at, lot), &points.to_be_bytes());
-        }
+    let Some(last) = entries.last() else { return Ok(batch) };
+    let cursor = store::Cursor { next: last.offset + 1, arbiter: *arbiter };
+    let full = cache.accounts.len() > cache.max;
+    if !cache.deferred || full {
+        let rest = cache.write_out(views, partition, cursor)?;
+        batch.ops_from(rest);
+    } else if cache.entries.len() >= cache.ingest_rows {
+        views.ingest(Cf::Entries, &mut cache.entries)?;
     }
-    if let Some(last) = entries.last() {
-        store::put_cursor(&mut batch, partition, store::Cursor { next: last.offset + 1, arbiter: *arbiter });
+    if full {
+        cache.clear();
     }
     Ok(batch)
 }
@@ -255,10 +377,12 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
     let end = limit.min(log.end_offset(p)?);
     let mut reader = log.reader(p, 0)?;
     let mut arbiter = Arbiter::default();
+    let mut cache = ViewCache::rebuild(REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS);
+    let mut folded_to: Option<store::Cursor> = None;
     loop {
         let mut entries = crate::log::read_towards(reader.as_mut(), end, PROJECTOR_BATCH_RECORDS_MAX)?;
         if entries.is_empty() {
-            return Ok(());
+            break;
         }
         let mut done = false;
         if let Some(t) = until.time {
@@ -276,12 +400,99 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
                 done = true;
             }
         }
-        if !entries.is_empty() {
+        if let Some(last) = entries.last() {
             folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
-            views.write(fold(views, p, &mut arbiter, &entries)?)?;
+            views.write(fold(views, p, &mut arbiter, &entries, &mut cache)?)?;
+            folded_to = Some(store::Cursor { next: last.offset + 1, arbiter });
         }
         if done {
-            return Ok(());
+            break;
         }
+    }
+    if let Some(cursor) = folded_to {
+        views.write(cache.write_out(views, p, cursor)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{decide, Command, CommandBody, Programme};
+    use crate::record::AccountRecord;
+
+    const T0: Millis = 1_773_100_800_000;
+
+    /// Records on 13 accounts: earns (most with an expiry) and spends that
+    /// take points out of lots, so expiring rows are put, changed and deleted.
+    fn log() -> Vec<LogEntry> {
+        let programme = Programme::example("shop", "points");
+        let mut accounts: HashMap<AccountKey, Account> = HashMap::new();
+        (0..400u64)
+            .filter_map(|i| {
+                let key = AccountKey::new("shop", "points", &format!("m{}", i % 13));
+                let body = if i % 3 == 2 {
+                    CommandBody::Spend { points: 25, order_ref: None, order_cash_amount: None }
+                } else {
+                    CommandBody::Earn {
+                        points: 10 + (i % 40) as i64,
+                        reason: "purchase".into(),
+                        order_ref: None,
+                        growth: 1,
+                        expires_at: (i % 5 != 0).then_some(T0 + 86_400_000 * (1 + (i % 7) as i64)),
+                    }
+                };
+                let cmd = Command { request_id: format!("r{i}"), account: key.clone(), body, context: Default::default() };
+                let account = accounts.entry(key.clone()).or_default();
+                let events = decide(Some(&programme), account, &cmd, T0 + i as i64).ok()?;
+                events.iter().for_each(|e| account.apply(e));
+                Some(AccountRecord {
+                    epoch: 0,
+                    request_id: cmd.request_id,
+                    account: key,
+                    programme_version: 1,
+                    at: T0 + i as i64,
+                    fingerprint: i,
+                    system: false,
+                    events,
+                    context: Default::default(),
+                })
+            })
+            .enumerate()
+            .map(|(offset, r)| LogEntry { offset: offset as u64, payload: codec::encode_account_record(&r) })
+            .collect()
+    }
+
+    fn fold_all(views: &Db, entries: &[LogEntry], mut cache: ViewCache) {
+        let mut arbiter = Arbiter::default();
+        let mut cursor = None;
+        for chunk in entries.chunks(37) {
+            views.write(fold(views, 0, &mut arbiter, chunk, &mut cache).unwrap()).unwrap();
+            cursor = Some(store::Cursor { next: chunk.last().unwrap().offset + 1, arbiter });
+        }
+        views.write(cache.write_out(views, 0, cursor.unwrap()).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_deferred_rebuild_writes_the_same_views_as_the_live_fold() {
+        let entries = log();
+        assert!(entries.len() > 300, "most commands are accepted");
+        let dir = tempfile::tempdir().unwrap();
+        let live = Db::open(&dir.path().join("live"), store::VIEW_CFS).unwrap();
+        // A small live cache is cleared several times on the way.
+        fold_all(&live, &entries, ViewCache::live(5));
+        // Tiny limits: the rebuild writes out and forgets accounts many times
+        // and ingests many small table files.
+        let rebuilt = Db::open_rebuild(&dir.path().join("rebuilt"), store::VIEW_CFS).unwrap();
+        fold_all(&rebuilt, &entries, ViewCache::rebuild(3, 50));
+        let (a, b) = (live.digest().unwrap(), rebuilt.digest().unwrap());
+        assert_eq!(a, b);
+        let expiring = a.iter().find(|(cf, _, _)| *cf == "expiring").unwrap().2;
+        assert!(expiring > 0, "the log leaves lots with an expiry");
+        // Both equal one write-through fold of everything with no cache limit.
+        let whole = Db::open(&dir.path().join("whole"), store::VIEW_CFS).unwrap();
+        let mut cache = ViewCache::live(usize::MAX);
+        whole.write(fold(&whole, 0, &mut Arbiter::default(), &entries, &mut cache).unwrap()).unwrap();
+        assert_eq!(whole.digest().unwrap(), a);
     }
 }

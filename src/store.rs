@@ -67,6 +67,8 @@ pub struct Db {
     cfs: &'static [Cf],
     /// False for a database being rebuilt from scratch (see [`Db::open_rebuild`]).
     wal: bool,
+    /// Table files ingested so far (names scratch files uniquely).
+    ingests: std::sync::atomic::AtomicU64,
 }
 
 /// A key and its value, as stored.
@@ -88,6 +90,10 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// Appends the changes of `other` after this batch's.
+    pub fn ops_from(&mut self, mut other: Batch) {
+        self.ops.append(&mut other.ops);
+    }
 }
 
 impl Db {
@@ -106,7 +112,7 @@ impl Db {
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
-        Ok(Db { db, cfs, wal: true })
+        Ok(Db { db, cfs, wal: true, ingests: Default::default() })
     }
 
     /// Opens a fresh database that a rebuild fills from the log: writes skip
@@ -121,7 +127,7 @@ impl Db {
     pub fn open_read_only(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
         let opts = Options::default();
         let db = DB::open_cf_for_read_only(&opts, path, cfs.iter().map(|c| c.name()), false)?;
-        Ok(Db { db, cfs, wal: true })
+        Ok(Db { db, cfs, wal: true, ingests: Default::default() })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -217,6 +223,35 @@ impl Db {
     /// Every key and value of one column family, for tests.
     pub fn all(&self, cf: Cf) -> Result<Vec<Row>, StoreError> {
         self.scan(cf, &[], &[], usize::MAX)
+    }
+
+    /// Writes `rows` (unique keys, any order; a `None` value deletes) of one
+    /// column family as a sorted table file and ingests it, bypassing the
+    /// memtable: for a fresh rebuild, where inserting row by row into the
+    /// memtable's skiplist is most of the cost. Later ingests win over
+    /// earlier ones. Empties `rows`.
+    pub fn ingest(&self, cf: Cf, rows: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let n = self.ingests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.db.path().join(format!("ingest-{}-{n}.sst", cf.name()));
+        let mut opts = Options::default();
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut writer = rocksdb::SstFileWriter::create(&opts);
+        writer.open(&path)?;
+        for (k, v) in rows.drain(..) {
+            match v {
+                Some(v) => writer.put(k, v)?,
+                None => writer.delete(k)?,
+            }
+        }
+        writer.finish()?;
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db.ingest_external_file_cf_opts(self.cf(cf), &ingest, vec![&path])?;
+        Ok(())
     }
 
     /// Flushes memtables to disk (on clean shutdown).

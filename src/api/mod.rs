@@ -15,7 +15,7 @@ use tonic::{Code, Request, Response, Status};
 pub use auth::{Access, Auth};
 use errors::{internal, invalid, status};
 
-use crate::codec;
+use crate::codec::{self, hex};
 use crate::domain::{self, calendar, Account, AccountKey, Command, CommandBody, ProgrammeKey};
 use crate::programmes::Programmes;
 use crate::projector::{entry_key, parse_expiring_key};
@@ -225,10 +225,6 @@ fn account_to_pb(key: &AccountKey, a: &Account, level: pb::LevelStatus, position
             })
             .collect(),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(field: &str, s: &str) -> Result<Vec<u8>, Status> {
