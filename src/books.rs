@@ -24,7 +24,7 @@
 //! change with a clock a little behind. Replays give the same books.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -572,43 +572,82 @@ fn fold_from_zero(
     until_time: Option<crate::domain::Millis>,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
-    let mut folded = 0;
-    for p in 0..events.partitions() {
-        let target = match targets {
-            Some(t) => t.get(p as usize).copied().unwrap_or(0),
-            None => events.end_offset(p)?,
-        };
-        let mut reader = events.reader(p, 0)?;
-        let mut arbiter = Arbiter::default();
-        while reader.position() < target {
-            let max = BOOKS_BATCH_RECORDS_MAX.min((target - reader.position()) as usize);
-            let mut entries = crate::log::read_towards(reader.as_mut(), target, max)?;
-            if entries.is_empty() {
-                break;
-            }
-            let mut done = false;
-            if let Some(t) = until_time {
-                let late = |e: &LogEntry| match crate::codec::decode_partition_record(&e.payload) {
-                    Ok(crate::record::PartitionRecord::Account(r)) => r.at > t,
-                    Ok(crate::record::PartitionRecord::Claim(c)) => c.at > t,
-                    Err(_) => true,
-                };
-                if let Some(cut) = entries.iter().position(late) {
-                    entries.truncate(cut);
-                    done = true;
-                }
-            }
-            if !entries.is_empty() {
-                folded += entries.len() as u64;
-                books.write(fold(books, registry, p, &mut arbiter, &entries)?)?;
-                progress(folded);
-            }
-            if done {
-                break;
+    // Partitions are independent: each writes only rows keyed by its own
+    // accounts or its own partition number, so they fold in parallel and
+    // the result does not depend on how they interleave.
+    let folded = AtomicU64::new(0);
+    let next = AtomicU32::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(events.partitions() as usize).max(1);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let p = next.fetch_add(1, Ordering::Relaxed);
+                        if p >= events.partitions() {
+                            return Ok(());
+                        }
+                        let target = match targets {
+                            Some(t) => t.get(p as usize).copied().unwrap_or(0),
+                            None => events.end_offset(p)?,
+                        };
+                        fold_partition_from_zero(events, registry, books, p, target, until_time, &folded)?;
+                    }
+                })
+            })
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            progress(folded.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a books thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let folded = folded.into_inner();
+    progress(folded);
+    Ok(folded)
+}
+
+fn fold_partition_from_zero(
+    events: &dyn EventLog,
+    registry: &Registry,
+    books: &Db,
+    p: u32,
+    target: u64,
+    until_time: Option<crate::domain::Millis>,
+    folded: &AtomicU64,
+) -> anyhow::Result<()> {
+    let mut reader = events.reader(p, 0)?;
+    let mut arbiter = Arbiter::default();
+    while reader.position() < target {
+        let max = BOOKS_BATCH_RECORDS_MAX.min((target - reader.position()) as usize);
+        let mut entries = crate::log::read_towards(reader.as_mut(), target, max)?;
+        if entries.is_empty() {
+            break;
+        }
+        let mut done = false;
+        if let Some(t) = until_time {
+            let late = |e: &LogEntry| match crate::codec::decode_partition_record(&e.payload) {
+                Ok(crate::record::PartitionRecord::Account(r)) => r.at > t,
+                Ok(crate::record::PartitionRecord::Claim(c)) => c.at > t,
+                Err(_) => true,
+            };
+            if let Some(cut) = entries.iter().position(late) {
+                entries.truncate(cut);
+                done = true;
             }
         }
+        if !entries.is_empty() {
+            folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
+            books.write(fold(books, registry, p, &mut arbiter, &entries)?)?;
+        }
+        if done {
+            break;
+        }
     }
-    Ok(folded)
+    Ok(())
 }
 
 /// The books folded afresh from the log into `scratch` (a directory that
