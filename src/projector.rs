@@ -111,6 +111,8 @@ pub struct ViewCache {
     /// account instead of once per batch, and every row goes into the
     /// database as ingested table files rather than through the memtable.
     deferred: bool,
+    /// Accounts changed since their rows were last written.
+    dirty: Vec<AccountKey>,
     /// Statement rows a deferred cache has not ingested yet.
     entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Statement rows a deferred cache gathers before ingesting them.
@@ -121,7 +123,7 @@ struct Cached {
     account: Account,
     /// Expiring rows the views hold (or will hold once written) for it.
     stored: BTreeSet<(Millis, String, i64)>,
-    /// Changed since its rows were last put in a batch.
+    /// Listed in `dirty`.
     dirty: bool,
 }
 
@@ -137,13 +139,13 @@ impl ViewCache {
     /// Write-through: every batch carries the account and expiring rows of
     /// the accounts it changed.
     pub fn live(max: usize) -> ViewCache {
-        ViewCache { accounts: HashMap::new(), max, deferred: false, entries: Vec::new(), ingest_rows: 0 }
+        ViewCache { accounts: HashMap::new(), max, deferred: false, dirty: Vec::new(), entries: Vec::new(), ingest_rows: 0 }
     }
 
     /// Write-behind, for a fresh rebuild: see [`ViewCache::write_out`].
     /// Statement rows go in as table files of `ingest_rows` rows.
     pub fn rebuild(max: usize, ingest_rows: usize) -> ViewCache {
-        ViewCache { accounts: HashMap::new(), max, deferred: true, entries: Vec::new(), ingest_rows }
+        ViewCache { accounts: HashMap::new(), max, deferred: true, dirty: Vec::new(), entries: Vec::new(), ingest_rows }
     }
 
     fn load<'c>(
@@ -166,7 +168,9 @@ impl ViewCache {
     /// (column family, key, value or `None` to delete), in the order to apply.
     fn changed_rows(&mut self) -> Vec<(Cf, Vec<u8>, Option<Vec<u8>>)> {
         let mut rows = Vec::new();
-        for (key, c) in self.accounts.iter_mut().filter(|(_, c)| c.dirty) {
+        for key in std::mem::take(&mut self.dirty) {
+            let c = self.accounts.get_mut(&key).expect("a dirty account is cached");
+            let key = &key;
             if let Err(violation) = c.account.check_invariants() {
                 tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
             }
@@ -221,6 +225,7 @@ impl ViewCache {
     /// than the cache).
     pub fn clear(&mut self) {
         self.accounts.clear();
+        self.dirty.clear();
     }
 }
 
@@ -244,7 +249,10 @@ pub fn fold(
             Admitted::Claim(_) | Admitted::Void => continue,
         };
         let cached = ViewCache::load(&mut cache.accounts, views, &record.account)?;
-        cached.dirty |= !record.events.is_empty();
+        if !cached.dirty && !record.events.is_empty() {
+            cached.dirty = true;
+            cache.dirty.push(record.account.clone());
+        }
         let account = &mut cached.account;
         let position = Position { partition, offset: entry.offset };
         for (i, event) in record.events.iter().enumerate() {

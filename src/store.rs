@@ -61,6 +61,8 @@ pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta];
 
 /// Memtable budget of each database (writer state, views, books).
 pub const DB_WRITE_BUFFER_BYTES: usize = 96 << 20;
+/// Block cache (data, index and filter blocks) of each database.
+pub const DB_BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 pub struct Db {
     db: DB,
@@ -106,9 +108,25 @@ impl Db {
         // however many column families it has.
         opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Index and filter blocks live in one bounded cache per database
+        // (so memory does not grow with the number of table files); every
+        // table has a whole-key bloom filter and so does every memtable:
+        // each command looks up a request id that is almost never there.
+        let cache = rocksdb::Cache::new_lru_cache(DB_BLOCK_CACHE_BYTES);
+        let tuned = std::env::var("PL_UNTUNED").is_err();
         let descriptors = cfs.iter().map(|cf| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if tuned {
+            let mut t = rocksdb::BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_bloom_filter(10.0, false);
+            t.set_cache_index_and_filter_blocks(true);
+            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            o.set_block_based_table_factory(&t);
+            o.set_memtable_prefix_bloom_ratio(0.02);
+            o.set_memtable_whole_key_filtering(true);
+            }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
