@@ -37,6 +37,7 @@ use crate::log::{EventLog, LogEntry, LogReader};
 use crate::programmes::{Registry, SharedRegistry};
 use crate::proto as pb;
 use crate::record::{partition_for, Admitted, Arbiter, Balance};
+use crate::risk::RiskFold;
 use crate::codec::hex;
 use crate::store::{self, Batch, Cf, Db};
 
@@ -186,9 +187,9 @@ pub fn fold(
     partition: u32,
     arbiter: &mut Arbiter,
     entries: &[LogEntry],
+    risk: &mut RiskFold,
 ) -> Result<Batch, BooksError> {
     let mut open: Open = HashMap::new();
-    let mut risk = crate::risk::RiskFold::default();
     // Partials finished within this fold (a later day began), to store too.
     let mut done: Vec<(ProgrammeKey, i64, pb::DailyBook)> = Vec::new();
     for entry in entries {
@@ -471,9 +472,10 @@ impl Reconciler {
         check_interval: Duration,
     ) -> anyhow::Result<Reconciler> {
         let n = log.partitions();
-        let mut cursors: Vec<store::Cursor> =
-            (0..n).map(|p| store::read_cursor(&books, p)).collect::<Result<_, _>>()?;
-        let mut readers = (0..n).map(|p| log.reader(p, cursors[p as usize].next)).collect::<Result<Vec<_>, _>>()?;
+        let mut lanes: Vec<Lane> = (0..n)
+            .map(|p| store::read_cursor(&books, p).map(|cursor| Lane { cursor, risk: RiskFold::default() }))
+            .collect::<Result<_, _>>()?;
+        let mut readers = (0..n).map(|p| log.reader(p, lanes[p as usize].cursor.next)).collect::<Result<Vec<_>, _>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let last_check = Arc::new(Mutex::new(None));
         let thread = {
@@ -483,7 +485,7 @@ impl Reconciler {
                 let mut folded_since_check = true;
                 while !stop.load(Ordering::Relaxed) {
                     let due = folded_since_check && last.elapsed() >= check_interval;
-                    match step(&views, &books, &registry, &mut readers, &mut cursors, &stop, due) {
+                    match step(&views, &books, &registry, &mut readers, &mut lanes, &stop, due) {
                         Ok((folded, checked)) => {
                             folded_since_check |= folded > 0;
                             if let Some(m) = checked {
@@ -497,9 +499,11 @@ impl Reconciler {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "reconciliation consumer; retrying");
+                            // What the failed step folded may not be stored.
+                            lanes.iter_mut().for_each(|l| l.risk.clear());
                             std::thread::sleep(Duration::from_millis(500));
                             // The readers may have moved past what was folded.
-                            match (0..n).map(|p| log.reader(p, cursors[p as usize].next)).collect() {
+                            match (0..n).map(|p| log.reader(p, lanes[p as usize].cursor.next)).collect() {
                                 Ok(r) => readers = r,
                                 Err(e) => tracing::warn!(error = %e, "reconciliation consumer cannot reopen the log"),
                             }
@@ -519,6 +523,12 @@ impl Reconciler {
     }
 }
 
+/// Where the consumer stands in one partition, and that partition's risk fold.
+struct Lane {
+    cursor: store::Cursor,
+    risk: RiskFold,
+}
+
 /// Folds every partition up to the views' positions (one snapshot) and,
 /// when `check` and every partition got there, compares the books with that
 /// same snapshot. Returns the records folded and the check's mismatches.
@@ -527,7 +537,7 @@ fn step(
     books: &Db,
     registry: &SharedRegistry,
     readers: &mut [Box<dyn LogReader>],
-    cursors: &mut [store::Cursor],
+    lanes: &mut [Lane],
     stop: &AtomicBool,
     check: bool,
 ) -> Result<(usize, Option<Vec<Mismatch>>), anyhow::Error> {
@@ -536,19 +546,20 @@ fn step(
     let mut all_there = true;
     for (p, reader) in readers.iter_mut().enumerate() {
         let target = snap.position(p as u32)?;
-        while cursors[p].next < target && !stop.load(Ordering::Relaxed) {
-            let max = BOOKS_BATCH_RECORDS_MAX.min((target - cursors[p].next) as usize);
+        let lane = &mut lanes[p];
+        while lane.cursor.next < target && !stop.load(Ordering::Relaxed) {
+            let max = BOOKS_BATCH_RECORDS_MAX.min((target - lane.cursor.next) as usize);
             let entries = reader.next_batch(max, Duration::from_millis(BOOKS_POLL_WAIT_MS))?;
             if entries.is_empty() {
                 break;
             }
-            let mut arbiter = cursors[p].arbiter;
-            let batch = fold(books, &registry.read().expect("registry lock"), p as u32, &mut arbiter, &entries)?;
+            let mut arbiter = lane.cursor.arbiter;
+            let batch = fold(books, &registry.read().expect("registry lock"), p as u32, &mut arbiter, &entries, &mut lane.risk)?;
             books.write(batch)?;
-            cursors[p] = store::Cursor { next: entries.last().expect("non-empty").offset + 1, arbiter };
+            lane.cursor = store::Cursor { next: entries.last().expect("non-empty").offset + 1, arbiter };
             folded += entries.len();
         }
-        all_there &= cursors[p].next == target;
+        all_there &= lane.cursor.next == target;
     }
     if !(check && all_there) {
         return Ok((folded, None));
@@ -621,6 +632,7 @@ fn fold_partition_from_zero(
 ) -> anyhow::Result<()> {
     let mut reader = events.reader(p, 0)?;
     let mut arbiter = Arbiter::default();
+    let mut risk = RiskFold::default();
     while reader.position() < target {
         let max = BOOKS_BATCH_RECORDS_MAX.min((target - reader.position()) as usize);
         let mut entries = crate::log::read_towards(reader.as_mut(), target, max)?;
@@ -641,7 +653,7 @@ fn fold_partition_from_zero(
         }
         if !entries.is_empty() {
             folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
-            books.write(fold(books, registry, p, &mut arbiter, &entries)?)?;
+            books.write(fold(books, registry, p, &mut arbiter, &entries, &mut risk)?)?;
         }
         if done {
             break;

@@ -77,10 +77,18 @@ fn programme_of(a: &AccountKey) -> ProgrammeKey {
     ProgrammeKey { tenant_id: a.tenant_id.clone(), programme_id: a.programme_id.clone() }
 }
 
-/// What one fold of a partition changes, written at its end.
+/// Accounts' risk counters a fold keeps decoded between batches, per partition.
+pub const RISK_CACHE_ACCOUNTS: usize = 25_000;
+
+/// A partition's risk fold: the counters of the accounts it has seen (kept
+/// between batches, up to [`RISK_CACHE_ACCOUNTS`]) and what the current
+/// batch changes, put into the batch by [`RiskFold::write`]. After a batch
+/// that was not written, [`RiskFold::clear`] it.
 #[derive(Default)]
 pub struct RiskFold {
-    accounts: HashMap<AccountKey, pb::RiskState>,
+    /// Counters as stored (or about to be), and whether listed in `dirty`.
+    accounts: HashMap<AccountKey, (pb::RiskState, bool)>,
+    dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
     shared: BTreeMap<Vec<u8>, Vec<u8>>,
     alerts: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -113,9 +121,13 @@ impl RiskFold {
                 Some(b) => pb::RiskState::decode(&b[..]).map_err(crate::codec::CodecError::from)?,
                 None => pb::RiskState::default(),
             };
-            self.accounts.insert(key.clone(), s);
+            self.accounts.insert(key.clone(), (s, false));
         }
-        let s = self.accounts.get_mut(key).expect("loaded");
+        let (s, dirty) = self.accounts.get_mut(key).expect("loaded");
+        if !*dirty {
+            *dirty = true;
+            self.dirty.push(key.clone());
+        }
         if s.day != day {
             *s = pb::RiskState { day, ..std::mem::take(s) };
             s.earned = 0;
@@ -274,19 +286,29 @@ impl RiskFold {
     }
 
     /// Adds the fold's changes to `batch`.
-    pub fn write(self, batch: &mut Batch, partition: u32) {
-        for (k, s) in self.accounts {
+    pub fn write(&mut self, batch: &mut Batch, partition: u32) {
+        for k in std::mem::take(&mut self.dirty) {
+            let (s, dirty) = self.accounts.get_mut(&k).expect("a dirty account is cached");
+            *dirty = false;
             batch.put(Cf::Risk, &account_row(&k), &s.encode_to_vec());
         }
-        for ((p, day), sum) in self.issuance {
+        if self.accounts.len() > RISK_CACHE_ACCOUNTS {
+            self.accounts.clear();
+        }
+        for ((p, day), sum) in self.issuance.drain() {
             batch.put(Cf::Risk, &issuance_row(&p, day, partition), &sum.to_be_bytes());
         }
-        for (k, v) in self.shared {
+        for (k, v) in std::mem::take(&mut self.shared) {
             batch.put(Cf::Risk, &k, &v);
         }
-        for (k, v) in self.alerts {
+        for (k, v) in std::mem::take(&mut self.alerts) {
             batch.put(Cf::Alerts, &k, &v);
         }
+    }
+
+    /// Forgets everything (the store is the truth again).
+    pub fn clear(&mut self) {
+        *self = RiskFold::default();
     }
 }
 

@@ -113,11 +113,9 @@ impl Db {
         // table has a whole-key bloom filter and so does every memtable:
         // each command looks up a request id that is almost never there.
         let cache = rocksdb::Cache::new_lru_cache(DB_BLOCK_CACHE_BYTES);
-        let tuned = std::env::var("PL_UNTUNED").is_err();
         let descriptors = cfs.iter().map(|cf| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            if tuned {
             let mut t = rocksdb::BlockBasedOptions::default();
             t.set_block_cache(&cache);
             t.set_bloom_filter(10.0, false);
@@ -126,7 +124,6 @@ impl Db {
             o.set_block_based_table_factory(&t);
             o.set_memtable_prefix_bloom_ratio(0.02);
             o.set_memtable_whole_key_filtering(true);
-            }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;

@@ -439,9 +439,11 @@ struct Touched {
 }
 
 impl PartitionWriter {
-    fn load(&self, key: &AccountKey) -> Result<Account, store::StoreError> {
-        if let Some(a) = self.cache.get(key) {
-            return Ok(a.clone());
+    /// An account as of the last committed batch, taken out of the cache
+    /// (a batch that commits puts it back; one that fails leaves the store's).
+    fn load(&mut self, key: &AccountKey) -> Result<Account, store::StoreError> {
+        if let Some(a) = self.cache.remove(key) {
+            return Ok(a);
         }
         match self.store.get(Cf::Accounts, &store::account_key(key))? {
             Some(bytes) => Ok(codec::decode_account(&bytes)?),
@@ -449,7 +451,7 @@ impl PartitionWriter {
         }
     }
 
-    fn account<'w>(&self, work: &'w mut Work, key: &AccountKey) -> Result<&'w mut Touched, store::StoreError> {
+    fn account<'w>(&mut self, work: &'w mut Work, key: &AccountKey) -> Result<&'w mut Touched, store::StoreError> {
         if !work.accounts.contains_key(key) {
             let account = self.load(key)?;
             let due_before = domain::due_at(&account, self.programme(key).as_deref());
@@ -662,9 +664,7 @@ impl PartitionWriter {
             self.cache.clear();
         }
         for (key, t) in work.accounts {
-            if t.changed {
-                self.cache.insert(key, t.account);
-            }
+            self.cache.insert(key, t.account);
         }
         Ok(())
     }
