@@ -18,3 +18,7 @@ pub mod risk;
 pub mod server;
 pub mod store;
 pub mod writer;
+
+/// The hash map of the hot paths (accounts by key, request ids in a batch):
+/// foldhash, randomly seeded per process, instead of SipHash.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

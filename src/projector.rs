@@ -16,7 +16,7 @@
 //! [`fold`] is the one fold: the live projectors and `replay` both use it, so
 //! a rebuild from offset zero gives byte-identical views.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::codec;
+use crate::FastMap;
 use crate::domain::{Account, AccountKey, Millis};
 use crate::log::{EventLog, LogEntry};
 use crate::proto as pb;
@@ -103,7 +104,7 @@ impl Projectors {
 /// the accounts it touches. The views database is the truth: the cache only
 /// ever holds what was written there (or, for a rebuild, what will be).
 pub struct ViewCache {
-    accounts: HashMap<AccountKey, Cached>,
+    accounts: FastMap<AccountKey, Cached>,
     /// Accounts kept at most; over it, the cache starts again empty.
     max: usize,
     /// For a fresh rebuild: account and expiring rows are written only when
@@ -139,17 +140,17 @@ impl ViewCache {
     /// Write-through: every batch carries the account and expiring rows of
     /// the accounts it changed.
     pub fn live(max: usize) -> ViewCache {
-        ViewCache { accounts: HashMap::new(), max, deferred: false, dirty: Vec::new(), entries: Vec::new(), ingest_rows: 0 }
+        ViewCache { accounts: FastMap::default(), max, deferred: false, dirty: Vec::new(), entries: Vec::new(), ingest_rows: 0 }
     }
 
     /// Write-behind, for a fresh rebuild: see [`ViewCache::write_out`].
     /// Statement rows go in as table files of `ingest_rows` rows.
     pub fn rebuild(max: usize, ingest_rows: usize) -> ViewCache {
-        ViewCache { accounts: HashMap::new(), max, deferred: true, dirty: Vec::new(), entries: Vec::new(), ingest_rows }
+        ViewCache { accounts: FastMap::default(), max, deferred: true, dirty: Vec::new(), entries: Vec::new(), ingest_rows }
     }
 
     fn load<'c>(
-        accounts: &'c mut HashMap<AccountKey, Cached>,
+        accounts: &'c mut FastMap<AccountKey, Cached>,
         views: &Db,
         key: &AccountKey,
     ) -> Result<&'c mut Cached, store::StoreError> {
@@ -435,7 +436,7 @@ mod tests {
     /// take points out of lots, so expiring rows are put, changed and deleted.
     fn log() -> Vec<LogEntry> {
         let programme = Programme::example("shop", "points");
-        let mut accounts: HashMap<AccountKey, Account> = HashMap::new();
+        let mut accounts: FastMap<AccountKey, Account> = FastMap::default();
         (0..400u64)
             .filter_map(|i| {
                 let key = AccountKey::new("shop", "points", &format!("m{}", i % 13));

@@ -28,6 +28,7 @@ use prost::Message;
 use crate::domain::{calendar, AccountKey, Event, Millis, Programme, ProgrammeKey};
 use crate::proto as pb;
 use crate::record::AccountRecord;
+use crate::FastMap;
 use crate::store::{self, Batch, Cf, Db, StoreError};
 
 /// Days the issuance-spike rule averages over.
@@ -87,7 +88,7 @@ pub const RISK_CACHE_ACCOUNTS: usize = 25_000;
 #[derive(Default)]
 pub struct RiskFold {
     /// Counters as stored (or about to be), and whether listed in `dirty`.
-    accounts: HashMap<AccountKey, (pb::RiskState, bool)>,
+    accounts: FastMap<AccountKey, (pb::RiskState, bool)>,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
     shared: BTreeMap<Vec<u8>, Vec<u8>>,

@@ -27,6 +27,8 @@
 //! an event in the log like any other.
 
 use std::collections::HashMap;
+
+use crate::FastMap;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -217,7 +219,7 @@ impl Writers {
                 store: store.clone(),
                 registry: registry.clone(),
                 clock: clock.clone(),
-                cache: HashMap::new(),
+                cache: FastMap::default(),
                 last_now: 0,
                 config: config.clone(),
                 writer_id: writer_id.clone(),
@@ -360,7 +362,7 @@ struct PartitionWriter {
     registry: SharedRegistry,
     clock: Arc<dyn Clock>,
     /// Accounts as of the last committed batch (a cache of the store).
-    cache: HashMap<AccountKey, Account>,
+    cache: FastMap<AccountKey, Account>,
     /// The latest `now` used, so time never runs backwards in a partition.
     last_now: Millis,
     config: WriterConfig,
@@ -414,7 +416,7 @@ enum ReadBack {
 #[derive(Default)]
 struct Work {
     /// Accounts the batch has looked at.
-    accounts: HashMap<AccountKey, Touched>,
+    accounts: FastMap<AccountKey, Touched>,
     /// (tenant, request id, fingerprint, reply) for the idempotency records.
     replies: Vec<(String, String, u64, Reply)>,
     /// Due-index rows a tick took up: deleted at commit, and each account's
@@ -788,7 +790,7 @@ impl PartitionWriter {
         let mut records: Vec<(AccountRecord, Balance)> = Vec::new();
         // Callers waiting for record i; `true` marks an in-batch retry.
         let mut waiting: Vec<(ReplyTx, usize, bool)> = Vec::new();
-        let mut in_batch: HashMap<(String, String), (u64, usize)> = HashMap::new();
+        let mut in_batch: FastMap<(String, String), (u64, usize)> = FastMap::default();
         for (cmd, tx) in commands {
             let fingerprint = domain::fingerprint(&cmd);
             let key = (cmd.account.tenant_id.clone(), cmd.request_id.clone());
