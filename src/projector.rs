@@ -129,7 +129,7 @@ struct Cached {
 }
 
 /// Accounts a live projector keeps decoded, per partition.
-pub const PROJECTOR_CACHE_ACCOUNTS: usize = 25_000;
+pub const PROJECTOR_CACHE_ACCOUNTS: usize = 10_000;
 /// Accounts a rebuild keeps in memory per partition before writing them out.
 pub const REBUILD_CACHE_ACCOUNTS: usize = 100_000;
 /// Statement rows a rebuild gathers per partition before ingesting them as

@@ -79,7 +79,7 @@ fn programme_of(a: &AccountKey) -> ProgrammeKey {
 }
 
 /// Accounts' risk counters a fold keeps decoded between batches, per partition.
-pub const RISK_CACHE_ACCOUNTS: usize = 25_000;
+pub const RISK_CACHE_ACCOUNTS: usize = 10_000;
 
 /// A partition's risk fold: the counters of the accounts it has seen (kept
 /// between batches, up to [`RISK_CACHE_ACCOUNTS`]) and what the current

@@ -62,7 +62,7 @@ pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta];
 /// Memtable budget of each database (writer state, views, books).
 pub const DB_WRITE_BUFFER_BYTES: usize = 96 << 20;
 /// Block cache (data, index and filter blocks) of each database.
-pub const DB_BLOCK_CACHE_BYTES: usize = 64 << 20;
+pub const DB_BLOCK_CACHE_BYTES: usize = 32 << 20;
 
 pub struct Db {
     db: DB,
