@@ -51,6 +51,12 @@ impl Cf {
             Cf::Alerts => "alerts",
         }
     }
+
+    /// Whether the column family is read by key (rather than only scanned),
+    /// so bloom filters pay for themselves.
+    fn point_lookups(self) -> bool {
+        matches!(self, Cf::Accounts | Cf::Requests | Cf::Meta | Cf::Risk)
+    }
 }
 
 pub const WRITER_CFS: &[Cf] = &[Cf::Accounts, Cf::Requests, Cf::Due, Cf::Meta];
@@ -103,23 +109,26 @@ impl Batch {
 /// the number of table files), partitioned: a lookup loads one small filter
 /// and index block, not a whole file's (with one filter per file, a cache
 /// under pressure re-read and re-checksummed megabytes per lookup: 4,000
-/// commands/s instead of 15,000 with 1M accounts, BENCHMARKS.md). Every
-/// table has a whole-key bloom filter and so does every memtable: each
-/// command looks up a request id that is almost never there.
-fn cf_options(cache: &rocksdb::Cache) -> Options {
+/// commands/s instead of 15,000 with 1M accounts, BENCHMARKS.md). Tables and
+/// memtables of the column families read by key have whole-key bloom filters:
+/// each command looks up a request id that is almost never there; scanned
+/// ones (statements, indexes, books) have none.
+fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     let mut o = Options::default();
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let mut t = rocksdb::BlockBasedOptions::default();
     t.set_block_cache(cache);
-    t.set_bloom_filter(10.0, false);
+    if cf.point_lookups() {
+        t.set_bloom_filter(10.0, false);
+        o.set_memtable_prefix_bloom_ratio(0.02);
+        o.set_memtable_whole_key_filtering(true);
+    }
     t.set_cache_index_and_filter_blocks(true);
     t.set_pin_l0_filter_and_index_blocks_in_cache(true);
     t.set_partition_filters(true);
     t.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
     t.set_pin_top_level_index_and_filter(true);
     o.set_block_based_table_factory(&t);
-    o.set_memtable_prefix_bloom_ratio(0.02);
-    o.set_memtable_whole_key_filtering(true);
     o
 }
 
@@ -134,7 +143,7 @@ impl Db {
         opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cache = rocksdb::Cache::new_lru_cache(DB_BLOCK_CACHE_BYTES);
-        let descriptors = cfs.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(&cache)));
+        let descriptors = cfs.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
         Ok(Db { db, cfs, wal: true, ingests: Default::default() })
     }
@@ -262,7 +271,7 @@ impl Db {
         let n = self.ingests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.db.path().join(format!("ingest-{}-{n}.sst", cf.name()));
         // The same table format as the column family's own files.
-        let opts = cf_options(&rocksdb::Cache::new_lru_cache(1 << 20));
+        let opts = cf_options(cf, &rocksdb::Cache::new_lru_cache(1 << 20));
         let mut writer = rocksdb::SstFileWriter::create(&opts);
         writer.open(&path)?;
         for (k, v) in rows.drain(..) {
