@@ -24,7 +24,7 @@
 //! change with a clock a little behind. Replays give the same books.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -581,44 +581,22 @@ fn fold_from_zero(
     books: &Db,
     targets: Option<&[u64]>,
     until_time: Option<crate::domain::Millis>,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
     // Partitions are independent: each writes only rows keyed by its own
     // accounts or its own partition number, so they fold in parallel and
     // the result does not depend on how they interleave.
-    let folded = AtomicU64::new(0);
-    let next = AtomicU32::new(0);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(events.partitions() as usize).max(1);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| -> anyhow::Result<()> {
-                    loop {
-                        let p = next.fetch_add(1, Ordering::Relaxed);
-                        if p >= events.partitions() {
-                            return Ok(());
-                        }
-                        let target = match targets {
-                            Some(t) => t.get(p as usize).copied().unwrap_or(0),
-                            None => events.end_offset(p)?,
-                        };
-                        fold_partition_from_zero(events, registry, books, p, target, until_time, &folded)?;
-                    }
-                })
-            })
-            .collect();
-        while !handles.iter().all(|h| h.is_finished()) {
-            progress(folded.load(Ordering::Relaxed));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a books thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let folded = folded.into_inner();
-    progress(folded);
-    Ok(folded)
+    crate::log::fold_partitions_in_parallel(
+        events.partitions(),
+        |p, folded| {
+            let target = match targets {
+                Some(t) => t.get(p as usize).copied().unwrap_or(0),
+                None => events.end_offset(p)?,
+            };
+            fold_partition_from_zero(events, registry, books, p, target, until_time, folded)
+        },
+        progress,
+    )
 }
 
 fn fold_partition_from_zero(

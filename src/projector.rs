@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -343,37 +343,14 @@ pub fn rebuild(
     log: &dyn EventLog,
     into: &Path,
     until: Until,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> anyhow::Result<(Db, u64)> {
     let views = Db::open_rebuild(into, store::VIEW_CFS)?;
-    let folded = AtomicU64::new(0);
-    let next = AtomicU32::new(0);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(log.partitions() as usize).max(1);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| -> anyhow::Result<()> {
-                    loop {
-                        let p = next.fetch_add(1, Ordering::Relaxed);
-                        if p >= log.partitions() {
-                            return Ok(());
-                        }
-                        rebuild_partition(log, &views, p, until, &folded)?;
-                    }
-                })
-            })
-            .collect();
-        while !handles.iter().all(|h| h.is_finished()) {
-            progress(folded.load(Ordering::Relaxed));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a rebuild thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let folded = folded.into_inner();
-    progress(folded);
+    let folded = crate::log::fold_partitions_in_parallel(
+        log.partitions(),
+        |p, folded| rebuild_partition(log, &views, p, until, folded),
+        progress,
+    )?;
     views.flush()?;
     Ok((views, folded))
 }

@@ -99,3 +99,44 @@ pub fn read_towards(reader: &mut dyn LogReader, end: u64, max_records: usize) ->
     }
     Ok(Vec::new())
 }
+
+/// Runs `fold(partition, folded)` for every partition on up to as many threads
+/// as the machine has cores (each takes the next partition not yet taken),
+/// reporting the records `folded` counts so far to `progress` every 50 ms.
+/// For rebuilds whose partitions are independent. Returns the final count.
+pub fn fold_partitions_in_parallel(
+    partitions: u32,
+    fold: impl Fn(u32, &std::sync::atomic::AtomicU64) -> anyhow::Result<()> + Sync,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    let folded = AtomicU64::new(0);
+    let next = AtomicU32::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(partitions as usize).max(1);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let p = next.fetch_add(1, Ordering::Relaxed);
+                        if p >= partitions {
+                            return Ok(());
+                        }
+                        fold(p, &folded)?;
+                    }
+                })
+            })
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            progress(folded.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a rebuild thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let folded = folded.into_inner();
+    progress(folded);
+    Ok(folded)
+}
