@@ -142,6 +142,15 @@ fn account(i: u64) -> Option<pb::AccountKey> {
     Some(pb::AccountKey { tenant_id: "bench".into(), programme_id: "points".into(), member_id: format!("m{i}") })
 }
 
+/// A worker's random source (seeded by the run's seed and its id) and the
+/// mix as (operation, weight) with the weights' total.
+fn draws(opts: &Options, id: usize) -> (Rng, Vec<(&str, u32)>, u32) {
+    let rng = Rng((opts.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    let ops: Vec<(&str, u32)> = opts.mix.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let total = ops.iter().map(|(_, w)| w).sum();
+    (rng, ops, total)
+}
+
 /// Sends `SubmitBatch` calls of `opts.batch` commands drawn from the mix
 /// (refunds and queries are drawn as earns: a batch is written blind).
 /// Latencies are per call; counts are per command.
@@ -153,9 +162,7 @@ async fn batch_worker(
     done: Arc<AtomicU64>,
 ) -> WorkerResult {
     use pb::batch_command::Command as C;
-    let mut rng = Rng((opts.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
-    let ops: Vec<(&str, u32)> = opts.mix.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let total: u32 = ops.iter().map(|(_, w)| w).sum();
+    let (mut rng, ops, total) = draws(&opts, id);
     let mut res = WorkerResult::default();
     let mut n = 0u64;
     while Instant::now() < deadline {
@@ -229,9 +236,7 @@ async fn worker(
     deadline: Instant,
     done: Arc<AtomicU64>,
 ) -> WorkerResult {
-    let mut rng = Rng((opts.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
-    let ops: Vec<(&str, u32)> = opts.mix.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let total: u32 = ops.iter().map(|(_, w)| w).sum();
+    let (mut rng, ops, total) = draws(&opts, id);
     let mut res = WorkerResult::default();
     let mut spends: Vec<(u64, String)> = Vec::new();
     let mut n = 0u64;

@@ -189,11 +189,17 @@ impl ViewCache {
         rows
     }
 
-    /// Writes every account not yet written and returns the batch that
-    /// moves the position to `cursor` (the end of a rebuild, a full cache, or
-    /// every batch of a live projector).
-    pub fn write_out(&mut self, views: &Db, partition: u32, cursor: store::Cursor) -> Result<Batch, store::StoreError> {
-        let mut batch = Batch::default();
+    /// Writes every account not yet written (into `batch` for a live
+    /// projector, as ingested table files for a rebuild) and puts the move of
+    /// the position to `cursor` into `batch` (the end of a rebuild, a full
+    /// cache, or every batch of a live projector).
+    pub fn write_out(
+        &mut self,
+        views: &Db,
+        batch: &mut Batch,
+        partition: u32,
+        cursor: store::Cursor,
+    ) -> Result<(), store::StoreError> {
         let rows = self.changed_rows();
         if self.deferred {
             views.ingest(Cf::Entries, &mut self.entries)?;
@@ -218,8 +224,8 @@ impl ViewCache {
                 }
             }
         }
-        store::put_cursor(&mut batch, partition, cursor);
-        Ok(batch)
+        store::put_cursor(batch, partition, cursor);
+        Ok(())
     }
 
     /// Forgets every account (after a failed write the views may hold less
@@ -278,8 +284,7 @@ pub fn fold(
     let cursor = store::Cursor { next: last.offset + 1, arbiter: *arbiter };
     let full = cache.accounts.len() > cache.max;
     if !cache.deferred || full {
-        let rest = cache.write_out(views, partition, cursor)?;
-        batch.ops_from(rest);
+        cache.write_out(views, &mut batch, partition, cursor)?;
     } else if cache.entries.len() >= cache.ingest_rows {
         views.ingest(Cf::Entries, &mut cache.entries)?;
     }
@@ -396,7 +401,9 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
         }
     }
     if let Some(cursor) = folded_to {
-        views.write(cache.write_out(views, p, cursor)?)?;
+        let mut batch = Batch::default();
+        cache.write_out(views, &mut batch, p, cursor)?;
+        views.write(batch)?;
     }
     Ok(())
 }
@@ -456,7 +463,9 @@ mod tests {
             views.write(fold(views, 0, &mut arbiter, chunk, &mut cache).unwrap()).unwrap();
             cursor = Some(store::Cursor { next: chunk.last().unwrap().offset + 1, arbiter });
         }
-        views.write(cache.write_out(views, 0, cursor.unwrap()).unwrap()).unwrap();
+        let mut batch = Batch::default();
+        cache.write_out(views, &mut batch, 0, cursor.unwrap()).unwrap();
+        views.write(batch).unwrap();
     }
 
     #[test]

@@ -98,10 +98,6 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
-    /// Appends the changes of `other` after this batch's.
-    pub fn ops_from(&mut self, mut other: Batch) {
-        self.ops.append(&mut other.ops);
-    }
 }
 
 /// Options of every column family, with `cache` for its blocks. Index and
