@@ -26,6 +26,9 @@ pub struct Options {
     /// `http://HOST:PORT`; None starts a server in a temporary directory.
     pub target: Option<String>,
     pub accounts: u64,
+    /// Skew: `(accounts %, traffic %)`, e.g. (20, 80) sends 80 % of the
+    /// commands to the first 20 % of the accounts. None: uniform.
+    pub hot: Option<(u32, u32)>,
     pub concurrency: usize,
     pub duration_seconds: u64,
     /// Weights by operation: earn, spend, reserve, refund, query.
@@ -106,6 +109,17 @@ pub fn parse_mix(s: &str) -> anyhow::Result<BTreeMap<String, u32>> {
     Ok(mix)
 }
 
+/// Parses `--hot A/T`: T % of the traffic goes to A % of the accounts.
+pub fn parse_hot(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (a, t) = s.split_once('/').with_context(|| format!("hot '{s}' is not ACCOUNTS%/TRAFFIC%, e.g. 20/80"))?;
+    let a: u32 = a.trim_end_matches('%').parse().with_context(|| format!("accounts share in '{s}'"))?;
+    let t: u32 = t.trim_end_matches('%').parse().with_context(|| format!("traffic share in '{s}'"))?;
+    if !(1..=99).contains(&a) || !(1..=99).contains(&t) {
+        anyhow::bail!("hot shares must be between 1 and 99 percent (got {a}/{t})");
+    }
+    Ok((a, t))
+}
+
 #[derive(Default)]
 struct WorkerResult {
     latencies_us: Vec<u32>,
@@ -136,6 +150,18 @@ fn pick_op<'a>(rng: &mut Rng, ops: &[(&'a str, u32)], total: u32) -> &'a str {
         pick -= w;
     }
     "earn"
+}
+
+/// The member of the next command: uniform over `accounts`, or skewed by `hot`.
+fn pick_member(rng: &mut Rng, opts: &Options) -> u64 {
+    let n = opts.accounts.max(1);
+    let Some((accounts_pct, traffic_pct)) = opts.hot else { return rng.next() % n };
+    let hot = (n * u64::from(accounts_pct) / 100).clamp(1, n);
+    if rng.next() % 100 < u64::from(traffic_pct) || hot == n {
+        rng.next() % hot
+    } else {
+        hot + rng.next() % (n - hot)
+    }
 }
 
 fn account(i: u64) -> Option<pb::AccountKey> {
@@ -170,7 +196,7 @@ async fn batch_worker(
         for _ in 0..opts.batch {
             n += 1;
             let op = pick_op(&mut rng, &ops, total);
-            let member = rng.next() % opts.accounts.max(1);
+            let member = pick_member(&mut rng, &opts);
             let request_id = format!("w{id}-{n}-{}", opts.seed);
             commands.push(pb::BatchCommand {
                 command: Some(match op {
@@ -245,7 +271,7 @@ async fn worker(
         let op = pick_op(&mut rng, &ops, total);
         // Nothing to refund yet: earn instead.
         let op = if op == "refund" && spends.is_empty() { "earn" } else { op };
-        let member = rng.next() % opts.accounts.max(1);
+        let member = pick_member(&mut rng, &opts);
         let rid = format!("w{id}-{n}-{}", opts.seed);
         let started = Instant::now();
         let outcome: Result<(), tonic::Status> = match op {
@@ -469,6 +495,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         },
         "floors": floors,
         "accounts": opts.accounts,
+        "hot": opts.hot.map(|(a, t)| format!("{t}% of commands to {a}% of accounts")),
         "concurrency": opts.concurrency,
         "batch": opts.batch,
         "latency_unit": if opts.batch > 1 { "SubmitBatch call" } else { "command" },

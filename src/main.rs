@@ -277,6 +277,10 @@ struct BenchArgs {
     /// Distinct member accounts to spread the load over.
     #[arg(long, env = "POINTS_LEDGER_BENCH_ACCOUNTS", default_value_t = 100_000)]
     accounts: u64,
+    /// Skewed traffic, ACCOUNTS%/TRAFFIC%: e.g. 20/80 sends 80 % of the
+    /// commands to 20 % of the accounts (default: uniform).
+    #[arg(long, env = "POINTS_LEDGER_BENCH_HOT")]
+    hot: Option<String>,
     /// Requests in flight at once.
     #[arg(long, env = "POINTS_LEDGER_BENCH_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,
@@ -785,6 +789,7 @@ fn main() -> anyhow::Result<()> {
             let opts = points_ledger::loadgen::Options {
                 target,
                 accounts: args.accounts,
+                hot: args.hot.as_deref().map(points_ledger::loadgen::parse_hot).transpose()?,
                 concurrency: args.concurrency as usize,
                 duration_seconds: args.duration_seconds,
                 mix: points_ledger::loadgen::parse_mix(&args.mix)?,

@@ -12,6 +12,7 @@ fn options(log: LogConfig, floors: bool) -> points_ledger::loadgen::Options {
     points_ledger::loadgen::Options {
         target: None,
         accounts: 50,
+        hot: None,
         concurrency: 4,
         duration_seconds: 1,
         mix: points_ledger::loadgen::parse_mix("earn=60,spend=20,reserve=5,refund=5,query=10").unwrap(),
@@ -47,6 +48,9 @@ async fn bench_drives_its_own_server_and_reports_figures() {
         assert_eq!(written[k], figures[k], "{k}");
     }
     assert!(points_ledger::loadgen::parse_mix("fly=1").is_err());
+    assert_eq!(points_ledger::loadgen::parse_hot("20/80").unwrap(), (20, 80));
+    assert!(points_ledger::loadgen::parse_hot("0/80").is_err());
+    assert!(points_ledger::loadgen::parse_hot("20").is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,6 +71,7 @@ async fn bench_on_kafka_measures_the_raw_producer_in_the_same_run() {
 async fn bench_sends_submit_batch_calls() {
     let figures = points_ledger::loadgen::run(points_ledger::loadgen::Options {
         batch: 50,
+        hot: Some((10, 90)),
         ..options(LogConfig::Embedded, false)
     })
     .await
@@ -74,4 +79,5 @@ async fn bench_sends_submit_batch_calls() {
     assert!(figures["commands"].as_u64().unwrap() >= 50);
     assert_eq!(figures["errors"], serde_json::json!({}), "{figures}");
     assert_eq!(figures["batch"], 50);
+    assert_eq!(figures["hot"], "90% of commands to 10% of accounts");
 }
