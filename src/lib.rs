@@ -5,7 +5,6 @@
 pub mod api;
 pub mod audit;
 pub mod books;
-pub mod cache;
 pub mod codec;
 pub mod domain;
 pub mod export;

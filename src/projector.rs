@@ -26,8 +26,8 @@ use std::time::Duration;
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::cache::Bounded;
 use crate::codec;
+use crate::FastMap;
 use crate::domain::{Account, AccountKey, Millis};
 use crate::log::{EventLog, LogEntry};
 use crate::proto as pb;
@@ -104,9 +104,9 @@ impl Projectors {
 /// the accounts it touches. The views database is the truth: the cache only
 /// ever holds what was written there (or, for a rebuild, what will be).
 pub struct ViewCache {
-    /// Live: trimmed after each batch (hot accounts stay). Deferred: over
-    /// its bound, written out and emptied.
-    accounts: Bounded<AccountKey, Cached>,
+    accounts: FastMap<AccountKey, Cached>,
+    /// Accounts kept at most; over it, the cache starts again empty.
+    max: usize,
     /// For a fresh rebuild: account and expiring rows are written only when
     /// the cache is full and at the end ([`ViewCache::write_out`]), once per
     /// account instead of once per batch, and every row goes into the
@@ -140,17 +140,17 @@ impl ViewCache {
     /// Write-through: every batch carries the account and expiring rows of
     /// the accounts it changed.
     pub fn live(max: usize) -> ViewCache {
-        ViewCache { accounts: Bounded::new(max), deferred: false, dirty: Vec::new(), entries: Vec::new(), ingest_rows: 0 }
+        ViewCache { accounts: FastMap::default(), max, deferred: false, dirty: Vec::new(), entries: Vec::new(), ingest_rows: 0 }
     }
 
     /// Write-behind, for a fresh rebuild: see [`ViewCache::write_out`].
     /// Statement rows go in as table files of `ingest_rows` rows.
     pub fn rebuild(max: usize, ingest_rows: usize) -> ViewCache {
-        ViewCache { accounts: Bounded::new(max), deferred: true, dirty: Vec::new(), entries: Vec::new(), ingest_rows }
+        ViewCache { accounts: FastMap::default(), max, deferred: true, dirty: Vec::new(), entries: Vec::new(), ingest_rows }
     }
 
     fn load<'c>(
-        accounts: &'c mut Bounded<AccountKey, Cached>,
+        accounts: &'c mut FastMap<AccountKey, Cached>,
         views: &Db,
         key: &AccountKey,
     ) -> Result<&'c mut Cached, store::StoreError> {
@@ -282,14 +282,14 @@ pub fn fold(
     }
     let Some(last) = entries.last() else { return Ok(batch) };
     let cursor = store::Cursor { next: last.offset + 1, arbiter: *arbiter };
-    if !cache.deferred {
+    let full = cache.accounts.len() > cache.max;
+    if !cache.deferred || full {
         cache.write_out(views, &mut batch, partition, cursor)?;
-        cache.accounts.trim(|c| c.dirty);
-    } else if cache.accounts.len() > cache.accounts.max() {
-        cache.write_out(views, &mut batch, partition, cursor)?;
-        cache.clear();
     } else if cache.entries.len() >= cache.ingest_rows {
         views.ingest(Cf::Entries, &mut cache.entries)?;
+    }
+    if full {
+        cache.clear();
     }
     Ok(batch)
 }
@@ -413,7 +413,6 @@ mod tests {
     use super::*;
     use crate::domain::{decide, Command, CommandBody, Programme};
     use crate::record::AccountRecord;
-    use crate::FastMap;
 
     const T0: Millis = 1_773_100_800_000;
 

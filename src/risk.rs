@@ -28,7 +28,7 @@ use prost::Message;
 use crate::domain::{calendar, AccountKey, Event, Millis, Programme, ProgrammeKey};
 use crate::proto as pb;
 use crate::record::AccountRecord;
-use crate::cache::Bounded;
+use crate::FastMap;
 use crate::store::{self, Batch, Cf, Db, StoreError};
 
 /// Days the issuance-spike rule averages over.
@@ -85,9 +85,10 @@ pub const RISK_CACHE_ACCOUNTS: usize = 10_000;
 /// between batches, up to [`RISK_CACHE_ACCOUNTS`]) and what the current
 /// batch changes, put into the batch by [`RiskFold::write`]. After a batch
 /// that was not written, [`RiskFold::clear`] it.
+#[derive(Default)]
 pub struct RiskFold {
     /// Counters as stored (or about to be), and whether listed in `dirty`.
-    accounts: Bounded<AccountKey, (pb::RiskState, bool)>,
+    accounts: FastMap<AccountKey, (pb::RiskState, bool)>,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
     shared: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -100,18 +101,6 @@ fn position(partition: u32, offset: u64) -> pb::LogPosition {
 
 fn date_of(day: i64) -> String {
     calendar::day_to_date(day).map(|d| d.to_string()).unwrap_or_default()
-}
-
-impl Default for RiskFold {
-    fn default() -> RiskFold {
-        RiskFold {
-            accounts: Bounded::new(RISK_CACHE_ACCOUNTS),
-            dirty: Vec::new(),
-            issuance: HashMap::new(),
-            shared: BTreeMap::new(),
-            alerts: BTreeMap::new(),
-        }
-    }
 }
 
 impl RiskFold {
@@ -304,7 +293,9 @@ impl RiskFold {
             *dirty = false;
             batch.put(Cf::Risk, &account_row(&k), &s.encode_to_vec());
         }
-        self.accounts.trim(|(_, dirty)| *dirty);
+        if self.accounts.len() > RISK_CACHE_ACCOUNTS {
+            self.accounts.clear();
+        }
         for ((p, day), sum) in self.issuance.drain() {
             batch.put(Cf::Risk, &issuance_row(&p, day, partition), &sum.to_be_bytes());
         }

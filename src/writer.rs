@@ -28,7 +28,6 @@
 
 use std::collections::HashMap;
 
-use crate::cache::Bounded;
 use crate::FastMap;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -220,7 +219,7 @@ impl Writers {
                 store: store.clone(),
                 registry: registry.clone(),
                 clock: clock.clone(),
-                cache: Bounded::new(config.cache_accounts_max),
+                cache: FastMap::default(),
                 last_now: 0,
                 config: config.clone(),
                 writer_id: writer_id.clone(),
@@ -363,7 +362,7 @@ struct PartitionWriter {
     registry: SharedRegistry,
     clock: Arc<dyn Clock>,
     /// Accounts as of the last committed batch (a cache of the store).
-    cache: Bounded<AccountKey, Account>,
+    cache: FastMap<AccountKey, Account>,
     /// The latest `now` used, so time never runs backwards in a partition.
     last_now: Millis,
     config: WriterConfig,
@@ -662,10 +661,13 @@ impl PartitionWriter {
         store::put_cursor(&mut batch, self.partition, self.cursor);
         self.store.write(batch)?;
         self.issuance.add(&work.issued_folded, 1);
+        if self.cache.len() + work.accounts.len() > self.config.cache_accounts_max {
+            // Crude but bounded: the store has everything.
+            self.cache.clear();
+        }
         for (key, t) in work.accounts {
             self.cache.insert(key, t.account);
         }
-        self.cache.trim(|_| false);
         Ok(())
     }
 
