@@ -521,3 +521,47 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     }
     Ok(figures)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(accounts: u64, hot: Option<(u32, u32)>) -> Options {
+        Options {
+            target: None,
+            accounts,
+            hot,
+            concurrency: 1,
+            duration_seconds: 1,
+            mix: parse_mix("earn=1").unwrap(),
+            json: None,
+            seed: 3,
+            log: crate::server::LogConfig::Embedded,
+            partitions: 1,
+            batch: 1,
+            floors: false,
+        }
+    }
+
+    #[test]
+    fn hot_traffic_goes_to_the_hot_accounts_in_the_asked_share() {
+        let opts = options(1_000, Some((20, 80)));
+        let (mut rng, _, _) = draws(&opts, 0);
+        let draws = 100_000;
+        let picks: Vec<u64> = (0..draws).map(|_| pick_member(&mut rng, &opts)).collect();
+        assert!(picks.iter().all(|&m| m < 1_000));
+        let hot = picks.iter().filter(|&&m| m < 200).count();
+        assert!((78_000..82_000).contains(&hot), "{hot} of {draws} went to the hot 20 %");
+        // Every account is still drawn, hot or not.
+        let distinct: std::collections::BTreeSet<u64> = picks.into_iter().collect();
+        assert_eq!(distinct.len(), 1_000);
+    }
+
+    #[test]
+    fn uniform_traffic_spreads_evenly() {
+        let opts = options(1_000, None);
+        let (mut rng, _, _) = draws(&opts, 1);
+        let low = (0..100_000).filter(|_| pick_member(&mut rng, &opts) < 200).count();
+        assert!((18_500..21_500).contains(&low), "{low}");
+    }
+}
