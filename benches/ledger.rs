@@ -1,14 +1,19 @@
 //! Criterion benches of the hot paths: decide + apply, record encode/decode,
 //! and the projection fold into RocksDB. Run: `cargo bench --bench ledger`.
 
-use std::hint::black_box;
+// The allocator the service runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use points_ledger::codec;
 use points_ledger::domain::{decide, Account, AccountKey, Command, CommandBody, Programme};
 use points_ledger::log::LogEntry;
 use points_ledger::projector::{fold, ViewCache, PROJECTOR_CACHE_ACCOUNTS};
-use points_ledger::record::AccountRecord;
+use points_ledger::record::{AccountRecord, Arbiter};
 use points_ledger::store::{self, Db};
 
 const T0: i64 = 1_773_100_800_000;
@@ -98,40 +103,59 @@ fn bench_codec(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_projection(c: &mut Criterion) {
+/// A log of `records` commands over `accounts` members (three earns to one
+/// spend), each decided against the state the earlier ones left.
+fn log_of(records: u64, accounts: u64) -> Vec<LogEntry> {
     let programme = Programme::example("shop", "points");
+    let mut state: std::collections::HashMap<u64, Account> = Default::default();
+    (0..records)
+        .map(|i| {
+            let m = (i.wrapping_mul(2_654_435_761)) % accounts;
+            let account = AccountKey::new("shop", "points", &format!("m{m}"));
+            let a = state.entry(m).or_default();
+            let body = if i % 4 == 3 && a.available() >= 20 {
+                CommandBody::Spend { points: 20, order_ref: None, order_cash_amount: None }
+            } else {
+                earn(i)
+            };
+            let cmd = Command { request_id: format!("r{i}"), account: account.clone(), body, context: Default::default() };
+            let events = decide(Some(&programme), a, &cmd, T0 + i as i64).unwrap();
+            events.iter().for_each(|e| a.apply(e));
+            LogEntry { offset: i, payload: codec::encode_account_record(&record(i, &account, events)) }
+        })
+        .collect()
+}
+
+/// A live projector in steady state: successive batches of one long log
+/// folded into the same views database (a fresh one, untimed, whenever the
+/// log runs out).
+fn bench_projection(c: &mut Criterion) {
+    let log = log_of(400_000, 20_000);
     let mut g = c.benchmark_group("projection");
-    for batch in [256u64, 4096] {
-        // Earns spread over 1000 accounts.
-        let entries: Vec<LogEntry> = (0..batch)
-            .map(|i| {
-                let account = AccountKey::new("shop", "points", &format!("m{}", i % 1000));
-                let cmd = Command {
-                    request_id: format!("r{i}"),
-                    account: account.clone(),
-                    body: earn(i),
-                    context: Default::default(),
-                };
-                let events = decide(Some(&programme), &Account::default(), &cmd, T0).unwrap();
-                LogEntry { offset: i, payload: codec::encode_account_record(&record(i, &account, events)) }
+    g.sample_size(20);
+    for batch in [256usize, 4096] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("fold + write, batches of {batch} records"), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut at = log.len();
+                let mut state = None;
+                for _ in 0..iters {
+                    if at + batch > log.len() {
+                        let dir = tempfile::tempdir().unwrap();
+                        let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
+                        state = Some((dir, db, ViewCache::live(PROJECTOR_CACHE_ACCOUNTS), Arbiter::default()));
+                        at = 0;
+                    }
+                    let (_, db, cache, arbiter) = state.as_mut().unwrap();
+                    let started = Instant::now();
+                    let changes = fold(db, 0, arbiter, &log[at..at + batch], cache).unwrap();
+                    db.write(changes).unwrap();
+                    timed += started.elapsed();
+                    at += batch;
+                }
+                timed
             })
-            .collect();
-        g.throughput(Throughput::Elements(batch));
-        g.bench_function(format!("fold + write batch of {batch}"), |b| {
-            b.iter_batched(
-                || {
-                    let dir = tempfile::tempdir().unwrap();
-                    let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
-                    (dir, db)
-                },
-                |(dir, db)| {
-                    let mut cache = ViewCache::live(PROJECTOR_CACHE_ACCOUNTS);
-                    db.write(fold(&db, 0, &mut Default::default(), &entries, &mut cache).unwrap()).unwrap();
-                    drop(db);
-                    drop(dir);
-                },
-                BatchSize::PerIteration,
-            )
         });
     }
     g.finish();
