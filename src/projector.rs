@@ -16,7 +16,7 @@
 //! [`fold`] is the one fold: the live projectors and `replay` both use it, so
 //! a rebuild from offset zero gives byte-identical views.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -123,7 +123,7 @@ pub struct ViewCache {
 struct Cached {
     account: Account,
     /// Expiring rows the views hold (or will hold once written) for it.
-    stored: BTreeSet<(Millis, String, i64)>,
+    stored: ExpiringLots,
     /// Listed in `dirty`.
     dirty: bool,
 }
@@ -177,10 +177,12 @@ impl ViewCache {
             }
             rows.push((Cf::Accounts, store::account_key(key), Some(codec::encode_account(&c.account))));
             let now = expiring_lots(&c.account);
-            for (at, lot, _) in c.stored.difference(&now) {
+            // Rows of lots gone are deleted; a lot whose points changed is
+            // put again (one row, not a delete and a put).
+            for (at, lot) in c.stored.keys().filter(|k| !now.contains_key(*k)) {
                 rows.push((Cf::Expiring, expiring_key(key, *at, lot), None));
             }
-            for (at, lot, points) in now.difference(&c.stored) {
+            for ((at, lot), points) in now.iter().filter(|(k, p)| c.stored.get(*k) != Some(*p)) {
                 rows.push((Cf::Expiring, expiring_key(key, *at, lot), Some(points.to_be_bytes().to_vec())));
             }
             c.stored = now;
@@ -203,24 +205,16 @@ impl ViewCache {
         let rows = self.changed_rows();
         if self.deferred {
             views.ingest(Cf::Entries, &mut self.entries)?;
-            // One row per key in a table file: a lot whose points changed
-            // is deleted and put again; the put is what stays.
-            let mut by_cf: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 2] = Default::default();
-            for (cf, k, v) in rows {
-                let i = usize::from(cf == Cf::Expiring);
-                let slot = by_cf[i].entry(k).or_insert(None);
-                if v.is_some() {
-                    *slot = v;
-                }
-            }
-            for (cf, rows) in [Cf::Accounts, Cf::Expiring].into_iter().zip(by_cf) {
-                views.ingest(cf, &mut rows.into_iter().collect())?;
+            // Every key at most once (one row per account and per lot).
+            let (mut accounts, mut expiring): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(cf, _, _)| *cf == Cf::Accounts);
+            for (cf, rows) in [(Cf::Accounts, &mut accounts), (Cf::Expiring, &mut expiring)] {
+                views.ingest(cf, &mut rows.drain(..).map(|(_, k, v)| (k, v)).collect())?;
             }
         } else {
             for (cf, k, v) in rows {
                 match v {
-                    Some(v) => batch.put(cf, &k, &v),
-                    None => batch.delete(cf, &k),
+                    Some(v) => batch.put_vec(cf, k, v),
+                    None => batch.delete_vec(cf, k),
                 }
             }
         }
@@ -276,7 +270,7 @@ pub fn fold(
             if cache.deferred {
                 cache.entries.push((key, Some(row.encode_to_vec())));
             } else {
-                batch.put(Cf::Entries, &key, &row.encode_to_vec());
+                batch.put_vec(Cf::Entries, key, row.encode_to_vec());
             }
         }
     }
@@ -294,11 +288,14 @@ pub fn fold(
     Ok(batch)
 }
 
-fn expiring_lots(a: &Account) -> BTreeSet<(Millis, String, i64)> {
+/// An account's lots with points and an expiry: (expires_at, lot id) → points.
+type ExpiringLots = BTreeMap<(Millis, String), i64>;
+
+fn expiring_lots(a: &Account) -> ExpiringLots {
     a.lots
         .iter()
         .filter(|(_, l)| l.remaining > 0)
-        .filter_map(|(id, l)| Some((l.expires_at?, id.clone(), l.remaining)))
+        .filter_map(|(id, l)| Some(((l.expires_at?, id.clone()), l.remaining)))
         .collect()
 }
 
@@ -411,6 +408,7 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Row;
     use crate::domain::{decide, Command, CommandBody, Programme};
     use crate::record::AccountRecord;
 
@@ -489,5 +487,17 @@ mod tests {
         let mut cache = ViewCache::live(usize::MAX);
         whole.write(fold(&whole, 0, &mut Arbiter::default(), &entries, &mut cache).unwrap()).unwrap();
         assert_eq!(whole.digest().unwrap(), a);
+        // And the expiring rows are exactly the lots with points and an
+        // expiry of the final accounts, with their points now.
+        let mut expected: Vec<Row> = Vec::new();
+        for (k, v) in whole.all(Cf::Accounts).unwrap() {
+            let (key, _) = store::parse_account_key(&k).unwrap();
+            for ((at, lot), points) in expiring_lots(&codec::decode_account(&v).unwrap()) {
+                expected.push((expiring_key(&key, at, &lot), points.to_be_bytes().to_vec()));
+            }
+        }
+        expected.sort();
+        assert_eq!(whole.all(Cf::Expiring).unwrap(), expected);
+        assert_eq!(live.all(Cf::Expiring).unwrap(), expected);
     }
 }

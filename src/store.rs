@@ -92,6 +92,13 @@ impl Batch {
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
         self.ops.push((cf, key.to_vec(), Some(value.to_vec())));
     }
+    /// `put` of a key and value already built (no copy).
+    pub fn put_vec(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((cf, key, Some(value)));
+    }
+    pub fn delete_vec(&mut self, cf: Cf, key: Vec<u8>) {
+        self.ops.push((cf, key, None));
+    }
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
         self.ops.push((cf, key.to_vec(), None));
     }
@@ -169,7 +176,10 @@ impl Db {
     }
 
     pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut wb = WriteBatch::default();
+        // RocksDB's own encoding: per row a tag, a column family id and two
+        // length prefixes besides the bytes.
+        let bytes: usize = batch.ops.iter().map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16).sum();
+        let mut wb = WriteBatch::with_capacity_bytes(bytes + 12);
         for (cf, k, v) in &batch.ops {
             match v {
                 Some(v) => wb.put_cf(self.cf(*cf), k, v),
