@@ -94,6 +94,20 @@ fn rocksdb_sync_floor() -> anyhow::Result<f64> {
     Ok(records as f64 / took.as_secs_f64())
 }
 
+/// Rows/s RocksDB alone takes with random keys into its memtable (WAL not
+/// synced), in WriteBatches of `FLOOR_ROCKSDB_BATCH_RECORDS`: what each row a
+/// command writes into a state database costs at least.
+fn rocksdb_random_rows_floor() -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let (rows, took) = crate::store::random_key_write_floor(
+        dir.path(),
+        Duration::from_secs(FLOOR_SECONDS),
+        FLOOR_ROCKSDB_BATCH_RECORDS,
+        FLOOR_RECORD_BYTES,
+    )?;
+    Ok(rows as f64 / took.as_secs_f64())
+}
+
 pub fn parse_mix(s: &str) -> anyhow::Result<BTreeMap<String, u32>> {
     let mut mix = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
@@ -183,6 +197,7 @@ fn draws(opts: &Options, id: usize) -> (Rng, Vec<(&str, u32)>, u32) {
 async fn batch_worker(
     mut client: PointsLedgerClient<Channel>,
     opts: Arc<Options>,
+    run: u64,
     id: usize,
     deadline: Instant,
     done: Arc<AtomicU64>,
@@ -197,7 +212,7 @@ async fn batch_worker(
             n += 1;
             let op = pick_op(&mut rng, &ops, total);
             let member = pick_member(&mut rng, &opts);
-            let request_id = format!("w{id}-{n}-{}", opts.seed);
+            let request_id = format!("{run:x}-w{id}-{n}");
             commands.push(pb::BatchCommand {
                 command: Some(match op {
                     "spend" => C::Spend(pb::SpendRequest {
@@ -258,6 +273,7 @@ async fn batch_worker(
 async fn worker(
     mut client: PointsLedgerClient<Channel>,
     opts: Arc<Options>,
+    run: u64,
     id: usize,
     deadline: Instant,
     done: Arc<AtomicU64>,
@@ -272,7 +288,7 @@ async fn worker(
         // Nothing to refund yet: earn instead.
         let op = if op == "refund" && spends.is_empty() { "earn" } else { op };
         let member = pick_member(&mut rng, &opts);
-        let rid = format!("w{id}-{n}-{}", opts.seed);
+        let rid = format!("{run:x}-w{id}-{n}");
         let started = Instant::now();
         let outcome: Result<(), tonic::Status> = match op {
             "earn" => client
@@ -439,6 +455,8 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
             (crate::server::LogConfig::Embedded, true) => {
                 let raw = tokio::task::spawn_blocking(rocksdb_sync_floor).await??;
                 floors.insert("rocksdb_sync_write_batch_records_per_second".into(), raw.into());
+                let rows = tokio::task::spawn_blocking(rocksdb_random_rows_floor).await??;
+                floors.insert("rocksdb_random_key_rows_per_second".into(), rows.into());
             }
             // The target's disk is not ours to measure.
             (crate::server::LogConfig::Embedded, false) => {}
@@ -447,6 +465,9 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         floors.insert("rocksdb_batch_records".into(), FLOOR_ROCKSDB_BATCH_RECORDS.into());
         eprintln!("floors: {}", serde_json::Value::Object(floors.clone()));
     }
+    // Part of every request id, so runs against the same server never reuse
+    // one (a reused id with other content is answered ALREADY_EXISTS).
+    let run = chrono::Utc::now().timestamp_millis() as u64;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(opts.duration_seconds);
     let workers: Vec<_> = (0..opts.concurrency)
@@ -455,9 +476,9 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
             if opts.batch > 1 {
-                tokio::spawn(batch_worker(client, opts.clone(), i, deadline, done.clone()))
+                tokio::spawn(batch_worker(client, opts.clone(), run, i, deadline, done.clone()))
             } else {
-                tokio::spawn(worker(client, opts.clone(), i, deadline, done.clone()))
+                tokio::spawn(worker(client, opts.clone(), run, i, deadline, done.clone()))
             }
         })
         .collect();

@@ -292,7 +292,7 @@ struct BenchArgs {
     /// Also write the figures to this file as JSON.
     #[arg(long, env = "POINTS_LEDGER_BENCH_JSON")]
     json: Option<PathBuf>,
-    /// Seed of the request generator (and part of every request id).
+    /// Seed of the request generator (request ids also carry the run's start time).
     #[arg(long, env = "POINTS_LEDGER_BENCH_SEED", default_value_t = 1)]
     seed: u64,
     /// Send SubmitBatch calls of this many commands (1: unary calls).

@@ -167,9 +167,11 @@ impl Service {
         self.projectors.shutdown();
         self.reconciler.shutdown();
         self.programmes.shutdown();
-        let _ = self.writer_db.flush();
-        let _ = self.views.flush();
-        let _ = self.books.flush();
+        for (name, db) in [("writer", &self.writer_db), ("views", &self.views), ("books", &self.books)] {
+            let (rows, bytes) = db.written();
+            tracing::info!(database = name, rows, bytes, "rows written since start");
+            let _ = db.flush();
+        }
     }
 }
 

@@ -77,6 +77,9 @@ pub struct Db {
     wal: bool,
     /// Table files ingested so far (names scratch files uniquely).
     ingests: std::sync::atomic::AtomicU64,
+    /// Rows (puts and deletes) and their key and value bytes written
+    /// through [`Db::write`] since opening: what the memtables took.
+    written: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// A key and its value, as stored.
@@ -148,7 +151,7 @@ impl Db {
         let cache = rocksdb::Cache::new_lru_cache(DB_BLOCK_CACHE_BYTES);
         let descriptors = cfs.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
-        Ok(Db { db, cfs, wal: true, ingests: Default::default() })
+        Ok(Db { db, cfs, wal: true, ingests: Default::default(), written: Default::default() })
     }
 
     /// Opens a fresh database that a rebuild fills from the log: writes skip
@@ -163,7 +166,7 @@ impl Db {
     pub fn open_read_only(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
         let opts = Options::default();
         let db = DB::open_cf_for_read_only(&opts, path, cfs.iter().map(|c| c.name()), false)?;
-        Ok(Db { db, cfs, wal: true, ingests: Default::default() })
+        Ok(Db { db, cfs, wal: true, ingests: Default::default(), written: Default::default() })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -178,8 +181,10 @@ impl Db {
     pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
         // RocksDB's own encoding: per row a tag, a column family id and two
         // length prefixes besides the bytes.
-        let bytes: usize = batch.ops.iter().map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16).sum();
-        let mut wb = WriteBatch::with_capacity_bytes(bytes + 12);
+        let bytes: usize = batch.ops.iter().map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+        self.written[0].fetch_add(batch.ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.written[1].fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut wb = WriteBatch::with_capacity_bytes(bytes + 16 * batch.ops.len() + 12);
         for (cf, k, v) in &batch.ops {
             match v {
                 Some(v) => wb.put_cf(self.cf(*cf), k, v),
@@ -253,6 +258,12 @@ impl Db {
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::Start)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+    }
+
+    /// (rows, key and value bytes) written through [`Db::write`] since opening.
+    pub fn written(&self) -> (u64, u64) {
+        let r = std::sync::atomic::Ordering::Relaxed;
+        (self.written[0].load(r), self.written[1].load(r))
     }
 
     pub fn column_families(&self) -> &'static [Cf] {
@@ -329,6 +340,45 @@ pub fn sync_write_batch_floor(
         db.write_opt(batch, &sync)?;
     }
     Ok((records, started.elapsed()))
+}
+
+/// The floor under every memtable row: plain RocksDB (one column family,
+/// default options, so 64 MiB memtables) in `dir`, WriteBatches of
+/// `batch_records` rows with random 24-byte keys (as account and request
+/// keys are) and `record_bytes` values, WAL written but not synced (as the
+/// state databases write), for about `duration`. Returns the rows written
+/// and the time taken.
+pub fn random_key_write_floor(
+    dir: &Path,
+    duration: std::time::Duration,
+    batch_records: usize,
+    record_bytes: usize,
+) -> Result<(u64, std::time::Duration), StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    let db = DB::open(&opts, dir)?;
+    let value = vec![0x5au8; record_bytes];
+    let started = std::time::Instant::now();
+    let mut rows = 0u64;
+    // xorshift64*: keys spread over the whole key space, no repeats to speak of.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    while started.elapsed() < duration {
+        let mut batch = WriteBatch::default();
+        for _ in 0..batch_records {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let mut key = [0u8; 24];
+            key[..8].copy_from_slice(b"t\0p\0m:\0\0");
+            key[8..16].copy_from_slice(&r.to_be_bytes());
+            key[16..].copy_from_slice(&rows.to_be_bytes());
+            batch.put(key, &value);
+            rows += 1;
+        }
+        db.write(batch)?;
+    }
+    Ok((rows, started.elapsed()))
 }
 
 /// Reads that all see the database as of one instant (other writers go on).

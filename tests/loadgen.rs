@@ -39,7 +39,11 @@ async fn bench_drives_its_own_server_and_reports_figures() {
     for k in ["commands_per_second", "p50_ms", "p99_ms", "p999_ms", "expected_rejections"] {
         assert!(figures.get(k).is_some(), "{k} missing");
     }
-    for k in ["grpc_empty_calls_per_second", "rocksdb_sync_write_batch_records_per_second"] {
+    for k in [
+        "grpc_empty_calls_per_second",
+        "rocksdb_sync_write_batch_records_per_second",
+        "rocksdb_random_key_rows_per_second",
+    ] {
         assert!(figures["floors"][k].as_f64().unwrap() > 0.0, "{k}: {figures}");
     }
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
@@ -80,4 +84,22 @@ async fn bench_sends_submit_batch_calls() {
     assert_eq!(figures["errors"], serde_json::json!({}), "{figures}");
     assert_eq!(figures["batch"], 50);
     assert_eq!(figures["hot"], "90% of commands to 10% of accounts");
+}
+
+/// Two runs against one server (as a user measuring before and after a
+/// change would do) reuse no request id: no ALREADY_EXISTS in the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_against_the_same_server_reuses_no_request_id() {
+    let h = common::Harness::start().await;
+    for _ in 0..2 {
+        let figures = points_ledger::loadgen::run(points_ledger::loadgen::Options {
+            target: Some(format!("http://{}", h.addr)),
+            ..options(LogConfig::Embedded, false)
+        })
+        .await
+        .unwrap();
+        assert!(figures["ok"].as_u64().unwrap() > 0, "{figures}");
+        assert_eq!(figures["errors"], serde_json::json!({}), "{figures}");
+    }
+    h.stop().await;
 }
