@@ -80,31 +80,19 @@ async fn grpc_empty_call_floor(connections: &[Channel], concurrency: usize) -> a
     Ok(calls as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Records/s that RocksDB alone takes in WriteBatches of
-/// `FLOOR_ROCKSDB_BATCH_RECORDS` with a synced WAL, in a temporary directory
-/// on the same disk as the bench's own server.
-fn rocksdb_sync_floor() -> anyhow::Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let (records, took) = crate::store::sync_write_batch_floor(
-        dir.path(),
-        Duration::from_secs(FLOOR_SECONDS),
-        FLOOR_ROCKSDB_BATCH_RECORDS,
-        FLOOR_RECORD_BYTES,
-    )?;
-    Ok(records as f64 / took.as_secs_f64())
-}
+/// A store floor's signature: directory, duration, rows per batch, bytes per row.
+type StoreFloor =
+    fn(&std::path::Path, Duration, usize, usize) -> Result<(u64, Duration), crate::store::StoreError>;
 
-/// Rows/s RocksDB alone takes with random keys into its memtable (WAL not
-/// synced), in WriteBatches of `FLOOR_ROCKSDB_BATCH_RECORDS`: what each row a
-/// command writes into a state database costs at least.
-fn rocksdb_random_rows_floor() -> anyhow::Result<f64> {
+/// Rows/s that RocksDB alone takes in WriteBatches of
+/// `FLOOR_ROCKSDB_BATCH_RECORDS`, in a temporary directory on the same disk
+/// as the bench's own server: `store::sync_write_batch_floor` (the log's
+/// synced appends) or `store::random_key_write_floor` (what each row a
+/// command writes into a state database costs at least).
+fn rocksdb_floor(floor: StoreFloor) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
-    let (rows, took) = crate::store::random_key_write_floor(
-        dir.path(),
-        Duration::from_secs(FLOOR_SECONDS),
-        FLOOR_ROCKSDB_BATCH_RECORDS,
-        FLOOR_RECORD_BYTES,
-    )?;
+    let (rows, took) =
+        floor(dir.path(), Duration::from_secs(FLOOR_SECONDS), FLOOR_ROCKSDB_BATCH_RECORDS, FLOOR_RECORD_BYTES)?;
     Ok(rows as f64 / took.as_secs_f64())
 }
 
@@ -453,9 +441,9 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
                 floors.insert("kafka_raw_producer_records_per_second".into(), raw.into());
             }
             (crate::server::LogConfig::Embedded, true) => {
-                let raw = tokio::task::spawn_blocking(rocksdb_sync_floor).await??;
+                let raw = tokio::task::spawn_blocking(|| rocksdb_floor(crate::store::sync_write_batch_floor)).await??;
                 floors.insert("rocksdb_sync_write_batch_records_per_second".into(), raw.into());
-                let rows = tokio::task::spawn_blocking(rocksdb_random_rows_floor).await??;
+                let rows = tokio::task::spawn_blocking(|| rocksdb_floor(crate::store::random_key_write_floor)).await??;
                 floors.insert("rocksdb_random_key_rows_per_second".into(), rows.into());
             }
             // The target's disk is not ours to measure.

@@ -313,72 +313,68 @@ impl Db {
     }
 }
 
-/// The floor under every store write, for `bench --floors`: plain RocksDB
-/// (one column family, default options) in `dir`, WriteBatches of
-/// `batch_records` values of `record_bytes` with a synced WAL, for about
-/// `duration`. Returns the records written and the time taken.
+/// Plain RocksDB (one column family, default options, so 64 MiB memtables)
+/// in `dir` taking WriteBatches of `batch_records` rows of `record_bytes`,
+/// the n-th row keyed `key(n)`, for about `duration`, with the WAL synced or
+/// not. Returns the rows written and the time taken.
+fn write_floor(
+    dir: &Path,
+    duration: std::time::Duration,
+    batch_records: usize,
+    record_bytes: usize,
+    sync: bool,
+    mut key: impl FnMut(u64) -> Vec<u8>,
+) -> Result<(u64, std::time::Duration), StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    let db = DB::open(&opts, dir)?;
+    let mut write = rocksdb::WriteOptions::default();
+    write.set_sync(sync);
+    let value = vec![0x5au8; record_bytes];
+    let started = std::time::Instant::now();
+    let mut rows = 0u64;
+    while started.elapsed() < duration {
+        let mut batch = WriteBatch::default();
+        for _ in 0..batch_records {
+            batch.put(key(rows), &value);
+            rows += 1;
+        }
+        db.write_opt(batch, &write)?;
+    }
+    Ok((rows, started.elapsed()))
+}
+
+/// The floor under every log append, for `bench --floors`: sequential keys,
+/// synced WAL.
 pub fn sync_write_batch_floor(
     dir: &Path,
     duration: std::time::Duration,
     batch_records: usize,
     record_bytes: usize,
 ) -> Result<(u64, std::time::Duration), StoreError> {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    let db = DB::open(&opts, dir)?;
-    let mut sync = rocksdb::WriteOptions::default();
-    sync.set_sync(true);
-    let value = vec![0x5au8; record_bytes];
-    let started = std::time::Instant::now();
-    let mut records = 0u64;
-    while started.elapsed() < duration {
-        let mut batch = WriteBatch::default();
-        for _ in 0..batch_records {
-            batch.put(records.to_be_bytes(), &value);
-            records += 1;
-        }
-        db.write_opt(batch, &sync)?;
-    }
-    Ok((records, started.elapsed()))
+    write_floor(dir, duration, batch_records, record_bytes, true, |n| n.to_be_bytes().to_vec())
 }
 
-/// The floor under every memtable row: plain RocksDB (one column family,
-/// default options, so 64 MiB memtables) in `dir`, WriteBatches of
-/// `batch_records` rows with random 24-byte keys (as account and request
-/// keys are) and `record_bytes` values, WAL written but not synced (as the
-/// state databases write), for about `duration`. Returns the rows written
-/// and the time taken.
+/// The floor under every memtable row: random 24-byte keys (as account and
+/// request keys are), WAL written but not synced (as the state databases
+/// write).
 pub fn random_key_write_floor(
     dir: &Path,
     duration: std::time::Duration,
     batch_records: usize,
     record_bytes: usize,
 ) -> Result<(u64, std::time::Duration), StoreError> {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    let db = DB::open(&opts, dir)?;
-    let value = vec![0x5au8; record_bytes];
-    let started = std::time::Instant::now();
-    let mut rows = 0u64;
     // xorshift64*: keys spread over the whole key space, no repeats to speak of.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    while started.elapsed() < duration {
-        let mut batch = WriteBatch::default();
-        for _ in 0..batch_records {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            let mut key = [0u8; 24];
-            key[..8].copy_from_slice(b"t\0p\0m:\0\0");
-            key[8..16].copy_from_slice(&r.to_be_bytes());
-            key[16..].copy_from_slice(&rows.to_be_bytes());
-            batch.put(key, &value);
-            rows += 1;
-        }
-        db.write(batch)?;
-    }
-    Ok((rows, started.elapsed()))
+    write_floor(dir, duration, batch_records, record_bytes, false, move |n| {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let mut key = b"t\0p\0m:\0\0".to_vec();
+        key.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_be_bytes());
+        key.extend_from_slice(&n.to_be_bytes());
+        key
+    })
 }
 
 /// Reads that all see the database as of one instant (other writers go on).
