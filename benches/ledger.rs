@@ -118,7 +118,8 @@ fn log_of(records: u64, accounts: u64) -> Vec<LogEntry> {
             } else {
                 earn(i)
             };
-            let cmd = Command { request_id: format!("r{i}"), account: account.clone(), body, context: Default::default() };
+            let cmd =
+                Command { request_id: format!("r{i}"), account: account.clone(), body, context: Default::default() };
             let events = decide(Some(&programme), a, &cmd, T0 + i as i64).unwrap();
             events.iter().for_each(|e| a.apply(e));
             LogEntry { offset: i, payload: codec::encode_account_record(&record(i, &account, events)) }

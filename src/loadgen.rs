@@ -81,8 +81,7 @@ async fn grpc_empty_call_floor(connections: &[Channel], concurrency: usize) -> a
 }
 
 /// A store floor's signature: directory, duration, rows per batch, bytes per row.
-type StoreFloor =
-    fn(&std::path::Path, Duration, usize, usize) -> Result<(u64, Duration), crate::store::StoreError>;
+type StoreFloor = fn(&std::path::Path, Duration, usize, usize) -> Result<(u64, Duration), crate::store::StoreError>;
 
 /// Rows/s that RocksDB alone takes in WriteBatches of
 /// `FLOOR_ROCKSDB_BATCH_RECORDS`, in a temporary directory on the same disk
@@ -443,7 +442,8 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
             (crate::server::LogConfig::Embedded, true) => {
                 let raw = tokio::task::spawn_blocking(|| rocksdb_floor(crate::store::sync_write_batch_floor)).await??;
                 floors.insert("rocksdb_sync_write_batch_records_per_second".into(), raw.into());
-                let rows = tokio::task::spawn_blocking(|| rocksdb_floor(crate::store::random_key_write_floor)).await??;
+                let rows =
+                    tokio::task::spawn_blocking(|| rocksdb_floor(crate::store::random_key_write_floor)).await??;
                 floors.insert("rocksdb_random_key_rows_per_second".into(), rows.into());
             }
             // The target's disk is not ours to measure.

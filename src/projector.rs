@@ -27,12 +27,12 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::codec;
-use crate::FastMap;
 use crate::domain::{Account, AccountKey, Millis};
 use crate::log::{EventLog, LogEntry};
 use crate::proto as pb;
 use crate::record::{Admitted, Arbiter, Balance, PartitionRecord, Position};
 use crate::store::{self, Batch, Cf, Db};
+use crate::FastMap;
 
 /// Records folded into one WriteBatch at most.
 pub const PROJECTOR_BATCH_RECORDS_MAX: usize = 4096;
@@ -140,13 +140,27 @@ impl ViewCache {
     /// Write-through: every batch carries the account and expiring rows of
     /// the accounts it changed.
     pub fn live(max: usize) -> ViewCache {
-        ViewCache { accounts: FastMap::default(), max, deferred: false, dirty: Vec::new(), entries: Vec::new(), ingest_rows: 0 }
+        ViewCache {
+            accounts: FastMap::default(),
+            max,
+            deferred: false,
+            dirty: Vec::new(),
+            entries: Vec::new(),
+            ingest_rows: 0,
+        }
     }
 
     /// Write-behind, for a fresh rebuild: see [`ViewCache::write_out`].
     /// Statement rows go in as table files of `ingest_rows` rows.
     pub fn rebuild(max: usize, ingest_rows: usize) -> ViewCache {
-        ViewCache { accounts: FastMap::default(), max, deferred: true, dirty: Vec::new(), entries: Vec::new(), ingest_rows }
+        ViewCache {
+            accounts: FastMap::default(),
+            max,
+            deferred: true,
+            dirty: Vec::new(),
+            entries: Vec::new(),
+            ingest_rows,
+        }
     }
 
     fn load<'c>(
@@ -206,10 +220,12 @@ impl ViewCache {
         if self.deferred {
             views.ingest(Cf::Entries, &mut self.entries)?;
             // Every key at most once (one row per account and per lot).
-            let (mut accounts, mut expiring): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(cf, _, _)| *cf == Cf::Accounts);
-            for (cf, rows) in [(Cf::Accounts, &mut accounts), (Cf::Expiring, &mut expiring)] {
-                views.ingest(cf, &mut rows.drain(..).map(|(_, k, v)| (k, v)).collect())?;
+            let (mut accounts, mut expiring) = (Vec::new(), Vec::new());
+            for (cf, k, v) in rows {
+                if cf == Cf::Accounts { &mut accounts } else { &mut expiring }.push((k, v));
             }
+            views.ingest(Cf::Accounts, &mut accounts)?;
+            views.ingest(Cf::Expiring, &mut expiring)?;
         } else {
             for (cf, k, v) in rows {
                 match v {
@@ -341,12 +357,7 @@ pub struct Until<'a> {
 /// Partitions are folded in parallel (up to the machine's cores): each writes
 /// only its own accounts' rows and its own position, so the result does not
 /// depend on how they interleave. Returns the number of records folded.
-pub fn rebuild(
-    log: &dyn EventLog,
-    into: &Path,
-    until: Until,
-    progress: impl FnMut(u64),
-) -> anyhow::Result<(Db, u64)> {
+pub fn rebuild(log: &dyn EventLog, into: &Path, until: Until, progress: impl FnMut(u64)) -> anyhow::Result<(Db, u64)> {
     let views = Db::open_rebuild(into, store::VIEW_CFS)?;
     let folded = crate::log::fold_partitions_in_parallel(
         log.partitions(),
@@ -408,9 +419,9 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Row;
     use crate::domain::{decide, Command, CommandBody, Programme};
     use crate::record::AccountRecord;
+    use crate::store::Row;
 
     const T0: Millis = 1_773_100_800_000;
 
@@ -433,7 +444,8 @@ mod tests {
                         expires_at: (i % 5 != 0).then_some(T0 + 86_400_000 * (1 + (i % 7) as i64)),
                     }
                 };
-                let cmd = Command { request_id: format!("r{i}"), account: key.clone(), body, context: Default::default() };
+                let cmd =
+                    Command { request_id: format!("r{i}"), account: key.clone(), body, context: Default::default() };
                 let account = accounts.entry(key.clone()).or_default();
                 let events = decide(Some(&programme), account, &cmd, T0 + i as i64).ok()?;
                 events.iter().for_each(|e| account.apply(e));

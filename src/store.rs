@@ -77,9 +77,10 @@ pub struct Db {
     wal: bool,
     /// Table files ingested so far (names scratch files uniquely).
     ingests: std::sync::atomic::AtomicU64,
-    /// Rows (puts and deletes) and their key and value bytes written
-    /// through [`Db::write`] since opening: what the memtables took.
-    written: [std::sync::atomic::AtomicU64; 2],
+    /// Rows (puts and deletes) written through [`Db::write`] since opening,
+    /// and their key and value bytes: what the memtables took.
+    rows_written: std::sync::atomic::AtomicU64,
+    bytes_written: std::sync::atomic::AtomicU64,
 }
 
 /// A key and its value, as stored.
@@ -93,7 +94,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
-        self.ops.push((cf, key.to_vec(), Some(value.to_vec())));
+        self.put_vec(cf, key.to_vec(), value.to_vec());
     }
     /// `put` of a key and value already built (no copy).
     pub fn put_vec(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
@@ -103,7 +104,7 @@ impl Batch {
         self.ops.push((cf, key, None));
     }
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
-        self.ops.push((cf, key.to_vec(), None));
+        self.delete_vec(cf, key.to_vec());
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -151,7 +152,14 @@ impl Db {
         let cache = rocksdb::Cache::new_lru_cache(DB_BLOCK_CACHE_BYTES);
         let descriptors = cfs.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
-        Ok(Db { db, cfs, wal: true, ingests: Default::default(), written: Default::default() })
+        Ok(Db {
+            db,
+            cfs,
+            wal: true,
+            ingests: Default::default(),
+            rows_written: Default::default(),
+            bytes_written: Default::default(),
+        })
     }
 
     /// Opens a fresh database that a rebuild fills from the log: writes skip
@@ -166,7 +174,14 @@ impl Db {
     pub fn open_read_only(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
         let opts = Options::default();
         let db = DB::open_cf_for_read_only(&opts, path, cfs.iter().map(|c| c.name()), false)?;
-        Ok(Db { db, cfs, wal: true, ingests: Default::default(), written: Default::default() })
+        Ok(Db {
+            db,
+            cfs,
+            wal: true,
+            ingests: Default::default(),
+            rows_written: Default::default(),
+            bytes_written: Default::default(),
+        })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -182,8 +197,8 @@ impl Db {
         // RocksDB's own encoding: per row a tag, a column family id and two
         // length prefixes besides the bytes.
         let bytes: usize = batch.ops.iter().map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
-        self.written[0].fetch_add(batch.ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.written[1].fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.rows_written.fetch_add(batch.ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.bytes_written.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let mut wb = WriteBatch::with_capacity_bytes(bytes + 16 * batch.ops.len() + 12);
         for (cf, k, v) in &batch.ops {
             match v {
@@ -263,7 +278,7 @@ impl Db {
     /// (rows, key and value bytes) written through [`Db::write`] since opening.
     pub fn written(&self) -> (u64, u64) {
         let r = std::sync::atomic::Ordering::Relaxed;
-        (self.written[0].load(r), self.written[1].load(r))
+        (self.rows_written.load(r), self.bytes_written.load(r))
     }
 
     pub fn column_families(&self) -> &'static [Cf] {
