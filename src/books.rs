@@ -32,13 +32,13 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::codec::hex;
 use crate::domain::{calendar, AccountKey, Event, Points, ProgrammeKey};
 use crate::log::{EventLog, LogEntry, LogReader};
 use crate::programmes::{Registry, SharedRegistry};
 use crate::proto as pb;
 use crate::record::{partition_for, Admitted, Arbiter, Balance};
 use crate::risk::RiskFold;
-use crate::codec::hex;
 use crate::store::{self, Batch, Cf, Db};
 
 #[derive(Debug, thiserror::Error)]
@@ -308,10 +308,8 @@ pub fn check_against_views(
         reserved: i64,
     }
     let mut view: HashMap<(ProgrammeKey, u32), Sums> = HashMap::new();
-    for row in view_accounts {
-        let (k, v) = row?;
-        let Some((account, _)) = store::parse_account_key(&k) else { continue };
-        let a = crate::codec::decode_account(&v).map_err(|e| BooksError::Codec(e, 0))?;
+    for row in crate::accounts::each(view_accounts) {
+        let (account, a) = row?;
         let b = Balance::of(&a);
         let p = partition_for(&account, partitions);
         let s = view.entry((programme_of(&account), p)).or_default();
@@ -475,7 +473,8 @@ impl Reconciler {
         let mut lanes: Vec<Lane> = (0..n)
             .map(|p| store::read_cursor(&books, p).map(|cursor| Lane { cursor, risk: RiskFold::default() }))
             .collect::<Result<_, _>>()?;
-        let mut readers = (0..n).map(|p| log.reader(p, lanes[p as usize].cursor.next)).collect::<Result<Vec<_>, _>>()?;
+        let mut readers =
+            (0..n).map(|p| log.reader(p, lanes[p as usize].cursor.next)).collect::<Result<Vec<_>, _>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let last_check = Arc::new(Mutex::new(None));
         let thread = {
@@ -554,7 +553,14 @@ fn step(
                 break;
             }
             let mut arbiter = lane.cursor.arbiter;
-            let batch = fold(books, &registry.read().expect("registry lock"), p as u32, &mut arbiter, &entries, &mut lane.risk)?;
+            let batch = fold(
+                books,
+                &registry.read().expect("registry lock"),
+                p as u32,
+                &mut arbiter,
+                &entries,
+                &mut lane.risk,
+            )?;
             books.write(batch)?;
             lane.cursor = store::Cursor { next: entries.last().expect("non-empty").offset + 1, arbiter };
             folded += entries.len();

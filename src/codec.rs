@@ -594,62 +594,99 @@ fn risk_rules_to_pb(r: &RiskRules) -> pb::RiskRules {
 }
 
 // ---- account snapshots ----
+//
+// An account is stored as a header (an `AccountSnapshot` with no lists: the
+// counters, totals, flags and level) and one row per lot, earn, spend and
+// reservation (see `crate::accounts`). The id is in the row's key, so the
+// piece messages are encoded with it empty. A header written before the
+// split carries the lists itself; [`decode_account`] still reads it.
 
 fn sorted_lots(m: &BTreeMap<String, i64>) -> Vec<pb::LotAmount> {
     m.iter().map(|(id, p)| pb::LotAmount { lot_id: id.clone(), points: *p }).collect()
 }
 
-pub fn encode_account(a: &Account) -> Vec<u8> {
+fn lot_to_pb(id: String, l: &Lot) -> pb::LotState {
+    pb::LotState {
+        lot_id: id,
+        earned_points: l.earned,
+        remaining: l.remaining,
+        expires_at_ms: l.expires_at.unwrap_or(0),
+    }
+}
+
+fn lot_from_pb(l: pb::LotState) -> (String, Lot) {
+    (l.lot_id, Lot { earned: l.earned_points, remaining: l.remaining, expires_at: opt_at(l.expires_at_ms) })
+}
+
+fn earn_to_pb(id: String, e: &EarnRecord) -> pb::EarnState {
+    pb::EarnState {
+        earn_id: id,
+        points: e.points,
+        reversed: e.reversed,
+        growth: e.growth,
+        growth_reversed: e.growth_reversed,
+        day: e.day,
+        growth_expired: e.growth_expired,
+    }
+}
+
+fn earn_from_pb(e: pb::EarnState) -> (String, EarnRecord) {
+    let record = EarnRecord {
+        points: e.points,
+        reversed: e.reversed,
+        growth: e.growth,
+        growth_reversed: e.growth_reversed,
+        day: e.day,
+        growth_expired: e.growth_expired,
+    };
+    (e.earn_id, record)
+}
+
+fn spend_to_pb(id: String, s: &SpendRecord) -> pb::SpendState {
+    pb::SpendState { spend_id: id, lots: lots_to_pb(&s.lots), refunded: sorted_lots(&s.refunded) }
+}
+
+fn spend_from_pb(s: pb::SpendState) -> (String, SpendRecord) {
+    let refunded = s.refunded.iter().map(|l| (l.lot_id.clone(), l.points)).collect();
+    (s.spend_id, SpendRecord { lots: lots_from_pb(&s.lots), refunded })
+}
+
+fn reservation_to_pb(id: String, r: &ReservationRecord) -> pb::ReservationState {
+    pb::ReservationState {
+        reservation_id: id,
+        order_ref: r.order_ref.clone(),
+        lots: lots_to_pb(&r.lots),
+        expires_at_ms: r.expires_at,
+        status: match r.status {
+            ReservationStatus::Open => pb::ReservationStatus::Open,
+            ReservationStatus::Captured => pb::ReservationStatus::Captured,
+            ReservationStatus::Released => pb::ReservationStatus::Released,
+            ReservationStatus::TimedOut => pb::ReservationStatus::TimedOut,
+        } as i32,
+    }
+}
+
+fn reservation_from_pb(r: pb::ReservationState) -> Result<(String, ReservationRecord), CodecError> {
+    let status = match pb::ReservationStatus::try_from(r.status) {
+        Ok(pb::ReservationStatus::Open) => ReservationStatus::Open,
+        Ok(pb::ReservationStatus::Captured) => ReservationStatus::Captured,
+        Ok(pb::ReservationStatus::Released) => ReservationStatus::Released,
+        Ok(pb::ReservationStatus::TimedOut) => ReservationStatus::TimedOut,
+        Ok(pb::ReservationStatus::Unspecified) | Err(_) => return Err(CodecError::Enum("ReservationStatus", r.status)),
+    };
+    let record =
+        ReservationRecord { order_ref: r.order_ref, lots: lots_from_pb(&r.lots), expires_at: r.expires_at_ms, status };
+    Ok((r.reservation_id, record))
+}
+
+/// Everything but the lists.
+fn header_to_pb(a: &Account) -> pb::AccountSnapshot {
     let t = &a.totals;
     pb::AccountSnapshot {
-        lots: a
-            .lots
-            .iter()
-            .map(|(id, l)| pb::LotState {
-                lot_id: id.clone(),
-                earned_points: l.earned,
-                remaining: l.remaining,
-                expires_at_ms: l.expires_at.unwrap_or(0),
-            })
-            .collect(),
-        earns: a
-            .earns
-            .iter()
-            .map(|(id, e)| pb::EarnState {
-                earn_id: id.clone(),
-                points: e.points,
-                reversed: e.reversed,
-                growth: e.growth,
-                growth_reversed: e.growth_reversed,
-                day: e.day,
-                growth_expired: e.growth_expired,
-            })
-            .collect(),
-        spends: a
-            .spends
-            .iter()
-            .map(|(id, s)| pb::SpendState {
-                spend_id: id.clone(),
-                lots: lots_to_pb(&s.lots),
-                refunded: sorted_lots(&s.refunded),
-            })
-            .collect(),
-        reservations: a
-            .reservations
-            .iter()
-            .map(|(id, r)| pb::ReservationState {
-                reservation_id: id.clone(),
-                order_ref: r.order_ref.clone(),
-                lots: lots_to_pb(&r.lots),
-                expires_at_ms: r.expires_at,
-                status: match r.status {
-                    ReservationStatus::Open => pb::ReservationStatus::Open,
-                    ReservationStatus::Captured => pb::ReservationStatus::Captured,
-                    ReservationStatus::Released => pb::ReservationStatus::Released,
-                    ReservationStatus::TimedOut => pb::ReservationStatus::TimedOut,
-                } as i32,
-            })
-            .collect(),
+        lots: Vec::new(),
+        earns: Vec::new(),
+        spends: Vec::new(),
+        reservations: Vec::new(),
         debt: a.debt,
         growth: a.growth,
         earning_frozen: a.earning_frozen,
@@ -669,69 +706,34 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
         events: a.events,
         level: a.level.clone(),
     }
-    .encode_to_vec()
 }
 
+/// The whole account in one message (lists included).
+pub fn encode_account(a: &Account) -> Vec<u8> {
+    let mut s = header_to_pb(a);
+    s.lots = a.lots.iter().map(|(id, l)| lot_to_pb(id.clone(), l)).collect();
+    s.earns = a.earns.iter().map(|(id, e)| earn_to_pb(id.clone(), e)).collect();
+    s.spends = a.spends.iter().map(|(id, sp)| spend_to_pb(id.clone(), sp)).collect();
+    s.reservations = a.reservations.iter().map(|(id, r)| reservation_to_pb(id.clone(), r)).collect();
+    s.encode_to_vec()
+}
+
+/// The header row: the account without its lists.
+pub fn encode_account_header(a: &Account) -> Vec<u8> {
+    header_to_pb(a).encode_to_vec()
+}
+
+/// An account from a header (with whatever lists it carries) or a whole
+/// snapshot; the pieces stored in rows of their own are added with
+/// [`decode_piece_into`].
 pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
     let s = pb::AccountSnapshot::decode(bytes)?;
     let t = s.totals.unwrap_or_default();
     Ok(Account {
-        lots: s
-            .lots
-            .into_iter()
-            .map(|l| {
-                (l.lot_id, Lot { earned: l.earned_points, remaining: l.remaining, expires_at: opt_at(l.expires_at_ms) })
-            })
-            .collect(),
-        earns: s
-            .earns
-            .into_iter()
-            .map(|e| {
-                (
-                    e.earn_id,
-                    EarnRecord {
-                        points: e.points,
-                        reversed: e.reversed,
-                        growth: e.growth,
-                        growth_reversed: e.growth_reversed,
-                        day: e.day,
-                        growth_expired: e.growth_expired,
-                    },
-                )
-            })
-            .collect(),
-        spends: s
-            .spends
-            .into_iter()
-            .map(|sp| {
-                let refunded = sp.refunded.iter().map(|l| (l.lot_id.clone(), l.points)).collect();
-                (sp.spend_id, SpendRecord { lots: lots_from_pb(&sp.lots), refunded })
-            })
-            .collect(),
-        reservations: s
-            .reservations
-            .into_iter()
-            .map(|r| {
-                let status = match pb::ReservationStatus::try_from(r.status) {
-                    Ok(pb::ReservationStatus::Open) => ReservationStatus::Open,
-                    Ok(pb::ReservationStatus::Captured) => ReservationStatus::Captured,
-                    Ok(pb::ReservationStatus::Released) => ReservationStatus::Released,
-                    Ok(pb::ReservationStatus::TimedOut) => ReservationStatus::TimedOut,
-                    Ok(pb::ReservationStatus::Unspecified) | Err(_) => {
-                        return Err(CodecError::Enum("ReservationStatus", r.status))
-                    }
-                };
-                Ok((
-                    r.reservation_id,
-                    ReservationRecord {
-                        order_ref: r.order_ref,
-                        lots: lots_from_pb(&r.lots),
-                        expires_at: r.expires_at_ms,
-                        status,
-                    },
-                ))
-            })
-            .collect::<Result<_, _>>()?,
+        lots: s.lots.into_iter().map(lot_from_pb).collect(),
+        earns: s.earns.into_iter().map(earn_from_pb).collect(),
+        spends: s.spends.into_iter().map(spend_from_pb).collect(),
+        reservations: s.reservations.into_iter().map(reservation_from_pb).collect::<Result<_, _>>()?,
         debt: s.debt,
         growth: s.growth,
         earning_frozen: s.earning_frozen,
@@ -751,6 +753,71 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
         events: s.events,
         level: s.level,
     })
+}
+
+/// Whether a header carries lists (written before accounts were split).
+pub fn header_has_lists(a: &Account) -> bool {
+    !(a.lots.is_empty() && a.earns.is_empty() && a.spends.is_empty() && a.reservations.is_empty())
+}
+
+/// What a piece row holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Piece {
+    Lot,
+    Earn,
+    Spend,
+    Reservation,
+}
+
+impl Piece {
+    pub const ALL: [Piece; 4] = [Piece::Lot, Piece::Earn, Piece::Spend, Piece::Reservation];
+
+    /// The byte after the account key that starts a piece row's key.
+    pub fn tag(self) -> u8 {
+        match self {
+            Piece::Lot => b'l',
+            Piece::Earn => b'e',
+            Piece::Spend => b's',
+            Piece::Reservation => b'r',
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<Piece> {
+        Piece::ALL.into_iter().find(|p| p.tag() == tag)
+    }
+}
+
+/// One piece of `a`, or `None` when it has no such lot, earn, spend or reservation.
+pub fn encode_piece(a: &Account, piece: Piece, id: &str) -> Option<Vec<u8>> {
+    Some(match piece {
+        Piece::Lot => lot_to_pb(String::new(), a.lots.get(id)?).encode_to_vec(),
+        Piece::Earn => earn_to_pb(String::new(), a.earns.get(id)?).encode_to_vec(),
+        Piece::Spend => spend_to_pb(String::new(), a.spends.get(id)?).encode_to_vec(),
+        Piece::Reservation => reservation_to_pb(String::new(), a.reservations.get(id)?).encode_to_vec(),
+    })
+}
+
+/// Puts one piece row's contents into `a` (replacing what it had under `id`).
+pub fn decode_piece_into(a: &mut Account, piece: Piece, id: String, bytes: &[u8]) -> Result<(), CodecError> {
+    match piece {
+        Piece::Lot => {
+            let (_, lot) = lot_from_pb(pb::LotState::decode(bytes)?);
+            a.lots.insert(id, lot);
+        }
+        Piece::Earn => {
+            let (_, earn) = earn_from_pb(pb::EarnState::decode(bytes)?);
+            a.earns.insert(id, earn);
+        }
+        Piece::Spend => {
+            let (_, spend) = spend_from_pb(pb::SpendState::decode(bytes)?);
+            a.spends.insert(id, spend);
+        }
+        Piece::Reservation => {
+            let (_, r) = reservation_from_pb(pb::ReservationState::decode(bytes)?)?;
+            a.reservations.insert(id, r);
+        }
+    }
+    Ok(())
 }
 
 // ---- replies ----

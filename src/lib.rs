@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view and the code map.
 
+pub mod accounts;
 pub mod api;
 pub mod audit;
 pub mod books;

@@ -16,7 +16,6 @@
 //! [`fold`] is the one fold: the live projectors and `replay` both use it, so
 //! a rebuild from offset zero gives byte-identical views.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use std::time::Duration;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::accounts;
 use crate::codec;
 use crate::domain::{Account, AccountKey, Millis};
 use crate::log::{EventLog, LogEntry};
@@ -120,10 +120,13 @@ pub struct ViewCache {
     ingest_rows: usize,
 }
 
+/// A view row to write: (column family, key, value or `None` to delete).
+type ViewRow = (Cf, Vec<u8>, Option<Vec<u8>>);
+
 struct Cached {
     account: Account,
-    /// Expiring rows the views hold (or will hold once written) for it.
-    stored: ExpiringLots,
+    /// What changed since the account's rows were last written.
+    changed: accounts::Changed,
     /// Listed in `dirty`.
     dirty: bool,
 }
@@ -167,42 +170,46 @@ impl ViewCache {
         accounts: &'c mut FastMap<AccountKey, Cached>,
         views: &Db,
         key: &AccountKey,
+        deferred: bool,
     ) -> Result<&'c mut Cached, store::StoreError> {
         if !accounts.contains_key(key) {
-            let account = match views.get(Cf::Accounts, &store::account_key(key))? {
-                Some(b) => codec::decode_account(&b)?,
-                None => Account::default(),
-            };
-            let stored = expiring_lots(&account);
-            accounts.insert(key.clone(), Cached { account, stored, dirty: false });
+            let (account, mut changed) = accounts::load(views, Cf::Accounts, key)?;
+            if deferred {
+                // A rebuild writes an account's rows once or a few times:
+                // all of them, rather than noting each piece on the way.
+                changed = accounts::Changed::everything();
+            }
+            accounts.insert(key.clone(), Cached { account, changed, dirty: false });
         }
         Ok(accounts.get_mut(key).expect("loaded"))
     }
 
-    /// The account and expiring rows of every changed account, as
-    /// (column family, key, value or `None` to delete), in the order to apply.
-    fn changed_rows(&mut self) -> Vec<(Cf, Vec<u8>, Option<Vec<u8>>)> {
-        let mut rows = Vec::new();
-        for key in std::mem::take(&mut self.dirty) {
-            let c = self.accounts.get_mut(&key).expect("a dirty account is cached");
-            let key = &key;
-            if let Err(violation) = c.account.check_invariants() {
-                tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
-            }
-            rows.push((Cf::Accounts, store::account_key(key), Some(codec::encode_account(&c.account))));
-            let now = expiring_lots(&c.account);
-            // Rows of lots gone are deleted; a lot whose points changed is
-            // put again (one row, not a delete and a put).
-            for (at, lot) in c.stored.keys().filter(|k| !now.contains_key(*k)) {
-                rows.push((Cf::Expiring, expiring_key(key, *at, lot), None));
-            }
-            for ((at, lot), points) in now.iter().filter(|(k, p)| c.stored.get(*k) != Some(*p)) {
-                rows.push((Cf::Expiring, expiring_key(key, *at, lot), Some(points.to_be_bytes().to_vec())));
-            }
-            c.stored = now;
-            c.dirty = false;
+    /// Appends the account and expiring rows of a changed account to `rows`,
+    /// as (column family, key, value or `None` to delete).
+    fn changed_rows(&mut self, key: &AccountKey, rows: &mut Vec<ViewRow>) {
+        let c = self.accounts.get_mut(key).expect("a dirty account is cached");
+        if let Err(violation) = c.account.check_invariants() {
+            tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
         }
-        rows
+        for (k, v) in accounts::rows(key, &c.account, &c.changed) {
+            rows.push((Cf::Accounts, k, Some(v)));
+        }
+        // Each changed lot with an expiry has a row while it has points
+        // (its expiry never changes, so neither does its key).
+        let mut expiring = |id: &str| {
+            if let Some(lot) = c.account.lots.get(id) {
+                if let Some(at) = lot.expires_at {
+                    let value = (lot.remaining > 0).then(|| lot.remaining.to_be_bytes().to_vec());
+                    rows.push((Cf::Expiring, expiring_key(key, at, id), value));
+                }
+            }
+        };
+        match c.changed.lots() {
+            Some(ids) => ids.for_each(&mut expiring),
+            None => c.account.lots.keys().for_each(|id| expiring(id)),
+        }
+        c.changed = if self.deferred { accounts::Changed::everything() } else { accounts::Changed::default() };
+        c.dirty = false;
     }
 
     /// Writes every account not yet written (into `batch` for a live
@@ -216,17 +223,30 @@ impl ViewCache {
         partition: u32,
         cursor: store::Cursor,
     ) -> Result<(), store::StoreError> {
-        let rows = self.changed_rows();
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut rows = Vec::new();
         if self.deferred {
             views.ingest(Cf::Entries, &mut self.entries)?;
-            // Every key at most once (one row per account and per lot).
+            // In key order, a table file per `ingest_rows` rows or so: the
+            // files of the accounts column family do not overlap, and only
+            // one file's rows are in memory at a time.
+            dirty.sort_unstable();
             let (mut accounts, mut expiring) = (Vec::new(), Vec::new());
-            for (cf, k, v) in rows {
-                if cf == Cf::Accounts { &mut accounts } else { &mut expiring }.push((k, v));
+            for (i, key) in dirty.iter().enumerate() {
+                self.changed_rows(key, &mut rows);
+                // Every key at most once (one row per account and per piece).
+                for (cf, k, v) in rows.drain(..) {
+                    if cf == Cf::Accounts { &mut accounts } else { &mut expiring }.push((k, v));
+                }
+                if accounts.len() + expiring.len() >= self.ingest_rows || i + 1 == dirty.len() {
+                    views.ingest(Cf::Accounts, &mut accounts)?;
+                    views.ingest(Cf::Expiring, &mut expiring)?;
+                }
             }
-            views.ingest(Cf::Accounts, &mut accounts)?;
-            views.ingest(Cf::Expiring, &mut expiring)?;
         } else {
+            for key in &dirty {
+                self.changed_rows(key, &mut rows);
+            }
             for (cf, k, v) in rows {
                 match v {
                     Some(v) => batch.put_vec(cf, k, v),
@@ -265,7 +285,7 @@ pub fn fold(
             Admitted::Record(r) => r,
             Admitted::Claim(_) | Admitted::Void => continue,
         };
-        let cached = ViewCache::load(&mut cache.accounts, views, &record.account)?;
+        let cached = ViewCache::load(&mut cache.accounts, views, &record.account, cache.deferred)?;
         if !cached.dirty && !record.events.is_empty() {
             cached.dirty = true;
             cache.dirty.push(record.account.clone());
@@ -274,6 +294,7 @@ pub fn fold(
         let position = Position { partition, offset: entry.offset };
         for (i, event) in record.events.iter().enumerate() {
             account.apply(event);
+            cached.changed.note(event);
             let row = pb::Entry {
                 position: Some(codec::position_to_pb(position)),
                 request_id: record.request_id.clone(),
@@ -305,8 +326,10 @@ pub fn fold(
 }
 
 /// An account's lots with points and an expiry: (expires_at, lot id) → points.
-type ExpiringLots = BTreeMap<(Millis, String), i64>;
+#[cfg(test)]
+type ExpiringLots = std::collections::BTreeMap<(Millis, String), i64>;
 
+#[cfg(test)]
 fn expiring_lots(a: &Account) -> ExpiringLots {
     a.lots
         .iter()
@@ -502,9 +525,9 @@ mod tests {
         // And the expiring rows are exactly the lots with points and an
         // expiry of the final accounts, with their points now.
         let mut expected: Vec<Row> = Vec::new();
-        for (k, v) in whole.all(Cf::Accounts).unwrap() {
-            let (key, _) = store::parse_account_key(&k).unwrap();
-            for ((at, lot), points) in expiring_lots(&codec::decode_account(&v).unwrap()) {
+        for row in crate::accounts::each(whole.rows(Cf::Accounts)) {
+            let (key, account) = row.unwrap();
+            for ((at, lot), points) in expiring_lots(&account) {
                 expected.push((expiring_key(&key, at, &lot), points.to_be_bytes().to_vec()));
             }
         }

@@ -28,8 +28,8 @@ use prost::Message;
 use crate::domain::{calendar, AccountKey, Event, Millis, Programme, ProgrammeKey};
 use crate::proto as pb;
 use crate::record::AccountRecord;
-use crate::FastMap;
 use crate::store::{self, Batch, Cf, Db, StoreError};
+use crate::FastMap;
 
 /// Days the issuance-spike rule averages over.
 pub const SPIKE_TRAILING_DAYS: i64 = 7;

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::accounts;
 use crate::codec;
 use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis, Points, ProgrammeKey, Rejection};
 use crate::log::{self as eventlog, EventLog, LogError, LogReader, LogRecord};
@@ -436,36 +437,35 @@ struct Touched {
     /// When something in it fell due before the batch (for the due index).
     due_before: Option<Millis>,
     account: Account,
-    /// Whether events were applied (only those are written back).
-    changed: bool,
+    /// What events changed (only that is written back).
+    changed: accounts::Changed,
 }
 
 impl PartitionWriter {
     /// An account as of the last committed batch, taken out of the cache
     /// (a batch that commits puts it back; one that fails leaves the store's).
-    fn load(&mut self, key: &AccountKey) -> Result<Account, store::StoreError> {
+    fn load(&mut self, key: &AccountKey) -> Result<(Account, accounts::Changed), store::StoreError> {
         if let Some(a) = self.cache.remove(key) {
-            return Ok(a);
+            return Ok((a, accounts::Changed::default()));
         }
-        match self.store.get(Cf::Accounts, &store::account_key(key))? {
-            Some(bytes) => Ok(codec::decode_account(&bytes)?),
-            None => Ok(Account::default()),
-        }
+        accounts::load(&self.store, Cf::Accounts, key)
     }
 
     fn account<'w>(&mut self, work: &'w mut Work, key: &AccountKey) -> Result<&'w mut Touched, store::StoreError> {
         if !work.accounts.contains_key(key) {
-            let account = self.load(key)?;
+            let (account, changed) = self.load(key)?;
             let due_before = domain::due_at(&account, self.programme(key).as_deref());
-            work.accounts.insert(key.clone(), Touched { due_before, account, changed: false });
+            work.accounts.insert(key.clone(), Touched { due_before, account, changed });
         }
         Ok(work.accounts.get_mut(key).expect("just inserted"))
     }
 
     /// Folds accepted events into a touched account; returns its balance after.
     fn fold(touched: &mut Touched, events: &[domain::Event]) -> Balance {
-        events.iter().for_each(|e| touched.account.apply(e));
-        touched.changed |= !events.is_empty();
+        for e in events {
+            touched.account.apply(e);
+            touched.changed.note(e);
+        }
         Balance::of(&touched.account)
     }
 
@@ -618,9 +618,11 @@ impl PartitionWriter {
     /// Writes a batch's state with the cursor it reflects, atomically.
     fn commit(&mut self, work: Work) -> Result<(), store::StoreError> {
         let mut batch = Batch::default();
-        for (key, t) in work.accounts.iter().filter(|(_, t)| t.changed) {
+        for (key, t) in work.accounts.iter().filter(|(_, t)| !t.changed.is_empty()) {
             let (due_before, account) = (&t.due_before, &t.account);
-            batch.put(Cf::Accounts, &store::account_key(key), &codec::encode_account(account));
+            for (k, v) in accounts::rows(key, account, &t.changed) {
+                batch.put_vec(Cf::Accounts, k, v);
+            }
             let due_after = domain::due_at(account, self.programme(key).as_deref());
             if due_before != &due_after {
                 if let Some(at) = due_before {

@@ -741,13 +741,16 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
     // book after a restart.
     {
         let views = Db::open(&h_dir.path().join("views"), store::VIEW_CFS).unwrap();
-        let victim = views.all(Cf::Accounts).unwrap().into_iter().find(|(_, v)| {
-            let a = points_ledger::codec::decode_account(v).unwrap();
-            a.available() + a.reserved() != 0
-        });
-        let (k, _) = victim.expect("an account with points");
+        let victim = points_ledger::accounts::each(views.rows(Cf::Accounts))
+            .map(Result::unwrap)
+            .find(|(_, a)| a.available() + a.reserved() != 0);
+        let (key, _) = victim.expect("an account with points");
+        // Its header and every lot, earn and spend row.
+        let prefix = store::account_key(&key);
         let mut batch = store::Batch::default();
-        batch.delete(Cf::Accounts, &k);
+        for (k, _) in views.scan(Cf::Accounts, &prefix, &prefix, usize::MAX).unwrap() {
+            batch.delete(Cf::Accounts, &k);
+        }
         views.write(batch).unwrap();
     }
     let (ok, out, err) = cli(&["recon", "--data-dir", &data, "--date", &to]);

@@ -126,10 +126,7 @@ impl Ledger {
     }
 
     fn load_view(&self, key: &AccountKey) -> Result<Account, Status> {
-        match self.views.get(Cf::Accounts, &store::account_key(key)).map_err(internal)? {
-            Some(b) => codec::decode_account(&b).map_err(internal),
-            None => Ok(Account::default()),
-        }
+        crate::accounts::load(&self.views, Cf::Accounts, key).map(|(a, _)| a).map_err(internal)
     }
 
     /// The account as of an instant, folded from its statement.

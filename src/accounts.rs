@@ -1,0 +1,331 @@
+//! How an account is kept in the `accounts` column family (the writers'
+//! state and the balance view alike): a header row at the account's key, and
+//! one row per lot, earn, spend and reservation at the key, a tag byte and
+//! the piece's id.
+//!
+//! A command names every piece it changes (the lots that paid, the spend,
+//! the earn), so a batch writes the header and those pieces only: what a
+//! command costs to store no longer grows with the member's history. Loading
+//! an account (on a cache miss) reads all its rows with one prefix scan.
+//!
+//! Headers written before the split carry the lists themselves; such an
+//! account loads as before and is written whole the first time it changes.
+
+use std::collections::BTreeSet;
+
+use crate::codec::{self, CodecError, Piece};
+use crate::domain::{Account, AccountKey, Event};
+use crate::store::{self, Cf, Db, Row, StoreError};
+
+/// The pieces of an account changed since it was last written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Every piece (an account loaded from a header that carries its lists).
+    all: bool,
+    pieces: BTreeSet<(Piece, String)>,
+    /// Whether events were folded at all (the header changes with each).
+    any: bool,
+}
+
+impl Changed {
+    /// Everything: the next write puts every piece.
+    pub fn everything() -> Changed {
+        Changed { all: true, pieces: BTreeSet::new(), any: false }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.any
+    }
+
+    /// Notes the pieces `event` changes.
+    pub fn note(&mut self, event: &Event) {
+        self.any = true;
+        if self.all {
+            return;
+        }
+        let set = &mut self.pieces;
+        let mut piece = |p: Piece, id: &str| {
+            set.insert((p, id.to_string()));
+        };
+        match event {
+            Event::PointsEarned { lot_id, .. } => {
+                piece(Piece::Lot, lot_id);
+                piece(Piece::Earn, lot_id);
+            }
+            Event::PointsSpent { spend_id, lots, .. } | Event::SpendRefunded { spend_id, lots, .. } => {
+                piece(Piece::Spend, spend_id);
+                lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
+            }
+            Event::PointsReserved { reservation_id, lots, .. }
+            | Event::ReservationReleased { reservation_id, lots, .. } => {
+                piece(Piece::Reservation, reservation_id);
+                lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
+            }
+            Event::ReservationCaptured { reservation_id, spend_id, lots, released_lots, .. } => {
+                piece(Piece::Reservation, reservation_id);
+                piece(Piece::Spend, spend_id);
+                lots.iter().chain(released_lots).for_each(|l| piece(Piece::Lot, &l.lot_id));
+            }
+            Event::EarnReversed { earn_id, taken, .. } => {
+                piece(Piece::Earn, earn_id);
+                taken.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
+            }
+            Event::PointsExpired { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
+            Event::PointsAdjusted { adjustment_id, lots, .. } => {
+                piece(Piece::Lot, adjustment_id);
+                lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
+            }
+            Event::GrowthExpired { earns, .. } => earns.iter().for_each(|e| piece(Piece::Earn, &e.lot_id)),
+            Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } | Event::LevelChanged { .. } => {}
+        }
+    }
+
+    /// The ids of the lots changed, or `None` for every lot.
+    pub fn lots(&self) -> Option<impl Iterator<Item = &str>> {
+        (!self.all).then(|| self.pieces.iter().filter(|(p, _)| *p == Piece::Lot).map(|(_, id)| id.as_str()))
+    }
+}
+
+/// The key of one piece row.
+pub fn piece_key(account: &[u8], piece: Piece, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(account.len() + 1 + id.len());
+    k.extend_from_slice(account);
+    k.push(piece.tag());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The rows that store what `changed` names of `a` (the header and each
+/// changed piece it has), in key order.
+pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let prefix = store::account_key(key);
+    let mut out = Vec::with_capacity(1 + changed.pieces.len());
+    out.push((prefix.clone(), codec::encode_account_header(a)));
+    let mut put = |p: Piece, id: &str| {
+        if let Some(v) = codec::encode_piece(a, p, id) {
+            out.push((piece_key(&prefix, p, id), v));
+        }
+    };
+    if changed.all {
+        a.lots.keys().for_each(|id| put(Piece::Lot, id));
+        a.earns.keys().for_each(|id| put(Piece::Earn, id));
+        a.spends.keys().for_each(|id| put(Piece::Spend, id));
+        a.reservations.keys().for_each(|id| put(Piece::Reservation, id));
+    } else {
+        changed.pieces.iter().for_each(|(p, id)| put(*p, id));
+    }
+    out.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+    out
+}
+
+/// An account from its rows (the header first, then its pieces, as a prefix
+/// scan returns them), and whether it must be written whole when it changes
+/// (its header still carries the lists).
+pub fn decode(prefix_len: usize, rows: &[Row]) -> Result<(Account, Changed), CodecError> {
+    let Some(((_, header), pieces)) = rows.split_first() else {
+        return Ok((Account::default(), Changed::default()));
+    };
+    let mut a = codec::decode_account(header)?;
+    let changed = if codec::header_has_lists(&a) { Changed::everything() } else { Changed::default() };
+    for (k, v) in pieces {
+        let (&tag, id) = k.get(prefix_len..).and_then(<[u8]>::split_first).ok_or(CodecError::Missing("piece tag"))?;
+        let piece = Piece::from_tag(tag).ok_or(CodecError::Missing("known piece tag"))?;
+        let id = String::from_utf8(id.to_vec()).map_err(|_| CodecError::Missing("utf-8 piece id"))?;
+        codec::decode_piece_into(&mut a, piece, id, v)?;
+    }
+    Ok((a, changed))
+}
+
+/// Loads an account from `cf` of `db` (the default account when it has no rows).
+pub fn load(db: &Db, cf: Cf, key: &AccountKey) -> Result<(Account, Changed), StoreError> {
+    let prefix = store::account_key(key);
+    let rows = db.scan(cf, &prefix, &prefix, usize::MAX)?;
+    if rows.first().is_some_and(|(k, _)| k != &prefix) {
+        return Err(CodecError::Missing("account header").into());
+    }
+    Ok(decode(prefix.len(), &rows)?)
+}
+
+/// Every account in `rows` (a column family's rows in key order), whole.
+pub fn each(
+    rows: impl Iterator<Item = Result<Row, StoreError>>,
+) -> impl Iterator<Item = Result<(AccountKey, Account), StoreError>> {
+    Each { rows: rows.peekable() }
+}
+
+struct Each<I: Iterator<Item = Result<Row, StoreError>>> {
+    rows: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = Result<Row, StoreError>>> Iterator for Each<I> {
+    type Item = Result<(AccountKey, Account), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let first = match self.rows.next()? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some((key, rest)) = store::parse_account_key(&first.0) else {
+            return Some(Err(CodecError::Missing("account key").into()));
+        };
+        if !rest.is_empty() {
+            return Some(Err(CodecError::Missing("account header").into()));
+        }
+        let prefix = first.0.clone();
+        let mut group = vec![first];
+        while let Some(Ok((k, _))) = self.rows.peek() {
+            if k.len() <= prefix.len() || !k.starts_with(&prefix) {
+                break;
+            }
+            match self.rows.next() {
+                Some(Ok(r)) => group.push(r),
+                _ => unreachable!("peeked"),
+            }
+        }
+        Some(decode(prefix.len(), &group).map(|(a, _)| (key, a)).map_err(Into::into))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{decide, Command, CommandBody, LotAmount, Programme};
+    use crate::store::Batch;
+
+    const T0: i64 = 1_773_100_800_000;
+    const DAY: i64 = 86_400_000;
+
+    /// Commands on one member that make every kind of piece and change each
+    /// again later: lots with and without expiry, spends and their refunds,
+    /// reservations captured and released, a reversal, adjustments.
+    fn script() -> Vec<(String, CommandBody)> {
+        let earn = |points, expires_at| CommandBody::Earn {
+            points,
+            reason: "purchase".into(),
+            order_ref: None,
+            growth: points / 10,
+            expires_at,
+        };
+        let body = vec![
+            ("e1", earn(500, Some(T0 + 30 * DAY))),
+            ("e2", earn(300, None)),
+            ("e3", earn(200, Some(T0 + 10 * DAY))),
+            ("s1", CommandBody::Spend { points: 250, order_ref: None, order_cash_amount: None }),
+            (
+                "h1",
+                CommandBody::Reserve {
+                    points: 100,
+                    order_ref: "o1".into(),
+                    timeout_seconds: 600,
+                    order_cash_amount: None,
+                },
+            ),
+            (
+                "h2",
+                CommandBody::Reserve {
+                    points: 50,
+                    order_ref: "o2".into(),
+                    timeout_seconds: 600,
+                    order_cash_amount: None,
+                },
+            ),
+            ("c1", CommandBody::Capture { reservation_id: "h1".into(), points: Some(80) }),
+            ("r1", CommandBody::Release { reservation_id: "h2".into() }),
+            ("f1", CommandBody::Refund { spend_id: "s1".into(), points: 100 }),
+            ("v1", CommandBody::ReverseEarn { earn_id: "e2".into(), points: 50, growth: 5 }),
+            ("a1", CommandBody::Adjust { points: 40, operator: "ops".into(), reason: "goodwill".into() }),
+            ("a2", CommandBody::Adjust { points: -30, operator: "ops".into(), reason: "correction".into() }),
+            ("s2", CommandBody::Spend { points: 120, order_ref: None, order_cash_amount: None }),
+            ("f2", CommandBody::Refund { spend_id: "s2".into(), points: 20 }),
+            ("e4", earn(70, Some(T0 + 5 * DAY))),
+        ];
+        body.into_iter().map(|(id, b)| (id.to_string(), b)).collect()
+    }
+
+    /// Folds the script into `member`, writing the changed rows every
+    /// `every` commands; returns the account as folded in memory.
+    fn fold_and_write(db: &Db, member: &str, every: usize) -> Account {
+        let programme = Programme::example("shop", "points");
+        let key = AccountKey::new("shop", "points", member);
+        let (mut account, mut changed) = (Account::default(), Changed::default());
+        let mut accepted = 0;
+        for (i, (id, body)) in script().into_iter().enumerate() {
+            let cmd = Command { request_id: id, account: key.clone(), body, context: Default::default() };
+            if let Ok(events) = decide(Some(&programme), &account, &cmd, T0 + i as i64 * 1000) {
+                accepted += 1;
+                for e in &events {
+                    account.apply(e);
+                    changed.note(e);
+                }
+            }
+            if (i + 1) % every == 0 && !changed.is_empty() {
+                let mut batch = Batch::default();
+                rows(&key, &account, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
+                db.write(batch).unwrap();
+                changed = Changed::default();
+            }
+        }
+        assert_eq!(accepted, script().len(), "every command of the script is accepted");
+        // Growth leaving the window names earns only.
+        let e = Event::GrowthExpired { earns: vec![LotAmount::new("e1", 10)], growth: 10 };
+        account.apply(&e);
+        changed.note(&e);
+        let mut batch = Batch::default();
+        rows(&key, &account, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
+        db.write(batch).unwrap();
+        account
+    }
+
+    #[test]
+    fn the_rows_of_changed_pieces_add_up_to_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
+        // "m1" is a prefix of "m10": their rows must not mix.
+        let one = fold_and_write(&db, "m1", 1);
+        let ten = fold_and_write(&db, "m10", 4);
+        assert_eq!(one, ten);
+        assert!(
+            one.spends["s1"].refundable() < 250
+                && one.earns["e2"].reversed == 50
+                && one.earns["e1"].growth_expired == 10
+        );
+        for member in ["m1", "m10"] {
+            let (loaded, changed) = load(&db, Cf::Accounts, &AccountKey::new("shop", "points", member)).unwrap();
+            assert_eq!(loaded, one);
+            assert!(changed.is_empty());
+        }
+        let all: Vec<_> = each(db.rows(Cf::Accounts)).map(Result::unwrap).collect();
+        assert_eq!(all.iter().map(|(k, _)| k.member_id.as_str()).collect::<Vec<_>>(), ["m1", "m10"]);
+        assert!(all.iter().all(|(_, a)| a == &one));
+        // One row per piece and a header per account.
+        let pieces = one.lots.len() + one.earns.len() + one.spends.len() + one.reservations.len();
+        assert_eq!(db.all(Cf::Accounts).unwrap().len(), 2 * (1 + pieces));
+        // An unknown account loads as the empty one.
+        assert_eq!(load(&db, Cf::Accounts, &AccountKey::new("shop", "points", "m2")).unwrap().0, Account::default());
+    }
+
+    #[test]
+    fn a_header_with_its_lists_loads_and_is_then_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
+        let whole = fold_and_write(&db, "m1", 3);
+        let key = AccountKey::new("shop", "points", "legacy");
+        let mut batch = Batch::default();
+        batch.put(Cf::Accounts, &store::account_key(&key), &codec::encode_account(&whole));
+        db.write(batch).unwrap();
+        let (mut a, mut changed) = load(&db, Cf::Accounts, &key).unwrap();
+        assert_eq!(a, whole);
+        assert_eq!(changed, Changed::everything());
+        // The next change writes every piece, and a header without lists.
+        let e = Event::AccountFrozen { earning: true, spending: false, operator: "ops".into(), reason: "x".into() };
+        a.apply(&e);
+        changed.note(&e);
+        let mut batch = Batch::default();
+        rows(&key, &a, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
+        db.write(batch).unwrap();
+        let (b, changed) = load(&db, Cf::Accounts, &key).unwrap();
+        assert_eq!((b, changed), (a, Changed::default()));
+        let header = db.get(Cf::Accounts, &store::account_key(&key)).unwrap().unwrap();
+        assert!(!codec::header_has_lists(&codec::decode_account(&header).unwrap()));
+    }
+}
