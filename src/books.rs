@@ -691,7 +691,7 @@ pub fn replay(
         .map(|p| events.end_offset(p).map(|end| until_offset.map_or(end, |u| u.min(end))))
         .collect::<Result<Vec<u64>, crate::log::LogError>>()?;
     let folded = fold_from_zero(events, registry, &books, Some(&targets), until_time, progress)?;
-    books.flush()?;
+    books.finish_rebuild()?;
     Ok((books, folded))
 }
 

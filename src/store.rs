@@ -122,6 +122,8 @@ impl Batch {
 /// ones (statements, indexes, books) have none.
 fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     let mut o = Options::default();
+    o.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_FILES);
+    o.set_level_zero_stop_writes_trigger(L0_STOP_FILES);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let mut t = rocksdb::BlockBasedOptions::default();
     t.set_block_cache(cache);
@@ -139,8 +141,18 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     o
 }
 
+/// Table files in level 0 at which writes slow down, and stop (RocksDB's
+/// defaults). A rebuild stacks its ingested files there far beyond these
+/// and compacts once at the end ([`Db::open_rebuild`]).
+const L0_SLOWDOWN_FILES: i32 = 20;
+const L0_STOP_FILES: i32 = 36;
+
 impl Db {
     pub fn open(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
+        Db::open_with(path, cfs, false)
+    }
+
+    fn open_with(path: &Path, cfs: &'static [Cf], bulk: bool) -> Result<Db, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -149,13 +161,25 @@ impl Db {
         // however many column families it has.
         opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if bulk {
+            // The one compaction at the end, split by key range over the cores.
+            opts.set_max_subcompactions(std::thread::available_parallelism().map_or(1, |n| n.get()) as u32);
+        }
         let cache = rocksdb::Cache::new_lru_cache(DB_BLOCK_CACHE_BYTES);
-        let descriptors = cfs.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
+        let descriptors = cfs.iter().map(|cf| {
+            let mut o = cf_options(*cf, &cache);
+            if bulk {
+                o.set_disable_auto_compactions(true);
+                o.set_level_zero_slowdown_writes_trigger(i32::MAX);
+                o.set_level_zero_stop_writes_trigger(i32::MAX);
+            }
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
         let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
         Ok(Db {
             db,
             cfs,
-            wal: true,
+            wal: !bulk,
             ingests: Default::default(),
             rows_written: Default::default(),
             bytes_written: Default::default(),
@@ -164,9 +188,36 @@ impl Db {
 
     /// Opens a fresh database that a rebuild fills from the log: writes skip
     /// the WAL (a crash leaves a partial directory that is simply rebuilt
-    /// again); the rebuild flushes at the end.
+    /// again), and nothing is compacted until [`Db::finish_rebuild`]. The
+    /// ingested table files of a column family overlap each other (every
+    /// file spans all accounts), so they stack up in level 0; compacting as
+    /// they arrive would merge the whole column family again every few
+    /// files, quadratic in the log's length. One merge at the end writes
+    /// each row once.
     pub fn open_rebuild(path: &Path, cfs: &'static [Cf]) -> Result<Db, StoreError> {
-        Ok(Db { wal: false, ..Db::open(path, cfs)? })
+        Db::open_with(path, cfs, true)
+    }
+
+    /// The end of a rebuild: flushes, merges every column family's files into
+    /// sorted levels in one compaction, and turns automatic compaction back
+    /// on, so the database is what a live one would be.
+    pub fn finish_rebuild(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        self.flush()?;
+        let (slowdown, stop) = (L0_SLOWDOWN_FILES.to_string(), L0_STOP_FILES.to_string());
+        for cf in self.cfs {
+            self.db.compact_range_cf(self.cf(*cf), None::<&[u8]>, None::<&[u8]>);
+            self.db.set_options_cf(
+                self.cf(*cf),
+                &[
+                    ("disable_auto_compactions", "false"),
+                    ("level0_slowdown_writes_trigger", &slowdown),
+                    ("level0_stop_writes_trigger", &stop),
+                ],
+            )?;
+        }
+        tracing::info!(path = %self.db.path().display(), elapsed_ms = started.elapsed().as_millis() as u64, "rebuilt database compacted");
+        Ok(())
     }
 
     /// Opens an existing database for reading while its owner may be running
