@@ -362,8 +362,9 @@ struct PartitionWriter {
     store: Arc<Db>,
     registry: SharedRegistry,
     clock: Arc<dyn Clock>,
-    /// Accounts as of the last committed batch (a cache of the store).
-    cache: FastMap<AccountKey, Account>,
+    /// Accounts as of the last committed batch (a cache of the store), each
+    /// with the instant its due-index row stands at.
+    cache: FastMap<AccountKey, (Account, Option<Millis>)>,
     /// The latest `now` used, so time never runs backwards in a partition.
     last_now: Millis,
     config: WriterConfig,
@@ -436,6 +437,8 @@ struct Work {
 struct Touched {
     /// When something in it fell due before the batch (for the due index).
     due_before: Option<Millis>,
+    /// The same after the batch (set at commit).
+    due_after: Option<Millis>,
     account: Account,
     /// What events changed (only that is written back).
     changed: accounts::Changed,
@@ -444,18 +447,20 @@ struct Touched {
 impl PartitionWriter {
     /// An account as of the last committed batch, taken out of the cache
     /// (a batch that commits puts it back; one that fails leaves the store's).
-    fn load(&mut self, key: &AccountKey) -> Result<(Account, accounts::Changed), store::StoreError> {
-        if let Some(a) = self.cache.remove(key) {
-            return Ok((a, accounts::Changed::default()));
+    /// Also returns when something in it falls due (as its due-index row says).
+    fn load(&mut self, key: &AccountKey) -> Result<(Account, accounts::Changed, Option<Millis>), store::StoreError> {
+        if let Some((a, due)) = self.cache.remove(key) {
+            return Ok((a, accounts::Changed::default(), due));
         }
-        accounts::load(&self.store, Cf::Accounts, key)
+        let (account, changed) = accounts::load(&self.store, Cf::Accounts, key)?;
+        let due = domain::due_at(&account, self.programme(key).as_deref());
+        Ok((account, changed, due))
     }
 
     fn account<'w>(&mut self, work: &'w mut Work, key: &AccountKey) -> Result<&'w mut Touched, store::StoreError> {
         if !work.accounts.contains_key(key) {
-            let (account, changed) = self.load(key)?;
-            let due_before = domain::due_at(&account, self.programme(key).as_deref());
-            work.accounts.insert(key.clone(), Touched { due_before, account, changed });
+            let (account, changed, due_before) = self.load(key)?;
+            work.accounts.insert(key.clone(), Touched { due_before, due_after: due_before, account, changed });
         }
         Ok(work.accounts.get_mut(key).expect("just inserted"))
     }
@@ -616,27 +621,30 @@ impl PartitionWriter {
     }
 
     /// Writes a batch's state with the cursor it reflects, atomically.
-    fn commit(&mut self, work: Work) -> Result<(), store::StoreError> {
+    fn commit(&mut self, mut work: Work) -> Result<(), store::StoreError> {
         let mut batch = Batch::default();
-        for (key, t) in work.accounts.iter().filter(|(_, t)| !t.changed.is_empty()) {
-            let (due_before, account) = (&t.due_before, &t.account);
-            for (k, v) in accounts::rows(key, account, &t.changed) {
+        for (key, t) in work.accounts.iter_mut().filter(|(_, t)| !t.changed.is_empty()) {
+            for (k, v) in accounts::rows(key, &t.account, &t.changed) {
                 batch.put_vec(Cf::Accounts, k, v);
             }
-            let due_after = domain::due_at(account, self.programme(key).as_deref());
-            if due_before != &due_after {
-                if let Some(at) = due_before {
-                    batch.delete(Cf::Due, &store::due_key(self.partition, *at, key));
+            t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
+            if t.due_before != t.due_after {
+                if let Some(at) = t.due_before {
+                    batch.delete(Cf::Due, &store::due_key(self.partition, at, key));
                 }
-                if let Some(at) = due_after {
+                if let Some(at) = t.due_after {
                     batch.put(Cf::Due, &store::due_key(self.partition, at, key), &[]);
                 }
             }
         }
         for (row, key) in &work.ticked {
             batch.delete(Cf::Due, row);
-            if let Some(t) = work.accounts.get(key) {
-                if let Some(at) = domain::due_at(&t.account, self.programme(key).as_deref()) {
+            if let Some(t) = work.accounts.get_mut(key) {
+                if t.changed.is_empty() {
+                    // Nothing fell due after all (the rules behind the row changed).
+                    t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
+                }
+                if let Some(at) = t.due_after {
                     batch.put(Cf::Due, &store::due_key(self.partition, at, key), &[]);
                 }
             }
@@ -668,7 +676,7 @@ impl PartitionWriter {
             self.cache.clear();
         }
         for (key, t) in work.accounts {
-            self.cache.insert(key, t.account);
+            self.cache.insert(key, (t.account, t.due_after));
         }
         Ok(())
     }

@@ -128,7 +128,7 @@ impl Account {
     /// Lots with points in them, soonest-expiring first (never-expiring last).
     pub fn lots_fefo(&self) -> Vec<(&String, &Lot)> {
         let mut lots: Vec<_> = self.lots.iter().filter(|(_, l)| l.remaining > 0).collect();
-        lots.sort_by_key(|(id, l)| (l.expires_at.unwrap_or(Millis::MAX), (*id).clone()));
+        lots.sort_unstable_by_key(|(id, l)| (l.expires_at.unwrap_or(Millis::MAX), *id));
         lots
     }
 
