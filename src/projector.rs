@@ -99,9 +99,9 @@ impl Projectors {
     }
 }
 
-/// A projector's decoded accounts between batches, each with the expiring
-/// rows the views hold for it, so a batch neither re-reads nor re-decodes
-/// the accounts it touches. The views database is the truth: the cache only
+/// A projector's decoded accounts between batches, each with the pieces
+/// changed since its rows were written, so a batch neither re-reads nor
+/// re-decodes the accounts it touches and writes only what changed. The views database is the truth: the cache only
 /// ever holds what was written there (or, for a rebuild, what will be).
 pub struct ViewCache {
     accounts: FastMap<AccountKey, Cached>,
