@@ -139,6 +139,12 @@ pub fn decode(prefix_len: usize, rows: &[Row]) -> Result<(Account, Changed), Cod
 /// Loads an account from `cf` of `db` (the default account when it has no rows).
 pub fn load(db: &Db, cf: Cf, key: &AccountKey) -> Result<(Account, Changed), StoreError> {
     let prefix = store::account_key(key);
+    // A point lookup first: the bloom filters answer "no such account" (a
+    // member's first command) without the seek through every level a scan makes.
+    // (Pieces are only ever written with their header.)
+    if db.get(cf, &prefix)?.is_none() {
+        return Ok((Account::default(), Changed::default()));
+    }
     let rows = db.scan(cf, &prefix, &prefix, usize::MAX)?;
     if rows.first().is_some_and(|(k, _)| k != &prefix) {
         return Err(CodecError::Missing("account header").into());
