@@ -6,7 +6,8 @@
 //! A command names every piece it changes (the lots that paid, the spend,
 //! the earn), so a batch writes the header and those pieces only: what a
 //! command costs to store no longer grows with the member's history. Loading
-//! an account (on a cache miss) reads all its rows with one prefix scan.
+//! an account (on a cache miss) reads the header, then its pieces with one
+//! prefix scan.
 //!
 //! Headers written before the split carry the lists themselves; such an
 //! account loads as before and is written whole the first time it changes.
@@ -122,9 +123,13 @@ pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, V
 /// scan returns them), and whether it must be written whole when it changes
 /// (its header still carries the lists).
 pub fn decode(prefix_len: usize, rows: &[Row]) -> Result<(Account, Changed), CodecError> {
-    let Some(((_, header), pieces)) = rows.split_first() else {
-        return Ok((Account::default(), Changed::default()));
-    };
+    match rows.split_first() {
+        Some(((_, header), pieces)) => decode_parts(prefix_len, header, pieces),
+        None => Ok((Account::default(), Changed::default())),
+    }
+}
+
+fn decode_parts(prefix_len: usize, header: &[u8], pieces: &[Row]) -> Result<(Account, Changed), CodecError> {
     let mut a = codec::decode_account(header)?;
     let changed = if codec::header_has_lists(&a) { Changed::everything() } else { Changed::default() };
     for (k, v) in pieces {
@@ -140,16 +145,16 @@ pub fn decode(prefix_len: usize, rows: &[Row]) -> Result<(Account, Changed), Cod
 pub fn load(db: &Db, cf: Cf, key: &AccountKey) -> Result<(Account, Changed), StoreError> {
     let prefix = store::account_key(key);
     // A point lookup first: the bloom filters answer "no such account" (a
-    // member's first command) without the seek through every level a scan makes.
-    // (Pieces are only ever written with their header.)
-    if db.get(cf, &prefix)?.is_none() {
+    // member's first command) without the seek through every level a scan
+    // makes. Pieces are only ever written with their header.
+    let Some(header) = db.get(cf, &prefix)? else {
         return Ok((Account::default(), Changed::default()));
-    }
-    let rows = db.scan(cf, &prefix, &prefix, usize::MAX)?;
-    if rows.first().is_some_and(|(k, _)| k != &prefix) {
-        return Err(CodecError::Missing("account header").into());
-    }
-    Ok(decode(prefix.len(), &rows)?)
+    };
+    // Then the pieces: every key after the header's that starts with it.
+    let mut after = prefix.clone();
+    after.push(0);
+    let pieces = db.scan(cf, &prefix, &after, usize::MAX)?;
+    Ok(decode_parts(prefix.len(), &header, &pieces)?)
 }
 
 /// Every account in `rows` (a column family's rows in key order), whole.
