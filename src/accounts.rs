@@ -138,6 +138,7 @@ fn decode_parts(prefix_len: usize, header: &[u8], pieces: &[Row]) -> Result<(Acc
         let id = String::from_utf8(id.to_vec()).map_err(|_| CodecError::Missing("utf-8 piece id"))?;
         codec::decode_piece_into(&mut a, piece, id, v)?;
     }
+    a.recount();
     Ok((a, changed))
 }
 

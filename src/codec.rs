@@ -729,30 +729,31 @@ pub fn encode_account_header(a: &Account) -> Vec<u8> {
 pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
     let s = pb::AccountSnapshot::decode(bytes)?;
     let t = s.totals.unwrap_or_default();
-    Ok(Account {
-        lots: s.lots.into_iter().map(lot_from_pb).collect(),
-        earns: s.earns.into_iter().map(earn_from_pb).collect(),
-        spends: s.spends.into_iter().map(spend_from_pb).collect(),
-        reservations: s.reservations.into_iter().map(reservation_from_pb).collect::<Result<_, _>>()?,
-        debt: s.debt,
-        growth: s.growth,
-        earning_frozen: s.earning_frozen,
-        spending_frozen: s.spending_frozen,
-        totals: Totals {
-            issued: t.issued,
-            spent: t.spent,
-            refunded: t.refunded,
-            reversed: t.reversed,
-            expired: t.expired,
-            adjusted_up: t.adjusted_up,
-            adjusted_down: t.adjusted_down,
-        },
-        day: s.day,
-        day_earned: s.day_earned,
-        day_actions: s.day_actions.into_iter().map(|d| (d.action, d.earned)).collect(),
-        events: s.events,
-        level: s.level,
-    })
+    let mut a = Account::default();
+    a.lots = s.lots.into_iter().map(lot_from_pb).collect();
+    a.earns = s.earns.into_iter().map(earn_from_pb).collect();
+    a.spends = s.spends.into_iter().map(spend_from_pb).collect();
+    a.reservations = s.reservations.into_iter().map(reservation_from_pb).collect::<Result<_, _>>()?;
+    a.debt = s.debt;
+    a.growth = s.growth;
+    a.earning_frozen = s.earning_frozen;
+    a.spending_frozen = s.spending_frozen;
+    a.totals = Totals {
+        issued: t.issued,
+        spent: t.spent,
+        refunded: t.refunded,
+        reversed: t.reversed,
+        expired: t.expired,
+        adjusted_up: t.adjusted_up,
+        adjusted_down: t.adjusted_down,
+    };
+    a.day = s.day;
+    a.day_earned = s.day_earned;
+    a.day_actions = s.day_actions.into_iter().map(|d| (d.action, d.earned)).collect();
+    a.events = s.events;
+    a.level = s.level;
+    a.recount();
+    Ok(a)
 }
 
 /// Whether a header carries lists (written before accounts were split).
@@ -797,7 +798,8 @@ pub fn encode_piece(a: &Account, piece: Piece, id: &str) -> Option<Vec<u8>> {
     })
 }
 
-/// Puts one piece row's contents into `a` (replacing what it had under `id`).
+/// Puts one piece row's contents into `a` (replacing what it had under `id`);
+/// the caller calls [`Account::recount`] once all are in.
 pub fn decode_piece_into(a: &mut Account, piece: Piece, id: String, bytes: &[u8]) -> Result<(), CodecError> {
     match piece {
         Piece::Lot => {

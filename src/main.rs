@@ -493,7 +493,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
-    if let Err(v) = last.check_invariants() {
+    if let Err(v) = last.check_invariants_fully() {
         anyhow::bail!("invariant violated: {v}");
     }
     Ok(())

@@ -112,17 +112,43 @@ pub struct Account {
     pub events: u64,
     /// The member's level as of the last `LevelChanged` ("" before any).
     pub level: String,
+    /// The sums `available` and `reserved` return, kept as lots and
+    /// reservations change, so a balance costs the same however long the
+    /// member's history (every lot and reservation ever made stays in the
+    /// maps). Whoever fills the maps other than through [`Account::apply`]
+    /// calls [`Account::recount`].
+    sums: Sums,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Sums {
+    available: Points,
+    reserved: Points,
 }
 
 impl Account {
     /// Spendable now: the sum of lots.
     pub fn available(&self) -> Points {
-        self.lots.values().map(|l| l.remaining).sum()
+        self.sums.available
     }
 
     /// Held by open reservations.
     pub fn reserved(&self) -> Points {
-        self.reservations.values().map(ReservationRecord::held).sum()
+        self.sums.reserved
+    }
+
+    /// The sums as the lots and reservations give them, counted afresh.
+    fn counted(&self) -> Sums {
+        Sums {
+            available: self.lots.values().map(|l| l.remaining).sum(),
+            reserved: self.reservations.values().map(ReservationRecord::held).sum(),
+        }
+    }
+
+    /// Counts the kept sums afresh: after the maps were filled directly
+    /// (decoding a stored account).
+    pub fn recount(&mut self) {
+        self.sums = self.counted();
     }
 
     /// Lots with points in them, soonest-expiring first (never-expiring last).
@@ -181,6 +207,7 @@ impl Account {
             }
             Event::PointsReserved { reservation_id, order_ref, lots, expires_at, .. } => {
                 self.take(lots);
+                self.sums.reserved += super::sum(lots);
                 self.reservations.insert(
                     reservation_id.clone(),
                     ReservationRecord {
@@ -259,13 +286,14 @@ impl Account {
             Event::LevelChanged { to, .. } => self.level = to.clone(),
         }
         self.events += 1;
-        debug_assert_eq!(self.check_invariants(), Ok(()));
+        debug_assert_eq!(self.check_invariants_fully(), Ok(()));
     }
 
     fn credit_lot(&mut self, lot_id: &str, points: Points, expires_at: Option<Millis>) {
         if points > 0 {
             let previous = self.lots.insert(lot_id.into(), Lot { earned: points, remaining: points, expires_at });
             assert!(previous.is_none(), "lot {lot_id} credited twice");
+            self.sums.available += points;
         }
     }
 
@@ -280,6 +308,7 @@ impl Account {
                 l.points
             );
             lot.remaining -= l.points;
+            self.sums.available -= l.points;
         }
     }
 
@@ -288,6 +317,7 @@ impl Account {
             let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
             assert!(l.points >= 0, "negative points back into lot {}", l.lot_id);
             lot.remaining += l.points;
+            self.sums.available += l.points;
         }
     }
 
@@ -295,14 +325,30 @@ impl Account {
         let r = self.reservations.get_mut(reservation_id).expect("settle of a recorded reservation");
         assert_eq!(r.status, ReservationStatus::Open, "reservation {reservation_id} settled twice");
         r.status = status;
+        self.sums.reserved -= super::sum(&r.lots);
     }
 
-    /// The ledger's invariants for one account; written once, checked from
-    /// `apply` (debug builds), tests, the projectors and the audit tooling.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    /// The ledger's invariants for one account, counting every lot and
+    /// reservation (a cost that grows with the member's history): that no lot
+    /// is negative, that the kept sums are what the lots and reservations
+    /// add up to, and [`Account::check_invariants`]. Checked from `apply`
+    /// (debug builds), tests and the audit tooling.
+    pub fn check_invariants_fully(&self) -> Result<(), String> {
         if let Some((id, lot)) = self.lots.iter().find(|(_, l)| l.remaining < 0) {
             return Err(format!("lot {id} is negative: {}", lot.remaining));
         }
+        let counted = self.counted();
+        if counted != self.sums {
+            return Err(format!("kept sums {:?} but the lots and reservations add up to {counted:?}", self.sums));
+        }
+        self.check_invariants()
+    }
+
+    /// The invariants that cost the same however long the history: debt and
+    /// growth never negative, and conservation (what the totals say moved
+    /// equals available + reserved - debt). The projectors check it for
+    /// every account a batch changed.
+    pub fn check_invariants(&self) -> Result<(), String> {
         if self.debt < 0 {
             return Err(format!("debt is negative: {}", self.debt));
         }

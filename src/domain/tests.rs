@@ -49,7 +49,7 @@ impl Scenario {
     fn then_ok(&mut self, id: &str, body: CommandBody) -> Vec<Event> {
         let events = self.when(id, body).unwrap_or_else(|r| panic!("{id} rejected: {r:?}"));
         self.given_events(&events);
-        self.account.check_invariants().unwrap();
+        self.account.check_invariants_fully().unwrap();
         events
     }
 
