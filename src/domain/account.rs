@@ -112,18 +112,54 @@ pub struct Account {
     pub events: u64,
     /// The member's level as of the last `LevelChanged` ("" before any).
     pub level: String,
-    /// The sums `available` and `reserved` return, kept as lots and
-    /// reservations change, so a balance costs the same however long the
-    /// member's history (every lot and reservation ever made stays in the
-    /// maps). Whoever fills the maps other than through [`Account::apply`]
-    /// calls [`Account::recount`].
+    /// What `available`, `reserved`, `growth_in_window` and the due instants
+    /// are made of, kept as lots, reservations and earns change, so they
+    /// cost the same however long the member's history (every lot, earn and
+    /// reservation ever made stays in the maps). Whoever fills the maps other
+    /// than through [`Account::apply`] calls [`Account::recount`].
     sums: Sums,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Sums {
     available: Points,
     reserved: Points,
+    growth_in_window: i64,
+    /// Lots with points left, by expiry: how many expire at each instant.
+    expiring: Counts<Millis>,
+    /// Open reservations by timeout.
+    holds: Counts<Millis>,
+    /// Earns with growth still in the level window, by programme day.
+    growth_days: Counts<i64>,
+}
+
+/// How many of something there are at each key, in key order: a sorted
+/// vector (few distinct keys: expiries fall on period ends, and a fresh
+/// account's empty one allocates nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Counts<K>(Vec<(K, u32)>);
+
+impl<K: Ord + Copy> Counts<K> {
+    fn first(&self) -> Option<K> {
+        self.0.first().map(|(k, _)| *k)
+    }
+}
+
+fn count_in<K: Ord + Copy>(counts: &mut Counts<K>, key: K) {
+    match counts.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+        Ok(i) => counts.0[i].1 += 1,
+        Err(i) => counts.0.insert(i, (key, 1)),
+    }
+}
+
+fn count_out<K: Ord + Copy>(counts: &mut Counts<K>, key: K) {
+    match counts.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+        Ok(i) if counts.0[i].1 == 1 => {
+            counts.0.remove(i);
+        }
+        Ok(i) => counts.0[i].1 -= 1,
+        Err(_) => panic!("kept counts out of step with the account"),
+    }
 }
 
 impl Account {
@@ -137,12 +173,40 @@ impl Account {
         self.sums.reserved
     }
 
-    /// The sums as the lots and reservations give them, counted afresh.
+    /// The soonest expiry of a lot with points left.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.sums.expiring.first()
+    }
+
+    /// The soonest timeout of an open reservation.
+    pub fn next_hold_timeout(&self) -> Option<Millis> {
+        self.sums.holds.first()
+    }
+
+    /// The programme day of the oldest earn whose growth is still in the
+    /// level window.
+    pub fn oldest_growth_day(&self) -> Option<i64> {
+        self.sums.growth_days.first()
+    }
+
+    /// The sums as the lots, reservations and earns give them, counted afresh.
     fn counted(&self) -> Sums {
-        Sums {
+        let mut s = Sums {
             available: self.lots.values().map(|l| l.remaining).sum(),
             reserved: self.reservations.values().map(ReservationRecord::held).sum(),
+            growth_in_window: self.earns.values().map(EarnRecord::growth_in_window).sum(),
+            ..Sums::default()
+        };
+        for at in self.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at) {
+            count_in(&mut s.expiring, at);
         }
+        for r in self.reservations.values().filter(|r| r.status == ReservationStatus::Open) {
+            count_in(&mut s.holds, r.expires_at);
+        }
+        for e in self.earns.values().filter(|e| e.growth_in_window() > 0) {
+            count_in(&mut s.growth_days, e.day);
+        }
+        s
     }
 
     /// Counts the kept sums afresh: after the maps were filled directly
@@ -161,7 +225,7 @@ impl Account {
     /// Growth earned within the level window (lifetime growth when the
     /// programme has no window: nothing ever leaves it).
     pub fn growth_in_window(&self) -> i64 {
-        self.earns.values().map(EarnRecord::growth_in_window).sum()
+        self.sums.growth_in_window
     }
 
     /// Earned today (programme day `day`) in all, and for one action.
@@ -180,17 +244,16 @@ impl Account {
                 self.credit_lot(lot_id, granted - debt_repaid, *expires_at);
                 self.debt -= debt_repaid;
                 self.growth += growth;
-                self.earns.insert(
-                    lot_id.clone(),
-                    EarnRecord {
-                        points: *granted,
-                        reversed: 0,
-                        growth: *growth,
-                        growth_reversed: 0,
-                        day: *day,
-                        growth_expired: 0,
-                    },
-                );
+                let earn = EarnRecord {
+                    points: *granted,
+                    reversed: 0,
+                    growth: *growth,
+                    growth_reversed: 0,
+                    day: *day,
+                    growth_expired: 0,
+                };
+                self.count_growth(&earn, 1);
+                self.earns.insert(lot_id.clone(), earn);
                 self.totals.issued += granted;
                 if self.day != *day {
                     self.day = *day;
@@ -208,6 +271,7 @@ impl Account {
             Event::PointsReserved { reservation_id, order_ref, lots, expires_at, .. } => {
                 self.take(lots);
                 self.sums.reserved += super::sum(lots);
+                count_in(&mut self.sums.holds, *expires_at);
                 self.reservations.insert(
                     reservation_id.clone(),
                     ReservationRecord {
@@ -245,8 +309,12 @@ impl Account {
                 self.debt += debt_added;
                 self.growth -= growth;
                 let earn = self.earns.get_mut(earn_id).expect("reversal of a recorded earn");
+                let before = earn.clone();
                 earn.reversed += points;
                 earn.growth_reversed += growth;
+                let after = earn.clone();
+                self.count_growth(&before, -1);
+                self.count_growth(&after, 1);
                 self.totals.reversed += super::sum(taken) + debt_added;
             }
             Event::PointsExpired { points, lots, cause, .. } => {
@@ -280,7 +348,11 @@ impl Account {
                         "earn {} growth over-expired",
                         e.lot_id
                     );
+                    let before = earn.clone();
                     earn.growth_expired += e.points;
+                    let after = earn.clone();
+                    self.count_growth(&before, -1);
+                    self.count_growth(&after, 1);
                 }
             }
             Event::LevelChanged { to, .. } => self.level = to.clone(),
@@ -294,6 +366,9 @@ impl Account {
             let previous = self.lots.insert(lot_id.into(), Lot { earned: points, remaining: points, expires_at });
             assert!(previous.is_none(), "lot {lot_id} credited twice");
             self.sums.available += points;
+            if let Some(at) = expires_at {
+                count_in(&mut self.sums.expiring, at);
+            }
         }
     }
 
@@ -309,6 +384,9 @@ impl Account {
             );
             lot.remaining -= l.points;
             self.sums.available -= l.points;
+            if let (true, Some(at)) = (lot.remaining == 0 && l.points > 0, lot.expires_at) {
+                count_out(&mut self.sums.expiring, at);
+            }
         }
     }
 
@@ -316,8 +394,24 @@ impl Account {
         for l in lots {
             let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
             assert!(l.points >= 0, "negative points back into lot {}", l.lot_id);
+            if let (true, Some(at)) = (lot.remaining == 0 && l.points > 0, lot.expires_at) {
+                count_in(&mut self.sums.expiring, at);
+            }
             lot.remaining += l.points;
             self.sums.available += l.points;
+        }
+    }
+
+    /// Adds (`sign` 1) or takes out (-1) an earn's share of the kept growth.
+    fn count_growth(&mut self, earn: &EarnRecord, sign: i64) {
+        let g = earn.growth_in_window();
+        self.sums.growth_in_window += sign * g;
+        if g > 0 {
+            if sign > 0 {
+                count_in(&mut self.sums.growth_days, earn.day);
+            } else {
+                count_out(&mut self.sums.growth_days, earn.day);
+            }
         }
     }
 
@@ -326,6 +420,7 @@ impl Account {
         assert_eq!(r.status, ReservationStatus::Open, "reservation {reservation_id} settled twice");
         r.status = status;
         self.sums.reserved -= super::sum(&r.lots);
+        count_out(&mut self.sums.holds, r.expires_at);
     }
 
     /// The ledger's invariants for one account, counting every lot and
@@ -339,7 +434,7 @@ impl Account {
         }
         let counted = self.counted();
         if counted != self.sums {
-            return Err(format!("kept sums {:?} but the lots and reservations add up to {counted:?}", self.sums));
+            return Err(format!("kept sums {:?} but the lots, reservations and earns give {counted:?}", self.sums));
         }
         self.check_invariants()
     }

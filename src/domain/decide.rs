@@ -161,19 +161,16 @@ pub fn level_status(programme: &Programme, account: &Account) -> LevelStatus {
 /// The earliest instant at which something in the account falls due (a lot's
 /// expiry, a reservation's timeout, growth leaving the level window), for
 /// the writer's scheduler.
+///
+/// Costs the same however long the member's history: the account keeps its
+/// soonest expiry, timeout and growth day (the exit day only grows with the
+/// earn's day).
 pub fn due_at(account: &Account, programme: Option<&Programme>) -> Option<Millis> {
-    let lots = account.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at);
-    let holds = account.reservations.values().filter(|r| r.status == ReservationStatus::Open).map(|r| r.expires_at);
     let growth = programme.and_then(|p| {
-        let day = account
-            .earns
-            .values()
-            .filter(|e| e.growth_in_window() > 0)
-            .filter_map(|e| growth_exit_day(p, e.day))
-            .min()?;
+        let day = growth_exit_day(p, account.oldest_growth_day()?)?;
         super::calendar::day_to_date(day).and_then(|d| super::calendar::start_of_day(p.time_zone, d))
     });
-    lots.chain(holds).chain(growth).min()
+    [account.next_expiry(), account.next_hold_timeout(), growth].into_iter().flatten().min()
 }
 
 fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> Vec<Event> {

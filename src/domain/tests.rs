@@ -50,6 +50,7 @@ impl Scenario {
         let events = self.when(id, body).unwrap_or_else(|r| panic!("{id} rejected: {r:?}"));
         self.given_events(&events);
         self.account.check_invariants_fully().unwrap();
+        assert_eq!(due_at(&self.account, Some(&self.programme)), due_at_counted(&self.account, &self.programme));
         events
     }
 
@@ -67,6 +68,21 @@ impl Scenario {
     fn available(&self) -> Points {
         self.account.available()
     }
+}
+
+/// `due_at` as it was before the account kept its due instants: every lot,
+/// reservation and earn looked at.
+fn due_at_counted(a: &Account, p: &Programme) -> Option<Millis> {
+    let lots = a.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at);
+    let holds = a.reservations.values().filter(|r| r.status == ReservationStatus::Open).map(|r| r.expires_at);
+    let growth = (p.level_window_days > 0)
+        .then(|| {
+            a.earns.values().filter(|e| e.growth_in_window() > 0).map(|e| e.day + i64::from(p.level_window_days)).min()
+        })
+        .flatten()
+        .and_then(calendar::day_to_date)
+        .and_then(|d| calendar::start_of_day(p.time_zone, d));
+    lots.chain(holds).chain(growth).min()
 }
 
 fn earn_body(points: Points, reason: &str, expires_at: Option<Millis>) -> CommandBody {
