@@ -125,40 +125,57 @@ struct Sums {
     available: Points,
     reserved: Points,
     growth_in_window: i64,
-    /// Lots with points left, by expiry: how many expire at each instant.
-    expiring: Counts<Millis>,
-    /// Open reservations by timeout.
-    holds: Counts<Millis>,
-    /// Earns with growth still in the level window, by programme day.
-    growth_days: Counts<i64>,
+    /// How many lots with points left expire at each instant, open holds
+    /// time out at each instant, and earns with growth in the level window
+    /// were made on each day: one small sorted vector for the three (few
+    /// distinct keys, since expiries fall on period ends; every cached
+    /// account carries one).
+    due: Vec<Counted>,
 }
 
-/// How many of something there are at each key, in key order: a sorted
-/// vector (few distinct keys: expiries fall on period ends, and a fresh
-/// account's empty one allocates nothing).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Counts<K>(Vec<(K, u32)>);
+/// `count` of `what` at `at` (16 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counted {
+    at: i64,
+    count: u32,
+    what: Due,
+}
 
-impl<K: Ord + Copy> Counts<K> {
-    fn first(&self) -> Option<K> {
-        self.0.first().map(|(k, _)| *k)
+const _: () = assert!(std::mem::size_of::<Counted>() == 16);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Expiry,
+    Hold,
+    GrowthDay,
+}
+
+impl Sums {
+    fn find(&self, what: Due, at: i64) -> Result<usize, usize> {
+        self.due.binary_search_by(|c| (c.what, c.at).cmp(&(what, at)))
     }
-}
 
-fn count_in<K: Ord + Copy>(counts: &mut Counts<K>, key: K) {
-    match counts.0.binary_search_by(|(k, _)| k.cmp(&key)) {
-        Ok(i) => counts.0[i].1 += 1,
-        Err(i) => counts.0.insert(i, (key, 1)),
-    }
-}
-
-fn count_out<K: Ord + Copy>(counts: &mut Counts<K>, key: K) {
-    match counts.0.binary_search_by(|(k, _)| k.cmp(&key)) {
-        Ok(i) if counts.0[i].1 == 1 => {
-            counts.0.remove(i);
+    fn count_in(&mut self, what: Due, at: i64) {
+        match self.find(what, at) {
+            Ok(i) => self.due[i].count += 1,
+            Err(i) => self.due.insert(i, Counted { at, count: 1, what }),
         }
-        Ok(i) => counts.0[i].1 -= 1,
-        Err(_) => panic!("kept counts out of step with the account"),
+    }
+
+    fn count_out(&mut self, what: Due, at: i64) {
+        match self.find(what, at) {
+            Ok(i) if self.due[i].count == 1 => {
+                self.due.remove(i);
+            }
+            Ok(i) => self.due[i].count -= 1,
+            Err(_) => panic!("kept counts out of step with the account"),
+        }
+    }
+
+    /// The least instant (or day) counted for `what`.
+    fn first(&self, what: Due) -> Option<i64> {
+        let i = self.due.partition_point(|c| c.what < what);
+        self.due.get(i).filter(|c| c.what == what).map(|c| c.at)
     }
 }
 
@@ -175,18 +192,18 @@ impl Account {
 
     /// The soonest expiry of a lot with points left.
     pub fn next_expiry(&self) -> Option<Millis> {
-        self.sums.expiring.first()
+        self.sums.first(Due::Expiry)
     }
 
     /// The soonest timeout of an open reservation.
     pub fn next_hold_timeout(&self) -> Option<Millis> {
-        self.sums.holds.first()
+        self.sums.first(Due::Hold)
     }
 
     /// The programme day of the oldest earn whose growth is still in the
     /// level window.
     pub fn oldest_growth_day(&self) -> Option<i64> {
-        self.sums.growth_days.first()
+        self.sums.first(Due::GrowthDay)
     }
 
     /// The sums as the lots, reservations and earns give them, counted afresh.
@@ -198,13 +215,13 @@ impl Account {
             ..Sums::default()
         };
         for at in self.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at) {
-            count_in(&mut s.expiring, at);
+            s.count_in(Due::Expiry, at);
         }
         for r in self.reservations.values().filter(|r| r.status == ReservationStatus::Open) {
-            count_in(&mut s.holds, r.expires_at);
+            s.count_in(Due::Hold, r.expires_at);
         }
         for e in self.earns.values().filter(|e| e.growth_in_window() > 0) {
-            count_in(&mut s.growth_days, e.day);
+            s.count_in(Due::GrowthDay, e.day);
         }
         s
     }
@@ -271,7 +288,7 @@ impl Account {
             Event::PointsReserved { reservation_id, order_ref, lots, expires_at, .. } => {
                 self.take(lots);
                 self.sums.reserved += super::sum(lots);
-                count_in(&mut self.sums.holds, *expires_at);
+                self.sums.count_in(Due::Hold, *expires_at);
                 self.reservations.insert(
                     reservation_id.clone(),
                     ReservationRecord {
@@ -367,7 +384,7 @@ impl Account {
             assert!(previous.is_none(), "lot {lot_id} credited twice");
             self.sums.available += points;
             if let Some(at) = expires_at {
-                count_in(&mut self.sums.expiring, at);
+                self.sums.count_in(Due::Expiry, at);
             }
         }
     }
@@ -385,7 +402,7 @@ impl Account {
             lot.remaining -= l.points;
             self.sums.available -= l.points;
             if let (true, Some(at)) = (lot.remaining == 0 && l.points > 0, lot.expires_at) {
-                count_out(&mut self.sums.expiring, at);
+                self.sums.count_out(Due::Expiry, at);
             }
         }
     }
@@ -395,7 +412,7 @@ impl Account {
             let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
             assert!(l.points >= 0, "negative points back into lot {}", l.lot_id);
             if let (true, Some(at)) = (lot.remaining == 0 && l.points > 0, lot.expires_at) {
-                count_in(&mut self.sums.expiring, at);
+                self.sums.count_in(Due::Expiry, at);
             }
             lot.remaining += l.points;
             self.sums.available += l.points;
@@ -408,9 +425,9 @@ impl Account {
         self.sums.growth_in_window += sign * g;
         if g > 0 {
             if sign > 0 {
-                count_in(&mut self.sums.growth_days, earn.day);
+                self.sums.count_in(Due::GrowthDay, earn.day);
             } else {
-                count_out(&mut self.sums.growth_days, earn.day);
+                self.sums.count_out(Due::GrowthDay, earn.day);
             }
         }
     }
@@ -420,7 +437,7 @@ impl Account {
         assert_eq!(r.status, ReservationStatus::Open, "reservation {reservation_id} settled twice");
         r.status = status;
         self.sums.reserved -= super::sum(&r.lots);
-        count_out(&mut self.sums.holds, r.expires_at);
+        self.sums.count_out(Due::Hold, r.expires_at);
     }
 
     /// The ledger's invariants for one account, counting every lot and
