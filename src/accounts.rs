@@ -102,18 +102,14 @@ pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, V
     let prefix = store::account_key(key);
     let mut out = Vec::with_capacity(1 + changed.pieces.len());
     out.push((prefix.clone(), codec::encode_account_header(a)));
-    let mut put = |p: Piece, id: &str| {
-        if let Some(v) = codec::encode_piece(a, p, id) {
-            out.push((piece_key(&prefix, p, id), v));
-        }
-    };
     if changed.all {
-        a.lots.keys().for_each(|id| put(Piece::Lot, id));
-        a.earns.keys().for_each(|id| put(Piece::Earn, id));
-        a.spends.keys().for_each(|id| put(Piece::Spend, id));
-        a.reservations.keys().for_each(|id| put(Piece::Reservation, id));
+        codec::encode_every_piece(a, |p, id, v| out.push((piece_key(&prefix, p, id), v)));
     } else {
-        changed.pieces.iter().for_each(|(p, id)| put(*p, id));
+        for (p, id) in &changed.pieces {
+            if let Some(v) = codec::encode_piece(a, *p, id) {
+                out.push((piece_key(&prefix, *p, id), v));
+            }
+        }
     }
     out.sort_unstable_by(|x, y| x.0.cmp(&y.0));
     out

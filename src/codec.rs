@@ -798,6 +798,17 @@ pub fn encode_piece(a: &Account, piece: Piece, id: &str) -> Option<Vec<u8>> {
     })
 }
 
+/// Every piece of `a` with its id, encoded, walking the maps rather than
+/// looking each id up (an account written whole: a rebuild, an old header).
+pub fn encode_every_piece(a: &Account, mut out: impl FnMut(Piece, &str, Vec<u8>)) {
+    a.lots.iter().for_each(|(id, l)| out(Piece::Lot, id, lot_to_pb(String::new(), l).encode_to_vec()));
+    a.earns.iter().for_each(|(id, e)| out(Piece::Earn, id, earn_to_pb(String::new(), e).encode_to_vec()));
+    a.spends.iter().for_each(|(id, x)| out(Piece::Spend, id, spend_to_pb(String::new(), x).encode_to_vec()));
+    a.reservations
+        .iter()
+        .for_each(|(id, r)| out(Piece::Reservation, id, reservation_to_pb(String::new(), r).encode_to_vec()));
+}
+
 /// Puts one piece row's contents into `a` (replacing what it had under `id`);
 /// the caller calls [`Account::recount`] once all are in.
 pub fn decode_piece_into(a: &mut Account, piece: Piece, id: String, bytes: &[u8]) -> Result<(), CodecError> {

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::accounts;
 use crate::codec;
-use crate::domain::{Account, AccountKey, Millis};
+use crate::domain::{Account, AccountKey, Lot, Millis};
 use crate::log::{EventLog, LogEntry};
 use crate::proto as pb;
 use crate::record::{Admitted, Arbiter, Balance, PartitionRecord, Position};
@@ -196,17 +196,19 @@ impl ViewCache {
         }
         // Each changed lot with an expiry has a row while it has points
         // (its expiry never changes, so neither does its key).
-        let mut expiring = |id: &str| {
-            if let Some(lot) = c.account.lots.get(id) {
-                if let Some(at) = lot.expires_at {
-                    let value = (lot.remaining > 0).then(|| lot.remaining.to_be_bytes().to_vec());
-                    rows.push((Cf::Expiring, expiring_key(key, at, id), value));
-                }
+        let mut expiring = |id: &str, lot: &Lot| {
+            if let Some(at) = lot.expires_at {
+                let value = (lot.remaining > 0).then(|| lot.remaining.to_be_bytes().to_vec());
+                rows.push((Cf::Expiring, expiring_key(key, at, id), value));
             }
         };
         match c.changed.lots() {
-            Some(ids) => ids.for_each(&mut expiring),
-            None => c.account.lots.keys().for_each(|id| expiring(id)),
+            Some(ids) => ids.for_each(|id| {
+                if let Some(lot) = c.account.lots.get(id) {
+                    expiring(id, lot)
+                }
+            }),
+            None => c.account.lots.iter().for_each(|(id, lot)| expiring(id, lot)),
         }
         c.changed = if self.deferred { accounts::Changed::everything() } else { accounts::Changed::default() };
         c.dirty = false;

@@ -141,6 +141,18 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     o
 }
 
+/// The least key greater than every key starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// Table files in level 0 at which writes slow down, and stop (RocksDB's
 /// defaults). A rebuild stacks its ingested files there far beyond these
 /// and compacts once at the end ([`Db::open_rebuild`]).
@@ -270,7 +282,13 @@ impl Db {
     pub fn scan(&self, cf: Cf, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<Row>, StoreError> {
         let from = if start < prefix { prefix } else { start };
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward)) {
+        // Bounded by the first key past the prefix: the iterator stops there
+        // instead of positioning on (and reading a block for) the next row.
+        let mut read = rocksdb::ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            read.set_iterate_upper_bound(end);
+        }
+        for item in self.db.iterator_cf_opt(self.cf(cf), read, IteratorMode::From(from, Direction::Forward)) {
             let (k, v) = item?;
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
@@ -587,5 +605,27 @@ mod tests {
         assert_eq!(parse_account_key(&b), Some((k, &[][..])));
         assert!(millis_key(-5) < millis_key(3));
         assert_eq!(millis_from_key(&millis_key(-123)), -123);
+    }
+
+    #[test]
+    fn a_scan_stays_within_its_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), VIEW_CFS).unwrap();
+        let mut batch = Batch::default();
+        for k in [&b"a"[..], b"a\xff", b"a\xff\x00", b"b", b"\xff", b"\xff\xff"] {
+            batch.put(Cf::Entries, k, k);
+        }
+        db.write(batch).unwrap();
+        let keys = |prefix: &[u8], start: &[u8]| -> Vec<Vec<u8>> {
+            db.scan(Cf::Entries, prefix, start, usize::MAX).unwrap().into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(keys(b"a", b""), [&b"a"[..], b"a\xff", b"a\xff\x00"]);
+        assert_eq!(keys(b"a\xff", b"a\xff\x00"), [b"a\xff\x00"]);
+        assert_eq!(keys(b"\xff", b""), [&b"\xff"[..], b"\xff\xff"]);
+        assert_eq!(keys(b"", b"b").len(), 3);
     }
 }
