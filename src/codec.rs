@@ -2,8 +2,6 @@
 //! state snapshots and programme rules. Snapshots keep repeated fields sorted,
 //! so equal states always encode to equal bytes (replays compare by digest).
 
-use std::collections::BTreeMap;
-
 use prost::Message;
 
 use crate::domain::{
@@ -601,7 +599,7 @@ fn risk_rules_to_pb(r: &RiskRules) -> pb::RiskRules {
 // piece messages are encoded with it empty. A header written before the
 // split carries the lists itself; [`decode_account`] still reads it.
 
-fn sorted_lots(m: &BTreeMap<String, i64>) -> Vec<pb::LotAmount> {
+fn sorted_lots(m: &crate::domain::VecMap<String, i64>) -> Vec<pb::LotAmount> {
     m.iter().map(|(id, p)| pb::LotAmount { lot_id: id.clone(), points: *p }).collect()
 }
 

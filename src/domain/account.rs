@@ -1,8 +1,6 @@
 //! An account's state and the fold of events into it.
 
-use std::collections::BTreeMap;
-
-use super::{Event, ExpiryCause, LotAmount, Millis, Points, ReleaseCause};
+use super::{Event, ExpiryCause, LotAmount, Millis, Points, ReleaseCause, VecMap};
 
 /// One earn (or credit adjustment) with its own expiry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +39,7 @@ pub struct SpendRecord {
     /// The lots that paid, in the order they were consumed.
     pub lots: Vec<LotAmount>,
     /// Refunded so far, per lot.
-    pub refunded: BTreeMap<String, Points>,
+    pub refunded: VecMap<String, Points>,
 }
 
 impl SpendRecord {
@@ -94,10 +92,10 @@ pub struct Totals {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Account {
     /// Every lot by id (the earn's or credit's request id).
-    pub lots: BTreeMap<String, Lot>,
-    pub earns: BTreeMap<String, EarnRecord>,
-    pub spends: BTreeMap<String, SpendRecord>,
-    pub reservations: BTreeMap<String, ReservationRecord>,
+    pub lots: VecMap<String, Lot>,
+    pub earns: VecMap<String, EarnRecord>,
+    pub spends: VecMap<String, SpendRecord>,
+    pub reservations: VecMap<String, ReservationRecord>,
     /// Clawed-back points the member owes; earns and credits repay it first.
     pub debt: Points,
     pub growth: i64,
@@ -107,7 +105,7 @@ pub struct Account {
     /// The programme day `day_earned` and `day_actions` count for.
     pub day: i64,
     pub day_earned: Points,
-    pub day_actions: BTreeMap<String, Points>,
+    pub day_actions: VecMap<String, Points>,
     /// Events folded so far.
     pub events: u64,
     /// The member's level as of the last `LevelChanged` ("" before any).
@@ -278,11 +276,11 @@ impl Account {
                     self.day_actions.clear();
                 }
                 self.day_earned += granted;
-                *self.day_actions.entry(reason.clone()).or_insert(0) += granted;
+                *self.day_actions.entry_or_default(reason.clone()) += granted;
             }
             Event::PointsSpent { spend_id, points, lots, .. } => {
                 self.take(lots);
-                self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: BTreeMap::new() });
+                self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: VecMap::new() });
                 self.totals.spent += points;
             }
             Event::PointsReserved { reservation_id, order_ref, lots, expires_at, .. } => {
@@ -302,7 +300,7 @@ impl Account {
             Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_lots, .. } => {
                 self.settle(reservation_id, ReservationStatus::Captured);
                 self.give(released_lots);
-                self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: BTreeMap::new() });
+                self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: VecMap::new() });
                 self.totals.spent += points;
             }
             Event::ReservationReleased { reservation_id, lots, cause, .. } => {
@@ -317,7 +315,7 @@ impl Account {
                 self.give(lots);
                 let spend = self.spends.get_mut(spend_id).expect("refund of a recorded spend");
                 for l in lots {
-                    *spend.refunded.entry(l.lot_id.clone()).or_insert(0) += l.points;
+                    *spend.refunded.entry_or_default(l.lot_id.clone()) += l.points;
                 }
                 self.totals.refunded += points;
             }

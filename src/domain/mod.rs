@@ -16,11 +16,13 @@ mod account;
 pub mod calendar;
 mod decide;
 mod fingerprint;
+mod vecmap;
 
 use std::collections::BTreeMap;
 
 pub use account::{Account, EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals};
 pub use decide::{decide, decide_with, due_at, level_status, LevelStatus, Limits};
+pub use vecmap::VecMap;
 
 /// A number of points. Signed so that debts and adjustments read naturally;
 /// every sum is checked.
