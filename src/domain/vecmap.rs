@@ -1,81 +1,130 @@
-//! A map kept as one vector sorted by key.
+//! An ordered map that is a sorted vector while that is cheap, and a
+//! `BTreeMap` once it is not.
 //!
 //! An account holds a few maps (lots, earns, spends, reservations, the day's
 //! actions), and most hold a handful of entries. A `BTreeMap` allocates a
 //! node with room for eleven entries for the first one (about 0.6-0.9 KB for
 //! a lot or an earn), so a member with one earn took about 2 KB in every
-//! cache of decoded accounts. Here an entry costs its own size, lookups are
-//! binary searches over contiguous memory, and inserting in key order (the
-//! common case when decoding) is a push. Inserting in the middle moves the
-//! entries after it: linear, but over a few hundred bytes per hundred lots.
+//! cache of decoded accounts. As a vector an entry costs its own size, and
+//! inserting in key order (decoding a stored account) is a push. Inserting
+//! in the middle of a long vector moves everything after it, which measured
+//! slower than a `BTreeMap` when building many accounts at once (a replay:
+//! lot ids are request ids, in no order); so a vector of
+//! [`VEC_INSERT_LEN_MAX`] entries or more becomes a tree at its first insert
+//! in the middle. Either way it iterates in key order and compares equal by
+//! its entries.
 
 use std::borrow::Borrow;
+use std::collections::{btree_map, BTreeMap};
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq)]
+/// Entries a map keeps in its vector when an insert lands in the middle;
+/// past this such an insert turns it into a `BTreeMap` (see the module doc).
+const VEC_INSERT_LEN_MAX: usize = 16;
+
+#[derive(Clone)]
 pub struct VecMap<K, V> {
-    entries: Vec<(K, V)>,
+    repr: Repr<K, V>,
+}
+
+#[derive(Clone)]
+enum Repr<K, V> {
+    /// Sorted by key, no key twice.
+    Vec(Vec<(K, V)>),
+    Tree(BTreeMap<K, V>),
 }
 
 impl<K, V> Default for VecMap<K, V> {
     fn default() -> Self {
-        VecMap { entries: Vec::new() }
+        VecMap { repr: Repr::Vec(Vec::new()) }
     }
 }
 
 impl<K: Ord, V> VecMap<K, V> {
     pub const fn new() -> Self {
-        VecMap { entries: Vec::new() }
+        VecMap { repr: Repr::Vec(Vec::new()) }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match &self.repr {
+            Repr::Vec(v) => v.len(),
+            Repr::Tree(t) => t.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    fn find<Q: Ord + ?Sized>(v: &[(K, V)], key: &Q) -> Result<usize, usize>
     where
         K: Borrow<Q>,
     {
-        self.entries.binary_search_by(|(k, _)| k.borrow().cmp(key))
+        v.binary_search_by(|(k, _)| k.borrow().cmp(key))
     }
 
     pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
     {
-        self.find(key).ok().map(|i| &self.entries[i].1)
+        match &self.repr {
+            Repr::Vec(v) => Self::find(v, key).ok().map(|i| &v[i].1),
+            Repr::Tree(t) => t.get(key),
+        }
     }
 
     pub fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
     where
         K: Borrow<Q>,
     {
-        self.find(key).ok().map(|i| &mut self.entries[i].1)
+        match &mut self.repr {
+            Repr::Vec(v) => Self::find(v, key).ok().map(|i| &mut v[i].1),
+            Repr::Tree(t) => t.get_mut(key),
+        }
     }
 
     pub fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
     {
-        self.find(key).is_ok()
+        self.get(key).is_some()
+    }
+
+    /// The vector, or `None` once the map is a tree; a vector that is about
+    /// to take `key` in its middle with [`VEC_INSERT_LEN_MAX`] entries
+    /// becomes a tree first.
+    fn vec_for(&mut self, key: &K) -> Option<&mut Vec<(K, V)>> {
+        if let Repr::Vec(v) = &mut self.repr {
+            let appends = v.last().is_none_or(|(last, _)| last < key);
+            if appends || v.len() < VEC_INSERT_LEN_MAX || Self::find(v, key).is_ok() {
+                return match &mut self.repr {
+                    Repr::Vec(v) => Some(v),
+                    Repr::Tree(_) => None,
+                };
+            }
+            self.repr = Repr::Tree(std::mem::take(v).into_iter().collect());
+        }
+        None
     }
 
     /// Puts `value` at `key`, returning what was there.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        if self.entries.last().is_none_or(|(last, _)| *last < key) {
-            self.entries.push((key, value));
-            return None;
-        }
-        match self.find(&key) {
-            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
-            Err(i) => {
-                self.entries.insert(i, (key, value));
+        match self.vec_for(&key) {
+            Some(v) if v.last().is_none_or(|(last, _)| *last < key) => {
+                v.push((key, value));
                 None
             }
+            Some(v) => match Self::find(v, &key) {
+                Ok(i) => Some(std::mem::replace(&mut v[i].1, value)),
+                Err(i) => {
+                    v.insert(i, (key, value));
+                    None
+                }
+            },
+            None => match &mut self.repr {
+                Repr::Tree(t) => t.insert(key, value),
+                Repr::Vec(_) => unreachable!("vec_for returns the vector"),
+            },
         }
     }
 
@@ -84,52 +133,143 @@ impl<K: Ord, V> VecMap<K, V> {
     where
         V: Default,
     {
-        let i = match self.find(&key) {
+        if self.vec_for(&key).is_none() {
+            match &mut self.repr {
+                Repr::Tree(t) => return t.entry(key).or_default(),
+                Repr::Vec(_) => unreachable!("vec_for returns the vector"),
+            }
+        }
+        let Repr::Vec(v) = &mut self.repr else { unreachable!("checked above") };
+        let i = match Self::find(v, &key) {
             Ok(i) => i,
             Err(i) => {
-                self.entries.insert(i, (key, V::default()));
+                v.insert(i, (key, V::default()));
                 i
             }
         };
-        &mut self.entries[i].1
+        &mut v[i].1
     }
 
     pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
     {
-        self.find(key).ok().map(|i| self.entries.remove(i).1)
+        match &mut self.repr {
+            Repr::Vec(v) => Self::find(v, key).ok().map(|i| v.remove(i).1),
+            Repr::Tree(t) => t.remove(key),
+        }
     }
 
     /// In key order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + ExactSizeIterator {
-        self.entries.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> Iter<'_, K, V> {
+        Iter(match &self.repr {
+            Repr::Vec(v) => Either::Vec(v.iter()),
+            Repr::Tree(t) => Either::Tree(t.iter()),
+        })
     }
 
-    pub fn iter_mut(&mut self) -> impl DoubleEndedIterator<Item = (&K, &mut V)> + ExactSizeIterator {
-        self.entries.iter_mut().map(|(k, v)| (&*k, v))
+    pub fn iter_mut(&mut self) -> IterMut<'_, K, V> {
+        IterMut(match &mut self.repr {
+            Repr::Vec(v) => Either::Vec(v.iter_mut()),
+            Repr::Tree(t) => Either::Tree(t.iter_mut()),
+        })
     }
 
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
-        self.entries.iter().map(|(k, _)| k)
+        self.iter().map(|(k, _)| k)
     }
 
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
-        self.entries.iter().map(|(_, v)| v)
+        self.iter().map(|(_, v)| v)
     }
 
     pub fn values_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut V> + ExactSizeIterator {
-        self.entries.iter_mut().map(|(_, v)| v)
+        self.iter_mut().map(|(_, v)| v)
     }
 
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.repr = Repr::Vec(Vec::new());
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        self.entries.retain_mut(|(k, v)| keep(k, v));
+        match &mut self.repr {
+            Repr::Vec(v) => v.retain_mut(|(k, v)| keep(k, v)),
+            Repr::Tree(t) => t.retain(|k, v| keep(k, v)),
+        }
     }
 }
+
+/// One of the two representations' iterators.
+enum Either<A, B> {
+    Vec(A),
+    Tree(B),
+}
+
+macro_rules! iterator {
+    ($name:ident<$a:lifetime>, $item:ty, $vec:ty, $tree:ty, $from_vec:expr) => {
+        pub struct $name<$a, K, V>(Either<$vec, $tree>);
+
+        impl<$a, K, V> Iterator for $name<$a, K, V> {
+            type Item = $item;
+            fn next(&mut self) -> Option<$item> {
+                match &mut self.0 {
+                    Either::Vec(i) => i.next().map($from_vec),
+                    Either::Tree(i) => i.next(),
+                }
+            }
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                match &self.0 {
+                    Either::Vec(i) => i.size_hint(),
+                    Either::Tree(i) => i.size_hint(),
+                }
+            }
+        }
+
+        impl<$a, K, V> DoubleEndedIterator for $name<$a, K, V> {
+            fn next_back(&mut self) -> Option<$item> {
+                match &mut self.0 {
+                    Either::Vec(i) => i.next_back().map($from_vec),
+                    Either::Tree(i) => i.next_back(),
+                }
+            }
+        }
+
+        impl<$a, K, V> ExactSizeIterator for $name<$a, K, V> {}
+    };
+}
+
+iterator!(Iter<'a>, (&'a K, &'a V), std::slice::Iter<'a, (K, V)>, btree_map::Iter<'a, K, V>, |(k, v)| (k, v));
+iterator!(IterMut<'a>, (&'a K, &'a mut V), std::slice::IterMut<'a, (K, V)>, btree_map::IterMut<'a, K, V>, |(k, v)| (
+    &*k, v
+));
+
+/// Owned entries in key order.
+pub struct IntoIter<K, V>(Either<std::vec::IntoIter<(K, V)>, btree_map::IntoIter<K, V>>);
+
+impl<K, V> Iterator for IntoIter<K, V> {
+    type Item = (K, V);
+    fn next(&mut self) -> Option<(K, V)> {
+        match &mut self.0 {
+            Either::Vec(i) => i.next(),
+            Either::Tree(i) => i.next(),
+        }
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.0 {
+            Either::Vec(i) => i.size_hint(),
+            Either::Tree(i) => i.size_hint(),
+        }
+    }
+}
+
+/// Equal when they hold the same entries, whichever form each has.
+impl<K: Ord, V: PartialEq> PartialEq for VecMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl<K: Ord, V: Eq> Eq for VecMap<K, V> {}
 
 /// Like `BTreeMap`'s: for a key given twice, the last value wins.
 impl<K: Ord, V> FromIterator<(K, V)> for VecMap<K, V> {
@@ -144,23 +284,26 @@ impl<K: Ord, V> FromIterator<(K, V)> for VecMap<K, V> {
                 _ => out.push(e),
             }
         }
-        VecMap { entries: out }
+        VecMap { repr: Repr::Vec(out) }
     }
 }
 
 impl<K, V> IntoIterator for VecMap<K, V> {
     type Item = (K, V);
-    type IntoIter = std::vec::IntoIter<(K, V)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
+    type IntoIter = IntoIter<K, V>;
+    fn into_iter(self) -> IntoIter<K, V> {
+        IntoIter(match self.repr {
+            Repr::Vec(v) => Either::Vec(v.into_iter()),
+            Repr::Tree(t) => Either::Tree(t.into_iter()),
+        })
     }
 }
 
-impl<'a, K, V> IntoIterator for &'a VecMap<K, V> {
+impl<'a, K: Ord, V> IntoIterator for &'a VecMap<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.entries.iter().map(|(k, v)| (k, v))
+    type IntoIter = Iter<'a, K, V>;
+    fn into_iter(self) -> Iter<'a, K, V> {
+        self.iter()
     }
 }
 
@@ -172,9 +315,9 @@ impl<K: Ord + Borrow<Q>, Q: Ord + ?Sized, V> std::ops::Index<&Q> for VecMap<K, V
     }
 }
 
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for VecMap<K, V> {
+impl<K: Ord + fmt::Debug, V: fmt::Debug> fmt::Debug for VecMap<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.entries.iter().map(|(k, v)| (k, v))).finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
