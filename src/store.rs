@@ -379,8 +379,11 @@ impl Db {
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let n = self.ingests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.db.path().join(format!("ingest-{}-{n}.sst", cf.name()));
-        // The same table format as the column family's own files.
-        let opts = cf_options(cf, &rocksdb::Cache::new_lru_cache(1 << 20));
+        // The same table format as the column family's own files, but not
+        // compressed: a rebuild merges every ingested file once at the end
+        // ([`Db::finish_rebuild`]), which compresses what it writes.
+        let mut opts = cf_options(cf, &rocksdb::Cache::new_lru_cache(1 << 20));
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
         let mut writer = rocksdb::SstFileWriter::create(&opts);
         writer.open(&path)?;
         for (k, v) in rows.drain(..) {
