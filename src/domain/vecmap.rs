@@ -90,40 +90,33 @@ impl<K: Ord, V> VecMap<K, V> {
         self.get(key).is_some()
     }
 
-    /// The vector, or `None` once the map is a tree; a vector that is about
-    /// to take `key` in its middle with [`VEC_INSERT_LEN_MAX`] entries
-    /// becomes a tree first.
-    fn vec_for(&mut self, key: &K) -> Option<&mut Vec<(K, V)>> {
+    /// Turns a vector of [`VEC_INSERT_LEN_MAX`] entries or more into a tree
+    /// when `key` would go into its middle.
+    fn make_room(&mut self, key: &K) {
         if let Repr::Vec(v) = &mut self.repr {
-            let appends = v.last().is_none_or(|(last, _)| last < key);
-            if appends || v.len() < VEC_INSERT_LEN_MAX || Self::find(v, key).is_ok() {
-                return match &mut self.repr {
-                    Repr::Vec(v) => Some(v),
-                    Repr::Tree(_) => None,
-                };
+            let long = v.len() >= VEC_INSERT_LEN_MAX;
+            if long && v.last().is_some_and(|(last, _)| last > key) && Self::find(v, key).is_err() {
+                let entries = std::mem::take(v);
+                self.repr = Repr::Tree(entries.into_iter().collect());
             }
-            self.repr = Repr::Tree(std::mem::take(v).into_iter().collect());
         }
-        None
     }
 
     /// Puts `value` at `key`, returning what was there.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        match self.vec_for(&key) {
-            Some(v) if v.last().is_none_or(|(last, _)| *last < key) => {
+        self.make_room(&key);
+        match &mut self.repr {
+            Repr::Tree(t) => t.insert(key, value),
+            Repr::Vec(v) if v.last().is_none_or(|(last, _)| *last < key) => {
                 v.push((key, value));
                 None
             }
-            Some(v) => match Self::find(v, &key) {
+            Repr::Vec(v) => match Self::find(v, &key) {
                 Ok(i) => Some(std::mem::replace(&mut v[i].1, value)),
                 Err(i) => {
                     v.insert(i, (key, value));
                     None
                 }
-            },
-            None => match &mut self.repr {
-                Repr::Tree(t) => t.insert(key, value),
-                Repr::Vec(_) => unreachable!("vec_for returns the vector"),
             },
         }
     }
@@ -133,21 +126,20 @@ impl<K: Ord, V> VecMap<K, V> {
     where
         V: Default,
     {
-        if self.vec_for(&key).is_none() {
-            match &mut self.repr {
-                Repr::Tree(t) => return t.entry(key).or_default(),
-                Repr::Vec(_) => unreachable!("vec_for returns the vector"),
+        self.make_room(&key);
+        match &mut self.repr {
+            Repr::Tree(t) => t.entry(key).or_default(),
+            Repr::Vec(v) => {
+                let i = match Self::find(v, &key) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        v.insert(i, (key, V::default()));
+                        i
+                    }
+                };
+                &mut v[i].1
             }
         }
-        let Repr::Vec(v) = &mut self.repr else { unreachable!("checked above") };
-        let i = match Self::find(v, &key) {
-            Ok(i) => i,
-            Err(i) => {
-                v.insert(i, (key, V::default()));
-                i
-            }
-        };
-        &mut v[i].1
     }
 
     pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
@@ -355,6 +347,23 @@ mod tests {
             let collected: VecMap<String, i32> = b.clone().into_iter().rev().chain(b.clone()).collect();
             prop_assert!(collected.iter().eq(b.iter()));
         }
+    }
+
+    #[test]
+    fn stays_a_vector_when_filled_in_key_order_and_compares_by_entries() {
+        let mut in_order: VecMap<u32, u32> = VecMap::new();
+        (0..100).for_each(|k| assert_eq!(in_order.insert(k * 2, k), None));
+        assert!(matches!(in_order.repr, super::Repr::Vec(_)));
+        let mut tree = in_order.clone();
+        assert_eq!(tree.insert(51, 0), None);
+        assert!(matches!(tree.repr, super::Repr::Tree(_)));
+        assert_eq!(tree.remove(&51), Some(0));
+        assert_eq!(tree, in_order);
+        // Small vectors take inserts in the middle as they are.
+        let mut small: VecMap<u32, u32> = (0..10).map(|k| (k * 2, k)).collect();
+        *small.entry_or_default(5) += 1;
+        assert!(matches!(small.repr, super::Repr::Vec(_)));
+        assert_eq!(small.keys().copied().collect::<Vec<_>>(), [0, 2, 4, 5, 6, 8, 10, 12, 14, 16, 18]);
     }
 
     #[test]
