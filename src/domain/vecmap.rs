@@ -160,13 +160,6 @@ impl<K: Ord, V> VecMap<K, V> {
         })
     }
 
-    pub fn iter_mut(&mut self) -> IterMut<'_, K, V> {
-        IterMut(match &mut self.repr {
-            Repr::Vec(v) => Either::Vec(v.iter_mut()),
-            Repr::Tree(t) => Either::Tree(t.iter_mut()),
-        })
-    }
-
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
         self.iter().map(|(k, _)| k)
     }
@@ -175,19 +168,8 @@ impl<K: Ord, V> VecMap<K, V> {
         self.iter().map(|(_, v)| v)
     }
 
-    pub fn values_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut V> + ExactSizeIterator {
-        self.iter_mut().map(|(_, v)| v)
-    }
-
     pub fn clear(&mut self) {
         self.repr = Repr::Vec(Vec::new());
-    }
-
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        match &mut self.repr {
-            Repr::Vec(v) => v.retain_mut(|(k, v)| keep(k, v)),
-            Repr::Tree(t) => t.retain(|k, v| keep(k, v)),
-        }
     }
 }
 
@@ -197,43 +179,35 @@ enum Either<A, B> {
     Tree(B),
 }
 
-macro_rules! iterator {
-    ($name:ident<$a:lifetime>, $item:ty, $vec:ty, $tree:ty, $from_vec:expr) => {
-        pub struct $name<$a, K, V>(Either<$vec, $tree>);
+/// Borrowed entries in key order.
+pub struct Iter<'a, K, V>(Either<std::slice::Iter<'a, (K, V)>, btree_map::Iter<'a, K, V>>);
 
-        impl<$a, K, V> Iterator for $name<$a, K, V> {
-            type Item = $item;
-            fn next(&mut self) -> Option<$item> {
-                match &mut self.0 {
-                    Either::Vec(i) => i.next().map($from_vec),
-                    Either::Tree(i) => i.next(),
-                }
-            }
-            fn size_hint(&self) -> (usize, Option<usize>) {
-                match &self.0 {
-                    Either::Vec(i) => i.size_hint(),
-                    Either::Tree(i) => i.size_hint(),
-                }
-            }
+impl<'a, K, V> Iterator for Iter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+    fn next(&mut self) -> Option<(&'a K, &'a V)> {
+        match &mut self.0 {
+            Either::Vec(i) => i.next().map(|(k, v)| (k, v)),
+            Either::Tree(i) => i.next(),
         }
-
-        impl<$a, K, V> DoubleEndedIterator for $name<$a, K, V> {
-            fn next_back(&mut self) -> Option<$item> {
-                match &mut self.0 {
-                    Either::Vec(i) => i.next_back().map($from_vec),
-                    Either::Tree(i) => i.next_back(),
-                }
-            }
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.0 {
+            Either::Vec(i) => i.size_hint(),
+            Either::Tree(i) => i.size_hint(),
         }
-
-        impl<$a, K, V> ExactSizeIterator for $name<$a, K, V> {}
-    };
+    }
 }
 
-iterator!(Iter<'a>, (&'a K, &'a V), std::slice::Iter<'a, (K, V)>, btree_map::Iter<'a, K, V>, |(k, v)| (k, v));
-iterator!(IterMut<'a>, (&'a K, &'a mut V), std::slice::IterMut<'a, (K, V)>, btree_map::IterMut<'a, K, V>, |(k, v)| (
-    &*k, v
-));
+impl<K, V> DoubleEndedIterator for Iter<'_, K, V> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            Either::Vec(i) => i.next_back().map(|(k, v)| (k, v)),
+            Either::Tree(i) => i.next_back(),
+        }
+    }
+}
+
+impl<K, V> ExactSizeIterator for Iter<'_, K, V> {}
 
 /// Owned entries in key order.
 pub struct IntoIter<K, V>(Either<std::vec::IntoIter<(K, V)>, btree_map::IntoIter<K, V>>);
