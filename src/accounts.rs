@@ -1,16 +1,23 @@
 //! How an account is kept in the `accounts` column family (the writers'
-//! state and the balance view alike): a header row at the account's key, and
-//! one row per lot, earn, spend and reservation at the key, a tag byte and
-//! the piece's id.
+//! state and the balance view alike).
 //!
-//! A command names every piece it changes (the lots that paid, the spend,
-//! the earn), so a batch writes the header and those pieces only: what a
-//! command costs to store no longer grows with the member's history. Loading
-//! an account (on a cache miss) reads the header, then its pieces with one
-//! prefix scan.
+//! A small account is one row at the account's key: the whole account, its
+//! lots, earns, spends and reservations included. Most members have a few of
+//! each, and one row per command is what a command costs to store at the
+//! least (a row through a memtable is the dearest thing a command does).
 //!
-//! Headers written before the split carry the lists themselves; such an
-//! account loads as before and is written whole the first time it changes.
+//! Once an account holds more than [`INLINE_PIECES_MAX`] pieces, it is a
+//! header row at the account's key and one row per lot, earn, spend and
+//! reservation at the key, a tag byte and the piece's id. A command names
+//! every piece it changes (the lots that paid, the spend, the earn), so a
+//! batch writes the header and those pieces only: what a command costs to
+//! store no longer grows with the member's history. Loading an account (on a
+//! cache miss) reads the key's row, then its pieces with one prefix scan.
+//!
+//! Pieces are never taken out of an account, so an account only ever moves
+//! from one row to pieces (the write that moves it puts every piece and a
+//! header without lists), never back: how an account is stored depends on
+//! the account alone, and a rebuild writes the same rows as the live fold.
 
 use std::collections::BTreeSet;
 
@@ -18,20 +25,51 @@ use crate::codec::{self, CodecError, Piece};
 use crate::domain::{Account, AccountKey, Event};
 use crate::store::{self, Cf, Db, Row, StoreError};
 
-/// The pieces of an account changed since it was last written.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Pieces an account kept as one row holds at most.
+pub const INLINE_PIECES_MAX: usize = 12;
+
+/// How an account is stored, and the pieces of it changed since it was last
+/// written.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Changed {
-    /// Every piece (an account loaded from a header that carries its lists).
+    /// Stored as one row (or not stored at all).
+    inline: bool,
+    /// Every piece is to be written (a rebuild).
     all: bool,
     pieces: BTreeSet<(Piece, String)>,
     /// Whether events were folded at all (the header changes with each).
     any: bool,
 }
 
+impl Default for Changed {
+    /// An account not stored yet: nothing changed.
+    fn default() -> Changed {
+        Changed { inline: true, all: false, pieces: BTreeSet::new(), any: false }
+    }
+}
+
 impl Changed {
-    /// Everything: the next write puts every piece.
-    pub fn everything() -> Changed {
-        Changed { all: true, pieces: BTreeSet::new(), any: false }
+    /// The same account, stored as it is, with every piece to be written
+    /// when it is next written (a rebuild, which does not note pieces).
+    pub fn everything(&self) -> Changed {
+        Changed { inline: self.inline, all: true, pieces: BTreeSet::new(), any: false }
+    }
+
+    /// Nothing changed since `a` was written as [`rows`] said (or, when
+    /// nothing had changed, left as it is stored).
+    pub fn written(&self, a: &Account) -> Changed {
+        let inline = if self.any { self.stays_inline(a) } else { self.inline };
+        Changed { inline, all: self.all, pieces: BTreeSet::new(), any: false }
+    }
+
+    /// Whether `a`'s next write is one row.
+    fn stays_inline(&self, a: &Account) -> bool {
+        self.inline && piece_count(a) <= INLINE_PIECES_MAX
+    }
+
+    /// Whether the account is stored as one row.
+    pub fn is_inline(&self) -> bool {
+        self.inline
     }
 
     pub fn is_empty(&self) -> bool {
@@ -96,13 +134,21 @@ pub fn piece_key(account: &[u8], piece: Piece, id: &str) -> Vec<u8> {
     k
 }
 
-/// The rows that store what `changed` names of `a` (the header and each
-/// changed piece it has), in key order.
+fn piece_count(a: &Account) -> usize {
+    a.lots.len() + a.earns.len() + a.spends.len() + a.reservations.len()
+}
+
+/// The rows that store what `changed` names of `a`, in key order: the whole
+/// account in one row while it is small, else the header and each changed
+/// piece it has (every piece when it moves from one row to pieces).
 pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, Vec<u8>)> {
     let prefix = store::account_key(key);
+    if changed.stays_inline(a) {
+        return vec![(prefix, codec::encode_account(a))];
+    }
     let mut out = Vec::with_capacity(1 + changed.pieces.len());
     out.push((prefix.clone(), codec::encode_account_header(a)));
-    if changed.all {
+    if changed.all || changed.inline {
         codec::encode_every_piece(a, |p, id, v| out.push((piece_key(&prefix, p, id), v)));
     } else {
         for (p, id) in &changed.pieces {
@@ -116,8 +162,7 @@ pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, V
 }
 
 /// An account from its rows (the header first, then its pieces, as a prefix
-/// scan returns them), and whether it must be written whole when it changes
-/// (its header still carries the lists).
+/// scan returns them), and how it is stored (nothing changed yet).
 pub fn decode(prefix_len: usize, rows: &[Row]) -> Result<(Account, Changed), CodecError> {
     match rows.split_first() {
         Some(((_, header), pieces)) => decode_parts(prefix_len, header, pieces),
@@ -127,7 +172,9 @@ pub fn decode(prefix_len: usize, rows: &[Row]) -> Result<(Account, Changed), Cod
 
 fn decode_parts(prefix_len: usize, header: &[u8], pieces: &[Row]) -> Result<(Account, Changed), CodecError> {
     let mut a = codec::decode_account(header)?;
-    let changed = if codec::header_has_lists(&a) { Changed::everything() } else { Changed::default() };
+    // One row is the whole account; pieces are only ever written with a
+    // header without lists.
+    let changed = Changed { inline: pieces.is_empty(), ..Changed::default() };
     for (k, v) in pieces {
         let (&tag, id) = k.get(prefix_len..).and_then(<[u8]>::split_first).ok_or(CodecError::Missing("piece tag"))?;
         let piece = Piece::from_tag(tag).ok_or(CodecError::Missing("known piece tag"))?;
@@ -270,7 +317,7 @@ mod tests {
                 let mut batch = Batch::default();
                 rows(&key, &account, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
                 db.write(batch).unwrap();
-                changed = Changed::default();
+                changed = changed.written(&account);
             }
         }
         assert_eq!(accepted, script().len(), "every command of the script is accepted");
@@ -313,7 +360,54 @@ mod tests {
     }
 
     #[test]
-    fn a_header_with_its_lists_loads_and_is_then_written_whole() {
+    fn a_small_account_is_one_row_until_it_outgrows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
+        let key = AccountKey::new("shop", "points", "m1");
+        let (mut a, mut changed) = load(&db, Cf::Accounts, &key).unwrap();
+        assert!(changed.is_inline(), "an account not stored yet starts as one row");
+        let mut rows_after = Vec::new();
+        for i in 0..INLINE_PIECES_MAX {
+            // Each earn adds a lot and an earn: two pieces.
+            let e = Event::PointsEarned {
+                lot_id: format!("e{i:02}"),
+                reason: "purchase".into(),
+                order_ref: None,
+                requested: 10,
+                granted: 10,
+                forfeited: 0,
+                debt_repaid: 0,
+                expires_at: None,
+                growth: 1,
+                day: 0,
+            };
+            a.apply(&e);
+            changed.note(&e);
+            let mut batch = Batch::default();
+            rows(&key, &a, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
+            db.write(batch).unwrap();
+            changed = changed.written(&a);
+            rows_after.push(db.all(Cf::Accounts).unwrap().len());
+            let (loaded, stored) = load(&db, Cf::Accounts, &key).unwrap();
+            assert_eq!(loaded, a);
+            assert_eq!(stored, changed, "loading tells how the account is stored, as the write left it");
+        }
+        let pieces = 2 * INLINE_PIECES_MAX;
+        let moved = INLINE_PIECES_MAX / 2;
+        // One row while the account has at most INLINE_PIECES_MAX pieces,
+        // then a header and every piece.
+        assert!(rows_after[..moved].iter().all(|&n| n == 1), "{rows_after:?}");
+        assert_eq!(rows_after[moved], 1 + 2 * (moved + 1));
+        assert_eq!(*rows_after.last().unwrap(), 1 + pieces);
+        assert!(!changed.is_inline());
+        let header = db.get(Cf::Accounts, &store::account_key(&key)).unwrap().unwrap();
+        assert!(!codec::header_has_lists(&codec::decode_account(&header).unwrap()));
+    }
+
+    #[test]
+    fn a_large_account_in_one_row_moves_to_pieces_when_it_changes() {
+        // As a header written before accounts had pieces, or by a build
+        // with a larger INLINE_PIECES_MAX.
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
         let whole = fold_and_write(&db, "m1", 3);
@@ -323,7 +417,9 @@ mod tests {
         db.write(batch).unwrap();
         let (mut a, mut changed) = load(&db, Cf::Accounts, &key).unwrap();
         assert_eq!(a, whole);
-        assert_eq!(changed, Changed::everything());
+        assert!(changed.is_inline() && piece_count(&a) > INLINE_PIECES_MAX);
+        // Left unchanged, it stays as it is stored.
+        assert!(changed.written(&a).is_inline());
         // The next change writes every piece, and a header without lists.
         let e = Event::AccountFrozen { earning: true, spending: false, operator: "ops".into(), reason: "x".into() };
         a.apply(&e);
@@ -331,8 +427,9 @@ mod tests {
         let mut batch = Batch::default();
         rows(&key, &a, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
         db.write(batch).unwrap();
-        let (b, changed) = load(&db, Cf::Accounts, &key).unwrap();
-        assert_eq!((b, changed), (a, Changed::default()));
+        let (b, stored) = load(&db, Cf::Accounts, &key).unwrap();
+        assert_eq!((b, &stored), (a.clone(), &changed.written(&a)));
+        assert!(!stored.is_inline());
         let header = db.get(Cf::Accounts, &store::account_key(&key)).unwrap().unwrap();
         assert!(!codec::header_has_lists(&codec::decode_account(&header).unwrap()));
     }

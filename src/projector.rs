@@ -177,7 +177,7 @@ impl ViewCache {
             if deferred {
                 // A rebuild writes an account's rows once or a few times:
                 // all of them, rather than noting each piece on the way.
-                changed = accounts::Changed::everything();
+                changed = changed.everything();
             }
             accounts.insert(key.clone(), Cached { account, changed, dirty: false });
         }
@@ -210,7 +210,7 @@ impl ViewCache {
             }),
             None => c.account.lots.iter().for_each(|(id, lot)| expiring(id, lot)),
         }
-        c.changed = if self.deferred { accounts::Changed::everything() } else { accounts::Changed::default() };
+        c.changed = c.changed.written(&c.account);
         c.dirty = false;
     }
 

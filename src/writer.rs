@@ -364,7 +364,7 @@ struct PartitionWriter {
     clock: Arc<dyn Clock>,
     /// Accounts as of the last committed batch (a cache of the store), each
     /// with the instant its due-index row stands at.
-    cache: FastMap<AccountKey, (Account, Option<Millis>)>,
+    cache: FastMap<AccountKey, (Account, Option<Millis>, accounts::Changed)>,
     /// The latest `now` used, so time never runs backwards in a partition.
     last_now: Millis,
     config: WriterConfig,
@@ -449,8 +449,8 @@ impl PartitionWriter {
     /// (a batch that commits puts it back; one that fails leaves the store's).
     /// Also returns when something in it falls due (as its due-index row says).
     fn load(&mut self, key: &AccountKey) -> Result<(Account, accounts::Changed, Option<Millis>), store::StoreError> {
-        if let Some((a, due)) = self.cache.remove(key) {
-            return Ok((a, accounts::Changed::default(), due));
+        if let Some((a, due, stored)) = self.cache.remove(key) {
+            return Ok((a, stored, due));
         }
         let (account, changed) = accounts::load(&self.store, Cf::Accounts, key)?;
         let due = domain::due_at(&account, self.programme(key).as_deref());
@@ -676,7 +676,8 @@ impl PartitionWriter {
             self.cache.clear();
         }
         for (key, t) in work.accounts {
-            self.cache.insert(key, (t.account, t.due_after));
+            let stored = t.changed.written(&t.account);
+            self.cache.insert(key, (t.account, t.due_after, stored));
         }
         Ok(())
     }
