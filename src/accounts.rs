@@ -12,7 +12,8 @@
 //! every piece it changes (the lots that paid, the spend, the earn), so a
 //! batch writes the header and those pieces only: what a command costs to
 //! store no longer grows with the member's history. Loading an account (on a
-//! cache miss) reads the key's row, then its pieces with one prefix scan.
+//! cache miss) reads the key's row, then, unless that row is the whole
+//! account, its pieces with one prefix scan.
 //!
 //! Pieces are never taken out of an account, so an account only ever moves
 //! from one row to pieces (the write that moves it puts every piece and a
@@ -165,13 +166,12 @@ pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, V
 /// scan returns them), and how it is stored (nothing changed yet).
 pub fn decode(prefix_len: usize, rows: &[Row]) -> Result<(Account, Changed), CodecError> {
     match rows.split_first() {
-        Some(((_, header), pieces)) => decode_parts(prefix_len, header, pieces),
+        Some(((_, header), pieces)) => decode_parts(prefix_len, codec::decode_account(header)?, pieces),
         None => Ok((Account::default(), Changed::default())),
     }
 }
 
-fn decode_parts(prefix_len: usize, header: &[u8], pieces: &[Row]) -> Result<(Account, Changed), CodecError> {
-    let mut a = codec::decode_account(header)?;
+fn decode_parts(prefix_len: usize, mut a: Account, pieces: &[Row]) -> Result<(Account, Changed), CodecError> {
     // One row is the whole account; pieces are only ever written with a
     // header without lists.
     let changed = Changed { inline: pieces.is_empty(), ..Changed::default() };
@@ -194,11 +194,16 @@ pub fn load(db: &Db, cf: Cf, key: &AccountKey) -> Result<(Account, Changed), Sto
     let Some(header) = db.get(cf, &prefix)? else {
         return Ok((Account::default(), Changed::default()));
     };
+    let header = codec::decode_account(&header)?;
+    if codec::header_has_lists(&header) {
+        // The whole account in one row: it has no pieces.
+        return Ok(decode_parts(prefix.len(), header, &[])?);
+    }
     // Then the pieces: every key after the header's that starts with it.
     let mut after = prefix.clone();
     after.push(0);
     let pieces = db.scan(cf, &prefix, &after, usize::MAX)?;
-    Ok(decode_parts(prefix.len(), &header, &pieces)?)
+    Ok(decode_parts(prefix.len(), header, &pieces)?)
 }
 
 /// Every account in `rows` (a column family's rows in key order), whole.
