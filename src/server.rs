@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{AdminService, Auth, Ledger, LedgerService, ReconciliationService};
 use crate::books::Reconciler;
@@ -215,7 +214,13 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
         .add_service(pb::reconciliation_server::ReconciliationServer::new(ReconciliationService(
             service.ledger.clone(),
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Replies go out at once: with Nagle's algorithm a small reply can
+        // wait for the client's delayed acknowledgement (tonic sets this only
+        // for listeners it binds itself).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
