@@ -15,10 +15,13 @@
 //! cache miss) reads the key's row, then, unless that row is the whole
 //! account, its pieces with one prefix scan.
 //!
-//! Pieces are never taken out of an account, so an account only ever moves
-//! from one row to pieces (the write that moves it puts every piece and a
-//! header without lists), never back: how an account is stored depends on
-//! the account alone, and a rebuild writes the same rows as the live fold.
+//! How an account is stored depends on the account alone (so a rebuild
+//! writes the same rows as the live fold): the write that takes it past
+//! [`INLINE_PIECES_MAX`] puts every piece and a header without lists. Pieces
+//! are never taken out of an account, so that happens once and, for
+//! accounts written by this code, never the other way; an account stored as
+//! pieces by an earlier version while it is small goes back to one row when
+//! it next changes (its maps name every piece row, which that write deletes).
 
 use std::collections::BTreeSet;
 
@@ -59,13 +62,8 @@ impl Changed {
     /// Nothing changed since `a` was written as [`rows`] said (or, when
     /// nothing had changed, left as it is stored).
     pub fn written(&self, a: &Account) -> Changed {
-        let inline = if self.any { self.stays_inline(a) } else { self.inline };
+        let inline = if self.any { fits_one_row(a) } else { self.inline };
         Changed { inline, all: self.all, pieces: BTreeSet::new(), any: false }
-    }
-
-    /// Whether `a`'s next write is one row.
-    fn stays_inline(&self, a: &Account) -> bool {
-        self.inline && piece_count(a) <= INLINE_PIECES_MAX
     }
 
     /// Whether the account is stored as one row.
@@ -139,22 +137,39 @@ fn piece_count(a: &Account) -> usize {
     a.lots.len() + a.earns.len() + a.spends.len() + a.reservations.len()
 }
 
-/// The rows that store what `changed` names of `a`, in key order: the whole
-/// account in one row while it is small, else the header and each changed
-/// piece it has (every piece when it moves from one row to pieces).
-pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Whether `a` is stored as one row.
+fn fits_one_row(a: &Account) -> bool {
+    piece_count(a) <= INLINE_PIECES_MAX
+}
+
+/// The rows that store what `changed` names of `a`, in key order, as (key,
+/// value or `None` to delete): the whole account in one row while it is
+/// small, else the header and each changed piece it has (every piece when it
+/// moves from one row to pieces).
+pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let prefix = store::account_key(key);
-    if changed.stays_inline(a) {
-        return vec![(prefix, codec::encode_account(a))];
+    if fits_one_row(a) {
+        let mut out = vec![(prefix.clone(), Some(codec::encode_account(a)))];
+        if !changed.inline {
+            // Stored as pieces (by an earlier version): the maps name every
+            // piece row, as pieces are never taken out of an account.
+            let mut delete = |p: Piece, id: &String| out.push((piece_key(&prefix, p, id), None));
+            a.lots.keys().for_each(|id| delete(Piece::Lot, id));
+            a.earns.keys().for_each(|id| delete(Piece::Earn, id));
+            a.spends.keys().for_each(|id| delete(Piece::Spend, id));
+            a.reservations.keys().for_each(|id| delete(Piece::Reservation, id));
+            out.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        }
+        return out;
     }
     let mut out = Vec::with_capacity(1 + changed.pieces.len());
-    out.push((prefix.clone(), codec::encode_account_header(a)));
+    out.push((prefix.clone(), Some(codec::encode_account_header(a))));
     if changed.all || changed.inline {
-        codec::encode_every_piece(a, |p, id, v| out.push((piece_key(&prefix, p, id), v)));
+        codec::encode_every_piece(a, |p, id, v| out.push((piece_key(&prefix, p, id), Some(v))));
     } else {
         for (p, id) in &changed.pieces {
             if let Some(v) = codec::encode_piece(a, *p, id) {
-                out.push((piece_key(&prefix, *p, id), v));
+                out.push((piece_key(&prefix, *p, id), Some(v)));
             }
         }
     }
@@ -320,7 +335,7 @@ mod tests {
             }
             if (i + 1) % every == 0 && !changed.is_empty() {
                 let mut batch = Batch::default();
-                rows(&key, &account, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
+                rows(&key, &account, &changed).into_iter().for_each(|(k, v)| batch.put_or_delete(Cf::Accounts, k, v));
                 db.write(batch).unwrap();
                 changed = changed.written(&account);
             }
@@ -331,7 +346,7 @@ mod tests {
         account.apply(&e);
         changed.note(&e);
         let mut batch = Batch::default();
-        rows(&key, &account, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
+        rows(&key, &account, &changed).into_iter().for_each(|(k, v)| batch.put_or_delete(Cf::Accounts, k, v));
         db.write(batch).unwrap();
         account
     }
@@ -364,6 +379,21 @@ mod tests {
         assert_eq!(load(&db, Cf::Accounts, &AccountKey::new("shop", "points", "m2")).unwrap().0, Account::default());
     }
 
+    fn earned(lot_id: &str) -> Event {
+        Event::PointsEarned {
+            lot_id: lot_id.into(),
+            reason: "purchase".into(),
+            order_ref: None,
+            requested: 10,
+            granted: 10,
+            forfeited: 0,
+            debt_repaid: 0,
+            expires_at: None,
+            growth: 1,
+            day: 0,
+        }
+    }
+
     #[test]
     fn a_small_account_is_one_row_until_it_outgrows_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -374,22 +404,11 @@ mod tests {
         let mut rows_after = Vec::new();
         for i in 0..INLINE_PIECES_MAX {
             // Each earn adds a lot and an earn: two pieces.
-            let e = Event::PointsEarned {
-                lot_id: format!("e{i:02}"),
-                reason: "purchase".into(),
-                order_ref: None,
-                requested: 10,
-                granted: 10,
-                forfeited: 0,
-                debt_repaid: 0,
-                expires_at: None,
-                growth: 1,
-                day: 0,
-            };
+            let e = earned(&format!("e{i:02}"));
             a.apply(&e);
             changed.note(&e);
             let mut batch = Batch::default();
-            rows(&key, &a, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
+            rows(&key, &a, &changed).into_iter().for_each(|(k, v)| batch.put_or_delete(Cf::Accounts, k, v));
             db.write(batch).unwrap();
             changed = changed.written(&a);
             rows_after.push(db.all(Cf::Accounts).unwrap().len());
@@ -407,6 +426,37 @@ mod tests {
         assert!(!changed.is_inline());
         let header = db.get(Cf::Accounts, &store::account_key(&key)).unwrap().unwrap();
         assert!(!codec::header_has_lists(&codec::decode_account(&header).unwrap()));
+    }
+
+    #[test]
+    fn a_small_account_stored_as_pieces_goes_back_to_one_row_when_it_changes() {
+        // As the version before one-row accounts wrote every account.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
+        let key = AccountKey::new("shop", "points", "m1");
+        let prefix = store::account_key(&key);
+        let mut a = Account::default();
+        for i in 0..3 {
+            a.apply(&earned(&format!("e{i}")));
+        }
+        let mut batch = Batch::default();
+        batch.put(Cf::Accounts, &prefix, &codec::encode_account_header(&a));
+        codec::encode_every_piece(&a, |p, id, v| batch.put_vec(Cf::Accounts, piece_key(&prefix, p, id), v));
+        db.write(batch).unwrap();
+        assert_eq!(db.all(Cf::Accounts).unwrap().len(), 7);
+        let (loaded, mut changed) = load(&db, Cf::Accounts, &key).unwrap();
+        assert_eq!(loaded, a);
+        assert!(!changed.is_inline());
+        let e = earned("e3");
+        a.apply(&e);
+        changed.note(&e);
+        let mut batch = Batch::default();
+        rows(&key, &a, &changed).into_iter().for_each(|(k, v)| batch.put_or_delete(Cf::Accounts, k, v));
+        db.write(batch).unwrap();
+        assert_eq!(db.all(Cf::Accounts).unwrap().len(), 1, "one row, the pieces deleted");
+        let (b, stored) = load(&db, Cf::Accounts, &key).unwrap();
+        assert_eq!((b, &stored), (a.clone(), &changed.written(&a)));
+        assert!(stored.is_inline());
     }
 
     #[test]
@@ -430,7 +480,7 @@ mod tests {
         a.apply(&e);
         changed.note(&e);
         let mut batch = Batch::default();
-        rows(&key, &a, &changed).into_iter().for_each(|(k, v)| batch.put_vec(Cf::Accounts, k, v));
+        rows(&key, &a, &changed).into_iter().for_each(|(k, v)| batch.put_or_delete(Cf::Accounts, k, v));
         db.write(batch).unwrap();
         let (b, stored) = load(&db, Cf::Accounts, &key).unwrap();
         assert_eq!((b, &stored), (a.clone(), &changed.written(&a)));

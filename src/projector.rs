@@ -192,7 +192,7 @@ impl ViewCache {
             tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
         }
         for (k, v) in accounts::rows(key, &c.account, &c.changed) {
-            rows.push((Cf::Accounts, k, Some(v)));
+            rows.push((Cf::Accounts, k, v));
         }
         // Each changed lot with an expiry has a row while it has points
         // (its expiry never changes, so neither does its key).
@@ -250,10 +250,7 @@ impl ViewCache {
                 self.changed_rows(key, &mut rows);
             }
             for (cf, k, v) in rows {
-                match v {
-                    Some(v) => batch.put_vec(cf, k, v),
-                    None => batch.delete_vec(cf, k),
-                }
+                batch.put_or_delete(cf, k, v);
             }
         }
         store::put_cursor(batch, partition, cursor);

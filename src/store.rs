@@ -103,6 +103,10 @@ impl Batch {
     pub fn delete_vec(&mut self, cf: Cf, key: Vec<u8>) {
         self.ops.push((cf, key, None));
     }
+    /// `put_vec` of `Some` value, `delete_vec` of `None`.
+    pub fn put_or_delete(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.ops.push((cf, key, value));
+    }
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
         self.delete_vec(cf, key.to_vec());
     }

@@ -625,7 +625,7 @@ impl PartitionWriter {
         let mut batch = Batch::default();
         for (key, t) in work.accounts.iter_mut().filter(|(_, t)| !t.changed.is_empty()) {
             for (k, v) in accounts::rows(key, &t.account, &t.changed) {
-                batch.put_vec(Cf::Accounts, k, v);
+                batch.put_or_delete(Cf::Accounts, k, v);
             }
             t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
             if t.due_before != t.due_after {
