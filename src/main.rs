@@ -13,10 +13,14 @@ use points_ledger::api::Auth;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use points_ledger::log::kafka::KafkaConfig;
+use points_ledger::log::EventLog;
+use points_ledger::server::{self, Config, LogConfig};
+
 /// For the tools that fold the whole log in one go (`replay`, `recon`,
 /// `verify`): mimalloc keeps the pages it frees instead of giving them back
 /// to the OS and faulting them in, zeroed, again. A replay of 5.17M records
-/// is 5-7 % faster for ~70 MB more at its peak (BENCHMARKS.md, tenth
+/// takes ~10 % less CPU for ~75 MB more at its peak (BENCHMARKS.md, tenth
 /// session). The service keeps the default, for its memory bound.
 fn keep_freed_pages() {
     // `mi_option_purge_delay` in mimalloc.h (v2 and v3: the option after
@@ -26,9 +30,6 @@ fn keep_freed_pages() {
     // whether to give pages back; -1 means never.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
-use points_ledger::log::kafka::KafkaConfig;
-use points_ledger::log::EventLog;
-use points_ledger::server::{self, Config, LogConfig};
 
 #[derive(Parser)]
 #[command(name = "points-ledger", version, about = "An event-sourced points ledger for loyalty programmes")]
