@@ -936,13 +936,16 @@ impl PartitionWriter {
                 work.replies.push((r.account.tenant_id.clone(), r.request_id.clone(), r.fingerprint, reply.clone()));
             }
         }
-        let committed = self.commit(work);
+        // The batch is durable in the log: answer before writing the state
+        // the log already determines (a retry is decided in a later batch,
+        // after this commit; if the commit fails, the writer stops and a
+        // restart catches up from the log).
         for (tx, i, replayed) in waiting {
             let mut reply = replies[i].clone();
             reply.replayed = replayed;
             let _ = tx.send(Ok(reply));
         }
-        committed.map_err(Into::into)
+        self.commit(work).map_err(Into::into)
     }
 
     fn record(
