@@ -3,9 +3,10 @@
 //!
 //! A writer takes the commands queued for its partition as one batch (group
 //! commit): it decides each against the state left by the ones before it,
-//! appends all accepted records in one durable append, then commits its state
-//! checkpoint and answers everyone. Nothing is answered before the append is
-//! durable; a failed append answers `Unavailable` and leaves no trace.
+//! appends all accepted records in one durable append, answers everyone, then
+//! commits its state checkpoint before taking the next batch. Nothing is
+//! answered before the append is durable; a failed append answers
+//! `Unavailable` and leaves no trace.
 //!
 //! State lives in RocksDB (a checkpoint with the log offset it reflects) plus
 //! an in-memory cache. On start a writer folds the log from its checkpoint to
