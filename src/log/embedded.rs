@@ -30,6 +30,8 @@ pub struct EmbeddedLog {
 
 struct Partition {
     dir: PathBuf,
+    /// A segment this long or longer is closed before the next append.
+    segment_bytes_max: u64,
     /// The append side: one writer at a time.
     append: Mutex<Appender>,
     /// Segments and the durable end, shared with readers.
@@ -69,7 +71,7 @@ impl EmbeddedLog {
     /// Opens (or creates) a log of `partitions` partitions under `dir`. The
     /// count is fixed at creation; opening with another count is an error.
     pub fn open(dir: &Path, partitions: u32) -> Result<Self, LogError> {
-        EmbeddedLog::open_mode(dir, partitions, false)
+        EmbeddedLog::open_mode(dir, partitions, false, SEGMENT_BYTES_MAX)
     }
 
     /// Opens an existing log for reading beside a running writer: creates
@@ -83,10 +85,10 @@ impl EmbeddedLog {
         if partitions == 0 {
             return Err(LogError::Corrupt(format!("{} holds no log", dir.display())));
         }
-        EmbeddedLog::open_mode(dir, partitions, true)
+        EmbeddedLog::open_mode(dir, partitions, true, SEGMENT_BYTES_MAX)
     }
 
-    fn open_mode(dir: &Path, partitions: u32, read_only: bool) -> Result<Self, LogError> {
+    fn open_mode(dir: &Path, partitions: u32, read_only: bool, segment_bytes_max: u64) -> Result<Self, LogError> {
         if !read_only {
             fs::create_dir_all(dir)?;
         }
@@ -101,7 +103,7 @@ impl EmbeddedLog {
             )));
         }
         let partitions = (0..partitions)
-            .map(|p| Partition::open(&dir.join(format!("p{p:05}")), read_only).map(Arc::new))
+            .map(|p| Partition::open(&dir.join(format!("p{p:05}")), read_only, segment_bytes_max).map(Arc::new))
             .collect::<Result<_, _>>()?;
         Ok(EmbeddedLog { partitions, read_only })
     }
@@ -112,7 +114,7 @@ impl EmbeddedLog {
 }
 
 impl Partition {
-    fn open(dir: &Path, read_only: bool) -> Result<Partition, LogError> {
+    fn open(dir: &Path, read_only: bool, segment_bytes_max: u64) -> Result<Partition, LogError> {
         if !read_only {
             fs::create_dir_all(dir)?;
         }
@@ -156,6 +158,7 @@ impl Partition {
         let segment_bytes = file.metadata()?.len();
         Ok(Partition {
             dir: dir.to_path_buf(),
+            segment_bytes_max,
             append: Mutex::new(Appender { file, segment_bytes }),
             shared: Mutex::new(Shared { segments, end }),
             grown: Condvar::new(),
@@ -247,7 +250,7 @@ impl EventLog for EmbeddedLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        if app.segment_bytes >= SEGMENT_BYTES_MAX {
+        if app.segment_bytes >= p.segment_bytes_max {
             let path = segment_path(&p.dir, first);
             let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
             sync_dir(&p.dir)?;
@@ -410,6 +413,48 @@ mod tests {
         let all = log.reader(1, 0).unwrap().next_batch(10, Duration::ZERO).unwrap();
         assert_eq!(all.len(), 4);
         assert!(EmbeddedLog::open(dir.path(), 3).is_err(), "partition count is fixed");
+    }
+
+    #[test]
+    fn segments_roll_over_and_read_back_across() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 3000;
+        let log = EmbeddedLog::open_mode(dir.path(), 1, false, max).unwrap();
+        // A reader that follows the appends as they come, across rollovers.
+        let mut tail = log.reader(0, 0).unwrap();
+        let mut followed = Vec::new();
+        let payload = |n: u32| format!("record {n} ").repeat(1 + n as usize % 7).into_bytes();
+        for n in 0..400u32 {
+            let batch: Vec<LogRecord> =
+                (0..1 + n % 3).map(|i| LogRecord::new(Vec::new(), payload(n * 3 + i))).collect();
+            log.append(0, &batch).unwrap();
+            followed.extend(tail.next_batch(100, Duration::ZERO).unwrap());
+        }
+        let end = log.end_offset(0).unwrap();
+        assert_eq!(followed.len() as u64, end);
+        assert!(followed.iter().enumerate().all(|(i, e)| e.offset == i as u64));
+        let mut segs: Vec<_> = fs::read_dir(dir.path().join("p00000")).unwrap().map(|e| e.unwrap().path()).collect();
+        segs.sort();
+        assert!(segs.len() > 3, "{} segments", segs.len());
+        for seg in &segs[..segs.len() - 1] {
+            assert!(fs::metadata(seg).unwrap().len() >= max, "{} rolled over early", seg.display());
+        }
+        // From the start, from the middle and after a reopen: the same records.
+        let all = crate::log::read_towards(log.reader(0, 0).unwrap().as_mut(), end, 10_000).unwrap();
+        assert_eq!(all, followed);
+        let mid = log.reader(0, end / 2).unwrap().next_batch(10_000, Duration::ZERO).unwrap();
+        assert_eq!(mid[0], followed[(end / 2) as usize]);
+        drop(log);
+        let log = EmbeddedLog::open_mode(dir.path(), 1, false, max).unwrap();
+        assert_eq!(log.end_offset(0).unwrap(), end);
+        assert_eq!(log.append(0, &recs(&[b"after"])).unwrap(), vec![end]);
+        let mut r = log.reader(0, 0).unwrap();
+        let mut again = Vec::new();
+        while again.len() as u64 <= end {
+            again.extend(r.next_batch(10_000, Duration::ZERO).unwrap());
+        }
+        assert_eq!(&again[..end as usize], &followed[..]);
+        assert_eq!(again[end as usize].payload, b"after");
     }
 
     #[test]
