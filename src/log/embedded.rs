@@ -3,14 +3,21 @@
 //!
 //! - Appends from one writer go out as one `write` and one `fdatasync`; the
 //!   partition's end moves only after that, so readers see durable records only.
+//! - The active segment is written ahead with zeros ([`ZERO_AHEAD_BYTES`] at a
+//!   time, in the same write as the append that crosses into the next
+//!   stretch), so most appends overwrite bytes the file already has: their
+//!   `fdatasync` then writes the data alone, not the file's new size as well
+//!   (a journal commit on ext4). A zero length ends a segment's records (no
+//!   record is empty); a segment is cut to its records when the next one starts.
 //! - On open, every segment is checked; a torn tail of the last segment (a
-//!   crash mid-append, never acknowledged) is cut off. A bad record anywhere
-//!   else is corruption and refuses to open.
+//!   crash mid-append, never acknowledged) is cut off; zeros written ahead are
+//!   kept. A bad record anywhere else is corruption and refuses to open.
 //! - A sparse index (one entry every `INDEX_INTERVAL_RECORDS`) lets a reader
 //!   start anywhere without scanning from zero.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Take};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +28,9 @@ pub const SEGMENT_BYTES_MAX: u64 = 256 << 20;
 pub const RECORD_BYTES_MAX: usize = 16 << 20;
 const INDEX_INTERVAL_RECORDS: u64 = 256;
 const HEADER_BYTES: usize = 8;
+/// The active segment is zeroed ahead to the next multiple of this past the
+/// last append (see the module doc).
+pub const ZERO_AHEAD_BYTES: u64 = 1 << 20;
 
 pub struct EmbeddedLog {
     partitions: Vec<Arc<Partition>>,
@@ -41,8 +51,13 @@ struct Partition {
 
 struct Appender {
     file: File,
-    /// Bytes in the active segment.
+    /// Bytes of records in the active segment.
     segment_bytes: u64,
+    /// The active segment file's length: its records, then zeros.
+    file_bytes: u64,
+    /// A failed append could not be undone: appending more could bring its
+    /// records back, so every later append is refused.
+    poisoned: bool,
 }
 
 #[derive(Clone)]
@@ -57,6 +72,9 @@ struct Shared {
     segments: Vec<Segment>,
     /// Offset of the next record; everything below is durable.
     end: u64,
+    /// Bytes of durable records in the last segment: readers of it read no
+    /// further (past them are zeros an append will overwrite).
+    last_bytes: u64,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -132,37 +150,57 @@ impl Partition {
             return Err(LogError::Corrupt(format!("{} holds no segment", dir.display())));
         }
         let mut segments = Vec::new();
-        let mut end = 0;
+        let (mut end, mut last_bytes, mut file_bytes) = (0, 0, 0);
         let last = bases.len() - 1;
         for (i, base) in bases.iter().copied().enumerate() {
             if base != end {
                 return Err(LogError::Corrupt(format!("{}: segment {base} follows end {end}", dir.display())));
             }
             let path = segment_path(dir, base);
-            let Scanned { index, next, good_bytes, file_bytes } = scan_segment(&path, base)?;
-            if good_bytes != file_bytes && !read_only {
+            let Scanned { index, next, good_bytes, file_bytes: len } = scan_segment(&path, base)?;
+            file_bytes = len;
+            if good_bytes != len && !read_only {
                 if i != last {
                     return Err(LogError::Corrupt(format!("{}: bad record at byte {good_bytes}", path.display())));
                 }
-                // A torn tail: the append that wrote it was never acknowledged.
-                tracing::warn!(path = %path.display(), good_bytes, file_bytes, "cutting a torn tail off the log");
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(good_bytes)?;
-                f.sync_all()?;
+                if !zeros_from(&path, good_bytes)? {
+                    // A torn tail: the append that wrote it was never acknowledged.
+                    tracing::warn!(path = %path.display(), good_bytes, file_bytes = len, "cutting a torn tail off the log");
+                    let f = OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(good_bytes)?;
+                    f.sync_all()?;
+                    file_bytes = good_bytes;
+                }
             }
             segments.push(Segment { base, path, index });
-            end = next;
+            (end, last_bytes) = (next, good_bytes);
         }
         let active = segments.last().expect("one segment at least").path.clone();
-        let file = if read_only { File::open(&active)? } else { OpenOptions::new().append(true).open(&active)? };
-        let segment_bytes = file.metadata()?.len();
+        let file = if read_only { File::open(&active)? } else { OpenOptions::new().write(true).open(&active)? };
         Ok(Partition {
             dir: dir.to_path_buf(),
             segment_bytes_max,
-            append: Mutex::new(Appender { file, segment_bytes }),
-            shared: Mutex::new(Shared { segments, end }),
+            append: Mutex::new(Appender { file, segment_bytes: last_bytes, file_bytes, poisoned: false }),
+            shared: Mutex::new(Shared { segments, end, last_bytes }),
             grown: Condvar::new(),
         })
+    }
+}
+
+/// Whether the file at `path` holds only zeros from byte `from` on.
+fn zeros_from(path: &Path, from: u64) -> Result<bool, LogError> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -199,7 +237,8 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
     }
 }
 
-/// One record, or `None` at a clean end or a torn/corrupt record.
+/// One record, or `None` at a clean end (the file's, or zeros written ahead)
+/// or a torn/corrupt record.
 fn read_record(r: &mut impl Read) -> Result<Option<Vec<u8>>, LogError> {
     let mut header = [0u8; HEADER_BYTES];
     if !read_full(r, &mut header)? {
@@ -207,7 +246,7 @@ fn read_record(r: &mut impl Read) -> Result<Option<Vec<u8>>, LogError> {
     }
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len > RECORD_BYTES_MAX {
+    if len == 0 || len > RECORD_BYTES_MAX {
         return Ok(None);
     }
     let mut payload = vec![0u8; len];
@@ -246,26 +285,40 @@ impl EventLog for EmbeddedLog {
         }
         let p = self.partition(partition)?;
         let mut app = p.append.lock().expect("log appender lock");
+        if app.poisoned {
+            return Err(LogError::Unavailable(format!(
+                "{}: an earlier failed append could not be undone; restart to recover",
+                p.dir.display()
+            )));
+        }
         let first = p.shared.lock().expect("log lock").end;
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(rec) = records.iter().find(|r| r.payload.is_empty() || r.payload.len() > RECORD_BYTES_MAX) {
+            return Err(LogError::Corrupt(format!(
+                "a record of {} bytes: records hold 1 to {RECORD_BYTES_MAX}",
+                rec.payload.len()
+            )));
+        }
         if app.segment_bytes >= p.segment_bytes_max {
+            // Cut the zeros off the full segment before the next one exists:
+            // only the last segment may end in zeros.
+            app.file.set_len(app.segment_bytes)?;
+            app.file.sync_data()?;
             let path = segment_path(&p.dir, first);
-            let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            let file = OpenOptions::new().create_new(true).write(true).open(&path)?;
             sync_dir(&p.dir)?;
-            app.file = file;
-            app.segment_bytes = 0;
-            p.shared.lock().expect("log lock").segments.push(Segment { base: first, path, index: Vec::new() });
+            (app.file, app.segment_bytes, app.file_bytes) = (file, 0, 0);
+            let mut shared = p.shared.lock().expect("log lock");
+            shared.segments.push(Segment { base: first, path, index: Vec::new() });
+            shared.last_bytes = 0;
         }
         let mut buf = Vec::with_capacity(records.iter().map(|r| r.payload.len() + HEADER_BYTES).sum());
         let mut index = Vec::new();
         let (seg_base, mut pos) =
             (p.shared.lock().expect("log lock").segments.last().expect("segment").base, app.segment_bytes);
         for (i, rec) in records.iter().map(|r| &r.payload).enumerate() {
-            if rec.len() > RECORD_BYTES_MAX {
-                return Err(LogError::Corrupt(format!("record of {} bytes exceeds {RECORD_BYTES_MAX}", rec.len())));
-            }
             let offset = first + i as u64;
             if (offset - seg_base).is_multiple_of(INDEX_INTERVAL_RECORDS) {
                 index.push((offset, pos));
@@ -275,16 +328,32 @@ impl EventLog for EmbeddedLog {
             buf.extend_from_slice(rec);
             pos += (HEADER_BYTES + rec.len()) as u64;
         }
-        if let Err(e) = app.file.write_all(&buf).and_then(|()| app.file.sync_data()) {
+        let file_bytes = if pos > app.file_bytes {
+            // Past the zeros: write the next stretch of them with the records.
+            let zeroed = (pos / ZERO_AHEAD_BYTES + 1) * ZERO_AHEAD_BYTES;
+            buf.resize(buf.len() + (zeroed - pos) as usize, 0);
+            zeroed
+        } else {
+            app.file_bytes
+        };
+        if let Err(e) = app.file.write_all_at(&buf, app.segment_bytes).and_then(|()| app.file.sync_data()) {
             // Whatever part was written is a torn tail: cut it so the next
-            // append starts clean (and a restart would cut it too).
-            let _ = app.file.set_len(app.segment_bytes);
+            // append starts clean (and a restart would cut it too). If that
+            // fails as well, records of this append could come back later.
+            match app.file.set_len(app.segment_bytes).and_then(|()| app.file.sync_data()) {
+                Ok(()) => app.file_bytes = app.segment_bytes,
+                Err(cut) => {
+                    tracing::error!(dir = %p.dir.display(), error = %cut, "could not cut a failed append off the log");
+                    app.poisoned = true;
+                }
+            }
             return Err(e.into());
         }
-        app.segment_bytes = pos;
+        (app.segment_bytes, app.file_bytes) = (pos, file_bytes);
         let mut shared = p.shared.lock().expect("log lock");
         shared.segments.last_mut().expect("segment").index.extend(index);
         shared.end = first + records.len() as u64;
+        shared.last_bytes = pos;
         drop(shared);
         p.grown.notify_all();
         Ok((first..first + records.len() as u64).collect())
@@ -303,29 +372,53 @@ impl EventLog for EmbeddedLog {
 pub struct EmbeddedReader {
     partition: Arc<Partition>,
     position: u64,
-    /// The open segment: (its base, the next segment's base if any, reader at `position`).
-    file: Option<(u64, Option<u64>, BufReader<File>)>,
+    /// The segment being read, at `position`.
+    file: Option<OpenSegment>,
+}
+
+struct OpenSegment {
+    base: u64,
+    /// The next segment's base, if there was one when this one was opened.
+    next_base: Option<u64>,
+    r: BufReader<Take<File>>,
+    /// The file's byte the reader may read up to: the durable records of the
+    /// last segment (zeros follow, which later appends overwrite), or no limit.
+    readable_to: u64,
+}
+
+impl OpenSegment {
+    /// Lets the reader read up to byte `to` of the file.
+    fn read_up_to(&mut self, to: u64) {
+        let read = self.readable_to - self.r.get_ref().limit();
+        self.r.get_mut().set_limit(to - read);
+        self.readable_to = to;
+    }
 }
 
 impl EmbeddedReader {
     /// Opens the segment holding `position` and seeks to it.
     fn open_at_position(&mut self) -> Result<(), LogError> {
-        let (seg, next_base) = {
+        let (seg, next_base, readable_to) = {
             let shared = self.partition.shared.lock().expect("log lock");
             let i = shared.segments.partition_point(|s| s.base <= self.position).saturating_sub(1);
-            (shared.segments[i].clone(), shared.segments.get(i + 1).map(|s| s.base))
+            let last = i + 1 == shared.segments.len();
+            (
+                shared.segments[i].clone(),
+                shared.segments.get(i + 1).map(|s| s.base),
+                if last { shared.last_bytes } else { u64::MAX },
+            )
         };
         let (mut offset, byte) =
             seg.index.iter().rev().find(|(o, _)| *o <= self.position).copied().unwrap_or((seg.base, 0));
         let mut file = File::open(&seg.path)?;
         file.seek(SeekFrom::Start(byte))?;
-        let mut r = BufReader::with_capacity(256 << 10, file);
+        let mut r = BufReader::with_capacity(256 << 10, file.take(readable_to.saturating_sub(byte)));
         while offset < self.position {
             read_record(&mut r)?
                 .ok_or_else(|| LogError::Corrupt(format!("{}: record {offset} unreadable", seg.path.display())))?;
             offset += 1;
         }
-        self.file = Some((seg.base, next_base, r));
+        self.file = Some(OpenSegment { base: seg.base, next_base, r, readable_to });
         Ok(())
     }
 }
@@ -333,7 +426,7 @@ impl EmbeddedReader {
 impl LogReader for EmbeddedReader {
     fn next_batch(&mut self, max_records: usize, wait: Duration) -> Result<Vec<LogEntry>, LogError> {
         let deadline = Instant::now() + wait;
-        let end = {
+        let (end, last_base, last_bytes) = {
             let mut shared = self.partition.shared.lock().expect("log lock");
             while shared.end <= self.position {
                 let now = Instant::now();
@@ -342,19 +435,23 @@ impl LogReader for EmbeddedReader {
                 }
                 shared = self.partition.grown.wait_timeout(shared, deadline - now).expect("log lock").0;
             }
-            shared.end
+            (shared.end, shared.segments.last().expect("segment").base, shared.last_bytes)
         };
+        if let Some(seg) = self.file.as_mut() {
+            // The open segment grew, or is no longer the last one.
+            seg.read_up_to(if seg.base == last_base { last_bytes } else { u64::MAX });
+        }
         let mut out = Vec::new();
         while self.position < end && out.len() < max_records {
             if self.file.is_none() {
                 self.open_at_position()?;
             }
-            let (_, next_base, r) = self.file.as_mut().expect("open segment");
-            if *next_base == Some(self.position) {
+            let seg = self.file.as_mut().expect("open segment");
+            if seg.next_base == Some(self.position) {
                 self.file = None;
                 continue;
             }
-            match read_record(r)? {
+            match read_record(&mut seg.r)? {
                 Some(payload) => {
                     out.push(LogEntry { offset: self.position, payload });
                     self.position += 1;
@@ -402,25 +499,37 @@ mod tests {
         );
         assert!(r.next_batch(10, Duration::from_millis(1)).unwrap().is_empty());
         drop(log);
-        // A crash mid-append leaves half a record behind.
+        // A crash mid-append leaves half a record behind, in the zeros
+        // written ahead.
         let seg = dir.path().join("p00001").join(format!("{:020}.seg", 0));
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        let records_bytes = (3 * HEADER_BYTES + 6) as u64;
+        assert_eq!(fs::metadata(&seg).unwrap().len(), ZERO_AHEAD_BYTES, "zeroed ahead");
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[9, 0, 0, 0, 1, 2], records_bytes).unwrap();
         drop(f);
         let log = EmbeddedLog::open(dir.path(), 2).unwrap();
         assert_eq!(log.end_offset(1).unwrap(), 3);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), records_bytes, "the torn tail is cut");
         assert_eq!(log.append(1, &recs(&[b"d"])).unwrap(), vec![3]);
         let all = log.reader(1, 0).unwrap().next_batch(10, Duration::ZERO).unwrap();
         assert_eq!(all.len(), 4);
         assert!(EmbeddedLog::open(dir.path(), 3).is_err(), "partition count is fixed");
+        assert!(log.append(1, &recs(&[b"e", b""])).is_err(), "no record is empty");
+        drop(log);
+        // Zeros written ahead are not a torn tail: a reopen keeps them.
+        let log = EmbeddedLog::open(dir.path(), 2).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), ZERO_AHEAD_BYTES);
+        assert_eq!(log.append(1, &recs(&[b"e"])).unwrap(), vec![4]);
+        assert_eq!(log.reader(1, 0).unwrap().next_batch(10, Duration::ZERO).unwrap().len(), 5);
     }
 
     #[test]
-    fn segments_roll_over_and_read_back_across() {
+    fn segments_roll_over_cut_to_their_records_and_read_back_across() {
         let dir = tempfile::tempdir().unwrap();
         let max = 3000;
         let log = EmbeddedLog::open_mode(dir.path(), 1, false, max).unwrap();
-        // A reader that follows the appends as they come, across rollovers.
+        // A reader that follows the appends as they come: it must never
+        // take the zeros past the durable records for records.
         let mut tail = log.reader(0, 0).unwrap();
         let mut followed = Vec::new();
         let payload = |n: u32| format!("record {n} ").repeat(1 + n as usize % 7).into_bytes();
@@ -432,14 +541,20 @@ mod tests {
         }
         let end = log.end_offset(0).unwrap();
         assert_eq!(followed.len() as u64, end);
-        assert!(followed.iter().enumerate().all(|(i, e)| e.offset == i as u64));
         let mut segs: Vec<_> = fs::read_dir(dir.path().join("p00000")).unwrap().map(|e| e.unwrap().path()).collect();
         segs.sort();
         assert!(segs.len() > 3, "{} segments", segs.len());
-        for seg in &segs[..segs.len() - 1] {
-            assert!(fs::metadata(seg).unwrap().len() >= max, "{} rolled over early", seg.display());
+        for (i, seg) in segs.iter().enumerate() {
+            let len = fs::metadata(seg).unwrap().len();
+            let scanned = scan_segment(seg, 0).unwrap();
+            if i + 1 < segs.len() {
+                assert_eq!(len, scanned.good_bytes, "{} is cut to its records", seg.display());
+                assert!(len >= max);
+            } else {
+                assert_eq!(len % ZERO_AHEAD_BYTES, 0, "the last segment is zeroed ahead");
+            }
         }
-        // From the start, from the middle and after a reopen: the same records.
+        // Read from the start, from the middle and after a reopen: the same records.
         let all = crate::log::read_towards(log.reader(0, 0).unwrap().as_mut(), end, 10_000).unwrap();
         assert_eq!(all, followed);
         let mid = log.reader(0, end / 2).unwrap().next_batch(10_000, Duration::ZERO).unwrap();
@@ -447,7 +562,7 @@ mod tests {
         drop(log);
         let log = EmbeddedLog::open_mode(dir.path(), 1, false, max).unwrap();
         assert_eq!(log.end_offset(0).unwrap(), end);
-        assert_eq!(log.append(0, &recs(&[b"after"])).unwrap(), vec![end]);
+        log.append(0, &recs(&[b"after"])).unwrap();
         let mut r = log.reader(0, 0).unwrap();
         let mut again = Vec::new();
         while again.len() as u64 <= end {
