@@ -57,8 +57,8 @@ fn lots_to_pb(lots: &[LotAmount]) -> Vec<pb::LotAmount> {
     lots.iter().map(|l| pb::LotAmount { lot_id: l.lot_id.clone(), points: l.points }).collect()
 }
 
-fn lots_from_pb(lots: &[pb::LotAmount]) -> Vec<LotAmount> {
-    lots.iter().map(|l| LotAmount { lot_id: l.lot_id.clone(), points: l.points }).collect()
+fn lots_from_pb(lots: Vec<pb::LotAmount>) -> Vec<LotAmount> {
+    lots.into_iter().map(|l| LotAmount { lot_id: l.lot_id, points: l.points }).collect()
 }
 
 fn opt_at(at: i64) -> Option<Millis> {
@@ -191,8 +191,8 @@ pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
     pb::LedgerEvent { event: Some(event) }
 }
 
-pub fn event_from_pb(e: &pb::LedgerEvent) -> Result<Event, CodecError> {
-    Ok(match e.event.clone().ok_or(CodecError::Missing("event"))? {
+pub fn event_from_pb(e: pb::LedgerEvent) -> Result<Event, CodecError> {
+    Ok(match e.event.ok_or(CodecError::Missing("event"))? {
         PbEvent::PointsEarned(x) => Event::PointsEarned {
             order_ref: opt_str(&x.order_ref),
             lot_id: x.lot_id,
@@ -209,22 +209,22 @@ pub fn event_from_pb(e: &pb::LedgerEvent) -> Result<Event, CodecError> {
             order_ref: opt_str(&x.order_ref),
             spend_id: x.spend_id,
             points: x.points,
-            lots: lots_from_pb(&x.lots),
+            lots: lots_from_pb(x.lots),
         },
         PbEvent::PointsReserved(x) => Event::PointsReserved {
             reservation_id: x.reservation_id,
             order_ref: x.order_ref,
             points: x.points,
-            lots: lots_from_pb(&x.lots),
+            lots: lots_from_pb(x.lots),
             expires_at: x.expires_at_ms,
         },
         PbEvent::ReservationCaptured(x) => Event::ReservationCaptured {
             reservation_id: x.reservation_id,
             spend_id: x.spend_id,
             points: x.points,
-            lots: lots_from_pb(&x.lots),
+            lots: lots_from_pb(x.lots),
             released_points: x.released_points,
-            released_lots: lots_from_pb(&x.released_lots),
+            released_lots: lots_from_pb(x.released_lots),
         },
         PbEvent::ReservationReleased(x) => Event::ReservationReleased {
             cause: match pb::ReleaseCause::try_from(x.cause) {
@@ -235,19 +235,19 @@ pub fn event_from_pb(e: &pb::LedgerEvent) -> Result<Event, CodecError> {
             },
             reservation_id: x.reservation_id,
             points: x.points,
-            lots: lots_from_pb(&x.lots),
+            lots: lots_from_pb(x.lots),
         },
         PbEvent::SpendRefunded(x) => Event::SpendRefunded {
             refund_id: x.refund_id,
             spend_id: x.spend_id,
             points: x.points,
-            lots: lots_from_pb(&x.lots),
+            lots: lots_from_pb(x.lots),
         },
         PbEvent::EarnReversed(x) => Event::EarnReversed {
             reversal_id: x.reversal_id,
             earn_id: x.earn_id,
             points: x.points,
-            taken: lots_from_pb(&x.taken_lots),
+            taken: lots_from_pb(x.taken_lots),
             debt_added: x.debt_added,
             written_off: x.written_off,
             growth: x.growth,
@@ -259,7 +259,7 @@ pub fn event_from_pb(e: &pb::LedgerEvent) -> Result<Event, CodecError> {
                 Ok(pb::ExpiryCause::Unspecified) | Err(_) => return Err(CodecError::Enum("ExpiryCause", x.cause)),
             },
             points: x.points,
-            lots: lots_from_pb(&x.lots),
+            lots: lots_from_pb(x.lots),
             reason: x.reason,
         },
         PbEvent::PointsAdjusted(x) => Event::PointsAdjusted {
@@ -267,7 +267,7 @@ pub fn event_from_pb(e: &pb::LedgerEvent) -> Result<Event, CodecError> {
             points: x.points,
             operator: x.operator,
             reason: x.reason,
-            lots: lots_from_pb(&x.lots),
+            lots: lots_from_pb(x.lots),
             debt_repaid: x.debt_repaid,
             expires_at: opt_at(x.expires_at_ms),
         },
@@ -277,7 +277,7 @@ pub fn event_from_pb(e: &pb::LedgerEvent) -> Result<Event, CodecError> {
         PbEvent::AccountUnfrozen(x) => {
             Event::AccountUnfrozen { earning: x.earning, spending: x.spending, operator: x.operator, reason: x.reason }
         }
-        PbEvent::GrowthExpired(x) => Event::GrowthExpired { earns: lots_from_pb(&x.earns), growth: x.growth },
+        PbEvent::GrowthExpired(x) => Event::GrowthExpired { earns: lots_from_pb(x.earns), growth: x.growth },
         PbEvent::LevelChanged(x) => Event::LevelChanged { from: x.from, to: x.to, growth: x.growth, why: x.why },
     })
 }
@@ -336,13 +336,16 @@ pub fn decode_account_record(bytes: &[u8]) -> Result<AccountRecord, CodecError> 
 fn account_record_from_pb(r: pb::AccountRecord) -> Result<AccountRecord, CodecError> {
     Ok(AccountRecord {
         epoch: r.epoch,
-        account: account_key_from_pb(r.account.as_ref().ok_or(CodecError::Missing("account"))?),
+        account: r
+            .account
+            .map(|k| AccountKey { tenant_id: k.tenant_id, programme_id: k.programme_id, member_id: k.member_id })
+            .ok_or(CodecError::Missing("account"))?,
         request_id: r.request_id,
         programme_version: r.programme_version,
         at: r.at_ms,
         fingerprint: r.fingerprint,
         system: r.system,
-        events: r.events.iter().map(event_from_pb).collect::<Result<_, _>>()?,
+        events: r.events.into_iter().map(event_from_pb).collect::<Result<_, _>>()?,
         context: crate::domain::CommandContext {
             client_ip: r.client_ip,
             device_id: r.device_id,
@@ -617,7 +620,7 @@ fn earn_from_pb(e: pb::EarnState) -> (String, EarnRecord) {
 
 fn spend_from_pb(s: pb::SpendState) -> (String, SpendRecord) {
     let refunded = s.refunded.iter().map(|l| (l.lot_id.clone(), l.points)).collect();
-    (s.spend_id, SpendRecord { lots: lots_from_pb(&s.lots), refunded })
+    (s.spend_id, SpendRecord { lots: lots_from_pb(s.lots), refunded })
 }
 
 fn reservation_from_pb(r: pb::ReservationState) -> Result<(String, ReservationRecord), CodecError> {
@@ -629,7 +632,7 @@ fn reservation_from_pb(r: pb::ReservationState) -> Result<(String, ReservationRe
         Ok(pb::ReservationStatus::Unspecified) | Err(_) => return Err(CodecError::Enum("ReservationStatus", r.status)),
     };
     let record =
-        ReservationRecord { order_ref: r.order_ref, lots: lots_from_pb(&r.lots), expires_at: r.expires_at_ms, status };
+        ReservationRecord { order_ref: r.order_ref, lots: lots_from_pb(r.lots), expires_at: r.expires_at_ms, status };
     Ok((r.reservation_id, record))
 }
 
@@ -1006,7 +1009,7 @@ pub fn decode_stored_reply(bytes: &[u8]) -> Result<(u64, Reply), CodecError> {
         Reply {
             request_id: r.request_id,
             replayed: r.replayed,
-            events: r.events.iter().map(event_from_pb).collect::<Result<_, _>>()?,
+            events: r.events.into_iter().map(event_from_pb).collect::<Result<_, _>>()?,
             balance: Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth },
             position: Position { partition: p.partition, offset: p.offset },
             granted: r.granted_points,

@@ -140,8 +140,8 @@ impl Ledger {
             if at > as_of {
                 break;
             }
-            let event = codec::event_from_pb(entry.event.as_ref().ok_or_else(|| internal("entry without event"))?)
-                .map_err(internal)?;
+            let event =
+                codec::event_from_pb(entry.event.ok_or_else(|| internal("entry without event"))?).map_err(internal)?;
             account.apply(&event);
         }
         Ok(account)
