@@ -53,8 +53,8 @@ pub fn account_key_from_pb(k: &pb::AccountKey) -> AccountKey {
     AccountKey { tenant_id: k.tenant_id.clone(), programme_id: k.programme_id.clone(), member_id: k.member_id.clone() }
 }
 
-fn lots_to_pb(lots: &[LotAmount]) -> Vec<pb::LotAmount> {
-    lots.iter().map(|l| pb::LotAmount { lot_id: l.lot_id.clone(), points: l.points }).collect()
+fn lots_to_pb(lots: Vec<LotAmount>) -> Vec<pb::LotAmount> {
+    lots.into_iter().map(|l| pb::LotAmount { lot_id: l.lot_id, points: l.points }).collect()
 }
 
 fn lots_from_pb(lots: Vec<pb::LotAmount>) -> Vec<LotAmount> {
@@ -79,8 +79,8 @@ pub fn millis(t: &prost_types::Timestamp) -> Option<Millis> {
 
 // ---- events ----
 
-pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
-    let event = match e.clone() {
+pub fn event_to_pb(e: Event) -> pb::LedgerEvent {
+    let event = match e {
         Event::PointsEarned {
             lot_id,
             reason,
@@ -108,14 +108,14 @@ pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
             spend_id,
             order_ref: order_ref.unwrap_or_default(),
             points,
-            lots: lots_to_pb(&lots),
+            lots: lots_to_pb(lots),
         }),
         Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at } => {
             PbEvent::PointsReserved(pb::PointsReserved {
                 reservation_id,
                 order_ref,
                 points,
-                lots: lots_to_pb(&lots),
+                lots: lots_to_pb(lots),
                 expires_at_ms: expires_at,
             })
         }
@@ -124,16 +124,16 @@ pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
                 reservation_id,
                 spend_id,
                 points,
-                lots: lots_to_pb(&lots),
+                lots: lots_to_pb(lots),
                 released_points,
-                released_lots: lots_to_pb(&released_lots),
+                released_lots: lots_to_pb(released_lots),
             })
         }
         Event::ReservationReleased { reservation_id, points, lots, cause } => {
             PbEvent::ReservationReleased(pb::ReservationReleased {
                 reservation_id,
                 points,
-                lots: lots_to_pb(&lots),
+                lots: lots_to_pb(lots),
                 cause: match cause {
                     ReleaseCause::Requested => pb::ReleaseCause::Requested,
                     ReleaseCause::TimedOut => pb::ReleaseCause::TimedOut,
@@ -142,14 +142,14 @@ pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
             })
         }
         Event::SpendRefunded { refund_id, spend_id, points, lots } => {
-            PbEvent::SpendRefunded(pb::SpendRefunded { refund_id, spend_id, points, lots: lots_to_pb(&lots) })
+            PbEvent::SpendRefunded(pb::SpendRefunded { refund_id, spend_id, points, lots: lots_to_pb(lots) })
         }
         Event::EarnReversed { reversal_id, earn_id, points, taken, debt_added, written_off, growth } => {
             PbEvent::EarnReversed(pb::EarnReversed {
                 reversal_id,
                 earn_id,
                 points,
-                taken_lots: lots_to_pb(&taken),
+                taken_lots: lots_to_pb(taken),
                 debt_added,
                 written_off,
                 growth,
@@ -157,7 +157,7 @@ pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
         }
         Event::PointsExpired { points, lots, cause, reason } => PbEvent::PointsExpired(pb::PointsExpired {
             points,
-            lots: lots_to_pb(&lots),
+            lots: lots_to_pb(lots),
             cause: match cause {
                 ExpiryCause::Due => pb::ExpiryCause::Due,
                 ExpiryCause::AllPoints => pb::ExpiryCause::AllPoints,
@@ -170,7 +170,7 @@ pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
                 points,
                 operator,
                 reason,
-                lots: lots_to_pb(&lots),
+                lots: lots_to_pb(lots),
                 debt_repaid,
                 expires_at_ms: expires_at.unwrap_or(0),
             })
@@ -182,7 +182,7 @@ pub fn event_to_pb(e: &Event) -> pb::LedgerEvent {
             PbEvent::AccountUnfrozen(pb::AccountUnfrozen { earning, spending, operator, reason })
         }
         Event::GrowthExpired { earns, growth } => {
-            PbEvent::GrowthExpired(pb::GrowthExpired { earns: lots_to_pb(&earns), growth })
+            PbEvent::GrowthExpired(pb::GrowthExpired { earns: lots_to_pb(earns), growth })
         }
         Event::LevelChanged { from, to, growth, why } => {
             PbEvent::LevelChanged(pb::LevelChanged { from, to, growth, why })
@@ -293,7 +293,7 @@ pub fn account_record_to_pb(r: &AccountRecord) -> pb::AccountRecord {
         at_ms: r.at,
         fingerprint: r.fingerprint,
         system: r.system,
-        events: r.events.iter().map(event_to_pb).collect(),
+        events: r.events.iter().cloned().map(event_to_pb).collect(),
         client_ip: r.context.client_ip.clone(),
         device_id: r.context.device_id.clone(),
         metadata: r.context.metadata.clone().into_iter().collect(),
@@ -982,11 +982,11 @@ pub fn position_to_pb(p: Position) -> pb::LogPosition {
     pb::LogPosition { partition: p.partition, offset: p.offset }
 }
 
-pub fn reply_to_pb(r: &Reply) -> pb::CommandReply {
+pub fn reply_to_pb(r: Reply) -> pb::CommandReply {
     pb::CommandReply {
-        request_id: r.request_id.clone(),
+        request_id: r.request_id,
         replayed: r.replayed,
-        events: r.events.iter().map(event_to_pb).collect(),
+        events: r.events.into_iter().map(event_to_pb).collect(),
         balance: Some(balance_to_pb(&r.balance)),
         position: Some(position_to_pb(r.position)),
         granted_points: r.granted,
@@ -996,7 +996,7 @@ pub fn reply_to_pb(r: &Reply) -> pb::CommandReply {
 }
 
 pub fn encode_stored_reply(fingerprint: u64, r: &Reply) -> Vec<u8> {
-    pb::StoredReply { fingerprint, reply: Some(reply_to_pb(r)) }.encode_to_vec()
+    pb::StoredReply { fingerprint, reply: Some(reply_to_pb(r.clone())) }.encode_to_vec()
 }
 
 pub fn decode_stored_reply(bytes: &[u8]) -> Result<(u64, Reply), CodecError> {
@@ -1066,14 +1066,14 @@ mod tests {
     }
 
     fn spend_to_pb(id: String, s: &SpendRecord) -> pb::SpendState {
-        pb::SpendState { spend_id: id, lots: lots_to_pb(&s.lots), refunded: sorted_lots(&s.refunded) }
+        pb::SpendState { spend_id: id, lots: lots_to_pb(s.lots.clone()), refunded: sorted_lots(&s.refunded) }
     }
 
     fn reservation_to_pb(id: String, r: &ReservationRecord) -> pb::ReservationState {
         pb::ReservationState {
             reservation_id: id,
             order_ref: r.order_ref.clone(),
-            lots: lots_to_pb(&r.lots),
+            lots: lots_to_pb(r.lots.clone()),
             expires_at_ms: r.expires_at,
             status: match r.status {
                 ReservationStatus::Open => pb::ReservationStatus::Open,

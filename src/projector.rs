@@ -280,7 +280,7 @@ pub fn fold(
 ) -> Result<Batch, store::StoreError> {
     let mut batch = Batch::default();
     for entry in entries {
-        let record = match arbiter.admit_bytes(&entry.payload)? {
+        let mut record = match arbiter.admit_bytes(&entry.payload)? {
             Admitted::Record(r) => r,
             Admitted::Claim(_) | Admitted::Void => continue,
         };
@@ -291,15 +291,15 @@ pub fn fold(
         }
         let account = &mut cached.account;
         let position = Position { partition, offset: entry.offset };
-        for (i, event) in record.events.iter().enumerate() {
-            account.apply(event);
-            cached.changed.note(event);
+        for (i, event) in std::mem::take(&mut record.events).into_iter().enumerate() {
+            account.apply(&event);
+            cached.changed.note(&event);
             let row = pb::Entry {
                 position: Some(codec::position_to_pb(position)),
                 request_id: record.request_id.clone(),
                 at: Some(codec::timestamp(record.at)),
-                event: Some(codec::event_to_pb(event)),
                 delta: event.net_delta(),
+                event: Some(codec::event_to_pb(event)),
                 balance: Some(codec::balance_to_pb(&Balance::of(account))),
             };
             let key = entry_key(&record.account, entry.offset, i as u16);

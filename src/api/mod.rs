@@ -54,7 +54,7 @@ pub struct Ledger {
 impl Ledger {
     async fn command(&self, command: Command) -> Result<Response<pb::CommandReply>, Status> {
         let reply = self.writers.submit(command).await?;
-        Ok(Response::new(codec::reply_to_pb(&reply)))
+        Ok(Response::new(codec::reply_to_pb(reply)))
     }
 
     /// Freezes (or, with `freeze` false, unfreezes) earning and/or spending.
@@ -454,7 +454,7 @@ impl pb::points_ledger_server::PointsLedger for LedgerService {
                     b.and_then(|()| answers.next().expect("one answer per valid command").map_err(Status::from));
                 pb::BatchResult {
                     result: Some(match answer {
-                        Ok(reply) => pb::batch_result::Result::Reply(codec::reply_to_pb(&reply)),
+                        Ok(reply) => pb::batch_result::Result::Reply(codec::reply_to_pb(reply)),
                         Err(s) => pb::batch_result::Result::Error(command_error(s)),
                     }),
                 }
