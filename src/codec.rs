@@ -675,23 +675,11 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
     // The lists are fields 1-4 and the header's fields follow them, which is
     // the order prost would write the whole message in.
     let mut buf = Vec::with_capacity(lists + header.encoded_len());
-    for (id, l) in a.lots.iter() {
-        snapshot::put_message(1, snapshot::lot_len(id, l), &mut buf);
-        snapshot::put_lot(id, l, &mut buf);
-    }
-    for (id, e) in a.earns.iter() {
-        snapshot::put_message(2, snapshot::earn_len(id, e), &mut buf);
-        snapshot::put_earn(id, e, &mut buf);
-    }
-    for (id, x) in a.spends.iter() {
-        snapshot::put_message(3, snapshot::spend_len(id, x), &mut buf);
-        snapshot::put_spend(id, x, &mut buf);
-    }
-    for (id, r) in a.reservations.iter() {
-        snapshot::put_message(4, snapshot::reservation_len(id, r), &mut buf);
-        snapshot::put_reservation(id, r, &mut buf);
-    }
-    header.encode(&mut buf).expect("capacity reserved");
+    snapshot::put_list(1, &a.lots, snapshot::lot_len, snapshot::put_lot, &mut buf);
+    snapshot::put_list(2, &a.earns, snapshot::earn_len, snapshot::put_earn, &mut buf);
+    snapshot::put_list(3, &a.spends, snapshot::spend_len, snapshot::put_spend, &mut buf);
+    snapshot::put_list(4, &a.reservations, snapshot::reservation_len, snapshot::put_reservation, &mut buf);
+    header.encode(&mut buf).expect("a Vec grows as needed");
     buf
 }
 
@@ -709,7 +697,7 @@ mod snapshot {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
     use super::field_len;
-    use crate::domain::{EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord};
+    use crate::domain::{EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, VecMap};
 
     fn str_len(tag: u32, s: &str) -> usize {
         if s.is_empty() {
@@ -738,6 +726,20 @@ mod snapshot {
         if v != 0 {
             encode_key(tag, WireType::Varint, buf);
             encode_varint(v as u64, buf);
+        }
+    }
+
+    /// Every entry of `map` as a message field `tag`, in key order.
+    pub fn put_list<T>(
+        tag: u32,
+        map: &VecMap<String, T>,
+        len: fn(&str, &T) -> usize,
+        put: fn(&str, &T, &mut Vec<u8>),
+        buf: &mut Vec<u8>,
+    ) {
+        for (id, v) in map.iter() {
+            put_message(tag, len(id, v), buf);
+            put(id, v, buf);
         }
     }
 
@@ -922,28 +924,26 @@ pub fn encode_every_piece(a: &Account, mut out: impl FnMut(Piece, &str, Vec<u8>)
 
 // A piece row's message, with its id left empty (the id is in the row's key).
 
-fn lot_piece(l: &Lot) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(snapshot::lot_len("", l));
-    snapshot::put_lot("", l, &mut buf);
+fn piece<T>(v: &T, len: fn(&str, &T) -> usize, put: fn(&str, &T, &mut Vec<u8>)) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(len("", v));
+    put("", v, &mut buf);
     buf
+}
+
+fn lot_piece(l: &Lot) -> Vec<u8> {
+    piece(l, snapshot::lot_len, snapshot::put_lot)
 }
 
 fn earn_piece(e: &EarnRecord) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(snapshot::earn_len("", e));
-    snapshot::put_earn("", e, &mut buf);
-    buf
+    piece(e, snapshot::earn_len, snapshot::put_earn)
 }
 
 fn spend_piece(x: &SpendRecord) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(snapshot::spend_len("", x));
-    snapshot::put_spend("", x, &mut buf);
-    buf
+    piece(x, snapshot::spend_len, snapshot::put_spend)
 }
 
 fn reservation_piece(r: &ReservationRecord) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(snapshot::reservation_len("", r));
-    snapshot::put_reservation("", r, &mut buf);
-    buf
+    piece(r, snapshot::reservation_len, snapshot::put_reservation)
 }
 
 /// Puts one piece row's contents into `a` (replacing what it had under `id`);
