@@ -155,7 +155,7 @@ pub fn event_to_pb(e: Event) -> pb::LedgerEvent {
                 growth,
             })
         }
-        Event::PointsExpired { points, lots, cause, reason } => PbEvent::PointsExpired(pb::PointsExpired {
+        Event::PointsExpired { points, lots, cause, reason, operator } => PbEvent::PointsExpired(pb::PointsExpired {
             points,
             lots: lots_to_pb(lots),
             cause: match cause {
@@ -163,6 +163,7 @@ pub fn event_to_pb(e: Event) -> pb::LedgerEvent {
                 ExpiryCause::AllPoints => pb::ExpiryCause::AllPoints,
             } as i32,
             reason,
+            operator,
         }),
         Event::PointsAdjusted { adjustment_id, points, operator, reason, lots, debt_repaid, expires_at } => {
             PbEvent::PointsAdjusted(pb::PointsAdjusted {
@@ -261,6 +262,7 @@ pub fn event_from_pb(e: pb::LedgerEvent) -> Result<Event, CodecError> {
             points: x.points,
             lots: lots_from_pb(x.lots),
             reason: x.reason,
+            operator: x.operator,
         },
         PbEvent::PointsAdjusted(x) => Event::PointsAdjusted {
             adjustment_id: x.adjustment_id,

@@ -184,8 +184,9 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             "reversal_id": reversal_id, "earn_id": earn_id, "points": points, "taken": lots_json(taken),
             "debt_added": debt_added, "written_off": written_off, "growth": growth,
         }),
-        Event::PointsExpired { points, lots, cause, reason } => json!({
+        Event::PointsExpired { points, lots, cause, reason, operator } => json!({
             "points": points, "lots": lots_json(lots), "cause": format!("{cause:?}"), "reason": reason,
+            "operator": operator,
         }),
         Event::PointsAdjusted { adjustment_id, points, operator, reason, lots, debt_repaid, expires_at } => json!({
             "adjustment_id": adjustment_id, "points": points, "operator": operator, "reason": reason,

@@ -136,6 +136,7 @@ async fn every_command_round_trips_and_queries_see_it() {
             account: account("alice"),
             all_points: true,
             reason: "blacklisted".into(),
+            operator: "risk-ops".into(),
             ..Default::default()
         })
         .await
@@ -513,6 +514,45 @@ async fn tokens_gate_tenants_and_admin_operations() {
     assert_eq!(h.records(), before);
     c.earn(with("shop-app", earn("e1", "erin", 5))).await.unwrap();
     c.adjust(with("adm", adj)).await.unwrap();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycling_every_point_needs_an_admin_token_and_an_operator() {
+    let h = Harness::start_with(|c| c.auth = auth("adm * admin\nshop-app shop\n")).await;
+    let mut a = h.admin().await;
+    a.configure_programme(with(
+        "adm",
+        pb::ConfigureProgrammeRequest { request_id: "c1".into(), programme: Some(programme()), operator: "ops".into() },
+    ))
+    .await
+    .unwrap();
+    let mut c = h.ledger().await;
+    c.earn(with("shop-app", earn("e1", "ivy", 500))).await.unwrap();
+    let recycle = |operator: &str| pb::ExpireRequest {
+        request_id: "x1".into(),
+        account: account("ivy"),
+        all_points: true,
+        reason: "blacklisted".into(),
+        operator: operator.into(),
+        ..Default::default()
+    };
+    let before = h.records();
+    // A business token may expire due lots, never recycle an account.
+    let err = c.expire(with("shop-app", recycle("risk-ops"))).await.unwrap_err();
+    assert_eq!((err.code(), reason_of(&err).as_str()), (Code::PermissionDenied, "ADMIN_REQUIRED"));
+    let err = c.expire(with("adm", recycle(""))).await.unwrap_err();
+    assert_eq!((err.code(), bad_field_of(&err).as_str()), (Code::InvalidArgument, "operator"));
+    assert_eq!(h.records(), before, "a refused recycle writes nothing");
+    let due = pb::ExpireRequest { request_id: "x0".into(), account: account("ivy"), ..Default::default() };
+    c.expire(with("shop-app", due)).await.unwrap();
+    let r = c.expire(with("adm", recycle("risk-ops"))).await.unwrap().into_inner();
+    assert_eq!(r.balance.unwrap().available, 0);
+    let expired = r.events.iter().find_map(|e| match &e.event {
+        Some(pb::ledger_event::Event::PointsExpired(x)) => Some(x.clone()),
+        _ => None,
+    });
+    assert_eq!(expired.map(|x| (x.points, x.operator)), Some((500, "risk-ops".to_string())));
     h.stop().await;
 }
 

@@ -218,7 +218,11 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
                 Op::Adjust { m, points } => {
                     (*m, CommandBody::Adjust { points: *points, operator: "ops".into(), reason: "fix".into() })
                 }
-                Op::ExpireAll { m } => (*m, CommandBody::Expire { all_points: true, reason: "recycle".into() }),
+                Op::ExpireAll { m } => (*m, CommandBody::Expire {
+                        all_points: true,
+                        reason: "recycle".into(),
+                        operator: "risk-ops".into(),
+                    }),
             };
             let cmd =
                 Command { request_id: id.clone(), account: key(m), body: body.clone(), context: Default::default() };

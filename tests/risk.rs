@@ -201,6 +201,23 @@ async fn each_alert_rule_fires_and_holds_back_and_a_replay_reproduces_the_risk_v
         .unwrap()
         .into_inner();
     assert_eq!((m1.earned, m1.spent, m1.commands), (1000, 4, 6));
+    // Without a range: the last 7 days in the programme's zone, up to the
+    // clock (which stands near T0).
+    let recent = admin
+        .list_alerts(pb::ListAlertsRequest {
+            tenant_id: "shop".into(),
+            programme_id: "points".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!recent.alerts.is_empty());
+    let oldest = T0 - 6 * DAY - 8 * 3_600_000; // the start of 2026-03-04 in Shanghai
+    for a in &recent.alerts {
+        let at = a.at.as_ref().unwrap().seconds * 1000;
+        assert!(at >= oldest, "{a:?}");
+    }
     // Bad requests.
     let e = admin
         .list_alerts(pb::ListAlertsRequest {

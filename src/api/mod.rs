@@ -27,6 +27,9 @@ use crate::writer::{Clock, Writers};
 pub const ENTRIES_PAGE_SIZE_MAX: u32 = 500;
 /// Longest time range one `ListAlerts` call covers.
 pub const ALERTS_RANGE_DAYS_MAX: i64 = 92;
+/// Programme days `ListAlerts` covers when the caller names no range:
+/// today and the six before, in the programme's time zone.
+pub const ALERTS_DEFAULT_DAYS: i64 = 7;
 /// Most days one `GetIssuance` call returns.
 pub const ISSUANCE_DAYS_MAX: i64 = 366;
 /// Statement rows one `ListLevelChanges` page reads at most.
@@ -248,15 +251,21 @@ struct Common<'a> {
 
 /// A command request: its common fields, the access it needs, its body.
 trait CommandRequest {
-    const ACCESS: Access;
+    fn access(&self) -> Access;
     fn common(&self) -> Common<'_>;
     fn body(&self) -> Result<CommandBody, Status>;
 }
 
 macro_rules! command_request {
     ($t:ty, $access:expr, |$r:ident| $body:expr) => {
+        command_request!($t, |_r| $access, |$r| $body);
+    };
+    ($t:ty, |$a:ident| $access:expr, |$r:ident| $body:expr) => {
         impl CommandRequest for $t {
-            const ACCESS: Access = $access;
+            fn access(&self) -> Access {
+                let $a = self;
+                $access
+            }
             fn common(&self) -> Common<'_> {
                 Common {
                     account: &self.account,
@@ -324,10 +333,17 @@ command_request!(pb::ReverseEarnRequest, Access::Member, |r| CommandBody::Revers
     growth: validate::growth(r.growth)?,
 });
 
-command_request!(pb::ExpireRequest, Access::Member, |r| CommandBody::Expire {
-    all_points: r.all_points,
-    reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, r.all_points)?,
-});
+// Expiring due lots is a business call; recycling every point of an
+// account (a blacklisted member) is a back-office act: admin and operator.
+command_request!(
+    pb::ExpireRequest,
+    |r| if r.all_points { Access::Admin } else { Access::Member },
+    |r| CommandBody::Expire {
+        all_points: r.all_points,
+        reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, r.all_points)?,
+        operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, r.all_points)?,
+    }
+);
 
 command_request!(pb::AdjustRequest, Access::Admin, |r| CommandBody::Adjust {
     points: match r.points {
@@ -343,7 +359,7 @@ impl Ledger {
     fn build<R: CommandRequest>(&self, metadata: &tonic::metadata::MetadataMap, r: &R) -> Result<Command, Status> {
         let c = r.common();
         let account = validate::account(c.account)?;
-        self.auth.check(metadata, &account.tenant_id, R::ACCESS)?;
+        self.auth.check(metadata, &account.tenant_id, r.access())?;
         let request_id = validate::request_id(c.request_id)?;
         let context = validate::context(c.metadata, c.client_ip, c.device_id)?;
         let body = r.body()?;
@@ -642,8 +658,21 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         };
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
         let programme = self.0.programme(&key)?;
-        let from = validate::instant("from", r.from.as_ref().ok_or_else(|| invalid("from", "is required"))?)?;
-        let to = validate::instant("to", r.to.as_ref().ok_or_else(|| invalid("to", "is required"))?)?;
+        // Without a range: up to now, from the start of the programme day
+        // ALERTS_DEFAULT_DAYS - 1 days before the range's last day.
+        let to = match &r.to {
+            Some(t) => validate::instant("to", t)?,
+            None => self.0.clock.now().saturating_add(1),
+        };
+        let from = match &r.from {
+            Some(t) => validate::instant("from", t)?,
+            None => {
+                let last_day = calendar::programme_day(programme.time_zone, to.saturating_sub(1));
+                calendar::day_to_date(last_day - (ALERTS_DEFAULT_DAYS - 1))
+                    .and_then(|d| calendar::start_of_day(programme.time_zone, d))
+                    .ok_or_else(|| invalid("to", "out of range"))?
+            }
+        };
         if to <= from || to - from > ALERTS_RANGE_DAYS_MAX * 86_400_000 {
             return Err(invalid("to", format!("must be after from, at most {ALERTS_RANGE_DAYS_MAX} days later")));
         }

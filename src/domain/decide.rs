@@ -199,7 +199,13 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
         .filter(|l| l.points > 0)
         .collect();
     if !lots.is_empty() {
-        events.push(Event::PointsExpired { points: sum(&lots), lots, cause: ExpiryCause::Due, reason: String::new() });
+        events.push(Event::PointsExpired {
+            points: sum(&lots),
+            lots,
+            cause: ExpiryCause::Due,
+            reason: String::new(),
+            operator: String::new(),
+        });
     }
     if let Some(p) = programme {
         let today = programme_day(p.time_zone, now);
@@ -266,7 +272,7 @@ impl Decision<'_> {
             CommandBody::Release { reservation_id } => self.release(reservation_id),
             CommandBody::Refund { spend_id, points } => self.refund(spend_id, *points),
             CommandBody::ReverseEarn { earn_id, points, growth } => self.reverse(earn_id, *points, *growth),
-            CommandBody::Expire { all_points, reason } => self.expire(*all_points, reason),
+            CommandBody::Expire { all_points, reason, operator } => self.expire(*all_points, reason, operator),
             CommandBody::Adjust { points, operator, reason } => self.adjust(*points, operator, reason),
             CommandBody::Freeze { earning, spending, operator, reason } => {
                 self.freeze_flags(*earning, *spending, operator, reason)?;
@@ -529,6 +535,7 @@ impl Decision<'_> {
             lots,
             cause: ExpiryCause::Due,
             reason: String::new(),
+            operator: String::new(),
         })
     }
 
@@ -635,13 +642,16 @@ impl Decision<'_> {
         }])
     }
 
-    fn expire(&self, all_points: bool, reason: &str) -> Result<Vec<Event>, Rejection> {
+    fn expire(&self, all_points: bool, reason: &str, operator: &str) -> Result<Vec<Event>, Rejection> {
         if !all_points {
             // Due lots were already expired before this command; nothing else to do.
             return Ok(Vec::new());
         }
         if reason.is_empty() {
             return Err(Rejection::field(Reason::MissingField, "reason", "reason is required to expire all points"));
+        }
+        if operator.is_empty() {
+            return Err(Rejection::field(Reason::MissingField, "operator", "recycling every point needs an operator"));
         }
         let mut events = Vec::new();
         for (id, r) in &self.account.reservations {
@@ -664,6 +674,7 @@ impl Decision<'_> {
                 lots,
                 cause: ExpiryCause::AllPoints,
                 reason: reason.into(),
+                operator: operator.into(),
             });
         }
         Ok(events)

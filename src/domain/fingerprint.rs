@@ -96,10 +96,15 @@ pub fn fingerprint(command: &Command) -> u64 {
             h.i64(*points);
             h.i64(*growth);
         }
-        CommandBody::Expire { all_points, reason } => {
+        CommandBody::Expire { all_points, reason, operator } => {
             h.str("expire");
             h.flag(*all_points);
             h.str(reason);
+            // Fed only when set, so the fingerprints of commands recorded
+            // before the operator existed stay what they were.
+            if !operator.is_empty() {
+                h.str(operator);
+            }
         }
         CommandBody::Adjust { points, operator, reason } => {
             h.str("adjust");

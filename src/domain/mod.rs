@@ -234,6 +234,8 @@ pub enum CommandBody {
     Expire {
         all_points: bool,
         reason: String,
+        /// Who recycles the points (required with `all_points`).
+        operator: String,
     },
     Adjust {
         points: Points,
@@ -361,6 +363,8 @@ pub enum Event {
         lots: Vec<LotAmount>,
         cause: ExpiryCause,
         reason: String,
+        /// Who recycled the points (`AllPoints`; empty for due lots).
+        operator: String,
     },
     PointsAdjusted {
         adjustment_id: String,

@@ -280,7 +280,8 @@ fn partial_refund_after_one_of_the_lots_expired_expires_that_part_at_once() {
                 points: 20,
                 lots: lots(&[("soon", 20)]),
                 cause: ExpiryCause::Due,
-                reason: String::new()
+                reason: String::new(),
+                operator: String::new()
             },
         ]
     );
@@ -310,13 +311,21 @@ fn expire_all_points_recycles_everything_including_holds() {
         "r1",
         CommandBody::Reserve { points: 30, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None },
     );
-    s.then_rejects("x", CommandBody::Expire { all_points: true, reason: String::new() }, Reason::MissingField);
-    let events = s.then_ok("x", CommandBody::Expire { all_points: true, reason: "blacklisted".into() });
+    let recycle = |reason: &str, operator: &str| CommandBody::Expire {
+        all_points: true,
+        reason: reason.into(),
+        operator: operator.into(),
+    };
+    s.then_rejects("x", recycle("", "risk-ops"), Reason::MissingField);
+    s.then_rejects("x", recycle("blacklisted", ""), Reason::MissingField);
+    let events = s.then_ok("x", recycle("blacklisted", "risk-ops"));
     assert!(matches!(&events[0], Event::ReservationReleased { cause: ReleaseCause::Recycled, points: 30, .. }));
     assert!(matches!(&events[1], Event::PointsExpired { points: 100, cause: ExpiryCause::AllPoints, .. }));
+    assert!(matches!(&events[1], Event::PointsExpired { operator, .. } if operator == "risk-ops"));
     assert_eq!((s.available(), s.account.reserved()), (0, 0));
     // Nothing due: an accepted no-op.
-    assert!(s.then_ok("y", CommandBody::Expire { all_points: false, reason: String::new() }).is_empty());
+    let due_only = CommandBody::Expire { all_points: false, reason: String::new(), operator: String::new() };
+    assert!(s.then_ok("y", due_only).is_empty());
 }
 
 #[test]
