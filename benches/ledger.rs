@@ -9,11 +9,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use points_ledger::codec;
 use points_ledger::domain::{decide, Account, AccountKey, Command, CommandBody, Programme};
+use points_ledger::log::arbiter::Arbiter;
+use points_ledger::log::codec;
+use points_ledger::log::record::AccountRecord;
 use points_ledger::log::LogEntry;
-use points_ledger::projector::{fold, ViewCache, PROJECTOR_CACHE_ACCOUNTS};
-use points_ledger::record::{AccountRecord, Arbiter};
+use points_ledger::projection::{fold, ViewCache, PROJECTOR_CACHE_ACCOUNTS};
 use points_ledger::store::{self, Db};
 
 const T0: i64 = 1_773_100_800_000;

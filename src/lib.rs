@@ -1,25 +1,44 @@
 //! An event-sourced points ledger for loyalty programmes.
 //!
-//! See ARCHITECTURE.md for the bird's-eye view and the code map.
+//! The layers, in reading order (ARCHITECTURE.md has the bird's-eye view and
+//! the code map):
+//!
+//! - [`domain`]: the business, pure: `decide` and `Account::apply`.
+//! - [`log`]: the partitioned log (embedded or Kafka), its records, their
+//!   encoding and the log's arbitration of writers.
+//! - [`store`]: RocksDB, key layouts, stored accounts and snapshots.
+//! - [`ledger`]: the writers (one per partition), the scheduler, the
+//!   programme-wide cap, the control stream of programme rules.
+//! - [`projection`]: the views folded from the log, and the queries on them.
+//! - [`finance`]: daily books, the reconciliation consumer, the risk view.
+//! - [`api`]: the gRPC services, validation, conversion, errors, auth.
+//! - [`server`]: wiring everything together and serving it.
+//! - [`tools`]: replay, verify, explain, export and recon (the binary's
+//!   subcommands).
+//! - [`proto`]: the generated code of the three schemas (API, log, state).
 
-pub mod accounts;
-pub mod api;
-pub mod audit;
-pub mod books;
-pub mod codec;
 pub mod domain;
-pub mod export;
-pub mod loadgen;
 pub mod log;
-pub mod programmes;
-pub mod projector;
-pub mod proto;
-pub mod record;
-pub mod risk;
-pub mod server;
 pub mod store;
-pub mod writer;
+pub mod ledger;
+pub mod projection;
+pub mod finance;
+pub mod api;
+pub mod server;
+pub mod tools;
+pub mod proto;
 
 /// The hash map of the hot paths (accounts by key, request ids in a batch):
 /// foldhash, randomly seeded per process, instead of SipHash.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Lower-case hex of `bytes` (digests, chain heads, page tokens).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}

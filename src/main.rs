@@ -1,4 +1,6 @@
 //! `points-ledger`: the service and its tools, as subcommands of one binary.
+//! Flags only: each subcommand parses its flags into the options of the
+//! module that does the work (`server`, `tools`, `bench`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,8 +16,12 @@ use points_ledger::api::Auth;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use points_ledger::log::kafka::KafkaConfig;
-use points_ledger::log::EventLog;
 use points_ledger::server::{self, Config, LogConfig};
+use points_ledger::tools;
+
+// The load generator is part of the binary, not of the service's library.
+#[path = "../bench/mod.rs"]
+mod bench;
 
 /// For the tools that fold the whole log in one go (`replay`, `recon`,
 /// `verify`): mimalloc keeps the pages it frees instead of giving them back
@@ -90,31 +96,17 @@ impl LogArgs {
         Ok(k)
     }
 
-    /// The account log, for tools: read only, never creating anything.
-    fn open_events_read_only(&self, data_dir: &std::path::Path) -> anyhow::Result<Box<dyn EventLog>> {
+    /// The log these flags name, for the tools (which never create topics).
+    fn config(&self) -> anyhow::Result<LogConfig> {
         Ok(match self.log {
-            LogKind::Embedded => Box::new(
-                points_ledger::log::embedded::EmbeddedLog::open_read_only(&data_dir.join("log").join("events"))
-                    .with_context(|| format!("opening the log in {}", data_dir.display()))?,
-            ),
-            LogKind::Kafka => Box::new(points_ledger::log::kafka::KafkaLog::open(self.kafka(false)?)?),
+            LogKind::Embedded => LogConfig::Embedded,
+            LogKind::Kafka => LogConfig::Kafka(self.kafka(false)?),
         })
     }
 
-    /// The control stream (programme rules), for tools: read only.
-    fn open_control_read_only(&self, data_dir: &std::path::Path) -> anyhow::Result<Box<dyn EventLog>> {
-        Ok(match self.log {
-            LogKind::Embedded => Box::new(
-                points_ledger::log::embedded::EmbeddedLog::open_read_only(&data_dir.join("log").join("control"))
-                    .with_context(|| format!("opening the control log in {}", data_dir.display()))?,
-            ),
-            LogKind::Kafka => {
-                let mut k = self.kafka(false)?;
-                k.topic = server::control_topic(&k.topic);
-                k.partitions = 1;
-                Box::new(points_ledger::log::kafka::KafkaLog::open(k)?)
-            }
-        })
+    /// Where a tool reads: `data_dir` and this log.
+    fn source(&self, data_dir: &std::path::Path) -> anyhow::Result<tools::Source> {
+        Ok(tools::Source { data_dir: data_dir.to_path_buf(), log: self.config()?, partitions: self.partitions })
     }
 }
 
@@ -376,373 +368,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server::run(listener, config, shutdown_signal()).await
 }
 
-fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    use points_ledger::projector::{rebuild, Until};
-    if args.into.exists() {
-        anyhow::bail!("{} exists: replay builds into a fresh directory", args.into.display());
-    }
-    let time = match &args.until_time {
-        Some(t) => Some(rfc3339_millis("--until-time", t)?),
-        None => None,
-    };
-    let log = args.log.open_events_read_only(&args.data_dir)?;
-    // At most this many records (fewer with --until-time).
-    let mut total = 0u64;
-    for p in 0..log.partitions() {
-        let end = log.end_offset(p)?;
-        total += args.until_position.map_or(end, |u| u.min(end));
-    }
-    let mut outputs = Vec::new();
-    if args.views != ReplayViews::Books {
-        let into = args.into.join("views");
-        let started = std::time::Instant::now();
-        let mut last_print = started;
-        let until = Until { offset: args.until_position, time, offsets: None };
-        let (db, folded) = rebuild(log.as_ref(), &into, until, |n| {
-            if last_print.elapsed().as_millis() >= 250 {
-                last_print = std::time::Instant::now();
-                eprint!("\rviews {}", progress_line(n, total, started.elapsed()));
-            }
-        })?;
-        eprintln!("\rviews {}", progress_line(folded, total.max(folded), started.elapsed()));
-        outputs.push((into, db, folded, started.elapsed()));
-    }
-    if args.views != ReplayViews::Balances {
-        let control = args.log.open_control_read_only(&args.data_dir)?;
-        let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
-        let into = args.into.join("books");
-        let started = std::time::Instant::now();
-        let mut last_print = started;
-        let (db, folded) =
-            points_ledger::books::replay(log.as_ref(), &registry, &into, args.until_position, time, |n| {
-                if last_print.elapsed().as_millis() >= 250 {
-                    last_print = std::time::Instant::now();
-                    eprint!("\rbooks {}", progress_line(n, total, started.elapsed()));
-                }
-            })?;
-        eprintln!("\rbooks {}", progress_line(folded, total.max(folded), started.elapsed()));
-        outputs.push((into, db, folded, started.elapsed()));
-    }
-    for (into, db, folded, took) in outputs {
-        let secs = took.as_secs_f64();
-        println!(
-            "replayed {folded} records into {} in {secs:.2} s ({:.0} records/s)",
-            into.display(),
-            folded as f64 / secs.max(1e-9)
-        );
-        for (cf, digest, rows) in db.digest()? {
-            println!("  {cf:<10} {rows:>10} rows  sha256 {digest}");
-        }
-    }
-    Ok(())
-}
-
-/// `[#########.........]  45%  12345/27000 records  8123 records/s`
-fn progress_line(done: u64, total: u64, elapsed: std::time::Duration) -> String {
-    const WIDTH: u64 = 30;
-    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
-    let percent = (done.min(total) * 100).checked_div(total).unwrap_or(100);
-    format!(
-        "[{}{}] {percent:>3}%  {done}/{total} records  {:.0} records/s   ",
-        "#".repeat(filled as usize),
-        ".".repeat((WIDTH - filled) as usize),
-        done as f64 / elapsed.as_secs_f64().max(1e-9)
-    )
-}
-
-fn rfc3339_millis(flag: &str, t: &str) -> anyhow::Result<i64> {
-    Ok(chrono::DateTime::parse_from_rfc3339(t)
-        .with_context(|| format!("{flag} {t}: expected RFC 3339, e.g. 2026-11-11T00:00:00+08:00"))?
-        .timestamp_millis())
-}
-
-fn explain(args: ExplainArgs) -> anyhow::Result<()> {
-    let key = parse_account("--account", &args.account)?;
-    let as_of = args.as_of.as_deref().map(|t| rfc3339_millis("--as-of", t)).transpose()?;
-    let log = args.log.open_events_read_only(&args.data_dir)?;
-    let control = args.log.open_control_read_only(&args.data_dir)?;
-    let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
-    let programme = points_ledger::domain::ProgrammeKey {
-        tenant_id: key.tenant_id.clone(),
-        programme_id: key.programme_id.clone(),
-    };
-    let steps = points_ledger::audit::explain(log.as_ref(), &key, as_of, args.as_of_position)?;
-    let level = |version: u64, growth: i64| {
-        registry.version(&programme, version).map(|p| p.level_for(growth).to_string()).unwrap_or_default()
-    };
-    println!(
-        "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7} {:>8} {:<8}  lots",
-        "offset", "at (UTC)", "request", "event", "delta", "available", "reserved", "debt", "growth", "level"
-    );
-    for s in &steps {
-        let at = chrono::DateTime::from_timestamp_millis(s.at)
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
-            .unwrap_or_default();
-        let lots: Vec<String> = s.after.lots_fefo().iter().map(|(id, l)| format!("{id}={}", l.remaining)).collect();
-        println!(
-            "{:>8}  {:<24} {:<28} {:<20} {:>8} {:>10} {:>9} {:>7} {:>8} {:<8}  {}",
-            s.offset,
-            at,
-            if s.request_id.is_empty() { "(scheduler)" } else { &s.request_id },
-            s.event.name(),
-            s.event.net_delta(),
-            s.after.available(),
-            s.after.reserved(),
-            s.after.debt,
-            s.after.growth,
-            level(s.programme_version, s.after.growth),
-            lots.join(" ")
-        );
-    }
-    let last = steps.last().map(|s| s.after.clone()).unwrap_or_default();
-    println!(
-        "{key}: {} events; available {}, reserved {}, debt {}, growth {}{}",
-        steps.len(),
-        last.available(),
-        last.reserved(),
-        last.debt,
-        last.growth,
-        if last.earning_frozen || last.spending_frozen {
-            format!(" (frozen: earning {}, spending {})", last.earning_frozen, last.spending_frozen)
-        } else {
-            String::new()
-        }
-    );
-    if let Err(v) = last.check_invariants_fully() {
-        anyhow::bail!("invariant violated: {v}");
-    }
-    Ok(())
-}
-
-fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
-    let log = args.log.open_events_read_only(&args.data_dir)?;
-    let live = points_ledger::audit::open_views_read_only(&args.data_dir)
-        .with_context(|| format!("opening the views in {} for audit", args.data_dir.display()))?;
-    let (folded, difference) = points_ledger::audit::verify(log.as_ref(), &live)?;
-    let mut ok = match difference {
-        None => {
-            println!("views verified: a rebuild of {folded} records from offset zero is byte-identical");
-            true
-        }
-        Some(d) => {
-            println!("views DIFFER from a rebuild of {folded} records: first difference at {d}");
-            false
-        }
-    };
-    let books_dir = args.data_dir.join("books");
-    if books_dir.exists() {
-        let books = points_ledger::store::Db::open_read_only(&books_dir, points_ledger::store::BOOK_CFS)
-            .with_context(|| format!("opening the books in {}", books_dir.display()))?;
-        let control = args.log.open_control_read_only(&args.data_dir)?;
-        let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
-        match points_ledger::books::verify(log.as_ref(), &registry, &books)? {
-            (folded, None) => {
-                println!("books verified: a rebuild of {folded} records from offset zero is byte-identical")
-            }
-            (folded, Some(d)) => {
-                println!("books DIFFER from a rebuild of {folded} records: first difference at {d}");
-                ok = false;
-            }
-        }
-    }
-    Ok(ok)
-}
-
-fn parse_account(flag: &str, s: &str) -> anyhow::Result<points_ledger::domain::AccountKey> {
-    match s.split('/').collect::<Vec<_>>().as_slice() {
-        [t, p, m] if !t.is_empty() && !p.is_empty() && !m.is_empty() => {
-            Ok(points_ledger::domain::AccountKey::new(t, p, m))
-        }
-        _ => anyhow::bail!("{flag} {s}: expected TENANT/PROGRAMME/MEMBER"),
-    }
-}
-
-fn export(args: ExportArgs) -> anyhow::Result<()> {
-    use points_ledger::export;
-    let filter = export::Filter {
-        tenant: args.tenant.clone(),
-        programme: args.programme.clone(),
-        account: args.account.as_deref().map(|a| parse_account("--account", a)).transpose()?,
-        from: args.from.as_deref().map(|t| rfc3339_millis("--from", t)).transpose()?,
-        to: args.to.as_deref().map(|t| rfc3339_millis("--to", t)).transpose()?,
-    };
-    let log = args.log.open_events_read_only(&args.data_dir)?;
-    let n = match args.format {
-        EventFormat::Jsonl if args.output.as_os_str() == "-" => {
-            export::events_jsonl(log.as_ref(), &filter, &mut std::io::stdout().lock())?
-        }
-        EventFormat::Jsonl => {
-            let file =
-                std::fs::File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-            let mut out = std::io::BufWriter::new(file);
-            let n = export::events_jsonl(log.as_ref(), &filter, &mut out)?;
-            std::io::Write::flush(&mut out)?;
-            n
-        }
-        EventFormat::Parquet if args.output.as_os_str() == "-" => {
-            anyhow::bail!("--format parquet needs --output FILE (not standard output)")
-        }
-        EventFormat::Parquet => export::events_parquet(log.as_ref(), &filter, &args.output)?,
-    };
-    eprintln!("exported {n} events");
-    Ok(())
-}
-
-/// `recon --expiry-forecast-days N`: points due per day, per programme.
-fn expiry_forecast(
-    args: &ReconArgs,
-    registry: &points_ledger::programmes::Registry,
-    from: chrono::NaiveDate,
-    days: u32,
-) -> anyhow::Result<bool> {
-    let views = points_ledger::audit::open_views_read_only(&args.data_dir)
-        .with_context(|| format!("the forecast reads the balance view in {}", args.data_dir.display()))?;
-    let mut rows = Vec::new();
-    for p in registry.all_current() {
-        if args.tenant.as_deref().is_some_and(|t| t != p.tenant_id)
-            || args.programme.as_deref().is_some_and(|x| x != p.programme_id)
-        {
-            continue;
-        }
-        for (date, points, lots) in points_ledger::books::expiry_forecast(&views, &p, from, days)? {
-            rows.push(serde_json::json!({
-                "tenant_id": p.tenant_id, "programme_id": p.programme_id, "date": date.to_string(),
-                "points": points, "lots": lots,
-            }));
-        }
-    }
-    let text = match args.format {
-        BookFormat::Json => rows.iter().map(|r| r.to_string() + "\n").collect::<String>(),
-        BookFormat::Csv => {
-            let mut t = "tenant_id,programme_id,date,points,lots\r\n".to_string();
-            for r in &rows {
-                t += &format!(
-                    "{},{},{},{},{}\r\n",
-                    r["tenant_id"].as_str().unwrap_or_default(),
-                    r["programme_id"].as_str().unwrap_or_default(),
-                    r["date"].as_str().unwrap_or_default(),
-                    r["points"],
-                    r["lots"]
-                );
-            }
-            t
-        }
-        BookFormat::Table => {
-            let mut t =
-                format!("{:<12} {:<12} {:<10} {:>12} {:>8}\n", "tenant", "programme", "date", "expiring", "lots");
-            for r in &rows {
-                t += &format!(
-                    "{:<12} {:<12} {:<10} {:>12} {:>8}\n",
-                    r["tenant_id"].as_str().unwrap_or_default(),
-                    r["programme_id"].as_str().unwrap_or_default(),
-                    r["date"].as_str().unwrap_or_default(),
-                    r["points"],
-                    r["lots"]
-                );
-            }
-            t
-        }
-        BookFormat::Parquet => anyhow::bail!("the expiry forecast prints table, csv or json"),
-    };
-    match &args.output {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{text}"),
-    }
-    Ok(true)
-}
-
-/// Most days one `recon` prints.
-const RECON_DAYS_MAX: i64 = 3660;
-
-fn parse_date(flag: &str, s: &str) -> anyhow::Result<chrono::NaiveDate> {
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").with_context(|| format!("{flag} {s}: expected YYYY-MM-DD"))
-}
-
-/// Prints the books; false when one does not balance or the check failed.
-fn recon(args: ReconArgs) -> anyhow::Result<bool> {
-    use points_ledger::books;
-    let from = parse_date("--date", &args.date)?;
-    let to = match &args.to {
-        Some(t) => parse_date("--to", t)?,
-        None => from,
-    };
-    if to < from {
-        anyhow::bail!("--to {to} is before --date {from}");
-    }
-    if (to - from).num_days() >= RECON_DAYS_MAX {
-        anyhow::bail!("at most {RECON_DAYS_MAX} days at once");
-    }
-    let events = args.log.open_events_read_only(&args.data_dir)?;
-    let control = args.log.open_control_read_only(&args.data_dir)?;
-    let registry = points_ledger::programmes::Registry::load(control.as_ref())?;
-    if let Some(days) = args.expiry_forecast_days {
-        return expiry_forecast(&args, &registry, from, days);
-    }
-    let views = match points_ledger::audit::open_views_read_only(&args.data_dir) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            eprintln!("no balance view to check against ({e}); folding the whole log");
-            None
-        }
-    };
-    let scratch = tempfile::tempdir()?;
-    let (db, mismatches) = books::rebuild(events.as_ref(), &registry, views.as_ref(), &scratch.path().join("books"))?;
-    let programmes: Vec<_> = registry
-        .all_current()
-        .into_iter()
-        .filter(|p| args.tenant.as_deref().is_none_or(|t| t == p.tenant_id))
-        .filter(|p| args.programme.as_deref().is_none_or(|x| x == p.programme_id))
-        .collect();
-    if programmes.is_empty() {
-        anyhow::bail!("no programme matches (tenant {:?}, programme {:?})", args.tenant, args.programme);
-    }
-    let period = match args.period {
-        PeriodArg::Day => books::Period::Day,
-        PeriodArg::Month => books::Period::Month,
-        PeriodArg::Quarter => books::Period::Quarter,
-        PeriodArg::Year => books::Period::Year,
-    };
-    let mut rows = Vec::new();
-    for p in &programmes {
-        let mut days = Vec::new();
-        let mut d = from;
-        while d <= to {
-            days.push(books::book_for_date(&db, &registry, p, events.partitions(), d)?);
-            d = d.succ_opt().context("date out of range")?;
-        }
-        rows.extend(books::roll_up(&days, period)?);
-    }
-    if let BookFormat::Parquet = args.format {
-        let path = args.output.as_ref().context("--format parquet needs --output FILE")?;
-        points_ledger::export::books_parquet(&rows, path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    let text = match args.format {
-        BookFormat::Parquet => String::new(),
-        BookFormat::Json => {
-            rows.iter().map(|b| serde_json::to_string(&books::book_json(b))).collect::<Result<Vec<_>, _>>()?.join("\n")
-                + "\n"
-        }
-        BookFormat::Csv => books::books_csv(&rows),
-        BookFormat::Table => books::books_table(&rows),
-    };
-    match (&args.output, args.format) {
-        (_, BookFormat::Parquet) => {}
-        (Some(path), _) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-        (None, _) => print!("{text}"),
-    }
-    let unbalanced = rows.iter().filter(|b| !b.balanced).count();
-    for m in &mismatches {
-        eprintln!("MISMATCH: {m}");
-    }
-    if unbalanced > 0 {
-        eprintln!("{unbalanced} book(s) do not balance");
-    }
-    if mismatches.is_empty() && unbalanced == 0 {
-        eprintln!("{} book(s); all balance and agree with the balance view", rows.len());
-    }
-    Ok(mismatches.is_empty() && unbalanced == 0)
-}
-
 /// `--config FILE` (or POINTS_LEDGER_CONFIG): lines of `flag-name = value`
 /// (`#` starts a comment), e.g. `kafka-brokers = kafka:9092`. A value from
 /// the file applies where neither the flag nor its environment variable is
@@ -799,46 +424,104 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Cmd::Serve(args) => rt.block_on(serve(args)),
-        Cmd::Bench(args) => {
-            let target = args.target.map(|t| if t.starts_with("http") { t } else { format!("http://{t}") });
-            let opts = points_ledger::loadgen::Options {
-                target,
-                accounts: args.accounts,
-                hot: args.hot.as_deref().map(points_ledger::loadgen::parse_hot).transpose()?,
-                concurrency: args.concurrency as usize,
-                duration_seconds: args.duration_seconds,
-                mix: points_ledger::loadgen::parse_mix(&args.mix)?,
-                json: args.json,
-                seed: args.seed,
-                log: match args.log.log {
-                    LogKind::Embedded => LogConfig::Embedded,
-                    LogKind::Kafka => LogConfig::Kafka(args.log.kafka(true)?),
-                },
-                partitions: args.log.partitions,
-                batch: args.batch as usize,
-                floors: args.floors,
-            };
-            rt.block_on(points_ledger::loadgen::run(opts)).map(|_| ())
-        }
+        Cmd::Bench(args) => rt.block_on(bench::loadgen::run(args.options()?)).map(|_| ()),
         Cmd::Replay(args) => {
             keep_freed_pages();
-            replay(args)
+            let until_time =
+                args.until_time.as_deref().map(|t| tools::rfc3339_millis("--until-time", t)).transpose()?;
+            let views = match args.views {
+                ReplayViews::All => tools::replay::Views::All,
+                ReplayViews::Balances => tools::replay::Views::Balances,
+                ReplayViews::Books => tools::replay::Views::Books,
+            };
+            let opts =
+                tools::replay::Options { into: args.into, until_position: args.until_position, until_time, views };
+            tools::replay::run(&args.log.source(&args.data_dir)?, opts)
         }
-        Cmd::Explain(args) => explain(args),
-        Cmd::Export(args) => export(args),
+        Cmd::Explain(args) => {
+            let key = tools::parse_account("--account", &args.account)?;
+            let as_of = args.as_of.as_deref().map(|t| tools::rfc3339_millis("--as-of", t)).transpose()?;
+            tools::explain::run(&args.log.source(&args.data_dir)?, &key, as_of, args.as_of_position)
+        }
+        Cmd::Export(args) => {
+            let filter = tools::export::Filter {
+                tenant: args.tenant.clone(),
+                programme: args.programme.clone(),
+                account: args.account.as_deref().map(|a| tools::parse_account("--account", a)).transpose()?,
+                from: args.from.as_deref().map(|t| tools::rfc3339_millis("--from", t)).transpose()?,
+                to: args.to.as_deref().map(|t| tools::rfc3339_millis("--to", t)).transpose()?,
+            };
+            let format = match args.format {
+                EventFormat::Jsonl => tools::export::EventFormat::Jsonl,
+                EventFormat::Parquet => tools::export::EventFormat::Parquet,
+            };
+            tools::export::run(&args.log.source(&args.data_dir)?, format, &args.output, &filter)
+        }
         Cmd::Recon(args) => {
             keep_freed_pages();
-            if !recon(args)? {
-                std::process::exit(1);
-            }
-            Ok(())
+            let source = args.log.source(&args.data_dir)?;
+            exit_unless(tools::recon::run(&source, &args.options()?)?)
         }
         Cmd::Verify(args) => {
             keep_freed_pages();
-            if !verify(args)? {
-                std::process::exit(1);
-            }
-            Ok(())
+            exit_unless(tools::verify::run(&args.log.source(&args.data_dir)?)?)
         }
+    }
+}
+
+/// Exits 1 when a check failed (the tool has said why).
+fn exit_unless(ok: bool) -> anyhow::Result<()> {
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+impl ReconArgs {
+    fn options(&self) -> anyhow::Result<tools::recon::Options> {
+        let from = tools::parse_date("--date", &self.date)?;
+        Ok(tools::recon::Options {
+            from,
+            to: self.to.as_deref().map(|t| tools::parse_date("--to", t)).transpose()?.unwrap_or(from),
+            tenant: self.tenant.clone(),
+            programme: self.programme.clone(),
+            format: match self.format {
+                BookFormat::Table => tools::recon::BookFormat::Table,
+                BookFormat::Csv => tools::recon::BookFormat::Csv,
+                BookFormat::Json => tools::recon::BookFormat::Json,
+                BookFormat::Parquet => tools::recon::BookFormat::Parquet,
+            },
+            output: self.output.clone(),
+            period: match self.period {
+                PeriodArg::Day => points_ledger::finance::reports::Period::Day,
+                PeriodArg::Month => points_ledger::finance::reports::Period::Month,
+                PeriodArg::Quarter => points_ledger::finance::reports::Period::Quarter,
+                PeriodArg::Year => points_ledger::finance::reports::Period::Year,
+            },
+            expiry_forecast_days: self.expiry_forecast_days,
+        })
+    }
+}
+
+impl BenchArgs {
+    fn options(self) -> anyhow::Result<bench::loadgen::Options> {
+        let target = self.target.map(|t| if t.starts_with("http") { t } else { format!("http://{t}") });
+        Ok(bench::loadgen::Options {
+            target,
+            accounts: self.accounts,
+            hot: self.hot.as_deref().map(bench::loadgen::parse_hot).transpose()?,
+            concurrency: self.concurrency as usize,
+            duration_seconds: self.duration_seconds,
+            mix: bench::loadgen::parse_mix(&self.mix)?,
+            json: self.json,
+            seed: self.seed,
+            log: match self.log.log {
+                LogKind::Embedded => LogConfig::Embedded,
+                LogKind::Kafka => LogConfig::Kafka(self.log.kafka(true)?),
+            },
+            partitions: self.log.partitions,
+            batch: self.batch as usize,
+            floors: self.floors,
+        })
     }
 }

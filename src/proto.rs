@@ -1,8 +1,35 @@
-//! The generated protobuf and gRPC types of `points.v1`.
+//! The generated protobuf types of the three schemas, one module per
+//! package: the API (`points.v1`, re-exported here, so `proto::EarnRequest`
+//! is the API's), the log's records (`points.log.v1`, converted only by
+//! `log::codec`) and stored state (`points.state.v1`, rows of `store` and
+//! `finance`).
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
-tonic::include_proto!("points.v1");
+/// The packages as prost nests them (generated code refers to its
+/// neighbours through these paths).
+pub mod points {
+    pub mod v1 {
+        tonic::include_proto!("points.v1");
+    }
+    pub mod log {
+        pub mod v1 {
+            tonic::include_proto!("points.log.v1");
+        }
+    }
+    pub mod state {
+        pub mod v1 {
+            tonic::include_proto!("points.state.v1");
+        }
+    }
+}
 
-/// The encoded file descriptor set, for gRPC server reflection.
+pub use points::v1::*;
+
+/// The log's records (`points.log.v1`).
+pub use points::log::v1 as log;
+/// Stored state (`points.state.v1`).
+pub use points::state::v1 as state;
+
+/// The encoded file descriptor set of the API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("points_descriptor");

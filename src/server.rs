@@ -12,15 +12,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::{AdminService, Auth, Ledger, LedgerService, ReconciliationService};
-use crate::books::Reconciler;
+use crate::finance::reconciler::Reconciler;
+use crate::ledger::programmes::Programmes;
+use crate::ledger::{Clock, SystemClock, WriterConfig, Writers};
 use crate::log::embedded::EmbeddedLog;
 use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::log::EventLog;
-use crate::programmes::Programmes;
-use crate::projector::Projectors;
+use crate::projection::Projectors;
 use crate::proto as pb;
 use crate::store::{self, Db};
-use crate::writer::{Clock, SystemClock, WriterConfig, Writers};
 
 /// Where the events go.
 #[derive(Clone, Debug)]
@@ -88,6 +88,42 @@ pub fn open_kafka_logs(kafka: &KafkaConfig) -> anyhow::Result<Logs> {
     control.partitions = 1;
     let control = KafkaLog::open(control)?;
     Ok(Logs { events: Arc::new(events), control: Arc::new(control) })
+}
+
+/// The account log of a data directory (or a Kafka topic), read only and
+/// creating nothing: for the tools, beside a running service.
+pub fn open_events_read_only(log: &LogConfig, data_dir: &Path, partitions: u32) -> anyhow::Result<Box<dyn EventLog>> {
+    use anyhow::Context;
+    Ok(match log {
+        LogConfig::Embedded => Box::new(
+            EmbeddedLog::open_read_only(&data_dir.join("log").join("events"))
+                .with_context(|| format!("opening the log in {}", data_dir.display()))?,
+        ),
+        LogConfig::Kafka(k) => {
+            let mut k = k.clone();
+            k.partitions = partitions;
+            k.create_topics = false;
+            Box::new(KafkaLog::open(k)?)
+        }
+    })
+}
+
+/// The control stream (programme rules) of a data directory or topic, read only.
+pub fn open_control_read_only(log: &LogConfig, data_dir: &Path) -> anyhow::Result<Box<dyn EventLog>> {
+    use anyhow::Context;
+    Ok(match log {
+        LogConfig::Embedded => Box::new(
+            EmbeddedLog::open_read_only(&data_dir.join("log").join("control"))
+                .with_context(|| format!("opening the control log in {}", data_dir.display()))?,
+        ),
+        LogConfig::Kafka(k) => {
+            let mut k = k.clone();
+            k.topic = control_topic(&k.topic);
+            k.partitions = 1;
+            k.create_topics = false;
+            Box::new(KafkaLog::open(k)?)
+        }
+    })
 }
 
 /// Opens the logs a configuration names.

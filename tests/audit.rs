@@ -7,9 +7,9 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use points_ledger::codec;
 use points_ledger::domain::AccountKey;
 use points_ledger::proto as pb;
+use points_ledger::store::snapshot as codec;
 use points_ledger::store::{self, Cf, Db};
 
 fn cli(args: &[&str]) -> (bool, String) {
@@ -59,7 +59,7 @@ async fn verify_passes_on_clean_views_and_names_a_corrupted_key() {
     let balance = |path: &std::path::Path| {
         let db = Db::open_read_only(path, store::VIEW_CFS).unwrap();
         let key = AccountKey::new("shop", "points", "m0");
-        points_ledger::accounts::load(&db, Cf::Accounts, &key).unwrap().0.available()
+        points_ledger::store::accounts::load(&db, Cf::Accounts, &key).unwrap().0.available()
     };
     assert_eq!(balance(&into.join("views")) - balance(&early.join("views")), 1000);
     assert_eq!(balance(&into.join("views")), balance(&dir.path().join("views")));

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 use common::*;
+use points_ledger::ledger::Clock;
 use points_ledger::proto as pb;
 use points_ledger::proto::reconciliation_client::ReconciliationClient;
 use points_ledger::store::{self, Cf, Db};
-use points_ledger::writer::Clock;
 
 const MEMBERS: usize = 4;
 const DAYS: i64 = 4;
@@ -537,7 +537,7 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
     let csv = std::fs::read_to_string(&csv_path).unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    assert_eq!(header, points_ledger::books::BOOK_COLUMNS);
+    assert_eq!(header, points_ledger::finance::reports::BOOK_COLUMNS);
     let parsed: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(parsed.len(), dates.len());
     for (row, b) in parsed.iter().zip(live.iter().filter(|b| b.programme_id == "coins")) {
@@ -567,7 +567,7 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
         use parquet::file::reader::{FileReader, SerializedFileReader};
         use parquet::record::RowAccessor;
         let reader = SerializedFileReader::new(std::fs::File::open(&pq).unwrap()).unwrap();
-        let col = |name: &str| points_ledger::books::BOOK_COLUMNS.iter().position(|c| *c == name).unwrap();
+        let col = |name: &str| points_ledger::finance::reports::BOOK_COLUMNS.iter().position(|c| *c == name).unwrap();
         let rows: Vec<_> = reader.get_row_iter(None).unwrap().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), live.len());
         for row in &rows {
@@ -701,7 +701,7 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
         let reader = SerializedFileReader::new(std::fs::File::open(&epq).unwrap()).unwrap();
         let rows: Vec<_> = reader.get_row_iter(None).unwrap().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), events.len());
-        let col = |name: &str| points_ledger::export::EVENT_COLUMNS.iter().position(|c| *c == name).unwrap();
+        let col = |name: &str| points_ledger::tools::export::EVENT_COLUMNS.iter().position(|c| *c == name).unwrap();
         for (row, e) in rows.iter().zip(&events) {
             assert_eq!(row.get_long(col("offset")).unwrap(), e["offset"].as_i64().unwrap());
             assert_eq!(row.get_long(col("delta")).unwrap(), e["delta"].as_i64().unwrap());
@@ -741,7 +741,7 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
     // book after a restart.
     {
         let views = Db::open(&h_dir.path().join("views"), store::VIEW_CFS).unwrap();
-        let victim = points_ledger::accounts::each(views.rows(Cf::Accounts))
+        let victim = points_ledger::store::accounts::each(views.rows(Cf::Accounts))
             .map(Result::unwrap)
             .find(|(_, a)| a.available() + a.reserved() != 0);
         let (key, _) = victim.expect("an account with points");

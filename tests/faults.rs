@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
+use points_ledger::ledger::ManualClock;
 use points_ledger::log::{EventLog, LogError, LogReader, LogRecord};
 use points_ledger::proto as pb;
-use points_ledger::writer::ManualClock;
 use tonic::Code;
 
 /// The embedded log, with appends that fail while `down` is set.

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use common::broker::Tansu;
 use common::*;
-use points_ledger::audit;
+use points_ledger::ledger::ManualClock;
 use points_ledger::log::kafka::{KafkaConfig, KafkaLog, MockBroker};
 use points_ledger::log::EventLog;
 use points_ledger::proto as pb;
 use points_ledger::server::LogConfig;
 use points_ledger::store;
-use points_ledger::writer::ManualClock;
+use points_ledger::tools::audit;
 use tonic::Code;
 
 fn kafka(bootstrap: &str, topic: &str, partitions: u32) -> KafkaConfig {
@@ -89,6 +89,7 @@ async fn the_mock_broker_going_down_gives_unavailable_then_the_service_recovers(
 
 #[test]
 fn a_topic_with_another_partition_count_is_refused() {
+    let Some(_) = common::broker::available() else { return };
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start(dir.path());
     let log = KafkaLog::open(kafka(&broker.bootstrap(), "counted", 2)).unwrap();
@@ -105,6 +106,7 @@ fn a_topic_with_another_partition_count_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_second_claim_wins_and_every_reader_agrees() {
+    let Some(_) = common::broker::available() else { return };
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start(&dir.path().join("tansu"));
     let log = kafka(&broker.bootstrap(), "race", 2);
@@ -172,6 +174,7 @@ enum Outage {
 /// time, nothing half-written; when the broker is back the service recovers
 /// by itself and the client's retry (same request id) lands exactly once.
 async fn real_broker_outage(outage: Outage) {
+    let Some(_) = common::broker::available() else { return };
     let dir = tempfile::tempdir().unwrap();
     let broker_dir = dir.path().join("tansu");
     let mut broker = Tansu::start(&broker_dir);

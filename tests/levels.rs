@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use points_ledger::audit;
 use points_ledger::proto as pb;
+use points_ledger::tools::audit;
 
 const DAY: i64 = 86_400_000;
 

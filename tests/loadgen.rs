@@ -1,39 +1,38 @@
-//! The load generator works end to end (its own server, one second, a few
-//! workers), on the embedded log and on Kafka (tansu), with the floors
-//! measured in the same run. No timing is asserted: only that it ran, saw no
-//! errors and reported every figure.
+//! The load generator works end to end, as a user runs it: `points-ledger
+//! bench` (its own server, one second, a few workers), on the embedded log
+//! and on Kafka (tansu), with the floors measured in the same run. No timing
+//! is asserted: only that it ran, saw no errors and reported every figure.
 
 mod common;
 
-use points_ledger::log::kafka::KafkaConfig;
-use points_ledger::server::LogConfig;
+use std::process::Command;
 
-fn options(log: LogConfig, floors: bool) -> points_ledger::loadgen::Options {
-    points_ledger::loadgen::Options {
-        target: None,
-        accounts: 50,
-        hot: None,
-        concurrency: 4,
-        duration_seconds: 1,
-        mix: points_ledger::loadgen::parse_mix("earn=60,spend=20,reserve=5,refund=5,query=10").unwrap(),
-        json: None,
-        seed: 7,
-        log,
-        partitions: 2,
-        batch: 1,
-        floors,
+/// Runs `points-ledger bench` with a small load and `extra` flags; returns
+/// the figures it wrote with `--json` (and checks they are what it printed).
+fn bench(extra: &[&str]) -> serde_json::Value {
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+        .args(["bench", "--accounts", "50", "--concurrency", "4", "--duration-seconds", "1", "--seed", "7"])
+        .args(["--mix", "earn=60,spend=20,reserve=5,refund=5,query=10", "--partitions", "2"])
+        .arg("--json")
+        .arg(json.path())
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run points-ledger bench");
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Floats need not round-trip through JSON to the last bit; the counts must.
+    for k in ["commands", "ok", "expected_rejections", "errors", "mix", "accounts"] {
+        assert_eq!(written[k], printed[k], "{k}");
     }
+    written
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_drives_its_own_server_and_reports_figures() {
-    let json = tempfile::NamedTempFile::new().unwrap();
-    let figures = points_ledger::loadgen::run(points_ledger::loadgen::Options {
-        json: Some(json.path().to_path_buf()),
-        ..options(LogConfig::Embedded, true)
-    })
-    .await
-    .unwrap();
+#[test]
+fn bench_drives_its_own_server_and_reports_figures() {
+    let figures = bench(&["--floors"]);
     assert!(figures["commands"].as_u64().unwrap() > 0);
     assert_eq!(figures["errors"], serde_json::json!({}), "{figures}");
     for k in ["commands_per_second", "p50_ms", "p99_ms", "p999_ms", "expected_rejections"] {
@@ -46,23 +45,24 @@ async fn bench_drives_its_own_server_and_reports_figures() {
     ] {
         assert!(figures["floors"][k].as_f64().unwrap() > 0.0, "{k}: {figures}");
     }
-    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(json.path()).unwrap()).unwrap();
-    // Floats need not round-trip through JSON to the last bit; the counts must.
-    for k in ["commands", "ok", "expected_rejections", "errors", "mix", "accounts"] {
-        assert_eq!(written[k], figures[k], "{k}");
-    }
-    assert!(points_ledger::loadgen::parse_mix("fly=1").is_err());
-    assert_eq!(points_ledger::loadgen::parse_hot("20/80").unwrap(), (20, 80));
-    assert!(points_ledger::loadgen::parse_hot("0/80").is_err());
-    assert!(points_ledger::loadgen::parse_hot("20").is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_on_kafka_measures_the_raw_producer_in_the_same_run() {
+#[test]
+fn bench_refuses_an_unknown_operation() {
+    let out = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+        .args(["bench", "--mix", "fly=1", "--duration-seconds", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn bench_on_kafka_measures_the_raw_producer_in_the_same_run() {
+    let Some(_) = common::broker::available() else { return };
     let dir = tempfile::tempdir().unwrap();
     let broker = common::broker::Tansu::start(dir.path());
-    let kafka = KafkaConfig::new(&broker.bootstrap(), "bench", 2);
-    let figures = points_ledger::loadgen::run(options(LogConfig::Kafka(kafka), true)).await.unwrap();
+    let bootstrap = broker.bootstrap();
+    let figures = bench(&["--floors", "--log", "kafka", "--kafka-brokers", &bootstrap, "--kafka-topic", "bench"]);
     assert!(figures["commands"].as_u64().unwrap() > 0);
     assert_eq!(figures["errors"], serde_json::json!({}), "{figures}");
     for k in ["grpc_empty_calls_per_second", "kafka_raw_producer_records_per_second"] {
@@ -71,15 +71,9 @@ async fn bench_on_kafka_measures_the_raw_producer_in_the_same_run() {
     assert!(figures["target"].as_str().unwrap().contains("kafka"), "{figures}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_sends_submit_batch_calls() {
-    let figures = points_ledger::loadgen::run(points_ledger::loadgen::Options {
-        batch: 50,
-        hot: Some((10, 90)),
-        ..options(LogConfig::Embedded, false)
-    })
-    .await
-    .unwrap();
+#[test]
+fn bench_sends_submit_batch_calls() {
+    let figures = bench(&["--batch", "50", "--hot", "10/90"]);
     assert!(figures["commands"].as_u64().unwrap() >= 50);
     assert_eq!(figures["errors"], serde_json::json!({}), "{figures}");
     assert_eq!(figures["batch"], 50);
@@ -91,13 +85,10 @@ async fn bench_sends_submit_batch_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_against_the_same_server_reuses_no_request_id() {
     let h = common::Harness::start().await;
+    let target = h.addr.to_string();
     for _ in 0..2 {
-        let figures = points_ledger::loadgen::run(points_ledger::loadgen::Options {
-            target: Some(format!("http://{}", h.addr)),
-            ..options(LogConfig::Embedded, false)
-        })
-        .await
-        .unwrap();
+        let t = target.clone();
+        let figures = tokio::task::spawn_blocking(move || bench(&["--target", &t])).await.unwrap();
         assert!(figures["ok"].as_u64().unwrap() > 0, "{figures}");
         assert_eq!(figures["errors"], serde_json::json!({}), "{figures}");
     }

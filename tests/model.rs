@@ -8,15 +8,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use points_ledger::codec;
 use points_ledger::domain::{AccountKey, Command, CommandBody, Event, ReleaseCause};
+use points_ledger::ledger::{Clock, ManualClock, WriteError};
+use points_ledger::log::arbiter::{Admitted, Arbiter};
 use points_ledger::log::kafka::KafkaConfig;
-use points_ledger::projector::{rebuild, Until};
+use points_ledger::projection::{rebuild, Until};
 use points_ledger::proto as pb;
-use points_ledger::record::{Admitted, Arbiter};
 use points_ledger::server::{open_logs, Config, LogConfig, Service};
 use points_ledger::store::{self, Cf, Db};
-use points_ledger::writer::{Clock, ManualClock, WriteError};
 use proptest::prelude::*;
 
 const MEMBERS: u8 = 3;
@@ -132,10 +131,10 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
             clawback_policy: pb::ClawbackPolicy::AllowDebt as i32,
             ..Default::default()
         };
-        ledger.programmes.configure("cfg", "ops", codec::programme_from_pb(&p).unwrap(), 1, T0).unwrap();
+        ledger.programmes.configure("cfg", "ops", points_ledger::api::validate::programme(&p).unwrap(), 1, T0).unwrap();
 
         let mut models: BTreeMap<u8, Model> = (0..MEMBERS).map(|m| (m, Model::default())).collect();
-        let mut history: Vec<(Command, points_ledger::record::Reply)> = Vec::new();
+        let mut history: Vec<(Command, points_ledger::log::record::Reply)> = Vec::new();
         let mut cursors = [0u64; 2];
         let mut arbiters = [Arbiter::default(); 2];
         for (n, op) in ops.into_iter().enumerate() {
@@ -218,11 +217,10 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
                 Op::Adjust { m, points } => {
                     (*m, CommandBody::Adjust { points: *points, operator: "ops".into(), reason: "fix".into() })
                 }
-                Op::ExpireAll { m } => (*m, CommandBody::Expire {
-                        all_points: true,
-                        reason: "recycle".into(),
-                        operator: "risk-ops".into(),
-                    }),
+                Op::ExpireAll { m } => (
+                    *m,
+                    CommandBody::Expire { all_points: true, reason: "recycle".into(), operator: "risk-ops".into() },
+                ),
             };
             let cmd =
                 Command { request_id: id.clone(), account: key(m), body: body.clone(), context: Default::default() };
@@ -323,7 +321,7 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
 
         let live = Db::open(&dir.path().join("views"), store::VIEW_CFS).unwrap();
         for m in 0..MEMBERS {
-            let (a, _) = points_ledger::accounts::load(&live, Cf::Accounts, &key(m)).unwrap();
+            let (a, _) = points_ledger::store::accounts::load(&live, Cf::Accounts, &key(m)).unwrap();
             prop_assert_eq!(a.check_invariants_fully(), Ok(()));
             let model = &models[&m];
             prop_assert_eq!((a.available(), a.reserved(), a.debt), (model.available, model.reserved, model.debt));

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
+use points_ledger::ledger::ManualClock;
 use points_ledger::proto as pb;
 use points_ledger::store::{self, Db};
-use points_ledger::writer::ManualClock;
 
 const DAY: i64 = 86_400_000;
 const MINUTE: i64 = 60_000;
@@ -247,7 +247,7 @@ async fn each_alert_rule_fires_and_holds_back_and_a_replay_reproduces_the_risk_v
     let events = h.events.clone();
     let (dir, broker) = h.stop_keep_broker().await;
     let live = Db::open_read_only(&dir.path().join("books"), store::BOOK_CFS).unwrap();
-    let views = points_ledger::audit::open_views_read_only(dir.path()).unwrap();
+    let views = points_ledger::tools::audit::open_views_read_only(dir.path()).unwrap();
     let logs = match &broker {
         Some(b) => points_ledger::server::open_kafka_logs(&points_ledger::log::kafka::KafkaConfig::new(
             &b.bootstrap(),
@@ -257,10 +257,15 @@ async fn each_alert_rule_fires_and_holds_back_and_a_replay_reproduces_the_risk_v
         .unwrap(),
         None => points_ledger::server::open_embedded_logs(dir.path(), events.partitions()).unwrap(),
     };
-    let registry = points_ledger::programmes::Registry::load(logs.control.as_ref()).unwrap();
+    let registry = points_ledger::ledger::programmes::Registry::load(logs.control.as_ref()).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let (rebuilt, mismatches) =
-        points_ledger::books::rebuild(events.as_ref(), &registry, Some(&views), &scratch.path().join("b")).unwrap();
+    let (rebuilt, mismatches) = points_ledger::finance::reconciler::rebuild(
+        events.as_ref(),
+        &registry,
+        Some(&views),
+        &scratch.path().join("b"),
+    )
+    .unwrap();
     assert!(mismatches.is_empty(), "{mismatches:?}");
     assert_eq!(rebuilt.digest().unwrap(), live.digest().unwrap());
 }
@@ -276,7 +281,7 @@ async fn the_programme_cap_holds_across_partitions_concurrency_and_restarts() {
     let mut c = h.ledger().await;
     let partitions: BTreeSet<u32> = (0..6)
         .map(|i| {
-            points_ledger::record::partition_for(
+            points_ledger::log::record::partition_for(
                 &points_ledger::domain::AccountKey::new("shop", "points", &format!("m{i}")),
                 3,
             )

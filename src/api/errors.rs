@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::codec::FieldError;
-use crate::domain::{Reason, Rejection};
-use crate::programmes::ConfigureError;
-use crate::writer::WriteError;
+use super::validate::FieldError;
+use crate::domain::{ProgrammeKey, Reason, Rejection};
+use crate::ledger::programmes::ConfigureError;
+use crate::ledger::WriteError;
 
 pub const ERROR_DOMAIN: &str = "points-ledger";
 
@@ -78,9 +78,12 @@ impl From<WriteError> for Status {
                 format!("request_id {id} was already used with different content"),
                 Some("request_id"),
             ),
-            WriteError::Unavailable(m) => {
-                status(Code::Unavailable, "UNAVAILABLE", format!("{m} (safe to retry with the same request_id)"), None)
-            }
+            WriteError::Unavailable(cause) => status(
+                Code::Unavailable,
+                "UNAVAILABLE",
+                format!("{cause} (safe to retry with the same request_id)"),
+                None,
+            ),
         }
     }
 }
@@ -100,6 +103,15 @@ impl From<ConfigureError> for Status {
             ConfigureError::NotConfirmed(m) => status(Code::Unavailable, "UNAVAILABLE", m, None),
         }
     }
+}
+
+/// A programme (or one version of it) that is not configured.
+pub fn programme_not_found(key: &ProgrammeKey, version: Option<u64>) -> Status {
+    let message = match version {
+        Some(v) if v > 0 => format!("programme {}/{} has no version {v}", key.tenant_id, key.programme_id),
+        _ => format!("programme {}/{} is not configured", key.tenant_id, key.programme_id),
+    };
+    status(code_of(Reason::ProgrammeNotFound), Reason::ProgrammeNotFound.as_str(), message, Some("programme_id"))
 }
 
 pub fn internal(e: impl std::fmt::Display) -> Status {

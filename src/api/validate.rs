@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use tonic::Status;
 
 use super::errors::invalid;
-use crate::codec::{self, valid_id};
-use crate::domain::{AccountKey, CommandContext, Millis};
+use crate::domain::{
+    AccountKey, CapPolicy, ClawbackPolicy, CommandContext, LevelThreshold, Millis, Programme, RiskRules,
+    ValidityRounding,
+};
 use crate::proto as pb;
 
 pub const REQUEST_ID_CHARS_MAX: usize = 128;
@@ -122,5 +124,179 @@ pub fn instant(field: &str, t: &prost_types::Timestamp) -> Result<Millis, Status
     if !(0..=253_402_300_799).contains(&t.seconds) {
         return Err(invalid(field, "must lie between 1970 and 9999"));
     }
-    codec::millis(t).ok_or_else(|| invalid(field, "out of range"))
+    super::convert::millis(t).ok_or_else(|| invalid(field, "out of range"))
+}
+
+/// A request field that does not hold a valid value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+// ---- programmes ----
+
+/// Names and codes: 1..64 characters of `[A-Za-z0-9_.:-]`.
+pub fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
+fn check_id(field: &str, s: &str) -> Result<(), FieldError> {
+    if valid_id(s) {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "must be 1..64 characters of [A-Za-z0-9_.:-]"))
+    }
+}
+
+/// Limits on a programme's rules.
+pub const PROGRAMME_VALIDITY_DAYS_MAX: i32 = 36_500;
+pub const PROGRAMME_ACTION_CAPS_MAX: usize = 64;
+pub const PROGRAMME_LEVELS_MAX: usize = 32;
+pub const PROGRAMME_UNIT_NAME_CHARS_MAX: usize = 64;
+
+/// Reads and fully validates a programme's rules. Unspecified enums take
+/// their documented defaults; unknown values are refused. `version` and
+/// `configured_at` are left for the caller (the service sets them).
+pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
+    check_id("programme.tenant_id", &p.tenant_id)?;
+    check_id("programme.programme_id", &p.programme_id)?;
+    if p.unit_name.chars().count() > PROGRAMME_UNIT_NAME_CHARS_MAX {
+        return Err(FieldError::new("programme.unit_name", "at most 64 characters"));
+    }
+    if p.points_per_cash_unit <= 0 {
+        return Err(FieldError::new("programme.points_per_cash_unit", "must be > 0 (e.g. 100: 100 points = 1 unit)"));
+    }
+    if !(0..=PROGRAMME_VALIDITY_DAYS_MAX).contains(&p.validity_days) {
+        return Err(FieldError::new("programme.validity_days", "must be 0 (never) ..= 36500"));
+    }
+    let validity_rounding = match pb::ValidityRounding::try_from(p.validity_rounding) {
+        Ok(pb::ValidityRounding::Unspecified | pb::ValidityRounding::None) => ValidityRounding::None,
+        Ok(pb::ValidityRounding::EndOfMonth) => ValidityRounding::EndOfMonth,
+        Ok(pb::ValidityRounding::EndOfQuarter) => ValidityRounding::EndOfQuarter,
+        Ok(pb::ValidityRounding::EndOfYear) => ValidityRounding::EndOfYear,
+        Err(_) => return Err(FieldError::new("programme.validity_rounding", "unknown value")),
+    };
+    if !(0..=PROGRAMME_VALIDITY_DAYS_MAX).contains(&p.reminder_days) {
+        return Err(FieldError::new("programme.reminder_days", "must be 0..=36500"));
+    }
+    let tz_name = if p.time_zone.is_empty() { "UTC" } else { p.time_zone.as_str() };
+    let time_zone: chrono_tz::Tz = tz_name
+        .parse()
+        .map_err(|_| FieldError::new("programme.time_zone", format!("unknown IANA time zone '{}'", p.time_zone)))?;
+    if p.member_daily_earn_cap < 0 {
+        return Err(FieldError::new("programme.member_daily_earn_cap", "must be >= 0 (0 = no cap)"));
+    }
+    if p.action_daily_earn_caps.len() > PROGRAMME_ACTION_CAPS_MAX {
+        return Err(FieldError::new("programme.action_daily_earn_caps", "at most 64 actions"));
+    }
+    for (action, cap) in &p.action_daily_earn_caps {
+        check_id("programme.action_daily_earn_caps", action)?;
+        if *cap < 0 {
+            return Err(FieldError::new(format!("programme.action_daily_earn_caps[{action}]"), "must be >= 0"));
+        }
+    }
+    if p.programme_daily_issuance_cap < 0 {
+        return Err(FieldError::new("programme.programme_daily_issuance_cap", "must be >= 0 (0 = no cap)"));
+    }
+    let cap_policy = match pb::CapPolicy::try_from(p.cap_policy) {
+        Ok(pb::CapPolicy::Unspecified | pb::CapPolicy::Truncate) => CapPolicy::Truncate,
+        Ok(pb::CapPolicy::Reject) => CapPolicy::Reject,
+        Err(_) => return Err(FieldError::new("programme.cap_policy", "unknown value")),
+    };
+    if !(0..=100).contains(&p.max_order_share_percent) {
+        return Err(FieldError::new("programme.max_order_share_percent", "must be 0 (no limit) ..= 100"));
+    }
+    let clawback_policy = match pb::ClawbackPolicy::try_from(p.clawback_policy) {
+        Ok(pb::ClawbackPolicy::Unspecified | pb::ClawbackPolicy::WithinBalance) => ClawbackPolicy::WithinBalance,
+        Ok(pb::ClawbackPolicy::AllowDebt) => ClawbackPolicy::AllowDebt,
+        Err(_) => return Err(FieldError::new("programme.clawback_policy", "unknown value")),
+    };
+    if p.levels.len() > PROGRAMME_LEVELS_MAX {
+        return Err(FieldError::new("programme.levels", "at most 32 levels"));
+    }
+    for (i, l) in p.levels.iter().enumerate() {
+        if l.name.is_empty() || l.name.chars().count() > 64 {
+            return Err(FieldError::new(format!("programme.levels[{i}].name"), "must be 1..64 characters"));
+        }
+        if l.min_growth < 0 || (i > 0 && l.min_growth <= p.levels[i - 1].min_growth) {
+            return Err(FieldError::new(format!("programme.levels[{i}].min_growth"), "must be >= 0 and ascending"));
+        }
+    }
+    if !(0..=PROGRAMME_VALIDITY_DAYS_MAX).contains(&p.level_window_days) {
+        return Err(FieldError::new("programme.level_window_days", "must be 0 (lifetime) ..= 36500"));
+    }
+    let risk = risk_rules_from_pb(&p.risk.unwrap_or_default())?;
+    Ok(Programme {
+        tenant_id: p.tenant_id.clone(),
+        programme_id: p.programme_id.clone(),
+        unit_name: p.unit_name.clone(),
+        points_per_cash_unit: p.points_per_cash_unit,
+        validity_days: p.validity_days as u32,
+        validity_rounding,
+        reminder_days: p.reminder_days as u32,
+        time_zone,
+        member_daily_earn_cap: p.member_daily_earn_cap,
+        action_daily_earn_caps: p.action_daily_earn_caps.clone().into_iter().collect(),
+        programme_daily_issuance_cap: p.programme_daily_issuance_cap,
+        cap_policy,
+        max_order_share_percent: p.max_order_share_percent as u32,
+        clawback_policy,
+        levels: p.levels.iter().map(|l| LevelThreshold { name: l.name.clone(), min_growth: l.min_growth }).collect(),
+        level_window_days: p.level_window_days as u32,
+        version: 0,
+        configured_at: 0,
+        risk,
+    })
+}
+
+/// Windows of the alert rules are at most a week.
+const RISK_WINDOW_MINUTES_MAX: i32 = 7 * 24 * 60;
+
+fn risk_rules_from_pb(r: &pb::RiskRules) -> Result<RiskRules, FieldError> {
+    let count = |field: &str, v: i32| -> Result<u32, FieldError> {
+        u32::try_from(v).map_err(|_| FieldError::new(format!("programme.risk.{field}"), "must be >= 0"))
+    };
+    let minutes = |field: &str, v: i32| -> Result<u32, FieldError> {
+        if !(0..=RISK_WINDOW_MINUTES_MAX).contains(&v) {
+            return Err(FieldError::new(format!("programme.risk.{field}"), "must be 0..=10080 (a week)"));
+        }
+        Ok(v as u32)
+    };
+    let points = |field: &str, v: i64| -> Result<i64, FieldError> {
+        if v < 0 {
+            return Err(FieldError::new(format!("programme.risk.{field}"), "must be >= 0"));
+        }
+        Ok(v)
+    };
+    let rules = RiskRules {
+        issuance_spike_percent: count("issuance_spike_percent", r.issuance_spike_percent)?,
+        issuance_spike_min_points: points("issuance_spike_min_points", r.issuance_spike_min_points)?,
+        dense_spend_count: count("dense_spend_count", r.dense_spend_count)?,
+        dense_spend_minutes: minutes("dense_spend_minutes", r.dense_spend_minutes)?,
+        shared_address_members: count("shared_address_members", r.shared_address_members)?,
+        member_addresses: count("member_addresses", r.member_addresses)?,
+        member_addresses_minutes: minutes("member_addresses_minutes", r.member_addresses_minutes)?,
+        member_daily_earn_alert: points("member_daily_earn_alert", r.member_daily_earn_alert)?,
+    };
+    if (rules.dense_spend_count > 0) != (rules.dense_spend_minutes > 0) {
+        return Err(FieldError::new(
+            "programme.risk.dense_spend_minutes",
+            "set with dense_spend_count (both or neither)",
+        ));
+    }
+    if (rules.member_addresses > 0) != (rules.member_addresses_minutes > 0) {
+        return Err(FieldError::new(
+            "programme.risk.member_addresses_minutes",
+            "set with member_addresses (both or neither)",
+        ));
+    }
+    Ok(rules)
 }

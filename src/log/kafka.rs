@@ -6,7 +6,7 @@
 //!   `acks=all`) to an explicit partition, keyed by the account, and return
 //!   only when every record's delivery report came back with its offset, or
 //!   fail within `message.timeout.ms` (+ a margin). A failed append may still
-//!   have landed: the writers (src/writer.rs) settle that by reading the log
+//!   have landed: the writers (src/ledger/follow.rs) settle that by reading the log
 //!   and, on this shared log, by claiming a new epoch.
 //! - Readers are consumers assigned to one partition at an offset (no group
 //!   membership, no committed offsets: every reader keeps its position in its
@@ -83,7 +83,9 @@ impl KafkaConfig {
         self.build(&[])
     }
 
-    fn producer(&self) -> ClientConfig {
+    /// The producer settings of the service's appends (the bench's raw
+    /// producer floor uses the same).
+    pub fn producer(&self) -> ClientConfig {
         let timeout = ms(self.append_timeout).max(10).to_string();
         self.build(&[
             ("enable.idempotence", "true".into()),
@@ -234,6 +236,15 @@ fn topic_partitions(meta: &BaseConsumer, config: &KafkaConfig) -> Result<Option<
         Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => Ok(None),
         Some(e) => Err(unavailable("topic metadata", RDKafkaErrorCode::from(e))),
     }
+}
+
+/// Creates the configured topic unless it exists (with any partition count).
+pub fn ensure_topic(config: &KafkaConfig) -> Result<(), LogError> {
+    let meta: BaseConsumer = config.consumer().create().map_err(|e| unavailable("client", e))?;
+    if topic_partitions(&meta, config)?.is_none() {
+        create_topic(config)?;
+    }
+    Ok(())
 }
 
 fn create_topic(config: &KafkaConfig) -> Result<(), LogError> {
@@ -505,66 +516,4 @@ impl MockBroker {
     pub fn up(&self) -> Result<(), LogError> {
         self.cluster.broker_up(-1).map_err(|e| unavailable("mock broker up", e))
     }
-}
-
-/// The raw producer floor for `bench --floors`: the records librdkafka
-/// alone delivers in about `duration` (and the time it took, flush included) to the same broker with the service's producer settings
-/// (idempotent, acks=all), records of `record_bytes`, round-robin over the
-/// partitions of a scratch topic `<topic>-floor` (never the ledger's own).
-pub fn raw_producer_floor(
-    config: &KafkaConfig,
-    duration: Duration,
-    record_bytes: usize,
-) -> Result<(u64, Duration), LogError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    /// Records sent and not yet reported at most.
-    const FLOOR_IN_FLIGHT_MAX: u64 = 20_000;
-    struct Count(Arc<AtomicU64>, Arc<AtomicU64>);
-    impl ClientContext for Count {}
-    impl ProducerContext for Count {
-        type DeliveryOpaque = ();
-        fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-            let counter = if result.is_ok() { &self.0 } else { &self.1 };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    let mut scratch = config.clone();
-    scratch.topic = format!("{}-floor", config.topic);
-    // A floor measures throughput; a slow broker must not turn it into failures.
-    scratch.append_timeout = Duration::from_secs(60);
-    if topic_partitions(&config.consumer().create().map_err(|e| unavailable("client", e))?, &scratch)?.is_none() {
-        create_topic(&scratch)?;
-    }
-    let (delivered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let producer: ThreadedProducer<Count> = scratch
-        .producer()
-        .create_with_context(Count(delivered.clone(), failed.clone()))
-        .map_err(|e| unavailable("producer", e))?;
-    let payload = vec![0x5au8; record_bytes];
-    let started = Instant::now();
-    let mut sent = 0u64;
-    while started.elapsed() < duration {
-        if sent - delivered.load(Ordering::Relaxed) - failed.load(Ordering::Relaxed) >= FLOOR_IN_FLIGHT_MAX {
-            std::thread::sleep(Duration::from_micros(200));
-            continue;
-        }
-        let key = sent.to_be_bytes();
-        let record = BaseRecord::to(&scratch.topic)
-            .partition((sent % u64::from(scratch.partitions)) as i32)
-            .key(&key[..])
-            .payload(&payload[..]);
-        match producer.send(record) {
-            Ok(()) => sent += 1,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                std::thread::sleep(Duration::from_micros(200))
-            }
-            Err((e, _)) => return Err(unavailable("floor produce", e)),
-        }
-    }
-    producer.flush(scratch.append_timeout).map_err(|e| unavailable("floor flush", e))?;
-    let took = started.elapsed();
-    if failed.load(Ordering::Relaxed) > 0 {
-        return Err(LogError::Unavailable(format!("{} floor records failed", failed.load(Ordering::Relaxed))));
-    }
-    Ok((delivered.load(Ordering::Relaxed), took))
 }

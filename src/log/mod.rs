@@ -1,12 +1,18 @@
 //! The event log: partitioned, append-only, durable. Two backends implement
-//! [`EventLog`]: the embedded log on local disk (the default) and, later,
-//! Kafka. Everything above this module sees only these traits.
+//! [`EventLog`]: the embedded log on local disk (the default, `embedded`) and
+//! Kafka (`kafka`). Everything above this module sees only these traits, the
+//! records they carry (`record`), their encoding (`codec`, the only reader
+//! and writer of `points.log.v1`) and the log's arbitration of writers
+//! (`arbiter`).
 //!
 //! The traits are blocking: callers run them on their own threads (writers,
 //! projectors), never on the async runtime.
 
+pub mod arbiter;
+pub mod codec;
 pub mod embedded;
 pub mod kafka;
+pub mod record;
 
 use std::time::Duration;
 
@@ -48,7 +54,7 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Whether other processes may append to this log too. Writers on a
     /// shared log claim their partitions and verify every batch by reading
-    /// it back (DESIGN.md, "arbitrated by the log").
+    /// it back (ARCHITECTURE.md, "Writers arbitrated by the log").
     fn shared(&self) -> bool;
 
     /// Appends records to one partition, in order, and returns the offset
@@ -77,6 +83,10 @@ pub trait LogReader: Send {
 /// How long a reader that knows more records exist waits for them before it
 /// calls the log unavailable.
 pub const READ_TO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`read_towards`] waits per poll.
+const READ_TO_POLL: Duration = Duration::from_millis(200);
+/// How often a parallel rebuild reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(50);
 
 /// Reads the next batch of a partition known to hold records up to `end`
 /// (exclusive), waiting for them if need be (a Kafka fetch takes a moment),
@@ -84,7 +94,7 @@ pub const READ_TO_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn read_towards(reader: &mut dyn LogReader, end: u64, max_records: usize) -> Result<Vec<LogEntry>, LogError> {
     let started = std::time::Instant::now();
     while reader.position() < end {
-        let mut entries = reader.next_batch(max_records, Duration::from_millis(200))?;
+        let mut entries = reader.next_batch(max_records, READ_TO_POLL)?;
         if !entries.is_empty() {
             entries.retain(|e| e.offset < end);
             return Ok(entries);
@@ -102,7 +112,7 @@ pub fn read_towards(reader: &mut dyn LogReader, end: u64, max_records: usize) ->
 
 /// Runs `fold(partition, folded)` for every partition on up to as many threads
 /// as the machine has cores (each takes the next partition not yet taken),
-/// reporting the records `folded` counts so far to `progress` every 50 ms.
+/// reporting the records `folded` counts so far to `progress` every [`PROGRESS_EVERY`].
 /// For rebuilds whose partitions are independent. Returns the final count.
 pub fn fold_partitions_in_parallel(
     partitions: u32,
@@ -129,7 +139,7 @@ pub fn fold_partitions_in_parallel(
             .collect();
         while !handles.iter().all(|h| h.is_finished()) {
             progress(folded.load(Ordering::Relaxed));
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(PROGRESS_EVERY);
         }
         for h in handles {
             h.join().map_err(|_| anyhow::anyhow!("a rebuild thread panicked"))??;

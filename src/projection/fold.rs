@@ -1,103 +1,13 @@
-//! Projectors: fold the log into the RocksDB views that queries read.
-//!
-//! Views (column families of the views database):
-//! - `accounts`: each account's state, folded with the same `Account::apply`
-//!   the writers use, so balances, lots, reservations and debt agree by
-//!   construction;
-//! - `entries`: a member's statement, one row per event with the running
-//!   balance, keyed by account and log position;
-//! - `expiring`: lots with points and an expiry, keyed by programme and
-//!   expiry instant, for reminders without scanning every account;
-//! - `meta`: the log position each partition's view has reached.
-//!
-//! Each batch of records becomes one WriteBatch holding the view changes and
-//! the new position, so after a crash a projector resumes exactly where its
-//! views stop. The broker's offsets (on Kafka) are never the source of truth.
-//! [`fold`] is the one fold: the live projectors and `replay` both use it, so
-//! a rebuild from offset zero gives byte-identical views.
+//! The one fold of records into the views, shared by the live projectors
+//! and `rebuild` (which only writes later and differently), so a rebuild
+//! from offset zero gives byte-identical views.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use prost::Message;
-use tokio::sync::watch;
-
-use crate::accounts;
-use crate::codec;
 use crate::domain::{Account, AccountKey, Lot, Millis};
-use crate::log::{EventLog, LogEntry};
-use crate::proto as pb;
-use crate::record::{Admitted, Arbiter, Balance, PartitionRecord, Position};
-use crate::store::{self, Batch, Cf, Db};
+use crate::log::arbiter::{Admitted, Arbiter};
+use crate::log::record::{Balance, Position};
+use crate::log::LogEntry;
+use crate::store::{self, accounts, snapshot, Batch, Cf, Db};
 use crate::FastMap;
-
-/// Records folded into one WriteBatch at most.
-pub const PROJECTOR_BATCH_RECORDS_MAX: usize = 4096;
-/// How long a projector waits for new records before looking at its stop flag.
-pub const PROJECTOR_POLL_WAIT_MS: u64 = 100;
-
-/// The running projectors, and where each partition's views stand.
-pub struct Projectors {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    positions: watch::Receiver<Vec<u64>>,
-}
-
-impl Projectors {
-    pub fn start(log: Arc<dyn EventLog>, views: Arc<Db>) -> anyhow::Result<Projectors> {
-        let n = log.partitions();
-        let start: Vec<store::Cursor> = (0..n).map(|p| store::read_cursor(&views, p)).collect::<Result<_, _>>()?;
-        let (tx, rx) = watch::channel(start.iter().map(|c| c.next).collect::<Vec<u64>>());
-        let tx = Arc::new(tx);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for p in 0..n {
-            let mut arbiter = start[p as usize].arbiter;
-            let mut cache = ViewCache::live(PROJECTOR_CACHE_ACCOUNTS);
-            let mut reader = log.reader(p, start[p as usize].next)?;
-            let (views, tx, stop) = (views.clone(), tx.clone(), stop.clone());
-            threads.push(std::thread::Builder::new().name(format!("projector-{p}")).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let entries = match reader
-                        .next_batch(PROJECTOR_BATCH_RECORDS_MAX, Duration::from_millis(PROJECTOR_POLL_WAIT_MS))
-                    {
-                        Ok(e) => e,
-                        Err(e) => {
-                            tracing::error!(partition = p, error = %e, "projector cannot read the log; retrying");
-                            std::thread::sleep(Duration::from_millis(500));
-                            continue;
-                        }
-                    };
-                    if entries.is_empty() {
-                        continue;
-                    }
-                    let next = entries.last().expect("non-empty").offset + 1;
-                    if let Err(e) = fold(&views, p, &mut arbiter, &entries, &mut cache).and_then(|b| views.write(b)) {
-                        tracing::error!(partition = p, error = %e, "projector cannot fold; it stops");
-                        return;
-                    }
-                    tx.send_modify(|v| v[p as usize] = next);
-                }
-            })?);
-        }
-        Ok(Projectors { stop, threads, positions: rx })
-    }
-
-    /// Next offset each partition's views will fold (everything below is in).
-    pub fn positions(&self) -> watch::Receiver<Vec<u64>> {
-        self.positions.clone()
-    }
-
-    pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A projector's decoded accounts between batches, each with the pieces
 /// changed since its rows were written, so a batch neither re-reads nor
@@ -294,19 +204,20 @@ pub fn fold(
         for (i, event) in std::mem::take(&mut record.events).into_iter().enumerate() {
             account.apply(&event);
             cached.changed.note(&event);
-            let row = pb::Entry {
-                position: Some(codec::position_to_pb(position)),
-                request_id: record.request_id.clone(),
-                at: Some(codec::timestamp(record.at)),
-                delta: event.net_delta(),
-                event: Some(codec::event_to_pb(event)),
-                balance: Some(codec::balance_to_pb(&Balance::of(account))),
-            };
+            let delta = event.net_delta();
+            let row = snapshot::encode_statement_entry(
+                position,
+                &record.request_id,
+                record.at,
+                event,
+                delta,
+                &Balance::of(account),
+            );
             let key = entry_key(&record.account, entry.offset, i as u16);
             if cache.deferred {
-                cache.entries.push((key, Some(row.encode_to_vec())));
+                cache.entries.push((key, Some(row)));
             } else {
-                batch.put_vec(Cf::Entries, key, row.encode_to_vec());
+                batch.put_vec(Cf::Entries, key, row);
             }
         }
     }
@@ -363,86 +274,12 @@ pub fn parse_expiring_key(prefix_len: usize, k: &[u8]) -> Option<(String, Millis
     Some((String::from_utf8(rest[..i].to_vec()).ok()?, at, String::from_utf8(rest[i + 1..].to_vec()).ok()?))
 }
 
-/// How far to rebuild.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Until<'a> {
-    /// Fold records with offset < this, in every partition (None: to the end).
-    pub offset: Option<u64>,
-    /// Per partition, fold records with offset < this (overrides `offset`).
-    pub offsets: Option<&'a [u64]>,
-    /// Fold records decided at or before this instant.
-    pub time: Option<Millis>,
-}
-
-/// Rebuilds every view from offset zero into a fresh database at `into`,
-/// stopping at the log's end as it was when the rebuild started (or `until`).
-/// Partitions are folded in parallel (up to the machine's cores): each writes
-/// only its own accounts' rows and its own position, so the result does not
-/// depend on how they interleave. Returns the number of records folded.
-pub fn rebuild(log: &dyn EventLog, into: &Path, until: Until, progress: impl FnMut(u64)) -> anyhow::Result<(Db, u64)> {
-    let views = Db::open_rebuild(into, store::VIEW_CFS)?;
-    let folded = crate::log::fold_partitions_in_parallel(
-        log.partitions(),
-        |p, folded| rebuild_partition(log, &views, p, until, folded),
-        progress,
-    )?;
-    views.finish_rebuild()?;
-    Ok((views, folded))
-}
-
-fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folded: &AtomicU64) -> anyhow::Result<()> {
-    let limit = match until.offsets {
-        Some(v) => v.get(p as usize).copied().unwrap_or(0),
-        None => until.offset.unwrap_or(u64::MAX),
-    };
-    let end = limit.min(log.end_offset(p)?);
-    let mut reader = log.reader(p, 0)?;
-    let mut arbiter = Arbiter::default();
-    let mut cache = ViewCache::rebuild(REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS);
-    let mut folded_to: Option<store::Cursor> = None;
-    loop {
-        let mut entries = crate::log::read_towards(reader.as_mut(), end, PROJECTOR_BATCH_RECORDS_MAX)?;
-        if entries.is_empty() {
-            break;
-        }
-        let mut done = false;
-        if let Some(t) = until.time {
-            // The first record decided after `t` ends the replay (claims carry a time too).
-            let cut = entries.iter().position(|e| {
-                codec::decode_partition_record(&e.payload)
-                    .map(|r| match r {
-                        PartitionRecord::Account(r) => r.at > t,
-                        PartitionRecord::Claim(c) => c.at > t,
-                    })
-                    .unwrap_or(true)
-            });
-            if let Some(cut) = cut {
-                entries.truncate(cut);
-                done = true;
-            }
-        }
-        if let Some(last) = entries.last() {
-            folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
-            views.write(fold(views, p, &mut arbiter, &entries, &mut cache)?)?;
-            folded_to = Some(store::Cursor { next: last.offset + 1, arbiter });
-        }
-        if done {
-            break;
-        }
-    }
-    if let Some(cursor) = folded_to {
-        let mut batch = Batch::default();
-        cache.write_out(views, &mut batch, p, cursor)?;
-        views.write(batch)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{decide, Command, CommandBody, Programme};
-    use crate::record::AccountRecord;
+    use crate::log::codec;
+    use crate::log::record::AccountRecord;
     use crate::store::Row;
 
     const T0: Millis = 1_773_100_800_000;
@@ -526,7 +363,7 @@ mod tests {
         // And the expiring rows are exactly the lots with points and an
         // expiry of the final accounts, with their points now.
         let mut expected: Vec<Row> = Vec::new();
-        for row in crate::accounts::each(whole.rows(Cf::Accounts)) {
+        for row in crate::store::accounts::each(whole.rows(Cf::Accounts)) {
             let (key, account) = row.unwrap();
             for ((at, lot), points) in expiring_lots(&account) {
                 expected.push((expiring_key(&key, at, &lot), points.to_be_bytes().to_vec()));

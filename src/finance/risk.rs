@@ -23,11 +23,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use prost::Message;
-
-use crate::domain::{calendar, AccountKey, Event, Millis, Programme, ProgrammeKey};
-use crate::proto as pb;
-use crate::record::AccountRecord;
+use crate::domain::{calendar, AccountKey, Event, Millis, Programme, ProgrammeKey, RiskRules};
+use crate::log::record::AccountRecord;
+use crate::proto::state;
 use crate::store::{self, Batch, Cf, Db, StoreError};
 use crate::FastMap;
 
@@ -88,39 +86,173 @@ pub const RISK_CACHE_ACCOUNTS: usize = 10_000;
 #[derive(Default)]
 pub struct RiskFold {
     /// Counters as stored (or about to be), and whether listed in `dirty`.
-    accounts: FastMap<AccountKey, (pb::RiskState, bool)>,
+    accounts: FastMap<AccountKey, (state::RiskState, bool)>,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
     shared: BTreeMap<Vec<u8>, Vec<u8>>,
     alerts: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-fn position(partition: u32, offset: u64) -> pb::LogPosition {
-    pb::LogPosition { partition, offset }
+fn position(partition: u32, offset: u64) -> state::Position {
+    state::Position { partition, offset }
 }
 
 fn date_of(day: i64) -> String {
     calendar::day_to_date(day).map(|d| d.to_string()).unwrap_or_default()
 }
 
+/// What one record moved, as the rules count it.
+struct Movements {
+    earned: i64,
+    /// Spends and captures.
+    spends: usize,
+    spent: i64,
+}
+
+impl Movements {
+    fn of(record: &AccountRecord) -> Movements {
+        let mut m = Movements { earned: 0, spends: 0, spent: 0 };
+        for e in &record.events {
+            match e {
+                Event::PointsEarned { granted, .. } => m.earned = m.earned.saturating_add(*granted),
+                Event::PointsSpent { points, .. } | Event::ReservationCaptured { points, .. } => {
+                    m.spends += 1;
+                    m.spent = m.spent.saturating_add(*points);
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
+/// Where an alert comes from: the record that triggered it.
+struct Trigger<'a> {
+    key: &'a AccountKey,
+    at: Millis,
+    day: i64,
+    partition: u32,
+    offset: u64,
+}
+
+impl Trigger<'_> {
+    fn alert(
+        &self,
+        rule: &str,
+        subject: String,
+        figures: Vec<(&str, i64)>,
+        events: Vec<state::Position>,
+    ) -> state::Alert {
+        state::Alert {
+            rule: rule.into(),
+            at: Some(crate::log::codec::instant(self.at)),
+            accounts: vec![crate::log::codec::account_key_to_wire(self.key)],
+            figures: figures.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            events,
+            subject,
+            date: date_of(self.day),
+        }
+    }
+
+    fn here(&self) -> state::Position {
+        position(self.partition, self.offset)
+    }
+}
+
+/// A member's earnings of the day reaching the threshold (once a day: when
+/// this record crosses it).
+fn member_daily_earn(rules: &RiskRules, t: &Trigger, before: i64, s: &state::RiskState) -> Option<state::Alert> {
+    let threshold = rules.member_daily_earn_alert;
+    (threshold > 0 && before < threshold && s.earned >= threshold).then(|| {
+        t.alert(
+            "member_daily_earn",
+            t.key.to_string(),
+            vec![("earned_today", s.earned), ("threshold", threshold)],
+            vec![t.here()],
+        )
+    })
+}
+
+/// More spends than the threshold within the window (once per window).
+fn dense_spend(rules: &RiskRules, t: &Trigger, spends: usize, s: &mut state::RiskState) -> Option<state::Alert> {
+    if rules.dense_spend_count == 0 || spends == 0 {
+        return None;
+    }
+    let window = i64::from(rules.dense_spend_minutes) * MINUTE_MS;
+    for _ in 0..spends {
+        s.spend_at_ms.push(t.at);
+        s.spend_offsets.push(t.offset);
+    }
+    let keep = s.spend_at_ms.iter().position(|x| *x > t.at - window).unwrap_or(s.spend_at_ms.len());
+    s.spend_at_ms.drain(..keep);
+    s.spend_offsets.drain(..keep);
+    let n = s.spend_at_ms.len();
+    let mut alert = None;
+    if n > rules.dense_spend_count as usize && s.dense_alerted_at_ms <= t.at - window {
+        s.dense_alerted_at_ms = t.at;
+        let events = s.spend_offsets.iter().take(ALERT_EVENTS_MAX).map(|o| position(t.partition, *o)).collect();
+        let figures = vec![
+            ("spends", n as i64),
+            ("threshold", rules.dense_spend_count.into()),
+            ("minutes", rules.dense_spend_minutes.into()),
+        ];
+        alert = Some(t.alert("dense_spend", t.key.to_string(), figures, events));
+    }
+    // Only the last `count + 1` spends can matter for the next alert.
+    let excess = s.spend_at_ms.len().saturating_sub(rules.dense_spend_count as usize + 1);
+    s.spend_at_ms.drain(..excess);
+    s.spend_offsets.drain(..excess);
+    alert
+}
+
+/// A member seen from more addresses than the threshold within the window
+/// (once per window).
+fn member_addresses(
+    rules: &RiskRules,
+    t: &Trigger,
+    addresses: &[String],
+    s: &mut state::RiskState,
+) -> Option<state::Alert> {
+    if rules.member_addresses == 0 || addresses.is_empty() {
+        return None;
+    }
+    let window = i64::from(rules.member_addresses_minutes) * MINUTE_MS;
+    for a in addresses {
+        s.address_at_ms.push(t.at);
+        s.addresses.push(a.clone());
+        s.address_offsets.push(t.offset);
+    }
+    let keep = s.address_at_ms.iter().position(|x| *x > t.at - window).unwrap_or(s.address_at_ms.len());
+    s.address_at_ms.drain(..keep);
+    s.addresses.drain(..keep);
+    s.address_offsets.drain(..keep);
+    let mut distinct: Vec<&String> = s.addresses.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() <= rules.member_addresses as usize || s.addresses_alerted_at_ms > t.at - window {
+        return None;
+    }
+    s.addresses_alerted_at_ms = t.at;
+    let mut offsets = s.address_offsets.clone();
+    offsets.dedup();
+    let subject = distinct.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",");
+    let figures = vec![
+        ("addresses", distinct.len() as i64),
+        ("threshold", rules.member_addresses.into()),
+        ("minutes", rules.member_addresses_minutes.into()),
+    ];
+    let events = offsets.iter().take(ALERT_EVENTS_MAX).map(|o| position(t.partition, *o)).collect();
+    Some(t.alert("member_addresses", subject, figures, events))
+}
+
 impl RiskFold {
-    /// Folds one counted record of `partition` decided on programme `day`.
-    pub fn record(
-        &mut self,
-        db: &Db,
-        programme: &Programme,
-        partition: u32,
-        offset: u64,
-        record: &AccountRecord,
-        day: i64,
-    ) -> Result<(), StoreError> {
-        let key = &record.account;
-        let pk = programme_of(key);
-        let rules = programme.risk;
+    /// A member's counters as stored (or about to be), for programme `day`,
+    /// marked to be written.
+    fn counters(&mut self, db: &Db, key: &AccountKey, day: i64) -> Result<&mut state::RiskState, StoreError> {
         if !self.accounts.contains_key(key) {
             let s = match db.get(Cf::Risk, &account_row(key))? {
-                Some(b) => pb::RiskState::decode(&b[..]).map_err(crate::codec::CodecError::from)?,
-                None => pb::RiskState::default(),
+                Some(b) => store::decode_row::<state::RiskState>(&b)?,
+                None => state::RiskState::default(),
             };
             self.accounts.insert(key.clone(), (s, false));
         }
@@ -130,158 +262,79 @@ impl RiskFold {
             self.dirty.push(key.clone());
         }
         if s.day != day {
-            *s = pb::RiskState { day, ..std::mem::take(s) };
+            *s = state::RiskState { day, ..std::mem::take(s) };
             s.earned = 0;
             s.spent = 0;
             s.commands = 0;
         }
-        let earned: i64 = record
-            .events
-            .iter()
-            .map(|e| match e {
-                Event::PointsEarned { granted, .. } => *granted,
-                _ => 0,
-            })
-            .sum();
-        let spends = record
-            .events
-            .iter()
-            .filter(|e| matches!(e, Event::PointsSpent { .. } | Event::ReservationCaptured { .. }))
-            .count();
-        let spent: i64 = record
-            .events
-            .iter()
-            .map(|e| match e {
-                Event::PointsSpent { points, .. } | Event::ReservationCaptured { points, .. } => *points,
-                _ => 0,
-            })
-            .sum();
-        let before = s.earned;
-        s.earned = s.earned.saturating_add(earned);
-        s.spent = s.spent.saturating_add(spent);
-        if !record.system {
-            s.commands += 1;
-        }
-        let at = record.at;
-        let here = position(partition, offset);
-        let mut alerts: Vec<(&str, pb::Alert)> = Vec::new();
-        let alert = |rule: &str, subject: String, figures: Vec<(&str, i64)>, events: Vec<pb::LogPosition>| pb::Alert {
-            rule: rule.into(),
-            at: Some(crate::codec::timestamp(at)),
-            accounts: vec![crate::codec::account_key_to_pb(key)],
-            figures: figures.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            events,
-            subject,
-            date: date_of(day),
-        };
+        Ok(s)
+    }
 
-        let threshold = rules.member_daily_earn_alert;
-        if threshold > 0 && before < threshold && s.earned >= threshold {
-            alerts.push((
-                "member_daily_earn",
-                alert(
-                    "member_daily_earn",
-                    key.to_string(),
-                    vec![("earned_today", s.earned), ("threshold", threshold)],
-                    vec![here],
-                ),
-            ));
+    /// The programme's issuance of the day and, per address, the first earn
+    /// of each member: the facts the programme-wide rules read.
+    fn count_earn(&mut self, db: &Db, t: &Trigger, earned: i64, addresses: &[String]) -> Result<(), StoreError> {
+        let pk = programme_of(t.key);
+        let sum = self.issuance.entry((pk.clone(), t.day)).or_insert(i64::MIN);
+        if *sum == i64::MIN {
+            *sum = match db.get(Cf::Risk, &issuance_row(&pk, t.day, t.partition))? {
+                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored issuance")),
+                None => 0,
+            };
         }
-
-        if rules.dense_spend_count > 0 && spends > 0 {
-            let window = i64::from(rules.dense_spend_minutes) * MINUTE_MS;
-            for _ in 0..spends {
-                s.spend_at_ms.push(at);
-                s.spend_offsets.push(offset);
+        *sum = sum.saturating_add(earned);
+        for a in addresses {
+            let row = shared_row(&pk, t.day, a, &t.key.member_id);
+            if !self.shared.contains_key(&row) && db.get(Cf::Risk, &row)?.is_none() {
+                let mut v = t.at.to_be_bytes().to_vec();
+                v.extend_from_slice(&t.partition.to_be_bytes());
+                v.extend_from_slice(&t.offset.to_be_bytes());
+                self.shared.insert(row, v);
             }
-            let keep = s.spend_at_ms.iter().position(|t| *t > at - window).unwrap_or(s.spend_at_ms.len());
-            s.spend_at_ms.drain(..keep);
-            s.spend_offsets.drain(..keep);
-            let n = s.spend_at_ms.len();
-            if n > rules.dense_spend_count as usize && s.dense_alerted_at_ms <= at - window {
-                s.dense_alerted_at_ms = at;
-                let events = s.spend_offsets.iter().take(ALERT_EVENTS_MAX).map(|o| position(partition, *o)).collect();
-                alerts.push((
-                    "dense_spend",
-                    alert(
-                        "dense_spend",
-                        key.to_string(),
-                        vec![
-                            ("spends", n as i64),
-                            ("threshold", rules.dense_spend_count.into()),
-                            ("minutes", rules.dense_spend_minutes.into()),
-                        ],
-                        events,
-                    ),
-                ));
-            }
-            // Only the last `count + 1` spends can matter for the next alert.
-            let excess = s.spend_at_ms.len().saturating_sub(rules.dense_spend_count as usize + 1);
-            s.spend_at_ms.drain(..excess);
-            s.spend_offsets.drain(..excess);
         }
+        Ok(())
+    }
 
+    /// Folds one counted record of `partition` decided on programme `day`:
+    /// the member's counters, the rules on one member, and the facts the
+    /// programme-wide rules read when alerts are listed.
+    pub fn record(
+        &mut self,
+        db: &Db,
+        programme: &Programme,
+        partition: u32,
+        offset: u64,
+        record: &AccountRecord,
+        day: i64,
+    ) -> Result<(), StoreError> {
+        let rules = programme.risk;
+        let t = Trigger { key: &record.account, at: record.at, day, partition, offset };
+        let m = Movements::of(record);
         let addresses: Vec<String> = [("ip", &record.context.client_ip), ("device", &record.context.device_id)]
             .iter()
             .filter(|(_, v)| !v.is_empty())
             .map(|(kind, v)| format!("{kind}:{v}"))
             .collect();
-        if rules.member_addresses > 0 && !addresses.is_empty() {
-            let window = i64::from(rules.member_addresses_minutes) * MINUTE_MS;
-            for a in &addresses {
-                s.address_at_ms.push(at);
-                s.addresses.push(a.clone());
-                s.address_offsets.push(offset);
-            }
-            let keep = s.address_at_ms.iter().position(|t| *t > at - window).unwrap_or(s.address_at_ms.len());
-            s.address_at_ms.drain(..keep);
-            s.addresses.drain(..keep);
-            s.address_offsets.drain(..keep);
-            let mut distinct: Vec<&String> = s.addresses.iter().collect();
-            distinct.sort();
-            distinct.dedup();
-            if distinct.len() > rules.member_addresses as usize && s.addresses_alerted_at_ms <= at - window {
-                s.addresses_alerted_at_ms = at;
-                let mut offsets = s.address_offsets.clone();
-                offsets.dedup();
-                let subject = distinct.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",");
-                alerts.push((
-                    "member_addresses",
-                    alert(
-                        "member_addresses",
-                        subject,
-                        vec![
-                            ("addresses", distinct.len() as i64),
-                            ("threshold", rules.member_addresses.into()),
-                            ("minutes", rules.member_addresses_minutes.into()),
-                        ],
-                        offsets.iter().take(ALERT_EVENTS_MAX).map(|o| position(partition, *o)).collect(),
-                    ),
-                ));
-            }
+        let s = self.counters(db, &record.account, day)?;
+        let before = s.earned;
+        s.earned = s.earned.saturating_add(m.earned);
+        s.spent = s.spent.saturating_add(m.spent);
+        if !record.system {
+            s.commands += 1;
         }
-
-        if earned > 0 {
-            let sum = self.issuance.entry((pk.clone(), day)).or_insert(i64::MIN);
-            if *sum == i64::MIN {
-                *sum = match db.get(Cf::Risk, &issuance_row(&pk, day, partition))? {
-                    Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored issuance")),
-                    None => 0,
-                };
-            }
-            *sum = sum.saturating_add(earned);
-            for a in &addresses {
-                let row = shared_row(&pk, day, a, &key.member_id);
-                if !self.shared.contains_key(&row) && db.get(Cf::Risk, &row)?.is_none() {
-                    let mut v = at.to_be_bytes().to_vec();
-                    v.extend_from_slice(&partition.to_be_bytes());
-                    v.extend_from_slice(&offset.to_be_bytes());
-                    self.shared.insert(row, v);
-                }
-            }
+        let alerts: Vec<state::Alert> = [
+            member_daily_earn(&rules, &t, before, s),
+            dense_spend(&rules, &t, m.spends, s),
+            member_addresses(&rules, &t, &addresses, s),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if m.earned > 0 {
+            self.count_earn(db, &t, m.earned, &addresses)?;
         }
-        for (rule, a) in alerts {
-            self.alerts.insert(alert_row(&pk, at, partition, offset, rule), a.encode_to_vec());
+        let pk = programme_of(&record.account);
+        for a in alerts {
+            self.alerts.insert(alert_row(&pk, t.at, partition, offset, &a.rule), store::encode_row(&a));
         }
         Ok(())
     }
@@ -291,7 +344,7 @@ impl RiskFold {
         for k in std::mem::take(&mut self.dirty) {
             let (s, dirty) = self.accounts.get_mut(&k).expect("a dirty account is cached");
             *dirty = false;
-            batch.put(Cf::Risk, &account_row(&k), &s.encode_to_vec());
+            batch.put(Cf::Risk, &account_row(&k), &store::encode_row(s));
         }
         if self.accounts.len() > RISK_CACHE_ACCOUNTS {
             self.accounts.clear();
@@ -324,9 +377,9 @@ pub fn issuance(db: &Db, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> 
 }
 
 /// A member's counters, when its latest record fell on `day` (or any day).
-pub fn account_risk(db: &Db, key: &AccountKey) -> Result<Option<pb::RiskState>, StoreError> {
+pub fn account_risk(db: &Db, key: &AccountKey) -> Result<Option<state::RiskState>, StoreError> {
     Ok(match db.get(Cf::Risk, &account_row(key))? {
-        Some(b) => Some(pb::RiskState::decode(&b[..]).map_err(crate::codec::CodecError::from)?),
+        Some(b) => Some(store::decode_row::<state::RiskState>(&b)?),
         None => None,
     })
 }
@@ -334,7 +387,7 @@ pub fn account_risk(db: &Db, key: &AccountKey) -> Result<Option<pb::RiskState>, 
 /// Alerts of a programme decided in `[from, to)`: the stored ones and those
 /// evaluated from the stored facts for every programme day the range
 /// touches, sorted by (time, rule, subject).
-pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Result<Vec<pb::Alert>, StoreError> {
+pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Result<Vec<state::Alert>, StoreError> {
     let pk = programme.key();
     let prefix = store::programme_prefix(&pk.tenant_id, &pk.programme_id);
     let mut start = prefix.clone();
@@ -344,7 +397,7 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         if store::millis_from_key(&k[prefix.len()..prefix.len() + 8]) >= to {
             break;
         }
-        out.push(pb::Alert::decode(&v[..]).map_err(crate::codec::CodecError::from)?);
+        out.push(store::decode_row::<state::Alert>(&v)?);
     }
     let tz = programme.time_zone;
     let rules = programme.risk;
@@ -362,9 +415,9 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
             let spike = i128::from(today) * 100 * i128::from(SPIKE_TRAILING_DAYS)
                 > i128::from(rules.issuance_spike_percent) * i128::from(trailing);
             if spike && today >= rules.issuance_spike_min_points && today > 0 {
-                out.push(pb::Alert {
+                out.push(state::Alert {
                     rule: "issuance_spike".into(),
-                    at: Some(crate::codec::timestamp(start_of_day)),
+                    at: Some(crate::log::codec::instant(start_of_day)),
                     accounts: Vec::new(),
                     figures: [
                         ("issued_today", today),
@@ -386,7 +439,7 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         }
     }
     out.sort_by(|a, b| {
-        let t = |x: &pb::Alert| x.at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+        let t = |x: &state::Alert| x.at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap_or_default();
         (t(a), &a.rule, &a.subject).cmp(&(t(b), &b.rule, &b.subject))
     });
     Ok(out)
@@ -400,7 +453,7 @@ fn shared_address_alerts(
     day: i64,
     from: Millis,
     to: Millis,
-) -> Result<Vec<pb::Alert>, StoreError> {
+) -> Result<Vec<state::Alert>, StoreError> {
     let pk = programme.key();
     let prefix = day_prefix(b's', &pk, day);
     let mut by_address: BTreeMap<String, Vec<(Millis, u32, u64, String)>> = BTreeMap::new();
@@ -425,13 +478,13 @@ fn shared_address_alerts(
         if !(from..to).contains(&at) {
             continue;
         }
-        out.push(pb::Alert {
+        out.push(state::Alert {
             rule: "shared_address".into(),
-            at: Some(crate::codec::timestamp(at)),
+            at: Some(crate::log::codec::instant(at)),
             accounts: members
                 .iter()
                 .map(|(_, _, _, m)| {
-                    crate::codec::account_key_to_pb(&AccountKey::new(&pk.tenant_id, &pk.programme_id, m))
+                    crate::log::codec::account_key_to_wire(&AccountKey::new(&pk.tenant_id, &pk.programme_id, m))
                 })
                 .collect(),
             figures: [("members", members.len() as i64), ("threshold", n as i64)]

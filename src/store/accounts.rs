@@ -25,8 +25,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::codec::{self, CodecError, Piece};
+use super::snapshot::{self as codec, Piece};
 use crate::domain::{Account, AccountKey, Event};
+use crate::log::codec::CodecError;
 use crate::store::{self, Cf, Db, Row, StoreError};
 
 /// Pieces an account kept as one row holds at most.

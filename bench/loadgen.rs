@@ -1,6 +1,6 @@
 //! `points-ledger bench`: a load generator that drives a real gRPC server
 //! (its own on the embedded log in a temporary directory, or `--target`).
-//! It is a gRPC client tool, so it speaks tonic directly.
+//! It is a gRPC client, so it speaks tonic directly.
 //!
 //! Rejections the mix provokes on purpose (spending more than an account
 //! holds, refunding a spend twice) are counted apart from errors.
@@ -14,12 +14,16 @@ use anyhow::Context;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::proto as pb;
-use crate::proto::points_ledger_client::PointsLedgerClient;
-use crate::proto::programme_admin_client::ProgrammeAdminClient;
+use points_ledger::proto as pb;
+use points_ledger::proto::points_ledger_client::PointsLedgerClient;
+use points_ledger::proto::programme_admin_client::ProgrammeAdminClient;
 
 /// Latency samples kept per worker at most (beyond it, every other one).
 const LATENCY_SAMPLES_PER_WORKER_MAX: usize = 2_000_000;
+/// Successful spends a worker remembers for later refunds, at most.
+const REFUNDABLE_SPENDS_MAX: usize = 1024;
+/// HTTP/2 connections the bench opens to its target at most.
+const CONNECTIONS_MAX: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -36,7 +40,7 @@ pub struct Options {
     pub json: Option<std::path::PathBuf>,
     pub seed: u64,
     /// The log of the server the bench starts itself (without `target`).
-    pub log: crate::server::LogConfig,
+    pub log: points_ledger::server::LogConfig,
     pub partitions: u32,
     /// Commands per `SubmitBatch` call; 1 sends unary calls.
     pub batch: usize,
@@ -81,7 +85,7 @@ async fn grpc_empty_call_floor(connections: &[Channel], concurrency: usize) -> a
 }
 
 /// A store floor's signature: directory, duration, rows per batch, bytes per row.
-type StoreFloor = fn(&std::path::Path, Duration, usize, usize) -> Result<(u64, Duration), crate::store::StoreError>;
+type StoreFloor = fn(&std::path::Path, Duration, usize, usize) -> Result<(u64, Duration), rocksdb::Error>;
 
 /// Rows/s that RocksDB alone takes in WriteBatches of
 /// `FLOOR_ROCKSDB_BATCH_RECORDS`, in a temporary directory on the same disk
@@ -257,6 +261,68 @@ async fn batch_worker(
     res
 }
 
+/// Sends one unary call of kind `op` for `member` with request id `rid`;
+/// a successful spend is remembered in `spends` for a later refund.
+async fn one_call(
+    client: &mut PointsLedgerClient<Channel>,
+    op: &str,
+    member: u64,
+    rid: String,
+    spends: &mut Vec<(u64, String)>,
+) -> Result<(), tonic::Status> {
+    match op {
+        "earn" => {
+            let r = pb::EarnRequest {
+                request_id: rid,
+                account: account(member),
+                points: 100,
+                reason: "purchase".into(),
+                ..Default::default()
+            };
+            client.earn(r).await.map(|_| ())
+        }
+        "spend" => {
+            let r = pb::SpendRequest {
+                request_id: rid.clone(),
+                account: account(member),
+                points: 30,
+                ..Default::default()
+            };
+            let answer = client.spend(r).await;
+            if answer.is_ok() && spends.len() < REFUNDABLE_SPENDS_MAX {
+                spends.push((member, rid));
+            }
+            answer.map(|_| ())
+        }
+        "reserve" => {
+            let r = pb::ReserveRequest {
+                request_id: rid,
+                account: account(member),
+                points: 20,
+                order_ref: "bench".into(),
+                timeout_seconds: 30,
+                ..Default::default()
+            };
+            client.reserve(r).await.map(|_| ())
+        }
+        "refund" => {
+            let (m, spend) = spends.pop().expect("refunds only with a spend to refund");
+            let r = pb::RefundRequest {
+                request_id: rid,
+                account: account(m),
+                spend_request_id: spend,
+                points: 30,
+                ..Default::default()
+            };
+            client.refund(r).await.map(|_| ())
+        }
+        _ => {
+            let r = pb::GetAccountRequest { account: account(member), ..Default::default() };
+            client.get_account(r).await.map(|_| ())
+        }
+    }
+}
+
 async fn worker(
     mut client: PointsLedgerClient<Channel>,
     opts: Arc<Options>,
@@ -277,60 +343,7 @@ async fn worker(
         let member = pick_member(&mut rng, &opts);
         let rid = format!("{run:x}-w{id}-{n}");
         let started = Instant::now();
-        let outcome: Result<(), tonic::Status> = match op {
-            "earn" => client
-                .earn(pb::EarnRequest {
-                    request_id: rid,
-                    account: account(member),
-                    points: 100,
-                    reason: "purchase".into(),
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ()),
-            "spend" => {
-                let r = client
-                    .spend(pb::SpendRequest {
-                        request_id: rid.clone(),
-                        account: account(member),
-                        points: 30,
-                        ..Default::default()
-                    })
-                    .await;
-                if r.is_ok() && spends.len() < 1024 {
-                    spends.push((member, rid));
-                }
-                r.map(|_| ())
-            }
-            "reserve" => client
-                .reserve(pb::ReserveRequest {
-                    request_id: rid,
-                    account: account(member),
-                    points: 20,
-                    order_ref: "bench".into(),
-                    timeout_seconds: 30,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ()),
-            "refund" => {
-                let (m, spend) = spends.pop().expect("refunds only with a spend to refund");
-                client
-                    .refund(pb::RefundRequest {
-                        request_id: rid,
-                        account: account(m),
-                        spend_request_id: spend,
-                        points: 30,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-            }
-            _ => client
-                .get_account(pb::GetAccountRequest { account: account(member), ..Default::default() })
-                .await
-                .map(|_| ()),
-        };
+        let outcome = one_call(&mut client, op, member, rid, &mut spends).await;
         let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         if res.latencies_us.len() < LATENCY_SAMPLES_PER_WORKER_MAX || n.is_multiple_of(2) {
             res.latencies_us.push(us);
@@ -353,7 +366,6 @@ fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-/// Runs the load and prints (and optionally writes) the figures.
 /// Waits until the server's health service says SERVING (every partition
 /// has caught up with the log).
 pub async fn wait_serving(channel: Channel, timeout: Duration) -> anyhow::Result<()> {
@@ -375,30 +387,31 @@ pub async fn wait_serving(channel: Channel, timeout: Duration) -> anyhow::Result
     }
 }
 
-pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
-    let mut own = None;
-    let target = match &opts.target {
-        Some(t) => t.clone(),
-        None => {
-            let dir = tempfile::tempdir()?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let mut config = crate::server::Config::new(dir.path());
-            config.log = opts.log.clone();
-            config.partitions = opts.partitions;
-            let task = tokio::spawn(crate::server::run(listener, config, async {
-                let _ = rx.await;
-            }));
-            own = Some((dir, tx, task));
-            url
-        }
-    };
-    let channel =
-        Channel::from_shared(target.clone())?.connect().await.with_context(|| format!("connecting to {target}"))?;
-    wait_serving(channel.clone(), Duration::from_secs(60)).await?;
-    let mut admin = ProgrammeAdminClient::new(channel.clone());
-    admin
+/// A server the bench started itself: its directory, its stop signal, its task.
+type OwnServer = (tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>);
+
+/// The server to drive: `--target`, or one of its own in a temporary
+/// directory on the configured log.
+async fn start_target(opts: &Options) -> anyhow::Result<(String, Option<OwnServer>)> {
+    if let Some(t) = &opts.target {
+        return Ok((t.clone(), None));
+    }
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut config = points_ledger::server::Config::new(dir.path());
+    config.log = opts.log.clone();
+    config.partitions = opts.partitions;
+    let task = tokio::spawn(points_ledger::server::run(listener, config, async {
+        let _ = rx.await;
+    }));
+    Ok((url, Some((dir, tx, task))))
+}
+
+/// The programme every command of the bench goes to.
+async fn configure_programme(channel: Channel) -> anyhow::Result<()> {
+    ProgrammeAdminClient::new(channel)
         .configure_programme(pb::ConfigureProgrammeRequest {
             request_id: "bench-programme".into(),
             operator: "bench".into(),
@@ -412,47 +425,52 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
             }),
         })
         .await?;
-    let opts = Arc::new(opts);
-    let done = Arc::new(AtomicU64::new(0));
-    // Several HTTP/2 connections, so one connection's window is not the limit.
-    let connections: Vec<Channel> = {
-        let mut v = vec![channel];
-        for _ in 1..opts.concurrency.clamp(1, 8) {
-            v.push(Channel::from_shared(target.clone())?.connect().await?);
-        }
-        v
-    };
+    Ok(())
+}
+
+/// The floors, in the same run: gRPC empty calls on the same server, and
+/// the raw log underneath (on the bench's own server: its disk, or the
+/// broker it uses).
+async fn measure_floors(
+    opts: &Options,
+    connections: &[Channel],
+    own: bool,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut floors = serde_json::Map::new();
-    if opts.floors {
-        eprintln!("measuring floors ({FLOOR_SECONDS} s each)...");
-        floors.insert(
-            "grpc_empty_calls_per_second".into(),
-            grpc_empty_call_floor(&connections, opts.concurrency).await?.into(),
-        );
-        match (&opts.log, own.is_some()) {
-            (crate::server::LogConfig::Kafka(k), _) => {
-                let k = k.clone();
-                let (records, took) = tokio::task::spawn_blocking(move || {
-                    crate::log::kafka::raw_producer_floor(&k, Duration::from_secs(FLOOR_SECONDS), FLOOR_RECORD_BYTES)
-                })
-                .await??;
-                let raw = records as f64 / took.as_secs_f64();
-                floors.insert("kafka_raw_producer_records_per_second".into(), raw.into());
-            }
-            (crate::server::LogConfig::Embedded, true) => {
-                let raw = tokio::task::spawn_blocking(|| rocksdb_floor(crate::store::sync_write_batch_floor)).await??;
-                floors.insert("rocksdb_sync_write_batch_records_per_second".into(), raw.into());
-                let rows =
-                    tokio::task::spawn_blocking(|| rocksdb_floor(crate::store::random_key_write_floor)).await??;
-                floors.insert("rocksdb_random_key_rows_per_second".into(), rows.into());
-            }
-            // The target's disk is not ours to measure.
-            (crate::server::LogConfig::Embedded, false) => {}
+    eprintln!("measuring floors ({FLOOR_SECONDS} s each)...");
+    floors.insert(
+        "grpc_empty_calls_per_second".into(),
+        grpc_empty_call_floor(connections, opts.concurrency).await?.into(),
+    );
+    match (&opts.log, own) {
+        (points_ledger::server::LogConfig::Kafka(k), _) => {
+            let k = k.clone();
+            let (records, took) = tokio::task::spawn_blocking(move || {
+                super::floors::raw_producer_floor(&k, Duration::from_secs(FLOOR_SECONDS), FLOOR_RECORD_BYTES)
+            })
+            .await??;
+            let raw = records as f64 / took.as_secs_f64();
+            floors.insert("kafka_raw_producer_records_per_second".into(), raw.into());
         }
-        floors.insert("record_bytes".into(), FLOOR_RECORD_BYTES.into());
-        floors.insert("rocksdb_batch_records".into(), FLOOR_ROCKSDB_BATCH_RECORDS.into());
-        eprintln!("floors: {}", serde_json::Value::Object(floors.clone()));
+        (points_ledger::server::LogConfig::Embedded, true) => {
+            let raw = tokio::task::spawn_blocking(|| rocksdb_floor(super::floors::sync_write_batch_floor)).await??;
+            floors.insert("rocksdb_sync_write_batch_records_per_second".into(), raw.into());
+            let rows = tokio::task::spawn_blocking(|| rocksdb_floor(super::floors::random_key_write_floor)).await??;
+            floors.insert("rocksdb_random_key_rows_per_second".into(), rows.into());
+        }
+        // The target's disk is not ours to measure.
+        (points_ledger::server::LogConfig::Embedded, false) => {}
     }
+    floors.insert("record_bytes".into(), FLOOR_RECORD_BYTES.into());
+    floors.insert("rocksdb_batch_records".into(), FLOOR_ROCKSDB_BATCH_RECORDS.into());
+    eprintln!("floors: {}", serde_json::Value::Object(floors.clone()));
+    Ok(floors)
+}
+
+/// Runs the workers until the deadline, printing progress every second, and
+/// gathers what they saw. Returns it with the time it took.
+async fn drive(opts: Arc<Options>, connections: &[Channel]) -> anyhow::Result<(WorkerResult, f64)> {
+    let done = Arc::new(AtomicU64::new(0));
     // Part of every request id, so runs against the same server never reuse
     // one (a reused id with other content is answered ALREADY_EXISTS).
     let run = chrono::Utc::now().timestamp_millis() as u64;
@@ -493,14 +511,25 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         }
     }
     progress.abort();
-    let elapsed = started.elapsed().as_secs_f64();
     all.latencies_us.sort_unstable();
+    Ok((all, started.elapsed().as_secs_f64()))
+}
+
+/// The run's figures, as printed and written with `--json`.
+fn figures(
+    opts: &Options,
+    target: &str,
+    own: bool,
+    floors: serde_json::Map<String, serde_json::Value>,
+    all: &WorkerResult,
+    elapsed: f64,
+) -> serde_json::Value {
     let total = all.ok + all.expected_rejections + all.errors.values().sum::<u64>();
-    let figures = serde_json::json!({
-        "target": match (&own, &opts.log) {
-            (None, _) => target.clone(),
-            (Some(_), crate::server::LogConfig::Embedded) => "own server (embedded log, temp dir)".to_string(),
-            (Some(_), crate::server::LogConfig::Kafka(k)) => format!("own server (kafka {} topic {})", k.brokers, k.topic),
+    serde_json::json!({
+        "target": match (own, &opts.log) {
+            (false, _) => target.to_string(),
+            (true, points_ledger::server::LogConfig::Embedded) => "own server (embedded log, temp dir)".to_string(),
+            (true, points_ledger::server::LogConfig::Kafka(k)) => format!("own server (kafka {} topic {})", k.brokers, k.topic),
         },
         "floors": floors,
         "accounts": opts.accounts,
@@ -518,7 +547,27 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
         "ok": all.ok,
         "expected_rejections": all.expected_rejections,
         "errors": all.errors,
-    });
+    })
+}
+
+/// The whole bench: start (or reach) the server, configure the programme,
+/// measure the floors if asked, drive the load, report.
+pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
+    let (target, own) = start_target(&opts).await?;
+    let channel =
+        Channel::from_shared(target.clone())?.connect().await.with_context(|| format!("connecting to {target}"))?;
+    wait_serving(channel.clone(), Duration::from_secs(60)).await?;
+    configure_programme(channel.clone()).await?;
+    // Several HTTP/2 connections, so one connection's window is not the limit.
+    let mut connections = vec![channel];
+    for _ in 1..opts.concurrency.clamp(1, CONNECTIONS_MAX) {
+        connections.push(Channel::from_shared(target.clone())?.connect().await?);
+    }
+    let floors =
+        if opts.floors { measure_floors(&opts, &connections, own.is_some()).await? } else { serde_json::Map::new() };
+    let opts = Arc::new(opts);
+    let (all, elapsed) = drive(opts.clone(), &connections).await?;
+    let figures = figures(&opts, &target, own.is_some(), floors, &all, elapsed);
     println!("{}", serde_json::to_string_pretty(&figures)?);
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_vec_pretty(&figures)?)?;
@@ -545,7 +594,7 @@ mod tests {
             mix: parse_mix("earn=1").unwrap(),
             json: None,
             seed: 3,
-            log: crate::server::LogConfig::Embedded,
+            log: points_ledger::server::LogConfig::Embedded,
             partitions: 1,
             batch: 1,
             floors: false,
@@ -564,6 +613,14 @@ mod tests {
         // Every account is still drawn, hot or not.
         let distinct: std::collections::BTreeSet<u64> = picks.into_iter().collect();
         assert_eq!(distinct.len(), 1_000);
+    }
+
+    #[test]
+    fn mixes_and_hot_shares_parse() {
+        assert!(parse_mix("fly=1").is_err());
+        assert_eq!(parse_hot("20/80").unwrap(), (20, 80));
+        assert!(parse_hot("0/80").is_err());
+        assert!(parse_hot("20").is_err());
     }
 
     #[test]

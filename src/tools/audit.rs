@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::log::EventLog;
-use crate::projector::{rebuild, Until};
+use crate::projection::{rebuild, Until};
 use crate::store::{self, Cf, Db, Row};
 
 /// The first place two view databases disagree.
@@ -40,7 +40,7 @@ pub fn describe_key(cf: Cf, key: &[u8]) -> String {
         Cf::Meta => String::from_utf8(key.to_vec()).ok(),
         _ => None,
     }
-    .unwrap_or_else(|| crate::codec::hex(key))
+    .unwrap_or_else(|| crate::hex(key))
 }
 
 /// The first differing row of two databases, column family by column family.
@@ -113,13 +113,13 @@ pub fn explain(
     as_of: Option<crate::domain::Millis>,
     as_of_offset: Option<u64>,
 ) -> anyhow::Result<Vec<Step>> {
-    let partition = crate::record::partition_for(account, log.partitions());
+    let partition = crate::log::record::partition_for(account, log.partitions());
     let mut end = log.end_offset(partition)?;
     if let Some(o) = as_of_offset {
         end = end.min(o.saturating_add(1));
     }
     let mut reader = log.reader(partition, 0)?;
-    let mut arbiter = crate::record::Arbiter::default();
+    let mut arbiter = crate::log::arbiter::Arbiter::default();
     let mut state = crate::domain::Account::default();
     let mut steps = Vec::new();
     loop {
@@ -129,7 +129,7 @@ pub fn explain(
         }
         for e in entries {
             let r = match arbiter.admit_bytes(&e.payload)? {
-                crate::record::Admitted::Record(r) => r,
+                crate::log::arbiter::Admitted::Record(r) => r,
                 _ => continue,
             };
             if &r.account != account {

@@ -1,7 +1,13 @@
-//! RocksDB, and only here. Two databases: the writer's state (a checkpoint of
-//! what it has folded from the log, plus the idempotency records and the due
-//! index) and the views the projectors maintain. Both are derived from the
-//! log: deleting either directory loses nothing but time.
+//! RocksDB, and only here. Three databases: the writers' state (`writer/`: a
+//! checkpoint of what they folded from the log, the idempotency records and
+//! the due index), the views the projectors maintain (`views/`), and the
+//! reconciliation consumer's books, risk view and alerts (`books/`). All are
+//! derived from the log: deleting any of them loses nothing but time.
+//!
+//! - `keys`: the key layouts and readers' positions;
+//! - `accounts`: how an account is kept (one row, or a header and pieces);
+//! - `snapshot`: the encoding of stored accounts, replies and statement rows
+//!   (`points.state.v1`); other rows go through [`encode_row`] / [`decode_row`].
 //!
 //! Writes are not synced: each WriteBatch carries the log position it brings
 //! its state to, and RocksDB's WAL recovers a prefix of batches, so after a
@@ -12,14 +18,30 @@ use std::path::Path;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{AccountKey, Millis};
+pub mod accounts;
+mod keys;
+pub mod snapshot;
+
+pub use keys::*;
+
+use crate::log::codec::CodecError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("stored value unreadable: {0}")]
-    Codec(#[from] crate::codec::CodecError),
+    Codec(#[from] CodecError),
+}
+
+/// A stored row (a `points.state.v1` message) as bytes.
+pub fn encode_row<M: prost::Message>(m: &M) -> Vec<u8> {
+    m.encode_to_vec()
+}
+
+/// A stored row back from its bytes.
+pub fn decode_row<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, CodecError> {
+    Ok(M::decode(bytes)?)
 }
 
 /// Column families. Writer state: `Accounts`, `Requests`, `Due`, `Meta`.
@@ -412,70 +434,6 @@ impl Db {
     }
 }
 
-/// Plain RocksDB (one column family, default options, so 64 MiB memtables)
-/// in `dir` taking WriteBatches of `batch_records` rows of `record_bytes`,
-/// the n-th row keyed `key(n)`, for about `duration`, with the WAL synced or
-/// not. Returns the rows written and the time taken.
-fn write_floor(
-    dir: &Path,
-    duration: std::time::Duration,
-    batch_records: usize,
-    record_bytes: usize,
-    sync: bool,
-    mut key: impl FnMut(u64) -> Vec<u8>,
-) -> Result<(u64, std::time::Duration), StoreError> {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    let db = DB::open(&opts, dir)?;
-    let mut write = rocksdb::WriteOptions::default();
-    write.set_sync(sync);
-    let value = vec![0x5au8; record_bytes];
-    let started = std::time::Instant::now();
-    let mut rows = 0u64;
-    while started.elapsed() < duration {
-        let mut batch = WriteBatch::default();
-        for _ in 0..batch_records {
-            batch.put(key(rows), &value);
-            rows += 1;
-        }
-        db.write_opt(batch, &write)?;
-    }
-    Ok((rows, started.elapsed()))
-}
-
-/// The floor under every log append, for `bench --floors`: sequential keys,
-/// synced WAL.
-pub fn sync_write_batch_floor(
-    dir: &Path,
-    duration: std::time::Duration,
-    batch_records: usize,
-    record_bytes: usize,
-) -> Result<(u64, std::time::Duration), StoreError> {
-    write_floor(dir, duration, batch_records, record_bytes, true, |n| n.to_be_bytes().to_vec())
-}
-
-/// The floor under every memtable row: random 24-byte keys (as account and
-/// request keys are), WAL written but not synced (as the state databases
-/// write).
-pub fn random_key_write_floor(
-    dir: &Path,
-    duration: std::time::Duration,
-    batch_records: usize,
-    record_bytes: usize,
-) -> Result<(u64, std::time::Duration), StoreError> {
-    // xorshift64*: keys spread over the whole key space, no repeats to speak of.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    write_floor(dir, duration, batch_records, record_bytes, false, move |n| {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let mut key = b"t\0p\0m:\0\0".to_vec();
-        key.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_be_bytes());
-        key.extend_from_slice(&n.to_be_bytes());
-        key
-    })
-}
-
 /// Reads that all see the database as of one instant (other writers go on).
 pub struct Snapshot<'a> {
     db: &'a Db,
@@ -503,107 +461,10 @@ impl Snapshot<'_> {
     }
 }
 
-// ---- keys ----
-
-/// `tenant \0 programme \0 member \0`: ids never contain NUL, and the
-/// trailing NUL keeps one member's prefix from matching another's.
-pub fn account_key(k: &AccountKey) -> Vec<u8> {
-    let mut b = Vec::with_capacity(k.tenant_id.len() + k.programme_id.len() + k.member_id.len() + 3);
-    for part in [&k.tenant_id, &k.programme_id, &k.member_id] {
-        b.extend_from_slice(part.as_bytes());
-        b.push(0);
-    }
-    b
-}
-
-pub fn parse_account_key(b: &[u8]) -> Option<(AccountKey, &[u8])> {
-    let mut parts = Vec::with_capacity(3);
-    let mut rest = b;
-    for _ in 0..3 {
-        let i = rest.iter().position(|&x| x == 0)?;
-        parts.push(String::from_utf8(rest[..i].to_vec()).ok()?);
-        rest = &rest[i + 1..];
-    }
-    let member = parts.pop()?;
-    let programme = parts.pop()?;
-    let tenant = parts.pop()?;
-    Some((AccountKey { tenant_id: tenant, programme_id: programme, member_id: member }, rest))
-}
-
-pub fn programme_prefix(tenant: &str, programme: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(tenant.as_bytes());
-    b.push(0);
-    b.extend_from_slice(programme.as_bytes());
-    b.push(0);
-    b
-}
-
-/// Big-endian with the sign bit flipped, so instants sort as bytes.
-pub fn millis_key(at: Millis) -> [u8; 8] {
-    ((at as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-pub fn millis_from_key(b: &[u8]) -> Millis {
-    (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64
-}
-
-/// Idempotency records: `tenant \0 request_id`.
-pub fn request_key(tenant: &str, request_id: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(tenant.len() + request_id.len() + 1);
-    b.extend_from_slice(tenant.as_bytes());
-    b.push(0);
-    b.extend_from_slice(request_id.as_bytes());
-    b
-}
-
-/// The writer's due index: `partition BE, due_at, account`.
-pub fn due_key(partition: u32, at: Millis, account: &AccountKey) -> Vec<u8> {
-    let mut b = partition.to_be_bytes().to_vec();
-    b.extend_from_slice(&millis_key(at));
-    b.extend_from_slice(&account_key(account));
-    b
-}
-
-/// Where a reader's state stops: `position/<partition>` → next offset (u64
-/// BE) and the arbiter's epoch there (u64 BE; absent in old stores = 0).
-pub fn position_key(partition: u32) -> Vec<u8> {
-    format!("position/{partition:05}").into_bytes()
-}
-
-/// A reader's place in one partition: the next offset to fold and the
-/// arbiter as of just before it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Cursor {
-    pub next: u64,
-    pub arbiter: crate::record::Arbiter,
-}
-
-pub fn read_cursor(db: &Db, partition: u32) -> Result<Cursor, StoreError> {
-    Ok(match db.get(Cf::Meta, &position_key(partition))? {
-        None => Cursor::default(),
-        Some(v) => Cursor {
-            next: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-            arbiter: crate::record::Arbiter {
-                epoch: v.get(8..16).map(|e| u64::from_be_bytes(e.try_into().expect("8 bytes"))).unwrap_or(0),
-            },
-        },
-    })
-}
-
-pub fn read_position(db: &Db, partition: u32) -> Result<u64, StoreError> {
-    Ok(read_cursor(db, partition)?.next)
-}
-
-pub fn put_cursor(batch: &mut Batch, partition: u32, cursor: Cursor) {
-    let mut v = cursor.next.to_be_bytes().to_vec();
-    v.extend_from_slice(&cursor.arbiter.epoch.to_be_bytes());
-    batch.put(Cf::Meta, &position_key(partition), &v);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::AccountKey;
 
     #[test]
     fn keys_round_trip_and_sort() {

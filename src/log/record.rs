@@ -1,5 +1,6 @@
 //! The units the writers append: one record per accepted command, holding all
-//! of its events, so a command's events become visible together or not at all.
+//! of its events, so a command's events become visible together or not at all;
+//! where a record sits (`Position`), and the answer a record gives (`Reply`).
 
 use crate::domain::{AccountKey, CommandContext, Event, Millis, Programme};
 
@@ -46,45 +47,6 @@ pub struct Claim {
 pub enum PartitionRecord {
     Account(AccountRecord),
     Claim(Claim),
-}
-
-/// The log's own arbitration of writers, applied identically by every
-/// reader (writers, projectors, replay, audit, reconciliation): a claim with
-/// a higher epoch than any before it takes the partition; a record counts
-/// only when it carries the epoch of the latest such claim (0 before any).
-/// Everything else is void. The state is one number, stored with a reader's
-/// position so it resumes exactly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Arbiter {
-    pub epoch: u64,
-}
-
-/// A record as the arbiter sees it.
-#[derive(Debug)]
-pub enum Admitted {
-    Record(AccountRecord),
-    /// A claim that took the partition.
-    Claim(Claim),
-    /// A record of a superseded writer, or a claim that came too late.
-    Void,
-}
-
-impl Arbiter {
-    pub fn admit(&mut self, record: PartitionRecord) -> Admitted {
-        match record {
-            PartitionRecord::Claim(c) if c.epoch > self.epoch => {
-                self.epoch = c.epoch;
-                Admitted::Claim(c)
-            }
-            PartitionRecord::Account(r) if r.epoch == self.epoch => Admitted::Record(r),
-            _ => Admitted::Void,
-        }
-    }
-
-    /// Decodes and admits one payload of an account partition.
-    pub fn admit_bytes(&mut self, payload: &[u8]) -> Result<Admitted, crate::codec::CodecError> {
-        Ok(self.admit(crate::codec::decode_partition_record(payload)?))
-    }
 }
 
 /// Where a record sits in the log.

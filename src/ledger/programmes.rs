@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::domain::{Millis, Programme, ProgrammeKey};
+use crate::log::record::{ControlRecord, Position};
 use crate::log::{EventLog, LogError, LogReader, LogRecord};
-use crate::record::{ControlRecord, Position};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigureError {
@@ -73,7 +73,7 @@ impl Registry {
         let end = log.end_offset(0)?;
         let mut reader = log.reader(0, 0)?;
         loop {
-            let batch = crate::log::read_towards(reader.as_mut(), end, 1024)?;
+            let batch = crate::log::read_towards(reader.as_mut(), end, CONTROL_READ_RECORDS_MAX)?;
             if batch.is_empty() {
                 return Ok(registry);
             }
@@ -96,9 +96,9 @@ impl Registry {
         true
     }
 
-    fn fold(&mut self, entries: &[crate::log::LogEntry]) -> Result<(), crate::codec::CodecError> {
+    fn fold(&mut self, entries: &[crate::log::LogEntry]) -> Result<(), crate::log::codec::CodecError> {
         for e in entries {
-            let r = crate::codec::decode_control_record(&e.payload)?;
+            let r = crate::log::codec::decode_control_record(&e.payload)?;
             if !self.add(&r, Position { partition: 0, offset: e.offset }) {
                 tracing::debug!(offset = e.offset, "void control record (version or request id taken)");
             }
@@ -119,10 +119,18 @@ pub struct Programmes {
     follower: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// How long the follower waits after a failed read before reopening.
+const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 /// How long the follower waits for new control records per poll.
 const FOLLOW_WAIT: Duration = Duration::from_millis(100);
 /// How long `configure` waits to read its own record back.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `configure` looks whether the follower has read its record.
+const CONFIRM_POLL: Duration = Duration::from_millis(1);
+/// Control records read per batch at most.
+const CONTROL_READ_RECORDS_MAX: usize = 1024;
+/// Times `configure` tries again when another instance took the version.
+const CONFIGURE_ATTEMPTS_MAX: usize = 3;
 
 impl Programmes {
     /// Opens the control stream, rebuilds the registry from it, and starts
@@ -132,7 +140,7 @@ impl Programmes {
         let end = log.end_offset(0)?;
         let mut reader = log.reader(0, 0)?;
         loop {
-            let batch = crate::log::read_towards(reader.as_mut(), end, 1024)?;
+            let batch = crate::log::read_towards(reader.as_mut(), end, CONTROL_READ_RECORDS_MAX)?;
             if batch.is_empty() {
                 break;
             }
@@ -173,7 +181,7 @@ impl Programmes {
     ) -> Result<(Arc<Programme>, Position, bool), ConfigureError> {
         let _guard = self.append_lock.lock().expect("control lock");
         let key = (programme.tenant_id.clone(), request_id.to_string());
-        for _attempt in 0..3 {
+        for _attempt in 0..CONFIGURE_ATTEMPTS_MAX {
             if let Some((fp, p, pos)) = self.registry.read().expect("registry lock").requests.get(&key) {
                 if *fp == fingerprint {
                     return Ok((p.clone(), *pos, true));
@@ -191,7 +199,7 @@ impl Programmes {
                 operator: operator.into(),
                 programme: programme.clone(),
             };
-            let payload = crate::codec::encode_control_record(&record);
+            let payload = crate::log::codec::encode_control_record(&record);
             let offset = self.log.append(
                 0,
                 &[LogRecord::new(format!("{}/{}", programme.tenant_id, programme.programme_id).into_bytes(), payload)],
@@ -216,7 +224,7 @@ impl Programmes {
                         CONFIRM_TIMEOUT.as_secs()
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(CONFIRM_POLL);
             }
         }
         Err(ConfigureError::NotConfirmed("other instances kept configuring this programme; retry".into()))
@@ -226,7 +234,7 @@ impl Programmes {
 /// Keeps folding the control stream into the registry until `stop`.
 fn follow(log: Arc<dyn EventLog>, mut reader: Box<dyn LogReader>, registry: SharedRegistry, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        match reader.next_batch(1024, FOLLOW_WAIT) {
+        match reader.next_batch(CONTROL_READ_RECORDS_MAX, FOLLOW_WAIT) {
             Ok(batch) if batch.is_empty() => {}
             Ok(batch) => {
                 if let Err(e) = registry.write().expect("registry lock").fold(&batch) {
@@ -236,7 +244,7 @@ fn follow(log: Arc<dyn EventLog>, mut reader: Box<dyn LogReader>, registry: Shar
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the control stream; retrying");
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(FOLLOW_RETRY);
                 let at = registry.read().expect("registry lock").applied;
                 if let Ok(r) = log.reader(0, at) {
                     reader = r;

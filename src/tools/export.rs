@@ -16,8 +16,8 @@ use parquet::schema::parser::parse_message_type;
 use serde_json::json;
 
 use crate::domain::{AccountKey, Event, LotAmount, Millis};
+use crate::log::arbiter::{Admitted, Arbiter};
 use crate::log::EventLog;
-use crate::record::{Admitted, Arbiter};
 
 /// Rows per Parquet row group (and rows an export holds in memory at most).
 pub const EXPORT_ROW_GROUP_ROWS: usize = 65_536;
@@ -229,7 +229,7 @@ pub fn events(
     mut sink: impl FnMut(EventRow) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let partitions: Vec<u32> = match &filter.account {
-        Some(a) => vec![crate::record::partition_for(a, log.partitions())],
+        Some(a) => vec![crate::log::record::partition_for(a, log.partitions())],
         None => (0..log.partitions()).collect(),
     };
     let mut n = 0;
@@ -338,9 +338,9 @@ pub fn events_parquet(log: &dyn EventLog, filter: &Filter, path: &Path) -> anyho
     Ok(n)
 }
 
-/// Writes books as Parquet with [`crate::books::BOOK_COLUMNS`].
-pub fn books_parquet(books: &[crate::proto::DailyBook], path: &Path) -> anyhow::Result<()> {
-    use crate::books::{book_values, BOOK_COLUMNS};
+/// Writes books as Parquet with [`crate::finance::reports::BOOK_COLUMNS`].
+pub fn books_parquet(books: &[crate::proto::state::DailyBook], path: &Path) -> anyhow::Result<()> {
+    use crate::finance::reports::{book_values, BOOK_COLUMNS};
     let text = ["tenant_id", "programme_id", "date", "first_position", "last_position", "digest", "mismatch"];
     let mut cols: Vec<Column> = BOOK_COLUMNS
         .iter()
@@ -363,4 +363,37 @@ pub fn books_parquet(books: &[crate::proto::DailyBook], path: &Path) -> anyhow::
     let mut sink = ParquetSink::create(path, "daily_books", &named)?;
     sink.write_group(cols)?;
     sink.close()
+}
+
+/// What `export` writes the events as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventFormat {
+    Jsonl,
+    /// Needs a file (not standard output).
+    Parquet,
+}
+
+/// Writes the events `filter` takes to `output` (`-`: standard output,
+/// JSON lines only).
+pub fn run(source: &super::Source, format: EventFormat, output: &Path, filter: &Filter) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let log = source.events()?;
+    let n = match format {
+        EventFormat::Jsonl if output.as_os_str() == "-" => {
+            events_jsonl(log.as_ref(), filter, &mut std::io::stdout().lock())?
+        }
+        EventFormat::Jsonl => {
+            let file = std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let n = events_jsonl(log.as_ref(), filter, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            n
+        }
+        EventFormat::Parquet if output.as_os_str() == "-" => {
+            anyhow::bail!("--format parquet needs --output FILE (not standard output)")
+        }
+        EventFormat::Parquet => events_parquet(log.as_ref(), filter, output)?,
+    };
+    eprintln!("exported {n} events");
+    Ok(())
 }

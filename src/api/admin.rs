@@ -1,0 +1,210 @@
+//! `points.v1.ProgrammeAdmin`: programme rules, freezing, and the risk
+//! view (alerts, a member's counters, issuance per day). Every call needs
+//! an admin token when access control is on, but `GetProgramme`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::errors::{internal, invalid, programme_not_found};
+use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX};
+use crate::domain::{self, calendar, ProgrammeKey};
+use crate::proto as pb;
+
+/// Longest time range one `ListAlerts` call covers.
+pub const ALERTS_RANGE_DAYS_MAX: i64 = 92;
+/// Programme days `ListAlerts` covers when the caller names no range:
+/// today and the six before, in the programme's time zone.
+pub const ALERTS_DEFAULT_DAYS: i64 = 7;
+/// Most days one `GetIssuance` call returns.
+pub const ISSUANCE_DAYS_MAX: i64 = 366;
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Clone)]
+pub struct AdminService(pub Arc<Ledger>);
+
+#[tonic::async_trait]
+impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
+    async fn list_alerts(
+        &self,
+        req: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        let r = req.get_ref();
+        let key = ProgrammeKey {
+            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
+            programme_id: validate::id("programme_id", &r.programme_id)?,
+        };
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        let programme = self.0.programme(&key)?;
+        // Without a range: up to now, from the start of the programme day
+        // ALERTS_DEFAULT_DAYS - 1 days before the range's last day.
+        let to = match &r.to {
+            Some(t) => validate::instant("to", t)?,
+            None => self.0.clock.now().saturating_add(1),
+        };
+        let from = match &r.from {
+            Some(t) => validate::instant("from", t)?,
+            None => {
+                let last_day = calendar::programme_day(programme.time_zone, to.saturating_sub(1));
+                calendar::day_to_date(last_day - (ALERTS_DEFAULT_DAYS - 1))
+                    .and_then(|d| calendar::start_of_day(programme.time_zone, d))
+                    .ok_or_else(|| invalid("to", "out of range"))?
+            }
+        };
+        if to <= from || to - from > ALERTS_RANGE_DAYS_MAX * DAY_MS {
+            return Err(invalid("to", format!("must be after from, at most {ALERTS_RANGE_DAYS_MAX} days later")));
+        }
+        let size = page_size(r.page_size, ENTRIES_PAGE_SIZE_MAX)?;
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                String::from_utf8(unhex("page_token", &r.page_token)?)
+                    .map_err(|_| invalid("page_token", "not a token this service issued"))?,
+            )
+        };
+        let sort_key = |a: &pb::Alert| {
+            let t = a.at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+            format!("{:020}.{:09}/{}/{}", t.0, t.1, a.rule, a.subject)
+        };
+        let all = crate::finance::risk::alerts(&self.0.books, &programme, from, to).map_err(internal)?;
+        let all = all.into_iter().map(convert::alert_to_pb);
+        let mut alerts: Vec<pb::Alert> =
+            all.into_iter().filter(|a| after.as_ref().is_none_or(|t| sort_key(a) > *t)).take(size + 1).collect();
+        let more = alerts.len() > size;
+        alerts.truncate(size);
+        let next_page_token = match alerts.last() {
+            Some(a) if more => crate::hex(sort_key(a).as_bytes()),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAlertsResponse { alerts, next_page_token }))
+    }
+
+    async fn get_account_risk(
+        &self,
+        req: Request<pb::GetAccountRiskRequest>,
+    ) -> Result<Response<pb::AccountRisk>, Status> {
+        let r = req.get_ref();
+        let key = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        self.0.programme(&key.programme())?;
+        let state = crate::finance::risk::account_risk(&self.0.books, &key).map_err(internal)?.unwrap_or_default();
+        let mut out = pb::AccountRisk {
+            account: r.account.clone(),
+            date: convert::date_of(state.day),
+            earned: state.earned,
+            spent: state.spent,
+            commands: state.commands,
+        };
+        if !r.date.is_empty() {
+            let asked = chrono::NaiveDate::parse_from_str(&r.date, "%Y-%m-%d")
+                .map_err(|_| invalid("date", format!("'{}' is not a date YYYY-MM-DD", r.date)))?;
+            if asked.to_string() != out.date {
+                // The view keeps the member's latest day; any other day had
+                // no records after it, or is gone: nothing to show.
+                out = pb::AccountRisk { account: r.account.clone(), date: asked.to_string(), ..Default::default() };
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn get_issuance(
+        &self,
+        req: Request<pb::GetIssuanceRequest>,
+    ) -> Result<Response<pb::GetIssuanceResponse>, Status> {
+        let r = req.get_ref();
+        let key = ProgrammeKey {
+            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
+            programme_id: validate::id("programme_id", &r.programme_id)?,
+        };
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        self.0.programme(&key)?;
+        let parse = |field: &str, v: &str| {
+            chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .map_err(|_| invalid(field, format!("'{v}' is not a date YYYY-MM-DD")))
+        };
+        let (from, to) = (parse("from_date", &r.from_date)?, parse("to_date", &r.to_date)?);
+        if to < from || (to - from).num_days() >= ISSUANCE_DAYS_MAX {
+            return Err(invalid("to_date", format!("must be on or after from_date, at most {ISSUANCE_DAYS_MAX} days")));
+        }
+        let mut days = Vec::new();
+        let mut d = from;
+        while d <= to {
+            let issued =
+                crate::finance::risk::issuance(&self.0.books, &key, calendar::days_since_epoch(d)).map_err(internal)?;
+            days.push(pb::DayIssuance { date: d.to_string(), issued });
+            d = d.succ_opt().ok_or_else(|| invalid("to_date", "out of range"))?;
+        }
+        Ok(Response::new(pb::GetIssuanceResponse { days }))
+    }
+
+    async fn configure_programme(
+        &self,
+        req: Request<pb::ConfigureProgrammeRequest>,
+    ) -> Result<Response<pb::ConfigureProgrammeReply>, Status> {
+        let r = req.get_ref();
+        let input = r.programme.as_ref().ok_or_else(|| invalid("programme", "is required"))?;
+        let programme = validate::programme(input)?;
+        self.0.auth.check(req.metadata(), &programme.tenant_id, Access::Admin)?;
+        let request_id = validate::request_id(&r.request_id)?;
+        let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
+        let fingerprint = domain::fingerprint_programme(&programme, &operator);
+        let (programmes, now) = (self.0.programmes.clone(), self.0.clock.now());
+        let (stored, position, replayed) = tokio::task::spawn_blocking(move || {
+            programmes.configure(&request_id, &operator, programme, fingerprint, now)
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(pb::ConfigureProgrammeReply {
+            request_id: r.request_id.clone(),
+            replayed,
+            programme: Some(convert::programme_to_pb(&stored)),
+            position: Some(convert::position_to_pb(position)),
+        }))
+    }
+
+    async fn get_programme(&self, req: Request<pb::GetProgrammeRequest>) -> Result<Response<pb::Programme>, Status> {
+        let r = req.get_ref();
+        let key = ProgrammeKey {
+            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
+            programme_id: validate::id("programme_id", &r.programme_id)?,
+        };
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        let found = {
+            let reg = self.0.programmes.registry();
+            let reg = reg.read().expect("registry lock");
+            if r.version == 0 {
+                reg.current(&key)
+            } else {
+                reg.version(&key, r.version)
+            }
+        };
+        let p = found.ok_or_else(|| programme_not_found(&key, Some(r.version)))?;
+        Ok(Response::new(convert::programme_to_pb(&p)))
+    }
+
+    async fn freeze_account(
+        &self,
+        req: Request<pb::FreezeAccountRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        self.0.freeze(req.metadata(), req.get_ref(), true).await
+    }
+
+    async fn unfreeze_account(
+        &self,
+        req: Request<pb::UnfreezeAccountRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        // The same fields as a freeze, with the opposite effect.
+        let r = req.get_ref();
+        let as_freeze = pb::FreezeAccountRequest {
+            request_id: r.request_id.clone(),
+            account: r.account.clone(),
+            earning: r.earning,
+            spending: r.spending,
+            operator: r.operator.clone(),
+            reason: r.reason.clone(),
+        };
+        self.0.freeze(req.metadata(), &as_freeze, false).await
+    }
+}

@@ -1,0 +1,377 @@
+//! The one place where domain types (and stored rows) meet the API's
+//! messages (`points.v1`): instants become Timestamps, programme days become
+//! dates, and stored rows become what callers see.
+
+use crate::domain::{
+    self, calendar, Account, AccountKey, CapPolicy, ClawbackPolicy, Event, ExpiryCause, LotAmount, Millis, Programme,
+    ReleaseCause, RiskRules, ValidityRounding,
+};
+use crate::log::record::{Balance, Position, Reply};
+use crate::proto as pb;
+use crate::proto::ledger_event::Event as PbEvent;
+use crate::proto::state;
+
+pub fn account_key_to_pb(k: &AccountKey) -> pb::AccountKey {
+    pb::AccountKey {
+        tenant_id: k.tenant_id.clone(),
+        programme_id: k.programme_id.clone(),
+        member_id: k.member_id.clone(),
+    }
+}
+
+pub fn timestamp(at: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.div_euclid(1000), nanos: (at.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn millis(t: &prost_types::Timestamp) -> Option<Millis> {
+    t.seconds.checked_mul(1000)?.checked_add(i64::from(t.nanos) / 1_000_000)
+}
+
+/// A programme day (days since 1970-01-01 on the programme's calendar) as
+/// `YYYY-MM-DD`.
+pub fn date_of(day: i64) -> String {
+    calendar::day_to_date(day).map(|d| d.to_string()).unwrap_or_default()
+}
+
+fn lots_to_pb(lots: Vec<LotAmount>) -> Vec<pb::LotAmount> {
+    lots.into_iter().map(|l| pb::LotAmount { lot_id: l.lot_id, points: l.points }).collect()
+}
+
+// ---- events and replies ----
+
+pub fn event_to_api(e: Event) -> pb::LedgerEvent {
+    let event = match e {
+        Event::PointsEarned {
+            lot_id,
+            reason,
+            order_ref,
+            requested,
+            granted,
+            forfeited,
+            debt_repaid,
+            expires_at,
+            growth,
+            day,
+        } => PbEvent::PointsEarned(pb::PointsEarned {
+            lot_id,
+            reason,
+            order_ref: order_ref.unwrap_or_default(),
+            requested_points: requested,
+            granted_points: granted,
+            forfeited_points: forfeited,
+            debt_repaid,
+            expires_at: expires_at.map(timestamp),
+            growth,
+            date: date_of(day),
+        }),
+        Event::PointsSpent { spend_id, order_ref, points, lots } => PbEvent::PointsSpent(pb::PointsSpent {
+            spend_id,
+            order_ref: order_ref.unwrap_or_default(),
+            points,
+            lots: lots_to_pb(lots),
+        }),
+        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at } => {
+            PbEvent::PointsReserved(pb::PointsReserved {
+                reservation_id,
+                order_ref,
+                points,
+                lots: lots_to_pb(lots),
+                expires_at: Some(timestamp(expires_at)),
+            })
+        }
+        Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_points, released_lots } => {
+            PbEvent::ReservationCaptured(pb::ReservationCaptured {
+                reservation_id,
+                spend_id,
+                points,
+                lots: lots_to_pb(lots),
+                released_points,
+                released_lots: lots_to_pb(released_lots),
+            })
+        }
+        Event::ReservationReleased { reservation_id, points, lots, cause } => {
+            PbEvent::ReservationReleased(pb::ReservationReleased {
+                reservation_id,
+                points,
+                lots: lots_to_pb(lots),
+                cause: match cause {
+                    ReleaseCause::Requested => pb::ReleaseCause::Requested,
+                    ReleaseCause::TimedOut => pb::ReleaseCause::TimedOut,
+                    ReleaseCause::Recycled => pb::ReleaseCause::Recycled,
+                } as i32,
+            })
+        }
+        Event::SpendRefunded { refund_id, spend_id, points, lots } => {
+            PbEvent::SpendRefunded(pb::SpendRefunded { refund_id, spend_id, points, lots: lots_to_pb(lots) })
+        }
+        Event::EarnReversed { reversal_id, earn_id, points, taken, debt_added, written_off, growth } => {
+            PbEvent::EarnReversed(pb::EarnReversed {
+                reversal_id,
+                earn_id,
+                points,
+                taken_lots: lots_to_pb(taken),
+                debt_added,
+                written_off,
+                growth,
+            })
+        }
+        Event::PointsExpired { points, lots, cause, reason, operator } => PbEvent::PointsExpired(pb::PointsExpired {
+            points,
+            lots: lots_to_pb(lots),
+            cause: match cause {
+                ExpiryCause::Due => pb::ExpiryCause::Due,
+                ExpiryCause::AllPoints => pb::ExpiryCause::AllPoints,
+            } as i32,
+            reason,
+            operator,
+        }),
+        Event::PointsAdjusted { adjustment_id, points, operator, reason, lots, debt_repaid, expires_at } => {
+            PbEvent::PointsAdjusted(pb::PointsAdjusted {
+                adjustment_id,
+                points,
+                operator,
+                reason,
+                lots: lots_to_pb(lots),
+                debt_repaid,
+                expires_at: expires_at.map(timestamp),
+            })
+        }
+        Event::AccountFrozen { earning, spending, operator, reason } => {
+            PbEvent::AccountFrozen(pb::AccountFrozen { earning, spending, operator, reason })
+        }
+        Event::AccountUnfrozen { earning, spending, operator, reason } => {
+            PbEvent::AccountUnfrozen(pb::AccountUnfrozen { earning, spending, operator, reason })
+        }
+        Event::GrowthExpired { earns, growth } => {
+            PbEvent::GrowthExpired(pb::GrowthExpired { earns: lots_to_pb(earns), growth })
+        }
+        Event::LevelChanged { from, to, growth, why } => {
+            PbEvent::LevelChanged(pb::LevelChanged { from, to, growth, why })
+        }
+    };
+    pb::LedgerEvent { event: Some(event) }
+}
+
+pub fn balance_to_pb(b: &Balance) -> pb::AccountBalance {
+    pb::AccountBalance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth }
+}
+
+pub fn position_to_pb(p: Position) -> pb::LogPosition {
+    pb::LogPosition { partition: p.partition, offset: p.offset }
+}
+
+pub fn reply_to_pb(r: Reply) -> pb::CommandReply {
+    pb::CommandReply {
+        request_id: r.request_id,
+        replayed: r.replayed,
+        events: r.events.into_iter().map(event_to_api).collect(),
+        balance: Some(balance_to_pb(&r.balance)),
+        position: Some(position_to_pb(r.position)),
+        granted_points: r.granted,
+        forfeited_points: r.forfeited,
+        programme_version: r.programme_version,
+    }
+}
+
+// ---- programmes ----
+
+pub fn programme_to_pb(p: &Programme) -> pb::Programme {
+    pb::Programme {
+        tenant_id: p.tenant_id.clone(),
+        programme_id: p.programme_id.clone(),
+        unit_name: p.unit_name.clone(),
+        points_per_cash_unit: p.points_per_cash_unit,
+        validity_days: p.validity_days as i32,
+        validity_rounding: match p.validity_rounding {
+            ValidityRounding::None => pb::ValidityRounding::None,
+            ValidityRounding::EndOfMonth => pb::ValidityRounding::EndOfMonth,
+            ValidityRounding::EndOfQuarter => pb::ValidityRounding::EndOfQuarter,
+            ValidityRounding::EndOfYear => pb::ValidityRounding::EndOfYear,
+        } as i32,
+        reminder_days: p.reminder_days as i32,
+        time_zone: p.time_zone.name().to_string(),
+        member_daily_earn_cap: p.member_daily_earn_cap,
+        action_daily_earn_caps: p.action_daily_earn_caps.clone(),
+        programme_daily_issuance_cap: p.programme_daily_issuance_cap,
+        cap_policy: match p.cap_policy {
+            CapPolicy::Truncate => pb::CapPolicy::Truncate,
+            CapPolicy::Reject => pb::CapPolicy::Reject,
+        } as i32,
+        max_order_share_percent: p.max_order_share_percent as i32,
+        clawback_policy: match p.clawback_policy {
+            ClawbackPolicy::WithinBalance => pb::ClawbackPolicy::WithinBalance,
+            ClawbackPolicy::AllowDebt => pb::ClawbackPolicy::AllowDebt,
+        } as i32,
+        levels: p
+            .levels
+            .iter()
+            .map(|l| pb::LevelThreshold { name: l.name.clone(), min_growth: l.min_growth })
+            .collect(),
+        level_window_days: p.level_window_days as i32,
+        version: p.version,
+        configured_at: Some(timestamp(p.configured_at)),
+        risk: (p.risk != RiskRules::default()).then(|| risk_rules_to_pb(&p.risk)),
+    }
+}
+
+fn risk_rules_to_pb(r: &RiskRules) -> pb::RiskRules {
+    pb::RiskRules {
+        issuance_spike_percent: r.issuance_spike_percent as i32,
+        issuance_spike_min_points: r.issuance_spike_min_points,
+        dense_spend_count: r.dense_spend_count as i32,
+        dense_spend_minutes: r.dense_spend_minutes as i32,
+        shared_address_members: r.shared_address_members as i32,
+        member_addresses: r.member_addresses as i32,
+        member_addresses_minutes: r.member_addresses_minutes as i32,
+        member_daily_earn_alert: r.member_daily_earn_alert,
+    }
+}
+
+// ---- stored rows ----
+
+fn state_position(p: Option<state::Position>) -> Option<pb::LogPosition> {
+    p.map(|p| pb::LogPosition { partition: p.partition, offset: p.offset })
+}
+
+fn state_instant(t: Option<crate::proto::log::Instant>) -> Option<prost_types::Timestamp> {
+    t.map(|t| prost_types::Timestamp { seconds: t.seconds, nanos: t.nanos })
+}
+
+/// A statement row as `ListEntries` shows it.
+pub fn entry_to_pb(e: state::StatementEntry) -> Result<pb::Entry, crate::log::codec::CodecError> {
+    let event = match e.event {
+        Some(ev) => Some(event_to_api(crate::log::codec::event_from_wire(ev)?)),
+        None => None,
+    };
+    Ok(pb::Entry {
+        position: state_position(e.position),
+        request_id: e.request_id,
+        at: state_instant(e.at),
+        event,
+        delta: e.delta,
+        balance: e.balance.map(|b| pb::AccountBalance {
+            available: b.available,
+            reserved: b.reserved,
+            debt: b.debt,
+            growth: b.growth,
+        }),
+    })
+}
+
+pub fn book_to_pb(b: state::DailyBook) -> pb::DailyBook {
+    pb::DailyBook {
+        opening_balance: b.opening_balance,
+        issued: b.issued,
+        spent: b.spent,
+        refunded: b.refunded,
+        reversed: b.reversed,
+        expired: b.expired,
+        adjusted_up: b.adjusted_up,
+        adjusted_down: b.adjusted_down,
+        closing_balance: b.closing_balance,
+        debt: b.debt,
+        liability_cash_minor: b.liability_cash_minor,
+        event_count: b.event_count,
+        first_position: state_position(b.first_position),
+        last_position: state_position(b.last_position),
+        balanced: b.balanced,
+        tenant_id: b.tenant_id,
+        programme_id: b.programme_id,
+        date: b.date,
+        opening_debt: b.opening_debt,
+        reserved: b.reserved,
+        written_off: b.written_off,
+        digest: b.digest,
+        mismatch: b.mismatch,
+        partitions: b
+            .partitions
+            .into_iter()
+            .map(|p| pb::BookPartition {
+                partition: p.partition,
+                first_offset: p.first_offset,
+                last_offset: p.last_offset,
+                event_count: p.event_count,
+                chain: p.chain,
+            })
+            .collect(),
+        points_per_cash_unit: b.points_per_cash_unit,
+    }
+}
+
+pub fn alert_to_pb(a: state::Alert) -> pb::Alert {
+    pb::Alert {
+        rule: a.rule,
+        at: state_instant(a.at),
+        accounts: a
+            .accounts
+            .into_iter()
+            .map(|k| pb::AccountKey { tenant_id: k.tenant_id, programme_id: k.programme_id, member_id: k.member_id })
+            .collect(),
+        figures: a.figures,
+        events: a.events.into_iter().map(|p| pb::LogPosition { partition: p.partition, offset: p.offset }).collect(),
+        subject: a.subject,
+        date: a.date,
+    }
+}
+
+// ---- accounts ----
+
+pub fn level_status_to_pb(programme: &Programme, s: domain::LevelStatus) -> pb::LevelStatus {
+    pb::LevelStatus {
+        level: s.level,
+        growth_in_window: s.growth_in_window,
+        window_days: programme.level_window_days as i32,
+        next_evaluation: s.next_evaluation.map(timestamp),
+        growth_to_keep: s.growth_to_keep,
+        next_level: s.next_level,
+        growth_to_next: s.growth_to_next,
+    }
+}
+
+pub fn account_to_pb(key: &AccountKey, a: &Account, level: pb::LevelStatus, position: pb::LogPosition) -> pb::Account {
+    let mut lots: Vec<pb::Lot> = a
+        .lots_fefo()
+        .into_iter()
+        .map(|(id, l)| pb::Lot { lot_id: id.clone(), remaining: l.remaining, expires_at: l.expires_at.map(timestamp) })
+        .collect();
+    lots.retain(|l| l.remaining > 0);
+    pb::Account {
+        account: Some(account_key_to_pb(key)),
+        available: a.available(),
+        reserved: a.reserved(),
+        debt: a.debt,
+        growth: a.growth,
+        level: level.level.clone(),
+        level_status: Some(level),
+        earning_frozen: a.earning_frozen,
+        spending_frozen: a.spending_frozen,
+        lots,
+        position: Some(position),
+        reservations: a
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.status == domain::ReservationStatus::Open)
+            .map(|(id, r)| pb::Reservation {
+                reservation_id: id.clone(),
+                order_ref: r.order_ref.clone(),
+                points: r.held(),
+                expires_at: Some(timestamp(r.expires_at)),
+            })
+            .collect(),
+    }
+}
+
+/// A stored level change as `ListLevelChanges` shows it.
+pub fn level_change_to_pb(e: state::StatementEntry) -> Option<pb::LevelChange> {
+    let Some(crate::proto::log::ledger_event::Event::LevelChanged(c)) = e.event.and_then(|x| x.event) else {
+        return None;
+    };
+    Some(pb::LevelChange {
+        from: c.from,
+        to: c.to,
+        growth: c.growth,
+        why: c.why,
+        at: state_instant(e.at),
+        position: state_position(e.position),
+    })
+}

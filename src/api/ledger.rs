@@ -1,0 +1,207 @@
+//! `points.v1.PointsLedger`: the nine commands, `SubmitBatch`, and the
+//! queries on members' accounts.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::commands::command_error;
+use super::convert;
+use super::errors::{internal, invalid};
+use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX};
+use crate::domain::{self, calendar, ProgrammeKey};
+use crate::projection::queries::{self, EntryAt};
+use crate::proto as pb;
+
+/// Most commands one `SubmitBatch` call carries.
+pub const SUBMIT_BATCH_COMMANDS_MAX: usize = 1000;
+/// Statement rows one `ListLevelChanges` page reads at most.
+pub const LEVEL_CHANGES_SCAN_ROWS_MAX: usize = 10_000;
+pub const EXPIRING_PAGE_SIZE_MAX: u32 = 1000;
+pub const EXPIRING_WITHIN_DAYS_MAX: i32 = 3650;
+/// `ListExpiring`'s window for a programme without reminder days.
+pub const EXPIRING_WITHIN_DAYS_DEFAULT: i32 = 15;
+
+#[derive(Clone)]
+pub struct LedgerService(pub Arc<Ledger>);
+
+/// A statement page token: the last row returned.
+fn entry_token(field: &str, token: &str) -> Result<Option<EntryAt>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    EntryAt::from_bytes(&unhex(field, token)?)
+        .map(Some)
+        .ok_or_else(|| invalid(field, "not a token this service issued"))
+}
+
+/// The trait's methods: every command is validated into a domain command
+/// and submitted the same way, so the nine are generated from their names.
+macro_rules! ledger_service {
+    ($($command:ident: $request:ty),* $(,)?; $($rest:tt)*) => {
+        #[tonic::async_trait]
+        impl pb::points_ledger_server::PointsLedger for LedgerService {
+            $(
+                async fn $command(&self, req: Request<$request>) -> Result<Response<pb::CommandReply>, Status> {
+                    self.0.unary(req).await
+                }
+            )*
+            $($rest)*
+        }
+    };
+}
+
+ledger_service! {
+    earn: pb::EarnRequest,
+    spend: pb::SpendRequest,
+    reserve: pb::ReserveRequest,
+    capture_reservation: pb::CaptureReservationRequest,
+    release_reservation: pb::ReleaseReservationRequest,
+    refund: pb::RefundRequest,
+    reverse_earn: pb::ReverseEarnRequest,
+    expire: pb::ExpireRequest,
+    adjust: pb::AdjustRequest;
+
+    async fn submit_batch(
+        &self,
+        req: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let commands = &req.get_ref().commands;
+        if commands.is_empty() || commands.len() > SUBMIT_BATCH_COMMANDS_MAX {
+            return Err(invalid("commands", format!("must hold 1..={SUBMIT_BATCH_COMMANDS_MAX} commands")));
+        }
+        // Every command is validated on its own; the valid ones go to their
+        // writers in order, all before any answer is awaited (each partition
+        // decides its share in group commits), and each gets its own answer.
+        let mut valid = Vec::with_capacity(commands.len());
+        let built: Vec<Result<(), Status>> =
+            commands.iter().map(|c| self.0.build_batched(req.metadata(), c).map(|cmd| valid.push(cmd))).collect();
+        let mut answers = self.0.writers.submit_all(valid).await.into_iter();
+        let results = built
+            .into_iter()
+            .map(|b| {
+                let answer =
+                    b.and_then(|()| answers.next().expect("one answer per valid command").map_err(Status::from));
+                pb::BatchResult {
+                    result: Some(match answer {
+                        Ok(reply) => pb::batch_result::Result::Reply(convert::reply_to_pb(reply)),
+                        Err(s) => pb::batch_result::Result::Error(command_error(s)),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::SubmitBatchResponse { results }))
+    }
+
+    async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
+        let r = req.get_ref();
+        let key = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        let programme = self.0.programme(&key.programme())?;
+        self.0.wait_for(&key, r.min_position.as_ref()).await?;
+        let position = self.0.view_position(&key);
+        let account = match &r.as_of {
+            Some(t) => queries::account_as_of(&self.0.views, &key, validate::instant("as_of", t)?).map_err(internal)?,
+            None => queries::account(&self.0.views, &key).map_err(internal)?,
+        };
+        let level = convert::level_status_to_pb(&programme, domain::level_status(&programme, &account));
+        Ok(Response::new(convert::account_to_pb(&key, &account, level, position)))
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let r = req.get_ref();
+        let key = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        self.0.programme(&key.programme())?;
+        let size = page_size(r.page_size, ENTRIES_PAGE_SIZE_MAX)?;
+        self.0.wait_for(&key, r.min_position.as_ref()).await?;
+        let after = entry_token("page_token", &r.page_token)?;
+        let (rows, more) = queries::entries(&self.0.views, &key, after, size).map_err(internal)?;
+        let last = rows.last().map(|(at, _)| *at);
+        let entries =
+            rows.into_iter().map(|(_, e)| convert::entry_to_pb(e)).collect::<Result<Vec<_>, _>>().map_err(internal)?;
+        let next_page_token = match last {
+            Some(at) if more => crate::hex(&at.to_bytes()),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListEntriesResponse { entries, next_page_token }))
+    }
+
+    async fn list_level_changes(
+        &self,
+        req: Request<pb::ListLevelChangesRequest>,
+    ) -> Result<Response<pb::ListLevelChangesResponse>, Status> {
+        let r = req.get_ref();
+        let key = validate::account(&r.account)?;
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        self.0.programme(&key.programme())?;
+        let size = page_size(r.page_size, ENTRIES_PAGE_SIZE_MAX)?;
+        self.0.wait_for(&key, r.min_position.as_ref()).await?;
+        let after = entry_token("page_token", &r.page_token)?;
+        // Level changes are rare among a member's events: a page reads the
+        // statement in chunks, at most LEVEL_CHANGES_SCAN_ROWS_MAX rows.
+        let (rows, last, exhausted) = queries::level_changes(
+            &self.0.views,
+            &key,
+            after,
+            size,
+            LEVEL_CHANGES_SCAN_ROWS_MAX,
+            ENTRIES_PAGE_SIZE_MAX as usize,
+        )
+        .map_err(internal)?;
+        let changes = rows.into_iter().filter_map(convert::level_change_to_pb).collect();
+        let next_page_token = match last {
+            Some(at) if !exhausted => crate::hex(&at.to_bytes()),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListLevelChangesResponse { changes, next_page_token }))
+    }
+
+    async fn list_expiring(
+        &self,
+        req: Request<pb::ListExpiringRequest>,
+    ) -> Result<Response<pb::ListExpiringResponse>, Status> {
+        let r = req.get_ref();
+        let tenant = validate::id("tenant_id", &r.tenant_id)?;
+        let programme_id = validate::id("programme_id", &r.programme_id)?;
+        self.0.auth.check(req.metadata(), &tenant, Access::Member)?;
+        let programme =
+            self.0.programme(&ProgrammeKey { tenant_id: tenant.clone(), programme_id: programme_id.clone() })?;
+        let days = match r.within_days {
+            0 if programme.reminder_days > 0 => programme.reminder_days as i32,
+            0 => EXPIRING_WITHIN_DAYS_DEFAULT,
+            d if (1..=EXPIRING_WITHIN_DAYS_MAX).contains(&d) => d,
+            _ => {
+                return Err(invalid(
+                    "within_days",
+                    format!("must be 0 (the programme's reminder window) ..= {EXPIRING_WITHIN_DAYS_MAX}"),
+                ))
+            }
+        };
+        let size = page_size(r.page_size, EXPIRING_PAGE_SIZE_MAX)?;
+        let now = self.0.clock.now();
+        let until = calendar::add_days(now, i64::from(days));
+        let after = if r.page_token.is_empty() { None } else { Some(unhex("page_token", &r.page_token)?) };
+        let (found, last, more) =
+            queries::expiring(&self.0.views, &tenant, &programme_id, after.as_deref(), now, until, size)
+                .map_err(internal)?;
+        let lots = found
+            .into_iter()
+            .map(|l| pb::ExpiringLot {
+                account: Some(pb::AccountKey {
+                    tenant_id: tenant.clone(),
+                    programme_id: programme_id.clone(),
+                    member_id: l.member_id,
+                }),
+                lot_id: l.lot_id,
+                points: l.points,
+                expires_at: Some(convert::timestamp(l.expires_at)),
+            })
+            .collect();
+        let next_page_token = if more { crate::hex(&last) } else { String::new() };
+        Ok(Response::new(pb::ListExpiringResponse { lots, next_page_token }))
+    }
+}

@@ -1,0 +1,38 @@
+//! `points.v1.Reconciliation`: the daily books, as the reconciliation
+//! consumer folded them.
+
+use std::sync::Arc;
+
+use tonic::{Code, Request, Response, Status};
+
+use super::convert;
+use super::errors::{invalid, status};
+use super::{validate, Access, Ledger};
+use crate::domain::ProgrammeKey;
+use crate::proto as pb;
+
+pub struct ReconciliationService(pub Arc<Ledger>);
+
+#[tonic::async_trait]
+impl pb::reconciliation_server::Reconciliation for ReconciliationService {
+    async fn get_daily_book(&self, req: Request<pb::GetDailyBookRequest>) -> Result<Response<pb::DailyBook>, Status> {
+        let r = req.get_ref();
+        let key = ProgrammeKey {
+            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
+            programme_id: validate::id("programme_id", &r.programme_id)?,
+        };
+        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        let date = chrono::NaiveDate::parse_from_str(&r.date, "%Y-%m-%d")
+            .map_err(|_| invalid("date", format!("'{}' is not a date YYYY-MM-DD", r.date)))?;
+        let programme = self.0.programme(&key)?;
+        let book = crate::finance::books::book_for_date(
+            &self.0.books,
+            &self.0.programmes.registry().read().expect("registry lock"),
+            &programme,
+            self.0.writers.partitions(),
+            date,
+        )
+        .map_err(|e| status(Code::Internal, "BOOKS_UNREADABLE", e.to_string(), None))?;
+        Ok(Response::new(convert::book_to_pb(book)))
+    }
+}

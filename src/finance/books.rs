@@ -1,0 +1,454 @@
+//! Finance reconciliation: daily books per programme, folded from the log.
+//!
+//! The reconciliation consumer reads the account partitions with its own
+//! positions (the `meta` column family of its own database, `books/`) and
+//! keeps one *partial book* per programme, partition and programme day: the
+//! movements of that day's records in that partition, the balances they lead
+//! to, and a hash chain over the records. A day's book is the sum of its
+//! partials; a partition without records that day contributes its latest
+//! closing balance as both opening and closing.
+//!
+//! Balances are available + reserved (points), debt is apart. The books
+//! balance when `opening - opening_debt + issued - spent + refunded -
+//! reversed - expired + adjusted_up - adjusted_down = closing - debt`; the
+//! movements come from the events' headline amounts, the balances from the
+//! lot amounts, so the identity checks the events against each other. The other check compares
+//! the running closing balance and debt with the sums of the balance view at
+//! exactly the same log position ([`check_against_views`]): the consumer
+//! folds only up to where the views stand, so the two can be compared.
+//!
+//! Days: a record counts for the programme day of its decision time in the
+//! programme's time zone (the rules of the version it was decided under),
+//! but never for a day before one its partition already reached for that
+//! programme, so books only ever grow at the end, also across a writer
+//! change with a clock a little behind. Replays give the same books.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use super::risk::RiskFold;
+use crate::domain::{calendar, AccountKey, Event, Points, ProgrammeKey};
+use crate::hex;
+use crate::ledger::programmes::Registry;
+use crate::log::arbiter::{Admitted, Arbiter};
+use crate::log::codec::CodecError;
+use crate::log::record::{partition_for, Balance};
+use crate::log::LogEntry;
+use crate::proto::state;
+use crate::store::{self, Batch, Cf, Db};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BooksError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("record at offset {offset}: {0}", offset = .1)]
+    Codec(CodecError, u64),
+    /// The control stream has not delivered this version yet; retry later.
+    #[error("programme {0:?} version {1} is not known yet")]
+    UnknownVersion(ProgrammeKey, u64),
+    #[error("book arithmetic overflowed for {0:?}")]
+    Overflow(ProgrammeKey),
+}
+
+/// `tenant \0 programme \0 partition(be32)`: one partition's partials.
+fn partition_prefix(tenant: &str, programme: &str, partition: u32) -> Vec<u8> {
+    let mut k = store::programme_prefix(tenant, programme);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// Partial book key: partition prefix, then the day (sign-flipped be64).
+pub fn book_key(tenant: &str, programme: &str, partition: u32, day: i64) -> Vec<u8> {
+    let mut k = partition_prefix(tenant, programme, partition);
+    k.extend_from_slice(&store::millis_key(day));
+    k
+}
+
+fn day_of_key(key: &[u8]) -> i64 {
+    store::millis_from_key(&key[key.len() - 8..])
+}
+
+/// The latest partial of a partition at or before `day`, with its day.
+pub fn partial_at_or_before(
+    books: &Db,
+    key: &ProgrammeKey,
+    partition: u32,
+    day: i64,
+) -> Result<Option<(i64, state::DailyBook)>, BooksError> {
+    let prefix = partition_prefix(&key.tenant_id, &key.programme_id, partition);
+    let at = book_key(&key.tenant_id, &key.programme_id, partition, day);
+    match books.seek_prev(Cf::Books, &prefix, &at)? {
+        Some((k, v)) => {
+            let book: state::DailyBook = store::decode_row(&v).map_err(|e| BooksError::Codec(e, 0))?;
+            Ok(Some((day_of_key(&k), book)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The chain head before any record: 32 zero bytes.
+fn chain_start() -> String {
+    hex(&[0u8; 32])
+}
+
+/// One step of a partition's chain: sha256(previous head, offset, record).
+fn chain_step(head: &str, offset: u64, payload: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(head.as_bytes());
+    h.update(offset.to_be_bytes());
+    h.update(payload);
+    hex(&h.finalize())
+}
+
+/// A partial that opens where `previous` (an earlier day's) closed.
+fn opening_partial(previous: Option<&state::DailyBook>, partition: u32) -> state::DailyBook {
+    let mut b = state::DailyBook::default();
+    if let Some(p) = previous {
+        b.opening_balance = p.closing_balance;
+        b.opening_debt = p.debt;
+        b.closing_balance = p.closing_balance;
+        b.debt = p.debt;
+        b.reserved = p.reserved;
+    }
+    b.partitions = vec![state::BookPartition { partition, chain: chain_start(), ..Default::default() }];
+    b
+}
+
+/// The partials one fold is changing: (programme, partition) → (day, book).
+type Open = HashMap<ProgrammeKey, (i64, state::DailyBook)>;
+
+/// Applies one event's movements and balance changes to a partial.
+fn apply(b: &mut state::DailyBook, event: &Event) -> Option<()> {
+    fn lots(l: &[crate::domain::LotAmount]) -> Option<Points> {
+        l.iter().try_fold(0i64, |s, x| s.checked_add(x.points))
+    }
+    fn add(x: &mut i64, d: i64) -> Option<()> {
+        *x = x.checked_add(d)?;
+        Some(())
+    }
+    match event {
+        Event::PointsEarned { granted, debt_repaid, .. } => {
+            add(&mut b.issued, *granted)?;
+            add(&mut b.closing_balance, granted.checked_sub(*debt_repaid)?)?;
+            add(&mut b.debt, -debt_repaid)?;
+        }
+        Event::PointsSpent { points, lots: l, .. } => {
+            add(&mut b.spent, *points)?;
+            add(&mut b.closing_balance, -lots(l)?)?;
+        }
+        Event::PointsReserved { lots: l, .. } => add(&mut b.reserved, lots(l)?)?,
+        Event::ReservationCaptured { points, lots: l, released_lots, .. } => {
+            add(&mut b.spent, *points)?;
+            add(&mut b.closing_balance, -lots(l)?)?;
+            add(&mut b.reserved, -(lots(l)?.checked_add(lots(released_lots)?)?))?;
+        }
+        Event::ReservationReleased { lots: l, .. } => add(&mut b.reserved, -lots(l)?)?,
+        Event::SpendRefunded { points, lots: l, .. } => {
+            add(&mut b.refunded, *points)?;
+            add(&mut b.closing_balance, lots(l)?)?;
+        }
+        Event::EarnReversed { points, taken, debt_added, written_off, .. } => {
+            add(&mut b.reversed, points.checked_sub(*written_off)?)?;
+            add(&mut b.written_off, *written_off)?;
+            add(&mut b.closing_balance, -lots(taken)?)?;
+            add(&mut b.debt, *debt_added)?;
+        }
+        Event::PointsExpired { points, lots: l, .. } => {
+            add(&mut b.expired, *points)?;
+            add(&mut b.closing_balance, -lots(l)?)?;
+        }
+        Event::PointsAdjusted { points, lots: l, debt_repaid, .. } => {
+            if *points > 0 {
+                add(&mut b.adjusted_up, *points)?;
+                add(&mut b.closing_balance, lots(l)?)?;
+                add(&mut b.debt, -debt_repaid)?;
+            } else {
+                add(&mut b.adjusted_down, points.checked_neg()?)?;
+                add(&mut b.closing_balance, -lots(l)?)?;
+            }
+        }
+        Event::AccountFrozen { .. }
+        | Event::AccountUnfrozen { .. }
+        | Event::GrowthExpired { .. }
+        | Event::LevelChanged { .. } => {}
+    }
+    Some(())
+}
+
+/// Folds consecutive records of one partition into a WriteBatch of partial
+/// books and the consumer's new position.
+pub fn fold(
+    books: &Db,
+    registry: &Registry,
+    partition: u32,
+    arbiter: &mut Arbiter,
+    entries: &[LogEntry],
+    risk: &mut RiskFold,
+) -> Result<Batch, BooksError> {
+    let mut open: Open = HashMap::new();
+    // Partials finished within this fold (a later day began), to store too.
+    let mut done: Vec<(ProgrammeKey, i64, state::DailyBook)> = Vec::new();
+    for entry in entries {
+        let record = match arbiter.admit_bytes(&entry.payload).map_err(|e| BooksError::Codec(e, entry.offset))? {
+            Admitted::Record(r) => r,
+            Admitted::Claim(_) | Admitted::Void => continue,
+        };
+        let key = ProgrammeKey {
+            tenant_id: record.account.tenant_id.clone(),
+            programme_id: record.account.programme_id.clone(),
+        };
+        let programme = registry
+            .version(&key, record.programme_version)
+            .ok_or_else(|| BooksError::UnknownVersion(key.clone(), record.programme_version))?;
+        if !open.contains_key(&key) {
+            let latest = partial_at_or_before(books, &key, partition, i64::MAX)?;
+            let (day, book) = latest.unwrap_or_else(|| (i64::MIN, opening_partial(None, partition)));
+            open.insert(key.clone(), (day, book));
+        }
+        let (day, book) = open.get_mut(&key).expect("loaded");
+        let record_day = calendar::programme_day(programme.time_zone, record.at).max(*day);
+        if record_day > *day {
+            let next = opening_partial(Some(book), partition);
+            let finished = std::mem::replace(book, next);
+            if *day != i64::MIN {
+                done.push((key.clone(), *day, finished));
+            }
+            *day = record_day;
+        }
+        risk.record(books, &programme, partition, entry.offset, &record, *day)?;
+        book.points_per_cash_unit = programme.points_per_cash_unit;
+        for event in &record.events {
+            apply(book, event).ok_or_else(|| BooksError::Overflow(key.clone()))?;
+            book.event_count += 1;
+        }
+        let part = &mut book.partitions[0];
+        if part.event_count == 0 {
+            part.first_offset = entry.offset;
+        }
+        part.last_offset = entry.offset;
+        part.event_count += record.events.len() as u64;
+        part.chain = chain_step(&part.chain, entry.offset, &entry.payload);
+    }
+    let mut batch = Batch::default();
+    let finished = done.into_iter().chain(open.into_iter().map(|(k, (d, b))| (k, d, b)));
+    for (key, day, book) in finished {
+        if day == i64::MIN {
+            continue;
+        }
+        batch.put(Cf::Books, &book_key(&key.tenant_id, &key.programme_id, partition, day), &store::encode_row(&book));
+    }
+    risk.write(&mut batch, partition);
+    if let Some(last) = entries.last() {
+        store::put_cursor(&mut batch, partition, store::Cursor { next: last.offset + 1, arbiter: *arbiter });
+    }
+    Ok(batch)
+}
+
+/// The running closing of every (programme, partition) with a partial.
+/// (programme, partition) → (day, partial).
+type Partials = HashMap<(ProgrammeKey, u32), (i64, state::DailyBook)>;
+
+fn running(books: &Db) -> Result<Partials, BooksError> {
+    let mut out = Partials::new();
+    for row in books.rows(Cf::Books) {
+        let (k, v) = row?;
+        let (tenant, rest) = split_nul(&k);
+        let (programme, rest) = split_nul(rest);
+        let partition = u32::from_be_bytes(rest[..4].try_into().expect("partition in key"));
+        let book: state::DailyBook = store::decode_row(&v).map_err(|e| BooksError::Codec(e, 0))?;
+        // Rows come in key order: the last per (programme, partition) wins.
+        let key = ProgrammeKey { tenant_id: tenant, programme_id: programme };
+        out.insert((key, partition), (day_of_key(&k), book));
+    }
+    Ok(out)
+}
+
+fn split_nul(b: &[u8]) -> (String, &[u8]) {
+    let i = b.iter().position(|&x| x == 0).unwrap_or(b.len());
+    (String::from_utf8_lossy(&b[..i]).into_owned(), b.get(i + 1..).unwrap_or_default())
+}
+
+/// A disagreement between the books and the balance view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub programme: ProgrammeKey,
+    pub partition: u32,
+    pub day: i64,
+    pub message: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} partition {}: {}",
+            self.programme.tenant_id, self.programme.programme_id, self.partition, self.message
+        )
+    }
+}
+
+/// Compares each (programme, partition)'s running closing balance, debt and
+/// reservations with the sums of the balance view (`views`' accounts), which
+/// must stand at exactly the positions the books were folded to. Marks each
+/// disagreeing latest partial with the mismatch (in the returned batch) and
+/// returns them all; an empty list means the books agree with the view.
+pub fn check_against_views(
+    books: &Db,
+    view_accounts: impl Iterator<Item = Result<store::Row, store::StoreError>>,
+    partitions: u32,
+) -> Result<(Vec<Mismatch>, Batch), BooksError> {
+    #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+    struct Sums {
+        balance: i64,
+        debt: i64,
+        reserved: i64,
+    }
+    let mut view: HashMap<(ProgrammeKey, u32), Sums> = HashMap::new();
+    for row in store::accounts::each(view_accounts) {
+        let (account, a) = row?;
+        let b = Balance::of(&a);
+        let p = partition_for(&account, partitions);
+        let s = view.entry((programme_of(&account), p)).or_default();
+        s.balance = s.balance.saturating_add(b.available.saturating_add(b.reserved));
+        s.debt = s.debt.saturating_add(b.debt);
+        s.reserved = s.reserved.saturating_add(b.reserved);
+    }
+    let books_now = running(books)?;
+    let mut keys: Vec<_> = view.keys().chain(books_now.keys()).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    let mut batch = Batch::default();
+    for key in keys {
+        let v = view.get(&key).copied().unwrap_or_default();
+        let (day, book) = books_now.get(&key).cloned().unwrap_or((i64::MIN, state::DailyBook::default()));
+        let b = Sums { balance: book.closing_balance, debt: book.debt, reserved: book.reserved };
+        if v == b {
+            continue;
+        }
+        let message = format!(
+            "books close at balance {} debt {} reserved {}, the balance view sums to balance {} debt {} reserved {}",
+            b.balance, b.debt, b.reserved, v.balance, v.debt, v.reserved
+        );
+        if day != i64::MIN && book.mismatch != message {
+            let mut marked = book.clone();
+            marked.mismatch = message.clone();
+            batch.put(
+                Cf::Books,
+                &book_key(&key.0.tenant_id, &key.0.programme_id, key.1, day),
+                &store::encode_row(&marked),
+            );
+        }
+        out.push(Mismatch { programme: key.0, partition: key.1, day, message });
+    }
+    Ok((out, batch))
+}
+
+fn programme_of(a: &AccountKey) -> ProgrammeKey {
+    ProgrammeKey { tenant_id: a.tenant_id.clone(), programme_id: a.programme_id.clone() }
+}
+
+/// Whether a book's movements lead from its opening to its closing.
+pub fn identity_holds(b: &state::DailyBook) -> bool {
+    let holds = || -> Option<bool> {
+        let lhs = [b.issued, -b.spent, b.refunded, -b.reversed, -b.expired, b.adjusted_up, -b.adjusted_down]
+            .iter()
+            .try_fold(b.opening_balance.checked_sub(b.opening_debt)?, |s, x| s.checked_add(*x));
+        Some(lhs? == b.closing_balance.checked_sub(b.debt)?)
+    };
+    holds().unwrap_or(false)
+}
+
+/// The day's book of a programme: the sum of its partitions' partials.
+pub fn daily_book(
+    books: &Db,
+    programme: &crate::domain::Programme,
+    partitions: u32,
+    day: i64,
+) -> Result<state::DailyBook, BooksError> {
+    let key = programme.key();
+    let mut total = state::DailyBook {
+        tenant_id: key.tenant_id.clone(),
+        programme_id: key.programme_id.clone(),
+        date: calendar::day_to_date(day).map(|d| d.to_string()).unwrap_or_default(),
+        points_per_cash_unit: programme.points_per_cash_unit,
+        ..Default::default()
+    };
+    let mut digest = Sha256::new();
+    let mut mismatches = Vec::new();
+    let overflow = || BooksError::Overflow(key.clone());
+    for p in 0..partitions {
+        let Some((d, partial)) = partial_at_or_before(books, &key, p, day)? else { continue };
+        let sum = |x: &mut i64, y: i64| -> Result<(), BooksError> {
+            *x = x.checked_add(y).ok_or_else(overflow)?;
+            Ok(())
+        };
+        if d == day {
+            sum(&mut total.opening_balance, partial.opening_balance)?;
+            sum(&mut total.opening_debt, partial.opening_debt)?;
+            for (t, x) in [
+                (&mut total.issued, partial.issued),
+                (&mut total.spent, partial.spent),
+                (&mut total.refunded, partial.refunded),
+                (&mut total.reversed, partial.reversed),
+                (&mut total.expired, partial.expired),
+                (&mut total.adjusted_up, partial.adjusted_up),
+                (&mut total.adjusted_down, partial.adjusted_down),
+                (&mut total.written_off, partial.written_off),
+            ] {
+                sum(t, x)?;
+            }
+            total.event_count += partial.event_count;
+            for part in &partial.partitions {
+                digest.update(part.chain.as_bytes());
+                let position = |offset| Some(state::Position { partition: p, offset });
+                if total.first_position.is_none() {
+                    total.first_position = position(part.first_offset);
+                }
+                total.last_position = position(part.last_offset);
+                total.partitions.push(part.clone());
+            }
+            if !partial.mismatch.is_empty() {
+                mismatches.push(format!("partition {p}: {}", partial.mismatch));
+            }
+        } else {
+            sum(&mut total.opening_balance, partial.closing_balance)?;
+            sum(&mut total.opening_debt, partial.debt)?;
+        }
+        sum(&mut total.closing_balance, partial.closing_balance)?;
+        sum(&mut total.debt, partial.debt)?;
+        sum(&mut total.reserved, partial.reserved)?;
+    }
+    total.digest = hex(&digest.finalize());
+    total.liability_cash_minor = liability_minor(total.closing_balance, programme.points_per_cash_unit);
+    if !identity_holds(&total) {
+        mismatches.push("opening + movements != closing".into());
+    }
+    total.balanced = mismatches.is_empty();
+    total.mismatch = mismatches.join("; ");
+    Ok(total)
+}
+
+/// The book of a calendar date of a programme, with the cash ratio of the
+/// rules in force at the end of that day.
+pub fn book_for_date(
+    books: &Db,
+    registry: &Registry,
+    current: &crate::domain::Programme,
+    partitions: u32,
+    date: chrono::NaiveDate,
+) -> Result<state::DailyBook, BooksError> {
+    let day = calendar::days_since_epoch(date);
+    let end = date.succ_opt().and_then(|d| calendar::start_of_day(current.time_zone, d));
+    let rules = end.and_then(|at| registry.in_force_at(&current.key(), at - 1));
+    daily_book(books, rules.as_deref().unwrap_or(current), partitions, day)
+}
+
+/// Points in cash minor units (100 per cash unit), rounded down.
+pub fn liability_minor(points: i64, points_per_cash_unit: i64) -> i64 {
+    if points_per_cash_unit <= 0 {
+        return 0;
+    }
+    (i128::from(points) * 100 / i128::from(points_per_cash_unit)).clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}

@@ -1,0 +1,194 @@
+//! How a writer follows its partition of the log: catching up from its
+//! checkpoint before it takes commands, claiming the partition on a shared
+//! log (a claim marker with the next epoch, read back), reading each batch
+//! back before answering it, and re-reading after an append whose outcome is
+//! unknown (ARCHITECTURE.md, "Writers arbitrated by the log").
+
+use std::sync::atomic::Ordering;
+
+use super::issuance::earned_in;
+use super::writer::{PartitionWriter, Work};
+use super::FENCED;
+use crate::log::arbiter::Admitted;
+use crate::log::codec;
+use crate::log::record::{Claim, Position, Reply};
+use crate::log::{self as eventlog, LogError, LogReader, LogRecord};
+
+/// Claims a writer tries before giving the partition up (another writer
+/// with the same epoch landed first each time).
+const CLAIM_ATTEMPTS_MAX: usize = 3;
+/// Records read per step when reading a batch back, at least.
+const READ_BACK_RECORDS_MIN: usize = 64;
+
+/// `host:pid:start-ms`, to tell claim markers apart for operators.
+pub(super) fn writer_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    format!(
+        "{}:{}:{}",
+        if host.is_empty() { "localhost" } else { &host },
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    )
+}
+
+/// How a shared-log writer's read-back of its batch ended.
+pub(super) enum ReadBack {
+    /// Every record of the batch is admitted; nothing else counts in between.
+    Confirmed,
+    /// A newer claim took the partition.
+    Fenced(u64),
+    /// Something unexpected (e.g. a record of an earlier, failed append).
+    Unclear(String),
+}
+
+impl PartitionWriter {
+    /// A reader at `cursor.next`: the kept one if it is there, else a new one.
+    pub(super) fn take_reader(&mut self) -> Result<Box<dyn LogReader>, LogError> {
+        match self.reader.take() {
+            Some(r) if r.position() == self.cursor.next => Ok(r),
+            _ => self.log.reader(self.partition, self.cursor.next),
+        }
+    }
+
+    /// Folds the log from the cursor up to `end` (exclusive), committing as it
+    /// goes. Returns the records folded.
+    pub(super) fn catch_up(&mut self, end: u64) -> anyhow::Result<u64> {
+        let mut reader = self.take_reader()?;
+        let mut folded = 0;
+        loop {
+            let entries = eventlog::read_towards(reader.as_mut(), end, self.config.batch_commands_max)?;
+            if entries.is_empty() {
+                break;
+            }
+            let mut work = Work::default();
+            for e in &entries {
+                match self.cursor.arbiter.admit_bytes(&e.payload)? {
+                    Admitted::Record(record) => {
+                        let balance = Self::fold(self.account(&mut work, &record.account)?, &record.events);
+                        earned_in(&record.account, &record.events, &mut work.issued_folded);
+                        self.last_now = self.last_now.max(record.at);
+                        if !record.system {
+                            let position = Position { partition: self.partition, offset: e.offset };
+                            let reply = Reply::for_record(&record, position, balance);
+                            work.replies.push((
+                                record.account.tenant_id.clone(),
+                                record.request_id.clone(),
+                                record.fingerprint,
+                                reply,
+                            ));
+                        }
+                        folded += 1;
+                    }
+                    Admitted::Claim(_) => self.last_claim = Some(e.offset),
+                    Admitted::Void => {}
+                }
+            }
+            self.cursor.next = reader.position();
+            self.commit(work)?;
+        }
+        self.reader = Some(reader);
+        Ok(folded)
+    }
+
+    /// Catches up with the log's end and, on a shared log, claims the
+    /// partition. Ok(false) when another writer has taken it meanwhile.
+    pub(super) fn start_up(&mut self) -> anyhow::Result<bool> {
+        let end = self.log.end_offset(self.partition)?;
+        let folded = self.catch_up(end)?;
+        tracing::info!(partition = self.partition, folded, next = self.cursor.next, "writer caught up with the log");
+        if self.log.shared() {
+            return self.claim();
+        }
+        Ok(true)
+    }
+
+    /// Appends a claim marker with the next epoch and reads back past it.
+    /// Ok(true) when it took the partition.
+    pub(super) fn claim(&mut self) -> anyhow::Result<bool> {
+        for _attempt in 0..CLAIM_ATTEMPTS_MAX {
+            let end = self.log.end_offset(self.partition)?;
+            self.catch_up(end)?;
+            if self.own_claim.is_some() && self.last_claim != self.own_claim {
+                // Someone claimed after us: they own it now; do not fight back.
+                return Ok(false);
+            }
+            let claim = Claim {
+                epoch: self.cursor.arbiter.epoch + 1,
+                writer: self.writer_id.to_string(),
+                at: self.clock.now().max(self.last_now),
+            };
+            let offsets =
+                self.log.append(self.partition, &[LogRecord::new(b"claim".to_vec(), codec::encode_claim(&claim))])?;
+            self.catch_up(offsets[0] + 1)?;
+            if self.last_claim == Some(offsets[0]) {
+                self.own_claim = self.last_claim;
+                tracing::info!(
+                    partition = self.partition,
+                    epoch = claim.epoch,
+                    offset = offsets[0],
+                    "claimed partition"
+                );
+                return Ok(true);
+            }
+            // A claim with the same epoch landed first: try the next epoch.
+        }
+        Ok(false)
+    }
+
+    /// Reads the partition back past a just-appended batch (shared logs).
+    pub(super) fn read_back(&mut self, offsets: &[u64]) -> Result<ReadBack, LogError> {
+        let end = offsets.last().expect("a batch") + 1;
+        let mut reader = self.take_reader()?;
+        let mut arbiter = self.cursor.arbiter;
+        loop {
+            let entries = eventlog::read_towards(
+                reader.as_mut(),
+                end,
+                self.config.batch_commands_max.max(READ_BACK_RECORDS_MIN),
+            )?;
+            if entries.is_empty() {
+                break;
+            }
+            for e in &entries {
+                let ours = offsets.binary_search(&e.offset).is_ok();
+                let admitted = arbiter.admit_bytes(&e.payload).map_err(|c| LogError::Corrupt(c.to_string()))?;
+                match (ours, admitted) {
+                    (true, Admitted::Record(_)) | (false, Admitted::Void) => {}
+                    (_, Admitted::Claim(c)) => return Ok(ReadBack::Fenced(c.epoch)),
+                    (true, _) => return Ok(ReadBack::Unclear(format!("record at offset {} is void", e.offset))),
+                    (false, Admitted::Record(_)) => {
+                        return Ok(ReadBack::Unclear(format!("unexpected record at offset {}", e.offset)))
+                    }
+                }
+            }
+        }
+        self.reader = Some(reader);
+        self.cursor.next = end;
+        Ok(ReadBack::Confirmed)
+    }
+
+    /// Before deciding after an unknown outcome: re-read the log, and on a
+    /// shared log take a new epoch so anything of ours still in flight is void.
+    pub(super) fn resync(&mut self) -> anyhow::Result<()> {
+        self.reader = None;
+        if self.log.shared() {
+            if !self.claim()? {
+                self.fence();
+                anyhow::bail!("partition {} was taken over by a newer writer", self.partition);
+            }
+        } else {
+            let end = self.log.end_offset(self.partition)?;
+            self.catch_up(end)?;
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    pub(super) fn fence(&mut self) {
+        tracing::warn!(
+            partition = self.partition,
+            "a newer writer claimed the partition; this writer stops writing it"
+        );
+        self.status[self.partition as usize].store(FENCED, Ordering::Release);
+    }
+}

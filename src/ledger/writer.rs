@@ -1,0 +1,592 @@
+//! A partition's writer: its state, and one batch (group commit) in named
+//! phases: **gather** the queued commands (and, on a tick, the accounts
+//! due), **decide** each against the state the earlier ones left (retries
+//! answered from the idempotency records), **append and confirm** the
+//! accepted records in one durable append (read back on a shared log),
+//! **answer** every caller, then **commit** the state the log now determines
+//! (a retry is decided in a later batch, after this commit; if the commit
+//! fails, the writer stops and a restart catches up from the log).
+//!
+//! State lives in RocksDB (a checkpoint with the log offset it reflects) plus
+//! an in-memory cache. On start a writer folds the log from its checkpoint to
+//! the end before it takes any command (until then its partition answers
+//! `Unavailable`), so nothing acknowledged is lost and nothing is applied
+//! twice. Time: the writer reads the clock once per batch and never lets it
+//! run backwards within a partition.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::follow::ReadBack;
+use super::issuance::{earned_in, issued_key, Granted, Issuance};
+use super::programmes::SharedRegistry;
+use super::{Clock, Msg, ReplyTx, Unavailable, WriteError, WriterConfig, CATCHING_UP, FENCED, READY};
+use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis};
+use crate::log::record::{AccountRecord, Balance, Position, Reply};
+use crate::log::{codec, EventLog, LogError, LogReader, LogRecord};
+use crate::store::{self, accounts, snapshot, Batch, Cf, Cursor, Db};
+use crate::FastMap;
+
+/// How long a writer that cannot catch up with the log yet waits before it
+/// tries again.
+const START_UP_RETRY_MS: u64 = 1000;
+/// Times an earn under a programme-wide cap is decided again because
+/// another partition counted against the cap in between, at most.
+const CAP_DECIDE_ATTEMPTS_MAX: usize = 64;
+
+pub(super) struct PartitionWriter {
+    pub(super) partition: u32,
+    pub(super) issuance: Arc<Issuance>,
+    pub(super) log: Arc<dyn EventLog>,
+    pub(super) store: Arc<Db>,
+    pub(super) registry: SharedRegistry,
+    pub(super) clock: Arc<dyn Clock>,
+    /// Accounts as of the last committed batch (a cache of the store), each
+    /// with the instant its due-index row stands at.
+    cache: FastMap<AccountKey, (Account, Option<Millis>, accounts::Changed)>,
+    /// The latest `now` used, so time never runs backwards in a partition.
+    pub(super) last_now: Millis,
+    pub(super) config: WriterConfig,
+    /// Names this process in its claim markers.
+    pub(super) writer_id: Arc<str>,
+    /// The next offset the state reflects, and the log's arbiter there.
+    pub(super) cursor: Cursor,
+    /// A reader kept at `cursor.next` between batches (shared logs).
+    pub(super) reader: Option<Box<dyn LogReader>>,
+    /// The offset of the latest claim admitted up to `cursor`.
+    pub(super) last_claim: Option<u64>,
+    /// Our own claim's offset, once we own the partition (shared logs).
+    pub(super) own_claim: Option<u64>,
+    /// True after an append whose outcome is unknown: the state may lack
+    /// records the log has; re-read (and re-claim) before deciding again.
+    pub(super) stale: bool,
+    pub(super) status: Arc<Vec<AtomicU8>>,
+}
+
+/// What a writer is made of.
+pub(super) struct Parts {
+    pub partition: u32,
+    pub issuance: Arc<Issuance>,
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<Db>,
+    pub registry: SharedRegistry,
+    pub clock: Arc<dyn Clock>,
+    pub config: WriterConfig,
+    pub writer_id: Arc<str>,
+    pub status: Arc<Vec<AtomicU8>>,
+}
+
+/// State changed by one batch, not yet committed.
+#[derive(Default)]
+pub(super) struct Work {
+    /// Accounts the batch has looked at.
+    pub(super) accounts: FastMap<AccountKey, Touched>,
+    /// (tenant, request id, fingerprint, reply) for the idempotency records.
+    pub(super) replies: Vec<(String, String, u64, Reply)>,
+    /// Due-index rows a tick took up: deleted at commit, and each account's
+    /// current due instant put back (a row can go stale when the rules that
+    /// set it change, e.g. the level window).
+    pub(super) ticked: Vec<(Vec<u8>, AccountKey)>,
+    /// Points granted by records read back from the log (added to the
+    /// shared issuance at commit).
+    pub(super) issued_folded: Granted,
+    /// Points granted by this batch's decisions (already in the shared
+    /// issuance; taken out again if the batch fails).
+    pub(super) issued_reserved: Granted,
+}
+
+/// An account as a batch sees it.
+pub(super) struct Touched {
+    /// When something in it fell due before the batch (for the due index).
+    due_before: Option<Millis>,
+    /// The same after the batch (set at commit).
+    due_after: Option<Millis>,
+    account: Account,
+    /// What events changed (only that is written back).
+    changed: accounts::Changed,
+}
+
+/// The commands of one batch, gathered from the queue.
+struct Gathered {
+    /// Callers' commands with their answer's sender; the writer's own
+    /// (ticks) without one.
+    commands: Vec<(Command, Option<ReplyTx>)>,
+    /// Senders of `Msg::Tick` waiting for the batch: they hear when it is
+    /// done (appended, or failed), as these are dropped.
+    tick_waiters: Vec<oneshot::Sender<()>>,
+    /// Due-index rows the tick took up.
+    ticked: Vec<(Vec<u8>, AccountKey)>,
+}
+
+/// A batch as decided: the records to append, in order, and who waits for
+/// which.
+struct Decided {
+    work: Work,
+    /// Each record with the account's balance right after it.
+    records: Vec<(AccountRecord, Balance)>,
+    /// (caller, index of its record, whether it repeats an earlier command
+    /// of this batch).
+    waiting: Vec<(ReplyTx, usize, bool)>,
+    /// (tenant, request id) → (fingerprint, record index) of this batch.
+    in_batch: FastMap<(String, String), (u64, usize)>,
+}
+
+impl PartitionWriter {
+    pub(super) fn new(p: Parts) -> Result<PartitionWriter, store::StoreError> {
+        Ok(PartitionWriter {
+            cursor: store::read_cursor(&p.store, p.partition)?,
+            partition: p.partition,
+            issuance: p.issuance,
+            log: p.log,
+            store: p.store,
+            registry: p.registry,
+            clock: p.clock,
+            cache: FastMap::default(),
+            last_now: 0,
+            config: p.config,
+            writer_id: p.writer_id,
+            reader: None,
+            last_claim: None,
+            own_claim: None,
+            stale: false,
+            status: p.status,
+        })
+    }
+
+    fn programme(&self, key: &AccountKey) -> Option<Arc<domain::Programme>> {
+        self.registry.read().expect("registry lock").current(&key.programme())
+    }
+
+    /// One batch: gather, decide, append and confirm, answer, commit.
+    fn process(&mut self, msgs: Vec<Msg>) -> anyhow::Result<()> {
+        if self.status[self.partition as usize].load(Ordering::Acquire) == FENCED {
+            Self::refuse(msgs, &Unavailable::TakenOver { partition: self.partition, epoch: None });
+            return Ok(());
+        }
+        if self.stale {
+            if let Err(e) = self.resync() {
+                tracing::warn!(partition = self.partition, error = %e, "writer cannot re-read the log yet");
+                Self::refuse(msgs, &Unavailable::Log(e.to_string()));
+                return Ok(());
+            }
+        }
+        let now = self.clock.now().max(self.last_now);
+        self.last_now = now;
+        let gathered = self.gather(msgs, now)?;
+        let decided = self.decide(gathered.commands, gathered.ticked, now)?;
+        if decided.records.is_empty() {
+            return Ok(());
+        }
+        let offsets = match self.append_and_confirm(&decided.records) {
+            Ok(offsets) => offsets,
+            Err(cause) => {
+                self.fail(decided, cause);
+                return Ok(());
+            }
+        };
+        let work = self.answer(decided, &offsets);
+        self.commit(work)?;
+        drop(gathered.tick_waiters);
+        Ok(())
+    }
+
+    /// Gather: the queued commands, and on the batch's first tick one `Tick`
+    /// command per account due by `now` (from the due index).
+    fn gather(&self, msgs: Vec<Msg>, now: Millis) -> Result<Gathered, store::StoreError> {
+        let mut g = Gathered { commands: Vec::with_capacity(msgs.len()), tick_waiters: Vec::new(), ticked: Vec::new() };
+        let mut ticked = false;
+        for m in msgs {
+            match m {
+                Msg::Submit(c, tx) => g.commands.push((*c, Some(tx))),
+                Msg::Tick(done) => {
+                    g.tick_waiters.extend(done);
+                    if ticked {
+                        continue;
+                    }
+                    ticked = true;
+                    let due = super::scheduler::due_accounts(
+                        &self.store,
+                        self.partition,
+                        now,
+                        self.config.tick_accounts_max,
+                    )?;
+                    for (row, account) in due {
+                        g.ticked.push((row, account.clone()));
+                        let body = CommandBody::Tick;
+                        g.commands.push((
+                            Command { request_id: String::new(), account, body, context: Default::default() },
+                            None,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    /// Decide: each command against the state the earlier ones left; retries
+    /// and reused request ids are answered on the way.
+    fn decide(
+        &mut self,
+        commands: Vec<(Command, Option<ReplyTx>)>,
+        ticked: Vec<(Vec<u8>, AccountKey)>,
+        now: Millis,
+    ) -> anyhow::Result<Decided> {
+        let mut d = Decided {
+            work: Work { ticked, ..Work::default() },
+            records: Vec::new(),
+            waiting: Vec::new(),
+            in_batch: FastMap::default(),
+        };
+        for (cmd, tx) in commands {
+            let fingerprint = domain::fingerprint(&cmd);
+            // Callers' commands are idempotent; the writer's own have no id.
+            let tx = match tx {
+                None => None,
+                Some(tx) => match self.seen_before(&mut d, &cmd, fingerprint, tx)? {
+                    Some(tx) => Some(tx),
+                    None => continue,
+                },
+            };
+            self.decide_command(&mut d, cmd, tx, fingerprint, now)?;
+        }
+        Ok(d)
+    }
+
+    /// A caller's command whose request id this batch or the idempotency
+    /// records already hold is answered here (its original answer, or
+    /// `RequestIdReused`); a new one gets its sender back.
+    fn seen_before(
+        &self,
+        d: &mut Decided,
+        cmd: &Command,
+        fingerprint: u64,
+        tx: ReplyTx,
+    ) -> anyhow::Result<Option<ReplyTx>> {
+        let key = (cmd.account.tenant_id.clone(), cmd.request_id.clone());
+        if let Some(&(fp, i)) = d.in_batch.get(&key) {
+            if fp == fingerprint {
+                d.waiting.push((tx, i, true));
+            } else {
+                let _ = tx.send(Err(WriteError::RequestIdReused(cmd.request_id.clone())));
+            }
+            return Ok(None);
+        }
+        let Some(bytes) = self.store.get(Cf::Requests, &store::request_key(&key.0, &key.1))? else {
+            return Ok(Some(tx));
+        };
+        let (fp, mut reply) = snapshot::decode_stored_reply(&bytes)?;
+        reply.replayed = true;
+        let _ = tx.send(if fp == fingerprint { Ok(reply) } else { Err(WriteError::RequestIdReused(key.1)) });
+        Ok(None)
+    }
+
+    /// Decides one new command and, when it is accepted (or a tick found
+    /// something due), folds it and queues its record.
+    fn decide_command(
+        &mut self,
+        d: &mut Decided,
+        cmd: Command,
+        tx: Option<ReplyTx>,
+        fingerprint: u64,
+        now: Millis,
+    ) -> anyhow::Result<()> {
+        let programme = self.programme(&cmd.account);
+        let (events, granted) = match self.decide_counted(&mut d.work, &cmd, programme.as_deref(), now)? {
+            Ok(decided) => decided,
+            Err(e) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(Err(e));
+                }
+                return Ok(());
+            }
+        };
+        if tx.is_none() && events.is_empty() {
+            return Ok(()); // a tick with nothing due
+        }
+        let balance = Self::fold(self.account(&mut d.work, &cmd.account)?, &events);
+        for (k, v) in granted {
+            *d.work.issued_reserved.entry(k).or_default() += v;
+        }
+        if let Some(tx) = tx {
+            let key = (cmd.account.tenant_id.clone(), cmd.request_id.clone());
+            d.in_batch.insert(key, (fingerprint, d.records.len()));
+            d.waiting.push((tx, d.records.len(), false));
+        }
+        let version = programme.map(|p| p.version).unwrap_or(0);
+        d.records.push((self.record(cmd, version, fingerprint, now, events), balance));
+        Ok(())
+    }
+
+    /// Decides `cmd` against its account as the batch left it and counts
+    /// what it grants in the shared issuance (taken out again if the batch
+    /// fails). Under a programme-wide cap an earn is decided against the
+    /// day's count and counted only if no other partition counted in
+    /// between; otherwise it is decided again with the new count. No lock is
+    /// held while deciding.
+    fn decide_counted(
+        &mut self,
+        work: &mut Work,
+        cmd: &Command,
+        programme: Option<&domain::Programme>,
+        now: Millis,
+    ) -> Result<Result<(Vec<domain::Event>, Granted), WriteError>, store::StoreError> {
+        let capped_day = programme
+            .filter(|p| p.programme_daily_issuance_cap > 0 && matches!(cmd.body, CommandBody::Earn { .. }))
+            .map(|p| domain::calendar::programme_day(p.time_zone, now));
+        let key = cmd.account.programme();
+        let touched = self.account(work, &cmd.account)?;
+        for _attempt in 0..CAP_DECIDE_ATTEMPTS_MAX {
+            let seen = capped_day.map(|day| self.issuance.today(&key, day)).unwrap_or(0);
+            let limits = domain::Limits { programme_issued_today: seen };
+            let events = match domain::decide_with(programme, &touched.account, cmd, now, &limits) {
+                Ok(events) => events,
+                Err(rejection) => return Ok(Err(WriteError::Rejected(rejection))),
+            };
+            let mut granted = Granted::new();
+            earned_in(&cmd.account, &events, &mut granted);
+            match capped_day {
+                Some(day) if !granted.is_empty() => {
+                    if !self.issuance.add_if_unchanged(&key, day, seen, &granted) {
+                        continue;
+                    }
+                }
+                _ => self.issuance.add(&granted, 1),
+            }
+            return Ok(Ok((events, granted)));
+        }
+        Ok(Err(Unavailable::CapContended.into()))
+    }
+
+    /// Append and confirm: one durable append of the batch's records and, on
+    /// a shared log, the read-back that proves they count. The offsets they
+    /// got, or why the batch is void (or its outcome unknown).
+    fn append_and_confirm(&mut self, records: &[(AccountRecord, Balance)]) -> Result<Vec<u64>, Unavailable> {
+        let encoded: Vec<LogRecord> = records
+            .iter()
+            .map(|(r, _)| LogRecord::new(r.account.to_string().into_bytes(), codec::encode_account_record(r)))
+            .collect();
+        let offsets = self.log.append(self.partition, &encoded).map_err(|e| match e {
+            LogError::Unavailable(m) => Unavailable::Log(m),
+            other => Unavailable::Log(format!("append failed: {other}")),
+        })?;
+        if !self.log.shared() {
+            self.cursor.next = offsets.last().expect("a batch") + 1;
+            return Ok(offsets);
+        }
+        match self.read_back(&offsets) {
+            Ok(ReadBack::Confirmed) => Ok(offsets),
+            Ok(ReadBack::Fenced(epoch)) => {
+                self.fence();
+                Err(Unavailable::TakenOver { partition: self.partition, epoch: Some(epoch) })
+            }
+            Ok(ReadBack::Unclear(why)) => Err(Unavailable::NotConfirmed(why)),
+            Err(e) => Err(Unavailable::NotConfirmed(format!("read-back failed: {e}"))),
+        }
+    }
+
+    /// A batch that did not land (or may have): everyone hears
+    /// `Unavailable`, its grants leave the shared issuance, and the next
+    /// batch re-reads the log first (counting whatever did land then).
+    fn fail(&mut self, decided: Decided, cause: Unavailable) {
+        tracing::warn!(partition = self.partition, error = %cause, "batch answered UNAVAILABLE");
+        self.issuance.add(&decided.work.issued_reserved, -1);
+        self.stale = true;
+        self.reader = None;
+        for (tx, _, _) in decided.waiting {
+            let _ = tx.send(Err(cause.clone().into()));
+        }
+    }
+
+    /// Answer: the batch is durable in the log, so every caller hears its
+    /// reply now; the idempotency records go into the work to commit.
+    fn answer(&self, decided: Decided, offsets: &[u64]) -> Work {
+        let Decided { mut work, records, waiting, .. } = decided;
+        let replies: Vec<Reply> = records
+            .iter()
+            .zip(offsets)
+            .map(|((r, b), &offset)| Reply::for_record(r, Position { partition: self.partition, offset }, *b))
+            .collect();
+        for ((r, _), reply) in records.iter().zip(&replies) {
+            if !r.system {
+                work.replies.push((r.account.tenant_id.clone(), r.request_id.clone(), r.fingerprint, reply.clone()));
+            }
+        }
+        for (tx, i, replayed) in waiting {
+            let mut reply = replies[i].clone();
+            reply.replayed = replayed;
+            let _ = tx.send(Ok(reply));
+        }
+        work
+    }
+
+    /// An account as of the last committed batch, taken out of the cache
+    /// (a batch that commits puts it back; one that fails leaves the store's).
+    /// Also returns when something in it falls due (as its due-index row says).
+    fn load(&mut self, key: &AccountKey) -> Result<(Account, accounts::Changed, Option<Millis>), store::StoreError> {
+        if let Some((a, due, stored)) = self.cache.remove(key) {
+            return Ok((a, stored, due));
+        }
+        let (account, changed) = accounts::load(&self.store, Cf::Accounts, key)?;
+        let due = domain::due_at(&account, self.programme(key).as_deref());
+        Ok((account, changed, due))
+    }
+
+    pub(super) fn account<'w>(
+        &mut self,
+        work: &'w mut Work,
+        key: &AccountKey,
+    ) -> Result<&'w mut Touched, store::StoreError> {
+        if !work.accounts.contains_key(key) {
+            let (account, changed, due_before) = self.load(key)?;
+            work.accounts.insert(key.clone(), Touched { due_before, due_after: due_before, account, changed });
+        }
+        Ok(work.accounts.get_mut(key).expect("just inserted"))
+    }
+
+    /// Folds accepted events into a touched account; returns its balance after.
+    pub(super) fn fold(touched: &mut Touched, events: &[domain::Event]) -> Balance {
+        for e in events {
+            touched.account.apply(e);
+            touched.changed.note(e);
+        }
+        Balance::of(&touched.account)
+    }
+
+    /// Writes a batch's state with the cursor it reflects, atomically.
+    pub(super) fn commit(&mut self, mut work: Work) -> Result<(), store::StoreError> {
+        let mut batch = Batch::default();
+        for (key, t) in work.accounts.iter_mut().filter(|(_, t)| !t.changed.is_empty()) {
+            for (k, v) in accounts::rows(key, &t.account, &t.changed) {
+                batch.put_or_delete(Cf::Accounts, k, v);
+            }
+            t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
+            if t.due_before != t.due_after {
+                if let Some(at) = t.due_before {
+                    batch.delete(Cf::Due, &store::due_key(self.partition, at, key));
+                }
+                if let Some(at) = t.due_after {
+                    batch.put(Cf::Due, &store::due_key(self.partition, at, key), &[]);
+                }
+            }
+        }
+        for (row, key) in &work.ticked {
+            batch.delete(Cf::Due, row);
+            if let Some(t) = work.accounts.get_mut(key) {
+                if t.changed.is_empty() {
+                    // Nothing fell due after all (the rules behind the row changed).
+                    t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
+                }
+                if let Some(at) = t.due_after {
+                    batch.put(Cf::Due, &store::due_key(self.partition, at, key), &[]);
+                }
+            }
+        }
+        let mut issued = work.issued_reserved.clone();
+        for (k, v) in &work.issued_folded {
+            *issued.entry(k.clone()).or_default() += v;
+        }
+        for ((p, day), v) in &issued {
+            let key = issued_key(self.partition, p, *day);
+            let before = match self.store.get(Cf::Meta, &key)? {
+                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored issuance")),
+                None => 0,
+            };
+            batch.put(Cf::Meta, &key, &(before + v).to_be_bytes());
+        }
+        for (tenant, request_id, fingerprint, reply) in &work.replies {
+            batch.put(
+                Cf::Requests,
+                &store::request_key(tenant, request_id),
+                &snapshot::encode_stored_reply(*fingerprint, reply),
+            );
+        }
+        store::put_cursor(&mut batch, self.partition, self.cursor);
+        self.store.write(batch)?;
+        self.issuance.add(&work.issued_folded, 1);
+        if self.cache.len() + work.accounts.len() > self.config.cache_accounts_max {
+            // Crude but bounded: the store has everything.
+            self.cache.clear();
+        }
+        for (key, t) in work.accounts {
+            let stored = t.changed.written(&t.account);
+            self.cache.insert(key, (t.account, t.due_after, stored));
+        }
+        Ok(())
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>, ready: &tokio::sync::watch::Sender<u32>) {
+        loop {
+            match self.start_up() {
+                Ok(true) => break,
+                Ok(false) => {
+                    self.fence();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "writer cannot catch up with the log yet; retrying");
+                    if rx.is_closed() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(START_UP_RETRY_MS));
+                }
+            }
+        }
+        if self.status[self.partition as usize].load(Ordering::Acquire) == CATCHING_UP {
+            self.status[self.partition as usize].store(READY, Ordering::Release);
+        }
+        ready.send_modify(|n| *n += 1);
+        while let Some(first) = rx.blocking_recv() {
+            let mut msgs = vec![first];
+            while msgs.len() < self.config.batch_commands_max {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.process(msgs) {
+                // The log holds what was answered; a restart rebuilds the rest.
+                tracing::error!(partition = self.partition, error = %e, "writer state could not be committed; writer stops");
+                self.status[self.partition as usize].store(FENCED, Ordering::Release);
+                return;
+            }
+        }
+        tracing::info!(partition = self.partition, "writer stopped");
+    }
+
+    /// Answers every caller in `msgs` with `Unavailable(cause)`.
+    fn refuse(msgs: Vec<Msg>, cause: &Unavailable) {
+        for m in msgs {
+            match m {
+                Msg::Submit(_, tx) => {
+                    let _ = tx.send(Err(cause.clone().into()));
+                }
+                Msg::Tick(done) => drop(done),
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        cmd: Command,
+        programme_version: u64,
+        fingerprint: u64,
+        now: Millis,
+        events: Vec<domain::Event>,
+    ) -> AccountRecord {
+        AccountRecord {
+            epoch: self.cursor.arbiter.epoch,
+            system: cmd.body.is_system(),
+            request_id: cmd.request_id,
+            account: cmd.account,
+            programme_version,
+            at: now,
+            fingerprint,
+            events,
+            context: cmd.context,
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! The one place where domain types meet the log's records
+//! (`points.log.v1`): account records, claim markers, control records.
+//!
+//! Decoding never validates: a record once in the log always decodes,
+//! whatever the API's limits become (validation belongs to the command's way
+//! in, `api::validate`). A programme's rules are taken as they were accepted;
+//! what a reader cannot interpret (an enum value from a newer build, a zone
+//! this build's time-zone database lacks) takes the documented default and
+//! is logged, never refused.
+
+use prost::Message;
+
+use crate::domain::{
+    AccountKey, CapPolicy, ClawbackPolicy, Event, ExpiryCause, LevelThreshold, LotAmount, Millis, Programme,
+    ReleaseCause, RiskRules, ValidityRounding,
+};
+use crate::log::record::{AccountRecord, Claim, ControlRecord, PartitionRecord};
+use crate::proto::log as wire;
+use crate::proto::log::ledger_event::Event as WireEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("undecodable record: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("record is missing {0}")]
+    Missing(&'static str),
+    #[error("unknown enum value {1} for {0}")]
+    Enum(&'static str, i32),
+}
+
+// ---- small pieces ----
+
+pub fn account_key_to_wire(k: &AccountKey) -> wire::AccountKey {
+    wire::AccountKey {
+        tenant_id: k.tenant_id.clone(),
+        programme_id: k.programme_id.clone(),
+        member_id: k.member_id.clone(),
+    }
+}
+
+pub fn account_key_from_wire(k: wire::AccountKey) -> AccountKey {
+    AccountKey { tenant_id: k.tenant_id, programme_id: k.programme_id, member_id: k.member_id }
+}
+
+pub fn lots_to_wire(lots: Vec<LotAmount>) -> Vec<wire::LotAmount> {
+    lots.into_iter().map(|l| wire::LotAmount { lot_id: l.lot_id, points: l.points }).collect()
+}
+
+pub fn lots_from_wire(lots: Vec<wire::LotAmount>) -> Vec<LotAmount> {
+    lots.into_iter().map(|l| LotAmount { lot_id: l.lot_id, points: l.points }).collect()
+}
+
+/// 0 on the wire means "never" / "none".
+pub fn opt_at(at: i64) -> Option<Millis> {
+    (at != 0).then_some(at)
+}
+
+fn opt_str(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// An instant as the log writes it (a Timestamp's two fields).
+pub fn instant(at: Millis) -> wire::Instant {
+    wire::Instant { seconds: at.div_euclid(1000), nanos: (at.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn instant_millis(t: &wire::Instant) -> Option<Millis> {
+    t.seconds.checked_mul(1000)?.checked_add(i64::from(t.nanos) / 1_000_000)
+}
+
+// ---- events ----
+
+pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
+    let event = match e {
+        Event::PointsEarned {
+            lot_id,
+            reason,
+            order_ref,
+            requested,
+            granted,
+            forfeited,
+            debt_repaid,
+            expires_at,
+            growth,
+            day,
+        } => WireEvent::PointsEarned(wire::PointsEarned {
+            lot_id,
+            reason,
+            order_ref: order_ref.unwrap_or_default(),
+            requested_points: requested,
+            granted_points: granted,
+            forfeited_points: forfeited,
+            debt_repaid,
+            expires_at_ms: expires_at.unwrap_or(0),
+            growth,
+            day,
+        }),
+        Event::PointsSpent { spend_id, order_ref, points, lots } => WireEvent::PointsSpent(wire::PointsSpent {
+            spend_id,
+            order_ref: order_ref.unwrap_or_default(),
+            points,
+            lots: lots_to_wire(lots),
+        }),
+        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at } => {
+            WireEvent::PointsReserved(wire::PointsReserved {
+                reservation_id,
+                order_ref,
+                points,
+                lots: lots_to_wire(lots),
+                expires_at_ms: expires_at,
+            })
+        }
+        Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_points, released_lots } => {
+            WireEvent::ReservationCaptured(wire::ReservationCaptured {
+                reservation_id,
+                spend_id,
+                points,
+                lots: lots_to_wire(lots),
+                released_points,
+                released_lots: lots_to_wire(released_lots),
+            })
+        }
+        Event::ReservationReleased { reservation_id, points, lots, cause } => {
+            WireEvent::ReservationReleased(wire::ReservationReleased {
+                reservation_id,
+                points,
+                lots: lots_to_wire(lots),
+                cause: match cause {
+                    ReleaseCause::Requested => wire::ReleaseCause::Requested,
+                    ReleaseCause::TimedOut => wire::ReleaseCause::TimedOut,
+                    ReleaseCause::Recycled => wire::ReleaseCause::Recycled,
+                } as i32,
+            })
+        }
+        Event::SpendRefunded { refund_id, spend_id, points, lots } => {
+            WireEvent::SpendRefunded(wire::SpendRefunded { refund_id, spend_id, points, lots: lots_to_wire(lots) })
+        }
+        Event::EarnReversed { reversal_id, earn_id, points, taken, debt_added, written_off, growth } => {
+            WireEvent::EarnReversed(wire::EarnReversed {
+                reversal_id,
+                earn_id,
+                points,
+                taken_lots: lots_to_wire(taken),
+                debt_added,
+                written_off,
+                growth,
+            })
+        }
+        Event::PointsExpired { points, lots, cause, reason, operator } => {
+            WireEvent::PointsExpired(wire::PointsExpired {
+                points,
+                lots: lots_to_wire(lots),
+                cause: match cause {
+                    ExpiryCause::Due => wire::ExpiryCause::Due,
+                    ExpiryCause::AllPoints => wire::ExpiryCause::AllPoints,
+                } as i32,
+                reason,
+                operator,
+            })
+        }
+        Event::PointsAdjusted { adjustment_id, points, operator, reason, lots, debt_repaid, expires_at } => {
+            WireEvent::PointsAdjusted(wire::PointsAdjusted {
+                adjustment_id,
+                points,
+                operator,
+                reason,
+                lots: lots_to_wire(lots),
+                debt_repaid,
+                expires_at_ms: expires_at.unwrap_or(0),
+            })
+        }
+        Event::AccountFrozen { earning, spending, operator, reason } => {
+            WireEvent::AccountFrozen(wire::AccountFrozen { earning, spending, operator, reason })
+        }
+        Event::AccountUnfrozen { earning, spending, operator, reason } => {
+            WireEvent::AccountUnfrozen(wire::AccountUnfrozen { earning, spending, operator, reason })
+        }
+        Event::GrowthExpired { earns, growth } => {
+            WireEvent::GrowthExpired(wire::GrowthExpired { earns: lots_to_wire(earns), growth })
+        }
+        Event::LevelChanged { from, to, growth, why } => {
+            WireEvent::LevelChanged(wire::LevelChanged { from, to, growth, why })
+        }
+    };
+    wire::LedgerEvent { event: Some(event) }
+}
+
+pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
+    Ok(match e.event.ok_or(CodecError::Missing("event"))? {
+        WireEvent::PointsEarned(x) => Event::PointsEarned {
+            order_ref: opt_str(&x.order_ref),
+            lot_id: x.lot_id,
+            reason: x.reason,
+            requested: x.requested_points,
+            granted: x.granted_points,
+            forfeited: x.forfeited_points,
+            debt_repaid: x.debt_repaid,
+            expires_at: opt_at(x.expires_at_ms),
+            growth: x.growth,
+            day: x.day,
+        },
+        WireEvent::PointsSpent(x) => Event::PointsSpent {
+            order_ref: opt_str(&x.order_ref),
+            spend_id: x.spend_id,
+            points: x.points,
+            lots: lots_from_wire(x.lots),
+        },
+        WireEvent::PointsReserved(x) => Event::PointsReserved {
+            reservation_id: x.reservation_id,
+            order_ref: x.order_ref,
+            points: x.points,
+            lots: lots_from_wire(x.lots),
+            expires_at: x.expires_at_ms,
+        },
+        WireEvent::ReservationCaptured(x) => Event::ReservationCaptured {
+            reservation_id: x.reservation_id,
+            spend_id: x.spend_id,
+            points: x.points,
+            lots: lots_from_wire(x.lots),
+            released_points: x.released_points,
+            released_lots: lots_from_wire(x.released_lots),
+        },
+        WireEvent::ReservationReleased(x) => Event::ReservationReleased {
+            cause: match wire::ReleaseCause::try_from(x.cause) {
+                Ok(wire::ReleaseCause::Requested) => ReleaseCause::Requested,
+                Ok(wire::ReleaseCause::TimedOut) => ReleaseCause::TimedOut,
+                Ok(wire::ReleaseCause::Recycled) => ReleaseCause::Recycled,
+                Ok(wire::ReleaseCause::Unspecified) | Err(_) => return Err(CodecError::Enum("ReleaseCause", x.cause)),
+            },
+            reservation_id: x.reservation_id,
+            points: x.points,
+            lots: lots_from_wire(x.lots),
+        },
+        WireEvent::SpendRefunded(x) => Event::SpendRefunded {
+            refund_id: x.refund_id,
+            spend_id: x.spend_id,
+            points: x.points,
+            lots: lots_from_wire(x.lots),
+        },
+        WireEvent::EarnReversed(x) => Event::EarnReversed {
+            reversal_id: x.reversal_id,
+            earn_id: x.earn_id,
+            points: x.points,
+            taken: lots_from_wire(x.taken_lots),
+            debt_added: x.debt_added,
+            written_off: x.written_off,
+            growth: x.growth,
+        },
+        WireEvent::PointsExpired(x) => Event::PointsExpired {
+            cause: match wire::ExpiryCause::try_from(x.cause) {
+                Ok(wire::ExpiryCause::Due) => ExpiryCause::Due,
+                Ok(wire::ExpiryCause::AllPoints) => ExpiryCause::AllPoints,
+                Ok(wire::ExpiryCause::Unspecified) | Err(_) => return Err(CodecError::Enum("ExpiryCause", x.cause)),
+            },
+            points: x.points,
+            lots: lots_from_wire(x.lots),
+            reason: x.reason,
+            operator: x.operator,
+        },
+        WireEvent::PointsAdjusted(x) => Event::PointsAdjusted {
+            adjustment_id: x.adjustment_id,
+            points: x.points,
+            operator: x.operator,
+            reason: x.reason,
+            lots: lots_from_wire(x.lots),
+            debt_repaid: x.debt_repaid,
+            expires_at: opt_at(x.expires_at_ms),
+        },
+        WireEvent::AccountFrozen(x) => {
+            Event::AccountFrozen { earning: x.earning, spending: x.spending, operator: x.operator, reason: x.reason }
+        }
+        WireEvent::AccountUnfrozen(x) => {
+            Event::AccountUnfrozen { earning: x.earning, spending: x.spending, operator: x.operator, reason: x.reason }
+        }
+        WireEvent::GrowthExpired(x) => Event::GrowthExpired { earns: lots_from_wire(x.earns), growth: x.growth },
+        WireEvent::LevelChanged(x) => Event::LevelChanged { from: x.from, to: x.to, growth: x.growth, why: x.why },
+    })
+}
+
+// ---- records ----
+
+pub fn account_record_to_wire(r: &AccountRecord) -> wire::AccountRecord {
+    wire::AccountRecord {
+        epoch: r.epoch,
+        request_id: r.request_id.clone(),
+        account: Some(account_key_to_wire(&r.account)),
+        programme_version: r.programme_version,
+        at_ms: r.at,
+        fingerprint: r.fingerprint,
+        system: r.system,
+        events: r.events.iter().cloned().map(event_to_wire).collect(),
+        client_ip: r.context.client_ip.clone(),
+        device_id: r.context.device_id.clone(),
+        metadata: r.context.metadata.clone().into_iter().collect(),
+        claim: None,
+    }
+}
+
+pub fn encode_claim(c: &Claim) -> Vec<u8> {
+    wire::AccountRecord {
+        epoch: c.epoch,
+        at_ms: c.at,
+        claim: Some(wire::WriterClaim { writer: c.writer.clone() }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a record of an account partition: a command's record or a claim.
+pub fn decode_partition_record(bytes: &[u8]) -> Result<PartitionRecord, CodecError> {
+    let r = wire::AccountRecord::decode(bytes)?;
+    if let Some(c) = r.claim {
+        return Ok(PartitionRecord::Claim(Claim { epoch: r.epoch, writer: c.writer, at: r.at_ms }));
+    }
+    account_record_from_wire(r).map(PartitionRecord::Account)
+}
+
+pub fn encode_account_record(r: &AccountRecord) -> Vec<u8> {
+    account_record_to_wire(r).encode_to_vec()
+}
+
+/// Decodes a command's record (a claim marker is an error here; readers of
+/// partitions use [`decode_partition_record`] through the arbiter).
+pub fn decode_account_record(bytes: &[u8]) -> Result<AccountRecord, CodecError> {
+    match decode_partition_record(bytes)? {
+        PartitionRecord::Account(r) => Ok(r),
+        PartitionRecord::Claim(_) => Err(CodecError::Missing("account (this is a claim marker)")),
+    }
+}
+
+fn account_record_from_wire(r: wire::AccountRecord) -> Result<AccountRecord, CodecError> {
+    Ok(AccountRecord {
+        epoch: r.epoch,
+        account: r
+            .account
+            .map(|k| AccountKey { tenant_id: k.tenant_id, programme_id: k.programme_id, member_id: k.member_id })
+            .ok_or(CodecError::Missing("account"))?,
+        request_id: r.request_id,
+        programme_version: r.programme_version,
+        at: r.at_ms,
+        fingerprint: r.fingerprint,
+        system: r.system,
+        events: r.events.into_iter().map(event_from_wire).collect::<Result<_, _>>()?,
+        context: crate::domain::CommandContext {
+            client_ip: r.client_ip,
+            device_id: r.device_id,
+            metadata: r.metadata.into_iter().collect(),
+        },
+    })
+}
+
+pub fn encode_control_record(r: &ControlRecord) -> Vec<u8> {
+    wire::ControlRecord {
+        epoch: r.epoch,
+        request_id: r.request_id.clone(),
+        at_ms: r.at,
+        fingerprint: r.fingerprint,
+        operator: r.operator.clone(),
+        event: Some(wire::control_record::Event::ProgrammeConfigured(programme_to_wire(&r.programme))),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_control_record(bytes: &[u8]) -> Result<ControlRecord, CodecError> {
+    let r = wire::ControlRecord::decode(bytes)?;
+    let wire::control_record::Event::ProgrammeConfigured(p) = r.event.ok_or(CodecError::Missing("event"))?;
+    let programme = programme_from_wire(p, r.at_ms);
+    Ok(ControlRecord {
+        epoch: r.epoch,
+        request_id: r.request_id,
+        at: r.at_ms,
+        fingerprint: r.fingerprint,
+        operator: r.operator,
+        programme,
+    })
+}
+
+// ---- programmes ----
+
+/// A programme's rules as the control stream carries them.
+pub fn programme_to_wire(p: &Programme) -> wire::Programme {
+    wire::Programme {
+        tenant_id: p.tenant_id.clone(),
+        programme_id: p.programme_id.clone(),
+        unit_name: p.unit_name.clone(),
+        points_per_cash_unit: p.points_per_cash_unit,
+        validity_days: p.validity_days as i32,
+        validity_rounding: match p.validity_rounding {
+            ValidityRounding::None => wire::ValidityRounding::None,
+            ValidityRounding::EndOfMonth => wire::ValidityRounding::EndOfMonth,
+            ValidityRounding::EndOfQuarter => wire::ValidityRounding::EndOfQuarter,
+            ValidityRounding::EndOfYear => wire::ValidityRounding::EndOfYear,
+        } as i32,
+        reminder_days: p.reminder_days as i32,
+        time_zone: p.time_zone.name().to_string(),
+        member_daily_earn_cap: p.member_daily_earn_cap,
+        action_daily_earn_caps: p.action_daily_earn_caps.clone(),
+        programme_daily_issuance_cap: p.programme_daily_issuance_cap,
+        cap_policy: match p.cap_policy {
+            CapPolicy::Truncate => wire::CapPolicy::Truncate,
+            CapPolicy::Reject => wire::CapPolicy::Reject,
+        } as i32,
+        max_order_share_percent: p.max_order_share_percent as i32,
+        clawback_policy: match p.clawback_policy {
+            ClawbackPolicy::WithinBalance => wire::ClawbackPolicy::WithinBalance,
+            ClawbackPolicy::AllowDebt => wire::ClawbackPolicy::AllowDebt,
+        } as i32,
+        levels: p
+            .levels
+            .iter()
+            .map(|l| wire::LevelThreshold { name: l.name.clone(), min_growth: l.min_growth })
+            .collect(),
+        level_window_days: p.level_window_days as i32,
+        version: p.version,
+        configured_at: Some(instant(p.configured_at)),
+        risk: (p.risk != RiskRules::default()).then_some(wire::RiskRules {
+            issuance_spike_percent: p.risk.issuance_spike_percent as i32,
+            issuance_spike_min_points: p.risk.issuance_spike_min_points,
+            dense_spend_count: p.risk.dense_spend_count as i32,
+            dense_spend_minutes: p.risk.dense_spend_minutes as i32,
+            shared_address_members: p.risk.shared_address_members as i32,
+            member_addresses: p.risk.member_addresses as i32,
+            member_addresses_minutes: p.risk.member_addresses_minutes as i32,
+            member_daily_earn_alert: p.risk.member_daily_earn_alert,
+        }),
+    }
+}
+
+/// A count or a number of days as the domain keeps it (the API refused
+/// negative ones; a reader clamps rather than refuse).
+fn unsigned(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// A programme's rules as they were accepted, without validation.
+/// `recorded_at` stands in for a missing `configured_at`.
+pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme {
+    let validity_rounding = match wire::ValidityRounding::try_from(p.validity_rounding) {
+        Ok(wire::ValidityRounding::EndOfMonth) => ValidityRounding::EndOfMonth,
+        Ok(wire::ValidityRounding::EndOfQuarter) => ValidityRounding::EndOfQuarter,
+        Ok(wire::ValidityRounding::EndOfYear) => ValidityRounding::EndOfYear,
+        Ok(wire::ValidityRounding::None | wire::ValidityRounding::Unspecified) => ValidityRounding::None,
+        Err(_) => {
+            tracing::warn!(
+                value = p.validity_rounding,
+                "unknown validity rounding in the control stream; taken as none"
+            );
+            ValidityRounding::None
+        }
+    };
+    let cap_policy = match wire::CapPolicy::try_from(p.cap_policy) {
+        Ok(wire::CapPolicy::Reject) => CapPolicy::Reject,
+        Ok(wire::CapPolicy::Truncate | wire::CapPolicy::Unspecified) => CapPolicy::Truncate,
+        Err(_) => {
+            tracing::warn!(value = p.cap_policy, "unknown cap policy in the control stream; taken as truncate");
+            CapPolicy::Truncate
+        }
+    };
+    let clawback_policy = match wire::ClawbackPolicy::try_from(p.clawback_policy) {
+        Ok(wire::ClawbackPolicy::AllowDebt) => ClawbackPolicy::AllowDebt,
+        Ok(wire::ClawbackPolicy::WithinBalance | wire::ClawbackPolicy::Unspecified) => ClawbackPolicy::WithinBalance,
+        Err(_) => {
+            tracing::warn!(
+                value = p.clawback_policy,
+                "unknown clawback policy in the control stream; taken as within balance"
+            );
+            ClawbackPolicy::WithinBalance
+        }
+    };
+    let tz_name = if p.time_zone.is_empty() { "UTC" } else { p.time_zone.as_str() };
+    let time_zone = tz_name.parse().unwrap_or_else(|_| {
+        tracing::warn!(zone = %p.time_zone, "time zone unknown to this build in the control stream; taken as UTC");
+        chrono_tz::UTC
+    });
+    let r = p.risk.unwrap_or_default();
+    Programme {
+        configured_at: p.configured_at.as_ref().and_then(instant_millis).unwrap_or(recorded_at),
+        tenant_id: p.tenant_id,
+        programme_id: p.programme_id,
+        unit_name: p.unit_name,
+        points_per_cash_unit: p.points_per_cash_unit,
+        validity_days: unsigned(p.validity_days),
+        validity_rounding,
+        reminder_days: unsigned(p.reminder_days),
+        time_zone,
+        member_daily_earn_cap: p.member_daily_earn_cap,
+        action_daily_earn_caps: p.action_daily_earn_caps,
+        programme_daily_issuance_cap: p.programme_daily_issuance_cap,
+        cap_policy,
+        max_order_share_percent: unsigned(p.max_order_share_percent),
+        clawback_policy,
+        levels: p.levels.into_iter().map(|l| LevelThreshold { name: l.name, min_growth: l.min_growth }).collect(),
+        level_window_days: unsigned(p.level_window_days),
+        version: p.version,
+        risk: RiskRules {
+            issuance_spike_percent: unsigned(r.issuance_spike_percent),
+            issuance_spike_min_points: r.issuance_spike_min_points,
+            dense_spend_count: unsigned(r.dense_spend_count),
+            dense_spend_minutes: unsigned(r.dense_spend_minutes),
+            shared_address_members: unsigned(r.shared_address_members),
+            member_addresses: unsigned(r.member_addresses),
+            member_addresses_minutes: unsigned(r.member_addresses_minutes),
+            member_daily_earn_alert: r.member_daily_earn_alert,
+        },
+    }
+}

@@ -1,0 +1,101 @@
+//! Key layouts: accounts, programmes, instants that sort as bytes, the
+//! idempotency records, the due index, and where a reader's state stops.
+
+use super::{Batch, Cf, Db, StoreError};
+use crate::domain::{AccountKey, Millis};
+
+/// `tenant \0 programme \0 member \0`: ids never contain NUL, and the
+/// trailing NUL keeps one member's prefix from matching another's.
+pub fn account_key(k: &AccountKey) -> Vec<u8> {
+    let mut b = Vec::with_capacity(k.tenant_id.len() + k.programme_id.len() + k.member_id.len() + 3);
+    for part in [&k.tenant_id, &k.programme_id, &k.member_id] {
+        b.extend_from_slice(part.as_bytes());
+        b.push(0);
+    }
+    b
+}
+
+pub fn parse_account_key(b: &[u8]) -> Option<(AccountKey, &[u8])> {
+    let mut parts = Vec::with_capacity(3);
+    let mut rest = b;
+    for _ in 0..3 {
+        let i = rest.iter().position(|&x| x == 0)?;
+        parts.push(String::from_utf8(rest[..i].to_vec()).ok()?);
+        rest = &rest[i + 1..];
+    }
+    let member = parts.pop()?;
+    let programme = parts.pop()?;
+    let tenant = parts.pop()?;
+    Some((AccountKey { tenant_id: tenant, programme_id: programme, member_id: member }, rest))
+}
+
+pub fn programme_prefix(tenant: &str, programme: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(tenant.as_bytes());
+    b.push(0);
+    b.extend_from_slice(programme.as_bytes());
+    b.push(0);
+    b
+}
+
+/// Big-endian with the sign bit flipped, so instants sort as bytes.
+pub fn millis_key(at: Millis) -> [u8; 8] {
+    ((at as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn millis_from_key(b: &[u8]) -> Millis {
+    (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64
+}
+
+/// Idempotency records: `tenant \0 request_id`.
+pub fn request_key(tenant: &str, request_id: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(tenant.len() + request_id.len() + 1);
+    b.extend_from_slice(tenant.as_bytes());
+    b.push(0);
+    b.extend_from_slice(request_id.as_bytes());
+    b
+}
+
+/// The writer's due index: `partition BE, due_at, account`.
+pub fn due_key(partition: u32, at: Millis, account: &AccountKey) -> Vec<u8> {
+    let mut b = partition.to_be_bytes().to_vec();
+    b.extend_from_slice(&millis_key(at));
+    b.extend_from_slice(&account_key(account));
+    b
+}
+
+/// Where a reader's state stops: `position/<partition>` → next offset (u64
+/// BE) and the arbiter's epoch there (u64 BE; absent in old stores = 0).
+pub fn position_key(partition: u32) -> Vec<u8> {
+    format!("position/{partition:05}").into_bytes()
+}
+
+/// A reader's place in one partition: the next offset to fold and the
+/// arbiter as of just before it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub next: u64,
+    pub arbiter: crate::log::arbiter::Arbiter,
+}
+
+pub fn read_cursor(db: &Db, partition: u32) -> Result<Cursor, StoreError> {
+    Ok(match db.get(Cf::Meta, &position_key(partition))? {
+        None => Cursor::default(),
+        Some(v) => Cursor {
+            next: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            arbiter: crate::log::arbiter::Arbiter {
+                epoch: v.get(8..16).map(|e| u64::from_be_bytes(e.try_into().expect("8 bytes"))).unwrap_or(0),
+            },
+        },
+    })
+}
+
+pub fn read_position(db: &Db, partition: u32) -> Result<u64, StoreError> {
+    Ok(read_cursor(db, partition)?.next)
+}
+
+pub fn put_cursor(batch: &mut Batch, partition: u32, cursor: Cursor) {
+    let mut v = cursor.next.to_be_bytes().to_vec();
+    v.extend_from_slice(&cursor.arbiter.epoch.to_be_bytes());
+    batch.put(Cf::Meta, &position_key(partition), &v);
+}
