@@ -366,27 +366,6 @@ fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-/// Waits until the server's health service says SERVING (every partition
-/// has caught up with the log).
-pub async fn wait_serving(channel: Channel, timeout: Duration) -> anyhow::Result<()> {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let started = Instant::now();
-    loop {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest { service: "points.v1.PointsLedger".into() })
-            .await
-            .map(|r| r.into_inner().status);
-        if status.as_ref().ok() == Some(&(ServingStatus::Serving as i32)) {
-            return Ok(());
-        }
-        if started.elapsed() > timeout {
-            anyhow::bail!("the server did not become ready within {} s ({status:?})", timeout.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A server the bench started itself: its directory, its stop signal, its task.
 type OwnServer = (tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>);
 
@@ -556,7 +535,7 @@ pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     let (target, own) = start_target(&opts).await?;
     let channel =
         Channel::from_shared(target.clone())?.connect().await.with_context(|| format!("connecting to {target}"))?;
-    wait_serving(channel.clone(), Duration::from_secs(60)).await?;
+    points_ledger::server::wait_serving(channel.clone(), Duration::from_secs(60)).await?;
     configure_programme(channel.clone()).await?;
     // Several HTTP/2 connections, so one connection's window is not the limit.
     let mut connections = vec![channel];

@@ -90,41 +90,66 @@ pub fn open_kafka_logs(kafka: &KafkaConfig) -> anyhow::Result<Logs> {
     Ok(Logs { events: Arc::new(events), control: Arc::new(control) })
 }
 
-/// The account log of a data directory (or a Kafka topic), read only and
-/// creating nothing: for the tools, beside a running service.
-pub fn open_events_read_only(log: &LogConfig, data_dir: &Path, partitions: u32) -> anyhow::Result<Box<dyn EventLog>> {
+/// One of a data directory's logs (`events` or `control`), or its Kafka
+/// topic, read only and creating nothing: for the tools, beside a running
+/// service.
+fn open_read_only(
+    log: &LogConfig,
+    data_dir: &Path,
+    name: &str,
+    kafka: KafkaConfig,
+) -> anyhow::Result<Box<dyn EventLog>> {
     use anyhow::Context;
     Ok(match log {
         LogConfig::Embedded => Box::new(
-            EmbeddedLog::open_read_only(&data_dir.join("log").join("events"))
-                .with_context(|| format!("opening the log in {}", data_dir.display()))?,
+            EmbeddedLog::open_read_only(&data_dir.join("log").join(name))
+                .with_context(|| format!("opening the {name} log in {}", data_dir.display()))?,
         ),
-        LogConfig::Kafka(k) => {
-            let mut k = k.clone();
-            k.partitions = partitions;
-            k.create_topics = false;
-            Box::new(KafkaLog::open(k)?)
-        }
+        LogConfig::Kafka(_) => Box::new(KafkaLog::open(KafkaConfig { create_topics: false, ..kafka })?),
     })
 }
 
-/// The control stream (programme rules) of a data directory or topic, read only.
-pub fn open_control_read_only(log: &LogConfig, data_dir: &Path) -> anyhow::Result<Box<dyn EventLog>> {
-    use anyhow::Context;
-    Ok(match log {
-        LogConfig::Embedded => Box::new(
-            EmbeddedLog::open_read_only(&data_dir.join("log").join("control"))
-                .with_context(|| format!("opening the control log in {}", data_dir.display()))?,
-        ),
-        LogConfig::Kafka(k) => {
-            let mut k = k.clone();
-            k.topic = control_topic(&k.topic);
-            k.partitions = 1;
-            k.create_topics = false;
-            Box::new(KafkaLog::open(k)?)
-        }
-    })
+/// The account log, read only (see [`open_read_only`]).
+pub fn open_events_read_only(log: &LogConfig, data_dir: &Path, partitions: u32) -> anyhow::Result<Box<dyn EventLog>> {
+    let kafka = match log {
+        LogConfig::Kafka(k) => KafkaConfig { partitions, ..k.clone() },
+        LogConfig::Embedded => KafkaConfig::new("", "", partitions),
+    };
+    open_read_only(log, data_dir, "events", kafka)
 }
+
+/// The control stream (programme rules), read only (see [`open_read_only`]).
+pub fn open_control_read_only(log: &LogConfig, data_dir: &Path) -> anyhow::Result<Box<dyn EventLog>> {
+    let kafka = match log {
+        LogConfig::Kafka(k) => KafkaConfig { topic: control_topic(&k.topic), partitions: 1, ..k.clone() },
+        LogConfig::Embedded => KafkaConfig::new("", "", 1),
+    };
+    open_read_only(log, data_dir, "control", kafka)
+}
+
+/// Waits until a server's health service says SERVING (every partition has
+/// caught up with the log), for clients that start one (the bench, tests).
+pub async fn wait_serving(channel: tonic::transport::Channel, timeout: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let started = std::time::Instant::now();
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest { service: "points.v1.PointsLedger".into() })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.as_ref().ok() == Some(&(ServingStatus::Serving as i32)) {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!("the server did not become ready within {} s ({status:?})", timeout.as_secs());
+        }
+        tokio::time::sleep(WAIT_SERVING_POLL).await;
+    }
+}
+
+/// How often [`wait_serving`] asks.
+const WAIT_SERVING_POLL: Duration = Duration::from_millis(50);
 
 /// Opens the logs a configuration names.
 pub fn open_logs(config: &Config) -> anyhow::Result<Logs> {

@@ -56,7 +56,7 @@ fn spawn_server(dir: &std::path::Path, log: &[String]) -> (Child, String) {
 async fn connect(url: &str) -> PointsLedgerClient<tonic::transport::Channel> {
     for _ in 0..100 {
         if let Ok(c) = tonic::transport::Channel::from_shared(url.to_string()).unwrap().connect().await {
-            common::wait_serving(c.clone(), Duration::from_secs(60)).await.unwrap();
+            points_ledger::server::wait_serving(c.clone(), Duration::from_secs(60)).await.unwrap();
             return PointsLedgerClient::new(c);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::errors::{internal, invalid, programme_not_found};
 use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX};
-use crate::domain::{self, calendar, ProgrammeKey};
+use crate::domain::{self, calendar};
 use crate::proto as pb;
 
 /// Longest time range one `ListAlerts` call covers.
@@ -31,10 +31,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         req: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let r = req.get_ref();
-        let key = ProgrammeKey {
-            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
-            programme_id: validate::id("programme_id", &r.programme_id)?,
-        };
+        let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
         let programme = self.0.programme(&key)?;
         // Without a range: up to now, from the start of the programme day
@@ -114,10 +111,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         req: Request<pb::GetIssuanceRequest>,
     ) -> Result<Response<pb::GetIssuanceResponse>, Status> {
         let r = req.get_ref();
-        let key = ProgrammeKey {
-            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
-            programme_id: validate::id("programme_id", &r.programme_id)?,
-        };
+        let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
         self.0.programme(&key)?;
         let parse = |field: &str, v: &str| {
@@ -166,10 +160,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
 
     async fn get_programme(&self, req: Request<pb::GetProgrammeRequest>) -> Result<Response<pb::Programme>, Status> {
         let r = req.get_ref();
-        let key = ProgrammeKey {
-            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
-            programme_id: validate::id("programme_id", &r.programme_id)?,
-        };
+        let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
         let found = {
             let reg = self.0.programmes.registry();

@@ -9,7 +9,7 @@ use super::commands::command_error;
 use super::convert;
 use super::errors::{internal, invalid};
 use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX};
-use crate::domain::{self, calendar, ProgrammeKey};
+use crate::domain::{self, calendar};
 use crate::projection::queries::{self, EntryAt};
 use crate::proto as pb;
 
@@ -33,6 +33,14 @@ fn entry_token(field: &str, token: &str) -> Result<Option<EntryAt>, Status> {
     EntryAt::from_bytes(&unhex(field, token)?)
         .map(Some)
         .ok_or_else(|| invalid(field, "not a token this service issued"))
+}
+
+/// The token of the page after the one ending at `last`, when `more` may follow.
+fn next_token(last: Option<EntryAt>, more: bool) -> String {
+    match last {
+        Some(at) if more => crate::hex(&at.to_bytes()),
+        _ => String::new(),
+    }
 }
 
 /// The trait's methods: every command is validated into a domain command
@@ -123,11 +131,7 @@ ledger_service! {
         let last = rows.last().map(|(at, _)| *at);
         let entries =
             rows.into_iter().map(|(_, e)| convert::entry_to_pb(e)).collect::<Result<Vec<_>, _>>().map_err(internal)?;
-        let next_page_token = match last {
-            Some(at) if more => crate::hex(&at.to_bytes()),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListEntriesResponse { entries, next_page_token }))
+        Ok(Response::new(pb::ListEntriesResponse { entries, next_page_token: next_token(last, more) }))
     }
 
     async fn list_level_changes(
@@ -153,11 +157,7 @@ ledger_service! {
         )
         .map_err(internal)?;
         let changes = rows.into_iter().filter_map(convert::level_change_to_pb).collect();
-        let next_page_token = match last {
-            Some(at) if !exhausted => crate::hex(&at.to_bytes()),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListLevelChangesResponse { changes, next_page_token }))
+        Ok(Response::new(pb::ListLevelChangesResponse { changes, next_page_token: next_token(last, !exhausted) }))
     }
 
     async fn list_expiring(
@@ -169,7 +169,7 @@ ledger_service! {
         let programme_id = validate::id("programme_id", &r.programme_id)?;
         self.0.auth.check(req.metadata(), &tenant, Access::Member)?;
         let programme =
-            self.0.programme(&ProgrammeKey { tenant_id: tenant.clone(), programme_id: programme_id.clone() })?;
+            self.0.programme(&validate::programme_key(&tenant, &programme_id)?)?;
         let days = match r.within_days {
             0 if programme.reminder_days > 0 => programme.reminder_days as i32,
             0 => EXPIRING_WITHIN_DAYS_DEFAULT,

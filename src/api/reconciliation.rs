@@ -8,7 +8,6 @@ use tonic::{Code, Request, Response, Status};
 use super::convert;
 use super::errors::{invalid, status};
 use super::{validate, Access, Ledger};
-use crate::domain::ProgrammeKey;
 use crate::proto as pb;
 
 pub struct ReconciliationService(pub Arc<Ledger>);
@@ -17,10 +16,7 @@ pub struct ReconciliationService(pub Arc<Ledger>);
 impl pb::reconciliation_server::Reconciliation for ReconciliationService {
     async fn get_daily_book(&self, req: Request<pb::GetDailyBookRequest>) -> Result<Response<pb::DailyBook>, Status> {
         let r = req.get_ref();
-        let key = ProgrammeKey {
-            tenant_id: validate::id("tenant_id", &r.tenant_id)?,
-            programme_id: validate::id("programme_id", &r.programme_id)?,
-        };
+        let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
         self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
         let date = chrono::NaiveDate::parse_from_str(&r.date, "%Y-%m-%d")
             .map_err(|_| invalid("date", format!("'{}' is not a date YYYY-MM-DD", r.date)))?;

@@ -7,7 +7,7 @@ use tonic::Status;
 
 use super::errors::invalid;
 use crate::domain::{
-    AccountKey, CapPolicy, ClawbackPolicy, CommandContext, LevelThreshold, Millis, Programme, RiskRules,
+    AccountKey, CapPolicy, ClawbackPolicy, CommandContext, LevelThreshold, Millis, Programme, ProgrammeKey, RiskRules,
     ValidityRounding,
 };
 use crate::proto as pb;
@@ -42,6 +42,11 @@ pub fn id(field: &str, s: &str) -> Result<String, Status> {
         return Err(invalid(field, "must be 1..64 characters of [A-Za-z0-9_.:-]"));
     }
     Ok(s.to_string())
+}
+
+/// A programme named by its two ids.
+pub fn programme_key(tenant_id: &str, programme_id: &str) -> Result<ProgrammeKey, Status> {
+    Ok(ProgrammeKey { tenant_id: id("tenant_id", tenant_id)?, programme_id: id("programme_id", programme_id)? })
 }
 
 pub fn account(a: &Option<pb::AccountKey>) -> Result<AccountKey, Status> {

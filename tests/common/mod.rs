@@ -243,24 +243,3 @@ pub fn adjust(id: &str, member: &str, points: i64, operator: &str, reason: &str)
         ..Default::default()
     }
 }
-
-/// Waits until a server's health service says SERVING (every partition has
-/// caught up with the log).
-pub async fn wait_serving(channel: Channel, timeout: std::time::Duration) -> Result<(), String> {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let started = std::time::Instant::now();
-    loop {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest { service: "points.v1.PointsLedger".into() })
-            .await
-            .map(|r| r.into_inner().status);
-        if status.as_ref().ok() == Some(&(ServingStatus::Serving as i32)) {
-            return Ok(());
-        }
-        if started.elapsed() > timeout {
-            return Err(format!("the server did not become ready within {} s ({status:?})", timeout.as_secs()));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
