@@ -181,7 +181,7 @@ impl Service {
         std::fs::create_dir_all(&config.data_dir)?;
         let programmes = Arc::new(Programmes::open(logs.control.clone())?);
         let writer_db = Arc::new(Db::open(&config.data_dir.join("writer"), store::WRITER_CFS)?);
-        let views = Arc::new(Db::open(&config.data_dir.join("views"), store::VIEW_CFS)?);
+        let views = Arc::new(crate::projection::open_views(&config.data_dir.join("views"))?);
         let writers = Arc::new(Writers::start(
             logs.events.clone(),
             writer_db.clone(),

@@ -518,6 +518,63 @@ async fn tokens_gate_tenants_and_admin_operations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_statement_pages_through_every_entry_once_in_order() {
+    let h = Harness::start().await;
+    configure(&h, programme()).await;
+    let mut c = h.ledger().await;
+    // 45 commands (some records carry two events: an earn and its level
+    // change would, here a spend past two lots) spread over several rows.
+    let mut last = None;
+    for i in 0..45 {
+        let r = if i % 3 == 2 {
+            c.spend(spend(&format!("s{i}"), "lin", 5)).await.unwrap().into_inner()
+        } else {
+            c.earn(earn(&format!("e{i}"), "lin", 10 + i)).await.unwrap().into_inner()
+        };
+        last = r.position;
+    }
+    let whole = c
+        .list_entries(pb::ListEntriesRequest {
+            account: account("lin"),
+            page_size: 500,
+            min_position: last,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole.entries.len(), 45);
+    assert!(whole.next_page_token.is_empty());
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_entries(pb::ListEntriesRequest {
+                account: account("lin"),
+                page_size: 7,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged, whole.entries);
+    let mut running = 0;
+    for e in &paged {
+        running += e.delta;
+        let b = e.balance.unwrap();
+        assert_eq!(b.available + b.reserved, running, "{e:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recycling_every_point_needs_an_admin_token_and_an_operator() {
     let h = Harness::start_with(|c| c.auth = auth("adm * admin\nshop-app shop\n")).await;
     let mut a = h.admin().await;

@@ -15,8 +15,8 @@ use crate::proto as pb;
 
 /// Most commands one `SubmitBatch` call carries.
 pub const SUBMIT_BATCH_COMMANDS_MAX: usize = 1000;
-/// Statement rows one `ListLevelChanges` page reads at most.
-pub const LEVEL_CHANGES_SCAN_ROWS_MAX: usize = 10_000;
+/// Statement entries one `ListLevelChanges` page reads at most.
+pub const LEVEL_CHANGES_SCAN_ENTRIES_MAX: usize = 10_000;
 pub const EXPIRING_PAGE_SIZE_MAX: u32 = 1000;
 pub const EXPIRING_WITHIN_DAYS_MAX: i32 = 3650;
 /// `ListExpiring`'s window for a programme without reminder days.
@@ -146,14 +146,13 @@ ledger_service! {
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
         let after = entry_token("page_token", &r.page_token)?;
         // Level changes are rare among a member's events: a page reads the
-        // statement in chunks, at most LEVEL_CHANGES_SCAN_ROWS_MAX rows.
+        // statement, at most LEVEL_CHANGES_SCAN_ENTRIES_MAX entries.
         let (rows, last, exhausted) = queries::level_changes(
             &self.0.views,
             &key,
             after,
             size,
-            LEVEL_CHANGES_SCAN_ROWS_MAX,
-            ENTRIES_PAGE_SIZE_MAX as usize,
+            LEVEL_CHANGES_SCAN_ENTRIES_MAX,
         )
         .map_err(internal)?;
         let changes = rows.into_iter().filter_map(convert::level_change_to_pb).collect();

@@ -39,6 +39,39 @@ struct Cached {
     changed: accounts::Changed,
     /// Listed in `dirty`.
     dirty: bool,
+    /// The last page of the account's statement while it has room.
+    page: Option<OpenPage>,
+}
+
+/// Statement entries one page row holds: a member's statement is a row per
+/// this many events, not a row per event. The pages fall where the entries'
+/// count says (every page but the last is full), so a rebuild writes the
+/// same rows as the live fold, whenever each wrote them.
+pub const STATEMENT_PAGE_ENTRIES: usize = 16;
+
+/// The last page of a statement, while it has room.
+struct OpenPage {
+    /// The row's key: its first entry's position.
+    key: Vec<u8>,
+    /// Its entries, encoded.
+    entries: Vec<Vec<u8>>,
+    /// Entries added since the row was last written.
+    changed: bool,
+}
+
+/// The last page of an account's statement as stored, if it has room. An
+/// account's statement has as many entries as it has folded events, so
+/// the count says whether the last page is full.
+fn open_page(views: &Db, key: &AccountKey, events: u64) -> Result<Option<OpenPage>, store::StoreError> {
+    if events.is_multiple_of(STATEMENT_PAGE_ENTRIES as u64) {
+        return Ok(None);
+    }
+    let prefix = store::account_key(key);
+    let mut last = prefix.clone();
+    last.extend_from_slice(&[0xff; 10]);
+    let Some((k, v)) = views.seek_prev(Cf::Entries, &prefix, &last)? else { return Ok(None) };
+    let entries = snapshot::split_statement_page(&v)?;
+    Ok((entries.len() < STATEMENT_PAGE_ENTRIES).then_some(OpenPage { key: k, entries, changed: false }))
 }
 
 /// Accounts a live projector keeps decoded, per partition.
@@ -89,7 +122,8 @@ impl ViewCache {
                 // all of them, rather than noting each piece on the way.
                 changed = changed.everything();
             }
-            accounts.insert(key.clone(), Cached { account, changed, dirty: false });
+            let page = open_page(views, key, account.events)?;
+            accounts.insert(key.clone(), Cached { account, changed, dirty: false, page });
         }
         Ok(accounts.get_mut(key).expect("loaded"))
     }
@@ -120,6 +154,10 @@ impl ViewCache {
             }),
             None => c.account.lots.iter().for_each(|(id, lot)| expiring(id, lot)),
         }
+        if let Some(page) = c.page.as_mut().filter(|p| p.changed) {
+            rows.push((Cf::Entries, page.key.clone(), Some(snapshot::encode_statement_page(&page.entries))));
+            page.changed = false;
+        }
         c.changed = c.changed.written(&c.account);
         c.dirty = false;
     }
@@ -143,16 +181,23 @@ impl ViewCache {
             // files of the accounts column family do not overlap, and only
             // one file's rows are in memory at a time.
             dirty.sort_unstable();
-            let (mut accounts, mut expiring) = (Vec::new(), Vec::new());
+            let (mut accounts, mut expiring, mut pages) = (Vec::new(), Vec::new(), Vec::new());
             for (i, key) in dirty.iter().enumerate() {
                 self.changed_rows(key, &mut rows);
-                // Every key at most once (one row per account and per piece).
+                // Every key at most once (one row per account, per piece
+                // and per page).
                 for (cf, k, v) in rows.drain(..) {
-                    if cf == Cf::Accounts { &mut accounts } else { &mut expiring }.push((k, v));
+                    match cf {
+                        Cf::Accounts => &mut accounts,
+                        Cf::Entries => &mut pages,
+                        _ => &mut expiring,
+                    }
+                    .push((k, v));
                 }
-                if accounts.len() + expiring.len() >= self.ingest_rows || i + 1 == dirty.len() {
+                if accounts.len() + expiring.len() + pages.len() >= self.ingest_rows || i + 1 == dirty.len() {
                     views.ingest(Cf::Accounts, &mut accounts)?;
                     views.ingest(Cf::Expiring, &mut expiring)?;
+                    views.ingest(Cf::Entries, &mut pages)?;
                 }
             }
         } else {
@@ -199,25 +244,30 @@ pub fn fold(
             cached.dirty = true;
             cache.dirty.push(record.account.clone());
         }
-        let account = &mut cached.account;
         let position = Position { partition, offset: entry.offset };
         for (i, event) in std::mem::take(&mut record.events).into_iter().enumerate() {
-            account.apply(&event);
+            cached.account.apply(&event);
             cached.changed.note(&event);
             let delta = event.net_delta();
-            let row = snapshot::encode_statement_entry(
-                position,
-                &record.request_id,
-                record.at,
-                event,
-                delta,
-                &Balance::of(account),
-            );
-            let key = entry_key(&record.account, entry.offset, i as u16);
-            if cache.deferred {
-                cache.entries.push((key, Some(row)));
-            } else {
-                batch.put_vec(Cf::Entries, key, row);
+            let balance = Balance::of(&cached.account);
+            let at = (record.at, i as u16);
+            let row =
+                snapshot::encode_statement_entry(position, at.1, &record.request_id, at.0, event, delta, &balance);
+            let page = cached.page.get_or_insert_with(|| OpenPage {
+                key: entry_key(&record.account, entry.offset, at.1),
+                entries: Vec::with_capacity(STATEMENT_PAGE_ENTRIES),
+                changed: false,
+            });
+            page.entries.push(row);
+            page.changed = true;
+            if page.entries.len() == STATEMENT_PAGE_ENTRIES {
+                let full = cached.page.take().expect("the open page");
+                let row = snapshot::encode_statement_page(&full.entries);
+                if cache.deferred {
+                    cache.entries.push((full.key, Some(row)));
+                } else {
+                    batch.put_vec(Cf::Entries, full.key, row);
+                }
             }
         }
     }
@@ -248,7 +298,8 @@ fn expiring_lots(a: &Account) -> ExpiringLots {
         .collect()
 }
 
-/// `account, offset BE, event index BE`: a member's statement in log order.
+/// `account, offset BE, event index BE`: a member's statement in log order
+/// (a page's key is its first entry's).
 pub fn entry_key(account: &AccountKey, offset: u64, index: u16) -> Vec<u8> {
     let mut k = store::account_key(account);
     k.extend_from_slice(&offset.to_be_bytes());

@@ -45,6 +45,37 @@ pub const PROJECTOR_POLL_WAIT_MS: u64 = 100;
 /// How long a projector that cannot read the log waits before trying again.
 pub const PROJECTOR_READ_RETRY_MS: u64 = 500;
 
+/// The layout of the views this build writes (statements in pages of
+/// `STATEMENT_PAGE_ENTRIES`), kept in their `meta`. Views without it were
+/// written by an older build: they are rebuilt from the log on start.
+pub const VIEWS_FORMAT: &[u8] = b"statement-pages-16";
+const VIEWS_FORMAT_KEY: &[u8] = b"format";
+
+/// Marks `views` as written in this build's layout.
+pub fn mark_format(views: &Db) -> Result<(), store::StoreError> {
+    let mut batch = store::Batch::default();
+    batch.put(store::Cf::Meta, VIEWS_FORMAT_KEY, VIEWS_FORMAT);
+    views.write(batch)
+}
+
+/// Opens the views of a data directory in this build's layout: views an
+/// older build wrote are deleted (the log is the truth; the projectors fold
+/// them again from offset zero).
+pub fn open_views(dir: &std::path::Path) -> anyhow::Result<Db> {
+    if dir.exists() {
+        let views = Db::open(dir, store::VIEW_CFS)?;
+        if views.get(store::Cf::Meta, VIEWS_FORMAT_KEY)?.as_deref() == Some(VIEWS_FORMAT) {
+            return Ok(views);
+        }
+        drop(views);
+        tracing::warn!(dir = %dir.display(), "views written by an older build: rebuilding them from the log");
+        std::fs::remove_dir_all(dir)?;
+    }
+    let views = Db::open(dir, store::VIEW_CFS)?;
+    mark_format(&views)?;
+    Ok(views)
+}
+
 /// The running projectors, and where each partition's views stand.
 pub struct Projectors {
     stop: Arc<AtomicBool>,

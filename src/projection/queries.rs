@@ -56,93 +56,137 @@ pub fn account(views: &Db, key: &AccountKey) -> Result<Account, StoreError> {
     accounts::load(views, Cf::Accounts, key).map(|(a, _)| a)
 }
 
-/// The account as of an instant, folded from its statement.
-pub fn account_as_of(views: &Db, key: &AccountKey, as_of: Millis) -> Result<Account, QueryError> {
+/// Statement rows one read takes at most.
+const STATEMENT_ROWS_PER_READ: usize = 64;
+
+/// The entries of one statement row (a page, or a single entry of an older
+/// build, whose place in its record is in its key), with where each sits.
+fn row_entries(
+    prefix_len: usize,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Vec<(EntryAt, state::StatementEntry)>, QueryError> {
+    let entries = snapshot::decode_statement_row(value)?;
+    let keyed = EntryAt::of_key(prefix_len, key);
+    let single = entries.len() == 1;
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let index = match keyed {
+                Some(k) if single && e.index == 0 => k.index,
+                _ => e.index as u16,
+            };
+            (EntryAt { offset: e.position.as_ref().map_or(0, |p| p.offset), index }, e)
+        })
+        .collect())
+}
+
+/// Reads an account's statement in order from the row holding the entry
+/// after `after` (from the start without), handing each later entry to
+/// `take` until it says stop (false) or the statement ends. Returns whether
+/// it stopped before the end.
+fn read_statement(
+    views: &Db,
+    key: &AccountKey,
+    after: Option<EntryAt>,
+    mut take: impl FnMut(EntryAt, state::StatementEntry) -> Result<bool, QueryError>,
+) -> Result<bool, QueryError> {
     let prefix = store::account_key(key);
-    let rows = views.scan(Cf::Entries, &prefix, &prefix, AS_OF_EVENTS_MAX)?;
-    let mut account = Account::default();
-    for (_, v) in rows {
-        let entry = snapshot::decode_statement_entry(&v)?;
-        let at = entry.at.as_ref().and_then(codec::instant_millis).unwrap_or(0);
-        if at > as_of {
-            break;
+    let mut start = match after {
+        None => prefix.clone(),
+        // The last row at or before it holds the entry (a page's key is
+        // its first entry's).
+        Some(a) => {
+            let at = entry_key(key, a.offset, a.index);
+            views.seek_prev(Cf::Entries, &prefix, &at)?.map_or(prefix.clone(), |(k, _)| k)
         }
-        let event = codec::event_from_wire(entry.event.ok_or(CodecError::Missing("event"))?)?;
-        account.apply(&event);
+    };
+    loop {
+        let rows = views.scan(Cf::Entries, &prefix, &start, STATEMENT_ROWS_PER_READ)?;
+        for (k, v) in &rows {
+            for (at, e) in row_entries(prefix.len(), k, v)? {
+                if after.is_some_and(|a| at <= a) {
+                    continue;
+                }
+                if !take(at, e)? {
+                    return Ok(true);
+                }
+            }
+        }
+        match rows.last() {
+            Some((k, _)) if rows.len() == STATEMENT_ROWS_PER_READ => {
+                start = k.clone();
+                start.push(0);
+            }
+            _ => return Ok(false),
+        }
     }
+}
+
+/// The account as of an instant, folded from its statement (at most
+/// [`AS_OF_EVENTS_MAX`] events).
+pub fn account_as_of(views: &Db, key: &AccountKey, as_of: Millis) -> Result<Account, QueryError> {
+    let mut account = Account::default();
+    let mut folded = 0;
+    read_statement(views, key, None, |_, entry| {
+        let at = entry.at.as_ref().and_then(codec::instant_millis).unwrap_or(0);
+        if at > as_of || folded == AS_OF_EVENTS_MAX {
+            return Ok(false);
+        }
+        account.apply(&codec::event_from_wire(entry.event.ok_or(CodecError::Missing("event"))?)?);
+        folded += 1;
+        Ok(true)
+    })?;
     Ok(account)
 }
 
-/// The first statement key at or after the row following `after`.
-fn start_after(key: &AccountKey, after: Option<EntryAt>) -> Vec<u8> {
-    match after {
-        None => store::account_key(key),
-        Some(a) => match a.index.checked_add(1) {
-            Some(i) => entry_key(key, a.offset, i),
-            None => entry_key(key, a.offset + 1, 0),
-        },
-    }
-}
-
-/// Up to `size` statement rows after `after` (from the first without), and
-/// whether more follow.
+/// Up to `size` statement entries after `after` (from the first without),
+/// and whether more follow.
 pub fn entries(
     views: &Db,
     key: &AccountKey,
     after: Option<EntryAt>,
     size: usize,
 ) -> Result<(Vec<(EntryAt, state::StatementEntry)>, bool), QueryError> {
-    let prefix = store::account_key(key);
-    let rows = views.scan(Cf::Entries, &prefix, &start_after(key, after), size + 1)?;
-    let more = rows.len() > size;
-    let mut out = Vec::with_capacity(size.min(rows.len()));
-    for (k, v) in rows.into_iter().take(size) {
-        let at = EntryAt::of_key(prefix.len(), &k).ok_or(CodecError::Missing("statement key"))?;
-        out.push((at, snapshot::decode_statement_entry(&v)?));
-    }
+    let mut out = Vec::with_capacity(size);
+    let more = read_statement(views, key, after, |at, e| {
+        if out.len() == size {
+            return Ok(false);
+        }
+        out.push((at, e));
+        Ok(true)
+    })?;
     Ok((out, more))
 }
 
-/// A page of an account's level changes: up to `size` rows holding a
-/// `LevelChanged` after `after`, reading at most `scan_rows_max` statement
-/// rows (in chunks of `chunk_rows`). Returns the rows, the last row read
-/// and whether the statement was read to its end.
+/// A page of an account's level changes: up to `size` entries holding a
+/// `LevelChanged` after `after`, reading at most `scan_entries_max`
+/// statement entries. Returns them, the last entry read and whether the
+/// statement was read to its end.
 pub fn level_changes(
     views: &Db,
     key: &AccountKey,
     after: Option<EntryAt>,
     size: usize,
-    scan_rows_max: usize,
-    chunk_rows: usize,
+    scan_entries_max: usize,
 ) -> Result<(Vec<state::StatementEntry>, Option<EntryAt>, bool), QueryError> {
-    let prefix = store::account_key(key);
-    let mut start = start_after(key, after);
     let (mut changes, mut scanned, mut last) = (Vec::new(), 0, None);
-    while changes.len() < size && scanned < scan_rows_max {
-        let rows = views.scan(Cf::Entries, &prefix, &start, chunk_rows)?;
-        let chunk_was_full = rows.len() == chunk_rows;
-        for (k, v) in rows {
-            scanned += 1;
-            let entry = snapshot::decode_statement_entry(&v)?;
-            let is_change = matches!(
-                entry.event.as_ref().and_then(|e| e.event.as_ref()),
-                Some(crate::proto::log::ledger_event::Event::LevelChanged(_))
-            );
-            if is_change {
-                changes.push(entry);
-            }
-            start = k.clone();
-            start.push(0);
-            last = EntryAt::of_key(prefix.len(), &k);
-            if changes.len() == size {
-                break;
-            }
+    let stopped = read_statement(views, key, after, |at, entry| {
+        if changes.len() == size || scanned == scan_entries_max {
+            return Ok(false);
         }
-        if !chunk_was_full && changes.len() < size {
-            return Ok((changes, last, true));
+        scanned += 1;
+        last = Some(at);
+        let is_change = matches!(
+            entry.event.as_ref().and_then(|e| e.event.as_ref()),
+            Some(crate::proto::log::ledger_event::Event::LevelChanged(_))
+        );
+        if is_change {
+            changes.push(entry);
         }
-    }
-    Ok((changes, last, false))
+        Ok(true)
+    })?;
+    Ok((changes, last, !stopped))
 }
 
 /// A lot expiring within a window, from the expiry index.

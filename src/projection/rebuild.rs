@@ -37,6 +37,7 @@ pub fn rebuild(log: &dyn EventLog, into: &Path, until: Until, progress: impl FnM
         |p, folded| rebuild_partition(log, &views, p, until, folded),
         progress,
     )?;
+    super::mark_format(&views)?;
     views.finish_rebuild()?;
     Ok((views, folded))
 }

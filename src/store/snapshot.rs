@@ -392,9 +392,11 @@ pub fn decode_piece_into(a: &mut Account, piece: Piece, id: String, bytes: &[u8]
 
 // ---- statement rows ----
 
-/// One statement row: an event of a record with the balance after it.
+/// One statement entry: the `index`-th event of a record, with the balance
+/// after it.
 pub fn encode_statement_entry(
     position: Position,
+    index: u16,
     request_id: &str,
     at: crate::domain::Millis,
     event: crate::domain::Event,
@@ -402,6 +404,7 @@ pub fn encode_statement_entry(
     balance: &Balance,
 ) -> Vec<u8> {
     state::StatementEntry {
+        index: u32::from(index),
         position: Some(state::Position { partition: position.partition, offset: position.offset }),
         request_id: request_id.to_string(),
         at: Some(crate::log::codec::instant(at)),
@@ -417,8 +420,47 @@ pub fn encode_statement_entry(
     .encode_to_vec()
 }
 
-pub fn decode_statement_entry(bytes: &[u8]) -> Result<state::StatementEntry, CodecError> {
-    Ok(state::StatementEntry::decode(bytes)?)
+/// The tag byte a statement page row starts with (field 7, length-delimited).
+const STATEMENT_PAGE_TAG: u8 = (7 << 3) | 2;
+
+/// A statement page row of encoded entries (`StatementPage`).
+pub fn encode_statement_page(entries: &[Vec<u8>]) -> Vec<u8> {
+    use prost::encoding::{encode_varint, encoded_len_varint};
+    let len: usize = entries.iter().map(|e| 1 + encoded_len_varint(e.len() as u64) + e.len()).sum();
+    let mut buf = Vec::with_capacity(len);
+    for e in entries {
+        buf.push(STATEMENT_PAGE_TAG);
+        encode_varint(e.len() as u64, &mut buf);
+        buf.extend_from_slice(e);
+    }
+    buf
+}
+
+/// The entries of a statement row: a page, or a single entry (rows written
+/// before statements were paged).
+pub fn decode_statement_row(bytes: &[u8]) -> Result<Vec<state::StatementEntry>, CodecError> {
+    if bytes.first() == Some(&STATEMENT_PAGE_TAG) {
+        return Ok(state::StatementPage::decode(bytes)?.entries);
+    }
+    Ok(vec![state::StatementEntry::decode(bytes)?])
+}
+
+/// The encoded entries of a statement page row (to append to it).
+pub fn split_statement_page(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
+    use prost::encoding::decode_varint;
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Some((&tag, after)) = rest.split_first() {
+        if tag != STATEMENT_PAGE_TAG {
+            return Err(CodecError::Missing("statement page entry"));
+        }
+        let mut after = after;
+        let len = decode_varint(&mut after)? as usize;
+        let entry = after.get(..len).ok_or(CodecError::Missing("statement page entry bytes"))?;
+        out.push(entry.to_vec());
+        rest = &after[len..];
+    }
+    Ok(out)
 }
 
 // ---- stored replies ----
