@@ -52,6 +52,8 @@ pub struct Options {
 
 /// How long each floor is measured.
 const FLOOR_SECONDS: u64 = 5;
+/// The no-database bound runs this long at most.
+const FLOOR_NO_DATABASE_SECONDS_MAX: u64 = 10;
 /// Records per WriteBatch in the RocksDB floor (the writer's group commit
 /// appends batches of about this size under load).
 const FLOOR_ROCKSDB_BATCH_RECORDS: usize = 256;
@@ -371,7 +373,7 @@ type OwnServer = (tempfile::TempDir, tokio::sync::oneshot::Sender<()>, tokio::ta
 
 /// The server to drive: `--target`, or one of its own in a temporary
 /// directory on the configured log.
-async fn start_target(opts: &Options) -> anyhow::Result<(String, Option<OwnServer>)> {
+async fn start_target(opts: &Options, discard_database_writes: bool) -> anyhow::Result<(String, Option<OwnServer>)> {
     if let Some(t) = &opts.target {
         return Ok((t.clone(), None));
     }
@@ -382,6 +384,7 @@ async fn start_target(opts: &Options) -> anyhow::Result<(String, Option<OwnServe
     let mut config = points_ledger::server::Config::new(dir.path());
     config.log = opts.log.clone();
     config.partitions = opts.partitions;
+    config.discard_database_writes = discard_database_writes;
     let task = tokio::spawn(points_ledger::server::run(listener, config, async {
         let _ = rx.await;
     }));
@@ -436,6 +439,7 @@ async fn measure_floors(
             floors.insert("rocksdb_sync_write_batch_records_per_second".into(), raw.into());
             let rows = tokio::task::spawn_blocking(|| rocksdb_floor(super::floors::random_key_write_floor)).await??;
             floors.insert("rocksdb_random_key_rows_per_second".into(), rows.into());
+            floors.insert("no_database_commands_per_second".into(), no_database_floor(opts).await?.into());
         }
         // The target's disk is not ours to measure.
         (points_ledger::server::LogConfig::Embedded, false) => {}
@@ -444,6 +448,31 @@ async fn measure_floors(
     floors.insert("rocksdb_batch_records".into(), FLOOR_ROCKSDB_BATCH_RECORDS.into());
     eprintln!("floors: {}", serde_json::Value::Object(floors.clone()));
     Ok(floors)
+}
+
+/// The same load against a server of the bench's own whose writers,
+/// projectors and books write nothing to their databases (the log is still
+/// appended and synced): what storage still costs, as a ratio.
+async fn no_database_floor(opts: &Options) -> anyhow::Result<f64> {
+    let seconds = opts.duration_seconds.min(FLOOR_NO_DATABASE_SECONDS_MAX);
+    eprintln!("measuring the no-database bound ({seconds} s)...");
+    let (target, own) = start_target(opts, true).await?;
+    let channel = Channel::from_shared(target.clone())?.connect().await?;
+    points_ledger::server::wait_serving(channel.clone(), Duration::from_secs(60)).await?;
+    configure_programme(channel.clone()).await?;
+    let mut connections = vec![channel];
+    for _ in 1..opts.concurrency.clamp(1, CONNECTIONS_MAX) {
+        connections.push(Channel::from_shared(target.clone())?.connect().await?);
+    }
+    let floor_opts = Arc::new(Options { duration_seconds: seconds, json: None, ..opts.clone() });
+    let (all, elapsed) = drive(floor_opts, &connections).await?;
+    if let Some((dir, tx, task)) = own {
+        let _ = tx.send(());
+        task.await??;
+        drop(dir);
+    }
+    let total = all.ok + all.expected_rejections + all.errors.values().sum::<u64>();
+    Ok(total as f64 / elapsed)
 }
 
 /// Runs the workers until the deadline, printing progress every second, and
@@ -532,7 +561,7 @@ fn figures(
 /// The whole bench: start (or reach) the server, configure the programme,
 /// measure the floors if asked, drive the load, report.
 pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
-    let (target, own) = start_target(&opts).await?;
+    let (target, own) = start_target(&opts, false).await?;
     let channel =
         Channel::from_shared(target.clone())?.connect().await.with_context(|| format!("connecting to {target}"))?;
     points_ledger::server::wait_serving(channel.clone(), Duration::from_secs(60)).await?;

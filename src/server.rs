@@ -43,6 +43,9 @@ pub struct Config {
     /// How often the reconciliation consumer compares the books with the
     /// balance view (a scan of every account), when something changed.
     pub books_check_interval: Duration,
+    /// The bench's no-database bound only (never the default, no flag):
+    /// the writers', views' and books' databases drop every write.
+    pub discard_database_writes: bool,
 }
 
 /// Default of [`Config::books_check_interval`].
@@ -58,6 +61,7 @@ impl Config {
             auth: Auth::open(),
             clock: Arc::new(SystemClock),
             books_check_interval: Duration::from_secs(BOOKS_CHECK_INTERVAL_SECONDS),
+            discard_database_writes: false,
         }
     }
 }
@@ -182,6 +186,10 @@ impl Service {
         let programmes = Arc::new(Programmes::open(logs.control.clone())?);
         let writer_db = Arc::new(Db::open(&config.data_dir.join("writer"), store::WRITER_CFS)?);
         let views = Arc::new(crate::projection::open_views(&config.data_dir.join("views"))?);
+        if config.discard_database_writes {
+            writer_db.discard_writes();
+            views.discard_writes();
+        }
         let writers = Arc::new(Writers::start(
             logs.events.clone(),
             writer_db.clone(),
@@ -191,6 +199,9 @@ impl Service {
         )?);
         let projectors = Projectors::start(logs.events.clone(), views.clone())?;
         let books = Arc::new(Db::open(&config.data_dir.join("books"), store::BOOK_CFS)?);
+        if config.discard_database_writes {
+            books.discard_writes();
+        }
         let reconciler = Reconciler::start(
             logs.events.clone(),
             views.clone(),

@@ -103,6 +103,9 @@ pub struct Db {
     /// and their key and value bytes: what the memtables took.
     rows_written: std::sync::atomic::AtomicU64,
     bytes_written: std::sync::atomic::AtomicU64,
+    /// For the bench's no-database bound only: writes are counted and
+    /// dropped (see [`Db::discard_writes`]).
+    discard: std::sync::atomic::AtomicBool,
 }
 
 /// A key and its value, as stored.
@@ -221,6 +224,7 @@ impl Db {
             ingests: Default::default(),
             rows_written: Default::default(),
             bytes_written: Default::default(),
+            discard: Default::default(),
         })
     }
 
@@ -270,6 +274,7 @@ impl Db {
             ingests: Default::default(),
             rows_written: Default::default(),
             bytes_written: Default::default(),
+            discard: Default::default(),
         })
     }
 
@@ -288,6 +293,9 @@ impl Db {
         let bytes: usize = batch.ops.iter().map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
         self.rows_written.fetch_add(batch.ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.bytes_written.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        if self.discard.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut wb = WriteBatch::with_capacity_bytes(bytes + 16 * batch.ops.len() + 12);
         for (cf, k, v) in &batch.ops {
             match v {
@@ -301,6 +309,13 @@ impl Db {
         let mut opts = rocksdb::WriteOptions::default();
         opts.disable_wal(true);
         Ok(self.db.write_opt(wb, &opts)?)
+    }
+
+    /// Drops every later write (counting it): the bench's bound of what the
+    /// service does with no database written at all. Never in service: the
+    /// state read back is then wrong.
+    pub fn discard_writes(&self) {
+        self.discard.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Up to `limit` entries with keys starting with `prefix`, from `start`
