@@ -185,3 +185,123 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// Rounds of the kill loop: each kills the server at a pseudo-random moment
+/// of a load (between some append and the checkpoint after it, mostly).
+const KILL_ROUNDS: usize = 20;
+
+/// The commands of one round: (member, request id) sent and acknowledged.
+type Round = (BTreeSet<(usize, String)>, BTreeSet<(usize, String)>);
+
+/// Runs `WORKERS` workers against `url` until `after` passes, then SIGKILLs
+/// the server; returns what was sent and what was acknowledged.
+async fn load_then_kill(child: &mut Child, url: &str, round: usize, after: Duration) -> Round {
+    let sent: Arc<Mutex<BTreeSet<(usize, String)>>> = Default::default();
+    let acked: Arc<Mutex<BTreeSet<(usize, String)>>> = Default::default();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (sent, acked, url) = (sent.clone(), acked.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&url).await;
+            for i in 0..COMMANDS_PER_WORKER_MAX {
+                let member = (w + i + round) % MEMBERS;
+                let id = format!("r{round}-w{w}-{i}");
+                sent.lock().unwrap().insert((member, id.clone()));
+                match c.earn(earn(&id, &format!("m{member}"), 1)).await {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert((member, id));
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(after).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = sent.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    (sent, acked)
+}
+
+/// After a restart: every acknowledged command of `round` is answered
+/// `replayed`, and the rest land once when retried.
+async fn check_and_retry(url: &str, round: usize, (sent, acked): &Round) {
+    let mut c = connect(url).await;
+    for (member, id) in acked {
+        let r = c.earn(earn(id, &format!("m{member}"), 1)).await.unwrap().into_inner();
+        assert!(r.replayed, "round {round}: acknowledged {id} was lost");
+    }
+    for (member, id) in sent.difference(acked) {
+        c.earn(earn(id, &format!("m{member}"), 1)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_kills_at_random_points_lose_nothing_acknowledged_and_double_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker::kafka_suite().then(|| common::broker::Tansu::start(&dir.path().join("tansu")));
+    let log = log_args(&broker);
+    let data = dir.path().join("data");
+    let (mut child, url) = spawn_server(&data, &log);
+    ProgrammeAdminClient::connect(url.clone())
+        .await
+        .unwrap()
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: "cfg".into(),
+            programme: Some(programme()),
+            operator: "ops".into(),
+        })
+        .await
+        .unwrap();
+    let mut url = url;
+    let mut all_sent: BTreeSet<(usize, String)> = BTreeSet::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for round in 0..KILL_ROUNDS {
+        // xorshift: a kill 20..420 ms into the load, the same every run.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let after = Duration::from_millis(20 + x % 400);
+        let done = load_then_kill(&mut child, &url, round, after).await;
+        eprintln!("round {round}: killed after {after:?}, {} sent, {} acknowledged", done.0.len(), done.1.len());
+        all_sent.extend(done.0.iter().cloned());
+        (child, url) = spawn_server(&data, &log);
+        check_and_retry(&url, round, &done).await;
+    }
+    let mut c = connect(&url).await;
+    for member in 0..MEMBERS {
+        let expected = all_sent.iter().filter(|(m, _)| *m == member).count() as i64;
+        // A retry of any command reads the account as of its record: wait
+        // for the views to have everything folded.
+        let mut available = -1;
+        for _ in 0..200 {
+            let a = c
+                .get_account(pb::GetAccountRequest { account: account(&format!("m{member}")), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            available = a.available;
+            if available == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(available, expected, "member m{member}: every distinct request exactly once");
+    }
+    unsafe { libc_kill(child.id() as i32, 15) };
+    assert!(child.wait().unwrap().success());
+    let out = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+        .arg("verify")
+        .args(&log)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("byte-identical"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    drop(broker);
+}

@@ -410,12 +410,7 @@ pub fn encode_statement_entry(
         at: Some(crate::log::codec::instant(at)),
         event: Some(event_to_wire(event)),
         delta,
-        balance: Some(state::Balance {
-            available: balance.available,
-            reserved: balance.reserved,
-            debt: balance.debt,
-            growth: balance.growth,
-        }),
+        balance: Some(balance_to_state(balance)),
     }
     .encode_to_vec()
 }
@@ -463,41 +458,60 @@ pub fn split_statement_page(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
     Ok(out)
 }
 
-// ---- stored replies ----
+// ---- idempotency records ----
 
+/// A request id's row, as the writer reads it back.
+pub enum StoredRequest {
+    /// Written before 2026-12-01: the whole reply.
+    Reply(u64, Reply),
+    /// The fingerprint, the record's offset and the balance after it.
+    At { fingerprint: u64, offset: u64, balance: Balance },
+}
+
+fn balance_to_state(b: &Balance) -> state::Balance {
+    state::Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth }
+}
+
+pub fn encode_request(fingerprint: u64, offset: u64, balance: &Balance) -> Vec<u8> {
+    state::StoredReply { fingerprint, reply: None, offset, balance: Some(balance_to_state(balance)) }.encode_to_vec()
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<StoredRequest, CodecError> {
+    let s = state::StoredReply::decode(bytes)?;
+    let Some(r) = s.reply else {
+        let b = s.balance.unwrap_or_default();
+        let balance = Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth };
+        return Ok(StoredRequest::At { fingerprint: s.fingerprint, offset: s.offset, balance });
+    };
+    let b = r.balance.unwrap_or_default();
+    let p = r.position.unwrap_or_default();
+    let reply = Reply {
+        request_id: r.request_id,
+        replayed: r.replayed,
+        events: r.events.into_iter().map(event_from_wire).collect::<Result<_, _>>()?,
+        balance: Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth },
+        position: Position { partition: p.partition, offset: p.offset },
+        granted: r.granted_points,
+        forfeited: r.forfeited_points,
+        programme_version: r.programme_version,
+    };
+    Ok(StoredRequest::Reply(s.fingerprint, reply))
+}
+
+/// A request id's row as written before 2026-12-01 (the whole reply), for
+/// tests of old stores.
 pub fn encode_stored_reply(fingerprint: u64, r: &Reply) -> Vec<u8> {
-    let b = &r.balance;
     let reply = state::StoredCommandReply {
         request_id: r.request_id.clone(),
         replayed: r.replayed,
         events: r.events.iter().cloned().map(event_to_wire).collect(),
-        balance: Some(state::Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth }),
+        balance: Some(balance_to_state(&r.balance)),
         position: Some(state::Position { partition: r.position.partition, offset: r.position.offset }),
         granted_points: r.granted,
         forfeited_points: r.forfeited,
         programme_version: r.programme_version,
     };
-    state::StoredReply { fingerprint, reply: Some(reply) }.encode_to_vec()
-}
-
-pub fn decode_stored_reply(bytes: &[u8]) -> Result<(u64, Reply), CodecError> {
-    let s = state::StoredReply::decode(bytes)?;
-    let r = s.reply.ok_or(CodecError::Missing("reply"))?;
-    let b = r.balance.unwrap_or_default();
-    let p = r.position.unwrap_or_default();
-    Ok((
-        s.fingerprint,
-        Reply {
-            request_id: r.request_id,
-            replayed: r.replayed,
-            events: r.events.into_iter().map(event_from_wire).collect::<Result<_, _>>()?,
-            balance: Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth },
-            position: Position { partition: p.partition, offset: p.offset },
-            granted: r.granted_points,
-            forfeited: r.forfeited_points,
-            programme_version: r.programme_version,
-        },
-    ))
+    state::StoredReply { fingerprint, reply: Some(reply), offset: 0, balance: None }.encode_to_vec()
 }
 
 #[cfg(test)]
