@@ -18,7 +18,6 @@ use crate::ledger::{Clock, SystemClock, WriterConfig, Writers};
 use crate::log::embedded::EmbeddedLog;
 use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::log::EventLog;
-use crate::projection::Projectors;
 use crate::proto as pb;
 use crate::store::{self, Db};
 
@@ -173,9 +172,7 @@ pub struct Service {
     pub ledger: Arc<Ledger>,
     programmes: Arc<Programmes>,
     writers: Arc<Writers>,
-    projectors: Projectors,
     reconciler: Reconciler,
-    writer_db: Arc<Db>,
     views: Arc<Db>,
     books: Arc<Db>,
 }
@@ -184,20 +181,24 @@ impl Service {
     pub fn start(config: &Config, logs: Logs) -> anyhow::Result<Service> {
         std::fs::create_dir_all(&config.data_dir)?;
         let programmes = Arc::new(Programmes::open(logs.control.clone())?);
-        let writer_db = Arc::new(Db::open(&config.data_dir.join("writer"), store::WRITER_CFS)?);
+        // The writers' own database of builds before 2026-12-01: the state
+        // lives with the views now (rebuilt from the log when they are old).
+        let old_writer_dir = config.data_dir.join("writer");
+        if old_writer_dir.exists() {
+            tracing::warn!(dir = %old_writer_dir.display(), "removing the writer state of an older build");
+            std::fs::remove_dir_all(&old_writer_dir)?;
+        }
         let views = Arc::new(crate::projection::open_views(&config.data_dir.join("views"))?);
         if config.discard_database_writes {
-            writer_db.discard_writes();
             views.discard_writes();
         }
         let writers = Arc::new(Writers::start(
             logs.events.clone(),
-            writer_db.clone(),
+            views.clone(),
             programmes.registry(),
             config.clock.clone(),
             config.writer.clone(),
         )?);
-        let projectors = Projectors::start(logs.events.clone(), views.clone())?;
         let books = Arc::new(Db::open(&config.data_dir.join("books"), store::BOOK_CFS)?);
         if config.discard_database_writes {
             books.discard_writes();
@@ -214,11 +215,11 @@ impl Service {
             writers: writers.clone(),
             programmes: programmes.clone(),
             views: views.clone(),
-            positions: projectors.positions(),
+            positions: writers.positions(),
             clock: config.clock.clone(),
             auth: config.auth.clone(),
         });
-        Ok(Service { ledger, programmes, writers, projectors, reconciler, writer_db, views, books })
+        Ok(Service { ledger, programmes, writers, reconciler, views, books })
     }
 
     /// Waits until every partition's writer has caught up with the log (and
@@ -228,17 +229,17 @@ impl Service {
         self.writers.ready().await
     }
 
-    /// Stops writers (after their queued batches), then projectors, and flushes.
+    /// Stops writers (after their queued batches), then the reconciliation
+    /// consumer, and flushes.
     pub fn stop(self) {
         drop(self.ledger);
         match Arc::try_unwrap(self.writers) {
             Ok(w) => w.shutdown(),
             Err(_) => tracing::warn!("writers still referenced at shutdown"),
         }
-        self.projectors.shutdown();
         self.reconciler.shutdown();
         self.programmes.shutdown();
-        for (name, db) in [("writer", &self.writer_db), ("views", &self.views), ("books", &self.books)] {
+        for (name, db) in [("views", &self.views), ("books", &self.books)] {
             let (rows, bytes) = db.written();
             tracing::info!(database = name, rows, bytes, "rows written since start");
             let _ = db.flush();

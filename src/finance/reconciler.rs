@@ -282,5 +282,5 @@ pub fn verify(
     if rebuilt.digest()? == live.digest()? {
         return Ok((folded, None));
     }
-    Ok((folded, crate::tools::audit::first_difference(live, &rebuilt)?))
+    Ok((folded, crate::tools::audit::first_difference(live, &rebuilt, store::BOOK_CFS)?))
 }

@@ -64,11 +64,15 @@ impl PartitionWriter {
             for e in &entries {
                 match self.cursor.arbiter.admit_bytes(&e.payload)? {
                     Admitted::Record(record) => {
-                        let balance = Self::fold(self.account(&mut work, &record.account)?, &record.events);
+                        let position = Position { partition: self.partition, offset: e.offset };
+                        let mut pages = Vec::new();
+                        let touched = self.account(&mut work, &record.account)?;
+                        let (balances, balance) = Self::fold(touched, &record.events);
+                        Self::add_entries(touched, &record, position, &balances, &mut pages);
+                        work.pages.append(&mut pages);
                         earned_in(&record.account, &record.events, &mut work.issued_folded);
                         self.last_now = self.last_now.max(record.at);
                         if !record.system {
-                            let position = Position { partition: self.partition, offset: e.offset };
                             let reply = Reply::for_record(&record, position, balance);
                             work.replies.push((
                                 record.account.tenant_id.clone(),
@@ -88,6 +92,35 @@ impl PartitionWriter {
         }
         self.reader = Some(reader);
         Ok(folded)
+    }
+
+    /// On a shared log, at each tick: whether another writer claimed the
+    /// partition since (its records are folded, as a follower would); then
+    /// this writer is fenced. Without this an idle writer would learn of a
+    /// takeover only when it next appends.
+    pub(super) fn taken_over(&mut self) -> anyhow::Result<bool> {
+        let end = self.log.end_offset(self.partition)?;
+        if end <= self.cursor.next {
+            return Ok(false);
+        }
+        self.catch_up(end)?;
+        if self.own_claim.is_some() && self.last_claim != self.own_claim {
+            self.fence();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// One step of following a partition another writer took over: fold
+    /// what it appended since (its views stay current), or wait a moment.
+    pub(super) fn follow_step(&mut self, wait: std::time::Duration) -> anyhow::Result<()> {
+        let end = self.log.end_offset(self.partition)?;
+        if end > self.cursor.next {
+            self.catch_up(end)?;
+        } else {
+            std::thread::sleep(wait);
+        }
+        Ok(())
     }
 
     /// Catches up with the log's end and, on a shared log, claims the

@@ -51,7 +51,7 @@ impl Issuance {
 }
 
 /// `issued/<partition BE>/<tenant \0 programme \0><day>`: a partition's
-/// persisted issuance per programme day, in the writer's `meta`.
+/// persisted issuance per programme day (the `issuance` column family).
 pub fn issued_key(partition: u32, p: &ProgrammeKey, day: i64) -> Vec<u8> {
     let mut k = issued_prefix(partition);
     k.extend_from_slice(&store::programme_prefix(&p.tenant_id, &p.programme_id));
@@ -74,11 +74,11 @@ pub fn parse_programme_prefix(b: &[u8]) -> Option<(ProgrammeKey, &[u8])> {
     Some((ProgrammeKey { tenant_id: tenant, programme_id: programme }, &b[j + 1..]))
 }
 
-/// A partition's persisted issuance, as `meta` holds it.
+/// A partition's persisted issuance.
 pub fn load(db: &store::Db, partition: u32) -> Result<Granted, store::StoreError> {
     let prefix = issued_prefix(partition);
     let mut persisted = Granted::new();
-    for (k, v) in db.scan(store::Cf::Meta, &prefix, &prefix, usize::MAX)? {
+    for (k, v) in db.scan(store::Cf::Issuance, &prefix, &prefix, usize::MAX)? {
         let Some((p, rest)) = parse_programme_prefix(&k[prefix.len()..]) else { continue };
         let value = i64::from_be_bytes(v[..8].try_into().expect("stored issuance"));
         persisted.insert((p, store::millis_from_key(rest)), value);

@@ -120,6 +120,8 @@ pub struct Writers {
     threads: Vec<JoinHandle<()>>,
     status: Arc<Vec<AtomicU8>>,
     ready: tokio::sync::watch::Receiver<u32>,
+    /// The next offset each partition's committed state (its views) folds.
+    positions: tokio::sync::watch::Receiver<Vec<u64>>,
 }
 
 impl Writers {
@@ -141,6 +143,10 @@ impl Writers {
         let ready_tx = Arc::new(ready_tx);
         let writer_id: Arc<str> = follow::writer_id().into();
         let issuance = Arc::new(Issuance::default());
+        let start: Vec<u64> =
+            (0..log.partitions()).map(|p| crate::store::read_position(&store, p)).collect::<Result<_, _>>()?;
+        let (positions_tx, positions) = tokio::sync::watch::channel(start);
+        let positions_tx = Arc::new(positions_tx);
         for partition in 0..log.partitions() {
             issuance.add(&issuance::load(&store, partition)?, 1);
             let w = writer::PartitionWriter::new(writer::Parts {
@@ -153,6 +159,7 @@ impl Writers {
                 config: config.clone(),
                 writer_id: writer_id.clone(),
                 status: status.clone(),
+                positions: positions_tx.clone(),
             })?;
             let (tx, rx) = mpsc::channel(config.queue_commands_max);
             senders.push(tx);
@@ -162,7 +169,7 @@ impl Writers {
             );
         }
         scheduler::start_ticker(&senders, config.tick_interval_ms);
-        Ok(Writers { senders, threads, status, ready })
+        Ok(Writers { senders, threads, status, ready, positions })
     }
 
     /// Waits until every partition's writer has caught up with the log.
@@ -170,6 +177,12 @@ impl Writers {
         let n = self.partitions();
         let mut rx = self.ready.clone();
         let _ = rx.wait_for(|ready| *ready >= n).await;
+    }
+
+    /// Where each partition's committed state (its views) stands: the next
+    /// offset it folds (everything below is in).
+    pub fn positions(&self) -> tokio::sync::watch::Receiver<Vec<u64>> {
+        self.positions.clone()
     }
 
     /// Whether every partition's writer has caught up and owns its partition.

@@ -7,12 +7,20 @@
 //! (a retry is decided in a later batch, after this commit; if the commit
 //! fails, the writer stops and a restart catches up from the log).
 //!
-//! State lives in RocksDB (a checkpoint with the log offset it reflects) plus
-//! an in-memory cache. On start a writer folds the log from its checkpoint to
-//! the end before it takes any command (until then its partition answers
-//! `Unavailable`), so nothing acknowledged is lost and nothing is applied
-//! twice. Time: the writer reads the clock once per batch and never lets it
-//! run backwards within a partition.
+//! The state a writer commits is the partition's views too: its accounts
+//! (the balance view), their statements (pages) and the expiry index, with
+//! the idempotency records, the due index and the programme issuance, in
+//! one WriteBatch with the cursor they reflect. Each account is folded once,
+//! by the writer, and written once; the rows are those the projection's
+//! fold writes (`projection::fold`: the same functions), so a rebuild from
+//! offset zero gives the same bytes. A partition another writer took over
+//! is followed: its records are folded the same way as they arrive.
+//!
+//! On start a writer folds the log from its cursor to the end before it
+//! takes any command (until then its partition answers `Unavailable`), so
+//! nothing acknowledged is lost and nothing is applied twice. Time: the
+//! writer reads the clock once per batch and never lets it run backwards
+//! within a partition.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -25,14 +33,18 @@ use super::issuance::{earned_in, issued_key, Granted, Issuance};
 use super::programmes::SharedRegistry;
 use super::{Clock, Msg, ReplyTx, Unavailable, WriteError, WriterConfig, CATCHING_UP, FENCED, READY};
 use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis};
-use crate::log::record::{AccountRecord, Balance, Position, Reply};
+use crate::log::record::{AccountRecord, Balance, PartitionRecord, Position, Reply};
 use crate::log::{codec, EventLog, LogError, LogReader, LogRecord};
+use crate::projection::{self, EntryPlace, OpenPage};
 use crate::store::{self, accounts, snapshot, Batch, Cf, Cursor, Db};
 use crate::FastMap;
 
 /// How long a writer that cannot catch up with the log yet waits before it
 /// tries again.
 const START_UP_RETRY_MS: u64 = 1000;
+/// How long a writer following a partition another writer took over waits
+/// for new records.
+const FOLLOW_POLL_MS: u64 = 100;
 /// Times an earn under a programme-wide cap is decided again because
 /// another partition counted against the cap in between, at most.
 const CAP_DECIDE_ATTEMPTS_MAX: usize = 64;
@@ -44,9 +56,8 @@ pub(super) struct PartitionWriter {
     pub(super) store: Arc<Db>,
     pub(super) registry: SharedRegistry,
     pub(super) clock: Arc<dyn Clock>,
-    /// Accounts as of the last committed batch (a cache of the store), each
-    /// with the instant its due-index row stands at.
-    cache: FastMap<AccountKey, (Account, Option<Millis>, accounts::Changed)>,
+    /// Accounts as of the last committed batch (a cache of the store).
+    cache: FastMap<AccountKey, Kept>,
     /// The latest `now` used, so time never runs backwards in a partition.
     pub(super) last_now: Millis,
     pub(super) config: WriterConfig,
@@ -64,6 +75,20 @@ pub(super) struct PartitionWriter {
     /// records the log has; re-read (and re-claim) before deciding again.
     pub(super) stale: bool,
     pub(super) status: Arc<Vec<AtomicU8>>,
+    /// Where each partition's committed state (its views) stands: the next
+    /// offset, for queries waiting on `min_position`.
+    pub(super) positions: Arc<tokio::sync::watch::Sender<Vec<u64>>>,
+}
+
+/// An account as of the last committed batch.
+struct Kept {
+    account: Account,
+    /// The instant its due-index row stands at.
+    due: Option<Millis>,
+    /// How it is stored.
+    changed: accounts::Changed,
+    /// The last page of its statement, while it has room.
+    page: Option<OpenPage>,
 }
 
 /// What a writer is made of.
@@ -77,6 +102,7 @@ pub(super) struct Parts {
     pub config: WriterConfig,
     pub writer_id: Arc<str>,
     pub status: Arc<Vec<AtomicU8>>,
+    pub positions: Arc<tokio::sync::watch::Sender<Vec<u64>>>,
 }
 
 /// State changed by one batch, not yet committed.
@@ -96,6 +122,8 @@ pub(super) struct Work {
     /// Points granted by this batch's decisions (already in the shared
     /// issuance; taken out again if the batch fails).
     pub(super) issued_reserved: Granted,
+    /// Statement pages the batch filled (written once).
+    pub(super) pages: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// An account as a batch sees it.
@@ -107,6 +135,8 @@ pub(super) struct Touched {
     account: Account,
     /// What events changed (only that is written back).
     changed: accounts::Changed,
+    /// The last page of its statement, while it has room.
+    page: Option<OpenPage>,
 }
 
 /// The commands of one batch, gathered from the queue.
@@ -125,8 +155,9 @@ struct Gathered {
 /// which.
 struct Decided {
     work: Work,
-    /// Each record with the account's balance right after it.
-    records: Vec<(AccountRecord, Balance)>,
+    /// Each record with the account's balance right after each of its
+    /// events, and after it.
+    records: Vec<(AccountRecord, Vec<Balance>, Balance)>,
     /// (caller, index of its record, whether it repeats an earlier command
     /// of this batch).
     waiting: Vec<(ReplyTx, usize, bool)>,
@@ -153,6 +184,7 @@ impl PartitionWriter {
             own_claim: None,
             stale: false,
             status: p.status,
+            positions: p.positions,
         })
     }
 
@@ -171,6 +203,21 @@ impl PartitionWriter {
                 tracing::warn!(partition = self.partition, error = %e, "writer cannot re-read the log yet");
                 Self::refuse(msgs, &Unavailable::Log(e.to_string()));
                 return Ok(());
+            }
+        }
+        if self.log.shared() && msgs.iter().any(|m| matches!(m, Msg::Tick(_))) {
+            match self.taken_over() {
+                Ok(false) => {}
+                Ok(true) => {
+                    Self::refuse(msgs, &Unavailable::TakenOver { partition: self.partition, epoch: None });
+                    return Ok(());
+                }
+                // The log is unreachable: the batch finds out (and answers
+                // UNAVAILABLE) when it appends.
+                Err(e) => {
+                    tracing::debug!(partition = self.partition, error = %e, "cannot look for newer claims now");
+                    self.reader = None;
+                }
             }
         }
         let now = self.clock.now().max(self.last_now);
@@ -278,10 +325,33 @@ impl PartitionWriter {
         let Some(bytes) = self.store.get(Cf::Requests, &store::request_key(&key.0, &key.1))? else {
             return Ok(Some(tx));
         };
-        let (fp, mut reply) = snapshot::decode_stored_reply(&bytes)?;
-        reply.replayed = true;
-        let _ = tx.send(if fp == fingerprint { Ok(reply) } else { Err(WriteError::RequestIdReused(key.1)) });
+        let (fp, reply) = match snapshot::decode_request(&bytes)? {
+            snapshot::StoredRequest::Reply(fp, reply) => (fp, reply),
+            snapshot::StoredRequest::At { fingerprint: fp, offset, balance } if fp == fingerprint => {
+                (fp, self.reply_at(offset, balance)?)
+            }
+            snapshot::StoredRequest::At { fingerprint: fp, .. } => (fp, Reply::default()),
+        };
+        let _ = tx.send(if fp == fingerprint {
+            Ok(Reply { replayed: true, ..reply })
+        } else {
+            Err(WriteError::RequestIdReused(key.1))
+        });
         Ok(None)
+    }
+
+    /// The reply of the record at `offset` of this partition (a retry), with
+    /// the balance its idempotency record kept.
+    fn reply_at(&self, offset: u64, balance: Balance) -> anyhow::Result<Reply> {
+        let mut reader = self.log.reader(self.partition, offset)?;
+        let entries = crate::log::read_towards(reader.as_mut(), offset + 1, 1)?;
+        let entry = entries.first().ok_or_else(|| anyhow::anyhow!("no record at offset {offset}"))?;
+        match codec::decode_partition_record(&entry.payload)? {
+            PartitionRecord::Account(record) => {
+                Ok(Reply::for_record(&record, Position { partition: self.partition, offset }, balance))
+            }
+            PartitionRecord::Claim(_) => anyhow::bail!("offset {offset} holds a claim, not a command's record"),
+        }
     }
 
     /// Decides one new command and, when it is accepted (or a tick found
@@ -307,7 +377,7 @@ impl PartitionWriter {
         if tx.is_none() && events.is_empty() {
             return Ok(()); // a tick with nothing due
         }
-        let balance = Self::fold(self.account(&mut d.work, &cmd.account)?, &events);
+        let (balances, balance) = Self::fold(self.account(&mut d.work, &cmd.account)?, &events);
         for (k, v) in granted {
             *d.work.issued_reserved.entry(k).or_default() += v;
         }
@@ -317,7 +387,7 @@ impl PartitionWriter {
             d.waiting.push((tx, d.records.len(), false));
         }
         let version = programme.map(|p| p.version).unwrap_or(0);
-        d.records.push((self.record(cmd, version, fingerprint, now, events), balance));
+        d.records.push((self.record(cmd, version, fingerprint, now, events), balances, balance));
         Ok(())
     }
 
@@ -364,10 +434,13 @@ impl PartitionWriter {
     /// Append and confirm: one durable append of the batch's records and, on
     /// a shared log, the read-back that proves they count. The offsets they
     /// got, or why the batch is void (or its outcome unknown).
-    fn append_and_confirm(&mut self, records: &[(AccountRecord, Balance)]) -> Result<Vec<u64>, Unavailable> {
+    fn append_and_confirm(
+        &mut self,
+        records: &[(AccountRecord, Vec<Balance>, Balance)],
+    ) -> Result<Vec<u64>, Unavailable> {
         let encoded: Vec<LogRecord> = records
             .iter()
-            .map(|(r, _)| LogRecord::new(r.account.to_string().into_bytes(), codec::encode_account_record(r)))
+            .map(|(r, _, _)| LogRecord::new(r.account.to_string().into_bytes(), codec::encode_account_record(r)))
             .collect();
         let offsets = self.log.append(self.partition, &encoded).map_err(|e| match e {
             LogError::Unavailable(m) => Unavailable::Log(m),
@@ -402,18 +475,20 @@ impl PartitionWriter {
     }
 
     /// Answer: the batch is durable in the log, so every caller hears its
-    /// reply now; the idempotency records go into the work to commit.
+    /// reply now; its statement entries (their positions known now) and
+    /// idempotency records go into the work to commit.
     fn answer(&self, decided: Decided, offsets: &[u64]) -> Work {
         let Decided { mut work, records, waiting, .. } = decided;
-        let replies: Vec<Reply> = records
-            .iter()
-            .zip(offsets)
-            .map(|((r, b), &offset)| Reply::for_record(r, Position { partition: self.partition, offset }, *b))
-            .collect();
-        for ((r, _), reply) in records.iter().zip(&replies) {
+        let mut replies = Vec::with_capacity(records.len());
+        for ((r, balances, b), &offset) in records.iter().zip(offsets) {
+            let position = Position { partition: self.partition, offset };
+            let touched = work.accounts.get_mut(&r.account).expect("a decided account is touched");
+            Self::add_entries(touched, r, position, balances, &mut work.pages);
+            let reply = Reply::for_record(r, position, *b);
             if !r.system {
                 work.replies.push((r.account.tenant_id.clone(), r.request_id.clone(), r.fingerprint, reply.clone()));
             }
+            replies.push(reply);
         }
         for (tx, i, replayed) in waiting {
             let mut reply = replies[i].clone();
@@ -423,16 +498,34 @@ impl PartitionWriter {
         work
     }
 
+    /// Adds a record's statement entries (with the balance after each
+    /// event) to its account's pages; the pages it fills go to `pages`.
+    pub(super) fn add_entries(
+        touched: &mut Touched,
+        record: &AccountRecord,
+        position: Position,
+        balances: &[Balance],
+        pages: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        for (i, (event, balance)) in record.events.iter().zip(balances).enumerate() {
+            let entry = projection::statement_entry(record, position, i as u16, event.clone(), balance);
+            let at = EntryPlace { offset: position.offset, index: i as u16 };
+            if let Some(page) = projection::push_entry(&mut touched.page, &record.account, at, entry) {
+                pages.push(page);
+            }
+        }
+    }
+
     /// An account as of the last committed batch, taken out of the cache
     /// (a batch that commits puts it back; one that fails leaves the store's).
-    /// Also returns when something in it falls due (as its due-index row says).
-    fn load(&mut self, key: &AccountKey) -> Result<(Account, accounts::Changed, Option<Millis>), store::StoreError> {
-        if let Some((a, due, stored)) = self.cache.remove(key) {
-            return Ok((a, stored, due));
+    fn load(&mut self, key: &AccountKey) -> Result<Kept, store::StoreError> {
+        if let Some(kept) = self.cache.remove(key) {
+            return Ok(kept);
         }
         let (account, changed) = accounts::load(&self.store, Cf::Accounts, key)?;
         let due = domain::due_at(&account, self.programme(key).as_deref());
-        Ok((account, changed, due))
+        let page = projection::open_page(&self.store, key, account.events)?;
+        Ok(Kept { account, due, changed, page })
     }
 
     pub(super) fn account<'w>(
@@ -441,28 +534,31 @@ impl PartitionWriter {
         key: &AccountKey,
     ) -> Result<&'w mut Touched, store::StoreError> {
         if !work.accounts.contains_key(key) {
-            let (account, changed, due_before) = self.load(key)?;
-            work.accounts.insert(key.clone(), Touched { due_before, due_after: due_before, account, changed });
+            let Kept { account, due, changed, page } = self.load(key)?;
+            work.accounts.insert(key.clone(), Touched { due_before: due, due_after: due, account, changed, page });
         }
         Ok(work.accounts.get_mut(key).expect("just inserted"))
     }
 
-    /// Folds accepted events into a touched account; returns its balance after.
-    pub(super) fn fold(touched: &mut Touched, events: &[domain::Event]) -> Balance {
+    /// Folds accepted events into a touched account; returns its balance
+    /// after each event, and after them all.
+    pub(super) fn fold(touched: &mut Touched, events: &[domain::Event]) -> (Vec<Balance>, Balance) {
+        let mut balances = Vec::with_capacity(events.len());
         for e in events {
             touched.account.apply(e);
             touched.changed.note(e);
+            balances.push(Balance::of(&touched.account));
         }
-        Balance::of(&touched.account)
+        (balances, Balance::of(&touched.account))
     }
 
-    /// Writes a batch's state with the cursor it reflects, atomically.
+    /// Writes a batch's state (the writer's and the views') with the cursor
+    /// it reflects, atomically, and tells the queries it is there.
     pub(super) fn commit(&mut self, mut work: Work) -> Result<(), store::StoreError> {
         let mut batch = Batch::default();
+        let mut rows = Vec::new();
         for (key, t) in work.accounts.iter_mut().filter(|(_, t)| !t.changed.is_empty()) {
-            for (k, v) in accounts::rows(key, &t.account, &t.changed) {
-                batch.put_or_delete(Cf::Accounts, k, v);
-            }
+            projection::view_rows(key, &t.account, &t.changed, &mut t.page, &mut rows);
             t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
             if t.due_before != t.due_after {
                 if let Some(at) = t.due_before {
@@ -472,6 +568,12 @@ impl PartitionWriter {
                     batch.put(Cf::Due, &store::due_key(self.partition, at, key), &[]);
                 }
             }
+        }
+        for (cf, k, v) in rows {
+            batch.put_or_delete(cf, k, v);
+        }
+        for (k, v) in std::mem::take(&mut work.pages) {
+            batch.put_vec(Cf::Entries, k, v);
         }
         for (row, key) in &work.ticked {
             batch.delete(Cf::Due, row);
@@ -491,29 +593,28 @@ impl PartitionWriter {
         }
         for ((p, day), v) in &issued {
             let key = issued_key(self.partition, p, *day);
-            let before = match self.store.get(Cf::Meta, &key)? {
+            let before = match self.store.get(Cf::Issuance, &key)? {
                 Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored issuance")),
                 None => 0,
             };
-            batch.put(Cf::Meta, &key, &(before + v).to_be_bytes());
+            batch.put(Cf::Issuance, &key, &(before + v).to_be_bytes());
         }
         for (tenant, request_id, fingerprint, reply) in &work.replies {
-            batch.put(
-                Cf::Requests,
-                &store::request_key(tenant, request_id),
-                &snapshot::encode_stored_reply(*fingerprint, reply),
-            );
+            let row = snapshot::encode_request(*fingerprint, reply.position.offset, &reply.balance);
+            batch.put_vec(Cf::Requests, store::request_key(tenant, request_id), row);
         }
         store::put_cursor(&mut batch, self.partition, self.cursor);
         self.store.write(batch)?;
         self.issuance.add(&work.issued_folded, 1);
+        let (p, next) = (self.partition as usize, self.cursor.next);
+        self.positions.send_if_modified(|v| std::mem::replace(&mut v[p], next) != next);
         if self.cache.len() + work.accounts.len() > self.config.cache_accounts_max {
             // Crude but bounded: the store has everything.
             self.cache.clear();
         }
         for (key, t) in work.accounts {
-            let stored = t.changed.written(&t.account);
-            self.cache.insert(key, (t.account, t.due_after, stored));
+            let changed = t.changed.written(&t.account);
+            self.cache.insert(key, Kept { account: t.account, due: t.due_after, changed, page: t.page });
         }
         Ok(())
     }
@@ -539,7 +640,14 @@ impl PartitionWriter {
             self.status[self.partition as usize].store(READY, Ordering::Release);
         }
         ready.send_modify(|n| *n += 1);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            if self.status[self.partition as usize].load(Ordering::Acquire) == FENCED {
+                if !self.follow(&mut rx) {
+                    break;
+                }
+                continue;
+            }
+            let Some(first) = rx.blocking_recv() else { break };
             let mut msgs = vec![first];
             while msgs.len() < self.config.batch_commands_max {
                 match rx.try_recv() {
@@ -555,6 +663,26 @@ impl PartitionWriter {
             }
         }
         tracing::info!(partition = self.partition, "writer stopped");
+    }
+
+    /// A partition another writer took over: answers what is queued with
+    /// `Unavailable` and folds the other writer's records as they arrive,
+    /// so this instance's views of it stay current. False once the queue is
+    /// closed (shutdown).
+    fn follow(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
+        loop {
+            match rx.try_recv() {
+                Ok(m) => Self::refuse(vec![m], &Unavailable::TakenOver { partition: self.partition, epoch: None }),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        if let Err(e) = self.follow_step(Duration::from_millis(FOLLOW_POLL_MS)) {
+            tracing::warn!(partition = self.partition, error = %e, "cannot follow the partition's log; retrying");
+            self.reader = None;
+            std::thread::sleep(Duration::from_millis(START_UP_RETRY_MS));
+        }
+        true
     }
 
     /// Answers every caller in `msgs` with `Unavailable(cause)`.

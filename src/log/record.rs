@@ -72,7 +72,7 @@ impl Balance {
 }
 
 /// The answer to an accepted command.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reply {
     pub request_id: String,
     /// True when this repeats the answer to an earlier identical request.

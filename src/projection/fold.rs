@@ -31,7 +31,7 @@ pub struct ViewCache {
 }
 
 /// A view row to write: (column family, key, value or `None` to delete).
-type ViewRow = (Cf, Vec<u8>, Option<Vec<u8>>);
+pub type ViewRow = (Cf, Vec<u8>, Option<Vec<u8>>);
 
 struct Cached {
     account: Account,
@@ -50,7 +50,8 @@ struct Cached {
 pub const STATEMENT_PAGE_ENTRIES: usize = 16;
 
 /// The last page of a statement, while it has room.
-struct OpenPage {
+#[derive(Clone, Debug)]
+pub struct OpenPage {
     /// The row's key: its first entry's position.
     key: Vec<u8>,
     /// Its entries, encoded.
@@ -62,7 +63,7 @@ struct OpenPage {
 /// The last page of an account's statement as stored, if it has room. An
 /// account's statement has as many entries as it has folded events, so
 /// the count says whether the last page is full.
-fn open_page(views: &Db, key: &AccountKey, events: u64) -> Result<Option<OpenPage>, store::StoreError> {
+pub fn open_page(views: &Db, key: &AccountKey, events: u64) -> Result<Option<OpenPage>, store::StoreError> {
     if events.is_multiple_of(STATEMENT_PAGE_ENTRIES as u64) {
         return Ok(None);
     }
@@ -72,6 +73,89 @@ fn open_page(views: &Db, key: &AccountKey, events: u64) -> Result<Option<OpenPag
     let Some((k, v)) = views.seek_prev(Cf::Entries, &prefix, &last)? else { return Ok(None) };
     let entries = snapshot::split_statement_page(&v)?;
     Ok((entries.len() < STATEMENT_PAGE_ENTRIES).then_some(OpenPage { key: k, entries, changed: false }))
+}
+
+/// Adds a statement entry (encoded) to an account's last page, starting a
+/// page keyed by the entry's position when there is none. Returns the row
+/// of the page it filled, if it filled one (to write once; the next entry
+/// starts a new page).
+pub fn push_entry(
+    page: &mut Option<OpenPage>,
+    account: &AccountKey,
+    at: EntryPlace,
+    entry: Vec<u8>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let open = page.get_or_insert_with(|| OpenPage {
+        key: entry_key(account, at.offset, at.index),
+        entries: Vec::with_capacity(STATEMENT_PAGE_ENTRIES),
+        changed: false,
+    });
+    open.entries.push(entry);
+    open.changed = true;
+    if open.entries.len() < STATEMENT_PAGE_ENTRIES {
+        return None;
+    }
+    let full = page.take().expect("the open page");
+    Some((full.key, snapshot::encode_statement_page(&full.entries)))
+}
+
+/// Where an event sits in the log: its record's offset and its index there.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryPlace {
+    pub offset: u64,
+    pub index: u16,
+}
+
+/// The statement entry of the `index`-th event of `record` (at `position`),
+/// with the balance right after it.
+pub fn statement_entry(
+    record: &crate::log::record::AccountRecord,
+    position: Position,
+    index: u16,
+    event: crate::domain::Event,
+    balance: &Balance,
+) -> Vec<u8> {
+    let delta = event.net_delta();
+    snapshot::encode_statement_entry(position, index, &record.request_id, record.at, event, delta, balance)
+}
+
+/// Appends the view rows of a changed account to `rows`: its account rows
+/// (what `changed` names), the expiring rows of its changed lots, and its
+/// last statement page when that changed. The caller marks it written
+/// (`changed.written`).
+pub fn view_rows(
+    key: &AccountKey,
+    account: &Account,
+    changed: &accounts::Changed,
+    page: &mut Option<OpenPage>,
+    rows: &mut Vec<ViewRow>,
+) {
+    if let Err(violation) = account.check_invariants() {
+        tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
+    }
+    for (k, v) in accounts::rows(key, account, changed) {
+        rows.push((Cf::Accounts, k, v));
+    }
+    // Each changed lot with an expiry has a row while it has points (its
+    // expiry never changes, so neither does its key).
+    let mut expiring = |id: &str, lot: &Lot| {
+        if let Some(at) = lot.expires_at {
+            let value = (lot.remaining > 0).then(|| lot.remaining.to_be_bytes().to_vec());
+            rows.push((Cf::Expiring, expiring_key(key, at, id), value));
+        }
+    };
+    match changed.lots() {
+        Some(ids) => ids.for_each(|id| {
+            if let Some(lot) = account.lots.get(id) {
+                expiring(id, lot)
+            }
+        }),
+        None => account.lots.iter().for_each(|(id, lot)| expiring(id, lot)),
+    }
+    if let Some(open) = page.as_mut().filter(|p| p.changed) {
+        rows.push((Cf::Entries, open.key.clone(), Some(snapshot::encode_statement_page(&open.entries))));
+        open.changed = false;
+    }
 }
 
 /// Accounts a live projector keeps decoded, per partition.
@@ -128,36 +212,11 @@ impl ViewCache {
         Ok(accounts.get_mut(key).expect("loaded"))
     }
 
-    /// Appends the account and expiring rows of a changed account to `rows`,
-    /// as (column family, key, value or `None` to delete).
+    /// Appends the view rows of a changed account to `rows` and marks it
+    /// written.
     fn changed_rows(&mut self, key: &AccountKey, rows: &mut Vec<ViewRow>) {
         let c = self.accounts.get_mut(key).expect("a dirty account is cached");
-        if let Err(violation) = c.account.check_invariants() {
-            tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
-        }
-        for (k, v) in accounts::rows(key, &c.account, &c.changed) {
-            rows.push((Cf::Accounts, k, v));
-        }
-        // Each changed lot with an expiry has a row while it has points
-        // (its expiry never changes, so neither does its key).
-        let mut expiring = |id: &str, lot: &Lot| {
-            if let Some(at) = lot.expires_at {
-                let value = (lot.remaining > 0).then(|| lot.remaining.to_be_bytes().to_vec());
-                rows.push((Cf::Expiring, expiring_key(key, at, id), value));
-            }
-        };
-        match c.changed.lots() {
-            Some(ids) => ids.for_each(|id| {
-                if let Some(lot) = c.account.lots.get(id) {
-                    expiring(id, lot)
-                }
-            }),
-            None => c.account.lots.iter().for_each(|(id, lot)| expiring(id, lot)),
-        }
-        if let Some(page) = c.page.as_mut().filter(|p| p.changed) {
-            rows.push((Cf::Entries, page.key.clone(), Some(snapshot::encode_statement_page(&page.entries))));
-            page.changed = false;
-        }
+        view_rows(key, &c.account, &c.changed, &mut c.page, rows);
         c.changed = c.changed.written(&c.account);
         c.dirty = false;
     }
@@ -248,25 +307,13 @@ pub fn fold(
         for (i, event) in std::mem::take(&mut record.events).into_iter().enumerate() {
             cached.account.apply(&event);
             cached.changed.note(&event);
-            let delta = event.net_delta();
-            let balance = Balance::of(&cached.account);
-            let at = (record.at, i as u16);
-            let row =
-                snapshot::encode_statement_entry(position, at.1, &record.request_id, at.0, event, delta, &balance);
-            let page = cached.page.get_or_insert_with(|| OpenPage {
-                key: entry_key(&record.account, entry.offset, at.1),
-                entries: Vec::with_capacity(STATEMENT_PAGE_ENTRIES),
-                changed: false,
-            });
-            page.entries.push(row);
-            page.changed = true;
-            if page.entries.len() == STATEMENT_PAGE_ENTRIES {
-                let full = cached.page.take().expect("the open page");
-                let row = snapshot::encode_statement_page(&full.entries);
+            let row = statement_entry(&record, position, i as u16, event, &Balance::of(&cached.account));
+            let at = EntryPlace { offset: entry.offset, index: i as u16 };
+            if let Some((key, page)) = push_entry(&mut cached.page, &record.account, at, row) {
                 if cache.deferred {
-                    cache.entries.push((full.key, Some(row)));
+                    cache.entries.push((key, Some(page)));
                 } else {
-                    batch.put_vec(Cf::Entries, full.key, row);
+                    batch.put_vec(Cf::Entries, key, page);
                 }
             }
         }

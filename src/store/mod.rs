@@ -1,8 +1,8 @@
-//! RocksDB, and only here. Three databases: the writers' state (`writer/`: a
-//! checkpoint of what they folded from the log, the idempotency records and
-//! the due index), the views the projectors maintain (`views/`), and the
-//! reconciliation consumer's books, risk view and alerts (`books/`). All are
-//! derived from the log: deleting any of them loses nothing but time.
+//! RocksDB, and only here. Two databases: the partitions' state (`views/`:
+//! the views queries read, which are the writers' state as well, plus the
+//! idempotency records, the due index and the issuance only writers read)
+//! and the reconciliation consumer's books, risk view and alerts (`books/`).
+//! Both are derived from the log: deleting either loses nothing but time.
 //!
 //! - `keys`: the key layouts and readers' positions;
 //! - `accounts`: how an account is kept (one row, or a header and pieces);
@@ -44,8 +44,8 @@ pub fn decode_row<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, CodecE
     Ok(M::decode(bytes)?)
 }
 
-/// Column families. Writer state: `Accounts`, `Requests`, `Due`, `Meta`.
-/// Views: `Accounts`, `Entries`, `Expiring`, `Meta`.
+/// Column families: of the partitions' state ([`VIEW_CFS`]) and of the
+/// books ([`BOOK_CFS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cf {
     Accounts,
@@ -57,6 +57,7 @@ pub enum Cf {
     Books,
     Risk,
     Alerts,
+    Issuance,
 }
 
 impl Cf {
@@ -71,18 +72,24 @@ impl Cf {
             Cf::Books => "books",
             Cf::Risk => "risk",
             Cf::Alerts => "alerts",
+            Cf::Issuance => "issuance",
         }
     }
 
     /// Whether the column family is read by key (rather than only scanned),
     /// so bloom filters pay for themselves.
     fn point_lookups(self) -> bool {
-        matches!(self, Cf::Accounts | Cf::Requests | Cf::Meta | Cf::Risk)
+        matches!(self, Cf::Accounts | Cf::Requests | Cf::Meta | Cf::Risk | Cf::Issuance)
     }
 }
 
-pub const WRITER_CFS: &[Cf] = &[Cf::Accounts, Cf::Requests, Cf::Due, Cf::Meta];
-pub const VIEW_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta];
+/// The partitions' state (`views/`): the views queries read (accounts,
+/// statements, the expiry index) and what only the writers read (the
+/// idempotency records, the due index, the programme issuance), with one
+/// cursor per partition for all of them.
+pub const VIEW_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta, Cf::Requests, Cf::Due, Cf::Issuance];
+/// The column families a rebuild of the views writes, and `verify` compares.
+pub const VIEW_DIGEST_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta];
 /// The reconciliation consumer's database: partial books, the risk view,
 /// alerts, and its positions.
 pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta];
@@ -362,8 +369,13 @@ impl Db {
     /// families are read in parallel, with read-ahead and without filling
     /// the block cache (a live database's hot blocks stay).
     pub fn digest(&self) -> Result<Vec<(&'static str, String, u64)>, StoreError> {
+        self.digest_of(self.cfs)
+    }
+
+    /// [`Db::digest`] of some of the column families.
+    pub fn digest_of(&self, cfs: &[Cf]) -> Result<Vec<(&'static str, String, u64)>, StoreError> {
         std::thread::scope(|scope| {
-            let handles: Vec<_> = self.cfs.iter().map(|cf| scope.spawn(move || self.digest_cf(*cf))).collect();
+            let handles: Vec<_> = cfs.iter().map(|cf| scope.spawn(move || self.digest_cf(*cf))).collect();
             handles.into_iter().map(|h| h.join().expect("digest thread panicked")).collect()
         })
     }
