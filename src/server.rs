@@ -1,8 +1,9 @@
-//! Wiring: opens the log, the stores and the registry, starts writers and
-//! projectors, and serves gRPC on a listener it is given until a shutdown
-//! future completes (mini-redis's `server::run(listener, shutdown)`), so tests
-//! run it on `127.0.0.1:0` and stop it cleanly. Shutdown stops accepting
-//! calls, lets writers finish queued batches, stops projectors and flushes.
+//! Wiring: opens the log, the stores and the registry, starts the writers
+//! and the reconciliation consumer, and serves gRPC on a listener it is
+//! given until a shutdown future completes (mini-redis's
+//! `server::run(listener, shutdown)`), so tests run it on `127.0.0.1:0` and
+//! stop it cleanly. Shutdown stops accepting calls, lets writers finish
+//! queued batches, stops the consumer and flushes.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

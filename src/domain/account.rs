@@ -456,7 +456,7 @@ impl Account {
 
     /// The invariants that cost the same however long the history: debt and
     /// growth never negative, and conservation (what the totals say moved
-    /// equals available + reserved - debt). The projectors check it for
+    /// equals available + reserved - debt). The writers check it for
     /// every account a batch changed.
     pub fn check_invariants(&self) -> Result<(), String> {
         if self.debt < 0 {

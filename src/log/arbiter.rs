@@ -5,7 +5,7 @@
 use super::record::{AccountRecord, Claim, PartitionRecord};
 
 /// The log's own arbitration of writers, applied identically by every
-/// reader (writers, projectors, replay, audit, reconciliation): a claim with
+/// reader (writers, followers, replay, audit, reconciliation): a claim with
 /// a higher epoch than any before it takes the partition; a record counts
 /// only when it carries the epoch of the latest such claim (0 before any).
 /// Everything else is void. The state is one number, stored with a reader's

@@ -6,7 +6,7 @@
 //! (`arbiter`).
 //!
 //! The traits are blocking: callers run them on their own threads (writers,
-//! projectors), never on the async runtime.
+//! the reconciliation consumer, the tools), never on the async runtime.
 
 pub mod arbiter;
 pub mod codec;

@@ -1,6 +1,8 @@
-//! The one fold of records into the views, shared by the live projectors
-//! and `rebuild` (which only writes later and differently), so a rebuild
-//! from offset zero gives byte-identical views.
+//! The one fold of records into the views. The writers write each changed
+//! account's rows with [`view_rows`] and [`push_entry`] as they commit; a
+//! rebuild runs [`fold`] over the log's entries with a [`ViewCache`], which
+//! writes the same rows, only later and differently (write-behind, ingested
+//! table files), so a rebuild from offset zero gives byte-identical views.
 
 use crate::domain::{Account, AccountKey, Lot, Millis};
 use crate::log::arbiter::{Admitted, Arbiter};
@@ -9,10 +11,11 @@ use crate::log::LogEntry;
 use crate::store::{self, accounts, snapshot, Batch, Cf, Db};
 use crate::FastMap;
 
-/// A projector's decoded accounts between batches, each with the pieces
-/// changed since its rows were written, so a batch neither re-reads nor
-/// re-decodes the accounts it touches and writes only what changed. The views database is the truth: the cache only
-/// ever holds what was written there (or, for a rebuild, what will be).
+/// The decoded accounts of a fold over log entries between batches, each
+/// with the pieces changed since its rows were written, so a batch neither
+/// re-reads nor re-decodes the accounts it touches and writes only what
+/// changed. The views database is the truth: the cache only ever holds what
+/// was written there (or, for a rebuild, what will be).
 pub struct ViewCache {
     accounts: FastMap<AccountKey, Cached>,
     /// Accounts kept at most; over it, the cache starts again empty.
@@ -158,17 +161,22 @@ pub fn view_rows(
     }
 }
 
-/// Accounts a live projector keeps decoded, per partition.
+/// Accounts a write-through fold keeps decoded, per partition.
 pub const PROJECTOR_CACHE_ACCOUNTS: usize = 10_000;
 /// Accounts a rebuild keeps in memory per partition before writing them out.
-pub const REBUILD_CACHE_ACCOUNTS: usize = 100_000;
+/// An account written out and met again is read back from table files not
+/// compacted yet (slow: every level-0 file is looked at), so a partition's
+/// accounts should fit: about 1 KB each with its last statement page, so up
+/// to ~500 MB per partition folded at once (two at a time on two cores).
+pub const REBUILD_CACHE_ACCOUNTS: usize = 500_000;
 /// Statement rows a rebuild gathers per partition before ingesting them as
 /// one table file.
 pub const REBUILD_INGEST_ROWS: usize = 250_000;
 
 impl ViewCache {
-    /// Write-through: every batch carries the account and expiring rows of
-    /// the accounts it changed.
+    /// Write-through: every batch carries the rows of the accounts it
+    /// changed (as the writers write them; the criterion bench and the tests
+    /// fold this way).
     pub fn live(max: usize) -> ViewCache {
         ViewCache {
             accounts: FastMap::default(),
@@ -221,10 +229,10 @@ impl ViewCache {
         c.dirty = false;
     }
 
-    /// Writes every account not yet written (into `batch` for a live
-    /// projector, as ingested table files for a rebuild) and puts the move of
-    /// the position to `cursor` into `batch` (the end of a rebuild, a full
-    /// cache, or every batch of a live projector).
+    /// Writes every account not yet written (into `batch` for a
+    /// write-through fold, as ingested table files for a rebuild) and puts
+    /// the move of the position to `cursor` into `batch` (the end of a
+    /// rebuild, a full cache, or every batch of a write-through fold).
     pub fn write_out(
         &mut self,
         views: &Db,

@@ -47,7 +47,7 @@ pub fn mark_format(views: &Db) -> Result<(), store::StoreError> {
 }
 
 /// Opens the views of a data directory in this build's layout: views an
-/// older build wrote are deleted (the log is the truth; the projectors fold
+/// older build wrote are deleted (the log is the truth; the writers fold
 /// them again from offset zero).
 pub fn open_views(dir: &std::path::Path) -> anyhow::Result<Db> {
     if dir.exists() {

@@ -1,5 +1,5 @@
 //! Rebuilding every view from offset zero into a fresh directory (`replay`,
-//! `verify`): the live projectors' fold, written behind (each account once
+//! `verify`): the writers' fold, written behind (each account once
 //! when the cache fills and at the end) and as ingested table files.
 
 use std::path::Path;
