@@ -242,7 +242,8 @@ impl Service {
         self.programmes.shutdown();
         for (name, db) in [("views", &self.views), ("books", &self.books)] {
             let (rows, bytes) = db.written();
-            tracing::info!(database = name, rows, bytes, "rows written since start");
+            let by = db.written_by_cf().iter().map(|(cf, n)| format!("{cf}={n}")).collect::<Vec<_>>().join(" ");
+            tracing::info!(database = name, rows, bytes, by_column_family = %by, "rows written since start");
             let _ = db.flush();
         }
     }

@@ -60,6 +60,9 @@ pub enum Cf {
     Issuance,
 }
 
+/// Column families there are.
+const CF_COUNT: usize = 10;
+
 impl Cf {
     pub fn name(self) -> &'static str {
         match self {
@@ -110,6 +113,8 @@ pub struct Db {
     /// and their key and value bytes: what the memtables took.
     rows_written: std::sync::atomic::AtomicU64,
     bytes_written: std::sync::atomic::AtomicU64,
+    /// Rows written per column family (indexed by `Cf as usize`).
+    rows_by_cf: [std::sync::atomic::AtomicU64; CF_COUNT],
     /// For the bench's no-database bound only: writes are counted and
     /// dropped (see [`Db::discard_writes`]).
     discard: std::sync::atomic::AtomicBool,
@@ -231,6 +236,7 @@ impl Db {
             ingests: Default::default(),
             rows_written: Default::default(),
             bytes_written: Default::default(),
+            rows_by_cf: Default::default(),
             discard: Default::default(),
         })
     }
@@ -281,6 +287,7 @@ impl Db {
             ingests: Default::default(),
             rows_written: Default::default(),
             bytes_written: Default::default(),
+            rows_by_cf: Default::default(),
             discard: Default::default(),
         })
     }
@@ -299,6 +306,9 @@ impl Db {
         // length prefixes besides the bytes.
         let bytes: usize = batch.ops.iter().map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
         self.rows_written.fetch_add(batch.ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for (cf, _, _) in &batch.ops {
+            self.rows_by_cf[*cf as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.bytes_written.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         if self.discard.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
@@ -406,6 +416,15 @@ impl Db {
     }
 
     /// (rows, key and value bytes) written through [`Db::write`] since opening.
+    /// Rows written through [`Db::write`] since opening, per column family
+    /// of this database.
+    pub fn written_by_cf(&self) -> Vec<(&'static str, u64)> {
+        self.cfs
+            .iter()
+            .map(|cf| (cf.name(), self.rows_by_cf[*cf as usize].load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+
     pub fn written(&self) -> (u64, u64) {
         let r = std::sync::atomic::Ordering::Relaxed;
         (self.rows_written.load(r), self.bytes_written.load(r))
