@@ -35,7 +35,7 @@ use super::{Clock, Msg, ReplyTx, Unavailable, WriteError, WriterConfig, CATCHING
 use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis};
 use crate::log::record::{AccountRecord, Balance, PartitionRecord, Position, Reply};
 use crate::log::{codec, EventLog, LogError, LogReader, LogRecord};
-use crate::projection::{self, EntryPlace, OpenPage};
+use crate::projection::{self, EntryPlace, Tail};
 use crate::store::{self, accounts, snapshot, Batch, Cf, Cursor, Db};
 use crate::FastMap;
 
@@ -88,7 +88,7 @@ struct Kept {
     /// How it is stored.
     changed: accounts::Changed,
     /// The last page of its statement, while it has room.
-    page: Option<OpenPage>,
+    page: Option<Tail>,
 }
 
 /// What a writer is made of.
@@ -136,7 +136,7 @@ pub(super) struct Touched {
     /// What events changed (only that is written back).
     changed: accounts::Changed,
     /// The last page of its statement, while it has room.
-    page: Option<OpenPage>,
+    page: Option<Tail>,
 }
 
 /// The commands of one batch, gathered from the queue.
@@ -522,9 +522,8 @@ impl PartitionWriter {
         if let Some(kept) = self.cache.remove(key) {
             return Ok(kept);
         }
-        let (account, changed) = accounts::load(&self.store, Cf::Accounts, key)?;
+        let (account, changed, page) = accounts::load_with_tail(&self.store, Cf::Accounts, key)?;
         let due = domain::due_at(&account, self.programme(key).as_deref());
-        let page = projection::open_page(&self.store, key, account.events)?;
         Ok(Kept { account, due, changed, page })
     }
 
@@ -558,7 +557,7 @@ impl PartitionWriter {
         let mut batch = Batch::default();
         let mut rows = Vec::new();
         for (key, t) in work.accounts.iter_mut().filter(|(_, t)| !t.changed.is_empty()) {
-            projection::view_rows(key, &t.account, &t.changed, &mut t.page, &mut rows);
+            projection::view_rows(key, &t.account, &t.changed, t.page.as_ref(), &mut rows);
             t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
             if t.due_before != t.due_after {
                 if let Some(at) = t.due_before {

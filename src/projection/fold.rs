@@ -43,63 +43,28 @@ struct Cached {
     /// Listed in `dirty`.
     dirty: bool,
     /// The last page of the account's statement while it has room.
-    page: Option<OpenPage>,
+    page: Option<Tail>,
 }
 
-/// Statement entries one page row holds: a member's statement is a row per
-/// this many events, not a row per event. The pages fall where the entries'
-/// count says (every page but the last is full), so a rebuild writes the
-/// same rows as the live fold, whenever each wrote them.
-pub const STATEMENT_PAGE_ENTRIES: usize = 16;
+pub use crate::store::snapshot::{Tail, STATEMENT_PAGE_ENTRIES};
 
-/// The last page of a statement, while it has room.
-#[derive(Clone, Debug)]
-pub struct OpenPage {
-    /// The row's key: its first entry's position.
-    key: Vec<u8>,
-    /// Its entries, encoded.
-    entries: Vec<Vec<u8>>,
-    /// Entries added since the row was last written.
-    changed: bool,
-}
-
-/// The last page of an account's statement as stored, if it has room. An
-/// account's statement has as many entries as it has folded events, so
-/// the count says whether the last page is full.
-pub fn open_page(views: &Db, key: &AccountKey, events: u64) -> Result<Option<OpenPage>, store::StoreError> {
-    if events.is_multiple_of(STATEMENT_PAGE_ENTRIES as u64) {
-        return Ok(None);
-    }
-    let prefix = store::account_key(key);
-    let mut last = prefix.clone();
-    last.extend_from_slice(&[0xff; 10]);
-    let Some((k, v)) = views.seek_prev(Cf::Entries, &prefix, &last)? else { return Ok(None) };
-    let entries = snapshot::split_statement_page(&v)?;
-    Ok((entries.len() < STATEMENT_PAGE_ENTRIES).then_some(OpenPage { key: k, entries, changed: false }))
-}
-
-/// Adds a statement entry (encoded) to an account's last page, starting a
-/// page keyed by the entry's position when there is none. Returns the row
-/// of the page it filled, if it filled one (to write once; the next entry
-/// starts a new page).
+/// Adds a statement entry (encoded) to an account's last page (kept in the
+/// account's row), starting a page at the entry's position when there is
+/// none. Returns the row of the page it filled, if it filled one (written
+/// once, to the entries; the next entry starts a new page).
 pub fn push_entry(
-    page: &mut Option<OpenPage>,
+    page: &mut Option<Tail>,
     account: &AccountKey,
     at: EntryPlace,
     entry: Vec<u8>,
 ) -> Option<(Vec<u8>, Vec<u8>)> {
-    let open = page.get_or_insert_with(|| OpenPage {
-        key: entry_key(account, at.offset, at.index),
-        entries: Vec::with_capacity(STATEMENT_PAGE_ENTRIES),
-        changed: false,
-    });
-    open.entries.push(entry);
-    open.changed = true;
-    if open.entries.len() < STATEMENT_PAGE_ENTRIES {
+    let tail = page.get_or_insert_with(|| Tail::new(at.offset, at.index));
+    tail.push(&entry);
+    if usize::from(tail.entries) < STATEMENT_PAGE_ENTRIES {
         return None;
     }
-    let full = page.take().expect("the open page");
-    Some((full.key, snapshot::encode_statement_page(&full.entries)))
+    let full = page.take().expect("the last page");
+    Some((entry_key(account, full.offset, full.index), full.bytes))
 }
 
 /// Where an event sits in the log: its record's offset and its index there.
@@ -123,20 +88,20 @@ pub fn statement_entry(
 }
 
 /// Appends the view rows of a changed account to `rows`: its account rows
-/// (what `changed` names), the expiring rows of its changed lots, and its
-/// last statement page when that changed. The caller marks it written
+/// (what `changed` names; the row keeps its statement's last page), and the
+/// expiring rows of its changed lots. The caller marks it written
 /// (`changed.written`).
 pub fn view_rows(
     key: &AccountKey,
     account: &Account,
     changed: &accounts::Changed,
-    page: &mut Option<OpenPage>,
+    page: Option<&Tail>,
     rows: &mut Vec<ViewRow>,
 ) {
     if let Err(violation) = account.check_invariants() {
         tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
     }
-    for (k, v) in accounts::rows(key, account, changed) {
+    for (k, v) in accounts::rows_with(key, account, changed, page) {
         rows.push((Cf::Accounts, k, v));
     }
     // Each changed lot with an expiry has a row while it has points (its
@@ -154,10 +119,6 @@ pub fn view_rows(
             }
         }),
         None => account.lots.iter().for_each(|(id, lot)| expiring(id, lot)),
-    }
-    if let Some(open) = page.as_mut().filter(|p| p.changed) {
-        rows.push((Cf::Entries, open.key.clone(), Some(snapshot::encode_statement_page(&open.entries))));
-        open.changed = false;
     }
 }
 
@@ -208,13 +169,12 @@ impl ViewCache {
         deferred: bool,
     ) -> Result<&'c mut Cached, store::StoreError> {
         if !accounts.contains_key(key) {
-            let (account, mut changed) = accounts::load(views, Cf::Accounts, key)?;
+            let (account, mut changed, page) = accounts::load_with_tail(views, Cf::Accounts, key)?;
             if deferred {
                 // A rebuild writes an account's rows once or a few times:
                 // all of them, rather than noting each piece on the way.
                 changed = changed.everything();
             }
-            let page = open_page(views, key, account.events)?;
             accounts.insert(key.clone(), Cached { account, changed, dirty: false, page });
         }
         Ok(accounts.get_mut(key).expect("loaded"))
@@ -224,7 +184,7 @@ impl ViewCache {
     /// written.
     fn changed_rows(&mut self, key: &AccountKey, rows: &mut Vec<ViewRow>) {
         let c = self.accounts.get_mut(key).expect("a dirty account is cached");
-        view_rows(key, &c.account, &c.changed, &mut c.page, rows);
+        view_rows(key, &c.account, &c.changed, c.page.as_ref(), rows);
         c.changed = c.changed.written(&c.account);
         c.dirty = false;
     }

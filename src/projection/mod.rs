@@ -8,7 +8,8 @@
 //! - `accounts`: each account's state, folded with `Account::apply`;
 //! - `entries`: a member's statement in pages of `STATEMENT_PAGE_ENTRIES`
 //!   entries, each with the running balance, keyed by account and the
-//!   position of the page's first entry;
+//!   position of the page's first entry (the last page, while it has room,
+//!   is kept in the account's row);
 //! - `expiring`: lots with points and an expiry, keyed by programme and
 //!   expiry instant, for reminders without scanning every account;
 //! - `meta`: the log position each partition's state has reached, and the
@@ -23,8 +24,8 @@ pub mod queries;
 mod rebuild;
 
 pub use fold::{
-    entry_key, expiring_key, fold, open_page, parse_expiring_key, push_entry, statement_entry, view_rows, EntryPlace,
-    OpenPage, ViewCache, PROJECTOR_CACHE_ACCOUNTS, REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS,
+    entry_key, expiring_key, fold, parse_expiring_key, push_entry, statement_entry, view_rows, EntryPlace, Tail,
+    ViewCache, PROJECTOR_CACHE_ACCOUNTS, REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS, STATEMENT_PAGE_ENTRIES,
 };
 pub use rebuild::{rebuild, Until};
 
@@ -34,9 +35,10 @@ use crate::store::{self, Db};
 pub const PROJECTOR_BATCH_RECORDS_MAX: usize = 4096;
 
 /// The layout of the views this build writes (statements in pages of
-/// `STATEMENT_PAGE_ENTRIES`), kept in their `meta`. Views without it were
-/// written by an older build: they are rebuilt from the log on start.
-pub const VIEWS_FORMAT: &[u8] = b"statement-pages-16";
+/// `STATEMENT_PAGE_ENTRIES`, the last one in the account's row), kept in
+/// their `meta`. Views without it were written by an older build: they are
+/// rebuilt from the log on start.
+pub const VIEWS_FORMAT: &[u8] = b"statement-tail-16";
 const VIEWS_FORMAT_KEY: &[u8] = b"format";
 
 /// Marks `views` as written in this build's layout.

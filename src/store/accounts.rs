@@ -148,9 +148,20 @@ fn fits_one_row(a: &Account) -> bool {
 /// small, else the header and each changed piece it has (every piece when it
 /// moves from one row to pieces).
 pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    rows_with(key, a, changed, None)
+}
+
+/// [`rows`], with the last page of the account's statement in its row (the
+/// views' accounts).
+pub fn rows_with(
+    key: &AccountKey,
+    a: &Account,
+    changed: &Changed,
+    tail: Option<&codec::Tail>,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let prefix = store::account_key(key);
     if fits_one_row(a) {
-        let mut out = vec![(prefix.clone(), Some(codec::encode_account(a)))];
+        let mut out = vec![(prefix.clone(), Some(codec::encode_account_with(a, tail)))];
         if !changed.inline {
             // Stored as pieces (by an earlier version): the maps name every
             // piece row, as pieces are never taken out of an account.
@@ -164,7 +175,7 @@ pub fn rows(key: &AccountKey, a: &Account, changed: &Changed) -> Vec<(Vec<u8>, O
         return out;
     }
     let mut out = Vec::with_capacity(1 + changed.pieces.len());
-    out.push((prefix.clone(), Some(codec::encode_account_header(a))));
+    out.push((prefix.clone(), Some(codec::encode_account_header_with(a, tail))));
     if changed.all || changed.inline {
         codec::encode_every_piece(a, |p, id, v| out.push((piece_key(&prefix, p, id), Some(v))));
     } else {
@@ -203,23 +214,34 @@ fn decode_parts(prefix_len: usize, mut a: Account, pieces: &[Row]) -> Result<(Ac
 
 /// Loads an account from `cf` of `db` (the default account when it has no rows).
 pub fn load(db: &Db, cf: Cf, key: &AccountKey) -> Result<(Account, Changed), StoreError> {
+    load_with_tail(db, cf, key).map(|(a, c, _)| (a, c))
+}
+
+/// [`load`], and the last page of the account's statement its row keeps.
+pub fn load_with_tail(
+    db: &Db,
+    cf: Cf,
+    key: &AccountKey,
+) -> Result<(Account, Changed, Option<codec::Tail>), StoreError> {
     let prefix = store::account_key(key);
     // A point lookup first: the bloom filters answer "no such account" (a
     // member's first command) without the seek through every level a scan
     // makes. Pieces are only ever written with their header.
     let Some(header) = db.get(cf, &prefix)? else {
-        return Ok((Account::default(), Changed::default()));
+        return Ok((Account::default(), Changed::default(), None));
     };
-    let header = codec::decode_account(&header)?;
+    let (header, tail) = codec::decode_account_with_tail(&header)?;
     if codec::header_has_lists(&header) {
         // The whole account in one row: it has no pieces.
-        return Ok(decode_parts(prefix.len(), header, &[])?);
+        let (a, changed) = decode_parts(prefix.len(), header, &[])?;
+        return Ok((a, changed, tail));
     }
     // Then the pieces: every key after the header's that starts with it.
     let mut after = prefix.clone();
     after.push(0);
     let pieces = db.scan(cf, &prefix, &after, usize::MAX)?;
-    Ok(decode_parts(prefix.len(), header, &pieces)?)
+    let (a, changed) = decode_parts(prefix.len(), header, &pieces)?;
+    Ok((a, changed, tail))
 }
 
 /// Every account in `rows` (a column family's rows in key order), whole.

@@ -82,11 +82,65 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         day_actions: a.day_actions.iter().map(|(k, v)| state::DayCounter { action: k.clone(), earned: *v }).collect(),
         events: a.events,
         level: a.level.clone(),
+        statement_tail: Vec::new(),
+        statement_tail_offset: 0,
+        statement_tail_index: 0,
+    }
+}
+
+/// The last page of an account's statement while it has room: kept in the
+/// account's row (it changes with every event of the account, as the row
+/// does), so a command on an account writes one row for both. Its bytes
+/// are a `StatementPage`'s: the entries, each behind its field tag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// The position of its first entry (the page's key once it is full).
+    pub offset: u64,
+    pub index: u16,
+    pub bytes: Vec<u8>,
+    /// Entries in it.
+    pub entries: u16,
+}
+
+impl Tail {
+    /// A page starting with the entry at (`offset`, `index`).
+    pub fn new(offset: u64, index: u16) -> Tail {
+        Tail { offset, index, bytes: Vec::new(), entries: 0 }
+    }
+
+    /// Adds an encoded entry.
+    pub fn push(&mut self, entry: &[u8]) {
+        self.bytes.push(STATEMENT_PAGE_TAG);
+        prost::encoding::encode_varint(entry.len() as u64, &mut self.bytes);
+        self.bytes.extend_from_slice(entry);
+        self.entries += 1;
+    }
+}
+
+/// Appends the tail's fields (15-17, after every other field, as prost
+/// orders them) to an encoded snapshot.
+fn put_tail(tail: Option<&Tail>, buf: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let Some(t) = tail.filter(|t| t.entries > 0) else { return };
+    fields::put_message(15, t.bytes.len(), buf);
+    buf.extend_from_slice(&t.bytes);
+    if t.offset != 0 {
+        encode_key(16, WireType::Varint, buf);
+        encode_varint(t.offset, buf);
+    }
+    if t.index != 0 {
+        encode_key(17, WireType::Varint, buf);
+        encode_varint(u64::from(t.index), buf);
     }
 }
 
 /// The whole account in one message (lists included).
 pub fn encode_account(a: &Account) -> Vec<u8> {
+    encode_account_with(a, None)
+}
+
+/// The whole account in one message, with its statement's last page.
+pub fn encode_account_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
     let header = header_to_pb(a);
     let lists: usize = a.lots.iter().map(|(id, l)| field_len(1, fields::lot_len(id, l))).sum::<usize>()
         + a.earns.iter().map(|(id, e)| field_len(2, fields::earn_len(id, e))).sum::<usize>()
@@ -100,6 +154,7 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
     fields::put_list(3, &a.spends, fields::spend_len, fields::put_spend, &mut buf);
     fields::put_list(4, &a.reservations, fields::reservation_len, fields::put_reservation, &mut buf);
     header.encode(&mut buf).expect("a Vec grows as needed");
+    put_tail(tail, &mut buf);
     buf
 }
 
@@ -255,14 +310,32 @@ mod fields {
 
 /// The header row: the account without its lists.
 pub fn encode_account_header(a: &Account) -> Vec<u8> {
-    header_to_pb(a).encode_to_vec()
+    encode_account_header_with(a, None)
+}
+
+/// The header row with the statement's last page.
+pub fn encode_account_header_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
+    let mut buf = header_to_pb(a).encode_to_vec();
+    put_tail(tail, &mut buf);
+    buf
 }
 
 /// An account from a header (with whatever lists it carries) or a whole
 /// snapshot; the pieces stored in rows of their own are added with
 /// [`decode_piece_into`].
 pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
+    decode_account_with_tail(bytes).map(|(a, _)| a)
+}
+
+/// [`decode_account`], and the statement's last page the row keeps.
+pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>), CodecError> {
     let s = state::AccountSnapshot::decode(bytes)?;
+    let tail = (!s.statement_tail.is_empty()).then(|| Tail {
+        offset: s.statement_tail_offset,
+        index: s.statement_tail_index as u16,
+        entries: 0,
+        bytes: s.statement_tail,
+    });
     let t = s.totals.unwrap_or_default();
     let mut a = Account::default();
     a.lots = s.lots.into_iter().map(lot_from_pb).collect();
@@ -288,8 +361,17 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
     a.events = s.events;
     a.level = s.level;
     a.recount();
-    Ok(a)
+    // An account's statement has an entry per event folded and every page
+    // but the last is full: the count of the tail's entries follows.
+    let tail = tail.map(|t| Tail { entries: (a.events % STATEMENT_PAGE_ENTRIES as u64) as u16, ..t });
+    Ok((a, tail))
 }
+
+/// Statement entries one page holds: a member's statement is a row per
+/// this many events, not a row per event. The pages fall where the entries'
+/// count says (every page but the last is full), so a rebuild writes the
+/// same rows as the writers, whenever each wrote them.
+pub const STATEMENT_PAGE_ENTRIES: usize = 16;
 
 /// Whether a header carries lists (written before accounts were split).
 pub fn header_has_lists(a: &Account) -> bool {
@@ -627,6 +709,25 @@ mod tests {
         a.level = "gold".into();
         a.recount();
         a
+    }
+
+    #[test]
+    fn a_statement_tail_is_written_as_prost_writes_it_and_read_back() {
+        let mut a = varied();
+        a.events = 19; // three entries past a full page
+        let mut tail = Tail::new(300, 1);
+        for e in [&b"one"[..], b"two", b"three"] {
+            tail.push(e);
+        }
+        let mut by_prost = header_to_pb(&a);
+        by_prost.statement_tail = tail.bytes.clone();
+        by_prost.statement_tail_offset = 300;
+        by_prost.statement_tail_index = 1;
+        assert_eq!(encode_account_header_with(&a, Some(&tail)), by_prost.encode_to_vec());
+        let whole = encode_account_with(&a, Some(&tail));
+        let (back, read) = decode_account_with_tail(&whole).unwrap();
+        assert_eq!((back, read), (a.clone(), Some(tail)));
+        assert_eq!(decode_account_with_tail(&encode_account(&a)).unwrap().1, None);
     }
 
     #[test]
