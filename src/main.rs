@@ -114,6 +114,8 @@ impl LogArgs {
 enum Cmd {
     /// Start the gRPC service.
     Serve(ServeArgs),
+    /// Which instance writes which partition (any instance answers).
+    Cluster(ClusterArgs),
     /// Drive a real gRPC server with load and report throughput and latency.
     Bench(BenchArgs),
     /// Rebuild every view from offset zero into a fresh directory.
@@ -332,6 +334,27 @@ struct ServeArgs {
     /// Bearer tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` per line); without it, access is open.
     #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
     auth_tokens_file: Option<PathBuf>,
+    /// The address other instances reach this one at (default: the listen address).
+    #[arg(long, env = "POINTS_LEDGER_ADVERTISE")]
+    advertise: Option<String>,
+    /// With --log kafka: the consumer group the instances on the topic share
+    /// the partitions in (default `points-ledger.<topic>`).
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_GROUP")]
+    kafka_group: Option<String>,
+    /// With --log kafka: how long the group waits for a silent instance
+    /// before its partitions move to the others.
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_SESSION_TIMEOUT_MS", default_value_t = server::SESSION_TIMEOUT_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1000..=300_000))]
+    kafka_session_timeout_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Any instance of the cluster.
+    #[arg(long, env = "POINTS_LEDGER_TARGET", default_value = "127.0.0.1:50051")]
+    target: String,
+    /// Print the answer as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 async fn shutdown_signal() {
@@ -355,7 +378,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.partitions = args.log.partitions;
     if let LogKind::Kafka = args.log.log {
         config.log = LogConfig::Kafka(args.log.kafka(true)?);
+        config.cluster = Some(server::ClusterConfig {
+            group: args
+                .kafka_group
+                .clone()
+                .unwrap_or_else(|| points_ledger::log::kafka::group::GroupConfig::default_group(&args.log.kafka_topic)),
+            session_timeout: std::time::Duration::from_millis(args.kafka_session_timeout_ms),
+        });
     }
+    config.writer.advertise = args.advertise.clone().unwrap_or_default();
     config.writer.batch_commands_max = args.batch_commands_max as usize;
     if let Some(path) = &args.auth_tokens_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -424,6 +455,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Cmd::Serve(args) => rt.block_on(serve(args)),
+        Cmd::Cluster(args) => {
+            let answer = rt.block_on(server::describe_cluster(&args.target))?;
+            print!("{}", if args.json { tools::cluster::json(&answer) } else { tools::cluster::table(&answer) });
+            Ok(())
+        }
         Cmd::Bench(args) => rt.block_on(bench::loadgen::run(args.options()?)).map(|_| ()),
         Cmd::Replay(args) => {
             keep_freed_pages();

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::api::{AdminService, Auth, Ledger, LedgerService, ReconciliationService};
+use crate::api::{AdminService, Auth, ClusterService, Ledger, LedgerService, ReconciliationService};
 use crate::finance::reconciler::Reconciler;
 use crate::ledger::programmes::Programmes;
 use crate::ledger::{Clock, SystemClock, WriterConfig, Writers};
 use crate::log::embedded::EmbeddedLog;
+use crate::log::kafka::group::{GroupConfig as GroupSettings, GroupMember};
 use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::log::EventLog;
 use crate::proto as pb;
@@ -46,7 +47,24 @@ pub struct Config {
     /// The bench's no-database bound only (never the default, no flag):
     /// the writers', views' and books' databases drop every write.
     pub discard_database_writes: bool,
+    /// On Kafka: share the partitions with the other instances of a
+    /// consumer group (None: this instance writes every partition).
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// How an instance joins its cluster (ARCHITECTURE.md, "A cluster on Kafka").
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The consumer group (default `points-ledger.<topic>`).
+    pub group: String,
+    /// How long the group waits for a silent instance before it moves its
+    /// partitions (librdkafka's `session.timeout.ms`).
+    pub session_timeout: Duration,
+}
+
+/// Default of [`ClusterConfig::session_timeout`]: a SIGKILLed instance's
+/// partitions move after this (librdkafka's own default is 45 s).
+pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
 
 /// Default of [`Config::books_check_interval`].
 pub const BOOKS_CHECK_INTERVAL_SECONDS: u64 = 60;
@@ -62,6 +80,7 @@ impl Config {
             clock: Arc::new(SystemClock),
             books_check_interval: Duration::from_secs(BOOKS_CHECK_INTERVAL_SECONDS),
             discard_database_writes: false,
+            cluster: None,
         }
     }
 }
@@ -152,6 +171,22 @@ pub async fn wait_serving(channel: tonic::transport::Channel, timeout: Duration)
     }
 }
 
+/// Asks the instance at `target` (`HOST:PORT`) who writes which partition.
+pub async fn describe_cluster(target: &str) -> anyhow::Result<pb::DescribeClusterResponse> {
+    use anyhow::Context;
+    let url = if target.starts_with("http") { target.to_string() } else { format!("http://{target}") };
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    let mut client = pb::cluster_client::ClusterClient::new(channel);
+    let answer =
+        client.describe_cluster(pb::DescribeClusterRequest {}).await.with_context(|| format!("asking {target}"))?;
+    Ok(answer.into_inner())
+}
+
 /// How often [`wait_serving`] asks.
 const WAIT_SERVING_POLL: Duration = Duration::from_millis(50);
 
@@ -176,6 +211,8 @@ pub struct Service {
     reconciler: Reconciler,
     views: Arc<Db>,
     books: Arc<Db>,
+    /// This instance's membership of its cluster's group (Kafka, in a cluster).
+    member: std::sync::Mutex<Option<GroupMember>>,
 }
 
 impl Service {
@@ -193,13 +230,32 @@ impl Service {
         if config.discard_database_writes {
             views.discard_writes();
         }
+        let mut writer_config = config.writer.clone();
+        let group = match (&config.cluster, &config.log) {
+            (Some(cluster), LogConfig::Kafka(kafka)) => Some((cluster, kafka)),
+            (Some(_), LogConfig::Embedded) => anyhow::bail!("a cluster needs the Kafka log (--log kafka)"),
+            (None, _) => None,
+        };
+        writer_config.assigned_only = group.is_some();
         let writers = Arc::new(Writers::start(
             logs.events.clone(),
             views.clone(),
             programmes.registry(),
             config.clock.clone(),
-            config.writer.clone(),
+            writer_config,
         )?);
+        let member = match group {
+            Some((cluster, kafka)) => Some(GroupMember::join(
+                &KafkaConfig { partitions: config.partitions, ..kafka.clone() },
+                &GroupSettings {
+                    group: cluster.group.clone(),
+                    member: config.writer.advertise.clone(),
+                    session_timeout: cluster.session_timeout,
+                },
+                writers.ownership(),
+            )?),
+            None => None,
+        };
         let books = Arc::new(Db::open(&config.data_dir.join("books"), store::BOOK_CFS)?);
         if config.discard_database_writes {
             books.discard_writes();
@@ -219,8 +275,20 @@ impl Service {
             positions: writers.positions(),
             clock: config.clock.clone(),
             auth: config.auth.clone(),
+            forwarder: Default::default(),
         });
-        Ok(Service { ledger, programmes, writers, reconciler, views, books })
+        Ok(Service { ledger, programmes, writers, reconciler, views, books, member: std::sync::Mutex::new(member) })
+    }
+
+    /// Leaves the cluster's group (a graceful stop): the writers finish what
+    /// is queued and let their partitions go, which move to the other
+    /// instances at once. Blocking. Nothing to do outside a cluster.
+    pub fn leave_group(&self) {
+        let member = self.member.lock().expect("member lock").take();
+        if let Some(m) = member {
+            tracing::info!("leaving the group; the partitions move to the other instances");
+            m.leave();
+        }
     }
 
     /// Waits until every partition's writer has caught up with the log (and
@@ -233,6 +301,7 @@ impl Service {
     /// Stops writers (after their queued batches), then the reconciliation
     /// consumer, and flushes.
     pub fn stop(self) {
+        self.leave_group();
         drop(self.ledger);
         match Arc::try_unwrap(self.writers) {
             Ok(w) => w.shutdown(),
@@ -255,7 +324,7 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
     // NOT_SERVING until every writer has caught up with the log.
     // The books are served from the start (they trail the log by design).
     health_reporter.set_serving::<pb::reconciliation_server::ReconciliationServer<ReconciliationService>>().await;
-    if service.writers.all_ready() {
+    if service.writers.serving() {
         health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
         health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
     } else {
@@ -266,7 +335,7 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
             writers.ready().await;
             health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
             health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
-            tracing::info!("every partition caught up; serving");
+            tracing::info!("caught up with the log and took the partitions assigned here; serving");
         });
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -289,6 +358,7 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
         .add_service(pb::reconciliation_server::ReconciliationServer::new(ReconciliationService(
             service.ledger.clone(),
         )))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(service.ledger.clone())))
         // Replies go out at once: with Nagle's algorithm a small reply can
         // wait for the client's delayed acknowledgement (tonic sets this only
         // for listeners it binds itself).
@@ -301,11 +371,22 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
 }
 
 /// Starts everything on the configured log and serves until `shutdown`.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if config.writer.advertise.is_empty() {
+        config.writer.advertise = listener.local_addr()?.to_string();
+    }
     let logs = tokio::task::block_in_place(|| open_logs(&config))?;
-    let service = Service::start(&config, logs)?;
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "serving");
+    let service = Arc::new(Service::start(&config, logs)?);
+    tracing::info!(addr = %listener.local_addr()?, advertise = %config.writer.advertise, data_dir = %config.data_dir.display(), "serving");
+    // A graceful stop hands the partitions over first, while this instance
+    // still serves (and forwards) calls; then the server stops.
+    let leaving = service.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = tokio::task::spawn_blocking(move || leaving.leave_group()).await;
+    };
     let served = serve(listener, &service, shutdown).await;
+    let service = Arc::try_unwrap(service).map_err(|_| anyhow::anyhow!("the service is still in use at shutdown"))?;
     tokio::task::spawn_blocking(move || service.stop()).await?;
     served
 }

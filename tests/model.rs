@@ -136,7 +136,7 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
         let mut models: BTreeMap<u8, Model> = (0..MEMBERS).map(|m| (m, Model::default())).collect();
         let mut history: Vec<(Command, points_ledger::log::record::Reply)> = Vec::new();
         let mut cursors = [0u64; 2];
-        let mut arbiters = [Arbiter::default(); 2];
+        let mut arbiters: [Arbiter; 2] = Default::default();
         for (n, op) in ops.into_iter().enumerate() {
             let id = format!("r{n}");
             let (m, body) = match &op {

@@ -84,7 +84,7 @@ const BOUNDARIES: [(&str, &[&str]); 4] = [
     ("prost", &["src/proto.rs", "src/log/codec.rs", "src/store/", "src/api/"]),
     ("tonic", &["src/api/", "src/server.rs", "src/proto.rs", "bench/"]),
     ("rocksdb", &["src/store/", "bench/"]),
-    ("rdkafka", &["src/log/kafka.rs", "bench/"]),
+    ("rdkafka", &["src/log/kafka/", "bench/"]),
 ];
 
 #[test]

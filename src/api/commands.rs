@@ -5,6 +5,7 @@
 use tonic::{Request, Response, Status};
 
 use super::errors::invalid;
+use super::forward::path;
 use super::{validate, Access, Ledger};
 use crate::domain::{self, Command, CommandBody};
 use crate::proto as pb;
@@ -19,15 +20,18 @@ pub(super) struct Common<'a> {
 }
 
 /// A command request: its common fields, the access it needs, its body.
-pub(super) trait CommandRequest {
+pub(super) trait CommandRequest: prost::Message + Clone + Default + 'static {
+    /// Its gRPC method, for forwarding.
+    const PATH: &'static str;
     fn access(&self) -> Access;
     fn common(&self) -> Common<'_>;
     fn body(&self) -> Result<CommandBody, Status>;
 }
 
 macro_rules! command_request {
-    ($t:ty, |$a:ident| $access:expr, |$r:ident| $body:expr) => {
+    ($t:ty, $path:expr, |$a:ident| $access:expr, |$r:ident| $body:expr) => {
         impl CommandRequest for $t {
+            const PATH: &'static str = $path;
             fn access(&self) -> Access {
                 let $a = self;
                 $access
@@ -47,12 +51,12 @@ macro_rules! command_request {
             }
         }
     };
-    ($t:ty, $access:path, |$r:ident| $body:expr) => {
-        command_request!($t, |_r| $access, |$r| $body);
+    ($t:ty, $path:expr, $access:path, |$r:ident| $body:expr) => {
+        command_request!($t, $path, |_r| $access, |$r| $body);
     };
 }
 
-command_request!(pb::EarnRequest, Access::Member, |r| CommandBody::Earn {
+command_request!(pb::EarnRequest, path::EARN, Access::Member, |r| CommandBody::Earn {
     points: validate::positive("points", r.points)?,
     reason: validate::id("reason", &r.reason)?,
     order_ref: validate::order_ref(r.order_ref.as_ref())?,
@@ -60,13 +64,13 @@ command_request!(pb::EarnRequest, Access::Member, |r| CommandBody::Earn {
     expires_at: r.expires_at.as_ref().map(|t| validate::instant("expires_at", t)).transpose()?,
 });
 
-command_request!(pb::SpendRequest, Access::Member, |r| CommandBody::Spend {
+command_request!(pb::SpendRequest, path::SPEND, Access::Member, |r| CommandBody::Spend {
     points: validate::positive("points", r.points)?,
     order_ref: validate::order_ref(r.order_ref.as_ref())?,
     order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
 });
 
-command_request!(pb::ReserveRequest, Access::Member, |r| CommandBody::Reserve {
+command_request!(pb::ReserveRequest, path::RESERVE, Access::Member, |r| CommandBody::Reserve {
     points: validate::positive("points", r.points)?,
     order_ref: validate::text("order_ref", &r.order_ref, validate::ORDER_REF_CHARS_MAX, true)?,
     timeout_seconds: match r.timeout_seconds {
@@ -78,24 +82,24 @@ command_request!(pb::ReserveRequest, Access::Member, |r| CommandBody::Reserve {
     order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
 });
 
-command_request!(pb::CaptureReservationRequest, Access::Member, |r| CommandBody::Capture {
+command_request!(pb::CaptureReservationRequest, path::CAPTURE_RESERVATION, Access::Member, |r| CommandBody::Capture {
     reservation_id: validate::request_id(&r.reservation_id)
         .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
     points: r.points.map(|p| validate::positive("points", p)).transpose()?,
 });
 
-command_request!(pb::ReleaseReservationRequest, Access::Member, |r| CommandBody::Release {
+command_request!(pb::ReleaseReservationRequest, path::RELEASE_RESERVATION, Access::Member, |r| CommandBody::Release {
     reservation_id: validate::request_id(&r.reservation_id)
         .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
 });
 
-command_request!(pb::RefundRequest, Access::Member, |r| CommandBody::Refund {
+command_request!(pb::RefundRequest, path::REFUND, Access::Member, |r| CommandBody::Refund {
     spend_id: validate::request_id(&r.spend_request_id)
         .map_err(|_| invalid("spend_request_id", "must be 1..128 characters"))?,
     points: validate::positive("points", r.points)?,
 });
 
-command_request!(pb::ReverseEarnRequest, Access::Member, |r| CommandBody::ReverseEarn {
+command_request!(pb::ReverseEarnRequest, path::REVERSE_EARN, Access::Member, |r| CommandBody::ReverseEarn {
     earn_id: validate::request_id(&r.earn_request_id)
         .map_err(|_| invalid("earn_request_id", "must be 1..128 characters"))?,
     points: validate::positive("points", r.points)?,
@@ -104,7 +108,7 @@ command_request!(pb::ReverseEarnRequest, Access::Member, |r| CommandBody::Revers
 
 // Expiring due lots is a business call; recycling every point of an
 // account (a blacklisted member) is a back-office act: admin and operator.
-command_request!(pb::ExpireRequest, |r| if r.all_points { Access::Admin } else { Access::Member }, |r| {
+command_request!(pb::ExpireRequest, path::EXPIRE, |r| if r.all_points { Access::Admin } else { Access::Member }, |r| {
     CommandBody::Expire {
         all_points: r.all_points,
         reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, r.all_points)?,
@@ -112,7 +116,7 @@ command_request!(pb::ExpireRequest, |r| if r.all_points { Access::Admin } else {
     }
 });
 
-command_request!(pb::AdjustRequest, Access::Admin, |r| CommandBody::Adjust {
+command_request!(pb::AdjustRequest, path::ADJUST, Access::Admin, |r| CommandBody::Adjust {
     points: match r.points {
         0 | i64::MIN => return Err(invalid("points", "must be non-zero (and > i64::MIN)")),
         p => p,
@@ -139,7 +143,7 @@ impl Ledger {
 
     pub(super) async fn unary<R: CommandRequest>(&self, req: Request<R>) -> Result<Response<pb::CommandReply>, Status> {
         let command = self.build(req.metadata(), req.get_ref())?;
-        self.command(command).await
+        self.route(req.metadata(), R::PATH, req.get_ref(), command).await
     }
 
     pub(super) fn build_batched(

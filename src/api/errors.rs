@@ -10,7 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::validate::FieldError;
 use crate::domain::{ProgrammeKey, Reason, Rejection};
 use crate::ledger::programmes::ConfigureError;
-use crate::ledger::WriteError;
+use crate::ledger::{Unavailable, WriteError};
 
 pub const ERROR_DOMAIN: &str = "points-ledger";
 
@@ -78,12 +78,13 @@ impl From<WriteError> for Status {
                 format!("request_id {id} was already used with different content"),
                 Some("request_id"),
             ),
-            WriteError::Unavailable(cause) => status(
-                Code::Unavailable,
-                "UNAVAILABLE",
-                format!("{cause} (safe to retry with the same request_id)"),
-                None,
-            ),
+            WriteError::Unavailable(cause) => {
+                let reason = match cause {
+                    Unavailable::PartitionMoving(_) | Unavailable::TakenOver { .. } => "PARTITION_MOVING",
+                    _ => "UNAVAILABLE",
+                };
+                status(Code::Unavailable, reason, format!("{cause} (safe to retry with the same request_id)"), None)
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::commands::command_error;
 use super::convert;
 use super::errors::{internal, invalid};
+use super::forward::path::SUBMIT_BATCH;
 use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX};
 use crate::domain::{self, calendar};
 use crate::projection::queries::{self, EntryAt};
@@ -43,6 +44,32 @@ fn next_token(last: Option<EntryAt>, more: bool) -> String {
     }
 }
 
+/// Puts an owner's answers to a forwarded share of a batch in their places.
+fn fill_forwarded(
+    results: &mut [Option<pb::batch_result::Result>],
+    indexes: &[usize],
+    answer: Result<pb::SubmitBatchResponse, Status>,
+) {
+    match answer {
+        Ok(r) if r.results.len() == indexes.len() => {
+            for (&i, r) in indexes.iter().zip(r.results) {
+                results[i] = r.result;
+            }
+        }
+        Ok(r) => {
+            let s = internal(format!("the owner answered {} of {} forwarded commands", r.results.len(), indexes.len()));
+            for &i in indexes {
+                results[i] = Some(pb::batch_result::Result::Error(command_error(s.clone())));
+            }
+        }
+        Err(s) => {
+            for &i in indexes {
+                results[i] = Some(pb::batch_result::Result::Error(command_error(s.clone())));
+            }
+        }
+    }
+}
+
 /// The trait's methods: every command is validated into a domain command
 /// and submitted the same way, so the nine are generated from their names.
 macro_rules! ledger_service {
@@ -74,30 +101,43 @@ ledger_service! {
         &self,
         req: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        let commands = &req.get_ref().commands;
-        if commands.is_empty() || commands.len() > SUBMIT_BATCH_COMMANDS_MAX {
+        let n = req.get_ref().commands.len();
+        if n == 0 || n > SUBMIT_BATCH_COMMANDS_MAX {
             return Err(invalid("commands", format!("must hold 1..={SUBMIT_BATCH_COMMANDS_MAX} commands")));
         }
         // Every command is validated on its own; the valid ones go to their
-        // writers in order, all before any answer is awaited (each partition
-        // decides its share in group commits), and each gets its own answer.
-        let mut valid = Vec::with_capacity(commands.len());
-        let built: Vec<Result<(), Status>> =
-            commands.iter().map(|c| self.0.build_batched(req.metadata(), c).map(|cmd| valid.push(cmd))).collect();
-        let mut answers = self.0.writers.submit_all(valid).await.into_iter();
-        let results = built
+        // writers in order (here, or in one forwarded batch per owner), all
+        // before any answer is awaited (each partition decides its share in
+        // group commits), and each gets its own answer.
+        let mut results: Vec<Option<pb::batch_result::Result>> = vec![None; n];
+        let (local, remote) = self.0.split_batch(req.metadata(), &req.get_ref().commands, &mut results);
+        let forwarded: Vec<_> = remote
             .into_iter()
-            .map(|b| {
-                let answer =
-                    b.and_then(|()| answers.next().expect("one answer per valid command").map_err(Status::from));
-                pb::BatchResult {
-                    result: Some(match answer {
-                        Ok(reply) => pb::batch_result::Result::Reply(convert::reply_to_pb(reply)),
-                        Err(s) => pb::batch_result::Result::Error(command_error(s)),
-                    }),
-                }
+            .map(|(address, (partition, indexes))| {
+                let batch = pb::SubmitBatchRequest {
+                    commands: indexes.iter().map(|&i| req.get_ref().commands[i].clone()).collect(),
+                };
+                let (ledger, metadata) = (self.0.clone(), req.metadata().clone());
+                let sent = tokio::spawn(async move {
+                    let me = ledger.writers.advertise().to_string();
+                    let f = &ledger.forwarder;
+                    f.unary::<_, pb::SubmitBatchResponse>(&address, SUBMIT_BATCH, &metadata, &me, batch, partition).await
+                });
+                (indexes, sent)
             })
             .collect();
+        let (indexes, commands): (Vec<usize>, Vec<_>) = local.into_iter().unzip();
+        for (i, answer) in indexes.into_iter().zip(self.0.writers.submit_all(commands).await) {
+            results[i] = Some(match answer {
+                Ok(reply) => pb::batch_result::Result::Reply(convert::reply_to_pb(reply)),
+                Err(e) => pb::batch_result::Result::Error(command_error(e.into())),
+            });
+        }
+        for (indexes, sent) in forwarded {
+            let answer = sent.await.map_err(internal).and_then(|r| r);
+            fill_forwarded(&mut results, &indexes, answer.map(|r| r.into_inner()));
+        }
+        let results = results.into_iter().map(|r| pb::BatchResult { result: r }).collect();
         Ok(Response::new(pb::SubmitBatchResponse { results }))
     }
 

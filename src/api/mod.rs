@@ -10,9 +10,11 @@
 
 mod admin;
 mod auth;
+mod cluster;
 mod commands;
 pub mod convert;
 pub mod errors;
+pub mod forward;
 mod ledger;
 mod reconciliation;
 pub mod validate;
@@ -25,6 +27,7 @@ use tonic::{Code, Response, Status};
 
 pub use admin::AdminService;
 pub use auth::{Access, Auth};
+pub use cluster::ClusterService;
 pub use ledger::LedgerService;
 pub use reconciliation::ReconciliationService;
 
@@ -54,12 +57,100 @@ pub struct Ledger {
     pub positions: watch::Receiver<Vec<u64>>,
     pub clock: Arc<dyn Clock>,
     pub auth: Auth,
+    /// Connections to the other instances of a cluster.
+    pub forwarder: forward::Forwarder,
+}
+
+/// Where a command for partition `p` goes from this instance.
+enum Route {
+    /// This instance writes it (or is catching up with it: its writer answers).
+    Here,
+    /// Forward it to the owner at this address.
+    To(String),
+    /// Nobody to give it to now.
+    Moving(&'static str),
 }
 
 impl Ledger {
     async fn command(&self, command: Command) -> Result<Response<pb::CommandReply>, Status> {
         let reply = self.writers.submit(command).await?;
         Ok(Response::new(convert::reply_to_pb(reply)))
+    }
+
+    /// Where a command for partition `p` goes: its writer here, or the
+    /// instance whose claim is the partition's latest (never for a call
+    /// that was forwarded here already).
+    fn route_of(&self, p: u32, metadata: &tonic::metadata::MetadataMap) -> Route {
+        if self.writers.owns(p) || self.writers.catching_up(p) {
+            return Route::Here;
+        }
+        if forward::was_forwarded(metadata) {
+            return Route::Moving("it was forwarded here, and this instance does not write it");
+        }
+        match self.writers.owner_of(p) {
+            Some(o)
+                if o.writer != self.writers.writer_id() && !o.address.is_empty() && o.address != self.advertise() =>
+            {
+                Route::To(o.address.clone())
+            }
+            _ => Route::Moving("it has no owner now"),
+        }
+    }
+
+    /// Splits a batch: the valid commands this instance decides (with
+    /// their index), and per owner the indexes to forward (with one of their
+    /// partitions, for the error if the owner is gone); invalid and
+    /// unplaceable commands get their answer in `results` at once.
+    #[allow(clippy::type_complexity)]
+    fn split_batch(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        commands: &[pb::BatchCommand],
+        results: &mut [Option<pb::batch_result::Result>],
+    ) -> (Vec<(usize, Command)>, std::collections::BTreeMap<String, (u32, Vec<usize>)>) {
+        let mut local = Vec::new();
+        let mut remote = std::collections::BTreeMap::<String, (u32, Vec<usize>)>::new();
+        for (i, c) in commands.iter().enumerate() {
+            let command = match self.build_batched(metadata, c) {
+                Ok(command) => command,
+                Err(s) => {
+                    results[i] = Some(pb::batch_result::Result::Error(commands::command_error(s)));
+                    continue;
+                }
+            };
+            let p = self.writers.partition_of(&command.account);
+            match self.route_of(p, metadata) {
+                Route::Here => local.push((i, command)),
+                Route::To(address) => remote.entry(address).or_insert_with(|| (p, Vec::new())).1.push(i),
+                Route::Moving(why) => {
+                    results[i] = Some(pb::batch_result::Result::Error(commands::command_error(forward::moving(p, why))))
+                }
+            }
+        }
+        (local, remote)
+    }
+
+    fn advertise(&self) -> &str {
+        self.writers.advertise()
+    }
+
+    /// A validated command: decided here when this instance writes its
+    /// partition, else forwarded (as the original request) to the owner.
+    async fn route<R: prost::Message + Clone + 'static>(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        path: &'static str,
+        request: &R,
+        command: Command,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let p = self.writers.partition_of(&command.account);
+        match self.route_of(p, metadata) {
+            Route::Here => self.command(command).await,
+            Route::To(address) => {
+                self.forwarder.unary(&address, path, metadata, self.advertise(), request.clone(), p).await
+            }
+            Route::Moving(why) => Err(forward::moving(p, why)),
+        }
     }
 
     /// Freezes (or, with `freeze` false, unfreezes) earning and/or spending.
@@ -83,7 +174,9 @@ impl Ledger {
             CommandBody::Unfreeze { earning, spending, operator, reason }
         };
         let request_id = validate::request_id(&r.request_id)?;
-        self.command(Command { request_id, account, body, context: Default::default() }).await
+        let path = if freeze { forward::path::FREEZE_ACCOUNT } else { forward::path::UNFREEZE_ACCOUNT };
+        // An unfreeze request has a freeze's fields and numbers: the same bytes.
+        self.route(metadata, path, r, Command { request_id, account, body, context: Default::default() }).await
     }
 
     /// The programme's current rules, or NOT_FOUND.

@@ -192,7 +192,7 @@ pub fn fold(
     for entry in entries {
         let record = match arbiter.admit_bytes(&entry.payload).map_err(|e| BooksError::Codec(e, entry.offset))? {
             Admitted::Record(r) => r,
-            Admitted::Claim(_) | Admitted::Void => continue,
+            Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
         };
         let key = ProgrammeKey {
             tenant_id: record.account.tenant_id.clone(),
@@ -240,7 +240,7 @@ pub fn fold(
     }
     risk.write(&mut batch, partition);
     if let Some(last) = entries.last() {
-        store::put_cursor(&mut batch, partition, store::Cursor { next: last.offset + 1, arbiter: *arbiter });
+        store::put_cursor(&mut batch, partition, &store::Cursor { next: last.offset + 1, arbiter: arbiter.clone() });
     }
     Ok(batch)
 }

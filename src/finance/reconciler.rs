@@ -123,7 +123,7 @@ fn step(
             if entries.is_empty() {
                 break;
             }
-            let mut arbiter = lane.cursor.arbiter;
+            let mut arbiter = lane.cursor.arbiter.clone();
             let batch = fold(
                 books,
                 &registry.read().expect("registry lock"),

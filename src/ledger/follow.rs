@@ -4,11 +4,9 @@
 //! back before answering it, and re-reading after an append whose outcome is
 //! unknown (ARCHITECTURE.md, "Writers arbitrated by the log").
 
-use std::sync::atomic::Ordering;
-
 use super::issuance::earned_in;
 use super::writer::{PartitionWriter, Work};
-use super::FENCED;
+use super::FOLLOWING;
 use crate::log::arbiter::Admitted;
 use crate::log::codec;
 use crate::log::record::{Claim, Position, Reply};
@@ -84,7 +82,7 @@ impl PartitionWriter {
                         folded += 1;
                     }
                     Admitted::Claim(_) => self.last_claim = Some(e.offset),
-                    Admitted::Void => {}
+                    Admitted::Released(_) | Admitted::Void => {}
                 }
             }
             self.cursor.next = reader.position();
@@ -127,8 +125,10 @@ impl PartitionWriter {
     /// partition. Ok(false) when another writer has taken it meanwhile.
     pub(super) fn start_up(&mut self) -> anyhow::Result<bool> {
         let end = self.log.end_offset(self.partition)?;
-        let folded = self.catch_up(end)?;
-        tracing::info!(partition = self.partition, folded, next = self.cursor.next, "writer caught up with the log");
+        self.catch_up(end)?;
+        // A new assignment: whoever claimed since our last claim does not
+        // stop this one (the newer claim wins, as always).
+        self.own_claim = None;
         if self.log.shared() {
             return self.claim();
         }
@@ -148,7 +148,9 @@ impl PartitionWriter {
             let claim = Claim {
                 epoch: self.cursor.arbiter.epoch + 1,
                 writer: self.writer_id.to_string(),
+                address: self.config.advertise.clone(),
                 at: self.clock.now().max(self.last_now),
+                release: false,
             };
             let offsets =
                 self.log.append(self.partition, &[LogRecord::new(b"claim".to_vec(), codec::encode_claim(&claim))])?;
@@ -168,11 +170,43 @@ impl PartitionWriter {
         Ok(false)
     }
 
+    /// Gives the partition up on a shared log (it was revoked here): a
+    /// release marker of this writer's epoch, so any instance assigned the
+    /// partition may claim it at once. Best effort: without it, the next
+    /// assignment's claim takes the partition all the same.
+    pub(super) fn release_marker(&mut self) {
+        if !self.log.shared() || self.own_claim.is_none() || self.own_claim != self.last_claim {
+            return;
+        }
+        let marker = Claim {
+            epoch: self.cursor.arbiter.epoch,
+            writer: self.writer_id.to_string(),
+            address: self.config.advertise.clone(),
+            at: self.clock.now().max(self.last_now),
+            release: true,
+        };
+        let appended = self
+            .log
+            .append(self.partition, &[LogRecord::new(b"release".to_vec(), codec::encode_claim(&marker))])
+            .map_err(anyhow::Error::from)
+            .and_then(|offsets| self.catch_up(offsets[0] + 1));
+        if let Err(e) = appended {
+            tracing::warn!(partition = self.partition, error = %e, "could not mark the partition released");
+            self.reader = None;
+        }
+    }
+
+    /// Whether the partition's latest claim was released (or none was ever
+    /// made): an instance assigned it claims it without a new assignment.
+    pub(super) fn unowned(&self) -> bool {
+        self.cursor.arbiter.released
+    }
+
     /// Reads the partition back past a just-appended batch (shared logs).
     pub(super) fn read_back(&mut self, offsets: &[u64]) -> Result<ReadBack, LogError> {
         let end = offsets.last().expect("a batch") + 1;
         let mut reader = self.take_reader()?;
-        let mut arbiter = self.cursor.arbiter;
+        let mut arbiter = self.cursor.arbiter.clone();
         loop {
             let entries = eventlog::read_towards(
                 reader.as_mut(),
@@ -188,6 +222,9 @@ impl PartitionWriter {
                 match (ours, admitted) {
                     (true, Admitted::Record(_)) | (false, Admitted::Void) => {}
                     (_, Admitted::Claim(c)) => return Ok(ReadBack::Fenced(c.epoch)),
+                    (_, Admitted::Released(_)) => {
+                        return Ok(ReadBack::Unclear(format!("the partition was released at offset {}", e.offset)))
+                    }
                     (true, _) => return Ok(ReadBack::Unclear(format!("record at offset {} is void", e.offset))),
                     (false, Admitted::Record(_)) => {
                         return Ok(ReadBack::Unclear(format!("unexpected record at offset {}", e.offset)))
@@ -217,11 +254,14 @@ impl PartitionWriter {
         Ok(())
     }
 
+    /// A newer claim took the partition: this writer follows it from now
+    /// on, and claims again only under a newer assignment.
     pub(super) fn fence(&mut self) {
         tracing::warn!(
             partition = self.partition,
             "a newer writer claimed the partition; this writer stops writing it"
         );
-        self.status[self.partition as usize].store(FENCED, Ordering::Release);
+        let generation = self.ownership.generation(self.partition);
+        self.ownership.set_status(self.partition, FOLLOWING, Some(generation));
     }
 }

@@ -17,21 +17,23 @@
 pub mod clock;
 mod follow;
 pub mod issuance;
+pub mod ownership;
 pub mod programmes;
 mod scheduler;
 mod writer;
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 use issuance::Issuance;
+pub use ownership::Ownership;
 use programmes::SharedRegistry;
 
 use crate::domain::{AccountKey, Command, Rejection};
+use crate::log::arbiter::{Arbiter, Owner};
 use crate::log::record::{partition_for, Reply};
 use crate::log::EventLog;
 use crate::store::Db;
@@ -50,6 +52,12 @@ pub struct WriterConfig {
     /// all; 200,000 per partition made a 10-minute run with 1M accounts
     /// swing between 1.2 and 3 GiB of RSS).
     pub cache_accounts_max: usize,
+    /// True in a cluster: write only the partitions the consumer group
+    /// assigns (false: every partition).
+    pub assigned_only: bool,
+    /// The address other instances reach this one at, carried by its
+    /// claims so they can forward commands here (empty: none).
+    pub advertise: String,
 }
 
 impl Default for WriterConfig {
@@ -60,6 +68,8 @@ impl Default for WriterConfig {
             tick_interval_ms: 1000,
             tick_accounts_max: 512,
             cache_accounts_max: 25_000,
+            assigned_only: false,
+            advertise: String::new(),
         }
     }
 }
@@ -80,6 +90,10 @@ pub enum WriteError {
 pub enum Unavailable {
     #[error("partition {0} is catching up with the log; retry shortly")]
     CatchingUp(u32),
+    /// Between owners (a rebalance in progress), or its owner cannot be
+    /// reached from here.
+    #[error("partition {0} is moving between instances; retry shortly")]
+    PartitionMoving(u32),
     #[error("partition {partition} was taken over by a newer writer{}; this instance no longer writes it", epoch_text(*.epoch))]
     TakenOver { partition: u32, epoch: Option<u64> },
     #[error("the writer of partition {0} has stopped")]
@@ -107,28 +121,38 @@ enum Msg {
     Submit(Box<Command>, ReplyTx),
     /// Settle what is due; the sender, if any, hears when that is done.
     Tick(Option<oneshot::Sender<()>>),
+    /// The partition's assignment changed: look at it now.
+    Wake,
 }
 
-/// A partition writer's state, as the API sees it.
+/// A partition writer's state, as the API sees it: catching up with the
+/// log (at start), owning the partition, following it (another writer owns
+/// it, or nobody here wants it), or letting it go (finishing what is queued).
 const CATCHING_UP: u8 = 0;
 const READY: u8 = 1;
-const FENCED: u8 = 2;
+const FOLLOWING: u8 = 2;
+const RELEASING: u8 = 3;
 
 /// The handle the API submits commands through.
 pub struct Writers {
     senders: Vec<mpsc::Sender<Msg>>,
     threads: Vec<JoinHandle<()>>,
-    status: Arc<Vec<AtomicU8>>,
-    ready: tokio::sync::watch::Receiver<u32>,
+    ownership: Arc<Ownership>,
     /// The next offset each partition's committed state (its views) folds.
     positions: tokio::sync::watch::Receiver<Vec<u64>>,
+    /// Each partition's arbiter as committed: its latest counted claim's
+    /// epoch and owner (who writes it, per the log).
+    owners: Arc<RwLock<Vec<Arbiter>>>,
+    /// Names this process in its claims.
+    writer_id: Arc<str>,
+    advertise: String,
 }
 
 impl Writers {
     /// Starts every partition's writer and their scheduler. Each writer first
-    /// catches up with the log (and claims its partition on a shared log);
-    /// until then its commands are answered `Unavailable`. Must run inside a
-    /// tokio runtime (for the ticker).
+    /// catches up with the log, then claims its partition when it is wanted
+    /// (on a shared log), or follows it; until then its commands are
+    /// answered `Unavailable`. Must run inside a tokio runtime (for the ticker).
     pub fn start(
         log: Arc<dyn EventLog>,
         store: Arc<Db>,
@@ -138,15 +162,14 @@ impl Writers {
     ) -> anyhow::Result<Writers> {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
-        let status: Arc<Vec<AtomicU8>> = Arc::new((0..log.partitions()).map(|_| AtomicU8::new(CATCHING_UP)).collect());
-        let (ready_tx, ready) = tokio::sync::watch::channel(0u32);
-        let ready_tx = Arc::new(ready_tx);
+        let ownership = Arc::new(Ownership::new(log.partitions(), config.assigned_only));
         let writer_id: Arc<str> = follow::writer_id().into();
         let issuance = Arc::new(Issuance::default());
-        let start: Vec<u64> =
-            (0..log.partitions()).map(|p| crate::store::read_position(&store, p)).collect::<Result<_, _>>()?;
-        let (positions_tx, positions) = tokio::sync::watch::channel(start);
+        let cursors: Vec<crate::store::Cursor> =
+            (0..log.partitions()).map(|p| crate::store::read_cursor(&store, p)).collect::<Result<_, _>>()?;
+        let (positions_tx, positions) = tokio::sync::watch::channel(cursors.iter().map(|c| c.next).collect());
         let positions_tx = Arc::new(positions_tx);
+        let owners = Arc::new(RwLock::new(cursors.iter().map(|c| c.arbiter.clone()).collect()));
         for partition in 0..log.partitions() {
             issuance.add(&issuance::load(&store, partition)?, 1);
             let w = writer::PartitionWriter::new(writer::Parts {
@@ -158,25 +181,23 @@ impl Writers {
                 clock: clock.clone(),
                 config: config.clone(),
                 writer_id: writer_id.clone(),
-                status: status.clone(),
+                ownership: ownership.clone(),
                 positions: positions_tx.clone(),
+                owners: owners.clone(),
             })?;
             let (tx, rx) = mpsc::channel(config.queue_commands_max);
             senders.push(tx);
-            let ready_tx = ready_tx.clone();
-            threads.push(
-                std::thread::Builder::new().name(format!("writer-{partition}")).spawn(move || w.run(rx, &ready_tx))?,
-            );
+            threads.push(std::thread::Builder::new().name(format!("writer-{partition}")).spawn(move || w.run(rx))?);
         }
+        ownership.set_wakers(&senders);
         scheduler::start_ticker(&senders, config.tick_interval_ms);
-        Ok(Writers { senders, threads, status, ready, positions })
+        let advertise = config.advertise.clone();
+        Ok(Writers { senders, threads, ownership, positions, owners, writer_id, advertise })
     }
 
-    /// Waits until every partition's writer has caught up with the log.
+    /// Waits until this instance can take commands ([`Ownership::serving`]).
     pub async fn ready(&self) {
-        let n = self.partitions();
-        let mut rx = self.ready.clone();
-        let _ = rx.wait_for(|ready| *ready >= n).await;
+        self.ownership.until_serving().await
     }
 
     /// Where each partition's committed state (its views) stands: the next
@@ -185,9 +206,51 @@ impl Writers {
         self.positions.clone()
     }
 
-    /// Whether every partition's writer has caught up and owns its partition.
-    pub fn all_ready(&self) -> bool {
-        self.status.iter().all(|s| s.load(Ordering::Acquire) == READY)
+    /// Whether this instance can take commands now ([`Ownership::serving`]).
+    pub fn serving(&self) -> bool {
+        self.ownership.serving()
+    }
+
+    /// Which partitions this instance wants and owns; for the group member.
+    pub fn ownership(&self) -> Arc<Ownership> {
+        self.ownership.clone()
+    }
+
+    /// Whether this instance writes partition `p` now.
+    pub fn owns(&self, p: u32) -> bool {
+        self.ownership.status(p) == READY
+    }
+
+    /// Whether commands for `p` would wait here for its catch-up (rather
+    /// than belong to another instance).
+    pub fn catching_up(&self, p: u32) -> bool {
+        self.ownership.status(p) == CATCHING_UP
+    }
+
+    /// Who writes partition `p`, as its latest counted claim says.
+    pub fn owner_of(&self, p: u32) -> Option<Arc<Owner>> {
+        self.owners.read().expect("owners lock").get(p as usize).and_then(|a| a.writer().cloned())
+    }
+
+    /// The epoch of partition `p`'s latest counted claim (0: none).
+    pub fn epoch_of(&self, p: u32) -> u64 {
+        self.owners.read().expect("owners lock").get(p as usize).map_or(0, |a| a.epoch)
+    }
+
+    /// Every partition's writer as its latest counted claim says (None:
+    /// never claimed, or released).
+    pub fn owners(&self) -> Vec<Option<Arc<Owner>>> {
+        self.owners.read().expect("owners lock").iter().map(|a| a.writer().cloned()).collect()
+    }
+
+    /// The name this process's claims carry.
+    pub fn writer_id(&self) -> &str {
+        &self.writer_id
+    }
+
+    /// The address this instance's claims carry.
+    pub fn advertise(&self) -> &str {
+        &self.advertise
     }
 
     pub fn partitions(&self) -> u32 {
@@ -220,10 +283,10 @@ impl Writers {
 
     async fn send(&self, command: Command) -> Result<(u32, oneshot::Receiver<Result<Reply, WriteError>>), WriteError> {
         let p = self.partition_of(&command.account);
-        match self.status[p as usize].load(Ordering::Acquire) {
+        match self.ownership.status(p) {
             READY => {}
             CATCHING_UP => return Err(Unavailable::CatchingUp(p).into()),
-            _ => return Err(Unavailable::TakenOver { partition: p, epoch: None }.into()),
+            _ => return Err(Unavailable::PartitionMoving(p).into()),
         }
         let (tx, rx) = oneshot::channel();
         self.senders[p as usize]

@@ -22,17 +22,18 @@
 //! writer reads the clock once per batch and never lets it run backwards
 //! within a partition.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::follow::ReadBack;
 use super::issuance::{earned_in, issued_key, Granted, Issuance};
+use super::ownership::Ownership;
 use super::programmes::SharedRegistry;
-use super::{Clock, Msg, ReplyTx, Unavailable, WriteError, WriterConfig, CATCHING_UP, FENCED, READY};
+use super::{Clock, Msg, ReplyTx, Unavailable, WriteError, WriterConfig, FOLLOWING, READY, RELEASING};
 use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis};
+use crate::log::arbiter::Arbiter;
 use crate::log::record::{AccountRecord, Balance, PartitionRecord, Position, Reply};
 use crate::log::{codec, EventLog, LogError, LogReader, LogRecord};
 use crate::projection::{self, EntryPlace, Tail};
@@ -74,10 +75,13 @@ pub(super) struct PartitionWriter {
     /// True after an append whose outcome is unknown: the state may lack
     /// records the log has; re-read (and re-claim) before deciding again.
     pub(super) stale: bool,
-    pub(super) status: Arc<Vec<AtomicU8>>,
+    /// Whether this partition is wanted here, and the writers' statuses.
+    pub(super) ownership: Arc<Ownership>,
     /// Where each partition's committed state (its views) stands: the next
     /// offset, for queries waiting on `min_position`.
     pub(super) positions: Arc<tokio::sync::watch::Sender<Vec<u64>>>,
+    /// Each partition's arbiter (latest counted claim), as committed.
+    pub(super) owners: Arc<RwLock<Vec<Arbiter>>>,
 }
 
 /// An account as of the last committed batch.
@@ -101,8 +105,9 @@ pub(super) struct Parts {
     pub clock: Arc<dyn Clock>,
     pub config: WriterConfig,
     pub writer_id: Arc<str>,
-    pub status: Arc<Vec<AtomicU8>>,
+    pub ownership: Arc<Ownership>,
     pub positions: Arc<tokio::sync::watch::Sender<Vec<u64>>>,
+    pub owners: Arc<RwLock<Vec<Arbiter>>>,
 }
 
 /// State changed by one batch, not yet committed.
@@ -183,8 +188,9 @@ impl PartitionWriter {
             last_claim: None,
             own_claim: None,
             stale: false,
-            status: p.status,
+            ownership: p.ownership,
             positions: p.positions,
+            owners: p.owners,
         })
     }
 
@@ -194,8 +200,8 @@ impl PartitionWriter {
 
     /// One batch: gather, decide, append and confirm, answer, commit.
     fn process(&mut self, msgs: Vec<Msg>) -> anyhow::Result<()> {
-        if self.status[self.partition as usize].load(Ordering::Acquire) == FENCED {
-            Self::refuse(msgs, &Unavailable::TakenOver { partition: self.partition, epoch: None });
+        if !matches!(self.ownership.status(self.partition), READY | RELEASING) {
+            Self::refuse(msgs, &Unavailable::PartitionMoving(self.partition));
             return Ok(());
         }
         if self.stale {
@@ -248,6 +254,7 @@ impl PartitionWriter {
         for m in msgs {
             match m {
                 Msg::Submit(c, tx) => g.commands.push((*c, Some(tx))),
+                Msg::Wake => {}
                 Msg::Tick(done) => {
                     g.tick_waiters.extend(done);
                     if ticked {
@@ -454,6 +461,14 @@ impl PartitionWriter {
             Ok(ReadBack::Confirmed) => Ok(offsets),
             Ok(ReadBack::Fenced(epoch)) => {
                 self.fence();
+                // Learn the new owner before answering, so the caller's retry
+                // through this instance is forwarded to it.
+                self.reader = None;
+                if let Err(e) =
+                    self.log.end_offset(self.partition).map_err(anyhow::Error::from).and_then(|end| self.catch_up(end))
+                {
+                    tracing::debug!(partition = self.partition, error = %e, "cannot read the new owner's claim yet");
+                }
                 Err(Unavailable::TakenOver { partition: self.partition, epoch: Some(epoch) })
             }
             Ok(ReadBack::Unclear(why)) => Err(Unavailable::NotConfirmed(why)),
@@ -602,11 +617,15 @@ impl PartitionWriter {
             let row = snapshot::encode_request(*fingerprint, reply.position.offset, &reply.balance);
             batch.put_vec(Cf::Requests, store::request_key(tenant, request_id), row);
         }
-        store::put_cursor(&mut batch, self.partition, self.cursor);
+        store::put_cursor(&mut batch, self.partition, &self.cursor);
         self.store.write(batch)?;
         self.issuance.add(&work.issued_folded, 1);
         let (p, next) = (self.partition as usize, self.cursor.next);
         self.positions.send_if_modified(|v| std::mem::replace(&mut v[p], next) != next);
+        let arbiter = &self.cursor.arbiter;
+        if self.owners.read().expect("owners lock")[p] != *arbiter {
+            self.owners.write().expect("owners lock")[p] = arbiter.clone();
+        }
         if self.cache.len() + work.accounts.len() > self.config.cache_accounts_max {
             // Crude but bounded: the store has everything.
             self.cache.clear();
@@ -618,32 +637,27 @@ impl PartitionWriter {
         Ok(())
     }
 
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>, ready: &tokio::sync::watch::Sender<u32>) {
-        loop {
-            match self.start_up() {
-                Ok(true) => break,
-                Ok(false) => {
-                    self.fence();
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(partition = self.partition, error = %e, "writer cannot catch up with the log yet; retrying");
-                    if rx.is_closed() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(START_UP_RETRY_MS));
-                }
-            }
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        if !self.initial_catch_up(&rx) {
+            return;
         }
-        if self.status[self.partition as usize].load(Ordering::Acquire) == CATCHING_UP {
-            self.status[self.partition as usize].store(READY, Ordering::Release);
-        }
-        ready.send_modify(|n| *n += 1);
+        self.ownership.set_status(self.partition, FOLLOWING, None);
         loop {
-            if self.status[self.partition as usize].load(Ordering::Acquire) == FENCED {
+            let wanted = self.ownership.wanted(self.partition);
+            let status = self.ownership.status(self.partition);
+            if status != READY {
+                let generation = self.ownership.generation(self.partition);
+                if wanted && (self.ownership.tried(self.partition) < generation || self.unowned()) {
+                    self.take(generation);
+                    continue;
+                }
                 if !self.follow(&mut rx) {
                     break;
                 }
+                continue;
+            }
+            if !wanted {
+                self.release(&mut rx);
                 continue;
             }
             let Some(first) = rx.blocking_recv() else { break };
@@ -654,24 +668,103 @@ impl PartitionWriter {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.process(msgs) {
-                // The log holds what was answered; a restart rebuilds the rest.
-                tracing::error!(partition = self.partition, error = %e, "writer state could not be committed; writer stops");
-                self.status[self.partition as usize].store(FENCED, Ordering::Release);
+            if !self.process_or_stop(msgs) {
                 return;
             }
         }
         tracing::info!(partition = self.partition, "writer stopped");
     }
 
-    /// A partition another writer took over: answers what is queued with
-    /// `Unavailable` and folds the other writer's records as they arrive,
-    /// so this instance's views of it stay current. False once the queue is
-    /// closed (shutdown).
+    /// Folds the log from the stored cursor to its end, retrying while the
+    /// log is unreachable. False when the writer was shut down meanwhile.
+    fn initial_catch_up(&mut self, rx: &mpsc::Receiver<Msg>) -> bool {
+        loop {
+            match self.log.end_offset(self.partition).map_err(anyhow::Error::from).and_then(|end| self.catch_up(end)) {
+                Ok(folded) => {
+                    tracing::info!(
+                        partition = self.partition,
+                        folded,
+                        next = self.cursor.next,
+                        "writer caught up with the log"
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "writer cannot catch up with the log yet; retrying");
+                    if rx.is_closed() {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(START_UP_RETRY_MS));
+                }
+            }
+        }
+    }
+
+    /// Takes the partition, wanted under assignment `generation`: catches
+    /// up and, on a shared log, claims it. A claim lost to a newer writer is
+    /// not tried again under the same assignment.
+    fn take(&mut self, generation: u64) {
+        match self.start_up() {
+            Ok(true) => {
+                // Caught up and claimed: whatever an earlier failed append left is settled.
+                self.stale = false;
+                self.ownership.set_status(self.partition, READY, Some(generation));
+            }
+            Ok(false) => {
+                tracing::warn!(partition = self.partition, "another writer claimed the partition first; following it");
+                self.ownership.set_status(self.partition, FOLLOWING, Some(generation));
+            }
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "cannot claim the partition yet; retrying");
+                self.reader = None;
+                std::thread::sleep(Duration::from_millis(START_UP_RETRY_MS));
+            }
+        }
+    }
+
+    /// Lets the partition go (it was revoked): no new commands are queued
+    /// from now on, the ones queued already are decided, then the writer
+    /// follows the partition.
+    fn release(&mut self, rx: &mut mpsc::Receiver<Msg>) {
+        self.ownership.set_status(self.partition, RELEASING, None);
+        let mut left = rx.len();
+        while left > 0 {
+            let mut msgs = Vec::with_capacity(left.min(self.config.batch_commands_max));
+            while msgs.len() < self.config.batch_commands_max && left > 0 {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => left = 0,
+                }
+                left = left.saturating_sub(1);
+            }
+            if !msgs.is_empty() && !self.process_or_stop(msgs) {
+                return;
+            }
+        }
+        self.release_marker();
+        self.ownership.set_status(self.partition, FOLLOWING, None);
+        tracing::info!(partition = self.partition, next = self.cursor.next, "released the partition");
+    }
+
+    /// Runs a batch; false when its state could not be committed (the
+    /// writer stops: the log holds what was answered, a restart rebuilds the rest).
+    fn process_or_stop(&mut self, msgs: Vec<Msg>) -> bool {
+        if let Err(e) = self.process(msgs) {
+            tracing::error!(partition = self.partition, error = %e, "writer state could not be committed; writer stops");
+            self.ownership.set_status(self.partition, FOLLOWING, Some(u64::MAX));
+            return false;
+        }
+        true
+    }
+
+    /// A partition another writer owns (or nobody here wants): answers what
+    /// is queued with `Unavailable` and folds the other writer's records as
+    /// they arrive, so this instance's views of it stay current. False once
+    /// the queue is closed (shutdown).
     fn follow(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
         loop {
             match rx.try_recv() {
-                Ok(m) => Self::refuse(vec![m], &Unavailable::TakenOver { partition: self.partition, epoch: None }),
+                Ok(m) => Self::refuse(vec![m], &Unavailable::PartitionMoving(self.partition)),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return false,
             }
@@ -692,6 +785,7 @@ impl PartitionWriter {
                     let _ = tx.send(Err(cause.clone().into()));
                 }
                 Msg::Tick(done) => drop(done),
+                Msg::Wake => {}
             }
         }
     }

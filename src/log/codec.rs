@@ -300,7 +300,7 @@ pub fn encode_claim(c: &Claim) -> Vec<u8> {
     wire::AccountRecord {
         epoch: c.epoch,
         at_ms: c.at,
-        claim: Some(wire::WriterClaim { writer: c.writer.clone() }),
+        claim: Some(wire::WriterClaim { writer: c.writer.clone(), address: c.address.clone(), release: c.release }),
         ..Default::default()
     }
     .encode_to_vec()
@@ -310,7 +310,13 @@ pub fn encode_claim(c: &Claim) -> Vec<u8> {
 pub fn decode_partition_record(bytes: &[u8]) -> Result<PartitionRecord, CodecError> {
     let r = wire::AccountRecord::decode(bytes)?;
     if let Some(c) = r.claim {
-        return Ok(PartitionRecord::Claim(Claim { epoch: r.epoch, writer: c.writer, at: r.at_ms }));
+        return Ok(PartitionRecord::Claim(Claim {
+            epoch: r.epoch,
+            writer: c.writer,
+            address: c.address,
+            at: r.at_ms,
+            release: c.release,
+        }));
     }
     account_record_from_wire(r).map(PartitionRecord::Account)
 }

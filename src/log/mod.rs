@@ -90,11 +90,16 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(50);
 
 /// Reads the next batch of a partition known to hold records up to `end`
 /// (exclusive), waiting for them if need be (a Kafka fetch takes a moment),
-/// but never beyond [`READ_TO_TIMEOUT`]. Empty once the reader is at `end`.
+/// but never beyond [`READ_TO_TIMEOUT`]. Empty once the reader is at `end`;
+/// never reads a record at or past `end` (the reader stays usable there).
 pub fn read_towards(reader: &mut dyn LogReader, end: u64, max_records: usize) -> Result<Vec<LogEntry>, LogError> {
     let started = std::time::Instant::now();
     while reader.position() < end {
-        let mut entries = reader.next_batch(max_records, READ_TO_POLL)?;
+        // Never past `end`: offsets are dense, so at most this many records
+        // lie before it, and the reader's position stays exact for the
+        // caller that goes on reading (a follower, the control stream).
+        let left = usize::try_from(end - reader.position()).unwrap_or(usize::MAX);
+        let mut entries = reader.next_batch(max_records.min(left), READ_TO_POLL)?;
         if !entries.is_empty() {
             entries.retain(|e| e.offset < end);
             return Ok(entries);

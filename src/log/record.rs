@@ -34,12 +34,16 @@ pub struct ControlRecord {
 }
 
 /// A claim marker: `writer` takes its partition with `epoch`. Every record
-/// after it with an older epoch is void for every reader.
+/// after it with an older epoch is void for every reader. With `release`,
+/// a release marker: the writer of `epoch` gives the partition up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     pub epoch: u64,
     pub writer: String,
+    /// Where the claiming instance serves gRPC (empty when it did not say).
+    pub address: String,
     pub at: Millis,
+    pub release: bool,
 }
 
 /// What an account partition holds: commands' records and claim markers.

@@ -235,7 +235,7 @@ impl ViewCache {
                 batch.put_or_delete(cf, k, v);
             }
         }
-        store::put_cursor(batch, partition, cursor);
+        store::put_cursor(batch, partition, &cursor);
         Ok(())
     }
 
@@ -264,7 +264,7 @@ pub fn fold(
     for entry in entries {
         let mut record = match arbiter.admit_bytes(&entry.payload)? {
             Admitted::Record(r) => r,
-            Admitted::Claim(_) | Admitted::Void => continue,
+            Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
         };
         let cached = ViewCache::load(&mut cache.accounts, views, &record.account, cache.deferred)?;
         if !cached.dirty && !record.events.is_empty() {
@@ -287,7 +287,7 @@ pub fn fold(
         }
     }
     let Some(last) = entries.last() else { return Ok(batch) };
-    let cursor = store::Cursor { next: last.offset + 1, arbiter: *arbiter };
+    let cursor = store::Cursor { next: last.offset + 1, arbiter: arbiter.clone() };
     let full = cache.accounts.len() > cache.max;
     if !cache.deferred || full {
         cache.write_out(views, &mut batch, partition, cursor)?;
@@ -396,7 +396,7 @@ mod tests {
         let mut cursor = None;
         for chunk in entries.chunks(37) {
             views.write(fold(views, 0, &mut arbiter, chunk, &mut cache).unwrap()).unwrap();
-            cursor = Some(store::Cursor { next: chunk.last().unwrap().offset + 1, arbiter });
+            cursor = Some(store::Cursor { next: chunk.last().unwrap().offset + 1, arbiter: arbiter.clone() });
         }
         let mut batch = Batch::default();
         cache.write_out(views, &mut batch, 0, cursor.unwrap()).unwrap();

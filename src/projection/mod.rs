@@ -38,7 +38,7 @@ pub const PROJECTOR_BATCH_RECORDS_MAX: usize = 4096;
 /// `STATEMENT_PAGE_ENTRIES`, the last one in the account's row), kept in
 /// their `meta`. Views without it were written by an older build: they are
 /// rebuilt from the log on start.
-pub const VIEWS_FORMAT: &[u8] = b"statement-tail-16";
+pub const VIEWS_FORMAT: &[u8] = b"claim-owner";
 const VIEWS_FORMAT_KEY: &[u8] = b"format";
 
 /// Marks `views` as written in this build's layout.

@@ -76,7 +76,7 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
         if let Some(last) = entries.last() {
             folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
             views.write(fold(views, p, &mut arbiter, &entries, &mut cache)?)?;
-            folded_to = Some(store::Cursor { next: last.offset + 1, arbiter });
+            folded_to = Some(store::Cursor { next: last.offset + 1, arbiter: arbiter.clone() });
         }
         if done {
             break;

@@ -2,7 +2,10 @@
 //! idempotency records, the due index, and where a reader's state stops.
 
 use super::{Batch, Cf, Db, StoreError};
+use std::sync::Arc;
+
 use crate::domain::{AccountKey, Millis};
+use crate::log::arbiter::{Arbiter, Owner};
 
 /// `tenant \0 programme \0 member \0`: ids never contain NUL, and the
 /// trailing NUL keeps one member's prefix from matching another's.
@@ -65,17 +68,19 @@ pub fn due_key(partition: u32, at: Millis, account: &AccountKey) -> Vec<u8> {
 }
 
 /// Where a reader's state stops: `position/<partition>` → next offset (u64
-/// BE) and the arbiter's epoch there (u64 BE; absent in old stores = 0).
+/// BE), the arbiter's epoch there (u64 BE; absent in old stores = 0) and,
+/// once a claim named it, the owner: 1 (or 2 when it released the
+/// partition), its writer's length (u16 BE), writer and address (UTF-8).
 pub fn position_key(partition: u32) -> Vec<u8> {
     format!("position/{partition:05}").into_bytes()
 }
 
 /// A reader's place in one partition: the next offset to fold and the
 /// arbiter as of just before it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
     pub next: u64,
-    pub arbiter: crate::log::arbiter::Arbiter,
+    pub arbiter: Arbiter,
 }
 
 pub fn read_cursor(db: &Db, partition: u32) -> Result<Cursor, StoreError> {
@@ -83,19 +88,35 @@ pub fn read_cursor(db: &Db, partition: u32) -> Result<Cursor, StoreError> {
         None => Cursor::default(),
         Some(v) => Cursor {
             next: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-            arbiter: crate::log::arbiter::Arbiter {
+            arbiter: Arbiter {
                 epoch: v.get(8..16).map(|e| u64::from_be_bytes(e.try_into().expect("8 bytes"))).unwrap_or(0),
+                owner: v.get(17..).and_then(decode_owner).map(Arc::new),
+                released: v.get(16) == Some(&2),
             },
         },
     })
+}
+
+fn decode_owner(b: &[u8]) -> Option<Owner> {
+    let n = u16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
+    let writer = String::from_utf8(b.get(2..2 + n)?.to_vec()).ok()?;
+    let address = String::from_utf8(b.get(2 + n..)?.to_vec()).ok()?;
+    Some(Owner { writer, address })
 }
 
 pub fn read_position(db: &Db, partition: u32) -> Result<u64, StoreError> {
     Ok(read_cursor(db, partition)?.next)
 }
 
-pub fn put_cursor(batch: &mut Batch, partition: u32, cursor: Cursor) {
+pub fn put_cursor(batch: &mut Batch, partition: u32, cursor: &Cursor) {
     let mut v = cursor.next.to_be_bytes().to_vec();
     v.extend_from_slice(&cursor.arbiter.epoch.to_be_bytes());
+    if let Some(o) = &cursor.arbiter.owner {
+        v.push(if cursor.arbiter.released { 2 } else { 1 });
+        let writer = &o.writer.as_bytes()[..o.writer.len().min(u16::MAX as usize)];
+        v.extend_from_slice(&(writer.len() as u16).to_be_bytes());
+        v.extend_from_slice(writer);
+        v.extend_from_slice(o.address.as_bytes());
+    }
     batch.put(Cf::Meta, &position_key(partition), &v);
 }

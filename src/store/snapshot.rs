@@ -330,7 +330,7 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
 /// [`decode_account`], and the statement's last page the row keeps.
 pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>), CodecError> {
     let s = state::AccountSnapshot::decode(bytes)?;
-    let tail = (!s.statement_tail.is_empty()).then(|| Tail {
+    let tail = (!s.statement_tail.is_empty()).then_some(Tail {
         offset: s.statement_tail_offset,
         index: s.statement_tail_index as u16,
         entries: 0,

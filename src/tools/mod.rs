@@ -4,6 +4,7 @@
 //! `main.rs` parses their flags into the options here.
 
 pub mod audit;
+pub mod cluster;
 pub mod export;
 pub mod explain;
 pub mod recon;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod cluster;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,10 +78,12 @@ impl Harness {
         let mut logs = tokio::task::block_in_place(|| open_logs(&config)).unwrap();
         logs.events = wrap(logs.events);
         let events = logs.events.clone();
-        let service = Service::start(&config, logs).unwrap();
-        service.ready().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // Its claims say where it serves, so other instances can forward here.
+        config.writer.advertise = addr.to_string();
+        let service = Service::start(&config, logs).unwrap();
+        service.ready().await;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             serve(listener, &service, async {

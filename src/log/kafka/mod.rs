@@ -14,6 +14,8 @@
 //! - `open` creates the topic with the configured partition count, or refuses
 //!   an existing topic whose count differs.
 
+pub mod group;
+
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
