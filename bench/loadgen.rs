@@ -562,14 +562,23 @@ fn figures(
 /// measure the floors if asked, drive the load, report.
 pub async fn run(opts: Options) -> anyhow::Result<serde_json::Value> {
     let (target, own) = start_target(&opts, false).await?;
-    let channel =
-        Channel::from_shared(target.clone())?.connect().await.with_context(|| format!("connecting to {target}"))?;
-    points_ledger::server::wait_serving(channel.clone(), Duration::from_secs(60)).await?;
-    configure_programme(channel.clone()).await?;
+    // A cluster's instances: connections spread over them.
+    let targets: Vec<&str> = target.split(',').collect();
+    let mut first = Vec::new();
+    for t in &targets {
+        let c = Channel::from_shared(t.to_string())?.connect().await.with_context(|| format!("connecting to {t}"))?;
+        points_ledger::server::wait_serving(c.clone(), Duration::from_secs(60)).await?;
+        first.push(c);
+    }
+    configure_programme(first[0].clone()).await?;
+    if targets.len() > 1 {
+        // Every instance reads the programme from the control stream.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     // Several HTTP/2 connections, so one connection's window is not the limit.
-    let mut connections = vec![channel];
-    for _ in 1..opts.concurrency.clamp(1, CONNECTIONS_MAX) {
-        connections.push(Channel::from_shared(target.clone())?.connect().await?);
+    let mut connections = first;
+    for i in connections.len()..opts.concurrency.clamp(1, CONNECTIONS_MAX).max(targets.len()) {
+        connections.push(Channel::from_shared(targets[i % targets.len()].to_string())?.connect().await?);
     }
     let floors =
         if opts.floors { measure_floors(&opts, &connections, own.is_some()).await? } else { serde_json::Map::new() };

@@ -57,6 +57,7 @@ fn record(i: u64, account: &AccountKey, events: Vec<points_ledger::domain::Event
         system: false,
         events,
         context: Default::default(),
+        cap_mode: Default::default(),
     }
 }
 

@@ -279,8 +279,9 @@ struct VerifyArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// HOST:PORT of a running service; without it, a server is started on the
-    /// embedded log in a temporary directory.
+    /// HOST:PORT of a running service (several, comma-separated: the
+    /// instances of a cluster, connections spread over them); without it, a
+    /// server is started on the embedded log in a temporary directory.
     #[arg(long, env = "POINTS_LEDGER_BENCH_TARGET")]
     target: Option<String>,
     /// Distinct member accounts to spread the load over.
@@ -541,7 +542,12 @@ impl ReconArgs {
 
 impl BenchArgs {
     fn options(self) -> anyhow::Result<bench::loadgen::Options> {
-        let target = self.target.map(|t| if t.starts_with("http") { t } else { format!("http://{t}") });
+        let target = self.target.map(|ts| {
+            ts.split(',')
+                .map(|t| if t.starts_with("http") { t.to_string() } else { format!("http://{t}") })
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         Ok(bench::loadgen::Options {
             target,
             accounts: self.accounts,

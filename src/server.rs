@@ -240,7 +240,7 @@ impl Service {
         let writers = Arc::new(Writers::start(
             logs.events.clone(),
             views.clone(),
-            programmes.registry(),
+            &programmes,
             config.clock.clone(),
             writer_config,
         )?);

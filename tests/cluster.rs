@@ -81,14 +81,18 @@ impl Cluster {
         }
     }
 
-    /// Configures the programme through one instance and waits until every
-    /// instance has read it from the control stream.
     async fn configure(&self) {
+        self.configure_with(common::programme()).await
+    }
+
+    /// Configures a programme through one instance and waits until every
+    /// instance has read it from the control stream.
+    async fn configure_with(&self, programme: pb::Programme) {
         let mut admin = ProgrammeAdminClient::new(cluster::channel(&self.urls()[0]).await);
         admin
             .configure_programme(pb::ConfigureProgrammeRequest {
                 request_id: "cfg".into(),
-                programme: Some(common::programme()),
+                programme: Some(programme),
                 operator: "ops".into(),
             })
             .await
@@ -113,7 +117,8 @@ impl Cluster {
     async fn check(&mut self, seen: &Seen) {
         assert!(seen.errors.is_empty(), "definite errors: {:?}", seen.errors);
         assert!(seen.undecided.is_empty(), "commands never decided: {:?}", seen.undecided);
-        let expected: BTreeMap<usize, i64> = seen.acked.iter().map(|(m, ids)| (*m, ids.len() as i64)).collect();
+        let expected: BTreeMap<usize, i64> =
+            seen.acked.iter().map(|(m, ids)| (*m, ids.iter().map(|id| seen.granted[id].0).sum())).collect();
         for url in self.urls() {
             assert_eq!(cluster::balances(&url, seen).await, expected, "balances as {url} answers them");
         }
@@ -332,5 +337,48 @@ async fn a_new_instance_takes_partitions_over_under_load_and_nothing_is_lost_or_
     let owners = c.settle().await;
     assert!(!owned_by(&owners, &c.instances[newcomer].addr).is_empty(), "the newcomer took nothing: {owners:?}");
     let seen = load.join().await;
+    c.check(&seen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_programme_wide_cap_holds_with_three_instances_granting_and_across_a_failover() {
+    const CAP: i64 = 2_000;
+    let Some(mut c) = Cluster::start(3).await else { return };
+    let capped = pb::Programme {
+        programme_daily_issuance_cap: CAP,
+        cap_policy: pb::CapPolicy::Truncate as i32,
+        ..common::programme()
+    };
+    c.configure_with(capped).await;
+    // 6 workers x 120 earns x 5 points asks for 3,600 points.
+    let load = Load::earning(c.urls(), 6, MEMBERS, 120, "cap", 5);
+    load.wait_acked(150, Duration::from_secs(60)).await;
+    c.instances[1].kill();
+    let seen = load.join().await;
+    let mut by_day: BTreeMap<String, i64> = BTreeMap::new();
+    for (granted, mode, day) in seen.granted.values() {
+        assert_eq!(*mode, pb::CapMode::Share as i32, "a cluster counts the cap in shares");
+        *by_day.entry(day.clone()).or_default() += granted;
+    }
+    for (day, granted) in &by_day {
+        assert!(*granted <= CAP, "{granted} points granted on {day}, over the cap of {CAP}");
+    }
+    eprintln!("cap {CAP}: granted per day {by_day:?}");
+    // The shares taken stay within the cap too.
+    let mut admin = ProgrammeAdminClient::new(cluster::channel(&c.urls()[0]).await);
+    for day in by_day.keys() {
+        let issuance = admin
+            .get_issuance(pb::GetIssuanceRequest {
+                tenant_id: "shop".into(),
+                programme_id: "points".into(),
+                from_date: day.clone(),
+                to_date: day.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let taken = issuance.days[0].shares_taken;
+        assert!(taken <= CAP && taken >= by_day[day], "shares taken {taken} on {day} (granted {})", by_day[day]);
+    }
     c.check(&seen).await;
 }

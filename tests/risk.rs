@@ -290,6 +290,11 @@ async fn the_programme_cap_holds_across_partitions_concurrency_and_restarts() {
     assert!(partitions.len() > 1, "members spread over partitions");
     let a = c.earn(earn("a", "m0", 300)).await.unwrap().into_inner();
     assert_eq!((a.granted_points, a.forfeited_points), (300, 0));
+    // One instance writes every partition: one exact counter (a cluster
+    // counts in shares, tests/cluster.rs).
+    assert_eq!(a.cap_mode, pb::CapMode::Exact as i32);
+    let spend = c.spend(spend("s", "m0", 1)).await.unwrap().into_inner();
+    assert_eq!(spend.cap_mode, pb::CapMode::Unspecified as i32, "no cap applies to a spend");
     // Twenty earns of 100 at once, from members all over the partitions: the
     // 700 left go to exactly seven of them (or in part), never more.
     let tasks: Vec<_> = (0..20)

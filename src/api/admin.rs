@@ -127,7 +127,9 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         while d <= to {
             let issued =
                 crate::finance::risk::issuance(&self.0.books, &key, calendar::days_since_epoch(d)).map_err(internal)?;
-            days.push(pb::DayIssuance { date: d.to_string(), issued });
+            let day = calendar::days_since_epoch(d);
+            let shares_taken = self.0.programmes.registry().read().expect("registry lock").shares_taken(&key, day);
+            days.push(pb::DayIssuance { date: d.to_string(), issued, shares_taken });
             d = d.succ_opt().ok_or_else(|| invalid("to_date", "out of range"))?;
         }
         Ok(Response::new(pb::GetIssuanceResponse { days }))

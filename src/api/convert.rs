@@ -6,7 +6,7 @@ use crate::domain::{
     self, calendar, Account, AccountKey, CapPolicy, ClawbackPolicy, Event, ExpiryCause, LotAmount, Millis, Programme,
     ReleaseCause, RiskRules, ValidityRounding,
 };
-use crate::log::record::{Balance, Position, Reply};
+use crate::log::record::{Balance, CapMode, Position, Reply};
 use crate::proto as pb;
 use crate::proto::ledger_event::Event as PbEvent;
 use crate::proto::state;
@@ -170,6 +170,11 @@ pub fn reply_to_pb(r: Reply) -> pb::CommandReply {
         granted_points: r.granted,
         forfeited_points: r.forfeited,
         programme_version: r.programme_version,
+        cap_mode: match r.cap_mode {
+            CapMode::None => pb::CapMode::Unspecified,
+            CapMode::Exact => pb::CapMode::Exact,
+            CapMode::Share => pb::CapMode::Share,
+        } as i32,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod issuance;
 pub mod ownership;
 pub mod programmes;
 mod scheduler;
+mod shares;
 mod writer;
 
 use std::sync::{Arc, RwLock};
@@ -30,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use clock::{Clock, ManualClock, SystemClock};
 use issuance::Issuance;
 pub use ownership::Ownership;
-use programmes::SharedRegistry;
+use programmes::Programmes;
 
 use crate::domain::{AccountKey, Command, Rejection};
 use crate::log::arbiter::{Arbiter, Owner};
@@ -156,10 +157,13 @@ impl Writers {
     pub fn start(
         log: Arc<dyn EventLog>,
         store: Arc<Db>,
-        registry: SharedRegistry,
+        programmes: &Arc<Programmes>,
         clock: Arc<dyn Clock>,
         config: WriterConfig,
     ) -> anyhow::Result<Writers> {
+        let registry = programmes.registry();
+        // In a cluster the programme-wide cap is counted in shares.
+        let shares = config.assigned_only.then(|| programmes.clone());
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         let ownership = Arc::new(Ownership::new(log.partitions(), config.assigned_only));
@@ -184,6 +188,7 @@ impl Writers {
                 ownership: ownership.clone(),
                 positions: positions_tx.clone(),
                 owners: owners.clone(),
+                programmes: shares.clone(),
             })?;
             let (tx, rx) = mpsc::channel(config.queue_commands_max);
             senders.push(tx);

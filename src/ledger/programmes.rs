@@ -12,6 +12,12 @@
 //! it carries the next version of its programme and a request id not seen
 //! before; anything else is void for every reader. `configure` answers only
 //! once the follower has read its record back and found it counted.
+//!
+//! In a cluster the control stream also holds the shares of programme-wide
+//! daily caps (ARCHITECTURE.md, "The programme-wide cap in a cluster"): a
+//! share counts only if the shares counted before it, plus it, stay within
+//! the cap in force at its place in the stream; so shares never add up to
+//! more than the cap, whoever takes them, in whatever order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +25,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::domain::{Millis, Programme, ProgrammeKey};
-use crate::log::record::{ControlRecord, Position};
+use crate::domain::{Millis, Points, Programme, ProgrammeKey};
+use crate::log::record::{CapShare, ControlEvent, ControlRecord, Position};
 use crate::log::{EventLog, LogError, LogReader, LogRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,17 @@ pub struct Registry {
     requests: HashMap<(String, String), (u64, Arc<Programme>, Position)>,
     /// The next control-log offset to fold.
     applied: u64,
+    /// Cap shares per (programme, day).
+    shares: HashMap<(ProgrammeKey, i64), DayShares>,
+    /// Whether the share at each control-log offset counted.
+    share_outcomes: HashMap<u64, bool>,
+}
+
+/// The shares of one programme day's cap.
+#[derive(Clone, Debug, Default)]
+pub struct DayShares {
+    pub taken: Points,
+    pub by_partition: HashMap<u32, Points>,
 }
 
 impl Registry {
@@ -81,11 +98,63 @@ impl Registry {
         }
     }
 
-    /// Folds one control record; false when the log's arbitration voids it
-    /// (not the next version of its programme, or a request id seen before).
+    /// What partition `partition` may grant of `programme`'s cap on `day`:
+    /// its shares, scaled down if the cap was lowered below what was shared.
+    pub fn share(&self, programme: &ProgrammeKey, day: i64, partition: u32) -> Points {
+        let Some(d) = self.shares.get(&(programme.clone(), day)) else { return 0 };
+        let mine = d.by_partition.get(&partition).copied().unwrap_or(0);
+        let cap = self.cap(programme);
+        if d.taken <= cap || d.taken == 0 {
+            return mine;
+        }
+        (i128::from(mine) * i128::from(cap) / i128::from(d.taken)) as Points
+    }
+
+    /// The part of `programme`'s cap on `day` no partition has taken.
+    pub fn unshared(&self, programme: &ProgrammeKey, day: i64) -> Points {
+        let taken = self.shares.get(&(programme.clone(), day)).map_or(0, |d| d.taken);
+        (self.cap(programme) - taken).max(0)
+    }
+
+    /// The shares taken of `programme`'s cap on `day`.
+    pub fn shares_taken(&self, programme: &ProgrammeKey, day: i64) -> Points {
+        self.shares.get(&(programme.clone(), day)).map_or(0, |d| d.taken)
+    }
+
+    fn cap(&self, programme: &ProgrammeKey) -> Points {
+        self.current(programme).map_or(0, |p| p.programme_daily_issuance_cap)
+    }
+
+    /// Folds one control record; false when the log's arbitration voids it.
     fn add(&mut self, record: &ControlRecord, position: Position) -> bool {
         self.applied = position.offset + 1;
-        let p = Arc::new(record.programme.clone());
+        match &record.event {
+            ControlEvent::Configured(p) => self.add_programme(record, p, position),
+            ControlEvent::ShareTaken(share) => {
+                let counted = self.add_share(share);
+                self.share_outcomes.insert(position.offset, counted);
+                counted
+            }
+        }
+    }
+
+    /// A share counts when it is positive and the shares before it plus it
+    /// stay within the cap in force.
+    fn add_share(&mut self, share: &CapShare) -> bool {
+        let cap = self.cap(&share.programme);
+        let d = self.shares.entry((share.programme.clone(), share.day)).or_default();
+        if share.points <= 0 || d.taken.checked_add(share.points).is_none_or(|t| t > cap) {
+            return false;
+        }
+        d.taken += share.points;
+        *d.by_partition.entry(share.partition).or_default() += share.points;
+        true
+    }
+
+    /// A new version counts when it is the next of its programme and its
+    /// request id is new.
+    fn add_programme(&mut self, record: &ControlRecord, programme: &Programme, position: Position) -> bool {
+        let p = Arc::new(programme.clone());
         let key = (p.tenant_id.clone(), record.request_id.clone());
         let versions = self.versions.entry(p.key()).or_default();
         if p.version as usize != versions.len() + 1 || self.requests.contains_key(&key) {
@@ -197,7 +266,7 @@ impl Programmes {
                 at: programme.configured_at,
                 fingerprint,
                 operator: operator.into(),
-                programme: programme.clone(),
+                event: ControlEvent::Configured(programme.clone()),
             };
             let payload = crate::log::codec::encode_control_record(&record);
             let offset = self.log.append(
@@ -228,6 +297,39 @@ impl Programmes {
             }
         }
         Err(ConfigureError::NotConfirmed("other instances kept configuring this programme; retry".into()))
+    }
+}
+
+impl Programmes {
+    /// Takes a share of a programme day's cap for a partition: appends it
+    /// to the control stream and waits for the follower to read it back.
+    /// True when it counted (false: the cap had no room for it by then).
+    /// Blocking.
+    pub fn take_share(&self, share: CapShare, now: Millis) -> Result<bool, ConfigureError> {
+        let key = format!("{}/{}", share.programme.tenant_id, share.programme.programme_id);
+        let record = ControlRecord {
+            epoch: 0,
+            request_id: String::new(),
+            at: now,
+            fingerprint: 0,
+            operator: String::new(),
+            event: ControlEvent::ShareTaken(share),
+        };
+        let payload = crate::log::codec::encode_control_record(&record);
+        let offset = self.log.append(0, &[LogRecord::new(key.into_bytes(), payload)])?[0];
+        let started = Instant::now();
+        loop {
+            if let Some(&counted) = self.registry.read().expect("registry lock").share_outcomes.get(&offset) {
+                return Ok(counted);
+            }
+            if started.elapsed() > CONFIRM_TIMEOUT {
+                return Err(ConfigureError::NotConfirmed(format!(
+                    "a cap share was appended at offset {offset} but not read back within {} s",
+                    CONFIRM_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(CONFIRM_POLL);
+        }
     }
 }
 

@@ -30,11 +30,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::follow::ReadBack;
 use super::issuance::{earned_in, issued_key, Granted, Issuance};
 use super::ownership::Ownership;
+use super::programmes::Programmes;
 use super::programmes::SharedRegistry;
+use super::shares::ShareDecision;
 use super::{Clock, Msg, ReplyTx, Unavailable, WriteError, WriterConfig, FOLLOWING, READY, RELEASING};
-use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis};
+use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis, Points, ProgrammeKey};
 use crate::log::arbiter::Arbiter;
-use crate::log::record::{AccountRecord, Balance, PartitionRecord, Position, Reply};
+use crate::log::record::{AccountRecord, Balance, CapMode, PartitionRecord, Position, Reply};
 use crate::log::{codec, EventLog, LogError, LogReader, LogRecord};
 use crate::projection::{self, EntryPlace, Tail};
 use crate::store::{self, accounts, snapshot, Batch, Cf, Cursor, Db};
@@ -82,6 +84,10 @@ pub(super) struct PartitionWriter {
     pub(super) positions: Arc<tokio::sync::watch::Sender<Vec<u64>>>,
     /// Each partition's arbiter (latest counted claim), as committed.
     pub(super) owners: Arc<RwLock<Vec<Arbiter>>>,
+    /// In a cluster: where cap shares are taken (None: the exact counter).
+    pub(super) programmes: Option<Arc<Programmes>>,
+    /// What this partition has granted per programme day, as committed.
+    issued: Granted,
 }
 
 /// An account as of the last committed batch.
@@ -108,6 +114,7 @@ pub(super) struct Parts {
     pub ownership: Arc<Ownership>,
     pub positions: Arc<tokio::sync::watch::Sender<Vec<u64>>>,
     pub owners: Arc<RwLock<Vec<Arbiter>>>,
+    pub programmes: Option<Arc<Programmes>>,
 }
 
 /// State changed by one batch, not yet committed.
@@ -137,7 +144,7 @@ pub(super) struct Touched {
     due_before: Option<Millis>,
     /// The same after the batch (set at commit).
     due_after: Option<Millis>,
-    account: Account,
+    pub(super) account: Account,
     /// What events changed (only that is written back).
     changed: accounts::Changed,
     /// The last page of its statement, while it has room.
@@ -173,6 +180,7 @@ struct Decided {
 impl PartitionWriter {
     pub(super) fn new(p: Parts) -> Result<PartitionWriter, store::StoreError> {
         Ok(PartitionWriter {
+            issued: super::issuance::load(&p.store, p.partition)?,
             cursor: store::read_cursor(&p.store, p.partition)?,
             partition: p.partition,
             issuance: p.issuance,
@@ -191,6 +199,7 @@ impl PartitionWriter {
             ownership: p.ownership,
             positions: p.positions,
             owners: p.owners,
+            programmes: p.programmes,
         })
     }
 
@@ -372,7 +381,7 @@ impl PartitionWriter {
         now: Millis,
     ) -> anyhow::Result<()> {
         let programme = self.programme(&cmd.account);
-        let (events, granted) = match self.decide_counted(&mut d.work, &cmd, programme.as_deref(), now)? {
+        let (events, granted, cap_mode) = match self.decide_counted(&mut d.work, &cmd, programme.as_deref(), now)? {
             Ok(decided) => decided,
             Err(e) => {
                 if let Some(tx) = tx {
@@ -394,7 +403,7 @@ impl PartitionWriter {
             d.waiting.push((tx, d.records.len(), false));
         }
         let version = programme.map(|p| p.version).unwrap_or(0);
-        d.records.push((self.record(cmd, version, fingerprint, now, events), balances, balance));
+        d.records.push((self.record(cmd, version, fingerprint, now, events, cap_mode), balances, balance));
         Ok(())
     }
 
@@ -410,10 +419,14 @@ impl PartitionWriter {
         cmd: &Command,
         programme: Option<&domain::Programme>,
         now: Millis,
-    ) -> Result<Result<(Vec<domain::Event>, Granted), WriteError>, store::StoreError> {
-        let capped_day = programme
-            .filter(|p| p.programme_daily_issuance_cap > 0 && matches!(cmd.body, CommandBody::Earn { .. }))
-            .map(|p| domain::calendar::programme_day(p.time_zone, now));
+    ) -> Result<ShareDecision, store::StoreError> {
+        let capped =
+            programme.filter(|p| p.programme_daily_issuance_cap > 0 && matches!(cmd.body, CommandBody::Earn { .. }));
+        let capped_day = capped.map(|p| domain::calendar::programme_day(p.time_zone, now));
+        if let (Some(p), Some(day), Some(programmes)) = (capped, capped_day, self.programmes.clone()) {
+            return self.decide_under_share(work, cmd, p, now, day, &programmes);
+        }
+        let mode = if capped.is_some() { CapMode::Exact } else { CapMode::None };
         let key = cmd.account.programme();
         let touched = self.account(work, &cmd.account)?;
         for _attempt in 0..CAP_DECIDE_ATTEMPTS_MAX {
@@ -433,13 +446,20 @@ impl PartitionWriter {
                 }
                 _ => self.issuance.add(&granted, 1),
             }
-            return Ok(Ok((events, granted)));
+            return Ok(Ok((events, granted, mode)));
         }
         Ok(Err(Unavailable::CapContended.into()))
     }
 
+    /// What this partition has granted of `programme`'s issuance on `day`
+    /// (as committed).
+    pub(super) fn issued_in_partition(&self, programme: &ProgrammeKey, day: i64) -> Points {
+        self.issued.get(&(programme.clone(), day)).copied().unwrap_or(0)
+    }
+
     /// Append and confirm: one durable append of the batch's records and, on
-    /// a shared log, the read-back that proves they count. The offsets they
+    /// a shared log when another writer's records came in between, the
+    /// read-back that proves they count. The offsets they
     /// got, or why the batch is void (or its outcome unknown).
     fn append_and_confirm(
         &mut self,
@@ -453,7 +473,12 @@ impl PartitionWriter {
             LogError::Unavailable(m) => Unavailable::Log(m),
             other => Unavailable::Log(format!("append failed: {other}")),
         })?;
-        if !self.log.shared() {
+        // Right after everything this writer has folded, with no gap: no
+        // other record lies before or among them, so the arbiter stands at
+        // this writer's epoch there and they count. A gap means another
+        // writer appended (a claim, perhaps): read the partition back.
+        let contiguous = offsets.first() == Some(&self.cursor.next) && offsets.windows(2).all(|w| w[1] == w[0] + 1);
+        if !self.log.shared() || contiguous {
             self.cursor.next = offsets.last().expect("a batch") + 1;
             return Ok(offsets);
         }
@@ -605,13 +630,9 @@ impl PartitionWriter {
         for (k, v) in &work.issued_folded {
             *issued.entry(k.clone()).or_default() += v;
         }
-        for ((p, day), v) in &issued {
-            let key = issued_key(self.partition, p, *day);
-            let before = match self.store.get(Cf::Issuance, &key)? {
-                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored issuance")),
-                None => 0,
-            };
-            batch.put(Cf::Issuance, &key, &(before + v).to_be_bytes());
+        for ((p, day), v) in issued.iter_mut() {
+            *v += self.issued_in_partition(p, *day);
+            batch.put(Cf::Issuance, &issued_key(self.partition, p, *day), &v.to_be_bytes());
         }
         for (tenant, request_id, fingerprint, reply) in &work.replies {
             let row = snapshot::encode_request(*fingerprint, reply.position.offset, &reply.balance);
@@ -619,6 +640,7 @@ impl PartitionWriter {
         }
         store::put_cursor(&mut batch, self.partition, &self.cursor);
         self.store.write(batch)?;
+        self.issued.extend(issued);
         self.issuance.add(&work.issued_folded, 1);
         let (p, next) = (self.partition as usize, self.cursor.next);
         self.positions.send_if_modified(|v| std::mem::replace(&mut v[p], next) != next);
@@ -797,6 +819,7 @@ impl PartitionWriter {
         fingerprint: u64,
         now: Millis,
         events: Vec<domain::Event>,
+        cap_mode: CapMode,
     ) -> AccountRecord {
         AccountRecord {
             epoch: self.cursor.arbiter.epoch,
@@ -808,6 +831,7 @@ impl PartitionWriter {
             fingerprint,
             events,
             context: cmd.context,
+            cap_mode,
         }
     }
 }

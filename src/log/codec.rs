@@ -14,7 +14,7 @@ use crate::domain::{
     AccountKey, CapPolicy, ClawbackPolicy, Event, ExpiryCause, LevelThreshold, LotAmount, Millis, Programme,
     ReleaseCause, RiskRules, ValidityRounding,
 };
-use crate::log::record::{AccountRecord, Claim, ControlRecord, PartitionRecord};
+use crate::log::record::{AccountRecord, CapMode, CapShare, Claim, ControlEvent, ControlRecord, PartitionRecord};
 use crate::proto::log as wire;
 use crate::proto::log::ledger_event::Event as WireEvent;
 
@@ -293,6 +293,11 @@ pub fn account_record_to_wire(r: &AccountRecord) -> wire::AccountRecord {
         device_id: r.context.device_id.clone(),
         metadata: r.context.metadata.clone().into_iter().collect(),
         claim: None,
+        cap_mode: match r.cap_mode {
+            CapMode::None => wire::CapMode::Unspecified,
+            CapMode::Exact => wire::CapMode::Exact,
+            CapMode::Share => wire::CapMode::Share,
+        } as i32,
     }
 }
 
@@ -352,32 +357,59 @@ fn account_record_from_wire(r: wire::AccountRecord) -> Result<AccountRecord, Cod
             device_id: r.device_id,
             metadata: r.metadata.into_iter().collect(),
         },
+        // Unknown values (a later build's) read as no mode: nothing is validated on read.
+        cap_mode: match wire::CapMode::try_from(r.cap_mode) {
+            Ok(wire::CapMode::Exact) => CapMode::Exact,
+            Ok(wire::CapMode::Share) => CapMode::Share,
+            _ => CapMode::None,
+        },
     })
 }
 
 pub fn encode_control_record(r: &ControlRecord) -> Vec<u8> {
+    let event = match &r.event {
+        ControlEvent::Configured(p) => wire::control_record::Event::ProgrammeConfigured(programme_to_wire(p)),
+        ControlEvent::ShareTaken(s) => wire::control_record::Event::CapShareTaken(wire::CapShareTaken {
+            tenant_id: s.programme.tenant_id.clone(),
+            programme_id: s.programme.programme_id.clone(),
+            day: s.day,
+            partition: s.partition,
+            points: s.points,
+            writer: s.writer.clone(),
+        }),
+    };
     wire::ControlRecord {
         epoch: r.epoch,
         request_id: r.request_id.clone(),
         at_ms: r.at,
         fingerprint: r.fingerprint,
         operator: r.operator.clone(),
-        event: Some(wire::control_record::Event::ProgrammeConfigured(programme_to_wire(&r.programme))),
+        event: Some(event),
     }
     .encode_to_vec()
 }
 
 pub fn decode_control_record(bytes: &[u8]) -> Result<ControlRecord, CodecError> {
     let r = wire::ControlRecord::decode(bytes)?;
-    let wire::control_record::Event::ProgrammeConfigured(p) = r.event.ok_or(CodecError::Missing("event"))?;
-    let programme = programme_from_wire(p, r.at_ms);
+    let event = match r.event.ok_or(CodecError::Missing("event"))? {
+        wire::control_record::Event::ProgrammeConfigured(p) => {
+            ControlEvent::Configured(programme_from_wire(p, r.at_ms))
+        }
+        wire::control_record::Event::CapShareTaken(s) => ControlEvent::ShareTaken(CapShare {
+            programme: crate::domain::ProgrammeKey { tenant_id: s.tenant_id, programme_id: s.programme_id },
+            day: s.day,
+            partition: s.partition,
+            points: s.points,
+            writer: s.writer,
+        }),
+    };
     Ok(ControlRecord {
         epoch: r.epoch,
         request_id: r.request_id,
         at: r.at_ms,
         fingerprint: r.fingerprint,
         operator: r.operator,
-        programme,
+        event,
     })
 }
 

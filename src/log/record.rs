@@ -2,7 +2,7 @@
 //! of its events, so a command's events become visible together or not at all;
 //! where a record sits (`Position`), and the answer a record gives (`Reply`).
 
-use crate::domain::{AccountKey, CommandContext, Event, Millis, Programme};
+use crate::domain::{AccountKey, CommandContext, Event, Millis, Points, Programme, ProgrammeKey};
 
 /// A record of an account partition.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,9 +20,24 @@ pub struct AccountRecord {
     pub system: bool,
     pub events: Vec<Event>,
     pub context: CommandContext,
+    /// How the programme-wide daily cap was counted for it.
+    pub cap_mode: CapMode,
 }
 
-/// A record of the control stream: a new version of a programme's rules.
+/// How the programme-wide daily issuance cap was counted for a command
+/// (ARCHITECTURE.md, "The programme-wide cap in a cluster").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CapMode {
+    /// No such cap applied (not an earn, or the programme has none).
+    #[default]
+    None,
+    /// One counter over every partition: one instance writes them all.
+    Exact,
+    /// The partition's share of the day's cap, taken in the control stream.
+    Share,
+}
+
+/// A record of the control stream.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlRecord {
     pub epoch: u64,
@@ -30,7 +45,27 @@ pub struct ControlRecord {
     pub at: Millis,
     pub fingerprint: u64,
     pub operator: String,
-    pub programme: Programme,
+    pub event: ControlEvent,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ControlEvent {
+    /// A new version of a programme's rules.
+    Configured(Programme),
+    /// A share of a programme's daily cap taken for one partition.
+    ShareTaken(CapShare),
+}
+
+/// Up to `points` of `programme`'s issuance cap on `day` may be granted in
+/// `partition` (in addition to its earlier shares that day).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapShare {
+    pub programme: ProgrammeKey,
+    /// Days since 1970-01-01 in the programme's time zone.
+    pub day: i64,
+    pub partition: u32,
+    pub points: Points,
+    pub writer: String,
 }
 
 /// A claim marker: `writer` takes its partition with `epoch`. Every record
@@ -87,6 +122,7 @@ pub struct Reply {
     pub granted: i64,
     pub forfeited: i64,
     pub programme_version: u64,
+    pub cap_mode: CapMode,
 }
 
 impl Reply {
@@ -109,6 +145,7 @@ impl Reply {
             granted,
             forfeited,
             programme_version: record.programme_version,
+            cap_mode: record.cap_mode,
         }
     }
 }

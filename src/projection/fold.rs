@@ -384,6 +384,7 @@ mod tests {
                     system: false,
                     events,
                     context: Default::default(),
+                    cap_mode: Default::default(),
                 })
             })
             .enumerate()

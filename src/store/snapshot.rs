@@ -576,6 +576,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<StoredRequest, CodecError> {
         granted: r.granted_points,
         forfeited: r.forfeited_points,
         programme_version: r.programme_version,
+        // Rows of this old shape predate cap modes.
+        cap_mode: Default::default(),
     };
     Ok(StoredRequest::Reply(s.fingerprint, reply))
 }

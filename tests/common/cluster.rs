@@ -184,6 +184,9 @@ pub struct Seen {
     pub retries: BTreeMap<String, usize>,
     /// Definite errors (there should be none for plain earns).
     pub errors: Vec<String>,
+    /// Per acknowledged request id: points granted, how the cap was counted,
+    /// and the programme day (`YYYY-MM-DD`).
+    pub granted: BTreeMap<String, (i64, i32, String)>,
 }
 
 pub struct Load {
@@ -202,6 +205,18 @@ impl Load {
     /// retrying it (same request id, next instance) until a definite answer;
     /// at most `per_worker` commands each, until `stop`.
     pub fn start(urls: Vec<String>, workers: usize, members: usize, per_worker: usize, tag: &str) -> Load {
+        Load::earning(urls, workers, members, per_worker, tag, 1)
+    }
+
+    /// [`Load::start`] with `points` per earn.
+    pub fn earning(
+        urls: Vec<String>,
+        workers: usize,
+        members: usize,
+        per_worker: usize,
+        tag: &str,
+        points: i64,
+    ) -> Load {
         let seen: Arc<Mutex<Seen>> = Default::default();
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
@@ -218,7 +233,7 @@ impl Load {
                         let member = (w * 7 + i) % members;
                         let id = format!("{tag}-w{w}-{i}");
                         let targets = urls.lock().unwrap().clone();
-                        send_until_decided(&targets, w + i, member, &id, &seen, &acked).await;
+                        send_until_decided(&targets, w + i, (member, points), &id, &seen, &acked).await;
                     }
                 })
             })
@@ -254,7 +269,7 @@ impl Load {
 async fn send_until_decided(
     urls: &[String],
     first: usize,
-    member: usize,
+    (member, points): (usize, i64),
     id: &str,
     seen: &Mutex<Seen>,
     acked: &AtomicUsize,
@@ -265,11 +280,16 @@ async fn send_until_decided(
         let url = &urls[attempt % urls.len()];
         attempt += 1;
         let mut c = PointsLedgerClient::new(channel(url).await);
-        match c.earn(super::earn(id, &format!("m{member}"), 1)).await {
+        match c.earn(super::earn(id, &format!("m{member}"), points)).await {
             Ok(r) => {
                 let r = r.into_inner();
                 let mut s = seen.lock().unwrap();
                 s.acked.entry(member).or_default().insert(id.to_string());
+                let date = r.events.iter().find_map(|e| match &e.event {
+                    Some(pb::ledger_event::Event::PointsEarned(p)) => Some(p.date.clone()),
+                    _ => None,
+                });
+                s.granted.insert(id.to_string(), (r.granted_points, r.cap_mode, date.unwrap_or_default()));
                 let p = r.position.unwrap_or_default();
                 let last = s.last_position.entry(member).or_insert(p);
                 if p.offset > last.offset {
