@@ -35,13 +35,65 @@ fn log_args(broker: &Option<common::broker::Tansu>) -> Vec<String> {
     }
 }
 
-fn spawn_server(dir: &std::path::Path, log: &[String]) -> (Child, String) {
+/// A served child process, SIGKILLed if the test ends (or fails) with it
+/// still running: an orphan would keep the suite's output pipe open.
+struct Server(Child);
+
+impl Server {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// How long a retry of `UNAVAILABLE` goes on: on Kafka a restarted instance
+/// may find its dead predecessor still in the group until the session
+/// timeout passes and the partitions move (`PARTITION_MOVING`).
+const UNAVAILABLE_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// `Earn`, retried with the same request id while the answer is
+/// `UNAVAILABLE` (what a caller does), up to [`UNAVAILABLE_RETRY_FOR`].
+async fn earn_retrying(
+    c: &mut PointsLedgerClient<tonic::transport::Channel>,
+    id: &str,
+    member: usize,
+) -> pb::CommandReply {
+    let started = std::time::Instant::now();
+    loop {
+        match c.earn(earn(id, &format!("m{member}"), 1)).await {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && started.elapsed() < UNAVAILABLE_RETRY_FOR => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{id}: {s:?}"),
+        }
+    }
+}
+
+fn spawn_server(dir: &std::path::Path, log: &[String]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(log)
         .arg("--data-dir")
         .arg(dir)
-        .env("RUST_LOG", "warn")
+        // POINTS_LEDGER_TEST_SERVER_LOG=debug (say) to see more of a failure.
+        .env("RUST_LOG", std::env::var("POINTS_LEDGER_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -50,7 +102,7 @@ fn spawn_server(dir: &std::path::Path, log: &[String]) -> (Child, String) {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(line.contains("listening on"), "unexpected first line: {line}");
-    (child, format!("http://{addr}"))
+    (Server(child), format!("http://{addr}"))
 }
 
 async fn connect(url: &str) -> PointsLedgerClient<tonic::transport::Channel> {
@@ -123,7 +175,7 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
     // Before any retry: every acknowledged command is there.
     let mut last_position: BTreeMap<usize, pb::LogPosition> = BTreeMap::new();
     for (member, id) in &acked {
-        let r = c.earn(earn(id, &format!("m{member}"), 1)).await.unwrap().into_inner();
+        let r = earn_retrying(&mut c, id, *member).await;
         assert!(r.replayed, "acknowledged {id} was lost");
         let p = r.position.unwrap();
         let e = last_position.entry(*member).or_insert(p);
@@ -133,7 +185,7 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
     }
     // Retry the rest: each lands once, whether or not it made it before.
     for (member, id) in sent.difference(&acked) {
-        let r = c.earn(earn(id, &format!("m{member}"), 1)).await.unwrap().into_inner();
+        let r = earn_retrying(&mut c, id, *member).await;
         let p = r.position.unwrap();
         let e = last_position.entry(*member).or_insert(p);
         if p.offset > e.offset {
@@ -189,13 +241,17 @@ extern "C" {
 /// Rounds of the kill loop: each kills the server at a pseudo-random moment
 /// of a load (between some append and the checkpoint after it, mostly).
 const KILL_ROUNDS: usize = 20;
+/// The same on Kafka, where each restart waits for the group to drop the
+/// killed member (its session timeout, 6 s) and each retry of an
+/// acknowledged command reads its record from the broker.
+const KILL_ROUNDS_KAFKA: usize = 10;
 
 /// The commands of one round: (member, request id) sent and acknowledged.
 type Round = (BTreeSet<(usize, String)>, BTreeSet<(usize, String)>);
 
 /// Runs `WORKERS` workers against `url` until `after` passes, then SIGKILLs
 /// the server; returns what was sent and what was acknowledged.
-async fn load_then_kill(child: &mut Child, url: &str, round: usize, after: Duration) -> Round {
+async fn load_then_kill(child: &mut Server, url: &str, round: usize, after: Duration) -> Round {
     // The clock starts once the server serves (on Kafka it claims first).
     drop(connect(url).await);
     let sent: Arc<Mutex<BTreeSet<(usize, String)>>> = Default::default();
@@ -235,11 +291,11 @@ async fn load_then_kill(child: &mut Child, url: &str, round: usize, after: Durat
 async fn check_and_retry(url: &str, round: usize, (sent, acked): &Round) {
     let mut c = connect(url).await;
     for (member, id) in acked {
-        let r = c.earn(earn(id, &format!("m{member}"), 1)).await.unwrap().into_inner();
+        let r = earn_retrying(&mut c, id, *member).await;
         assert!(r.replayed, "round {round}: acknowledged {id} was lost");
     }
     for (member, id) in sent.difference(acked) {
-        c.earn(earn(id, &format!("m{member}"), 1)).await.unwrap();
+        earn_retrying(&mut c, id, *member).await;
     }
 }
 
@@ -263,7 +319,8 @@ async fn many_kills_at_random_points_lose_nothing_acknowledged_and_double_nothin
     let mut url = url;
     let mut all_sent: BTreeSet<(usize, String)> = BTreeSet::new();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for round in 0..KILL_ROUNDS {
+    let rounds = if broker.is_some() { KILL_ROUNDS_KAFKA } else { KILL_ROUNDS };
+    for round in 0..rounds {
         // xorshift: a kill 20..420 ms into the load, the same every run.
         x ^= x << 13;
         x ^= x >> 7;

@@ -5,7 +5,7 @@
 //! accepted records in one durable append (read back on a shared log),
 //! **answer** every caller, then **commit** the state the log now determines
 //! (a retry is decided in a later batch, after this commit; if the commit
-//! fails, the writer stops and a restart catches up from the log).
+//! fails, the writer starts over from its stored state and the log).
 //!
 //! The state a writer commits is the partition's views too: its accounts
 //! (the balance view), their statements (pages) and the expiry index, with
@@ -51,6 +51,13 @@ const FOLLOW_POLL_MS: u64 = 100;
 /// Times an earn under a programme-wide cap is decided again because
 /// another partition counted against the cap in between, at most.
 const CAP_DECIDE_ATTEMPTS_MAX: usize = 64;
+/// How long a retry waits for its record to be read from the log (the
+/// writer answers nothing else meanwhile), per attempt.
+const RECORD_AT_WAIT_MS: u64 = 2000;
+/// The poll within it.
+const RECORD_AT_POLL_MS: u64 = 100;
+/// How far before a retried command's record the second attempt starts.
+const RECORD_AT_LEAD_RECORDS: u64 = 16;
 
 pub(super) struct PartitionWriter {
     pub(super) partition: u32,
@@ -344,7 +351,17 @@ impl PartitionWriter {
         let (fp, reply) = match snapshot::decode_request(&bytes)? {
             snapshot::StoredRequest::Reply(fp, reply) => (fp, reply),
             snapshot::StoredRequest::At { fingerprint: fp, offset, balance } if fp == fingerprint => {
-                (fp, self.reply_at(offset, balance)?)
+                match self.reply_at(offset, balance) {
+                    Ok(reply) => (fp, reply),
+                    // The retry's record is in the log, its reply just
+                    // cannot be read now: the caller retries again.
+                    Err(e) => {
+                        tracing::warn!(partition = self.partition, offset, error = %e, "cannot read a retried command's record");
+                        let _ = tx
+                            .send(Err(Unavailable::Log(format!("reading the record at offset {offset}: {e}")).into()));
+                        return Ok(None);
+                    }
+                }
             }
             snapshot::StoredRequest::At { fingerprint: fp, .. } => (fp, Reply::default()),
         };
@@ -359,15 +376,42 @@ impl PartitionWriter {
     /// The reply of the record at `offset` of this partition (a retry), with
     /// the balance its idempotency record kept.
     fn reply_at(&self, offset: u64, balance: Balance) -> anyhow::Result<Reply> {
-        let mut reader = self.log.reader(self.partition, offset)?;
-        let entries = crate::log::read_towards(reader.as_mut(), offset + 1, 1)?;
-        let entry = entries.first().ok_or_else(|| anyhow::anyhow!("no record at offset {offset}"))?;
+        let entry = match self.record_at(offset, offset) {
+            Ok(entry) => entry,
+            // A broker may fail to serve a fetch that starts at one offset
+            // (seen on tansu after a producer died) and serve one that
+            // starts a little earlier.
+            Err(first) => {
+                let from = offset.saturating_sub(RECORD_AT_LEAD_RECORDS);
+                let entry = self.record_at(from, offset).map_err(|e| anyhow::anyhow!("{first}; from {from}: {e}"))?;
+                tracing::warn!(partition = self.partition, offset, from, error = %first, "read a retried command's record from an earlier offset");
+                entry
+            }
+        };
         match codec::decode_partition_record(&entry.payload)? {
             PartitionRecord::Account(record) => {
                 Ok(Reply::for_record(&record, Position { partition: self.partition, offset }, balance))
             }
             PartitionRecord::Claim(_) => anyhow::bail!("offset {offset} holds a claim, not a command's record"),
         }
+    }
+
+    /// The record at `offset`, read from `from` (≤ `offset`) within
+    /// [`RECORD_AT_WAIT_MS`].
+    fn record_at(&self, from: u64, offset: u64) -> anyhow::Result<crate::log::LogEntry> {
+        let mut reader = self.log.reader(self.partition, from)?;
+        let started = std::time::Instant::now();
+        while reader.position() <= offset {
+            let left = usize::try_from(offset + 1 - reader.position()).unwrap_or(usize::MAX);
+            let entries = reader.next_batch(left, Duration::from_millis(RECORD_AT_POLL_MS))?;
+            if let Some(e) = entries.into_iter().find(|e| e.offset == offset) {
+                return Ok(e);
+            }
+            if started.elapsed() > Duration::from_millis(RECORD_AT_WAIT_MS) {
+                anyhow::bail!("no record came from offset {} within {RECORD_AT_WAIT_MS} ms", reader.position());
+            }
+        }
+        anyhow::bail!("no record at offset {offset}")
     }
 
     /// Decides one new command and, when it is accepted (or a tick found
@@ -768,15 +812,41 @@ impl PartitionWriter {
         tracing::info!(partition = self.partition, next = self.cursor.next, "released the partition");
     }
 
-    /// Runs a batch; false when its state could not be committed (the
-    /// writer stops: the log holds what was answered, a restart rebuilds the rest).
+    /// Runs a batch; false when the writer must stop. A batch that fails
+    /// outside its append (its state could not be read or committed, a
+    /// log read it needed did not come) starts the writer over as a
+    /// restart would: from its stored state, catching up with the log
+    /// (which holds whatever was answered) and claiming the partition
+    /// again. Its callers hear `UNAVAILABLE`, safe to retry.
     fn process_or_stop(&mut self, msgs: Vec<Msg>) -> bool {
-        if let Err(e) = self.process(msgs) {
-            tracing::error!(partition = self.partition, error = %e, "writer state could not be committed; writer stops");
-            self.ownership.set_status(self.partition, FOLLOWING, Some(u64::MAX));
-            return false;
+        let Err(e) = self.process(msgs) else { return true };
+        tracing::error!(partition = self.partition, error = %e, "batch failed; the writer starts over from its stored state");
+        std::thread::sleep(Duration::from_millis(START_UP_RETRY_MS));
+        match self.start_over() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(partition = self.partition, error = %e, "writer state cannot be read; writer stops");
+                self.ownership.set_status(self.partition, FOLLOWING, Some(u64::MAX));
+                false
+            }
         }
-        true
+    }
+
+    /// Forgets everything not in the store (cache, cursor, the log
+    /// reader, claims seen) and lets the run loop take the partition
+    /// again under its current assignment.
+    fn start_over(&mut self) -> Result<(), store::StoreError> {
+        self.issued = super::issuance::load(&self.store, self.partition)?;
+        self.cursor = store::read_cursor(&self.store, self.partition)?;
+        self.cache.clear();
+        self.reader = None;
+        self.last_claim = None;
+        self.own_claim = None;
+        self.stale = false;
+        let generation = self.ownership.generation(self.partition);
+        // Not tried under this assignment yet: the run loop takes it again.
+        self.ownership.set_status(self.partition, FOLLOWING, Some(generation.saturating_sub(1)));
+        Ok(())
     }
 
     /// A partition another writer owns (or nobody here wants): answers what
