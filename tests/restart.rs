@@ -241,10 +241,6 @@ extern "C" {
 /// Rounds of the kill loop: each kills the server at a pseudo-random moment
 /// of a load (between some append and the checkpoint after it, mostly).
 const KILL_ROUNDS: usize = 20;
-/// The same on Kafka, where each restart waits for the group to drop the
-/// killed member (its session timeout, 6 s) and each retry of an
-/// acknowledged command reads its record from the broker.
-const KILL_ROUNDS_KAFKA: usize = 10;
 
 /// The commands of one round: (member, request id) sent and acknowledged.
 type Round = (BTreeSet<(usize, String)>, BTreeSet<(usize, String)>);
@@ -319,8 +315,7 @@ async fn many_kills_at_random_points_lose_nothing_acknowledged_and_double_nothin
     let mut url = url;
     let mut all_sent: BTreeSet<(usize, String)> = BTreeSet::new();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let rounds = if broker.is_some() { KILL_ROUNDS_KAFKA } else { KILL_ROUNDS };
-    for round in 0..rounds {
+    for round in 0..KILL_ROUNDS {
         // xorshift: a kill 20..420 ms into the load, the same every run.
         x ^= x << 13;
         x ^= x >> 7;

@@ -679,7 +679,13 @@ impl PartitionWriter {
             batch.put(Cf::Issuance, &issued_key(self.partition, p, *day), &v.to_be_bytes());
         }
         for (tenant, request_id, fingerprint, reply) in &work.replies {
-            let row = snapshot::encode_request(*fingerprint, reply.position.offset, &reply.balance);
+            // On a shared log reading one record back takes a consumer of
+            // its own (and the broker's time): keep the whole reply there.
+            let row = if self.log.shared() {
+                snapshot::encode_stored_reply(*fingerprint, reply)
+            } else {
+                snapshot::encode_request(*fingerprint, reply.position.offset, &reply.balance)
+            };
             batch.put_vec(Cf::Requests, store::request_key(tenant, request_id), row);
         }
         store::put_cursor(&mut batch, self.partition, &self.cursor);

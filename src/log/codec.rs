@@ -293,11 +293,24 @@ pub fn account_record_to_wire(r: &AccountRecord) -> wire::AccountRecord {
         device_id: r.context.device_id.clone(),
         metadata: r.context.metadata.clone().into_iter().collect(),
         claim: None,
-        cap_mode: match r.cap_mode {
-            CapMode::None => wire::CapMode::Unspecified,
-            CapMode::Exact => wire::CapMode::Exact,
-            CapMode::Share => wire::CapMode::Share,
-        } as i32,
+        cap_mode: cap_mode_to_wire(r.cap_mode) as i32,
+    }
+}
+
+pub fn cap_mode_to_wire(mode: CapMode) -> wire::CapMode {
+    match mode {
+        CapMode::None => wire::CapMode::Unspecified,
+        CapMode::Exact => wire::CapMode::Exact,
+        CapMode::Share => wire::CapMode::Share,
+    }
+}
+
+/// Unknown values (a later build's) read as no mode: nothing is validated on read.
+pub fn cap_mode_from_wire(mode: i32) -> CapMode {
+    match wire::CapMode::try_from(mode) {
+        Ok(wire::CapMode::Exact) => CapMode::Exact,
+        Ok(wire::CapMode::Share) => CapMode::Share,
+        _ => CapMode::None,
     }
 }
 
@@ -357,12 +370,7 @@ fn account_record_from_wire(r: wire::AccountRecord) -> Result<AccountRecord, Cod
             device_id: r.device_id,
             metadata: r.metadata.into_iter().collect(),
         },
-        // Unknown values (a later build's) read as no mode: nothing is validated on read.
-        cap_mode: match wire::CapMode::try_from(r.cap_mode) {
-            Ok(wire::CapMode::Exact) => CapMode::Exact,
-            Ok(wire::CapMode::Share) => CapMode::Share,
-            _ => CapMode::None,
-        },
+        cap_mode: cap_mode_from_wire(r.cap_mode),
     })
 }
 

@@ -576,14 +576,13 @@ pub fn decode_request(bytes: &[u8]) -> Result<StoredRequest, CodecError> {
         granted: r.granted_points,
         forfeited: r.forfeited_points,
         programme_version: r.programme_version,
-        // Rows of this old shape predate cap modes.
-        cap_mode: Default::default(),
+        cap_mode: crate::log::codec::cap_mode_from_wire(r.cap_mode),
     };
     Ok(StoredRequest::Reply(s.fingerprint, reply))
 }
 
-/// A request id's row as written before 2026-12-01 (the whole reply), for
-/// tests of old stores.
+/// A request id's row with the whole reply (a shared log's writers; the
+/// only form before 2026-12-01).
 pub fn encode_stored_reply(fingerprint: u64, r: &Reply) -> Vec<u8> {
     let reply = state::StoredCommandReply {
         request_id: r.request_id.clone(),
@@ -594,6 +593,7 @@ pub fn encode_stored_reply(fingerprint: u64, r: &Reply) -> Vec<u8> {
         granted_points: r.granted,
         forfeited_points: r.forfeited,
         programme_version: r.programme_version,
+        cap_mode: crate::log::codec::cap_mode_to_wire(r.cap_mode) as i32,
     };
     state::StoredReply { fingerprint, reply: Some(reply), offset: 0, balance: None }.encode_to_vec()
 }
@@ -711,6 +711,36 @@ mod tests {
         a.level = "gold".into();
         a.recount();
         a
+    }
+
+    #[test]
+    fn a_whole_reply_row_answers_with_its_cap_mode_and_an_offset_row_with_its_place() {
+        use crate::log::record::{CapMode, Position, Reply};
+        let reply = Reply {
+            request_id: "r1".into(),
+            events: vec![crate::domain::Event::PointsSpent {
+                spend_id: "r1".into(),
+                order_ref: Some("o-1".into()),
+                points: 5,
+                lots: vec![amount("e1", 5)],
+            }],
+            balance: Balance { available: 5, ..Default::default() },
+            position: Position { partition: 3, offset: 41 },
+            granted: 5,
+            programme_version: 2,
+            cap_mode: CapMode::Share,
+            ..Default::default()
+        };
+        match decode_request(&encode_stored_reply(7, &reply)).unwrap() {
+            StoredRequest::Reply(fp, back) => assert_eq!((fp, back), (7, reply.clone())),
+            StoredRequest::At { .. } => panic!("the whole reply was written"),
+        }
+        match decode_request(&encode_request(7, 41, &reply.balance)).unwrap() {
+            StoredRequest::At { fingerprint, offset, balance } => {
+                assert_eq!((fingerprint, offset, balance), (7, 41, reply.balance))
+            }
+            StoredRequest::Reply(..) => panic!("only the offset was written"),
+        }
     }
 
     #[test]
