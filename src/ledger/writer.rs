@@ -51,13 +51,6 @@ const FOLLOW_POLL_MS: u64 = 100;
 /// Times an earn under a programme-wide cap is decided again because
 /// another partition counted against the cap in between, at most.
 const CAP_DECIDE_ATTEMPTS_MAX: usize = 64;
-/// How long a retry waits for its record to be read from the log (the
-/// writer answers nothing else meanwhile), per attempt.
-const RECORD_AT_WAIT_MS: u64 = 2000;
-/// The poll within it.
-const RECORD_AT_POLL_MS: u64 = 100;
-/// How far before a retried command's record the second attempt starts.
-const RECORD_AT_LEAD_RECORDS: u64 = 16;
 
 pub(super) struct PartitionWriter {
     pub(super) partition: u32,
@@ -376,42 +369,15 @@ impl PartitionWriter {
     /// The reply of the record at `offset` of this partition (a retry), with
     /// the balance its idempotency record kept.
     fn reply_at(&self, offset: u64, balance: Balance) -> anyhow::Result<Reply> {
-        let entry = match self.record_at(offset, offset) {
-            Ok(entry) => entry,
-            // A broker may fail to serve a fetch that starts at one offset
-            // (seen on tansu after a producer died) and serve one that
-            // starts a little earlier.
-            Err(first) => {
-                let from = offset.saturating_sub(RECORD_AT_LEAD_RECORDS);
-                let entry = self.record_at(from, offset).map_err(|e| anyhow::anyhow!("{first}; from {from}: {e}"))?;
-                tracing::warn!(partition = self.partition, offset, from, error = %first, "read a retried command's record from an earlier offset");
-                entry
-            }
-        };
+        let mut reader = self.log.reader(self.partition, offset)?;
+        let entries = crate::log::read_towards(reader.as_mut(), offset + 1, 1)?;
+        let entry = entries.first().ok_or_else(|| anyhow::anyhow!("no record at offset {offset}"))?;
         match codec::decode_partition_record(&entry.payload)? {
             PartitionRecord::Account(record) => {
                 Ok(Reply::for_record(&record, Position { partition: self.partition, offset }, balance))
             }
             PartitionRecord::Claim(_) => anyhow::bail!("offset {offset} holds a claim, not a command's record"),
         }
-    }
-
-    /// The record at `offset`, read from `from` (≤ `offset`) within
-    /// [`RECORD_AT_WAIT_MS`].
-    fn record_at(&self, from: u64, offset: u64) -> anyhow::Result<crate::log::LogEntry> {
-        let mut reader = self.log.reader(self.partition, from)?;
-        let started = std::time::Instant::now();
-        while reader.position() <= offset {
-            let left = usize::try_from(offset + 1 - reader.position()).unwrap_or(usize::MAX);
-            let entries = reader.next_batch(left, Duration::from_millis(RECORD_AT_POLL_MS))?;
-            if let Some(e) = entries.into_iter().find(|e| e.offset == offset) {
-                return Ok(e);
-            }
-            if started.elapsed() > Duration::from_millis(RECORD_AT_WAIT_MS) {
-                anyhow::bail!("no record came from offset {} within {RECORD_AT_WAIT_MS} ms", reader.position());
-            }
-        }
-        anyhow::bail!("no record at offset {offset}")
     }
 
     /// Decides one new command and, when it is accepted (or a tick found

@@ -131,18 +131,24 @@ impl Tansu {
 
     /// Stops the broker by its pid: SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = self.child.take() {
+            terminate(child, Duration::from_secs(10));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
+}
+
+/// SIGTERM, and wait for the process to end; SIGKILL after `within`.
+pub fn terminate(mut child: Child, within: Duration) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Tansu {

@@ -53,17 +53,9 @@ impl Instance {
 
     /// SIGTERM, and wait for the process to end (SIGKILL after 60 s).
     pub fn terminate(&mut self) {
-        let Some(mut c) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(c) = self.child.take() {
+            super::broker::terminate(c, Duration::from_secs(60));
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 }
 
