@@ -72,6 +72,7 @@ impl Cluster {
         match cluster::settled(urls, addrs, PARTITIONS, SETTLE).await {
             Some(o) => o,
             None => {
+                self.broker.assert_alive();
                 let mut views = String::new();
                 for u in urls {
                     views += &format!("{u}: {:?}\n", cluster::describe(u).await);
@@ -115,6 +116,7 @@ impl Cluster {
     /// Every acknowledged command is in every survivor's balances exactly
     /// once; then the survivors stop and `verify` passes on each.
     async fn check(&mut self, seen: &Seen) {
+        self.broker.assert_alive();
         assert!(seen.errors.is_empty(), "definite errors: {:?}", seen.errors);
         assert!(seen.undecided.is_empty(), "commands never decided: {:?}", seen.undecided);
         let expected: BTreeMap<usize, i64> =
@@ -128,6 +130,23 @@ impl Cluster {
         for i in &self.instances {
             let (ok, out) = cluster::verify(&i.dir, &self.broker, PARTITIONS);
             assert!(ok, "verify failed on {}:\n{out}", i.dir.display());
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// A failed test shows the end of each instance's and the broker's log
+    /// (POINTS_LEDGER_TEST_KEEP=1 keeps the whole directory).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in &self.instances {
+                eprintln!("---- {} ({}):\n{}", i.dir.display(), i.addr, cluster::log_tail(&i.dir, 80));
+            }
+            eprintln!("---- tansu:\n{}", self.broker.log_tail());
+        }
+        if std::env::var_os("POINTS_LEDGER_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+            eprintln!("kept {}", dir.keep().display());
         }
     }
 }

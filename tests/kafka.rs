@@ -247,6 +247,7 @@ async fn real_broker_outage(outage: Outage) {
     assert_eq!(seen, 105);
     let again = earn_until_ok(&h, "o2", "lee", 5).await;
     assert!(again.replayed && again.balance.unwrap().available == 105, "a retry is the original answer");
+    broker.assert_alive();
     let events = h.events.clone();
     let (data, _) = h.stop().await;
     let views = audit::open_views_read_only(data.path()).unwrap();
@@ -274,4 +275,59 @@ async fn a_hung_real_broker_gives_unavailable_and_the_service_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_real_broker_gives_unavailable_and_the_service_recovers() {
     real_broker_outage(Outage::Restart).await;
+}
+
+/// Appends that outlast their deadline while the broker hangs, on several
+/// partitions at once, leave the broker serving, and once it is back every
+/// partition takes appends again. (librdkafka never times a message out
+/// itself: a timed-out message makes its idempotent producer bump its own
+/// epoch, and tansu 0.6.0 panics on a produce that carries an epoch it did
+/// not hand out, then answers nothing. Seen when a frozen instance thawed;
+/// this test does not reproduce that race on cue, it guards the shape.)
+#[test]
+fn appends_timing_out_in_a_broker_hang_leave_the_broker_serving() {
+    use points_ledger::log::LogRecord;
+    use std::sync::Arc;
+    let Some(_) = common::broker::available() else { return };
+    const PARTITIONS: u32 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(dir.path());
+    let mut k = kafka(&broker.bootstrap(), "hang", PARTITIONS);
+    k.append_timeout = Duration::from_millis(300);
+    k.request_timeout = Duration::from_millis(300);
+    let log = Arc::new(KafkaLog::open(k).unwrap());
+    let record = |p: u32, i: usize| LogRecord::new(format!("k{p}").into_bytes(), format!("r{i}").into_bytes());
+    let append_within = |p: u32, i: usize, within: Duration| {
+        let started = std::time::Instant::now();
+        while let Err(e) = log.append(p, &[record(p, i)]) {
+            broker.assert_alive();
+            assert!(started.elapsed() < within, "partition {p} takes no appends: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for p in 0..PARTITIONS {
+        append_within(p, 0, Duration::from_secs(30));
+    }
+    broker.pause();
+    let appenders: Vec<_> = (0..PARTITIONS)
+        .map(|p| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 1..=15 {
+                    let _ = log.append(p, &[record(p, i)]);
+                    std::thread::sleep(Duration::from_millis(50 + 20 * u64::from(p)));
+                }
+            })
+        })
+        .collect();
+    // Back soon after the first appends' deadline, while later ones wait.
+    std::thread::sleep(Duration::from_millis(450));
+    broker.resume();
+    for a in appenders {
+        a.join().unwrap();
+    }
+    for p in 0..PARTITIONS {
+        append_within(p, 99, Duration::from_secs(30));
+    }
+    broker.assert_alive();
 }

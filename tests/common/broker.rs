@@ -105,6 +105,22 @@ impl Tansu {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// What the broker said when it panicked, if it did (a tansu whose
+    /// storage task panicked answers nothing more until it is restarted).
+    pub fn panic_message(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| l.contains("panicked at"))?;
+        Some(lines[at..(at + 2).min(lines.len())].join("\n"))
+    }
+
+    /// Fails the test if the broker panicked.
+    pub fn assert_alive(&self) {
+        if let Some(p) = self.panic_message() {
+            panic!("the broker (tansu) panicked, so the test cannot go on:\n{p}");
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -190,6 +190,10 @@ pub struct Load {
 
 /// Longest a command is retried before the load gives up on it.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(90);
+/// Longest a whole load runs: after it every command not yet decided is
+/// given up at once (a cluster that stopped serving fails the test in
+/// minutes, it does not hang it for hours).
+const LOAD_DEADLINE: Duration = Duration::from_secs(300);
 
 impl Load {
     /// `workers` tasks, each earning 1 point per command for members
@@ -213,6 +217,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
         let urls = Arc::new(Mutex::new(urls));
+        let load_ends = Instant::now() + LOAD_DEADLINE;
         let tasks = (0..workers)
             .map(|w| {
                 let (seen, stop, acked, urls) = (seen.clone(), stop.clone(), acked.clone(), urls.clone());
@@ -225,7 +230,8 @@ impl Load {
                         let member = (w * 7 + i) % members;
                         let id = format!("{tag}-w{w}-{i}");
                         let targets = urls.lock().unwrap().clone();
-                        send_until_decided(&targets, w + i, (member, points), &id, &seen, &acked).await;
+                        let ends = load_ends.min(Instant::now() + COMMAND_DEADLINE);
+                        send_until_decided(&targets, w + i, (member, points), &id, ends, &seen, &acked).await;
                     }
                 })
             })
@@ -263,12 +269,12 @@ async fn send_until_decided(
     first: usize,
     (member, points): (usize, i64),
     id: &str,
+    ends: Instant,
     seen: &Mutex<Seen>,
     acked: &AtomicUsize,
 ) {
-    let started = Instant::now();
     let mut attempt = first;
-    while started.elapsed() < COMMAND_DEADLINE {
+    while Instant::now() < ends {
         let url = &urls[attempt % urls.len()];
         attempt += 1;
         let mut c = PointsLedgerClient::new(channel(url).await);
@@ -316,11 +322,12 @@ async fn send_until_decided(
 /// Every member's balance, as the instance at `url` answers once its view
 /// has reached the member's last acknowledged position.
 pub async fn balances(url: &str, seen: &Seen) -> BTreeMap<usize, i64> {
-    let mut c = PointsLedgerClient::new(channel(url).await);
+    let mut c = PointsLedgerClient::new(channel_waiting(url, Duration::from_secs(5)).await);
     let mut out = BTreeMap::new();
+    let ends = Instant::now() + Duration::from_secs(120);
     for (&member, p) in &seen.last_position {
         let mut got = None;
-        for _ in 0..100 {
+        while Instant::now() < ends {
             let r = c
                 .get_account(pb::GetAccountRequest {
                     account: super::account(&format!("m{member}")),
@@ -339,9 +346,12 @@ pub async fn balances(url: &str, seen: &Seen) -> BTreeMap<usize, i64> {
     out
 }
 
-/// Runs `points-ledger verify` on an instance's data directory.
+/// Runs `points-ledger verify` on an instance's data directory (killed,
+/// and failed, after 180 s).
 pub fn verify(dir: &Path, broker: &Tansu, partitions: u32) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", "180"])
+        .arg(env!("CARGO_BIN_EXE_points-ledger"))
         .arg("verify")
         .args(log_flags(broker, partitions))
         .arg("--data-dir")
@@ -350,4 +360,11 @@ pub fn verify(dir: &Path, broker: &Tansu, partitions: u32) -> (bool, String) {
         .output()
         .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// The end of an instance's own log (its stderr), for failure messages.
+pub fn log_tail(dir: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

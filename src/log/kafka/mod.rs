@@ -5,7 +5,8 @@
 //! - Appends go through one idempotent producer (`enable.idempotence`,
 //!   `acks=all`) to an explicit partition, keyed by the account, and return
 //!   only when every record's delivery report came back with its offset, or
-//!   fail within `message.timeout.ms` (+ a margin). A failed append may still
+//!   fail within the append timeout (+ a margin), which replaces the producer
+//!   (librdkafka itself never times a message out). A failed append may still
 //!   have landed: the writers (src/ledger/follow.rs) settle that by reading the log
 //!   and, on this shared log, by claiming a new epoch.
 //! - Readers are consumers assigned to one partition at an offset (no group
@@ -40,7 +41,8 @@ pub struct KafkaConfig {
     pub partitions: u32,
     /// Used when the topic is created.
     pub replication_factor: i32,
-    /// Longest time an append may take before it fails (`message.timeout.ms`).
+    /// Longest time an append may take before it fails; then the producer is
+    /// replaced (see [`KafkaConfig::producer`]).
     pub append_timeout: Duration,
     /// Longest time for metadata and watermark queries.
     pub request_timeout: Duration,
@@ -87,13 +89,21 @@ impl KafkaConfig {
 
     /// The producer settings of the service's appends (the bench's raw
     /// producer floor uses the same).
+    ///
+    /// librdkafka never times a message out itself (`message.timeout.ms` 0):
+    /// the append's own deadline fails the append and replaces the producer.
+    /// A message that librdkafka times out makes its idempotent producer
+    /// bump its epoch (an InitProducerId that names the current producer id,
+    /// KIP-360); a broker without that request panics on it (tansu 0.6.0
+    /// does, and then answers nothing until it is restarted). A new producer
+    /// asks for a new id, which every broker answers.
     pub fn producer(&self) -> ClientConfig {
         let timeout = ms(self.append_timeout).max(10).to_string();
         self.build(&[
             ("enable.idempotence", "true".into()),
             ("acks", "all".into()),
             ("linger.ms", "1".into()),
-            ("message.timeout.ms", timeout.clone()),
+            ("message.timeout.ms", "0".into()),
             ("request.timeout.ms", timeout),
         ])
     }
