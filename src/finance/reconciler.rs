@@ -45,7 +45,7 @@ impl Reconciler {
             .map(|p| store::read_cursor(&books, p).map(|cursor| Lane { cursor, risk: RiskFold::default() }))
             .collect::<Result<_, _>>()?;
         let mut readers =
-            (0..n).map(|p| log.reader(p, lanes[p as usize].cursor.next)).collect::<Result<Vec<_>, _>>()?;
+            (0..n).map(|p| log.follower(p, lanes[p as usize].cursor.next)).collect::<Result<Vec<_>, _>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let last_check = Arc::new(Mutex::new(None));
         let thread = {
@@ -73,7 +73,7 @@ impl Reconciler {
                             lanes.iter_mut().for_each(|l| l.risk.clear());
                             std::thread::sleep(Duration::from_millis(BOOKS_RETRY_MS));
                             // The readers may have moved past what was folded.
-                            match (0..n).map(|p| log.reader(p, lanes[p as usize].cursor.next)).collect() {
+                            match (0..n).map(|p| log.follower(p, lanes[p as usize].cursor.next)).collect() {
                                 Ok(r) => readers = r,
                                 Err(e) => tracing::warn!(error = %e, "reconciliation consumer cannot reopen the log"),
                             }

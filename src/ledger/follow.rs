@@ -40,11 +40,19 @@ pub(super) enum ReadBack {
 }
 
 impl PartitionWriter {
-    /// A reader at `cursor.next`: the kept one if it is there, else a new one.
+    /// A reader at `cursor.next`: the kept one if it is there and of the
+    /// kind wanted now (a follower's while following), else a new one.
     pub(super) fn take_reader(&mut self) -> Result<Box<dyn LogReader>, LogError> {
         match self.reader.take() {
-            Some(r) if r.position() == self.cursor.next => Ok(r),
-            _ => self.log.reader(self.partition, self.cursor.next),
+            Some(r) if r.position() == self.cursor.next && self.reader_follows == self.following => Ok(r),
+            _ => {
+                self.reader_follows = self.following;
+                if self.following {
+                    self.log.follower(self.partition, self.cursor.next)
+                } else {
+                    self.log.reader(self.partition, self.cursor.next)
+                }
+            }
         }
     }
 

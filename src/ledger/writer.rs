@@ -70,6 +70,11 @@ pub(super) struct PartitionWriter {
     pub(super) cursor: Cursor,
     /// A reader kept at `cursor.next` between batches (shared logs).
     pub(super) reader: Option<Box<dyn LogReader>>,
+    /// Whether `reader` is a follower's (see [`crate::log::EventLog::follower`]).
+    pub(super) reader_follows: bool,
+    /// Set while following a partition written elsewhere: readers made
+    /// then may trail the end by a moment.
+    pub(super) following: bool,
     /// The offset of the latest claim admitted up to `cursor`.
     pub(super) last_claim: Option<u64>,
     /// Our own claim's offset, once we own the partition (shared logs).
@@ -193,6 +198,8 @@ impl PartitionWriter {
             config: p.config,
             writer_id: p.writer_id,
             reader: None,
+            reader_follows: false,
+            following: false,
             last_claim: None,
             own_claim: None,
             stale: false,
@@ -833,7 +840,10 @@ impl PartitionWriter {
                 Err(mpsc::error::TryRecvError::Disconnected) => return false,
             }
         }
-        if let Err(e) = self.follow_step(Duration::from_millis(FOLLOW_POLL_MS)) {
+        self.following = true;
+        let stepped = self.follow_step(Duration::from_millis(FOLLOW_POLL_MS));
+        self.following = false;
+        if let Err(e) = stepped {
             tracing::warn!(partition = self.partition, error = %e, "cannot follow the partition's log; retrying");
             self.reader = None;
             std::thread::sleep(Duration::from_millis(START_UP_RETRY_MS));

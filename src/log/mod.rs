@@ -68,6 +68,14 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// A cursor over one partition, starting at `from`.
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError>;
+
+    /// A cursor for a reader that may trail the end by a moment (the views
+    /// of a partition written elsewhere, the books): on Kafka it fetches in
+    /// fewer, larger requests, which costs the broker far less when several
+    /// instances follow every partition. Otherwise the same as [`EventLog::reader`].
+    fn follower(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError> {
+        self.reader(partition, from)
+    }
 }
 
 pub trait LogReader: Send {

@@ -109,6 +109,14 @@ impl KafkaConfig {
     }
 
     fn consumer(&self) -> ClientConfig {
+        self.consumer_fetching(Fetch::Tail)
+    }
+
+    fn consumer_fetching(&self, fetch: Fetch) -> ClientConfig {
+        let wait_ms = match fetch {
+            Fetch::Tail => FETCH_WAIT_MS,
+            Fetch::Follow => FOLLOW_FETCH_WAIT_MS,
+        };
         self.build(&[
             ("group.id", "points-ledger-readers".into()),
             ("enable.auto.commit", "false".into()),
@@ -118,10 +126,30 @@ impl KafkaConfig {
             // not a reason to jump to another one.
             ("auto.offset.reset", "error".into()),
             ("allow.auto.create.topics", "false".into()),
-            ("fetch.wait.max.ms", "50".into()),
+            ("fetch.wait.max.ms", wait_ms.to_string()),
         ])
     }
 }
+
+/// How a reader's consumer fetches.
+#[derive(Clone, Copy)]
+enum Fetch {
+    /// A writer reading its batch back, the control stream, tools.
+    Tail,
+    /// A reader that may trail the end by a moment: its fetches may wait
+    /// longer at the end, so it asks the broker less often.
+    Follow,
+}
+
+/// Longest a fetch waits for records at the end of a partition
+/// (`fetch.wait.max.ms`; Kafka answers as soon as a record is there). A
+/// short wait only makes consumers ask more often: on tansu 50 ms cost a
+/// quarter of a core for one idle instance, and commands were slower with
+/// it (10,100/s) than with 500 ms (11,500/s).
+const FETCH_WAIT_MS: u32 = 500;
+/// The same for followers: three instances on one tansu did 4,850/s with
+/// 500 ms and 5,200/s with 1 s (BENCHMARKS.md).
+const FOLLOW_FETCH_WAIT_MS: u32 = 1000;
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -379,10 +407,21 @@ impl EventLog for KafkaLog {
     }
 
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError> {
+        self.reader_fetching(partition, from, Fetch::Tail)
+    }
+
+    fn follower(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError> {
+        self.reader_fetching(partition, from, Fetch::Follow)
+    }
+}
+
+impl KafkaLog {
+    fn reader_fetching(&self, partition: u32, from: u64, fetch: Fetch) -> Result<Box<dyn LogReader>, LogError> {
         self.check_partition(partition)?;
-        let consumer = assigned_consumer(&self.config, partition, from)?;
+        let consumer = assigned_consumer(&self.config, partition, from, fetch)?;
         Ok(Box::new(KafkaReader {
             config: self.config.clone(),
+            fetch,
             consumer,
             partition: partition as i32,
             position: from,
@@ -391,8 +430,8 @@ impl EventLog for KafkaLog {
     }
 }
 
-fn assigned_consumer(config: &KafkaConfig, partition: u32, from: u64) -> Result<BaseConsumer, LogError> {
-    let consumer: BaseConsumer = config.consumer().create().map_err(|e| unavailable("consumer", e))?;
+fn assigned_consumer(config: &KafkaConfig, partition: u32, from: u64, fetch: Fetch) -> Result<BaseConsumer, LogError> {
+    let consumer: BaseConsumer = config.consumer_fetching(fetch).create().map_err(|e| unavailable("consumer", e))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&config.topic, partition as i32, Offset::Offset(from as i64))
         .map_err(|e| unavailable("assign", e))?;
@@ -408,6 +447,7 @@ const READER_RENEW_AFTER_TROUBLE_MS: u64 = 3000;
 
 pub struct KafkaReader {
     config: KafkaConfig,
+    fetch: Fetch,
     consumer: BaseConsumer,
     partition: i32,
     position: u64,
@@ -421,7 +461,7 @@ impl KafkaReader {
         if since.elapsed() < Duration::from_millis(READER_RENEW_AFTER_TROUBLE_MS) {
             return;
         }
-        match assigned_consumer(&self.config, self.partition as u32, self.position) {
+        match assigned_consumer(&self.config, self.partition as u32, self.position, self.fetch) {
             Ok(c) => {
                 tracing::warn!(
                     partition = self.partition,
