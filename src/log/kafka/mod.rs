@@ -142,13 +142,16 @@ enum Fetch {
 }
 
 /// Longest a fetch waits for records at the end of a partition
-/// (`fetch.wait.max.ms`; Kafka answers as soon as a record is there). A
-/// short wait only makes consumers ask more often: on tansu 50 ms cost a
-/// quarter of a core for one idle instance, and commands were slower with
-/// it (10,100/s) than with 500 ms (11,500/s).
-const FETCH_WAIT_MS: u32 = 500;
-/// The same for followers: three instances on one tansu did 4,850/s with
-/// 500 ms and 5,200/s with 1 s (BENCHMARKS.md).
+/// (`fetch.wait.max.ms`). Kafka answers as soon as a record is there; tansu
+/// 0.6.0 reads once and then sleeps out the wait (half of it from 250 ms
+/// up), so there the wait is also how late a record just appended is seen.
+/// 50 ms cost tansu a quarter of a core for one idle instance and made
+/// commands slower (10,100/s) than 100 ms (10,900/s) or 500 ms (11,300/s);
+/// 100 ms keeps reading a claim or a configuration back quick.
+const FETCH_WAIT_MS: u32 = 100;
+/// The same for followers and the books, which may trail by a moment: three
+/// instances on one tansu did 3,300/s with 50 ms, 4,700/s with 300 ms and
+/// 5,100-5,200/s with 1 s (BENCHMARKS.md).
 const FOLLOW_FETCH_WAIT_MS: u32 = 1000;
 
 fn ms(d: Duration) -> u64 {
