@@ -119,10 +119,14 @@ impl PartitionWriter {
 
     /// One step of following a partition another writer took over: fold
     /// what it appended since (its views stay current), or wait a moment.
+    /// Readers made meanwhile are followers' ([`crate::log::EventLog::follower`]).
     pub(super) fn follow_step(&mut self, wait: std::time::Duration) -> anyhow::Result<()> {
         let end = self.log.end_offset(self.partition)?;
         if end > self.cursor.next {
-            self.catch_up(end)?;
+            self.following = true;
+            let caught_up = self.catch_up(end);
+            self.following = false;
+            caught_up?;
         } else {
             std::thread::sleep(wait);
         }

@@ -840,10 +840,7 @@ impl PartitionWriter {
                 Err(mpsc::error::TryRecvError::Disconnected) => return false,
             }
         }
-        self.following = true;
-        let stepped = self.follow_step(Duration::from_millis(FOLLOW_POLL_MS));
-        self.following = false;
-        if let Err(e) = stepped {
+        if let Err(e) = self.follow_step(Duration::from_millis(FOLLOW_POLL_MS)) {
             tracing::warn!(partition = self.partition, error = %e, "cannot follow the partition's log; retrying");
             self.reader = None;
             std::thread::sleep(Duration::from_millis(START_UP_RETRY_MS));

@@ -70,9 +70,10 @@ pub trait EventLog: Send + Sync + 'static {
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError>;
 
     /// A cursor for a reader that may trail the end by a moment (the views
-    /// of a partition written elsewhere, the books): on Kafka it fetches in
-    /// fewer, larger requests, which costs the broker far less when several
-    /// instances follow every partition. Otherwise the same as [`EventLog::reader`].
+    /// of a partition written elsewhere, the books): on Kafka its fetches
+    /// wait longer at the end of the partition, so it asks the broker less
+    /// often when several instances follow every partition. Otherwise the
+    /// same as [`EventLog::reader`].
     fn follower(&self, partition: u32, from: u64) -> Result<Box<dyn LogReader>, LogError> {
         self.reader(partition, from)
     }

@@ -57,6 +57,14 @@ pub fn tansu_binary() -> PathBuf {
     find_tansu().unwrap_or_else(|| panic!("the Kafka tests need the tansu broker; {INSTALL}"))
 }
 
+/// The last `lines` lines of a log file (empty if it cannot be read), for
+/// failure messages.
+pub fn file_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -100,9 +108,7 @@ impl Tansu {
 
     /// The end of the broker's own log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        file_tail(&self.dir.join("tansu.log"), 30)
     }
 
     /// What the broker said when it panicked, if it did (a tansu whose

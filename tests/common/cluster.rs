@@ -364,7 +364,5 @@ pub fn verify(dir: &Path, broker: &Tansu, partitions: u32) -> (bool, String) {
 
 /// The end of an instance's own log (its stderr), for failure messages.
 pub fn log_tail(dir: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    super::broker::file_tail(&dir.with_extension("log"), lines)
 }

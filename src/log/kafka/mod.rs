@@ -151,7 +151,7 @@ enum Fetch {
 const FETCH_WAIT_MS: u32 = 100;
 /// The same for followers and the books, which may trail by a moment: three
 /// instances on one tansu did 3,300/s with 50 ms, 4,700/s with 300 ms and
-/// 5,100-5,200/s with 1 s (BENCHMARKS.md).
+/// 4,900-5,200/s with 1 s (BENCHMARKS.md).
 const FOLLOW_FETCH_WAIT_MS: u32 = 1000;
 
 fn ms(d: Duration) -> u64 {
