@@ -187,7 +187,7 @@ fn fold_partition_from_zero(
 ) -> anyhow::Result<()> {
     let mut reader = events.reader(p, 0)?;
     let mut arbiter = Arbiter::default();
-    let mut risk = RiskFold::default();
+    let mut risk = RiskFold::rebuild();
     while reader.position() < target {
         let max = BOOKS_BATCH_RECORDS_MAX.min((target - reader.position()) as usize);
         let mut entries = crate::log::read_towards(reader.as_mut(), target, max)?;
@@ -214,6 +214,7 @@ fn fold_partition_from_zero(
             break;
         }
     }
+    books.ingest(Cf::Risk, &mut risk.finish())?;
     Ok(())
 }
 

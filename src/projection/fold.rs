@@ -31,6 +31,11 @@ pub struct ViewCache {
     entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Statement rows a deferred cache gathers before ingesting them.
     ingest_rows: usize,
+    /// A fresh rebuild whose cache has not written an account out yet: an
+    /// account it does not hold is not in the database either, so it is not
+    /// looked up (at 1,000,000 accounts those lookups, which never found a
+    /// row, were ~7 % of a replay's CPU).
+    nothing_written: bool,
 }
 
 /// A view row to write: (column family, key, value or `None` to delete).
@@ -146,11 +151,13 @@ impl ViewCache {
             dirty: Vec::new(),
             entries: Vec::new(),
             ingest_rows: 0,
+            nothing_written: false,
         }
     }
 
-    /// Write-behind, for a fresh rebuild: see [`ViewCache::write_out`].
-    /// Statement rows go in as table files of `ingest_rows` rows.
+    /// Write-behind, for a rebuild into an empty database: see
+    /// [`ViewCache::write_out`]. Statement rows go in as table files of
+    /// `ingest_rows` rows.
     pub fn rebuild(max: usize, ingest_rows: usize) -> ViewCache {
         ViewCache {
             accounts: FastMap::default(),
@@ -159,6 +166,7 @@ impl ViewCache {
             dirty: Vec::new(),
             entries: Vec::new(),
             ingest_rows,
+            nothing_written: true,
         }
     }
 
@@ -167,9 +175,11 @@ impl ViewCache {
         views: &Db,
         key: &AccountKey,
         deferred: bool,
+        nothing_written: bool,
     ) -> Result<&'c mut Cached, store::StoreError> {
         if !accounts.contains_key(key) {
-            let (account, mut changed, page) = accounts::load_with_tail(views, Cf::Accounts, key)?;
+            let (account, mut changed, page) =
+                if nothing_written { Default::default() } else { accounts::load_with_tail(views, Cf::Accounts, key)? };
             if deferred {
                 // A rebuild writes an account's rows once or a few times:
                 // all of them, rather than noting each piece on the way.
@@ -203,6 +213,7 @@ impl ViewCache {
         let mut dirty = std::mem::take(&mut self.dirty);
         let mut rows = Vec::new();
         if self.deferred {
+            self.nothing_written = false;
             views.ingest(Cf::Entries, &mut self.entries)?;
             // In key order, a table file per `ingest_rows` rows or so: the
             // files of the accounts column family do not overlap, and only
@@ -266,7 +277,8 @@ pub fn fold(
             Admitted::Record(r) => r,
             Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
         };
-        let cached = ViewCache::load(&mut cache.accounts, views, &record.account, cache.deferred)?;
+        let cached =
+            ViewCache::load(&mut cache.accounts, views, &record.account, cache.deferred, cache.nothing_written)?;
         if !cached.dirty && !record.events.is_empty() {
             cached.dirty = true;
             cache.dirty.push(record.account.clone());
