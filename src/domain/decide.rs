@@ -175,11 +175,23 @@ pub fn due_at(account: &Account, programme: Option<&Programme>) -> Option<Millis
 
 fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> Vec<Event> {
     let mut events = Vec::new();
+    // Whether anything is due, from the kept sums (as [`due_at`]): the maps
+    // below hold a member's whole history, and every command asks.
+    let holds_due = account.next_hold_timeout().is_some_and(|at| at <= now);
+    // A lot is due with points left, or with points a timed-out hold gives back.
+    let lots_due = holds_due || account.next_expiry().is_some_and(|at| at <= now);
+    // The growth exit day only grows with the earn's day: the oldest earn
+    // with growth in the window leaves it first.
+    let growth_due = programme.filter(|p| {
+        let exit = account.oldest_growth_day().and_then(|day| growth_exit_day(p, day));
+        exit.is_some_and(|d| d <= programme_day(p.time_zone, now))
+    });
     // Timed-out holds first: their points go back to their lots, which may be
     // due themselves.
     let mut restored: std::collections::BTreeMap<&str, Points> = Default::default();
-    for (id, r) in &account.reservations {
-        if r.status == ReservationStatus::Open && r.expires_at <= now {
+    let open_and_due = |r: &&super::ReservationRecord| r.status == ReservationStatus::Open && r.expires_at <= now;
+    if holds_due {
+        for (id, r) in account.reservations.iter().filter(|(_, r)| open_and_due(r)) {
             for l in &r.lots {
                 *restored.entry(l.lot_id.as_str()).or_insert(0) += l.points;
             }
@@ -191,13 +203,17 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
             });
         }
     }
-    let lots: Vec<LotAmount> = account
-        .lots
-        .iter()
-        .filter(|(_, l)| l.expires_at.is_some_and(|at| at <= now))
-        .map(|(id, l)| LotAmount::new(id, l.remaining + restored.get(id.as_str()).copied().unwrap_or(0)))
-        .filter(|l| l.points > 0)
-        .collect();
+    let lots: Vec<LotAmount> = if lots_due {
+        account
+            .lots
+            .iter()
+            .filter(|(_, l)| l.expires_at.is_some_and(|at| at <= now))
+            .map(|(id, l)| LotAmount::new(id, l.remaining + restored.get(id.as_str()).copied().unwrap_or(0)))
+            .filter(|l| l.points > 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
     if !lots.is_empty() {
         events.push(Event::PointsExpired {
             points: sum(&lots),
@@ -207,7 +223,7 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
             operator: String::new(),
         });
     }
-    if let Some(p) = programme {
+    if let Some(p) = growth_due {
         let today = programme_day(p.time_zone, now);
         let earns: Vec<LotAmount> = account
             .earns
