@@ -257,15 +257,23 @@ fn overflow(what: &str) -> Rejection {
     Rejection::field(Reason::Overflow, "points", format!("{what} would overflow a 64-bit point count"))
 }
 
-/// Takes `points` from lots, soonest-expiring first.
+/// Takes `points` from lots, soonest-expiring first (the order of
+/// [`Account::lots_fefo`]). The lots with points go into a heap in one pass
+/// and only those that pay come out in order: a member's lots are every earn
+/// of their history, and a spend is paid by one or two.
 fn take_fefo(account: &Account, points: Points) -> Vec<LotAmount> {
+    use std::cmp::Reverse;
+    let mut lots: std::collections::BinaryHeap<Reverse<(Millis, &String, Points)>> = account
+        .lots
+        .iter()
+        .filter(|(_, l)| l.remaining > 0)
+        .map(|(id, l)| Reverse((l.expires_at.unwrap_or(Millis::MAX), id, l.remaining)))
+        .collect();
     let mut left = points;
     let mut taken = Vec::new();
-    for (id, lot) in account.lots_fefo() {
-        if left == 0 {
-            break;
-        }
-        let p = left.min(lot.remaining);
+    while left > 0 {
+        let Some(Reverse((_, id, remaining))) = lots.pop() else { break };
+        let p = left.min(remaining);
         taken.push(LotAmount::new(id, p));
         left -= p;
     }
