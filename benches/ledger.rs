@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use points_ledger::domain::{decide, Account, AccountKey, Command, CommandBody, Programme};
+use points_ledger::ledger::WRITER_CACHE_ACCOUNTS;
 use points_ledger::log::arbiter::Arbiter;
 use points_ledger::log::codec;
 use points_ledger::log::record::AccountRecord;
 use points_ledger::log::LogEntry;
-use points_ledger::projection::{fold, ViewCache, PROJECTOR_CACHE_ACCOUNTS};
+use points_ledger::projection::{fold, ViewCache};
 use points_ledger::store::{self, Db};
 
 const T0: i64 = 1_773_100_800_000;
@@ -129,9 +130,11 @@ fn log_of(records: u64, accounts: u64) -> Vec<LogEntry> {
         .collect()
 }
 
-/// A live projector in steady state: successive batches of one long log
+/// The writers' fold in steady state: successive batches of one long log
 /// folded into the same views database (a fresh one, untimed, whenever the
-/// log runs out).
+/// log runs out), with the writers' cache of decoded accounts (a
+/// partition's default: the log's 20,000 members fit, as a partition's
+/// active members do in service).
 fn bench_projection(c: &mut Criterion) {
     let log = log_of(400_000, 20_000);
     let mut g = c.benchmark_group("projection");
@@ -147,7 +150,7 @@ fn bench_projection(c: &mut Criterion) {
                     if at + batch > log.len() {
                         let dir = tempfile::tempdir().unwrap();
                         let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
-                        state = Some((dir, db, ViewCache::live(PROJECTOR_CACHE_ACCOUNTS), Arbiter::default()));
+                        state = Some((dir, db, ViewCache::live(WRITER_CACHE_ACCOUNTS), Arbiter::default()));
                         at = 0;
                     }
                     let (_, db, cache, arbiter) = state.as_mut().unwrap();

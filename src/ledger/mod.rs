@@ -39,6 +39,10 @@ use crate::log::record::{partition_for, Reply};
 use crate::log::EventLog;
 use crate::store::Db;
 
+/// Accounts a writer keeps decoded per partition, by default
+/// ([`WriterConfig::cache_accounts_max`]).
+pub const WRITER_CACHE_ACCOUNTS: usize = 25_000;
+
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
     /// Commands decided and appended together at most.
@@ -68,7 +72,7 @@ impl Default for WriterConfig {
             queue_commands_max: 8192,
             tick_interval_ms: 1000,
             tick_accounts_max: 512,
-            cache_accounts_max: 25_000,
+            cache_accounts_max: WRITER_CACHE_ACCOUNTS,
             assigned_only: false,
             advertise: String::new(),
         }

@@ -127,8 +127,6 @@ pub fn view_rows(
     }
 }
 
-/// Accounts a write-through fold keeps decoded, per partition.
-pub const PROJECTOR_CACHE_ACCOUNTS: usize = 10_000;
 /// Accounts a rebuild keeps in memory per partition before writing them out.
 /// An account written out and met again is read back from table files not
 /// compacted yet (slow: every level-0 file is looked at), so a partition's

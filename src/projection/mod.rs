@@ -25,7 +25,7 @@ mod rebuild;
 
 pub use fold::{
     entry_key, expiring_key, fold, parse_expiring_key, push_entry, statement_entry, view_rows, EntryPlace, Tail,
-    ViewCache, PROJECTOR_CACHE_ACCOUNTS, REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS, STATEMENT_PAGE_ENTRIES,
+    ViewCache, REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS, STATEMENT_PAGE_ENTRIES,
 };
 pub use rebuild::{rebuild, Until};
 
