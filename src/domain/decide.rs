@@ -182,16 +182,16 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
     let lots_due = holds_due || account.next_expiry().is_some_and(|at| at <= now);
     // The growth exit day only grows with the earn's day: the oldest earn
     // with growth in the window leaves it first.
-    let growth_due = programme.filter(|p| {
-        let exit = account.oldest_growth_day().and_then(|day| growth_exit_day(p, day));
-        exit.is_some_and(|d| d <= programme_day(p.time_zone, now))
+    let growth_due = programme.map(|p| (p, programme_day(p.time_zone, now))).filter(|(p, today)| {
+        account.oldest_growth_day().and_then(|day| growth_exit_day(p, day)).is_some_and(|d| d <= *today)
     });
     // Timed-out holds first: their points go back to their lots, which may be
     // due themselves.
     let mut restored: std::collections::BTreeMap<&str, Points> = Default::default();
-    let open_and_due = |r: &&super::ReservationRecord| r.status == ReservationStatus::Open && r.expires_at <= now;
     if holds_due {
-        for (id, r) in account.reservations.iter().filter(|(_, r)| open_and_due(r)) {
+        let due =
+            account.reservations.iter().filter(|(_, r)| r.status == ReservationStatus::Open && r.expires_at <= now);
+        for (id, r) in due {
             for l in &r.lots {
                 *restored.entry(l.lot_id.as_str()).or_insert(0) += l.points;
             }
@@ -223,8 +223,7 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
             operator: String::new(),
         });
     }
-    if let Some(p) = growth_due {
-        let today = programme_day(p.time_zone, now);
+    if let Some((p, today)) = growth_due {
         let earns: Vec<LotAmount> = account
             .earns
             .iter()
