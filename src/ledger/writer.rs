@@ -176,7 +176,8 @@ pub(super) struct Work {
     /// Points granted by this batch's decisions (already in the shared
     /// issuance; taken out again if the batch fails).
     pub(super) issued_reserved: Granted,
-    /// Statement pages the batch filled (written once).
+    /// The last entries of the statement pages the batch filled (added to
+    /// their rows).
     pub(super) pages: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -651,7 +652,7 @@ impl PartitionWriter {
         let mut batch = Batch::default();
         let mut rows = Vec::new();
         for (key, t) in work.accounts.iter_mut().filter(|(_, t)| !t.changed.is_empty()) {
-            projection::view_rows(key, &t.account, &t.changed, t.page.as_ref(), &mut rows);
+            projection::view_rows(key, &t.account, &t.changed, t.page.as_mut(), &mut rows);
             t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
             if t.due_before != t.due_after {
                 if let Some(at) = t.due_before {
@@ -663,10 +664,10 @@ impl PartitionWriter {
             }
         }
         for (cf, k, v) in rows {
-            batch.put_or_delete(cf, k, v);
+            batch.view_row(cf, k, v);
         }
         for (k, v) in std::mem::take(&mut work.pages) {
-            batch.put_vec(Cf::Entries, k, v);
+            batch.append_vec(Cf::Entries, k, v);
         }
         for (row, key) in &work.ticked {
             batch.delete(Cf::Due, row);

@@ -38,7 +38,9 @@ pub struct ViewCache {
     nothing_written: bool,
 }
 
-/// A view row to write: (column family, key, value or `None` to delete).
+/// A view row to write: (column family, key, value or `None` to delete; in
+/// a column family that [appends](Cf::appends), the bytes to add at the
+/// row's end).
 pub type ViewRow = (Cf, Vec<u8>, Option<Vec<u8>>);
 
 struct Cached {
@@ -53,10 +55,10 @@ struct Cached {
 
 pub use crate::store::snapshot::{Tail, STATEMENT_PAGE_ENTRIES};
 
-/// Adds a statement entry (encoded) to an account's last page (kept in the
-/// account's row), starting a page at the entry's position when there is
-/// none. Returns the row of the page it filled, if it filled one (written
-/// once, to the entries; the next entry starts a new page).
+/// Adds a statement entry (encoded) to an account's last page, starting a
+/// page at the entry's position when there is none. Returns the row to add
+/// the page's unwritten entries to when this one filled it (the next entry
+/// starts a new page).
 pub fn push_entry(
     page: &mut Option<Tail>,
     account: &AccountKey,
@@ -93,21 +95,25 @@ pub fn statement_entry(
 }
 
 /// Appends the view rows of a changed account to `rows`: its account rows
-/// (what `changed` names; the row keeps its statement's last page), and the
-/// expiring rows of its changed lots. The caller marks it written
-/// (`changed.written`).
+/// (what `changed` names; the row keeps where its statement's last page
+/// starts), the entries its last page has not written yet (added to the
+/// page's row, see [`Cf::appends`]), and the expiring rows of its changed
+/// lots. The caller marks it written (`changed.written`).
 pub fn view_rows(
     key: &AccountKey,
     account: &Account,
     changed: &accounts::Changed,
-    page: Option<&Tail>,
+    page: Option<&mut Tail>,
     rows: &mut Vec<ViewRow>,
 ) {
     if let Err(violation) = account.check_invariants() {
         tracing::error!(account = %key, %violation, "ledger invariant violated in the balance view");
     }
-    for (k, v) in accounts::rows_with(key, account, changed, page) {
+    for (k, v) in accounts::rows_with(key, account, changed, page.as_deref()) {
         rows.push((Cf::Accounts, k, v));
+    }
+    if let Some(page) = page.filter(|p| !p.bytes.is_empty()) {
+        rows.push((Cf::Entries, entry_key(key, page.offset, page.index), Some(std::mem::take(&mut page.bytes))));
     }
     // Each changed lot with an expiry has a row while it has points (its
     // expiry never changes, so neither does its key).
@@ -192,7 +198,7 @@ impl ViewCache {
     /// written.
     fn changed_rows(&mut self, key: &AccountKey, rows: &mut Vec<ViewRow>) {
         let c = self.accounts.get_mut(key).expect("a dirty account is cached");
-        view_rows(key, &c.account, &c.changed, c.page.as_ref(), rows);
+        view_rows(key, &c.account, &c.changed, c.page.as_mut(), rows);
         c.changed = c.changed.written(&c.account);
         c.dirty = false;
     }
@@ -241,7 +247,7 @@ impl ViewCache {
                 self.changed_rows(key, &mut rows);
             }
             for (cf, k, v) in rows {
-                batch.put_or_delete(cf, k, v);
+                batch.view_row(cf, k, v);
             }
         }
         store::put_cursor(batch, partition, &cursor);
@@ -291,7 +297,7 @@ pub fn fold(
                 if cache.deferred {
                     cache.entries.push((key, Some(page)));
                 } else {
-                    batch.put_vec(Cf::Entries, key, page);
+                    batch.append_vec(Cf::Entries, key, page);
                 }
             }
         }

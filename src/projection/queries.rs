@@ -121,18 +121,6 @@ fn read_statement(
             _ => break,
         }
     }
-    // The last page, while it has room, is kept in the account's row.
-    let Some(row) = views.get(Cf::Accounts, &prefix)? else { return Ok(false) };
-    let Some(tail) = snapshot::decode_account_with_tail(&row)?.1 else { return Ok(false) };
-    let key = entry_key(key, tail.offset, tail.index);
-    for (at, e) in row_entries(prefix.len(), &key, &tail.bytes)? {
-        if after.is_some_and(|a| at <= a) {
-            continue;
-        }
-        if !take(at, e)? {
-            return Ok(true);
-        }
-    }
     Ok(false)
 }
 

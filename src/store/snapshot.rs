@@ -88,17 +88,21 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
     }
 }
 
-/// The last page of an account's statement while it has room: kept in the
-/// account's row (it changes with every event of the account, as the row
-/// does), so a command on an account writes one row for both. Its bytes
-/// are a `StatementPage`'s: the entries, each behind its field tag.
+/// The last page of an account's statement while it has room. The page is
+/// a row of the entries column family that grows at its end by the entries
+/// of each batch ([`crate::store::Batch::append_vec`]), so a command does
+/// not write the page's earlier entries again; the account's row keeps where
+/// the page starts (its key), and the account's event count how many
+/// entries it has. Its bytes are a `StatementPage`'s: the entries, each
+/// behind its field tag.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tail {
-    /// The position of its first entry (the page's key once it is full).
+    /// The position of its first entry (the page's key).
     pub offset: u64,
     pub index: u16,
+    /// The entries added since the page's row was last written to.
     pub bytes: Vec<u8>,
-    /// Entries in it.
+    /// Entries in the page, written or not.
     pub entries: u16,
 }
 
@@ -117,13 +121,11 @@ impl Tail {
     }
 }
 
-/// Appends the tail's fields (15-17, after every other field, as prost
-/// orders them) to an encoded snapshot.
+/// Appends where the tail starts (fields 16-17, after every other field, as
+/// prost orders them) to an encoded snapshot.
 fn put_tail(tail: Option<&Tail>, buf: &mut Vec<u8>) {
     use prost::encoding::{encode_key, encode_varint, WireType};
     let Some(t) = tail.filter(|t| t.entries > 0) else { return };
-    fields::put_message(15, t.bytes.len(), buf);
-    buf.extend_from_slice(&t.bytes);
     if t.offset != 0 {
         encode_key(16, WireType::Varint, buf);
         encode_varint(t.offset, buf);
@@ -139,7 +141,8 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
     encode_account_with(a, None)
 }
 
-/// The whole account in one message, with its statement's last page.
+/// The whole account in one message, with where its statement's last page
+/// starts.
 pub fn encode_account_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
     let header = header_to_pb(a);
     let lists: usize = a.lots.iter().map(|(id, l)| field_len(1, fields::lot_len(id, l))).sum::<usize>()
@@ -313,7 +316,7 @@ pub fn encode_account_header(a: &Account) -> Vec<u8> {
     encode_account_header_with(a, None)
 }
 
-/// The header row with the statement's last page.
+/// The header row with where the statement's last page starts.
 pub fn encode_account_header_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
     let mut buf = header_to_pb(a).encode_to_vec();
     put_tail(tail, &mut buf);
@@ -327,15 +330,11 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
     decode_account_with_tail(bytes).map(|(a, _)| a)
 }
 
-/// [`decode_account`], and the statement's last page the row keeps.
+/// [`decode_account`], and the statement's last page while it has room
+/// (where it starts and its count of entries; none of them to write).
 pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>), CodecError> {
     let s = state::AccountSnapshot::decode(bytes)?;
-    let tail = (!s.statement_tail.is_empty()).then_some(Tail {
-        offset: s.statement_tail_offset,
-        index: s.statement_tail_index as u16,
-        entries: 0,
-        bytes: s.statement_tail,
-    });
+    let (offset, index) = (s.statement_tail_offset, s.statement_tail_index as u16);
     let t = s.totals.unwrap_or_default();
     let mut a = Account::default();
     a.lots = s.lots.into_iter().map(lot_from_pb).collect();
@@ -362,9 +361,10 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     a.level = s.level;
     a.recount();
     // An account's statement has an entry per event folded and every page
-    // but the last is full: the count of the tail's entries follows.
-    let tail = tail.map(|t| Tail { entries: (a.events % STATEMENT_PAGE_ENTRIES as u64) as u16, ..t });
-    Ok((a, tail))
+    // but the last is full: whether there is a last page with room, and its
+    // count of entries, follow.
+    let entries = (a.events % STATEMENT_PAGE_ENTRIES as u64) as u16;
+    Ok((a, (entries > 0).then_some(Tail { offset, index, bytes: Vec::new(), entries })))
 }
 
 /// Statement entries one page holds: a member's statement is a row per
@@ -744,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn a_statement_tail_is_written_as_prost_writes_it_and_read_back() {
+    fn where_the_statement_tail_starts_is_written_as_prost_writes_it_and_read_back() {
         let mut a = varied();
         a.events = 19; // three entries past a full page
         let mut tail = Tail::new(300, 1);
@@ -752,14 +752,15 @@ mod tests {
             tail.push(e);
         }
         let mut by_prost = header_to_pb(&a);
-        by_prost.statement_tail = tail.bytes.clone();
         by_prost.statement_tail_offset = 300;
         by_prost.statement_tail_index = 1;
         assert_eq!(encode_account_header_with(&a, Some(&tail)), by_prost.encode_to_vec());
         let whole = encode_account_with(&a, Some(&tail));
         let (back, read) = decode_account_with_tail(&whole).unwrap();
-        assert_eq!((back, read), (a.clone(), Some(tail)));
-        assert_eq!(decode_account_with_tail(&encode_account(&a)).unwrap().1, None);
+        // The entries are the page's row's, not the account's.
+        assert_eq!((back, read), (a.clone(), Some(Tail { bytes: Vec::new(), ..tail })));
+        a.events = 32;
+        assert_eq!(decode_account_with_tail(&encode_account(&a)).unwrap().1, None, "the last page is full");
     }
 
     #[test]
