@@ -134,13 +134,16 @@ fn make_room(cache: &mut FastMap<AccountKey, Kept>, coming: usize, max: usize) {
         kept.recent = false;
         true
     });
-    cache.retain(|_, _| {
-        if over > 0 {
-            over -= 1;
-            return false;
-        }
-        true
-    });
+    if over > 0 {
+        // Every account was used since last time: any go.
+        cache.retain(|_, _| {
+            if over > 0 {
+                over -= 1;
+                return false;
+            }
+            true
+        });
+    }
 }
 
 /// What a writer is made of.
