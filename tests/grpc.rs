@@ -890,3 +890,76 @@ async fn submit_batch_answers_each_command_on_its_own_in_order() {
     assert!(results.iter().all(|r| matches!(r.result, Some(R::Reply(_)))));
     h.stop().await;
 }
+
+/// A writer without state (here: its views deleted) folds a long log
+/// behind, as a rebuild does, and keeps what its catch-up through the live
+/// path keeps: retries answered from the idempotency records, the day's
+/// issuance against the programme-wide cap, the due index (a hold times
+/// out by itself afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_without_state_folds_the_log_behind_and_keeps_what_its_live_catch_up_keeps() {
+    let h = Harness::start().await;
+    let cap = pb::Programme {
+        programme_daily_issuance_cap: 1000,
+        cap_policy: pb::CapPolicy::Truncate as i32,
+        validity_days: 10,
+        validity_rounding: pb::ValidityRounding::None as i32,
+        ..programme()
+    };
+    configure(&h, cap).await;
+    let mut c = h.ledger().await;
+    let first = c.earn(earn("e1", "gus", 100)).await.unwrap().into_inner();
+    c.earn(earn("e2", "gus", 50)).await.unwrap();
+    c.earn(earn("e3", "amy", 450)).await.unwrap();
+    c.spend(spend("s1", "amy", 50)).await.unwrap();
+    let hold = pb::ReserveRequest {
+        request_id: "r1".into(),
+        account: account("gus"),
+        points: 30,
+        order_ref: "o".into(),
+        timeout_seconds: 60,
+        ..Default::default()
+    };
+    c.reserve(hold).await.unwrap();
+    let (dir, clock) = h.stop_for_restart().await;
+    std::fs::remove_dir_all(dir.path().join("views")).unwrap();
+    let h = Harness::start_in(dir, clock, |c| c.writer.bulk_catch_up_records_min = 0).await;
+    let mut c = h.ledger().await;
+    let again = c.earn(earn("e1", "gus", 100)).await.unwrap().into_inner();
+    assert!(again.replayed);
+    assert_eq!((again.position, again.granted_points), (first.position, 100));
+    let gus = pb::GetAccountRequest { account: account("gus"), ..Default::default() };
+    let a = c.get_account(gus.clone()).await.unwrap().into_inner();
+    assert_eq!((a.available, a.reserved), (120, 30));
+    // 600 of the day's 1,000 were issued before the restart.
+    let capped = c.earn(earn("e4", "bob", 600)).await.unwrap().into_inner();
+    assert_eq!((capped.granted_points, capped.forfeited_points), (400, 200));
+    let before = h.records();
+    h.clock.advance(61_000);
+    wait_until(|| h.records() > before).await;
+    let mut released = false;
+    for _ in 0..100 {
+        let a = c.get_account(gus.clone()).await.unwrap().into_inner();
+        if (a.available, a.reserved) == (150, 0) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(released, "the hold did not time out after the fold");
+    // A fold behind that did not finish leaves its partition marked: the
+    // next start deletes the views and folds the log again.
+    let (dir, clock) = h.stop_for_restart().await;
+    let views = points_ledger::store::Db::open(&dir.path().join("views"), points_ledger::store::VIEW_CFS).unwrap();
+    points_ledger::projection::mark_rebuilding(&views, 0, true).unwrap();
+    drop(views);
+    let h = Harness::start_in(dir, clock, |_| {}).await;
+    let mut c = h.ledger().await;
+    assert!(c.earn(earn("e4", "bob", 600)).await.unwrap().into_inner().replayed);
+    let a = c.get_account(gus).await.unwrap().into_inner();
+    assert_eq!((a.available, a.reserved), (150, 0));
+    let partitions = h.events.partitions();
+    let (dir, _) = h.stop().await;
+    let views = points_ledger::tools::audit::open_views_read_only(dir.path()).unwrap();
+    assert!(!points_ledger::projection::rebuilding(&views.snapshot(), partitions).unwrap());
+}

@@ -7,6 +7,8 @@
 //!   claiming it on a shared log, reading each batch back);
 //! - `scheduler`: the ticker that makes expiry and timeouts events;
 //! - `issuance`: the programme-wide daily cap across partitions;
+//! - `rebuild`: a writer without state folding a long log behind, as a
+//!   rebuild does;
 //! - `programmes`: the control stream and the registry of programme rules;
 //! - `clock`: "now", read here, never in the domain.
 //!
@@ -19,6 +21,7 @@ mod follow;
 pub mod issuance;
 pub mod ownership;
 pub mod programmes;
+mod rebuild;
 mod scheduler;
 mod shares;
 mod writer;
@@ -63,6 +66,9 @@ pub struct WriterConfig {
     /// The address other instances reach this one at, carried by its
     /// claims so they can forward commands here (empty: none).
     pub advertise: String,
+    /// Records of its partition from which a writer without state folds
+    /// the log behind instead of through the live path (`rebuild`).
+    pub bulk_catch_up_records_min: u64,
 }
 
 impl Default for WriterConfig {
@@ -75,6 +81,7 @@ impl Default for WriterConfig {
             cache_accounts_max: WRITER_CACHE_ACCOUNTS,
             assigned_only: false,
             advertise: String::new(),
+            bulk_catch_up_records_min: rebuild::BULK_CATCH_UP_RECORDS_MIN,
         }
     }
 }

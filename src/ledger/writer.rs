@@ -92,7 +92,7 @@ pub(super) struct PartitionWriter {
     /// In a cluster: where cap shares are taken (None: the exact counter).
     pub(super) programmes: Option<Arc<Programmes>>,
     /// What this partition has granted per programme day, as committed.
-    issued: Granted,
+    pub(super) issued: Granted,
 }
 
 /// An account as of the last committed batch.
@@ -120,6 +120,18 @@ const CACHE_KEPT_AFTER_EVICTION_PERCENT: usize = 75;
 /// were used in between are the ones kept (a clock with one bit). Clearing
 /// the whole cache instead made every member a miss again each time a
 /// partition's active members outgrew it.
+/// The idempotency record of a command's reply: the fingerprint, the
+/// record's offset and the balance after it (a retry's reply is rebuilt from
+/// the record); on a shared log the whole reply, as reading one record back
+/// there takes a consumer of its own (and the broker's time).
+pub(super) fn request_row(shared: bool, fingerprint: u64, reply: &Reply) -> Vec<u8> {
+    if shared {
+        snapshot::encode_stored_reply(fingerprint, reply)
+    } else {
+        snapshot::encode_request(fingerprint, reply.position.offset, &reply.balance)
+    }
+}
+
 fn make_room(cache: &mut FastMap<AccountKey, Kept>, coming: usize, max: usize) {
     if cache.len() + coming <= max {
         return;
@@ -693,14 +705,11 @@ impl PartitionWriter {
             batch.put(Cf::Issuance, &issued_key(self.partition, p, *day), &v.to_be_bytes());
         }
         for (tenant, request_id, fingerprint, reply) in &work.replies {
-            // On a shared log reading one record back takes a consumer of
-            // its own (and the broker's time): keep the whole reply there.
-            let row = if self.log.shared() {
-                snapshot::encode_stored_reply(*fingerprint, reply)
-            } else {
-                snapshot::encode_request(*fingerprint, reply.position.offset, &reply.balance)
-            };
-            batch.put_vec(Cf::Requests, store::request_key(tenant, request_id), row);
+            batch.put_vec(
+                Cf::Requests,
+                store::request_key(tenant, request_id),
+                request_row(self.log.shared(), *fingerprint, reply),
+            );
         }
         store::put_cursor(&mut batch, self.partition, &self.cursor);
         self.store.write(batch)?;
@@ -761,6 +770,9 @@ impl PartitionWriter {
     /// Folds the log from the stored cursor to its end, retrying while the
     /// log is unreachable. False when the writer was shut down meanwhile.
     fn initial_catch_up(&mut self, rx: &mpsc::Receiver<Msg>) -> bool {
+        if !self.bulk_catch_up(rx) {
+            return false;
+        }
         loop {
             match self.log.end_offset(self.partition).map_err(anyhow::Error::from).and_then(|end| self.catch_up(end)) {
                 Ok(folded) => {

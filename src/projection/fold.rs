@@ -6,7 +6,7 @@
 
 use crate::domain::{Account, AccountKey, Lot, Millis};
 use crate::log::arbiter::{Admitted, Arbiter};
-use crate::log::record::{Balance, Position};
+use crate::log::record::{AccountRecord, Balance, Position};
 use crate::log::LogEntry;
 use crate::store::{self, accounts, snapshot, Batch, Cf, Db};
 use crate::FastMap;
@@ -36,6 +36,27 @@ pub struct ViewCache {
     /// looked up (at 1,000,000 accounts those lookups, which never found a
     /// row, were ~7 % of a replay's CPU).
     nothing_written: bool,
+    /// The writer's own rows a fold behind from offset zero writes too.
+    beside: Option<Box<dyn Beside>>,
+}
+
+/// What a writer folding its partition behind from offset zero (a start
+/// without state) writes besides the views: its own rows (idempotency
+/// records, due index, issuance), gathered from the same fold. The views
+/// know nothing of them; the writers' side implements this.
+pub trait Beside: Send {
+    /// A record of the partition, just folded into `account`.
+    fn record(&mut self, record: &AccountRecord, position: Position, account: &Account);
+    /// An account read back from the database (written out earlier in the
+    /// same rebuild), as it was written.
+    fn loaded(&mut self, key: &AccountKey, account: &Account);
+    /// An account being written out, as it is now.
+    fn written(&mut self, key: &AccountKey, account: &Account);
+    /// Rows gathered and not taken yet.
+    fn pending(&self) -> usize;
+    /// The rows gathered since the last call, to ingest now (each key at
+    /// most once a column family); `last` at the rebuild's end.
+    fn take_rows(&mut self, last: bool) -> Vec<(Cf, Vec<store::TableRow>)>;
 }
 
 /// A view row to write: (column family, key, value or `None` to delete; in
@@ -156,6 +177,7 @@ impl ViewCache {
             entries: Vec::new(),
             ingest_rows: 0,
             nothing_written: false,
+            beside: None,
         }
     }
 
@@ -171,7 +193,13 @@ impl ViewCache {
             entries: Vec::new(),
             ingest_rows,
             nothing_written: true,
+            beside: None,
         }
+    }
+
+    /// [`ViewCache::rebuild`] that also writes what `beside` gathers.
+    pub fn rebuild_with(max: usize, ingest_rows: usize, beside: Box<dyn Beside>) -> ViewCache {
+        ViewCache { beside: Some(beside), ..ViewCache::rebuild(max, ingest_rows) }
     }
 
     fn load<'c>(
@@ -180,10 +208,14 @@ impl ViewCache {
         key: &AccountKey,
         deferred: bool,
         nothing_written: bool,
+        beside: Option<&mut Box<dyn Beside>>,
     ) -> Result<&'c mut Cached, store::StoreError> {
         if !accounts.contains_key(key) {
             let (account, mut changed, page) =
                 if nothing_written { Default::default() } else { accounts::load_with_tail(views, Cf::Accounts, key)? };
+            if let Some(b) = beside.filter(|_| !nothing_written) {
+                b.loaded(key, &account);
+            }
             if deferred {
                 // A rebuild writes an account's rows once or a few times:
                 // all of them, rather than noting each piece on the way.
@@ -198,6 +230,9 @@ impl ViewCache {
     /// written.
     fn changed_rows(&mut self, key: &AccountKey, rows: &mut Vec<ViewRow>) {
         let c = self.accounts.get_mut(key).expect("a dirty account is cached");
+        if let Some(b) = self.beside.as_mut() {
+            b.written(key, &c.account);
+        }
         view_rows(key, &c.account, &c.changed, c.page.as_mut(), rows);
         c.changed = c.changed.written(&c.account);
         c.dirty = false;
@@ -242,6 +277,7 @@ impl ViewCache {
                     views.ingest(Cf::Entries, &mut pages)?;
                 }
             }
+            self.ingest_beside(views, false)?;
         } else {
             for key in &dirty {
                 self.changed_rows(key, &mut rows);
@@ -251,6 +287,15 @@ impl ViewCache {
             }
         }
         store::put_cursor(batch, partition, &cursor);
+        Ok(())
+    }
+
+    /// Ingests the rows [`Beside`] gathered (every one of them when `last`).
+    pub fn ingest_beside(&mut self, views: &Db, last: bool) -> Result<(), store::StoreError> {
+        let Some(b) = self.beside.as_mut() else { return Ok(()) };
+        for (cf, mut rows) in b.take_rows(last) {
+            views.ingest(cf, &mut rows)?;
+        }
         Ok(())
     }
 
@@ -281,14 +326,22 @@ pub fn fold(
             Admitted::Record(r) => r,
             Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
         };
-        let cached =
-            ViewCache::load(&mut cache.accounts, views, &record.account, cache.deferred, cache.nothing_written)?;
+        let cached = ViewCache::load(
+            &mut cache.accounts,
+            views,
+            &record.account,
+            cache.deferred,
+            cache.nothing_written,
+            cache.beside.as_mut(),
+        )?;
         if !cached.dirty && !record.events.is_empty() {
             cached.dirty = true;
             cache.dirty.push(record.account.clone());
         }
         let position = Position { partition, offset: entry.offset };
-        for (i, event) in std::mem::take(&mut record.events).into_iter().enumerate() {
+        let events = std::mem::take(&mut record.events);
+        let kept = if cache.beside.is_some() { events.clone() } else { Vec::new() };
+        for (i, event) in events.into_iter().enumerate() {
             cached.account.apply(&event);
             cached.changed.note(&event);
             let row = statement_entry(&record, position, i as u16, event, &Balance::of(&cached.account));
@@ -301,14 +354,23 @@ pub fn fold(
                 }
             }
         }
+        if let Some(b) = cache.beside.as_mut() {
+            record.events = kept;
+            b.record(&record, position, &cached.account);
+        }
     }
     let Some(last) = entries.last() else { return Ok(batch) };
     let cursor = store::Cursor { next: last.offset + 1, arbiter: arbiter.clone() };
     let full = cache.accounts.len() > cache.max;
     if !cache.deferred || full {
         cache.write_out(views, &mut batch, partition, cursor)?;
-    } else if cache.entries.len() >= cache.ingest_rows {
-        views.ingest(Cf::Entries, &mut cache.entries)?;
+    } else {
+        if cache.entries.len() >= cache.ingest_rows {
+            views.ingest(Cf::Entries, &mut cache.entries)?;
+        }
+        if cache.beside.as_ref().is_some_and(|b| b.pending() >= cache.ingest_rows) {
+            cache.ingest_beside(views, false)?;
+        }
     }
     if full {
         cache.clear();

@@ -24,10 +24,10 @@ pub mod queries;
 mod rebuild;
 
 pub use fold::{
-    entry_key, expiring_key, fold, parse_expiring_key, push_entry, statement_entry, view_rows, EntryPlace, Tail,
-    ViewCache, REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS, STATEMENT_PAGE_ENTRIES,
+    entry_key, expiring_key, fold, parse_expiring_key, push_entry, statement_entry, view_rows, Beside, EntryPlace,
+    Tail, ViewCache, REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS, STATEMENT_PAGE_ENTRIES,
 };
-pub use rebuild::{rebuild, Until};
+pub use rebuild::{fold_behind, rebuild, Until};
 
 use crate::store::{self, Db};
 
@@ -48,17 +48,63 @@ pub fn mark_format(views: &Db) -> Result<(), store::StoreError> {
     views.write(batch)
 }
 
+/// Meta keys `rebuilding/<partition BE>`: a partition whose state is being
+/// folded from offset zero behind (its rows go in as table files, the
+/// position last), so what the views hold of it is incomplete. Left by a
+/// fold that did not finish, it makes the next start rebuild the views.
+const REBUILDING_PREFIX: &[u8] = b"rebuilding/";
+
+fn rebuilding_key(partition: u32) -> Vec<u8> {
+    let mut k = REBUILDING_PREFIX.to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// Marks `partition` as being folded behind from offset zero (durably,
+/// before any of its rows goes in), or, when `on` is false, as done.
+pub fn mark_rebuilding(views: &Db, partition: u32, on: bool) -> Result<(), store::StoreError> {
+    let mut batch = store::Batch::default();
+    match on {
+        true => batch.put(store::Cf::Meta, &rebuilding_key(partition), &[]),
+        false => batch.delete(store::Cf::Meta, &rebuilding_key(partition)),
+    }
+    views.write(batch)?;
+    if on {
+        views.flush()?;
+    }
+    Ok(())
+}
+
+/// Whether any of `partitions` is being folded behind, as of `snap`.
+pub fn rebuilding(snap: &store::Snapshot, partitions: u32) -> Result<bool, store::StoreError> {
+    for p in 0..partitions {
+        if snap.get(store::Cf::Meta, &rebuilding_key(p))?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Opens the views of a data directory in this build's layout: views an
-/// older build wrote are deleted (the log is the truth; the writers fold
-/// them again from offset zero).
+/// older build wrote, or that a fold from offset zero left incomplete, are
+/// deleted (the log is the truth; the writers fold them again).
 pub fn open_views(dir: &std::path::Path) -> anyhow::Result<Db> {
     if dir.exists() {
         let views = Db::open(dir, store::VIEW_CFS)?;
-        if views.get(store::Cf::Meta, VIEWS_FORMAT_KEY)?.as_deref() == Some(VIEWS_FORMAT) {
+        let current = views.get(store::Cf::Meta, VIEWS_FORMAT_KEY)?.as_deref() == Some(VIEWS_FORMAT);
+        let incomplete = !views.scan(store::Cf::Meta, REBUILDING_PREFIX, REBUILDING_PREFIX, 1)?.is_empty();
+        if current && !incomplete {
             return Ok(views);
         }
         drop(views);
-        tracing::warn!(dir = %dir.display(), "views written by an older build: rebuilding them from the log");
+        match incomplete {
+            true => {
+                tracing::warn!(dir = %dir.display(), "views left incomplete by a rebuild that did not finish: rebuilding them from the log")
+            }
+            false => {
+                tracing::warn!(dir = %dir.display(), "views written by an older build: rebuilding them from the log")
+            }
+        }
         std::fs::remove_dir_all(dir)?;
     }
     let views = Db::open(dir, store::VIEW_CFS)?;

@@ -49,15 +49,13 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
     };
     let end = limit.min(log.end_offset(p)?);
     let mut reader = log.reader(p, 0)?;
-    let mut arbiter = Arbiter::default();
     let mut cache = ViewCache::rebuild(REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS);
-    let mut folded_to: Option<store::Cursor> = None;
-    loop {
-        let mut entries = crate::log::read_towards(reader.as_mut(), end, PROJECTOR_BATCH_RECORDS_MAX)?;
-        if entries.is_empty() {
-            break;
+    let mut done = false;
+    let next = || -> anyhow::Result<Vec<crate::log::LogEntry>> {
+        if done {
+            return Ok(Vec::new());
         }
-        let mut done = false;
+        let mut entries = crate::log::read_towards(reader.as_mut(), end, PROJECTOR_BATCH_RECORDS_MAX)?;
         if let Some(t) = until.time {
             // The first record decided after `t` ends the replay (claims carry a time too).
             let cut = entries.iter().position(|e| {
@@ -73,19 +71,38 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
                 done = true;
             }
         }
-        if let Some(last) = entries.last() {
-            folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
-            views.write(fold(views, p, &mut arbiter, &entries, &mut cache)?)?;
-            folded_to = Some(store::Cursor { next: last.offset + 1, arbiter: arbiter.clone() });
-        }
-        if done {
-            break;
-        }
+        Ok(entries)
+    };
+    fold_behind(views, p, &mut cache, folded, next)?;
+    Ok(())
+}
+
+/// Folds one partition's records into `views` from offset zero, written
+/// behind through `cache` (a [rebuild](ViewCache::rebuild) cache: nothing of
+/// the partition is in `views` yet), each batch as `next` gives it until it
+/// gives none; then writes everything out with the position reached, which
+/// it returns (None when there was no record).
+pub fn fold_behind(
+    views: &Db,
+    p: u32,
+    cache: &mut ViewCache,
+    folded: &AtomicU64,
+    mut next: impl FnMut() -> anyhow::Result<Vec<crate::log::LogEntry>>,
+) -> anyhow::Result<Option<store::Cursor>> {
+    let mut arbiter = Arbiter::default();
+    let mut folded_to: Option<store::Cursor> = None;
+    loop {
+        let entries = next()?;
+        let Some(last) = entries.last() else { break };
+        folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        views.write(fold(views, p, &mut arbiter, &entries, cache)?)?;
+        folded_to = Some(store::Cursor { next: last.offset + 1, arbiter: arbiter.clone() });
     }
-    if let Some(cursor) = folded_to {
+    if let Some(cursor) = &folded_to {
         let mut batch = Batch::default();
-        cache.write_out(views, &mut batch, p, cursor)?;
+        cache.write_out(views, &mut batch, p, cursor.clone())?;
         views.write(batch)?;
     }
-    Ok(())
+    cache.ingest_beside(views, true)?;
+    Ok(folded_to)
 }

@@ -112,6 +112,10 @@ pub const DB_WRITE_BUFFER_BYTES: usize = 96 << 20;
 /// Block cache (data, index and filter blocks) of each database.
 pub const DB_BLOCK_CACHE_BYTES: usize = 32 << 20;
 
+/// A row of a table file to ingest: (key, value or `None` to delete; in a
+/// column family that [appends](Cf::appends), the bytes to add).
+pub type TableRow = (Vec<u8>, Option<Vec<u8>>);
+
 pub struct Db {
     db: DB,
     cfs: &'static [Cf],
@@ -128,6 +132,8 @@ pub struct Db {
     /// For the bench's no-database bound only: writes are counted and
     /// dropped (see [`Db::discard_writes`]).
     discard: std::sync::atomic::AtomicBool,
+    /// Bulk loads going on ([`Db::begin_bulk_load`]).
+    bulk_loads: std::sync::Mutex<usize>,
 }
 
 /// A key and its value, as stored.
@@ -293,6 +299,7 @@ impl Db {
             bytes_written: Default::default(),
             rows_by_cf: Default::default(),
             discard: Default::default(),
+            bulk_loads: Default::default(),
         })
     }
 
@@ -312,11 +319,18 @@ impl Db {
     /// sorted levels in one compaction, and turns automatic compaction back
     /// on, so the database is what a live one would be.
     pub fn finish_rebuild(&self) -> Result<(), StoreError> {
+        self.finish_rebuild_of(self.cfs)
+    }
+
+    /// [`Db::finish_rebuild`], compacting only the column families in `compact`.
+    fn finish_rebuild_of(&self, compact: &[Cf]) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         self.flush()?;
         let (slowdown, stop) = (L0_SLOWDOWN_FILES.to_string(), L0_STOP_FILES.to_string());
         for cf in self.cfs {
-            self.db.compact_range_cf(self.cf(*cf), None::<&[u8]>, None::<&[u8]>);
+            if compact.contains(cf) {
+                self.db.compact_range_cf(self.cf(*cf), None::<&[u8]>, None::<&[u8]>);
+            }
             self.db.set_options_cf(
                 self.cf(*cf),
                 &[
@@ -327,6 +341,42 @@ impl Db {
             )?;
         }
         tracing::info!(path = %self.db.path().display(), elapsed_ms = started.elapsed().as_millis() as u64, "rebuilt database compacted");
+        Ok(())
+    }
+
+    /// A load that ingests many overlapping table files into this live
+    /// database begins: the first of those going on pauses automatic
+    /// compaction and the level-0 triggers (which would stall every writer),
+    /// as a rebuild's database has them, so the files are merged once at
+    /// the end instead of again and again on the way.
+    pub fn begin_bulk_load(&self) -> Result<(), StoreError> {
+        let mut loads = self.bulk_loads.lock().expect("bulk loads lock");
+        if *loads == 0 {
+            let max = i32::MAX.to_string();
+            for cf in self.cfs {
+                self.db.set_options_cf(
+                    self.cf(*cf),
+                    &[
+                        ("disable_auto_compactions", "true"),
+                        ("level0_slowdown_writes_trigger", &max),
+                        ("level0_stop_writes_trigger", &max),
+                    ],
+                )?;
+            }
+        }
+        *loads += 1;
+        Ok(())
+    }
+
+    /// A bulk load ends: the last one merges the files of the column
+    /// families in `compact` in one compaction each, and turns automatic
+    /// compaction back on (which merges the others' in the background).
+    pub fn end_bulk_load(&self, compact: &[Cf]) -> Result<(), StoreError> {
+        let mut loads = self.bulk_loads.lock().expect("bulk loads lock");
+        *loads = loads.saturating_sub(1);
+        if *loads == 0 {
+            self.finish_rebuild_of(compact)?;
+        }
         Ok(())
     }
 
@@ -348,6 +398,7 @@ impl Db {
             bytes_written: Default::default(),
             rows_by_cf: Default::default(),
             discard: Default::default(),
+            bulk_loads: Default::default(),
         })
     }
 
@@ -505,7 +556,7 @@ impl Db {
     /// memtable's skiplist is most of the cost. Later ingests win over
     /// earlier ones (in a column family that [appends](Cf::appends), add
     /// to them). Empties `rows`.
-    pub fn ingest(&self, cf: Cf, rows: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+    pub fn ingest(&self, cf: Cf, rows: &mut Vec<TableRow>) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
