@@ -30,8 +30,11 @@ use crate::domain::{Account, AccountKey, Event};
 use crate::log::codec::CodecError;
 use crate::store::{self, Cf, Db, Row, StoreError};
 
-/// Pieces an account kept as one row holds at most.
-pub const INLINE_PIECES_MAX: usize = 12;
+/// Pieces an account kept as one row holds at most. 32 rather than 12: at
+/// 1,000,000 members most commands load their account from the database,
+/// and a large account's load is a lookup and a prefix scan; the last minute
+/// of a 10-minute run went from 0.45 to 0.53-0.54 of the first (BENCHMARKS.md).
+pub const INLINE_PIECES_MAX: usize = 32;
 
 /// How an account is stored, and the pieces of it changed since it was last
 /// written.
@@ -337,7 +340,10 @@ mod tests {
             ("f2", CommandBody::Refund { spend_id: "s2".into(), points: 20 }),
             ("e4", earn(70, Some(T0 + 5 * DAY))),
         ];
-        body.into_iter().map(|(id, b)| (id.to_string(), b)).collect()
+        // Enough small earns (a lot and an earn each) for more pieces than
+        // one row keeps.
+        let small = (0..INLINE_PIECES_MAX / 2).map(|i| (format!("x{i}"), earn(10, None)));
+        body.into_iter().map(|(id, b)| (id.to_string(), b)).chain(small).collect()
     }
 
     /// Folds the script into `member`, writing the changed rows every
