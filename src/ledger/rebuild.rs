@@ -60,11 +60,11 @@ impl Drop for Slot {
 impl PartitionWriter {
     /// Folds the partition behind up to the log's end when the writer has
     /// no state yet and the log holds at least
-    /// `config.bulk_catch_up_records_min` records of it (else leaves it to the live catch-up). Reads are
-    /// retried until they succeed or the writer is shut down. False when
-    /// the writer cannot go on: shut down meanwhile, or a write failed (the
-    /// partition stays marked as rebuilding, so the next start rebuilds the
-    /// views).
+    /// `config.bulk_catch_up_records_min` records of it (else leaves it to
+    /// the live catch-up). Reads are retried until they succeed or the
+    /// writer is shut down. False when the writer cannot go on: shut down
+    /// meanwhile, or a write failed (the partition stays marked as
+    /// rebuilding, so the next start rebuilds the views).
     pub(super) fn bulk_catch_up(&mut self, rx: &mpsc::Receiver<Msg>) -> bool {
         if self.cursor.next != 0 {
             return true;
