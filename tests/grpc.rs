@@ -647,16 +647,7 @@ async fn the_scheduler_expires_due_lots_and_times_out_reservations_as_events() {
     let mut c = h.ledger().await;
     c.earn(earn("e1", "gus", 100)).await.unwrap();
     c.earn(earn("e2", "gus", 50)).await.unwrap();
-    c.reserve(pb::ReserveRequest {
-        request_id: "r1".into(),
-        account: account("gus"),
-        points: 30,
-        order_ref: "o".into(),
-        timeout_seconds: 60,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.reserve(hold("r1", "gus", 30, 60)).await.unwrap();
     // Reminders: both lots expire within 15 days; ordered by expiry.
     let exp = c
         .list_expiring(pb::ListExpiringRequest {
@@ -738,6 +729,18 @@ async fn the_scheduler_expires_due_lots_and_times_out_reservations_as_events() {
     assert_eq!(kinds, ["PointsEarned", "PointsEarned", "PointsReserved", "ReservationReleased", "PointsExpired"]);
     assert_eq!(entries.last().unwrap().delta, -150);
     h.stop().await;
+}
+
+/// A hold of `points` for order "o" that times out after `timeout_seconds`.
+fn hold(id: &str, member: &str, points: i64, timeout_seconds: i64) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        request_id: id.into(),
+        account: account(member),
+        points,
+        order_ref: "o".into(),
+        timeout_seconds,
+        ..Default::default()
+    }
 }
 
 async fn wait_until(mut f: impl FnMut() -> bool) {
@@ -912,15 +915,7 @@ async fn a_writer_without_state_folds_the_log_behind_and_keeps_what_its_live_cat
     c.earn(earn("e2", "gus", 50)).await.unwrap();
     c.earn(earn("e3", "amy", 450)).await.unwrap();
     c.spend(spend("s1", "amy", 50)).await.unwrap();
-    let hold = pb::ReserveRequest {
-        request_id: "r1".into(),
-        account: account("gus"),
-        points: 30,
-        order_ref: "o".into(),
-        timeout_seconds: 60,
-        ..Default::default()
-    };
-    c.reserve(hold).await.unwrap();
+    c.reserve(hold("r1", "gus", 30, 60)).await.unwrap();
     let (dir, clock) = h.stop_for_restart().await;
     std::fs::remove_dir_all(dir.path().join("views")).unwrap();
     let h = Harness::start_in(dir, clock, |c| c.writer.bulk_catch_up_records_min = 0).await;

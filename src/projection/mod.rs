@@ -66,9 +66,10 @@ fn rebuilding_key(partition: u32) -> Vec<u8> {
 /// before any of its rows goes in), or, when `on` is false, as done.
 pub fn mark_rebuilding(views: &Db, partition: u32, on: bool) -> Result<(), store::StoreError> {
     let mut batch = store::Batch::default();
-    match on {
-        true => batch.put(store::Cf::Meta, &rebuilding_key(partition), &[]),
-        false => batch.delete(store::Cf::Meta, &rebuilding_key(partition)),
+    if on {
+        batch.put(store::Cf::Meta, &rebuilding_key(partition), &[]);
+    } else {
+        batch.delete(store::Cf::Meta, &rebuilding_key(partition));
     }
     views.write(batch)?;
     if on {
@@ -99,14 +100,12 @@ pub fn open_views(dir: &std::path::Path) -> anyhow::Result<Db> {
             return Ok(views);
         }
         drop(views);
-        match incomplete {
-            true => {
-                tracing::warn!(dir = %dir.display(), "views left incomplete by a rebuild that did not finish: rebuilding them from the log")
-            }
-            false => {
-                tracing::warn!(dir = %dir.display(), "views written by an older build: rebuilding them from the log")
-            }
-        }
+        let why = if incomplete {
+            "views left incomplete by a rebuild that did not finish: rebuilding them from the log"
+        } else {
+            "views written by an older build: rebuilding them from the log"
+        };
+        tracing::warn!(dir = %dir.display(), "{why}");
         std::fs::remove_dir_all(dir)?;
     }
     let views = Db::open(dir, store::VIEW_CFS)?;
