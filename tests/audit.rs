@@ -31,9 +31,14 @@ async fn verify_passes_on_clean_views_and_names_a_corrupted_key() {
     // Half an hour later, one more earn.
     h.clock.advance(1_800_000);
     let r = c.earn(earn("late", "m0", 1000)).await.unwrap().into_inner();
-    c.get_account(pb::GetAccountRequest { account: account("m0"), min_position: r.position, as_of: None })
-        .await
-        .unwrap();
+    c.get_account(pb::GetAccountRequest {
+        account: account("m0"),
+        min_position: r.position,
+        as_of: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let _ = last;
     let data = h.dir.path().to_str().unwrap().to_string();
 

@@ -147,6 +147,7 @@ async fn model(h: &Harness, p: &Prog, dates: &[chrono::NaiveDate]) -> BTreeMap<c
                     E::ReservationCaptured(x) => b.spent += x.points,
                     E::SpendRefunded(x) => b.refunded += x.points,
                     E::EarnReversed(x) => b.reversed += x.points - x.written_off,
+                    E::PointsRecovered(x) => b.reversed += x.written_off,
                     E::PointsExpired(x) => b.expired += x.points,
                     E::PointsAdjusted(x) if x.points > 0 => b.adjusted_up += x.points,
                     E::PointsAdjusted(x) => b.adjusted_down -= x.points,
@@ -314,7 +315,7 @@ async fn workload(h: &Harness, seed: u64) {
     };
     let at = c.earn(e).await.unwrap().into_inner().position;
     let balance = c
-        .get_account(pb::GetAccountRequest { account: k(), min_position: at, as_of: None })
+        .get_account(pb::GetAccountRequest { account: k(), min_position: at, as_of: None, ..Default::default() })
         .await
         .unwrap()
         .into_inner();

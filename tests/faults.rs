@@ -71,7 +71,12 @@ async fn a_failing_log_answers_unavailable_writes_nothing_and_recovers() {
     let again = c.spend(spend("s1", "ivy", 30)).await.unwrap().into_inner();
     assert!(again.replayed);
     let a = c
-        .get_account(pb::GetAccountRequest { account: account("ivy"), min_position: r.position, as_of: None })
+        .get_account(pb::GetAccountRequest {
+            account: account("ivy"),
+            min_position: r.position,
+            as_of: None,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -27,7 +27,12 @@ fn kafka(bootstrap: &str, topic: &str, partitions: u32) -> KafkaConfig {
 async fn balance(h: &Harness, member: &str, at: Option<pb::LogPosition>) -> i64 {
     h.ledger()
         .await
-        .get_account(pb::GetAccountRequest { account: account(member), min_position: at, as_of: None })
+        .get_account(pb::GetAccountRequest {
+            account: account(member),
+            min_position: at,
+            as_of: None,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -236,7 +241,12 @@ async fn real_broker_outage(outage: Outage) {
         let reply = h
             .ledger()
             .await
-            .get_account(pb::GetAccountRequest { account: account("lee"), min_position: r.position, as_of: None })
+            .get_account(pb::GetAccountRequest {
+                account: account("lee"),
+                min_position: r.position,
+                as_of: None,
+                ..Default::default()
+            })
             .await;
         match reply {
             Ok(a) => break a.into_inner().available,

@@ -27,7 +27,12 @@ fn with_levels() -> pb::Programme {
 async fn account_now(h: &Harness, at: Option<pb::LogPosition>) -> pb::Account {
     h.ledger()
         .await
-        .get_account(pb::GetAccountRequest { account: account("lee"), min_position: at, as_of: None })
+        .get_account(pb::GetAccountRequest {
+            account: account("lee"),
+            min_position: at,
+            as_of: None,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

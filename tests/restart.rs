@@ -199,6 +199,7 @@ async fn sigkill_mid_load_loses_nothing_acknowledged_and_doubles_nothing() {
                 account: account(&format!("m{member}")),
                 min_position: last_position.get(&member).copied(),
                 as_of: None,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -57,7 +57,7 @@ macro_rules! command_request {
 }
 
 command_request!(pb::EarnRequest, path::EARN, Access::Member, |r| CommandBody::Earn {
-    points: validate::positive("points", r.points)?,
+    points: validate::points("points", r.points)?,
     reason: validate::id("reason", &r.reason)?,
     order_ref: validate::order_ref(r.order_ref.as_ref())?,
     growth: validate::growth(r.growth)?,
@@ -65,13 +65,13 @@ command_request!(pb::EarnRequest, path::EARN, Access::Member, |r| CommandBody::E
 });
 
 command_request!(pb::SpendRequest, path::SPEND, Access::Member, |r| CommandBody::Spend {
-    points: validate::positive("points", r.points)?,
+    points: validate::points("points", r.points)?,
     order_ref: validate::order_ref(r.order_ref.as_ref())?,
-    order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
+    order_cash_amount: r.order_cash_amount.map(validate::order_cash).transpose()?,
 });
 
 command_request!(pb::ReserveRequest, path::RESERVE, Access::Member, |r| CommandBody::Reserve {
-    points: validate::positive("points", r.points)?,
+    points: validate::points("points", r.points)?,
     order_ref: validate::text("order_ref", &r.order_ref, validate::ORDER_REF_CHARS_MAX, true)?,
     timeout_seconds: match r.timeout_seconds {
         t if (1..=domain::RESERVATION_TIMEOUT_SECONDS_MAX).contains(&t) => t,
@@ -79,13 +79,13 @@ command_request!(pb::ReserveRequest, path::RESERVE, Access::Member, |r| CommandB
             return Err(invalid("timeout_seconds", format!("must be 1..={}", domain::RESERVATION_TIMEOUT_SECONDS_MAX)));
         }
     },
-    order_cash_amount: r.order_cash_amount.map(|c| validate::positive("order_cash_amount", c)).transpose()?,
+    order_cash_amount: r.order_cash_amount.map(validate::order_cash).transpose()?,
 });
 
 command_request!(pb::CaptureReservationRequest, path::CAPTURE_RESERVATION, Access::Member, |r| CommandBody::Capture {
     reservation_id: validate::request_id(&r.reservation_id)
         .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
-    points: r.points.map(|p| validate::positive("points", p)).transpose()?,
+    points: r.points.map(|p| validate::points("points", p)).transpose()?,
 });
 
 command_request!(pb::ReleaseReservationRequest, path::RELEASE_RESERVATION, Access::Member, |r| CommandBody::Release {
@@ -96,13 +96,13 @@ command_request!(pb::ReleaseReservationRequest, path::RELEASE_RESERVATION, Acces
 command_request!(pb::RefundRequest, path::REFUND, Access::Member, |r| CommandBody::Refund {
     spend_id: validate::request_id(&r.spend_request_id)
         .map_err(|_| invalid("spend_request_id", "must be 1..128 characters"))?,
-    points: validate::positive("points", r.points)?,
+    points: validate::points("points", r.points)?,
 });
 
 command_request!(pb::ReverseEarnRequest, path::REVERSE_EARN, Access::Member, |r| CommandBody::ReverseEarn {
     earn_id: validate::request_id(&r.earn_request_id)
         .map_err(|_| invalid("earn_request_id", "must be 1..128 characters"))?,
-    points: validate::positive("points", r.points)?,
+    points: validate::points("points", r.points)?,
     growth: validate::growth(r.growth)?,
 });
 
@@ -117,10 +117,7 @@ command_request!(pb::ExpireRequest, path::EXPIRE, |r| if r.all_points { Access::
 });
 
 command_request!(pb::AdjustRequest, path::ADJUST, Access::Admin, |r| CommandBody::Adjust {
-    points: match r.points {
-        0 | i64::MIN => return Err(invalid("points", "must be non-zero (and > i64::MIN)")),
-        p => p,
-    },
+    points: validate::adjustment(r.points)?,
     operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
     reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
 });

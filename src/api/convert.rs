@@ -115,6 +115,9 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
                 growth,
             })
         }
+        Event::PointsRecovered { lots, points, debt_repaid, written_off } => {
+            PbEvent::PointsRecovered(pb::PointsRecovered { lots: lots_to_pb(lots), points, debt_repaid, written_off })
+        }
         Event::PointsExpired { points, lots, cause, reason, operator } => PbEvent::PointsExpired(pb::PointsExpired {
             points,
             lots: lots_to_pb(lots),
@@ -333,14 +336,48 @@ pub fn level_status_to_pb(programme: &Programme, s: domain::LevelStatus) -> pb::
     }
 }
 
-pub fn account_to_pb(key: &AccountKey, a: &Account, level: pb::LevelStatus, position: pb::LogPosition) -> pb::Account {
-    let mut lots: Vec<pb::Lot> = a
-        .lots_fefo()
-        .into_iter()
-        .map(|(id, l)| pb::Lot { lot_id: id.clone(), remaining: l.remaining, expires_at: l.expires_at.map(timestamp) })
+/// The most open reservations `GetAccount` lists (it counts them all).
+pub const ACCOUNT_RESERVATIONS_SHOWN_MAX: usize = 1000;
+
+/// Where a page of an account's lots starts: after the lot with this
+/// (expiry, id) in soonest-expiring-first order.
+pub type LotsAfter = Option<(Millis, String)>;
+
+/// The account as `GetAccount` shows it, with one page of its lots with
+/// points (`page_size` of them, soonest-expiring first, after `after`) and
+/// the token of the next page.
+pub fn account_to_pb(
+    key: &AccountKey,
+    a: &Account,
+    level: pb::LevelStatus,
+    position: pb::LogPosition,
+    after: &LotsAfter,
+    page_size: usize,
+) -> pb::Account {
+    let order = |l: &domain::Lot| l.expires_at.unwrap_or(Millis::MAX);
+    let fefo = a.lots_fefo();
+    let start = after
+        .as_ref()
+        .map_or(0, |(at, id)| fefo.partition_point(|(i, l)| (order(l), i.as_str()) <= (*at, id.as_str())));
+    let page = &fefo[start..fefo.len().min(start.saturating_add(page_size))];
+    let lots_next_page_token = match page.last() {
+        Some((id, l)) if start + page.len() < fefo.len() => lots_token(order(l), id),
+        _ => String::new(),
+    };
+    let lots = page
+        .iter()
+        .map(|(id, l)| pb::Lot {
+            lot_id: (*id).clone(),
+            remaining: l.remaining,
+            expires_at: l.expires_at.map(timestamp),
+        })
         .collect();
-    lots.retain(|l| l.remaining > 0);
+    let mut open: Vec<_> = a.reservations.iter().filter(|(_, r)| r.status == domain::ReservationStatus::Open).collect();
+    open.sort_unstable_by_key(|(id, r)| (r.expires_at, *id));
     pb::Account {
+        lots_next_page_token,
+        lots_with_points: fefo.len() as u32,
+        open_reservations: open.len() as u32,
         account: Some(account_key_to_pb(key)),
         available: a.available(),
         reserved: a.reserved(),
@@ -352,10 +389,9 @@ pub fn account_to_pb(key: &AccountKey, a: &Account, level: pb::LevelStatus, posi
         spending_frozen: a.spending_frozen,
         lots,
         position: Some(position),
-        reservations: a
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.status == domain::ReservationStatus::Open)
+        reservations: open
+            .into_iter()
+            .take(ACCOUNT_RESERVATIONS_SHOWN_MAX)
             .map(|(id, r)| pb::Reservation {
                 reservation_id: id.clone(),
                 order_ref: r.order_ref.clone(),
@@ -364,6 +400,20 @@ pub fn account_to_pb(key: &AccountKey, a: &Account, level: pb::LevelStatus, posi
             })
             .collect(),
     }
+}
+
+/// The token of the page of lots after the lot expiring at `at` with `id`:
+/// the expiry (8 bytes, big-endian) and the id, in hex.
+fn lots_token(at: Millis, id: &str) -> String {
+    let mut b = at.to_be_bytes().to_vec();
+    b.extend_from_slice(id.as_bytes());
+    crate::hex(&b)
+}
+
+/// [`lots_token`]'s (expiry, id), from its bytes.
+pub fn lots_after(bytes: &[u8]) -> Option<(Millis, String)> {
+    let at = Millis::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    Some((at, String::from_utf8(bytes[8..].to_vec()).ok()?))
 }
 
 /// A stored level change as `ListLevelChanges` shows it.

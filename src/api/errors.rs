@@ -56,9 +56,12 @@ pub fn code_of(reason: Reason) -> Code {
         | Reason::ReversalExceedsEarn
         | Reason::GrowthReversalExceedsEarn
         | Reason::OrderShareExceeded => Code::FailedPrecondition,
-        Reason::DailyEarnCapReached | Reason::ActionDailyCapReached | Reason::ProgrammeDailyCapReached => {
-            Code::ResourceExhausted
-        }
+        // Safe to retry with the same request id once the scheduler has settled it.
+        Reason::SettlingDue => Code::Unavailable,
+        Reason::TooManyLots
+        | Reason::DailyEarnCapReached
+        | Reason::ActionDailyCapReached
+        | Reason::ProgrammeDailyCapReached => Code::ResourceExhausted,
     }
 }
 
@@ -77,6 +80,12 @@ impl From<WriteError> for Status {
                 "REQUEST_ID_REUSED",
                 format!("request_id {id} was already used with different content"),
                 Some("request_id"),
+            ),
+            e @ WriteError::RecordTooLarge { .. } => status(
+                Code::ResourceExhausted,
+                "RECORD_TOO_LARGE",
+                format!("{e}: ask for fewer points at once (a spend or refund lists every lot it touches)"),
+                None,
             ),
             WriteError::Unavailable(cause) => {
                 let reason = match cause {

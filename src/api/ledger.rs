@@ -9,7 +9,7 @@ use super::commands::command_error;
 use super::convert;
 use super::errors::{internal, invalid};
 use super::forward::path::SUBMIT_BATCH;
-use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX};
+use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX, LOTS_PAGE_SIZE_MAX};
 use crate::domain::{self, calendar};
 use crate::projection::queries::{self, EntryAt};
 use crate::proto as pb;
@@ -153,7 +153,16 @@ ledger_service! {
             None => queries::account(&self.0.views, &key).map_err(internal)?,
         };
         let level = convert::level_status_to_pb(&programme, domain::level_status(&programme, &account));
-        Ok(Response::new(convert::account_to_pb(&key, &account, level, position)))
+        let page_size = page_size(r.lots_page_size, LOTS_PAGE_SIZE_MAX)
+            .map_err(|_| invalid("lots_page_size", format!("must be at most {LOTS_PAGE_SIZE_MAX}")))?;
+        let after = match r.lots_page_token.as_str() {
+            "" => None,
+            t => Some(
+                convert::lots_after(&unhex("lots_page_token", t)?)
+                    .ok_or_else(|| invalid("lots_page_token", "not a token this service issued"))?,
+            ),
+        };
+        Ok(Response::new(convert::account_to_pb(&key, &account, level, position, &after, page_size)))
     }
 
     async fn list_entries(

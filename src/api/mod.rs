@@ -41,6 +41,8 @@ use crate::proto as pb;
 use crate::store::Db;
 
 pub const ENTRIES_PAGE_SIZE_MAX: u32 = 500;
+/// The most lots one `GetAccount` answer lists (a page; the rest by token).
+pub const LOTS_PAGE_SIZE_MAX: u32 = 1000;
 pub const ENTRIES_PAGE_SIZE_DEFAULT: u32 = 100;
 /// Longest a query waits for its view to reach `min_position`.
 pub const QUERY_WAIT_MS_MAX: u64 = 5_000;
@@ -192,6 +194,14 @@ impl Ledger {
         if min.partition != p {
             return Err(invalid("min_position.partition", format!("this account's events are in partition {p}")));
         }
+        if self.writers.past_end(p, min.offset) {
+            return Err(status(
+                Code::OutOfRange,
+                "POSITION_PAST_END",
+                format!("offset {} of partition {p} lies past the end of its log", min.offset),
+                None,
+            ));
+        }
         let mut rx = self.positions.clone();
         let reached = tokio::time::timeout(
             Duration::from_millis(QUERY_WAIT_MS_MAX),
@@ -230,11 +240,12 @@ fn page_size(n: u32, max: u32) -> Result<usize, Status> {
 
 /// A page token's bytes (tokens are hex this service issued).
 fn unhex(field: &str, s: &str) -> Result<Vec<u8>, Status> {
-    if !s.len().is_multiple_of(2) || s.len() > PAGE_TOKEN_CHARS_MAX {
-        return Err(invalid(field, "not a token this service issued"));
+    let bad = || invalid(field, "not a token this service issued");
+    if !s.is_ascii() || !s.len().is_multiple_of(2) || s.len() > PAGE_TOKEN_CHARS_MAX {
+        return Err(bad());
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| invalid(field, "not a token this service issued")))
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(bad))
         .collect()
 }

@@ -20,19 +20,53 @@ pub const CLIENT_FIELD_CHARS_MAX: usize = 64;
 pub const ORDER_REF_CHARS_MAX: usize = 128;
 pub const OPERATOR_CHARS_MAX: usize = 64;
 pub const REASON_CHARS_MAX: usize = 256;
-pub const GROWTH_MAX: i64 = 1 << 50;
+/// The most points one command may move (earn, spend, hold, refund,
+/// reverse, adjust): far beyond any honest order, and small enough that no
+/// sum of a day's commands comes near `i64::MAX` (9.2 × 10^18).
+pub const POINTS_PER_COMMAND_MAX: i64 = 1_000_000_000_000;
+/// The most growth one command may add or reverse.
+pub const GROWTH_MAX: i64 = 1_000_000_000_000;
+/// The largest order amount, in minor units of cash.
+pub const ORDER_CASH_MINOR_MAX: i64 = 1_000_000_000_000_000;
 
 fn chars(s: &str) -> usize {
     s.chars().count()
 }
 
+/// Characters that change how text around them is shown without showing
+/// themselves: bidi embeddings, overrides and isolates, zero-width
+/// characters, the BOM, soft hyphen and invisible fillers. In an id or an
+/// operator's name they make two different strings look the same (or one
+/// look like another) in a back office, an audit or an export.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
+}
+
+/// No control character and no invisible one ([`invisible`]).
 fn no_control(s: &str) -> bool {
-    !s.chars().any(char::is_control)
+    !s.chars().any(|c| c.is_control() || invisible(c))
 }
 
 pub fn request_id(s: &str) -> Result<String, Status> {
     if s.is_empty() || chars(s) > REQUEST_ID_CHARS_MAX || !no_control(s) {
-        return Err(invalid("request_id", "must be 1..128 characters without control characters"));
+        return Err(invalid("request_id", "must be 1..128 characters without control or invisible characters"));
     }
     Ok(s.to_string())
 }
@@ -70,10 +104,10 @@ pub fn context(
         if k.is_empty() || chars(k) > METADATA_KEY_CHARS_MAX || !no_control(k) {
             return Err(invalid("metadata", format!("keys must be 1..{METADATA_KEY_CHARS_MAX} characters")));
         }
-        if chars(v) > METADATA_VALUE_CHARS_MAX {
+        if chars(v) > METADATA_VALUE_CHARS_MAX || !no_control(v) {
             return Err(invalid(
                 &format!("metadata[{k}]"),
-                format!("values must be at most {METADATA_VALUE_CHARS_MAX} characters"),
+                format!("values must be at most {METADATA_VALUE_CHARS_MAX} characters, without control or invisible characters"),
             ));
         }
     }
@@ -89,11 +123,28 @@ pub fn context(
     })
 }
 
-pub fn positive(field: &str, points: i64) -> Result<i64, Status> {
-    if points <= 0 {
-        return Err(invalid(field, format!("must be > 0, got {points}")));
+/// Points a command moves: 1..=[`POINTS_PER_COMMAND_MAX`].
+pub fn points(field: &str, points: i64) -> Result<i64, Status> {
+    if !(1..=POINTS_PER_COMMAND_MAX).contains(&points) {
+        return Err(invalid(field, format!("must be 1..={POINTS_PER_COMMAND_MAX}, got {points}")));
     }
     Ok(points)
+}
+
+/// A manual adjustment: non-zero, at most [`POINTS_PER_COMMAND_MAX`] either way.
+pub fn adjustment(points: i64) -> Result<i64, Status> {
+    if points == 0 || points.unsigned_abs() > POINTS_PER_COMMAND_MAX as u64 {
+        return Err(invalid("points", format!("must be non-zero and within ±{POINTS_PER_COMMAND_MAX}, got {points}")));
+    }
+    Ok(points)
+}
+
+/// An order's amount in minor units of cash: 1..=[`ORDER_CASH_MINOR_MAX`].
+pub fn order_cash(cash: i64) -> Result<i64, Status> {
+    if !(1..=ORDER_CASH_MINOR_MAX).contains(&cash) {
+        return Err(invalid("order_cash_amount", format!("must be 1..={ORDER_CASH_MINOR_MAX}, got {cash}")));
+    }
+    Ok(cash)
 }
 
 pub fn growth(g: Option<i64>) -> Result<i64, Status> {
@@ -108,7 +159,10 @@ pub fn growth(g: Option<i64>) -> Result<i64, Status> {
 pub fn text(field: &str, s: &str, max: usize, required: bool) -> Result<String, Status> {
     if (required && s.trim().is_empty()) || chars(s) > max || !no_control(s) {
         let need = if required { "1" } else { "0" };
-        return Err(invalid(field, format!("must be {need}..{max} characters without control characters")));
+        return Err(invalid(
+            field,
+            format!("must be {need}..{max} characters without control or invisible characters"),
+        ));
     }
     Ok(s.to_string())
 }

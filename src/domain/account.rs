@@ -81,11 +81,46 @@ pub struct Totals {
     pub issued: Points,
     pub spent: Points,
     pub refunded: Points,
-    /// Taken from lots or turned into debt by reversals (not what was written off).
+    /// Taken from lots or turned into debt by reversals, and written-off
+    /// reversals once recovered (`PointsRecovered`); not what is written off.
     pub reversed: Points,
     pub expired: Points,
     pub adjusted_up: Points,
     pub adjusted_down: Points,
+}
+
+impl Totals {
+    /// The totals once `event` is folded, or `None` when one would overflow
+    /// (`decide` refuses a command whose events would do that).
+    pub fn after(&self, event: &Event) -> Option<Totals> {
+        let mut t = self.clone();
+        let add = |x: &mut Points, d: Points| -> Option<()> {
+            *x = x.checked_add(d)?;
+            Some(())
+        };
+        match event {
+            Event::PointsEarned { granted, .. } => add(&mut t.issued, *granted)?,
+            Event::PointsSpent { points, .. } | Event::ReservationCaptured { points, .. } => {
+                add(&mut t.spent, *points)?
+            }
+            Event::SpendRefunded { points, .. } => add(&mut t.refunded, *points)?,
+            Event::EarnReversed { taken, debt_added, .. } => {
+                add(&mut t.reversed, super::sum(taken).checked_add(*debt_added)?)?
+            }
+            // What was written off and is now taken counts as reversed.
+            Event::PointsRecovered { written_off, .. } => add(&mut t.reversed, *written_off)?,
+            Event::PointsExpired { points, .. } => add(&mut t.expired, *points)?,
+            Event::PointsAdjusted { points, .. } if *points > 0 => add(&mut t.adjusted_up, *points)?,
+            Event::PointsAdjusted { points, .. } => add(&mut t.adjusted_down, points.checked_neg()?)?,
+            Event::PointsReserved { .. }
+            | Event::ReservationReleased { .. }
+            | Event::AccountFrozen { .. }
+            | Event::AccountUnfrozen { .. }
+            | Event::GrowthExpired { .. }
+            | Event::LevelChanged { .. } => {}
+        }
+        Some(t)
+    }
 }
 
 /// The state of one account, as folded from its events.
@@ -98,6 +133,12 @@ pub struct Account {
     pub reservations: VecMap<String, ReservationRecord>,
     /// Clawed-back points the member owes; earns and credits repay it first.
     pub debt: Points,
+    /// Reversed points that were written off (the member had spent, held or
+    /// lost them, `CLAWBACK_POLICY_WITHIN_BALANCE`) and not recovered since.
+    /// A write-off forgives points that are gone, never points that come
+    /// back: refunded and released points are taken for it first
+    /// (`PointsRecovered`), so a refund after a reversal mints nothing.
+    pub written_off_open: Points,
     pub growth: i64,
     pub earning_frozen: bool,
     pub spending_frozen: bool,
@@ -122,6 +163,8 @@ pub struct Account {
 struct Sums {
     available: Points,
     reserved: Points,
+    /// Lots with points left (`LOTS_WITH_POINTS_MAX` bounds it).
+    lots_with_points: usize,
     growth_in_window: i64,
     /// How many lots with points left expire at each instant, open holds
     /// time out at each instant, and earns with growth in the level window
@@ -188,6 +231,11 @@ impl Account {
         self.sums.reserved
     }
 
+    /// How many lots have points left.
+    pub fn lots_with_points(&self) -> usize {
+        self.sums.lots_with_points
+    }
+
     /// The soonest expiry of a lot with points left.
     pub fn next_expiry(&self) -> Option<Millis> {
         self.sums.first(Due::Expiry)
@@ -209,6 +257,7 @@ impl Account {
         let mut s = Sums {
             available: self.lots.values().map(|l| l.remaining).sum(),
             reserved: self.reservations.values().map(ReservationRecord::held).sum(),
+            lots_with_points: self.lots.values().filter(|l| l.remaining > 0).count(),
             growth_in_window: self.earns.values().map(EarnRecord::growth_in_window).sum(),
             ..Sums::default()
         };
@@ -254,6 +303,7 @@ impl Account {
     /// Folds one event. Cannot fail: a history that takes more from a lot than
     /// it holds is a bug, and it panics here rather than bend the books.
     pub fn apply(&mut self, event: &Event) {
+        self.totals = self.totals.after(event).expect("a total overflows: decide refuses such commands");
         match event {
             Event::PointsEarned { lot_id, reason, granted, debt_repaid, expires_at, growth, day, .. } => {
                 self.credit_lot(lot_id, granted - debt_repaid, *expires_at);
@@ -269,7 +319,6 @@ impl Account {
                 };
                 self.count_growth(&earn, 1);
                 self.earns.insert(lot_id.clone(), earn);
-                self.totals.issued += granted;
                 if self.day != *day {
                     self.day = *day;
                     self.day_earned = 0;
@@ -278,10 +327,9 @@ impl Account {
                 self.day_earned += granted;
                 *self.day_actions.entry_or_default(reason.clone()) += granted;
             }
-            Event::PointsSpent { spend_id, points, lots, .. } => {
+            Event::PointsSpent { spend_id, lots, .. } => {
                 self.take(lots);
                 self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: VecMap::new() });
-                self.totals.spent += points;
             }
             Event::PointsReserved { reservation_id, order_ref, lots, expires_at, .. } => {
                 self.take(lots);
@@ -297,11 +345,10 @@ impl Account {
                     },
                 );
             }
-            Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_lots, .. } => {
+            Event::ReservationCaptured { reservation_id, spend_id, lots, released_lots, .. } => {
                 self.settle(reservation_id, ReservationStatus::Captured);
                 self.give(released_lots);
                 self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: VecMap::new() });
-                self.totals.spent += points;
             }
             Event::ReservationReleased { reservation_id, lots, cause, .. } => {
                 let status = match cause {
@@ -311,40 +358,44 @@ impl Account {
                 self.settle(reservation_id, status);
                 self.give(lots);
             }
-            Event::SpendRefunded { spend_id, points, lots, .. } => {
+            Event::SpendRefunded { spend_id, lots, .. } => {
                 self.give(lots);
                 let spend = self.spends.get_mut(spend_id).expect("refund of a recorded spend");
                 for l in lots {
                     *spend.refunded.entry_or_default(l.lot_id.clone()) += l.points;
                 }
-                self.totals.refunded += points;
             }
-            Event::EarnReversed { earn_id, points, taken, debt_added, growth, .. } => {
+            Event::EarnReversed { earn_id, points, taken, debt_added, written_off, growth, .. } => {
                 self.take(taken);
                 self.debt += debt_added;
+                self.written_off_open += written_off;
                 self.growth -= growth;
                 let earn = self.earns.get_mut(earn_id).expect("reversal of a recorded earn");
                 let before = earn.clone();
                 earn.reversed += points;
                 earn.growth_reversed += growth;
+
                 let after = earn.clone();
                 self.count_growth(&before, -1);
                 self.count_growth(&after, 1);
-                self.totals.reversed += super::sum(taken) + debt_added;
             }
-            Event::PointsExpired { points, lots, cause, .. } => {
+            Event::PointsRecovered { lots, debt_repaid, written_off, .. } => {
+                self.take(lots);
+                assert!(*debt_repaid >= 0 && *debt_repaid <= self.debt, "debt over-repaid");
+                assert!(*written_off >= 0 && *written_off <= self.written_off_open, "write-off over-recovered");
+                self.debt -= debt_repaid;
+                self.written_off_open -= written_off;
+            }
+            Event::PointsExpired { lots, cause, .. } => {
                 debug_assert!(matches!(cause, ExpiryCause::Due | ExpiryCause::AllPoints));
                 self.take(lots);
-                self.totals.expired += points;
             }
             Event::PointsAdjusted { adjustment_id, points, lots, debt_repaid, expires_at, .. } => {
                 if *points > 0 {
                     self.credit_lot(adjustment_id, points - debt_repaid, *expires_at);
                     self.debt -= debt_repaid;
-                    self.totals.adjusted_up += points;
                 } else {
                     self.take(lots);
-                    self.totals.adjusted_down -= points;
                 }
             }
             Event::AccountFrozen { earning, spending, .. } => {
@@ -381,6 +432,7 @@ impl Account {
             let previous = self.lots.insert(lot_id.into(), Lot { earned: points, remaining: points, expires_at });
             assert!(previous.is_none(), "lot {lot_id} credited twice");
             self.sums.available += points;
+            self.sums.lots_with_points += 1;
             if let Some(at) = expires_at {
                 self.sums.count_in(Due::Expiry, at);
             }
@@ -399,8 +451,11 @@ impl Account {
             );
             lot.remaining -= l.points;
             self.sums.available -= l.points;
-            if let (true, Some(at)) = (lot.remaining == 0 && l.points > 0, lot.expires_at) {
-                self.sums.count_out(Due::Expiry, at);
+            if lot.remaining == 0 && l.points > 0 {
+                self.sums.lots_with_points -= 1;
+                if let Some(at) = lot.expires_at {
+                    self.sums.count_out(Due::Expiry, at);
+                }
             }
         }
     }
@@ -409,8 +464,11 @@ impl Account {
         for l in lots {
             let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
             assert!(l.points >= 0, "negative points back into lot {}", l.lot_id);
-            if let (true, Some(at)) = (lot.remaining == 0 && l.points > 0, lot.expires_at) {
-                self.sums.count_in(Due::Expiry, at);
+            if lot.remaining == 0 && l.points > 0 {
+                self.sums.lots_with_points += 1;
+                if let Some(at) = lot.expires_at {
+                    self.sums.count_in(Due::Expiry, at);
+                }
             }
             lot.remaining += l.points;
             self.sums.available += l.points;

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use super::calendar::{lot_expiry, programme_day};
 use super::{
     sum, Account, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, LotAmount, Millis, Points,
-    Programme, Reason, Rejection, ReleaseCause, ReservationStatus, CASH_MINOR_PER_UNIT,
-    RESERVATION_TIMEOUT_SECONDS_MAX,
+    Programme, Reason, Rejection, ReleaseCause, ReservationStatus, CASH_MINOR_PER_UNIT, DUE_ITEMS_PER_RECORD_MAX,
+    LOTS_WITH_POINTS_MAX, RESERVATION_TIMEOUT_SECONDS_MAX,
 };
 
 /// Decides what `command` does to `account` at `now` under `programme`'s rules.
@@ -42,7 +42,16 @@ pub fn decide_with(
     now: Millis,
     limits: &Limits,
 ) -> Result<Vec<Event>, Rejection> {
-    let mut events = due_events(account, programme, now);
+    let (mut events, more_due) = due_events(account, programme, now);
+    if more_due && !matches!(command.body, CommandBody::Tick) {
+        // The command must not run before everything due is settled (it could
+        // spend expired points), and all of it does not fit one record: the
+        // scheduler settles it a record at a time.
+        return Err(Rejection::new(
+            Reason::SettlingDue,
+            "more is due on this account than one record holds: the scheduler is settling it, retry shortly",
+        ));
+    }
     let state: Cow<'_, Account> = if events.is_empty() {
         Cow::Borrowed(account)
     } else {
@@ -66,7 +75,20 @@ pub fn decide_with(
         let growth = growth_in_window_after(&state, &events[due..]);
         events.extend(level_change(p, &state.level, growth, &command.body, &events));
     }
+    totals_fit(account, &events)?;
     Ok(events)
+}
+
+/// Every running total of the account stays within 64 bits once `events`
+/// are folded: a member who spends and refunds the same points millions of
+/// times grows `spent` and `refunded` without bound, and `apply` must never
+/// meet a sum it cannot hold.
+fn totals_fit(account: &Account, events: &[Event]) -> Result<(), Rejection> {
+    let mut totals = account.totals.clone();
+    for e in events {
+        totals = totals.after(e).ok_or_else(|| overflow("the account's running totals"))?;
+    }
+    Ok(())
 }
 
 /// The growth in the window once `decided` (the command's own events) are
@@ -173,8 +195,49 @@ pub fn due_at(account: &Account, programme: Option<&Programme>) -> Option<Millis
     [account.next_expiry(), account.next_hold_timeout(), growth].into_iter().flatten().min()
 }
 
-fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> Vec<Event> {
+/// Releases the holds timed out by `now` (at most a record's worth: `more`
+/// says whether others are due too) and takes what reversals left
+/// unrecovered from the points they give back. Returns what each lot got
+/// back and kept.
+fn timed_out_holds<'a>(
+    account: &'a Account,
+    now: Millis,
+    events: &mut Vec<Event>,
+    more: &mut bool,
+) -> std::collections::BTreeMap<&'a str, Points> {
+    let mut restored: std::collections::BTreeMap<&str, Points> = Default::default();
+    let mut due =
+        account.reservations.iter().filter(|(_, r)| r.status == ReservationStatus::Open && r.expires_at <= now);
+    for (id, r) in due.by_ref().take(DUE_ITEMS_PER_RECORD_MAX) {
+        for l in &r.lots {
+            *restored.entry(l.lot_id.as_str()).or_insert(0) += l.points;
+        }
+        events.push(Event::ReservationReleased {
+            reservation_id: id.clone(),
+            points: sum(&r.lots),
+            lots: r.lots.clone(),
+            cause: ReleaseCause::TimedOut,
+        });
+    }
+    *more |= due.next().is_some();
+    let back: Vec<LotAmount> = restored.iter().map(|(id, p)| LotAmount::new(id, *p)).collect();
+    if let Some(e) = recovery(account, &back) {
+        if let Event::PointsRecovered { lots, .. } = &e {
+            for l in lots {
+                *restored.get_mut(l.lot_id.as_str()).expect("recovered from a restored lot") -= l.points;
+            }
+        }
+        events.push(e);
+    }
+    restored
+}
+
+/// What is due, at most [`DUE_ITEMS_PER_RECORD_MAX`] holds, lots and earns
+/// of it at a time (so that its record fits the log), and whether more is
+/// due than that.
+fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> (Vec<Event>, bool) {
     let mut events = Vec::new();
+    let mut more = false;
     // Whether anything is due, from the kept sums (as [`due_at`]): the maps
     // below hold a member's whole history, and every command asks.
     let holds_due = account.next_hold_timeout().is_some_and(|at| at <= now);
@@ -187,33 +250,23 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
     });
     // Timed-out holds first: their points go back to their lots, which may be
     // due themselves.
-    let mut restored: std::collections::BTreeMap<&str, Points> = Default::default();
-    if holds_due {
-        let due =
-            account.reservations.iter().filter(|(_, r)| r.status == ReservationStatus::Open && r.expires_at <= now);
-        for (id, r) in due {
-            for l in &r.lots {
-                *restored.entry(l.lot_id.as_str()).or_insert(0) += l.points;
-            }
-            events.push(Event::ReservationReleased {
-                reservation_id: id.clone(),
-                points: sum(&r.lots),
-                lots: r.lots.clone(),
-                cause: ReleaseCause::TimedOut,
-            });
-        }
-    }
-    let lots: Vec<LotAmount> = if lots_due {
+    let restored = if holds_due { timed_out_holds(account, now, &mut events, &mut more) } else { Default::default() };
+    let mut lots: Vec<LotAmount> = if lots_due {
         account
             .lots
             .iter()
             .filter(|(_, l)| l.expires_at.is_some_and(|at| at <= now))
             .map(|(id, l)| LotAmount::new(id, l.remaining + restored.get(id.as_str()).copied().unwrap_or(0)))
             .filter(|l| l.points > 0)
+            .take(DUE_ITEMS_PER_RECORD_MAX + 1)
             .collect()
     } else {
         Vec::new()
     };
+    if lots.len() > DUE_ITEMS_PER_RECORD_MAX {
+        lots.truncate(DUE_ITEMS_PER_RECORD_MAX);
+        more = true;
+    }
     if !lots.is_empty() {
         events.push(Event::PointsExpired {
             points: sum(&lots),
@@ -224,17 +277,22 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
         });
     }
     if let Some((p, today)) = growth_due {
-        let earns: Vec<LotAmount> = account
+        let mut earns: Vec<LotAmount> = account
             .earns
             .iter()
             .filter(|(_, e)| e.growth_in_window() > 0 && growth_exit_day(p, e.day).is_some_and(|d| d <= today))
             .map(|(id, e)| LotAmount::new(id, e.growth_in_window()))
+            .take(DUE_ITEMS_PER_RECORD_MAX + 1)
             .collect();
+        if earns.len() > DUE_ITEMS_PER_RECORD_MAX {
+            earns.truncate(DUE_ITEMS_PER_RECORD_MAX);
+            more = true;
+        }
         if !earns.is_empty() {
             events.push(Event::GrowthExpired { growth: sum(&earns), earns });
         }
     }
-    events
+    (events, more)
 }
 
 struct Decision<'a> {
@@ -279,7 +337,66 @@ fn take_fefo(account: &Account, points: Points) -> Vec<LotAmount> {
     taken
 }
 
+/// Points that came back into lots (`returned`) are taken again at once
+/// for what reversals left unrecovered: first written-off reversals, then
+/// the member's debt (as an earn repays it first). A write-off forgives
+/// points that are gone (spent, held, expired); points that come back are
+/// not gone. So a refund or a released hold after a reversal never makes
+/// reversed points spendable again, and while a member owes debt nothing is
+/// spendable. Reads only the open write-off and the debt, which giving
+/// points back does not change.
+fn recovery(account: &Account, returned: &[LotAmount]) -> Option<Event> {
+    let mut back: std::collections::BTreeMap<&str, Points> = Default::default();
+    for l in returned {
+        *back.entry(l.lot_id.as_str()).or_insert(0) += l.points;
+    }
+    let (mut written_off_left, mut debt_left) = (account.written_off_open.max(0), account.debt.max(0));
+    let (mut lots, mut written_off, mut debt_repaid) = (Vec::new(), 0, 0);
+    for (id, p) in back {
+        let claw = p.min(written_off_left).max(0);
+        let repay = (p - claw).min(debt_left).max(0);
+        written_off_left -= claw;
+        debt_left -= repay;
+        written_off += claw;
+        debt_repaid += repay;
+        if claw + repay > 0 {
+            lots.push(LotAmount::new(id, claw + repay));
+        }
+    }
+    (!lots.is_empty()).then(|| Event::PointsRecovered { points: sum(&lots), lots, debt_repaid, written_off })
+}
+
+/// `returned` less what `recovered` (a [`recovery`]) took of it, by lot.
+fn left_after(returned: &[LotAmount], recovered: Option<&Event>) -> Vec<LotAmount> {
+    let Some(Event::PointsRecovered { lots: taken, .. }) = recovered else {
+        return returned.to_vec();
+    };
+    let mut taken: std::collections::BTreeMap<&str, Points> =
+        taken.iter().map(|l| (l.lot_id.as_str(), l.points)).collect();
+    returned
+        .iter()
+        .map(|l| {
+            let t = taken.get_mut(l.lot_id.as_str()).map_or(0, |t| {
+                let x = (*t).min(l.points);
+                *t -= x;
+                x
+            });
+            LotAmount::new(&l.lot_id, l.points - t)
+        })
+        .filter(|l| l.points > 0)
+        .collect()
+}
+
 impl Decision<'_> {
+    /// The events that follow points coming back into lots: their recovery
+    /// for reversals and debt, then the expiry of what is left in lots
+    /// whose time is already up.
+    fn returned(&self, returned: &[LotAmount]) -> Vec<Event> {
+        let recovered = recovery(self.account, returned);
+        let expired = self.expire_if_due(&left_after(returned, recovered.as_ref()));
+        recovered.into_iter().chain(expired).collect()
+    }
+
     fn decide(&self, body: &CommandBody) -> Result<Vec<Event>, Rejection> {
         match body {
             CommandBody::Earn { points, reason, order_ref, growth, expires_at } => {
@@ -344,6 +461,44 @@ impl Decision<'_> {
         }
         let p = self.programme;
         let day = programme_day(p.time_zone, self.now);
+        let (allowed, cap_reason) = self.within_caps(points, reason, day);
+        if let (Some(why), CapPolicy::Reject) = (cap_reason, p.cap_policy) {
+            return Err(Rejection::new(
+                why,
+                format!("daily earn cap reached: {points} requested, {allowed} left today for '{reason}'"),
+            ));
+        }
+        let granted = allowed;
+        let debt_repaid = granted.min(self.account.debt);
+        if granted > debt_repaid && self.account.lots_with_points() >= LOTS_WITH_POINTS_MAX {
+            return Err(Rejection::new(
+                Reason::TooManyLots,
+                format!(
+                    "the account holds {LOTS_WITH_POINTS_MAX} lots with points, the most one account may: spend or expire some first"
+                ),
+            ));
+        }
+        self.account.available().checked_add(granted).ok_or_else(|| overflow("the balance"))?;
+        self.account.totals.issued.checked_add(granted).ok_or_else(|| overflow("issued points"))?;
+        self.account.growth.checked_add(growth).ok_or_else(|| overflow("growth"))?;
+        Ok(vec![Event::PointsEarned {
+            lot_id: self.request_id.into(),
+            reason: reason.into(),
+            order_ref: order_ref.clone(),
+            requested: points,
+            granted,
+            forfeited: points - granted,
+            debt_repaid,
+            expires_at: expires_at.or_else(|| lot_expiry(p, self.now)),
+            growth,
+            day,
+        }])
+    }
+
+    /// What the daily caps let an earn of `points` for `reason` grant on
+    /// programme day `day`, and the tightest cap that cut it (if any).
+    fn within_caps(&self, points: Points, reason: &str, day: i64) -> (Points, Option<Reason>) {
+        let p = self.programme;
         let (earned_today, action_today) = self.account.earned_on(day, reason);
         let mut allowed = points;
         let mut cap_reason = None;
@@ -368,40 +523,28 @@ impl Decision<'_> {
                 cap_reason = Some(Reason::ProgrammeDailyCapReached);
             }
         }
-        if let (Some(why), CapPolicy::Reject) = (cap_reason, p.cap_policy) {
-            return Err(Rejection::new(
-                why,
-                format!("daily earn cap reached: {points} requested, {allowed} left today for '{reason}'"),
-            ));
-        }
-        let granted = allowed;
-        let debt_repaid = granted.min(self.account.debt);
-        self.account.available().checked_add(granted).ok_or_else(|| overflow("the balance"))?;
-        self.account.totals.issued.checked_add(granted).ok_or_else(|| overflow("issued points"))?;
-        self.account.growth.checked_add(growth).ok_or_else(|| overflow("growth"))?;
-        Ok(vec![Event::PointsEarned {
-            lot_id: self.request_id.into(),
-            reason: reason.into(),
-            order_ref: order_ref.clone(),
-            requested: points,
-            granted,
-            forfeited: points - granted,
-            debt_repaid,
-            expires_at: expires_at.or_else(|| lot_expiry(p, self.now)),
-            growth,
-            day,
-        }])
+        (allowed, cap_reason)
     }
 
     fn spendable(&self, points: Points) -> Result<(), Rejection> {
         if self.account.spending_frozen {
             return Err(Rejection::new(Reason::AccountFrozen, "account is frozen for spending"));
         }
+        // While the member owes debt every point that comes in repays it
+        // first, so nothing is spendable; an account folded from a history
+        // older than that rule may hold both, and spends only what exceeds
+        // the debt.
         let available = self.account.available();
-        if available < points {
+        let spendable = (available - self.account.debt).max(0);
+        if spendable < points {
+            let owed = if self.account.debt > 0 {
+                format!(" (the member owes {} points of debt)", self.account.debt)
+            } else {
+                String::new()
+            };
             return Err(Rejection::new(
                 Reason::InsufficientPoints,
-                format!("insufficient points: {points} requested, {available} available"),
+                format!("insufficient points: {points} requested, {spendable} available{owed}"),
             ));
         }
         Ok(())
@@ -524,7 +667,7 @@ impl Decision<'_> {
             released_points: held - points,
             released_lots: released.clone(),
         }];
-        events.extend(self.expire_if_due(&released));
+        events.extend(self.returned(&released));
         Ok(events)
     }
 
@@ -536,7 +679,7 @@ impl Decision<'_> {
             lots: r.lots.clone(),
             cause: ReleaseCause::Requested,
         }];
-        events.extend(self.expire_if_due(&r.lots));
+        events.extend(self.returned(&r.lots));
         Ok(events)
     }
 
@@ -603,7 +746,7 @@ impl Decision<'_> {
             points,
             lots: lots.clone(),
         }];
-        events.extend(self.expire_if_due(&lots));
+        events.extend(self.returned(&lots));
         Ok(events)
     }
 
@@ -687,10 +830,24 @@ impl Decision<'_> {
                 });
             }
         }
+        let released: Vec<LotAmount> = self
+            .account
+            .reservations
+            .values()
+            .filter(|r| r.status == ReservationStatus::Open)
+            .flat_map(|r| r.lots.iter().cloned())
+            .collect();
+        events.extend(recovery(self.account, &released));
         let mut after = self.account.clone();
         events.iter().for_each(|e| after.apply(e));
-        let lots: Vec<LotAmount> =
-            after.lots_fefo().into_iter().map(|(id, l)| LotAmount::new(id, l.remaining)).collect();
+        // At most a record's worth of lots: a larger account is recycled by
+        // repeating the command (each takes the soonest-expiring lots left).
+        let lots: Vec<LotAmount> = after
+            .lots_fefo()
+            .into_iter()
+            .take(DUE_ITEMS_PER_RECORD_MAX)
+            .map(|(id, l)| LotAmount::new(id, l.remaining))
+            .collect();
         if !lots.is_empty() {
             events.push(Event::PointsExpired {
                 points: sum(&lots),

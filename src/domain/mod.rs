@@ -33,6 +33,17 @@ pub type Millis = i64;
 
 /// Limits the domain enforces itself (the API enforces the string limits).
 pub const RESERVATION_TIMEOUT_SECONDS_MAX: i64 = 7 * 24 * 3600;
+/// The most lots with points one account holds (every earn and credit is a
+/// lot until its points are spent or expire): an earn that would make one
+/// more is refused (`TOO_MANY_LOTS`). Far beyond an honest member, and it
+/// bounds what a spend or an expiry may have to list.
+pub const LOTS_WITH_POINTS_MAX: usize = 100_000;
+/// The most timed-out holds, due lots or earns leaving the level window that
+/// one record settles, and the most lots one recycling takes: what is due
+/// beyond it is settled by the scheduler's next ticks, a record at a time,
+/// so that every record fits the log (2,000 lots with 128-character ids
+/// are ~300 KB, under Kafka's default 1 MB).
+pub const DUE_ITEMS_PER_RECORD_MAX: usize = 2_000;
 /// Minor units of cash in one unit (fen per yuan, cents per dollar).
 pub const CASH_MINOR_PER_UNIT: i64 = 100;
 
@@ -187,7 +198,7 @@ pub struct CommandContext {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {
-    /// The idempotency key, unique per tenant. Empty for commands the writer
+    /// The idempotency key, unique per account. Empty for commands the writer
     /// issues itself.
     pub request_id: String,
     pub account: AccountKey,
@@ -358,6 +369,19 @@ pub enum Event {
         written_off: Points,
         growth: i64,
     },
+    /// Points that came back into lots (a refund, a released hold) taken
+    /// again at once for what reversals left unrecovered: written-off
+    /// reversals first, then the member's debt. Without it a refund after a
+    /// reversal would mint points.
+    PointsRecovered {
+        /// Taken from these lots (they sum to `points`).
+        lots: Vec<LotAmount>,
+        points: Points,
+        /// Part of `points` that repaid the member's debt.
+        debt_repaid: Points,
+        /// Part of `points` that claws back written-off reversals.
+        written_off: Points,
+    },
     PointsExpired {
         points: Points,
         lots: Vec<LotAmount>,
@@ -415,6 +439,7 @@ impl Event {
             Event::ReservationCaptured { points, .. } => -points,
             Event::SpendRefunded { points, .. } => *points,
             Event::EarnReversed { points, written_off, .. } => -(points - written_off),
+            Event::PointsRecovered { written_off, .. } => -written_off,
             Event::PointsExpired { points, .. } => -points,
             Event::PointsAdjusted { points, .. } => *points,
             Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } => 0,
@@ -431,6 +456,7 @@ impl Event {
             Event::ReservationReleased { .. } => "ReservationReleased",
             Event::SpendRefunded { .. } => "SpendRefunded",
             Event::EarnReversed { .. } => "EarnReversed",
+            Event::PointsRecovered { .. } => "PointsRecovered",
             Event::PointsExpired { .. } => "PointsExpired",
             Event::PointsAdjusted { .. } => "PointsAdjusted",
             Event::AccountFrozen { .. } => "AccountFrozen",
@@ -466,6 +492,9 @@ pub enum Reason {
     ReversalExceedsEarn,
     GrowthReversalExceedsEarn,
     OrderShareExceeded,
+    TooManyLots,
+    /// More is due than one record holds; the scheduler is settling it.
+    SettlingDue,
     // A cap under the reject policy.
     DailyEarnCapReached,
     ActionDailyCapReached,
@@ -493,6 +522,8 @@ impl Reason {
             Reason::ReversalExceedsEarn => "REVERSAL_EXCEEDS_EARN",
             Reason::GrowthReversalExceedsEarn => "GROWTH_REVERSAL_EXCEEDS_EARN",
             Reason::OrderShareExceeded => "ORDER_SHARE_EXCEEDED",
+            Reason::TooManyLots => "TOO_MANY_LOTS",
+            Reason::SettlingDue => "SETTLING_DUE",
             Reason::DailyEarnCapReached => "DAILY_EARN_CAP_REACHED",
             Reason::ActionDailyCapReached => "ACTION_DAILY_CAP_REACHED",
             Reason::ProgrammeDailyCapReached => "PROGRAMME_DAILY_CAP_REACHED",
@@ -521,5 +552,7 @@ impl Rejection {
 
 pub use fingerprint::{fingerprint, fingerprint_programme};
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

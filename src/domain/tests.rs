@@ -702,3 +702,120 @@ fn the_programme_cap_truncates_or_rejects_against_what_the_programme_issued_toda
     assert_eq!(rejected.unwrap_err().reason, Reason::ProgrammeDailyCapReached);
     assert!(decide_with(Some(&r.programme), &r.account, &cmd, r.now, &Limits { programme_issued_today: 900 }).is_ok());
 }
+
+fn refund(spend_id: &str, points: Points) -> CommandBody {
+    CommandBody::Refund { spend_id: spend_id.into(), points }
+}
+
+fn reverse(earn_id: &str, points: Points) -> CommandBody {
+    CommandBody::ReverseEarn { earn_id: earn_id.into(), points, growth: 0 }
+}
+
+#[test]
+fn a_refund_after_a_written_off_reversal_claws_the_points_back_instead_of_minting_them() {
+    let mut s = Scenario::new().rules(|p| p.clawback_policy = ClawbackPolicy::WithinBalance);
+    s.earn("e1", 100, None);
+    s.then_ok("s1", spend(100));
+    s.then_ok("rv", reverse("e1", 100));
+    assert_eq!((s.available(), s.account.debt), (0, 0));
+    let events = s.then_ok("rf", refund("s1", 100));
+    assert_eq!(
+        events[1],
+        Event::PointsRecovered { lots: lots(&[("e1", 100)]), points: 100, debt_repaid: 0, written_off: 100 }
+    );
+    assert_eq!((s.available(), s.account.debt), (0, 0), "both orders refunded: nothing to spend");
+    assert_eq!(s.account.written_off_open, 0);
+    s.then_rejects("s2", spend(1), Reason::InsufficientPoints);
+}
+
+#[test]
+fn a_refund_after_a_reversal_into_debt_repays_the_debt_first() {
+    let mut s = Scenario::new().rules(|p| p.clawback_policy = ClawbackPolicy::AllowDebt);
+    s.earn("e1", 100, None);
+    s.then_ok("s1", spend(100));
+    s.then_ok("rv", reverse("e1", 100));
+    assert_eq!((s.available(), s.account.debt), (0, 100));
+    let events = s.then_ok("rf", refund("s1", 60));
+    assert!(matches!(&events[1], Event::PointsRecovered { points: 60, debt_repaid: 60, written_off: 0, .. }));
+    assert_eq!((s.available(), s.account.debt), (0, 40));
+    s.then_ok("rf2", refund("s1", 40));
+    assert_eq!((s.available(), s.account.debt), (0, 0));
+}
+
+#[test]
+fn a_write_off_is_recovered_from_points_that_come_back_into_any_lot() {
+    // e2's reversal took e1's points (e2's own were spent); then e1 is
+    // reversed with nothing left: written off. The refund goes back into
+    // e2's lot, which is not e1's, and is still taken for the write-off.
+    let mut s = Scenario::new().rules(|p| p.clawback_policy = ClawbackPolicy::WithinBalance);
+    s.earn("e1", 100, Some(T0 + 20 * DAY));
+    s.earn("e2", 100, Some(T0 + 10 * DAY));
+    s.then_ok("s1", spend(100));
+    s.then_ok("rv2", reverse("e2", 100));
+    s.then_ok("rv1", reverse("e1", 100));
+    assert_eq!((s.available(), s.account.written_off_open), (0, 100));
+    s.then_ok("rf", refund("s1", 100));
+    assert_eq!((s.available(), s.account.written_off_open), (0, 0), "200 earned, 200 reversed");
+}
+
+#[test]
+fn a_write_off_is_not_recovered_from_new_earns() {
+    let mut s = Scenario::new().rules(|p| p.clawback_policy = ClawbackPolicy::WithinBalance);
+    s.earn("e1", 100, None);
+    s.then_ok("s1", spend(100));
+    s.then_ok("rv", reverse("e1", 100));
+    s.earn("e2", 40, None);
+    assert_eq!((s.available(), s.account.written_off_open), (40, 100));
+}
+
+#[test]
+fn a_released_hold_after_a_reversal_mints_nothing() {
+    for policy in [ClawbackPolicy::WithinBalance, ClawbackPolicy::AllowDebt] {
+        let mut s = Scenario::new().rules(|p| p.clawback_policy = policy);
+        s.earn("e1", 100, None);
+        s.then_ok(
+            "h1",
+            CommandBody::Reserve { points: 100, order_ref: "o1".into(), timeout_seconds: 60, order_cash_amount: None },
+        );
+        s.then_ok("rv", reverse("e1", 100));
+        s.then_ok("rl", CommandBody::Release { reservation_id: "h1".into() });
+        assert_eq!((s.available(), s.account.reserved(), s.account.debt), (0, 0, 0), "{policy:?}");
+    }
+}
+
+#[test]
+fn a_hold_that_times_out_after_a_reversal_mints_nothing() {
+    let mut s = Scenario::new().rules(|p| p.clawback_policy = ClawbackPolicy::WithinBalance);
+    s.earn("e1", 100, None);
+    s.then_ok(
+        "h1",
+        CommandBody::Reserve { points: 100, order_ref: "o1".into(), timeout_seconds: 60, order_cash_amount: None },
+    );
+    s.then_ok("rv", reverse("e1", 100));
+    s.at(T0 + 61_000);
+    let events = s.then_ok("t", CommandBody::Tick);
+    assert!(events.iter().any(|e| matches!(e, Event::PointsRecovered { points: 100, .. })), "{events:?}");
+    assert_eq!((s.available(), s.account.reserved()), (0, 0));
+}
+
+#[test]
+fn nothing_is_spendable_while_debt_is_outstanding() {
+    // A history folded before refunds repaid debt can hold both.
+    let mut s = Scenario::new().rules(|p| p.clawback_policy = ClawbackPolicy::AllowDebt);
+    s.earn("e1", 100, None);
+    s.then_ok("s1", spend(100));
+    s.then_ok("rv", reverse("e1", 100));
+    s.given_events(&[Event::SpendRefunded {
+        refund_id: "old-refund".into(),
+        spend_id: "s1".into(),
+        points: 100,
+        lots: lots(&[("e1", 100)]),
+    }]);
+    assert_eq!((s.available(), s.account.debt), (100, 100));
+    s.then_rejects("s2", spend(1), Reason::InsufficientPoints);
+    s.then_rejects(
+        "h2",
+        CommandBody::Reserve { points: 1, order_ref: "o".into(), timeout_seconds: 60, order_cash_amount: None },
+        Reason::InsufficientPoints,
+    );
+}

@@ -154,6 +154,14 @@ fn apply(b: &mut state::DailyBook, event: &Event) -> Option<()> {
             add(&mut b.closing_balance, -lots(taken)?)?;
             add(&mut b.debt, *debt_added)?;
         }
+        Event::PointsRecovered { lots: l, debt_repaid, written_off, .. } => {
+            // A written-off reversal recovered: reversed now, no longer
+            // written off (a day's written_off is net of recoveries).
+            add(&mut b.reversed, *written_off)?;
+            add(&mut b.written_off, -written_off)?;
+            add(&mut b.closing_balance, -lots(l)?)?;
+            add(&mut b.debt, -debt_repaid)?;
+        }
         Event::PointsExpired { points, lots: l, .. } => {
             add(&mut b.expired, *points)?;
             add(&mut b.closing_balance, -lots(l)?)?;

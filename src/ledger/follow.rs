@@ -81,7 +81,7 @@ impl PartitionWriter {
                         if !record.system {
                             let reply = Reply::for_record(&record, position, balance);
                             work.replies.push((
-                                record.account.tenant_id.clone(),
+                                record.account.clone(),
                                 record.request_id.clone(),
                                 record.fingerprint,
                                 reply,

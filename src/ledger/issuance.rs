@@ -27,7 +27,10 @@ impl Issuance {
     pub fn add(&self, amounts: &Granted, sign: i64) {
         let mut t = self.0.lock().expect("issuance lock");
         for (k, v) in amounts {
-            *t.entry(k.clone()).or_default() += sign * v;
+            // Saturating: a day's issuance past 9.2 × 10^18 (10^12 a command)
+            // stays at the top rather than wrap below the cap.
+            let e = t.entry(k.clone()).or_default();
+            *e = e.saturating_add(v.saturating_mul(sign));
         }
     }
 
@@ -44,7 +47,8 @@ impl Issuance {
             return false;
         }
         for (k, v) in granted {
-            *t.entry(k.clone()).or_default() += v;
+            let e = t.entry(k.clone()).or_default();
+            *e = e.saturating_add(*v);
         }
         true
     }
@@ -90,7 +94,8 @@ pub fn load(db: &store::Db, partition: u32) -> Result<Granted, store::StoreError
 pub fn earned_in(account: &AccountKey, events: &[domain::Event], into: &mut Granted) {
     for e in events {
         if let domain::Event::PointsEarned { granted, day, .. } = e {
-            *into.entry((account.programme(), *day)).or_default() += granted;
+            let e = into.entry((account.programme(), *day)).or_default();
+            *e = e.saturating_add(*granted);
         }
     }
 }

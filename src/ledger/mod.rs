@@ -69,6 +69,13 @@ pub struct WriterConfig {
     /// Records of its partition from which a writer without state folds
     /// the log behind instead of through the live path (`rebuild`).
     pub bulk_catch_up_records_min: u64,
+    /// The largest record a writer appends (0: the log's own bound,
+    /// [`crate::log::EventLog::record_bytes_max`]; lower only in tests).
+    pub record_bytes_max: usize,
+    /// How long a scheduled settlement that failed (its record would not
+    /// fit, or a total would overflow) is set aside before it is tried again,
+    /// so the rest of the due index moves on.
+    pub tick_set_aside_ms: i64,
 }
 
 impl Default for WriterConfig {
@@ -82,6 +89,8 @@ impl Default for WriterConfig {
             assigned_only: false,
             advertise: String::new(),
             bulk_catch_up_records_min: rebuild::BULK_CATCH_UP_RECORDS_MIN,
+            record_bytes_max: 0,
+            tick_set_aside_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -94,6 +103,9 @@ pub enum WriteError {
     RequestIdReused(String),
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// The command's record would not fit the log; refused alone.
+    #[error("the command's record would take {bytes} bytes; the log takes at most {max}")]
+    RecordTooLarge { bytes: usize, max: usize },
 }
 
 /// Why a command cannot be decided now. Every cause is safe to retry with
@@ -158,6 +170,8 @@ pub struct Writers {
     /// Names this process in its claims.
     writer_id: Arc<str>,
     advertise: String,
+    /// The most commands a writer appends in one batch.
+    batch_commands_max: usize,
 }
 
 impl Writers {
@@ -208,7 +222,8 @@ impl Writers {
         ownership.set_wakers(&senders);
         scheduler::start_ticker(&senders, config.tick_interval_ms);
         let advertise = config.advertise.clone();
-        Ok(Writers { senders, threads, ownership, positions, owners, writer_id, advertise })
+        let batch_commands_max = config.batch_commands_max;
+        Ok(Writers { senders, threads, ownership, positions, owners, writer_id, advertise, batch_commands_max })
     }
 
     /// Waits until this instance can take commands ([`Ownership::serving`]).
@@ -235,6 +250,17 @@ impl Writers {
     /// Whether this instance writes partition `p` now.
     pub fn owns(&self, p: u32) -> bool {
         self.ownership.status(p) == READY
+    }
+
+    /// Whether `offset` lies past the end of partition `p`'s log, as far as
+    /// this instance can tell at once: it writes `p`, so every record the
+    /// partition holds is in its views or in the one batch it is answering
+    /// (whose offsets follow the views' position).
+    pub fn past_end(&self, p: u32, offset: u64) -> bool {
+        let next = self.positions.borrow().get(p as usize).copied().unwrap_or(0);
+        // A batch's records, and the claim a writer may append before them.
+        let in_flight = self.batch_commands_max as u64 + 1;
+        self.owns(p) && offset >= next.saturating_add(in_flight)
     }
 
     /// Whether commands for `p` would wait here for its catch-up (rather

@@ -221,7 +221,7 @@ impl Beside for WriterRows {
         earned_in(&record.account, &record.events, &mut self.issued);
         if !record.system {
             let reply = Reply::for_record(record, position, Balance::of(account));
-            let key = store::request_key(&record.account.tenant_id, &record.request_id);
+            let key = store::request_key(&record.account, &record.request_id);
             self.requests.push((key, Some(request_row(self.shared, record.fingerprint, &reply))));
         }
     }

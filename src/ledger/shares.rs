@@ -21,7 +21,7 @@ use super::issuance::{earned_in, Granted};
 use super::programmes::Programmes;
 use super::writer::{PartitionWriter, Work};
 use super::{Unavailable, WriteError};
-use crate::domain::{self, Command, CommandBody, Millis, Points, ProgrammeKey};
+use crate::domain::{self, Command, Millis, Points, ProgrammeKey};
 use crate::log::record::{CapMode, CapShare};
 use crate::store;
 
@@ -46,9 +46,19 @@ impl PartitionWriter {
         programmes: &Arc<Programmes>,
     ) -> Result<ShareDecision, store::StoreError> {
         let key = cmd.account.programme();
-        let asked = match &cmd.body {
-            CommandBody::Earn { points, .. } => *points,
-            _ => 0,
+        // The share is sized by what the earn would grant with the whole cap
+        // left (every other rule applied), never by what it asks: an earn
+        // that is refused, or asks for far more than it could get, takes no
+        // share from the other partitions.
+        let touched = self.account(work, &cmd.account)?;
+        let whole_cap = domain::Limits { programme_issued_today: 0 };
+        let asked = match domain::decide_with(Some(programme), &touched.account, cmd, now, &whole_cap) {
+            Err(rejection) => return Ok(Err(WriteError::Rejected(rejection))),
+            Ok(events) => {
+                let mut granted = Granted::new();
+                earned_in(&cmd.account, &events, &mut granted);
+                granted.values().copied().sum::<Points>()
+            }
         };
         let used =
             self.issued_in_partition(&key, day) + work.issued_reserved.get(&(key.clone(), day)).copied().unwrap_or(0);

@@ -56,6 +56,8 @@ pub(super) struct PartitionWriter {
     pub(super) partition: u32,
     pub(super) issuance: Arc<Issuance>,
     pub(super) log: Arc<dyn EventLog>,
+    /// The largest record this writer appends (the log's bound, or lower).
+    record_bytes_max: usize,
     pub(super) store: Arc<Db>,
     pub(super) registry: SharedRegistry,
     pub(super) clock: Arc<dyn Clock>,
@@ -179,8 +181,8 @@ pub(super) struct Parts {
 pub(super) struct Work {
     /// Accounts the batch has looked at.
     pub(super) accounts: FastMap<AccountKey, Touched>,
-    /// (tenant, request id, fingerprint, reply) for the idempotency records.
-    pub(super) replies: Vec<(String, String, u64, Reply)>,
+    /// (account, request id, fingerprint, reply) for the idempotency records.
+    pub(super) replies: Vec<(AccountKey, String, u64, Reply)>,
     /// Due-index rows a tick took up: deleted at commit, and each account's
     /// current due instant put back (a row can go stale when the rules that
     /// set it change, e.g. the level window).
@@ -227,17 +229,28 @@ struct Decided {
     work: Work,
     /// Each record with the account's balance right after each of its
     /// events, and after it.
-    records: Vec<(AccountRecord, Vec<Balance>, Balance)>,
+    records: Vec<(AccountRecord, Vec<Balance>, Balance, Vec<u8>)>,
     /// (caller, index of its record, whether it repeats an earlier command
     /// of this batch).
     waiting: Vec<(ReplyTx, usize, bool)>,
-    /// (tenant, request id) → (fingerprint, record index) of this batch.
-    in_batch: FastMap<(String, String), (u64, usize)>,
+    /// (account, request id) → (fingerprint, record index) of this batch.
+    in_batch: FastMap<(AccountKey, String), (u64, usize)>,
+    /// Accepted commands that changed nothing (an `Expire` with nothing
+    /// due): no record, answered with the account as the batch leaves it
+    /// once the batch's records are durable.
+    unchanged: Vec<(ReplyTx, Reply)>,
+    /// Accounts whose scheduled settlement failed: set aside for a while.
+    set_aside: Vec<AccountKey>,
 }
 
 impl PartitionWriter {
     pub(super) fn new(p: Parts) -> Result<PartitionWriter, store::StoreError> {
+        let log_bytes_max = p.log.record_bytes_max();
         Ok(PartitionWriter {
+            record_bytes_max: match p.config.record_bytes_max {
+                0 => log_bytes_max,
+                given => given.min(log_bytes_max),
+            },
             issued: super::issuance::load(&p.store, p.partition)?,
             cursor: store::read_cursor(&p.store, p.partition)?,
             partition: p.partition,
@@ -298,11 +311,16 @@ impl PartitionWriter {
         let now = self.clock.now().max(self.last_now);
         self.last_now = now;
         let gathered = self.gather(msgs, now)?;
-        let decided = self.decide(gathered.commands, gathered.ticked, now)?;
+        let mut decided = self.decide(gathered.commands, gathered.ticked, now)?;
+        self.set_aside(&mut decided, now)?;
         if decided.records.is_empty() {
+            let at = self.cursor.next.saturating_sub(1);
+            for (tx, reply) in decided.unchanged.drain(..) {
+                let _ = tx.send(Ok(Reply { position: Position { partition: self.partition, offset: at }, ..reply }));
+            }
             return Ok(());
         }
-        let offsets = match self.append_and_confirm(&decided.records) {
+        let offsets = match self.append_and_confirm(&mut decided.records) {
             Ok(offsets) => offsets,
             Err(cause) => {
                 self.fail(decided, cause);
@@ -363,6 +381,8 @@ impl PartitionWriter {
             records: Vec::new(),
             waiting: Vec::new(),
             in_batch: FastMap::default(),
+            unchanged: Vec::new(),
+            set_aside: Vec::new(),
         };
         for (cmd, tx) in commands {
             let fingerprint = domain::fingerprint(&cmd);
@@ -389,7 +409,7 @@ impl PartitionWriter {
         fingerprint: u64,
         tx: ReplyTx,
     ) -> anyhow::Result<Option<ReplyTx>> {
-        let key = (cmd.account.tenant_id.clone(), cmd.request_id.clone());
+        let key = (cmd.account.clone(), cmd.request_id.clone());
         if let Some(&(fp, i)) = d.in_batch.get(&key) {
             if fp == fingerprint {
                 d.waiting.push((tx, i, true));
@@ -398,13 +418,13 @@ impl PartitionWriter {
             }
             return Ok(None);
         }
-        let Some(bytes) = self.store.get(Cf::Requests, &store::request_key(&key.0, &key.1))? else {
+        let Some(bytes) = self.store.get(Cf::Requests, &store::request_key(&cmd.account, &cmd.request_id))? else {
             return Ok(Some(tx));
         };
         let (fp, reply) = match snapshot::decode_request(&bytes)? {
             snapshot::StoredRequest::Reply(fp, reply) => (fp, reply),
             snapshot::StoredRequest::At { fingerprint: fp, offset, balance } if fp == fingerprint => {
-                match self.reply_at(offset, balance) {
+                match self.reply_at(offset, balance, cmd) {
                     Ok(reply) => (fp, reply),
                     // The retry's record is in the log, its reply just
                     // cannot be read now: the caller retries again.
@@ -426,16 +446,25 @@ impl PartitionWriter {
         Ok(None)
     }
 
-    /// The reply of the record at `offset` of this partition (a retry), with
-    /// the balance its idempotency record kept.
-    fn reply_at(&self, offset: u64, balance: Balance) -> anyhow::Result<Reply> {
+    /// The reply of the record at `offset` of this partition (a retry of
+    /// `cmd`), with the balance its idempotency record kept. The record read
+    /// must be `cmd`'s own (its account and request id): a damaged row or
+    /// log never answers one caller with another's reply.
+    fn reply_at(&self, offset: u64, balance: Balance, cmd: &Command) -> anyhow::Result<Reply> {
         let mut reader = self.log.reader(self.partition, offset)?;
         let entries = crate::log::read_towards(reader.as_mut(), offset + 1, 1)?;
         let entry = entries.first().ok_or_else(|| anyhow::anyhow!("no record at offset {offset}"))?;
         match codec::decode_partition_record(&entry.payload)? {
-            PartitionRecord::Account(record) => {
+            PartitionRecord::Account(record)
+                if record.account == cmd.account && record.request_id == cmd.request_id =>
+            {
                 Ok(Reply::for_record(&record, Position { partition: self.partition, offset }, balance))
             }
+            PartitionRecord::Account(record) => anyhow::bail!(
+                "offset {offset} holds {}'s request {:?}, not this request's record",
+                record.account,
+                record.request_id
+            ),
             PartitionRecord::Claim(_) => anyhow::bail!("offset {offset} holds a claim, not a command's record"),
         }
     }
@@ -454,27 +483,76 @@ impl PartitionWriter {
         let (events, granted, cap_mode) = match self.decide_counted(&mut d.work, &cmd, programme.as_deref(), now)? {
             Ok(decided) => decided,
             Err(e) => {
-                if let Some(tx) = tx {
-                    let _ = tx.send(Err(e));
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    None => d.set_aside.push(cmd.account.clone()),
                 }
                 return Ok(());
             }
         };
-        if tx.is_none() && events.is_empty() {
-            return Ok(()); // a tick with nothing due
+        if events.is_empty() {
+            // A tick with nothing due, or a command that changes nothing: no
+            // record (an empty one would only grow the log).
+            if let Some(tx) = tx {
+                let (_, balance) = Self::fold(self.account(&mut d.work, &cmd.account)?, &[]);
+                let version = programme.map(|p| p.version).unwrap_or(0);
+                let reply =
+                    Reply { request_id: cmd.request_id, balance, programme_version: version, ..Reply::default() };
+                d.unchanged.push((tx, reply));
+            }
+            return Ok(());
         }
-        let (balances, balance) = Self::fold(self.account(&mut d.work, &cmd.account)?, &events);
+        let version = programme.map(|p| p.version).unwrap_or(0);
+        let record = self.record(cmd, version, fingerprint, now, events, cap_mode);
+        let payload = codec::encode_account_record(&record);
+        if payload.len() > self.record_bytes_max {
+            // Refused alone: the rest of the batch goes on.
+            self.issuance.add(&granted, -1);
+            let e = WriteError::RecordTooLarge { bytes: payload.len(), max: self.record_bytes_max };
+            match tx {
+                Some(tx) => {
+                    let _ = tx.send(Err(e));
+                }
+                None => d.set_aside.push(record.account),
+            }
+            return Ok(());
+        }
+        let (balances, balance) = Self::fold(self.account(&mut d.work, &record.account)?, &record.events);
         for (k, v) in granted {
             *d.work.issued_reserved.entry(k).or_default() += v;
         }
         if let Some(tx) = tx {
-            let key = (cmd.account.tenant_id.clone(), cmd.request_id.clone());
+            let key = (record.account.clone(), record.request_id.clone());
             d.in_batch.insert(key, (fingerprint, d.records.len()));
             d.waiting.push((tx, d.records.len(), false));
         }
-        let version = programme.map(|p| p.version).unwrap_or(0);
-        d.records.push((self.record(cmd, version, fingerprint, now, events, cap_mode), balances, balance));
+        d.records.push((record, balances, balance, payload));
         Ok(())
+    }
+
+    /// Scheduled settlements that failed (their record would not fit, or the
+    /// decision refused) are set aside for [`WriterConfig::tick_set_aside_ms`]
+    /// and named in the log at error level, so the rest of the due index
+    /// moves on instead of retrying them every tick.
+    fn set_aside(&mut self, d: &mut Decided, now: Millis) -> Result<(), store::StoreError> {
+        if d.set_aside.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        let later = now.saturating_add(self.config.tick_set_aside_ms);
+        let set_aside = std::mem::take(&mut d.set_aside);
+        d.work.ticked.retain(|(row, key)| {
+            if !set_aside.contains(key) {
+                return true;
+            }
+            tracing::error!(partition = self.partition, account = %key, retry_at_ms = later, "a scheduled settlement failed: set aside");
+            batch.delete(Cf::Due, row);
+            batch.put(Cf::Due, &store::due_key(self.partition, later, key), &[]);
+            false
+        });
+        self.store.write(batch)
     }
 
     /// Decides `cmd` against its account as the batch left it and counts
@@ -533,11 +611,11 @@ impl PartitionWriter {
     /// got, or why the batch is void (or its outcome unknown).
     fn append_and_confirm(
         &mut self,
-        records: &[(AccountRecord, Vec<Balance>, Balance)],
+        records: &mut [(AccountRecord, Vec<Balance>, Balance, Vec<u8>)],
     ) -> Result<Vec<u64>, Unavailable> {
         let encoded: Vec<LogRecord> = records
-            .iter()
-            .map(|(r, _, _)| LogRecord::new(r.account.to_string().into_bytes(), codec::encode_account_record(r)))
+            .iter_mut()
+            .map(|(r, _, _, payload)| LogRecord::new(r.account.to_string().into_bytes(), std::mem::take(payload)))
             .collect();
         let offsets = self.log.append(self.partition, &encoded).map_err(|e| match e {
             LogError::Unavailable(m) => Unavailable::Log(m),
@@ -579,7 +657,8 @@ impl PartitionWriter {
         self.issuance.add(&decided.work.issued_reserved, -1);
         self.stale = true;
         self.reader = None;
-        for (tx, _, _) in decided.waiting {
+        let unchanged = decided.unchanged.into_iter().map(|(tx, _)| tx);
+        for tx in decided.waiting.into_iter().map(|(tx, _, _)| tx).chain(unchanged) {
             let _ = tx.send(Err(cause.clone().into()));
         }
     }
@@ -588,15 +667,15 @@ impl PartitionWriter {
     /// reply now; its statement entries (their positions known now) and
     /// idempotency records go into the work to commit.
     fn answer(&self, decided: Decided, offsets: &[u64]) -> Work {
-        let Decided { mut work, records, waiting, .. } = decided;
+        let Decided { mut work, records, waiting, unchanged, .. } = decided;
         let mut replies = Vec::with_capacity(records.len());
-        for ((r, balances, b), &offset) in records.iter().zip(offsets) {
+        for ((r, balances, b, _), &offset) in records.iter().zip(offsets) {
             let position = Position { partition: self.partition, offset };
             let touched = work.accounts.get_mut(&r.account).expect("a decided account is touched");
             Self::add_entries(touched, r, position, balances, &mut work.pages);
             let reply = Reply::for_record(r, position, *b);
             if !r.system {
-                work.replies.push((r.account.tenant_id.clone(), r.request_id.clone(), r.fingerprint, reply.clone()));
+                work.replies.push((r.account.clone(), r.request_id.clone(), r.fingerprint, reply.clone()));
             }
             replies.push(reply);
         }
@@ -604,6 +683,10 @@ impl PartitionWriter {
             let mut reply = replies[i].clone();
             reply.replayed = replayed;
             let _ = tx.send(Ok(reply));
+        }
+        let last = Position { partition: self.partition, offset: *offsets.last().expect("a batch") };
+        for (tx, reply) in unchanged {
+            let _ = tx.send(Ok(Reply { position: last, ..reply }));
         }
         work
     }
@@ -704,10 +787,10 @@ impl PartitionWriter {
             *v += self.issued_in_partition(p, *day);
             batch.put(Cf::Issuance, &issued_key(self.partition, p, *day), &v.to_be_bytes());
         }
-        for (tenant, request_id, fingerprint, reply) in &work.replies {
+        for (account, request_id, fingerprint, reply) in &work.replies {
             batch.put_vec(
                 Cf::Requests,
-                store::request_key(tenant, request_id),
+                store::request_key(account, request_id),
                 request_row(self.log.shared(), *fingerprint, reply),
             );
         }

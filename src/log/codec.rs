@@ -146,6 +146,14 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
                 growth,
             })
         }
+        Event::PointsRecovered { lots, points, debt_repaid, written_off } => {
+            WireEvent::PointsRecovered(wire::PointsRecovered {
+                lots: lots_to_wire(lots),
+                points,
+                debt_repaid,
+                written_off,
+            })
+        }
         Event::PointsExpired { points, lots, cause, reason, operator } => {
             WireEvent::PointsExpired(wire::PointsExpired {
                 points,
@@ -245,6 +253,12 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             debt_added: x.debt_added,
             written_off: x.written_off,
             growth: x.growth,
+        },
+        WireEvent::PointsRecovered(x) => Event::PointsRecovered {
+            lots: lots_from_wire(x.lots),
+            points: x.points,
+            debt_repaid: x.debt_repaid,
+            written_off: x.written_off,
         },
         WireEvent::PointsExpired(x) => Event::PointsExpired {
             cause: match wire::ExpiryCause::try_from(x.cause) {

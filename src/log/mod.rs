@@ -63,6 +63,13 @@ pub trait EventLog: Send + Sync + 'static {
     /// been written: the caller must find out by reading the log.
     fn append(&self, partition: u32, records: &[LogRecord]) -> Result<Vec<u64>, LogError>;
 
+    /// The largest record payload this log takes. A writer refuses a
+    /// command whose record would be larger (alone, before its batch is
+    /// appended), so one command never fails the others of its batch.
+    fn record_bytes_max(&self) -> usize {
+        embedded::RECORD_BYTES_MAX
+    }
+
     /// The offset the next appended record will get (= records so far).
     fn end_offset(&self, partition: u32) -> Result<u64, LogError>;
 

@@ -40,7 +40,7 @@ pub const PROJECTOR_BATCH_RECORDS_MAX: usize = 4096;
 /// `INLINE_PIECES_MAX` = 32 pieces), kept in their `meta`. Views without it
 /// were written by an older build: they are rebuilt from the log on start
 /// (so `verify` compares them with a rebuild in the same layout).
-pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32";
+pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32-recoveries";
 const VIEWS_FORMAT_KEY: &[u8] = b"format";
 
 /// Marks `views` as written in this build's layout.

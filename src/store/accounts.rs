@@ -112,6 +112,7 @@ impl Changed {
                 piece(Piece::Earn, earn_id);
                 taken.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
             }
+            Event::PointsRecovered { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
             Event::PointsExpired { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
             Event::PointsAdjusted { adjustment_id, lots, .. } => {
                 piece(Piece::Lot, adjustment_id);

@@ -50,11 +50,12 @@ pub fn millis_from_key(b: &[u8]) -> Millis {
     (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64
 }
 
-/// Idempotency records: `tenant \0 request_id`.
-pub fn request_key(tenant: &str, request_id: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(tenant.len() + request_id.len() + 1);
-    b.extend_from_slice(tenant.as_bytes());
-    b.push(0);
+/// Idempotency records: the account's key, then the request id. A request
+/// id is unique per account (where a retry always goes, and what one
+/// partition's writer decides alone): the same id on another account is
+/// another command.
+pub fn request_key(account: &AccountKey, request_id: &str) -> Vec<u8> {
+    let mut b = account_key(account);
     b.extend_from_slice(request_id.as_bytes());
     b
 }

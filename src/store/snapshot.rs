@@ -85,6 +85,7 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         statement_tail: Vec::new(),
         statement_tail_offset: 0,
         statement_tail_index: 0,
+        written_off_open: a.written_off_open,
     }
 }
 
@@ -342,6 +343,7 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     a.spends = s.spends.into_iter().map(spend_from_pb).collect();
     a.reservations = s.reservations.into_iter().map(reservation_from_pb).collect::<Result<_, _>>()?;
     a.debt = s.debt;
+    a.written_off_open = s.written_off_open;
     a.growth = s.growth;
     a.earning_frozen = s.earning_frozen;
     a.spending_frozen = s.spending_frozen;

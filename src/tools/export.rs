@@ -184,6 +184,10 @@ pub fn event_json(e: &Event) -> serde_json::Value {
             "reversal_id": reversal_id, "earn_id": earn_id, "points": points, "taken": lots_json(taken),
             "debt_added": debt_added, "written_off": written_off, "growth": growth,
         }),
+        Event::PointsRecovered { lots, points, debt_repaid, written_off } => json!({
+            "lots": lots_json(lots), "points": points, "debt_repaid": debt_repaid,
+            "written_off": written_off,
+        }),
         Event::PointsExpired { points, lots, cause, reason, operator } => json!({
             "points": points, "lots": lots_json(lots), "cause": format!("{cause:?}"), "reason": reason,
             "operator": operator,

@@ -3,6 +3,22 @@
 
 #![allow(dead_code)]
 
+/// Asserts that `call` fails with `code` (and `reason` when given) and that
+/// the log did not grow.
+#[allow(unused_macros)]
+macro_rules! rejected {
+    ($h:expr, $call:expr, $code:expr, $reason:expr) => {{
+        let before = $h.records();
+        let err = $call.await.expect_err("expected a rejection");
+        assert_eq!(err.code(), $code, "{err:?}");
+        if !$reason.is_empty() {
+            assert_eq!(reason_of(&err), $reason, "{err:?}");
+        }
+        assert_eq!($h.records(), before, "a rejected command wrote to the log");
+        err
+    }};
+}
+
 pub mod broker;
 pub mod cluster;
 
@@ -154,6 +170,42 @@ impl Harness {
     pub fn records(&self) -> u64 {
         (0..self.events.partitions()).map(|p| self.events.end_offset(p).unwrap()).sum()
     }
+
+    /// Every counted account record of `member` in the log, in order.
+    pub fn records_of(&self, member: &str) -> Vec<points_ledger::log::record::AccountRecord> {
+        use points_ledger::log::arbiter::{Admitted, Arbiter};
+        let mut found = Vec::new();
+        for p in 0..self.events.partitions() {
+            let end = self.events.end_offset(p).unwrap();
+            let mut reader = self.events.reader(p, 0).unwrap();
+            let mut arbiter = Arbiter::default();
+            loop {
+                let batch = points_ledger::log::read_towards(reader.as_mut(), end, 10_000).unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                for e in batch {
+                    if let Ok(Admitted::Record(r)) = arbiter.admit_bytes(&e.payload) {
+                        if r.account.member_id == member {
+                            found.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// How many lots each of `member`'s `PointsExpired` events lists, in order.
+pub fn expiry_lot_counts(h: &Harness, member: &str) -> Vec<usize> {
+    let events = h.records_of(member).into_iter().flat_map(|r| r.events);
+    events
+        .filter_map(|e| match e {
+            points_ledger::domain::Event::PointsExpired { lots, .. } => Some(lots.len()),
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn auth(text: &str) -> Auth {
@@ -244,5 +296,31 @@ pub fn adjust(id: &str, member: &str, points: i64, operator: &str, reason: &str)
         operator: operator.into(),
         reason: reason.into(),
         ..Default::default()
+    }
+}
+
+/// `n` earns of `points` each into `member`'s account, a thousand to a
+/// `SubmitBatch` call, with ids `{prefix}{i}` and the expiry given; panics
+/// on any refusal.
+pub async fn earn_lots(
+    c: &mut PointsLedgerClient<Channel>,
+    member: &str,
+    prefix: &str,
+    n: usize,
+    points: i64,
+    expires_at: Option<prost_types::Timestamp>,
+) {
+    use pb::batch_command::Command as C;
+    use pb::batch_result::Result as R;
+    for start in (0..n).step_by(1000) {
+        let commands = (start..n.min(start + 1000))
+            .map(|i| pb::BatchCommand {
+                command: Some(C::Earn(pb::EarnRequest { expires_at, ..earn(&format!("{prefix}{i}"), member, points) })),
+            })
+            .collect();
+        let results = c.submit_batch(pb::SubmitBatchRequest { commands }).await.unwrap().into_inner().results;
+        for r in results {
+            assert!(matches!(r.result, Some(R::Reply(_))), "{r:?}");
+        }
     }
 }

@@ -52,7 +52,23 @@ pub struct KafkaConfig {
     pub create_topics: bool,
 }
 
+/// librdkafka's and the brokers' default largest message
+/// (`message.max.bytes`, `max.message.bytes`).
+const MESSAGE_BYTES_DEFAULT: usize = 1_000_000;
+/// What a message carries besides its payload: its key (the account, at most
+/// 3 × 64 bytes and two slashes) and the record batch's framing.
+const MESSAGE_OVERHEAD_BYTES: usize = 1024;
+
 impl KafkaConfig {
+    /// The largest payload an append may carry: `message.max.bytes` (as
+    /// given with `--kafka-property`, else Kafka's default) less a message's
+    /// overhead. The topic's `max.message.bytes` must be at least as large.
+    pub fn record_bytes_max(&self) -> usize {
+        let given =
+            self.properties.iter().rev().find(|(k, _)| k == "message.max.bytes").and_then(|(_, v)| v.parse().ok());
+        given.unwrap_or(MESSAGE_BYTES_DEFAULT).saturating_sub(MESSAGE_OVERHEAD_BYTES)
+    }
+
     pub fn new(brokers: &str, topic: &str, partitions: u32) -> KafkaConfig {
         KafkaConfig {
             brokers: brokers.into(),
@@ -332,6 +348,10 @@ fn create_topic(config: &KafkaConfig) -> Result<(), LogError> {
 impl EventLog for KafkaLog {
     fn partitions(&self) -> u32 {
         self.config.partitions
+    }
+
+    fn record_bytes_max(&self) -> usize {
+        self.config.record_bytes_max()
     }
 
     fn shared(&self) -> bool {
