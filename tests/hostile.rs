@@ -299,3 +299,34 @@ async fn get_account_lists_the_lots_a_page_at_a_time_soonest_expiring_first() {
     assert_eq!((e.code(), bad_field_of(&e).as_str()), (Code::InvalidArgument, "lots_page_size"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whale_with_the_most_lots_an_account_may_hold_is_bounded_and_fails_no_one_else() {
+    use points_ledger::domain::LOTS_WITH_POINTS_MAX;
+    let h = Harness::start_with(|c| c.partitions = 1).await;
+    configure(&h, programme()).await;
+    let mut c = h.ledger().await;
+    earn_lots(&mut c, "whale", "w", LOTS_WITH_POINTS_MAX, 1, None).await;
+    let e = rejected!(h, c.earn(earn("one-more", "whale", 1)), Code::ResourceExhausted, "TOO_MANY_LOTS");
+    assert!(e.message().contains("100000"), "{e:?}");
+    // Beside it, in the same partition, an ordinary member is served as ever.
+    c.earn(earn("e1", "minnow", 5)).await.unwrap();
+    c.spend(spend("s1", "minnow", 2)).await.unwrap();
+    let a = c
+        .get_account(pb::GetAccountRequest { account: account("whale"), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((a.available, a.lots_with_points, a.lots.len()), (LOTS_WITH_POINTS_MAX as i64, 100_000, 100));
+    // A spend of a few lots fits; then the whale may earn again.
+    c.spend(spend("s-w", "whale", 10)).await.unwrap();
+    c.earn(earn("again", "whale", 1)).await.expect("room for a lot again");
+    // Its history is too long to fold on a call: refused, not a stalled server.
+    let at = Some(prost_types::Timestamp { seconds: T0 / 1000 + 1, nanos: 0 });
+    let e = c
+        .get_account(pb::GetAccountRequest { account: account("whale"), as_of: at, ..Default::default() })
+        .await
+        .expect_err("more events than an as_of folds");
+    assert_eq!((e.code(), reason_of(&e).as_str()), (Code::FailedPrecondition, "AS_OF_HISTORY_TOO_LONG"));
+    h.stop().await;
+}

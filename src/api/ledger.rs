@@ -148,10 +148,15 @@ ledger_service! {
         let programme = self.0.programme(&key.programme())?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
         let position = self.0.view_position(&key);
-        let account = match &r.as_of {
-            Some(t) => queries::account_as_of(&self.0.views, &key, validate::instant("as_of", t)?).map_err(internal)?,
-            None => queries::account(&self.0.views, &key).map_err(internal)?,
-        };
+        let as_of = r.as_of.as_ref().map(|t| validate::instant("as_of", t)).transpose()?;
+        let read = key.clone();
+        let account = self
+            .0
+            .read_views(move |views| match as_of {
+                Some(at) => queries::account_as_of(views, &read, at),
+                None => Ok(queries::account(views, &read)?),
+            })
+            .await?;
         let level = convert::level_status_to_pb(&programme, domain::level_status(&programme, &account));
         let page_size = page_size(r.lots_page_size, LOTS_PAGE_SIZE_MAX)
             .map_err(|_| invalid("lots_page_size", format!("must be at most {LOTS_PAGE_SIZE_MAX}")))?;
@@ -176,7 +181,8 @@ ledger_service! {
         let size = page_size(r.page_size, ENTRIES_PAGE_SIZE_MAX)?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
         let after = entry_token("page_token", &r.page_token)?;
-        let (rows, more) = queries::entries(&self.0.views, &key, after, size).map_err(internal)?;
+        let read = key.clone();
+        let (rows, more) = self.0.read_views(move |views| queries::entries(views, &read, after, size)).await?;
         let last = rows.last().map(|(at, _)| *at);
         let entries =
             rows.into_iter().map(|(_, e)| convert::entry_to_pb(e)).collect::<Result<Vec<_>, _>>().map_err(internal)?;
@@ -196,14 +202,13 @@ ledger_service! {
         let after = entry_token("page_token", &r.page_token)?;
         // Level changes are rare among a member's events: a page reads the
         // statement, at most LEVEL_CHANGES_SCAN_ENTRIES_MAX entries.
-        let (rows, last, exhausted) = queries::level_changes(
-            &self.0.views,
-            &key,
-            after,
-            size,
-            LEVEL_CHANGES_SCAN_ENTRIES_MAX,
-        )
-        .map_err(internal)?;
+        let read = key.clone();
+        let (rows, last, exhausted) = self
+            .0
+            .read_views(move |views| {
+                queries::level_changes(views, &read, after, size, LEVEL_CHANGES_SCAN_ENTRIES_MAX)
+            })
+            .await?;
         let changes = rows.into_iter().filter_map(convert::level_change_to_pb).collect();
         Ok(Response::new(pb::ListLevelChangesResponse { changes, next_page_token: next_token(last, !exhausted) }))
     }
@@ -233,9 +238,9 @@ ledger_service! {
         let now = self.0.clock.now();
         let until = calendar::add_days(now, i64::from(days));
         let after = if r.page_token.is_empty() { None } else { Some(unhex("page_token", &r.page_token)?) };
+        let (t, p) = (tenant.clone(), programme_id.clone());
         let (found, last, more) =
-            queries::expiring(&self.0.views, &tenant, &programme_id, after.as_deref(), now, until, size)
-                .map_err(internal)?;
+            self.0.read_views(move |views| queries::expiring(views, &t, &p, after.as_deref(), now, until, size)).await?;
         let lots = found
             .into_iter()
             .map(|l| pb::ExpiringLot {

@@ -222,6 +222,25 @@ impl Ledger {
         }
     }
 
+    /// Runs a read of the views on a blocking thread, never on the async
+    /// runtime's (a long statement or a large account must not stall other
+    /// calls, health checks included).
+    async fn read_views<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Db) -> Result<T, crate::projection::queries::QueryError> + Send + 'static,
+    ) -> Result<T, Status> {
+        use crate::projection::queries::QueryError;
+        let views = self.views.clone();
+        match tokio::task::spawn_blocking(move || read(&views)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e @ QueryError::HistoryTooLong)) => {
+                Err(status(Code::FailedPrecondition, "AS_OF_HISTORY_TOO_LONG", e.to_string(), Some("as_of")))
+            }
+            Ok(Err(e)) => Err(errors::internal(e)),
+            Err(e) => Err(errors::internal(e)),
+        }
+    }
+
     fn view_position(&self, account: &AccountKey) -> pb::LogPosition {
         let p = partition_for(account, self.writers.partitions());
         let next = self.positions.borrow().get(p as usize).copied().unwrap_or(0);

@@ -246,23 +246,33 @@ fn member_addresses(
         return None;
     }
     let window = i64::from(rules.member_addresses_minutes) * MINUTE_MS;
+    // One entry per address, its latest use last (records come in time
+    // order), and no more of them than the rule needs to fire (the newest):
+    // a member's week of commands costs the threshold, not the commands.
     for a in addresses {
+        if let Some(i) = s.addresses.iter().position(|x| x == a) {
+            s.address_at_ms.remove(i);
+            s.addresses.remove(i);
+            s.address_offsets.remove(i);
+        }
         s.address_at_ms.push(t.at);
         s.addresses.push(a.clone());
         s.address_offsets.push(t.offset);
     }
-    let keep = s.address_at_ms.iter().position(|x| *x > t.at - window).unwrap_or(s.address_at_ms.len());
+    let expired = s.address_at_ms.iter().position(|x| *x > t.at - window).unwrap_or(s.address_at_ms.len());
+    let over = s.addresses.len().saturating_sub(expired).saturating_sub(rules.member_addresses as usize + 1);
+    let keep = expired + over;
     s.address_at_ms.drain(..keep);
     s.addresses.drain(..keep);
     s.address_offsets.drain(..keep);
     let mut distinct: Vec<&String> = s.addresses.iter().collect();
     distinct.sort();
-    distinct.dedup();
     if distinct.len() <= rules.member_addresses as usize || s.addresses_alerted_at_ms > t.at - window {
         return None;
     }
     s.addresses_alerted_at_ms = t.at;
     let mut offsets = s.address_offsets.clone();
+    offsets.sort_unstable();
     offsets.dedup();
     let subject = distinct.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",");
     let figures = vec![

@@ -296,10 +296,7 @@ impl EventLog for EmbeddedLog {
             return Ok(Vec::new());
         }
         if let Some(rec) = records.iter().find(|r| r.payload.is_empty() || r.payload.len() > RECORD_BYTES_MAX) {
-            return Err(LogError::Corrupt(format!(
-                "a record of {} bytes: records hold 1 to {RECORD_BYTES_MAX}",
-                rec.payload.len()
-            )));
+            return Err(LogError::RecordSize { bytes: rec.payload.len(), max: RECORD_BYTES_MAX });
         }
         if app.segment_bytes >= p.segment_bytes_max {
             // Cut the zeros off the full segment before the next one exists:

@@ -45,6 +45,10 @@ pub enum LogError {
     Corrupt(String),
     #[error("no partition {0}")]
     NoPartition(u32),
+    /// An append of a record the log does not take (writers refuse such a
+    /// command before they append).
+    #[error("a record of {bytes} bytes: this log takes records of 1 to {max} bytes")]
+    RecordSize { bytes: usize, max: usize },
     #[error("log unavailable: {0}")]
     Unavailable(String),
 }

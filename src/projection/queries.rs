@@ -18,6 +18,11 @@ pub enum QueryError {
     Store(#[from] StoreError),
     #[error("stored row unreadable: {0}")]
     Codec(#[from] CodecError),
+    /// `as_of` would fold more than [`AS_OF_EVENTS_MAX`] events.
+    #[error(
+        "the account has more than {AS_OF_EVENTS_MAX} events before that time: use `points-ledger explain --as-of`"
+    )]
+    HistoryTooLong,
 }
 
 /// Where a statement row sits: its record's offset and the event's index
@@ -131,8 +136,11 @@ pub fn account_as_of(views: &Db, key: &AccountKey, as_of: Millis) -> Result<Acco
     let mut folded = 0;
     read_statement(views, key, None, |_, entry| {
         let at = entry.at.as_ref().and_then(codec::instant_millis).unwrap_or(0);
-        if at > as_of || folded == AS_OF_EVENTS_MAX {
+        if at > as_of {
             return Ok(false);
+        }
+        if folded == AS_OF_EVENTS_MAX {
+            return Err(QueryError::HistoryTooLong);
         }
         account.apply(&codec::event_from_wire(entry.event.ok_or(CodecError::Missing("event"))?)?);
         folded += 1;
