@@ -132,6 +132,31 @@ enum Cmd {
     /// The log's events as JSON lines or Parquet, filtered by tenant,
     /// programme, account and time.
     Export(ExportArgs),
+    /// A development CA with a server and a client certificate, for trying
+    /// TLS out: writes ca.pem, ca-key.pem, server.pem, server-key.pem,
+    /// client.pem and client-key.pem into --out.
+    DevCerts(DevCertsArgs),
+}
+
+#[derive(clap::Args)]
+struct DevCertsArgs {
+    /// The directory to write the six PEM files into (created if need be).
+    #[arg(long, env = "POINTS_LEDGER_DEV_CERTS_OUT")]
+    out: PathBuf,
+    /// Another name of the server (DNS name or IP address), beside
+    /// localhost and 127.0.0.1 (repeatable).
+    #[arg(long = "host", env = "POINTS_LEDGER_DEV_CERTS_HOSTS", value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// The client certificate's subject CN: the NAME of a `cert:NAME` line
+    /// in the tokens file.
+    #[arg(long, env = "POINTS_LEDGER_DEV_CERTS_CLIENT_NAME", default_value = tools::dev_certs::CLIENT_NAME_DEFAULT)]
+    client_name: String,
+    /// How long the certificates are valid.
+    #[arg(long, env = "POINTS_LEDGER_DEV_CERTS_VALIDITY_DAYS", default_value_t = tools::dev_certs::VALIDITY_DAYS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=tools::dev_certs::VALIDITY_DAYS_MAX as i64))]
+    validity_days: u32,
+    /// Replace files that exist in --out (without it, an existing file is an error).
+    #[arg(long, env = "POINTS_LEDGER_DEV_CERTS_FORCE")]
+    force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -503,6 +528,12 @@ fn main() -> anyhow::Result<()> {
             keep_freed_pages();
             exit_unless(tools::verify::run(&args.log.source(&args.data_dir)?)?)
         }
+        Cmd::DevCerts(args) => {
+            for path in tools::dev_certs::run(&args.options())? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -512,6 +543,18 @@ fn exit_unless(ok: bool) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+impl DevCertsArgs {
+    fn options(self) -> tools::dev_certs::Options {
+        tools::dev_certs::Options {
+            out: self.out,
+            hosts: self.hosts,
+            client_name: self.client_name,
+            validity_days: self.validity_days,
+            force: self.force,
+        }
+    }
 }
 
 impl ReconArgs {
