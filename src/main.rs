@@ -357,9 +357,25 @@ struct ServeArgs {
     /// Commands a writer decides and appends together at most.
     #[arg(long, env = "POINTS_LEDGER_BATCH_COMMANDS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch_commands_max: u64,
-    /// Bearer tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` per line); without it, access is open.
+    /// Tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` or `cert:NAME TENANTS|* [admin]` per line);
+    /// without it and without --tls-client-ca, access is open.
     #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
     auth_tokens_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM; reloaded on SIGHUP).
+    #[arg(long, env = "POINTS_LEDGER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; reloaded on SIGHUP).
+    #[arg(long, env = "POINTS_LEDGER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM; mutual TLS;
+    /// reloaded on SIGHUP). A certificate's CN or SAN names its client in
+    /// the tokens file (`cert:NAME`).
+    #[arg(long, env = "POINTS_LEDGER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// The CA other instances' certificates are checked against when this
+    /// one forwards to them (default: --tls-client-ca).
+    #[arg(long, env = "POINTS_LEDGER_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// The address other instances reach this one at (default: the listen address).
     #[arg(long, env = "POINTS_LEDGER_ADVERTISE")]
     advertise: Option<String>,
@@ -381,6 +397,19 @@ struct ClusterArgs {
     /// Print the answer as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Sent as `authorization: Bearer TOKEN` (the service needs an admin
+    /// client allowed every tenant when access control is on).
+    #[arg(long, env = "POINTS_LEDGER_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Connect with TLS, checking the instance's certificate against this CA (PEM).
+    #[arg(long = "tls-ca", env = "POINTS_LEDGER_TARGET_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM; with --tls-ca and --tls-key).
+    #[arg(long = "tls-cert", env = "POINTS_LEDGER_TARGET_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long = "tls-key", env = "POINTS_LEDGER_TARGET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 async fn shutdown_signal() {
@@ -416,7 +445,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.writer.batch_commands_max = args.batch_commands_max as usize;
     if let Some(path) = &args.auth_tokens_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        config.auth = Auth::parse(&text)?;
+        config.auth = Auth::parse(&text).with_context(|| format!("reading {}", path.display()))?;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let files = server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+            ca: args.tls_ca.clone(),
+        };
+        config.tls = Some(std::sync::Arc::new(server::tls::Tls::load(files)?));
     }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -482,7 +520,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve(args) => rt.block_on(serve(args)),
         Cmd::Cluster(args) => {
-            let answer = rt.block_on(server::describe_cluster(&args.target))?;
+            let answer = rt.block_on(server::describe_cluster(&args.target, &args.client()?))?;
             print!("{}", if args.json { tools::cluster::json(&answer) } else { tools::cluster::table(&answer) });
             Ok(())
         }
@@ -543,6 +581,21 @@ fn exit_unless(ok: bool) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+impl ClusterArgs {
+    /// The token and TLS files, read.
+    fn client(&self) -> anyhow::Result<server::ClientOptions> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        Ok(server::ClientOptions {
+            auth_token: self.auth_token.clone(),
+            tls_ca_pem: self.tls_ca.as_ref().map(read).transpose()?,
+            tls_identity_pem: match (&self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        })
+    }
 }
 
 impl DevCertsArgs {
