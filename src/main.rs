@@ -361,6 +361,10 @@ struct ServeArgs {
     /// without it and without --tls-client-ca, access is open.
     #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
     auth_tokens_file: Option<PathBuf>,
+    /// Serve without access control on an address beyond loopback
+    /// (anyone who reaches the port may do everything).
+    #[arg(long, env = "POINTS_LEDGER_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
     /// Serve TLS with this certificate chain (PEM; reloaded on SIGHUP).
     #[arg(long, env = "POINTS_LEDGER_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -447,6 +451,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         config.auth = Auth::parse(&text).with_context(|| format!("reading {}", path.display()))?;
     }
+    let access_control = args.auth_tokens_file.is_some() || args.tls_client_ca.is_some();
+    server::check_exposure(args.listen, access_control, args.insecure_no_auth)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let files = server::tls::TlsFiles {
             cert: cert.clone(),

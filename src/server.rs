@@ -369,6 +369,23 @@ fn auth_of(config: &Config) -> Auth {
     }
 }
 
+/// Refuses to serve beyond loopback without access control (a tokens file
+/// or client certificates) unless `insecure_no_auth` accepts the risk.
+pub fn check_exposure(
+    listen: std::net::SocketAddr,
+    access_control: bool,
+    insecure_no_auth: bool,
+) -> anyhow::Result<()> {
+    if listen.ip().is_loopback() || access_control || insecure_no_auth {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve on {listen} without access control: anyone who reaches it could adjust any account \
+         and change programme rules. Give --auth-tokens-file FILE or --tls-client-ca FILE (with --tls-cert and \
+         --tls-key), or --insecure-no-auth to accept that risk"
+    )
+}
+
 /// Serves the gRPC services of `service` on `listener` until `shutdown`
 /// (over TLS when the service was configured with it).
 pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -447,6 +464,19 @@ async fn reload_on_hangup(service: Arc<Service>) {
     let _ = service;
 }
 
+/// Says at start what access control is off, or cannot work.
+fn warn_about_access(config: &Config, service: &Service) {
+    if service.ledger.auth.is_open() {
+        tracing::warn!(
+            "no access control (no --auth-tokens-file, no --tls-client-ca): every caller may do everything, \
+             including adjusting any account and changing programme rules"
+        );
+    }
+    if config.auth.has_cert_lines() && !config.tls.as_ref().is_some_and(|t| t.mutual()) {
+        tracing::warn!("the tokens file names certificates (`cert:` lines), but without --tls-client-ca none is ever verified: those lines grant nothing");
+    }
+}
+
 /// Starts everything on the configured log and serves until `shutdown`.
 pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     if config.writer.advertise.is_empty() {
@@ -458,6 +488,7 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
     let logs = tokio::task::block_in_place(|| open_logs(&config))?;
     let service = Arc::new(Service::start(&config, logs)?);
     tracing::info!(addr = %listener.local_addr()?, advertise = %config.writer.advertise, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "serving");
+    warn_about_access(&config, &service);
     let hangups = config.tls.is_some().then(|| tokio::spawn(reload_on_hangup(service.clone())));
     // A graceful stop hands the partitions over first, while this instance
     // still serves (and forwards) calls; then the server stops.
