@@ -76,6 +76,40 @@ async fn failed_and_silent_handshakes_do_not_stop_the_listener() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stays_silent_is_disconnected_at_the_handshake_deadline() {
+    use tokio::io::AsyncReadExt;
+    let ca = ca("test CA");
+    let files = ServerFiles::new(&server_cert(&ca), Some(&ca));
+    let tls = points_ledger::server::tls::Tls::load(files.tls_files()).unwrap();
+    let h = start_tls(std::sync::Arc::new(tls.with_handshake_timeout(Duration::from_millis(200))), None).await;
+    let mut silent = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent connection is still open: {read:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_tool_asks_a_mutual_tls_instance_with_its_certificate() {
+    let (h, _files, ca) = mutual(Some("cert:ops * admin\n")).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.issued.cert_pem).unwrap();
+    let (cert, key) = write_pair(dir.path(), "ops", &client_cert(&ca, "ops"));
+    let out = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+        .args(["cluster", "--json", "--target", &h.addr.to_string(), "--tls-ca"])
+        .arg(dir.path().join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&h.addr.to_string()));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_serves_new_handshakes_the_new_certificate_and_keeps_open_connections() {
     let (old_ca, new_ca) = (ca("old CA"), ca("new CA"));
     let files = ServerFiles::new(&server_cert(&old_ca), None);

@@ -80,13 +80,27 @@ pub struct Tls {
     /// How this instance forwards to the others (None: no CA to check
     /// them against).
     forward: RwLock<Option<ForwardTls>>,
+    /// Longest a client may take over its handshake
+    /// ([`TLS_HANDSHAKE_TIMEOUT_MS`]; shorter in tests).
+    handshake_timeout: Duration,
 }
 
 impl Tls {
     /// Reads the files; an error names the file that is wrong.
     pub fn load(files: TlsFiles) -> anyhow::Result<Tls> {
         let loaded = load(&files)?;
-        Ok(Tls { files, current: RwLock::new(loaded.config), forward: RwLock::new(loaded.forward) })
+        Ok(Tls {
+            files,
+            current: RwLock::new(loaded.config),
+            forward: RwLock::new(loaded.forward),
+            handshake_timeout: Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS),
+        })
+    }
+
+    /// The same, with another handshake deadline (tests).
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Tls {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// Reads the files again and swaps them in for new handshakes; on an
@@ -281,18 +295,15 @@ async fn accept_loop(listener: TcpListener, tls: Arc<Tls>, tx: mpsc::Sender<io::
         };
         // Replies go out at once (see `server::serve`).
         let _ = tcp.set_nodelay(true);
-        let (acceptor, tx) = (tls.acceptor(), tx.clone());
+        let (acceptor, deadline, tx) = (tls.acceptor(), tls.handshake_timeout, tx.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let deadline = Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
             match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let _ = tx.send(Ok(TlsConnection::new(stream, remote))).await;
                 }
                 Ok(Err(e)) => tracing::info!(peer = %remote, error = %e, "TLS handshake failed"),
-                Err(_) => {
-                    tracing::info!(peer = %remote, "TLS handshake not done within {TLS_HANDSHAKE_TIMEOUT_MS} ms")
-                }
+                Err(_) => tracing::info!(peer = %remote, "TLS handshake not done within {} ms", deadline.as_millis()),
             }
         });
     }
