@@ -180,7 +180,8 @@ pub async fn wait_serving(channel: tonic::transport::Channel, timeout: Duration)
 }
 
 /// How a tool reaches an instance: a bearer token, and TLS (PEM bytes).
-#[derive(Clone, Debug, Default)]
+/// No `Debug`: it holds a token and a private key.
+#[derive(Clone, Default)]
 pub struct ClientOptions {
     pub auth_token: Option<String>,
     /// Connect with TLS, checking the instance against this CA.
@@ -451,7 +452,8 @@ async fn reload_on_hangup(service: Arc<Service>) {
             Err(e) => return tracing::error!(error = %e, "cannot listen for SIGHUP: TLS files will not be reloaded"),
         };
         while hangups.recv().await.is_some() {
-            match service.reload_tls() {
+            // A few small files: read on this thread, with the runtime told.
+            match tokio::task::block_in_place(|| service.reload_tls()) {
                 Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate, key and CAs; new connections use them"),
                 Err(e) => tracing::error!(
                     error = format!("{e:#}"),

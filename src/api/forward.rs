@@ -33,9 +33,11 @@ pub const FORWARDED_HEADER: &str = "x-points-ledger-forwarded";
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long connecting to another instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How this instance reaches the others over TLS: PEM bytes, as read from
-/// the files `serve` was given (and read again on a reload).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// the files `serve` was given (and read again on a reload). No `Debug`: it
+/// holds a private key.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ForwardTls {
     /// The CA the other instances' certificates are checked against.
     pub ca_pem: Vec<u8>,
