@@ -132,6 +132,31 @@ enum Cmd {
     /// The log's events as JSON lines or Parquet, filtered by tenant,
     /// programme, account and time.
     Export(ExportArgs),
+    /// A development CA with a server and a client certificate, for trying
+    /// TLS out: writes ca.pem, ca-key.pem, server.pem, server-key.pem,
+    /// client.pem and client-key.pem into --out.
+    DevCerts(DevCertsArgs),
+}
+
+#[derive(clap::Args)]
+struct DevCertsArgs {
+    /// The directory to write the six PEM files into (created if need be).
+    #[arg(long, env = "POINTS_LEDGER_DEV_CERTS_OUT")]
+    out: PathBuf,
+    /// Another name of the server (DNS name or IP address), beside
+    /// localhost and 127.0.0.1 (repeatable).
+    #[arg(long = "host", env = "POINTS_LEDGER_DEV_CERTS_HOSTS", value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// The client certificate's subject CN: the NAME of a `cert:NAME` line
+    /// in the tokens file.
+    #[arg(long, env = "POINTS_LEDGER_DEV_CERTS_CLIENT_NAME", default_value = tools::dev_certs::CLIENT_NAME_DEFAULT)]
+    client_name: String,
+    /// How long the certificates are valid.
+    #[arg(long, env = "POINTS_LEDGER_DEV_CERTS_VALIDITY_DAYS", default_value_t = tools::dev_certs::VALIDITY_DAYS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=tools::dev_certs::VALIDITY_DAYS_MAX as i64))]
+    validity_days: u32,
+    /// Replace files that exist in --out (without it, an existing file is an error).
+    #[arg(long, env = "POINTS_LEDGER_DEV_CERTS_FORCE")]
+    force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -332,9 +357,29 @@ struct ServeArgs {
     /// Commands a writer decides and appends together at most.
     #[arg(long, env = "POINTS_LEDGER_BATCH_COMMANDS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch_commands_max: u64,
-    /// Bearer tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` per line); without it, access is open.
+    /// Tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` or `cert:NAME TENANTS|* [admin]` per line);
+    /// without it and without --tls-client-ca, access is open.
     #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
     auth_tokens_file: Option<PathBuf>,
+    /// Serve without access control on an address beyond loopback
+    /// (anyone who reaches the port may do everything).
+    #[arg(long, env = "POINTS_LEDGER_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Serve TLS with this certificate chain (PEM; reloaded on SIGHUP).
+    #[arg(long, env = "POINTS_LEDGER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; reloaded on SIGHUP).
+    #[arg(long, env = "POINTS_LEDGER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM; mutual TLS;
+    /// reloaded on SIGHUP). A certificate's CN or SAN names its client in
+    /// the tokens file (`cert:NAME`).
+    #[arg(long, env = "POINTS_LEDGER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// The CA other instances' certificates are checked against when this
+    /// one forwards to them (default: --tls-client-ca).
+    #[arg(long, env = "POINTS_LEDGER_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// The address other instances reach this one at (default: the listen address).
     #[arg(long, env = "POINTS_LEDGER_ADVERTISE")]
     advertise: Option<String>,
@@ -356,6 +401,19 @@ struct ClusterArgs {
     /// Print the answer as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Sent as `authorization: Bearer TOKEN` (the service needs an admin
+    /// client allowed every tenant when access control is on).
+    #[arg(long, env = "POINTS_LEDGER_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Connect with TLS, checking the instance's certificate against this CA (PEM).
+    #[arg(long = "tls-ca", env = "POINTS_LEDGER_TARGET_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM; with --tls-ca and --tls-key).
+    #[arg(long = "tls-cert", env = "POINTS_LEDGER_TARGET_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long = "tls-key", env = "POINTS_LEDGER_TARGET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 async fn shutdown_signal() {
@@ -391,7 +449,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.writer.batch_commands_max = args.batch_commands_max as usize;
     if let Some(path) = &args.auth_tokens_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        config.auth = Auth::parse(&text)?;
+        config.auth = Auth::parse(&text).with_context(|| format!("reading {}", path.display()))?;
+    }
+    let access_control = args.auth_tokens_file.is_some() || args.tls_client_ca.is_some();
+    server::check_exposure(args.listen, access_control, args.insecure_no_auth)?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let files = server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+            ca: args.tls_ca.clone(),
+        };
+        config.tls = Some(std::sync::Arc::new(server::tls::Tls::load(files)?));
     }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -457,7 +526,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve(args) => rt.block_on(serve(args)),
         Cmd::Cluster(args) => {
-            let answer = rt.block_on(server::describe_cluster(&args.target))?;
+            let answer = rt.block_on(server::describe_cluster(&args.target, &args.client()?))?;
             print!("{}", if args.json { tools::cluster::json(&answer) } else { tools::cluster::table(&answer) });
             Ok(())
         }
@@ -503,6 +572,12 @@ fn main() -> anyhow::Result<()> {
             keep_freed_pages();
             exit_unless(tools::verify::run(&args.log.source(&args.data_dir)?)?)
         }
+        Cmd::DevCerts(args) => {
+            for path in tools::dev_certs::run(&args.options())? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -512,6 +587,33 @@ fn exit_unless(ok: bool) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+impl ClusterArgs {
+    /// The token and TLS files, read.
+    fn client(&self) -> anyhow::Result<server::ClientOptions> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        Ok(server::ClientOptions {
+            auth_token: self.auth_token.clone(),
+            tls_ca_pem: self.tls_ca.as_ref().map(read).transpose()?,
+            tls_identity_pem: match (&self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        })
+    }
+}
+
+impl DevCertsArgs {
+    fn options(self) -> tools::dev_certs::Options {
+        tools::dev_certs::Options {
+            out: self.out,
+            hosts: self.hosts,
+            client_name: self.client_name,
+            validity_days: self.validity_days,
+            force: self.force,
+        }
+    }
 }
 
 impl ReconArgs {

@@ -3,7 +3,11 @@
 //! given until a shutdown future completes (mini-redis's
 //! `server::run(listener, shutdown)`), so tests run it on `127.0.0.1:0` and
 //! stop it cleanly. Shutdown stops accepting calls, lets writers finish
-//! queued batches, stops the consumer and flushes.
+//! queued batches, stops the consumer and flushes. With TLS (`tls`), the
+//! listener's connections are handshaken first, and SIGHUP reloads the
+//! certificates.
+
+pub mod tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -12,6 +16,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::api::forward::Forwarder;
 use crate::api::{AdminService, Auth, ClusterService, Ledger, LedgerService, ReconciliationService};
 use crate::finance::reconciler::Reconciler;
 use crate::ledger::programmes::Programmes;
@@ -50,6 +55,8 @@ pub struct Config {
     /// On Kafka: share the partitions with the other instances of a
     /// consumer group (None: this instance writes every partition).
     pub cluster: Option<ClusterConfig>,
+    /// TLS on the listener, and for forwarding (None: plain text).
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 /// How an instance joins its cluster (ARCHITECTURE.md, "A cluster on Kafka").
@@ -81,6 +88,7 @@ impl Config {
             books_check_interval: Duration::from_secs(BOOKS_CHECK_INTERVAL_SECONDS),
             discard_database_writes: false,
             cluster: None,
+            tls: None,
         }
     }
 }
@@ -171,19 +179,41 @@ pub async fn wait_serving(channel: tonic::transport::Channel, timeout: Duration)
     }
 }
 
+/// How a tool reaches an instance: a bearer token, and TLS (PEM bytes).
+/// No `Debug`: it holds a token and a private key.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    pub auth_token: Option<String>,
+    /// Connect with TLS, checking the instance against this CA.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// Present this certificate and key (mutual TLS).
+    pub tls_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Asks the instance at `target` (`HOST:PORT`) who writes which partition.
-pub async fn describe_cluster(target: &str) -> anyhow::Result<pb::DescribeClusterResponse> {
+pub async fn describe_cluster(target: &str, options: &ClientOptions) -> anyhow::Result<pb::DescribeClusterResponse> {
     use anyhow::Context;
-    let url = if target.starts_with("http") { target.to_string() } else { format!("http://{target}") };
-    let channel = tonic::transport::Endpoint::from_shared(url)?
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let scheme = if options.tls_ca_pem.is_some() { "https" } else { "http" };
+    let url = if target.starts_with("http") { target.to_string() } else { format!("{scheme}://{target}") };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url)?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {target}"))?;
+        .timeout(Duration::from_secs(10));
+    if let Some(ca) = &options.tls_ca_pem {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = &options.tls_identity_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {target}"))?;
     let mut client = pb::cluster_client::ClusterClient::new(channel);
-    let answer =
-        client.describe_cluster(pb::DescribeClusterRequest {}).await.with_context(|| format!("asking {target}"))?;
+    let mut request = tonic::Request::new(pb::DescribeClusterRequest {});
+    if let Some(token) = &options.auth_token {
+        let value = format!("Bearer {token}").parse().context("the token is not a valid header value")?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let answer = client.describe_cluster(request).await.with_context(|| format!("asking {target}"))?;
     Ok(answer.into_inner())
 }
 
@@ -213,6 +243,8 @@ pub struct Service {
     books: Arc<Db>,
     /// This instance's membership of its cluster's group (Kafka, in a cluster).
     member: std::sync::Mutex<Option<GroupMember>>,
+    /// The listener's TLS settings (None: plain text).
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Service {
@@ -274,10 +306,21 @@ impl Service {
             views: views.clone(),
             positions: writers.positions(),
             clock: config.clock.clone(),
-            auth: config.auth.clone(),
-            forwarder: Default::default(),
+            auth: auth_of(config),
+            forwarder: Forwarder::new(config.tls.as_ref().and_then(|t| t.forward_settings())),
         });
-        Ok(Service { ledger, programmes, writers, reconciler, views, books, member: std::sync::Mutex::new(member) })
+        let member = std::sync::Mutex::new(member);
+        Ok(Service { ledger, programmes, writers, reconciler, views, books, member, tls: config.tls.clone() })
+    }
+
+    /// Reads the TLS files again (SIGHUP): new handshakes, and connections
+    /// to other instances made from now on, use them; on an error nothing
+    /// changes. Nothing to do without TLS.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        let Some(tls) = &self.tls else { return Ok(()) };
+        tls.reload()?;
+        self.ledger.forwarder.set_tls(tls.forward_settings());
+        Ok(())
     }
 
     /// Leaves the cluster's group (a graceful stop): the writers finish what
@@ -318,7 +361,34 @@ impl Service {
     }
 }
 
-/// Serves the gRPC services of `service` on `listener` until `shutdown`.
+/// The access control a configuration gives: its tokens file, and client
+/// certificates when the listener verifies them.
+fn auth_of(config: &Config) -> Auth {
+    match &config.tls {
+        Some(tls) if tls.mutual() => config.auth.clone().with_client_certificates(),
+        _ => config.auth.clone(),
+    }
+}
+
+/// Refuses to serve beyond loopback without access control (a tokens file
+/// or client certificates) unless `insecure_no_auth` accepts the risk.
+pub fn check_exposure(
+    listen: std::net::SocketAddr,
+    access_control: bool,
+    insecure_no_auth: bool,
+) -> anyhow::Result<()> {
+    if listen.ip().is_loopback() || access_control || insecure_no_auth {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve on {listen} without access control: anyone who reaches it could adjust any account \
+         and change programme rules. Give --auth-tokens-file FILE or --tls-client-ca FILE (with --tls-cert and \
+         --tls-key), or --insecure-no-auth to accept that risk"
+    )
+}
+
+/// Serves the gRPC services of `service` on `listener` until `shutdown`
+/// (over TLS when the service was configured with it).
 pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // NOT_SERVING until every writer has caught up with the log.
@@ -349,7 +419,7 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -358,16 +428,55 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
         .add_service(pb::reconciliation_server::ReconciliationServer::new(ReconciliationService(
             service.ledger.clone(),
         )))
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(service.ledger.clone())))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(service.ledger.clone())));
+    match &service.tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), shutdown).await?,
         // Replies go out at once: with Nagle's algorithm a small reply can
         // wait for the client's delayed acknowledgement (tonic sets this only
         // for listeners it binds itself).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await?
+        }
+    }
     Ok(())
+}
+
+/// Reloads the TLS files on every SIGHUP until aborted.
+async fn reload_on_hangup(service: Arc<Service>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => return tracing::error!(error = %e, "cannot listen for SIGHUP: TLS files will not be reloaded"),
+        };
+        while hangups.recv().await.is_some() {
+            // A few small files: read on this thread, with the runtime told.
+            match tokio::task::block_in_place(|| service.reload_tls()) {
+                Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate, key and CAs; new connections use them"),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: reloading TLS failed; keeping the files loaded before"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = service;
+}
+
+/// Says at start what access control is off, or cannot work.
+fn warn_about_access(config: &Config, service: &Service) {
+    if service.ledger.auth.is_open() {
+        tracing::warn!(
+            "no access control (no --auth-tokens-file, no --tls-client-ca): every caller may do everything, \
+             including adjusting any account and changing programme rules"
+        );
+    }
+    if config.auth.has_cert_lines() && !config.tls.as_ref().is_some_and(|t| t.mutual()) {
+        tracing::warn!("the tokens file names certificates (`cert:` lines), but without --tls-client-ca none is ever verified: those lines grant nothing");
+    }
 }
 
 /// Starts everything on the configured log and serves until `shutdown`.
@@ -375,9 +484,14 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
     if config.writer.advertise.is_empty() {
         config.writer.advertise = listener.local_addr()?.to_string();
     }
+    if config.cluster.is_some() && config.tls.as_ref().is_some_and(|t| t.forward_settings().is_none()) {
+        anyhow::bail!("a cluster serving TLS forwards over TLS: give --tls-ca FILE (or --tls-client-ca FILE)");
+    }
     let logs = tokio::task::block_in_place(|| open_logs(&config))?;
     let service = Arc::new(Service::start(&config, logs)?);
-    tracing::info!(addr = %listener.local_addr()?, advertise = %config.writer.advertise, data_dir = %config.data_dir.display(), "serving");
+    tracing::info!(addr = %listener.local_addr()?, advertise = %config.writer.advertise, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "serving");
+    warn_about_access(&config, &service);
+    let hangups = config.tls.is_some().then(|| tokio::spawn(reload_on_hangup(service.clone())));
     // A graceful stop hands the partitions over first, while this instance
     // still serves (and forwards) calls; then the server stops.
     let leaving = service.clone();
@@ -386,6 +500,10 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
         let _ = tokio::task::spawn_blocking(move || leaving.leave_group()).await;
     };
     let served = serve(listener, &service, shutdown).await;
+    if let Some(h) = hangups {
+        h.abort();
+        let _ = h.await;
+    }
     let service = Arc::try_unwrap(service).map_err(|_| anyhow::anyhow!("the service is still in use at shutdown"))?;
     tokio::task::spawn_blocking(move || service.stop()).await?;
     served

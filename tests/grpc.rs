@@ -488,8 +488,13 @@ async fn tokens_gate_tenants_and_admin_operations() {
             },
         )
     };
+    // The caller is checked before the request (issue 30).
     assert_eq!(
         a.configure_programme(tonic::Request::new(pb::ConfigureProgrammeRequest::default())).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        a.configure_programme(with("adm", pb::ConfigureProgrammeRequest::default())).await.unwrap_err().code(),
         Code::InvalidArgument
     );
     assert_eq!(a.configure_programme(cfg("shop-app")).await.unwrap_err().code(), Code::PermissionDenied);

@@ -1,6 +1,7 @@
 //! `points.v1.ProgrammeAdmin`: programme rules, freezing, and the risk
 //! view (alerts, a member's counters, issuance per day). Every call needs
-//! an admin token when access control is on, but `GetProgramme`.
+//! an admin client when access control is on, but `GetProgramme`, which
+//! shows a programme's risk thresholds to admin clients only.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::errors::{internal, invalid, programme_not_found};
-use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX};
+use super::{page_size, unhex, validate, Access, Caller, Ledger, ENTRIES_PAGE_SIZE_MAX};
 use crate::domain::{self, calendar};
 use crate::proto as pb;
 
@@ -32,7 +33,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let r = req.get_ref();
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
         let programme = self.0.programme(&key)?;
         // Without a range: up to now, from the start of the programme day
         // ALERTS_DEFAULT_DAYS - 1 days before the range's last day.
@@ -84,7 +85,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     ) -> Result<Response<pb::AccountRisk>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
-        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
         self.0.programme(&key.programme())?;
         let state = crate::finance::risk::account_risk(&self.0.books, &key).map_err(internal)?.unwrap_or_default();
         let mut out = pb::AccountRisk {
@@ -112,7 +113,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     ) -> Result<Response<pb::GetIssuanceResponse>, Status> {
         let r = req.get_ref();
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Admin)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
         self.0.programme(&key)?;
         let parse = |field: &str, v: &str| {
             chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
@@ -140,9 +141,12 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         req: Request<pb::ConfigureProgrammeRequest>,
     ) -> Result<Response<pb::ConfigureProgrammeReply>, Status> {
         let r = req.get_ref();
+        // The caller first: one without admin rights learns nothing about
+        // what the service would accept (its tenant is compared as sent).
+        let tenant = r.programme.as_ref().map(|p| p.tenant_id.as_str()).unwrap_or_default();
+        self.0.auth.check(&Caller::of(&req), tenant, Access::Admin)?;
         let input = r.programme.as_ref().ok_or_else(|| invalid("programme", "is required"))?;
         let programme = validate::programme(input)?;
-        self.0.auth.check(req.metadata(), &programme.tenant_id, Access::Admin)?;
         let request_id = validate::request_id(&r.request_id)?;
         let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
         let fingerprint = domain::fingerprint_programme(&programme, &operator);
@@ -163,7 +167,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     async fn get_programme(&self, req: Request<pb::GetProgrammeRequest>) -> Result<Response<pb::Programme>, Status> {
         let r = req.get_ref();
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
         let found = {
             let reg = self.0.programmes.registry();
             let reg = reg.read().expect("registry lock");
@@ -174,14 +178,19 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
             }
         };
         let p = found.ok_or_else(|| programme_not_found(&key, Some(r.version)))?;
-        Ok(Response::new(convert::programme_to_pb(&p)))
+        let mut answer = convert::programme_to_pb(&p);
+        // The risk thresholds tell a farmer how far to go: admins only.
+        if !self.0.auth.is_admin(&Caller::of(&req), &key.tenant_id) {
+            answer.risk = None;
+        }
+        Ok(Response::new(answer))
     }
 
     async fn freeze_account(
         &self,
         req: Request<pb::FreezeAccountRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
-        self.0.freeze(req.metadata(), req.get_ref(), true).await
+        self.0.freeze(&Caller::of(&req), req.get_ref(), true).await
     }
 
     async fn unfreeze_account(
@@ -198,6 +207,6 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
             operator: r.operator.clone(),
             reason: r.reason.clone(),
         };
-        self.0.freeze(req.metadata(), &as_freeze, false).await
+        self.0.freeze(&Caller::of(&req), &as_freeze, false).await
     }
 }

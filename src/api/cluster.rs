@@ -1,12 +1,13 @@
 //! `points.v1.Cluster`: who writes which partition, as the log's claims
-//! say, answered by any instance from what it has read.
+//! say, answered by any instance from what it has read, to admin clients
+//! allowed every tenant (`*`) when access control is on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::Ledger;
+use super::{Access, Caller, Ledger};
 use crate::proto as pb;
 
 #[derive(Clone)]
@@ -16,8 +17,10 @@ pub struct ClusterService(pub Arc<Ledger>);
 impl pb::cluster_server::Cluster for ClusterService {
     async fn describe_cluster(
         &self,
-        _req: Request<pb::DescribeClusterRequest>,
+        req: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        // Internal addresses, epochs and offsets of every tenant's partitions.
+        self.0.auth.check_every_tenant(&Caller::of(&req), Access::Admin)?;
         Ok(Response::new(self.0.describe_cluster()))
     }
 }

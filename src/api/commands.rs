@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::errors::invalid;
 use super::forward::path;
-use super::{validate, Access, Ledger};
+use super::{validate, Access, Caller, Ledger};
 use crate::domain::{self, Command, CommandBody};
 use crate::proto as pb;
 
@@ -124,14 +124,10 @@ command_request!(pb::AdjustRequest, path::ADJUST, Access::Admin, |r| CommandBody
 
 impl Ledger {
     /// Validates a command request fully (and checks access) into a command.
-    pub(super) fn build<R: CommandRequest>(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-        r: &R,
-    ) -> Result<Command, Status> {
+    pub(super) fn build<R: CommandRequest>(&self, caller: &Caller<'_>, r: &R) -> Result<Command, Status> {
         let c = r.common();
         let account = validate::account(c.account)?;
-        self.auth.check(metadata, &account.tenant_id, r.access())?;
+        self.auth.check(caller, &account.tenant_id, r.access())?;
         let request_id = validate::request_id(c.request_id)?;
         let context = validate::context(c.metadata, c.client_ip, c.device_id)?;
         let body = r.body()?;
@@ -139,26 +135,22 @@ impl Ledger {
     }
 
     pub(super) async fn unary<R: CommandRequest>(&self, req: Request<R>) -> Result<Response<pb::CommandReply>, Status> {
-        let command = self.build(req.metadata(), req.get_ref())?;
+        let command = self.build(&Caller::of(&req), req.get_ref())?;
         self.route(req.metadata(), R::PATH, req.get_ref(), command).await
     }
 
-    pub(super) fn build_batched(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-        c: &pb::BatchCommand,
-    ) -> Result<Command, Status> {
+    pub(super) fn build_batched(&self, caller: &Caller<'_>, c: &pb::BatchCommand) -> Result<Command, Status> {
         use pb::batch_command::Command as C;
         match c.command.as_ref().ok_or_else(|| invalid("command", "is required"))? {
-            C::Earn(r) => self.build(metadata, r),
-            C::Spend(r) => self.build(metadata, r),
-            C::Reserve(r) => self.build(metadata, r),
-            C::CaptureReservation(r) => self.build(metadata, r),
-            C::ReleaseReservation(r) => self.build(metadata, r),
-            C::Refund(r) => self.build(metadata, r),
-            C::ReverseEarn(r) => self.build(metadata, r),
-            C::Expire(r) => self.build(metadata, r),
-            C::Adjust(r) => self.build(metadata, r),
+            C::Earn(r) => self.build(caller, r),
+            C::Spend(r) => self.build(caller, r),
+            C::Reserve(r) => self.build(caller, r),
+            C::CaptureReservation(r) => self.build(caller, r),
+            C::ReleaseReservation(r) => self.build(caller, r),
+            C::Refund(r) => self.build(caller, r),
+            C::ReverseEarn(r) => self.build(caller, r),
+            C::Expire(r) => self.build(caller, r),
+            C::Adjust(r) => self.build(caller, r),
         }
     }
 }

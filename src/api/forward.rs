@@ -5,14 +5,21 @@
 //! instance that does not write the partition either answers it
 //! `UNAVAILABLE` (`PARTITION_MOVING`) and never forwards it again, so a
 //! forwarding loop cannot happen.
+//!
+//! When the instances serve TLS, forwarding is TLS too ([`ForwardTls`]):
+//! the owner's certificate is checked against the configured CA, and with
+//! mutual TLS this instance presents its own certificate. The owner checks
+//! the call again: the caller's bearer token if it sent one, else the
+//! forwarding instance's certificate (so a cluster with client
+//! certificates gives its instances' certificate a line in the tokens file).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
@@ -26,6 +33,19 @@ pub const FORWARDED_HEADER: &str = "x-points-ledger-forwarded";
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long connecting to another instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How this instance reaches the others over TLS: PEM bytes, as read from
+/// the files `serve` was given (and read again on a reload). No `Debug`: it
+/// holds a private key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ForwardTls {
+    /// The CA the other instances' certificates are checked against.
+    pub ca_pem: Vec<u8>,
+    /// This instance's certificate and key, presented to instances that
+    /// require client certificates (mutual TLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Headers of the incoming call that are not passed on.
 const HOP_HEADERS: [&str; 4] = ["user-agent", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"];
 
@@ -60,20 +80,53 @@ pub fn moving(partition: u32, why: &str) -> Status {
 #[derive(Default)]
 pub struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
+    /// None: plain-text gRPC (the instances serve without TLS).
+    tls: RwLock<Option<ForwardTls>>,
 }
 
 impl Forwarder {
+    /// A forwarder that reaches the other instances over TLS (or plain
+    /// text with None).
+    pub fn new(tls: Option<ForwardTls>) -> Forwarder {
+        Forwarder { channels: Mutex::default(), tls: RwLock::new(tls) }
+    }
+
+    /// New TLS settings (a reload): connections made from now on use them;
+    /// calls in flight finish on the connections they have.
+    pub fn set_tls(&self, tls: Option<ForwardTls>) {
+        *self.tls.write().expect("tls lock") = tls;
+        self.channels.lock().expect("channels lock").clear();
+    }
+
+    /// The endpoint of the instance at `address` (`HOST:PORT`), with TLS
+    /// when the instances serve it.
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, Status> {
+        let bad = |e: &dyn std::fmt::Display| {
+            status(Code::Internal, "INTERNAL", format!("cannot reach the owner at {address}: {e}"), None)
+        };
+        let tls = self.tls.read().expect("tls lock").clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| bad(&e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(FORWARD_TIMEOUT)
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint.tls_config(config).map_err(|e| bad(&e))?;
+        }
+        Ok(endpoint)
+    }
+
     fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().expect("channels lock");
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| status(Code::Internal, "INTERNAL", format!("bad owner address {address}: {e}"), None))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(FORWARD_TIMEOUT)
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+        let channel = self.endpoint(address)?.connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

@@ -9,7 +9,7 @@ use super::commands::command_error;
 use super::convert;
 use super::errors::{internal, invalid};
 use super::forward::path::SUBMIT_BATCH;
-use super::{page_size, unhex, validate, Access, Ledger, ENTRIES_PAGE_SIZE_MAX, LOTS_PAGE_SIZE_MAX};
+use super::{page_size, unhex, validate, Access, Caller, Ledger, ENTRIES_PAGE_SIZE_MAX, LOTS_PAGE_SIZE_MAX};
 use crate::domain::{self, calendar};
 use crate::projection::queries::{self, EntryAt};
 use crate::proto as pb;
@@ -110,7 +110,7 @@ ledger_service! {
         // before any answer is awaited (each partition decides its share in
         // group commits), and each gets its own answer.
         let mut results: Vec<Option<pb::batch_result::Result>> = vec![None; n];
-        let (local, remote) = self.0.split_batch(req.metadata(), &req.get_ref().commands, &mut results);
+        let (local, remote) = self.0.split_batch(&Caller::of(&req), &req.get_ref().commands, &mut results);
         let forwarded: Vec<_> = remote
             .into_iter()
             .map(|(address, (partition, indexes))| {
@@ -144,7 +144,7 @@ ledger_service! {
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
-        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
         let programme = self.0.programme(&key.programme())?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
         let position = self.0.view_position(&key);
@@ -176,7 +176,7 @@ ledger_service! {
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
-        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
         self.0.programme(&key.programme())?;
         let size = page_size(r.page_size, ENTRIES_PAGE_SIZE_MAX)?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
@@ -195,7 +195,7 @@ ledger_service! {
     ) -> Result<Response<pb::ListLevelChangesResponse>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
-        self.0.auth.check(req.metadata(), &key.tenant_id, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
         self.0.programme(&key.programme())?;
         let size = page_size(r.page_size, ENTRIES_PAGE_SIZE_MAX)?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
@@ -220,7 +220,7 @@ ledger_service! {
         let r = req.get_ref();
         let tenant = validate::id("tenant_id", &r.tenant_id)?;
         let programme_id = validate::id("programme_id", &r.programme_id)?;
-        self.0.auth.check(req.metadata(), &tenant, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &tenant, Access::Member)?;
         let programme =
             self.0.programme(&validate::programme_key(&tenant, &programme_id)?)?;
         let days = match r.within_days {

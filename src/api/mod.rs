@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tonic::{Code, Response, Status};
 
 pub use admin::AdminService;
-pub use auth::{Access, Auth};
+pub use auth::{Access, Auth, Caller, ClientIdentity, TlsPeer};
 pub use cluster::ClusterService;
 pub use ledger::LedgerService;
 pub use reconciliation::ReconciliationService;
@@ -106,14 +106,14 @@ impl Ledger {
     #[allow(clippy::type_complexity)]
     fn split_batch(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
+        caller: &Caller<'_>,
         commands: &[pb::BatchCommand],
         results: &mut [Option<pb::batch_result::Result>],
     ) -> (Vec<(usize, Command)>, std::collections::BTreeMap<String, (u32, Vec<usize>)>) {
         let mut local = Vec::new();
         let mut remote = std::collections::BTreeMap::<String, (u32, Vec<usize>)>::new();
         for (i, c) in commands.iter().enumerate() {
-            let command = match self.build_batched(metadata, c) {
+            let command = match self.build_batched(caller, c) {
                 Ok(command) => command,
                 Err(s) => {
                     results[i] = Some(pb::batch_result::Result::Error(commands::command_error(s)));
@@ -121,7 +121,7 @@ impl Ledger {
                 }
             };
             let p = self.writers.partition_of(&command.account);
-            match self.route_of(p, metadata) {
+            match self.route_of(p, caller.metadata) {
                 Route::Here => local.push((i, command)),
                 Route::To(address) => remote.entry(address).or_insert_with(|| (p, Vec::new())).1.push(i),
                 Route::Moving(why) => {
@@ -158,12 +158,12 @@ impl Ledger {
     /// Freezes (or, with `freeze` false, unfreezes) earning and/or spending.
     async fn freeze(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
+        caller: &Caller<'_>,
         r: &pb::FreezeAccountRequest,
         freeze: bool,
     ) -> Result<Response<pb::CommandReply>, Status> {
         let account = validate::account(&r.account)?;
-        self.auth.check(metadata, &account.tenant_id, Access::Admin)?;
+        self.auth.check(caller, &account.tenant_id, Access::Admin)?;
         if !r.earning && !r.spending {
             return Err(invalid("earning", "name earning, spending or both"));
         }
@@ -178,7 +178,8 @@ impl Ledger {
         let request_id = validate::request_id(&r.request_id)?;
         let path = if freeze { forward::path::FREEZE_ACCOUNT } else { forward::path::UNFREEZE_ACCOUNT };
         // An unfreeze request has a freeze's fields and numbers: the same bytes.
-        self.route(metadata, path, r, Command { request_id, account, body, context: Default::default() }).await
+        let command = Command { request_id, account, body, context: Default::default() };
+        self.route(caller.metadata, path, r, command).await
     }
 
     /// The programme's current rules, or NOT_FOUND.

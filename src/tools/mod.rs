@@ -1,10 +1,12 @@
 //! The tools of the binary (`replay`, `verify`, `explain`, `export`,
 //! `recon`): each reads a data directory's log (and views or books) without
 //! writing to it, so they work beside a running service or after it stopped.
+//! `dev-certs` (`dev_certs`) makes development certificates for TLS.
 //! `main.rs` parses their flags into the options here.
 
 pub mod audit;
 pub mod cluster;
+pub mod dev_certs;
 pub mod export;
 pub mod explain;
 pub mod recon;

@@ -21,6 +21,7 @@ macro_rules! rejected {
 
 pub mod broker;
 pub mod cluster;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
