@@ -70,9 +70,14 @@ struct LogArgs {
     /// The account topic; programme rules go to `<topic>-control`.
     #[arg(long, env = "POINTS_LEDGER_KAFKA_TOPIC", default_value = "points-events")]
     kafka_topic: String,
-    /// Replication factor of topics the service creates.
-    #[arg(long, env = "POINTS_LEDGER_KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=16))]
+    /// Replication factor of topics the service creates (with
+    /// min.insync.replicas = 2 from 3 on).
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_REPLICATION_FACTOR", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=16))]
     kafka_replication_factor: i32,
+    /// Let the service create topics with fewer than 3 replicas: a test or
+    /// development broker only (one broker loses acknowledged events with its disk).
+    #[arg(long, env = "POINTS_LEDGER_KAFKA_ALLOW_LOW_REPLICATION")]
+    kafka_allow_low_replication: bool,
     /// Longest an append may take before the command gets UNAVAILABLE.
     #[arg(long, env = "POINTS_LEDGER_KAFKA_APPEND_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
     kafka_append_timeout_ms: u64,
@@ -84,6 +89,14 @@ struct LogArgs {
 impl LogArgs {
     fn kafka(&self, create_topics: bool) -> anyhow::Result<KafkaConfig> {
         let brokers = self.kafka_brokers.as_deref().context("--log kafka needs --kafka-brokers HOST:PORT")?;
+        if create_topics && self.kafka_replication_factor < 3 && !self.kafka_allow_low_replication {
+            anyhow::bail!(
+                "--kafka-replication-factor {} would keep the ledger's only copy of acknowledged events on fewer than 3 brokers; \
+                 production topics need 3 replicas (min.insync.replicas 2). For a test or development broker, \
+                 pass --kafka-allow-low-replication",
+                self.kafka_replication_factor
+            );
+        }
         let mut k = KafkaConfig::new(brokers, &self.kafka_topic, self.partitions);
         k.replication_factor = self.kafka_replication_factor;
         k.append_timeout = std::time::Duration::from_millis(self.kafka_append_timeout_ms);
@@ -661,7 +674,14 @@ impl BenchArgs {
             seed: self.seed,
             log: match self.log.log {
                 LogKind::Embedded => LogConfig::Embedded,
-                LogKind::Kafka => LogConfig::Kafka(self.log.kafka(true)?),
+                // The bench makes its own topic, one replica, on whatever
+                // broker it is given: a test by definition.
+                LogKind::Kafka => {
+                    let mut log = self.log.clone();
+                    log.kafka_allow_low_replication = true;
+                    log.kafka_replication_factor = 1;
+                    LogConfig::Kafka(log.kafka(true)?)
+                }
             },
             partitions: self.log.partitions,
             batch: self.batch as usize,

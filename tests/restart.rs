@@ -28,10 +28,20 @@ const COMMANDS_PER_WORKER_MAX: usize = 5_000;
 fn log_args(broker: &Option<common::broker::Tansu>) -> Vec<String> {
     match broker {
         None => vec!["--log".into(), "embedded".into(), "--partitions".into(), "2".into()],
-        Some(b) => ["--log", "kafka", "--partitions", "2", "--kafka-topic", "crash", "--kafka-brokers", &b.bootstrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        Some(b) => [
+            "--log",
+            "kafka",
+            "--kafka-allow-low-replication",
+            "--partitions",
+            "2",
+            "--kafka-topic",
+            "crash",
+            "--kafka-brokers",
+            &b.bootstrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
     }
 }
 

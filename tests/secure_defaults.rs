@@ -26,6 +26,21 @@ fn serve_beyond_loopback_without_access_control_refuses_to_start_and_names_the_f
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
 }
 
+#[test]
+fn serve_refuses_to_create_kafka_topics_with_fewer_than_three_replicas_unless_told_it_is_a_test() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+        .args(["serve", "--log", "kafka", "--kafka-brokers", "127.0.0.1:1", "--kafka-replication-factor", "1"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("POINTS_LEDGER_KAFKA_ALLOW_LOW_REPLICATION")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--kafka-allow-low-replication"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_beyond_loopback_starts_with_insecure_no_auth() {
     let served = Served::start(&["--listen".as_ref(), "0.0.0.0:0".as_ref(), "--insecure-no-auth".as_ref()]);

@@ -70,7 +70,7 @@ impl Drop for Instance {
 }
 
 pub fn log_flags(broker: &Tansu, partitions: u32) -> Vec<String> {
-    ["--log", "kafka", "--kafka-topic", TOPIC, "--kafka-brokers", &broker.bootstrap()]
+    ["--log", "kafka", "--kafka-allow-low-replication", "--kafka-topic", TOPIC, "--kafka-brokers", &broker.bootstrap()]
         .iter()
         .map(|s| s.to_string())
         .chain(["--partitions".to_string(), partitions.to_string()])

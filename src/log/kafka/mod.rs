@@ -314,6 +314,9 @@ fn create_topic(config: &KafkaConfig) -> Result<(), LogError> {
             .set("retention.ms", "-1")
             .set("retention.bytes", "-1")
             .set("cleanup.policy", "delete");
+    // With 3 replicas or more, an append is acknowledged only once two hold
+    // it (the idempotent producer asks every in-sync replica).
+    let topic = if config.replication_factor >= 3 { topic.set("min.insync.replicas", "2") } else { topic };
     let options = AdminOptions::new().operation_timeout(Some(config.request_timeout));
     let results = futures_executor::block_on(admin.create_topics([&topic], &options))
         .map_err(|e| unavailable("create topic", e))?;
@@ -590,5 +593,35 @@ impl MockBroker {
 
     pub fn up(&self) -> Result<(), LogError> {
         self.cluster.broker_up(-1).map_err(|e| unavailable("mock broker up", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_for_brokers_behind_tls_and_scram_can_be_made() {
+        // librdkafka built without OpenSSL refuses these properties when the
+        // client is created (before any broker is asked).
+        let mut k = KafkaConfig::new("127.0.0.1:1", "t", 1);
+        for (key, value) in [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "points-ledger"),
+            ("sasl.password", "secret"),
+        ] {
+            k.properties.push((key.into(), value.into()));
+        }
+        let producer: Result<rdkafka::producer::BaseProducer, _> = k.producer().create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
+    fn a_records_bound_follows_message_max_bytes() {
+        let mut k = KafkaConfig::new("127.0.0.1:1", "t", 1);
+        assert_eq!(k.record_bytes_max(), MESSAGE_BYTES_DEFAULT - MESSAGE_OVERHEAD_BYTES);
+        k.properties.push(("message.max.bytes".into(), "5000000".into()));
+        assert_eq!(k.record_bytes_max(), 5_000_000 - MESSAGE_OVERHEAD_BYTES);
     }
 }
