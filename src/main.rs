@@ -370,6 +370,13 @@ struct ServeArgs {
     /// Commands a writer decides and appends together at most.
     #[arg(long, env = "POINTS_LEDGER_BATCH_COMMANDS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch_commands_max: u64,
+    /// Calls in flight at most, over every connection; beyond it a call is
+    /// answered RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "POINTS_LEDGER_REQUESTS_IN_FLIGHT_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    requests_in_flight_max: u64,
+    /// Longest a call may take (DEADLINE_EXCEEDED after it).
+    #[arg(long, env = "POINTS_LEDGER_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    request_timeout_ms: u64,
     /// Tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` or `cert:NAME TENANTS|* [admin]` per line);
     /// without it and without --tls-client-ca, access is open.
     #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
@@ -460,6 +467,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.writer.advertise = args.advertise.clone().unwrap_or_default();
     config.writer.batch_commands_max = args.batch_commands_max as usize;
+    config.limits.requests_in_flight_max = args.requests_in_flight_max as usize;
+    config.limits.request_timeout = std::time::Duration::from_millis(args.request_timeout_ms);
     if let Some(path) = &args.auth_tokens_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         config.auth = Auth::parse(&text).with_context(|| format!("reading {}", path.display()))?;

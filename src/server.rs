@@ -57,6 +57,45 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// TLS on the listener, and for forwarding (None: plain text).
     pub tls: Option<Arc<tls::Tls>>,
+    /// What one listener takes at most.
+    pub limits: ServerLimits,
+}
+
+/// The gRPC listener's bounds: a caller that opens more than this, or a
+/// connection that goes quiet, is cut off rather than queued without bound.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Calls in flight across every connection; beyond it a call is answered
+    /// RESOURCE_EXHAUSTED at once (shed, not queued).
+    pub requests_in_flight_max: usize,
+    /// Longest a call may take before it is answered DEADLINE_EXCEEDED
+    /// (a caller's shorter `grpc-timeout` wins).
+    pub request_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub streams_per_connection_max: u32,
+    /// A connection is asked to go away after this (clients reconnect,
+    /// which also spreads them over instances behind a balancer).
+    pub connection_age_max: Duration,
+    /// HTTP/2 pings on a quiet connection, and how long an answer may take
+    /// before the connection is closed.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// The largest message a call may send or receive.
+    pub message_bytes_max: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            requests_in_flight_max: 4096,
+            request_timeout: Duration::from_secs(30),
+            streams_per_connection_max: 1024,
+            connection_age_max: Duration::from_secs(30 * 60),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            message_bytes_max: 16 << 20,
+        }
+    }
 }
 
 /// How an instance joins its cluster (ARCHITECTURE.md, "A cluster on Kafka").
@@ -89,6 +128,7 @@ impl Config {
             discard_database_writes: false,
             cluster: None,
             tls: None,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -245,6 +285,7 @@ pub struct Service {
     member: std::sync::Mutex<Option<GroupMember>>,
     /// The listener's TLS settings (None: plain text).
     tls: Option<Arc<tls::Tls>>,
+    limits: ServerLimits,
 }
 
 impl Service {
@@ -310,7 +351,17 @@ impl Service {
             forwarder: Forwarder::new(config.tls.as_ref().and_then(|t| t.forward_settings())),
         });
         let member = std::sync::Mutex::new(member);
-        Ok(Service { ledger, programmes, writers, reconciler, views, books, member, tls: config.tls.clone() })
+        Ok(Service {
+            ledger,
+            programmes,
+            writers,
+            reconciler,
+            views,
+            books,
+            member,
+            tls: config.tls.clone(),
+            limits: config.limits,
+        })
     }
 
     /// Reads the TLS files again (SIGHUP): new handshakes, and connections
@@ -419,15 +470,35 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let l = service.limits;
+    let bytes = l.message_bytes_max;
     let router = tonic::transport::Server::builder()
+        .timeout(l.request_timeout)
+        .max_concurrent_streams(l.streams_per_connection_max)
+        .max_connection_age(l.connection_age_max)
+        .http2_keepalive_interval(Some(l.keepalive_interval))
+        .http2_keepalive_timeout(Some(l.keepalive_timeout))
+        // Outermost: a call beyond the global bound is refused at once.
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(l.requests_in_flight_max))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::points_ledger_server::PointsLedgerServer::new(LedgerService(service.ledger.clone())))
-        .add_service(pb::programme_admin_server::ProgrammeAdminServer::new(AdminService(service.ledger.clone())))
-        .add_service(pb::reconciliation_server::ReconciliationServer::new(ReconciliationService(
-            service.ledger.clone(),
-        )))
+        .add_service(
+            pb::points_ledger_server::PointsLedgerServer::new(LedgerService(service.ledger.clone()))
+                .max_encoding_message_size(bytes)
+                .max_decoding_message_size(bytes),
+        )
+        .add_service(
+            pb::programme_admin_server::ProgrammeAdminServer::new(AdminService(service.ledger.clone()))
+                .max_encoding_message_size(bytes)
+                .max_decoding_message_size(bytes),
+        )
+        .add_service(
+            pb::reconciliation_server::ReconciliationServer::new(ReconciliationService(service.ledger.clone()))
+                .max_encoding_message_size(bytes)
+                .max_decoding_message_size(bytes),
+        )
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(service.ledger.clone())));
     match &service.tls {
         Some(tls) => router.serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), shutdown).await?,

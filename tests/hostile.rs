@@ -330,3 +330,33 @@ async fn a_whale_with_the_most_lots_an_account_may_hold_is_bounded_and_fails_no_
     assert_eq!((e.code(), reason_of(&e).as_str()), (Code::FailedPrecondition, "AS_OF_HISTORY_TOO_LONG"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_in_flight_bound_are_shed_with_resource_exhausted() {
+    let h = Harness::start_with(|c| c.limits.requests_in_flight_max = 1).await;
+    configure(&h, programme()).await;
+    let mut c = h.ledger().await;
+    let r = c.earn(earn("e1", "kim", 1)).await.unwrap().into_inner();
+    // A read that waits for a position the view has not reached holds the
+    // one slot for a while (it is near the end: not past it).
+    let mut ahead = r.position.unwrap();
+    ahead.offset += 2;
+    let waiting = {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            c.get_account(pb::GetAccountRequest {
+                account: account("kim"),
+                min_position: Some(ahead),
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let e = c.earn(earn("e2", "kim", 1)).await.expect_err("no slot left");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let held = waiting.await.unwrap().expect_err("the view never reached it");
+    assert_eq!(held.code(), Code::Unavailable);
+    c.earn(earn("e2", "kim", 1)).await.expect("a slot again once the first call ended");
+    h.stop().await;
+}
