@@ -66,7 +66,10 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
             let t = a.at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap_or_default();
             format!("{:020}.{:09}/{}/{}", t.0, t.1, a.rule, a.subject)
         };
-        let all = crate::finance::risk::alerts(&self.0.books, &programme, from, to).map_err(internal)?;
+        let all = self
+            .0
+            .blocking(move |l| crate::finance::risk::alerts(&l.books, &programme, from, to).map_err(internal))
+            .await?;
         let all = all.into_iter().map(convert::alert_to_pb);
         let mut alerts: Vec<pb::Alert> =
             all.into_iter().filter(|a| after.as_ref().is_none_or(|t| sort_key(a) > *t)).take(size + 1).collect();
@@ -87,7 +90,10 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         let key = validate::account(&r.account)?;
         self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
         self.0.programme(&key.programme())?;
-        let state = crate::finance::risk::account_risk(&self.0.books, &key).map_err(internal)?.unwrap_or_default();
+        let read = key.clone();
+        let state =
+            self.0.blocking(move |l| crate::finance::risk::account_risk(&l.books, &read).map_err(internal)).await?;
+        let state = state.unwrap_or_default();
         let mut out = pb::AccountRisk {
             account: r.account.clone(),
             date: convert::date_of(state.day),
@@ -123,16 +129,21 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         if to < from || (to - from).num_days() >= ISSUANCE_DAYS_MAX {
             return Err(invalid("to_date", format!("must be on or after from_date, at most {ISSUANCE_DAYS_MAX} days")));
         }
-        let mut days = Vec::new();
-        let mut d = from;
-        while d <= to {
-            let issued =
-                crate::finance::risk::issuance(&self.0.books, &key, calendar::days_since_epoch(d)).map_err(internal)?;
-            let day = calendar::days_since_epoch(d);
-            let shares_taken = self.0.programmes.registry().read().expect("registry lock").shares_taken(&key, day);
-            days.push(pb::DayIssuance { date: d.to_string(), issued, shares_taken });
-            d = d.succ_opt().ok_or_else(|| invalid("to_date", "out of range"))?;
-        }
+        let days = self
+            .0
+            .blocking(move |l| {
+                let mut days = Vec::new();
+                let mut d = from;
+                while d <= to {
+                    let day = calendar::days_since_epoch(d);
+                    let issued = crate::finance::risk::issuance(&l.books, &key, day).map_err(internal)?;
+                    let shares_taken = l.programmes.registry().read().expect("registry lock").shares_taken(&key, day);
+                    days.push(pb::DayIssuance { date: d.to_string(), issued, shares_taken });
+                    d = d.succ_opt().ok_or_else(|| invalid("to_date", "out of range"))?;
+                }
+                Ok(days)
+            })
+            .await?;
         Ok(Response::new(pb::GetIssuanceResponse { days }))
     }
 

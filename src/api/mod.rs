@@ -223,6 +223,16 @@ impl Ledger {
         }
     }
 
+    /// Runs `work` (reads of the books, a scan of alerts) on a blocking
+    /// thread, never on the async runtime's.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Ledger) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let ledger = self.clone();
+        tokio::task::spawn_blocking(move || work(&ledger)).await.map_err(errors::internal)?
+    }
+
     /// Runs a read of the views on a blocking thread, never on the async
     /// runtime's (a long statement or a large account must not stall other
     /// calls, health checks included).

@@ -21,14 +21,19 @@ impl pb::reconciliation_server::Reconciliation for ReconciliationService {
         let date = chrono::NaiveDate::parse_from_str(&r.date, "%Y-%m-%d")
             .map_err(|_| invalid("date", format!("'{}' is not a date YYYY-MM-DD", r.date)))?;
         let programme = self.0.programme(&key)?;
-        let book = crate::finance::books::book_for_date(
-            &self.0.books,
-            &self.0.programmes.registry().read().expect("registry lock"),
-            &programme,
-            self.0.writers.partitions(),
-            date,
-        )
-        .map_err(|e| status(Code::Internal, "BOOKS_UNREADABLE", e.to_string(), None))?;
+        let book = self
+            .0
+            .blocking(move |l| {
+                crate::finance::books::book_for_date(
+                    &l.books,
+                    &l.programmes.registry().read().expect("registry lock"),
+                    &programme,
+                    l.writers.partitions(),
+                    date,
+                )
+                .map_err(|e| status(Code::Internal, "BOOKS_UNREADABLE", e.to_string(), None))
+            })
+            .await?;
         Ok(Response::new(convert::book_to_pb(book)))
     }
 }
