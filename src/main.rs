@@ -436,20 +436,28 @@ struct ClusterArgs {
     tls_key: Option<PathBuf>,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that comes right
+/// after the service says it listens stops it cleanly too.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = term.recv() => {},
+            }
+            tracing::info!("shutting down");
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -487,8 +495,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     // Scripts and tests read this line to learn the port (e.g. with --listen 127.0.0.1:0).
+    let shutdown = shutdown_signal()?;
     println!("points-ledger listening on {}", listener.local_addr()?);
-    server::run(listener, config, shutdown_signal()).await
+    server::run(listener, config, shutdown).await
 }
 
 /// `--config FILE` (or POINTS_LEDGER_CONFIG): lines of `flag-name = value`
