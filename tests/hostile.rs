@@ -360,3 +360,67 @@ async fn calls_beyond_the_in_flight_bound_are_shed_with_resource_exhausted() {
     c.earn(earn("e2", "kim", 1)).await.expect("a slot again once the first call ended");
     h.stop().await;
 }
+
+/// Arbitrary text: mostly short, any code point (controls, bidi, NUL,
+/// surrogates are impossible in a Rust string), sometimes long.
+fn text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => proptest::collection::vec(any::<char>(), 0..12).prop_map(|v| v.into_iter().collect()),
+        1 => "[a-z0-9_.:-]{1,70}",
+        1 => proptest::collection::vec(any::<char>(), 100..300).prop_map(|v| v.into_iter().collect()),
+    ]
+}
+
+#[test]
+fn arbitrary_requests_are_answered_with_a_clear_status_and_never_break_the_server() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let h = rt.block_on(async {
+        let h = Harness::start().await;
+        configure(&h, programme()).await;
+        h
+    });
+    let request = (text(), text(), text(), any::<i64>(), proptest::option::of(any::<i64>()), text(), text());
+    let mut runner = TestRunner::new(Config { cases: 64, ..Config::default() });
+    let result = runner.run(&request, |(id, member, reason, points, growth, key, value)| {
+        rt.block_on(async {
+            let mut c = h.ledger().await;
+            let mut req = pb::EarnRequest {
+                request_id: id.clone(),
+                account: Some(pb::AccountKey { tenant_id: "shop".into(), programme_id: "points".into(), member_id: member }),
+                points,
+                reason,
+                growth,
+                ..Default::default()
+            };
+            req.metadata.insert(key, value);
+            let answers = [
+                c.earn(req).await.map(|_| ()),
+                c.spend(spend(&id, "someone", points)).await.map(|_| ()),
+                c.list_entries(pb::ListEntriesRequest { account: account("someone"), page_token: id, ..Default::default() })
+                    .await
+                    .map(|_| ()),
+            ];
+            for a in answers {
+                if let Err(e) = a {
+                    prop_assert!(
+                        !matches!(e.code(), Code::Internal | Code::Unknown | Code::Unavailable),
+                        "{e:?}"
+                    );
+                    prop_assert!(!reason_of(&e).is_empty(), "every refusal names its reason: {e:?}");
+                }
+            }
+            Ok(())
+        })
+    });
+    rt.block_on(async {
+        let mut c = h.ledger().await;
+        c.earn(earn("after", "someone", 1)).await.expect("still serving");
+        h.stop().await;
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

@@ -11,33 +11,33 @@ use tonic::Code;
 
 const TOKENS: &str = "adm * admin\nshop-adm shop admin\nshop-app shop\n";
 
-#[test]
-fn serve_beyond_loopback_without_access_control_refuses_to_start_and_names_the_flag() {
+/// Runs `serve` with `args` in a fresh data directory, without the
+/// environment variable `unset`, expecting it to refuse to start: its stderr.
+fn serve_refuses(args: &[&str], unset: &str) -> String {
     let data = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_points-ledger"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg("serve")
+        .args(args)
+        .arg("--data-dir")
         .arg(data.path())
-        .env_remove("POINTS_LEDGER_INSECURE_NO_AUTH")
+        .env_remove(unset)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn serve_beyond_loopback_without_access_control_refuses_to_start_and_names_the_flag() {
+    let stderr = serve_refuses(&["--listen", "0.0.0.0:0"], "POINTS_LEDGER_INSECURE_NO_AUTH");
+    assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
 }
 
 #[test]
 fn serve_refuses_to_create_kafka_topics_with_fewer_than_three_replicas_unless_told_it_is_a_test() {
-    let data = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_points-ledger"))
-        .args(["serve", "--log", "kafka", "--kafka-brokers", "127.0.0.1:1", "--kafka-replication-factor", "1"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env_remove("POINTS_LEDGER_KAFKA_ALLOW_LOW_REPLICATION")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let args = ["--log", "kafka", "--kafka-brokers", "127.0.0.1:1", "--kafka-replication-factor", "1"];
+    let stderr = serve_refuses(&args, "POINTS_LEDGER_KAFKA_ALLOW_LOW_REPLICATION");
     assert!(stderr.contains("--kafka-allow-low-replication"), "{stderr}");
 }
 
