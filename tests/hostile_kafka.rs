@@ -88,6 +88,7 @@ async fn keeps_serving_after(hostile: impl FnOnce(&dyn points_ledger::log::Event
     let payload = hostile(h.events.as_ref());
     tokio::task::block_in_place(|| produce(&bootstrap, partition_of("ann"), &payload));
     assert_eq!(earn_answered(&h, "after", "ann", 50).await, 150);
+    assert_eq!(available(&h, &cy).await, 100, "nothing in ann's partition counts for cy");
     assert_eq!(earn_answered(&h, "after-bob", &bob, 1).await, 101);
     assert_eq!(earn_answered(&h, "after-cy", &cy, 1).await, 101);
     assert_eq!(health(&h, "").await, SERVING);
