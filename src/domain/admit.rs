@@ -52,6 +52,7 @@ struct Sim<'a> {
     available: Points,
     reserved: Points,
     debt: Points,
+    written_off_open: Points,
     growth: i64,
     /// The movements, summed as `apply` sums them (only overflow matters).
     totals: [Points; 7],
@@ -123,6 +124,7 @@ impl<'a> Sim<'a> {
             available: account.available(),
             reserved: account.reserved(),
             debt: account.debt,
+            written_off_open: account.written_off_open,
             growth: account.growth,
             totals: [t.issued, t.spent, t.refunded, t.reversed, t.expired, t.adjusted_up, t.adjusted_down],
             day: account.day,
@@ -158,6 +160,9 @@ impl<'a> Sim<'a> {
             Event::SpendRefunded { spend_id, points, lots, .. } => self.refund(spend_id, *points, lots),
             Event::EarnReversed { earn_id, points, taken, debt_added, written_off, growth, .. } => {
                 self.reverse(earn_id, *points, taken, *debt_added, *written_off, *growth)
+            }
+            Event::PointsRecovered { lots, points, debt_repaid, written_off } => {
+                self.recover(lots, *points, *debt_repaid, *written_off)
             }
             Event::PointsExpired { points, lots, .. } => {
                 equal(*points, self.take(lots)?, "the expiry")?;
@@ -327,12 +332,38 @@ impl<'a> Sim<'a> {
         let clawed = add(add(took, debt_added, "the reversal")?, written_off, "the reversal")?;
         equal(points, clawed, "the reversal (taken + debt + written off)")?;
         self.debt = add(self.debt, debt_added, "debt")?;
+        self.written_off_open = add(self.written_off_open, written_off, "written off")?;
         self.growth -= growth;
         non_negative(self.growth, "growth")?;
         earn.reversed = add(earn.reversed, points, "the earn's reversals")?;
         earn.growth_reversed = add(earn.growth_reversed, growth, "the earn's reversed growth")?;
         self.earns.insert(earn_id, earn);
         self.movement(REVERSED, add(took, debt_added, "the reversal")?)
+    }
+
+    /// Points that came back into lots taken for what a reversal wrote off
+    /// and for the debt: never more than either is.
+    fn recover(
+        &mut self,
+        lots: &'a [LotAmount],
+        points: Points,
+        debt_repaid: Points,
+        written_off: Points,
+    ) -> Result<(), String> {
+        non_negative(debt_repaid, "debt repaid")?;
+        non_negative(written_off, "written off recovered")?;
+        if debt_repaid > self.debt || written_off > self.written_off_open {
+            return Err(format!(
+                "recovers {debt_repaid} of debt {} and {written_off} of {} written off",
+                self.debt, self.written_off_open
+            ));
+        }
+        let took = self.take(lots)?;
+        equal(points, took, "the recovery")?;
+        equal(add(debt_repaid, written_off, "the recovery")?, took, "the recovery (debt repaid + written off)")?;
+        self.debt -= debt_repaid;
+        self.written_off_open -= written_off;
+        self.movement(REVERSED, written_off)
     }
 
     fn adjust(
@@ -554,7 +585,7 @@ mod tests {
         let amount = -3i64..400;
         let some_lots = vec((id.clone(), amount.clone()), 0..3)
             .prop_map(|l| l.into_iter().map(|(id, p)| LotAmount { lot_id: id, points: p }).collect::<Vec<_>>());
-        (0..13u8, id, amount, some_lots.clone(), some_lots, any::<bool>()).prop_map(|(k, id, n, l, m, b)| match k {
+        (0..14u8, id, amount, some_lots.clone(), some_lots, any::<bool>()).prop_map(|(k, id, n, l, m, b)| match k {
             0 => Event::PointsEarned {
                 lot_id: id,
                 reason: "a".into(),
@@ -609,6 +640,12 @@ mod tests {
             9 => Event::GrowthExpired { earns: l, growth: n },
             10 => Event::AccountFrozen { earning: b, spending: !b, operator: "o".into(), reason: "r".into() },
             11 => Event::AccountUnfrozen { earning: b, spending: !b, operator: "o".into(), reason: "r".into() },
+            12 => Event::PointsRecovered {
+                points: n,
+                lots: l,
+                debt_repaid: if b { n } else { 0 },
+                written_off: if b { 0 } else { n },
+            },
             _ => Event::LevelChanged { from: String::new(), to: id, growth: n, why: String::new() },
         })
     }
