@@ -136,7 +136,7 @@ pub fn earned(points: i64) -> Vec<Event> {
 pub async fn available(h: &Harness, member: &str) -> i64 {
     h.ledger()
         .await
-        .get_account(pb::GetAccountRequest { account: super::account(member), min_position: None, as_of: None })
+        .get_account(pb::GetAccountRequest { account: super::account(member), ..Default::default() })
         .await
         .unwrap()
         .into_inner()

@@ -189,9 +189,10 @@ impl Harness {
 
     /// Every counted account record of `member` in the log, in order.
     pub fn records_of(&self, member: &str) -> Vec<points_ledger::log::record::AccountRecord> {
-        use points_ledger::log::arbiter::{Admitted, Arbiter};
+        use points_ledger::log::arbiter::{Admitted, Arbiter, Home};
         let mut found = Vec::new();
         for p in 0..self.events.partitions() {
+            let home = Home { partition: p, partitions: self.events.partitions() };
             let end = self.events.end_offset(p).unwrap();
             let mut reader = self.events.reader(p, 0).unwrap();
             let mut arbiter = Arbiter::default();
@@ -201,7 +202,7 @@ impl Harness {
                     break;
                 }
                 for e in batch {
-                    if let Ok(Admitted::Record(r)) = arbiter.admit_bytes(&e.payload) {
+                    if let Admitted::Record(r) = arbiter.admit_bytes(&e.payload, home) {
                         if r.account.member_id == member {
                             found.push(r);
                         }
