@@ -1,5 +1,6 @@
 //! Criterion benches of the hot paths: decide + apply, record encode/decode,
-//! and the projection fold into RocksDB. Run: `cargo bench --bench ledger`.
+//! the projection fold into RocksDB, and the check a record read from the
+//! log passes before it is applied. Run: `cargo bench --bench ledger`.
 
 // The allocator the service runs with.
 #[global_allocator]
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use points_ledger::domain::{decide, Account, AccountKey, Command, CommandBody, Programme};
 use points_ledger::ledger::WRITER_CACHE_ACCOUNTS;
-use points_ledger::log::arbiter::Arbiter;
+use points_ledger::log::arbiter::{Arbiter, Home};
 use points_ledger::log::codec;
 use points_ledger::log::record::AccountRecord;
 use points_ledger::log::LogEntry;
@@ -155,7 +156,8 @@ fn bench_projection(c: &mut Criterion) {
                     }
                     let (_, db, cache, arbiter) = state.as_mut().unwrap();
                     let started = Instant::now();
-                    let changes = fold(db, 0, arbiter, &log[at..at + batch], cache).unwrap();
+                    let changes =
+                        fold(db, Home { partition: 0, partitions: 1 }, arbiter, &log[at..at + batch], cache).unwrap();
                     db.write(changes).unwrap();
                     timed += started.elapsed();
                     at += batch;
@@ -167,5 +169,33 @@ fn bench_projection(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide_apply, bench_codec, bench_projection);
+/// What the check every reader makes before `apply` (`domain::admissible`)
+/// adds to folding a record: the projection's log decoded, folded into its
+/// accounts in memory with `apply` alone, and with the check first.
+fn bench_admissible(c: &mut Criterion) {
+    let records: Vec<AccountRecord> =
+        log_of(100_000, 5_000).iter().map(|e| codec::decode_account_record(&e.payload).unwrap()).collect();
+    let mut g = c.benchmark_group("admissible");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(records.len() as u64));
+    for check in [false, true] {
+        let name = if check { "check + apply, 100,000 records" } else { "apply, 100,000 records" };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut accounts: std::collections::HashMap<&AccountKey, Account> = Default::default();
+                for r in &records {
+                    let a = accounts.entry(&r.account).or_default();
+                    if check {
+                        points_ledger::domain::admissible(a, &r.events).unwrap();
+                    }
+                    r.events.iter().for_each(|e| a.apply(e));
+                }
+                black_box(accounts.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide_apply, bench_codec, bench_projection, bench_admissible);
 criterion_main!(benches);

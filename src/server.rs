@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
 
 use crate::api::forward::Forwarder;
 use crate::api::{AdminService, Auth, ClusterService, Ledger, LedgerService, ReconciliationService};
@@ -438,27 +440,38 @@ pub fn check_exposure(
     )
 }
 
+/// Keeps gRPC health for the ledger, the admin service and the server as a
+/// whole ("") SERVING only while every partition this instance should write
+/// takes commands (caught up, claimed), and NOT_SERVING whenever one does
+/// not, for as long as it does not. Runs until aborted.
+async fn follow_partitions(health: tonic_health::server::HealthReporter, ownership: Arc<crate::ledger::Ownership>) {
+    let mut serving = ownership.serving();
+    loop {
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for name in [
+            "",
+            <pb::points_ledger_server::PointsLedgerServer<LedgerService> as NamedService>::NAME,
+            <pb::programme_admin_server::ProgrammeAdminServer<AdminService> as NamedService>::NAME,
+        ] {
+            health.set_service_status(name, status).await;
+        }
+        if serving {
+            tracing::info!("every partition wanted here takes commands; serving");
+        } else {
+            tracing::info!("a partition wanted here does not take commands yet; health says NOT_SERVING");
+        }
+        serving = !serving;
+        ownership.until_serving_is(serving).await;
+    }
+}
+
 /// Serves the gRPC services of `service` on `listener` until `shutdown`
 /// (over TLS when the service was configured with it).
 pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    // NOT_SERVING until every writer has caught up with the log.
     // The books are served from the start (they trail the log by design).
     health_reporter.set_serving::<pb::reconciliation_server::ReconciliationServer<ReconciliationService>>().await;
-    if service.writers.serving() {
-        health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
-        health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
-    } else {
-        health_reporter.set_not_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
-        health_reporter.set_not_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
-        let writers = service.writers.clone();
-        tokio::spawn(async move {
-            writers.ready().await;
-            health_reporter.set_serving::<pb::points_ledger_server::PointsLedgerServer<LedgerService>>().await;
-            health_reporter.set_serving::<pb::programme_admin_server::ProgrammeAdminServer<AdminService>>().await;
-            tracing::info!("caught up with the log and took the partitions assigned here; serving");
-        });
-    }
+    let health_task = tokio::spawn(follow_partitions(health_reporter, service.writers.ownership()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -500,16 +513,19 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
                 .max_decoding_message_size(bytes),
         )
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(service.ledger.clone())));
-    match &service.tls {
-        Some(tls) => router.serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), shutdown).await?,
+    let served = match &service.tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), shutdown).await,
         // Replies go out at once: with Nagle's algorithm a small reply can
         // wait for the client's delayed acknowledgement (tonic sets this only
         // for listeners it binds itself).
         None => {
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router.serve_with_incoming_shutdown(incoming, shutdown).await?
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
-    }
+    };
+    health_task.abort();
+    let _ = health_task.await;
+    served?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use points_ledger::domain::{AccountKey, Command, CommandBody, Event, ReleaseCause};
 use points_ledger::ledger::{Clock, ManualClock, WriteError};
-use points_ledger::log::arbiter::{Admitted, Arbiter};
+use points_ledger::log::arbiter::{Admitted, Arbiter, Home};
 use points_ledger::log::kafka::KafkaConfig;
 use points_ledger::projection::{rebuild, Until};
 use points_ledger::proto as pb;
@@ -164,7 +164,8 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
                         }
                         *from = reader.position();
                         for e in entries {
-                            let Admitted::Record(r) = arbiters[p].admit_bytes(&e.payload).unwrap() else { continue };
+                            let home = Home { partition: p as u32, partitions: 2 };
+                            let Admitted::Record(r) = arbiters[p].admit_bytes(&e.payload, home) else { continue };
                             if r.system {
                                 let m: u8 = r.account.member_id[1..].parse().unwrap();
                                 models.get_mut(&m).unwrap().settle_due(&r.events);

@@ -13,6 +13,7 @@
 //! as an argument; wire types are converted in `codec`.
 
 mod account;
+mod admit;
 pub mod calendar;
 mod decide;
 mod fingerprint;
@@ -21,6 +22,7 @@ mod vecmap;
 use std::collections::BTreeMap;
 
 pub use account::{Account, EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals};
+pub use admit::admissible;
 pub use decide::{decide, decide_with, due_at, level_status, LevelStatus, Limits};
 pub use vecmap::VecMap;
 

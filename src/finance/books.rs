@@ -23,7 +23,7 @@
 //! programme, so books only ever grow at the end, also across a writer
 //! change with a clock a little behind. Replays give the same books.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
@@ -31,9 +31,9 @@ use super::risk::RiskFold;
 use crate::domain::{calendar, AccountKey, Event, Points, ProgrammeKey};
 use crate::hex;
 use crate::ledger::programmes::Registry;
-use crate::log::arbiter::{Admitted, Arbiter};
+use crate::log::arbiter::{report, Admitted, Arbiter, Home};
 use crate::log::codec::CodecError;
-use crate::log::record::{partition_for, Balance};
+use crate::log::record::{partition_for, AccountRecord, Balance, Position};
 use crate::log::LogEntry;
 use crate::proto::state;
 use crate::store::{self, Batch, Cf, Db};
@@ -184,24 +184,52 @@ fn apply(b: &mut state::DailyBook, event: &Event) -> Option<()> {
     Some(())
 }
 
+/// The record `entry` holds if it counts and is money; a quarantined one
+/// is named and raised as an alert instead.
+fn counted(
+    arbiter: &mut Arbiter,
+    home: Home,
+    entry: &LogEntry,
+    quarantined: &BTreeMap<u64, String>,
+    risk: &mut RiskFold,
+) -> Option<AccountRecord> {
+    let (record, why) = match arbiter.admit_bytes(&entry.payload, home) {
+        Admitted::Record(r) => match quarantined.get(&entry.offset) {
+            Some(why) => (Some(Box::new(r)), why.clone()),
+            None => return Some(r),
+        },
+        Admitted::Quarantined(q) => (q.record, q.why),
+        Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => return None,
+    };
+    report("books", Position { partition: home.partition, offset: entry.offset }, &why);
+    risk.quarantined(home.partition, entry.offset, record.as_deref(), &why);
+    None
+}
+
 /// Folds consecutive records of one partition into a WriteBatch of partial
 /// books and the consumer's new position.
+///
+/// A record every reader skips (ARCHITECTURE.md, "A record no reader can
+/// use") is no money: it is named at error level and raised as an alert,
+/// and moves nothing. The arbiter finds those that do not decode or name
+/// another partition; those that would break their account the views found
+/// (`quarantined`: offset → why, their rows for these entries: the books
+/// never fold past the views).
 pub fn fold(
     books: &Db,
     registry: &Registry,
-    partition: u32,
+    home: Home,
     arbiter: &mut Arbiter,
     entries: &[LogEntry],
+    quarantined: &BTreeMap<u64, String>,
     risk: &mut RiskFold,
 ) -> Result<Batch, BooksError> {
+    let partition = home.partition;
     let mut open: Open = HashMap::new();
     // Partials finished within this fold (a later day began), to store too.
     let mut done: Vec<(ProgrammeKey, i64, state::DailyBook)> = Vec::new();
     for entry in entries {
-        let record = match arbiter.admit_bytes(&entry.payload).map_err(|e| BooksError::Codec(e, entry.offset))? {
-            Admitted::Record(r) => r,
-            Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
-        };
+        let Some(record) = counted(arbiter, home, entry, quarantined, risk) else { continue };
         let key = ProgrammeKey {
             tenant_id: record.account.tenant_id.clone(),
             programme_id: record.account.programme_id.clone(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::books::{check_against_views, fold, Mismatch};
 use super::risk::RiskFold;
 use crate::ledger::programmes::{Registry, SharedRegistry};
-use crate::log::arbiter::Arbiter;
+use crate::log::arbiter::{Arbiter, Home};
 use crate::log::{EventLog, LogEntry, LogReader};
 use crate::store::{self, Cf, Db};
 
@@ -114,6 +114,7 @@ fn step(
     let snap = views.snapshot();
     let mut folded = 0;
     let mut all_there = true;
+    let partitions = readers.len() as u32;
     for (p, reader) in readers.iter_mut().enumerate() {
         let target = snap.position(p as u32)?;
         let lane = &mut lanes[p];
@@ -124,12 +125,15 @@ fn step(
                 break;
             }
             let mut arbiter = lane.cursor.arbiter.clone();
+            let end = entries.last().expect("non-empty").offset + 1;
+            let quarantined = crate::projection::quarantined_in(&snap, p as u32, lane.cursor.next, end)?;
             let batch = fold(
                 books,
                 &registry.read().expect("registry lock"),
-                p as u32,
+                Home { partition: p as u32, partitions },
                 &mut arbiter,
                 &entries,
+                &quarantined,
                 &mut lane.risk,
             )?;
             books.write(batch)?;
@@ -157,6 +161,7 @@ fn step(
 fn fold_from_zero(
     events: &dyn EventLog,
     registry: &Registry,
+    views: &store::Snapshot,
     books: &Db,
     targets: Option<&[u64]>,
     until_time: Option<crate::domain::Millis>,
@@ -172,15 +177,17 @@ fn fold_from_zero(
                 Some(t) => t.get(p as usize).copied().unwrap_or(0),
                 None => events.end_offset(p)?,
             };
-            fold_partition_from_zero(events, registry, books, p, target, until_time, folded)
+            fold_partition_from_zero(events, registry, views, books, p, target, until_time, folded)
         },
         progress,
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fold_partition_from_zero(
     events: &dyn EventLog,
     registry: &Registry,
+    views: &store::Snapshot,
     books: &Db,
     p: u32,
     target: u64,
@@ -198,19 +205,17 @@ fn fold_partition_from_zero(
         }
         let mut done = false;
         if let Some(t) = until_time {
-            let late = |e: &LogEntry| match crate::log::codec::decode_partition_record(&e.payload) {
-                Ok(crate::log::record::PartitionRecord::Account(r)) => r.at > t,
-                Ok(crate::log::record::PartitionRecord::Claim(c)) => c.at > t,
-                Err(_) => true,
-            };
+            let late = |e: &LogEntry| crate::log::arbiter::decided_at(&e.payload).is_some_and(|at| at > t);
             if let Some(cut) = entries.iter().position(late) {
                 entries.truncate(cut);
                 done = true;
             }
         }
-        if !entries.is_empty() {
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
-            books.write(fold(books, registry, p, &mut arbiter, &entries, &mut risk)?)?;
+            let quarantined = crate::projection::quarantined_in(views, p, first.offset, last.offset + 1)?;
+            let home = Home { partition: p, partitions: events.partitions() };
+            books.write(fold(books, registry, home, &mut arbiter, &entries, &quarantined, &mut risk)?)?;
         }
         if done {
             break;
@@ -222,8 +227,9 @@ fn fold_partition_from_zero(
 
 /// The books folded afresh from the log into `scratch` (a directory that
 /// does not exist yet), for tools: up to exactly the positions of `views`
-/// (one snapshot; then checked against them), or to the end of the log when
-/// there are no views. Returns the books and the check's mismatches.
+/// (one snapshot; then checked against them), or, when there are no views,
+/// to the end of the log (with views rebuilt beside `scratch` for the
+/// records they skip, unchecked). Returns the books and the check's mismatches.
 pub fn rebuild(
     events: &dyn EventLog,
     registry: &Registry,
@@ -231,20 +237,25 @@ pub fn rebuild(
     scratch: &std::path::Path,
 ) -> anyhow::Result<(Db, Vec<Mismatch>)> {
     let books = Db::open_rebuild(scratch, store::BOOK_CFS)?;
-    let snap = views.map(|v| v.snapshot());
-    let targets = match &snap {
-        Some(s) => Some((0..events.partitions()).map(|p| s.position(p)).collect::<Result<Vec<_>, _>>()?),
-        None => None,
-    };
-    fold_from_zero(events, registry, &books, targets.as_deref(), None, |_| {})?;
-    let mismatches = match &snap {
-        Some(s) => {
-            let (m, batch) = check_against_views(&books, s.rows(Cf::Accounts), events.partitions())?;
-            books.write(batch)?;
-            m
+    let rebuilt_dir = tempfile::tempdir()?;
+    let rebuilt;
+    let (views, check) = match views {
+        Some(v) => (v, true),
+        None => {
+            rebuilt =
+                crate::projection::rebuild(events, &rebuilt_dir.path().join("views"), Default::default(), |_| {})?;
+            (&rebuilt.0, false)
         }
-        None => Vec::new(),
     };
+    let snap = views.snapshot();
+    let targets = (0..events.partitions()).map(|p| snap.position(p)).collect::<Result<Vec<_>, _>>()?;
+    fold_from_zero(events, registry, &snap, &books, Some(&targets), None, |_| {})?;
+    let mut mismatches = Vec::new();
+    if check {
+        let (m, batch) = check_against_views(&books, snap.rows(Cf::Accounts), events.partitions())?;
+        books.write(batch)?;
+        mismatches = m;
+    }
     drop(snap);
     Ok((books, mismatches))
 }
@@ -255,6 +266,7 @@ pub fn rebuild(
 pub fn replay(
     events: &dyn EventLog,
     registry: &Registry,
+    views: &Db,
     into: &std::path::Path,
     until_offset: Option<u64>,
     until_time: Option<crate::domain::Millis>,
@@ -264,7 +276,9 @@ pub fn replay(
     let targets = (0..events.partitions())
         .map(|p| events.end_offset(p).map(|end| until_offset.map_or(end, |u| u.min(end))))
         .collect::<Result<Vec<u64>, crate::log::LogError>>()?;
-    let folded = fold_from_zero(events, registry, &books, Some(&targets), until_time, progress)?;
+    let snap = views.snapshot();
+    let folded = fold_from_zero(events, registry, &snap, &books, Some(&targets), until_time, progress)?;
+    drop(snap);
     books.finish_rebuild()?;
     Ok((books, folded))
 }
@@ -275,13 +289,16 @@ pub fn replay(
 pub fn verify(
     events: &dyn EventLog,
     registry: &Registry,
+    views: &Db,
     live: &Db,
 ) -> anyhow::Result<(u64, Option<crate::tools::audit::Difference>)> {
     let targets: Vec<u64> =
         (0..events.partitions()).map(|p| store::read_position(live, p)).collect::<Result<_, _>>()?;
     let scratch = tempfile::tempdir()?;
     let rebuilt = Db::open_rebuild(&scratch.path().join("books"), store::BOOK_CFS)?;
-    let folded = fold_from_zero(events, registry, &rebuilt, Some(&targets), None, |_| {})?;
+    let snap = views.snapshot();
+    let folded = fold_from_zero(events, registry, &snap, &rebuilt, Some(&targets), None, |_| {})?;
+    drop(snap);
     if rebuilt.digest()? == live.digest()? {
         return Ok((folded, None));
     }

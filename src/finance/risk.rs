@@ -19,7 +19,13 @@
 //!   device_id) within M minutes (once per burst);
 //! - `shared_address`: one address earning for more than N members in a day;
 //! - `issuance_spike`: a day's issuance above k% of the trailing 7-day daily
-//!   average and at least a minimum.
+//!   average and at least a minimum;
+//! - `log_record_quarantined`: a record of the log that every reader skips
+//!   (it does not decode, names another partition's account, or would break
+//!   its account's invariants), naming its partition, offset and why; under
+//!   the programme it names, or, when it does not decode, under none: such
+//!   an alert is listed with every programme's (nobody can tell whose it
+//!   was) whatever the time range.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,6 +40,15 @@ pub const SPIKE_TRAILING_DAYS: i64 = 7;
 /// Positions an alert lists at most.
 pub const ALERT_EVENTS_MAX: usize = 32;
 const MINUTE_MS: i64 = 60_000;
+/// The rule of a record every reader skips.
+pub const QUARANTINED_RULE: &str = "log_record_quarantined";
+/// Alerts of records that did not decode listed with a programme's, at most.
+pub const UNATTRIBUTED_ALERTS_LISTED_MAX: usize = 1000;
+
+/// The alerts' key prefix of records that name no programme.
+fn unattributed() -> ProgrammeKey {
+    ProgrammeKey { tenant_id: String::new(), programme_id: String::new() }
+}
 
 fn account_row(a: &AccountKey) -> Vec<u8> {
     let mut k = b"a".to_vec();
@@ -379,6 +394,26 @@ impl RiskFold {
         Ok(())
     }
 
+    /// A record of `partition` at `offset` that every reader skips: an
+    /// alert naming it and why, under the programme the record names (at
+    /// its decision time) or under none when it did not decode.
+    pub fn quarantined(&mut self, partition: u32, offset: u64, record: Option<&AccountRecord>, why: &str) {
+        let (pk, at) = record.map_or((unattributed(), 0), |r| (programme_of(&r.account), r.at));
+        let alert = state::Alert {
+            rule: QUARANTINED_RULE.into(),
+            at: record.map(|r| crate::log::codec::instant(r.at)),
+            accounts: record.map(|r| crate::log::codec::account_key_to_wire(&r.account)).into_iter().collect(),
+            figures: [("partition", i64::from(partition)), ("offset", i64::try_from(offset).unwrap_or(i64::MAX))]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            events: vec![position(partition, offset)],
+            subject: format!("partition {partition} offset {offset}: {why}"),
+            date: String::new(),
+        };
+        self.alerts.insert(alert_row(&pk, at, partition, offset, QUARANTINED_RULE), store::encode_row(&alert));
+    }
+
     /// A fold from offset zero into an empty database (`replay`, `verify`):
     /// an account's counters are written once, when the cache is full or
     /// at the end ([`RiskFold::finish`]), not with every batch, and none is
@@ -469,6 +504,11 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         if store::millis_from_key(&k[prefix.len()..prefix.len() + 8]) >= to {
             break;
         }
+        out.push(store::decode_row::<state::Alert>(&v)?);
+    }
+    let none = unattributed();
+    let none = store::programme_prefix(&none.tenant_id, &none.programme_id);
+    for (_, v) in db.scan(Cf::Alerts, &none, &none, UNATTRIBUTED_ALERTS_LISTED_MAX)? {
         out.push(store::decode_row::<state::Alert>(&v)?);
     }
     let tz = programme.time_zone;

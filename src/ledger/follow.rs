@@ -5,9 +5,9 @@
 //! unknown (ARCHITECTURE.md, "Writers arbitrated by the log").
 
 use super::issuance::earned_in;
-use super::writer::{PartitionWriter, Work};
+use super::writer::{PartitionWriter, Quarantined, Work};
 use super::FOLLOWING;
-use crate::log::arbiter::Admitted;
+use crate::log::arbiter::{Admitted, Home};
 use crate::log::codec;
 use crate::log::record::{Claim, Position, Reply};
 use crate::log::{self as eventlog, LogError, LogReader, LogRecord};
@@ -31,8 +31,11 @@ pub(super) fn writer_id() -> String {
 
 /// How a shared-log writer's read-back of its batch ended.
 pub(super) enum ReadBack {
-    /// Every record of the batch is admitted; nothing else counts in between.
-    Confirmed,
+    /// Every record of the batch is admitted; nothing else counts in
+    /// between. With the records in between that every reader skips
+    /// (quarantined: they change no state, so the batch's decisions stand),
+    /// for the batch's commit to note as a catch-up would.
+    Confirmed(Quarantined),
     /// A newer claim took the partition.
     Fenced(u64),
     /// Something unexpected (e.g. a record of an earlier, failed append).
@@ -68,11 +71,15 @@ impl PartitionWriter {
             }
             let mut work = Work::default();
             for e in &entries {
-                match self.cursor.arbiter.admit_bytes(&e.payload)? {
+                let position = Position { partition: self.partition, offset: e.offset };
+                match self.cursor.arbiter.admit_bytes(&e.payload, self.home()) {
                     Admitted::Record(record) => {
-                        let position = Position { partition: self.partition, offset: e.offset };
                         let mut pages = Vec::new();
                         let touched = self.account(&mut work, &record.account)?;
+                        if let Err(why) = crate::domain::admissible(&touched.account, &record.events) {
+                            work.quarantined.push((position, format!("account {}: {why}", record.account)));
+                            continue;
+                        }
                         let (balances, balance) = Self::fold(touched, &record.events);
                         Self::add_entries(touched, &record, position, &balances, &mut pages);
                         work.pages.append(&mut pages);
@@ -90,6 +97,7 @@ impl PartitionWriter {
                         folded += 1;
                     }
                     Admitted::Claim(_) => self.last_claim = Some(e.offset),
+                    Admitted::Quarantined(q) => work.quarantined.push((position, q.why)),
                     Admitted::Released(_) | Admitted::Void => {}
                 }
             }
@@ -208,6 +216,11 @@ impl PartitionWriter {
         }
     }
 
+    /// Where this writer reads: its partition, of the log's.
+    pub(super) fn home(&self) -> Home {
+        Home { partition: self.partition, partitions: self.log.partitions() }
+    }
+
     /// Whether the partition's latest claim was released (or none was ever
     /// made): an instance assigned it claims it without a new assignment.
     pub(super) fn unowned(&self) -> bool {
@@ -219,6 +232,7 @@ impl PartitionWriter {
         let end = offsets.last().expect("a batch") + 1;
         let mut reader = self.take_reader()?;
         let mut arbiter = self.cursor.arbiter.clone();
+        let mut quarantined = Vec::new();
         loop {
             let entries = eventlog::read_towards(
                 reader.as_mut(),
@@ -230,9 +244,11 @@ impl PartitionWriter {
             }
             for e in &entries {
                 let ours = offsets.binary_search(&e.offset).is_ok();
-                let admitted = arbiter.admit_bytes(&e.payload).map_err(|c| LogError::Corrupt(c.to_string()))?;
-                match (ours, admitted) {
+                match (ours, arbiter.admit_bytes(&e.payload, self.home())) {
                     (true, Admitted::Record(_)) | (false, Admitted::Void) => {}
+                    (false, Admitted::Quarantined(q)) => {
+                        quarantined.push((Position { partition: self.partition, offset: e.offset }, q.why))
+                    }
                     (_, Admitted::Claim(c)) => return Ok(ReadBack::Fenced(c.epoch)),
                     (_, Admitted::Released(_)) => {
                         return Ok(ReadBack::Unclear(format!("the partition was released at offset {}", e.offset)))
@@ -246,7 +262,7 @@ impl PartitionWriter {
         }
         self.reader = Some(reader);
         self.cursor.next = end;
-        Ok(ReadBack::Confirmed)
+        Ok(ReadBack::Confirmed(quarantined))
     }
 
     /// Before deciding after an unknown outcome: re-read the log, and on a

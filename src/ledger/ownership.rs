@@ -118,8 +118,13 @@ impl Ownership {
 
     /// Waits until [`Ownership::serving`].
     pub async fn until_serving(&self) {
+        self.until_serving_is(true).await
+    }
+
+    /// Waits until [`Ownership::serving`] says `serving`.
+    pub async fn until_serving_is(&self, serving: bool) {
         let mut rx = self.changes.subscribe();
-        let _ = rx.wait_for(|_| self.serving()).await;
+        let _ = rx.wait_for(|_| self.serving() == serving).await;
     }
 
     fn wake(&self, p: u32) {

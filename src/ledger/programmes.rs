@@ -51,6 +51,8 @@ pub struct Registry {
     shares: HashMap<(ProgrammeKey, i64), DayShares>,
     /// Whether the share at each control-log offset counted.
     share_outcomes: HashMap<u64, bool>,
+    /// Control records skipped because they do not decode.
+    pub quarantined: u64,
 }
 
 /// The shares of one programme day's cap.
@@ -94,7 +96,7 @@ impl Registry {
             if batch.is_empty() {
                 return Ok(registry);
             }
-            registry.fold(&batch)?;
+            registry.fold(&batch);
         }
     }
 
@@ -165,14 +167,26 @@ impl Registry {
         true
     }
 
-    fn fold(&mut self, entries: &[crate::log::LogEntry]) -> Result<(), crate::log::codec::CodecError> {
+    /// Folds control records. One that does not decode is skipped by every
+    /// reader alike (named at error level, counted in `quarantined`), as
+    /// in the account partitions: garbage in the control stream never stops
+    /// a start or the follower (ARCHITECTURE.md, "A record no reader can use").
+    fn fold(&mut self, entries: &[crate::log::LogEntry]) {
         for e in entries {
-            let r = crate::log::codec::decode_control_record(&e.payload)?;
-            if !self.add(&r, Position { partition: 0, offset: e.offset }) {
+            let position = Position { partition: 0, offset: e.offset };
+            let r = match crate::log::codec::decode_control_record(&e.payload) {
+                Ok(r) => r,
+                Err(why) => {
+                    crate::log::arbiter::report("control", position, &why.to_string());
+                    self.applied = e.offset + 1;
+                    self.quarantined += 1;
+                    continue;
+                }
+            };
+            if !self.add(&r, position) {
                 tracing::debug!(offset = e.offset, "void control record (version or request id taken)");
             }
         }
-        Ok(())
     }
 }
 
@@ -213,7 +227,7 @@ impl Programmes {
             if batch.is_empty() {
                 break;
             }
-            registry.write().expect("registry lock").fold(&batch)?;
+            registry.write().expect("registry lock").fold(&batch);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let follower = {
@@ -338,12 +352,7 @@ fn follow(log: Arc<dyn EventLog>, mut reader: Box<dyn LogReader>, registry: Shar
     while !stop.load(Ordering::Relaxed) {
         match reader.next_batch(CONTROL_READ_RECORDS_MAX, FOLLOW_WAIT) {
             Ok(batch) if batch.is_empty() => {}
-            Ok(batch) => {
-                if let Err(e) = registry.write().expect("registry lock").fold(&batch) {
-                    tracing::error!(error = %e, "control stream unreadable; the follower stops");
-                    return;
-                }
-            }
+            Ok(batch) => registry.write().expect("registry lock").fold(&batch),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the control stream; retrying");
                 std::thread::sleep(FOLLOW_RETRY);

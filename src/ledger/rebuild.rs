@@ -148,7 +148,8 @@ impl PartitionWriter {
                 }
             }
         };
-        let cursor = projection::fold_behind(&self.store, p, &mut cache, &folded, next)?;
+        let home = crate::log::arbiter::Home { partition: p, partitions: self.log.partitions() };
+        let cursor = projection::fold_behind(&self.store, home, &mut cache, &folded, next)?;
         if stopped {
             return Ok(None);
         }

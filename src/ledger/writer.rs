@@ -196,7 +196,13 @@ pub(super) struct Work {
     /// The last entries of the statement pages the batch filled (added to
     /// their rows).
     pub(super) pages: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Records read that every reader skips, and why (noted in the views).
+    pub(super) quarantined: Quarantined,
 }
+
+/// Records read that every reader skips (ARCHITECTURE.md, "A record no
+/// reader can use"), and why.
+pub(super) type Quarantined = Vec<(Position, String)>;
 
 /// An account as a batch sees it.
 pub(super) struct Touched {
@@ -320,14 +326,15 @@ impl PartitionWriter {
             }
             return Ok(());
         }
-        let offsets = match self.append_and_confirm(&mut decided.records) {
-            Ok(offsets) => offsets,
+        let (offsets, quarantined) = match self.append_and_confirm(&mut decided.records) {
+            Ok(confirmed) => confirmed,
             Err(cause) => {
                 self.fail(decided, cause);
                 return Ok(());
             }
         };
-        let work = self.answer(decided, &offsets);
+        let mut work = self.answer(decided, &offsets);
+        work.quarantined = quarantined;
         self.commit(work)?;
         drop(gathered.tick_waiters);
         Ok(())
@@ -612,7 +619,7 @@ impl PartitionWriter {
     fn append_and_confirm(
         &mut self,
         records: &mut [(AccountRecord, Vec<Balance>, Balance, Vec<u8>)],
-    ) -> Result<Vec<u64>, Unavailable> {
+    ) -> Result<(Vec<u64>, Quarantined), Unavailable> {
         let encoded: Vec<LogRecord> = records
             .iter_mut()
             .map(|(r, _, _, payload)| LogRecord::new(r.account.to_string().into_bytes(), std::mem::take(payload)))
@@ -628,10 +635,10 @@ impl PartitionWriter {
         let contiguous = offsets.first() == Some(&self.cursor.next) && offsets.windows(2).all(|w| w[1] == w[0] + 1);
         if !self.log.shared() || contiguous {
             self.cursor.next = offsets.last().expect("a batch") + 1;
-            return Ok(offsets);
+            return Ok((offsets, Vec::new()));
         }
         match self.read_back(&offsets) {
-            Ok(ReadBack::Confirmed) => Ok(offsets),
+            Ok(ReadBack::Confirmed(quarantined)) => Ok((offsets, quarantined)),
             Ok(ReadBack::Fenced(epoch)) => {
                 self.fence();
                 // Learn the new owner before answering, so the caller's retry
@@ -793,6 +800,9 @@ impl PartitionWriter {
                 store::request_key(account, request_id),
                 request_row(self.log.shared(), *fingerprint, reply),
             );
+        }
+        for (at, why) in &work.quarantined {
+            projection::quarantine(&mut batch, "writer", *at, why);
         }
         store::put_cursor(&mut batch, self.partition, &self.cursor);
         self.store.write(batch)?;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::record::{AccountRecord, Claim, PartitionRecord};
+use super::record::{partition_for, AccountRecord, Claim, PartitionRecord, Position};
 
 /// The log's own arbitration of writers, applied identically by every
 /// reader (writers, followers, replay, audit, reconciliation): a claim with
@@ -43,6 +43,52 @@ pub enum Admitted {
     Released(Claim),
     /// A record of a superseded writer, or a claim that came too late.
     Void,
+    /// A record no reader can use (it does not decode, or it names an
+    /// account of another partition): void for every reader like
+    /// [`Admitted::Void`], but named, counted and raised as an alert, since
+    /// no writer of this log wrote it so (ARCHITECTURE.md, "A record no
+    /// reader can use"). The arbiter's state does not change.
+    Quarantined(Quarantine),
+}
+
+/// Why a record is void for every reader although no claim voids it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantine {
+    pub why: String,
+    /// The record as it decoded, when it did (its account and time name
+    /// the programme and day the books count it in).
+    pub record: Option<Box<AccountRecord>>,
+}
+
+/// Where a payload was read: its partition, of how many the log has (an
+/// account record belongs where its account hashes to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Home {
+    pub partition: u32,
+    pub partitions: u32,
+}
+
+/// When a payload's record (or claim) was decided, for replays that stop
+/// at an instant; None for a payload that does not decode (it is skipped,
+/// never where a replay stops).
+pub fn decided_at(payload: &[u8]) -> Option<crate::domain::Millis> {
+    match super::codec::decode_partition_record(payload).ok()? {
+        PartitionRecord::Account(r) => Some(r.at),
+        PartitionRecord::Claim(c) => Some(c.at),
+    }
+}
+
+/// Names a record every reader skips, at error level, with where it is and
+/// why (each reader says so once as it reads it: writers, followers, the
+/// books, the tools).
+pub fn report(reader: &'static str, at: Position, why: &str) {
+    tracing::error!(
+        reader,
+        partition = at.partition,
+        offset = at.offset,
+        why,
+        "log record quarantined: void for every reader"
+    );
 }
 
 impl Arbiter {
@@ -73,8 +119,27 @@ impl Arbiter {
         self.owner.as_ref().filter(|_| !self.released)
     }
 
-    /// Decodes and admits one payload of an account partition.
-    pub fn admit_bytes(&mut self, payload: &[u8]) -> Result<Admitted, super::codec::CodecError> {
-        Ok(self.admit(super::codec::decode_partition_record(payload)?))
+    /// Decodes and admits one payload of partition `home`. Never fails:
+    /// a payload that does not decode, or a record that would count but
+    /// names an account of another partition, is [`Admitted::Quarantined`]
+    /// (a record of a superseded writer stays merely void, wherever it
+    /// points), and the arbiter's state is left as it was.
+    pub fn admit_bytes(&mut self, payload: &[u8], home: Home) -> Admitted {
+        let record = match super::codec::decode_partition_record(payload) {
+            Ok(record) => record,
+            Err(e) => return Admitted::Quarantined(Quarantine { why: e.to_string(), record: None }),
+        };
+        match self.admit(record) {
+            Admitted::Record(r) if partition_for(&r.account, home.partitions) != home.partition => {
+                let why = format!(
+                    "account {} belongs to partition {}, not {}",
+                    r.account,
+                    partition_for(&r.account, home.partitions),
+                    home.partition
+                );
+                Admitted::Quarantined(Quarantine { why, record: Some(Box::new(r)) })
+            }
+            admitted => admitted,
+        }
     }
 }

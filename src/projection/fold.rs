@@ -5,7 +5,7 @@
 //! table files), so a rebuild from offset zero gives byte-identical views.
 
 use crate::domain::{Account, AccountKey, Lot, Millis};
-use crate::log::arbiter::{Admitted, Arbiter};
+use crate::log::arbiter::{Admitted, Arbiter, Home};
 use crate::log::record::{AccountRecord, Balance, Position};
 use crate::log::LogEntry;
 use crate::store::{self, accounts, snapshot, Batch, Cf, Db};
@@ -315,15 +315,21 @@ impl ViewCache {
 /// writes out; statement rows are put in every batch.
 pub fn fold(
     views: &Db,
-    partition: u32,
+    home: Home,
     arbiter: &mut Arbiter,
     entries: &[LogEntry],
     cache: &mut ViewCache,
 ) -> Result<Batch, store::StoreError> {
+    let partition = home.partition;
     let mut batch = Batch::default();
     for entry in entries {
-        let mut record = match arbiter.admit_bytes(&entry.payload)? {
+        let position = Position { partition, offset: entry.offset };
+        let mut record = match arbiter.admit_bytes(&entry.payload, home) {
             Admitted::Record(r) => r,
+            Admitted::Quarantined(q) => {
+                super::quarantine(&mut batch, "views", position, &q.why);
+                continue;
+            }
             Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
         };
         let cached = ViewCache::load(
@@ -334,11 +340,14 @@ pub fn fold(
             cache.nothing_written,
             cache.beside.as_mut(),
         )?;
+        if let Err(why) = crate::domain::admissible(&cached.account, &record.events) {
+            super::quarantine(&mut batch, "views", position, &format!("account {}: {why}", record.account));
+            continue;
+        }
         if !cached.dirty && !record.events.is_empty() {
             cached.dirty = true;
             cache.dirty.push(record.account.clone());
         }
-        let position = Position { partition, offset: entry.offset };
         let events = std::mem::take(&mut record.events);
         let kept = if cache.beside.is_some() { events.clone() } else { Vec::new() };
         for (i, event) in events.into_iter().enumerate() {
@@ -427,6 +436,8 @@ mod tests {
     use crate::store::Row;
 
     const T0: Millis = 1_773_100_800_000;
+    /// One partition: every account is at home in it.
+    const HOME: Home = Home { partition: 0, partitions: 1 };
 
     /// Records on 13 accounts: earns (most with an expiry) and spends that
     /// take points out of lots, so expiring rows are put, changed and deleted.
@@ -474,7 +485,7 @@ mod tests {
         let mut arbiter = Arbiter::default();
         let mut cursor = None;
         for chunk in entries.chunks(37) {
-            views.write(fold(views, 0, &mut arbiter, chunk, &mut cache).unwrap()).unwrap();
+            views.write(fold(views, HOME, &mut arbiter, chunk, &mut cache).unwrap()).unwrap();
             cursor = Some(store::Cursor { next: chunk.last().unwrap().offset + 1, arbiter: arbiter.clone() });
         }
         let mut batch = Batch::default();
@@ -503,7 +514,7 @@ mod tests {
         // Both equal one write-through fold of everything with no cache limit.
         let whole = Db::open(&dir.path().join("whole"), store::VIEW_CFS).unwrap();
         let mut cache = ViewCache::live(usize::MAX);
-        whole.write(fold(&whole, 0, &mut Arbiter::default(), &entries, &mut cache).unwrap()).unwrap();
+        whole.write(fold(&whole, HOME, &mut Arbiter::default(), &entries, &mut cache).unwrap()).unwrap();
         assert_eq!(whole.digest().unwrap(), a);
         // And the expiring rows are exactly the lots with points and an
         // expiry of the final accounts, with their points now.

@@ -12,8 +12,9 @@
 //!   is kept in the account's row);
 //! - `expiring`: lots with points and an expiry, keyed by programme and
 //!   expiry instant, for reminders without scanning every account;
-//! - `meta`: the log position each partition's state has reached, and the
-//!   layout's format.
+//! - `meta`: the log position each partition's state has reached, the
+//!   layout's format, and the records every reader skipped (`quarantined/`
+//!   rows: which, and why; the books take the views' word for them).
 //!
 //! Each batch of records becomes one WriteBatch holding the changes and the
 //! new position, so after a crash the state resumes exactly where it stops.
@@ -29,6 +30,7 @@ pub use fold::{
 };
 pub use rebuild::{fold_behind, rebuild, Until};
 
+use crate::log::record::Position;
 use crate::store::{self, Db};
 
 /// Records a rebuild folds into one WriteBatch at most.
@@ -48,6 +50,47 @@ pub fn mark_format(views: &Db) -> Result<(), store::StoreError> {
     let mut batch = store::Batch::default();
     batch.put(store::Cf::Meta, VIEWS_FORMAT_KEY, VIEWS_FORMAT);
     views.write(batch)
+}
+
+/// Meta keys `quarantined/<partition BE><offset BE>` → why: a record of
+/// the partition that every reader skips (it does not decode, names
+/// another partition's account, or would break its account's invariants:
+/// ARCHITECTURE.md, "A record no reader can use"). Written in the batch
+/// that moves the position past it, by the writers and a rebuild alike, so
+/// `verify` compares the decisions too; the books read them from the views
+/// they never fold ahead of.
+const QUARANTINED_PREFIX: &[u8] = b"quarantined/";
+
+fn quarantined_key(partition: u32, offset: u64) -> Vec<u8> {
+    let mut k = QUARANTINED_PREFIX.to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Skips the record at `at` for the views (`reader` names who read it):
+/// names it at error level and puts its row in `batch`.
+pub fn quarantine(batch: &mut store::Batch, reader: &'static str, at: Position, why: &str) {
+    crate::log::arbiter::report(reader, at, why);
+    batch.put(store::Cf::Meta, &quarantined_key(at.partition, at.offset), why.as_bytes());
+}
+
+/// The records of `partition` in `[from, to)` the views skipped, as of
+/// `snap`: offset → why.
+pub fn quarantined_in(
+    snap: &store::Snapshot,
+    partition: u32,
+    from: u64,
+    to: u64,
+) -> Result<std::collections::BTreeMap<u64, String>, store::StoreError> {
+    let rows = snap.range(store::Cf::Meta, &quarantined_key(partition, from), &quarantined_key(partition, to))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let offset = u64::from_be_bytes(k.get(QUARANTINED_PREFIX.len() + 4..)?.try_into().ok()?);
+            Some((offset, String::from_utf8_lossy(&v).into_owned()))
+        })
+        .collect())
 }
 
 /// Meta keys `rebuilding/<partition BE>`: a partition whose state is being

@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::fold::{fold, ViewCache, REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS};
 use super::PROJECTOR_BATCH_RECORDS_MAX;
 use crate::domain::Millis;
-use crate::log::arbiter::Arbiter;
-use crate::log::codec;
-use crate::log::record::PartitionRecord;
+use crate::log::arbiter::{decided_at, Arbiter, Home};
 use crate::log::EventLog;
 use crate::store::{self, Batch, Db};
 
@@ -58,14 +56,7 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
         let mut entries = crate::log::read_towards(reader.as_mut(), end, PROJECTOR_BATCH_RECORDS_MAX)?;
         if let Some(t) = until.time {
             // The first record decided after `t` ends the replay (claims carry a time too).
-            let cut = entries.iter().position(|e| {
-                codec::decode_partition_record(&e.payload)
-                    .map(|r| match r {
-                        PartitionRecord::Account(r) => r.at > t,
-                        PartitionRecord::Claim(c) => c.at > t,
-                    })
-                    .unwrap_or(true)
-            });
+            let cut = entries.iter().position(|e| decided_at(&e.payload).is_some_and(|at| at > t));
             if let Some(cut) = cut {
                 entries.truncate(cut);
                 done = true;
@@ -73,7 +64,7 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
         }
         Ok(entries)
     };
-    fold_behind(views, p, &mut cache, folded, next)?;
+    fold_behind(views, Home { partition: p, partitions: log.partitions() }, &mut cache, folded, next)?;
     Ok(())
 }
 
@@ -84,7 +75,7 @@ fn rebuild_partition(log: &dyn EventLog, views: &Db, p: u32, until: Until, folde
 /// it returns (None when there was no record).
 pub fn fold_behind(
     views: &Db,
-    p: u32,
+    home: Home,
     cache: &mut ViewCache,
     folded: &AtomicU64,
     mut next: impl FnMut() -> anyhow::Result<Vec<crate::log::LogEntry>>,
@@ -95,12 +86,12 @@ pub fn fold_behind(
         let entries = next()?;
         let Some(last) = entries.last() else { break };
         folded.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        views.write(fold(views, p, &mut arbiter, &entries, cache)?)?;
+        views.write(fold(views, home, &mut arbiter, &entries, cache)?)?;
         folded_to = Some(store::Cursor { next: last.offset + 1, arbiter: arbiter.clone() });
     }
     if let Some(cursor) = &folded_to {
         let mut batch = Batch::default();
-        cache.write_out(views, &mut batch, p, cursor.clone())?;
+        cache.write_out(views, &mut batch, home.partition, cursor.clone())?;
         views.write(batch)?;
     }
     cache.ingest_beside(views, true)?;

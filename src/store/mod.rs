@@ -611,6 +611,18 @@ impl Snapshot<'_> {
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
     }
 
+    /// The rows of `cf` with keys in `[from, to)`, in key order.
+    pub fn range(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Vec<Row>, StoreError> {
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_iterate_upper_bound(to.to_vec());
+        let mut out = Vec::new();
+        for item in self.snap.iterator_cf_opt(self.db.cf(cf), read, IteratorMode::From(from, Direction::Forward)) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The next offset the views of `partition` fold, as of this snapshot.
     pub fn position(&self, partition: u32) -> Result<u64, StoreError> {
         Ok(match self.get(Cf::Meta, &position_key(partition))? {

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::log::arbiter::Admitted;
 use crate::log::EventLog;
 use crate::projection::{rebuild, Until};
 use crate::store::{self, Cf, Db, Row};
@@ -124,6 +125,7 @@ pub fn explain(
     }
     let mut reader = log.reader(partition, 0)?;
     let mut arbiter = crate::log::arbiter::Arbiter::default();
+    let home = crate::log::arbiter::Home { partition, partitions: log.partitions() };
     let mut state = crate::domain::Account::default();
     let mut steps = Vec::new();
     loop {
@@ -132,15 +134,26 @@ pub fn explain(
             break;
         }
         for e in entries {
-            let r = match arbiter.admit_bytes(&e.payload)? {
-                crate::log::arbiter::Admitted::Record(r) => r,
-                _ => continue,
+            let at = crate::log::record::Position { partition, offset: e.offset };
+            let r = match arbiter.admit_bytes(&e.payload, home) {
+                Admitted::Record(r) => r,
+                Admitted::Quarantined(q) => {
+                    crate::log::arbiter::report("explain", at, &q.why);
+                    continue;
+                }
+                Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
             };
             if &r.account != account {
                 continue;
             }
             if as_of.is_some_and(|t| r.at > t) {
                 return Ok(steps);
+            }
+            // The same decision as the views': a record that would break the
+            // account is skipped (its state depends on its own records only).
+            if let Err(why) = crate::domain::admissible(&state, &r.events) {
+                crate::log::arbiter::report("explain", at, &format!("account {account}: {why}"));
+                continue;
             }
             for event in r.events {
                 state.apply(&event);

@@ -15,9 +15,11 @@ use parquet::schema::parser::parse_message_type;
 
 use serde_json::json;
 
-use crate::domain::{AccountKey, Event, LotAmount, Millis};
-use crate::log::arbiter::{Admitted, Arbiter};
+use crate::domain::{Account, AccountKey, Event, LotAmount, Millis};
+use crate::log::arbiter::{report, Admitted, Arbiter, Home};
+use crate::log::record::Position;
 use crate::log::EventLog;
+use crate::FastMap;
 
 /// Rows per Parquet row group (and rows an export holds in memory at most).
 pub const EXPORT_ROW_GROUP_ROWS: usize = 65_536;
@@ -105,11 +107,14 @@ pub struct Filter {
 
 impl Filter {
     fn takes(&self, account: &AccountKey, at: Millis) -> bool {
+        self.takes_account(account) && self.from.is_none_or(|f| at >= f) && self.to.is_none_or(|t| at < t)
+    }
+
+    /// Whether any event of `account` may be taken (its state is folded then).
+    fn takes_account(&self, account: &AccountKey) -> bool {
         self.tenant.as_ref().is_none_or(|t| *t == account.tenant_id)
             && self.programme.as_ref().is_none_or(|p| *p == account.programme_id)
             && self.account.as_ref().is_none_or(|a| a == account)
-            && self.from.is_none_or(|f| at >= f)
-            && self.to.is_none_or(|t| at < t)
     }
 }
 
@@ -241,13 +246,34 @@ pub fn events(
         let end = log.end_offset(p)?;
         let mut reader = log.reader(p, 0)?;
         let mut arbiter = Arbiter::default();
+        let home = Home { partition: p, partitions: log.partitions() };
+        // The accounts of the partition as folded so far: a record that would
+        // break its account is skipped, as every reader skips it.
+        let mut accounts: FastMap<AccountKey, Account> = FastMap::default();
         loop {
             let batch = crate::log::read_towards(reader.as_mut(), end, EXPORT_READ_BATCH_RECORDS)?;
             if batch.is_empty() {
                 break;
             }
             for entry in batch {
-                let Admitted::Record(r) = arbiter.admit_bytes(&entry.payload)? else { continue };
+                let position = Position { partition: p, offset: entry.offset };
+                let r = match arbiter.admit_bytes(&entry.payload, home) {
+                    Admitted::Record(r) => r,
+                    Admitted::Quarantined(q) => {
+                        report("export", position, &q.why);
+                        continue;
+                    }
+                    Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
+                };
+                if !filter.takes_account(&r.account) {
+                    continue;
+                }
+                let account = accounts.entry(r.account.clone()).or_default();
+                if let Err(why) = crate::domain::admissible(account, &r.events) {
+                    report("export", position, &format!("account {}: {why}", r.account));
+                    continue;
+                }
+                r.events.iter().for_each(|e| account.apply(e));
                 if !filter.takes(&r.account, r.at) {
                     continue;
                 }

@@ -66,13 +66,19 @@ pub fn run(source: &Source, opts: Options) -> anyhow::Result<()> {
         total += opts.until_position.map_or(end, |u| u.min(end));
     }
     let mut outputs = Vec::new();
+    // The books take the views' word for the records they skip, so a replay
+    // of the books alone folds the views too, into a scratch directory.
+    let scratch = tempfile::tempdir()?;
+    let views_into = match opts.views {
+        Views::Books => scratch.path().join("views"),
+        Views::All | Views::Balances => opts.into.join("views"),
+    };
+    let started = Instant::now();
+    let until = Until { offset: opts.until_position, time: opts.until_time, offsets: None };
+    let (views, folded) = rebuild(log.as_ref(), &views_into, until, progress("views", total, started))?;
+    eprintln!("\rviews {}", progress_line(folded, total.max(folded), started.elapsed()));
     if opts.views != Views::Books {
-        let into = opts.into.join("views");
-        let started = Instant::now();
-        let until = Until { offset: opts.until_position, time: opts.until_time, offsets: None };
-        let (db, folded) = rebuild(log.as_ref(), &into, until, progress("views", total, started))?;
-        eprintln!("\rviews {}", progress_line(folded, total.max(folded), started.elapsed()));
-        outputs.push((into, db, folded, started.elapsed()));
+        outputs.push((views_into, None, folded, started.elapsed()));
     }
     if opts.views != Views::Balances {
         let registry = source.registry()?;
@@ -81,15 +87,17 @@ pub fn run(source: &Source, opts: Options) -> anyhow::Result<()> {
         let (db, folded) = crate::finance::reconciler::replay(
             log.as_ref(),
             &registry,
+            &views,
             &into,
             opts.until_position,
             opts.until_time,
             progress("books", total, started),
         )?;
         eprintln!("\rbooks {}", progress_line(folded, total.max(folded), started.elapsed()));
-        outputs.push((into, db, folded, started.elapsed()));
+        outputs.push((into, Some(db), folded, started.elapsed()));
     }
     for (into, db, folded, took) in outputs {
+        let db = db.as_ref().unwrap_or(&views);
         let ms = took.as_millis();
         println!(
             "replayed {folded} records into {} in {} ({} records/s)",

@@ -26,7 +26,7 @@ pub fn run(source: &Source) -> anyhow::Result<bool> {
         let books = Db::open_read_only(&books_dir, store::BOOK_CFS)
             .with_context(|| format!("opening the books in {}", books_dir.display()))?;
         let registry = source.registry()?;
-        match crate::finance::reconciler::verify(log.as_ref(), &registry, &books)? {
+        match crate::finance::reconciler::verify(log.as_ref(), &registry, &live, &books)? {
             (folded, None) => {
                 println!("books verified: a rebuild of {folded} records from offset zero is byte-identical")
             }

@@ -21,6 +21,7 @@ macro_rules! rejected {
 
 pub mod broker;
 pub mod cluster;
+pub mod hostile;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -75,6 +76,18 @@ impl Harness {
         tune: impl FnOnce(&mut Config),
         wrap: impl FnOnce(Arc<dyn EventLog>) -> Arc<dyn EventLog>,
     ) -> Harness {
+        Harness::start_serving(dir, clock, tune, wrap, true).await
+    }
+
+    /// [`Harness::start_wrapped`], serving calls at once when `wait` is
+    /// false (before every partition takes commands).
+    pub async fn start_serving(
+        dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        tune: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn EventLog>) -> Arc<dyn EventLog>,
+        wait: bool,
+    ) -> Harness {
         let mut config = Config::new(dir.path());
         config.partitions = 3;
         config.clock = clock.clone() as Arc<dyn Clock>;
@@ -100,7 +113,9 @@ impl Harness {
         // Its claims say where it serves, so other instances can forward here.
         config.writer.advertise = addr.to_string();
         let service = Service::start(&config, logs).unwrap();
-        service.ready().await;
+        if wait {
+            service.ready().await;
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             serve(listener, &service, async {
@@ -174,9 +189,10 @@ impl Harness {
 
     /// Every counted account record of `member` in the log, in order.
     pub fn records_of(&self, member: &str) -> Vec<points_ledger::log::record::AccountRecord> {
-        use points_ledger::log::arbiter::{Admitted, Arbiter};
+        use points_ledger::log::arbiter::{Admitted, Arbiter, Home};
         let mut found = Vec::new();
         for p in 0..self.events.partitions() {
+            let home = Home { partition: p, partitions: self.events.partitions() };
             let end = self.events.end_offset(p).unwrap();
             let mut reader = self.events.reader(p, 0).unwrap();
             let mut arbiter = Arbiter::default();
@@ -186,7 +202,7 @@ impl Harness {
                     break;
                 }
                 for e in batch {
-                    if let Ok(Admitted::Record(r)) = arbiter.admit_bytes(&e.payload) {
+                    if let Admitted::Record(r) = arbiter.admit_bytes(&e.payload, home) {
                         if r.account.member_id == member {
                             found.push(r);
                         }
