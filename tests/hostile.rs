@@ -389,7 +389,11 @@ fn arbitrary_requests_are_answered_with_a_clear_status_and_never_break_the_serve
             let mut c = h.ledger().await;
             let mut req = pb::EarnRequest {
                 request_id: id.clone(),
-                account: Some(pb::AccountKey { tenant_id: "shop".into(), programme_id: "points".into(), member_id: member }),
+                account: Some(pb::AccountKey {
+                    tenant_id: "shop".into(),
+                    programme_id: "points".into(),
+                    member_id: member,
+                }),
                 points,
                 reason,
                 growth,
@@ -399,16 +403,17 @@ fn arbitrary_requests_are_answered_with_a_clear_status_and_never_break_the_serve
             let answers = [
                 c.earn(req).await.map(|_| ()),
                 c.spend(spend(&id, "someone", points)).await.map(|_| ()),
-                c.list_entries(pb::ListEntriesRequest { account: account("someone"), page_token: id, ..Default::default() })
-                    .await
-                    .map(|_| ()),
+                c.list_entries(pb::ListEntriesRequest {
+                    account: account("someone"),
+                    page_token: id,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
             ];
             for a in answers {
                 if let Err(e) = a {
-                    prop_assert!(
-                        !matches!(e.code(), Code::Internal | Code::Unknown | Code::Unavailable),
-                        "{e:?}"
-                    );
+                    prop_assert!(!matches!(e.code(), Code::Internal | Code::Unknown | Code::Unavailable), "{e:?}");
                     prop_assert!(!reason_of(&e).is_empty(), "every refusal names its reason: {e:?}");
                 }
             }

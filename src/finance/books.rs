@@ -118,8 +118,58 @@ fn opening_partial(previous: Option<&state::DailyBook>, partition: u32) -> state
 /// The partials one fold is changing: (programme, partition) → (day, book).
 type Open = HashMap<ProgrammeKey, (i64, state::DailyBook)>;
 
-/// Applies one event's movements and balance changes to a partial.
-fn apply(b: &mut state::DailyBook, event: &Event) -> Option<()> {
+/// The figures of a partial that records move, apart from the partial, so
+/// that a record's events are applied all or none (`None`: a sum would
+/// overflow).
+#[derive(Clone, Copy)]
+struct Movements {
+    issued: Points,
+    spent: Points,
+    refunded: Points,
+    reversed: Points,
+    written_off: Points,
+    expired: Points,
+    adjusted_up: Points,
+    adjusted_down: Points,
+    closing_balance: Points,
+    debt: Points,
+    reserved: Points,
+}
+
+impl Movements {
+    fn of(b: &state::DailyBook) -> Movements {
+        Movements {
+            issued: b.issued,
+            spent: b.spent,
+            refunded: b.refunded,
+            reversed: b.reversed,
+            written_off: b.written_off,
+            expired: b.expired,
+            adjusted_up: b.adjusted_up,
+            adjusted_down: b.adjusted_down,
+            closing_balance: b.closing_balance,
+            debt: b.debt,
+            reserved: b.reserved,
+        }
+    }
+
+    fn write(self, b: &mut state::DailyBook) {
+        b.issued = self.issued;
+        b.spent = self.spent;
+        b.refunded = self.refunded;
+        b.reversed = self.reversed;
+        b.written_off = self.written_off;
+        b.expired = self.expired;
+        b.adjusted_up = self.adjusted_up;
+        b.adjusted_down = self.adjusted_down;
+        b.closing_balance = self.closing_balance;
+        b.debt = self.debt;
+        b.reserved = self.reserved;
+    }
+}
+
+/// Applies one event's movements and balance changes to a partial's figures.
+fn apply(b: &mut Movements, event: &Event) -> Option<()> {
     fn lots(l: &[crate::domain::LotAmount]) -> Option<Points> {
         l.iter().try_fold(0i64, |s, x| s.checked_add(x.points))
     }
@@ -254,16 +304,25 @@ pub fn fold(
         }
         risk.record(books, &programme, partition, entry.offset, &record, *day)?;
         book.points_per_cash_unit = programme.points_per_cash_unit;
-        for event in &record.events {
-            apply(book, event).ok_or_else(|| BooksError::Overflow(key.clone()))?;
-            book.event_count += 1;
+        let mut moved = Movements::of(book);
+        if record.events.iter().try_for_each(|e| apply(&mut moved, e)).is_some() {
+            moved.write(book);
+            book.event_count += record.events.len() as u64;
+            let part = &mut book.partitions[0];
+            if part.event_count == 0 {
+                part.first_offset = entry.offset;
+            }
+            part.event_count += record.events.len() as u64;
+        } else {
+            // Never a consumer stopped by one record: it is left out of the
+            // book, which says so (unbalanced), named and raised as an alert.
+            let why = "its amounts would overflow the day's book: left out of the books";
+            tracing::error!(partition, offset = entry.offset, account = %record.account, "{why}");
+            book.mismatch = format!("record at offset {}: {why}", entry.offset);
+            risk.quarantined(partition, entry.offset, Some(&record), why);
         }
         let part = &mut book.partitions[0];
-        if part.event_count == 0 {
-            part.first_offset = entry.offset;
-        }
         part.last_offset = entry.offset;
-        part.event_count += record.events.len() as u64;
         part.chain = chain_step(&part.chain, entry.offset, &entry.payload);
     }
     let mut batch = Batch::default();
