@@ -237,6 +237,34 @@ async fn a_command_whose_record_would_not_fit_is_refused_alone_and_the_others_go
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_settlement_that_cannot_be_written_is_set_aside_with_an_alert_and_the_partition_goes_on() {
+    let h = Harness::start_with(|c| {
+        c.partitions = 1; // every member in one partition, one writer
+        c.writer.record_bytes_max = 8 * 1024;
+    })
+    .await;
+    configure(&h, programme()).await;
+    let mut c = h.ledger().await;
+    let expires_at = Some(prost_types::Timestamp { seconds: T0 / 1000 + 3600, nanos: 0 });
+    for i in 0..100 {
+        c.earn(pb::EarnRequest { expires_at, ..earn(&long_id(i), "whale", 1) }).await.unwrap();
+    }
+    c.earn(pb::EarnRequest { expires_at, ..earn("e1", "minnow", 7) }).await.unwrap();
+    // The whale's expiry would list 100 lots of 128-character ids: ~14 KB.
+    h.clock.advance(2 * 3600 * 1000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while balance(&h, "points", "minnow").await.0 > 0 {
+        assert!(std::time::Instant::now() < deadline, "the rest of the due index did not move on");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let alert = common::hostile::alert_where(&h, |a| a.rule == "scheduled_settlement_set_aside").await;
+    let alert = alert.expect("an alert names the set-aside settlement");
+    assert!(alert.subject.contains("whale") && alert.subject.contains("RECORD_TOO_LARGE"), "{alert:?}");
+    assert_eq!(balance(&h, "points", "whale").await.0, 100, "nothing of the whale's settlement was written");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_due_lots_than_one_record_holds_expire_a_record_at_a_time() {
     use points_ledger::domain::DUE_ITEMS_PER_RECORD_MAX;
     let h = Harness::start_with(|c| c.partitions = 1).await;

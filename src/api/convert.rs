@@ -151,6 +151,9 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
         Event::LevelChanged { from, to, growth, why } => {
             PbEvent::LevelChanged(pb::LevelChanged { from, to, growth, why })
         }
+        Event::SettlementSetAside { reason, retry_at } => {
+            PbEvent::SettlementSetAside(pb::SettlementSetAside { reason, retry_at: Some(timestamp(retry_at)) })
+        }
     };
     pb::LedgerEvent { event: Some(event) }
 }

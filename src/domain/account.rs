@@ -117,7 +117,8 @@ impl Totals {
             | Event::AccountFrozen { .. }
             | Event::AccountUnfrozen { .. }
             | Event::GrowthExpired { .. }
-            | Event::LevelChanged { .. } => {}
+            | Event::LevelChanged { .. }
+            | Event::SettlementSetAside { .. } => {}
         }
         Some(t)
     }
@@ -426,6 +427,7 @@ impl Account {
                 }
             }
             Event::LevelChanged { to, .. } => self.level = to.clone(),
+            Event::SettlementSetAside { .. } => {}
         }
         self.events += 1;
         // Every lot recounted on every event: in debug builds, and only while

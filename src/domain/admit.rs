@@ -171,7 +171,10 @@ impl<'a> Sim<'a> {
             Event::PointsAdjusted { adjustment_id, points, lots, debt_repaid, .. } => {
                 self.adjust(adjustment_id, *points, lots, *debt_repaid)
             }
-            Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } | Event::LevelChanged { .. } => Ok(()),
+            Event::AccountFrozen { .. }
+            | Event::AccountUnfrozen { .. }
+            | Event::LevelChanged { .. }
+            | Event::SettlementSetAside { .. } => Ok(()),
             Event::GrowthExpired { earns, .. } => earns.iter().try_for_each(|e| self.expire_growth(e)),
         }
     }
@@ -585,7 +588,7 @@ mod tests {
         let amount = -3i64..400;
         let some_lots = vec((id.clone(), amount.clone()), 0..3)
             .prop_map(|l| l.into_iter().map(|(id, p)| LotAmount { lot_id: id, points: p }).collect::<Vec<_>>());
-        (0..14u8, id, amount, some_lots.clone(), some_lots, any::<bool>()).prop_map(|(k, id, n, l, m, b)| match k {
+        (0..15u8, id, amount, some_lots.clone(), some_lots, any::<bool>()).prop_map(|(k, id, n, l, m, b)| match k {
             0 => Event::PointsEarned {
                 lot_id: id,
                 reason: "a".into(),
@@ -646,6 +649,7 @@ mod tests {
                 debt_repaid: if b { n } else { 0 },
                 written_off: if b { 0 } else { n },
             },
+            13 => Event::SettlementSetAside { reason: id, retry_at: n },
             _ => Event::LevelChanged { from: String::new(), to: id, growth: n, why: String::new() },
         })
     }

@@ -428,6 +428,14 @@ pub enum Event {
         growth: i64,
         why: String,
     },
+    /// The scheduler could not settle what fell due (its record would not
+    /// fit in the log, or the decision refused) and tries again at
+    /// `retry_at`. Changes nothing; the risk view raises an alert from it.
+    SettlementSetAside {
+        /// The refusal's reason code.
+        reason: String,
+        retry_at: Millis,
+    },
 }
 
 impl Event {
@@ -445,7 +453,7 @@ impl Event {
             Event::PointsExpired { points, .. } => -points,
             Event::PointsAdjusted { points, .. } => *points,
             Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } => 0,
-            Event::GrowthExpired { .. } | Event::LevelChanged { .. } => 0,
+            Event::GrowthExpired { .. } | Event::LevelChanged { .. } | Event::SettlementSetAside { .. } => 0,
         }
     }
 
@@ -465,6 +473,7 @@ impl Event {
             Event::AccountUnfrozen { .. } => "AccountUnfrozen",
             Event::GrowthExpired { .. } => "GrowthExpired",
             Event::LevelChanged { .. } => "LevelChanged",
+            Event::SettlementSetAside { .. } => "SettlementSetAside",
         }
     }
 }

@@ -229,7 +229,8 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
         Event::AccountFrozen { .. }
         | Event::AccountUnfrozen { .. }
         | Event::GrowthExpired { .. }
-        | Event::LevelChanged { .. } => {}
+        | Event::LevelChanged { .. }
+        | Event::SettlementSetAside { .. } => {}
     }
     Some(())
 }

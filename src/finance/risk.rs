@@ -25,7 +25,10 @@
 //!   its account's invariants), naming its partition, offset and why; under
 //!   the programme it names, or, when it does not decode, under none: such
 //!   an alert is listed with every programme's (nobody can tell whose it
-//!   was) whatever the time range.
+//!   was) whatever the time range;
+//! - `scheduled_settlement_set_aside`: the writer could not settle what fell
+//!   due for a member (its `SettlementSetAside` record names why and when it
+//!   tries again); once a programme day per member.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -42,6 +45,8 @@ pub const ALERT_EVENTS_MAX: usize = 32;
 const MINUTE_MS: i64 = 60_000;
 /// The rule of a record every reader skips.
 pub const QUARANTINED_RULE: &str = "log_record_quarantined";
+/// The rule of a scheduled settlement the writer set aside.
+pub const SET_ASIDE_RULE: &str = "scheduled_settlement_set_aside";
 /// Alerts of records that did not decode listed with a programme's, at most.
 pub const UNATTRIBUTED_ALERTS_LISTED_MAX: usize = 1000;
 
@@ -217,6 +222,21 @@ fn member_daily_earn(rules: &RiskRules, t: &Trigger, before: i64, s: &state::Ris
     })
 }
 
+/// A scheduled settlement the writer set aside (once a programme day per
+/// member: it tries again every few minutes).
+fn settlement_set_aside(t: &Trigger, record: &AccountRecord, s: &mut state::RiskState) -> Option<state::Alert> {
+    let (reason, retry_at) = record.events.iter().find_map(|e| match e {
+        Event::SettlementSetAside { reason, retry_at } => Some((reason, *retry_at)),
+        _ => None,
+    })?;
+    if s.set_aside_alerted {
+        return None;
+    }
+    s.set_aside_alerted = true;
+    let subject = format!("{}: {reason}", t.key);
+    Some(t.alert(SET_ASIDE_RULE, subject, vec![("retry_at_ms", retry_at)], vec![t.here()]))
+}
+
 /// More spends than the threshold within the window (once per window).
 fn dense_spend(rules: &RiskRules, t: &Trigger, spends: usize, s: &mut state::RiskState) -> Option<state::Alert> {
     if rules.dense_spend_count == 0 || spends == 0 {
@@ -321,6 +341,7 @@ impl RiskFold {
             s.earned = 0;
             s.spent = 0;
             s.commands = 0;
+            s.set_aside_alerted = false;
         }
         Ok(s)
     }
@@ -380,6 +401,7 @@ impl RiskFold {
             member_daily_earn(&rules, &t, before, s),
             dense_spend(&rules, &t, m.spends, s),
             member_addresses(&rules, &t, &addresses, s),
+            settlement_set_aside(&t, record, s),
         ]
         .into_iter()
         .flatten()

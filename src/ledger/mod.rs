@@ -108,6 +108,21 @@ pub enum WriteError {
     RecordTooLarge { bytes: usize, max: usize },
 }
 
+impl WriteError {
+    /// The reason code the API answers with (see `api::errors`).
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            WriteError::Rejected(r) => r.reason.as_str(),
+            WriteError::RequestIdReused(_) => "REQUEST_ID_REUSED",
+            WriteError::Unavailable(Unavailable::PartitionMoving(_) | Unavailable::TakenOver { .. }) => {
+                "PARTITION_MOVING"
+            }
+            WriteError::Unavailable(_) => "UNAVAILABLE",
+            WriteError::RecordTooLarge { .. } => "RECORD_TOO_LARGE",
+        }
+    }
+}
+
 /// Why a command cannot be decided now. Every cause is safe to retry with
 /// the same request id: nothing of the command was acknowledged.
 #[derive(Clone, Debug, thiserror::Error)]

@@ -494,7 +494,11 @@ impl PartitionWriter {
                     Some(tx) => {
                         let _ = tx.send(Err(e));
                     }
-                    None => d.set_aside.push(cmd.account.clone()),
+                    None => {
+                        let version = programme.map(|p| p.version).unwrap_or(0);
+                        let record = self.record(cmd, version, fingerprint, now, Vec::new(), CapMode::None);
+                        self.settlement_set_aside(d, record, &e)?;
+                    }
                 }
                 return Ok(());
             }
@@ -522,7 +526,7 @@ impl PartitionWriter {
                 Some(tx) => {
                     let _ = tx.send(Err(e));
                 }
-                None => d.set_aside.push(record.account),
+                None => self.settlement_set_aside(d, record, &e)?,
             }
             return Ok(());
         }
@@ -539,10 +543,30 @@ impl PartitionWriter {
         Ok(())
     }
 
+    /// A scheduled settlement that failed (`record` is the tick's, its events
+    /// dropped): a `SettlementSetAside` record in its place, which the risk
+    /// view raises as an alert, and the account set aside.
+    fn settlement_set_aside(
+        &mut self,
+        d: &mut Decided,
+        mut record: AccountRecord,
+        e: &WriteError,
+    ) -> Result<(), store::StoreError> {
+        let retry_at = record.at.saturating_add(self.config.tick_set_aside_ms);
+        record.events = vec![domain::Event::SettlementSetAside { reason: e.reason_code().into(), retry_at }];
+        record.cap_mode = CapMode::None;
+        tracing::error!(partition = self.partition, account = %record.account, error = %e, retry_at_ms = retry_at, "a scheduled settlement failed: set aside");
+        let payload = codec::encode_account_record(&record);
+        let (balances, balance) = Self::fold(self.account(&mut d.work, &record.account)?, &record.events);
+        d.set_aside.push(record.account.clone());
+        d.records.push((record, balances, balance, payload));
+        Ok(())
+    }
+
     /// Scheduled settlements that failed (their record would not fit, or the
-    /// decision refused) are set aside for [`WriterConfig::tick_set_aside_ms`]
-    /// and named in the log at error level, so the rest of the due index
-    /// moves on instead of retrying them every tick.
+    /// decision refused) are set aside for [`WriterConfig::tick_set_aside_ms`],
+    /// so the rest of the due index moves on instead of retrying them every
+    /// tick.
     fn set_aside(&mut self, d: &mut Decided, now: Millis) -> Result<(), store::StoreError> {
         if d.set_aside.is_empty() {
             return Ok(());
@@ -554,7 +578,6 @@ impl PartitionWriter {
             if !set_aside.contains(key) {
                 return true;
             }
-            tracing::error!(partition = self.partition, account = %key, retry_at_ms = later, "a scheduled settlement failed: set aside");
             batch.delete(Cf::Due, row);
             batch.put(Cf::Due, &store::due_key(self.partition, later, key), &[]);
             false

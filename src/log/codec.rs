@@ -189,6 +189,9 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         Event::LevelChanged { from, to, growth, why } => {
             WireEvent::LevelChanged(wire::LevelChanged { from, to, growth, why })
         }
+        Event::SettlementSetAside { reason, retry_at } => {
+            WireEvent::SettlementSetAside(wire::SettlementSetAside { reason, retry_at_ms: retry_at })
+        }
     };
     wire::LedgerEvent { event: Some(event) }
 }
@@ -288,6 +291,7 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
         }
         WireEvent::GrowthExpired(x) => Event::GrowthExpired { earns: lots_from_wire(x.earns), growth: x.growth },
         WireEvent::LevelChanged(x) => Event::LevelChanged { from: x.from, to: x.to, growth: x.growth, why: x.why },
+        WireEvent::SettlementSetAside(x) => Event::SettlementSetAside { reason: x.reason, retry_at: x.retry_at_ms },
     })
 }
 

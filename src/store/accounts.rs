@@ -119,7 +119,10 @@ impl Changed {
                 lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
             }
             Event::GrowthExpired { earns, .. } => earns.iter().for_each(|e| piece(Piece::Earn, &e.lot_id)),
-            Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } | Event::LevelChanged { .. } => {}
+            Event::AccountFrozen { .. }
+            | Event::AccountUnfrozen { .. }
+            | Event::LevelChanged { .. }
+            | Event::SettlementSetAside { .. } => {}
         }
     }
 

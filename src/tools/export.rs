@@ -207,6 +207,7 @@ pub fn event_json(e: &Event) -> serde_json::Value {
         }),
         Event::GrowthExpired { earns, growth } => json!({"earns": lots_json(earns), "growth": growth}),
         Event::LevelChanged { from, to, growth, why } => json!({"from": from, "to": to, "growth": growth, "why": why}),
+        Event::SettlementSetAside { reason, retry_at } => json!({"reason": reason, "retry_at_ms": retry_at}),
     };
     v["type"] = e.name().into();
     v

@@ -146,6 +146,15 @@ pub async fn available(h: &Harness, member: &str) -> i64 {
 /// The `log_record_quarantined` alert naming `partition` and `offset`, once
 /// the books have folded that far (None if they never list it).
 pub async fn quarantine_alert(h: &Harness, partition: u32, offset: u64) -> Option<pb::Alert> {
+    alert_where(h, |a| {
+        a.rule == "log_record_quarantined" && a.events.iter().any(|e| e.partition == partition && e.offset == offset)
+    })
+    .await
+}
+
+/// The first alert of the programme within a day of T0 that `matches`, once
+/// the books have folded that far (None if they never list one).
+pub async fn alert_where(h: &Harness, matches: impl Fn(&pb::Alert) -> bool) -> Option<pb::Alert> {
     let ts = |ms: i64| Some(prost_types::Timestamp { seconds: ms / 1000, nanos: 0 });
     let day_ms = 86_400_000;
     for _ in 0..BOOKS_POLLS_MAX {
@@ -164,12 +173,8 @@ pub async fn quarantine_alert(h: &Harness, partition: u32, offset: u64) -> Optio
             .unwrap()
             .into_inner()
             .alerts;
-        let named = alerts.into_iter().find(|a| {
-            a.rule == "log_record_quarantined"
-                && a.events.iter().any(|e| e.partition == partition && e.offset == offset)
-        });
-        if named.is_some() {
-            return named;
+        if let Some(found) = alerts.into_iter().find(&matches) {
+            return Some(found);
         }
         tokio::time::sleep(Duration::from_millis(BOOKS_POLL_MS)).await;
     }
