@@ -1,6 +1,7 @@
 //! Compiles proto/ with protox (pure Rust), so no system protoc is needed.
 //! Three schemas, three packages: the API (`points.v1`, served and reflected),
 //! the log's records (`points.log.v1`) and stored state (`points.state.v1`).
+//! The API's messages also get serde impls in the protobuf JSON mapping.
 
 const API: &[&str] = &[
     "proto/points/v1/common.proto",
@@ -23,6 +24,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all = protox::compile(API.iter().chain(PRIVATE), ["proto"])?;
     // Maps as BTreeMap: equal contents encode to equal bytes (views and
     // alerts must be byte-identical across replays).
-    tonic_prost_build::configure().btree_map(".").build_server(true).build_client(true).compile_fds(all)?;
+    // The API's Timestamp is pbjson-types' (prost's own has no serde), so
+    // the API's messages have the protobuf JSON mapping (snake_case names).
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .extern_path(".google.protobuf.Timestamp", "::pbjson_types::Timestamp")
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(all)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&prost::Message::encode_to_vec(&api))?
+        .btree_map(["."])
+        .preserve_proto_field_names()
+        .emit_fields()
+        .build(&[".points.v1"])?;
     Ok(())
 }

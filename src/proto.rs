@@ -11,6 +11,7 @@
 pub mod points {
     pub mod v1 {
         tonic::include_proto!("points.v1");
+        include!(concat!(env!("OUT_DIR"), "/points.v1.serde.rs"));
     }
     pub mod log {
         pub mod v1 {

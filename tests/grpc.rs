@@ -178,7 +178,7 @@ async fn every_command_round_trips_and_queries_see_it() {
         .get_account(pb::GetAccountRequest {
             account: account("alice"),
             min_position: None,
-            as_of: Some(prost_types::Timestamp { seconds: T0 / 1000, nanos: 0 }),
+            as_of: Some(pbjson_types::Timestamp { seconds: T0 / 1000, nanos: 0 }),
             ..Default::default()
         })
         .await
@@ -252,7 +252,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         (pb::EarnRequest { client_ip: "1".repeat(65), ..earn("ok", "carol", 1) }, "client_ip"),
         (
             pb::EarnRequest {
-                expires_at: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
+                expires_at: Some(pbjson_types::Timestamp { seconds: 1, nanos: 0 }),
                 ..earn("ok", "carol", 1)
             },
             "expires_at",

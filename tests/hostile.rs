@@ -245,7 +245,7 @@ async fn a_due_settlement_that_cannot_be_written_is_set_aside_with_an_alert_and_
     .await;
     configure(&h, programme()).await;
     let mut c = h.ledger().await;
-    let expires_at = Some(prost_types::Timestamp { seconds: T0 / 1000 + 3600, nanos: 0 });
+    let expires_at = Some(pbjson_types::Timestamp { seconds: T0 / 1000 + 3600, nanos: 0 });
     for i in 0..100 {
         c.earn(pb::EarnRequest { expires_at, ..earn(&long_id(i), "whale", 1) }).await.unwrap();
     }
@@ -271,7 +271,7 @@ async fn more_due_lots_than_one_record_holds_expire_a_record_at_a_time() {
     configure(&h, programme()).await;
     let mut c = h.ledger().await;
     let lots = DUE_ITEMS_PER_RECORD_MAX + 500;
-    let expires_at = Some(prost_types::Timestamp { seconds: T0 / 1000 + 3600, nanos: 0 });
+    let expires_at = Some(pbjson_types::Timestamp { seconds: T0 / 1000 + 3600, nanos: 0 });
     earn_lots(&mut c, "whale", "w", lots, 1, expires_at).await;
     c.earn(earn("e1", "minnow", 7)).await.unwrap();
     h.clock.advance(2 * 3600 * 1000);
@@ -294,7 +294,7 @@ async fn get_account_lists_the_lots_a_page_at_a_time_soonest_expiring_first() {
     let mut c = h.ledger().await;
     let mut last = None;
     for (i, hours) in [5, 1, 3, 2, 4].iter().enumerate() {
-        let at = Some(prost_types::Timestamp { seconds: T0 / 1000 + hours * 3600, nanos: 0 });
+        let at = Some(pbjson_types::Timestamp { seconds: T0 / 1000 + hours * 3600, nanos: 0 });
         let r = c.earn(pb::EarnRequest { expires_at: at, ..earn(&format!("e{i}"), "pat", 10) }).await.unwrap();
         last = r.into_inner().position;
     }
@@ -350,7 +350,7 @@ async fn a_whale_with_the_most_lots_an_account_may_hold_is_bounded_and_fails_no_
     c.spend(spend("s-w", "whale", 10)).await.unwrap();
     c.earn(earn("again", "whale", 1)).await.expect("room for a lot again");
     // Its history is too long to fold on a call: refused, not a stalled server.
-    let at = Some(prost_types::Timestamp { seconds: T0 / 1000 + 1, nanos: 0 });
+    let at = Some(pbjson_types::Timestamp { seconds: T0 / 1000 + 1, nanos: 0 });
     let e = c
         .get_account(pb::GetAccountRequest { account: account("whale"), as_of: at, ..Default::default() })
         .await

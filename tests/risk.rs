@@ -35,8 +35,8 @@ fn earn_from(id: &str, member: &str, points: i64, ip: &str) -> pb::EarnRequest {
     pb::EarnRequest { client_ip: ip.into(), ..earn(id, member, points) }
 }
 
-fn ts(ms: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: 0 })
+fn ts(ms: i64) -> Option<pbjson_types::Timestamp> {
+    Some(pbjson_types::Timestamp { seconds: ms.div_euclid(1000), nanos: 0 })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,11 +19,11 @@ pub fn account_key_to_pb(k: &AccountKey) -> pb::AccountKey {
     }
 }
 
-pub fn timestamp(at: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.div_euclid(1000), nanos: (at.rem_euclid(1000) * 1_000_000) as i32 }
+pub fn timestamp(at: Millis) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp { seconds: at.div_euclid(1000), nanos: (at.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-pub fn millis(t: &prost_types::Timestamp) -> Option<Millis> {
+pub fn millis(t: &pbjson_types::Timestamp) -> Option<Millis> {
     t.seconds.checked_mul(1000)?.checked_add(i64::from(t.nanos) / 1_000_000)
 }
 
@@ -244,8 +244,8 @@ fn state_position(p: Option<state::Position>) -> Option<pb::LogPosition> {
     p.map(|p| pb::LogPosition { partition: p.partition, offset: p.offset })
 }
 
-fn state_instant(t: Option<crate::proto::log::Instant>) -> Option<prost_types::Timestamp> {
-    t.map(|t| prost_types::Timestamp { seconds: t.seconds, nanos: t.nanos })
+fn state_instant(t: Option<crate::proto::log::Instant>) -> Option<pbjson_types::Timestamp> {
+    t.map(|t| pbjson_types::Timestamp { seconds: t.seconds, nanos: t.nanos })
 }
 
 /// A statement row as `ListEntries` shows it.

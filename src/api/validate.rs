@@ -175,7 +175,7 @@ pub fn order_ref(s: Option<&String>) -> Result<Option<String>, Status> {
     }
 }
 
-pub fn instant(field: &str, t: &prost_types::Timestamp) -> Result<Millis, Status> {
+pub fn instant(field: &str, t: &pbjson_types::Timestamp) -> Result<Millis, Status> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return Err(invalid(field, "nanos must be 0..1e9"));
     }

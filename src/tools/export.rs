@@ -15,7 +15,7 @@ use parquet::schema::parser::parse_message_type;
 
 use serde_json::json;
 
-use crate::domain::{Account, AccountKey, Event, LotAmount, Millis};
+use crate::domain::{Account, AccountKey, Event, Millis};
 use crate::log::arbiter::{report, Admitted, Arbiter, Home};
 use crate::log::record::Position;
 use crate::log::EventLog;
@@ -141,75 +141,21 @@ pub struct EventRow {
     pub event: serde_json::Value,
 }
 
-fn lots_json(lots: &[LotAmount]) -> serde_json::Value {
-    lots.iter().map(|l| json!({"lot_id": l.lot_id, "points": l.points})).collect()
-}
-
 /// An event as a JSON object: its kind in `type`, then its fields as the
-/// log records them (instants in ms since the epoch, `null` for none).
-pub fn event_json(e: &Event) -> serde_json::Value {
-    let mut v = match e {
-        Event::PointsEarned {
-            lot_id,
-            reason,
-            order_ref,
-            requested,
-            granted,
-            forfeited,
-            debt_repaid,
-            expires_at,
-            growth,
-            day,
-        } => json!({
-            "lot_id": lot_id, "reason": reason, "order_ref": order_ref, "requested": requested,
-            "granted": granted, "forfeited": forfeited, "debt_repaid": debt_repaid,
-            "expires_at_ms": expires_at, "growth": growth, "day": day,
-        }),
-        Event::PointsSpent { spend_id, order_ref, points, lots } => {
-            json!({"spend_id": spend_id, "order_ref": order_ref, "points": points, "lots": lots_json(lots)})
-        }
-        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at } => json!({
-            "reservation_id": reservation_id, "order_ref": order_ref, "points": points,
-            "lots": lots_json(lots), "expires_at_ms": expires_at,
-        }),
-        Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_points, released_lots } => {
-            json!({
-                "reservation_id": reservation_id, "spend_id": spend_id, "points": points, "lots": lots_json(lots),
-                "released_points": released_points, "released_lots": lots_json(released_lots),
-            })
-        }
-        Event::ReservationReleased { reservation_id, points, lots, cause } => json!({
-            "reservation_id": reservation_id, "points": points, "lots": lots_json(lots),
-            "cause": format!("{cause:?}"),
-        }),
-        Event::SpendRefunded { refund_id, spend_id, points, lots } => {
-            json!({"refund_id": refund_id, "spend_id": spend_id, "points": points, "lots": lots_json(lots)})
-        }
-        Event::EarnReversed { reversal_id, earn_id, points, taken, debt_added, written_off, growth } => json!({
-            "reversal_id": reversal_id, "earn_id": earn_id, "points": points, "taken": lots_json(taken),
-            "debt_added": debt_added, "written_off": written_off, "growth": growth,
-        }),
-        Event::PointsRecovered { lots, points, debt_repaid, written_off } => json!({
-            "lots": lots_json(lots), "points": points, "debt_repaid": debt_repaid,
-            "written_off": written_off,
-        }),
-        Event::PointsExpired { points, lots, cause, reason, operator } => json!({
-            "points": points, "lots": lots_json(lots), "cause": format!("{cause:?}"), "reason": reason,
-            "operator": operator,
-        }),
-        Event::PointsAdjusted { adjustment_id, points, operator, reason, lots, debt_repaid, expires_at } => json!({
-            "adjustment_id": adjustment_id, "points": points, "operator": operator, "reason": reason,
-            "lots": lots_json(lots), "debt_repaid": debt_repaid, "expires_at_ms": expires_at,
-        }),
-        Event::AccountFrozen { earning, spending, operator, reason }
-        | Event::AccountUnfrozen { earning, spending, operator, reason } => json!({
-            "earning": earning, "spending": spending, "operator": operator, "reason": reason,
-        }),
-        Event::GrowthExpired { earns, growth } => json!({"earns": lots_json(earns), "growth": growth}),
-        Event::LevelChanged { from, to, growth, why } => json!({"from": from, "to": to, "growth": growth, "why": why}),
-        Event::SettlementSetAside { reason, retry_at } => json!({"reason": reason, "retry_at_ms": retry_at}),
+/// API's `LedgerEvent` has them in the protobuf JSON mapping (snake_case
+/// names, every field present, int64 as strings, instants as RFC 3339).
+pub fn event_json(e: Event) -> serde_json::Value {
+    let name = e.name();
+    let api = serde_json::to_value(crate::api::convert::event_to_api(e)).unwrap_or_default();
+    // The oneof is the message's one field: its value holds the event's.
+    let mut v = match api {
+        serde_json::Value::Object(m) => m.into_iter().next().map(|(_, inner)| inner).unwrap_or_default(),
+        _ => serde_json::Value::Null,
     };
-    v["type"] = e.name().into();
+    if !v.is_object() {
+        v = json!({});
+    }
+    v["type"] = name.into();
     v
 }
 
@@ -295,7 +241,7 @@ pub fn events(
                         programme_version: r.programme_version,
                         event_type: event.name().to_string(),
                         delta: event.net_delta(),
-                        event: event_json(&event),
+                        event: event_json(event),
                     })?;
                     n += 1;
                 }
@@ -427,4 +373,31 @@ pub fn run(source: &super::Source, format: EventFormat, output: &Path, filter: &
     };
     eprintln!("exported {n} events");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_exports_as_the_api_event_in_the_protobuf_json_mapping() {
+        let earned = Event::PointsEarned {
+            lot_id: "e1".into(),
+            reason: "purchase".into(),
+            order_ref: None,
+            requested: 100,
+            granted: 100,
+            forfeited: 0,
+            debt_repaid: 0,
+            expires_at: Some(1_700_000_000_000),
+            growth: 0,
+            day: 0,
+        };
+        let v = event_json(earned);
+        assert_eq!(v["type"], "PointsEarned");
+        assert_eq!(v["lot_id"], "e1");
+        assert_eq!(v["granted_points"], "100", "int64 as text");
+        assert_eq!(v["forfeited_points"], "0", "every field present");
+        assert_eq!(v["expires_at"], "2023-11-14T22:13:20+00:00");
+    }
 }

@@ -155,7 +155,7 @@ pub async fn quarantine_alert(h: &Harness, partition: u32, offset: u64) -> Optio
 /// The first alert of the programme within a day of T0 that `matches`, once
 /// the books have folded that far (None if they never list one).
 pub async fn alert_where(h: &Harness, matches: impl Fn(&pb::Alert) -> bool) -> Option<pb::Alert> {
-    let ts = |ms: i64| Some(prost_types::Timestamp { seconds: ms / 1000, nanos: 0 });
+    let ts = |ms: i64| Some(pbjson_types::Timestamp { seconds: ms / 1000, nanos: 0 });
     let day_ms = 86_400_000;
     for _ in 0..BOOKS_POLLS_MAX {
         let alerts = h

@@ -325,7 +325,7 @@ pub async fn earn_lots(
     prefix: &str,
     n: usize,
     points: i64,
-    expires_at: Option<prost_types::Timestamp>,
+    expires_at: Option<pbjson_types::Timestamp>,
 ) {
     use pb::batch_command::Command as C;
     use pb::batch_result::Result as R;
