@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use points_ledger::domain::{AccountKey, Command, CommandBody, Event, ReleaseCause};
+use points_ledger::domain::{AccountKey, Activity, Command, CommandBody, Event, ReleaseCause};
 use points_ledger::ledger::{Clock, ManualClock, WriteError};
 use points_ledger::log::arbiter::{Admitted, Arbiter, Home};
 use points_ledger::log::kafka::KafkaConfig;
@@ -23,17 +23,57 @@ const T0: i64 = 1_773_100_800_000;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Earn { m: u8, points: i64, expires_in_hours: Option<u8> },
-    Spend { m: u8, points: i64 },
-    Reserve { m: u8, points: i64, timeout_minutes: u8 },
-    Capture { m: u8, which: u8, points: Option<i64> },
-    Release { m: u8, which: u8 },
-    Refund { m: u8, which: u8, points: i64 },
-    Reverse { m: u8, which: u8, points: i64 },
-    Adjust { m: u8, points: i64 },
-    ExpireAll { m: u8 },
-    Advance { minutes: u16 },
-    Retry { back: u8 },
+    Earn {
+        m: u8,
+        points: i64,
+        expires_in_hours: Option<u8>,
+    },
+    Spend {
+        m: u8,
+        points: i64,
+    },
+    Reserve {
+        m: u8,
+        points: i64,
+        timeout_minutes: u8,
+    },
+    Capture {
+        m: u8,
+        which: u8,
+        points: Option<i64>,
+    },
+    Release {
+        m: u8,
+        which: u8,
+    },
+    Refund {
+        m: u8,
+        which: u8,
+        points: i64,
+    },
+    Reverse {
+        m: u8,
+        which: u8,
+        points: i64,
+    },
+    Adjust {
+        m: u8,
+        points: i64,
+    },
+    ExpireAll {
+        m: u8,
+    },
+    Advance {
+        minutes: u16,
+    },
+    Retry {
+        back: u8,
+    },
+    /// `login` (+1, three a day) or `reported` (−12) under the earning rules.
+    Activity {
+        m: u8,
+        penalty: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -51,6 +91,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => m.clone().prop_map(|m| Op::ExpireAll { m }),
         2 => (1u16..3000).prop_map(|minutes| Op::Advance { minutes }),
         1 => any::<u8>().prop_map(|back| Op::Retry { back }),
+        2 => (m.clone(), any::<bool>()).prop_map(|(m, penalty)| Op::Activity { m, penalty }),
     ]
 }
 
@@ -69,6 +110,8 @@ struct Model {
     spends: BTreeMap<String, i64>,
     /// Earns: id → still reversible.
     earns: BTreeMap<String, i64>,
+    /// Logins on (day, count).
+    logins: (i64, u32),
 }
 
 impl Model {
@@ -136,6 +179,21 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
             points_per_cash_unit: 100,
             validity_days: 2,
             clawback_policy: pb::ClawbackPolicy::AllowDebt as i32,
+            earning_rules: vec![
+                pb::EarningRule {
+                    rule_id: "login".into(),
+                    action: "login".into(),
+                    points: 1,
+                    daily_count_max: 3,
+                    ..Default::default()
+                },
+                pb::EarningRule {
+                    rule_id: "reported".into(),
+                    action: "reported".into(),
+                    points: -12,
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
         ledger.programmes.configure("cfg", "ops", points_ledger::api::validate::programme(&p).unwrap(), 1, T0).unwrap();
@@ -233,6 +291,13 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
                     *m,
                     CommandBody::Expire { all_points: true, reason: "recycle".into(), operator: "risk-ops".into() },
                 ),
+                Op::Activity { m, penalty } => (
+                    *m,
+                    CommandBody::RecordActivity(Activity {
+                        action: if *penalty { "reported" } else { "login" }.into(),
+                        ..Default::default()
+                    }),
+                ),
             };
             let cmd =
                 Command { request_id: id.clone(), account: key(m), body: body.clone(), context: Default::default() };
@@ -273,6 +338,14 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
                             .iter()
                             .map(|e| if let Event::PointsExpired { points, .. } = e { *points } else { 0 })
                             .sum::<i64>(),
+                        CommandBody::RecordActivity(a) if a.action == "reported" => -12,
+                        CommandBody::RecordActivity(_) => {
+                            let day = clock.now().div_euclid(86_400_000);
+                            let (d, n) = model.logins;
+                            let n = if d == day { n } else { 0 };
+                            model.logins = (day, n + 1);
+                            i64::from(n < 3)
+                        }
                         _ => 0,
                     };
                     match &body {
@@ -313,6 +386,15 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
                             let taken = (*points).min(model.available);
                             model.available -= taken;
                             model.debt += points - taken;
+                        }
+                        CommandBody::RecordActivity(a) if a.action == "reported" => {
+                            let taken = 12.min(model.available);
+                            model.available -= taken;
+                            model.debt += 12 - taken;
+                        }
+                        CommandBody::RecordActivity(_) if reply.granted > 0 => {
+                            model.credit(reply.granted);
+                            model.earns.insert(id.clone(), reply.granted);
                         }
                         CommandBody::Adjust { points, .. } if *points > 0 => model.credit(*points),
                         CommandBody::Adjust { points, .. } => model.available += points,

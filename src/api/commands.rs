@@ -1,4 +1,4 @@
-//! Command requests: each of the nine validated fully (and its access
+//! Command requests: each of the ten validated fully (and its access
 //! checked) into a domain command before anything reaches a writer. A
 //! rejected request writes nothing.
 
@@ -57,7 +57,8 @@ macro_rules! command_request {
 }
 
 command_request!(pb::EarnRequest, path::EARN, Access::Member, |r| CommandBody::Earn {
-    points: validate::points("points", r.points)?,
+    // Growth alone (a login): points 0 with growth > 0.
+    points: if r.points == 0 && r.growth.unwrap_or(0) > 0 { 0 } else { validate::points("points", r.points)? },
     reason: validate::id("reason", &r.reason)?,
     order_ref: validate::order_ref(r.order_ref.as_ref())?,
     growth: validate::growth(r.growth)?,
@@ -122,6 +123,10 @@ command_request!(pb::AdjustRequest, path::ADJUST, Access::Admin, |r| CommandBody
     reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
 });
 
+command_request!(pb::RecordActivityRequest, path::RECORD_ACTIVITY, Access::Member, |r| {
+    CommandBody::RecordActivity(validate::activity(r)?)
+});
+
 impl Ledger {
     /// Validates a command request fully (and checks access) into a command.
     pub(super) fn build<R: CommandRequest>(&self, caller: &Caller<'_>, r: &R) -> Result<Command, Status> {
@@ -151,6 +156,7 @@ impl Ledger {
             C::ReverseEarn(r) => self.build(caller, r),
             C::Expire(r) => self.build(caller, r),
             C::Adjust(r) => self.build(caller, r),
+            C::Activity(r) => self.build(caller, r),
         }
     }
 }

@@ -3,8 +3,8 @@
 //! dates, and stored rows become what callers see.
 
 use crate::domain::{
-    self, calendar, Account, AccountKey, CapPolicy, ClawbackPolicy, Event, ExpiryCause, LotAmount, Millis, Programme,
-    ReleaseCause, RiskRules, ValidityRounding,
+    self, calendar, Account, AccountKey, AppliedRule, CapPolicy, ClawbackPolicy, EarningRule, Event, ExpiryCause,
+    GrowthModel, LotAmount, Millis, Programme, ReleaseCause, RiskRules, ValidityRounding,
 };
 use crate::log::record::{Balance, CapMode, Position, Reply};
 use crate::proto as pb;
@@ -154,6 +154,31 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             PbEvent::SettlementSetAside(pb::SettlementSetAside { reason, retry_at: Some(timestamp(retry_at)) })
         }
+        Event::ActivityRecorded { activity_id, activity, applied, points, growth, day: _ } => {
+            PbEvent::ActivityRecorded(pb::ActivityRecorded {
+                activity_id,
+                action: activity.action,
+                order_ref: activity.order_ref,
+                amount_minor: activity.amount_minor,
+                member_type: activity.member_type,
+                product_tags: activity.product_tags,
+                applied_rules: applied.iter().map(applied_to_pb).collect(),
+                points,
+                growth,
+            })
+        }
+        Event::PenaltyApplied { penalty_id, action, points, taken, debt_added, written_off, growth, growth_earns } => {
+            PbEvent::PenaltyApplied(pb::PenaltyApplied {
+                penalty_id,
+                action,
+                points,
+                taken_lots: lots_to_pb(taken),
+                debt_added,
+                written_off,
+                growth,
+                growth_earns: lots_to_pb(growth_earns),
+            })
+        }
     };
     pb::LedgerEvent { event: Some(event) }
 }
@@ -167,7 +192,16 @@ pub fn position_to_pb(p: Position) -> pb::LogPosition {
 }
 
 pub fn reply_to_pb(r: Reply) -> pb::CommandReply {
+    let applied_rules = r
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::ActivityRecorded { applied, .. } => Some(applied.iter().map(applied_to_pb).collect()),
+            _ => None,
+        })
+        .unwrap_or_default();
     pb::CommandReply {
+        applied_rules,
         request_id: r.request_id,
         replayed: r.replayed,
         events: r.events.into_iter().map(event_to_api).collect(),
@@ -184,7 +218,67 @@ pub fn reply_to_pb(r: Reply) -> pb::CommandReply {
     }
 }
 
+/// What a previewed activity would give: points (negative for a penalty)
+/// and growth after every rule, limit and cap.
+pub fn preview_to_pb(events: &[Event]) -> pb::ActivityPreview {
+    let mut preview = pb::ActivityPreview::default();
+    for e in events {
+        match e {
+            Event::ActivityRecorded { applied, .. } => {
+                preview.applied_rules = applied.iter().map(applied_to_pb).collect()
+            }
+            Event::PointsEarned { granted, growth, .. } => {
+                preview.points += granted;
+                preview.growth += growth;
+            }
+            Event::PenaltyApplied { points, growth, .. } => {
+                preview.points -= points;
+                preview.growth -= growth;
+            }
+            _ => {}
+        }
+    }
+    preview
+}
+
+pub fn applied_to_pb(a: &AppliedRule) -> pb::AppliedRule {
+    pb::AppliedRule {
+        rule_id: a.rule_id.clone(),
+        points: a.points,
+        growth: a.growth,
+        multiplier_percent: a.multiplier_percent as i32,
+        capped_points: a.capped_points,
+        multipliers: a
+            .multipliers
+            .iter()
+            .map(|m| pb::AppliedMultiplier { source: m.source.clone(), percent: m.percent as i32 })
+            .collect(),
+    }
+}
+
 // ---- programmes ----
+
+fn rule_to_pb(r: &EarningRule) -> pb::EarningRule {
+    pb::EarningRule {
+        rule_id: r.rule_id.clone(),
+        action: r.action.clone(),
+        points: r.points,
+        growth: r.growth,
+        amount_rates: r
+            .amount_rates
+            .iter()
+            .map(|(k, a)| {
+                (k.clone(), pb::AmountRate { amount_minor: a.amount_minor, points: a.points, growth: a.growth })
+            })
+            .collect(),
+        daily_points_max: r.daily_points_max,
+        daily_count_max: r.daily_count_max as i32,
+        starts_at: r.starts_at.map(timestamp),
+        ends_at: r.ends_at.map(timestamp),
+        disabled: r.disabled,
+        tag_multipliers_percent: r.tag_multipliers_percent.iter().map(|(k, v)| (k.clone(), *v as i32)).collect(),
+    }
+}
 
 pub fn programme_to_pb(p: &Programme) -> pb::Programme {
     pb::Programme {
@@ -222,6 +316,24 @@ pub fn programme_to_pb(p: &Programme) -> pb::Programme {
         version: p.version,
         configured_at: Some(timestamp(p.configured_at)),
         risk: (p.risk != RiskRules::default()).then(|| risk_rules_to_pb(&p.risk)),
+        earning_rules: p.earning_rules.iter().map(rule_to_pb).collect(),
+        campaigns: p
+            .campaigns
+            .iter()
+            .map(|c| pb::Campaign {
+                campaign_id: c.campaign_id.clone(),
+                starts_at: c.starts_at.map(timestamp),
+                ends_at: c.ends_at.map(timestamp),
+                actions: c.actions.clone(),
+                multiplier_percent: c.multiplier_percent as i32,
+            })
+            .collect(),
+        level_multipliers_percent: p.level_multipliers_percent.iter().map(|(k, v)| (k.clone(), *v as i32)).collect(),
+        growth_model: match p.growth_model {
+            GrowthModel::Behaviour => pb::GrowthModel::Behaviour,
+            GrowthModel::Rfm => pb::GrowthModel::Rfm,
+        } as i32,
+        allow_ratio_change: p.allow_ratio_change,
     }
 }
 
@@ -292,6 +404,7 @@ pub fn book_to_pb(b: state::DailyBook) -> pb::DailyBook {
         opening_debt: b.opening_debt,
         reserved: b.reserved,
         written_off: b.written_off,
+        penalized: b.penalized,
         digest: b.digest,
         mismatch: b.mismatch,
         partitions: b

@@ -45,9 +45,11 @@ pub fn code_of(reason: Reason) -> Code {
         | Reason::InvalidTimeout
         | Reason::MissingField
         | Reason::OrderCashAmountRequired => Code::InvalidArgument,
-        Reason::ProgrammeNotFound | Reason::SpendNotFound | Reason::EarnNotFound | Reason::ReservationNotFound => {
-            Code::NotFound
-        }
+        Reason::ProgrammeNotFound
+        | Reason::EarningRuleNotFound
+        | Reason::SpendNotFound
+        | Reason::EarnNotFound
+        | Reason::ReservationNotFound => Code::NotFound,
         Reason::InsufficientPoints
         | Reason::AccountFrozen
         | Reason::ReservationSettled
@@ -55,7 +57,8 @@ pub fn code_of(reason: Reason) -> Code {
         | Reason::RefundExceedsSpend
         | Reason::ReversalExceedsEarn
         | Reason::GrowthReversalExceedsEarn
-        | Reason::OrderShareExceeded => Code::FailedPrecondition,
+        | Reason::OrderShareExceeded
+        | Reason::EarningRuleNotActive => Code::FailedPrecondition,
         // Safe to retry with the same request id once the scheduler has settled it.
         Reason::SettlingDue => Code::Unavailable,
         Reason::TooManyLots
@@ -111,6 +114,12 @@ impl From<ConfigureError> for Status {
                 status(Code::Unavailable, "UNAVAILABLE", format!("control log: {e}"), None)
             }
             ConfigureError::NotConfirmed(m) => status(Code::Unavailable, "UNAVAILABLE", m, None),
+            e @ ConfigureError::RatioChange { .. } => status(
+                Code::FailedPrecondition,
+                "RATIO_CHANGE_NOT_ALLOWED",
+                e.to_string(),
+                Some("programme.points_per_cash_unit"),
+            ),
         }
     }
 }

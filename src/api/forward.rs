@@ -60,6 +60,8 @@ pub mod path {
     pub const REVERSE_EARN: &str = "/points.v1.PointsLedger/ReverseEarn";
     pub const EXPIRE: &str = "/points.v1.PointsLedger/Expire";
     pub const ADJUST: &str = "/points.v1.PointsLedger/Adjust";
+    pub const RECORD_ACTIVITY: &str = "/points.v1.PointsLedger/RecordActivity";
+    pub const PREVIEW_ACTIVITY: &str = "/points.v1.PointsLedger/PreviewActivity";
     pub const SUBMIT_BATCH: &str = "/points.v1.PointsLedger/SubmitBatch";
     pub const FREEZE_ACCOUNT: &str = "/points.v1.ProgrammeAdmin/FreezeAccount";
     pub const UNFREEZE_ACCOUNT: &str = "/points.v1.ProgrammeAdmin/UnfreezeAccount";

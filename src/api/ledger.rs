@@ -1,5 +1,5 @@
-//! `points.v1.PointsLedger`: the nine commands, `SubmitBatch`, and the
-//! queries on members' accounts.
+//! `points.v1.PointsLedger`: the ten commands, `PreviewActivity`,
+//! `SubmitBatch`, and the queries on members' accounts.
 
 use std::sync::Arc;
 
@@ -8,8 +8,10 @@ use tonic::{Request, Response, Status};
 use super::commands::command_error;
 use super::convert;
 use super::errors::{internal, invalid};
-use super::forward::path::SUBMIT_BATCH;
-use super::{page_size, unhex, validate, Access, Caller, Ledger, ENTRIES_PAGE_SIZE_MAX, LOTS_PAGE_SIZE_MAX};
+use super::forward::path::{PREVIEW_ACTIVITY, SUBMIT_BATCH};
+use super::{
+    forward, page_size, unhex, validate, Access, Caller, Ledger, Route, ENTRIES_PAGE_SIZE_MAX, LOTS_PAGE_SIZE_MAX,
+};
 use crate::domain::{self, calendar};
 use crate::projection::queries::{self, EntryAt};
 use crate::proto as pb;
@@ -71,7 +73,7 @@ fn fill_forwarded(
 }
 
 /// The trait's methods: every command is validated into a domain command
-/// and submitted the same way, so the nine are generated from their names.
+/// and submitted the same way, so the ten are generated from their names.
 macro_rules! ledger_service {
     ($($command:ident: $request:ty),* $(,)?; $($rest:tt)*) => {
         #[tonic::async_trait]
@@ -95,7 +97,28 @@ ledger_service! {
     refund: pb::RefundRequest,
     reverse_earn: pb::ReverseEarnRequest,
     expire: pb::ExpireRequest,
-    adjust: pb::AdjustRequest;
+    adjust: pb::AdjustRequest,
+    record_activity: pb::RecordActivityRequest;
+
+    async fn preview_activity(
+        &self,
+        req: Request<pb::RecordActivityRequest>,
+    ) -> Result<Response<pb::ActivityPreview>, Status> {
+        let ledger = &self.0;
+        let command = ledger.build(&Caller::of(&req), req.get_ref())?;
+        let p = ledger.writers.partition_of(&command.account);
+        match ledger.route_of(p, req.metadata()) {
+            Route::Here => {
+                let events = ledger.writers.preview(command).await?;
+                Ok(Response::new(convert::preview_to_pb(&events)))
+            }
+            Route::To(address) => {
+                let (metadata, me) = (req.metadata(), ledger.advertise());
+                ledger.forwarder.unary(&address, PREVIEW_ACTIVITY, metadata, me, req.get_ref().clone(), p).await
+            }
+            Route::Moving(why) => Err(forward::moving(p, why)),
+        }
+    }
 
     async fn submit_batch(
         &self,

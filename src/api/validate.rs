@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use tonic::Status;
 
 use super::errors::invalid;
+use crate::domain::rules::{
+    CAMPAIGNS_MAX, EARNING_RULES_MAX, MULTIPLIER_PERCENT_MAX, MULTIPLIER_PERCENT_MIN, RULE_ENTRIES_MAX, RULE_POINTS_MAX,
+};
 use crate::domain::{
-    AccountKey, CapPolicy, ClawbackPolicy, CommandContext, LevelThreshold, Millis, Programme, ProgrammeKey, RiskRules,
-    ValidityRounding,
+    AccountKey, Activity, AmountRate, Campaign, CapPolicy, ClawbackPolicy, CommandContext, EarningRule, GrowthModel,
+    LevelThreshold, Millis, Programme, ProgrammeKey, RiskRules, ValidityRounding,
 };
 use crate::proto as pb;
 
@@ -155,6 +158,29 @@ pub fn growth(g: Option<i64>) -> Result<i64, Status> {
     }
 }
 
+/// Product tags of an activity, at most this many.
+pub const PRODUCT_TAGS_MAX: usize = 16;
+
+/// An activity's facts.
+pub fn activity(r: &pb::RecordActivityRequest) -> Result<Activity, Status> {
+    if !(0..=ORDER_CASH_MINOR_MAX).contains(&r.amount_minor) {
+        return Err(invalid("amount_minor", format!("must be 0..={ORDER_CASH_MINOR_MAX}")));
+    }
+    if r.product_tags.len() > PRODUCT_TAGS_MAX {
+        return Err(invalid("product_tags", format!("at most {PRODUCT_TAGS_MAX} tags")));
+    }
+    for t in &r.product_tags {
+        text("product_tags", t, 64, true)?;
+    }
+    Ok(Activity {
+        action: id("action", &r.action)?,
+        amount_minor: r.amount_minor,
+        member_type: if r.member_type.is_empty() { String::new() } else { id("member_type", &r.member_type)? },
+        product_tags: r.product_tags.clone(),
+        order_ref: text("order_ref", &r.order_ref, ORDER_REF_CHARS_MAX, false)?,
+    })
+}
+
 /// Free text with a length limit; `required` refuses empty.
 pub fn text(field: &str, s: &str, max: usize, required: bool) -> Result<String, Status> {
     if (required && s.trim().is_empty()) || chars(s) > max || !no_control(s) {
@@ -293,6 +319,16 @@ pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
         return Err(FieldError::new("programme.level_window_days", "must be 0 (lifetime) ..= 36500"));
     }
     let risk = risk_rules_from_pb(&p.risk.unwrap_or_default())?;
+    let earning_rules = earning_rules_from_pb(&p.earning_rules)?;
+    let campaigns = campaigns_from_pb(&p.campaigns)?;
+    let level_multipliers_percent = level_multipliers_from_pb(p)?;
+    let growth_model = match pb::GrowthModel::try_from(p.growth_model) {
+        Ok(pb::GrowthModel::Behaviour) => GrowthModel::Behaviour,
+        Ok(pb::GrowthModel::Rfm) => {
+            return Err(FieldError::new("programme.growth_model", "GROWTH_MODEL_RFM is not available in this version"))
+        }
+        Err(_) => return Err(FieldError::new("programme.growth_model", "unknown value")),
+    };
     Ok(Programme {
         tenant_id: p.tenant_id.clone(),
         programme_id: p.programme_id.clone(),
@@ -313,7 +349,181 @@ pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
         version: 0,
         configured_at: 0,
         risk,
+        earning_rules,
+        campaigns,
+        level_multipliers_percent,
+        growth_model,
+        allow_ratio_change: p.allow_ratio_change,
     })
+}
+
+fn multiplier(field: String, percent: i32) -> Result<u32, FieldError> {
+    let range = i64::from(MULTIPLIER_PERCENT_MIN)..=i64::from(MULTIPLIER_PERCENT_MAX);
+    if !range.contains(&i64::from(percent)) {
+        return Err(FieldError::new(field, "a multiplier is 1..=1000 percent (100 = none, 200 = double)"));
+    }
+    Ok(percent as u32)
+}
+
+fn window(
+    field: &str,
+    starts: Option<&pbjson_types::Timestamp>,
+    ends: Option<&pbjson_types::Timestamp>,
+) -> Result<(Option<Millis>, Option<Millis>), FieldError> {
+    let at = |name: &str, t: Option<&pbjson_types::Timestamp>| {
+        t.map(|t| instant(name, t).map_err(|s| FieldError::new(format!("{field}.{name}"), s.message()))).transpose()
+    };
+    let (s, e) = (at("starts_at", starts)?, at("ends_at", ends)?);
+    if let (Some(s), Some(e)) = (s, e) {
+        if s >= e {
+            return Err(FieldError::new(format!("{field}.ends_at"), "must come after starts_at"));
+        }
+    }
+    Ok((s, e))
+}
+
+fn rule_amount(field: String, v: i64) -> Result<i64, FieldError> {
+    if v.checked_abs().is_none_or(|a| a > RULE_POINTS_MAX) {
+        return Err(FieldError::new(field, format!("at most {RULE_POINTS_MAX} either way")));
+    }
+    Ok(v)
+}
+
+fn earning_rule_from_pb(i: usize, r: &pb::EarningRule) -> Result<EarningRule, FieldError> {
+    let f = |name: &str| format!("programme.earning_rules[{i}].{name}");
+    check_id(&f("rule_id"), &r.rule_id)?;
+    check_id(&f("action"), &r.action)?;
+    rule_amount(f("points"), r.points)?;
+    rule_amount(f("growth"), r.growth)?;
+    if (r.points > 0 && r.growth < 0) || (r.points < 0 && r.growth > 0) {
+        return Err(FieldError::new(f("growth"), "points and growth of a rule may not have opposite signs"));
+    }
+    if r.amount_rates.len() > RULE_ENTRIES_MAX {
+        return Err(FieldError::new(f("amount_rates"), format!("at most {RULE_ENTRIES_MAX} member types")));
+    }
+    let mut amount_rates = BTreeMap::new();
+    for (member_type, a) in &r.amount_rates {
+        let af = |name: &str| f(&format!("amount_rates[{member_type}].{name}"));
+        if member_type != "*" {
+            check_id(&f("amount_rates"), member_type)?;
+        }
+        if a.amount_minor <= 0 {
+            return Err(FieldError::new(af("amount_minor"), "must be > 0 (points per this many minor units)"));
+        }
+        if rule_amount(af("points"), a.points)? < 0 || rule_amount(af("growth"), a.growth)? < 0 {
+            return Err(FieldError::new(af("points"), "amount-based rates are positive"));
+        }
+        if r.points < 0 || r.growth < 0 {
+            return Err(FieldError::new(af("points"), "a penalty (negative points or growth) has no amount rates"));
+        }
+        amount_rates.insert(
+            member_type.clone(),
+            AmountRate { amount_minor: a.amount_minor, points: a.points, growth: a.growth },
+        );
+    }
+    if r.points == 0 && r.growth == 0 && amount_rates.is_empty() {
+        return Err(FieldError::new(f("points"), "a rule gives points, growth or an amount rate"));
+    }
+    if r.daily_points_max < 0 || r.daily_count_max < 0 {
+        let name = if r.daily_points_max < 0 { "daily_points_max" } else { "daily_count_max" };
+        return Err(FieldError::new(f(name), "must be >= 0 (0 = no limit)"));
+    }
+    let (starts_at, ends_at) =
+        window(&format!("programme.earning_rules[{i}]"), r.starts_at.as_ref(), r.ends_at.as_ref())?;
+    if r.tag_multipliers_percent.len() > RULE_ENTRIES_MAX {
+        return Err(FieldError::new(f("tag_multipliers_percent"), format!("at most {RULE_ENTRIES_MAX} tags")));
+    }
+    let mut tag_multipliers_percent = BTreeMap::new();
+    for (tag, percent) in &r.tag_multipliers_percent {
+        check_id(&f("tag_multipliers_percent"), tag)?;
+        tag_multipliers_percent
+            .insert(tag.clone(), multiplier(f(&format!("tag_multipliers_percent[{tag}]")), *percent)?);
+    }
+    Ok(EarningRule {
+        rule_id: r.rule_id.clone(),
+        action: r.action.clone(),
+        points: r.points,
+        growth: r.growth,
+        amount_rates,
+        daily_points_max: r.daily_points_max,
+        daily_count_max: r.daily_count_max as u32,
+        starts_at,
+        ends_at,
+        disabled: r.disabled,
+        tag_multipliers_percent,
+    })
+}
+
+/// A programme's earning rules: ids unique, and the rules of one action all
+/// earn or all penalise.
+fn earning_rules_from_pb(rules: &[pb::EarningRule]) -> Result<Vec<EarningRule>, FieldError> {
+    if rules.len() > EARNING_RULES_MAX {
+        return Err(FieldError::new("programme.earning_rules", format!("at most {EARNING_RULES_MAX} rules")));
+    }
+    let mut out: Vec<EarningRule> = Vec::with_capacity(rules.len());
+    for (i, r) in rules.iter().enumerate() {
+        let rule = earning_rule_from_pb(i, r)?;
+        if out.iter().any(|o| o.rule_id == rule.rule_id) {
+            return Err(FieldError::new(format!("programme.earning_rules[{i}].rule_id"), "rule ids are unique"));
+        }
+        if out.iter().any(|o| o.action == rule.action && o.penalises() != rule.penalises()) {
+            return Err(FieldError::new(
+                format!("programme.earning_rules[{i}].points"),
+                "the rules of one action all earn or all penalise",
+            ));
+        }
+        out.push(rule);
+    }
+    Ok(out)
+}
+
+fn campaigns_from_pb(campaigns: &[pb::Campaign]) -> Result<Vec<Campaign>, FieldError> {
+    if campaigns.len() > CAMPAIGNS_MAX {
+        return Err(FieldError::new("programme.campaigns", format!("at most {CAMPAIGNS_MAX} campaigns")));
+    }
+    let mut out: Vec<Campaign> = Vec::with_capacity(campaigns.len());
+    for (i, c) in campaigns.iter().enumerate() {
+        let f = |name: &str| format!("programme.campaigns[{i}].{name}");
+        check_id(&f("campaign_id"), &c.campaign_id)?;
+        if out.iter().any(|o| o.campaign_id == c.campaign_id) {
+            return Err(FieldError::new(f("campaign_id"), "campaign ids are unique"));
+        }
+        let (starts_at, ends_at) =
+            window(&format!("programme.campaigns[{i}]"), c.starts_at.as_ref(), c.ends_at.as_ref())?;
+        if starts_at.is_none() || ends_at.is_none() {
+            return Err(FieldError::new(
+                f(if starts_at.is_none() { "starts_at" } else { "ends_at" }),
+                "a campaign has a window",
+            ));
+        }
+        if c.actions.len() > RULE_ENTRIES_MAX {
+            return Err(FieldError::new(f("actions"), format!("at most {RULE_ENTRIES_MAX} actions")));
+        }
+        for a in &c.actions {
+            check_id(&f("actions"), a)?;
+        }
+        out.push(Campaign {
+            campaign_id: c.campaign_id.clone(),
+            starts_at,
+            ends_at,
+            actions: c.actions.clone(),
+            multiplier_percent: multiplier(f("multiplier_percent"), c.multiplier_percent)?,
+        });
+    }
+    Ok(out)
+}
+
+/// By level name: each names one of the programme's levels.
+fn level_multipliers_from_pb(p: &pb::Programme) -> Result<BTreeMap<String, u32>, FieldError> {
+    let mut out = BTreeMap::new();
+    for (level, percent) in &p.level_multipliers_percent {
+        let field = format!("programme.level_multipliers_percent[{level}]");
+        if !p.levels.iter().any(|l| &l.name == level) {
+            return Err(FieldError::new(field, "names no level of the programme"));
+        }
+        out.insert(level.clone(), multiplier(field, *percent)?);
+    }
+    Ok(out)
 }
 
 /// Windows of the alert rules are at most a week.

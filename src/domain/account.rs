@@ -87,6 +87,9 @@ pub struct Totals {
     pub expired: Points,
     pub adjusted_up: Points,
     pub adjusted_down: Points,
+    /// Taken from lots or turned into debt by penalties (not what is
+    /// written off).
+    pub penalized: Points,
 }
 
 impl Totals {
@@ -112,8 +115,12 @@ impl Totals {
             Event::PointsExpired { points, .. } => add(&mut t.expired, *points)?,
             Event::PointsAdjusted { points, .. } if *points > 0 => add(&mut t.adjusted_up, *points)?,
             Event::PointsAdjusted { points, .. } => add(&mut t.adjusted_down, points.checked_neg()?)?,
+            Event::PenaltyApplied { taken, debt_added, .. } => {
+                add(&mut t.penalized, super::sum(taken).checked_add(*debt_added)?)?
+            }
             Event::PointsReserved { .. }
             | Event::ReservationReleased { .. }
+            | Event::ActivityRecorded { .. }
             | Event::AccountFrozen { .. }
             | Event::AccountUnfrozen { .. }
             | Event::GrowthExpired { .. }
@@ -152,6 +159,10 @@ pub struct Account {
     pub day: i64,
     pub day_earned: Points,
     pub day_actions: VecMap<String, Points>,
+    /// The programme day `rule_days` count for.
+    pub rules_day: i64,
+    /// Each earning rule's occurrences and points on `rules_day`.
+    pub rule_days: VecMap<String, super::RuleDay>,
     /// Events folded so far.
     pub events: u64,
     /// The member's level as of the last `LevelChanged` ("" before any).
@@ -305,6 +316,14 @@ impl Account {
         (self.day_earned, self.day_actions.get(action).copied().unwrap_or(0))
     }
 
+    /// An earning rule's counters on programme day `day`.
+    pub fn rule_day(&self, rule_id: &str, day: i64) -> super::RuleDay {
+        if self.rules_day != day {
+            return super::RuleDay::default();
+        }
+        self.rule_days.get(rule_id).copied().unwrap_or_default()
+    }
+
     /// Folds one event. Cannot fail: a history that takes more from a lot than
     /// it holds is a bug, and it panics here rather than bend the books.
     pub fn apply(&mut self, event: &Event) {
@@ -428,6 +447,12 @@ impl Account {
             }
             Event::LevelChanged { to, .. } => self.level = to.clone(),
             Event::SettlementSetAside { .. } => {}
+            Event::ActivityRecorded { applied, day, .. } => self.count_rules(applied, *day),
+            Event::PenaltyApplied { taken, debt_added, growth_earns, .. } => {
+                self.take(taken);
+                self.debt += debt_added;
+                self.take_growth(growth_earns);
+            }
         }
         self.events += 1;
         // Every lot recounted on every event: in debug builds, and only while
@@ -486,6 +511,34 @@ impl Account {
     }
 
     /// Adds (`sign` 1) or takes out (-1) an earn's share of the kept growth.
+    /// An activity's rules counted for their daily limits (a rule that gave
+    /// nothing is not an occurrence).
+    fn count_rules(&mut self, applied: &[super::AppliedRule], day: i64) {
+        if self.rules_day != day {
+            self.rules_day = day;
+            self.rule_days.clear();
+        }
+        for a in applied.iter().filter(|a| a.points != 0 || a.growth != 0) {
+            let d = self.rule_days.entry_or_default(a.rule_id.clone());
+            d.count = d.count.saturating_add(1);
+            d.points = d.points.saturating_add(a.points.saturating_abs());
+        }
+    }
+
+    /// Growth a penalty takes, by earn.
+    fn take_growth(&mut self, earns: &[LotAmount]) {
+        for e in earns {
+            let earn = self.earns.get_mut(&e.lot_id).expect("growth taken from a recorded earn");
+            assert!(e.points >= 0 && e.points <= earn.growth_in_window(), "earn {} growth over-taken", e.lot_id);
+            let before = earn.clone();
+            earn.growth_reversed += e.points;
+            let after = earn.clone();
+            self.growth -= e.points;
+            self.count_growth(&before, -1);
+            self.count_growth(&after, 1);
+        }
+    }
+
     fn count_growth(&mut self, earn: &EarnRecord, sign: i64) {
         let g = earn.growth_in_window();
         self.sums.growth_in_window += sign * g;
@@ -534,12 +587,13 @@ impl Account {
             return Err(format!("growth is negative: {}", self.growth));
         }
         let t = &self.totals;
-        let movements = t.issued - t.spent + t.refunded - t.reversed - t.expired + t.adjusted_up - t.adjusted_down;
+        let movements =
+            t.issued - t.spent + t.refunded - t.reversed - t.expired + t.adjusted_up - t.adjusted_down - t.penalized;
         let net = self.available() + self.reserved() - self.debt;
         if movements != net {
             return Err(format!(
-                "conservation: issued {} - spent {} + refunded {} - reversed {} - expired {} + adjusted {} - {} = {} but available {} + reserved {} - debt {} = {}",
-                t.issued, t.spent, t.refunded, t.reversed, t.expired, t.adjusted_up, t.adjusted_down, movements,
+                "conservation: issued {} - spent {} + refunded {} - reversed {} - expired {} + adjusted {} - {} - penalized {} = {} but available {} + reserved {} - debt {} = {}",
+                t.issued, t.spent, t.refunded, t.reversed, t.expired, t.adjusted_up, t.adjusted_down, t.penalized, movements,
                 self.available(), self.reserved(), self.debt, net
             ));
         }

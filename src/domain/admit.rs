@@ -55,7 +55,7 @@ struct Sim<'a> {
     written_off_open: Points,
     growth: i64,
     /// The movements, summed as `apply` sums them (only overflow matters).
-    totals: [Points; 7],
+    totals: [Points; 8],
     day: i64,
     day_earned: Points,
 }
@@ -82,6 +82,7 @@ const REVERSED: usize = 3;
 const EXPIRED: usize = 4;
 const ADJUSTED_UP: usize = 5;
 const ADJUSTED_DOWN: usize = 6;
+const PENALIZED: usize = 7;
 
 fn add(x: Points, d: Points, what: &str) -> Result<Points, String> {
     x.checked_add(d).ok_or_else(|| format!("{what} would overflow"))
@@ -126,7 +127,7 @@ impl<'a> Sim<'a> {
             debt: account.debt,
             written_off_open: account.written_off_open,
             growth: account.growth,
-            totals: [t.issued, t.spent, t.refunded, t.reversed, t.expired, t.adjusted_up, t.adjusted_down],
+            totals: [t.issued, t.spent, t.refunded, t.reversed, t.expired, t.adjusted_up, t.adjusted_down, t.penalized],
             day: account.day,
             day_earned: account.day_earned,
         }
@@ -175,6 +176,18 @@ impl<'a> Sim<'a> {
             | Event::AccountUnfrozen { .. }
             | Event::LevelChanged { .. }
             | Event::SettlementSetAside { .. } => Ok(()),
+            Event::ActivityRecorded { applied, points, growth, .. } => {
+                let (mut p, mut g) = (0i64, 0i64);
+                for a in applied {
+                    p = add(p, a.points, "the activity's points")?;
+                    g = add(g, a.growth, "the activity's growth")?;
+                }
+                equal(*points, p, "the activity's points")?;
+                equal(*growth, g, "the activity's growth")
+            }
+            Event::PenaltyApplied { points, taken, debt_added, written_off, growth, growth_earns, .. } => {
+                self.penalty(*points, taken, *debt_added, *written_off, *growth, growth_earns)
+            }
             Event::GrowthExpired { earns, .. } => earns.iter().try_for_each(|e| self.expire_growth(e)),
         }
     }
@@ -384,6 +397,39 @@ impl<'a> Sim<'a> {
         let down = points.checked_neg().ok_or("the adjustment would overflow")?;
         equal(down, self.take(lots)?, "the debit")?;
         self.movement(ADJUSTED_DOWN, down)
+    }
+
+    /// A penalty: its lots, debt and write-off sum to its points; growth
+    /// taken from earns that hold it in the window.
+    fn penalty(
+        &mut self,
+        points: Points,
+        taken: &'a [LotAmount],
+        debt_added: Points,
+        written_off: Points,
+        growth: i64,
+        growth_earns: &'a [LotAmount],
+    ) -> Result<(), String> {
+        non_negative(debt_added, "debt added")?;
+        non_negative(written_off, "written off")?;
+        non_negative(growth, "growth taken")?;
+        let took = self.take(taken)?;
+        equal(points, add(add(took, debt_added, "the penalty")?, written_off, "the penalty")?, "the penalty")?;
+        self.debt = add(self.debt, debt_added, "debt")?;
+        let mut g = 0i64;
+        for e in growth_earns {
+            let mut earn = self.earn_state(&e.lot_id).ok_or_else(|| format!("no earn {}", e.lot_id))?;
+            if e.points < 0 || e.points > earn.growth_in_window() {
+                return Err(format!("earn {} holds {} growth, not {}", e.lot_id, earn.growth_in_window(), e.points));
+            }
+            earn.growth_reversed = add(earn.growth_reversed, e.points, "the earn's taken growth")?;
+            self.earns.insert(&e.lot_id, earn);
+            g = add(g, e.points, "growth taken")?;
+        }
+        equal(growth, g, "the penalty's growth")?;
+        self.growth -= growth;
+        non_negative(self.growth, "growth")?;
+        self.movement(PENALIZED, add(took, debt_added, "the penalty")?)
     }
 
     fn expire_growth(&mut self, e: &'a LotAmount) -> Result<(), String> {

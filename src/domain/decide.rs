@@ -4,9 +4,9 @@ use std::borrow::Cow;
 
 use super::calendar::{lot_expiry, programme_day};
 use super::{
-    sum, Account, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, LotAmount, Millis, Points,
-    Programme, Reason, Rejection, ReleaseCause, ReservationStatus, CASH_MINOR_PER_UNIT, DUE_ITEMS_PER_RECORD_MAX,
-    LOTS_WITH_POINTS_MAX, RESERVATION_TIMEOUT_SECONDS_MAX,
+    rules, sum, Account, Activity, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, LotAmount,
+    Millis, Points, Programme, Reason, Rejection, ReleaseCause, ReservationStatus, CASH_MINOR_PER_UNIT,
+    DUE_ITEMS_PER_RECORD_MAX, LOTS_WITH_POINTS_MAX, RESERVATION_TIMEOUT_SECONDS_MAX,
 };
 
 /// Decides what `command` does to `account` at `now` under `programme`'s rules.
@@ -104,6 +104,7 @@ fn growth_in_window_after(state: &Account, decided: &[Event]) -> i64 {
                     growth -= before - (before - g).max(0);
                 }
             }
+            Event::PenaltyApplied { growth: g, .. } => growth -= g,
             _ => {}
         }
     }
@@ -129,6 +130,7 @@ fn level_change(
         match body {
             CommandBody::Earn { .. } => "growth earned".to_string(),
             CommandBody::ReverseEarn { .. } => "growth reversed".to_string(),
+            CommandBody::RecordActivity(a) => format!("activity '{}'", a.action),
             _ => "level rules re-evaluated".to_string(),
         }
     };
@@ -414,6 +416,7 @@ impl Decision<'_> {
             CommandBody::ReverseEarn { earn_id, points, growth } => self.reverse(earn_id, *points, *growth),
             CommandBody::Expire { all_points, reason, operator } => self.expire(*all_points, reason, operator),
             CommandBody::Adjust { points, operator, reason } => self.adjust(*points, operator, reason),
+            CommandBody::RecordActivity(activity) => self.activity(activity),
             CommandBody::Freeze { earning, spending, operator, reason } => {
                 self.freeze_flags(*earning, *spending, operator, reason)?;
                 Ok(vec![Event::AccountFrozen {
@@ -444,12 +447,15 @@ impl Decision<'_> {
         growth: i64,
         expires_at: Option<Millis>,
     ) -> Result<Vec<Event>, Rejection> {
-        positive(points, "points")?;
-        if reason.is_empty() {
-            return Err(Rejection::field(Reason::MissingField, "reason", "reason (the action code) is required"));
-        }
         if growth < 0 {
             return Err(Rejection::field(Reason::InvalidAmount, "growth", "growth must be >= 0"));
+        }
+        // Growth alone (a login) earns no points.
+        if !(points == 0 && growth > 0) {
+            positive(points, "points")?;
+        }
+        if reason.is_empty() {
+            return Err(Rejection::field(Reason::MissingField, "reason", "reason (the action code) is required"));
         }
         if self.account.earning_frozen {
             return Err(Rejection::new(Reason::AccountFrozen, "account is frozen for earning"));
@@ -898,6 +904,71 @@ impl Decision<'_> {
             debt_repaid,
             expires_at,
         }])
+    }
+
+    /// An activity: what the earning rules make it worth, then an earn (the
+    /// programme's daily caps and cap policy apply), a penalty, or nothing.
+    fn activity(&self, activity: &Activity) -> Result<Vec<Event>, Rejection> {
+        if activity.amount_minor < 0 {
+            return Err(Rejection::field(Reason::InvalidAmount, "amount_minor", "amount_minor must be >= 0"));
+        }
+        let day = programme_day(self.programme.time_zone, self.now);
+        let w = rules::worth(self.programme, self.account, activity, self.now, day)?;
+        let order_ref = Some(activity.order_ref.clone()).filter(|o| !o.is_empty());
+        let then = if w.points > 0 || (w.points == 0 && w.growth > 0) {
+            self.earn(w.points, &activity.action, &order_ref, w.growth.max(0), None)?
+        } else if w.points < 0 || w.growth < 0 {
+            vec![self.penalty(&activity.action, -w.points.min(0), -w.growth.min(0))?]
+        } else {
+            Vec::new()
+        };
+        let mut events = vec![Event::ActivityRecorded {
+            activity_id: self.request_id.into(),
+            activity: activity.clone(),
+            applied: w.applied,
+            points: w.points,
+            growth: w.growth,
+            day,
+        }];
+        events.extend(then);
+        Ok(events)
+    }
+
+    /// A penalty of `points` and `growth` (both >= 0): points from lots
+    /// soonest-expiring first, the rest by the clawback policy; growth from
+    /// the newest earns, never below zero.
+    fn penalty(&self, action: &str, points: Points, growth: i64) -> Result<Event, Rejection> {
+        let take = points.min(self.account.available());
+        let taken = if take > 0 { take_fefo(self.account, take) } else { Vec::new() };
+        let left = points - take;
+        let (debt_added, written_off) = match self.programme.clawback_policy {
+            ClawbackPolicy::AllowDebt => (left, 0),
+            ClawbackPolicy::WithinBalance => (0, left),
+        };
+        self.account.debt.checked_add(debt_added).ok_or_else(|| overflow("debt"))?;
+        let mut earns: Vec<(&String, &super::EarnRecord)> =
+            self.account.earns.iter().filter(|(_, e)| e.growth_in_window() > 0).collect();
+        earns.sort_by(|a, b| b.1.day.cmp(&a.1.day).then_with(|| b.0.cmp(a.0)));
+        let mut want = growth;
+        let mut growth_earns = Vec::new();
+        for (id, e) in earns {
+            if want == 0 {
+                break;
+            }
+            let g = want.min(e.growth_in_window());
+            growth_earns.push(LotAmount::new(id, g));
+            want -= g;
+        }
+        Ok(Event::PenaltyApplied {
+            penalty_id: self.request_id.into(),
+            action: action.into(),
+            points,
+            taken,
+            debt_added,
+            written_off,
+            growth: growth - want,
+            growth_earns,
+        })
     }
 
     fn freeze_flags(&self, earning: bool, spending: bool, operator: &str, reason: &str) -> Result<(), Rejection> {

@@ -63,6 +63,15 @@ pub fn fingerprint(command: &Command) -> u64 {
             h.i64(*growth);
             h.opt_i64(*expires_at);
         }
+        CommandBody::RecordActivity(a) => {
+            h.str("activity");
+            h.str(&a.action);
+            h.i64(a.amount_minor);
+            h.str(&a.member_type);
+            h.i64(a.product_tags.len() as i64);
+            a.product_tags.iter().for_each(|t| h.str(t));
+            h.str(&a.order_ref);
+        }
         CommandBody::Spend { points, order_ref, order_cash_amount } => {
             h.str("spend");
             h.i64(*points);
@@ -176,6 +185,13 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
         ] {
             h.i64(v);
         }
+    }
+    // Hashed only when set, as the risk thresholds.
+    if !p.earning_rules.is_empty() || !p.campaigns.is_empty() || !p.level_multipliers_percent.is_empty() {
+        h.str(&format!("{:?}{:?}{:?}", p.earning_rules, p.campaigns, p.level_multipliers_percent));
+    }
+    if p.growth_model != super::GrowthModel::Behaviour || p.allow_ratio_change {
+        h.str(&format!("{:?}{}", p.growth_model, p.allow_ratio_change));
     }
     h.str(operator);
     h.0

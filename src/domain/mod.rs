@@ -17,6 +17,7 @@ mod admit;
 pub mod calendar;
 mod decide;
 mod fingerprint;
+pub mod rules;
 mod vecmap;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 pub use account::{Account, EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals};
 pub use admit::admissible;
 pub use decide::{decide, decide_with, due_at, level_status, LevelStatus, Limits};
+pub use rules::{Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, EarningRule, GrowthModel, RuleDay};
 pub use vecmap::VecMap;
 
 /// A number of points. Signed so that debts and adjustments read naturally;
@@ -131,6 +133,14 @@ pub struct Programme {
     pub version: u64,
     pub configured_at: Millis,
     pub risk: RiskRules,
+    /// What `RecordActivity`'s actions are worth.
+    pub earning_rules: Vec<EarningRule>,
+    pub campaigns: Vec<Campaign>,
+    /// By level name: percent for activities of a member of that level.
+    pub level_multipliers_percent: BTreeMap<String, u32>,
+    pub growth_model: GrowthModel,
+    /// This version was allowed to change `points_per_cash_unit`.
+    pub allow_ratio_change: bool,
 }
 
 /// Thresholds of the alert rules (0 = the rule is off). Alerts are derived
@@ -185,6 +195,11 @@ impl Programme {
             version: 1,
             configured_at: 0,
             risk: RiskRules::default(),
+            earning_rules: Vec::new(),
+            campaigns: Vec::new(),
+            level_multipliers_percent: BTreeMap::new(),
+            growth_model: GrowthModel::Behaviour,
+            allow_ratio_change: false,
         }
     }
 }
@@ -255,6 +270,8 @@ pub enum CommandBody {
         operator: String,
         reason: String,
     },
+    /// What happened; the programme's earning rules decide its worth.
+    RecordActivity(Activity),
     Freeze {
         earning: bool,
         spending: bool,
@@ -428,6 +445,34 @@ pub enum Event {
         growth: i64,
         why: String,
     },
+    /// An activity a business service reported and what the earning rules
+    /// made of it; a `PointsEarned` (lot id = `activity_id`) or a
+    /// `PenaltyApplied` follows when it is worth something.
+    ActivityRecorded {
+        activity_id: String,
+        activity: Activity,
+        applied: Vec<AppliedRule>,
+        /// The sums over the rules, before the programme's daily caps.
+        points: Points,
+        growth: i64,
+        /// Programme day, for the rules' daily limits.
+        day: i64,
+    },
+    /// An activity that penalises: points taken from lots soonest-expiring
+    /// first, beyond the balance debt (`AllowDebt`) or written off
+    /// (`WithinBalance`); growth taken from the newest earns, never below 0.
+    PenaltyApplied {
+        penalty_id: String,
+        action: String,
+        /// taken + debt_added + written_off (> 0).
+        points: Points,
+        taken: Vec<LotAmount>,
+        debt_added: Points,
+        written_off: Points,
+        /// Growth taken (>= 0), by earn.
+        growth: i64,
+        growth_earns: Vec<LotAmount>,
+    },
     /// The scheduler could not settle what fell due (its record would not
     /// fit in the log, or the decision refused) and tries again at
     /// `retry_at`. Changes nothing; the risk view raises an alert from it.
@@ -453,7 +498,11 @@ impl Event {
             Event::PointsExpired { points, .. } => -points,
             Event::PointsAdjusted { points, .. } => *points,
             Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } => 0,
-            Event::GrowthExpired { .. } | Event::LevelChanged { .. } | Event::SettlementSetAside { .. } => 0,
+            Event::PenaltyApplied { points, written_off, .. } => -(points - written_off),
+            Event::GrowthExpired { .. }
+            | Event::LevelChanged { .. }
+            | Event::SettlementSetAside { .. }
+            | Event::ActivityRecorded { .. } => 0,
         }
     }
 
@@ -474,6 +523,8 @@ impl Event {
             Event::GrowthExpired { .. } => "GrowthExpired",
             Event::LevelChanged { .. } => "LevelChanged",
             Event::SettlementSetAside { .. } => "SettlementSetAside",
+            Event::ActivityRecorded { .. } => "ActivityRecorded",
+            Event::PenaltyApplied { .. } => "PenaltyApplied",
         }
     }
 }
@@ -491,6 +542,7 @@ pub enum Reason {
     OrderCashAmountRequired,
     // A reference to something that does not exist.
     ProgrammeNotFound,
+    EarningRuleNotFound,
     SpendNotFound,
     EarnNotFound,
     ReservationNotFound,
@@ -504,6 +556,8 @@ pub enum Reason {
     GrowthReversalExceedsEarn,
     OrderShareExceeded,
     TooManyLots,
+    /// The action's earning rules are disabled or outside their window.
+    EarningRuleNotActive,
     /// More is due than one record holds; the scheduler is settling it.
     SettlingDue,
     // A cap under the reject policy.
@@ -522,6 +576,8 @@ impl Reason {
             Reason::MissingField => "MISSING_FIELD",
             Reason::OrderCashAmountRequired => "ORDER_CASH_AMOUNT_REQUIRED",
             Reason::ProgrammeNotFound => "PROGRAMME_NOT_FOUND",
+            Reason::EarningRuleNotFound => "EARNING_RULE_NOT_FOUND",
+            Reason::EarningRuleNotActive => "EARNING_RULE_NOT_ACTIVE",
             Reason::SpendNotFound => "SPEND_NOT_FOUND",
             Reason::EarnNotFound => "EARN_NOT_FOUND",
             Reason::ReservationNotFound => "RESERVATION_NOT_FOUND",
@@ -567,3 +623,5 @@ pub use fingerprint::{fingerprint, fingerprint_programme};
 mod props;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod activity_tests;

@@ -8,7 +8,9 @@
 //! expiries came between. Under `CLAWBACK_POLICY_ALLOW_DEBT` it is also
 //! exact: available + reserved − debt is what was earned and not reversed,
 //! minus what was spent and not refunded, minus what expired, plus the
-//! adjustments; and while debt is owed nothing is spendable.
+//! adjustments, minus what penalties took; and while debt is owed nothing
+//! is spendable. Activities run under earning rules that earn, multiply,
+//! cap and penalise.
 
 use proptest::prelude::*;
 
@@ -19,17 +21,76 @@ const T0: Millis = 1_773_100_800_000;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Earn { points: Points, expires_in_hours: Option<u8> },
-    Spend { points: Points },
-    Reserve { points: Points, timeout_minutes: u8 },
-    Capture { which: u8, points: Option<Points> },
-    Release { which: u8 },
-    Refund { which: u8, points: Points },
-    Reverse { which: u8, points: Points },
-    Adjust { points: Points },
+    Earn {
+        points: Points,
+        expires_in_hours: Option<u8>,
+    },
+    Spend {
+        points: Points,
+    },
+    Reserve {
+        points: Points,
+        timeout_minutes: u8,
+    },
+    Capture {
+        which: u8,
+        points: Option<Points>,
+    },
+    Release {
+        which: u8,
+    },
+    Refund {
+        which: u8,
+        points: Points,
+    },
+    Reverse {
+        which: u8,
+        points: Points,
+    },
+    Adjust {
+        points: Points,
+    },
     ExpireAll,
-    Advance { minutes: u16 },
+    Advance {
+        minutes: u16,
+    },
+    /// An activity of one of [`rules`]' actions.
+    Activity {
+        which: u8,
+        amount: u16,
+    },
 }
+
+/// The earning rules the activities run under: a login (+1, twice a day),
+/// a payment by amount (tagged ×2 under a campaign), a report (−12) and a
+/// penalty that also takes growth.
+fn rules(p: &mut Programme) {
+    let rule = |id: &str, points: Points, growth: i64| EarningRule {
+        rule_id: id.into(),
+        action: id.into(),
+        points,
+        growth,
+        ..Default::default()
+    };
+    let mut pay = rule("pay", 0, 0);
+    pay.amount_rates.insert("*".into(), AmountRate { amount_minor: 100, points: 1, growth: 1 });
+    pay.tag_multipliers_percent.insert("x2".into(), 200);
+    p.earning_rules = vec![
+        EarningRule { daily_count_max: 2, ..rule("login", 1, 1) },
+        pay,
+        rule("reported", -12, 0),
+        EarningRule { daily_points_max: 40, ..rule("complaint", -25, -3) },
+    ];
+    p.campaigns = vec![Campaign {
+        campaign_id: "double".into(),
+        starts_at: Some(T0),
+        ends_at: Some(T0 + 86_400_000),
+        actions: vec!["pay".into()],
+        multiplier_percent: 200,
+    }];
+}
+
+const ACTIONS: [&str; 4] = ["login", "pay", "reported", "complaint"];
 
 fn op() -> impl Strategy<Value = Op> {
     let pts = 1i64..300;
@@ -44,6 +105,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (-150i64..150).prop_map(|p| Op::Adjust { points: if p == 0 { 1 } else { p } }),
         1 => Just(Op::ExpireAll),
         2 => (1u16..3000).prop_map(|minutes| Op::Advance { minutes }),
+        3 => (any::<u8>(), any::<u16>()).prop_map(|(which, amount)| Op::Activity { which, amount }),
     ]
 }
 
@@ -59,6 +121,10 @@ struct Tally {
     spent: Points,
     refunded: Points,
     expired: Points,
+    /// Taken by penalties (from lots, or as debt).
+    penalized: Points,
+    /// Reversals written off and not recovered since.
+    written_off: Points,
 }
 
 impl Tally {
@@ -77,17 +143,22 @@ fn pick(ids: &[String], which: u8) -> Option<String> {
 
 fn check(a: &Account, t: &Tally, policy: ClawbackPolicy) -> Result<(), TestCaseError> {
     prop_assert_eq!(a.check_invariants_fully(), Ok(()));
+    // A reversal writes off points that are gone, and a penalty may be what
+    // took them: those are not taken twice. A penalty may leave debt
+    // (ALLOW_DEBT): the bound is never below 0.
+    let bound = t.earned + t.credited - t.reversed - t.penalized + t.written_off.min(t.penalized);
     prop_assert!(
-        a.available() <= t.earned + t.credited - t.reversed,
-        "spendable {} > earned {} + credited {} - reversed {}: {:?}",
+        a.available() <= bound.max(0),
+        "spendable {} > earned {} + credited {} - reversed {} - penalized {}: {:?}",
         a.available(),
         t.earned,
         t.credited,
         t.reversed,
+        t.penalized,
         t
     );
     if policy == ClawbackPolicy::AllowDebt {
-        let net = t.earned - t.reversed - (t.spent - t.refunded) - t.expired + t.credited - t.debited;
+        let net = t.earned - t.reversed - t.penalized - (t.spent - t.refunded) - t.expired + t.credited - t.debited;
         prop_assert_eq!(a.available() + a.reserved() - a.debt, net, "{:?}", t);
         prop_assert!(a.available() <= net.max(0), "spendable {} > {} ({:?})", a.available(), net, t);
         prop_assert!(a.debt == 0 || a.available() == 0, "debt {} beside {} spendable", a.debt, a.available());
@@ -125,6 +196,12 @@ fn body_of(op: &Op, now: &mut Millis, earns: &[String], spends: &[String], holds
         }
         Op::Adjust { points } => CommandBody::Adjust { points: *points, operator: "ops".into(), reason: "fix".into() },
         Op::ExpireAll => CommandBody::Expire { all_points: true, reason: "recycle".into(), operator: "risk".into() },
+        Op::Activity { which, amount } => CommandBody::RecordActivity(Activity {
+            action: ACTIONS[*which as usize % ACTIONS.len()].into(),
+            amount_minor: i64::from(*amount),
+            product_tags: if which % 2 == 0 { vec!["x2".into()] } else { Vec::new() },
+            ..Default::default()
+        }),
     })
 }
 
@@ -132,6 +209,7 @@ fn run(policy: ClawbackPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut p = Programme::example("shop", "points");
     p.validity_days = 0;
     p.clawback_policy = policy;
+    rules(&mut p);
     let key = AccountKey::new("shop", "points", "m1");
     let (mut a, mut t, mut now) = (Account::default(), Tally::default(), T0);
     let (mut earns, mut spends, mut holds): (Vec<String>, Vec<String>, Vec<String>) = Default::default();
@@ -158,6 +236,9 @@ fn run(policy: ClawbackPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     t.spent += points;
                     spends.push(id.clone());
                 }
+                Event::PenaltyApplied { taken, debt_added, .. } => t.penalized += sum(taken) + debt_added,
+                Event::EarnReversed { written_off, .. } => t.written_off += written_off,
+                Event::PointsRecovered { written_off, .. } => t.written_off -= written_off,
                 _ => {}
             }
         }

@@ -2,15 +2,15 @@
 
 use super::*;
 
-const DAY: i64 = 86_400_000;
+pub(super) const DAY: i64 = 86_400_000;
 /// 2026-03-10T00:00:00Z
-const T0: Millis = 1_773_100_800_000;
+pub(super) const T0: Millis = 1_773_100_800_000;
 
 /// Given a programme and the history so far, when a command arrives at `now`,
 /// then these events (folded into the account) or this rejection.
-struct Scenario {
-    programme: Programme,
-    account: Account,
+pub(super) struct Scenario {
+    pub(super) programme: Programme,
+    pub(super) account: Account,
     now: Millis,
 }
 
@@ -19,18 +19,18 @@ fn key() -> AccountKey {
 }
 
 impl Scenario {
-    fn new() -> Scenario {
+    pub(super) fn new() -> Scenario {
         let mut p = Programme::example("shop", "points");
         p.validity_days = 0;
         Scenario { programme: p, account: Account::default(), now: T0 }
     }
 
-    fn rules(mut self, f: impl FnOnce(&mut Programme)) -> Self {
+    pub(super) fn rules(mut self, f: impl FnOnce(&mut Programme)) -> Self {
         f(&mut self.programme);
         self
     }
 
-    fn at(&mut self, now: Millis) -> &mut Self {
+    pub(super) fn at(&mut self, now: Millis) -> &mut Self {
         self.now = now;
         self
     }
@@ -46,7 +46,7 @@ impl Scenario {
     }
 
     /// Decides and folds; panics on a rejection.
-    fn then_ok(&mut self, id: &str, body: CommandBody) -> Vec<Event> {
+    pub(super) fn then_ok(&mut self, id: &str, body: CommandBody) -> Vec<Event> {
         let events = self.when(id, body).unwrap_or_else(|r| panic!("{id} rejected: {r:?}"));
         self.given_events(&events);
         self.account.check_invariants_fully().unwrap();
@@ -54,18 +54,18 @@ impl Scenario {
         events
     }
 
-    fn then_rejects(&self, id: &str, body: CommandBody, reason: Reason) {
+    pub(super) fn then_rejects(&self, id: &str, body: CommandBody, reason: Reason) {
         match self.when(id, body) {
             Err(r) => assert_eq!(r.reason, reason, "{}", r.message),
             Ok(events) => panic!("{id} accepted: {events:?}"),
         }
     }
 
-    fn earn(&mut self, id: &str, points: Points, expires_at: Option<Millis>) -> Vec<Event> {
+    pub(super) fn earn(&mut self, id: &str, points: Points, expires_at: Option<Millis>) -> Vec<Event> {
         self.then_ok(id, earn_body(points, "purchase", expires_at))
     }
 
-    fn available(&self) -> Points {
+    pub(super) fn available(&self) -> Points {
         self.account.available()
     }
 }
@@ -93,7 +93,7 @@ fn spend(points: Points) -> CommandBody {
     CommandBody::Spend { points, order_ref: None, order_cash_amount: None }
 }
 
-fn lots(v: &[(&str, Points)]) -> Vec<LotAmount> {
+pub(super) fn lots(v: &[(&str, Points)]) -> Vec<LotAmount> {
     v.iter().map(|(id, p)| LotAmount::new(id, *p)).collect()
 }
 
@@ -553,7 +553,7 @@ fn tiers(p: &mut Programme) {
     p.level_window_days = 365;
 }
 
-fn earn_growth(points: Points, growth: i64) -> CommandBody {
+pub(super) fn earn_growth(points: Points, growth: i64) -> CommandBody {
     CommandBody::Earn { points, reason: "purchase".into(), order_ref: None, growth, expires_at: None }
 }
 

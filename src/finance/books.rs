@@ -131,6 +131,7 @@ struct Movements {
     expired: Points,
     adjusted_up: Points,
     adjusted_down: Points,
+    penalized: Points,
     closing_balance: Points,
     debt: Points,
     reserved: Points,
@@ -147,6 +148,7 @@ impl Movements {
             expired: b.expired,
             adjusted_up: b.adjusted_up,
             adjusted_down: b.adjusted_down,
+            penalized: b.penalized,
             closing_balance: b.closing_balance,
             debt: b.debt,
             reserved: b.reserved,
@@ -162,6 +164,7 @@ impl Movements {
         b.expired = self.expired;
         b.adjusted_up = self.adjusted_up;
         b.adjusted_down = self.adjusted_down;
+        b.penalized = self.penalized;
         b.closing_balance = self.closing_balance;
         b.debt = self.debt;
         b.reserved = self.reserved;
@@ -226,11 +229,17 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
                 add(&mut b.closing_balance, -lots(l)?)?;
             }
         }
+        Event::PenaltyApplied { taken, debt_added, .. } => {
+            add(&mut b.penalized, lots(taken)?.checked_add(*debt_added)?)?;
+            add(&mut b.closing_balance, -lots(taken)?)?;
+            add(&mut b.debt, *debt_added)?;
+        }
         Event::AccountFrozen { .. }
         | Event::AccountUnfrozen { .. }
         | Event::GrowthExpired { .. }
         | Event::LevelChanged { .. }
-        | Event::SettlementSetAside { .. } => {}
+        | Event::SettlementSetAside { .. }
+        | Event::ActivityRecorded { .. } => {}
     }
     Some(())
 }
@@ -448,9 +457,10 @@ fn programme_of(a: &AccountKey) -> ProgrammeKey {
 /// Whether a book's movements lead from its opening to its closing.
 pub fn identity_holds(b: &state::DailyBook) -> bool {
     let holds = || -> Option<bool> {
-        let lhs = [b.issued, -b.spent, b.refunded, -b.reversed, -b.expired, b.adjusted_up, -b.adjusted_down]
-            .iter()
-            .try_fold(b.opening_balance.checked_sub(b.opening_debt)?, |s, x| s.checked_add(*x));
+        let lhs =
+            [b.issued, -b.spent, b.refunded, -b.reversed, -b.expired, b.adjusted_up, -b.adjusted_down, -b.penalized]
+                .iter()
+                .try_fold(b.opening_balance.checked_sub(b.opening_debt)?, |s, x| s.checked_add(*x));
         Some(lhs? == b.closing_balance.checked_sub(b.debt)?)
     };
     holds().unwrap_or(false)
@@ -491,6 +501,7 @@ pub fn daily_book(
                 (&mut total.expired, partial.expired),
                 (&mut total.adjusted_up, partial.adjusted_up),
                 (&mut total.adjusted_down, partial.adjusted_down),
+                (&mut total.penalized, partial.penalized),
                 (&mut total.written_off, partial.written_off),
             ] {
                 sum(t, x)?;

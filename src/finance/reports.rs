@@ -76,6 +76,7 @@ pub fn roll_up(days: &[state::DailyBook], period: Period) -> Result<Vec<state::D
             (&mut p.expired, d.expired),
             (&mut p.adjusted_up, d.adjusted_up),
             (&mut p.adjusted_down, d.adjusted_down),
+            (&mut p.penalized, d.penalized),
             (&mut p.written_off, d.written_off),
         ] {
             *t = t.checked_add(x).ok_or_else(overflow)?;
@@ -173,6 +174,7 @@ pub const BOOK_COLUMNS: &[&str] = &[
     "expired",
     "adjusted_up",
     "adjusted_down",
+    "penalized",
     "written_off",
     "closing_balance",
     "debt",
@@ -207,6 +209,7 @@ pub fn book_values(b: &state::DailyBook) -> Vec<String> {
         n(b.expired),
         n(b.adjusted_up),
         n(b.adjusted_down),
+        n(b.penalized),
         n(b.written_off),
         n(b.closing_balance),
         n(b.debt),
@@ -256,7 +259,7 @@ pub fn books_csv(books: &[state::DailyBook]) -> String {
 /// A table for people: the main figures, one book per line.
 pub fn books_table(books: &[state::DailyBook]) -> String {
     let mut out = format!(
-        "{:<12} {:<12} {:<10} {:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>14} {:>7}  {}\n",
+        "{:<12} {:<12} {:<10} {:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>14} {:>7}  {}\n",
         "tenant",
         "programme",
         "date",
@@ -268,6 +271,7 @@ pub fn books_table(books: &[state::DailyBook]) -> String {
         "expired",
         "adj+",
         "adj-",
+        "penalty",
         "closing",
         "debt",
         "liability",
@@ -276,7 +280,7 @@ pub fn books_table(books: &[state::DailyBook]) -> String {
     );
     for b in books {
         out += &format!(
-            "{:<12} {:<12} {:<10} {:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>14} {:>7}  {}\n",
+            "{:<12} {:<12} {:<10} {:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>14} {:>7}  {}\n",
             b.tenant_id,
             b.programme_id,
             b.date,
@@ -288,6 +292,7 @@ pub fn books_table(books: &[state::DailyBook]) -> String {
             b.expired,
             b.adjusted_up,
             b.adjusted_down,
+            b.penalized,
             b.closing_balance,
             b.debt,
             b.liability_cash_minor,

@@ -154,10 +154,14 @@ fn epoch_text(epoch: Option<u64>) -> String {
 }
 
 type ReplyTx = oneshot::Sender<Result<Reply, WriteError>>;
+/// A preview's answer: the events the command would cause now.
+type PreviewTx = oneshot::Sender<Result<Vec<crate::domain::Event>, WriteError>>;
 
 /// What a partition's writer thread takes from its queue.
 enum Msg {
     Submit(Box<Command>, ReplyTx),
+    /// Decide against the committed state and answer; write nothing.
+    Preview(Box<Command>, PreviewTx),
     /// Settle what is due; the sender, if any, hears when that is done.
     Tick(Option<oneshot::Sender<()>>),
     /// The partition's assignment changed: look at it now.
@@ -336,6 +340,23 @@ impl Writers {
             answers.push(Self::answer(p).await);
         }
         answers
+    }
+
+    /// The events `command` would cause if its writer decided it now,
+    /// against the account as last committed; nothing is written.
+    pub async fn preview(&self, command: Command) -> Result<Vec<crate::domain::Event>, WriteError> {
+        let p = self.partition_of(&command.account);
+        match self.ownership.status(p) {
+            READY => {}
+            CATCHING_UP => return Err(Unavailable::CatchingUp(p).into()),
+            _ => return Err(Unavailable::PartitionMoving(p).into()),
+        }
+        let (tx, rx) = oneshot::channel();
+        self.senders[p as usize]
+            .send(Msg::Preview(Box::new(command), tx))
+            .await
+            .map_err(|_| Unavailable::WriterStopped(p))?;
+        rx.await.map_err(|_| Unavailable::WriterStopped(p))?
     }
 
     async fn send(&self, command: Command) -> Result<(u32, oneshot::Receiver<Result<Reply, WriteError>>), WriteError> {

@@ -37,6 +37,10 @@ pub enum ConfigureError {
     Unavailable(#[from] LogError),
     #[error("control log: {0}")]
     NotConfirmed(String),
+    /// The cash ratio of an existing programme moves only with
+    /// `allow_ratio_change`.
+    #[error("points_per_cash_unit would change from {from} to {to}: set allow_ratio_change to change it")]
+    RatioChange { from: i64, to: i64 },
 }
 
 /// All versions of all programmes, and the configure requests seen.
@@ -272,6 +276,14 @@ impl Programmes {
                 return Err(ConfigureError::RequestIdReused(request_id.into()));
             }
             let previous = self.registry.read().expect("registry lock").current(&programme.key());
+            if let Some(p) = previous.as_ref().filter(|p| p.points_per_cash_unit != programme.points_per_cash_unit) {
+                if !programme.allow_ratio_change {
+                    return Err(ConfigureError::RatioChange {
+                        from: p.points_per_cash_unit,
+                        to: programme.points_per_cash_unit,
+                    });
+                }
+            }
             programme.version = previous.as_ref().map(|p| p.version).unwrap_or(0) + 1;
             programme.configured_at = now.max(previous.map(|p| p.configured_at).unwrap_or(0));
             let record = ControlRecord {

@@ -33,7 +33,7 @@ use super::ownership::Ownership;
 use super::programmes::Programmes;
 use super::programmes::SharedRegistry;
 use super::shares::ShareDecision;
-use super::{Clock, Msg, ReplyTx, Unavailable, WriteError, WriterConfig, FOLLOWING, READY, RELEASING};
+use super::{Clock, Msg, PreviewTx, ReplyTx, Unavailable, WriteError, WriterConfig, FOLLOWING, READY, RELEASING};
 use crate::domain::{self, Account, AccountKey, Command, CommandBody, Millis, Points, ProgrammeKey};
 use crate::log::arbiter::Arbiter;
 use crate::log::record::{AccountRecord, Balance, CapMode, PartitionRecord, Position, Reply};
@@ -227,6 +227,8 @@ struct Gathered {
     tick_waiters: Vec<oneshot::Sender<()>>,
     /// Due-index rows the tick took up.
     ticked: Vec<(Vec<u8>, AccountKey)>,
+    /// Commands to decide without writing, answered before the batch.
+    previews: Vec<(Command, PreviewTx)>,
 }
 
 /// A batch as decided: the records to append, in order, and who waits for
@@ -316,7 +318,8 @@ impl PartitionWriter {
         }
         let now = self.clock.now().max(self.last_now);
         self.last_now = now;
-        let gathered = self.gather(msgs, now)?;
+        let mut gathered = self.gather(msgs, now)?;
+        self.preview(std::mem::take(&mut gathered.previews), now)?;
         let mut decided = self.decide(gathered.commands, gathered.ticked, now)?;
         self.set_aside(&mut decided, now)?;
         if decided.records.is_empty() {
@@ -343,11 +346,17 @@ impl PartitionWriter {
     /// Gather: the queued commands, and on the batch's first tick one `Tick`
     /// command per account due by `now` (from the due index).
     fn gather(&self, msgs: Vec<Msg>, now: Millis) -> Result<Gathered, store::StoreError> {
-        let mut g = Gathered { commands: Vec::with_capacity(msgs.len()), tick_waiters: Vec::new(), ticked: Vec::new() };
+        let mut g = Gathered {
+            commands: Vec::with_capacity(msgs.len()),
+            previews: Vec::new(),
+            tick_waiters: Vec::new(),
+            ticked: Vec::new(),
+        };
         let mut ticked = false;
         for m in msgs {
             match m {
                 Msg::Submit(c, tx) => g.commands.push((*c, Some(tx))),
+                Msg::Preview(c, tx) => g.previews.push((*c, tx)),
                 Msg::Wake => {}
                 Msg::Tick(done) => {
                     g.tick_waiters.extend(done);
@@ -474,6 +483,32 @@ impl PartitionWriter {
             ),
             PartitionRecord::Claim(_) => anyhow::bail!("offset {offset} holds a claim, not a command's record"),
         }
+    }
+
+    /// Previews: each command decided against its account as last committed
+    /// (the cache's, or the store's), answered with its events; nothing is
+    /// kept or written.
+    fn preview(&mut self, previews: Vec<(Command, PreviewTx)>, now: Millis) -> Result<(), store::StoreError> {
+        for (cmd, tx) in previews {
+            let programme = self.programme(&cmd.account);
+            let stored;
+            let account = match self.cache.get(&cmd.account) {
+                Some(kept) => &kept.account,
+                None => {
+                    stored = accounts::load_with_tail(&self.store, Cf::Accounts, &cmd.account)?.0;
+                    &stored
+                }
+            };
+            let p = programme.as_deref();
+            let capped = p.filter(|p| p.programme_daily_issuance_cap > 0);
+            let seen = capped.map_or(0, |p| {
+                self.issuance.today(&cmd.account.programme(), domain::calendar::programme_day(p.time_zone, now))
+            });
+            let limits = domain::Limits { programme_issued_today: seen };
+            let decided = domain::decide_with(p, account, &cmd, now, &limits).map_err(WriteError::Rejected);
+            let _ = tx.send(decided);
+        }
+        Ok(())
     }
 
     /// Decides one new command and, when it is accepted (or a tick found
@@ -1019,6 +1054,9 @@ impl PartitionWriter {
         for m in msgs {
             match m {
                 Msg::Submit(_, tx) => {
+                    let _ = tx.send(Err(cause.clone().into()));
+                }
+                Msg::Preview(_, tx) => {
                     let _ = tx.send(Err(cause.clone().into()));
                 }
                 Msg::Tick(done) => drop(done),

@@ -11,8 +11,9 @@
 use prost::Message;
 
 use crate::domain::{
-    AccountKey, CapPolicy, ClawbackPolicy, Event, ExpiryCause, LevelThreshold, LotAmount, Millis, Programme,
-    ReleaseCause, RiskRules, ValidityRounding,
+    AccountKey, Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, CapPolicy, ClawbackPolicy, EarningRule,
+    Event, ExpiryCause, GrowthModel, LevelThreshold, LotAmount, Millis, Programme, ReleaseCause, RiskRules,
+    ValidityRounding,
 };
 use crate::log::record::{AccountRecord, CapMode, CapShare, Claim, ControlEvent, ControlRecord, PartitionRecord};
 use crate::proto::log as wire;
@@ -69,6 +70,36 @@ pub fn instant_millis(t: &wire::Instant) -> Option<Millis> {
 }
 
 // ---- events ----
+
+fn applied_to_wire(a: AppliedRule) -> wire::AppliedRule {
+    wire::AppliedRule {
+        rule_id: a.rule_id,
+        points: a.points,
+        growth: a.growth,
+        multiplier_percent: a.multiplier_percent as i32,
+        capped_points: a.capped_points,
+        multipliers: a
+            .multipliers
+            .into_iter()
+            .map(|m| wire::AppliedMultiplier { source: m.source, percent: m.percent as i32 })
+            .collect(),
+    }
+}
+
+fn applied_from_wire(a: wire::AppliedRule) -> AppliedRule {
+    AppliedRule {
+        rule_id: a.rule_id,
+        points: a.points,
+        growth: a.growth,
+        multiplier_percent: unsigned(a.multiplier_percent),
+        capped_points: a.capped_points,
+        multipliers: a
+            .multipliers
+            .into_iter()
+            .map(|m| AppliedMultiplier { source: m.source, percent: unsigned(m.percent) })
+            .collect(),
+    }
+}
 
 pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
     let event = match e {
@@ -192,6 +223,32 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             WireEvent::SettlementSetAside(wire::SettlementSetAside { reason, retry_at_ms: retry_at })
         }
+        Event::ActivityRecorded { activity_id, activity, applied, points, growth, day } => {
+            WireEvent::ActivityRecorded(wire::ActivityRecorded {
+                activity_id,
+                action: activity.action,
+                order_ref: activity.order_ref,
+                amount_minor: activity.amount_minor,
+                member_type: activity.member_type,
+                product_tags: activity.product_tags,
+                applied_rules: applied.into_iter().map(applied_to_wire).collect(),
+                points,
+                growth,
+                day,
+            })
+        }
+        Event::PenaltyApplied { penalty_id, action, points, taken, debt_added, written_off, growth, growth_earns } => {
+            WireEvent::PenaltyApplied(wire::PenaltyApplied {
+                penalty_id,
+                action,
+                points,
+                taken_lots: lots_to_wire(taken),
+                debt_added,
+                written_off,
+                growth,
+                growth_earns: lots_to_wire(growth_earns),
+            })
+        }
     };
     wire::LedgerEvent { event: Some(event) }
 }
@@ -292,6 +349,30 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
         WireEvent::GrowthExpired(x) => Event::GrowthExpired { earns: lots_from_wire(x.earns), growth: x.growth },
         WireEvent::LevelChanged(x) => Event::LevelChanged { from: x.from, to: x.to, growth: x.growth, why: x.why },
         WireEvent::SettlementSetAside(x) => Event::SettlementSetAside { reason: x.reason, retry_at: x.retry_at_ms },
+        WireEvent::ActivityRecorded(x) => Event::ActivityRecorded {
+            activity_id: x.activity_id,
+            activity: Activity {
+                action: x.action,
+                amount_minor: x.amount_minor,
+                member_type: x.member_type,
+                product_tags: x.product_tags,
+                order_ref: x.order_ref,
+            },
+            applied: x.applied_rules.into_iter().map(applied_from_wire).collect(),
+            points: x.points,
+            growth: x.growth,
+            day: x.day,
+        },
+        WireEvent::PenaltyApplied(x) => Event::PenaltyApplied {
+            penalty_id: x.penalty_id,
+            action: x.action,
+            points: x.points,
+            taken: lots_from_wire(x.taken_lots),
+            debt_added: x.debt_added,
+            written_off: x.written_off,
+            growth: x.growth,
+            growth_earns: lots_from_wire(x.growth_earns),
+        },
     })
 }
 
@@ -477,6 +558,24 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
         level_window_days: p.level_window_days as i32,
         version: p.version,
         configured_at: Some(instant(p.configured_at)),
+        earning_rules: p.earning_rules.iter().map(rule_to_wire).collect(),
+        campaigns: p
+            .campaigns
+            .iter()
+            .map(|c| wire::Campaign {
+                campaign_id: c.campaign_id.clone(),
+                starts_at: c.starts_at.map(instant),
+                ends_at: c.ends_at.map(instant),
+                actions: c.actions.clone(),
+                multiplier_percent: c.multiplier_percent as i32,
+            })
+            .collect(),
+        level_multipliers_percent: p.level_multipliers_percent.iter().map(|(k, v)| (k.clone(), *v as i32)).collect(),
+        growth_model: match p.growth_model {
+            GrowthModel::Behaviour => wire::GrowthModel::Behaviour,
+            GrowthModel::Rfm => wire::GrowthModel::Rfm,
+        } as i32,
+        allow_ratio_change: p.allow_ratio_change,
         risk: (p.risk != RiskRules::default()).then_some(wire::RiskRules {
             issuance_spike_percent: p.risk.issuance_spike_percent as i32,
             issuance_spike_min_points: p.risk.issuance_spike_min_points,
@@ -487,6 +586,58 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             member_addresses_minutes: p.risk.member_addresses_minutes as i32,
             member_daily_earn_alert: p.risk.member_daily_earn_alert,
         }),
+    }
+}
+
+fn rule_to_wire(r: &EarningRule) -> wire::EarningRule {
+    wire::EarningRule {
+        rule_id: r.rule_id.clone(),
+        action: r.action.clone(),
+        points: r.points,
+        growth: r.growth,
+        amount_rates: r
+            .amount_rates
+            .iter()
+            .map(|(k, a)| {
+                (k.clone(), wire::AmountRate { amount_minor: a.amount_minor, points: a.points, growth: a.growth })
+            })
+            .collect(),
+        daily_points_max: r.daily_points_max,
+        daily_count_max: r.daily_count_max as i32,
+        starts_at: r.starts_at.map(instant),
+        ends_at: r.ends_at.map(instant),
+        disabled: r.disabled,
+        tag_multipliers_percent: r.tag_multipliers_percent.iter().map(|(k, v)| (k.clone(), *v as i32)).collect(),
+    }
+}
+
+fn rule_from_wire(r: wire::EarningRule) -> EarningRule {
+    EarningRule {
+        rule_id: r.rule_id,
+        action: r.action,
+        points: r.points,
+        growth: r.growth,
+        amount_rates: r
+            .amount_rates
+            .into_iter()
+            .map(|(k, a)| (k, AmountRate { amount_minor: a.amount_minor, points: a.points, growth: a.growth }))
+            .collect(),
+        daily_points_max: r.daily_points_max,
+        daily_count_max: unsigned(r.daily_count_max),
+        starts_at: r.starts_at.as_ref().and_then(instant_millis),
+        ends_at: r.ends_at.as_ref().and_then(instant_millis),
+        disabled: r.disabled,
+        tag_multipliers_percent: r.tag_multipliers_percent.into_iter().map(|(k, v)| (k, unsigned(v))).collect(),
+    }
+}
+
+fn campaign_from_wire(c: wire::Campaign) -> Campaign {
+    Campaign {
+        campaign_id: c.campaign_id,
+        starts_at: c.starts_at.as_ref().and_then(instant_millis),
+        ends_at: c.ends_at.as_ref().and_then(instant_millis),
+        actions: c.actions,
+        multiplier_percent: unsigned(c.multiplier_percent),
     }
 }
 
@@ -556,6 +707,14 @@ pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme
         levels: p.levels.into_iter().map(|l| LevelThreshold { name: l.name, min_growth: l.min_growth }).collect(),
         level_window_days: unsigned(p.level_window_days),
         version: p.version,
+        earning_rules: p.earning_rules.into_iter().map(rule_from_wire).collect(),
+        campaigns: p.campaigns.into_iter().map(campaign_from_wire).collect(),
+        level_multipliers_percent: p.level_multipliers_percent.into_iter().map(|(k, v)| (k, unsigned(v))).collect(),
+        growth_model: match wire::GrowthModel::try_from(p.growth_model) {
+            Ok(wire::GrowthModel::Rfm) => GrowthModel::Rfm,
+            _ => GrowthModel::Behaviour,
+        },
+        allow_ratio_change: p.allow_ratio_change,
         risk: RiskRules {
             issuance_spike_percent: unsigned(r.issuance_spike_percent),
             issuance_spike_min_points: r.issuance_spike_min_points,

@@ -133,6 +133,8 @@ impl Reply {
             .iter()
             .filter_map(|e| match e {
                 Event::PointsEarned { granted, forfeited, .. } => Some((*granted, *forfeited)),
+                // A penalty grants negative points.
+                Event::PenaltyApplied { points, .. } => Some((-*points, 0)),
                 _ => None,
             })
             .fold((0, 0), |(g, f), (g2, f2)| (g + g2, f + f2));

@@ -119,10 +119,15 @@ impl Changed {
                 lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
             }
             Event::GrowthExpired { earns, .. } => earns.iter().for_each(|e| piece(Piece::Earn, &e.lot_id)),
+            Event::PenaltyApplied { taken, growth_earns, .. } => {
+                taken.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
+                growth_earns.iter().for_each(|e| piece(Piece::Earn, &e.lot_id));
+            }
             Event::AccountFrozen { .. }
             | Event::AccountUnfrozen { .. }
             | Event::LevelChanged { .. }
-            | Event::SettlementSetAside { .. } => {}
+            | Event::SettlementSetAside { .. }
+            | Event::ActivityRecorded { .. } => {}
         }
     }
 

@@ -76,6 +76,7 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
             expired: t.expired,
             adjusted_up: t.adjusted_up,
             adjusted_down: t.adjusted_down,
+            penalized: t.penalized,
         }),
         day: a.day,
         day_earned: a.day_earned,
@@ -86,6 +87,12 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         statement_tail_offset: 0,
         statement_tail_index: 0,
         written_off_open: a.written_off_open,
+        rules_day: a.rules_day,
+        rule_days: a
+            .rule_days
+            .iter()
+            .map(|(k, d)| state::RuleDayCounter { rule_id: k.clone(), count: d.count, points: d.points })
+            .collect(),
     }
 }
 
@@ -355,10 +362,17 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
         expired: t.expired,
         adjusted_up: t.adjusted_up,
         adjusted_down: t.adjusted_down,
+        penalized: t.penalized,
     };
     a.day = s.day;
     a.day_earned = s.day_earned;
     a.day_actions = s.day_actions.into_iter().map(|d| (d.action, d.earned)).collect();
+    a.rules_day = s.rules_day;
+    a.rule_days = s
+        .rule_days
+        .into_iter()
+        .map(|d| (d.rule_id, crate::domain::RuleDay { count: d.count, points: d.points }))
+        .collect();
     a.events = s.events;
     a.level = s.level;
     a.recount();
