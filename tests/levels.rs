@@ -125,3 +125,55 @@ async fn levels_rise_fall_with_reversals_and_lapse_when_the_window_passes() {
     let views = audit::open_views_read_only(dir.path()).unwrap();
     assert_eq!(audit::verify(events.as_ref(), &views).unwrap().1, None);
 }
+
+fn adjust_growth(id: &str, growth: i64) -> pb::AdjustGrowthRequest {
+    pb::AdjustGrowthRequest {
+        request_id: id.into(),
+        account: account("lee"),
+        growth,
+        operator: "ops".into(),
+        reason: "review deleted".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_moves_growth_up_and_down_but_never_below_zero() {
+    let h = Harness::start().await;
+    configure(&h, with_levels()).await;
+    let mut c = h.ledger().await;
+    let up = c.adjust_growth(adjust_growth("g1", 150)).await.unwrap().into_inner();
+    assert_eq!(up.balance.unwrap().growth, 150);
+    assert_eq!(account_now(&h, up.position).await.level, "铜牌", "growth alone raises the level");
+    let down = c.adjust_growth(adjust_growth("g2", -400)).await.unwrap().into_inner();
+    assert_eq!(down.balance.unwrap().growth, 0);
+    let Some(pb::ledger_event::Event::GrowthAdjusted(g)) = down.events[0].event.clone() else { panic!("{down:?}") };
+    assert_eq!((g.requested, g.growth), (-400, -150), "the shortfall is reported");
+    assert_eq!(account_now(&h, down.position).await.level, "注册");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_set_by_hand_holds_against_evaluation_until_its_hold_ends() {
+    let h = Harness::start().await;
+    configure(&h, with_levels()).await;
+    let mut c = h.ledger().await;
+    let set = pb::SetLevelRequest {
+        request_id: "l1".into(),
+        account: account("lee"),
+        level: "金牌".into(),
+        operator: "ops".into(),
+        reason: "VIP customer".into(),
+        hold_until: Some(pbjson_types::Timestamp { seconds: (T0 + 10 * DAY) / 1000, nanos: 0 }),
+    };
+    h.admin().await.set_level(set.clone()).await.unwrap();
+    let r = c.earn(pb::EarnRequest { growth: Some(10), ..earn("o1", "lee", 10) }).await.unwrap().into_inner();
+    assert_eq!(account_now(&h, r.position).await.level, "金牌", "held: 10 growth does not lower it");
+    h.clock.advance(11 * DAY);
+    let r = c.earn(pb::EarnRequest { growth: Some(10), ..earn("o2", "lee", 10) }).await.unwrap().into_inner();
+    assert_eq!(account_now(&h, r.position).await.level, "注册", "after the hold, evaluation decides");
+    let unknown = pb::SetLevelRequest { request_id: "l2".into(), level: "platinum".into(), ..set };
+    let e = h.admin().await.set_level(unknown).await.expect_err("no such level");
+    assert_eq!((e.code(), reason_of(&e).as_str()), (tonic::Code::NotFound, "LEVEL_NOT_FOUND"));
+    h.stop().await;
+}

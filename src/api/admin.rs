@@ -1,4 +1,5 @@
-//! `points.v1.ProgrammeAdmin`: programme rules, freezing, and the risk
+//! `points.v1.ProgrammeAdmin`: programme rules, freezing, levels set by
+//! hand, and the risk
 //! view (alerts, a member's counters, issuance per day). Every call needs
 //! an admin client when access control is on, but `GetProgramme`, which
 //! shows a programme's risk thresholds to admin clients only.
@@ -195,6 +196,21 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
             answer.risk = None;
         }
         Ok(Response::new(answer))
+    }
+
+    async fn set_level(&self, req: Request<pb::SetLevelRequest>) -> Result<Response<pb::CommandReply>, Status> {
+        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let account = validate::account(&r.account)?;
+        self.0.auth.check(&caller, &account.tenant_id, Access::Admin)?;
+        let body = domain::CommandBody::SetLevel {
+            level: if r.level.is_empty() { String::new() } else { validate::text("level", &r.level, 64, true)? },
+            operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+            reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+            hold_until: r.hold_until.as_ref().map(|t| validate::instant("hold_until", t)).transpose()?,
+        };
+        let request_id = validate::request_id(&r.request_id)?;
+        let command = domain::Command { request_id, account, body, context: Default::default() };
+        self.0.route(caller.metadata, super::forward::path::SET_LEVEL, r, command).await
     }
 
     async fn freeze_account(

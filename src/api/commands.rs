@@ -1,4 +1,4 @@
-//! Command requests: each of the ten validated fully (and its access
+//! Command requests: each of the eleven validated fully (and its access
 //! checked) into a domain command before anything reaches a writer. A
 //! rejected request writes nothing.
 
@@ -127,6 +127,12 @@ command_request!(pb::RecordActivityRequest, path::RECORD_ACTIVITY, Access::Membe
     CommandBody::RecordActivity(validate::activity(r)?)
 });
 
+command_request!(pb::AdjustGrowthRequest, path::ADJUST_GROWTH, Access::Admin, |r| CommandBody::AdjustGrowth {
+    growth: validate::growth_adjustment(r.growth)?,
+    operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+    reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+});
+
 impl Ledger {
     /// Validates a command request fully (and checks access) into a command.
     pub(super) fn build<R: CommandRequest>(&self, caller: &Caller<'_>, r: &R) -> Result<Command, Status> {
@@ -157,6 +163,7 @@ impl Ledger {
             C::Expire(r) => self.build(caller, r),
             C::Adjust(r) => self.build(caller, r),
             C::Activity(r) => self.build(caller, r),
+            C::AdjustGrowth(r) => self.build(caller, r),
         }
     }
 }

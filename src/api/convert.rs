@@ -167,6 +167,19 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
                 growth,
             })
         }
+        Event::GrowthAdjusted { adjustment_id, requested, growth, operator, reason, earns, day: _ } => {
+            PbEvent::GrowthAdjusted(pb::GrowthAdjusted {
+                adjustment_id,
+                requested,
+                growth,
+                operator,
+                reason,
+                earns: lots_to_pb(earns),
+            })
+        }
+        Event::LevelHeld { level, operator, reason, hold_until } => {
+            PbEvent::LevelHeld(pb::LevelHeld { level, operator, reason, hold_until: hold_until.map(timestamp) })
+        }
         Event::PenaltyApplied { penalty_id, action, points, taken, debt_added, written_off, growth, growth_earns } => {
             PbEvent::PenaltyApplied(pb::PenaltyApplied {
                 penalty_id,

@@ -49,7 +49,8 @@ pub fn code_of(reason: Reason) -> Code {
         | Reason::EarningRuleNotFound
         | Reason::SpendNotFound
         | Reason::EarnNotFound
-        | Reason::ReservationNotFound => Code::NotFound,
+        | Reason::ReservationNotFound
+        | Reason::LevelNotFound => Code::NotFound,
         Reason::InsufficientPoints
         | Reason::AccountFrozen
         | Reason::ReservationSettled

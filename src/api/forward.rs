@@ -62,6 +62,8 @@ pub mod path {
     pub const ADJUST: &str = "/points.v1.PointsLedger/Adjust";
     pub const RECORD_ACTIVITY: &str = "/points.v1.PointsLedger/RecordActivity";
     pub const PREVIEW_ACTIVITY: &str = "/points.v1.PointsLedger/PreviewActivity";
+    pub const ADJUST_GROWTH: &str = "/points.v1.PointsLedger/AdjustGrowth";
+    pub const SET_LEVEL: &str = "/points.v1.ProgrammeAdmin/SetLevel";
     pub const SUBMIT_BATCH: &str = "/points.v1.PointsLedger/SubmitBatch";
     pub const FREEZE_ACCOUNT: &str = "/points.v1.ProgrammeAdmin/FreezeAccount";
     pub const UNFREEZE_ACCOUNT: &str = "/points.v1.ProgrammeAdmin/UnfreezeAccount";

@@ -1,4 +1,4 @@
-//! `points.v1.PointsLedger`: the ten commands, `PreviewActivity`,
+//! `points.v1.PointsLedger`: the eleven commands, `PreviewActivity`,
 //! `SubmitBatch`, and the queries on members' accounts.
 
 use std::sync::Arc;
@@ -73,7 +73,7 @@ fn fill_forwarded(
 }
 
 /// The trait's methods: every command is validated into a domain command
-/// and submitted the same way, so the ten are generated from their names.
+/// and submitted the same way, so the eleven are generated from their names.
 macro_rules! ledger_service {
     ($($command:ident: $request:ty),* $(,)?; $($rest:tt)*) => {
         #[tonic::async_trait]
@@ -98,7 +98,8 @@ ledger_service! {
     reverse_earn: pb::ReverseEarnRequest,
     expire: pb::ExpireRequest,
     adjust: pb::AdjustRequest,
-    record_activity: pb::RecordActivityRequest;
+    record_activity: pb::RecordActivityRequest,
+    adjust_growth: pb::AdjustGrowthRequest;
 
     async fn preview_activity(
         &self,

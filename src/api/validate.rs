@@ -158,6 +158,14 @@ pub fn growth(g: Option<i64>) -> Result<i64, Status> {
     }
 }
 
+/// A growth adjustment: non-zero, at most [`GROWTH_MAX`] either way.
+pub fn growth_adjustment(growth: i64) -> Result<i64, Status> {
+    if growth == 0 || growth.unsigned_abs() > GROWTH_MAX as u64 {
+        return Err(invalid("growth", format!("must be non-zero and within ±{GROWTH_MAX}, got {growth}")));
+    }
+    Ok(growth)
+}
+
 /// Product tags of an activity, at most this many.
 pub const PRODUCT_TAGS_MAX: usize = 16;
 

@@ -121,6 +121,8 @@ impl Totals {
             Event::PointsReserved { .. }
             | Event::ReservationReleased { .. }
             | Event::ActivityRecorded { .. }
+            | Event::GrowthAdjusted { .. }
+            | Event::LevelHeld { .. }
             | Event::AccountFrozen { .. }
             | Event::AccountUnfrozen { .. }
             | Event::GrowthExpired { .. }
@@ -159,6 +161,8 @@ pub struct Account {
     pub day: i64,
     pub day_earned: Points,
     pub day_actions: VecMap<String, Points>,
+    /// Until when a level set by hand is held against evaluation.
+    pub level_held_until: Option<Millis>,
     /// The programme day `rule_days` count for.
     pub rules_day: i64,
     /// Each earning rule's occurrences and points on `rules_day`.
@@ -448,6 +452,18 @@ impl Account {
             Event::LevelChanged { to, .. } => self.level = to.clone(),
             Event::SettlementSetAside { .. } => {}
             Event::ActivityRecorded { applied, day, .. } => self.count_rules(applied, *day),
+            Event::GrowthAdjusted { adjustment_id, growth, earns, day, .. } => {
+                if *growth > 0 {
+                    let earn = EarnRecord { growth: *growth, day: *day, ..EarnRecord::default() };
+                    self.count_growth(&earn, 1);
+                    self.growth += growth;
+                    let previous = self.earns.insert(adjustment_id.clone(), earn);
+                    assert!(previous.is_none(), "earn {adjustment_id} recorded twice");
+                } else {
+                    self.take_growth(earns);
+                }
+            }
+            Event::LevelHeld { hold_until, .. } => self.level_held_until = *hold_until,
             Event::PenaltyApplied { taken, debt_added, growth_earns, .. } => {
                 self.take(taken);
                 self.debt += debt_added;

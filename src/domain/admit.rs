@@ -185,6 +185,10 @@ impl<'a> Sim<'a> {
                 equal(*points, p, "the activity's points")?;
                 equal(*growth, g, "the activity's growth")
             }
+            Event::LevelHeld { .. } => Ok(()),
+            Event::GrowthAdjusted { adjustment_id, requested, growth, earns, .. } => {
+                self.adjust_growth(adjustment_id, *requested, *growth, earns)
+            }
             Event::PenaltyApplied { points, taken, debt_added, written_off, growth, growth_earns, .. } => {
                 self.penalty(*points, taken, *debt_added, *written_off, *growth, growth_earns)
             }
@@ -399,6 +403,48 @@ impl<'a> Sim<'a> {
         self.movement(ADJUSTED_DOWN, down)
     }
 
+    /// Growth credited as a new earn of no points, or taken from earns that
+    /// hold it (never more than asked).
+    fn adjust_growth(
+        &mut self,
+        id: &'a str,
+        requested: i64,
+        growth: i64,
+        earns: &'a [LotAmount],
+    ) -> Result<(), String> {
+        if growth > 0 {
+            if !earns.is_empty() || growth != requested || self.earn_state(id).is_some() {
+                return Err(format!("growth credit {id} of {growth} (asked {requested}) is not a new earn"));
+            }
+            self.growth = add(self.growth, growth, "growth")?;
+            let sim = EarnSim { reversed: 0, growth, growth_reversed: 0, growth_expired: 0 };
+            self.earns.insert(id, sim);
+            return Ok(());
+        }
+        if requested >= 0 || growth < requested {
+            return Err(format!("growth taken {growth} against {requested} asked"));
+        }
+        let taken = self.take_growth(earns)?;
+        equal(-growth, taken, "the growth adjustment")?;
+        self.growth -= taken;
+        non_negative(self.growth, "growth")
+    }
+
+    /// Growth taken from earns that hold it in the window: its sum.
+    fn take_growth(&mut self, earns: &'a [LotAmount]) -> Result<i64, String> {
+        let mut taken = 0i64;
+        for e in earns {
+            let mut earn = self.earn_state(&e.lot_id).ok_or_else(|| format!("no earn {}", e.lot_id))?;
+            if e.points < 0 || e.points > earn.growth_in_window() {
+                return Err(format!("earn {} holds {} growth, not {}", e.lot_id, earn.growth_in_window(), e.points));
+            }
+            earn.growth_reversed = add(earn.growth_reversed, e.points, "the earn's taken growth")?;
+            self.earns.insert(&e.lot_id, earn);
+            taken = add(taken, e.points, "growth taken")?;
+        }
+        Ok(taken)
+    }
+
     /// A penalty: its lots, debt and write-off sum to its points; growth
     /// taken from earns that hold it in the window.
     fn penalty(
@@ -416,16 +462,7 @@ impl<'a> Sim<'a> {
         let took = self.take(taken)?;
         equal(points, add(add(took, debt_added, "the penalty")?, written_off, "the penalty")?, "the penalty")?;
         self.debt = add(self.debt, debt_added, "debt")?;
-        let mut g = 0i64;
-        for e in growth_earns {
-            let mut earn = self.earn_state(&e.lot_id).ok_or_else(|| format!("no earn {}", e.lot_id))?;
-            if e.points < 0 || e.points > earn.growth_in_window() {
-                return Err(format!("earn {} holds {} growth, not {}", e.lot_id, earn.growth_in_window(), e.points));
-            }
-            earn.growth_reversed = add(earn.growth_reversed, e.points, "the earn's taken growth")?;
-            self.earns.insert(&e.lot_id, earn);
-            g = add(g, e.points, "growth taken")?;
-        }
+        let g = self.take_growth(growth_earns)?;
         equal(growth, g, "the penalty's growth")?;
         self.growth -= growth;
         non_negative(self.growth, "growth")?;

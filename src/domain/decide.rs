@@ -71,7 +71,9 @@ pub fn decide_with(
         let d = Decision { programme, account: &state, request_id: &command.request_id, now, limits: *limits };
         events.extend(d.decide(&command.body)?);
     }
-    if let Some(p) = programme.filter(|p| !p.levels.is_empty() || !state.level.is_empty()) {
+    // A level set by hand is left alone until its hold ends.
+    let held = matches!(command.body, CommandBody::SetLevel { .. }) || state.level_held_until.is_some_and(|u| now < u);
+    if let Some(p) = programme.filter(|p| !held && (!p.levels.is_empty() || !state.level.is_empty())) {
         let growth = growth_in_window_after(&state, &events[due..]);
         events.extend(level_change(p, &state.level, growth, &command.body, &events));
     }
@@ -105,6 +107,7 @@ fn growth_in_window_after(state: &Account, decided: &[Event]) -> i64 {
                 }
             }
             Event::PenaltyApplied { growth: g, .. } => growth -= g,
+            Event::GrowthAdjusted { growth: g, .. } => growth += g,
             _ => {}
         }
     }
@@ -131,6 +134,7 @@ fn level_change(
             CommandBody::Earn { .. } => "growth earned".to_string(),
             CommandBody::ReverseEarn { .. } => "growth reversed".to_string(),
             CommandBody::RecordActivity(a) => format!("activity '{}'", a.action),
+            CommandBody::AdjustGrowth { .. } => "growth adjusted".to_string(),
             _ => "level rules re-evaluated".to_string(),
         }
     };
@@ -417,6 +421,10 @@ impl Decision<'_> {
             CommandBody::Expire { all_points, reason, operator } => self.expire(*all_points, reason, operator),
             CommandBody::Adjust { points, operator, reason } => self.adjust(*points, operator, reason),
             CommandBody::RecordActivity(activity) => self.activity(activity),
+            CommandBody::AdjustGrowth { growth, operator, reason } => self.adjust_growth(*growth, operator, reason),
+            CommandBody::SetLevel { level, operator, reason, hold_until } => {
+                self.set_level(level, operator, reason, *hold_until)
+            }
             CommandBody::Freeze { earning, spending, operator, reason } => {
                 self.freeze_flags(*earning, *spending, operator, reason)?;
                 Ok(vec![Event::AccountFrozen {
@@ -946,19 +954,7 @@ impl Decision<'_> {
             ClawbackPolicy::WithinBalance => (0, left),
         };
         self.account.debt.checked_add(debt_added).ok_or_else(|| overflow("debt"))?;
-        let mut earns: Vec<(&String, &super::EarnRecord)> =
-            self.account.earns.iter().filter(|(_, e)| e.growth_in_window() > 0).collect();
-        earns.sort_by(|a, b| b.1.day.cmp(&a.1.day).then_with(|| b.0.cmp(a.0)));
-        let mut want = growth;
-        let mut growth_earns = Vec::new();
-        for (id, e) in earns {
-            if want == 0 {
-                break;
-            }
-            let g = want.min(e.growth_in_window());
-            growth_earns.push(LotAmount::new(id, g));
-            want -= g;
-        }
+        let (growth_earns, taken_growth) = self.newest_growth(growth);
         Ok(Event::PenaltyApplied {
             penalty_id: self.request_id.into(),
             action: action.into(),
@@ -966,9 +962,99 @@ impl Decision<'_> {
             taken,
             debt_added,
             written_off,
-            growth: growth - want,
+            growth: taken_growth,
             growth_earns,
         })
+    }
+
+    /// Up to `want` growth from the earns that hold growth in the window,
+    /// newest first: by earn, and in all.
+    fn newest_growth(&self, want: i64) -> (Vec<LotAmount>, i64) {
+        let mut earns: Vec<(&String, &super::EarnRecord)> =
+            self.account.earns.iter().filter(|(_, e)| e.growth_in_window() > 0).collect();
+        earns.sort_by(|a, b| b.1.day.cmp(&a.1.day).then_with(|| b.0.cmp(a.0)));
+        let (mut left, mut taken) = (want, Vec::new());
+        for (id, e) in earns {
+            if left == 0 {
+                break;
+            }
+            let g = left.min(e.growth_in_window());
+            taken.push(LotAmount::new(id, g));
+            left -= g;
+        }
+        (taken, want - left)
+    }
+
+    fn operator_and_reason(operator: &str, reason: &str, what: &str) -> Result<(), Rejection> {
+        if operator.is_empty() || reason.is_empty() {
+            return Err(Rejection::field(
+                Reason::MissingField,
+                if operator.is_empty() { "operator" } else { "reason" },
+                format!("{what} needs an operator and a reason"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Growth up or down by an operator; never below zero.
+    fn adjust_growth(&self, growth: i64, operator: &str, reason: &str) -> Result<Vec<Event>, Rejection> {
+        if growth == 0 || growth == i64::MIN {
+            return Err(Rejection::field(Reason::InvalidAmount, "growth", "growth must be non-zero"));
+        }
+        Self::operator_and_reason(operator, reason, "a growth adjustment")?;
+        let (earns, applied) = if growth > 0 {
+            self.account.growth.checked_add(growth).ok_or_else(|| overflow("growth"))?;
+            (Vec::new(), growth)
+        } else {
+            let (earns, taken) = self.newest_growth(-growth);
+            (earns, -taken)
+        };
+        Ok(vec![Event::GrowthAdjusted {
+            adjustment_id: self.request_id.into(),
+            requested: growth,
+            growth: applied,
+            operator: operator.into(),
+            reason: reason.into(),
+            earns,
+            day: programme_day(self.programme.time_zone, self.now),
+        }])
+    }
+
+    /// A level set by hand ("" = below every level), held until `hold_until`.
+    fn set_level(
+        &self,
+        level: &str,
+        operator: &str,
+        reason: &str,
+        hold_until: Option<Millis>,
+    ) -> Result<Vec<Event>, Rejection> {
+        if !level.is_empty() && !self.programme.levels.iter().any(|l| l.name == level) {
+            return Err(Rejection::field(
+                Reason::LevelNotFound,
+                "level",
+                format!("the programme has no level '{level}'"),
+            ));
+        }
+        Self::operator_and_reason(operator, reason, "setting a level")?;
+        if hold_until.is_some_and(|u| u <= self.now) {
+            return Err(Rejection::field(Reason::InvalidExpiry, "hold_until", "hold_until must lie in the future"));
+        }
+        let mut events = Vec::new();
+        if level != self.account.level {
+            events.push(Event::LevelChanged {
+                from: self.account.level.clone(),
+                to: level.into(),
+                growth: self.account.growth_in_window(),
+                why: format!("set by {operator}: {reason}"),
+            });
+        }
+        events.push(Event::LevelHeld {
+            level: level.into(),
+            operator: operator.into(),
+            reason: reason.into(),
+            hold_until,
+        });
+        Ok(events)
     }
 
     fn freeze_flags(&self, earning: bool, spending: bool, operator: &str, reason: &str) -> Result<(), Rejection> {

@@ -63,6 +63,19 @@ pub fn fingerprint(command: &Command) -> u64 {
             h.i64(*growth);
             h.opt_i64(*expires_at);
         }
+        CommandBody::AdjustGrowth { growth, operator, reason } => {
+            h.str("adjust_growth");
+            h.i64(*growth);
+            h.str(operator);
+            h.str(reason);
+        }
+        CommandBody::SetLevel { level, operator, reason, hold_until } => {
+            h.str("set_level");
+            h.str(level);
+            h.str(operator);
+            h.str(reason);
+            h.opt_i64(*hold_until);
+        }
         CommandBody::RecordActivity(a) => {
             h.str("activity");
             h.str(&a.action);

@@ -272,6 +272,20 @@ pub enum CommandBody {
     },
     /// What happened; the programme's earning rules decide its worth.
     RecordActivity(Activity),
+    /// Growth up (a new earn of no points) or down (from the newest earns,
+    /// never below zero), by an operator.
+    AdjustGrowth {
+        growth: i64,
+        operator: String,
+        reason: String,
+    },
+    /// A level set by hand, held against evaluation until `hold_until`.
+    SetLevel {
+        level: String,
+        operator: String,
+        reason: String,
+        hold_until: Option<Millis>,
+    },
     Freeze {
         earning: bool,
         spending: bool,
@@ -473,6 +487,25 @@ pub enum Event {
         growth: i64,
         growth_earns: Vec<LotAmount>,
     },
+    /// Growth an operator added (`growth` > 0: an earn of no points, id
+    /// `adjustment_id`, holds it) or took (`growth` < 0: from `earns`).
+    GrowthAdjusted {
+        adjustment_id: String,
+        requested: i64,
+        growth: i64,
+        operator: String,
+        reason: String,
+        earns: Vec<LotAmount>,
+        /// Programme day of a growth credit (the level window counts from it).
+        day: i64,
+    },
+    /// A level set by hand; evaluation leaves it alone until `hold_until`.
+    LevelHeld {
+        level: String,
+        operator: String,
+        reason: String,
+        hold_until: Option<Millis>,
+    },
     /// The scheduler could not settle what fell due (its record would not
     /// fit in the log, or the decision refused) and tries again at
     /// `retry_at`. Changes nothing; the risk view raises an alert from it.
@@ -502,7 +535,9 @@ impl Event {
             Event::GrowthExpired { .. }
             | Event::LevelChanged { .. }
             | Event::SettlementSetAside { .. }
-            | Event::ActivityRecorded { .. } => 0,
+            | Event::ActivityRecorded { .. }
+            | Event::GrowthAdjusted { .. }
+            | Event::LevelHeld { .. } => 0,
         }
     }
 
@@ -525,6 +560,8 @@ impl Event {
             Event::SettlementSetAside { .. } => "SettlementSetAside",
             Event::ActivityRecorded { .. } => "ActivityRecorded",
             Event::PenaltyApplied { .. } => "PenaltyApplied",
+            Event::GrowthAdjusted { .. } => "GrowthAdjusted",
+            Event::LevelHeld { .. } => "LevelHeld",
         }
     }
 }
@@ -546,6 +583,7 @@ pub enum Reason {
     SpendNotFound,
     EarnNotFound,
     ReservationNotFound,
+    LevelNotFound,
     // The account's state does not allow it.
     InsufficientPoints,
     AccountFrozen,
@@ -581,6 +619,7 @@ impl Reason {
             Reason::SpendNotFound => "SPEND_NOT_FOUND",
             Reason::EarnNotFound => "EARN_NOT_FOUND",
             Reason::ReservationNotFound => "RESERVATION_NOT_FOUND",
+            Reason::LevelNotFound => "LEVEL_NOT_FOUND",
             Reason::InsufficientPoints => "INSUFFICIENT_POINTS",
             Reason::AccountFrozen => "ACCOUNT_FROZEN",
             Reason::ReservationSettled => "RESERVATION_SETTLED",

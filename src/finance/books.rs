@@ -239,7 +239,9 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
         | Event::GrowthExpired { .. }
         | Event::LevelChanged { .. }
         | Event::SettlementSetAside { .. }
-        | Event::ActivityRecorded { .. } => {}
+        | Event::ActivityRecorded { .. }
+        | Event::GrowthAdjusted { .. }
+        | Event::LevelHeld { .. } => {}
     }
     Some(())
 }

@@ -237,6 +237,20 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
                 day,
             })
         }
+        Event::GrowthAdjusted { adjustment_id, requested, growth, operator, reason, earns, day } => {
+            WireEvent::GrowthAdjusted(wire::GrowthAdjusted {
+                adjustment_id,
+                requested,
+                growth,
+                operator,
+                reason,
+                earns: lots_to_wire(earns),
+                day,
+            })
+        }
+        Event::LevelHeld { level, operator, reason, hold_until } => {
+            WireEvent::LevelHeld(wire::LevelHeld { level, operator, reason, hold_until_ms: hold_until.unwrap_or(0) })
+        }
         Event::PenaltyApplied { penalty_id, action, points, taken, debt_added, written_off, growth, growth_earns } => {
             WireEvent::PenaltyApplied(wire::PenaltyApplied {
                 penalty_id,
@@ -362,6 +376,21 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             points: x.points,
             growth: x.growth,
             day: x.day,
+        },
+        WireEvent::GrowthAdjusted(x) => Event::GrowthAdjusted {
+            adjustment_id: x.adjustment_id,
+            requested: x.requested,
+            growth: x.growth,
+            operator: x.operator,
+            reason: x.reason,
+            earns: lots_from_wire(x.earns),
+            day: x.day,
+        },
+        WireEvent::LevelHeld(x) => Event::LevelHeld {
+            level: x.level,
+            operator: x.operator,
+            reason: x.reason,
+            hold_until: opt_at(x.hold_until_ms),
         },
         WireEvent::PenaltyApplied(x) => Event::PenaltyApplied {
             penalty_id: x.penalty_id,

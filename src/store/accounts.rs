@@ -127,7 +127,14 @@ impl Changed {
             | Event::AccountUnfrozen { .. }
             | Event::LevelChanged { .. }
             | Event::SettlementSetAside { .. }
-            | Event::ActivityRecorded { .. } => {}
+            | Event::ActivityRecorded { .. }
+            | Event::LevelHeld { .. } => {}
+            Event::GrowthAdjusted { adjustment_id, growth, earns, .. } => {
+                if *growth > 0 {
+                    piece(Piece::Earn, adjustment_id);
+                }
+                earns.iter().for_each(|e| piece(Piece::Earn, &e.lot_id));
+            }
         }
     }
 

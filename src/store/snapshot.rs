@@ -88,6 +88,7 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         statement_tail_index: 0,
         written_off_open: a.written_off_open,
         rules_day: a.rules_day,
+        level_held_until_ms: a.level_held_until.unwrap_or(0),
         rule_days: a
             .rule_days
             .iter()
@@ -129,19 +130,14 @@ impl Tail {
     }
 }
 
-/// Appends where the tail starts (fields 16-17, after every other field, as
-/// prost orders them) to an encoded snapshot.
-fn put_tail(tail: Option<&Tail>, buf: &mut Vec<u8>) {
-    use prost::encoding::{encode_key, encode_varint, WireType};
-    let Some(t) = tail.filter(|t| t.entries > 0) else { return };
-    if t.offset != 0 {
-        encode_key(16, WireType::Varint, buf);
-        encode_varint(t.offset, buf);
+/// The header's fields with where the tail starts (while it has entries).
+fn header_with(a: &Account, tail: Option<&Tail>) -> state::AccountSnapshot {
+    let mut header = header_to_pb(a);
+    if let Some(t) = tail.filter(|t| t.entries > 0) {
+        header.statement_tail_offset = t.offset;
+        header.statement_tail_index = u32::from(t.index);
     }
-    if t.index != 0 {
-        encode_key(17, WireType::Varint, buf);
-        encode_varint(u64::from(t.index), buf);
-    }
+    header
 }
 
 /// The whole account in one message (lists included).
@@ -152,7 +148,7 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
 /// The whole account in one message, with where its statement's last page
 /// starts.
 pub fn encode_account_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
-    let header = header_to_pb(a);
+    let header = header_with(a, tail);
     let lists: usize = a.lots.iter().map(|(id, l)| field_len(1, fields::lot_len(id, l))).sum::<usize>()
         + a.earns.iter().map(|(id, e)| field_len(2, fields::earn_len(id, e))).sum::<usize>()
         + a.spends.iter().map(|(id, x)| field_len(3, fields::spend_len(id, x))).sum::<usize>()
@@ -165,7 +161,6 @@ pub fn encode_account_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
     fields::put_list(3, &a.spends, fields::spend_len, fields::put_spend, &mut buf);
     fields::put_list(4, &a.reservations, fields::reservation_len, fields::put_reservation, &mut buf);
     header.encode(&mut buf).expect("a Vec grows as needed");
-    put_tail(tail, &mut buf);
     buf
 }
 
@@ -326,9 +321,7 @@ pub fn encode_account_header(a: &Account) -> Vec<u8> {
 
 /// The header row with where the statement's last page starts.
 pub fn encode_account_header_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
-    let mut buf = header_to_pb(a).encode_to_vec();
-    put_tail(tail, &mut buf);
-    buf
+    header_with(a, tail).encode_to_vec()
 }
 
 /// An account from a header (with whatever lists it carries) or a whole
@@ -368,6 +361,7 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     a.day_earned = s.day_earned;
     a.day_actions = s.day_actions.into_iter().map(|d| (d.action, d.earned)).collect();
     a.rules_day = s.rules_day;
+    a.level_held_until = (s.level_held_until_ms != 0).then_some(s.level_held_until_ms);
     a.rule_days = s
         .rule_days
         .into_iter()
@@ -723,6 +717,10 @@ mod tests {
         a.spending_frozen = true;
         a.totals.issued = 108;
         a.day_actions.insert("checkin".into(), 5);
+        a.rules_day = 3;
+        a.rule_days.insert("login".into(), crate::domain::RuleDay { count: 2, points: 2 });
+        a.level_held_until = Some(9_000);
+        a.totals.penalized = 7;
         a.events = 17;
         a.level = "gold".into();
         a.recount();
