@@ -105,8 +105,8 @@ pub fn parse_mix(s: &str) -> anyhow::Result<BTreeMap<String, u32>> {
     let mut mix = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').with_context(|| format!("mix entry '{part}' is not op=weight"))?;
-        if !["earn", "spend", "reserve", "refund", "query"].contains(&k) {
-            anyhow::bail!("unknown mix operation '{k}' (earn, spend, reserve, refund, query)");
+        if !["earn", "spend", "reserve", "refund", "query", "activity"].contains(&k) {
+            anyhow::bail!("unknown mix operation '{k}' (earn, spend, reserve, refund, query, activity)");
         }
         mix.insert(k.to_string(), v.parse().with_context(|| format!("weight of '{k}'"))?);
     }
@@ -175,6 +175,21 @@ fn account(i: u64) -> Option<pb::AccountKey> {
     Some(pb::AccountKey { tenant_id: "bench".into(), programme_id: "points".into(), member_id: format!("m{i}") })
 }
 
+/// A payment of 123.45 yuan on instalments: the bench programme's rules
+/// make it 1 point per 10 yuan, doubled, inside a campaign that doubles it.
+fn activity(request_id: String, member: u64) -> pb::RecordActivityRequest {
+    pb::RecordActivityRequest {
+        request_id,
+        account: account(member),
+        action: "pay".into(),
+        amount_minor: 12_345,
+        member_type: "personal".into(),
+        product_tags: vec!["instalment".into()],
+        order_ref: "bench".into(),
+        ..Default::default()
+    }
+}
+
 /// A worker's random source (seeded by the run's seed and its id) and the
 /// mix as (operation, weight) with the weights' total.
 fn draws(opts: &Options, id: usize) -> (Rng, Vec<(&str, u32)>, u32) {
@@ -222,6 +237,7 @@ async fn batch_worker(
                         timeout_seconds: 30,
                         ..Default::default()
                     }),
+                    "activity" => C::Activity(activity(request_id, member)),
                     _ => C::Earn(pb::EarnRequest {
                         request_id,
                         account: account(member),
@@ -307,6 +323,7 @@ async fn one_call(
             };
             client.reserve(r).await.map(|_| ())
         }
+        "activity" => client.record_activity(activity(rid, member)).await.map(|_| ()),
         "refund" => {
             let (m, spend) = spends.pop().expect("refunds only with a spend to refund");
             let r = pb::RefundRequest {
@@ -403,6 +420,21 @@ async fn configure_programme(channel: Channel) -> anyhow::Result<()> {
                 points_per_cash_unit: 100,
                 validity_days: 365,
                 time_zone: "Asia/Shanghai".into(),
+                earning_rules: vec![pb::EarningRule {
+                    rule_id: "pay".into(),
+                    action: "pay".into(),
+                    amount_rates: [("*".to_string(), pb::AmountRate { amount_minor: 1_000, points: 1, growth: 1 })]
+                        .into(),
+                    tag_multipliers_percent: [("instalment".to_string(), 200)].into(),
+                    ..Default::default()
+                }],
+                campaigns: vec![pb::Campaign {
+                    campaign_id: "always".into(),
+                    starts_at: Some(points_ledger::api::convert::timestamp(0)),
+                    ends_at: Some(points_ledger::api::convert::timestamp(253_402_300_799_000)),
+                    actions: vec!["pay".into()],
+                    multiplier_percent: 200,
+                }],
                 ..Default::default()
             }),
         })
