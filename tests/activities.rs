@@ -275,3 +275,38 @@ async fn growth_alone_is_an_earn_of_zero_points() {
     assert_eq!((e.code(), bad_field_of(&e).as_str()), (Code::InvalidArgument, "points"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_with_rule_changes_replays_to_byte_identical_views_and_books() {
+    let h = Harness::start().await;
+    configure(&h, with_rules()).await;
+    let mut c = h.ledger().await;
+    for i in 0..5 {
+        c.record_activity(payment(&format!("p{i}"), "ivy", 100 * (i + 1), &["instalment"])).await.unwrap();
+        c.record_activity(activity(&format!("l{i}"), "ivy", "login")).await.unwrap();
+    }
+    // Logins are worth 5 from now on; the earlier activities keep what they got.
+    let mut changed = with_rules();
+    changed.earning_rules[0].points = 5;
+    h.admin()
+        .await
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: "rules-2".into(),
+            programme: Some(changed),
+            operator: "ops".into(),
+        })
+        .await
+        .unwrap();
+    h.clock.advance(86_400_000);
+    let r = c.record_activity(activity("l9", "ivy", "login")).await.unwrap().into_inner();
+    assert_eq!((r.granted_points, r.programme_version), (5, 2));
+    c.record_activity(activity("r1", "ivy", "reported")).await.unwrap();
+    let (dir, _clock) = h.stop().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_points-ledger"))
+        .args(["verify", "--data-dir", dir.path().to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("byte-identical"), "{text}");
+}
