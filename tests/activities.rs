@@ -260,6 +260,18 @@ async fn the_cash_ratio_of_a_programme_changes_only_with_allow_ratio_change() {
         .programme
         .unwrap();
     assert_eq!((changed.points_per_cash_unit, changed.allow_ratio_change), (200, true));
+    // The day's book says the ratio changed, and from what (T0 is 2026-03-10 08:00 in Shanghai).
+    let channel = tonic::transport::Channel::from_shared(h.url()).unwrap().connect().await.unwrap();
+    let book = pb::reconciliation_client::ReconciliationClient::new(channel)
+        .get_daily_book(pb::GetDailyBookRequest {
+            tenant_id: "shop".into(),
+            programme_id: "points".into(),
+            date: "2026-03-10".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((book.points_per_cash_unit, book.ratio_changed_from), (200, 100));
     h.stop().await;
 }
 

@@ -418,6 +418,7 @@ pub fn book_to_pb(b: state::DailyBook) -> pb::DailyBook {
         reserved: b.reserved,
         written_off: b.written_off,
         penalized: b.penalized,
+        ratio_changed_from: b.ratio_changed_from,
         digest: b.digest,
         mismatch: b.mismatch,
         partitions: b

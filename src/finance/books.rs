@@ -551,7 +551,15 @@ pub fn book_for_date(
     let day = calendar::days_since_epoch(date);
     let end = date.succ_opt().and_then(|d| calendar::start_of_day(current.time_zone, d));
     let rules = end.and_then(|at| registry.in_force_at(&current.key(), at - 1));
-    daily_book(books, rules.as_deref().unwrap_or(current), partitions, day)
+    let rules = rules.as_deref().unwrap_or(current);
+    let mut book = daily_book(books, rules, partitions, day)?;
+    // The day the cash ratio changed is marked with the ratio before it.
+    let start = calendar::start_of_day(current.time_zone, date);
+    let before = start.and_then(|at| registry.in_force_at(&current.key(), at - 1));
+    if let Some(b) = before.filter(|b| b.points_per_cash_unit != rules.points_per_cash_unit) {
+        book.ratio_changed_from = b.points_per_cash_unit;
+    }
+    Ok(book)
 }
 
 /// Points in cash minor units (100 per cash unit), rounded down.

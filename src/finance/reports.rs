@@ -87,6 +87,9 @@ pub fn roll_up(days: &[state::DailyBook], period: Period) -> Result<Vec<state::D
         p.reserved = d.reserved;
         p.liability_cash_minor = d.liability_cash_minor;
         p.points_per_cash_unit = d.points_per_cash_unit;
+        if p.ratio_changed_from == 0 {
+            p.ratio_changed_from = d.ratio_changed_from;
+        }
         if d.last_position.is_some() {
             p.last_position = d.last_position;
         }
@@ -181,6 +184,7 @@ pub const BOOK_COLUMNS: &[&str] = &[
     "reserved",
     "liability_cash_minor",
     "points_per_cash_unit",
+    "ratio_changed_from",
     "event_count",
     "first_position",
     "last_position",
@@ -216,6 +220,7 @@ pub fn book_values(b: &state::DailyBook) -> Vec<String> {
         n(b.reserved),
         n(b.liability_cash_minor),
         n(b.points_per_cash_unit),
+        n(b.ratio_changed_from),
         b.event_count.to_string(),
         position_text(&b.first_position),
         position_text(&b.last_position),
