@@ -177,3 +177,42 @@ async fn a_level_set_by_hand_holds_against_evaluation_until_its_hold_ends() {
     assert_eq!((e.code(), reason_of(&e).as_str()), (tonic::Code::NotFound, "LEVEL_NOT_FOUND"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_re_evaluated_when_the_level_rules_change_without_a_command_of_theirs() {
+    let h = Harness::start().await;
+    configure(&h, with_levels()).await;
+    let mut c = h.ledger().await;
+    let members = ["ann", "bob", "cat", "dan"];
+    for m in members {
+        c.earn(pb::EarnRequest { growth: Some(150), ..earn(&format!("o-{m}"), m, 10) }).await.unwrap();
+    }
+    // Bronze now needs 200 growth.
+    let mut stricter = with_levels();
+    stricter.levels[1].min_growth = 200;
+    h.admin()
+        .await
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: "levels-2".into(),
+            programme: Some(stricter),
+            operator: "ops".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for m in members {
+        loop {
+            let a = c
+                .get_account(pb::GetAccountRequest { account: account(m), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            if a.level == "注册" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{m} kept {}", a.level);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    h.stop().await;
+}

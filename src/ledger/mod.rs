@@ -22,6 +22,7 @@ pub mod issuance;
 pub mod ownership;
 pub mod programmes;
 mod rebuild;
+mod reevaluate;
 mod scheduler;
 mod shares;
 mod writer;

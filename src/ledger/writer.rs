@@ -198,6 +198,8 @@ pub(super) struct Work {
     pub(super) pages: Vec<(Vec<u8>, Vec<u8>)>,
     /// Records read that every reader skips, and why (noted in the views).
     pub(super) quarantined: Quarantined,
+    /// How far the level re-evaluation walked (rows of the due column family).
+    pub(super) levels_progress: super::reevaluate::Rows,
 }
 
 /// Records read that every reader skips (ARCHITECTURE.md, "A record no
@@ -229,6 +231,8 @@ struct Gathered {
     ticked: Vec<(Vec<u8>, AccountKey)>,
     /// Commands to decide without writing, answered before the batch.
     previews: Vec<(Command, PreviewTx)>,
+    /// How far the level re-evaluation walked, written with the batch.
+    levels_progress: super::reevaluate::Rows,
 }
 
 /// A batch as decided: the records to append, in order, and who waits for
@@ -321,8 +325,10 @@ impl PartitionWriter {
         let mut gathered = self.gather(msgs, now)?;
         self.preview(std::mem::take(&mut gathered.previews), now)?;
         let mut decided = self.decide(gathered.commands, gathered.ticked, now)?;
+        decided.work.levels_progress = std::mem::take(&mut gathered.levels_progress);
         self.set_aside(&mut decided, now)?;
         if decided.records.is_empty() {
+            self.write_levels_progress(&mut decided.work)?;
             let at = self.cursor.next.saturating_sub(1);
             for (tx, reply) in decided.unchanged.drain(..) {
                 let _ = tx.send(Ok(Reply { position: Position { partition: self.partition, offset: at }, ..reply }));
@@ -349,6 +355,7 @@ impl PartitionWriter {
         let mut g = Gathered {
             commands: Vec::with_capacity(msgs.len()),
             previews: Vec::new(),
+            levels_progress: Vec::new(),
             tick_waiters: Vec::new(),
             ticked: Vec::new(),
         };
@@ -370,8 +377,25 @@ impl PartitionWriter {
                         now,
                         self.config.tick_accounts_max,
                     )?;
+                    let room = self.config.tick_accounts_max.saturating_sub(due.len());
+                    let mut tick = Vec::with_capacity(due.len());
                     for (row, account) in due {
                         g.ticked.push((row, account.clone()));
+                        tick.push(account);
+                    }
+                    let (evaluate, progress) = {
+                        let registry = self.registry.read().expect("registry lock");
+                        let partitions = self.log.partitions();
+                        super::reevaluate::accounts_to_evaluate(
+                            &self.store,
+                            &registry,
+                            self.partition,
+                            partitions,
+                            room,
+                        )?
+                    };
+                    g.levels_progress = progress;
+                    for account in tick.into_iter().chain(evaluate) {
                         let body = CommandBody::Tick;
                         g.commands.push((
                             Command { request_id: String::new(), account, body, context: Default::default() },
@@ -596,6 +620,18 @@ impl PartitionWriter {
         d.set_aside.push(record.account.clone());
         d.records.push((record, balances, balance, payload));
         Ok(())
+    }
+
+    /// The level re-evaluation's progress of a batch that wrote no record.
+    fn write_levels_progress(&mut self, work: &mut Work) -> Result<(), store::StoreError> {
+        if work.levels_progress.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (k, v) in std::mem::take(&mut work.levels_progress) {
+            batch.put(Cf::Due, &k, &v);
+        }
+        self.store.write(batch)
     }
 
     /// Scheduled settlements that failed (their record would not fit, or the
@@ -831,6 +867,9 @@ impl PartitionWriter {
         }
         for (k, v) in std::mem::take(&mut work.pages) {
             batch.append_vec(Cf::Entries, k, v);
+        }
+        for (k, v) in std::mem::take(&mut work.levels_progress) {
+            batch.put(Cf::Due, &k, &v);
         }
         for (row, key) in &work.ticked {
             batch.delete(Cf::Due, row);

@@ -1,0 +1,122 @@
+//! Levels after a rules change: when a programme's version changes its
+//! levels or level window, each writer's scheduler walks the programme's
+//! accounts of its partition, a bounded number a tick, and gives each a
+//! `Tick` command, whose decision evaluates the level (a `LevelChanged` when
+//! it differs). So levels follow the rules without waiting for each member's
+//! next command, and the events are in the log like any other.
+//!
+//! A partition's progress per programme (the version walked, and the member
+//! the walk is at) is a row of the due column family, after every due row
+//! of the partition (the due index never reads it), written with the batch
+//! that decided the ticks.
+
+use crate::domain::{AccountKey, Programme, ProgrammeKey};
+use crate::log::record::partition_for;
+use crate::store::{self, Cf, Db, StoreError};
+
+use super::programmes::Registry;
+
+/// Rows to write: (key, value).
+pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The progress row of `programme` in `partition`: after every instant.
+fn progress_key(partition: u32, programme: &ProgrammeKey) -> Vec<u8> {
+    let mut k = partition.to_be_bytes().to_vec();
+    k.extend_from_slice(&[0xff; 8]);
+    k.extend_from_slice(b"levels\0");
+    k.extend_from_slice(&store::programme_prefix(&programme.tenant_id, &programme.programme_id));
+    k
+}
+
+/// How far a partition walked a programme: the version, and the key to go
+/// on from (`None`: done).
+struct Progress {
+    version: u64,
+    next: Option<Vec<u8>>,
+}
+
+impl Progress {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.version.to_be_bytes().to_vec();
+        if let Some(next) = &self.next {
+            v.push(1);
+            v.extend_from_slice(next);
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Progress> {
+        let version = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let next = (b.len() > 8).then(|| b[9..].to_vec());
+        Some(Progress { version, next })
+    }
+}
+
+/// Whether two versions decide levels alike.
+fn same_levels(a: &Programme, b: &Programme) -> bool {
+    a.levels == b.levels && a.level_window_days == b.level_window_days
+}
+
+/// Accounts of `partition` whose level to evaluate now, at most `max`
+/// looked at across programmes, and the progress rows to write with the
+/// batch that decides them.
+pub(super) fn accounts_to_evaluate(
+    db: &Db,
+    registry: &Registry,
+    partition: u32,
+    partitions: u32,
+    max: usize,
+) -> Result<(Vec<AccountKey>, Rows), StoreError> {
+    let (mut accounts, mut rows, mut budget) = (Vec::new(), Vec::new(), max);
+    for p in registry.all_current() {
+        if budget == 0 {
+            break;
+        }
+        let key = progress_key(partition, &p.key());
+        let stored = db.get(Cf::Due, &key)?.and_then(|b| Progress::decode(&b));
+        let mut progress = match stored {
+            Some(s) if s.version == p.version && s.next.is_none() => continue,
+            Some(s) if s.version == p.version => s,
+            // A new version: walk again only if it decides levels otherwise
+            // (a first sight walks when there are levels to evaluate).
+            Some(s) if registry.version(&p.key(), s.version).is_some_and(|done| same_levels(&done, &p)) => {
+                Progress { version: p.version, next: None }
+            }
+            None if p.levels.is_empty() => Progress { version: p.version, next: None },
+            _ => Progress { version: p.version, next: Some(Vec::new()) },
+        };
+        if progress.next.is_some() {
+            progress.next = walk(db, &p.key(), progress.next.take().unwrap_or_default(), &mut budget, |a| {
+                if partition_for(&a, partitions) == partition {
+                    accounts.push(a);
+                }
+            })?;
+        }
+        rows.push((key, progress.encode()));
+    }
+    Ok((accounts, rows))
+}
+
+/// Visits the programme's accounts from `from` (a member key; empty: the
+/// first), one seek each, while `budget` lasts; returns where to go on
+/// (`None`: past the last).
+fn walk(
+    db: &Db,
+    programme: &ProgrammeKey,
+    from: Vec<u8>,
+    budget: &mut usize,
+    mut visit: impl FnMut(AccountKey),
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let prefix = store::programme_prefix(&programme.tenant_id, &programme.programme_id);
+    let mut start = if from.is_empty() { prefix.clone() } else { from };
+    while *budget > 0 {
+        let Some((k, _)) = db.scan(Cf::Accounts, &prefix, &start, 1)?.pop() else { return Ok(None) };
+        *budget -= 1;
+        let Some((account, _)) = store::parse_account_key(&k) else { return Ok(None) };
+        // Past the account and its piece rows (its key, then a tag).
+        start = store::account_key(&account);
+        start.push(0xff);
+        visit(account);
+    }
+    Ok(Some(start))
+}
