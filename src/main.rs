@@ -145,6 +145,11 @@ enum Cmd {
     /// The log's events as JSON lines or Parquet, filtered by tenant,
     /// programme, account and time.
     Export(ExportArgs),
+    /// A period's recorded activities decided again under proposed rules
+    /// (a programme in protobuf JSON), beside what they actually gave:
+    /// points and growth by rule and day, members affected, level changes,
+    /// refusals and the liability change. Reads the log; writes nothing.
+    WhatIf(WhatIfArgs),
     /// A development CA with a server and a client certificate, for trying
     /// TLS out: writes ca.pem, ca-key.pem, server.pem, server-key.pem,
     /// client.pem and client-key.pem into --out.
@@ -213,6 +218,38 @@ struct ExportArgs {
     /// Events decided before this instant (RFC 3339).
     #[arg(long, env = "POINTS_LEDGER_EXPORT_TO")]
     to: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WhatIfFormat {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct WhatIfArgs {
+    /// The service's data directory (read only; the service may be running).
+    #[arg(long, env = "POINTS_LEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+    #[arg(long, env = "POINTS_LEDGER_WHAT_IF_TENANT")]
+    tenant: String,
+    #[arg(long, env = "POINTS_LEDGER_WHAT_IF_PROGRAMME")]
+    programme: String,
+    /// The proposed programme: a `Programme` in protobuf JSON (as the
+    /// `programme` of a ConfigureProgramme request), validated as
+    /// ConfigureProgramme validates it.
+    #[arg(long, env = "POINTS_LEDGER_WHAT_IF_RULES")]
+    rules: PathBuf,
+    /// The first day, YYYY-MM-DD in the programme's time zone.
+    #[arg(long, env = "POINTS_LEDGER_WHAT_IF_FROM")]
+    from: String,
+    /// The last day (inclusive), YYYY-MM-DD.
+    #[arg(long, env = "POINTS_LEDGER_WHAT_IF_TO")]
+    to: String,
+    #[arg(long, env = "POINTS_LEDGER_WHAT_IF_FORMAT", value_enum, default_value = "table")]
+    format: WhatIfFormat,
 }
 
 #[derive(clap::Args)]
@@ -594,6 +631,11 @@ fn main() -> anyhow::Result<()> {
             };
             tools::export::run(&args.log.source(&args.data_dir)?, format, &args.output, &filter)
         }
+        Cmd::WhatIf(args) => {
+            keep_freed_pages();
+            let opts = args.options()?;
+            tools::what_if::run(&args.log.source(&args.data_dir)?, &opts)
+        }
         Cmd::Recon(args) => {
             keep_freed_pages();
             let source = args.log.source(&args.data_dir)?;
@@ -644,6 +686,22 @@ impl DevCertsArgs {
             validity_days: self.validity_days,
             force: self.force,
         }
+    }
+}
+
+impl WhatIfArgs {
+    fn options(&self) -> anyhow::Result<tools::what_if::Options> {
+        Ok(tools::what_if::Options {
+            tenant: self.tenant.clone(),
+            programme: self.programme.clone(),
+            rules: self.rules.clone(),
+            from: tools::parse_date("--from", &self.from)?,
+            to: tools::parse_date("--to", &self.to)?,
+            format: match self.format {
+                WhatIfFormat::Table => tools::what_if::Format::Table,
+                WhatIfFormat::Json => tools::what_if::Format::Json,
+            },
+        })
     }
 }
 

@@ -1,5 +1,5 @@
 //! The tools of the binary (`replay`, `verify`, `explain`, `export`,
-//! `recon`): each reads a data directory's log (and views or books) without
+//! `recon`, `what-if`): each reads a data directory's log (and views or books) without
 //! writing to it, so they work beside a running service or after it stopped.
 //! `dev-certs` (`dev_certs`) makes development certificates for TLS.
 //! `main.rs` parses their flags into the options here.
@@ -12,6 +12,7 @@ pub mod explain;
 pub mod recon;
 pub mod replay;
 pub mod verify;
+pub mod what_if;
 
 use std::path::{Path, PathBuf};
 
