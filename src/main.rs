@@ -371,7 +371,7 @@ struct BenchArgs {
     concurrency: u64,
     #[arg(long, env = "POINTS_LEDGER_BENCH_DURATION_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     duration_seconds: u64,
-    /// Operation weights: earn, spend, reserve, refund, query.
+    /// Operation weights: earn, spend, reserve, refund, query, activity.
     #[arg(long, env = "POINTS_LEDGER_BENCH_MIX", default_value = "earn=70,spend=20,reserve=5,refund=5")]
     mix: String,
     /// Also write the figures to this file as JSON.
