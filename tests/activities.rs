@@ -10,10 +10,6 @@ use common::*;
 use points_ledger::proto as pb;
 use tonic::Code;
 
-fn rule(id: &str, action: &str, points: i64) -> pb::EarningRule {
-    pb::EarningRule { rule_id: id.into(), action: action.into(), points, ..Default::default() }
-}
-
 fn ts(ms: i64) -> Option<pbjson_types::Timestamp> {
     Some(pbjson_types::Timestamp { seconds: ms.div_euclid(1000), nanos: 0 })
 }
@@ -40,25 +36,6 @@ fn with_rules() -> pb::Programme {
             multiplier_percent: 200,
         }],
         ..programme()
-    }
-}
-
-fn activity(id: &str, member: &str, action: &str) -> pb::RecordActivityRequest {
-    pb::RecordActivityRequest {
-        request_id: id.into(),
-        account: account(member),
-        action: action.into(),
-        ..Default::default()
-    }
-}
-
-fn payment(id: &str, member: &str, yuan: i64, tags: &[&str]) -> pb::RecordActivityRequest {
-    pb::RecordActivityRequest {
-        amount_minor: yuan * 100,
-        member_type: "personal".into(),
-        product_tags: tags.iter().map(|t| t.to_string()).collect(),
-        order_ref: format!("order-{id}"),
-        ..activity(id, member, "payment")
     }
 }
 

@@ -203,14 +203,21 @@ fn long_id(i: usize) -> String {
     format!("{i:0>128}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_whose_record_would_not_fit_is_refused_alone_and_the_others_go_on() {
+/// Every member in one partition (one writer), whose log takes records of
+/// at most 8 KiB; the programme configured.
+async fn one_partition_of_small_records() -> Harness {
     let h = Harness::start_with(|c| {
-        c.partitions = 1; // every member in one partition, one writer
+        c.partitions = 1;
         c.writer.record_bytes_max = 8 * 1024;
     })
     .await;
     configure(&h, programme()).await;
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_record_would_not_fit_is_refused_alone_and_the_others_go_on() {
+    let h = one_partition_of_small_records().await;
     let mut c = h.ledger().await;
     for i in 0..100 {
         c.earn(earn(&long_id(i), "whale", 1)).await.unwrap();
@@ -238,12 +245,7 @@ async fn a_command_whose_record_would_not_fit_is_refused_alone_and_the_others_go
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_due_settlement_that_cannot_be_written_is_set_aside_with_an_alert_and_the_partition_goes_on() {
-    let h = Harness::start_with(|c| {
-        c.partitions = 1; // every member in one partition, one writer
-        c.writer.record_bytes_max = 8 * 1024;
-    })
-    .await;
-    configure(&h, programme()).await;
+    let h = one_partition_of_small_records().await;
     let mut c = h.ledger().await;
     let expires_at = Some(pbjson_types::Timestamp { seconds: T0 / 1000 + 3600, nanos: 0 });
     for i in 0..100 {

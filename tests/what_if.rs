@@ -16,10 +16,6 @@ const DAY0: &str = "2026-03-10";
 const DAY1: &str = "2026-03-11";
 const DAY_MS: i64 = 86_400_000;
 
-fn rule(id: &str, action: &str, points: i64) -> pb::EarningRule {
-    pb::EarningRule { rule_id: id.into(), action: action.into(), points, ..Default::default() }
-}
-
 /// Login +1, at most 3 a day.
 fn login(points: i64) -> pb::EarningRule {
     pb::EarningRule { daily_count_max: 3, ..rule("login", "login", points) }
@@ -48,25 +44,6 @@ fn with_levels() -> pb::Programme {
         ],
         level_multipliers_percent: [("silver".to_string(), 150)].into_iter().collect(),
         ..rules(vec![login(1), payment_rule(), rule("reported", "reported", -12)])
-    }
-}
-
-fn activity(id: &str, member: &str, action: &str) -> pb::RecordActivityRequest {
-    pb::RecordActivityRequest {
-        request_id: id.into(),
-        account: account(member),
-        action: action.into(),
-        ..Default::default()
-    }
-}
-
-fn payment(id: &str, member: &str, yuan: i64, tags: &[&str]) -> pb::RecordActivityRequest {
-    pb::RecordActivityRequest {
-        amount_minor: yuan * 100,
-        member_type: "personal".into(),
-        product_tags: tags.iter().map(|t| t.to_string()).collect(),
-        order_ref: format!("order-{id}"),
-        ..activity(id, member, "payment")
     }
 }
 

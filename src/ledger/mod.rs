@@ -346,33 +346,28 @@ impl Writers {
     /// The events `command` would cause if its writer decided it now,
     /// against the account as last committed; nothing is written.
     pub async fn preview(&self, command: Command) -> Result<Vec<crate::domain::Event>, WriteError> {
-        let p = self.partition_of(&command.account);
-        match self.ownership.status(p) {
-            READY => {}
-            CATCHING_UP => return Err(Unavailable::CatchingUp(p).into()),
-            _ => return Err(Unavailable::PartitionMoving(p).into()),
-        }
         let (tx, rx) = oneshot::channel();
-        self.senders[p as usize]
-            .send(Msg::Preview(Box::new(command), tx))
-            .await
-            .map_err(|_| Unavailable::WriterStopped(p))?;
+        let p = self.queue(command, |c| Msg::Preview(c, tx)).await?;
         rx.await.map_err(|_| Unavailable::WriterStopped(p))?
     }
 
     async fn send(&self, command: Command) -> Result<(u32, oneshot::Receiver<Result<Reply, WriteError>>), WriteError> {
+        let (tx, rx) = oneshot::channel();
+        let p = self.queue(command, |c| Msg::Submit(c, tx)).await?;
+        Ok((p, rx))
+    }
+
+    /// Queues `command` (as `msg` makes it) for its partition's writer, when
+    /// this instance writes the partition; returns the partition.
+    async fn queue(&self, command: Command, msg: impl FnOnce(Box<Command>) -> Msg) -> Result<u32, WriteError> {
         let p = self.partition_of(&command.account);
         match self.ownership.status(p) {
             READY => {}
             CATCHING_UP => return Err(Unavailable::CatchingUp(p).into()),
             _ => return Err(Unavailable::PartitionMoving(p).into()),
         }
-        let (tx, rx) = oneshot::channel();
-        self.senders[p as usize]
-            .send(Msg::Submit(Box::new(command), tx))
-            .await
-            .map_err(|_| Unavailable::WriterStopped(p))?;
-        Ok((p, rx))
+        self.senders[p as usize].send(msg(Box::new(command))).await.map_err(|_| Unavailable::WriterStopped(p))?;
+        Ok(p)
     }
 
     async fn answer(

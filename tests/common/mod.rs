@@ -341,3 +341,29 @@ pub async fn earn_lots(
         }
     }
 }
+
+/// An earning rule of fixed points for `action`.
+pub fn rule(id: &str, action: &str, points: i64) -> pb::EarningRule {
+    pb::EarningRule { rule_id: id.into(), action: action.into(), points, ..Default::default() }
+}
+
+/// An activity of `action` with no facts.
+pub fn activity(id: &str, member: &str, action: &str) -> pb::RecordActivityRequest {
+    pb::RecordActivityRequest {
+        request_id: id.into(),
+        account: account(member),
+        action: action.into(),
+        ..Default::default()
+    }
+}
+
+/// A personal member's payment of `yuan` with these product tags.
+pub fn payment(id: &str, member: &str, yuan: i64, tags: &[&str]) -> pb::RecordActivityRequest {
+    pb::RecordActivityRequest {
+        amount_minor: yuan * 100,
+        member_type: "personal".into(),
+        product_tags: tags.iter().map(|t| t.to_string()).collect(),
+        order_ref: format!("order-{id}"),
+        ..activity(id, member, "payment")
+    }
+}
