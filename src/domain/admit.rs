@@ -186,6 +186,12 @@ impl<'a> Sim<'a> {
                 equal(*growth, g, "the activity's growth")
             }
             Event::LevelHeld { .. } => Ok(()),
+            Event::GrowthEvaluated { recency_days, frequency, monetary_minor, growth, previous_growth, .. } => {
+                if [*recency_days, *frequency, *monetary_minor, *growth, *previous_growth].iter().any(|v| *v < 0) {
+                    return Err("an RFM evaluation with a negative figure".into());
+                }
+                Ok(())
+            }
             Event::GrowthAdjusted { adjustment_id, requested, growth, earns, .. } => {
                 self.adjust_growth(adjustment_id, *requested, *growth, earns)
             }

@@ -12,8 +12,8 @@ use prost::Message;
 
 use crate::domain::{
     AccountKey, Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, CapPolicy, ClawbackPolicy, EarningRule,
-    Event, ExpiryCause, GrowthModel, LevelThreshold, LotAmount, Millis, Programme, ReleaseCause, RiskRules,
-    ValidityRounding,
+    Event, ExpiryCause, GrowthModel, LevelThreshold, LotAmount, Millis, Programme, ReleaseCause, RfmBand, RfmRules,
+    RiskRules, ValidityRounding,
 };
 use crate::log::record::{AccountRecord, CapMode, CapShare, Claim, ControlEvent, ControlRecord, PartitionRecord};
 use crate::proto::log as wire;
@@ -223,8 +223,9 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             WireEvent::SettlementSetAside(wire::SettlementSetAside { reason, retry_at_ms: retry_at })
         }
-        Event::ActivityRecorded { activity_id, activity, applied, points, growth, day } => {
+        Event::ActivityRecorded { activity_id, activity, applied, points, growth, day, purchase } => {
             WireEvent::ActivityRecorded(wire::ActivityRecorded {
+                purchase,
                 activity_id,
                 action: activity.action,
                 order_ref: activity.order_ref,
@@ -250,6 +251,16 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         }
         Event::LevelHeld { level, operator, reason, hold_until } => {
             WireEvent::LevelHeld(wire::LevelHeld { level, operator, reason, hold_until_ms: hold_until.unwrap_or(0) })
+        }
+        Event::GrowthEvaluated { period_start, recency_days, frequency, monetary_minor, growth, previous_growth } => {
+            WireEvent::GrowthEvaluated(wire::GrowthEvaluated {
+                period_start,
+                recency_days,
+                frequency,
+                monetary_minor,
+                growth,
+                previous_growth,
+            })
         }
         Event::PenaltyApplied { penalty_id, action, points, taken, debt_added, written_off, growth, growth_earns } => {
             WireEvent::PenaltyApplied(wire::PenaltyApplied {
@@ -376,6 +387,15 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             points: x.points,
             growth: x.growth,
             day: x.day,
+            purchase: x.purchase,
+        },
+        WireEvent::GrowthEvaluated(x) => Event::GrowthEvaluated {
+            period_start: x.period_start,
+            recency_days: x.recency_days,
+            frequency: x.frequency,
+            monetary_minor: x.monetary_minor,
+            growth: x.growth,
+            previous_growth: x.previous_growth,
         },
         WireEvent::GrowthAdjusted(x) => Event::GrowthAdjusted {
             adjustment_id: x.adjustment_id,
@@ -605,6 +625,17 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             GrowthModel::Rfm => wire::GrowthModel::Rfm,
         } as i32,
         allow_ratio_change: p.allow_ratio_change,
+        rfm: p.rfm.as_ref().map(|r| {
+            let bands =
+                |b: &[RfmBand]| b.iter().map(|b| wire::RfmBand { threshold: b.threshold, score: b.score }).collect();
+            wire::RfmRules {
+                period_months: r.period_months as i32,
+                purchase_actions: r.purchase_actions.clone(),
+                recency: bands(&r.recency),
+                frequency: bands(&r.frequency),
+                monetary: bands(&r.monetary),
+            }
+        }),
         risk: (p.risk != RiskRules::default()).then_some(wire::RiskRules {
             issuance_spike_percent: p.risk.issuance_spike_percent as i32,
             issuance_spike_min_points: p.risk.issuance_spike_min_points,
@@ -743,6 +774,18 @@ pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme
             Ok(wire::GrowthModel::Rfm) => GrowthModel::Rfm,
             _ => GrowthModel::Behaviour,
         },
+        rfm: p.rfm.map(|r| {
+            let bands = |b: Vec<wire::RfmBand>| {
+                b.into_iter().map(|b| RfmBand { threshold: b.threshold, score: b.score }).collect()
+            };
+            RfmRules {
+                period_months: unsigned(r.period_months),
+                purchase_actions: r.purchase_actions,
+                recency: bands(r.recency),
+                frequency: bands(r.frequency),
+                monetary: bands(r.monetary),
+            }
+        }),
         allow_ratio_change: p.allow_ratio_change,
         risk: RiskRules {
             issuance_spike_percent: unsigned(r.issuance_spike_percent),
