@@ -358,18 +358,19 @@ pub fn programme_to_pb(p: &Programme) -> pb::Programme {
             GrowthModel::Rfm => pb::GrowthModel::Rfm,
         } as i32,
         allow_ratio_change: p.allow_ratio_change,
-        rfm: p.rfm.as_ref().map(|r| {
-            let bands = |b: &[domain::RfmBand]| {
-                b.iter().map(|b| pb::RfmBand { threshold: b.threshold, score: b.score }).collect()
-            };
-            pb::RfmRules {
-                period_months: r.period_months as i32,
-                purchase_actions: r.purchase_actions.clone(),
-                recency: bands(&r.recency),
-                frequency: bands(&r.frequency),
-                monetary: bands(&r.monetary),
-            }
-        }),
+        rfm: p.rfm.as_deref().map(rfm_to_pb),
+    }
+}
+
+fn rfm_to_pb(r: &domain::RfmRules) -> pb::RfmRules {
+    let bands =
+        |b: &[domain::RfmBand]| b.iter().map(|b| pb::RfmBand { threshold: b.threshold, score: b.score }).collect();
+    pb::RfmRules {
+        period_months: r.period_months as i32,
+        purchase_actions: r.purchase_actions.clone(),
+        recency: bands(&r.recency),
+        frequency: bands(&r.frequency),
+        monetary: bands(&r.monetary),
     }
 }
 

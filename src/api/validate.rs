@@ -336,7 +336,7 @@ pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
         Err(_) => return Err(FieldError::new("programme.growth_model", "unknown value")),
     };
     let rfm = match (growth_model, &p.rfm) {
-        (GrowthModel::Rfm, Some(r)) => Some(rfm_rules_from_pb(r)?),
+        (GrowthModel::Rfm, Some(r)) => Some(Box::new(rfm_rules_from_pb(r)?)),
         (GrowthModel::Rfm, None) => {
             return Err(FieldError::new("programme.rfm", "GROWTH_MODEL_RFM needs the RFM rules"));
         }

@@ -159,7 +159,7 @@ fn is_rfm(programme: &Programme) -> bool {
 }
 
 fn rfm_rules(programme: &Programme) -> Option<&RfmRules> {
-    programme.rfm.as_ref().filter(|r| programme.growth_model == GrowthModel::Rfm && r.period_months > 0)
+    programme.rfm.as_deref().filter(|r| programme.growth_model == GrowthModel::Rfm && r.period_months > 0)
 }
 
 /// The growth levels follow: the RFM growth under RFM, else the growth in

@@ -147,8 +147,8 @@ pub struct Programme {
     /// By level name: percent for activities of a member of that level.
     pub level_multipliers_percent: BTreeMap<String, u32>,
     pub growth_model: GrowthModel,
-    /// The RFM rules (`GrowthModel::Rfm` only).
-    pub rfm: Option<RfmRules>,
+    /// The RFM rules (`GrowthModel::Rfm` only; boxed: most programmes have none).
+    pub rfm: Option<Box<RfmRules>>,
     /// This version was allowed to change `points_per_cash_unit`.
     pub allow_ratio_change: bool,
 }

@@ -37,13 +37,13 @@ fn rfm() -> Scenario {
             LevelThreshold { name: "gold".into(), min_growth: 9 },
         ];
         p.growth_model = GrowthModel::Rfm;
-        p.rfm = Some(RfmRules {
+        p.rfm = Some(Box::new(RfmRules {
             period_months: 1,
             purchase_actions: vec!["pay".into()],
             recency: vec![band(7, 3), band(30, 2), band(90, 1)],
             frequency: vec![band(1, 1), band(3, 2), band(5, 3)],
             monetary: vec![band(100 * YUAN, 1), band(500 * YUAN, 2), band(1_000 * YUAN, 3)],
-        });
+        }));
     })
 }
 

@@ -625,17 +625,7 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             GrowthModel::Rfm => wire::GrowthModel::Rfm,
         } as i32,
         allow_ratio_change: p.allow_ratio_change,
-        rfm: p.rfm.as_ref().map(|r| {
-            let bands =
-                |b: &[RfmBand]| b.iter().map(|b| wire::RfmBand { threshold: b.threshold, score: b.score }).collect();
-            wire::RfmRules {
-                period_months: r.period_months as i32,
-                purchase_actions: r.purchase_actions.clone(),
-                recency: bands(&r.recency),
-                frequency: bands(&r.frequency),
-                monetary: bands(&r.monetary),
-            }
-        }),
+        rfm: p.rfm.as_deref().map(rfm_to_wire),
         risk: (p.risk != RiskRules::default()).then_some(wire::RiskRules {
             issuance_spike_percent: p.risk.issuance_spike_percent as i32,
             issuance_spike_min_points: p.risk.issuance_spike_min_points,
@@ -699,6 +689,29 @@ fn campaign_from_wire(c: wire::Campaign) -> Campaign {
         actions: c.actions,
         multiplier_percent: unsigned(c.multiplier_percent),
     }
+}
+
+fn rfm_to_wire(r: &RfmRules) -> wire::RfmRules {
+    let bands = |b: &[RfmBand]| b.iter().map(|b| wire::RfmBand { threshold: b.threshold, score: b.score }).collect();
+    wire::RfmRules {
+        period_months: r.period_months as i32,
+        purchase_actions: r.purchase_actions.clone(),
+        recency: bands(&r.recency),
+        frequency: bands(&r.frequency),
+        monetary: bands(&r.monetary),
+    }
+}
+
+fn rfm_from_wire(r: wire::RfmRules) -> Box<RfmRules> {
+    let bands =
+        |b: Vec<wire::RfmBand>| b.into_iter().map(|b| RfmBand { threshold: b.threshold, score: b.score }).collect();
+    Box::new(RfmRules {
+        period_months: unsigned(r.period_months),
+        purchase_actions: r.purchase_actions,
+        recency: bands(r.recency),
+        frequency: bands(r.frequency),
+        monetary: bands(r.monetary),
+    })
 }
 
 /// A count or a number of days as the domain keeps it (the API refused
@@ -774,18 +787,7 @@ pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme
             Ok(wire::GrowthModel::Rfm) => GrowthModel::Rfm,
             _ => GrowthModel::Behaviour,
         },
-        rfm: p.rfm.map(|r| {
-            let bands = |b: Vec<wire::RfmBand>| {
-                b.into_iter().map(|b| RfmBand { threshold: b.threshold, score: b.score }).collect()
-            };
-            RfmRules {
-                period_months: unsigned(r.period_months),
-                purchase_actions: r.purchase_actions,
-                recency: bands(r.recency),
-                frequency: bands(r.frequency),
-                monetary: bands(r.monetary),
-            }
-        }),
+        rfm: p.rfm.map(rfm_from_wire),
         allow_ratio_change: p.allow_ratio_change,
         risk: RiskRules {
             issuance_spike_percent: unsigned(r.issuance_spike_percent),
