@@ -741,6 +741,14 @@ mod tests {
         a.totals.penalized = 7;
         a.events = 17;
         a.level = "gold".into();
+        // RFM: a purchase on day 0 (a value the flags must tell from none).
+        a.last_purchase_day = Some(0);
+        a.purchase_months = vec![
+            crate::domain::PurchaseMonth { month: 24_311, count: 2, amount_minor: 30_000 },
+            crate::domain::PurchaseMonth { month: 24_312, count: 1, amount_minor: 0 },
+        ];
+        a.rfm_growth = 9;
+        a.rfm_evaluated = Some(0);
         a.recount();
         a
     }
