@@ -646,6 +646,21 @@ mod tests {
     }
 
     #[test]
+    fn an_rfm_evaluation_is_admissible_with_non_negative_figures_only() {
+        let evaluated = |growth: i64, frequency: i64| Event::GrowthEvaluated {
+            period_start: 20_454,
+            recency_days: 2,
+            frequency,
+            monetary_minor: 150_000,
+            growth,
+            previous_growth: 0,
+        };
+        assert_eq!(admissible(&member(), &[evaluated(9, 5)]), Ok(()));
+        assert!(admissible(&member(), &[evaluated(-1, 5)]).is_err());
+        assert!(admissible(&member(), &[evaluated(9, -5)]).is_err());
+    }
+
+    #[test]
     fn an_earn_that_would_overflow_the_account_is_not_admissible() {
         let earn = |id: &str| Event::PointsEarned {
             lot_id: id.into(),
