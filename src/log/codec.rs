@@ -801,3 +801,44 @@ pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme
         },
     }
 }
+
+#[cfg(test)]
+mod rfm_tests {
+    use super::*;
+
+    #[test]
+    fn rfm_events_and_rules_round_trip_through_the_log_schema() {
+        let events = [
+            Event::GrowthEvaluated {
+                period_start: 20_454,
+                recency_days: 2,
+                frequency: 5,
+                monetary_minor: 150_000,
+                growth: 9,
+                previous_growth: 4,
+            },
+            Event::ActivityRecorded {
+                activity_id: "p1".into(),
+                activity: Activity { action: "pay".into(), amount_minor: 30_000, ..Default::default() },
+                applied: Vec::new(),
+                points: 0,
+                growth: 0,
+                day: 20_460,
+                purchase: true,
+            },
+        ];
+        for e in events {
+            assert_eq!(event_from_wire(event_to_wire(e.clone())).unwrap(), e);
+        }
+        let mut p = Programme::example("shop", "points");
+        p.growth_model = GrowthModel::Rfm;
+        p.rfm = Some(Box::new(RfmRules {
+            period_months: 3,
+            purchase_actions: vec!["pay".into()],
+            recency: vec![RfmBand { threshold: 7, score: 3 }],
+            frequency: vec![RfmBand { threshold: 1, score: 1 }, RfmBand { threshold: 5, score: 2 }],
+            monetary: vec![RfmBand { threshold: 10_000, score: 1 }],
+        }));
+        assert_eq!(programme_from_wire(programme_to_wire(&p), 0), p);
+    }
+}
