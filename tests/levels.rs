@@ -348,3 +348,37 @@ async fn under_rfm_the_scheduler_evaluates_members_at_the_period_end_and_levels_
     let views = audit::open_views_read_only(dir.path()).unwrap();
     assert_eq!(audit::verify(events.as_ref(), &views).unwrap().1, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_a_programme_to_rfm_re_evaluates_members_by_their_rfm_growth() {
+    let h = Harness::start().await;
+    configure(&h, with_levels()).await;
+    let mut c = h.ledger().await;
+    let r = c.earn(pb::EarnRequest { growth: Some(150), ..earn("o1", "lee", 10) }).await.unwrap().into_inner();
+    assert_eq!(account_now(&h, r.position).await.level, "铜牌");
+    // Time for the scheduler to finish its walk of the first version.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The same levels, now over RFM growth (none measured yet: 0).
+    let rfm = pb::Programme { levels: with_levels().levels, level_window_days: 30, ..rfm_programme() };
+    h.admin()
+        .await
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: "rfm".into(),
+            programme: Some(rfm),
+            operator: "ops".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = account_now(&h, None).await;
+        if a.level == "注册" {
+            assert_eq!(a.growth, 150, "earned growth is kept");
+            assert_eq!(a.level_status.unwrap().growth_in_window, 0, "the level view shows the RFM growth");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "kept {}", a.level);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.stop().await;
+}
