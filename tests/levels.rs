@@ -216,3 +216,169 @@ async fn members_are_re_evaluated_when_the_level_rules_change_without_a_command_
     }
     h.stop().await;
 }
+
+/// Monthly RFM over payments: bought within 7 days 3, 30 days 2; 1 and 3
+/// purchases 1 and 2; 100 and 500 yuan 1 and 2. Bronze from 4, gold from 6.
+fn rfm_programme() -> pb::Programme {
+    let bands = |b: &[(i64, i64)]| {
+        b.iter().map(|(threshold, score)| pb::RfmBand { threshold: *threshold, score: *score }).collect()
+    };
+    pb::Programme {
+        levels: [("注册", 0), ("铜牌", 4), ("金牌", 6)]
+            .iter()
+            .map(|(n, g)| pb::LevelThreshold { name: (*n).into(), min_growth: *g })
+            .collect(),
+        earning_rules: vec![rule("pay", "payment", 5)],
+        growth_model: pb::GrowthModel::Rfm as i32,
+        rfm: Some(pb::RfmRules {
+            period_months: 1,
+            purchase_actions: vec!["payment".into()],
+            recency: bands(&[(7, 3), (30, 2)]),
+            frequency: bands(&[(1, 1), (3, 2)]),
+            monetary: bands(&[(10_000, 1), (50_000, 2)]),
+        }),
+        ..programme()
+    }
+}
+
+async fn configure_rejected(h: &Harness, id: &str, p: pb::Programme) -> tonic::Status {
+    h.admin()
+        .await
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: id.into(),
+            programme: Some(p),
+            operator: "ops".into(),
+        })
+        .await
+        .expect_err("an invalid programme")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfm_rules_are_validated_at_configure_programme() {
+    let h = Harness::start().await;
+    let with = |f: &dyn Fn(&mut pb::RfmRules)| {
+        let mut p = rfm_programme();
+        f(p.rfm.as_mut().unwrap());
+        p
+    };
+    let cases = [
+        (pb::Programme { rfm: None, ..rfm_programme() }, "programme.rfm"),
+        (pb::Programme { growth_model: pb::GrowthModel::Behaviour as i32, ..rfm_programme() }, "programme.rfm"),
+        (with(&|r| r.period_months = 2), "programme.rfm.period_months"),
+        (with(&|r| r.purchase_actions.clear()), "programme.rfm.purchase_actions"),
+        (with(&|r| r.purchase_actions = vec!["no spaces".into()]), "programme.rfm.purchase_actions[0]"),
+        (with(&|r| r.recency.clear()), "programme.rfm.recency"),
+        (with(&|r| r.frequency[1].threshold = 1), "programme.rfm.frequency[1].threshold"),
+        (with(&|r| r.monetary[0].threshold = -1), "programme.rfm.monetary[0].threshold"),
+        (with(&|r| r.monetary[1].score = -1), "programme.rfm.monetary[1].score"),
+    ];
+    for (i, (p, field)) in cases.into_iter().enumerate() {
+        let e = configure_rejected(&h, &format!("bad-{i}"), p).await;
+        assert_eq!((e.code(), bad_field_of(&e).as_str()), (tonic::Code::InvalidArgument, field), "{e:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_rfm_the_scheduler_evaluates_members_at_the_period_end_and_levels_follow() {
+    let h = Harness::start().await;
+    configure(&h, rfm_programme()).await;
+    let mut c = h.ledger().await;
+    // T0 is 2026-03-10 08:00 in Shanghai: three payments of 300 yuan in March.
+    let mut last = None;
+    for (i, d) in [0, 5, 10].into_iter().enumerate() {
+        h.clock.set(T0 + d * DAY);
+        let r = c.record_activity(payment(&format!("p{i}"), "lee", 300, &[])).await.unwrap().into_inner();
+        let Some(pb::ledger_event::Event::ActivityRecorded(a)) = r.events[0].event.clone() else { panic!("{r:?}") };
+        assert!(a.purchase);
+        last = r.position;
+    }
+    let a = account_now(&h, last).await;
+    assert_eq!(a.level, "注册");
+    // The period ends at the start of April in Shanghai, 2026-03-31T16:00Z.
+    let april = T0 + 21 * DAY + 16 * 3_600_000;
+    assert_eq!(a.level_status.as_ref().unwrap().next_evaluation.as_ref().map(|t| t.seconds * 1000), Some(april));
+
+    h.clock.set(april);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let a = loop {
+        let a = account_now(&h, None).await;
+        if a.level == "金牌" {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "not evaluated at the period end: {}", a.level);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // 11 days before the 31st (2) + 3 purchases (2) + 900 yuan (2).
+    assert_eq!(a.level_status.as_ref().unwrap().growth_in_window, 6);
+
+    // Nothing bought in April: at the end of April the member drops.
+    let may = april + 30 * DAY;
+    h.clock.set(may);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = account_now(&h, None).await;
+        if a.level == "注册" {
+            assert_eq!(a.level_status.as_ref().unwrap().growth_in_window, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not evaluated at the end of April: {}", a.level);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let changes = c
+        .list_level_changes(pb::ListLevelChangesRequest { account: account("lee"), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    let path: Vec<_> = changes.iter().map(|c| (c.from.as_str(), c.to.as_str(), c.why.as_str())).collect();
+    assert_eq!(
+        path,
+        vec![
+            // Placed at the first command (its RFM growth 0 before any evaluation).
+            ("", "注册", "level rules re-evaluated"),
+            ("注册", "金牌", "RFM evaluation"),
+            ("金牌", "注册", "RFM evaluation")
+        ]
+    );
+
+    // A replay from zero reproduces the views byte for byte.
+    let events = h.events.clone();
+    let (dir, _broker) = h.stop_keep_broker().await;
+    let views = audit::open_views_read_only(dir.path()).unwrap();
+    assert_eq!(audit::verify(events.as_ref(), &views).unwrap().1, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_a_programme_to_rfm_re_evaluates_members_by_their_rfm_growth() {
+    let h = Harness::start().await;
+    configure(&h, with_levels()).await;
+    let mut c = h.ledger().await;
+    let r = c.earn(pb::EarnRequest { growth: Some(150), ..earn("o1", "lee", 10) }).await.unwrap().into_inner();
+    assert_eq!(account_now(&h, r.position).await.level, "铜牌");
+    // Time for the scheduler to finish its walk of the first version.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The same levels, now over RFM growth (none measured yet: 0).
+    let rfm = pb::Programme { levels: with_levels().levels, level_window_days: 30, ..rfm_programme() };
+    h.admin()
+        .await
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: "rfm".into(),
+            programme: Some(rfm),
+            operator: "ops".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = account_now(&h, None).await;
+        if a.level == "注册" {
+            assert_eq!(a.growth, 150, "earned growth is kept");
+            assert_eq!(a.level_status.unwrap().growth_in_window, 0, "the level view shows the RFM growth");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "kept {}", a.level);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.stop().await;
+}

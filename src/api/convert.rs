@@ -154,8 +154,9 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             PbEvent::SettlementSetAside(pb::SettlementSetAside { reason, retry_at: Some(timestamp(retry_at)) })
         }
-        Event::ActivityRecorded { activity_id, activity, applied, points, growth, day: _ } => {
+        Event::ActivityRecorded { activity_id, activity, applied, points, growth, day: _, purchase } => {
             PbEvent::ActivityRecorded(pb::ActivityRecorded {
+                purchase,
                 activity_id,
                 action: activity.action,
                 order_ref: activity.order_ref,
@@ -179,6 +180,16 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
         }
         Event::LevelHeld { level, operator, reason, hold_until } => {
             PbEvent::LevelHeld(pb::LevelHeld { level, operator, reason, hold_until: hold_until.map(timestamp) })
+        }
+        Event::GrowthEvaluated { period_start, recency_days, frequency, monetary_minor, growth, previous_growth } => {
+            PbEvent::GrowthEvaluated(pb::GrowthEvaluated {
+                period_start: date_of(period_start),
+                recency_days,
+                frequency,
+                monetary_minor,
+                growth,
+                previous_growth,
+            })
         }
         Event::PenaltyApplied { penalty_id, action, points, taken, debt_added, written_off, growth, growth_earns } => {
             PbEvent::PenaltyApplied(pb::PenaltyApplied {
@@ -347,6 +358,19 @@ pub fn programme_to_pb(p: &Programme) -> pb::Programme {
             GrowthModel::Rfm => pb::GrowthModel::Rfm,
         } as i32,
         allow_ratio_change: p.allow_ratio_change,
+        rfm: p.rfm.as_deref().map(rfm_to_pb),
+    }
+}
+
+fn rfm_to_pb(r: &domain::RfmRules) -> pb::RfmRules {
+    let bands =
+        |b: &[domain::RfmBand]| b.iter().map(|b| pb::RfmBand { threshold: b.threshold, score: b.score }).collect();
+    pb::RfmRules {
+        period_months: r.period_months as i32,
+        purchase_actions: r.purchase_actions.clone(),
+        recency: bands(&r.recency),
+        frequency: bands(&r.frequency),
+        monetary: bands(&r.monetary),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::domain::rules::{
 };
 use crate::domain::{
     AccountKey, Activity, AmountRate, Campaign, CapPolicy, ClawbackPolicy, CommandContext, EarningRule, GrowthModel,
-    LevelThreshold, Millis, Programme, ProgrammeKey, RiskRules, ValidityRounding,
+    LevelThreshold, Millis, Programme, ProgrammeKey, RfmBand, RfmRules, RiskRules, ValidityRounding,
 };
 use crate::proto as pb;
 
@@ -332,10 +332,18 @@ pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
     let level_multipliers_percent = level_multipliers_from_pb(p)?;
     let growth_model = match pb::GrowthModel::try_from(p.growth_model) {
         Ok(pb::GrowthModel::Behaviour) => GrowthModel::Behaviour,
-        Ok(pb::GrowthModel::Rfm) => {
-            return Err(FieldError::new("programme.growth_model", "GROWTH_MODEL_RFM is not available in this version"))
-        }
+        Ok(pb::GrowthModel::Rfm) => GrowthModel::Rfm,
         Err(_) => return Err(FieldError::new("programme.growth_model", "unknown value")),
+    };
+    let rfm = match (growth_model, &p.rfm) {
+        (GrowthModel::Rfm, Some(r)) => Some(Box::new(rfm_rules_from_pb(r)?)),
+        (GrowthModel::Rfm, None) => {
+            return Err(FieldError::new("programme.rfm", "GROWTH_MODEL_RFM needs the RFM rules"));
+        }
+        (GrowthModel::Behaviour, Some(_)) => {
+            return Err(FieldError::new("programme.rfm", "RFM rules need growth_model GROWTH_MODEL_RFM"));
+        }
+        (GrowthModel::Behaviour, None) => None,
     };
     Ok(Programme {
         tenant_id: p.tenant_id.clone(),
@@ -361,7 +369,54 @@ pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
         campaigns,
         level_multipliers_percent,
         growth_model,
+        rfm,
         allow_ratio_change: p.allow_ratio_change,
+    })
+}
+
+/// Purchase actions and bands per list an RFM programme may have.
+pub const RFM_PURCHASE_ACTIONS_MAX: usize = 32;
+pub const RFM_BANDS_MAX: usize = 16;
+
+fn rfm_rules_from_pb(r: &pb::RfmRules) -> Result<RfmRules, FieldError> {
+    if ![1, 3, 6, 12].contains(&r.period_months) {
+        return Err(FieldError::new("programme.rfm.period_months", "must be 1, 3, 6 or 12"));
+    }
+    if r.purchase_actions.is_empty() || r.purchase_actions.len() > RFM_PURCHASE_ACTIONS_MAX {
+        return Err(FieldError::new(
+            "programme.rfm.purchase_actions",
+            format!("1..={RFM_PURCHASE_ACTIONS_MAX} actions"),
+        ));
+    }
+    for (i, a) in r.purchase_actions.iter().enumerate() {
+        check_id(&format!("programme.rfm.purchase_actions[{i}]"), a)?;
+    }
+    let bands = |name: &str, bands: &[pb::RfmBand]| -> Result<Vec<RfmBand>, FieldError> {
+        if bands.is_empty() || bands.len() > RFM_BANDS_MAX {
+            return Err(FieldError::new(format!("programme.rfm.{name}"), format!("1..={RFM_BANDS_MAX} bands")));
+        }
+        for (i, b) in bands.iter().enumerate() {
+            if b.threshold < 0 || (i > 0 && b.threshold <= bands[i - 1].threshold) {
+                return Err(FieldError::new(
+                    format!("programme.rfm.{name}[{i}].threshold"),
+                    "must be >= 0 and strictly ascending",
+                ));
+            }
+            if !(0..=GROWTH_MAX).contains(&b.score) {
+                return Err(FieldError::new(
+                    format!("programme.rfm.{name}[{i}].score"),
+                    format!("must be 0..={GROWTH_MAX}"),
+                ));
+            }
+        }
+        Ok(bands.iter().map(|b| RfmBand { threshold: b.threshold, score: b.score }).collect())
+    };
+    Ok(RfmRules {
+        period_months: r.period_months as u32,
+        purchase_actions: r.purchase_actions.clone(),
+        recency: bands("recency", &r.recency)?,
+        frequency: bands("frequency", &r.frequency)?,
+        monetary: bands("monetary", &r.monetary)?,
     })
 }
 

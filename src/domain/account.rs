@@ -75,6 +75,17 @@ impl ReservationRecord {
     }
 }
 
+/// Purchases in one calendar month (`month`: year × 12 + month − 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurchaseMonth {
+    pub month: i64,
+    pub count: i64,
+    pub amount_minor: i64,
+}
+
+/// How many months of purchases an account keeps (the longest RFM period).
+pub const PURCHASE_MONTHS_KEPT: i64 = 12;
+
 /// Running totals of every movement, for the conservation invariant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -121,6 +132,7 @@ impl Totals {
             Event::PointsReserved { .. }
             | Event::ReservationReleased { .. }
             | Event::ActivityRecorded { .. }
+            | Event::GrowthEvaluated { .. }
             | Event::GrowthAdjusted { .. }
             | Event::LevelHeld { .. }
             | Event::AccountFrozen { .. }
@@ -171,6 +183,19 @@ pub struct Account {
     pub events: u64,
     /// The member's level as of the last `LevelChanged` ("" before any).
     pub level: String,
+    /// RFM: the programme day of the last purchase (`ActivityRecorded` with
+    /// `purchase`).
+    pub last_purchase_day: Option<i64>,
+    /// RFM: purchases and their amount by calendar month of the programme
+    /// day, ascending, the months of the last [`PURCHASE_MONTHS_KEPT`] before
+    /// the newest purchase (a period is at most 12 months, and only the
+    /// newest purchase's period is ever still to be evaluated). Kept by
+    /// month so that folding needs no rules.
+    pub purchase_months: Vec<PurchaseMonth>,
+    /// RFM growth as of the last `GrowthEvaluated` (0 before any).
+    pub rfm_growth: i64,
+    /// Programme day of the first day of the last period evaluated.
+    pub rfm_evaluated: Option<i64>,
     /// What `available`, `reserved`, `growth_in_window` and the due instants
     /// are made of, kept as lots, reservations and earns change, so they
     /// cost the same however long the member's history (every lot, earn and
@@ -451,7 +476,16 @@ impl Account {
             }
             Event::LevelChanged { to, .. } => self.level = to.clone(),
             Event::SettlementSetAside { .. } => {}
-            Event::ActivityRecorded { applied, day, .. } => self.count_rules(applied, *day),
+            Event::ActivityRecorded { applied, day, purchase, activity, .. } => {
+                self.count_rules(applied, *day);
+                if *purchase {
+                    self.count_purchase(*day, activity.amount_minor);
+                }
+            }
+            Event::GrowthEvaluated { period_start, growth, .. } => {
+                self.rfm_growth = *growth;
+                self.rfm_evaluated = Some(*period_start);
+            }
             Event::GrowthAdjusted { adjustment_id, growth, earns, day, .. } => {
                 if *growth > 0 {
                     let earn = EarnRecord { growth: *growth, day: *day, ..EarnRecord::default() };
@@ -539,6 +573,31 @@ impl Account {
             d.count = d.count.saturating_add(1);
             d.points = d.points.saturating_add(a.points.saturating_abs());
         }
+    }
+
+    fn count_purchase(&mut self, day: i64, amount_minor: i64) {
+        self.last_purchase_day = Some(self.last_purchase_day.map_or(day, |d| d.max(day)));
+        let month = super::calendar::month_of_day(day);
+        match self.purchase_months.binary_search_by_key(&month, |m| m.month) {
+            Ok(i) => {
+                let m = &mut self.purchase_months[i];
+                m.count = m.count.saturating_add(1);
+                m.amount_minor = m.amount_minor.saturating_add(amount_minor.max(0));
+            }
+            Err(i) => {
+                self.purchase_months.insert(i, PurchaseMonth { month, count: 1, amount_minor: amount_minor.max(0) })
+            }
+        }
+        let newest = self.purchase_months.last().map_or(month, |m| m.month);
+        self.purchase_months.retain(|m| m.month > newest - PURCHASE_MONTHS_KEPT);
+    }
+
+    /// Purchases and their amount in the calendar months `from..to`.
+    pub fn purchases_in(&self, from: i64, to: i64) -> (i64, i64) {
+        self.purchase_months
+            .iter()
+            .filter(|m| (from..to).contains(&m.month))
+            .fold((0, 0), |(c, a), m| (c.saturating_add(m.count), a.saturating_add(m.amount_minor)))
     }
 
     /// Growth a penalty takes, by earn.

@@ -186,6 +186,12 @@ impl<'a> Sim<'a> {
                 equal(*growth, g, "the activity's growth")
             }
             Event::LevelHeld { .. } => Ok(()),
+            Event::GrowthEvaluated { recency_days, frequency, monetary_minor, growth, previous_growth, .. } => {
+                if [*recency_days, *frequency, *monetary_minor, *growth, *previous_growth].iter().any(|v| *v < 0) {
+                    return Err("an RFM evaluation with a negative figure".into());
+                }
+                Ok(())
+            }
             Event::GrowthAdjusted { adjustment_id, requested, growth, earns, .. } => {
                 self.adjust_growth(adjustment_id, *requested, *growth, earns)
             }
@@ -637,6 +643,21 @@ mod tests {
             operator: String::new(),
         };
         assert!(admissible(&a, &[expired]).is_err());
+    }
+
+    #[test]
+    fn an_rfm_evaluation_is_admissible_with_non_negative_figures_only() {
+        let evaluated = |growth: i64, frequency: i64| Event::GrowthEvaluated {
+            period_start: 20_454,
+            recency_days: 2,
+            frequency,
+            monetary_minor: 150_000,
+            growth,
+            previous_growth: 0,
+        };
+        assert_eq!(admissible(&member(), &[evaluated(9, 5)]), Ok(()));
+        assert!(admissible(&member(), &[evaluated(-1, 5)]).is_err());
+        assert!(admissible(&member(), &[evaluated(9, -5)]).is_err());
     }
 
     #[test]

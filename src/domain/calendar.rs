@@ -67,3 +67,14 @@ pub fn lot_expiry(programme: &Programme, earned_at: Millis) -> Option<Millis> {
 pub fn add_days(at: Millis, days: i64) -> Millis {
     at.saturating_add(days.saturating_mul(DAY_MS))
 }
+
+/// The calendar month of a programme day: year × 12 + month − 1.
+pub fn month_of_day(day: i64) -> i64 {
+    day_to_date(day).map_or(0, |d| i64::from(d.year()) * 12 + i64::from(d.month0()))
+}
+
+/// The programme day of a month's first day (the inverse of [`month_of_day`]).
+pub fn month_first_day(month: i64) -> Option<i64> {
+    let year = i32::try_from(month.div_euclid(12)).ok()?;
+    NaiveDate::from_ymd_opt(year, month.rem_euclid(12) as u32 + 1, 1).map(days_since_epoch)
+}

@@ -2,11 +2,11 @@
 
 use std::borrow::Cow;
 
-use super::calendar::{lot_expiry, programme_day};
+use super::calendar::{lot_expiry, month_first_day, month_of_day, programme_day};
 use super::{
-    rules, sum, Account, Activity, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, LotAmount,
-    Millis, Points, Programme, Reason, Rejection, ReleaseCause, ReservationStatus, CASH_MINOR_PER_UNIT,
-    DUE_ITEMS_PER_RECORD_MAX, LOTS_WITH_POINTS_MAX, RESERVATION_TIMEOUT_SECONDS_MAX,
+    rules, sum, Account, Activity, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, GrowthModel,
+    LotAmount, Millis, Points, Programme, Reason, Rejection, ReleaseCause, ReservationStatus, RfmRules,
+    CASH_MINOR_PER_UNIT, DUE_ITEMS_PER_RECORD_MAX, LOTS_WITH_POINTS_MAX, RESERVATION_TIMEOUT_SECONDS_MAX,
 };
 
 /// Decides what `command` does to `account` at `now` under `programme`'s rules.
@@ -74,7 +74,9 @@ pub fn decide_with(
     // A level set by hand is left alone until its hold ends.
     let held = matches!(command.body, CommandBody::SetLevel { .. }) || state.level_held_until.is_some_and(|u| now < u);
     if let Some(p) = programme.filter(|p| !held && (!p.levels.is_empty() || !state.level.is_empty())) {
-        let growth = growth_in_window_after(&state, &events[due..]);
+        // Under RFM the level follows the last evaluation (folded into
+        // `state` when it was due now): a command changes no RFM growth.
+        let growth = if is_rfm(p) { state.rfm_growth } else { growth_in_window_after(&state, &events[due..]) };
         events.extend(level_change(p, &state.level, growth, &command.body, &events));
     }
     totals_fit(account, &events)?;
@@ -127,7 +129,11 @@ fn level_change(
     if to == level {
         return None;
     }
-    let why = if events.iter().any(|e| matches!(e, Event::GrowthExpired { .. })) {
+    let why = if events.iter().any(|e| matches!(e, Event::GrowthEvaluated { .. })) {
+        "RFM evaluation".to_string()
+    } else if is_rfm(programme) {
+        "level rules re-evaluated".to_string()
+    } else if events.iter().any(|e| matches!(e, Event::GrowthExpired { .. })) {
         format!("growth earned more than {} days ago left the window", programme.level_window_days)
     } else {
         match body {
@@ -146,6 +152,92 @@ fn growth_exit_day(programme: &Programme, earn_day: i64) -> Option<i64> {
     (programme.level_window_days > 0).then(|| earn_day + i64::from(programme.level_window_days))
 }
 
+/// Whether the programme measures growth by RFM (levels follow the RFM
+/// growth, not the growth in the window).
+fn is_rfm(programme: &Programme) -> bool {
+    rfm_rules(programme).is_some()
+}
+
+fn rfm_rules(programme: &Programme) -> Option<&RfmRules> {
+    programme.rfm.as_deref().filter(|r| programme.growth_model == GrowthModel::Rfm && r.period_months > 0)
+}
+
+/// The growth levels follow: the RFM growth under RFM, else the growth in
+/// the window.
+fn level_growth(programme: &Programme, account: &Account) -> i64 {
+    if is_rfm(programme) {
+        account.rfm_growth
+    } else {
+        account.growth_in_window()
+    }
+}
+
+/// RFM: the next period to evaluate (its first calendar month), given the
+/// day of the last purchase and the first day of the last period
+/// evaluated: the period of the last purchase, then the one after it (a
+/// member is evaluated at the end of each period in which, or in the one
+/// before which, they made a purchase), each once.
+fn rfm_next_period(rules: &RfmRules, last_purchase_day: Option<i64>, evaluated: Option<i64>) -> Option<i64> {
+    let months = i64::from(rules.period_months);
+    let period_of = |day: i64| {
+        let m = month_of_day(day);
+        m - m.rem_euclid(months)
+    };
+    let last = period_of(last_purchase_day?);
+    match evaluated.map(period_of) {
+        None => Some(last),
+        Some(e) if e < last => Some(last),
+        Some(e) if e == last => Some(last + months),
+        Some(_) => None,
+    }
+}
+
+/// RFM: the instant the period starting in `month` ends (the first instant
+/// of the next period in the programme's zone).
+fn rfm_period_end(programme: &Programme, rules: &RfmRules, month: i64) -> Option<Millis> {
+    let day = month_first_day(month + i64::from(rules.period_months))?;
+    super::calendar::day_to_date(day).and_then(|d| super::calendar::start_of_day(programme.time_zone, d))
+}
+
+/// RFM: the next evaluation of the account and when it falls due.
+pub(super) fn rfm_next_evaluation(programme: &Programme, account: &Account) -> Option<(i64, Millis)> {
+    let rules = rfm_rules(programme)?;
+    let month = rfm_next_period(rules, account.last_purchase_day, account.rfm_evaluated)?;
+    Some((month, rfm_period_end(programme, rules, month)?))
+}
+
+/// RFM: the evaluations due by `now` (at most two: the period of the last
+/// purchase and the one after it), measured from the account's purchases.
+fn rfm_evaluations(programme: &Programme, account: &Account, now: Millis) -> Vec<Event> {
+    let Some(rules) = rfm_rules(programme) else { return Vec::new() };
+    let (mut evaluated, mut growth, mut events) = (account.rfm_evaluated, account.rfm_growth, Vec::new());
+    while let Some(month) = rfm_next_period(rules, account.last_purchase_day, evaluated) {
+        let end_month = month + i64::from(rules.period_months);
+        let (Some(start), Some(end_day), Some(last)) =
+            (month_first_day(month), month_first_day(end_month), account.last_purchase_day)
+        else {
+            break;
+        };
+        if rfm_period_end(programme, rules, month).is_none_or(|at| at > now) {
+            break;
+        }
+        // Days from the last purchase to the period's last day (0: bought on it).
+        let recency_days = (end_day - 1 - last).max(0);
+        let (frequency, monetary_minor) = account.purchases_in(month, end_month);
+        let g = rules.growth(recency_days, frequency, monetary_minor);
+        events.push(Event::GrowthEvaluated {
+            period_start: start,
+            recency_days,
+            frequency,
+            monetary_minor,
+            growth: g,
+            previous_growth: growth,
+        });
+        (evaluated, growth) = (Some(start), g);
+    }
+    events
+}
+
 /// Where a member stands against the programme's levels.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LevelStatus {
@@ -161,7 +253,27 @@ pub struct LevelStatus {
 
 /// The level view of an account: its level, the growth in the window, what
 /// it takes to keep the level at the next evaluation and to reach the next.
+///
+/// Under RFM: `growth_in_window` is the RFM growth of the last evaluation,
+/// `next_evaluation` the end of the next period the member is evaluated
+/// for, and `growth_to_keep` 0 (what keeps a level is the next period's
+/// purchases, not growth to earn).
 pub fn level_status(programme: &Programme, account: &Account) -> LevelStatus {
+    if is_rfm(programme) {
+        let growth = account.rfm_growth;
+        let level =
+            if account.level.is_empty() { programme.level_for(growth).to_string() } else { account.level.clone() };
+        let threshold = programme.levels.iter().find(|l| l.name == level).map(|l| l.min_growth).unwrap_or(0);
+        let next = programme.levels.iter().find(|l| l.min_growth > threshold);
+        return LevelStatus {
+            next_evaluation: rfm_next_evaluation(programme, account).map(|(_, at)| at),
+            growth_to_keep: 0,
+            next_level: next.map(|l| l.name.clone()).unwrap_or_default(),
+            growth_to_next: next.map(|l| (l.min_growth - growth).max(0)).unwrap_or(0),
+            level,
+            growth_in_window: growth,
+        };
+    }
     let growth = account.growth_in_window();
     let level = if account.level.is_empty() { programme.level_for(growth).to_string() } else { account.level.clone() };
     let exits: Vec<(i64, i64)> = account
@@ -188,7 +300,8 @@ pub fn level_status(programme: &Programme, account: &Account) -> LevelStatus {
 
 /// The earliest instant at which something in the account falls due (a lot's
 /// expiry, a reservation's timeout, growth leaving the level window), for
-/// the writer's scheduler.
+/// the writer's scheduler, and under RFM the end of the next period the
+/// member is evaluated for.
 ///
 /// Costs the same however long the member's history: the account keeps its
 /// soonest expiry, timeout and growth day (the exit day only grows with the
@@ -198,7 +311,8 @@ pub fn due_at(account: &Account, programme: Option<&Programme>) -> Option<Millis
         let day = growth_exit_day(p, account.oldest_growth_day()?)?;
         super::calendar::day_to_date(day).and_then(|d| super::calendar::start_of_day(p.time_zone, d))
     });
-    [account.next_expiry(), account.next_hold_timeout(), growth].into_iter().flatten().min()
+    let rfm = programme.and_then(|p| rfm_next_evaluation(p, account)).map(|(_, at)| at);
+    [account.next_expiry(), account.next_hold_timeout(), growth, rfm].into_iter().flatten().min()
 }
 
 /// Releases the holds timed out by `now` (at most a record's worth: `more`
@@ -297,6 +411,9 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
         if !earns.is_empty() {
             events.push(Event::GrowthExpired { growth: sum(&earns), earns });
         }
+    }
+    if let Some(p) = programme {
+        events.extend(rfm_evaluations(p, account, now));
     }
     (events, more)
 }
@@ -937,6 +1054,7 @@ impl Decision<'_> {
             points: w.points,
             growth: w.growth,
             day,
+            purchase: rfm_rules(self.programme).is_some_and(|r| r.is_purchase(&activity.action)),
         }];
         events.extend(then);
         Ok(events)
@@ -1044,7 +1162,7 @@ impl Decision<'_> {
             events.push(Event::LevelChanged {
                 from: self.account.level.clone(),
                 to: level.into(),
-                growth: self.account.growth_in_window(),
+                growth: level_growth(self.programme, self.account),
                 why: format!("set by {operator}: {reason}"),
             });
         }

@@ -206,6 +206,9 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
     if p.growth_model != super::GrowthModel::Behaviour || p.allow_ratio_change {
         h.str(&format!("{:?}{}", p.growth_model, p.allow_ratio_change));
     }
+    if let Some(rfm) = &p.rfm {
+        h.str(&format!("{rfm:?}"));
+    }
     h.str(operator);
     h.0
 }

@@ -22,10 +22,18 @@ mod vecmap;
 
 use std::collections::BTreeMap;
 
-pub use account::{Account, EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals};
+pub use account::{
+    Account, EarnRecord, Lot, PurchaseMonth, ReservationRecord, ReservationStatus, SpendRecord, Totals,
+    PURCHASE_MONTHS_KEPT,
+};
 pub use admit::admissible;
+#[cfg(test)]
+use decide::rfm_next_evaluation;
 pub use decide::{decide, decide_with, due_at, level_status, LevelStatus, Limits};
-pub use rules::{Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, EarningRule, GrowthModel, RuleDay};
+pub use rules::{
+    Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, EarningRule, GrowthModel, RfmBand, RfmRules,
+    RuleDay,
+};
 pub use vecmap::VecMap;
 
 /// A number of points. Signed so that debts and adjustments read naturally;
@@ -139,6 +147,8 @@ pub struct Programme {
     /// By level name: percent for activities of a member of that level.
     pub level_multipliers_percent: BTreeMap<String, u32>,
     pub growth_model: GrowthModel,
+    /// The RFM rules (`GrowthModel::Rfm` only; boxed: most programmes have none).
+    pub rfm: Option<Box<RfmRules>>,
     /// This version was allowed to change `points_per_cash_unit`.
     pub allow_ratio_change: bool,
 }
@@ -199,6 +209,7 @@ impl Programme {
             campaigns: Vec::new(),
             level_multipliers_percent: BTreeMap::new(),
             growth_model: GrowthModel::Behaviour,
+            rfm: None,
             allow_ratio_change: false,
         }
     }
@@ -471,6 +482,25 @@ pub enum Event {
         growth: i64,
         /// Programme day, for the rules' daily limits.
         day: i64,
+        /// A purchase under the programme's RFM rules (its action is one of
+        /// their purchase actions; `amount_minor` is its value).
+        purchase: bool,
+    },
+    /// The member's RFM growth, measured at the end of a period (the first
+    /// instant of the next one in the programme's zone): it replaces the
+    /// previous one, and levels follow it.
+    GrowthEvaluated {
+        /// Programme day of the period's first day.
+        period_start: i64,
+        /// Days from the last purchase to the end of the period.
+        recency_days: i64,
+        /// Purchases in the period.
+        frequency: i64,
+        /// Their amount in the period (minor units).
+        monetary_minor: i64,
+        /// R score + F score + M score.
+        growth: i64,
+        previous_growth: i64,
     },
     /// An activity that penalises: points taken from lots soonest-expiring
     /// first, beyond the balance debt (`AllowDebt`) or written off
@@ -536,6 +566,7 @@ impl Event {
             | Event::LevelChanged { .. }
             | Event::SettlementSetAside { .. }
             | Event::ActivityRecorded { .. }
+            | Event::GrowthEvaluated { .. }
             | Event::GrowthAdjusted { .. }
             | Event::LevelHeld { .. } => 0,
         }
@@ -559,6 +590,7 @@ impl Event {
             Event::LevelChanged { .. } => "LevelChanged",
             Event::SettlementSetAside { .. } => "SettlementSetAside",
             Event::ActivityRecorded { .. } => "ActivityRecorded",
+            Event::GrowthEvaluated { .. } => "GrowthEvaluated",
             Event::PenaltyApplied { .. } => "PenaltyApplied",
             Event::GrowthAdjusted { .. } => "GrowthAdjusted",
             Event::LevelHeld { .. } => "LevelHeld",
@@ -664,3 +696,5 @@ mod props;
 mod tests;
 #[cfg(test)]
 mod activity_tests;
+#[cfg(test)]
+mod rfm_tests;

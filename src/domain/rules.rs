@@ -90,6 +90,45 @@ pub enum GrowthModel {
     Rfm,
 }
 
+/// How growth is measured under `GrowthModel::Rfm`: at the end of each
+/// period, R (days since the last purchase), F (purchases in the period)
+/// and M (their amount) each scored by bands; growth is the sum of the
+/// three scores.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RfmRules {
+    /// Calendar months in the programme's zone: 1, 3, 6 or 12 (periods
+    /// start in January).
+    pub period_months: u32,
+    /// Actions whose activity counts as a purchase.
+    pub purchase_actions: Vec<String>,
+    /// By most days since the last purchase, ascending: the first band the
+    /// member is within scores.
+    pub recency: Vec<RfmBand>,
+    /// By least purchases, ascending: the highest band reached scores.
+    pub frequency: Vec<RfmBand>,
+    /// By least amount (minor units), ascending: the highest band reached scores.
+    pub monetary: Vec<RfmBand>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RfmBand {
+    pub threshold: i64,
+    pub score: i64,
+}
+
+impl RfmRules {
+    pub fn is_purchase(&self, action: &str) -> bool {
+        self.purchase_actions.iter().any(|a| a == action)
+    }
+
+    /// R score + F score + M score.
+    pub fn growth(&self, recency_days: i64, frequency: i64, monetary_minor: i64) -> i64 {
+        let r = self.recency.iter().find(|b| recency_days <= b.threshold).map_or(0, |b| b.score);
+        let reached = |bands: &[RfmBand], v: i64| bands.iter().rev().find(|b| v >= b.threshold).map_or(0, |b| b.score);
+        r.saturating_add(reached(&self.frequency, frequency)).saturating_add(reached(&self.monetary, monetary_minor))
+    }
+}
+
 /// The facts of an activity a business service reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Activity {

@@ -82,7 +82,9 @@ fn due_at_counted(a: &Account, p: &Programme) -> Option<Millis> {
         .flatten()
         .and_then(calendar::day_to_date)
         .and_then(|d| calendar::start_of_day(p.time_zone, d));
-    lots.chain(holds).chain(growth).min()
+    // The RFM evaluation is kept as one instant already (no map to count).
+    let rfm = rfm_next_evaluation(p, a).map(|(_, at)| at);
+    lots.chain(holds).chain(growth).chain(rfm).min()
 }
 
 fn earn_body(points: Points, reason: &str, expires_at: Option<Millis>) -> CommandBody {

@@ -240,6 +240,7 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
         | Event::LevelChanged { .. }
         | Event::SettlementSetAside { .. }
         | Event::ActivityRecorded { .. }
+        | Event::GrowthEvaluated { .. }
         | Event::GrowthAdjusted { .. }
         | Event::LevelHeld { .. } => {}
     }

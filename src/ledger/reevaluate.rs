@@ -52,9 +52,15 @@ impl Progress {
     }
 }
 
-/// Whether two versions decide levels alike.
+/// Whether two versions decide levels alike (a change of growth model or of
+/// the RFM rules changes the growth levels follow, and when evaluations fall
+/// due: the walk ticks every account, which settles its level and its due
+/// instant afresh).
 fn same_levels(a: &Programme, b: &Programme) -> bool {
-    a.levels == b.levels && a.level_window_days == b.level_window_days
+    a.levels == b.levels
+        && a.level_window_days == b.level_window_days
+        && a.growth_model == b.growth_model
+        && a.rfm == b.rfm
 }
 
 /// Accounts of `partition` whose level to evaluate now, at most `max`

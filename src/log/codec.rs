@@ -12,8 +12,8 @@ use prost::Message;
 
 use crate::domain::{
     AccountKey, Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, CapPolicy, ClawbackPolicy, EarningRule,
-    Event, ExpiryCause, GrowthModel, LevelThreshold, LotAmount, Millis, Programme, ReleaseCause, RiskRules,
-    ValidityRounding,
+    Event, ExpiryCause, GrowthModel, LevelThreshold, LotAmount, Millis, Programme, ReleaseCause, RfmBand, RfmRules,
+    RiskRules, ValidityRounding,
 };
 use crate::log::record::{AccountRecord, CapMode, CapShare, Claim, ControlEvent, ControlRecord, PartitionRecord};
 use crate::proto::log as wire;
@@ -223,8 +223,9 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             WireEvent::SettlementSetAside(wire::SettlementSetAside { reason, retry_at_ms: retry_at })
         }
-        Event::ActivityRecorded { activity_id, activity, applied, points, growth, day } => {
+        Event::ActivityRecorded { activity_id, activity, applied, points, growth, day, purchase } => {
             WireEvent::ActivityRecorded(wire::ActivityRecorded {
+                purchase,
                 activity_id,
                 action: activity.action,
                 order_ref: activity.order_ref,
@@ -250,6 +251,16 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         }
         Event::LevelHeld { level, operator, reason, hold_until } => {
             WireEvent::LevelHeld(wire::LevelHeld { level, operator, reason, hold_until_ms: hold_until.unwrap_or(0) })
+        }
+        Event::GrowthEvaluated { period_start, recency_days, frequency, monetary_minor, growth, previous_growth } => {
+            WireEvent::GrowthEvaluated(wire::GrowthEvaluated {
+                period_start,
+                recency_days,
+                frequency,
+                monetary_minor,
+                growth,
+                previous_growth,
+            })
         }
         Event::PenaltyApplied { penalty_id, action, points, taken, debt_added, written_off, growth, growth_earns } => {
             WireEvent::PenaltyApplied(wire::PenaltyApplied {
@@ -376,6 +387,15 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             points: x.points,
             growth: x.growth,
             day: x.day,
+            purchase: x.purchase,
+        },
+        WireEvent::GrowthEvaluated(x) => Event::GrowthEvaluated {
+            period_start: x.period_start,
+            recency_days: x.recency_days,
+            frequency: x.frequency,
+            monetary_minor: x.monetary_minor,
+            growth: x.growth,
+            previous_growth: x.previous_growth,
         },
         WireEvent::GrowthAdjusted(x) => Event::GrowthAdjusted {
             adjustment_id: x.adjustment_id,
@@ -605,6 +625,7 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             GrowthModel::Rfm => wire::GrowthModel::Rfm,
         } as i32,
         allow_ratio_change: p.allow_ratio_change,
+        rfm: p.rfm.as_deref().map(rfm_to_wire),
         risk: (p.risk != RiskRules::default()).then_some(wire::RiskRules {
             issuance_spike_percent: p.risk.issuance_spike_percent as i32,
             issuance_spike_min_points: p.risk.issuance_spike_min_points,
@@ -668,6 +689,29 @@ fn campaign_from_wire(c: wire::Campaign) -> Campaign {
         actions: c.actions,
         multiplier_percent: unsigned(c.multiplier_percent),
     }
+}
+
+fn rfm_to_wire(r: &RfmRules) -> wire::RfmRules {
+    let bands = |b: &[RfmBand]| b.iter().map(|b| wire::RfmBand { threshold: b.threshold, score: b.score }).collect();
+    wire::RfmRules {
+        period_months: r.period_months as i32,
+        purchase_actions: r.purchase_actions.clone(),
+        recency: bands(&r.recency),
+        frequency: bands(&r.frequency),
+        monetary: bands(&r.monetary),
+    }
+}
+
+fn rfm_from_wire(r: wire::RfmRules) -> Box<RfmRules> {
+    let bands =
+        |b: Vec<wire::RfmBand>| b.into_iter().map(|b| RfmBand { threshold: b.threshold, score: b.score }).collect();
+    Box::new(RfmRules {
+        period_months: unsigned(r.period_months),
+        purchase_actions: r.purchase_actions,
+        recency: bands(r.recency),
+        frequency: bands(r.frequency),
+        monetary: bands(r.monetary),
+    })
 }
 
 /// A count or a number of days as the domain keeps it (the API refused
@@ -743,6 +787,7 @@ pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme
             Ok(wire::GrowthModel::Rfm) => GrowthModel::Rfm,
             _ => GrowthModel::Behaviour,
         },
+        rfm: p.rfm.map(rfm_from_wire),
         allow_ratio_change: p.allow_ratio_change,
         risk: RiskRules {
             issuance_spike_percent: unsigned(r.issuance_spike_percent),
@@ -754,5 +799,46 @@ pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme
             member_addresses_minutes: unsigned(r.member_addresses_minutes),
             member_daily_earn_alert: r.member_daily_earn_alert,
         },
+    }
+}
+
+#[cfg(test)]
+mod rfm_tests {
+    use super::*;
+
+    #[test]
+    fn rfm_events_and_rules_round_trip_through_the_log_schema() {
+        let events = [
+            Event::GrowthEvaluated {
+                period_start: 20_454,
+                recency_days: 2,
+                frequency: 5,
+                monetary_minor: 150_000,
+                growth: 9,
+                previous_growth: 4,
+            },
+            Event::ActivityRecorded {
+                activity_id: "p1".into(),
+                activity: Activity { action: "pay".into(), amount_minor: 30_000, ..Default::default() },
+                applied: Vec::new(),
+                points: 0,
+                growth: 0,
+                day: 20_460,
+                purchase: true,
+            },
+        ];
+        for e in events {
+            assert_eq!(event_from_wire(event_to_wire(e.clone())).unwrap(), e);
+        }
+        let mut p = Programme::example("shop", "points");
+        p.growth_model = GrowthModel::Rfm;
+        p.rfm = Some(Box::new(RfmRules {
+            period_months: 3,
+            purchase_actions: vec!["pay".into()],
+            recency: vec![RfmBand { threshold: 7, score: 3 }],
+            frequency: vec![RfmBand { threshold: 1, score: 1 }, RfmBand { threshold: 5, score: 2 }],
+            monetary: vec![RfmBand { threshold: 10_000, score: 1 }],
+        }));
+        assert_eq!(programme_from_wire(programme_to_wire(&p), 0), p);
     }
 }

@@ -48,6 +48,9 @@ pub struct ControlRecord {
     pub event: ControlEvent,
 }
 
+// Control records are few (a programme version or a cap share each) and
+// short-lived: the size of the larger variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum ControlEvent {
     /// A new version of a programme's rules.

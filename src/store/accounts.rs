@@ -128,6 +128,7 @@ impl Changed {
             | Event::LevelChanged { .. }
             | Event::SettlementSetAside { .. }
             | Event::ActivityRecorded { .. }
+            | Event::GrowthEvaluated { .. }
             | Event::LevelHeld { .. } => {}
             Event::GrowthAdjusted { adjustment_id, growth, earns, .. } => {
                 if *growth > 0 {

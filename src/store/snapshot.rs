@@ -94,6 +94,16 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
             .iter()
             .map(|(k, d)| state::RuleDayCounter { rule_id: k.clone(), count: d.count, points: d.points })
             .collect(),
+        has_last_purchase: a.last_purchase_day.is_some(),
+        last_purchase_day: a.last_purchase_day.unwrap_or(0),
+        purchase_months: a
+            .purchase_months
+            .iter()
+            .map(|m| state::PurchaseMonth { month: m.month, count: m.count, amount_minor: m.amount_minor })
+            .collect(),
+        rfm_growth: a.rfm_growth,
+        rfm_evaluated: a.rfm_evaluated.is_some(),
+        rfm_evaluated_period_start: a.rfm_evaluated.unwrap_or(0),
     }
 }
 
@@ -369,6 +379,14 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
         .collect();
     a.events = s.events;
     a.level = s.level;
+    a.last_purchase_day = s.has_last_purchase.then_some(s.last_purchase_day);
+    a.purchase_months = s
+        .purchase_months
+        .into_iter()
+        .map(|m| crate::domain::PurchaseMonth { month: m.month, count: m.count, amount_minor: m.amount_minor })
+        .collect();
+    a.rfm_growth = s.rfm_growth;
+    a.rfm_evaluated = s.rfm_evaluated.then_some(s.rfm_evaluated_period_start);
     a.recount();
     // An account's statement has an entry per event folded and every page
     // but the last is full: whether there is a last page with room, and its
@@ -723,6 +741,14 @@ mod tests {
         a.totals.penalized = 7;
         a.events = 17;
         a.level = "gold".into();
+        // RFM: a purchase on day 0 (a value the flags must tell from none).
+        a.last_purchase_day = Some(0);
+        a.purchase_months = vec![
+            crate::domain::PurchaseMonth { month: 24_311, count: 2, amount_minor: 30_000 },
+            crate::domain::PurchaseMonth { month: 24_312, count: 1, amount_minor: 0 },
+        ];
+        a.rfm_growth = 9;
+        a.rfm_evaluated = Some(0);
         a.recount();
         a
     }
