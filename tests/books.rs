@@ -709,6 +709,13 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
             assert_eq!(*row.get_string(col("member_id")).unwrap(), e["member_id"].as_str().unwrap());
             let inner: serde_json::Value = serde_json::from_str(row.get_string(col("event_json")).unwrap()).unwrap();
             assert_eq!(inner, e["event"]);
+            // Typed columns: the instant as a timestamp, the event's points and order as their own.
+            assert_eq!(row.get_timestamp_millis(col("at")).unwrap(), e["at_ms"].as_i64().unwrap());
+            let points = inner.get("points").or_else(|| inner.get("granted_points"));
+            let points = points.and_then(|v| v.as_str()).map(|s| s.parse::<i64>().unwrap());
+            assert_eq!(row.get_long(col("points")).ok(), points, "{inner}");
+            let order = inner.get("order_ref").and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+            assert_eq!(row.get_string(col("order_ref")).ok().map(|s| s.as_str()), order, "{inner}");
         }
     }
     // One member, one day.

@@ -31,16 +31,31 @@ pub enum Column {
     I64(Vec<i64>),
     Str(Vec<String>),
     Bool(Vec<bool>),
+    /// Milliseconds since the epoch: TIMESTAMP(MILLIS, UTC).
+    Millis(Vec<i64>),
+    /// Values an event may not have (null where it has none).
+    OptI64(Vec<Option<i64>>),
+    OptStr(Vec<Option<String>>),
 }
 
 impl Column {
-    fn parquet_type(&self) -> &'static str {
+    /// The column's Parquet field, named `name`.
+    fn field(&self, name: &str) -> String {
         match self {
-            Column::I64(_) => "INT64",
-            Column::Str(_) => "BYTE_ARRAY",
-            Column::Bool(_) => "BOOLEAN",
+            Column::I64(_) => format!("REQUIRED INT64 {name};"),
+            Column::Str(_) => format!("REQUIRED BYTE_ARRAY {name} (UTF8);"),
+            Column::Bool(_) => format!("REQUIRED BOOLEAN {name};"),
+            Column::Millis(_) => format!("REQUIRED INT64 {name} (TIMESTAMP(MILLIS,true));"),
+            Column::OptI64(_) => format!("OPTIONAL INT64 {name};"),
+            Column::OptStr(_) => format!("OPTIONAL BYTE_ARRAY {name} (UTF8);"),
         }
     }
+}
+
+/// The definition levels of an optional column (1: a value, 0: null) and
+/// its values.
+fn defined<T: Clone>(v: &[Option<T>]) -> (Vec<i16>, Vec<T>) {
+    (v.iter().map(|x| i16::from(x.is_some())).collect(), v.iter().flatten().cloned().collect())
 }
 
 /// A Parquet file written one row group at a time.
@@ -51,13 +66,7 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// `columns`: names and a sample of each column's kind, in order.
     pub fn create(path: &Path, table: &str, columns: &[(&str, &Column)]) -> anyhow::Result<ParquetSink> {
-        let fields: Vec<String> = columns
-            .iter()
-            .map(|(name, c)| {
-                let utf8 = if matches!(c, Column::Str(_)) { " (UTF8)" } else { "" };
-                format!("REQUIRED {} {name}{utf8};", c.parquet_type())
-            })
-            .collect();
+        let fields: Vec<String> = columns.iter().map(|(name, c)| c.field(name)).collect();
         let schema = Arc::new(parse_message_type(&format!("message {table} {{ {} }}", fields.join(" ")))?);
         let props = Arc::new(WriterProperties::builder().build());
         let file = File::create(path)?;
@@ -70,8 +79,17 @@ impl ParquetSink {
         for column in columns {
             let mut w = group.next_column()?.ok_or_else(|| anyhow::anyhow!("more columns than the schema has"))?;
             match column {
-                Column::I64(v) => {
+                Column::I64(v) | Column::Millis(v) => {
                     w.typed::<Int64Type>().write_batch(&v, None, None)?;
+                }
+                Column::OptI64(v) => {
+                    let (defs, v) = defined(&v);
+                    w.typed::<Int64Type>().write_batch(&v, Some(&defs), None)?;
+                }
+                Column::OptStr(v) => {
+                    let (defs, v) = defined(&v);
+                    let v: Vec<ByteArray> = v.into_iter().map(|s| ByteArray::from(s.into_bytes())).collect();
+                    w.typed::<ByteArrayType>().write_batch(&v, Some(&defs), None)?;
                 }
                 Column::Str(v) => {
                     let v: Vec<ByteArray> = v.into_iter().map(|s| ByteArray::from(s.into_bytes())).collect();
@@ -159,7 +177,10 @@ pub fn event_json(e: Event) -> serde_json::Value {
     v
 }
 
-/// The columns of an event export, in order.
+/// The columns of an event export, in order. In Parquet `at` is a
+/// TIMESTAMP(MILLIS, UTC), and the event's common facts have typed columns
+/// of their own (null where the event has none), beside the whole event in
+/// `event_json`.
 pub const EVENT_COLUMNS: &[&str] = &[
     "partition",
     "offset",
@@ -174,7 +195,23 @@ pub const EVENT_COLUMNS: &[&str] = &[
     "event_type",
     "delta",
     "event_json",
+    "points",
+    "growth",
+    "lot_id",
+    "order_ref",
+    "reason",
+    "operator",
 ];
+
+/// The event's common facts, by their names in the API's event (the one
+/// mapping of events to text): its points (`points`, or `granted_points`
+/// for an earn), growth, lot, order reference, reason and operator.
+fn facts(event: &serde_json::Value) -> (Option<i64>, Option<i64>, [Option<String>; 4]) {
+    let int = |name: &str| event.get(name).and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_i64()));
+    let text = |name: &str| event.get(name).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(String::from);
+    let points = int("points").or_else(|| int("granted_points"));
+    (points, int("growth"), [text("lot_id"), text("order_ref"), text("reason"), text("operator")])
+}
 
 /// Reads the whole log as of now (every partition to its current end, void
 /// records skipped, in partition then offset order) and hands each event
@@ -261,33 +298,72 @@ pub fn events_jsonl(log: &dyn EventLog, filter: &Filter, out: &mut dyn Write) ->
     })
 }
 
-fn event_columns(rows: Vec<EventRow>) -> anyhow::Result<Vec<Column>> {
-    let mut cols: Vec<Column> = vec![
-        Column::I64(Vec::new()),
-        Column::I64(Vec::new()),
-        Column::I64(Vec::new()),
-        Column::Str(Vec::new()),
-        Column::I64(Vec::new()),
-        Column::Str(Vec::new()),
-        Column::Str(Vec::new()),
-        Column::Str(Vec::new()),
-        Column::Str(Vec::new()),
-        Column::I64(Vec::new()),
-        Column::Str(Vec::new()),
-        Column::I64(Vec::new()),
-        Column::Str(Vec::new()),
+/// The values of an event row, one per [`EVENT_COLUMNS`] entry.
+enum Value {
+    I64(i64),
+    Str(String),
+    Millis(i64),
+    OptI64(Option<i64>),
+    OptStr(Option<String>),
+}
+
+fn event_values(r: EventRow) -> anyhow::Result<Vec<Value>> {
+    let (points, growth, texts) = facts(&r.event);
+    let mut v = vec![
+        Value::I64(i64::from(r.partition)),
+        Value::I64(r.offset as i64),
+        Value::I64(i64::from(r.index)),
+        Value::Millis(r.at_ms),
+        Value::I64(r.at_ms),
+        Value::Str(r.tenant_id),
+        Value::Str(r.programme_id),
+        Value::Str(r.member_id),
+        Value::Str(r.request_id),
+        Value::I64(r.programme_version as i64),
+        Value::Str(r.event_type),
+        Value::I64(r.delta),
+        Value::Str(serde_json::to_string(&r.event)?),
+        Value::OptI64(points),
+        Value::OptI64(growth),
     ];
+    v.extend(texts.into_iter().map(Value::OptStr));
+    Ok(v)
+}
+
+fn event_columns(rows: Vec<EventRow>) -> anyhow::Result<Vec<Column>> {
+    let sample = EventRow {
+        partition: 0,
+        offset: 0,
+        index: 0,
+        at: String::new(),
+        at_ms: 0,
+        tenant_id: String::new(),
+        programme_id: String::new(),
+        member_id: String::new(),
+        request_id: String::new(),
+        programme_version: 0,
+        event_type: String::new(),
+        delta: 0,
+        event: json!({}),
+    };
+    let mut cols: Vec<Column> = event_values(sample)?
+        .into_iter()
+        .map(|v| match v {
+            Value::I64(_) => Column::I64(Vec::new()),
+            Value::Str(_) => Column::Str(Vec::new()),
+            Value::Millis(_) => Column::Millis(Vec::new()),
+            Value::OptI64(_) => Column::OptI64(Vec::new()),
+            Value::OptStr(_) => Column::OptStr(Vec::new()),
+        })
+        .collect();
     for r in rows {
-        let json = serde_json::to_string(&r.event)?;
-        let ints =
-            [i64::from(r.partition), r.offset as i64, i64::from(r.index), r.at_ms, r.programme_version as i64, r.delta];
-        let strs = [r.at, r.tenant_id, r.programme_id, r.member_id, r.request_id, r.event_type, json];
-        let (mut i, mut s) = (ints.into_iter(), strs.into_iter());
-        for c in cols.iter_mut() {
-            match c {
-                Column::I64(v) => v.push(i.next().expect("as many ints as int columns")),
-                Column::Str(v) => v.push(s.next().expect("as many strings as string columns")),
-                Column::Bool(_) => unreachable!("no bool columns in events"),
+        for (c, v) in cols.iter_mut().zip(event_values(r)?) {
+            match (c, v) {
+                (Column::I64(c), Value::I64(v)) | (Column::Millis(c), Value::Millis(v)) => c.push(v),
+                (Column::Str(c), Value::Str(v)) => c.push(v),
+                (Column::OptI64(c), Value::OptI64(v)) => c.push(v),
+                (Column::OptStr(c), Value::OptStr(v)) => c.push(v),
+                _ => anyhow::bail!("an event value of another kind than its column"),
             }
         }
     }
@@ -333,6 +409,9 @@ pub fn books_parquet(books: &[crate::proto::state::DailyBook], path: &Path) -> a
                 Column::I64(x) => x.push(v.parse()?),
                 Column::Str(x) => x.push(v),
                 Column::Bool(x) => x.push(v == "true"),
+                Column::Millis(_) | Column::OptI64(_) | Column::OptStr(_) => {
+                    anyhow::bail!("books have no timestamp or optional columns")
+                }
             }
         }
     }
