@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Reflection describes the API only.
     let api = protox::compile(API, ["proto"])?;
     std::fs::write(out.join("points_descriptor.bin"), prost::Message::encode_to_vec(&api))?;
+    // The log's schema, for consumers outside the service (`schema`).
+    let log = protox::compile(["proto/points/log/v1/log.proto"], ["proto"])?;
+    std::fs::write(out.join("points_log_descriptor.bin"), prost::Message::encode_to_vec(&log))?;
     let all = protox::compile(API.iter().chain(PRIVATE), ["proto"])?;
     // Maps as BTreeMap: equal contents encode to equal bytes (views and
     // alerts must be byte-identical across replays).

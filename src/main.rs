@@ -154,6 +154,17 @@ enum Cmd {
     /// TLS out: writes ca.pem, ca-key.pem, server.pem, server-key.pem,
     /// client.pem and client-key.pem into --out.
     DevCerts(DevCertsArgs),
+    /// The log's schema for consumers of the event topic: writes
+    /// points/log/v1/log.proto and its descriptor set points-log-v1.binpb
+    /// into --out.
+    Schema(SchemaArgs),
+}
+
+#[derive(clap::Args)]
+struct SchemaArgs {
+    /// The directory to write into (created if need be).
+    #[arg(long, env = "POINTS_LEDGER_SCHEMA_OUT")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -647,6 +658,12 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::DevCerts(args) => {
             for path in tools::dev_certs::run(&args.options())? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Cmd::Schema(args) => {
+            for path in tools::schema::run(&args.out)? {
                 println!("{}", path.display());
             }
             Ok(())

@@ -32,5 +32,10 @@ pub use points::log::v1 as log;
 /// Stored state (`points.state.v1`).
 pub use points::state::v1 as state;
 
+/// The log's schema: its `.proto` and its encoded file descriptor set, for
+/// consumers outside the service (`points-ledger schema`).
+pub const LOG_PROTO: &str = include_str!("../proto/points/log/v1/log.proto");
+pub const LOG_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/points_log_descriptor.bin"));
+
 /// The encoded file descriptor set of the API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("points_descriptor");

@@ -120,3 +120,15 @@ async fn verify_passes_on_clean_views_and_names_a_corrupted_key() {
     let (ok, out) = cli(&["verify", "--data-dir", "/nonexistent/dir"]);
     assert!(!ok && out.contains("opening"), "{out}");
 }
+
+#[test]
+fn schema_writes_the_logs_proto_and_its_descriptor_set_for_outside_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = cli(&["schema", "--out", dir.path().to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let proto = std::fs::read_to_string(dir.path().join("points/log/v1/log.proto")).unwrap();
+    assert_eq!(proto, include_str!("../proto/points/log/v1/log.proto"));
+    let set = std::fs::read(dir.path().join("points-log-v1.binpb")).unwrap();
+    let names = |needle: &[u8]| set.windows(needle.len()).any(|w| w == needle);
+    assert!(names(b"points/log/v1/log.proto") && names(b"AccountRecord") && names(b"ControlRecord"));
+}

@@ -341,3 +341,57 @@ fn appends_timing_out_in_a_broker_hang_leave_the_broker_serving() {
     }
     broker.assert_alive();
 }
+
+/// Every record's CloudEvents headers (type, id, source, time, content
+/// type), as an outside consumer reads them from partition `p`.
+fn headers_of(bootstrap: &str, topic: &str, p: i32) -> Vec<std::collections::BTreeMap<String, String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "outside-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let (_, end) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < end && std::time::Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = m.unwrap();
+        let h = m.headers().map(|h| {
+            h.iter().map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into())).collect()
+        });
+        out.push(h.unwrap_or_default());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_consumer_tells_claims_from_account_records_by_their_cloud_events_headers() {
+    let Some(_) = common::broker::available() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(&dir.path().join("tansu"));
+    let log = kafka(&broker.bootstrap(), "outside", 1);
+    let h = Harness::start_in(tempfile::tempdir().unwrap(), ManualClock::new(T0), |c| {
+        c.partitions = 1;
+        c.log = LogConfig::Kafka(log.clone());
+    })
+    .await;
+    configure(&h, programme()).await;
+    earn_until_ok(&h, "e1", "kim", 100).await;
+    h.stop().await;
+    let records = headers_of(&broker.bootstrap(), "outside", 0);
+    let types: Vec<&str> = records.iter().map(|r| r.get("ce_type").map(String::as_str).unwrap_or("")).collect();
+    assert_eq!(types, ["points.writer.claim", "points.account.record"], "{records:?}");
+    let earned = &records[1];
+    assert_eq!(earned["ce_id"], "shop/points/kim/e1");
+    assert_eq!(earned["ce_subject"], "shop/points/kim");
+    assert_eq!(earned["ce_specversion"], "1.0");
+    assert_eq!(earned["ce_source"], "points-ledger/outside");
+    assert_eq!(earned["ce_time"], "2026-03-10T00:00:00.000Z");
+    assert_eq!(earned["content-type"], "application/protobuf; messageType=points.log.v1.AccountRecord");
+}

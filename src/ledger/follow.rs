@@ -172,8 +172,9 @@ impl PartitionWriter {
                 at: self.clock.now().max(self.last_now),
                 release: false,
             };
-            let offsets =
-                self.log.append(self.partition, &[LogRecord::new(b"claim".to_vec(), codec::encode_claim(&claim))])?;
+            let record = LogRecord::new(b"claim".to_vec(), codec::encode_claim(&claim))
+                .about(eventlog::About::claim(&claim, self.partition));
+            let offsets = self.log.append(self.partition, &[record])?;
             self.catch_up(offsets[0] + 1)?;
             if self.last_claim == Some(offsets[0]) {
                 self.own_claim = self.last_claim;
@@ -207,7 +208,11 @@ impl PartitionWriter {
         };
         let appended = self
             .log
-            .append(self.partition, &[LogRecord::new(b"release".to_vec(), codec::encode_claim(&marker))])
+            .append(
+                self.partition,
+                &[LogRecord::new(b"release".to_vec(), codec::encode_claim(&marker))
+                    .about(eventlog::About::claim(&marker, self.partition))],
+            )
             .map_err(anyhow::Error::from)
             .and_then(|offsets| self.catch_up(offsets[0] + 1));
         if let Err(e) = appended {

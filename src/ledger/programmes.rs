@@ -297,7 +297,8 @@ impl Programmes {
             let payload = crate::log::codec::encode_control_record(&record);
             let offset = self.log.append(
                 0,
-                &[LogRecord::new(format!("{}/{}", programme.tenant_id, programme.programme_id).into_bytes(), payload)],
+                &[LogRecord::new(format!("{}/{}", programme.tenant_id, programme.programme_id).into_bytes(), payload)
+                    .about(crate::log::About::control(&record))],
             )?[0];
             // Wait for the follower to fold it, then see whether it counted.
             let started = Instant::now();
@@ -342,7 +343,8 @@ impl Programmes {
             event: ControlEvent::ShareTaken(share),
         };
         let payload = crate::log::codec::encode_control_record(&record);
-        let offset = self.log.append(0, &[LogRecord::new(key.into_bytes(), payload)])?[0];
+        let about = crate::log::About::control(&record);
+        let offset = self.log.append(0, &[LogRecord::new(key.into_bytes(), payload).about(about)])?[0];
         let started = Instant::now();
         loop {
             if let Some(&counted) = self.registry.read().expect("registry lock").share_outcomes.get(&offset) {

@@ -716,7 +716,10 @@ impl PartitionWriter {
     ) -> Result<(Vec<u64>, Quarantined), Unavailable> {
         let encoded: Vec<LogRecord> = records
             .iter_mut()
-            .map(|(r, _, _, payload)| LogRecord::new(r.account.to_string().into_bytes(), std::mem::take(payload)))
+            .map(|(r, _, _, payload)| {
+                LogRecord::new(r.account.to_string().into_bytes(), std::mem::take(payload))
+                    .about(crate::log::About::account(r))
+            })
             .collect();
         let offsets = self.log.append(self.partition, &encoded).map_err(|e| match e {
             LogError::Unavailable(m) => Unavailable::Log(m),

@@ -16,17 +16,109 @@ pub mod record;
 
 use std::time::Duration;
 
-/// One record to append: the key names the account (Kafka keeps it for
-/// outside consumers; the embedded log does not store it).
+/// One record to append: the key names the account, and `about` says what
+/// it is for consumers outside the service (Kafka keeps both, the latter as
+/// CloudEvents headers; the embedded log stores neither).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRecord {
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
+    pub about: About,
+}
+
+/// What a record is, for outside consumers: its kind (the CloudEvents
+/// type), an id unique to it, when it was decided and what it is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct About {
+    pub kind: Kind,
+    pub id: String,
+    pub at: crate::domain::Millis,
+    /// The account (or programme) the record is about; empty for claims.
+    pub subject: String,
+}
+
+/// The kinds of records: each a CloudEvents type and the `points.log.v1`
+/// message its payload is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// A command's record (or the scheduler's): the account's events.
+    #[default]
+    AccountRecord,
+    /// A writer claiming its partition, or releasing it.
+    WriterClaim,
+    WriterRelease,
+    /// The control stream: a programme's new version, a cap share taken.
+    ProgrammeConfigured,
+    CapShareTaken,
+}
+
+impl About {
+    /// A command's (or the scheduler's) record: its id is the account and
+    /// the request id (the decision instant for the scheduler's), so a record
+    /// appended again after an unknown outcome carries the same id (the
+    /// log's arbitration says which copy counts).
+    pub fn account(r: &record::AccountRecord) -> About {
+        let id = if r.system { format!("{}@{}", r.account, r.at) } else { format!("{}/{}", r.account, r.request_id) };
+        About { kind: Kind::AccountRecord, id, at: r.at, subject: r.account.to_string() }
+    }
+
+    /// A claim or release marker of `partition`.
+    pub fn claim(c: &record::Claim, partition: u32) -> About {
+        let (kind, what) = if c.release { (Kind::WriterRelease, "release") } else { (Kind::WriterClaim, "claim") };
+        About { kind, id: format!("{partition}/{what}/{}/{}", c.epoch, c.writer), at: c.at, subject: String::new() }
+    }
+
+    /// A record of the control stream.
+    pub fn control(r: &record::ControlRecord) -> About {
+        match &r.event {
+            record::ControlEvent::Configured(p) => About {
+                kind: Kind::ProgrammeConfigured,
+                id: format!("{}/{}/{}", p.tenant_id, p.programme_id, r.request_id),
+                at: r.at,
+                subject: format!("{}/{}", p.tenant_id, p.programme_id),
+            },
+            record::ControlEvent::ShareTaken(s) => {
+                let programme = format!("{}/{}", s.programme.tenant_id, s.programme.programme_id);
+                About {
+                    kind: Kind::CapShareTaken,
+                    id: format!("{programme}/{}/{}/{}", s.day, s.partition, s.writer),
+                    at: r.at,
+                    subject: programme,
+                }
+            }
+        }
+    }
+}
+
+impl Kind {
+    /// The CloudEvents type (`ce_type`).
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Kind::AccountRecord => "points.account.record",
+            Kind::WriterClaim => "points.writer.claim",
+            Kind::WriterRelease => "points.writer.release",
+            Kind::ProgrammeConfigured => "points.programme.configured",
+            Kind::CapShareTaken => "points.programme.cap_share_taken",
+        }
+    }
+
+    /// The payload's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            Kind::AccountRecord | Kind::WriterClaim | Kind::WriterRelease => "points.log.v1.AccountRecord",
+            Kind::ProgrammeConfigured | Kind::CapShareTaken => "points.log.v1.ControlRecord",
+        }
+    }
 }
 
 impl LogRecord {
     pub fn new(key: impl Into<Vec<u8>>, payload: Vec<u8>) -> LogRecord {
-        LogRecord { key: key.into(), payload }
+        LogRecord { key: key.into(), payload, about: About::default() }
+    }
+
+    /// The same record, described for outside consumers.
+    pub fn about(self, about: About) -> LogRecord {
+        LogRecord { about, ..self }
     }
 }
 

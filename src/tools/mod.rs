@@ -1,7 +1,8 @@
 //! The tools of the binary (`replay`, `verify`, `explain`, `export`,
 //! `recon`, `what-if`): each reads a data directory's log (and views or books) without
 //! writing to it, so they work beside a running service or after it stopped.
-//! `dev-certs` (`dev_certs`) makes development certificates for TLS.
+//! `dev-certs` (`dev_certs`) makes development certificates for TLS;
+//! `schema` writes the log's schema for consumers outside the service.
 //! `main.rs` parses their flags into the options here.
 
 pub mod audit;
@@ -11,6 +12,7 @@ pub mod export;
 pub mod explain;
 pub mod recon;
 pub mod replay;
+pub mod schema;
 pub mod verify;
 pub mod what_if;
 

@@ -26,7 +26,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -213,7 +213,32 @@ pub struct KafkaLog {
     meta: RwLock<Arc<BaseConsumer>>,
 }
 
+/// The CloudEvents spec version the headers follow.
+const CLOUD_EVENTS_SPEC_VERSION: &str = "1.0";
+
 impl KafkaLog {
+    /// A record's CloudEvents headers (the Kafka protocol binding, binary
+    /// mode): consumers tell account records from claims and choose events
+    /// without decoding the payload.
+    fn cloud_event_headers(&self, about: &super::About) -> OwnedHeaders {
+        let time = chrono::DateTime::from_timestamp_millis(about.at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        let source = format!("points-ledger/{}", self.config.topic);
+        let content_type = format!("application/protobuf; messageType={}", about.kind.message());
+        let mut headers = OwnedHeaders::new_with_capacity(7)
+            .insert(Header { key: "ce_specversion", value: Some(CLOUD_EVENTS_SPEC_VERSION) })
+            .insert(Header { key: "ce_type", value: Some(about.kind.event_type()) })
+            .insert(Header { key: "ce_id", value: Some(about.id.as_str()) })
+            .insert(Header { key: "ce_source", value: Some(source.as_str()) })
+            .insert(Header { key: "ce_time", value: Some(time.as_str()) })
+            .insert(Header { key: "content-type", value: Some(content_type.as_str()) });
+        if !about.subject.is_empty() {
+            headers = headers.insert(Header { key: "ce_subject", value: Some(about.subject.as_str()) });
+        }
+        headers
+    }
+
     /// Connects, creates the topic when it does not exist, and checks the
     /// partition count of one that does.
     pub fn open(config: KafkaConfig) -> Result<KafkaLog, LogError> {
@@ -373,7 +398,8 @@ impl EventLog for KafkaLog {
             let mut record = BaseRecord::with_opaque_to(&self.config.topic, Box::new(Slot { tx: tx.clone(), index }))
                 .partition(partition as i32)
                 .key(&r.key[..])
-                .payload(&r.payload[..]);
+                .payload(&r.payload[..])
+                .headers(self.cloud_event_headers(&r.about));
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
