@@ -338,3 +338,47 @@ async fn the_programme_cap_holds_across_partitions_concurrency_and_restarts() {
     assert_eq!((e.code(), reason_of(&e).as_str()), (tonic::Code::ResourceExhausted, "PROGRAMME_DAILY_CAP_REACHED"));
     h.stop().await;
 }
+
+fn alert_action(id: &str, alert_id: &str, note: &str) -> pb::AlertActionRequest {
+    pb::AlertActionRequest {
+        request_id: id.into(),
+        tenant_id: "shop".into(),
+        programme_id: "points".into(),
+        alert_id: alert_id.into(),
+        operator: "risk-desk".into(),
+        note: note.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_risk_desk_acknowledges_and_resolves_an_alert_and_its_history_survives_a_restart() {
+    let h = Harness::start().await;
+    let risk = pb::RiskRules { member_daily_earn_alert: 100, ..Default::default() };
+    configure(&h, pb::Programme { risk: Some(risk), ..programme() }).await;
+    h.ledger().await.earn(earn("e1", "vic", 150)).await.unwrap();
+    let daily = |a: &pb::Alert| a.rule == "member_daily_earn";
+    let alert = common::hostile::alert_where(&h, daily).await.expect("the alert");
+    assert_eq!((alert.state, alert.history.len()), (pb::AlertState::Open as i32, 0));
+    let mut admin = h.admin().await;
+    admin.acknowledge_alert(alert_action("ack-1", &alert.alert_id, "calling the member")).await.unwrap();
+    let again = admin.acknowledge_alert(alert_action("ack-1", &alert.alert_id, "calling the member")).await;
+    assert!(again.unwrap().into_inner().replayed);
+    let reused = admin.acknowledge_alert(alert_action("ack-1", &alert.alert_id, "other")).await.unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::AlreadyExists);
+    admin.resolve_alert(alert_action("res-1", &alert.alert_id, "a real purchase")).await.unwrap();
+    let (dir, clock) = h.stop_for_restart().await;
+    let h = Harness::start_in(dir, clock, |_| {}).await;
+    let after = common::hostile::alert_where(&h, daily).await.expect("the alert after a restart");
+    assert_eq!(after.alert_id, alert.alert_id, "the id is stable");
+    assert_eq!(after.state, pb::AlertState::Resolved as i32);
+    let steps: Vec<(i32, &str)> = after.history.iter().map(|s| (s.state, s.note.as_str())).collect();
+    assert_eq!(
+        steps,
+        [
+            (pb::AlertState::Acknowledged as i32, "calling the member"),
+            (pb::AlertState::Resolved as i32, "a real purchase")
+        ]
+    );
+    assert!(after.history.iter().all(|s| s.operator == "risk-desk"));
+    h.stop().await;
+}

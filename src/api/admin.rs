@@ -19,6 +19,8 @@ pub const ALERTS_RANGE_DAYS_MAX: i64 = 92;
 /// Programme days `ListAlerts` covers when the caller names no range:
 /// today and the six before, in the programme's time zone.
 pub const ALERTS_DEFAULT_DAYS: i64 = 7;
+/// The longest alert id (`ListAlerts` gives them far shorter).
+pub const ALERT_ID_CHARS_MAX: usize = 256;
 /// Most days one `GetIssuance` call returns.
 pub const ISSUANCE_DAYS_MAX: i64 = 366;
 const DAY_MS: i64 = 86_400_000;
@@ -71,7 +73,16 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
             .0
             .blocking(move |l| crate::finance::risk::alerts(&l.books, &programme, from, to).map_err(internal))
             .await?;
-        let all = all.into_iter().map(convert::alert_to_pb);
+        let registry = self.0.programmes.registry();
+        let registry = registry.read().expect("registry lock");
+        let all: Vec<pb::Alert> = all
+            .into_iter()
+            .map(|a| {
+                let id = crate::finance::risk::alert_id(&a);
+                convert::alert_to_pb(a, registry.alert_history(&key, &id))
+            })
+            .collect();
+        drop(registry);
         let mut alerts: Vec<pb::Alert> =
             all.into_iter().filter(|a| after.as_ref().is_none_or(|t| sort_key(a) > *t)).take(size + 1).collect();
         let more = alerts.len() > size;
@@ -198,6 +209,20 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         Ok(Response::new(answer))
     }
 
+    async fn acknowledge_alert(
+        &self,
+        req: Request<pb::AlertActionRequest>,
+    ) -> Result<Response<pb::AlertActionReply>, Status> {
+        self.0.act_on_alert(&Caller::of(&req), req.get_ref(), false).await
+    }
+
+    async fn resolve_alert(
+        &self,
+        req: Request<pb::AlertActionRequest>,
+    ) -> Result<Response<pb::AlertActionReply>, Status> {
+        self.0.act_on_alert(&Caller::of(&req), req.get_ref(), true).await
+    }
+
     async fn set_level(&self, req: Request<pb::SetLevelRequest>) -> Result<Response<pb::CommandReply>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
         let account = validate::account(&r.account)?;
@@ -235,5 +260,36 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
             reason: r.reason.clone(),
         };
         self.0.freeze(&Caller::of(&req), &as_freeze, false).await
+    }
+}
+
+impl Ledger {
+    /// Acknowledges (or resolves) an alert: validated, recorded in the
+    /// control stream, listed with the alert from then on.
+    async fn act_on_alert(
+        &self,
+        caller: &Caller<'_>,
+        r: &pb::AlertActionRequest,
+        resolved: bool,
+    ) -> Result<Response<pb::AlertActionReply>, Status> {
+        let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
+        self.auth.check(caller, &key.tenant_id, Access::Admin)?;
+        self.programme(&key)?;
+        let request_id = validate::request_id(&r.request_id)?;
+        let alert_id = validate::text("alert_id", &r.alert_id, ALERT_ID_CHARS_MAX, true)?;
+        let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
+        let note = validate::text("note", &r.note, validate::REASON_CHARS_MAX, false)?;
+        let action = crate::log::record::AlertActioned { programme: key, alert_id, resolved, note };
+        let (programmes, now) = (self.programmes.clone(), self.clock.now());
+        let id = request_id.clone();
+        let (position, replayed) =
+            tokio::task::spawn_blocking(move || programmes.act_on_alert(&id, &operator, action, now))
+                .await
+                .map_err(internal)??;
+        Ok(Response::new(pb::AlertActionReply {
+            request_id,
+            replayed,
+            position: Some(convert::position_to_pb(position)),
+        }))
     }
 }

@@ -460,8 +460,22 @@ pub fn book_to_pb(b: state::DailyBook) -> pb::DailyBook {
     }
 }
 
-pub fn alert_to_pb(a: state::Alert) -> pb::Alert {
+/// An alert with its id and what the risk desk did with it (`history`,
+/// oldest first: the last step is its state).
+pub fn alert_to_pb(a: state::Alert, history: &[crate::ledger::programmes::AlertStep]) -> pb::Alert {
+    let step_state = |resolved: bool| if resolved { pb::AlertState::Resolved } else { pb::AlertState::Acknowledged };
     pb::Alert {
+        alert_id: crate::finance::risk::alert_id(&a),
+        state: history.last().map_or(pb::AlertState::Open, |s| step_state(s.resolved)) as i32,
+        history: history
+            .iter()
+            .map(|s| pb::AlertAction {
+                state: step_state(s.resolved) as i32,
+                operator: s.operator.clone(),
+                note: s.note.clone(),
+                at: Some(timestamp(s.at)),
+            })
+            .collect(),
         rule: a.rule,
         at: state_instant(a.at),
         accounts: a

@@ -212,3 +212,15 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
     h.str(operator);
     h.0
 }
+
+/// The content of an alert action (acknowledged or resolved), for its
+/// request id's idempotency.
+pub fn fingerprint_alert_action(alert_id: &str, resolved: bool, note: &str, operator: &str) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    h.str("alert_action");
+    h.str(alert_id);
+    h.u64(u64::from(resolved));
+    h.str(note);
+    h.str(operator);
+    h.0
+}

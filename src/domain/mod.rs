@@ -688,7 +688,7 @@ impl Rejection {
     }
 }
 
-pub use fingerprint::{fingerprint, fingerprint_programme};
+pub use fingerprint::{fingerprint, fingerprint_alert_action, fingerprint_programme};
 
 #[cfg(test)]
 mod props;

@@ -513,6 +513,13 @@ pub fn account_risk(db: &Db, key: &AccountKey) -> Result<Option<state::RiskState
     })
 }
 
+/// An alert's id, stable under replay: its rule, its time and what it is
+/// about (a checksum of the subject, which may be long).
+pub fn alert_id(a: &state::Alert) -> String {
+    let at = a.at.as_ref().and_then(crate::log::codec::instant_millis).unwrap_or_default();
+    format!("{}-{at}-{:08x}", a.rule, crc32c::crc32c(a.subject.as_bytes()))
+}
+
 /// Alerts of a programme decided in `[from, to)`: the stored ones and those
 /// evaluated from the stored facts for every programme day the range
 /// touches, sorted by (time, rule, subject).

@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::domain::{Millis, Points, Programme, ProgrammeKey};
-use crate::log::record::{CapShare, ControlEvent, ControlRecord, Position};
+use crate::log::record::{AlertActioned, CapShare, ControlEvent, ControlRecord, Position};
 use crate::log::{EventLog, LogError, LogReader, LogRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,19 @@ pub struct Registry {
     share_outcomes: HashMap<u64, bool>,
     /// Control records skipped because they do not decode.
     pub quarantined: u64,
+    /// What the risk desk did with each alert, by (programme, alert id).
+    alert_history: HashMap<(ProgrammeKey, String), Vec<AlertStep>>,
+    /// (tenant, request id) → (fingerprint, position): alert action idempotency.
+    alert_requests: HashMap<(String, String), (u64, Position)>,
+}
+
+/// One step of an alert's lifecycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertStep {
+    pub resolved: bool,
+    pub operator: String,
+    pub note: String,
+    pub at: Millis,
 }
 
 /// The shares of one programme day's cap.
@@ -141,7 +154,27 @@ impl Registry {
                 self.share_outcomes.insert(position.offset, counted);
                 counted
             }
+            ControlEvent::AlertActioned(a) => {
+                let key = (a.programme.tenant_id.clone(), record.request_id.clone());
+                if self.alert_requests.contains_key(&key) {
+                    return false;
+                }
+                self.alert_requests.insert(key, (record.fingerprint, position));
+                let step = AlertStep {
+                    resolved: a.resolved,
+                    operator: record.operator.clone(),
+                    note: a.note.clone(),
+                    at: record.at,
+                };
+                self.alert_history.entry((a.programme.clone(), a.alert_id.clone())).or_default().push(step);
+                true
+            }
         }
+    }
+
+    /// What the risk desk did with an alert, oldest first.
+    pub fn alert_history(&self, programme: &ProgrammeKey, alert_id: &str) -> &[AlertStep] {
+        self.alert_history.get(&(programme.clone(), alert_id.to_string())).map(Vec::as_slice).unwrap_or_default()
     }
 
     /// A share counts when it is positive and the shares before it plus it
@@ -328,6 +361,55 @@ impl Programmes {
 }
 
 impl Programmes {
+    /// Records that the risk desk acknowledged (or resolved) an alert:
+    /// appended to the control stream and read back; a retry with the same
+    /// request id answers the same. Blocking.
+    pub fn act_on_alert(
+        &self,
+        request_id: &str,
+        operator: &str,
+        action: AlertActioned,
+        now: Millis,
+    ) -> Result<(Position, bool), ConfigureError> {
+        let _guard = self.append_lock.lock().expect("control lock");
+        let key = (action.programme.tenant_id.clone(), request_id.to_string());
+        let fingerprint =
+            crate::domain::fingerprint_alert_action(&action.alert_id, action.resolved, &action.note, operator);
+        if let Some((fp, pos)) = self.registry.read().expect("registry lock").alert_requests.get(&key) {
+            return if *fp == fingerprint {
+                Ok((*pos, true))
+            } else {
+                Err(ConfigureError::RequestIdReused(request_id.into()))
+            };
+        }
+        let record = ControlRecord {
+            epoch: 0,
+            request_id: request_id.into(),
+            at: now,
+            fingerprint,
+            operator: operator.into(),
+            event: ControlEvent::AlertActioned(action),
+        };
+        let payload = crate::log::codec::encode_control_record(&record);
+        let about = crate::log::About::control(&record);
+        let offset =
+            self.log.append(0, &[LogRecord::new(about.subject.clone().into_bytes(), payload).about(about)])?[0];
+        let started = Instant::now();
+        loop {
+            if let Some((_, pos)) = self.registry.read().expect("registry lock").alert_requests.get(&key) {
+                return Ok((*pos, pos.offset != offset));
+            }
+            if started.elapsed() > CONFIRM_TIMEOUT {
+                return Err(ConfigureError::NotConfirmed(format!(
+                    "an alert action was appended at offset {offset} but not read back within {} s; \
+                     retry with the same request id",
+                    CONFIRM_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(CONFIRM_POLL);
+        }
+    }
+
     /// Takes a share of a programme day's cap for a partition: appends it
     /// to the control stream and waits for the follower to read it back.
     /// True when it counted (false: the cap had no room for it by then).

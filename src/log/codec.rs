@@ -15,7 +15,9 @@ use crate::domain::{
     Event, ExpiryCause, GrowthModel, LevelThreshold, LotAmount, Millis, Programme, ReleaseCause, RfmBand, RfmRules,
     RiskRules, ValidityRounding,
 };
-use crate::log::record::{AccountRecord, CapMode, CapShare, Claim, ControlEvent, ControlRecord, PartitionRecord};
+use crate::log::record::{
+    AccountRecord, AlertActioned, CapMode, CapShare, Claim, ControlEvent, ControlRecord, PartitionRecord,
+};
 use crate::proto::log as wire;
 use crate::proto::log::ledger_event::Event as WireEvent;
 
@@ -525,6 +527,13 @@ fn account_record_from_wire(r: wire::AccountRecord) -> Result<AccountRecord, Cod
 pub fn encode_control_record(r: &ControlRecord) -> Vec<u8> {
     let event = match &r.event {
         ControlEvent::Configured(p) => wire::control_record::Event::ProgrammeConfigured(programme_to_wire(p)),
+        ControlEvent::AlertActioned(a) => wire::control_record::Event::AlertActioned(wire::AlertActioned {
+            tenant_id: a.programme.tenant_id.clone(),
+            programme_id: a.programme.programme_id.clone(),
+            alert_id: a.alert_id.clone(),
+            resolved: a.resolved,
+            note: a.note.clone(),
+        }),
         ControlEvent::ShareTaken(s) => wire::control_record::Event::CapShareTaken(wire::CapShareTaken {
             tenant_id: s.programme.tenant_id.clone(),
             programme_id: s.programme.programme_id.clone(),
@@ -557,6 +566,12 @@ pub fn decode_control_record(bytes: &[u8]) -> Result<ControlRecord, CodecError> 
             partition: s.partition,
             points: s.points,
             writer: s.writer,
+        }),
+        wire::control_record::Event::AlertActioned(a) => ControlEvent::AlertActioned(AlertActioned {
+            programme: crate::domain::ProgrammeKey { tenant_id: a.tenant_id, programme_id: a.programme_id },
+            alert_id: a.alert_id,
+            resolved: a.resolved,
+            note: a.note,
         }),
     };
     Ok(ControlRecord {

@@ -50,6 +50,7 @@ pub enum Kind {
     /// The control stream: a programme's new version, a cap share taken.
     ProgrammeConfigured,
     CapShareTaken,
+    AlertActioned,
 }
 
 impl About {
@@ -77,6 +78,15 @@ impl About {
                 at: r.at,
                 subject: format!("{}/{}", p.tenant_id, p.programme_id),
             },
+            record::ControlEvent::AlertActioned(a) => {
+                let programme = format!("{}/{}", a.programme.tenant_id, a.programme.programme_id);
+                About {
+                    kind: Kind::AlertActioned,
+                    id: format!("{programme}/{}", r.request_id),
+                    at: r.at,
+                    subject: format!("{programme}/{}", a.alert_id),
+                }
+            }
             record::ControlEvent::ShareTaken(s) => {
                 let programme = format!("{}/{}", s.programme.tenant_id, s.programme.programme_id);
                 About {
@@ -99,6 +109,7 @@ impl Kind {
             Kind::WriterRelease => "points.writer.release",
             Kind::ProgrammeConfigured => "points.programme.configured",
             Kind::CapShareTaken => "points.programme.cap_share_taken",
+            Kind::AlertActioned => "points.alert.actioned",
         }
     }
 
@@ -106,7 +117,7 @@ impl Kind {
     pub fn message(self) -> &'static str {
         match self {
             Kind::AccountRecord | Kind::WriterClaim | Kind::WriterRelease => "points.log.v1.AccountRecord",
-            Kind::ProgrammeConfigured | Kind::CapShareTaken => "points.log.v1.ControlRecord",
+            Kind::ProgrammeConfigured | Kind::CapShareTaken | Kind::AlertActioned => "points.log.v1.ControlRecord",
         }
     }
 }

@@ -57,6 +57,17 @@ pub enum ControlEvent {
     Configured(Programme),
     /// A share of a programme's daily cap taken for one partition.
     ShareTaken(CapShare),
+    /// An alert acknowledged or resolved by the risk desk.
+    AlertActioned(AlertActioned),
+}
+
+/// The risk desk acknowledged (or resolved) an alert of `programme`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertActioned {
+    pub programme: ProgrammeKey,
+    pub alert_id: String,
+    pub resolved: bool,
+    pub note: String,
 }
 
 /// Up to `points` of `programme`'s issuance cap on `day` may be granted in
