@@ -156,18 +156,6 @@ async fn activities_go_in_a_submit_batch_like_any_command() {
     h.stop().await;
 }
 
-async fn configure_err(h: &Harness, id: &str, p: pb::Programme) -> tonic::Status {
-    h.admin()
-        .await
-        .configure_programme(pb::ConfigureProgrammeRequest {
-            request_id: id.into(),
-            programme: Some(p),
-            operator: "ops".into(),
-        })
-        .await
-        .expect_err("refused")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_that_do_not_hold_together_are_refused_naming_the_field() {
     let h = Harness::start().await;
@@ -211,7 +199,7 @@ async fn rules_that_do_not_hold_together_are_refused_naming_the_field() {
         ),
     ];
     for (i, (p, field)) in cases.into_iter().enumerate() {
-        let e = configure_err(&h, &format!("bad-{i}"), p).await;
+        let e = configure_refused(&h, &format!("bad-{i}"), p).await;
         assert_eq!((e.code(), bad_field_of(&e).as_str()), (Code::InvalidArgument, field), "{e:?}");
     }
     h.stop().await;
@@ -221,7 +209,7 @@ async fn rules_that_do_not_hold_together_are_refused_naming_the_field() {
 async fn the_cash_ratio_of_a_programme_changes_only_with_allow_ratio_change() {
     let h = Harness::start().await;
     configure(&h, programme()).await;
-    let e = configure_err(&h, "ratio-1", pb::Programme { points_per_cash_unit: 200, ..programme() }).await;
+    let e = configure_refused(&h, "ratio-1", pb::Programme { points_per_cash_unit: 200, ..programme() }).await;
     assert_eq!((e.code(), reason_of(&e).as_str()), (Code::FailedPrecondition, "RATIO_CHANGE_NOT_ALLOWED"));
     let changed = h
         .admin()

@@ -241,18 +241,6 @@ fn rfm_programme() -> pb::Programme {
     }
 }
 
-async fn configure_rejected(h: &Harness, id: &str, p: pb::Programme) -> tonic::Status {
-    h.admin()
-        .await
-        .configure_programme(pb::ConfigureProgrammeRequest {
-            request_id: id.into(),
-            programme: Some(p),
-            operator: "ops".into(),
-        })
-        .await
-        .expect_err("an invalid programme")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfm_rules_are_validated_at_configure_programme() {
     let h = Harness::start().await;
@@ -273,7 +261,7 @@ async fn rfm_rules_are_validated_at_configure_programme() {
         (with(&|r| r.monetary[1].score = -1), "programme.rfm.monetary[1].score"),
     ];
     for (i, (p, field)) in cases.into_iter().enumerate() {
-        let e = configure_rejected(&h, &format!("bad-{i}"), p).await;
+        let e = configure_refused(&h, &format!("bad-{i}"), p).await;
         assert_eq!((e.code(), bad_field_of(&e).as_str()), (tonic::Code::InvalidArgument, field), "{e:?}");
     }
     h.stop().await;

@@ -367,3 +367,16 @@ pub fn payment(id: &str, member: &str, yuan: i64, tags: &[&str]) -> pb::RecordAc
         ..activity(id, member, "payment")
     }
 }
+
+/// A ConfigureProgramme with this request id that must be refused: its status.
+pub async fn configure_refused(h: &Harness, id: &str, p: pb::Programme) -> tonic::Status {
+    h.admin()
+        .await
+        .configure_programme(pb::ConfigureProgrammeRequest {
+            request_id: id.into(),
+            programme: Some(p),
+            operator: "ops".into(),
+        })
+        .await
+        .expect_err("a programme the service refuses")
+}
