@@ -2,7 +2,27 @@
 //! level and the lots after each, as of an instant or a log position.
 
 use super::Source;
-use crate::domain::{AccountKey, Millis, ProgrammeKey};
+use crate::domain::{AccountKey, Event, Millis, ProgrammeKey};
+
+/// Why an activity was worth what it was: each rule that applied, with
+/// its multipliers and what its limits cut.
+fn why(event: &Event) -> Option<String> {
+    let Event::ActivityRecorded { activity, applied, .. } = event else { return None };
+    let rules: Vec<String> = applied
+        .iter()
+        .map(|a| {
+            let ms: Vec<String> = a.multipliers.iter().map(|m| format!("{} {}%", m.source, m.percent)).collect();
+            let cut = if a.capped_points > 0 {
+                format!(", {} cut by its daily limit", a.capped_points)
+            } else {
+                String::new()
+            };
+            let ms = if ms.is_empty() { String::new() } else { format!(" ({})", ms.join(", ")) };
+            format!("rule {}: {} points, {} growth{ms}{cut}", a.rule_id, a.points, a.growth)
+        })
+        .collect();
+    Some(format!("'{}' worth: {}", activity.action, rules.join("; ")))
+}
 
 pub fn run(
     source: &Source,
@@ -40,6 +60,9 @@ pub fn run(
             level(s.programme_version, s.after.growth),
             lots.join(" ")
         );
+        if let Some(why) = why(&s.event) {
+            println!("{:>8}  {why}", "");
+        }
     }
     let last = steps.last().map(|s| s.after.clone()).unwrap_or_default();
     println!(
