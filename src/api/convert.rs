@@ -154,7 +154,7 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             PbEvent::SettlementSetAside(pb::SettlementSetAside { reason, retry_at: Some(timestamp(retry_at)) })
         }
-        Event::ExpiryReminderDue { lots, points } => PbEvent::ExpiryReminderDue(pb::ExpiryReminderDue {
+        Event::ExpiryReminderDue { lots, points, day: _ } => PbEvent::ExpiryReminderDue(pb::ExpiryReminderDue {
             lots: lots
                 .into_iter()
                 .map(|l| pb::LotExpiry {

@@ -203,6 +203,8 @@ pub struct Account {
     /// newest purchase's period is ever still to be evaluated). Kept by
     /// month so that folding needs no rules.
     pub purchase_months: Vec<PurchaseMonth>,
+    /// Programme day of the last `ExpiryReminderDue` (one a day at most).
+    pub reminded_day: Option<i64>,
     /// RFM growth as of the last `GrowthEvaluated` (0 before any).
     pub rfm_growth: i64,
     /// Programme day of the first day of the last period evaluated.
@@ -520,7 +522,8 @@ impl Account {
                 }
             }
             Event::LevelHeld { hold_until, .. } => self.level_held_until = *hold_until,
-            Event::ExpiryReminderDue { lots, .. } => {
+            Event::ExpiryReminderDue { lots, day, .. } => {
+                self.reminded_day = Some(self.reminded_day.map_or(*day, |d| d.max(*day)));
                 for l in lots {
                     let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("reminder of no lot {}", l.lot_id));
                     if let Some(at) = lot.to_remind() {

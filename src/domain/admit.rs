@@ -186,7 +186,7 @@ impl<'a> Sim<'a> {
                 equal(*growth, g, "the activity's growth")
             }
             Event::LevelHeld { .. } => Ok(()),
-            Event::ExpiryReminderDue { lots, points } => {
+            Event::ExpiryReminderDue { lots, points, .. } => {
                 let mut sum: Points = 0;
                 for l in lots {
                     let remaining = self.lot(&l.lot_id).ok_or_else(|| format!("a reminder of no lot {}", l.lot_id))?;
@@ -767,6 +767,7 @@ mod tests {
             },
             13 => Event::SettlementSetAside { reason: id, retry_at: n },
             14 => Event::ExpiryReminderDue {
+                day: n,
                 points: if b { n } else { crate::domain::sum(&l) },
                 lots: l
                     .into_iter()

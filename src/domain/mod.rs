@@ -561,6 +561,8 @@ pub enum Event {
         lots: Vec<LotExpiry>,
         /// Their sum.
         points: Points,
+        /// Programme day of the reminder (an account gets one a day at most).
+        day: i64,
     },
 }
 

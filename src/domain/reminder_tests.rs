@@ -40,7 +40,7 @@ fn reminders(events: &[Event]) -> Vec<Reminded> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::ExpiryReminderDue { lots, points } => {
+            Event::ExpiryReminderDue { lots, points, .. } => {
                 assert_eq!(*points, lots.iter().map(|l| l.points).sum::<Points>(), "the reminder's sum");
                 Some(lots.iter().map(|l| (l.lot_id.clone(), l.points, l.expires_at)).collect())
             }
@@ -167,4 +167,30 @@ fn replaying_the_events_gives_the_same_reminded_lots_and_next_reminder() {
     assert_eq!(replayed, s.account);
     assert!(replayed.lots.get("e1").is_some_and(|l| l.reminded));
     assert_eq!(next_reminder(&s.programme, &replayed), Some((start(2026, 5, 26), 30)));
+}
+
+#[test]
+fn a_lot_earned_inside_the_window_on_a_day_already_reminded_is_reminded_the_next_day() {
+    let mut s = programme(15);
+    let earned = start(2026, 3, 10) + DAY / 2;
+    earn_at(&mut s, "e1", 100, earned);
+    assert_eq!(reminders(&tick(&mut s, start(2026, 5, 24))).len(), 1);
+    // Earned with 10 days' validity: inside the window at once, but the
+    // account had its reminder today.
+    let inside = start(2026, 5, 24) + DAY / 2;
+    let body = CommandBody::Earn {
+        points: 30,
+        reason: "purchase".into(),
+        order_ref: None,
+        growth: 0,
+        expires_at: Some(inside + 10 * DAY),
+    };
+    assert_eq!(reminders(&s.at(inside).then_ok("e2", body)), Vec::<Reminded>::new());
+    assert_eq!(next_reminder(&s.programme, &s.account), Some((start(2026, 5, 25), 30)));
+    assert_eq!(
+        tick_daily(&mut s, start(2026, 5, 24) + DAY * 3 / 4, 3),
+        vec![(0, vec![("e2".to_string(), 30, inside + 10 * DAY)])],
+        "at the start of the next day"
+    );
+    assert_eq!(s.account.reminded_day, Some(calendar::programme_day(chrono_tz::Asia::Shanghai, start(2026, 5, 25))));
 }

@@ -223,7 +223,8 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             WireEvent::SettlementSetAside(wire::SettlementSetAside { reason, retry_at_ms: retry_at })
         }
-        Event::ExpiryReminderDue { lots, points } => WireEvent::ExpiryReminderDue(wire::ExpiryReminderDue {
+        Event::ExpiryReminderDue { lots, points, day } => WireEvent::ExpiryReminderDue(wire::ExpiryReminderDue {
+            day,
             lots: lots
                 .into_iter()
                 .map(|l| wire::LotExpiry { lot_id: l.lot_id, points: l.points, expires_at_ms: l.expires_at })
@@ -388,6 +389,7 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
                 .map(|l| LotExpiry { lot_id: l.lot_id, points: l.points, expires_at: l.expires_at_ms })
                 .collect(),
             points: x.points,
+            day: x.day,
         },
         WireEvent::ActivityRecorded(x) => Event::ActivityRecorded {
             activity_id: x.activity_id,
@@ -870,6 +872,7 @@ mod reminder_tests {
                 LotExpiry { lot_id: "e2".into(), points: 30, expires_at: 1_780_934_400_000 },
             ],
             points: 130,
+            day: 20_597,
         };
         assert_eq!(event_from_wire(event_to_wire(e.clone())).unwrap(), e);
     }

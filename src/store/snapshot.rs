@@ -110,6 +110,8 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         rfm_growth: a.rfm_growth,
         rfm_evaluated: a.rfm_evaluated.is_some(),
         rfm_evaluated_period_start: a.rfm_evaluated.unwrap_or(0),
+        reminded: a.reminded_day.is_some(),
+        reminded_day: a.reminded_day.unwrap_or(0),
     }
 }
 
@@ -398,6 +400,7 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
         .collect();
     a.rfm_growth = s.rfm_growth;
     a.rfm_evaluated = s.rfm_evaluated.then_some(s.rfm_evaluated_period_start);
+    a.reminded_day = s.reminded.then_some(s.reminded_day);
     a.recount();
     // An account's statement has an entry per event folded and every page
     // but the last is full: whether there is a last page with room, and its
@@ -762,6 +765,7 @@ mod tests {
         ];
         a.rfm_growth = 9;
         a.rfm_evaluated = Some(0);
+        a.reminded_day = Some(20_597);
         a.recount();
         a
     }
