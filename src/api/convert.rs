@@ -154,6 +154,17 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             PbEvent::SettlementSetAside(pb::SettlementSetAside { reason, retry_at: Some(timestamp(retry_at)) })
         }
+        Event::ExpiryReminderDue { lots, points, day: _ } => PbEvent::ExpiryReminderDue(pb::ExpiryReminderDue {
+            lots: lots
+                .into_iter()
+                .map(|l| pb::LotExpiry {
+                    lot_id: l.lot_id,
+                    points: l.points,
+                    expires_at: Some(timestamp(l.expires_at)),
+                })
+                .collect(),
+            points,
+        }),
         Event::ActivityRecorded { activity_id, activity, applied, points, growth, day: _, purchase } => {
             PbEvent::ActivityRecorded(pb::ActivityRecorded {
                 purchase,
@@ -567,6 +578,9 @@ pub fn account_to_pb(
                 expires_at: Some(timestamp(r.expires_at)),
             })
             .collect(),
+        // Set by the caller, which has the programme.
+        next_reminder_at: None,
+        next_reminder_points: 0,
     }
 }
 

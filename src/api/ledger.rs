@@ -191,7 +191,12 @@ ledger_service! {
                     .ok_or_else(|| invalid("lots_page_token", "not a token this service issued"))?,
             ),
         };
-        Ok(Response::new(convert::account_to_pb(&key, &account, level, position, &after, page_size)))
+        let mut reply = convert::account_to_pb(&key, &account, level, position, &after, page_size);
+        if let Some((at, points)) = domain::next_reminder(&programme, &account) {
+            reply.next_reminder_at = Some(convert::timestamp(at));
+            reply.next_reminder_points = points;
+        }
+        Ok(Response::new(reply))
     }
 
     async fn list_entries(

@@ -11,6 +11,16 @@ pub struct Lot {
     pub remaining: Points,
     /// `None`: never expires. Spendable while `now < expires_at`.
     pub expires_at: Option<Millis>,
+    /// An `ExpiryReminderDue` named it (a lot is reminded once).
+    pub reminded: bool,
+}
+
+impl Lot {
+    /// Still to be reminded of its expiry: it has points left, an expiry and
+    /// no reminder yet.
+    pub fn to_remind(&self) -> Option<Millis> {
+        self.expires_at.filter(|_| self.remaining > 0 && !self.reminded)
+    }
 }
 
 /// What a later `ReverseEarn` needs to know about an earn.
@@ -139,7 +149,8 @@ impl Totals {
             | Event::AccountUnfrozen { .. }
             | Event::GrowthExpired { .. }
             | Event::LevelChanged { .. }
-            | Event::SettlementSetAside { .. } => {}
+            | Event::SettlementSetAside { .. }
+            | Event::ExpiryReminderDue { .. } => {}
         }
         Some(t)
     }
@@ -192,6 +203,8 @@ pub struct Account {
     /// newest purchase's period is ever still to be evaluated). Kept by
     /// month so that folding needs no rules.
     pub purchase_months: Vec<PurchaseMonth>,
+    /// Programme day of the last `ExpiryReminderDue` (one a day at most).
+    pub reminded_day: Option<i64>,
     /// RFM growth as of the last `GrowthEvaluated` (0 before any).
     pub rfm_growth: i64,
     /// Programme day of the first day of the last period evaluated.
@@ -213,7 +226,8 @@ struct Sums {
     growth_in_window: i64,
     /// How many lots with points left expire at each instant, open holds
     /// time out at each instant, and earns with growth in the level window
-    /// were made on each day: one small sorted vector for the three (few
+    /// were made on each day, and lots with points left not reminded yet
+    /// expire at each instant: one small sorted vector for the four (few
     /// distinct keys, since expiries fall on period ends; every cached
     /// account carries one).
     due: Vec<Counted>,
@@ -234,6 +248,8 @@ enum Due {
     Expiry,
     Hold,
     GrowthDay,
+    /// Expiries of lots with points left not reminded yet.
+    Reminder,
 }
 
 impl Sums {
@@ -291,6 +307,11 @@ impl Account {
         self.sums.first(Due::Hold)
     }
 
+    /// The soonest expiry of a lot with points left that was not reminded.
+    pub fn next_unreminded_expiry(&self) -> Option<Millis> {
+        self.sums.first(Due::Reminder)
+    }
+
     /// The programme day of the oldest earn whose growth is still in the
     /// level window.
     pub fn oldest_growth_day(&self) -> Option<i64> {
@@ -308,6 +329,9 @@ impl Account {
         };
         for at in self.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at) {
             s.count_in(Due::Expiry, at);
+        }
+        for at in self.lots.values().filter_map(Lot::to_remind) {
+            s.count_in(Due::Reminder, at);
         }
         for r in self.reservations.values().filter(|r| r.status == ReservationStatus::Open) {
             s.count_in(Due::Hold, r.expires_at);
@@ -498,6 +522,16 @@ impl Account {
                 }
             }
             Event::LevelHeld { hold_until, .. } => self.level_held_until = *hold_until,
+            Event::ExpiryReminderDue { lots, day, .. } => {
+                self.reminded_day = Some(self.reminded_day.map_or(*day, |d| d.max(*day)));
+                for l in lots {
+                    let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("reminder of no lot {}", l.lot_id));
+                    if let Some(at) = lot.to_remind() {
+                        self.sums.count_out(Due::Reminder, at);
+                    }
+                    lot.reminded = true;
+                }
+            }
             Event::PenaltyApplied { taken, debt_added, growth_earns, .. } => {
                 self.take(taken);
                 self.debt += debt_added;
@@ -514,12 +548,14 @@ impl Account {
 
     fn credit_lot(&mut self, lot_id: &str, points: Points, expires_at: Option<Millis>) {
         if points > 0 {
-            let previous = self.lots.insert(lot_id.into(), Lot { earned: points, remaining: points, expires_at });
+            let lot = Lot { earned: points, remaining: points, expires_at, reminded: false };
+            let previous = self.lots.insert(lot_id.into(), lot);
             assert!(previous.is_none(), "lot {lot_id} credited twice");
             self.sums.available += points;
             self.sums.lots_with_points += 1;
             if let Some(at) = expires_at {
                 self.sums.count_in(Due::Expiry, at);
+                self.sums.count_in(Due::Reminder, at);
             }
         }
     }
@@ -540,6 +576,9 @@ impl Account {
                 self.sums.lots_with_points -= 1;
                 if let Some(at) = lot.expires_at {
                     self.sums.count_out(Due::Expiry, at);
+                    if !lot.reminded {
+                        self.sums.count_out(Due::Reminder, at);
+                    }
                 }
             }
         }
@@ -553,6 +592,9 @@ impl Account {
                 self.sums.lots_with_points += 1;
                 if let Some(at) = lot.expires_at {
                     self.sums.count_in(Due::Expiry, at);
+                    if !lot.reminded {
+                        self.sums.count_in(Due::Reminder, at);
+                    }
                 }
             }
             lot.remaining += l.points;

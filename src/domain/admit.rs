@@ -186,6 +186,18 @@ impl<'a> Sim<'a> {
                 equal(*growth, g, "the activity's growth")
             }
             Event::LevelHeld { .. } => Ok(()),
+            Event::ExpiryReminderDue { lots, points, .. } => {
+                let mut sum: Points = 0;
+                for l in lots {
+                    let remaining = self.lot(&l.lot_id).ok_or_else(|| format!("a reminder of no lot {}", l.lot_id))?;
+                    if l.points < 0 || remaining < l.points {
+                        return Err(format!("lot {} holds {remaining}, not the reminded {}", l.lot_id, l.points));
+                    }
+                    sum = add(sum, l.points, "the reminder's points")?;
+                }
+                non_negative(*points, "the reminder's points")?;
+                equal(*points, sum, "the reminder")
+            }
             Event::GrowthEvaluated { recency_days, frequency, monetary_minor, growth, previous_growth, .. } => {
                 if [*recency_days, *frequency, *monetary_minor, *growth, *previous_growth].iter().any(|v| *v < 0) {
                     return Err("an RFM evaluation with a negative figure".into());
@@ -692,7 +704,7 @@ mod tests {
         let amount = -3i64..400;
         let some_lots = vec((id.clone(), amount.clone()), 0..3)
             .prop_map(|l| l.into_iter().map(|(id, p)| LotAmount { lot_id: id, points: p }).collect::<Vec<_>>());
-        (0..15u8, id, amount, some_lots.clone(), some_lots, any::<bool>()).prop_map(|(k, id, n, l, m, b)| match k {
+        (0..16u8, id, amount, some_lots.clone(), some_lots, any::<bool>()).prop_map(|(k, id, n, l, m, b)| match k {
             0 => Event::PointsEarned {
                 lot_id: id,
                 reason: "a".into(),
@@ -754,6 +766,14 @@ mod tests {
                 written_off: if b { 0 } else { n },
             },
             13 => Event::SettlementSetAside { reason: id, retry_at: n },
+            14 => Event::ExpiryReminderDue {
+                day: n,
+                points: if b { n } else { crate::domain::sum(&l) },
+                lots: l
+                    .into_iter()
+                    .map(|x| crate::domain::LotExpiry { lot_id: x.lot_id, points: x.points, expires_at: T0 })
+                    .collect(),
+            },
             _ => Event::LevelChanged { from: String::new(), to: id, growth: n, why: String::new() },
         })
     }

@@ -2,10 +2,10 @@
 
 use std::borrow::Cow;
 
-use super::calendar::{lot_expiry, month_first_day, month_of_day, programme_day};
+use super::calendar::{add_days, lot_expiry, month_first_day, month_of_day, programme_day};
 use super::{
     rules, sum, Account, Activity, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, GrowthModel,
-    LotAmount, Millis, Points, Programme, Reason, Rejection, ReleaseCause, ReservationStatus, RfmRules,
+    LotAmount, LotExpiry, Millis, Points, Programme, Reason, Rejection, ReleaseCause, ReservationStatus, RfmRules,
     CASH_MINOR_PER_UNIT, DUE_ITEMS_PER_RECORD_MAX, LOTS_WITH_POINTS_MAX, RESERVATION_TIMEOUT_SECONDS_MAX,
 };
 
@@ -300,8 +300,9 @@ pub fn level_status(programme: &Programme, account: &Account) -> LevelStatus {
 
 /// The earliest instant at which something in the account falls due (a lot's
 /// expiry, a reservation's timeout, growth leaving the level window), for
-/// the writer's scheduler, and under RFM the end of the next period the
-/// member is evaluated for.
+/// the writer's scheduler, under RFM the end of the next period the
+/// member is evaluated for, and the start of the day of the next expiry
+/// reminder.
 ///
 /// Costs the same however long the member's history: the account keeps its
 /// soonest expiry, timeout and growth day (the exit day only grows with the
@@ -312,7 +313,78 @@ pub fn due_at(account: &Account, programme: Option<&Programme>) -> Option<Millis
         super::calendar::day_to_date(day).and_then(|d| super::calendar::start_of_day(p.time_zone, d))
     });
     let rfm = programme.and_then(|p| rfm_next_evaluation(p, account)).map(|(_, at)| at);
-    [account.next_expiry(), account.next_hold_timeout(), growth, rfm].into_iter().flatten().min()
+    let reminder = programme.and_then(|p| day_start(p, next_reminder_day(p, account)?));
+    [account.next_expiry(), account.next_hold_timeout(), growth, rfm, reminder].into_iter().flatten().min()
+}
+
+/// The programme day on which a lot expiring at `expires_at` enters the
+/// programme's reminder window (its expiry minus `reminder_days` days, in
+/// the programme's zone); `None` without reminders (`reminder_days` 0).
+pub(super) fn reminder_day(programme: &Programme, expires_at: Millis) -> Option<i64> {
+    let days = i64::from(programme.reminder_days);
+    (days > 0).then(|| programme_day(programme.time_zone, add_days(expires_at, -days)))
+}
+
+/// The first instant of programme day `day` in the programme's zone.
+pub(super) fn day_start(programme: &Programme, day: i64) -> Option<Millis> {
+    super::calendar::day_to_date(day).and_then(|d| super::calendar::start_of_day(programme.time_zone, d))
+}
+
+/// The programme day of the account's next reminder: the reminder day of
+/// its soonest unreminded expiry (it grows with the expiry), but not before
+/// the day after the last reminder (one a day at most).
+fn next_reminder_day(programme: &Programme, account: &Account) -> Option<i64> {
+    let day = reminder_day(programme, account.next_unreminded_expiry()?)?;
+    Some(account.reminded_day.map_or(day, |last| day.max(last + 1)))
+}
+
+/// The account's next expiry reminder: when it falls due and the points it
+/// will name (those of the lots not reminded yet whose reminder day has
+/// come by then), for `GetAccount`.
+pub fn next_reminder(programme: &Programme, account: &Account) -> Option<(Millis, Points)> {
+    let day = next_reminder_day(programme, account)?;
+    let points = account
+        .lots
+        .values()
+        .filter(|l| l.to_remind().and_then(|e| reminder_day(programme, e)).is_some_and(|d| d <= day))
+        .map(|l| l.remaining)
+        .sum();
+    Some((day_start(programme, day)?, points))
+}
+
+/// The lots to remind at `now` (at most a record's worth; the rest follow at
+/// the scheduler's next tick): not reminded yet, with points left (or
+/// coming back from `restored` holds), not expiring by `now`, whose
+/// reminder day has come; none on the day of the last reminder.
+fn reminders(
+    programme: &Programme,
+    account: &Account,
+    now: Millis,
+    restored: &std::collections::BTreeMap<&str, Points>,
+) -> Option<Event> {
+    let today = programme_day(programme.time_zone, now);
+    if account.reminded_day.is_some_and(|d| d >= today) {
+        return None;
+    }
+    let gate = |at: Millis| reminder_day(programme, at).is_some_and(|d| d <= today);
+    if !account.next_unreminded_expiry().is_some_and(gate) && restored.is_empty() {
+        return None;
+    }
+    let lots: Vec<LotExpiry> = account
+        .lots
+        .iter()
+        .filter_map(|(id, l)| {
+            let points = l.remaining + restored.get(id.as_str()).copied().unwrap_or(0);
+            let at = l.expires_at.filter(|at| !l.reminded && points > 0 && *at > now && gate(*at))?;
+            Some(LotExpiry { lot_id: id.clone(), points, expires_at: at })
+        })
+        .take(DUE_ITEMS_PER_RECORD_MAX)
+        .collect();
+    (!lots.is_empty()).then(|| Event::ExpiryReminderDue {
+        points: lots.iter().map(|l| l.points).sum(),
+        lots,
+        day: today,
+    })
 }
 
 /// Releases the holds timed out by `now` (at most a record's worth: `more`
@@ -413,6 +485,7 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
         }
     }
     if let Some(p) = programme {
+        events.extend(reminders(p, account, now, &restored));
         events.extend(rfm_evaluations(p, account, now));
     }
     (events, more)

@@ -29,7 +29,7 @@ pub use account::{
 pub use admit::admissible;
 #[cfg(test)]
 use decide::rfm_next_evaluation;
-pub use decide::{decide, decide_with, due_at, level_status, LevelStatus, Limits};
+pub use decide::{decide, decide_with, due_at, level_status, next_reminder, LevelStatus, Limits};
 pub use rules::{
     Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, EarningRule, GrowthModel, RfmBand, RfmRules,
     RuleDay,
@@ -334,6 +334,14 @@ impl LotAmount {
     }
 }
 
+/// A lot a reminder names: its points left and when they expire.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LotExpiry {
+    pub lot_id: String,
+    pub points: Points,
+    pub expires_at: Millis,
+}
+
 pub fn sum(lots: &[LotAmount]) -> Points {
     lots.iter().map(|l| l.points).sum()
 }
@@ -544,6 +552,18 @@ pub enum Event {
         reason: String,
         retry_at: Millis,
     },
+    /// Lots entered the programme's reminder window (`reminder_days` before
+    /// their expiry, from the start of that programme day): the scheduler
+    /// tells the member once per lot. Moves no points; the lots are marked
+    /// reminded.
+    ExpiryReminderDue {
+        /// The lots, their points left and their expiry.
+        lots: Vec<LotExpiry>,
+        /// Their sum.
+        points: Points,
+        /// Programme day of the reminder (an account gets one a day at most).
+        day: i64,
+    },
 }
 
 impl Event {
@@ -568,7 +588,8 @@ impl Event {
             | Event::ActivityRecorded { .. }
             | Event::GrowthEvaluated { .. }
             | Event::GrowthAdjusted { .. }
-            | Event::LevelHeld { .. } => 0,
+            | Event::LevelHeld { .. }
+            | Event::ExpiryReminderDue { .. } => 0,
         }
     }
 
@@ -594,6 +615,7 @@ impl Event {
             Event::PenaltyApplied { .. } => "PenaltyApplied",
             Event::GrowthAdjusted { .. } => "GrowthAdjusted",
             Event::LevelHeld { .. } => "LevelHeld",
+            Event::ExpiryReminderDue { .. } => "ExpiryReminderDue",
         }
     }
 }
@@ -696,5 +718,7 @@ mod props;
 mod tests;
 #[cfg(test)]
 mod activity_tests;
+#[cfg(test)]
+mod reminder_tests;
 #[cfg(test)]
 mod rfm_tests;

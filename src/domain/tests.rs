@@ -84,7 +84,15 @@ fn due_at_counted(a: &Account, p: &Programme) -> Option<Millis> {
         .and_then(|d| calendar::start_of_day(p.time_zone, d));
     // The RFM evaluation is kept as one instant already (no map to count).
     let rfm = rfm_next_evaluation(p, a).map(|(_, at)| at);
-    lots.chain(holds).chain(growth).chain(rfm).min()
+    let reminder = a
+        .lots
+        .values()
+        .filter_map(Lot::to_remind)
+        .filter_map(|at| decide::reminder_day(p, at))
+        .min()
+        .map(|d| a.reminded_day.map_or(d, |last| d.max(last + 1)))
+        .and_then(|d| decide::day_start(p, d));
+    lots.chain(holds).chain(growth).chain(rfm).chain(reminder).min()
 }
 
 fn earn_body(points: Points, reason: &str, expires_at: Option<Millis>) -> CommandBody {

@@ -242,7 +242,8 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
         | Event::ActivityRecorded { .. }
         | Event::GrowthEvaluated { .. }
         | Event::GrowthAdjusted { .. }
-        | Event::LevelHeld { .. } => {}
+        | Event::LevelHeld { .. }
+        | Event::ExpiryReminderDue { .. } => {}
     }
     Some(())
 }

@@ -12,8 +12,8 @@ use prost::Message;
 
 use crate::domain::{
     AccountKey, Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, CapPolicy, ClawbackPolicy, EarningRule,
-    Event, ExpiryCause, GrowthModel, LevelThreshold, LotAmount, Millis, Programme, ReleaseCause, RfmBand, RfmRules,
-    RiskRules, ValidityRounding,
+    Event, ExpiryCause, GrowthModel, LevelThreshold, LotAmount, LotExpiry, Millis, Programme, ReleaseCause, RfmBand,
+    RfmRules, RiskRules, ValidityRounding,
 };
 use crate::log::record::{
     AccountRecord, AlertActioned, CapMode, CapShare, Claim, ControlEvent, ControlRecord, PartitionRecord,
@@ -225,6 +225,14 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         Event::SettlementSetAside { reason, retry_at } => {
             WireEvent::SettlementSetAside(wire::SettlementSetAside { reason, retry_at_ms: retry_at })
         }
+        Event::ExpiryReminderDue { lots, points, day } => WireEvent::ExpiryReminderDue(wire::ExpiryReminderDue {
+            day,
+            lots: lots
+                .into_iter()
+                .map(|l| wire::LotExpiry { lot_id: l.lot_id, points: l.points, expires_at_ms: l.expires_at })
+                .collect(),
+            points,
+        }),
         Event::ActivityRecorded { activity_id, activity, applied, points, growth, day, purchase } => {
             WireEvent::ActivityRecorded(wire::ActivityRecorded {
                 purchase,
@@ -376,6 +384,15 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
         WireEvent::GrowthExpired(x) => Event::GrowthExpired { earns: lots_from_wire(x.earns), growth: x.growth },
         WireEvent::LevelChanged(x) => Event::LevelChanged { from: x.from, to: x.to, growth: x.growth, why: x.why },
         WireEvent::SettlementSetAside(x) => Event::SettlementSetAside { reason: x.reason, retry_at: x.retry_at_ms },
+        WireEvent::ExpiryReminderDue(x) => Event::ExpiryReminderDue {
+            lots: x
+                .lots
+                .into_iter()
+                .map(|l| LotExpiry { lot_id: l.lot_id, points: l.points, expires_at: l.expires_at_ms })
+                .collect(),
+            points: x.points,
+            day: x.day,
+        },
         WireEvent::ActivityRecorded(x) => Event::ActivityRecorded {
             activity_id: x.activity_id,
             activity: Activity {
@@ -855,5 +872,23 @@ mod rfm_tests {
             monetary: vec![RfmBand { threshold: 10_000, score: 1 }],
         }));
         assert_eq!(programme_from_wire(programme_to_wire(&p), 0), p);
+    }
+}
+
+#[cfg(test)]
+mod reminder_tests {
+    use super::*;
+
+    #[test]
+    fn an_expiry_reminder_round_trips_through_the_log_schema() {
+        let e = Event::ExpiryReminderDue {
+            lots: vec![
+                LotExpiry { lot_id: "e1".into(), points: 100, expires_at: 1_780_891_200_000 },
+                LotExpiry { lot_id: "e2".into(), points: 30, expires_at: 1_780_934_400_000 },
+            ],
+            points: 130,
+            day: 20_597,
+        };
+        assert_eq!(event_from_wire(event_to_wire(e.clone())).unwrap(), e);
     }
 }

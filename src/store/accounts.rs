@@ -114,6 +114,7 @@ impl Changed {
             }
             Event::PointsRecovered { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
             Event::PointsExpired { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
+            Event::ExpiryReminderDue { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
             Event::PointsAdjusted { adjustment_id, lots, .. } => {
                 piece(Piece::Lot, adjustment_id);
                 lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));

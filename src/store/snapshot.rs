@@ -21,7 +21,13 @@ use crate::proto::state;
 // split carries the lists itself; [`decode_account`] still reads it.
 
 fn lot_from_pb(l: state::LotState) -> (String, Lot) {
-    (l.lot_id, Lot { earned: l.earned_points, remaining: l.remaining, expires_at: opt_at(l.expires_at_ms) })
+    let lot = Lot {
+        earned: l.earned_points,
+        remaining: l.remaining,
+        expires_at: opt_at(l.expires_at_ms),
+        reminded: l.reminded,
+    };
+    (l.lot_id, lot)
 }
 
 fn earn_from_pb(e: state::EarnState) -> (String, EarnRecord) {
@@ -104,6 +110,8 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         rfm_growth: a.rfm_growth,
         rfm_evaluated: a.rfm_evaluated.is_some(),
         rfm_evaluated_period_start: a.rfm_evaluated.unwrap_or(0),
+        reminded: a.reminded_day.is_some(),
+        reminded_day: a.reminded_day.unwrap_or(0),
     }
 }
 
@@ -256,7 +264,11 @@ mod fields {
     }
 
     pub fn lot_len(id: &str, l: &Lot) -> usize {
-        str_len(1, id) + int_len(2, l.earned) + int_len(3, l.remaining) + int_len(4, l.expires_at.unwrap_or(0))
+        str_len(1, id)
+            + int_len(2, l.earned)
+            + int_len(3, l.remaining)
+            + int_len(4, l.expires_at.unwrap_or(0))
+            + int_len(5, i64::from(l.reminded))
     }
 
     pub fn put_lot(id: &str, l: &Lot, buf: &mut Vec<u8>) {
@@ -264,6 +276,7 @@ mod fields {
         put_int(2, l.earned, buf);
         put_int(3, l.remaining, buf);
         put_int(4, l.expires_at.unwrap_or(0), buf);
+        put_int(5, i64::from(l.reminded), buf);
     }
 
     pub fn earn_len(id: &str, e: &EarnRecord) -> usize {
@@ -387,6 +400,7 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
         .collect();
     a.rfm_growth = s.rfm_growth;
     a.rfm_evaluated = s.rfm_evaluated.then_some(s.rfm_evaluated_period_start);
+    a.reminded_day = s.reminded.then_some(s.reminded_day);
     a.recount();
     // An account's statement has an entry per event folded and every page
     // but the last is full: whether there is a last page with room, and its
@@ -646,6 +660,7 @@ mod tests {
             earned_points: l.earned,
             remaining: l.remaining,
             expires_at_ms: l.expires_at.unwrap_or(0),
+            reminded: l.reminded,
         }
     }
 
@@ -698,10 +713,11 @@ mod tests {
     fn varied() -> Account {
         let mut a = Account::default();
         let long = "r".repeat(300);
-        a.lots.insert("e1".into(), Lot { earned: 100, remaining: 40, expires_at: Some(1_773_100_800_000) });
-        a.lots.insert("e2".into(), Lot { earned: 5, remaining: 0, expires_at: None });
-        a.lots.insert(long.clone(), Lot { earned: i64::MAX, remaining: 1, expires_at: Some(-1) });
-        a.lots.insert(String::new(), Lot { earned: 0, remaining: 0, expires_at: None });
+        let lot = |earned, remaining, expires_at, reminded| Lot { earned, remaining, expires_at, reminded };
+        a.lots.insert("e1".into(), lot(100, 40, Some(1_773_100_800_000), true));
+        a.lots.insert("e2".into(), lot(5, 0, None, false));
+        a.lots.insert(long.clone(), lot(i64::MAX, 1, Some(-1), false));
+        a.lots.insert(String::new(), lot(0, 0, None, true));
         a.earns.insert("e1".into(), EarnRecord { points: 100, growth: 7, day: 20_000, ..Default::default() });
         a.earns.insert(
             long.clone(),
@@ -749,6 +765,7 @@ mod tests {
         ];
         a.rfm_growth = 9;
         a.rfm_evaluated = Some(0);
+        a.reminded_day = Some(20_597);
         a.recount();
         a
     }
