@@ -198,6 +198,11 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
         ] {
             h.i64(v);
         }
+        // The spending-side thresholds came later: hashed only when set.
+        let spending = [r.member_daily_spend_alert, r.redemption_spike_percent.into(), r.redemption_spike_min_points];
+        if spending.iter().any(|v| *v != 0) {
+            spending.iter().for_each(|v| h.i64(*v));
+        }
     }
     // Hashed only when set, as the risk thresholds.
     if !p.earning_rules.is_empty() || !p.campaigns.is_empty() || !p.level_multipliers_percent.is_empty() {

@@ -13,13 +13,16 @@
 //! Rules (thresholds in the programme's `RiskRules`; 0 = off):
 //! - `member_daily_earn`: a member's earnings in a programme day reach the
 //!   threshold (once per day);
+//! - `member_daily_spend`: a member's spending (spends and captures) in a
+//!   programme day reaches the threshold (once per day);
 //! - `dense_spend`: more than N spends (and captures) within M minutes (once
 //!   per burst: not again within M minutes of the last alert);
 //! - `member_addresses`: more than N distinct addresses (client_ip,
 //!   device_id) within M minutes (once per burst);
 //! - `shared_address`: one address earning for more than N members in a day;
 //! - `issuance_spike`: a day's issuance above k% of the trailing 7-day daily
-//!   average and at least a minimum;
+//!   average and at least a minimum; `redemption_spike`: the same of a day's
+//!   redemption (spends and captures);
 //! - `log_record_quarantined`: a record of the log that every reader skips
 //!   (it does not decode, names another partition's account, or would break
 //!   its account's invariants), naming its partition, offset and why; under
@@ -74,6 +77,12 @@ fn issuance_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
     k
 }
 
+fn redemption_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
+    let mut k = day_prefix(b'r', p, day);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
 fn shared_row(p: &ProgrammeKey, day: i64, address: &str, member: &str) -> Vec<u8> {
     let mut k = day_prefix(b's', p, day);
     k.extend_from_slice(address.as_bytes());
@@ -115,6 +124,7 @@ pub struct RiskFold {
     accounts: FastMap<AccountKey, (state::RiskState, bool)>,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
+    redemption: HashMap<(ProgrammeKey, i64), i64>,
     shared: BTreeMap<Vec<u8>, Vec<u8>>,
     alerts: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Accounts kept at most; over it, the cache starts again empty.
@@ -133,6 +143,7 @@ impl Default for RiskFold {
             accounts: FastMap::default(),
             dirty: Vec::new(),
             issuance: HashMap::new(),
+            redemption: HashMap::new(),
             shared: BTreeMap::new(),
             alerts: BTreeMap::new(),
             max: RISK_CACHE_ACCOUNTS,
@@ -235,6 +246,20 @@ fn settlement_set_aside(t: &Trigger, record: &AccountRecord, s: &mut state::Risk
     s.set_aside_alerted = true;
     let subject = format!("{}: {reason}", t.key);
     Some(t.alert(SET_ASIDE_RULE, subject, vec![("retry_at_ms", retry_at)], vec![t.here()]))
+}
+
+/// A member's spending of the day reaching the threshold (once a day: when
+/// this record crosses it).
+fn member_daily_spend(rules: &RiskRules, t: &Trigger, before: i64, s: &state::RiskState) -> Option<state::Alert> {
+    let threshold = rules.member_daily_spend_alert;
+    (threshold > 0 && before < threshold && s.spent >= threshold).then(|| {
+        t.alert(
+            "member_daily_spend",
+            t.key.to_string(),
+            vec![("spent_today", s.spent), ("threshold", threshold)],
+            vec![t.here()],
+        )
+    })
 }
 
 /// More spends than the threshold within the window (once per window).
@@ -370,6 +395,20 @@ impl RiskFold {
         Ok(())
     }
 
+    /// The programme's redemption of the day, this partition's share.
+    fn count_spend(&mut self, db: &Db, t: &Trigger, spent: i64) -> Result<(), StoreError> {
+        let pk = programme_of(t.key);
+        let sum = self.redemption.entry((pk.clone(), t.day)).or_insert(i64::MIN);
+        if *sum == i64::MIN {
+            *sum = match db.get(Cf::Risk, &redemption_row(&pk, t.day, t.partition))? {
+                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored redemption")),
+                None => 0,
+            };
+        }
+        *sum = sum.saturating_add(spent);
+        Ok(())
+    }
+
     /// Folds one counted record of `partition` decided on programme `day`:
     /// the member's counters, the rules on one member, and the facts the
     /// programme-wide rules read when alerts are listed.
@@ -391,7 +430,7 @@ impl RiskFold {
             .map(|(kind, v)| format!("{kind}:{v}"))
             .collect();
         let s = self.counters(db, &record.account, day)?;
-        let before = s.earned;
+        let (before, spent_before) = (s.earned, s.spent);
         s.earned = s.earned.saturating_add(m.earned);
         s.spent = s.spent.saturating_add(m.spent);
         if !record.system {
@@ -399,6 +438,7 @@ impl RiskFold {
         }
         let alerts: Vec<state::Alert> = [
             member_daily_earn(&rules, &t, before, s),
+            member_daily_spend(&rules, &t, spent_before, s),
             dense_spend(&rules, &t, m.spends, s),
             member_addresses(&rules, &t, &addresses, s),
             settlement_set_aside(&t, record, s),
@@ -408,6 +448,9 @@ impl RiskFold {
         .collect();
         if m.earned > 0 {
             self.count_earn(db, &t, m.earned, &addresses)?;
+        }
+        if m.spent > 0 {
+            self.count_spend(db, &t, m.spent)?;
         }
         let pk = programme_of(&record.account);
         for a in alerts {
@@ -475,6 +518,9 @@ impl RiskFold {
         for ((p, day), sum) in self.issuance.drain() {
             batch.put(Cf::Risk, &issuance_row(&p, day, partition), &sum.to_be_bytes());
         }
+        for ((p, day), sum) in self.redemption.drain() {
+            batch.put(Cf::Risk, &redemption_row(&p, day, partition), &sum.to_be_bytes());
+        }
         for (k, v) in std::mem::take(&mut self.shared) {
             batch.put(Cf::Risk, &k, &v);
         }
@@ -497,7 +543,13 @@ impl RiskFold {
 
 /// A programme's issuance on one day, all partitions.
 pub fn issuance(db: &Db, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> {
-    let prefix = day_prefix(b'i', p, day);
+    day_sum(db, b'i', p, day)
+}
+
+/// A programme's day sum of the rows of `tag` (issuance, redemption), all
+/// partitions.
+fn day_sum(db: &Db, tag: u8, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> {
+    let prefix = day_prefix(tag, p, day);
     Ok(db
         .scan(Cf::Risk, &prefix, &prefix, usize::MAX)?
         .iter()
@@ -546,33 +598,19 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         let Some(start_of_day) = calendar::day_to_date(day).and_then(|d| calendar::start_of_day(tz, d)) else {
             continue;
         };
-        if rules.issuance_spike_percent > 0 && (from..to).contains(&start_of_day) {
-            let today = issuance(db, &pk, day)?;
-            let mut trailing = 0i64;
-            for d in day - SPIKE_TRAILING_DAYS..day {
-                trailing = trailing.saturating_add(issuance(db, &pk, d)?);
-            }
-            // today > percent% of trailing / 7, in integers.
-            let spike = i128::from(today) * 100 * i128::from(SPIKE_TRAILING_DAYS)
-                > i128::from(rules.issuance_spike_percent) * i128::from(trailing);
-            if spike && today >= rules.issuance_spike_min_points && today > 0 {
-                out.push(state::Alert {
-                    rule: "issuance_spike".into(),
-                    at: Some(crate::log::codec::instant(start_of_day)),
-                    accounts: Vec::new(),
-                    figures: [
-                        ("issued_today", today),
-                        ("trailing_7_day_total", trailing),
-                        ("trailing_daily_average", trailing / SPIKE_TRAILING_DAYS),
-                        ("threshold_percent", rules.issuance_spike_percent.into()),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-                    events: Vec::new(),
-                    subject: date_of(day),
-                    date: date_of(day),
-                });
+        if (from..to).contains(&start_of_day) {
+            let spikes = [
+                (b'i', "issuance_spike", "issued_today", rules.issuance_spike_percent, rules.issuance_spike_min_points),
+                (
+                    b'r',
+                    "redemption_spike",
+                    "redeemed_today",
+                    rules.redemption_spike_percent,
+                    rules.redemption_spike_min_points,
+                ),
+            ];
+            for (tag, rule, figure, percent, min) in spikes.into_iter().filter(|s| s.3 > 0) {
+                out.extend(spike(db, &pk, day, start_of_day, (tag, rule, figure), percent, min)?);
             }
         }
         if rules.shared_address_members > 0 {
@@ -584,6 +622,47 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         (t(a), &a.rule, &a.subject).cmp(&(t(b), &b.rule, &b.subject))
     });
     Ok(out)
+}
+
+/// A day's sum (issuance or redemption: `tag`) above `percent`% of the
+/// trailing 7-day daily average and at least `min`: the alert `rule`, at
+/// the start of the day.
+fn spike(
+    db: &Db,
+    pk: &ProgrammeKey,
+    day: i64,
+    start_of_day: Millis,
+    (tag, rule, figure): (u8, &str, &str),
+    percent: u32,
+    min: i64,
+) -> Result<Option<state::Alert>, StoreError> {
+    let today = day_sum(db, tag, pk, day)?;
+    let mut trailing = 0i64;
+    for d in day - SPIKE_TRAILING_DAYS..day {
+        trailing = trailing.saturating_add(day_sum(db, tag, pk, d)?);
+    }
+    // today > percent% of trailing / 7, in integers.
+    let spike = i128::from(today) * 100 * i128::from(SPIKE_TRAILING_DAYS) > i128::from(percent) * i128::from(trailing);
+    if !spike || today < min || today <= 0 {
+        return Ok(None);
+    }
+    Ok(Some(state::Alert {
+        rule: rule.into(),
+        at: Some(crate::log::codec::instant(start_of_day)),
+        accounts: Vec::new(),
+        figures: [
+            (figure, today),
+            ("trailing_7_day_total", trailing),
+            ("trailing_daily_average", trailing / SPIKE_TRAILING_DAYS),
+            ("threshold_percent", percent.into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        events: Vec::new(),
+        subject: date_of(day),
+        date: date_of(day),
+    }))
 }
 
 /// Addresses that earned for more than N members on `day`; the alert's time

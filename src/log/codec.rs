@@ -667,6 +667,9 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             member_addresses: p.risk.member_addresses as i32,
             member_addresses_minutes: p.risk.member_addresses_minutes as i32,
             member_daily_earn_alert: p.risk.member_daily_earn_alert,
+            member_daily_spend_alert: p.risk.member_daily_spend_alert,
+            redemption_spike_percent: p.risk.redemption_spike_percent as i32,
+            redemption_spike_min_points: p.risk.redemption_spike_min_points,
         }),
     }
 }
@@ -821,16 +824,24 @@ pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme
         },
         rfm: p.rfm.map(rfm_from_wire),
         allow_ratio_change: p.allow_ratio_change,
-        risk: RiskRules {
-            issuance_spike_percent: unsigned(r.issuance_spike_percent),
-            issuance_spike_min_points: r.issuance_spike_min_points,
-            dense_spend_count: unsigned(r.dense_spend_count),
-            dense_spend_minutes: unsigned(r.dense_spend_minutes),
-            shared_address_members: unsigned(r.shared_address_members),
-            member_addresses: unsigned(r.member_addresses),
-            member_addresses_minutes: unsigned(r.member_addresses_minutes),
-            member_daily_earn_alert: r.member_daily_earn_alert,
-        },
+        risk: risk_rules_from_wire(&r),
+    }
+}
+
+/// A programme's alert thresholds as they were accepted.
+fn risk_rules_from_wire(r: &wire::RiskRules) -> RiskRules {
+    RiskRules {
+        issuance_spike_percent: unsigned(r.issuance_spike_percent),
+        issuance_spike_min_points: r.issuance_spike_min_points,
+        dense_spend_count: unsigned(r.dense_spend_count),
+        dense_spend_minutes: unsigned(r.dense_spend_minutes),
+        shared_address_members: unsigned(r.shared_address_members),
+        member_addresses: unsigned(r.member_addresses),
+        member_addresses_minutes: unsigned(r.member_addresses_minutes),
+        member_daily_earn_alert: r.member_daily_earn_alert,
+        member_daily_spend_alert: r.member_daily_spend_alert,
+        redemption_spike_percent: unsigned(r.redemption_spike_percent),
+        redemption_spike_min_points: r.redemption_spike_min_points,
     }
 }
 
