@@ -396,8 +396,6 @@ fn risk_rules_to_pb(r: &RiskRules) -> pb::RiskRules {
         member_addresses_minutes: r.member_addresses_minutes as i32,
         member_daily_earn_alert: r.member_daily_earn_alert,
         member_daily_spend_alert: r.member_daily_spend_alert,
-        redemption_spike_percent: r.redemption_spike_percent as i32,
-        redemption_spike_min_points: r.redemption_spike_min_points,
     }
 }
 

@@ -618,8 +618,6 @@ fn risk_rules_from_pb(r: &pb::RiskRules) -> Result<RiskRules, FieldError> {
         member_addresses_minutes: minutes("member_addresses_minutes", r.member_addresses_minutes)?,
         member_daily_earn_alert: points("member_daily_earn_alert", r.member_daily_earn_alert)?,
         member_daily_spend_alert: points("member_daily_spend_alert", r.member_daily_spend_alert)?,
-        redemption_spike_percent: count("redemption_spike_percent", r.redemption_spike_percent)?,
-        redemption_spike_min_points: points("redemption_spike_min_points", r.redemption_spike_min_points)?,
     };
     if (rules.dense_spend_count > 0) != (rules.dense_spend_minutes > 0) {
         return Err(FieldError::new(

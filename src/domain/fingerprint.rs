@@ -198,10 +198,9 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
         ] {
             h.i64(v);
         }
-        // The spending-side thresholds came later: hashed only when set.
-        let spending = [r.member_daily_spend_alert, r.redemption_spike_percent.into(), r.redemption_spike_min_points];
-        if spending.iter().any(|v| *v != 0) {
-            spending.iter().for_each(|v| h.i64(*v));
+        // The spending-side threshold came later: hashed only when set.
+        if r.member_daily_spend_alert != 0 {
+            h.i64(r.member_daily_spend_alert);
         }
     }
     // Hashed only when set, as the risk thresholds.

@@ -172,10 +172,6 @@ pub struct RiskRules {
     pub member_daily_earn_alert: Points,
     /// A member's spending in a day reaching this.
     pub member_daily_spend_alert: Points,
-    /// Redemption on a day above this percentage of the trailing 7-day
-    /// average and at least the minimum.
-    pub redemption_spike_percent: u32,
-    pub redemption_spike_min_points: Points,
 }
 
 impl Programme {

@@ -21,8 +21,7 @@
 //!   device_id) within M minutes (once per burst);
 //! - `shared_address`: one address earning for more than N members in a day;
 //! - `issuance_spike`: a day's issuance above k% of the trailing 7-day daily
-//!   average and at least a minimum; `redemption_spike`: the same of a day's
-//!   redemption (spends and captures);
+//!   average and at least a minimum;
 //! - `log_record_quarantined`: a record of the log that every reader skips
 //!   (it does not decode, names another partition's account, or would break
 //!   its account's invariants), naming its partition, offset and why; under
@@ -77,12 +76,6 @@ fn issuance_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
     k
 }
 
-fn redemption_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
-    let mut k = day_prefix(b'r', p, day);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
-
 fn shared_row(p: &ProgrammeKey, day: i64, address: &str, member: &str) -> Vec<u8> {
     let mut k = day_prefix(b's', p, day);
     k.extend_from_slice(address.as_bytes());
@@ -124,7 +117,6 @@ pub struct RiskFold {
     accounts: FastMap<AccountKey, (state::RiskState, bool)>,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
-    redemption: HashMap<(ProgrammeKey, i64), i64>,
     shared: BTreeMap<Vec<u8>, Vec<u8>>,
     alerts: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Accounts kept at most; over it, the cache starts again empty.
@@ -143,7 +135,6 @@ impl Default for RiskFold {
             accounts: FastMap::default(),
             dirty: Vec::new(),
             issuance: HashMap::new(),
-            redemption: HashMap::new(),
             shared: BTreeMap::new(),
             alerts: BTreeMap::new(),
             max: RISK_CACHE_ACCOUNTS,
@@ -395,20 +386,6 @@ impl RiskFold {
         Ok(())
     }
 
-    /// The programme's redemption of the day, this partition's share.
-    fn count_spend(&mut self, db: &Db, t: &Trigger, spent: i64) -> Result<(), StoreError> {
-        let pk = programme_of(t.key);
-        let sum = self.redemption.entry((pk.clone(), t.day)).or_insert(i64::MIN);
-        if *sum == i64::MIN {
-            *sum = match db.get(Cf::Risk, &redemption_row(&pk, t.day, t.partition))? {
-                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored redemption")),
-                None => 0,
-            };
-        }
-        *sum = sum.saturating_add(spent);
-        Ok(())
-    }
-
     /// Folds one counted record of `partition` decided on programme `day`:
     /// the member's counters, the rules on one member, and the facts the
     /// programme-wide rules read when alerts are listed.
@@ -449,9 +426,7 @@ impl RiskFold {
         if m.earned > 0 {
             self.count_earn(db, &t, m.earned, &addresses)?;
         }
-        if m.spent > 0 {
-            self.count_spend(db, &t, m.spent)?;
-        }
+
         let pk = programme_of(&record.account);
         for a in alerts {
             self.alerts.insert(alert_row(&pk, t.at, partition, offset, &a.rule), store::encode_row(&a));
@@ -518,9 +493,6 @@ impl RiskFold {
         for ((p, day), sum) in self.issuance.drain() {
             batch.put(Cf::Risk, &issuance_row(&p, day, partition), &sum.to_be_bytes());
         }
-        for ((p, day), sum) in self.redemption.drain() {
-            batch.put(Cf::Risk, &redemption_row(&p, day, partition), &sum.to_be_bytes());
-        }
         for (k, v) in std::mem::take(&mut self.shared) {
             batch.put(Cf::Risk, &k, &v);
         }
@@ -546,8 +518,7 @@ pub fn issuance(db: &Db, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> 
     day_sum(db, b'i', p, day)
 }
 
-/// A programme's day sum of the rows of `tag` (issuance, redemption), all
-/// partitions.
+/// A programme's day sum of the rows of `tag` (issuance), all partitions.
 fn day_sum(db: &Db, tag: u8, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> {
     let prefix = day_prefix(tag, p, day);
     Ok(db
@@ -598,20 +569,9 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         let Some(start_of_day) = calendar::day_to_date(day).and_then(|d| calendar::start_of_day(tz, d)) else {
             continue;
         };
-        if (from..to).contains(&start_of_day) {
-            let spikes = [
-                (b'i', "issuance_spike", "issued_today", rules.issuance_spike_percent, rules.issuance_spike_min_points),
-                (
-                    b'r',
-                    "redemption_spike",
-                    "redeemed_today",
-                    rules.redemption_spike_percent,
-                    rules.redemption_spike_min_points,
-                ),
-            ];
-            for (tag, rule, figure, percent, min) in spikes.into_iter().filter(|s| s.3 > 0) {
-                out.extend(spike(db, &pk, day, start_of_day, (tag, rule, figure), percent, min)?);
-            }
+        if rules.issuance_spike_percent > 0 && (from..to).contains(&start_of_day) {
+            let (percent, min) = (rules.issuance_spike_percent, rules.issuance_spike_min_points);
+            out.extend(spike(db, &pk, day, start_of_day, (b'i', "issuance_spike", "issued_today"), percent, min)?);
         }
         if rules.shared_address_members > 0 {
             out.extend(shared_address_alerts(db, programme, day, from, to)?);
@@ -624,7 +584,7 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
     Ok(out)
 }
 
-/// A day's sum (issuance or redemption: `tag`) above `percent`% of the
+/// A day's sum (of the rows of `tag`: issuance) above `percent`% of the
 /// trailing 7-day daily average and at least `min`: the alert `rule`, at
 /// the start of the day.
 fn spike(

@@ -668,8 +668,6 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             member_addresses_minutes: p.risk.member_addresses_minutes as i32,
             member_daily_earn_alert: p.risk.member_daily_earn_alert,
             member_daily_spend_alert: p.risk.member_daily_spend_alert,
-            redemption_spike_percent: p.risk.redemption_spike_percent as i32,
-            redemption_spike_min_points: p.risk.redemption_spike_min_points,
         }),
     }
 }
@@ -840,8 +838,6 @@ fn risk_rules_from_wire(r: &wire::RiskRules) -> RiskRules {
         member_addresses_minutes: unsigned(r.member_addresses_minutes),
         member_daily_earn_alert: r.member_daily_earn_alert,
         member_daily_spend_alert: r.member_daily_spend_alert,
-        redemption_spike_percent: unsigned(r.redemption_spike_percent),
-        redemption_spike_min_points: r.redemption_spike_min_points,
     }
 }
 
