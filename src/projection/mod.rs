@@ -41,8 +41,9 @@ pub const PROJECTOR_BATCH_RECORDS_MAX: usize = 4096;
 /// last one added to by each batch; an account in one row up to
 /// `INLINE_PIECES_MAX` = 32 pieces), kept in their `meta`. Views without it
 /// were written by an older build: they are rebuilt from the log on start
-/// (so `verify` compares them with a rebuild in the same layout).
-pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32-recoveries";
+/// (so `verify` compares them with a rebuild in the same layout, and the due
+/// index holds what this build schedules: reminders, RFM period ends).
+pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32-reminders";
 const VIEWS_FORMAT_KEY: &[u8] = b"format";
 
 /// Marks `views` as written in this build's layout.
