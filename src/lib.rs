@@ -26,6 +26,7 @@ pub mod finance;
 pub mod api;
 pub mod server;
 pub mod tools;
+pub mod webhook;
 pub mod proto;
 
 /// The hash map of the hot paths (accounts by key, request ids in a batch):
