@@ -20,6 +20,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::forward::Forwarder;
 use crate::api::{AdminService, Auth, ClusterService, Ledger, LedgerService, ReconciliationService};
+use crate::finance::raiser::{Raiser, RaiserParts};
 use crate::finance::reconciler::Reconciler;
 use crate::ledger::programmes::Programmes;
 use crate::ledger::{Clock, SystemClock, WriterConfig, Writers};
@@ -281,6 +282,8 @@ pub struct Service {
     programmes: Arc<Programmes>,
     writers: Arc<Writers>,
     reconciler: Reconciler,
+    /// Raises members' alerts in the partitions this instance writes.
+    raiser: Raiser,
     views: Arc<Db>,
     books: Arc<Db>,
     /// This instance's membership of its cluster's group (Kafka, in a cluster).
@@ -352,8 +355,15 @@ impl Service {
             auth: auth_of(config),
             forwarder: Forwarder::new(config.tls.as_ref().and_then(|t| t.forward_settings())),
         });
+        let raiser = Raiser::start(RaiserParts {
+            books: books.clone(),
+            writers: writers.clone(),
+            registry: programmes.registry(),
+            clock: config.clock.clone(),
+        })?;
         let member = std::sync::Mutex::new(member);
         Ok(Service {
+            raiser,
             ledger,
             programmes,
             writers,
@@ -399,6 +409,7 @@ impl Service {
     pub fn stop(self) {
         self.leave_group();
         drop(self.ledger);
+        self.raiser.shutdown();
         match Arc::try_unwrap(self.writers) {
             Ok(w) => w.shutdown(),
             Err(_) => tracing::warn!("writers still referenced at shutdown"),
@@ -447,14 +458,7 @@ pub fn check_exposure(
 async fn follow_partitions(health: tonic_health::server::HealthReporter, ownership: Arc<crate::ledger::Ownership>) {
     let mut serving = ownership.serving();
     loop {
-        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
-        for name in [
-            "",
-            <pb::points_ledger_server::PointsLedgerServer<LedgerService> as NamedService>::NAME,
-            <pb::programme_admin_server::ProgrammeAdminServer<AdminService> as NamedService>::NAME,
-        ] {
-            health.set_service_status(name, status).await;
-        }
+        set_ledger_health(&health, serving).await;
         if serving {
             tracing::info!("every partition wanted here takes commands; serving");
         } else {
@@ -465,12 +469,26 @@ async fn follow_partitions(health: tonic_health::server::HealthReporter, ownersh
     }
 }
 
+/// Sets the health of the ledger, the admin service and the server ("").
+async fn set_ledger_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    for name in [
+        "",
+        <pb::points_ledger_server::PointsLedgerServer<LedgerService> as NamedService>::NAME,
+        <pb::programme_admin_server::ProgrammeAdminServer<AdminService> as NamedService>::NAME,
+    ] {
+        health.set_service_status(name, status).await;
+    }
+}
+
 /// Serves the gRPC services of `service` on `listener` until `shutdown`
 /// (over TLS when the service was configured with it).
 pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // The books are served from the start (they trail the log by design).
     health_reporter.set_serving::<pb::reconciliation_server::ReconciliationServer<ReconciliationService>>().await;
+    // Every service is known to health before the first call is taken.
+    set_ledger_health(&health_reporter, service.writers.ownership().serving()).await;
     let health_task = tokio::spawn(follow_partitions(health_reporter, service.writers.ownership()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -21,7 +21,10 @@ async fn every_command_round_trips_and_queries_see_it() {
         .unwrap()
         .into_inner();
     assert!(!r.replayed);
-    assert_eq!(r.balance.unwrap(), pb::AccountBalance { available: 1000, reserved: 0, debt: 0, growth: 500 });
+    assert_eq!(
+        r.balance.unwrap(),
+        pb::AccountBalance { available: 1000, reserved: 0, debt: 0, growth: 500, pending: 0 }
+    );
     assert_eq!((r.granted_points, r.forfeited_points, r.programme_version), (1000, 0, 1));
 
     let r = c.spend(spend("s1", "alice", 300)).await.unwrap().into_inner();
@@ -85,7 +88,10 @@ async fn every_command_round_trips_and_queries_see_it() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.balance.unwrap(), pb::AccountBalance { available: 700, reserved: 0, debt: 0, growth: 300 });
+    assert_eq!(
+        r.balance.unwrap(),
+        pb::AccountBalance { available: 700, reserved: 0, debt: 0, growth: 300, pending: 0 }
+    );
 
     let mut admin = h.admin().await;
     let r = c.adjust(adjust("a1", "alice", -50, "ops-7", "double grant")).await.unwrap().into_inner();

@@ -48,6 +48,7 @@ fn an_account_row() -> Vec<u8> {
         expires_at: Some(1_773_100_800_000),
         growth: 1,
         day: 20_522,
+        pending: false,
     });
     snapshot::encode_account(&a)
 }

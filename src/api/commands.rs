@@ -133,6 +133,26 @@ command_request!(pb::AdjustGrowthRequest, path::ADJUST_GROWTH, Access::Admin, |r
     reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
 });
 
+// What the risk desk does with a held member's points.
+command_request!(pb::ReleasePendingPointsRequest, path::RELEASE_PENDING_POINTS, Access::Admin, |r| {
+    CommandBody::ReleasePending {
+        operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+        reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+    }
+});
+
+command_request!(pb::ForfeitPendingPointsRequest, path::FORFEIT_PENDING_POINTS, Access::Admin, |r| {
+    CommandBody::ForfeitPending {
+        operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+        reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+    }
+});
+
+command_request!(pb::UnholdAccountRequest, path::UNHOLD_ACCOUNT, Access::Admin, |r| CommandBody::Unhold {
+    operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
+    reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
+});
+
 impl Ledger {
     /// Validates a command request fully (and checks access) into a command.
     pub(super) fn build<R: CommandRequest>(&self, caller: &Caller<'_>, r: &R) -> Result<Command, Status> {

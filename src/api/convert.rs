@@ -52,7 +52,9 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
             expires_at,
             growth,
             day,
+            pending,
         } => PbEvent::PointsEarned(pb::PointsEarned {
+            pending,
             lot_id,
             reason,
             order_ref: order_ref.unwrap_or_default(),
@@ -165,6 +167,27 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
                 .collect(),
             points,
         }),
+        Event::AlertRaised { alert_id, rule, detail } => {
+            PbEvent::AlertRaised(pb::AlertRaised { alert_id, rule, detail })
+        }
+        Event::EarningsHeld { rule, alert_id } => PbEvent::EarningsHeld(pb::EarningsHeld { rule, alert_id }),
+        Event::EarningsUnheld { operator, reason } => PbEvent::EarningsUnheld(pb::EarningsUnheld { operator, reason }),
+        Event::PendingPointsReleased { lots, points, operator, reason } => {
+            PbEvent::PendingPointsReleased(pb::PendingPointsReleased {
+                lots: lots_to_pb(lots),
+                points,
+                operator,
+                reason,
+            })
+        }
+        Event::PendingPointsForfeited { lots, points, operator, reason } => {
+            PbEvent::PendingPointsForfeited(pb::PendingPointsForfeited {
+                lots: lots_to_pb(lots),
+                points,
+                operator,
+                reason,
+            })
+        }
         Event::ActivityRecorded { activity_id, activity, applied, points, growth, day: _, purchase } => {
             PbEvent::ActivityRecorded(pb::ActivityRecorded {
                 purchase,
@@ -219,7 +242,13 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
 }
 
 pub fn balance_to_pb(b: &Balance) -> pb::AccountBalance {
-    pb::AccountBalance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth }
+    pb::AccountBalance {
+        available: b.available,
+        reserved: b.reserved,
+        debt: b.debt,
+        growth: b.growth,
+        pending: b.pending,
+    }
 }
 
 pub fn position_to_pb(p: Position) -> pb::LogPosition {
@@ -396,6 +425,7 @@ fn risk_rules_to_pb(r: &RiskRules) -> pb::RiskRules {
         member_addresses_minutes: r.member_addresses_minutes as i32,
         member_daily_earn_alert: r.member_daily_earn_alert,
         member_daily_spend_alert: r.member_daily_spend_alert,
+        hold_earnings_on: r.holding_rules(),
     }
 }
 
@@ -426,6 +456,7 @@ pub fn entry_to_pb(e: state::StatementEntry) -> Result<pb::Entry, crate::log::co
             reserved: b.reserved,
             debt: b.debt,
             growth: b.growth,
+            pending: b.pending,
         }),
     })
 }
@@ -455,6 +486,11 @@ pub fn book_to_pb(b: state::DailyBook) -> pb::DailyBook {
         written_off: b.written_off,
         penalized: b.penalized,
         ratio_changed_from: b.ratio_changed_from,
+        opening_pending: b.opening_pending,
+        pending: b.pending,
+        pending_earned: b.pending_earned,
+        pending_released: b.pending_released,
+        pending_forfeited: b.pending_forfeited,
         digest: b.digest,
         mismatch: b.mismatch,
         partitions: b
@@ -526,6 +562,33 @@ pub type LotsAfter = Option<(Millis, String)>;
 /// The account as `GetAccount` shows it, with one page of its lots with
 /// points (`page_size` of them, soonest-expiring first, after `after`) and
 /// the token of the next page.
+/// Pending lots `ListPendingPoints` shows at most (a release or forfeit
+/// takes up to 2000 a command; the total is in `pending`).
+pub const PENDING_LOTS_SHOWN_MAX: usize = 1000;
+
+/// An account's pending lots (soonest-expiring first, at most
+/// [`PENDING_LOTS_SHOWN_MAX`]) and its hold.
+pub fn pending_to_pb(a: &Account, position: pb::LogPosition) -> pb::ListPendingPointsResponse {
+    let mut lots: Vec<_> = a.pending_lots().collect();
+    lots.sort_unstable_by_key(|(id, l)| (l.expires_at.unwrap_or(Millis::MAX), *id));
+    pb::ListPendingPointsResponse {
+        lots: lots
+            .into_iter()
+            .take(PENDING_LOTS_SHOWN_MAX)
+            .map(|(id, l)| pb::Lot {
+                lot_id: id.clone(),
+                remaining: l.remaining,
+                expires_at: l.expires_at.map(timestamp),
+            })
+            .collect(),
+        pending: a.pending(),
+        held: a.held.is_some(),
+        held_rule: a.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
+        held_alert_id: a.held.as_ref().map(|h| h.alert_id.clone()).unwrap_or_default(),
+        position: Some(position),
+    }
+}
+
 pub fn account_to_pb(
     key: &AccountKey,
     a: &Account,
@@ -567,6 +630,9 @@ pub fn account_to_pb(
         level_status: Some(level),
         earning_frozen: a.earning_frozen,
         spending_frozen: a.spending_frozen,
+        pending: a.pending(),
+        earnings_held: a.held.is_some(),
+        held_rule: a.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
         lots,
         position: Some(position),
         reservations: open

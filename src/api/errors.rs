@@ -52,6 +52,8 @@ pub fn code_of(reason: Reason) -> Code {
         | Reason::ReservationNotFound
         | Reason::LevelNotFound => Code::NotFound,
         Reason::InsufficientPoints
+        | Reason::EarnPending
+        | Reason::NothingPending
         | Reason::AccountFrozen
         | Reason::ReservationSettled
         | Reason::CaptureExceedsReservation

@@ -63,6 +63,9 @@ pub mod path {
     pub const RECORD_ACTIVITY: &str = "/points.v1.PointsLedger/RecordActivity";
     pub const PREVIEW_ACTIVITY: &str = "/points.v1.PointsLedger/PreviewActivity";
     pub const ADJUST_GROWTH: &str = "/points.v1.PointsLedger/AdjustGrowth";
+    pub const RELEASE_PENDING_POINTS: &str = "/points.v1.PointsLedger/ReleasePendingPoints";
+    pub const FORFEIT_PENDING_POINTS: &str = "/points.v1.PointsLedger/ForfeitPendingPoints";
+    pub const UNHOLD_ACCOUNT: &str = "/points.v1.PointsLedger/UnholdAccount";
     pub const SET_LEVEL: &str = "/points.v1.ProgrammeAdmin/SetLevel";
     pub const SUBMIT_BATCH: &str = "/points.v1.PointsLedger/SubmitBatch";
     pub const FREEZE_ACCOUNT: &str = "/points.v1.ProgrammeAdmin/FreezeAccount";

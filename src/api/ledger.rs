@@ -99,7 +99,23 @@ ledger_service! {
     expire: pb::ExpireRequest,
     adjust: pb::AdjustRequest,
     record_activity: pb::RecordActivityRequest,
-    adjust_growth: pb::AdjustGrowthRequest;
+    adjust_growth: pb::AdjustGrowthRequest,
+    release_pending_points: pb::ReleasePendingPointsRequest,
+    forfeit_pending_points: pb::ForfeitPendingPointsRequest,
+    unhold_account: pb::UnholdAccountRequest;
+
+    async fn list_pending_points(
+        &self,
+        req: Request<pb::ListPendingPointsRequest>,
+    ) -> Result<Response<pb::ListPendingPointsResponse>, Status> {
+        let key = validate::account(&req.get_ref().account)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
+        self.0.programme(&key.programme())?;
+        let position = self.0.view_position(&key);
+        let read = key.clone();
+        let account = self.0.read_views(move |views| Ok(queries::account(views, &read)?)).await?;
+        Ok(Response::new(convert::pending_to_pb(&account, position)))
+    }
 
     async fn preview_activity(
         &self,

@@ -326,7 +326,7 @@ pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
     if !(0..=PROGRAMME_VALIDITY_DAYS_MAX).contains(&p.level_window_days) {
         return Err(FieldError::new("programme.level_window_days", "must be 0 (lifetime) ..= 36500"));
     }
-    let risk = risk_rules_from_pb(&p.risk.unwrap_or_default())?;
+    let risk = risk_rules_from_pb(&p.risk.clone().unwrap_or_default())?;
     let earning_rules = earning_rules_from_pb(&p.earning_rules)?;
     let campaigns = campaigns_from_pb(&p.campaigns)?;
     let level_multipliers_percent = level_multipliers_from_pb(p)?;
@@ -618,6 +618,12 @@ fn risk_rules_from_pb(r: &pb::RiskRules) -> Result<RiskRules, FieldError> {
         member_addresses_minutes: minutes("member_addresses_minutes", r.member_addresses_minutes)?,
         member_daily_earn_alert: points("member_daily_earn_alert", r.member_daily_earn_alert)?,
         member_daily_spend_alert: points("member_daily_spend_alert", r.member_daily_spend_alert)?,
+        hold_earnings_on: RiskRules::holding_bits(r.hold_earnings_on.iter().map(String::as_str)).map_err(|name| {
+            FieldError::new(
+                "programme.risk.hold_earnings_on",
+                format!("{name:?} is not a rule that can hold: one of {}", crate::domain::HOLDING_RULES.join(", ")),
+            )
+        })?,
     };
     if (rules.dense_spend_count > 0) != (rules.dense_spend_minutes > 0) {
         return Err(FieldError::new(

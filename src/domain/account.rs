@@ -13,14 +13,38 @@ pub struct Lot {
     pub expires_at: Option<Millis>,
     /// An `ExpiryReminderDue` named it (a lot is reminded once).
     pub reminded: bool,
+    /// Earned while the member's earns were held: `remaining` is pending,
+    /// neither spendable nor due, until released (or forfeited).
+    pub pending: bool,
 }
 
 impl Lot {
-    /// Still to be reminded of its expiry: it has points left, an expiry and
-    /// no reminder yet.
+    /// Still to be reminded of its expiry: it has points left (not pending),
+    /// an expiry and no reminder yet.
     pub fn to_remind(&self) -> Option<Millis> {
-        self.expires_at.filter(|_| self.remaining > 0 && !self.reminded)
+        self.expires_at.filter(|_| self.remaining > 0 && !self.reminded && !self.pending)
     }
+
+    /// Points that can be spent (or expire): the rest, unless pending.
+    pub fn spendable(&self) -> Points {
+        if self.pending {
+            0
+        } else {
+            self.remaining
+        }
+    }
+
+    /// Its expiry while it has spendable points.
+    fn due(&self) -> Option<Millis> {
+        self.expires_at.filter(|_| self.spendable() > 0)
+    }
+}
+
+/// Why the member's new earns are held (`EarningsHeld`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EarningsHold {
+    pub rule: String,
+    pub alert_id: String,
 }
 
 /// What a later `ReverseEarn` needs to know about an earn.
@@ -111,6 +135,11 @@ pub struct Totals {
     /// Taken from lots or turned into debt by penalties (not what is
     /// written off).
     pub penalized: Points,
+    /// Earned while held (pending), released (then also `issued`) and
+    /// forfeited: held − released − forfeited is what is pending.
+    pub held: Points,
+    pub released: Points,
+    pub forfeited: Points,
 }
 
 impl Totals {
@@ -123,7 +152,13 @@ impl Totals {
             Some(())
         };
         match event {
-            Event::PointsEarned { granted, .. } => add(&mut t.issued, *granted)?,
+            Event::PointsEarned { granted, pending: false, .. } => add(&mut t.issued, *granted)?,
+            Event::PointsEarned { granted, pending: true, .. } => add(&mut t.held, *granted)?,
+            Event::PendingPointsReleased { points, .. } => {
+                add(&mut t.released, *points)?;
+                add(&mut t.issued, *points)?
+            }
+            Event::PendingPointsForfeited { points, .. } => add(&mut t.forfeited, *points)?,
             Event::PointsSpent { points, .. } | Event::ReservationCaptured { points, .. } => {
                 add(&mut t.spent, *points)?
             }
@@ -150,7 +185,10 @@ impl Totals {
             | Event::GrowthExpired { .. }
             | Event::LevelChanged { .. }
             | Event::SettlementSetAside { .. }
-            | Event::ExpiryReminderDue { .. } => {}
+            | Event::ExpiryReminderDue { .. }
+            | Event::AlertRaised { .. }
+            | Event::EarningsHeld { .. }
+            | Event::EarningsUnheld { .. } => {}
         }
         Some(t)
     }
@@ -205,6 +243,8 @@ pub struct Account {
     pub purchase_months: Vec<PurchaseMonth>,
     /// Programme day of the last `ExpiryReminderDue` (one a day at most).
     pub reminded_day: Option<i64>,
+    /// While set, new earns land as pending lots.
+    pub held: Option<EarningsHold>,
     /// RFM growth as of the last `GrowthEvaluated` (0 before any).
     pub rfm_growth: i64,
     /// Programme day of the first day of the last period evaluated.
@@ -221,7 +261,10 @@ pub struct Account {
 struct Sums {
     available: Points,
     reserved: Points,
-    /// Lots with points left (`LOTS_WITH_POINTS_MAX` bounds it).
+    /// In pending lots.
+    pending: Points,
+    /// Lots with points left, pending ones too (`LOTS_WITH_POINTS_MAX`
+    /// bounds it).
     lots_with_points: usize,
     growth_in_window: i64,
     /// How many lots with points left expire at each instant, open holds
@@ -292,6 +335,16 @@ impl Account {
         self.sums.reserved
     }
 
+    /// In pending lots (earned while held).
+    pub fn pending(&self) -> Points {
+        self.sums.pending
+    }
+
+    /// The pending lots, by id.
+    pub fn pending_lots(&self) -> impl Iterator<Item = (&String, &Lot)> {
+        self.lots.iter().filter(|(_, l)| l.pending && l.remaining > 0)
+    }
+
     /// How many lots have points left.
     pub fn lots_with_points(&self) -> usize {
         self.sums.lots_with_points
@@ -321,13 +374,14 @@ impl Account {
     /// The sums as the lots, reservations and earns give them, counted afresh.
     fn counted(&self) -> Sums {
         let mut s = Sums {
-            available: self.lots.values().map(|l| l.remaining).sum(),
+            available: self.lots.values().map(Lot::spendable).sum(),
+            pending: self.lots.values().filter(|l| l.pending).map(|l| l.remaining).sum(),
             reserved: self.reservations.values().map(ReservationRecord::held).sum(),
             lots_with_points: self.lots.values().filter(|l| l.remaining > 0).count(),
             growth_in_window: self.earns.values().map(EarnRecord::growth_in_window).sum(),
             ..Sums::default()
         };
-        for at in self.lots.values().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at) {
+        for at in self.lots.values().filter_map(Lot::due) {
             s.count_in(Due::Expiry, at);
         }
         for at in self.lots.values().filter_map(Lot::to_remind) {
@@ -350,7 +404,7 @@ impl Account {
 
     /// Lots with points in them, soonest-expiring first (never-expiring last).
     pub fn lots_fefo(&self) -> Vec<(&String, &Lot)> {
-        let mut lots: Vec<_> = self.lots.iter().filter(|(_, l)| l.remaining > 0).collect();
+        let mut lots: Vec<_> = self.lots.iter().filter(|(_, l)| l.spendable() > 0).collect();
         lots.sort_unstable_by_key(|(id, l)| (l.expires_at.unwrap_or(Millis::MAX), *id));
         lots
     }
@@ -382,8 +436,12 @@ impl Account {
     pub fn apply(&mut self, event: &Event) {
         self.totals = self.totals.after(event).expect("a total overflows: decide refuses such commands");
         match event {
-            Event::PointsEarned { lot_id, reason, granted, debt_repaid, expires_at, growth, day, .. } => {
-                self.credit_lot(lot_id, granted - debt_repaid, *expires_at);
+            Event::PointsEarned { lot_id, reason, granted, debt_repaid, expires_at, growth, day, pending, .. } => {
+                if *pending {
+                    self.credit_pending(lot_id, *granted, *expires_at);
+                } else {
+                    self.credit_lot(lot_id, granted - debt_repaid, *expires_at);
+                }
                 self.debt -= debt_repaid;
                 self.growth += growth;
                 let earn = EarnRecord {
@@ -537,6 +595,19 @@ impl Account {
                 self.debt += debt_added;
                 self.take_growth(growth_earns);
             }
+            Event::AlertRaised { .. } => {}
+            Event::EarningsHeld { rule, alert_id } => {
+                self.held = Some(EarningsHold { rule: rule.clone(), alert_id: alert_id.clone() })
+            }
+            Event::EarningsUnheld { .. } => self.held = None,
+            Event::PendingPointsReleased { lots, .. } => {
+                self.settle_pending(lots, true);
+                self.held = None;
+            }
+            Event::PendingPointsForfeited { lots, .. } => {
+                self.settle_pending(lots, false);
+                self.held = None;
+            }
         }
         self.events += 1;
         // Every lot recounted on every event: in debug builds, and only while
@@ -546,9 +617,42 @@ impl Account {
         }
     }
 
+    fn credit_pending(&mut self, lot_id: &str, points: Points, expires_at: Option<Millis>) {
+        if points > 0 {
+            let lot = Lot { earned: points, remaining: points, expires_at, reminded: false, pending: true };
+            let previous = self.lots.insert(lot_id.into(), lot);
+            assert!(previous.is_none(), "lot {lot_id} credited twice");
+            self.sums.pending += points;
+            self.sums.lots_with_points += 1;
+        }
+    }
+
+    /// Pending lots released (whole: they become ordinary lots) or
+    /// forfeited (whole: they are emptied).
+    fn settle_pending(&mut self, lots: &[LotAmount], release: bool) {
+        for l in lots {
+            let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
+            assert!(lot.pending && lot.remaining == l.points, "lot {} is not pending {}", l.lot_id, l.points);
+            lot.pending = false;
+            self.sums.pending -= l.points;
+            if release {
+                self.sums.available += l.points;
+                if let Some(at) = lot.expires_at {
+                    self.sums.count_in(Due::Expiry, at);
+                    if !lot.reminded {
+                        self.sums.count_in(Due::Reminder, at);
+                    }
+                }
+            } else {
+                lot.remaining = 0;
+                self.sums.lots_with_points -= 1;
+            }
+        }
+    }
+
     fn credit_lot(&mut self, lot_id: &str, points: Points, expires_at: Option<Millis>) {
         if points > 0 {
-            let lot = Lot { earned: points, remaining: points, expires_at, reminded: false };
+            let lot = Lot { earned: points, remaining: points, expires_at, reminded: false, pending: false };
             let previous = self.lots.insert(lot_id.into(), lot);
             assert!(previous.is_none(), "lot {lot_id} credited twice");
             self.sums.available += points;
@@ -563,6 +667,7 @@ impl Account {
     fn take(&mut self, lots: &[LotAmount]) {
         for l in lots {
             let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
+            assert!(!lot.pending || l.points == 0, "points taken from pending lot {}", l.lot_id);
             assert!(
                 l.points >= 0 && lot.remaining >= l.points,
                 "lot {} holds {} < {}",
@@ -588,6 +693,7 @@ impl Account {
         for l in lots {
             let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
             assert!(l.points >= 0, "negative points back into lot {}", l.lot_id);
+            assert!(!lot.pending || l.points == 0, "points given to pending lot {}", l.lot_id);
             if lot.remaining == 0 && l.points > 0 {
                 self.sums.lots_with_points += 1;
                 if let Some(at) = lot.expires_at {
@@ -704,6 +810,16 @@ impl Account {
             return Err(format!("growth is negative: {}", self.growth));
         }
         let t = &self.totals;
+        let pending = t.held - t.released - t.forfeited;
+        if pending != self.pending() {
+            return Err(format!(
+                "pending: held {} - released {} - forfeited {} = {pending} but the pending lots hold {}",
+                t.held,
+                t.released,
+                t.forfeited,
+                self.pending()
+            ));
+        }
         let movements =
             t.issued - t.spent + t.refunded - t.reversed - t.expired + t.adjusted_up - t.adjusted_down - t.penalized;
         let net = self.available() + self.reserved() - self.debt;

@@ -41,6 +41,8 @@ struct Sim<'a> {
     account: &'a Account,
     /// Lots touched or created: id → points remaining now.
     lots: Overlay<&'a str, Points>,
+    /// Lots made or settled pending by this record: id → pending now.
+    pending: Overlay<&'a str, bool>,
     /// Earns touched or created, as this record leaves them.
     earns: Overlay<&'a str, EarnSim>,
     /// Reservations made or settled by this record: id → points held (None once settled).
@@ -55,7 +57,7 @@ struct Sim<'a> {
     written_off_open: Points,
     growth: i64,
     /// The movements, summed as `apply` sums them (only overflow matters).
-    totals: [Points; 8],
+    totals: [Points; 11],
     day: i64,
     day_earned: Points,
 }
@@ -83,6 +85,9 @@ const EXPIRED: usize = 4;
 const ADJUSTED_UP: usize = 5;
 const ADJUSTED_DOWN: usize = 6;
 const PENALIZED: usize = 7;
+const HELD: usize = 8;
+const RELEASED: usize = 9;
+const FORFEITED: usize = 10;
 
 fn add(x: Points, d: Points, what: &str) -> Result<Points, String> {
     x.checked_add(d).ok_or_else(|| format!("{what} would overflow"))
@@ -118,6 +123,7 @@ impl<'a> Sim<'a> {
         Sim {
             account,
             lots: Overlay::default(),
+            pending: Overlay::default(),
             earns: Overlay::default(),
             reservations: Overlay::default(),
             spends: Overlay::default(),
@@ -127,7 +133,19 @@ impl<'a> Sim<'a> {
             debt: account.debt,
             written_off_open: account.written_off_open,
             growth: account.growth,
-            totals: [t.issued, t.spent, t.refunded, t.reversed, t.expired, t.adjusted_up, t.adjusted_down, t.penalized],
+            totals: [
+                t.issued,
+                t.spent,
+                t.refunded,
+                t.reversed,
+                t.expired,
+                t.adjusted_up,
+                t.adjusted_down,
+                t.penalized,
+                t.held,
+                t.released,
+                t.forfeited,
+            ],
             day: account.day,
             day_earned: account.day_earned,
         }
@@ -135,10 +153,24 @@ impl<'a> Sim<'a> {
 
     fn event(&mut self, event: &'a Event) -> Result<(), String> {
         match event {
-            Event::PointsEarned { lot_id, granted, debt_repaid, growth, day, .. } => {
+            Event::PointsEarned { lot_id, granted, debt_repaid, growth, day, pending: false, .. } => {
                 self.earn(lot_id, *granted, *debt_repaid, *growth)?;
                 self.count_day(*day, *granted)
             }
+            Event::PointsEarned { lot_id, granted, debt_repaid, growth, day, pending: true, .. } => {
+                self.earn_pending(lot_id, *granted, *debt_repaid, *growth)?;
+                self.count_day(*day, *granted)
+            }
+            Event::PendingPointsReleased { lots, points, .. } => {
+                equal(*points, self.settle_pending(lots, true)?, "the release")?;
+                self.movement(ISSUED, *points)?;
+                self.movement(RELEASED, *points)
+            }
+            Event::PendingPointsForfeited { lots, points, .. } => {
+                equal(*points, self.settle_pending(lots, false)?, "the forfeit")?;
+                self.movement(FORFEITED, *points)
+            }
+            Event::AlertRaised { .. } | Event::EarningsHeld { .. } | Event::EarningsUnheld { .. } => Ok(()),
             Event::PointsSpent { points, lots, spend_id, .. } => {
                 equal(*points, self.take(lots)?, "the spend")?;
                 self.spends.insert(spend_id, ());
@@ -224,9 +256,56 @@ impl<'a> Sim<'a> {
         self.lots.get(&id).copied().or_else(|| self.account.lots.get(id).map(|l| l.remaining))
     }
 
+    /// Whether a lot is pending as this record leaves it.
+    fn is_pending(&self, id: &str) -> bool {
+        self.pending.get(&id).copied().unwrap_or_else(|| self.account.lots.get(id).is_some_and(|l| l.pending))
+    }
+
+    /// Pending lots released or forfeited whole; returns their points.
+    fn settle_pending(&mut self, lots: &'a [LotAmount], release: bool) -> Result<Points, String> {
+        for l in lots {
+            let remaining = self.lot(&l.lot_id).ok_or_else(|| format!("no lot {}", l.lot_id))?;
+            if !self.is_pending(&l.lot_id) || remaining != l.points {
+                return Err(format!("lot {} is not pending {} points", l.lot_id, l.points));
+            }
+            self.pending.insert(&l.lot_id, false);
+            if release {
+                self.available = add(self.available, l.points, "available")?;
+            } else {
+                self.lots.insert(&l.lot_id, 0);
+            }
+        }
+        lots_sum(lots)
+    }
+
+    /// An earn while held: a pending lot, repaying nothing.
+    fn earn_pending(&mut self, id: &'a str, granted: Points, debt_repaid: Points, growth: i64) -> Result<(), String> {
+        if debt_repaid != 0 {
+            return Err("a pending earn repays debt".into());
+        }
+        non_negative(granted, "the earn")?;
+        if granted > 0 {
+            if self.lot(id).is_some() {
+                return Err(format!("lot {id} credited twice"));
+            }
+            self.lots.insert(id, granted);
+            self.pending.insert(id, true);
+        }
+        non_negative(growth, "growth")?;
+        self.growth = add(self.growth, growth, "growth")?;
+        if self.earn_state(id).is_some_and(|e| e.growth_in_window() > 0) {
+            return Err(format!("earn {id} recorded twice"));
+        }
+        self.earns.insert(id, EarnSim { reversed: 0, growth, growth_reversed: 0, growth_expired: 0 });
+        self.movement(HELD, granted)
+    }
+
     fn take(&mut self, lots: &'a [LotAmount]) -> Result<Points, String> {
         for l in lots {
             let remaining = self.lot(&l.lot_id).ok_or_else(|| format!("no lot {}", l.lot_id))?;
+            if l.points > 0 && self.is_pending(&l.lot_id) {
+                return Err(format!("lot {} is pending", l.lot_id));
+            }
             if l.points < 0 || remaining < l.points {
                 return Err(format!("lot {} holds {remaining}, not {}", l.lot_id, l.points));
             }
@@ -240,6 +319,9 @@ impl<'a> Sim<'a> {
         for l in lots {
             let remaining = self.lot(&l.lot_id).ok_or_else(|| format!("no lot {}", l.lot_id))?;
             non_negative(l.points, &format!("points back into lot {}", l.lot_id))?;
+            if l.points > 0 && self.is_pending(&l.lot_id) {
+                return Err(format!("lot {} is pending", l.lot_id));
+            }
             self.lots.insert(&l.lot_id, add(remaining, l.points, "a lot")?);
             self.available = add(self.available, l.points, "available")?;
         }
@@ -685,6 +767,7 @@ mod tests {
             expires_at: None,
             growth: 0,
             day: 0,
+            pending: false,
         };
         let why = admissible(&member(), &[earn("huge")]).unwrap_err();
         assert!(why.contains("overflow"), "{why}");
@@ -716,6 +799,7 @@ mod tests {
                 expires_at: b.then_some(T0),
                 growth: n,
                 day: 1,
+                pending: false,
             },
             1 => Event::PointsSpent { spend_id: id, order_ref: None, points: n, lots: l },
             2 => {

@@ -375,7 +375,7 @@ fn reminders(
         .iter()
         .filter_map(|(id, l)| {
             let points = l.remaining + restored.get(id.as_str()).copied().unwrap_or(0);
-            let at = l.expires_at.filter(|at| !l.reminded && points > 0 && *at > now && gate(*at))?;
+            let at = l.expires_at.filter(|at| !l.reminded && !l.pending && points > 0 && *at > now && gate(*at))?;
             Some(LotExpiry { lot_id: id.clone(), points, expires_at: at })
         })
         .take(DUE_ITEMS_PER_RECORD_MAX)
@@ -447,7 +447,7 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
         account
             .lots
             .iter()
-            .filter(|(_, l)| l.expires_at.is_some_and(|at| at <= now))
+            .filter(|(_, l)| !l.pending && l.expires_at.is_some_and(|at| at <= now))
             .map(|(id, l)| LotAmount::new(id, l.remaining + restored.get(id.as_str()).copied().unwrap_or(0)))
             .filter(|l| l.points > 0)
             .take(DUE_ITEMS_PER_RECORD_MAX + 1)
@@ -519,7 +519,7 @@ fn take_fefo(account: &Account, points: Points) -> Vec<LotAmount> {
     let mut lots: std::collections::BinaryHeap<Reverse<(Millis, &String, Points)>> = account
         .lots
         .iter()
-        .filter(|(_, l)| l.remaining > 0)
+        .filter(|(_, l)| l.spendable() > 0)
         .map(|(id, l)| Reverse((l.expires_at.unwrap_or(Millis::MAX), id, l.remaining)))
         .collect();
     let mut left = points;
@@ -633,8 +633,60 @@ impl Decision<'_> {
                     reason: reason.clone(),
                 }])
             }
+            CommandBody::RaiseAlert { alert_id, rule, detail, hold } => self.raise_alert(alert_id, rule, detail, *hold),
+            CommandBody::ReleasePending { operator, reason } => self.settle_pending(operator, reason, true),
+            CommandBody::ForfeitPending { operator, reason } => self.settle_pending(operator, reason, false),
+            CommandBody::Unhold { operator, reason } => {
+                needs_operator_and_reason(operator, reason)?;
+                if self.account.held.is_none() {
+                    return Err(Rejection::new(Reason::NothingPending, "the account's earns are not held"));
+                }
+                Ok(vec![Event::EarningsUnheld { operator: operator.clone(), reason: reason.clone() }])
+            }
             CommandBody::Tick => Ok(Vec::new()),
         }
+    }
+
+    /// The alert as an event of the member's, and the hold it puts on new
+    /// earns (unless they are held already).
+    fn raise_alert(&self, alert_id: &str, rule: &str, detail: &str, hold: bool) -> Result<Vec<Event>, Rejection> {
+        if alert_id.is_empty() || rule.is_empty() {
+            return Err(Rejection::field(Reason::MissingField, "alert_id", "an alert needs its id and rule"));
+        }
+        let mut events =
+            vec![Event::AlertRaised { alert_id: alert_id.into(), rule: rule.into(), detail: detail.into() }];
+        if hold && self.account.held.is_none() {
+            events.push(Event::EarningsHeld { rule: rule.into(), alert_id: alert_id.into() });
+        }
+        Ok(events)
+    }
+
+    /// Releases (into ordinary lots, then what returning points owes:
+    /// recovery, expiry of lots whose time is up) or forfeits the pending
+    /// lots, at most a record's worth (repeat for the rest); lifts the hold.
+    fn settle_pending(&self, operator: &str, reason: &str, release: bool) -> Result<Vec<Event>, Rejection> {
+        needs_operator_and_reason(operator, reason)?;
+        let lots: Vec<LotAmount> = self
+            .account
+            .pending_lots()
+            .take(DUE_ITEMS_PER_RECORD_MAX)
+            .map(|(id, l)| LotAmount::new(id, l.remaining))
+            .collect();
+        if lots.is_empty() && self.account.held.is_none() {
+            return Err(Rejection::new(
+                Reason::NothingPending,
+                "nothing is pending and the account's earns are not held",
+            ));
+        }
+        let points = sum(&lots);
+        let (operator, reason) = (operator.to_string(), reason.to_string());
+        if !release {
+            return Ok(vec![Event::PendingPointsForfeited { lots, points, operator, reason }]);
+        }
+        self.account.totals.issued.checked_add(points).ok_or_else(|| overflow("issued points"))?;
+        self.account.available().checked_add(points).ok_or_else(|| overflow("the balance"))?;
+        let back = self.returned(&lots);
+        Ok(std::iter::once(Event::PendingPointsReleased { lots, points, operator, reason }).chain(back).collect())
     }
 
     fn earn(
@@ -673,7 +725,9 @@ impl Decision<'_> {
             ));
         }
         let granted = allowed;
-        let debt_repaid = granted.min(self.account.debt);
+        // Held earns repay nothing until they are released.
+        let pending = self.account.held.is_some();
+        let debt_repaid = if pending { 0 } else { granted.min(self.account.debt) };
         if granted > debt_repaid && self.account.lots_with_points() >= LOTS_WITH_POINTS_MAX {
             return Err(Rejection::new(
                 Reason::TooManyLots,
@@ -684,6 +738,7 @@ impl Decision<'_> {
         }
         self.account.available().checked_add(granted).ok_or_else(|| overflow("the balance"))?;
         self.account.totals.issued.checked_add(granted).ok_or_else(|| overflow("issued points"))?;
+        self.account.totals.held.checked_add(granted).ok_or_else(|| overflow("held points"))?;
         self.account.growth.checked_add(growth).ok_or_else(|| overflow("growth"))?;
         Ok(vec![Event::PointsEarned {
             lot_id: self.request_id.into(),
@@ -696,6 +751,7 @@ impl Decision<'_> {
             expires_at: expires_at.or_else(|| lot_expiry(p, self.now)),
             growth,
             day,
+            pending,
         }])
     }
 
@@ -962,6 +1018,12 @@ impl Decision<'_> {
         let earn = self.account.earns.get(earn_id).ok_or_else(|| {
             Rejection::field(Reason::EarnNotFound, "earn_request_id", format!("no earn {earn_id} on this account"))
         })?;
+        if self.account.lots.get(earn_id).is_some_and(|l| l.pending && l.remaining > 0) {
+            return Err(Rejection::new(
+                Reason::EarnPending,
+                format!("earn {earn_id} is pending (the member's earns are held): release or forfeit it first"),
+            ));
+        }
         let reversible = earn.points - earn.reversed;
         if points > reversible {
             return Err(Rejection::new(
@@ -979,7 +1041,7 @@ impl Decision<'_> {
         // The earn's own lot first, then the other lots soonest-expiring first.
         let mut taken = Vec::new();
         let mut left = points;
-        let own = self.account.lots.get(earn_id).map(|l| l.remaining).unwrap_or(0);
+        let own = self.account.lots.get(earn_id).map(|l| l.spendable()).unwrap_or(0);
         if own > 0 {
             let p = left.min(own);
             taken.push(LotAmount::new(earn_id, p));
@@ -1261,4 +1323,15 @@ impl Decision<'_> {
         }
         Ok(())
     }
+}
+
+fn needs_operator_and_reason(operator: &str, reason: &str) -> Result<(), Rejection> {
+    if operator.is_empty() || reason.is_empty() {
+        return Err(Rejection::field(
+            Reason::MissingField,
+            if operator.is_empty() { "operator" } else { "reason" },
+            "an operator and a reason are required",
+        ));
+    }
+    Ok(())
 }

@@ -142,6 +142,24 @@ pub fn fingerprint(command: &Command) -> u64 {
             h.str(operator);
             h.str(reason);
         }
+        CommandBody::RaiseAlert { alert_id, rule, detail, hold } => {
+            h.str("raise_alert");
+            h.str(alert_id);
+            h.str(rule);
+            h.str(detail);
+            h.flag(*hold);
+        }
+        CommandBody::ReleasePending { operator, reason }
+        | CommandBody::ForfeitPending { operator, reason }
+        | CommandBody::Unhold { operator, reason } => {
+            h.str(match command.body {
+                CommandBody::ReleasePending { .. } => "release_pending",
+                CommandBody::ForfeitPending { .. } => "forfeit_pending",
+                _ => "unhold",
+            });
+            h.str(operator);
+            h.str(reason);
+        }
         CommandBody::Tick => h.str("tick"),
     }
     let ctx = &command.context;
@@ -201,6 +219,9 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
         // The spending-side threshold came later: hashed only when set.
         if r.member_daily_spend_alert != 0 {
             h.i64(r.member_daily_spend_alert);
+        }
+        if r.hold_earnings_on != 0 {
+            h.u64(u64::from(r.hold_earnings_on) | 1 << 32);
         }
     }
     // Hashed only when set, as the risk thresholds.

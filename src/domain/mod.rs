@@ -23,7 +23,7 @@ mod vecmap;
 use std::collections::BTreeMap;
 
 pub use account::{
-    Account, EarnRecord, Lot, PurchaseMonth, ReservationRecord, ReservationStatus, SpendRecord, Totals,
+    Account, EarnRecord, EarningsHold, Lot, PurchaseMonth, ReservationRecord, ReservationStatus, SpendRecord, Totals,
     PURCHASE_MONTHS_KEPT,
 };
 pub use admit::admissible;
@@ -172,6 +172,32 @@ pub struct RiskRules {
     pub member_daily_earn_alert: Points,
     /// A member's spending in a day reaching this.
     pub member_daily_spend_alert: Points,
+    /// The rules whose alert also holds the member's new earns, one bit
+    /// each in the order of [`HOLDING_RULES`].
+    pub hold_earnings_on: u8,
+}
+
+/// The rules an alert of which may hold a member's earns.
+pub const HOLDING_RULES: [&str; 5] =
+    ["dense_spend", "shared_address", "member_addresses", "member_daily_earn", "member_daily_spend"];
+
+impl RiskRules {
+    /// Whether an alert of `rule` holds the member's new earns.
+    pub fn holds(&self, rule: &str) -> bool {
+        HOLDING_RULES.iter().position(|r| *r == rule).is_some_and(|i| self.hold_earnings_on & (1 << i) != 0)
+    }
+
+    /// The holding rules by name, in [`HOLDING_RULES`] order.
+    pub fn holding_rules(&self) -> Vec<String> {
+        HOLDING_RULES.iter().filter(|r| self.holds(r)).map(|r| r.to_string()).collect()
+    }
+
+    /// The bits of `names` (`Err`: a name that is not a holding rule).
+    pub fn holding_bits<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<u8, &'a str> {
+        names.into_iter().try_fold(0u8, |bits, name| {
+            HOLDING_RULES.iter().position(|r| *r == name).map(|i| bits | (1 << i)).ok_or(name)
+        })
+    }
 }
 
 impl Programme {
@@ -311,6 +337,32 @@ pub enum CommandBody {
         operator: String,
         reason: String,
     },
+    /// An alert the risk view raised for this member (its request id is
+    /// `alert:<alert_id>`, so raising it again changes nothing); with
+    /// `hold`, the member's new earns are held from then on.
+    RaiseAlert {
+        alert_id: String,
+        rule: String,
+        detail: String,
+        hold: bool,
+    },
+    /// The member's pending points become ordinary lots (with their original
+    /// expiry), and the hold on new earns is lifted.
+    ReleasePending {
+        operator: String,
+        reason: String,
+    },
+    /// The member's pending points are forfeited, and the hold on new earns
+    /// is lifted.
+    ForfeitPending {
+        operator: String,
+        reason: String,
+    },
+    /// The hold on new earns is lifted; pending points stay pending.
+    Unhold {
+        operator: String,
+        reason: String,
+    },
     /// Issued by the writer's scheduler: expire due lots and time out due
     /// reservations. Never sent by callers.
     Tick,
@@ -379,6 +431,9 @@ pub enum Event {
         growth: i64,
         /// Programme day of the earn, for daily caps.
         day: i64,
+        /// The member's earns were held (`EarningsHeld`): the lot is
+        /// pending, not spendable and not issued until released.
+        pending: bool,
     },
     PointsSpent {
         spend_id: String,
@@ -566,6 +621,39 @@ pub enum Event {
         /// Programme day of the reminder (an account gets one a day at most).
         day: i64,
     },
+    /// An alert rule fired for this member (`alert_id` as `ListAlerts`
+    /// names it). Moves nothing.
+    AlertRaised {
+        alert_id: String,
+        rule: String,
+        detail: String,
+    },
+    /// From now on the member's earns land as pending lots.
+    EarningsHeld {
+        /// The rule whose alert holds them, and the alert.
+        rule: String,
+        alert_id: String,
+    },
+    /// The hold on new earns is lifted (pending lots stay pending).
+    EarningsUnheld {
+        operator: String,
+        reason: String,
+    },
+    /// Pending lots became ordinary lots (their original expiry): issued
+    /// now. Lifts the hold.
+    PendingPointsReleased {
+        lots: Vec<LotAmount>,
+        points: Points,
+        operator: String,
+        reason: String,
+    },
+    /// Pending lots were forfeited: never issued. Lifts the hold.
+    PendingPointsForfeited {
+        lots: Vec<LotAmount>,
+        points: Points,
+        operator: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -573,7 +661,13 @@ impl Event {
     /// (the member's net balance), for statements and books.
     pub fn net_delta(&self) -> Points {
         match self {
-            Event::PointsEarned { granted, .. } => *granted,
+            Event::PointsEarned { granted, pending: false, .. } => *granted,
+            Event::PointsEarned { pending: true, .. } => 0,
+            Event::PendingPointsReleased { points, .. } => *points,
+            Event::PendingPointsForfeited { .. }
+            | Event::AlertRaised { .. }
+            | Event::EarningsHeld { .. }
+            | Event::EarningsUnheld { .. } => 0,
             Event::PointsSpent { points, .. } => -points,
             Event::PointsReserved { .. } | Event::ReservationReleased { .. } => 0,
             Event::ReservationCaptured { points, .. } => -points,
@@ -618,6 +712,11 @@ impl Event {
             Event::GrowthAdjusted { .. } => "GrowthAdjusted",
             Event::LevelHeld { .. } => "LevelHeld",
             Event::ExpiryReminderDue { .. } => "ExpiryReminderDue",
+            Event::AlertRaised { .. } => "AlertRaised",
+            Event::EarningsHeld { .. } => "EarningsHeld",
+            Event::EarningsUnheld { .. } => "EarningsUnheld",
+            Event::PendingPointsReleased { .. } => "PendingPointsReleased",
+            Event::PendingPointsForfeited { .. } => "PendingPointsForfeited",
         }
     }
 }
@@ -650,6 +749,10 @@ pub enum Reason {
     GrowthReversalExceedsEarn,
     OrderShareExceeded,
     TooManyLots,
+    /// The earn is pending (held): release or forfeit it first.
+    EarnPending,
+    /// Nothing is pending and the account is not held.
+    NothingPending,
     /// The action's earning rules are disabled or outside their window.
     EarningRuleNotActive,
     /// More is due than one record holds; the scheduler is settling it.
@@ -685,6 +788,8 @@ impl Reason {
             Reason::GrowthReversalExceedsEarn => "GROWTH_REVERSAL_EXCEEDS_EARN",
             Reason::OrderShareExceeded => "ORDER_SHARE_EXCEEDED",
             Reason::TooManyLots => "TOO_MANY_LOTS",
+            Reason::EarnPending => "EARN_PENDING",
+            Reason::NothingPending => "NOTHING_PENDING",
             Reason::SettlingDue => "SETTLING_DUE",
             Reason::DailyEarnCapReached => "DAILY_EARN_CAP_REACHED",
             Reason::ActionDailyCapReached => "ACTION_DAILY_CAP_REACHED",
@@ -720,6 +825,8 @@ mod props;
 mod tests;
 #[cfg(test)]
 mod activity_tests;
+#[cfg(test)]
+mod pending_tests;
 #[cfg(test)]
 mod reminder_tests;
 #[cfg(test)]

@@ -110,6 +110,8 @@ fn opening_partial(previous: Option<&state::DailyBook>, partition: u32) -> state
         b.closing_balance = p.closing_balance;
         b.debt = p.debt;
         b.reserved = p.reserved;
+        b.opening_pending = p.pending;
+        b.pending = p.pending;
     }
     b.partitions = vec![state::BookPartition { partition, chain: chain_start(), ..Default::default() }];
     b
@@ -135,6 +137,10 @@ struct Movements {
     closing_balance: Points,
     debt: Points,
     reserved: Points,
+    pending: Points,
+    pending_earned: Points,
+    pending_released: Points,
+    pending_forfeited: Points,
 }
 
 impl Movements {
@@ -152,6 +158,10 @@ impl Movements {
             closing_balance: b.closing_balance,
             debt: b.debt,
             reserved: b.reserved,
+            pending: b.pending,
+            pending_earned: b.pending_earned,
+            pending_released: b.pending_released,
+            pending_forfeited: b.pending_forfeited,
         }
     }
 
@@ -168,6 +178,10 @@ impl Movements {
         b.closing_balance = self.closing_balance;
         b.debt = self.debt;
         b.reserved = self.reserved;
+        b.pending = self.pending;
+        b.pending_earned = self.pending_earned;
+        b.pending_released = self.pending_released;
+        b.pending_forfeited = self.pending_forfeited;
     }
 }
 
@@ -181,6 +195,20 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
         Some(())
     }
     match event {
+        Event::PointsEarned { granted, pending: true, .. } => {
+            add(&mut b.pending_earned, *granted)?;
+            add(&mut b.pending, *granted)?;
+        }
+        Event::PendingPointsReleased { points, lots: l, .. } => {
+            add(&mut b.issued, *points)?;
+            add(&mut b.pending_released, *points)?;
+            add(&mut b.closing_balance, lots(l)?)?;
+            add(&mut b.pending, -lots(l)?)?;
+        }
+        Event::PendingPointsForfeited { points, lots: l, .. } => {
+            add(&mut b.pending_forfeited, *points)?;
+            add(&mut b.pending, -lots(l)?)?;
+        }
         Event::PointsEarned { granted, debt_repaid, .. } => {
             add(&mut b.issued, *granted)?;
             add(&mut b.closing_balance, granted.checked_sub(*debt_repaid)?)?;
@@ -243,7 +271,10 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
         | Event::GrowthEvaluated { .. }
         | Event::GrowthAdjusted { .. }
         | Event::LevelHeld { .. }
-        | Event::ExpiryReminderDue { .. } => {}
+        | Event::ExpiryReminderDue { .. }
+        | Event::AlertRaised { .. }
+        | Event::EarningsHeld { .. }
+        | Event::EarningsUnheld { .. } => {}
     }
     Some(())
 }
@@ -465,7 +496,10 @@ pub fn identity_holds(b: &state::DailyBook) -> bool {
             [b.issued, -b.spent, b.refunded, -b.reversed, -b.expired, b.adjusted_up, -b.adjusted_down, -b.penalized]
                 .iter()
                 .try_fold(b.opening_balance.checked_sub(b.opening_debt)?, |s, x| s.checked_add(*x));
-        Some(lhs? == b.closing_balance.checked_sub(b.debt)?)
+        let pending = [b.pending_earned, -b.pending_released, -b.pending_forfeited]
+            .iter()
+            .try_fold(b.opening_pending, |s, x| s.checked_add(*x));
+        Some(lhs? == b.closing_balance.checked_sub(b.debt)? && pending? == b.pending)
     };
     holds().unwrap_or(false)
 }
@@ -497,7 +531,11 @@ pub fn daily_book(
         if d == day {
             sum(&mut total.opening_balance, partial.opening_balance)?;
             sum(&mut total.opening_debt, partial.opening_debt)?;
+            sum(&mut total.opening_pending, partial.opening_pending)?;
             for (t, x) in [
+                (&mut total.pending_earned, partial.pending_earned),
+                (&mut total.pending_released, partial.pending_released),
+                (&mut total.pending_forfeited, partial.pending_forfeited),
                 (&mut total.issued, partial.issued),
                 (&mut total.spent, partial.spent),
                 (&mut total.refunded, partial.refunded),
@@ -526,7 +564,9 @@ pub fn daily_book(
         } else {
             sum(&mut total.opening_balance, partial.closing_balance)?;
             sum(&mut total.opening_debt, partial.debt)?;
+            sum(&mut total.opening_pending, partial.pending)?;
         }
+        sum(&mut total.pending, partial.pending)?;
         sum(&mut total.closing_balance, partial.closing_balance)?;
         sum(&mut total.debt, partial.debt)?;
         sum(&mut total.reserved, partial.reserved)?;

@@ -302,5 +302,5 @@ pub fn verify(
     if rebuilt.digest()? == live.digest()? {
         return Ok((folded, None));
     }
-    Ok((folded, crate::tools::audit::first_difference(live, &rebuilt, store::BOOK_CFS)?))
+    Ok((folded, crate::tools::audit::first_difference(live, &rebuilt, store::BOOK_DIGEST_CFS)?))
 }

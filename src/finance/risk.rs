@@ -94,6 +94,16 @@ fn alert_row(p: &ProgrammeKey, at: Millis, partition: u32, offset: u64, rule: &s
     k
 }
 
+/// A member's alert to raise in their partition (`Cf::Outbox`): partition,
+/// account, alert id. Written when the rule fires, deleted when the fold
+/// meets the member's `AlertRaised` of it ([`crate::finance::raiser`]).
+pub fn outbox_row(partition: u32, a: &AccountKey, alert_id: &str) -> Vec<u8> {
+    let mut k = partition.to_be_bytes().to_vec();
+    k.extend_from_slice(&store::account_key(a));
+    k.extend_from_slice(alert_id.as_bytes());
+    k
+}
+
 fn programme_of(a: &AccountKey) -> ProgrammeKey {
     ProgrammeKey { tenant_id: a.tenant_id.clone(), programme_id: a.programme_id.clone() }
 }
@@ -119,6 +129,8 @@ pub struct RiskFold {
     issuance: HashMap<(ProgrammeKey, i64), i64>,
     shared: BTreeMap<Vec<u8>, Vec<u8>>,
     alerts: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Members' alerts to raise (Some) or raised (None): `Cf::Outbox`.
+    outbox: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Accounts kept at most; over it, the cache starts again empty.
     max: usize,
     /// A rebuild into an empty database ([`RiskFold::rebuild`]).
@@ -137,6 +149,7 @@ impl Default for RiskFold {
             issuance: HashMap::new(),
             shared: BTreeMap::new(),
             alerts: BTreeMap::new(),
+            outbox: BTreeMap::new(),
             max: RISK_CACHE_ACCOUNTS,
             rebuild: false,
             nothing_written: false,
@@ -364,7 +377,14 @@ impl RiskFold {
 
     /// The programme's issuance of the day and, per address, the first earn
     /// of each member: the facts the programme-wide rules read.
-    fn count_earn(&mut self, db: &Db, t: &Trigger, earned: i64, addresses: &[String]) -> Result<(), StoreError> {
+    fn count_earn(
+        &mut self,
+        db: &Db,
+        rules: &RiskRules,
+        t: &Trigger,
+        earned: i64,
+        addresses: &[String],
+    ) -> Result<(), StoreError> {
         let pk = programme_of(t.key);
         let sum = self.issuance.entry((pk.clone(), t.day)).or_insert(i64::MIN);
         if *sum == i64::MIN {
@@ -380,8 +400,63 @@ impl RiskFold {
                 let mut v = t.at.to_be_bytes().to_vec();
                 v.extend_from_slice(&t.partition.to_be_bytes());
                 v.extend_from_slice(&t.offset.to_be_bytes());
-                self.shared.insert(row, v);
+                self.shared.insert(row.clone(), v);
+                self.raise_shared(db, rules, t, a, &row)?;
             }
+        }
+        Ok(())
+    }
+
+    /// A member's first earn of the day from an address that has now earned
+    /// for more than the rule's members: the member's `shared_address` alert
+    /// to raise in their partition, and, when this member is the one that
+    /// crossed, those of the members before. Each alert's time is that
+    /// member's first earn from the address that day, so its id is the same
+    /// whichever partition's fold sees the crossing first. (The listed
+    /// alert is computed when alerts are listed, from the same rows.)
+    fn raise_shared(
+        &mut self,
+        db: &Db,
+        rules: &RiskRules,
+        t: &Trigger,
+        address: &str,
+        row: &[u8],
+    ) -> Result<(), StoreError> {
+        let n = rules.shared_address_members as usize;
+        if n == 0 || !rules.holds("shared_address") {
+            return Ok(());
+        }
+        let pk = programme_of(t.key);
+        let mut prefix = day_prefix(b's', &pk, t.day);
+        prefix.extend_from_slice(address.as_bytes());
+        prefix.push(0);
+        let mut members: BTreeMap<Vec<u8>, Vec<u8>> = db.scan(Cf::Risk, &prefix, &prefix, n + 2)?.into_iter().collect();
+        members.extend(
+            self.shared
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        if members.len() <= n {
+            return Ok(());
+        }
+        let crossed = members.len() == n + 1;
+        for (k, v) in members.iter().filter(|(k, _)| crossed || k.as_slice() == row) {
+            let member = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let (Some(at), Some(partition)) = (v.get(..8), v.get(8..12)) else { continue };
+            let at = i64::from_be_bytes(at.try_into().expect("eight bytes"));
+            let partition = u32::from_be_bytes(partition.try_into().expect("four bytes"));
+            let account = AccountKey::new(&pk.tenant_id, &pk.programme_id, &member);
+            let alert = state::Alert {
+                rule: "shared_address".into(),
+                at: Some(crate::log::codec::instant(at)),
+                accounts: vec![crate::log::codec::account_key_to_wire(&account)],
+                figures: [("threshold".to_string(), n as i64)].into_iter().collect(),
+                events: Vec::new(),
+                subject: address.to_string(),
+                date: date_of(t.day),
+            };
+            self.outbox.insert(outbox_row(partition, &account, &alert_id(&alert)), Some(store::encode_row(&alert)));
         }
         Ok(())
     }
@@ -424,12 +499,19 @@ impl RiskFold {
         .flatten()
         .collect();
         if m.earned > 0 {
-            self.count_earn(db, &t, m.earned, &addresses)?;
+            self.count_earn(db, &rules, &t, m.earned, &addresses)?;
         }
 
         let pk = programme_of(&record.account);
         for a in alerts {
+            let raise = outbox_row(partition, &record.account, &alert_id(&a));
+            self.outbox.insert(raise, Some(store::encode_row(&a)));
             self.alerts.insert(alert_row(&pk, t.at, partition, offset, &a.rule), store::encode_row(&a));
+        }
+        for e in &record.events {
+            if let Event::AlertRaised { alert_id, .. } = e {
+                self.outbox.insert(outbox_row(partition, &record.account, alert_id), None);
+            }
         }
         Ok(())
     }
@@ -498,6 +580,9 @@ impl RiskFold {
         }
         for (k, v) in std::mem::take(&mut self.alerts) {
             batch.put(Cf::Alerts, &k, &v);
+        }
+        for (k, v) in std::mem::take(&mut self.outbox) {
+            batch.put_or_delete(Cf::Outbox, k, v);
         }
     }
 
@@ -712,6 +797,7 @@ mod tests {
                         expires_at: None,
                         growth: 1,
                         day: 0,
+                        pending: false,
                     }
                 };
                 AccountRecord {

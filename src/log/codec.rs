@@ -116,7 +116,9 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
             expires_at,
             growth,
             day,
+            pending,
         } => WireEvent::PointsEarned(wire::PointsEarned {
+            pending,
             lot_id,
             reason,
             order_ref: order_ref.unwrap_or_default(),
@@ -284,6 +286,29 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
                 growth_earns: lots_to_wire(growth_earns),
             })
         }
+        Event::AlertRaised { alert_id, rule, detail } => {
+            WireEvent::AlertRaised(wire::AlertRaised { alert_id, rule, detail })
+        }
+        Event::EarningsHeld { rule, alert_id } => WireEvent::EarningsHeld(wire::EarningsHeld { rule, alert_id }),
+        Event::EarningsUnheld { operator, reason } => {
+            WireEvent::EarningsUnheld(wire::EarningsUnheld { operator, reason })
+        }
+        Event::PendingPointsReleased { lots, points, operator, reason } => {
+            WireEvent::PendingPointsReleased(wire::PendingPointsReleased {
+                lots: lots_to_wire(lots),
+                points,
+                operator,
+                reason,
+            })
+        }
+        Event::PendingPointsForfeited { lots, points, operator, reason } => {
+            WireEvent::PendingPointsForfeited(wire::PendingPointsForfeited {
+                lots: lots_to_wire(lots),
+                points,
+                operator,
+                reason,
+            })
+        }
     };
     wire::LedgerEvent { event: Some(event) }
 }
@@ -301,6 +326,7 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             expires_at: opt_at(x.expires_at_ms),
             growth: x.growth,
             day: x.day,
+            pending: x.pending,
         },
         WireEvent::PointsSpent(x) => Event::PointsSpent {
             order_ref: opt_str(&x.order_ref),
@@ -440,6 +466,21 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             written_off: x.written_off,
             growth: x.growth,
             growth_earns: lots_from_wire(x.growth_earns),
+        },
+        WireEvent::AlertRaised(x) => Event::AlertRaised { alert_id: x.alert_id, rule: x.rule, detail: x.detail },
+        WireEvent::EarningsHeld(x) => Event::EarningsHeld { rule: x.rule, alert_id: x.alert_id },
+        WireEvent::EarningsUnheld(x) => Event::EarningsUnheld { operator: x.operator, reason: x.reason },
+        WireEvent::PendingPointsReleased(x) => Event::PendingPointsReleased {
+            lots: lots_from_wire(x.lots),
+            points: x.points,
+            operator: x.operator,
+            reason: x.reason,
+        },
+        WireEvent::PendingPointsForfeited(x) => Event::PendingPointsForfeited {
+            lots: lots_from_wire(x.lots),
+            points: x.points,
+            operator: x.operator,
+            reason: x.reason,
         },
     })
 }
@@ -668,6 +709,7 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             member_addresses_minutes: p.risk.member_addresses_minutes as i32,
             member_daily_earn_alert: p.risk.member_daily_earn_alert,
             member_daily_spend_alert: p.risk.member_daily_spend_alert,
+            hold_earnings_on: p.risk.holding_rules(),
         }),
     }
 }
@@ -838,6 +880,12 @@ fn risk_rules_from_wire(r: &wire::RiskRules) -> RiskRules {
         member_addresses_minutes: unsigned(r.member_addresses_minutes),
         member_daily_earn_alert: r.member_daily_earn_alert,
         member_daily_spend_alert: r.member_daily_spend_alert,
+        // A name this build does not know holds nothing.
+        hold_earnings_on: r
+            .hold_earnings_on
+            .iter()
+            .filter_map(|n| RiskRules::holding_bits([n.as_str()]).ok())
+            .fold(0, |a, b| a | b),
     }
 }
 

@@ -116,11 +116,18 @@ pub struct Balance {
     pub reserved: i64,
     pub debt: i64,
     pub growth: i64,
+    pub pending: i64,
 }
 
 impl Balance {
     pub fn of(a: &crate::domain::Account) -> Balance {
-        Balance { available: a.available(), reserved: a.reserved(), debt: a.debt, growth: a.growth }
+        Balance {
+            available: a.available(),
+            reserved: a.reserved(),
+            debt: a.debt,
+            growth: a.growth,
+            pending: a.pending(),
+        }
     }
 }
 

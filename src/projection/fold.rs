@@ -140,7 +140,7 @@ pub fn view_rows(
     // expiry never changes, so neither does its key).
     let mut expiring = |id: &str, lot: &Lot| {
         if let Some(at) = lot.expires_at {
-            let value = (lot.remaining > 0).then(|| lot.remaining.to_be_bytes().to_vec());
+            let value = (lot.spendable() > 0).then(|| lot.spendable().to_be_bytes().to_vec());
             rows.push((Cf::Expiring, expiring_key(key, at, id), value));
         }
     };
@@ -395,8 +395,8 @@ type ExpiringLots = std::collections::BTreeMap<(Millis, String), i64>;
 fn expiring_lots(a: &Account) -> ExpiringLots {
     a.lots
         .iter()
-        .filter(|(_, l)| l.remaining > 0)
-        .filter_map(|(id, l)| Some(((l.expires_at?, id.clone()), l.remaining)))
+        .filter(|(_, l)| l.spendable() > 0)
+        .filter_map(|(id, l)| Some(((l.expires_at?, id.clone()), l.spendable())))
         .collect()
 }
 

@@ -115,6 +115,10 @@ impl Changed {
             Event::PointsRecovered { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
             Event::PointsExpired { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
             Event::ExpiryReminderDue { lots, .. } => lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id)),
+            Event::PendingPointsReleased { lots, .. } | Event::PendingPointsForfeited { lots, .. } => {
+                lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id))
+            }
+            Event::AlertRaised { .. } | Event::EarningsHeld { .. } | Event::EarningsUnheld { .. } => {}
             Event::PointsAdjusted { adjustment_id, lots, .. } => {
                 piece(Piece::Lot, adjustment_id);
                 lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));
@@ -438,6 +442,7 @@ mod tests {
             expires_at: None,
             growth: 1,
             day: 0,
+            pending: false,
         }
     }
 

@@ -26,6 +26,7 @@ fn lot_from_pb(l: state::LotState) -> (String, Lot) {
         remaining: l.remaining,
         expires_at: opt_at(l.expires_at_ms),
         reminded: l.reminded,
+        pending: l.pending,
     };
     (l.lot_id, lot)
 }
@@ -83,6 +84,9 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
             adjusted_up: t.adjusted_up,
             adjusted_down: t.adjusted_down,
             penalized: t.penalized,
+            held: t.held,
+            released: t.released,
+            forfeited: t.forfeited,
         }),
         day: a.day,
         day_earned: a.day_earned,
@@ -112,6 +116,9 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         rfm_evaluated_period_start: a.rfm_evaluated.unwrap_or(0),
         reminded: a.reminded_day.is_some(),
         reminded_day: a.reminded_day.unwrap_or(0),
+        held: a.held.is_some(),
+        held_rule: a.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
+        held_alert_id: a.held.as_ref().map(|h| h.alert_id.clone()).unwrap_or_default(),
     }
 }
 
@@ -269,6 +276,7 @@ mod fields {
             + int_len(3, l.remaining)
             + int_len(4, l.expires_at.unwrap_or(0))
             + int_len(5, i64::from(l.reminded))
+            + int_len(6, i64::from(l.pending))
     }
 
     pub fn put_lot(id: &str, l: &Lot, buf: &mut Vec<u8>) {
@@ -277,6 +285,7 @@ mod fields {
         put_int(3, l.remaining, buf);
         put_int(4, l.expires_at.unwrap_or(0), buf);
         put_int(5, i64::from(l.reminded), buf);
+        put_int(6, i64::from(l.pending), buf);
     }
 
     pub fn earn_len(id: &str, e: &EarnRecord) -> usize {
@@ -379,6 +388,9 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
         adjusted_up: t.adjusted_up,
         adjusted_down: t.adjusted_down,
         penalized: t.penalized,
+        held: t.held,
+        released: t.released,
+        forfeited: t.forfeited,
     };
     a.day = s.day;
     a.day_earned = s.day_earned;
@@ -401,6 +413,7 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     a.rfm_growth = s.rfm_growth;
     a.rfm_evaluated = s.rfm_evaluated.then_some(s.rfm_evaluated_period_start);
     a.reminded_day = s.reminded.then_some(s.reminded_day);
+    a.held = s.held.then_some(crate::domain::EarningsHold { rule: s.held_rule, alert_id: s.held_alert_id });
     a.recount();
     // An account's statement has an entry per event folded and every page
     // but the last is full: whether there is a last page with room, and its
@@ -593,7 +606,7 @@ pub enum StoredRequest {
 }
 
 fn balance_to_state(b: &Balance) -> state::Balance {
-    state::Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth }
+    state::Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth, pending: b.pending }
 }
 
 pub fn encode_request(fingerprint: u64, offset: u64, balance: &Balance) -> Vec<u8> {
@@ -604,7 +617,13 @@ pub fn decode_request(bytes: &[u8]) -> Result<StoredRequest, CodecError> {
     let s = state::StoredReply::decode(bytes)?;
     let Some(r) = s.reply else {
         let b = s.balance.unwrap_or_default();
-        let balance = Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth };
+        let balance = Balance {
+            available: b.available,
+            reserved: b.reserved,
+            debt: b.debt,
+            growth: b.growth,
+            pending: b.pending,
+        };
         return Ok(StoredRequest::At { fingerprint: s.fingerprint, offset: s.offset, balance });
     };
     let b = r.balance.unwrap_or_default();
@@ -613,7 +632,13 @@ pub fn decode_request(bytes: &[u8]) -> Result<StoredRequest, CodecError> {
         request_id: r.request_id,
         replayed: r.replayed,
         events: r.events.into_iter().map(event_from_wire).collect::<Result<_, _>>()?,
-        balance: Balance { available: b.available, reserved: b.reserved, debt: b.debt, growth: b.growth },
+        balance: Balance {
+            available: b.available,
+            reserved: b.reserved,
+            debt: b.debt,
+            growth: b.growth,
+            pending: b.pending,
+        },
         position: Position { partition: p.partition, offset: p.offset },
         granted: r.granted_points,
         forfeited: r.forfeited_points,
@@ -661,6 +686,7 @@ mod tests {
             remaining: l.remaining,
             expires_at_ms: l.expires_at.unwrap_or(0),
             reminded: l.reminded,
+            pending: l.pending,
         }
     }
 
@@ -713,7 +739,8 @@ mod tests {
     fn varied() -> Account {
         let mut a = Account::default();
         let long = "r".repeat(300);
-        let lot = |earned, remaining, expires_at, reminded| Lot { earned, remaining, expires_at, reminded };
+        let lot =
+            |earned, remaining, expires_at, reminded| Lot { earned, remaining, expires_at, reminded, pending: false };
         a.lots.insert("e1".into(), lot(100, 40, Some(1_773_100_800_000), true));
         a.lots.insert("e2".into(), lot(5, 0, None, false));
         a.lots.insert(long.clone(), lot(i64::MAX, 1, Some(-1), false));
@@ -766,6 +793,7 @@ mod tests {
         a.rfm_growth = 9;
         a.rfm_evaluated = Some(0);
         a.reminded_day = Some(20_597);
+        a.held = Some(crate::domain::EarningsHold { rule: "dense_spend".into(), alert_id: "a-1".into() });
         a.recount();
         a
     }

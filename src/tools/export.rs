@@ -471,6 +471,7 @@ mod tests {
             expires_at: Some(1_700_000_000_000),
             growth: 0,
             day: 0,
+            pending: false,
         };
         let v = event_json(earned);
         assert_eq!(v["type"], "PointsEarned");

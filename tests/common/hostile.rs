@@ -130,6 +130,7 @@ pub fn earned(points: i64) -> Vec<Event> {
         expires_at: None,
         growth: 0,
         day: 0,
+        pending: false,
     }]
 }
 

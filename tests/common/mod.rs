@@ -182,6 +182,10 @@ impl Harness {
         ProgrammeAdminClient::connect(self.url()).await.unwrap()
     }
 
+    pub async fn reconciliation(&self) -> pb::reconciliation_client::ReconciliationClient<Channel> {
+        pb::reconciliation_client::ReconciliationClient::connect(self.url()).await.unwrap()
+    }
+
     /// Records in the account log, all partitions.
     pub fn records(&self) -> u64 {
         (0..self.events.partitions()).map(|p| self.events.end_offset(p).unwrap()).sum()

@@ -1,0 +1,133 @@
+//! Raises members' alerts in their own partitions, so that an alert is an
+//! event of the log (`AlertRaised`, in statements, the feed and webhooks)
+//! and an alert of a holding rule (`RiskRules::hold_earnings_on`) holds the
+//! member's next earns (`EarningsHeld`), decided by the partition's writer.
+//!
+//! The risk fold writes an outbox row when a member's rule fires and
+//! deletes it when it folds that member's `AlertRaised` of it, in the same
+//! WriteBatch as its other changes (a rebuild does the same, so a rebuild
+//! raises nothing that was raised). This worker submits a `RaiseAlert`
+//! command for each row of a partition this instance writes, with request
+//! id `alert:<alert id>`: a second submission is answered from the first
+//! (every instance folds every partition and keeps its own outbox; only the
+//! partition's writer raises). An alert older than [`OUTBOX_MAX_AGE_MS`]
+//! when met (a books rebuild of an old log) is dropped, not raised.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::risk::alert_id;
+use crate::domain::{AccountKey, Command, CommandBody, Millis};
+use crate::ledger::programmes::SharedRegistry;
+use crate::ledger::Clock;
+use crate::ledger::{WriteError, Writers};
+use crate::log::codec::{account_key_from_wire, instant_millis};
+use crate::proto::state;
+use crate::store::{self, Cf, Db};
+
+/// How often the outbox is looked at.
+const RAISER_POLL_MS: u64 = 200;
+/// Rows one look submits at most.
+const RAISER_ROWS_MAX: usize = 1000;
+/// How long a submitted row waits for the fold to delete it before it is
+/// submitted again.
+const RAISER_RESUBMIT_AFTER: Duration = Duration::from_secs(30);
+/// Alerts older than this (by their decision time) are not raised.
+pub const OUTBOX_MAX_AGE_MS: Millis = 24 * 3_600_000;
+
+pub struct Raiser {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the worker needs.
+pub struct RaiserParts {
+    pub books: Arc<Db>,
+    pub writers: Arc<Writers>,
+    pub registry: SharedRegistry,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Raiser {
+    pub fn start(parts: RaiserParts) -> anyhow::Result<Raiser> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("alert-raiser".into()).spawn(move || {
+                let mut submitted: HashMap<Vec<u8>, Instant> = HashMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = step(&parts, &mut submitted) {
+                        tracing::warn!(error = %e, "alert raiser; retrying");
+                    }
+                    std::thread::sleep(Duration::from_millis(RAISER_POLL_MS));
+                }
+            })?
+        };
+        Ok(Raiser { stop, thread: Some(thread) })
+    }
+
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The command that raises a stored alert, when it names a member.
+fn raise(alert: &state::Alert, registry: &SharedRegistry) -> Option<Command> {
+    let account: AccountKey = account_key_from_wire(alert.accounts.first()?.clone());
+    let programme = registry.read().expect("registry lock").current(&account.programme());
+    let hold = programme.is_some_and(|p| p.risk.holds(&alert.rule));
+    let mut figures: Vec<String> = alert.figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    figures.sort();
+    let id = alert_id(alert);
+    Some(Command {
+        request_id: format!("alert:{id}"),
+        account,
+        body: CommandBody::RaiseAlert {
+            alert_id: id,
+            rule: alert.rule.clone(),
+            detail: format!("{} ({})", alert.subject, figures.join(", ")),
+            hold,
+        },
+        context: Default::default(),
+    })
+}
+
+/// Submits the rows of the partitions this instance writes.
+fn step(parts: &RaiserParts, submitted: &mut HashMap<Vec<u8>, Instant>) -> anyhow::Result<()> {
+    let rows = parts.books.scan(Cf::Outbox, &[], &[], RAISER_ROWS_MAX)?;
+    submitted.retain(|k, at| at.elapsed() < RAISER_RESUBMIT_AFTER && rows.iter().any(|(r, _)| r == k));
+    let now = parts.clock.now();
+    let mut dropped = store::Batch::default();
+    for (key, value) in rows {
+        let Some(partition) = key.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("four bytes"))) else {
+            dropped.delete(Cf::Outbox, &key);
+            continue;
+        };
+        if !parts.writers.owns(partition) || submitted.contains_key(&key) {
+            continue;
+        }
+        let alert = store::decode_row::<state::Alert>(&value).ok();
+        let at = alert.as_ref().and_then(|a| a.at.as_ref()).and_then(instant_millis).unwrap_or(0);
+        let command = alert.as_ref().and_then(|a| raise(a, &parts.registry));
+        let Some(command) = command.filter(|_| at > now.saturating_sub(OUTBOX_MAX_AGE_MS)) else {
+            dropped.delete(Cf::Outbox, &key);
+            continue;
+        };
+        submitted.insert(key.clone(), Instant::now());
+        match futures_executor::block_on(parts.writers.submit(command)) {
+            Ok(_) | Err(WriteError::Unavailable(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "an alert could not be raised in its partition; dropped");
+                dropped.delete(Cf::Outbox, &key);
+            }
+        }
+    }
+    parts.books.write(dropped)?;
+    Ok(())
+}
