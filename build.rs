@@ -10,6 +10,7 @@ const API: &[&str] = &[
     "proto/points/v1/admin.proto",
     "proto/points/v1/reconciliation.proto",
     "proto/points/v1/cluster.proto",
+    "proto/points/v1/feed.proto",
 ];
 const PRIVATE: &[&str] = &["proto/points/log/v1/log.proto", "proto/points/state/v1/state.proto"];
 

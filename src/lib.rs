@@ -12,6 +12,9 @@
 //! - [`projection`]: the views folded from the log, and the queries on them.
 //! - [`finance`]: daily books, the reconciliation consumer, the risk view.
 //! - [`api`]: the gRPC services, validation, conversion, errors, auth.
+//! - [`feed`]: a programme's events from any position, as the views commit
+//!   them (the feed's subscriptions and the webhooks read it).
+//! - [`webhook`]: signed HTTP deliveries and the worker that sends them.
 //! - [`server`]: wiring everything together and serving it.
 //! - [`tools`]: replay, verify, explain, export and recon (the binary's
 //!   subcommands).
@@ -26,6 +29,7 @@ pub mod finance;
 pub mod api;
 pub mod server;
 pub mod tools;
+pub mod feed;
 pub mod webhook;
 pub mod proto;
 

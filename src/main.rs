@@ -425,6 +425,10 @@ struct ServeArgs {
     /// Longest a call may take (DEADLINE_EXCEEDED after it).
     #[arg(long, env = "POINTS_LEDGER_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     request_timeout_ms: u64,
+    /// How long a feed subscriber may take no items while some wait before
+    /// it is cut off (RESOURCE_EXHAUSTED, SUBSCRIBER_TOO_SLOW).
+    #[arg(long, env = "POINTS_LEDGER_FEED_STALL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    feed_stall_ms: u64,
     /// Tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` or `cert:NAME TENANTS|* [admin]` per line);
     /// without it and without --tls-client-ca, access is open.
     #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
@@ -525,6 +529,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.writer.batch_commands_max = args.batch_commands_max as usize;
     config.limits.requests_in_flight_max = args.requests_in_flight_max as usize;
     config.limits.request_timeout = std::time::Duration::from_millis(args.request_timeout_ms);
+    config.limits.feed_stall = std::time::Duration::from_millis(args.feed_stall_ms);
     if let Some(path) = &args.auth_tokens_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         config.auth = Auth::parse(&text).with_context(|| format!("reading {}", path.display()))?;

@@ -19,7 +19,7 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
 use crate::api::forward::Forwarder;
-use crate::api::{AdminService, Auth, ClusterService, Ledger, LedgerService, ReconciliationService};
+use crate::api::{AdminService, Auth, ClusterService, FeedService, Ledger, LedgerService, ReconciliationService};
 use crate::finance::raiser::{Raiser, RaiserParts};
 use crate::finance::reconciler::Reconciler;
 use crate::ledger::programmes::Programmes;
@@ -85,6 +85,9 @@ pub struct ServerLimits {
     pub keepalive_timeout: Duration,
     /// The largest message a call may send or receive.
     pub message_bytes_max: usize,
+    /// How long a feed subscriber may leave its buffer full before it is
+    /// cut off (`SUBSCRIBER_TOO_SLOW`).
+    pub feed_stall: Duration,
 }
 
 impl Default for ServerLimits {
@@ -97,6 +100,7 @@ impl Default for ServerLimits {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             message_bytes_max: 16 << 20,
+            feed_stall: crate::feed::FEED_STALL_DEFAULT,
         }
     }
 }
@@ -334,10 +338,7 @@ impl Service {
             )?),
             None => None,
         };
-        let books = Arc::new(Db::open(&config.data_dir.join("books"), store::BOOK_CFS)?);
-        if config.discard_database_writes {
-            books.discard_writes();
-        }
+        let books = open_books(config)?;
         let reconciler = Reconciler::start(
             logs.events.clone(),
             views.clone(),
@@ -350,17 +351,15 @@ impl Service {
             writers: writers.clone(),
             programmes: programmes.clone(),
             views: views.clone(),
+            events: logs.events.clone(),
+            feed_stall: config.limits.feed_stall,
+            stopping: Arc::default(),
             positions: writers.positions(),
             clock: config.clock.clone(),
             auth: auth_of(config),
             forwarder: Forwarder::new(config.tls.as_ref().and_then(|t| t.forward_settings())),
         });
-        let raiser = Raiser::start(RaiserParts {
-            books: books.clone(),
-            writers: writers.clone(),
-            registry: programmes.registry(),
-            clock: config.clock.clone(),
-        })?;
+        let raiser = start_raiser(&books, &writers, &programmes, config)?;
         let member = std::sync::Mutex::new(member);
         Ok(Service {
             raiser,
@@ -425,6 +424,26 @@ impl Service {
     }
 }
 
+/// The worker raising members' alerts in the partitions written here.
+fn start_raiser(
+    books: &Arc<Db>,
+    writers: &Arc<Writers>,
+    programmes: &Programmes,
+    config: &Config,
+) -> anyhow::Result<Raiser> {
+    let registry = programmes.registry();
+    Raiser::start(RaiserParts { books: books.clone(), writers: writers.clone(), registry, clock: config.clock.clone() })
+}
+
+/// The reconciliation consumer's database.
+fn open_books(config: &Config) -> anyhow::Result<Arc<Db>> {
+    let books = Arc::new(Db::open(&config.data_dir.join("books"), store::BOOK_CFS)?);
+    if config.discard_database_writes {
+        books.discard_writes();
+    }
+    Ok(books)
+}
+
 /// The access control a configuration gives: its tokens file, and client
 /// certificates when the listener verifies them.
 fn auth_of(config: &Config) -> Auth {
@@ -484,6 +503,13 @@ async fn set_ledger_health(health: &tonic_health::server::HealthReporter, servin
 /// Serves the gRPC services of `service` on `listener` until `shutdown`
 /// (over TLS when the service was configured with it).
 pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Streams (feed subscriptions) end when the service stops, so the
+    // graceful shutdown does not wait for their subscribers.
+    let stopping = service.ledger.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // The books are served from the start (they trail the log by design).
     health_reporter.set_serving::<pb::reconciliation_server::ReconciliationServer<ReconciliationService>>().await;
@@ -530,7 +556,8 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
                 .max_encoding_message_size(bytes)
                 .max_decoding_message_size(bytes),
         )
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(service.ledger.clone())));
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(service.ledger.clone())))
+        .add_service(pb::feed_server::FeedServer::new(FeedService::new(service.ledger.clone())));
     let served = match &service.tls {
         Some(tls) => router.serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), shutdown).await,
         // Replies go out at once: with Nagle's algorithm a small reply can

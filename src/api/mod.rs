@@ -1,5 +1,5 @@
 //! The gRPC boundary: one file per service (`ledger`, `admin`,
-//! `reconciliation`), the validation of every request into domain commands
+//! `reconciliation`, `cluster`, `feed`), the validation of every request into domain commands
 //! (`commands`, `validate`), the one conversion to the API's messages
 //! (`convert`), the one map from outcomes to status codes (`errors`), and
 //! access control (`auth`). The services answer queries from the views
@@ -13,6 +13,7 @@ mod auth;
 mod cluster;
 mod commands;
 pub mod convert;
+mod feed;
 pub mod errors;
 pub mod forward;
 mod ledger;
@@ -28,6 +29,7 @@ use tonic::{Code, Response, Status};
 pub use admin::AdminService;
 pub use auth::{Access, Auth, Caller, ClientIdentity, TlsPeer};
 pub use cluster::ClusterService;
+pub use feed::FeedService;
 pub use ledger::LedgerService;
 pub use reconciliation::ReconciliationService;
 
@@ -56,6 +58,12 @@ pub struct Ledger {
     pub books: Arc<Db>,
     pub programmes: Arc<Programmes>,
     pub views: Arc<Db>,
+    /// The account log (the feed reads it).
+    pub events: Arc<dyn crate::log::EventLog>,
+    /// How long a feed subscriber may leave its buffer full.
+    pub feed_stall: Duration,
+    /// Set when the server stops taking calls: streams end.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
     pub positions: watch::Receiver<Vec<u64>>,
     pub clock: Arc<dyn Clock>,
     pub auth: Auth,

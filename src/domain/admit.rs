@@ -103,6 +103,17 @@ fn lots_sum(lots: &[LotAmount]) -> Result<Points, String> {
     })
 }
 
+/// An activity's sums are its rules'.
+fn activity(applied: &[super::AppliedRule], points: Points, growth: i64) -> Result<(), String> {
+    let (mut p, mut g) = (0i64, 0i64);
+    for a in applied {
+        p = add(p, a.points, "the activity's points")?;
+        g = add(g, a.growth, "the activity's growth")?;
+    }
+    equal(points, p, "the activity's points")?;
+    equal(growth, g, "the activity's growth")
+}
+
 fn non_negative(x: i64, what: &str) -> Result<(), String> {
     if x < 0 {
         return Err(format!("{what} is negative: {x}"));
@@ -157,20 +168,12 @@ impl<'a> Sim<'a> {
                 self.earn(lot_id, *granted, *debt_repaid, *growth)?;
                 self.count_day(*day, *granted)
             }
-            Event::PointsEarned { lot_id, granted, debt_repaid, growth, day, pending: true, .. } => {
-                self.earn_pending(lot_id, *granted, *debt_repaid, *growth)?;
-                self.count_day(*day, *granted)
-            }
-            Event::PendingPointsReleased { lots, points, .. } => {
-                equal(*points, self.settle_pending(lots, true)?, "the release")?;
-                self.movement(ISSUED, *points)?;
-                self.movement(RELEASED, *points)
-            }
-            Event::PendingPointsForfeited { lots, points, .. } => {
-                equal(*points, self.settle_pending(lots, false)?, "the forfeit")?;
-                self.movement(FORFEITED, *points)
-            }
-            Event::AlertRaised { .. } | Event::EarningsHeld { .. } | Event::EarningsUnheld { .. } => Ok(()),
+            Event::PointsEarned { pending: true, .. }
+            | Event::PendingPointsReleased { .. }
+            | Event::PendingPointsForfeited { .. }
+            | Event::AlertRaised { .. }
+            | Event::EarningsHeld { .. }
+            | Event::EarningsUnheld { .. } => self.hold_event(event),
             Event::PointsSpent { points, lots, spend_id, .. } => {
                 equal(*points, self.take(lots)?, "the spend")?;
                 self.spends.insert(spend_id, ());
@@ -208,15 +211,7 @@ impl<'a> Sim<'a> {
             | Event::AccountUnfrozen { .. }
             | Event::LevelChanged { .. }
             | Event::SettlementSetAside { .. } => Ok(()),
-            Event::ActivityRecorded { applied, points, growth, .. } => {
-                let (mut p, mut g) = (0i64, 0i64);
-                for a in applied {
-                    p = add(p, a.points, "the activity's points")?;
-                    g = add(g, a.growth, "the activity's growth")?;
-                }
-                equal(*points, p, "the activity's points")?;
-                equal(*growth, g, "the activity's growth")
-            }
+            Event::ActivityRecorded { applied, points, growth, .. } => activity(applied, *points, *growth),
             Event::LevelHeld { .. } => Ok(()),
             Event::ExpiryReminderDue { lots, points, .. } => {
                 let mut sum: Points = 0;
@@ -254,6 +249,26 @@ impl<'a> Sim<'a> {
     /// Points left in a lot as this record leaves it (None: no such lot).
     fn lot(&self, id: &str) -> Option<Points> {
         self.lots.get(&id).copied().or_else(|| self.account.lots.get(id).map(|l| l.remaining))
+    }
+
+    /// Events of holds and pending points.
+    fn hold_event(&mut self, event: &'a Event) -> Result<(), String> {
+        match event {
+            Event::PointsEarned { lot_id, granted, debt_repaid, growth, day, pending: true, .. } => {
+                self.earn_pending(lot_id, *granted, *debt_repaid, *growth)?;
+                self.count_day(*day, *granted)
+            }
+            Event::PendingPointsReleased { lots, points, .. } => {
+                equal(*points, self.settle_pending(lots, true)?, "the release")?;
+                self.movement(ISSUED, *points)?;
+                self.movement(RELEASED, *points)
+            }
+            Event::PendingPointsForfeited { lots, points, .. } => {
+                equal(*points, self.settle_pending(lots, false)?, "the forfeit")?;
+                self.movement(FORFEITED, *points)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether a lot is pending as this record leaves it.

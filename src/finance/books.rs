@@ -185,30 +185,50 @@ impl Movements {
     }
 }
 
-/// Applies one event's movements and balance changes to a partial's figures.
-fn apply(b: &mut Movements, event: &Event) -> Option<()> {
-    fn lots(l: &[crate::domain::LotAmount]) -> Option<Points> {
-        l.iter().try_fold(0i64, |s, x| s.checked_add(x.points))
+/// Applies an event of pending points (`None` for any other event).
+fn apply_pending(b: &mut Movements, event: &Event) -> Option<Option<()>> {
+    let mut applied = || -> Option<()> {
+        match event {
+            Event::PointsEarned { granted, pending: true, .. } => {
+                add(&mut b.pending_earned, *granted)?;
+                add(&mut b.pending, *granted)
+            }
+            Event::PendingPointsReleased { points, lots: l, .. } => {
+                add(&mut b.issued, *points)?;
+                add(&mut b.pending_released, *points)?;
+                add(&mut b.closing_balance, lots(l)?)?;
+                add(&mut b.pending, lots(l)?.checked_neg()?)
+            }
+            Event::PendingPointsForfeited { points, lots: l, .. } => {
+                add(&mut b.pending_forfeited, *points)?;
+                add(&mut b.pending, lots(l)?.checked_neg()?)
+            }
+            _ => None,
+        }
+    };
+    match event {
+        Event::PointsEarned { pending: true, .. }
+        | Event::PendingPointsReleased { .. }
+        | Event::PendingPointsForfeited { .. } => Some(applied()),
+        _ => None,
     }
-    fn add(x: &mut i64, d: i64) -> Option<()> {
-        *x = x.checked_add(d)?;
-        Some(())
+}
+
+/// Applies one event's movements and balance changes to a partial's figures.
+fn lots(l: &[crate::domain::LotAmount]) -> Option<Points> {
+    l.iter().try_fold(0i64, |s, x| s.checked_add(x.points))
+}
+
+fn add(x: &mut i64, d: i64) -> Option<()> {
+    *x = x.checked_add(d)?;
+    Some(())
+}
+
+fn apply(b: &mut Movements, event: &Event) -> Option<()> {
+    if let Some(applied) = apply_pending(b, event) {
+        return applied;
     }
     match event {
-        Event::PointsEarned { granted, pending: true, .. } => {
-            add(&mut b.pending_earned, *granted)?;
-            add(&mut b.pending, *granted)?;
-        }
-        Event::PendingPointsReleased { points, lots: l, .. } => {
-            add(&mut b.issued, *points)?;
-            add(&mut b.pending_released, *points)?;
-            add(&mut b.closing_balance, lots(l)?)?;
-            add(&mut b.pending, -lots(l)?)?;
-        }
-        Event::PendingPointsForfeited { points, lots: l, .. } => {
-            add(&mut b.pending_forfeited, *points)?;
-            add(&mut b.pending, -lots(l)?)?;
-        }
         Event::PointsEarned { granted, debt_repaid, .. } => {
             add(&mut b.issued, *granted)?;
             add(&mut b.closing_balance, granted.checked_sub(*debt_repaid)?)?;
@@ -274,7 +294,9 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
         | Event::ExpiryReminderDue { .. }
         | Event::AlertRaised { .. }
         | Event::EarningsHeld { .. }
-        | Event::EarningsUnheld { .. } => {}
+        | Event::EarningsUnheld { .. }
+        | Event::PendingPointsReleased { .. }
+        | Event::PendingPointsForfeited { .. } => {}
     }
     Some(())
 }

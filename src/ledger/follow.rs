@@ -96,9 +96,13 @@ impl PartitionWriter {
                         }
                         folded += 1;
                     }
-                    Admitted::Claim(_) => self.last_claim = Some(e.offset),
+                    Admitted::Claim(_) => {
+                        self.last_claim = Some(e.offset);
+                        work.arbiters.push((position, self.cursor.arbiter.clone()));
+                    }
+                    Admitted::Released(_) => work.arbiters.push((position, self.cursor.arbiter.clone())),
                     Admitted::Quarantined(q) => work.quarantined.push((position, q.why)),
-                    Admitted::Released(_) | Admitted::Void => {}
+                    Admitted::Void => {}
                 }
             }
             self.cursor.next = reader.position();

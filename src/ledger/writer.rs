@@ -198,6 +198,9 @@ pub(super) struct Work {
     pub(super) pages: Vec<(Vec<u8>, Vec<u8>)>,
     /// Records read that every reader skips, and why (noted in the views).
     pub(super) quarantined: Quarantined,
+    /// Claims and releases read, with the arbitration after each (noted in
+    /// the views).
+    pub(super) arbiters: Vec<(Position, crate::log::arbiter::Arbiter)>,
     /// How far the level re-evaluation walked (rows of the due column family).
     pub(super) levels_progress: super::reevaluate::Rows,
 }
@@ -903,6 +906,9 @@ impl PartitionWriter {
         }
         for (at, why) in &work.quarantined {
             projection::quarantine(&mut batch, "writer", *at, why);
+        }
+        for (at, arbiter) in &work.arbiters {
+            projection::note_arbiter(&mut batch, *at, arbiter);
         }
         store::put_cursor(&mut batch, self.partition, &self.cursor);
         self.store.write(batch)?;

@@ -330,7 +330,11 @@ pub fn fold(
                 super::quarantine(&mut batch, "views", position, &q.why);
                 continue;
             }
-            Admitted::Claim(_) | Admitted::Released(_) | Admitted::Void => continue,
+            Admitted::Claim(_) | Admitted::Released(_) => {
+                super::note_arbiter(&mut batch, position, arbiter);
+                continue;
+            }
+            Admitted::Void => continue,
         };
         let cached = ViewCache::load(
             &mut cache.accounts,

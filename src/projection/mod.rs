@@ -30,6 +30,7 @@ pub use fold::{
 };
 pub use rebuild::{fold_behind, rebuild, Until};
 
+use crate::log::arbiter::Arbiter;
 use crate::log::record::Position;
 use crate::store::{self, Db};
 
@@ -43,7 +44,7 @@ pub const PROJECTOR_BATCH_RECORDS_MAX: usize = 4096;
 /// were written by an older build: they are rebuilt from the log on start
 /// (so `verify` compares them with a rebuild in the same layout, and the due
 /// index holds what this build schedules: reminders, RFM period ends).
-pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32-reminders";
+pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32-arbiters";
 const VIEWS_FORMAT_KEY: &[u8] = b"format";
 
 /// Marks `views` as written in this build's layout.
@@ -92,6 +93,46 @@ pub fn quarantined_in(
             Some((offset, String::from_utf8_lossy(&v).into_owned()))
         })
         .collect())
+}
+
+/// Meta keys `arbiter/<partition BE><offset BE>` → the arbitration after
+/// the claim or release at that offset (epoch BE, released, the claiming
+/// writer): where the partition's arbitration changed. Written in the batch
+/// that moves the position past it, by the writers and a rebuild alike, so
+/// a reader starting mid-log (the feed) judges every record as the readers
+/// from offset zero did ([`arbiter_at`]).
+const ARBITER_PREFIX: &[u8] = b"arbiter/";
+
+fn arbiter_key(partition: u32, offset: u64) -> Vec<u8> {
+    let mut k = ARBITER_PREFIX.to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Notes the arbitration `arbiter` took at `at` (a counted claim or release).
+pub fn note_arbiter(batch: &mut store::Batch, at: Position, arbiter: &Arbiter) {
+    let mut v = arbiter.epoch.to_be_bytes().to_vec();
+    v.push(u8::from(arbiter.released));
+    v.extend_from_slice(arbiter.owner.as_ref().map_or("", |o| o.writer.as_str()).as_bytes());
+    batch.put(store::Cf::Meta, &arbiter_key(at.partition, at.offset), &v);
+}
+
+/// The arbitration of `partition` just before `offset`, as the views noted
+/// it (the default before any claim).
+pub fn arbiter_at(views: &Db, partition: u32, offset: u64) -> Result<Arbiter, store::StoreError> {
+    let Some(before) = offset.checked_sub(1) else { return Ok(Arbiter::default()) };
+    let prefix = &arbiter_key(partition, 0)[..ARBITER_PREFIX.len() + 4];
+    let Some((_, v)) = views.seek_prev(store::Cf::Meta, prefix, &arbiter_key(partition, before))? else {
+        return Ok(Arbiter::default());
+    };
+    let (Some(epoch), Some(released)) = (v.get(..8), v.get(8)) else { return Ok(Arbiter::default()) };
+    let writer = String::from_utf8_lossy(&v[9..]).into_owned();
+    Ok(Arbiter {
+        epoch: u64::from_be_bytes(epoch.try_into().expect("eight bytes")),
+        released: *released != 0,
+        owner: Some(std::sync::Arc::new(crate::log::arbiter::Owner { writer, address: String::new() })),
+    })
 }
 
 /// Meta keys `rebuilding/<partition BE>`: a partition whose state is being
