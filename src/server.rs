@@ -354,6 +354,7 @@ impl Service {
             events: logs.events.clone(),
             feed_stall: config.limits.feed_stall,
             stopping: Arc::default(),
+            deliveries: Arc::default(),
             positions: writers.positions(),
             clock: config.clock.clone(),
             auth: auth_of(config),
@@ -488,6 +489,23 @@ async fn follow_partitions(health: tonic_health::server::HealthReporter, ownersh
     }
 }
 
+/// What the webhook delivery worker reads and writes.
+fn webhook_parts(service: &Service) -> crate::webhook::worker::WorkerParts {
+    let ledger = &service.ledger;
+    crate::webhook::worker::WorkerParts {
+        source: crate::feed::Source {
+            events: ledger.events.clone(),
+            views: ledger.views.clone(),
+            positions: ledger.positions.clone(),
+            stopping: ledger.stopping.clone(),
+        },
+        registry: ledger.programmes.registry(),
+        writers: ledger.writers.clone(),
+        books: ledger.books.clone(),
+        deliveries: ledger.deliveries.clone(),
+    }
+}
+
 /// Sets the health of the ledger, the admin service and the server ("").
 async fn set_ledger_health(health: &tonic_health::server::HealthReporter, serving: bool) {
     let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -516,6 +534,7 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
     // Every service is known to health before the first call is taken.
     set_ledger_health(&health_reporter, service.writers.ownership().serving()).await;
     let health_task = tokio::spawn(follow_partitions(health_reporter, service.writers.ownership()));
+    let webhooks = tokio::spawn(crate::webhook::worker::run(webhook_parts(service), service.ledger.stopping.clone()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -570,6 +589,10 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
     };
     health_task.abort();
     let _ = health_task.await;
+    // The worker stops at its next look (the stopping flag is set); a POST
+    // in flight is dropped and sent again from the stored cursor next time.
+    webhooks.abort();
+    let _ = webhooks.await;
     served?;
     Ok(())
 }

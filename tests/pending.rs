@@ -180,8 +180,11 @@ async fn verify_rebuilds_the_views_and_books_of_held_and_released_points_byte_fo
     };
     c.forfeit_pending_points(forfeit).await.unwrap();
     book(&h, 10).await;
-    let (dir, _) = h.stop().await;
-    let (ok, out) = cli(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
+    let flags = h.log_flags();
+    let (dir, _broker) = h.stop_keep_broker().await;
+    let mut args = vec!["verify", "--data-dir", dir.path().to_str().unwrap()];
+    args.extend(flags.iter().map(String::as_str));
+    let (ok, out) = cli(&args);
     assert!(ok && out.contains("books verified"), "{out}");
 }
 

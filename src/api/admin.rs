@@ -223,6 +223,20 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         self.0.act_on_alert(&Caller::of(&req), req.get_ref(), true).await
     }
 
+    async fn configure_webhook(
+        &self,
+        req: Request<pb::ConfigureWebhookRequest>,
+    ) -> Result<Response<pb::ConfigureWebhookReply>, Status> {
+        self.0.configure_webhook(&Caller::of(&req), req.get_ref()).await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        req: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        self.0.list_webhook_deliveries(&Caller::of(&req), req.get_ref()).await
+    }
+
     async fn set_level(&self, req: Request<pb::SetLevelRequest>) -> Result<Response<pb::CommandReply>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
         let account = validate::account(&r.account)?;

@@ -1,5 +1,5 @@
 //! The gRPC boundary: one file per service (`ledger`, `admin`,
-//! `reconciliation`, `cluster`, `feed`), the validation of every request into domain commands
+//! `reconciliation`, `cluster`, `feed`, `webhooks`), the validation of every request into domain commands
 //! (`commands`, `validate`), the one conversion to the API's messages
 //! (`convert`), the one map from outcomes to status codes (`errors`), and
 //! access control (`auth`). The services answer queries from the views
@@ -19,6 +19,7 @@ pub mod forward;
 mod ledger;
 mod reconciliation;
 pub mod validate;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub struct Ledger {
     pub feed_stall: Duration,
     /// Set when the server stops taking calls: streams end.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Where this instance's webhook deliveries stand.
+    pub deliveries: crate::webhook::worker::Deliveries,
     pub positions: watch::Receiver<Vec<u64>>,
     pub clock: Arc<dyn Clock>,
     pub auth: Auth,

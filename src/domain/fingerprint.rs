@@ -240,6 +240,19 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
 
 /// The content of an alert action (acknowledged or resolved), for its
 /// request id's idempotency.
+/// The fingerprint of a webhook configuration request.
+/// `fields`: tenant, programme, webhook id, url and secret.
+pub fn fingerprint_webhook(fields: [&str; 5], event_types: &[String], disabled: bool, operator: &str) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    h.str("webhook");
+    fields.iter().for_each(|s| h.str(s));
+    h.u64(event_types.len() as u64);
+    event_types.iter().for_each(|t| h.str(t));
+    h.u64(u64::from(disabled));
+    h.str(operator);
+    h.0
+}
+
 pub fn fingerprint_alert_action(alert_id: &str, resolved: bool, note: &str, operator: &str) -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     h.str("alert_action");

@@ -817,7 +817,7 @@ impl Rejection {
     }
 }
 
-pub use fingerprint::{fingerprint, fingerprint_alert_action, fingerprint_programme};
+pub use fingerprint::{fingerprint, fingerprint_alert_action, fingerprint_programme, fingerprint_webhook};
 
 #[cfg(test)]
 mod props;

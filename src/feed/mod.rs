@@ -76,12 +76,55 @@ pub enum Ended {
     Stopping,
 }
 
-/// One partition's place.
-struct Lane {
+/// One partition's place in the log.
+pub struct Lane {
     home: Home,
-    next: u64,
+    /// The next offset to read.
+    pub next: u64,
     arbiter: Arbiter,
     reader: Option<Box<dyn LogReader>>,
+}
+
+impl Lane {
+    /// Partition `partition` from offset `next`, judged as the views did.
+    pub fn at(source: &Source, partition: u32, next: u64) -> Result<Lane, String> {
+        let arbiter = crate::projection::arbiter_at(&source.views, partition, next).map_err(|e| e.to_string())?;
+        let home = Home { partition, partitions: source.events.partitions() };
+        Ok(Lane { home, next, arbiter, reader: None })
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.home.partition
+    }
+}
+
+/// The items of the lane's next records (at most [`FEED_READ_RECORDS_MAX`]
+/// of them, never at or past `end`), with the offset after each record;
+/// moves the lane past them.
+pub fn read(source: &Source, filter: &Filter, lane: &mut Lane, end: u64) -> Result<Vec<(pb::FeedItem, u64)>, String> {
+    if lane.next >= end {
+        return Ok(Vec::new());
+    }
+    let p = lane.home.partition;
+    let mut reader = match lane.reader.take() {
+        Some(r) => r,
+        None => source.events.reader(p, lane.next).map_err(|e| e.to_string())?,
+    };
+    let entries = read_towards(reader.as_mut(), end, FEED_READ_RECORDS_MAX).map_err(|e| e.to_string())?;
+    let Some(last) = entries.last().map(|e| e.offset) else { return Ok(Vec::new()) };
+    let skipped = crate::projection::quarantined_in(&source.views.snapshot(), p, lane.next, last + 1)
+        .map_err(|e| e.to_string())?;
+    let mut items = Vec::new();
+    for e in &entries {
+        let Admitted::Record(record) = lane.arbiter.admit_bytes(&e.payload, lane.home) else { continue };
+        if !skipped.contains_key(&e.offset) {
+            let at = Position { partition: p, offset: e.offset };
+            items.extend(items_of(&record, at, filter).into_iter().map(|i| (i, e.offset + 1)));
+        }
+    }
+    lane.next = last + 1;
+    lane.reader = Some(reader);
+    Ok(items)
 }
 
 /// The names of the event types there are.
@@ -173,9 +216,9 @@ pub fn run(
     let partitions = source.events.partitions();
     let mut lanes = Vec::with_capacity(starts.len());
     for (p, &next) in (0..partitions).zip(starts) {
-        match crate::projection::arbiter_at(&source.views, p, next) {
-            Ok(arbiter) => lanes.push(Lane { home: Home { partition: p, partitions }, next, arbiter, reader: None }),
-            Err(e) => return Ended::Failed(e.to_string()),
+        match Lane::at(source, p, next) {
+            Ok(lane) => lanes.push(lane),
+            Err(e) => return Ended::Failed(e),
         }
     }
     loop {
@@ -200,7 +243,8 @@ pub fn run(
     }
 }
 
-/// Reads one partition's next records up to `end` and sends their items.
+/// Reads one partition's next records up to `end` and sends their items;
+/// returns how many records it read.
 fn step(
     source: &Source,
     filter: &Filter,
@@ -208,32 +252,12 @@ fn step(
     end: u64,
     tx: &mpsc::Sender<pb::FeedItem>,
     stall: Duration,
-) -> Result<usize, Ended> {
-    if lane.next >= end {
-        return Ok(0);
+) -> Result<u64, Ended> {
+    let before = lane.next;
+    for (item, _) in read(source, filter, lane, end).map_err(Ended::Failed)? {
+        send(tx, item, stall)?;
     }
-    let failed = |e: &dyn std::fmt::Display| Ended::Failed(e.to_string());
-    let p = lane.home.partition;
-    let mut reader = match lane.reader.take() {
-        Some(r) => r,
-        None => source.events.reader(p, lane.next).map_err(|e| failed(&e))?,
-    };
-    let entries = read_towards(reader.as_mut(), end, FEED_READ_RECORDS_MAX).map_err(|e| failed(&e))?;
-    let Some(last) = entries.last().map(|e| e.offset) else { return Ok(0) };
-    let skipped =
-        crate::projection::quarantined_in(&source.views.snapshot(), p, lane.next, last + 1).map_err(|e| failed(&e))?;
-    for e in &entries {
-        let Admitted::Record(record) = lane.arbiter.admit_bytes(&e.payload, lane.home) else { continue };
-        if skipped.contains_key(&e.offset) {
-            continue;
-        }
-        for item in items_of(&record, Position { partition: p, offset: e.offset }, filter) {
-            send(tx, item, stall)?;
-        }
-    }
-    lane.next = last + 1;
-    lane.reader = Some(reader);
-    Ok(entries.len())
+    Ok(lane.next - before)
 }
 
 /// Puts an item in the subscriber's buffer, waiting up to `stall` for room.

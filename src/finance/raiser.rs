@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::risk::alert_id;
+use super::risk::{alert_id, RAISE_PREFIX};
 use crate::domain::{AccountKey, Command, CommandBody, Millis};
 use crate::ledger::programmes::SharedRegistry;
 use crate::ledger::Clock;
@@ -100,12 +100,13 @@ fn raise(alert: &state::Alert, registry: &SharedRegistry) -> Option<Command> {
 
 /// Submits the rows of the partitions this instance writes.
 fn step(parts: &RaiserParts, submitted: &mut HashMap<Vec<u8>, Instant>) -> anyhow::Result<()> {
-    let rows = parts.books.scan(Cf::Outbox, &[], &[], RAISER_ROWS_MAX)?;
+    let rows = parts.books.scan(Cf::Outbox, RAISE_PREFIX, RAISE_PREFIX, RAISER_ROWS_MAX)?;
     submitted.retain(|k, at| at.elapsed() < RAISER_RESUBMIT_AFTER && rows.iter().any(|(r, _)| r == k));
     let now = parts.clock.now();
     let mut dropped = store::Batch::default();
     for (key, value) in rows {
-        let Some(partition) = key.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("four bytes"))) else {
+        let at = RAISE_PREFIX.len();
+        let Some(partition) = key.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().expect("four bytes"))) else {
             dropped.delete(Cf::Outbox, &key);
             continue;
         };

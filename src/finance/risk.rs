@@ -94,11 +94,15 @@ fn alert_row(p: &ProgrammeKey, at: Millis, partition: u32, offset: u64, rule: &s
     k
 }
 
+/// The outbox rows of alerts to raise.
+pub const RAISE_PREFIX: &[u8] = b"raise/";
+
 /// A member's alert to raise in their partition (`Cf::Outbox`): partition,
 /// account, alert id. Written when the rule fires, deleted when the fold
 /// meets the member's `AlertRaised` of it ([`crate::finance::raiser`]).
 pub fn outbox_row(partition: u32, a: &AccountKey, alert_id: &str) -> Vec<u8> {
-    let mut k = partition.to_be_bytes().to_vec();
+    let mut k = RAISE_PREFIX.to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
     k.extend_from_slice(&store::account_key(a));
     k.extend_from_slice(alert_id.as_bytes());
     k

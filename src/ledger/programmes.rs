@@ -59,8 +59,19 @@ pub struct Registry {
     pub quarantined: u64,
     /// What the risk desk did with each alert, by (programme, alert id).
     alert_history: HashMap<(ProgrammeKey, String), Vec<AlertStep>>,
-    /// (tenant, request id) → (fingerprint, position): alert action idempotency.
-    alert_requests: HashMap<(String, String), (u64, Position)>,
+    /// (tenant, request id) → (fingerprint, position): idempotency of the
+    /// admin acts kept in the control stream (alert actions, webhooks).
+    admin_requests: HashMap<(String, String), (u64, Position)>,
+    /// Each programme's webhooks as last configured.
+    webhooks: std::collections::BTreeMap<(ProgrammeKey, String), Webhook>,
+}
+
+/// A programme's webhook as last configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Webhook {
+    pub config: crate::log::record::WebhookConfigured,
+    /// When it was first configured: events decided before are not sent.
+    pub since: Millis,
 }
 
 /// One step of an alert's lifecycle.
@@ -154,12 +165,19 @@ impl Registry {
                 self.share_outcomes.insert(position.offset, counted);
                 counted
             }
-            ControlEvent::AlertActioned(a) => {
-                let key = (a.programme.tenant_id.clone(), record.request_id.clone());
-                if self.alert_requests.contains_key(&key) {
+            ControlEvent::WebhookConfigured(w) => {
+                if !self.admin_request(&w.programme.tenant_id, record, position) {
                     return false;
                 }
-                self.alert_requests.insert(key, (record.fingerprint, position));
+                let key = (w.programme.clone(), w.webhook_id.clone());
+                let since = self.webhooks.get(&key).map_or(record.at, |old| old.since);
+                self.webhooks.insert(key, Webhook { config: w.clone(), since });
+                true
+            }
+            ControlEvent::AlertActioned(a) => {
+                if !self.admin_request(&a.programme.tenant_id, record, position) {
+                    return false;
+                }
                 let step = AlertStep {
                     resolved: a.resolved,
                     operator: record.operator.clone(),
@@ -170,6 +188,27 @@ impl Registry {
                 true
             }
         }
+    }
+
+    /// Notes an admin act's request id: false when it was used before (the
+    /// record is void).
+    fn admin_request(&mut self, tenant: &str, record: &ControlRecord, position: Position) -> bool {
+        let key = (tenant.to_string(), record.request_id.clone());
+        if self.admin_requests.contains_key(&key) {
+            return false;
+        }
+        self.admin_requests.insert(key, (record.fingerprint, position));
+        true
+    }
+
+    /// Every programme's webhooks as last configured (disabled ones too).
+    pub fn webhooks(&self) -> Vec<Webhook> {
+        self.webhooks.values().cloned().collect()
+    }
+
+    /// A programme's webhooks.
+    pub fn webhooks_of(&self, programme: &ProgrammeKey) -> Vec<Webhook> {
+        self.webhooks.iter().filter(|((p, _), _)| p == programme).map(|(_, w)| w.clone()).collect()
     }
 
     /// What the risk desk did with an alert, oldest first.
@@ -371,11 +410,43 @@ impl Programmes {
         action: AlertActioned,
         now: Millis,
     ) -> Result<(Position, bool), ConfigureError> {
-        let _guard = self.append_lock.lock().expect("control lock");
-        let key = (action.programme.tenant_id.clone(), request_id.to_string());
         let fingerprint =
             crate::domain::fingerprint_alert_action(&action.alert_id, action.resolved, &action.note, operator);
-        if let Some((fp, pos)) = self.registry.read().expect("registry lock").alert_requests.get(&key) {
+        let tenant = action.programme.tenant_id.clone();
+        self.admin_act(request_id, &tenant, operator, fingerprint, ControlEvent::AlertActioned(action), now)
+    }
+
+    /// Sets, changes or disables a programme's webhook: appended to the
+    /// control stream and read back; a retry with the same request id
+    /// answers the same. Blocking.
+    pub fn configure_webhook(
+        &self,
+        request_id: &str,
+        operator: &str,
+        webhook: crate::log::record::WebhookConfigured,
+        now: Millis,
+    ) -> Result<(Position, bool), ConfigureError> {
+        let w = &webhook;
+        let fields = [&*w.programme.tenant_id, &w.programme.programme_id, &w.webhook_id, &w.url, &w.secret];
+        let fingerprint = crate::domain::fingerprint_webhook(fields, &w.event_types, w.disabled, operator);
+        let tenant = webhook.programme.tenant_id.clone();
+        self.admin_act(request_id, &tenant, operator, fingerprint, ControlEvent::WebhookConfigured(webhook), now)
+    }
+
+    /// Appends an admin act to the control stream and waits until it is
+    /// read back (the position, and whether it was a retry's).
+    fn admin_act(
+        &self,
+        request_id: &str,
+        tenant: &str,
+        operator: &str,
+        fingerprint: u64,
+        event: ControlEvent,
+        now: Millis,
+    ) -> Result<(Position, bool), ConfigureError> {
+        let _guard = self.append_lock.lock().expect("control lock");
+        let key = (tenant.to_string(), request_id.to_string());
+        if let Some((fp, pos)) = self.registry.read().expect("registry lock").admin_requests.get(&key) {
             return if *fp == fingerprint {
                 Ok((*pos, true))
             } else {
@@ -388,7 +459,7 @@ impl Programmes {
             at: now,
             fingerprint,
             operator: operator.into(),
-            event: ControlEvent::AlertActioned(action),
+            event,
         };
         let payload = crate::log::codec::encode_control_record(&record);
         let about = crate::log::About::control(&record);
@@ -396,12 +467,12 @@ impl Programmes {
             self.log.append(0, &[LogRecord::new(about.subject.clone().into_bytes(), payload).about(about)])?[0];
         let started = Instant::now();
         loop {
-            if let Some((_, pos)) = self.registry.read().expect("registry lock").alert_requests.get(&key) {
+            if let Some((_, pos)) = self.registry.read().expect("registry lock").admin_requests.get(&key) {
                 return Ok((*pos, pos.offset != offset));
             }
             if started.elapsed() > CONFIRM_TIMEOUT {
                 return Err(ConfigureError::NotConfirmed(format!(
-                    "an alert action was appended at offset {offset} but not read back within {} s; \
+                    "an admin act was appended at offset {offset} but not read back within {} s; \
                      retry with the same request id",
                     CONFIRM_TIMEOUT.as_secs()
                 )));

@@ -592,6 +592,15 @@ pub fn encode_control_record(r: &ControlRecord) -> Vec<u8> {
             resolved: a.resolved,
             note: a.note.clone(),
         }),
+        ControlEvent::WebhookConfigured(w) => wire::control_record::Event::WebhookConfigured(wire::WebhookConfigured {
+            tenant_id: w.programme.tenant_id.clone(),
+            programme_id: w.programme.programme_id.clone(),
+            webhook_id: w.webhook_id.clone(),
+            url: w.url.clone(),
+            event_types: w.event_types.clone(),
+            secret: w.secret.clone(),
+            disabled: w.disabled,
+        }),
         ControlEvent::ShareTaken(s) => wire::control_record::Event::CapShareTaken(wire::CapShareTaken {
             tenant_id: s.programme.tenant_id.clone(),
             programme_id: s.programme.programme_id.clone(),
@@ -625,6 +634,16 @@ pub fn decode_control_record(bytes: &[u8]) -> Result<ControlRecord, CodecError> 
             points: s.points,
             writer: s.writer,
         }),
+        wire::control_record::Event::WebhookConfigured(w) => {
+            ControlEvent::WebhookConfigured(crate::log::record::WebhookConfigured {
+                programme: crate::domain::ProgrammeKey { tenant_id: w.tenant_id, programme_id: w.programme_id },
+                webhook_id: w.webhook_id,
+                url: w.url,
+                event_types: w.event_types,
+                secret: w.secret,
+                disabled: w.disabled,
+            })
+        }
         wire::control_record::Event::AlertActioned(a) => ControlEvent::AlertActioned(AlertActioned {
             programme: crate::domain::ProgrammeKey { tenant_id: a.tenant_id, programme_id: a.programme_id },
             alert_id: a.alert_id,

@@ -51,6 +51,7 @@ pub enum Kind {
     ProgrammeConfigured,
     CapShareTaken,
     AlertActioned,
+    WebhookConfigured,
 }
 
 impl About {
@@ -87,6 +88,15 @@ impl About {
                     subject: format!("{programme}/{}", a.alert_id),
                 }
             }
+            record::ControlEvent::WebhookConfigured(w) => {
+                let programme = format!("{}/{}", w.programme.tenant_id, w.programme.programme_id);
+                About {
+                    kind: Kind::WebhookConfigured,
+                    id: format!("{programme}/{}", r.request_id),
+                    at: r.at,
+                    subject: format!("{programme}/{}", w.webhook_id),
+                }
+            }
             record::ControlEvent::ShareTaken(s) => {
                 let programme = format!("{}/{}", s.programme.tenant_id, s.programme.programme_id);
                 About {
@@ -110,6 +120,7 @@ impl Kind {
             Kind::ProgrammeConfigured => "points.programme.configured",
             Kind::CapShareTaken => "points.programme.cap_share_taken",
             Kind::AlertActioned => "points.alert.actioned",
+            Kind::WebhookConfigured => "points.programme.webhook_configured",
         }
     }
 
@@ -117,7 +128,9 @@ impl Kind {
     pub fn message(self) -> &'static str {
         match self {
             Kind::AccountRecord | Kind::WriterClaim | Kind::WriterRelease => "points.log.v1.AccountRecord",
-            Kind::ProgrammeConfigured | Kind::CapShareTaken | Kind::AlertActioned => "points.log.v1.ControlRecord",
+            Kind::ProgrammeConfigured | Kind::CapShareTaken | Kind::AlertActioned | Kind::WebhookConfigured => {
+                "points.log.v1.ControlRecord"
+            }
         }
     }
 }

@@ -59,6 +59,20 @@ pub enum ControlEvent {
     ShareTaken(CapShare),
     /// An alert acknowledged or resolved by the risk desk.
     AlertActioned(AlertActioned),
+    /// A programme's webhook set, changed or disabled.
+    WebhookConfigured(WebhookConfigured),
+}
+
+/// Where a programme's events are POSTed (`ConfigureWebhook`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookConfigured {
+    pub programme: ProgrammeKey,
+    pub webhook_id: String,
+    pub url: String,
+    /// Event types delivered (empty: all).
+    pub event_types: Vec<String>,
+    pub secret: String,
+    pub disabled: bool,
 }
 
 /// The risk desk acknowledged (or resolved) an alert of `programme`.

@@ -26,6 +26,7 @@ use reqwest::Url;
 use sha2::Sha256;
 
 mod post;
+pub mod worker;
 
 pub use post::{PostError, Poster};
 

@@ -22,6 +22,7 @@ macro_rules! rejected {
 pub mod broker;
 pub mod cluster;
 pub mod hostile;
+pub mod receiver;
 pub mod tls;
 
 use std::net::SocketAddr;

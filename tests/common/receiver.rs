@@ -45,6 +45,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// Whether the receiver took it (answered 2xx).
+    pub ok: bool,
 }
 
 impl Received {
@@ -59,13 +61,14 @@ impl Received {
 
 #[derive(Clone)]
 struct Shared {
-    answer: Answer,
+    answer: Arc<Mutex<Answer>>,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 pub struct Receiver {
     /// Its base URL, `http://127.0.0.1:<port>`.
     pub base: String,
+    answer: Arc<Mutex<Answer>>,
     received: Arc<Mutex<Vec<Received>>>,
     task: JoinHandle<()>,
 }
@@ -76,12 +79,18 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
-        let shared = Shared { answer, received: received.clone() };
+        let answer = Arc::new(Mutex::new(answer));
+        let shared = Shared { answer: answer.clone(), received: received.clone() };
         let app = Router::new().fallback(record).with_state(shared);
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Receiver { base, received, task }
+        Receiver { base, answer, received, task }
+    }
+
+    /// Answers `answer` to every request from now on.
+    pub fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
     }
 
     /// The URL of `path` on this receiver.
@@ -109,7 +118,8 @@ async fn record(
     body: Bytes,
 ) -> (StatusCode, HeaderMap, String) {
     let path = uri.path().to_string();
-    shared.received.lock().unwrap().push(Received { method, path, headers, body: body.to_vec() });
-    let answer = shared.answer;
+    let answer = shared.answer.lock().unwrap().clone();
+    let ok = answer.status.is_success();
+    shared.received.lock().unwrap().push(Received { method, path, headers, body: body.to_vec(), ok });
     (answer.status, answer.headers.into_iter().collect(), answer.body)
 }
