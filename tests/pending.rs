@@ -222,3 +222,19 @@ async fn a_rule_that_cannot_hold_is_refused_naming_the_field() {
     assert_eq!(bad_field_of(&e), "programme.risk.hold_earnings_on");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn books_rebuilt_from_the_log_raise_no_alert_again() {
+    let h = Harness::start().await;
+    held_member(&h, "m1").await;
+    book(&h, 4).await;
+    let records = h.records();
+    let (dir, clock) = h.stop_for_restart().await;
+    std::fs::remove_dir_all(dir.path().join("books")).unwrap();
+    let h = Harness::start_in(dir, clock, |_| {}).await;
+    book(&h, 4).await;
+    // Past a few looks of the raiser.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.records(), records, "nothing appended: the alert was raised once");
+    h.stop().await;
+}
