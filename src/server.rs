@@ -29,7 +29,7 @@ use crate::log::kafka::group::{GroupConfig as GroupSettings, GroupMember};
 use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::log::EventLog;
 use crate::proto as pb;
-use crate::store::{self, Db};
+use crate::store::Db;
 
 /// Where the events go.
 #[derive(Clone, Debug)]
@@ -438,7 +438,7 @@ fn start_raiser(
 
 /// The reconciliation consumer's database.
 fn open_books(config: &Config) -> anyhow::Result<Arc<Db>> {
-    let books = Arc::new(Db::open(&config.data_dir.join("books"), store::BOOK_CFS)?);
+    let books = Arc::new(crate::finance::books::open_books(&config.data_dir.join("books"))?);
     if config.discard_database_writes {
         books.discard_writes();
     }

@@ -805,3 +805,46 @@ async fn daily_books_match_an_independent_model_and_a_corrupted_view_is_caught()
     assert!(!ok && err.contains("no programme"), "{err}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn books_of_an_older_layout_are_folded_again_from_the_log_on_start() {
+    let h = Harness::start().await;
+    configure(&h, programme()).await;
+    h.ledger().await.earn(earn("e1", "ann", 700)).await.unwrap();
+    wait_for_book(&h, 1).await;
+    let (dir, clock) = h.stop_for_restart().await;
+    {
+        // What an older build left: no marker, and a row this build never writes.
+        let books = Db::open(&dir.path().join("books"), store::BOOK_CFS).unwrap();
+        let mut batch = store::Batch::default();
+        batch.delete(store::Cf::Outbox, b"books-format");
+        batch.put(store::Cf::Risk, b"zz-stale", b"1");
+        books.write(batch).unwrap();
+    }
+    let h = Harness::start_in(dir, clock, |_| {}).await;
+    let book = wait_for_book(&h, 1).await;
+    assert_eq!((book.issued, book.closing_balance), (700, 700));
+    let (dir, _) = h.stop().await;
+    let books = Db::open_read_only(&dir.path().join("books"), store::BOOK_CFS).unwrap();
+    assert_eq!(books.get(Cf::Risk, b"zz-stale").unwrap(), None);
+}
+
+/// The book of 2026-03-10 once it counts `events` events (the books follow
+/// the views).
+async fn wait_for_book(h: &Harness, events: u64) -> pb::DailyBook {
+    let mut c = ReconciliationClient::connect(h.url()).await.unwrap();
+    for _ in 0..200 {
+        let r = pb::GetDailyBookRequest {
+            tenant_id: "shop".into(),
+            programme_id: "points".into(),
+            date: "2026-03-10".into(),
+        };
+        if let Ok(b) = c.get_daily_book(r).await.map(|b| b.into_inner()) {
+            if b.event_count >= events {
+                return b;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no book of {events} events");
+}

@@ -385,17 +385,42 @@ async fn the_risk_desk_acknowledges_and_resolves_an_alert_and_its_history_surviv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spending_a_lot_in_a_day_alerts_for_the_member() {
+async fn spending_a_lot_in_a_day_alerts_for_the_member_and_for_the_programmes_redemption() {
     let h = Harness::start().await;
-    let risk = pb::RiskRules { member_daily_spend_alert: 500, ..Default::default() };
+    let risk = pb::RiskRules {
+        member_daily_spend_alert: 500,
+        redemption_spike_percent: 300,
+        redemption_spike_min_points: 100,
+        ..Default::default()
+    };
     configure(&h, pb::Programme { risk: Some(risk), ..programme() }).await;
     let mut c = h.ledger().await;
     c.earn(earn("e1", "una", 1000)).await.unwrap();
-    for i in 0..3 {
-        c.spend(spend(&format!("s{i}"), "una", 300)).await.unwrap();
-    }
+    c.spend(spend("s1", "una", 300)).await.unwrap();
+    c.spend(spend("s2", "una", 300)).await.unwrap();
     let member = common::hostile::alert_where(&h, |a| a.rule == "member_daily_spend").await.expect("member alert");
     assert_eq!((member.figures["spent_today"], member.figures["threshold"]), (600, 500));
     assert_eq!(member.events.len(), 1, "the spend that crossed the threshold");
+    let spike = common::hostile::alert_where(&h, |a| a.rule == "redemption_spike").await.expect("programme alert");
+    assert_eq!(spike.figures["redeemed_today"], 600);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_redeeming_for_many_members_alerts() {
+    let h = Harness::start().await;
+    let risk = pb::RiskRules { shared_spend_address_members: 2, ..Default::default() };
+    configure(&h, pb::Programme { risk: Some(risk), ..programme() }).await;
+    let mut c = h.ledger().await;
+    for m in ["r1", "r2", "r3"] {
+        c.earn(earn(&format!("{m}-e"), m, 100)).await.unwrap();
+        // Earned anywhere; all three cash out from one device.
+        c.spend(pb::SpendRequest { device_id: "mall-kiosk-7".into(), ..spend(&format!("{m}-s"), m, 90) })
+            .await
+            .unwrap();
+    }
+    let alert = common::hostile::alert_where(&h, |a| a.rule == "shared_spend_address").await.expect("an address alert");
+    assert_eq!(alert.subject, "device:mall-kiosk-7");
+    assert_eq!((alert.accounts.len(), alert.figures["members"]), (3, 3));
     h.stop().await;
 }

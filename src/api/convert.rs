@@ -426,6 +426,9 @@ fn risk_rules_to_pb(r: &RiskRules) -> pb::RiskRules {
         member_daily_earn_alert: r.member_daily_earn_alert,
         member_daily_spend_alert: r.member_daily_spend_alert,
         hold_earnings_on: r.holding_rules(),
+        redemption_spike_percent: r.redemption_spike_percent as i32,
+        redemption_spike_min_points: r.redemption_spike_min_points,
+        shared_spend_address_members: r.shared_spend_address_members as i32,
     }
 }
 

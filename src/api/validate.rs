@@ -624,6 +624,9 @@ fn risk_rules_from_pb(r: &pb::RiskRules) -> Result<RiskRules, FieldError> {
                 format!("{name:?} is not a rule that can hold: one of {}", crate::domain::HOLDING_RULES.join(", ")),
             )
         })?,
+        redemption_spike_percent: count("redemption_spike_percent", r.redemption_spike_percent)?,
+        redemption_spike_min_points: points("redemption_spike_min_points", r.redemption_spike_min_points)?,
+        shared_spend_address_members: count("shared_spend_address_members", r.shared_spend_address_members)?,
     };
     if (rules.dense_spend_count > 0) != (rules.dense_spend_minutes > 0) {
         return Err(FieldError::new(

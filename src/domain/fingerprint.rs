@@ -216,9 +216,18 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
         ] {
             h.i64(v);
         }
-        // The spending-side threshold came later: hashed only when set.
+        // The spending-side thresholds came later: hashed only when set.
         if r.member_daily_spend_alert != 0 {
             h.i64(r.member_daily_spend_alert);
+        }
+        let spike = [r.redemption_spike_percent.into(), r.redemption_spike_min_points];
+        if spike.iter().any(|v| *v != 0) {
+            h.str("redemption_spike");
+            spike.iter().for_each(|v| h.i64(*v));
+        }
+        if r.shared_spend_address_members != 0 {
+            h.str("shared_spend_address");
+            h.u64(r.shared_spend_address_members.into());
         }
         if r.hold_earnings_on != 0 {
             h.u64(u64::from(r.hold_earnings_on) | 1 << 32);
@@ -238,8 +247,6 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
     h.0
 }
 
-/// The content of an alert action (acknowledged or resolved), for its
-/// request id's idempotency.
 /// The fingerprint of a webhook configuration request.
 /// `fields`: tenant, programme, webhook id, url and secret.
 pub fn fingerprint_webhook(fields: [&str; 5], event_types: &[String], disabled: bool, operator: &str) -> u64 {
@@ -253,6 +260,8 @@ pub fn fingerprint_webhook(fields: [&str; 5], event_types: &[String], disabled: 
     h.0
 }
 
+/// The content of an alert action (acknowledged or resolved), for its
+/// request id's idempotency.
 pub fn fingerprint_alert_action(alert_id: &str, resolved: bool, note: &str, operator: &str) -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     h.str("alert_action");

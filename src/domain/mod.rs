@@ -175,6 +175,12 @@ pub struct RiskRules {
     /// The rules whose alert also holds the member's new earns, one bit
     /// each in the order of [`HOLDING_RULES`].
     pub hold_earnings_on: u8,
+    /// Redemption on a day above this percentage of the trailing 7-day
+    /// average and at least the minimum.
+    pub redemption_spike_percent: u32,
+    pub redemption_spike_min_points: Points,
+    /// One address spending for more than this many members in a day.
+    pub shared_spend_address_members: u32,
 }
 
 /// The rules an alert of which may hold a member's earns.

@@ -51,6 +51,32 @@ pub enum BooksError {
     Overflow(ProgrammeKey),
 }
 
+/// The books' layout; books without it (an older build's) are folded again
+/// from the log on start. Kept in `outbox`, which `verify` leaves out (a
+/// rebuild for the tools has no marker to compare).
+pub const BOOKS_FORMAT: &[u8] = b"books-32-redemption";
+const BOOKS_FORMAT_KEY: &[u8] = b"books-format";
+
+/// Opens the books of a data directory in this build's layout: the derived
+/// rows of books an older build wrote are deleted (the consumer folds them
+/// again from offset zero), the delivery state (`outbox`) stays.
+pub fn open_books(dir: &std::path::Path) -> Result<Db, store::StoreError> {
+    let books = Db::open(dir, store::BOOK_CFS)?;
+    if books.get(Cf::Outbox, BOOKS_FORMAT_KEY)?.as_deref() != Some(BOOKS_FORMAT) {
+        if books.get(Cf::Meta, &store::position_key(0))?.is_some() || books.get(Cf::Outbox, BOOKS_FORMAT_KEY)?.is_some()
+        {
+            tracing::warn!(dir = %dir.display(), "books written by an older build: folding them again from the log");
+        }
+        for cf in store::BOOK_DIGEST_CFS {
+            books.clear(*cf)?;
+        }
+        let mut batch = Batch::default();
+        batch.put(Cf::Outbox, BOOKS_FORMAT_KEY, BOOKS_FORMAT);
+        books.write(batch)?;
+    }
+    Ok(books)
+}
+
 /// `tenant \0 programme \0 partition(be32)`: one partition's partials.
 fn partition_prefix(tenant: &str, programme: &str, partition: u32) -> Vec<u8> {
     let mut k = store::programme_prefix(tenant, programme);

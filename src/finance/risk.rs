@@ -20,8 +20,11 @@
 //! - `member_addresses`: more than N distinct addresses (client_ip,
 //!   device_id) within M minutes (once per burst);
 //! - `shared_address`: one address earning for more than N members in a day;
+//!   `shared_spend_address`: one address spending (redeeming) for more than
+//!   N members in a day (a mall account farm cashing out);
 //! - `issuance_spike`: a day's issuance above k% of the trailing 7-day daily
-//!   average and at least a minimum;
+//!   average and at least a minimum; `redemption_spike`: the same of a day's
+//!   redemption (spends and captures);
 //! - `log_record_quarantined`: a record of the log that every reader skips
 //!   (it does not decode, names another partition's account, or would break
 //!   its account's invariants), naming its partition, offset and why; under
@@ -76,8 +79,16 @@ fn issuance_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
     k
 }
 
-fn shared_row(p: &ProgrammeKey, day: i64, address: &str, member: &str) -> Vec<u8> {
-    let mut k = day_prefix(b's', p, day);
+fn redemption_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
+    let mut k = day_prefix(b'r', p, day);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// A member's first earn (tag `s`) or spend (tag `p`) of a day from an
+/// address.
+fn shared_row(tag: u8, p: &ProgrammeKey, day: i64, address: &str, member: &str) -> Vec<u8> {
+    let mut k = day_prefix(tag, p, day);
     k.extend_from_slice(address.as_bytes());
     k.push(0);
     k.extend_from_slice(member.as_bytes());
@@ -131,6 +142,7 @@ pub struct RiskFold {
     accounts: FastMap<AccountKey, (state::RiskState, bool)>,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
+    redemption: HashMap<(ProgrammeKey, i64), i64>,
     shared: BTreeMap<Vec<u8>, Vec<u8>>,
     alerts: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Members' alerts to raise (Some) or raised (None): `Cf::Outbox`.
@@ -151,6 +163,7 @@ impl Default for RiskFold {
             accounts: FastMap::default(),
             dirty: Vec::new(),
             issuance: HashMap::new(),
+            redemption: HashMap::new(),
             shared: BTreeMap::new(),
             alerts: BTreeMap::new(),
             outbox: BTreeMap::new(),
@@ -399,7 +412,7 @@ impl RiskFold {
         }
         *sum = sum.saturating_add(earned);
         for a in addresses {
-            let row = shared_row(&pk, t.day, a, &t.key.member_id);
+            let row = shared_row(b's', &pk, t.day, a, &t.key.member_id);
             if !self.shared.contains_key(&row) && db.get(Cf::Risk, &row)?.is_none() {
                 let mut v = t.at.to_be_bytes().to_vec();
                 v.extend_from_slice(&t.partition.to_be_bytes());
@@ -465,6 +478,36 @@ impl RiskFold {
         Ok(())
     }
 
+    /// Per address, the first spend of the day of each member (what
+    /// `shared_spend_address` reads when alerts are listed).
+    fn count_spend_addresses(&mut self, db: &Db, t: &Trigger, addresses: &[String]) -> Result<(), StoreError> {
+        let pk = programme_of(t.key);
+        for a in addresses {
+            let row = shared_row(b'p', &pk, t.day, a, &t.key.member_id);
+            if !self.shared.contains_key(&row) && db.get(Cf::Risk, &row)?.is_none() {
+                let mut v = t.at.to_be_bytes().to_vec();
+                v.extend_from_slice(&t.partition.to_be_bytes());
+                v.extend_from_slice(&t.offset.to_be_bytes());
+                self.shared.insert(row, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// The programme's redemption of the day, this partition's share.
+    fn count_spend(&mut self, db: &Db, t: &Trigger, spent: i64) -> Result<(), StoreError> {
+        let pk = programme_of(t.key);
+        let sum = self.redemption.entry((pk.clone(), t.day)).or_insert(i64::MIN);
+        if *sum == i64::MIN {
+            *sum = match db.get(Cf::Risk, &redemption_row(&pk, t.day, t.partition))? {
+                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored redemption")),
+                None => 0,
+            };
+        }
+        *sum = sum.saturating_add(spent);
+        Ok(())
+    }
+
     /// Folds one counted record of `partition` decided on programme `day`:
     /// the member's counters, the rules on one member, and the facts the
     /// programme-wide rules read when alerts are listed.
@@ -505,7 +548,12 @@ impl RiskFold {
         if m.earned > 0 {
             self.count_earn(db, &rules, &t, m.earned, &addresses)?;
         }
-
+        if m.spent > 0 {
+            self.count_spend(db, &t, m.spent)?;
+        }
+        if m.spends > 0 && rules.shared_spend_address_members > 0 {
+            self.count_spend_addresses(db, &t, &addresses)?;
+        }
         let pk = programme_of(&record.account);
         for a in alerts {
             let raise = outbox_row(partition, &record.account, &alert_id(&a));
@@ -579,6 +627,9 @@ impl RiskFold {
         for ((p, day), sum) in self.issuance.drain() {
             batch.put(Cf::Risk, &issuance_row(&p, day, partition), &sum.to_be_bytes());
         }
+        for ((p, day), sum) in self.redemption.drain() {
+            batch.put(Cf::Risk, &redemption_row(&p, day, partition), &sum.to_be_bytes());
+        }
         for (k, v) in std::mem::take(&mut self.shared) {
             batch.put(Cf::Risk, &k, &v);
         }
@@ -607,7 +658,8 @@ pub fn issuance(db: &Db, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> 
     day_sum(db, b'i', p, day)
 }
 
-/// A programme's day sum of the rows of `tag` (issuance), all partitions.
+/// A programme's day sum of the rows of `tag` (issuance, redemption), all
+/// partitions.
 fn day_sum(db: &Db, tag: u8, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> {
     let prefix = day_prefix(tag, p, day);
     Ok(db
@@ -658,12 +710,28 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         let Some(start_of_day) = calendar::day_to_date(day).and_then(|d| calendar::start_of_day(tz, d)) else {
             continue;
         };
-        if rules.issuance_spike_percent > 0 && (from..to).contains(&start_of_day) {
-            let (percent, min) = (rules.issuance_spike_percent, rules.issuance_spike_min_points);
-            out.extend(spike(db, &pk, day, start_of_day, (b'i', "issuance_spike", "issued_today"), percent, min)?);
+        if (from..to).contains(&start_of_day) {
+            let spikes = [
+                (b'i', "issuance_spike", "issued_today", rules.issuance_spike_percent, rules.issuance_spike_min_points),
+                (
+                    b'r',
+                    "redemption_spike",
+                    "redeemed_today",
+                    rules.redemption_spike_percent,
+                    rules.redemption_spike_min_points,
+                ),
+            ];
+            for (tag, rule, figure, percent, min) in spikes.into_iter().filter(|s| s.3 > 0) {
+                out.extend(spike(db, &pk, day, start_of_day, (tag, rule, figure), percent, min)?);
+            }
         }
         if rules.shared_address_members > 0 {
-            out.extend(shared_address_alerts(db, programme, day, from, to)?);
+            let n = rules.shared_address_members as usize;
+            out.extend(shared_address_alerts(db, programme, day, from, to, (b's', "shared_address", n))?);
+        }
+        if rules.shared_spend_address_members > 0 {
+            let n = rules.shared_spend_address_members as usize;
+            out.extend(shared_address_alerts(db, programme, day, from, to, (b'p', "shared_spend_address", n))?);
         }
     }
     out.sort_by(|a, b| {
@@ -673,7 +741,7 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
     Ok(out)
 }
 
-/// A day's sum (of the rows of `tag`: issuance) above `percent`% of the
+/// A day's sum (issuance or redemption: `tag`) above `percent`% of the
 /// trailing 7-day daily average and at least `min`: the alert `rule`, at
 /// the start of the day.
 fn spike(
@@ -714,17 +782,19 @@ fn spike(
     }))
 }
 
-/// Addresses that earned for more than N members on `day`; the alert's time
-/// is the first earn of the member who crossed N (by time, then position).
+/// Addresses that earned (tag `s`) or spent (tag `p`) for more than N
+/// members on `day`: the alert `rule`, at the first earn (or spend) of the
+/// member who crossed N (by time, then position).
 fn shared_address_alerts(
     db: &Db,
     programme: &Programme,
     day: i64,
     from: Millis,
     to: Millis,
+    (tag, rule, n): (u8, &str, usize),
 ) -> Result<Vec<state::Alert>, StoreError> {
     let pk = programme.key();
-    let prefix = day_prefix(b's', &pk, day);
+    let prefix = day_prefix(tag, &pk, day);
     let mut by_address: BTreeMap<String, Vec<(Millis, u32, u64, String)>> = BTreeMap::new();
     for (k, v) in db.scan(Cf::Risk, &prefix, &prefix, usize::MAX)? {
         let rest = &k[prefix.len()..];
@@ -736,7 +806,6 @@ fn shared_address_alerts(
         let offset = u64::from_be_bytes(v[12..20].try_into().expect("stored offset"));
         by_address.entry(address).or_default().push((at, partition, offset, member));
     }
-    let n = programme.risk.shared_address_members as usize;
     let mut out = Vec::new();
     for (address, mut members) in by_address {
         if members.len() <= n {
@@ -748,7 +817,7 @@ fn shared_address_alerts(
             continue;
         }
         out.push(state::Alert {
-            rule: "shared_address".into(),
+            rule: rule.into(),
             at: Some(crate::log::codec::instant(at)),
             accounts: members
                 .iter()

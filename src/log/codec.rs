@@ -729,6 +729,9 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             member_daily_earn_alert: p.risk.member_daily_earn_alert,
             member_daily_spend_alert: p.risk.member_daily_spend_alert,
             hold_earnings_on: p.risk.holding_rules(),
+            redemption_spike_percent: p.risk.redemption_spike_percent as i32,
+            redemption_spike_min_points: p.risk.redemption_spike_min_points,
+            shared_spend_address_members: p.risk.shared_spend_address_members as i32,
         }),
     }
 }
@@ -905,6 +908,9 @@ fn risk_rules_from_wire(r: &wire::RiskRules) -> RiskRules {
             .iter()
             .filter_map(|n| RiskRules::holding_bits([n.as_str()]).ok())
             .fold(0, |a, b| a | b),
+        redemption_spike_percent: unsigned(r.redemption_spike_percent),
+        redemption_spike_min_points: r.redemption_spike_min_points,
+        shared_spend_address_members: unsigned(r.shared_spend_address_members),
     }
 }
 

@@ -408,6 +408,18 @@ impl Db {
         })
     }
 
+    /// Deletes every row of `cf`.
+    pub fn clear(&self, cf: Cf) -> Result<(), StoreError> {
+        let first = self.db.iterator_cf(self.cf(cf), IteratorMode::Start).next().transpose()?;
+        let last = self.db.iterator_cf(self.cf(cf), IteratorMode::End).next().transpose()?;
+        if let (Some((first, _)), Some((last, _))) = (first, last) {
+            let mut end = last.to_vec();
+            end.push(0);
+            self.db.delete_range_cf(self.cf(cf), &first[..], &end[..])?;
+        }
+        Ok(())
+    }
+
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         assert!(self.cfs.contains(&cf), "column family {} is not in this database", cf.name());
         self.db.cf_handle(cf.name()).expect("column family opened")
