@@ -34,6 +34,13 @@ fn pending_command(id: &str, member: &str) -> pb::ReleasePendingPointsRequest {
     }
 }
 
+/// The account once the view has folded `min_position` (a reply comes
+/// before its batch is committed).
+async fn get_at(h: &Harness, member: &str, min_position: Option<pb::LogPosition>) -> pb::Account {
+    let r = pb::GetAccountRequest { account: account(member), min_position, ..Default::default() };
+    h.ledger().await.get_account(r).await.unwrap().into_inner()
+}
+
 async fn get(h: &Harness, member: &str) -> pb::Account {
     let r = pb::GetAccountRequest { account: account(member), ..Default::default() };
     h.ledger().await.get_account(r).await.unwrap().into_inner()
@@ -91,12 +98,14 @@ async fn a_held_members_new_earns_are_pending_and_cannot_be_spent() {
     let e = h.ledger().await.spend(spend("s1", "m1", 1001)).await.unwrap_err();
     assert_eq!(reason_of(&e), "INSUFFICIENT_POINTS");
     let mut c = h.ledger().await;
-    let listed = c.list_pending_points(pb::ListPendingPointsRequest { account: account("m1") }).await.unwrap();
+    let r = pb::ListPendingPointsRequest { account: account("m1"), min_position: reply.position };
+    let listed = c.list_pending_points(r).await.unwrap();
     let listed = listed.into_inner();
     assert_eq!((listed.pending, listed.held, listed.lots.len()), (300, true, 1));
     assert_eq!(listed.lots[0].lot_id, "m1-2");
     // The alert is an event of the member's statement.
-    let entries = c.list_entries(pb::ListEntriesRequest { account: account("m1"), ..Default::default() }).await;
+    let r = pb::ListEntriesRequest { account: account("m1"), min_position: reply.position, ..Default::default() };
+    let entries = c.list_entries(r).await;
     let types: Vec<String> = entries
         .unwrap()
         .into_inner()
@@ -112,12 +121,13 @@ async fn a_held_members_new_earns_are_pending_and_cannot_be_spent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_pending_points_are_spendable_with_their_original_expiry() {
     let h = Harness::start().await;
-    held_member(&h, "m1").await;
+    let earned = held_member(&h, "m1").await;
     let mut c = h.ledger().await;
-    let before = c.list_pending_points(pb::ListPendingPointsRequest { account: account("m1") }).await.unwrap();
+    let r = pb::ListPendingPointsRequest { account: account("m1"), min_position: earned.position };
+    let before = c.list_pending_points(r).await.unwrap();
     let expiry = before.into_inner().lots[0].expires_at;
-    c.release_pending_points(pending_command("rel-1", "m1")).await.unwrap();
-    let a = get(&h, "m1").await;
+    let released = c.release_pending_points(pending_command("rel-1", "m1")).await.unwrap().into_inner();
+    let a = get_at(&h, "m1", released.position).await;
     assert_eq!((a.available, a.pending, a.earnings_held), (1300, 0, false));
     assert!(a.lots.iter().any(|l| l.lot_id == "m1-2" && l.expires_at == expiry), "{:?}", a.lots);
     c.spend(spend("s1", "m1", 1300)).await.unwrap();
@@ -141,8 +151,8 @@ async fn forfeited_pending_points_are_gone_and_the_books_balance() {
         reason: "farming".into(),
         ..Default::default()
     };
-    c.forfeit_pending_points(forfeit.clone()).await.unwrap();
-    let a = get(&h, "m1").await;
+    let forfeited = c.forfeit_pending_points(forfeit.clone()).await.unwrap().into_inner();
+    let a = get_at(&h, "m1", forfeited.position).await;
     assert_eq!((a.available, a.pending), (1000, 0));
     let again = c.forfeit_pending_points(pb::ForfeitPendingPointsRequest { request_id: "f-2".into(), ..forfeit });
     assert_eq!(reason_of(&again.await.unwrap_err()), "NOTHING_PENDING");

@@ -53,13 +53,15 @@ async fn the_scheduler_reminds_a_lot_once_on_day_75_and_a_replay_is_byte_identic
     )
     .await;
     let mut c = h.ledger().await;
-    c.earn(earn("o1", "mei", 100)).await.unwrap();
+    let earned = c.earn(earn("o1", "mei", 100)).await.unwrap().into_inner();
     // T0 is 08:00 on 2026-03-10 in Shanghai: the lot expires 2026-06-08
     // 08:00 there, and is reminded from the start of 2026-05-24 there
     // (2026-05-23T16:00Z).
     let expires_at = T0 + 90 * DAY;
     let reminder_at = T0 + 75 * DAY - 8 * 3_600_000;
-    let a = get_account(&h, "mei").await;
+    // Read once the view has the earn (a reply comes before its commit).
+    let r = pb::GetAccountRequest { account: account("mei"), min_position: earned.position, ..Default::default() };
+    let a = c.get_account(r).await.unwrap().into_inner();
     assert_eq!((millis(&a.next_reminder_at), a.next_reminder_points), (Some(reminder_at), 100));
 
     // A moment before: nothing.
@@ -97,4 +99,36 @@ async fn the_scheduler_reminds_a_lot_once_on_day_75_and_a_replay_is_byte_identic
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("byte-identical"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_window_widened_by_a_rules_change_reminds_at_the_new_day() {
+    let h = Harness::start().await;
+    let rules = |days: i32, id: &str| pb::ConfigureProgrammeRequest {
+        request_id: id.into(),
+        operator: "ops".into(),
+        programme: Some(pb::Programme {
+            validity_days: 90,
+            validity_rounding: pb::ValidityRounding::None as i32,
+            reminder_days: days,
+            ..programme()
+        }),
+    };
+    let mut admin = h.admin().await;
+    admin.configure_programme(rules(7, "cfg-7")).await.unwrap();
+    h.ledger().await.earn(earn("o1", "mei", 100)).await.unwrap();
+    // Queued for day 83 (7 days ahead); the window grows to 15 days.
+    admin.configure_programme(rules(15, "cfg-15")).await.unwrap();
+    let reminder_at = T0 + 75 * DAY - 8 * 3_600_000;
+    h.clock.set(reminder_at);
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = reminders(&h, "mei").await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.len(), 1, "reminded on day 75, not day 83: {seen:?}");
+    h.stop().await;
 }

@@ -111,6 +111,7 @@ ledger_service! {
         let key = validate::account(&req.get_ref().account)?;
         self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
         self.0.programme(&key.programme())?;
+        self.0.wait_for(&key, req.get_ref().min_position.as_ref()).await?;
         let position = self.0.view_position(&key);
         let read = key.clone();
         let account = self.0.read_views(move |views| Ok(queries::account(views, &read)?)).await?;

@@ -1,9 +1,12 @@
-//! Levels after a rules change: when a programme's version changes its
-//! levels or level window, each writer's scheduler walks the programme's
+//! Levels and reminders after a rules change: when a programme's version
+//! changes its levels, level window, growth model or reminder days, each
+//! writer's scheduler walks the programme's
 //! accounts of its partition, a bounded number a tick, and gives each a
 //! `Tick` command, whose decision evaluates the level (a `LevelChanged` when
-//! it differs). So levels follow the rules without waiting for each member's
-//! next command, and the events are in the log like any other.
+//! it differs) and puts the account's due instant in the index afresh (a
+//! reminder window that grew falls due sooner). So levels and reminders
+//! follow the rules without waiting for each member's next command, and the
+//! events are in the log like any other.
 //!
 //! A partition's progress per programme (the version walked, and the member
 //! the walk is at) is a row of the due column family, after every due row
@@ -61,6 +64,7 @@ fn same_levels(a: &Programme, b: &Programme) -> bool {
         && a.level_window_days == b.level_window_days
         && a.growth_model == b.growth_model
         && a.rfm == b.rfm
+        && a.reminder_days == b.reminder_days
 }
 
 /// Accounts of `partition` whose level to evaluate now, at most `max`
@@ -83,12 +87,18 @@ pub(super) fn accounts_to_evaluate(
         let mut progress = match stored {
             Some(s) if s.version == p.version && s.next.is_none() => continue,
             Some(s) if s.version == p.version => s,
-            // A new version: walk again only if it decides levels otherwise
-            // (a first sight walks when there are levels to evaluate).
+            // A new version: walk again only if it decides levels otherwise.
             Some(s) if registry.version(&p.key(), s.version).is_some_and(|done| same_levels(&done, &p)) => {
                 Progress { version: p.version, next: None }
             }
-            None if p.levels.is_empty() => Progress { version: p.version, next: None },
+            // A first sight walks when there are levels to evaluate, or when
+            // the programme's first version decided otherwise (accounts may
+            // be due under it).
+            None if p.levels.is_empty()
+                && registry.version(&p.key(), 1).is_some_and(|first| same_levels(&first, &p)) =>
+            {
+                Progress { version: p.version, next: None }
+            }
             _ => Progress { version: p.version, next: Some(Vec::new()) },
         };
         if progress.next.is_some() {

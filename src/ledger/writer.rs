@@ -203,6 +203,9 @@ pub(super) struct Work {
     pub(super) arbiters: Vec<(Position, crate::log::arbiter::Arbiter)>,
     /// How far the level re-evaluation walked (rows of the due column family).
     pub(super) levels_progress: super::reevaluate::Rows,
+    /// The accounts the walk ticked: their due instant is put in the index
+    /// afresh (the rules it follows changed).
+    pub(super) evaluated: Vec<AccountKey>,
 }
 
 /// Records read that every reader skips (ARCHITECTURE.md, "A record no
@@ -236,6 +239,8 @@ struct Gathered {
     previews: Vec<(Command, PreviewTx)>,
     /// How far the level re-evaluation walked, written with the batch.
     levels_progress: super::reevaluate::Rows,
+    /// The accounts it ticked.
+    evaluated: Vec<AccountKey>,
 }
 
 /// A batch as decided: the records to append, in order, and who waits for
@@ -329,6 +334,7 @@ impl PartitionWriter {
         self.preview(std::mem::take(&mut gathered.previews), now)?;
         let mut decided = self.decide(gathered.commands, gathered.ticked, now)?;
         decided.work.levels_progress = std::mem::take(&mut gathered.levels_progress);
+        decided.work.evaluated = std::mem::take(&mut gathered.evaluated);
         self.set_aside(&mut decided, now)?;
         if decided.records.is_empty() {
             self.write_levels_progress(&mut decided.work)?;
@@ -359,6 +365,7 @@ impl PartitionWriter {
             commands: Vec::with_capacity(msgs.len()),
             previews: Vec::new(),
             levels_progress: Vec::new(),
+            evaluated: Vec::new(),
             tick_waiters: Vec::new(),
             ticked: Vec::new(),
         };
@@ -398,6 +405,7 @@ impl PartitionWriter {
                         )?
                     };
                     g.levels_progress = progress;
+                    g.evaluated = evaluate.clone();
                     for account in tick.into_iter().chain(evaluate) {
                         let body = CommandBody::Tick;
                         g.commands.push((
@@ -627,14 +635,27 @@ impl PartitionWriter {
 
     /// The level re-evaluation's progress of a batch that wrote no record.
     fn write_levels_progress(&mut self, work: &mut Work) -> Result<(), store::StoreError> {
-        if work.levels_progress.is_empty() {
+        if work.levels_progress.is_empty() && work.evaluated.is_empty() {
             return Ok(());
         }
         let mut batch = Batch::default();
         for (k, v) in std::mem::take(&mut work.levels_progress) {
             batch.put(Cf::Due, &k, &v);
         }
+        self.evaluated_due(work, &mut batch);
         self.store.write(batch)
+    }
+
+    /// The due rows of the accounts the walk ticked that nothing changed:
+    /// their due instant under the rules now (a row of the old instant, if
+    /// any, is taken up when it falls due and finds nothing).
+    fn evaluated_due(&self, work: &Work, batch: &mut Batch) {
+        for key in &work.evaluated {
+            let Some(t) = work.accounts.get(key).filter(|t| t.changed.is_empty()) else { continue };
+            if let Some(at) = domain::due_at(&t.account, self.programme(key).as_deref()) {
+                batch.put(Cf::Due, &store::due_key(self.partition, at, key), &[]);
+            }
+        }
     }
 
     /// Scheduled settlements that failed (their record would not fit, or the
@@ -877,6 +898,7 @@ impl PartitionWriter {
         for (k, v) in std::mem::take(&mut work.levels_progress) {
             batch.put(Cf::Due, &k, &v);
         }
+        self.evaluated_due(&work, &mut batch);
         for (row, key) in &work.ticked {
             batch.delete(Cf::Due, row);
             if let Some(t) = work.accounts.get_mut(key) {
