@@ -259,16 +259,12 @@ async fn each_alert_rule_fires_and_holds_back_and_a_replay_reproduces_the_risk_v
         None => points_ledger::server::open_embedded_logs(dir.path(), events.partitions()).unwrap(),
     };
     let registry = points_ledger::ledger::programmes::Registry::load(logs.control.as_ref()).unwrap();
-    let scratch = tempfile::tempdir().unwrap();
-    let (rebuilt, mismatches) = points_ledger::finance::reconciler::rebuild(
-        events.as_ref(),
-        &registry,
-        Some(&views),
-        &scratch.path().join("b"),
-    )
-    .unwrap();
-    assert!(mismatches.is_empty(), "{mismatches:?}");
-    assert_eq!(rebuilt.digest().unwrap(), live.digest().unwrap());
+    // Folded afresh up to exactly where the live books stand (the raiser
+    // appends members' alerts after the traffic, which the books may not
+    // have reached when the service stopped).
+    let (_, difference) =
+        points_ledger::finance::reconciler::verify(events.as_ref(), &registry, &views, &live).unwrap();
+    assert!(difference.is_none(), "{difference:?}");
 }
 
 /// The programme-wide daily issuance cap, across partitions and concurrent

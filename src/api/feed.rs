@@ -29,8 +29,9 @@ impl FeedService {
 
 type ItemStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::FeedItem, Status>> + Send>>;
 
-/// Each partition's next offset: after `from`'s position where it names
-/// the partition, 0 elsewhere, or the views' end with `from_now`.
+/// Each partition's next offset: `from`'s position where it names the
+/// partition (that record again: a stream may have ended amid its items),
+/// 0 elsewhere, or the views' end with `from_now`.
 fn starts(r: &pb::SubscribeRequest, ends: &[u64]) -> Result<Vec<u64>, Status> {
     if r.from_now {
         return Ok(ends.to_vec());
@@ -42,12 +43,11 @@ fn starts(r: &pb::SubscribeRequest, ends: &[u64]) -> Result<Vec<u64>, Status> {
         if i >= ends.len() || !named.insert(p.partition) {
             return Err(invalid("from.partition", format!("partitions are 0..{} and named once", ends.len())));
         }
-        let next = p.offset.saturating_add(1);
-        if next > ends[i] {
+        if p.offset >= ends[i] {
             let why = format!("offset {} of partition {} is not committed yet", p.offset, p.partition);
             return Err(status(Code::OutOfRange, "POSITION_PAST_END", why, Some("from.offset")));
         }
-        starts[i] = next;
+        starts[i] = p.offset;
     }
     Ok(starts)
 }

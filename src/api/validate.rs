@@ -67,9 +67,16 @@ fn no_control(s: &str) -> bool {
     !s.chars().any(|c| c.is_control() || invisible(c))
 }
 
+/// Request ids the ledger gives its own commands start with it (an alert
+/// raised in a member's partition is `alert:<alert id>`): callers' may not.
+pub const SYSTEM_REQUEST_ID_PREFIX: &str = "alert:";
+
 pub fn request_id(s: &str) -> Result<String, Status> {
     if s.is_empty() || chars(s) > REQUEST_ID_CHARS_MAX || !no_control(s) {
         return Err(invalid("request_id", "must be 1..128 characters without control or invisible characters"));
+    }
+    if s.starts_with(SYSTEM_REQUEST_ID_PREFIX) {
+        return Err(invalid("request_id", format!("{SYSTEM_REQUEST_ID_PREFIX:?} starts the ledger's own request ids")));
     }
     Ok(s.to_string())
 }

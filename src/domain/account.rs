@@ -646,8 +646,23 @@ impl Account {
             } else {
                 lot.remaining = 0;
                 self.sums.lots_with_points -= 1;
+                self.forfeit_earn(&l.lot_id, l.points);
             }
         }
+    }
+
+    /// A forfeited earn is settled: nothing of it is left to reverse, and
+    /// its growth is taken back.
+    fn forfeit_earn(&mut self, earn_id: &str, points: Points) {
+        let Some(earn) = self.earns.get_mut(earn_id) else { return };
+        let before = earn.clone();
+        let growth = earn.growth_in_window();
+        earn.reversed = earn.reversed.saturating_add(points).min(earn.points);
+        earn.growth_reversed += growth;
+        let after = earn.clone();
+        self.growth -= growth;
+        self.count_growth(&before, -1);
+        self.count_growth(&after, 1);
     }
 
     fn credit_lot(&mut self, lot_id: &str, points: Points, expires_at: Option<Millis>) {

@@ -288,6 +288,14 @@ impl<'a> Sim<'a> {
                 self.available = add(self.available, l.points, "available")?;
             } else {
                 self.lots.insert(&l.lot_id, 0);
+                // `apply` settles the earn: nothing left to reverse, its growth taken.
+                if let Some(mut e) = self.earn_state(&l.lot_id) {
+                    let growth = e.growth_in_window();
+                    e.reversed = e.reversed.saturating_add(l.points);
+                    e.growth_reversed = add(e.growth_reversed, growth, "growth reversed")?;
+                    self.growth = add(self.growth, -growth, "growth")?;
+                    self.earns.insert(&l.lot_id, e);
+                }
             }
         }
         lots_sum(lots)

@@ -140,3 +140,16 @@ fn a_record_taking_pending_points_is_not_admissible() {
     };
     assert_eq!(admissible(&s.account, &[whole]), Ok(()));
 }
+
+#[test]
+fn a_forfeited_earn_cannot_be_reversed_and_its_growth_is_taken_back() {
+    let mut s = held_member();
+    let growth =
+        CommandBody::Earn { points: 10, reason: "purchase".into(), order_ref: None, growth: 7, expires_at: None };
+    s.then_ok("e3", growth);
+    assert_eq!(s.account.growth, 7);
+    s.then_ok("f-1", forfeit());
+    assert_eq!(s.account.growth, 0, "the held earns' growth goes with their points");
+    let reverse = CommandBody::ReverseEarn { earn_id: "e2".into(), points: 50, growth: 0 };
+    s.then_rejects("r1", reverse, Reason::ReversalExceedsEarn);
+}

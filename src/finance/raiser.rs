@@ -58,8 +58,9 @@ impl Raiser {
             let stop = stop.clone();
             std::thread::Builder::new().name("alert-raiser".into()).spawn(move || {
                 let mut submitted: HashMap<Vec<u8>, Instant> = HashMap::new();
+                let mut sweep = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = step(&parts, &mut submitted) {
+                    if let Err(e) = step(&parts, &mut submitted, &mut sweep) {
                         tracing::warn!(error = %e, "alert raiser; retrying");
                     }
                     std::thread::sleep(Duration::from_millis(RAISER_POLL_MS));
@@ -98,37 +99,57 @@ fn raise(alert: &state::Alert, registry: &SharedRegistry) -> Option<Command> {
     })
 }
 
-/// Submits the rows of the partitions this instance writes.
-fn step(parts: &RaiserParts, submitted: &mut HashMap<Vec<u8>, Instant>) -> anyhow::Result<()> {
-    let rows = parts.books.scan(Cf::Outbox, RAISE_PREFIX, RAISE_PREFIX, RAISER_ROWS_MAX)?;
-    submitted.retain(|k, at| at.elapsed() < RAISER_RESUBMIT_AFTER && rows.iter().any(|(r, _)| r == k));
+/// The outbox rows of `partition`.
+fn partition_prefix(partition: u32) -> Vec<u8> {
+    let mut k = RAISE_PREFIX.to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// Whether a stored alert is older than what is still raised (or unreadable).
+fn stale(value: &[u8], now: Millis) -> bool {
+    let alert = store::decode_row::<state::Alert>(value).ok();
+    let at = alert.as_ref().and_then(|a| a.at.as_ref()).and_then(instant_millis).unwrap_or(0);
+    at <= now.saturating_sub(OUTBOX_MAX_AGE_MS)
+}
+
+/// Submits the rows of each partition this instance writes (a bounded
+/// number each), and drops the stale rows of a stretch of the outbox
+/// (whoever's partition: rows no fold will ever delete).
+fn step(parts: &RaiserParts, submitted: &mut HashMap<Vec<u8>, Instant>, sweep: &mut Vec<u8>) -> anyhow::Result<()> {
     let now = parts.clock.now();
     let mut dropped = store::Batch::default();
-    for (key, value) in rows {
-        let at = RAISE_PREFIX.len();
-        let Some(partition) = key.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().expect("four bytes"))) else {
-            dropped.delete(Cf::Outbox, &key);
-            continue;
-        };
-        if !parts.writers.owns(partition) || submitted.contains_key(&key) {
-            continue;
-        }
-        let alert = store::decode_row::<state::Alert>(&value).ok();
-        let at = alert.as_ref().and_then(|a| a.at.as_ref()).and_then(instant_millis).unwrap_or(0);
-        let command = alert.as_ref().and_then(|a| raise(a, &parts.registry));
-        let Some(command) = command.filter(|_| at > now.saturating_sub(OUTBOX_MAX_AGE_MS)) else {
-            dropped.delete(Cf::Outbox, &key);
-            continue;
-        };
-        submitted.insert(key.clone(), Instant::now());
-        match futures_executor::block_on(parts.writers.submit(command)) {
-            Ok(_) | Err(WriteError::Unavailable(_)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "an alert could not be raised in its partition; dropped");
+    let swept = parts.books.scan(Cf::Outbox, RAISE_PREFIX, &sweep[..], RAISER_ROWS_MAX)?;
+    *sweep = swept.last().map_or_else(Vec::new, |(k, _)| [k.as_slice(), &[0]].concat());
+    for (key, _) in swept.iter().filter(|(_, v)| stale(v, now)) {
+        dropped.delete(Cf::Outbox, key);
+    }
+    let mut seen = Vec::new();
+    for partition in (0..parts.writers.partitions()).filter(|p| parts.writers.owns(*p)) {
+        let prefix = partition_prefix(partition);
+        for (key, value) in parts.books.scan(Cf::Outbox, &prefix, &prefix, RAISER_ROWS_MAX)? {
+            seen.push(key.clone());
+            if submitted.contains_key(&key) || stale(&value, now) {
+                continue;
+            }
+            let alert = store::decode_row::<state::Alert>(&value).ok();
+            let Some(command) = alert.as_ref().and_then(|a| raise(a, &parts.registry)) else {
                 dropped.delete(Cf::Outbox, &key);
+                continue;
+            };
+            submitted.insert(key.clone(), Instant::now());
+            match futures_executor::block_on(parts.writers.submit(command)) {
+                // Decided, or to try again: the partition is busy or settling more than is due.
+                Ok(_) | Err(WriteError::Unavailable(_)) => {}
+                Err(WriteError::Rejected(r)) if r.reason == crate::domain::Reason::SettlingDue => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "an alert could not be raised in its partition; dropped");
+                    dropped.delete(Cf::Outbox, &key);
+                }
             }
         }
     }
+    submitted.retain(|k, at| at.elapsed() < RAISER_RESUBMIT_AFTER && seen.contains(k));
     parts.books.write(dropped)?;
     Ok(())
 }

@@ -521,6 +521,16 @@ impl RiskFold {
         day: i64,
     ) -> Result<(), StoreError> {
         let rules = programme.risk;
+        for e in &record.events {
+            if let Event::AlertRaised { alert_id, .. } = e {
+                self.outbox.insert(outbox_row(partition, &record.account, alert_id), None);
+            }
+        }
+        // An alert raised is the risk view's own doing, not the member's:
+        // it counts for nothing (nor moves the member's day).
+        if record.events.iter().all(|e| matches!(e, Event::AlertRaised { .. } | Event::EarningsHeld { .. })) {
+            return Ok(());
+        }
         let t = Trigger { key: &record.account, at: record.at, day, partition, offset };
         let m = Movements::of(record);
         let addresses: Vec<String> = [("ip", &record.context.client_ip), ("device", &record.context.device_id)]
@@ -559,11 +569,6 @@ impl RiskFold {
             let raise = outbox_row(partition, &record.account, &alert_id(&a));
             self.outbox.insert(raise, Some(store::encode_row(&a)));
             self.alerts.insert(alert_row(&pk, t.at, partition, offset, &a.rule), store::encode_row(&a));
-        }
-        for e in &record.events {
-            if let Event::AlertRaised { alert_id, .. } = e {
-                self.outbox.insert(outbox_row(partition, &record.account, alert_id), None);
-            }
         }
         Ok(())
     }

@@ -28,6 +28,8 @@ use crate::store::{Batch, Cf, Db};
 
 /// How often the worker looks for work when there is none.
 const WORKER_IDLE_MS: u64 = 200;
+/// Items one lane sends at most before the others get their turn.
+const LANE_ITEMS_PER_ROUND_MAX: usize = 64;
 
 /// A lane: one webhook, one partition.
 pub type LaneKey = (ProgrammeKey, String, u32);
@@ -97,14 +99,15 @@ pub async fn run(parts: WorkerParts, stop: Arc<std::sync::atomic::AtomicBool>) {
     };
     let mut lanes: BTreeMap<LaneKey, Running> = BTreeMap::new();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let sent = round(&parts, &poster, &mut lanes).await;
-        if sent == 0 {
+        let moved = round(&parts, &poster, &mut lanes).await;
+        if moved == 0 {
             tokio::time::sleep(Duration::from_millis(WORKER_IDLE_MS)).await;
         }
     }
 }
 
-/// One pass over every lane; returns the attempts made.
+/// One pass over every lane; returns the attempts made and the lanes that
+/// read records (0: nothing to do).
 async fn round(parts: &WorkerParts, poster: &Poster, lanes: &mut BTreeMap<LaneKey, Running>) -> usize {
     let webhooks: Vec<Webhook> =
         parts.registry.read().expect("registry lock").webhooks().into_iter().filter(|w| !w.config.disabled).collect();
@@ -130,6 +133,10 @@ async fn round(parts: &WorkerParts, poster: &Poster, lanes: &mut BTreeMap<LaneKe
         }
         let running = lanes.get_mut(&key).expect("opened");
         attempts += lane_step(parts, poster, &key, w, running).await;
+        if running.lane.is_none() {
+            // Its read failed without giving the lane back: open it again.
+            lanes.remove(&key);
+        }
     }
     attempts
 }
@@ -143,22 +150,31 @@ fn open(parts: &WorkerParts, key: &LaneKey) -> Result<Running, String> {
     Ok(Running { lane: Some(lane), queue: VecDeque::new(), retry_at: None })
 }
 
-/// Reads what is due and sends it, one item at a time, until one fails.
+/// Reads what is due and sends it, one item at a time, until one fails or
+/// the lane's share of the round is sent; returns the attempts made (plus
+/// one when it read records, so a lane whose filter skips much moves on
+/// without waiting).
 async fn lane_step(parts: &WorkerParts, poster: &Poster, key: &LaneKey, w: &Webhook, r: &mut Running) -> usize {
     if r.retry_at.is_some_and(|at| at > std::time::Instant::now()) {
         return 0;
     }
+    let mut progressed = 0;
     let end = parts.source.positions.borrow().get(key.2 as usize).copied().unwrap_or(0);
     if r.queue.is_empty() {
         let Some(mut lane) = r.lane.take() else { return 0 };
+        let before = lane.next;
         let (source, filter) = (parts.source.clone(), filter_of(w));
         let read = tokio::task::spawn_blocking(move || {
             let items = feed::read(&source, &filter, &mut lane, end);
             (lane, items)
         })
         .await;
-        let Ok((lane, items)) = read else { return 0 };
+        let Ok((lane, items)) = read else {
+            tracing::warn!(webhook = %key.1, "webhooks: a read of the feed failed; the lane is opened again");
+            return 0;
+        };
         let read_to = lane.next;
+        progressed = usize::from(read_to > before);
         r.lane = Some(lane);
         match items {
             Ok(items) => r.queue.extend(items.into_iter().filter(|(i, _)| millis(i) >= w.since)),
@@ -171,7 +187,7 @@ async fn lane_step(parts: &WorkerParts, poster: &Poster, key: &LaneKey, w: &Webh
     }
     let read_to = r.lane.as_ref().map_or(0, |l| l.next);
     let mut attempts = 0;
-    while let Some((item, after)) = r.queue.front() {
+    while let Some((item, after)) = r.queue.front().filter(|_| attempts < LANE_ITEMS_PER_ROUND_MAX) {
         let delivery_id = format!("{}:{}", key.1, item.id);
         let sent = poster.post(&w.config.url, w.config.secret.as_bytes(), &delivery_id, item.json.as_bytes()).await;
         attempts += 1;
@@ -204,7 +220,7 @@ async fn lane_step(parts: &WorkerParts, poster: &Poster, key: &LaneKey, w: &Webh
             }
         }
     }
-    attempts
+    attempts + progressed
 }
 
 fn wall_now() -> Millis {
