@@ -352,6 +352,7 @@ impl Service {
             programmes: programmes.clone(),
             views: views.clone(),
             events: logs.events.clone(),
+            control: logs.control.clone(),
             feed_stall: config.limits.feed_stall,
             stopping: Arc::default(),
             deliveries: Arc::default(),
@@ -429,11 +430,12 @@ impl Service {
 fn start_raiser(
     books: &Arc<Db>,
     writers: &Arc<Writers>,
-    programmes: &Programmes,
+    programmes: &Arc<Programmes>,
     config: &Config,
 ) -> anyhow::Result<Raiser> {
-    let registry = programmes.registry();
-    Raiser::start(RaiserParts { books: books.clone(), writers: writers.clone(), registry, clock: config.clock.clone() })
+    let (registry, clock) = (programmes.registry(), config.clock.clone());
+    let programmes = programmes.clone();
+    Raiser::start(RaiserParts { books: books.clone(), writers: writers.clone(), registry, programmes, clock })
 }
 
 /// The reconciliation consumer's database.
@@ -498,6 +500,8 @@ fn webhook_parts(service: &Service) -> crate::webhook::worker::WorkerParts {
             views: ledger.views.clone(),
             positions: ledger.positions.clone(),
             stopping: ledger.stopping.clone(),
+            control: ledger.control.clone(),
+            registry: ledger.programmes.registry(),
         },
         registry: ledger.programmes.registry(),
         writers: ledger.writers.clone(),

@@ -182,3 +182,26 @@ async fn from_now_sends_only_what_is_committed_after_the_subscription() {
     assert!(items.iter().all(|i| i.json.contains("\"b-")));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_programme_wide_alert_is_an_event_of_the_feed_raised_once() {
+    let h = Harness::start().await;
+    let risk = pb::RiskRules { issuance_spike_percent: 300, issuance_spike_min_points: 100, ..Default::default() };
+    configure(&h, pb::Programme { risk: Some(risk), ..programme() }).await;
+    traffic(&h, "a").await;
+    let r = pb::SubscribeRequest { event_types: vec!["AlertRaised".into()], ..subscribe(Vec::new()) };
+    let mut stream = feed(&h).await.subscribe(r.clone()).await.unwrap().into_inner();
+    let item = take(&mut stream, 1).await.remove(0);
+    let partitions = h.events.partitions();
+    assert_eq!(item.position.unwrap().partition, partitions, "the control stream's lane");
+    assert_eq!(item.account.as_ref().unwrap().member_id, "");
+    let body: serde_json::Value = serde_json::from_str(&item.json).unwrap();
+    assert_eq!(body["data"]["rule"].as_str(), Some("issuance_spike"));
+    // A few looks of the raiser later, still one.
+    drop(stream);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut stream = feed(&h).await.subscribe(r).await.unwrap().into_inner();
+    take(&mut stream, 1).await;
+    assert!(tokio::time::timeout(Duration::from_millis(500), stream.message()).await.is_err(), "raised once");
+    h.stop().await;
+}

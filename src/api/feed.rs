@@ -84,19 +84,22 @@ impl pb::feed_server::Feed for FeedService {
         ledger.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
         ledger.programme(&key)?;
         let filter = filter(r)?;
-        let starts = starts(r, &ledger.positions.borrow().clone())?;
+        let source = Source {
+            events: ledger.events.clone(),
+            views: ledger.views.clone(),
+            positions: ledger.positions.clone(),
+            stopping: ledger.stopping.clone(),
+            control: ledger.control.clone(),
+            registry: ledger.programmes.registry(),
+        };
+        let ends: Vec<u64> = (0..source.lanes()).map(|p| source.end_of(p)).collect();
+        let starts = starts(r, &ends)?;
         if self.1.fetch_add(1, Ordering::SeqCst) >= FEED_SUBSCRIBERS_MAX {
             self.1.fetch_sub(1, Ordering::SeqCst);
             let why = format!("this instance serves {FEED_SUBSCRIBERS_MAX} subscriptions at most");
             return Err(status(Code::ResourceExhausted, "TOO_MANY_SUBSCRIBERS", why, None));
         }
         let place = Place(self.1.clone());
-        let source = Source {
-            events: ledger.events.clone(),
-            views: ledger.views.clone(),
-            positions: ledger.positions.clone(),
-            stopping: ledger.stopping.clone(),
-        };
         let (tx, rx) = mpsc::channel(feed::FEED_BUFFER_ITEMS);
         let ending: Arc<Mutex<Option<Status>>> = Arc::default();
         let (end, stall) = (ending.clone(), ledger.feed_stall);

@@ -59,8 +59,9 @@ pub struct Ledger {
     pub books: Arc<Db>,
     pub programmes: Arc<Programmes>,
     pub views: Arc<Db>,
-    /// The account log (the feed reads it).
+    /// The account log and the control stream (the feed reads them).
     pub events: Arc<dyn crate::log::EventLog>,
+    pub control: Arc<dyn crate::log::EventLog>,
     /// How long a feed subscriber may leave its buffer full.
     pub feed_stall: Duration,
     /// Set when the server stops taking calls: streams end.

@@ -10,6 +10,11 @@
 //! for it; its items go through a bounded channel, and a subscriber that
 //! leaves the channel full for the stall bound is cut off
 //! ([`SUBSCRIBER_TOO_SLOW`]) and resumes from its last position.
+//!
+//! Programme-wide alerts are events of the control stream
+//! (`ProgrammeAlertRaised`): the feed reads it as one more partition,
+//! numbered after the account partitions (partition N of N), and sends the
+//! ones that counted (as far as the registry has folded it).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -61,6 +66,26 @@ pub struct Source {
     pub positions: watch::Receiver<Vec<u64>>,
     /// Set when the service stops.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The control stream, and the registry that folds it.
+    pub control: Arc<dyn EventLog>,
+    pub registry: crate::ledger::programmes::SharedRegistry,
+}
+
+impl Source {
+    /// The partitions a subscription reads: the account partitions, then
+    /// the control stream.
+    pub fn lanes(&self) -> u32 {
+        self.events.partitions() + 1
+    }
+
+    /// Where lane `partition` may be read up to: the views' position, or,
+    /// for the control stream, what the registry has folded.
+    pub fn end_of(&self, partition: u32) -> u64 {
+        if partition == self.events.partitions() {
+            return self.registry.read().expect("registry lock").applied();
+        }
+        self.positions.borrow().get(partition as usize).copied().unwrap_or(0)
+    }
 }
 
 /// Why a subscription ended early.
@@ -88,7 +113,11 @@ pub struct Lane {
 impl Lane {
     /// Partition `partition` from offset `next`, judged as the views did.
     pub fn at(source: &Source, partition: u32, next: u64) -> Result<Lane, String> {
-        let arbiter = crate::projection::arbiter_at(&source.views, partition, next).map_err(|e| e.to_string())?;
+        let arbiter = if partition == source.events.partitions() {
+            Arbiter::default()
+        } else {
+            crate::projection::arbiter_at(&source.views, partition, next).map_err(|e| e.to_string())?
+        };
         let home = Home { partition, partitions: source.events.partitions() };
         Ok(Lane { home, next, arbiter, reader: None })
     }
@@ -106,10 +135,19 @@ pub fn read(source: &Source, filter: &Filter, lane: &mut Lane, end: u64) -> Resu
         return Ok(Vec::new());
     }
     let p = lane.home.partition;
+    let control = p == source.events.partitions();
     let mut reader = match lane.reader.take() {
         Some(r) => r,
+        None if control => source.control.reader(0, lane.next).map_err(|e| e.to_string())?,
         None => source.events.reader(p, lane.next).map_err(|e| e.to_string())?,
     };
+    if control {
+        let entries = read_towards(reader.as_mut(), end, FEED_READ_RECORDS_MAX).map_err(|e| e.to_string())?;
+        let items = control_items(source, filter, p, &entries);
+        lane.next = entries.last().map_or(lane.next, |e| e.offset + 1);
+        lane.reader = Some(reader);
+        return Ok(items);
+    }
     let entries = read_towards(reader.as_mut(), end, FEED_READ_RECORDS_MAX).map_err(|e| e.to_string())?;
     let Some(last) = entries.last().map(|e| e.offset) else { return Ok(Vec::new()) };
     let skipped = crate::projection::quarantined_in(&source.views.snapshot(), p, lane.next, last + 1)
@@ -203,6 +241,41 @@ pub fn items_of(record: &AccountRecord, at: Position, filter: &Filter) -> Vec<pb
         .collect()
 }
 
+/// The programme alerts among control-stream entries that counted, as
+/// items of lane `lane` (the control stream's).
+fn control_items(
+    source: &Source,
+    filter: &Filter,
+    lane: u32,
+    entries: &[crate::log::LogEntry],
+) -> Vec<(pb::FeedItem, u64)> {
+    use crate::log::record::ControlEvent;
+    let types_ok = filter.types.is_empty() || filter.types.contains("AlertRaised");
+    let mut items = Vec::new();
+    for e in entries {
+        let Ok(r) = crate::log::codec::decode_control_record(&e.payload) else { continue };
+        let ControlEvent::AlertRaised(a) = &r.event else { continue };
+        let account = AccountKey::new(&a.programme.tenant_id, &a.programme.programme_id, "");
+        let counted =
+            source.registry.read().expect("registry lock").admin_request_at(&a.programme.tenant_id, &r.request_id);
+        if !types_ok || !filter.takes(&account) || counted.map(|p| p.offset) != Some(e.offset) {
+            continue;
+        }
+        let id = format!("{lane}-{}-0", e.offset);
+        let event = Event::AlertRaised { alert_id: a.alert_id.clone(), rule: a.rule.clone(), detail: a.detail.clone() };
+        let item = pb::FeedItem {
+            position: Some(position_to_pb(Position { partition: lane, offset: e.offset })),
+            r#type: "AlertRaised".into(),
+            json: item_json(&id, &account, r.at, event),
+            id,
+            at: Some(timestamp(r.at)),
+            account: Some(account_key_to_pb(&account)),
+        };
+        items.push((item, e.offset + 1));
+    }
+    items
+}
+
 /// Sends the items of every partition from `starts` (each partition's next
 /// offset) on, as the views commit them, until the subscriber goes away or
 /// is cut off. Blocking: run it on a blocking thread.
@@ -213,19 +286,17 @@ pub fn run(
     tx: &mpsc::Sender<pb::FeedItem>,
     stall: Duration,
 ) -> Ended {
-    let partitions = source.events.partitions();
     let mut lanes = Vec::with_capacity(starts.len());
-    for (p, &next) in (0..partitions).zip(starts) {
+    for (p, &next) in (0..source.lanes()).zip(starts) {
         match Lane::at(source, p, next) {
             Ok(lane) => lanes.push(lane),
             Err(e) => return Ended::Failed(e),
         }
     }
     loop {
-        let ends = source.positions.borrow().clone();
         let mut read = 0;
         for lane in &mut lanes {
-            let end = ends.get(lane.home.partition as usize).copied().unwrap_or(0);
+            let end = source.end_of(lane.home.partition);
             match step(source, filter, lane, end, tx, stall) {
                 Ok(n) => read += n,
                 Err(ended) => return ended,

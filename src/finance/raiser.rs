@@ -12,6 +12,13 @@
 //! (every instance folds every partition and keeps its own outbox; only the
 //! partition's writer raises). An alert older than [`OUTBOX_MAX_AGE_MS`]
 //! when met (a books rebuild of an old log) is dropped, not raised.
+//!
+//! Programme-wide alerts (spikes, an address for many members, a record
+//! every reader skips) belong to no member: every [`PROGRAMME_ALERTS_EVERY`]
+//! the worker lists those of the last day from its books, as `ListAlerts`
+//! would, and raises each not raised yet as a `ProgrammeAlertRaised` of the
+//! control stream (request id `alert:<alert id>`: the log keeps the first,
+//! whichever instance appended it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +42,11 @@ const RAISER_ROWS_MAX: usize = 1000;
 /// How long a submitted row waits for the fold to delete it before it is
 /// submitted again.
 const RAISER_RESUBMIT_AFTER: Duration = Duration::from_secs(30);
+/// How often programme-wide alerts are looked for.
+const PROGRAMME_ALERTS_EVERY: Duration = Duration::from_secs(2);
+/// The rules whose alerts are the programme's, not a member's.
+const PROGRAMME_RULES: [&str; 5] =
+    ["issuance_spike", "redemption_spike", "shared_address", "shared_spend_address", super::risk::QUARANTINED_RULE];
 /// Alerts older than this (by their decision time) are not raised.
 pub const OUTBOX_MAX_AGE_MS: Millis = 24 * 3_600_000;
 
@@ -48,6 +60,7 @@ pub struct RaiserParts {
     pub books: Arc<Db>,
     pub writers: Arc<Writers>,
     pub registry: SharedRegistry,
+    pub programmes: Arc<crate::ledger::programmes::Programmes>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -59,9 +72,16 @@ impl Raiser {
             std::thread::Builder::new().name("alert-raiser".into()).spawn(move || {
                 let mut submitted: HashMap<Vec<u8>, Instant> = HashMap::new();
                 let mut sweep = Vec::new();
+                let mut looked = Instant::now() - PROGRAMME_ALERTS_EVERY;
                 while !stop.load(Ordering::Relaxed) {
                     if let Err(e) = step(&parts, &mut submitted, &mut sweep) {
                         tracing::warn!(error = %e, "alert raiser; retrying");
+                    }
+                    if looked.elapsed() >= PROGRAMME_ALERTS_EVERY {
+                        looked = Instant::now();
+                        if let Err(e) = programme_alerts(&parts) {
+                            tracing::warn!(error = %e, "alert raiser (programme alerts); retrying");
+                        }
                     }
                     std::thread::sleep(Duration::from_millis(RAISER_POLL_MS));
                 }
@@ -97,6 +117,38 @@ fn raise(alert: &state::Alert, registry: &SharedRegistry) -> Option<Command> {
         },
         context: Default::default(),
     })
+}
+
+/// Raises the programme-wide alerts of the last day not raised yet.
+fn programme_alerts(parts: &RaiserParts) -> anyhow::Result<()> {
+    let now = parts.clock.now();
+    let programmes = parts.registry.read().expect("registry lock").all_current();
+    for p in programmes {
+        let from = now.saturating_sub(OUTBOX_MAX_AGE_MS);
+        for a in super::risk::alerts(&parts.books, &p, from, now.saturating_add(1))? {
+            if !PROGRAMME_RULES.contains(&a.rule.as_str()) {
+                continue;
+            }
+            let id = alert_id(&a);
+            let raised =
+                parts.registry.read().expect("registry lock").admin_request_at(&p.tenant_id, &format!("alert:{id}"));
+            if raised.is_some() {
+                continue;
+            }
+            let mut figures: Vec<String> = a.figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            figures.sort();
+            let alert = crate::log::record::ProgrammeAlert {
+                programme: p.key(),
+                alert_id: id,
+                rule: a.rule.clone(),
+                detail: format!("{} ({})", a.subject, figures.join(", ")),
+            };
+            if let Err(e) = parts.programmes.raise_programme_alert(alert, now) {
+                tracing::warn!(error = %e, "a programme alert could not be raised; tried again later");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The outbox rows of `partition`.

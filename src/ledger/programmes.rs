@@ -174,6 +174,7 @@ impl Registry {
                 self.webhooks.insert(key, Webhook { config: w.clone(), since });
                 true
             }
+            ControlEvent::AlertRaised(a) => self.admin_request(&a.programme.tenant_id, record, position),
             ControlEvent::AlertActioned(a) => {
                 if !self.admin_request(&a.programme.tenant_id, record, position) {
                     return false;
@@ -199,6 +200,16 @@ impl Registry {
         }
         self.admin_requests.insert(key, (record.fingerprint, position));
         true
+    }
+
+    /// Where the counted record of an admin act is (`None`: none counted).
+    pub fn admin_request_at(&self, tenant: &str, request_id: &str) -> Option<Position> {
+        self.admin_requests.get(&(tenant.to_string(), request_id.to_string())).map(|(_, p)| *p)
+    }
+
+    /// The next control-stream offset the registry folds.
+    pub fn applied(&self) -> u64 {
+        self.applied
     }
 
     /// Every programme's webhooks as last configured (disabled ones too).
@@ -431,6 +442,20 @@ impl Programmes {
         let fingerprint = crate::domain::fingerprint_webhook(fields, &w.event_types, w.disabled, operator);
         let tenant = webhook.programme.tenant_id.clone();
         self.admin_act(request_id, &tenant, operator, fingerprint, ControlEvent::WebhookConfigured(webhook), now)
+    }
+
+    /// Raises a programme-wide alert as an event of the control stream
+    /// (request id `alert:<alert id>`: once, whoever appends first).
+    /// Blocking.
+    pub fn raise_programme_alert(
+        &self,
+        alert: crate::log::record::ProgrammeAlert,
+        now: Millis,
+    ) -> Result<(Position, bool), ConfigureError> {
+        let request_id = format!("alert:{}", alert.alert_id);
+        let fingerprint = crate::domain::fingerprint_alert_action(&alert.alert_id, false, &alert.rule, "risk");
+        let tenant = alert.programme.tenant_id.clone();
+        self.admin_act(&request_id, &tenant, "risk", fingerprint, ControlEvent::AlertRaised(alert), now)
     }
 
     /// Appends an admin act to the control stream and waits until it is

@@ -601,6 +601,13 @@ pub fn encode_control_record(r: &ControlRecord) -> Vec<u8> {
             secret: w.secret.clone(),
             disabled: w.disabled,
         }),
+        ControlEvent::AlertRaised(a) => wire::control_record::Event::ProgrammeAlertRaised(wire::ProgrammeAlertRaised {
+            tenant_id: a.programme.tenant_id.clone(),
+            programme_id: a.programme.programme_id.clone(),
+            alert_id: a.alert_id.clone(),
+            rule: a.rule.clone(),
+            detail: a.detail.clone(),
+        }),
         ControlEvent::ShareTaken(s) => wire::control_record::Event::CapShareTaken(wire::CapShareTaken {
             tenant_id: s.programme.tenant_id.clone(),
             programme_id: s.programme.programme_id.clone(),
@@ -642,6 +649,14 @@ pub fn decode_control_record(bytes: &[u8]) -> Result<ControlRecord, CodecError> 
                 event_types: w.event_types,
                 secret: w.secret,
                 disabled: w.disabled,
+            })
+        }
+        wire::control_record::Event::ProgrammeAlertRaised(a) => {
+            ControlEvent::AlertRaised(crate::log::record::ProgrammeAlert {
+                programme: crate::domain::ProgrammeKey { tenant_id: a.tenant_id, programme_id: a.programme_id },
+                alert_id: a.alert_id,
+                rule: a.rule,
+                detail: a.detail,
             })
         }
         wire::control_record::Event::AlertActioned(a) => ControlEvent::AlertActioned(AlertActioned {

@@ -52,6 +52,7 @@ pub enum Kind {
     CapShareTaken,
     AlertActioned,
     WebhookConfigured,
+    ProgrammeAlertRaised,
 }
 
 impl About {
@@ -97,6 +98,15 @@ impl About {
                     subject: format!("{programme}/{}", w.webhook_id),
                 }
             }
+            record::ControlEvent::AlertRaised(a) => {
+                let programme = format!("{}/{}", a.programme.tenant_id, a.programme.programme_id);
+                About {
+                    kind: Kind::ProgrammeAlertRaised,
+                    id: format!("{programme}/{}", r.request_id),
+                    at: r.at,
+                    subject: programme,
+                }
+            }
             record::ControlEvent::ShareTaken(s) => {
                 let programme = format!("{}/{}", s.programme.tenant_id, s.programme.programme_id);
                 About {
@@ -121,6 +131,7 @@ impl Kind {
             Kind::CapShareTaken => "points.programme.cap_share_taken",
             Kind::AlertActioned => "points.alert.actioned",
             Kind::WebhookConfigured => "points.programme.webhook_configured",
+            Kind::ProgrammeAlertRaised => "points.alert.raised",
         }
     }
 
@@ -128,9 +139,11 @@ impl Kind {
     pub fn message(self) -> &'static str {
         match self {
             Kind::AccountRecord | Kind::WriterClaim | Kind::WriterRelease => "points.log.v1.AccountRecord",
-            Kind::ProgrammeConfigured | Kind::CapShareTaken | Kind::AlertActioned | Kind::WebhookConfigured => {
-                "points.log.v1.ControlRecord"
-            }
+            Kind::ProgrammeConfigured
+            | Kind::CapShareTaken
+            | Kind::AlertActioned
+            | Kind::WebhookConfigured
+            | Kind::ProgrammeAlertRaised => "points.log.v1.ControlRecord",
         }
     }
 }

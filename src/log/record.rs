@@ -61,6 +61,17 @@ pub enum ControlEvent {
     AlertActioned(AlertActioned),
     /// A programme's webhook set, changed or disabled.
     WebhookConfigured(WebhookConfigured),
+    /// A programme-wide alert raised as an event.
+    AlertRaised(ProgrammeAlert),
+}
+
+/// A programme-wide alert (`ListAlerts` names it by `alert_id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammeAlert {
+    pub programme: ProgrammeKey,
+    pub alert_id: String,
+    pub rule: String,
+    pub detail: String,
 }
 
 /// Where a programme's events are POSTed (`ConfigureWebhook`).

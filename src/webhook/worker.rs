@@ -114,7 +114,9 @@ async fn round(parts: &WorkerParts, poster: &Poster, lanes: &mut BTreeMap<LaneKe
     let partitions = parts.source.events.partitions();
     let mut wanted = Vec::new();
     for w in &webhooks {
-        for p in (0..partitions).filter(|p| parts.writers.owns(*p)) {
+        // The control stream's lane (programme alerts) goes with partition 0.
+        let owned = |p: &u32| parts.writers.owns(if *p == partitions { 0 } else { *p });
+        for p in (0..parts.source.lanes()).filter(owned) {
             wanted.push(((w.config.programme.clone(), w.config.webhook_id.clone(), p), w));
         }
     }
@@ -159,7 +161,7 @@ async fn lane_step(parts: &WorkerParts, poster: &Poster, key: &LaneKey, w: &Webh
         return 0;
     }
     let mut progressed = 0;
-    let end = parts.source.positions.borrow().get(key.2 as usize).copied().unwrap_or(0);
+    let end = parts.source.end_of(key.2);
     if r.queue.is_empty() {
         let Some(mut lane) = r.lane.take() else { return 0 };
         let before = lane.next;
