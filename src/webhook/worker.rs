@@ -162,7 +162,8 @@ async fn lane_step(parts: &WorkerParts, poster: &Poster, key: &LaneKey, w: &Webh
     }
     let mut progressed = 0;
     let end = parts.source.end_of(key.2);
-    if r.queue.is_empty() {
+    let behind = r.lane.as_ref().is_some_and(|l| l.next < end);
+    if r.queue.is_empty() && behind {
         let Some(mut lane) = r.lane.take() else { return 0 };
         let before = lane.next;
         let (source, filter) = (parts.source.clone(), filter_of(w));
@@ -182,7 +183,7 @@ async fn lane_step(parts: &WorkerParts, poster: &Poster, key: &LaneKey, w: &Webh
             Ok(items) => r.queue.extend(items.into_iter().filter(|(i, _)| millis(i) >= w.since)),
             Err(e) => tracing::warn!(error = %e, webhook = %key.1, "webhooks: cannot read the feed"),
         }
-        if r.queue.is_empty() {
+        if r.queue.is_empty() && read_to > before {
             // Nothing to send up to here: the cursor moves past what was read.
             store_cursor(parts, key, read_to);
         }
