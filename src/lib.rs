@@ -28,6 +28,8 @@ pub mod projection;
 pub mod finance;
 pub mod api;
 pub mod server;
+pub mod metrics;
+pub mod admin;
 pub mod tools;
 pub mod feed;
 pub mod webhook;

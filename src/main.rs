@@ -433,6 +433,10 @@ struct ServeArgs {
     /// without it and without --tls-client-ca, access is open.
     #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
     auth_tokens_file: Option<PathBuf>,
+    /// Address of the admin HTTP listener: /metrics (Prometheus), /healthz,
+    /// /readyz, /console. `off` for none.
+    #[arg(long, env = "POINTS_LEDGER_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+    admin_listen: String,
     /// Serve without access control on an address beyond loopback
     /// (anyone who reaches the port may do everything).
     #[arg(long, env = "POINTS_LEDGER_INSECURE_NO_AUTH")]
@@ -530,6 +534,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.requests_in_flight_max = args.requests_in_flight_max as usize;
     config.limits.request_timeout = std::time::Duration::from_millis(args.request_timeout_ms);
     config.limits.feed_stall = std::time::Duration::from_millis(args.feed_stall_ms);
+    config.admin_listen = match args.admin_listen.as_str() {
+        "off" => None,
+        addr => Some(addr.parse().with_context(|| format!("--admin-listen {addr}: expected HOST:PORT or off"))?),
+    };
     if let Some(path) = &args.auth_tokens_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         config.auth = Auth::parse(&text).with_context(|| format!("reading {}", path.display()))?;

@@ -39,3 +39,22 @@ pub const LOG_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"
 
 /// The encoded file descriptor set of the API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("points_descriptor");
+
+/// The gRPC methods of the services in these encoded descriptor sets, as
+/// (path, method name): (`/points.v1.PointsLedger/Earn`, `Earn`).
+pub fn methods_served(descriptor_sets: &[&[u8]]) -> Vec<(String, String)> {
+    use prost::Message;
+    let mut methods = Vec::new();
+    for bytes in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*bytes) else { continue };
+        for file in set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    methods.push((path, method.name().to_string()));
+                }
+            }
+        }
+    }
+    methods
+}

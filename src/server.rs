@@ -7,6 +7,8 @@
 //! listener's connections are handshaken first, and SIGHUP reloads the
 //! certificates.
 
+pub mod observe;
+pub mod sample;
 pub mod tls;
 
 use std::future::Future;
@@ -62,6 +64,9 @@ pub struct Config {
     pub tls: Option<Arc<tls::Tls>>,
     /// What one listener takes at most.
     pub limits: ServerLimits,
+    /// The admin HTTP listener's address (metrics, health, the console);
+    /// None: no admin listener (`run` only; tests bind their own).
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// The gRPC listener's bounds: a caller that opens more than this, or a
@@ -136,6 +141,7 @@ impl Config {
             cluster: None,
             tls: None,
             limits: ServerLimits::default(),
+            admin_listen: None,
         }
     }
 }
@@ -295,19 +301,16 @@ pub struct Service {
     /// The listener's TLS settings (None: plain text).
     tls: Option<Arc<tls::Tls>>,
     limits: ServerLimits,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Service {
     pub fn start(config: &Config, logs: Logs) -> anyhow::Result<Service> {
         std::fs::create_dir_all(&config.data_dir)?;
+        let metrics = config.writer.metrics.clone();
+        logs.events.time_fsyncs(metrics.histogram(crate::metrics::FSYNC_SECONDS, &[]));
         let programmes = Arc::new(Programmes::open(logs.control.clone())?);
-        // The writers' own database of builds before 2026-12-01: the state
-        // lives with the views now (rebuilt from the log when they are old).
-        let old_writer_dir = config.data_dir.join("writer");
-        if old_writer_dir.exists() {
-            tracing::warn!(dir = %old_writer_dir.display(), "removing the writer state of an older build");
-            std::fs::remove_dir_all(&old_writer_dir)?;
-        }
+        remove_old_writer_state(&config.data_dir)?;
         let views = Arc::new(crate::projection::open_views(&config.data_dir.join("views"))?);
         if config.discard_database_writes {
             views.discard_writes();
@@ -360,6 +363,7 @@ impl Service {
             clock: config.clock.clone(),
             auth: auth_of(config),
             forwarder: Forwarder::new(config.tls.as_ref().and_then(|t| t.forward_settings())),
+            metrics: metrics.clone(),
         });
         let raiser = start_raiser(&books, &writers, &programmes, config)?;
         let member = std::sync::Mutex::new(member);
@@ -374,6 +378,7 @@ impl Service {
             member,
             tls: config.tls.clone(),
             limits: config.limits,
+            metrics,
         })
     }
 
@@ -426,6 +431,17 @@ impl Service {
     }
 }
 
+/// The writers' own database of builds before 2026-12-01: the state lives
+/// with the views now (rebuilt from the log when they are old).
+fn remove_old_writer_state(data_dir: &Path) -> anyhow::Result<()> {
+    let old_writer_dir = data_dir.join("writer");
+    if old_writer_dir.exists() {
+        tracing::warn!(dir = %old_writer_dir.display(), "removing the writer state of an older build");
+        std::fs::remove_dir_all(&old_writer_dir)?;
+    }
+    Ok(())
+}
+
 /// The worker raising members' alerts in the partitions written here.
 fn start_raiser(
     books: &Arc<Db>,
@@ -435,7 +451,8 @@ fn start_raiser(
 ) -> anyhow::Result<Raiser> {
     let (registry, clock) = (programmes.registry(), config.clock.clone());
     let programmes = programmes.clone();
-    Raiser::start(RaiserParts { books: books.clone(), writers: writers.clone(), registry, programmes, clock })
+    let metrics = config.writer.metrics.clone();
+    Raiser::start(RaiserParts { books: books.clone(), writers: writers.clone(), registry, programmes, clock, metrics })
 }
 
 /// The reconciliation consumer's database.
@@ -507,6 +524,7 @@ fn webhook_parts(service: &Service) -> crate::webhook::worker::WorkerParts {
         writers: ledger.writers.clone(),
         books: ledger.books.clone(),
         deliveries: ledger.deliveries.clone(),
+        metrics: service.metrics.clone(),
     }
 }
 
@@ -520,6 +538,26 @@ async fn set_ledger_health(health: &tonic_health::server::HealthReporter, servin
     ] {
         health.set_service_status(name, status).await;
     }
+}
+
+/// Server reflection in both versions (older grpcurl asks v1alpha).
+#[allow(clippy::type_complexity)]
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+)> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So clients can decode google.rpc.ErrorInfo / BadRequest details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
 }
 
 /// Serves the gRPC services of `service` on `listener` until `shutdown`
@@ -539,17 +577,14 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
     set_ledger_health(&health_reporter, service.writers.ownership().serving()).await;
     let health_task = tokio::spawn(follow_partitions(health_reporter, service.writers.ownership()));
     let webhooks = tokio::spawn(crate::webhook::worker::run(webhook_parts(service), service.ledger.stopping.clone()));
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // So clients can decode google.rpc.ErrorInfo / BadRequest details.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let sampler = tokio::spawn(sample::run(service.ledger.clone(), service.metrics.clone()));
+    let methods = observe::Methods::of(&[
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     let l = service.limits;
     let bytes = l.message_bytes_max;
     let router = tonic::transport::Server::builder()
@@ -558,7 +593,9 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
         .max_connection_age(l.connection_age_max)
         .http2_keepalive_interval(Some(l.keepalive_interval))
         .http2_keepalive_timeout(Some(l.keepalive_timeout))
-        // Outermost: a call beyond the global bound is refused at once.
+        // Outermost: every call is counted, those shed too.
+        .layer(observe::ObserveLayer { metrics: service.metrics.clone(), methods })
+        // A call beyond the global bound is refused at once.
         .layer(tower::load_shed::LoadShedLayer::new())
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(l.requests_in_flight_max))
         .add_service(health)
@@ -597,8 +634,32 @@ pub async fn serve(listener: TcpListener, service: &Service, shutdown: impl Futu
     // in flight is dropped and sent again from the stored cursor next time.
     webhooks.abort();
     let _ = webhooks.await;
+    sampler.abort();
+    let _ = sampler.await;
     served?;
     Ok(())
+}
+
+impl Service {
+    /// The admin listener's pages (metrics, health).
+    pub fn admin_router(&self) -> axum::Router {
+        crate::admin::router(crate::admin::AdminState {
+            metrics: self.metrics.clone(),
+            ownership: self.writers.ownership(),
+        })
+    }
+}
+
+/// Serves the admin listener's pages of `service` on `listener` until the
+/// service stops taking calls (`stopping`).
+pub fn spawn_admin(listener: TcpListener, service: &Service) -> tokio::task::JoinHandle<()> {
+    let stopping = service.ledger.stopping.clone();
+    let router = service.admin_router();
+    tokio::spawn(crate::admin::serve(listener, router, async move {
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }))
 }
 
 /// Reloads the TLS files on every SIGHUP until aborted.
@@ -648,6 +709,15 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
     }
     let logs = tokio::task::block_in_place(|| open_logs(&config))?;
     let service = Arc::new(Service::start(&config, logs)?);
+    let admin = match config.admin_listen {
+        Some(addr) => {
+            use anyhow::Context;
+            let l = TcpListener::bind(addr).await.with_context(|| format!("binding the admin listener {addr}"))?;
+            tracing::info!(addr = %l.local_addr()?, "admin listener: /metrics /healthz /readyz");
+            Some(spawn_admin(l, &service))
+        }
+        None => None,
+    };
     tracing::info!(addr = %listener.local_addr()?, advertise = %config.writer.advertise, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "serving");
     warn_about_access(&config, &service);
     let hangups = config.tls.is_some().then(|| tokio::spawn(reload_on_hangup(service.clone())));
@@ -659,6 +729,9 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
         let _ = tokio::task::spawn_blocking(move || leaving.leave_group()).await;
     };
     let served = serve(listener, &service, shutdown).await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
     if let Some(h) = hangups {
         h.abort();
         let _ = h.await;

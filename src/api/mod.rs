@@ -73,6 +73,8 @@ pub struct Ledger {
     pub auth: Auth,
     /// Connections to the other instances of a cluster.
     pub forwarder: forward::Forwarder,
+    /// The service's metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Where a command for partition `p` goes from this instance.

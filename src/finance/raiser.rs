@@ -62,6 +62,13 @@ pub struct RaiserParts {
     pub registry: SharedRegistry,
     pub programmes: Arc<crate::ledger::programmes::Programmes>,
     pub clock: Arc<dyn Clock>,
+    /// Where raised alerts are counted.
+    pub metrics: crate::metrics::Metrics,
+}
+
+/// Counts an alert raised (not a retry's answer) under its rule.
+fn count_raised(metrics: &crate::metrics::Metrics, rule: &str) {
+    metrics.counter(crate::metrics::ALERTS, &[("rule", rule.to_string())]).increment(1);
 }
 
 impl Raiser {
@@ -143,8 +150,10 @@ fn programme_alerts(parts: &RaiserParts) -> anyhow::Result<()> {
                 rule: a.rule.clone(),
                 detail: format!("{} ({})", a.subject, figures.join(", ")),
             };
-            if let Err(e) = parts.programmes.raise_programme_alert(alert, now) {
-                tracing::warn!(error = %e, "a programme alert could not be raised; tried again later");
+            match parts.programmes.raise_programme_alert(alert, now) {
+                Ok((_, false)) => count_raised(&parts.metrics, &a.rule),
+                Ok((_, true)) => {}
+                Err(e) => tracing::warn!(error = %e, "a programme alert could not be raised; tried again later"),
             }
         }
     }
@@ -191,6 +200,9 @@ fn step(parts: &RaiserParts, submitted: &mut HashMap<Vec<u8>, Instant>, sweep: &
             };
             submitted.insert(key.clone(), Instant::now());
             match futures_executor::block_on(parts.writers.submit(command)) {
+                Ok(reply) if !reply.replayed => {
+                    count_raised(&parts.metrics, alert.as_ref().map_or("", |a| a.rule.as_str()))
+                }
                 // Decided, or to try again: the partition is busy or settling more than is due.
                 Ok(_) | Err(WriteError::Unavailable(_)) => {}
                 Err(WriteError::Rejected(r)) if r.reason == crate::domain::Reason::SettlingDue => {}

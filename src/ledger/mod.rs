@@ -77,6 +77,8 @@ pub struct WriterConfig {
     /// fit, or a total would overflow) is set aside before it is tried again,
     /// so the rest of the due index moves on.
     pub tick_set_aside_ms: i64,
+    /// Where the writers count their batches and appends.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for WriterConfig {
@@ -92,6 +94,7 @@ impl Default for WriterConfig {
             bulk_catch_up_records_min: rebuild::BULK_CATCH_UP_RECORDS_MIN,
             record_bytes_max: 0,
             tick_set_aside_ms: 10 * 60 * 1000,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }

@@ -95,6 +95,27 @@ pub(super) struct PartitionWriter {
     pub(super) programmes: Option<Arc<Programmes>>,
     /// What this partition has granted per programme day, as committed.
     pub(super) issued: Granted,
+    /// Its batches' sizes, append times and queue depth, in the metrics.
+    observed: Observed,
+}
+
+/// A writer's metrics (handles made once).
+struct Observed {
+    batch_commands: crate::metrics::Histogram,
+    append_seconds: crate::metrics::Histogram,
+    queue_commands: crate::metrics::Gauge,
+}
+
+impl Observed {
+    fn new(metrics: &crate::metrics::Metrics, partition: u32) -> Observed {
+        use crate::metrics::{APPEND_SECONDS, BATCH_COMMANDS, QUEUE_COMMANDS};
+        let p = [("partition", partition.to_string())];
+        Observed {
+            batch_commands: metrics.histogram(BATCH_COMMANDS, &[]),
+            append_seconds: metrics.histogram(APPEND_SECONDS, &[]),
+            queue_commands: metrics.gauge(QUEUE_COMMANDS, &p),
+        }
+    }
 }
 
 /// An account as of the last committed batch.
@@ -266,7 +287,9 @@ struct Decided {
 impl PartitionWriter {
     pub(super) fn new(p: Parts) -> Result<PartitionWriter, store::StoreError> {
         let log_bytes_max = p.log.record_bytes_max();
+        let observed = Observed::new(&p.config.metrics, p.partition);
         Ok(PartitionWriter {
+            observed,
             record_bytes_max: match p.config.record_bytes_max {
                 0 => log_bytes_max,
                 given => given.min(log_bytes_max),
@@ -745,7 +768,10 @@ impl PartitionWriter {
                     .about(crate::log::About::account(r))
             })
             .collect();
-        let offsets = self.log.append(self.partition, &encoded).map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let appended = self.log.append(self.partition, &encoded);
+        self.observed.append_seconds.duration(started.elapsed());
+        let offsets = appended.map_err(|e| match e {
             LogError::Unavailable(m) => Unavailable::Log(m),
             other => Unavailable::Log(format!("append failed: {other}")),
         })?;
@@ -981,6 +1007,8 @@ impl PartitionWriter {
                     Err(_) => break,
                 }
             }
+            self.observed.batch_commands.count(msgs.len());
+            self.observed.queue_commands.set(rx.len() as u64);
             if !self.process_or_stop(msgs) {
                 return;
             }

@@ -36,6 +36,8 @@ pub struct EmbeddedLog {
     partitions: Vec<Arc<Partition>>,
     /// Opened beside a running writer: appends are refused.
     read_only: bool,
+    /// Where appends time their fsyncs (the service's metrics), once set.
+    fsyncs: std::sync::OnceLock<crate::metrics::Histogram>,
 }
 
 struct Partition {
@@ -123,7 +125,17 @@ impl EmbeddedLog {
         let partitions = (0..partitions)
             .map(|p| Partition::open(&dir.join(format!("p{p:05}")), read_only, segment_bytes_max).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(EmbeddedLog { partitions, read_only })
+        Ok(EmbeddedLog { partitions, read_only, fsyncs: std::sync::OnceLock::new() })
+    }
+
+    /// Syncs an append's data, timed into the metrics when they are set.
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        let synced = file.sync_data();
+        if let Some(h) = self.fsyncs.get() {
+            h.duration(started.elapsed());
+        }
+        synced
     }
 
     fn partition(&self, p: u32) -> Result<&Arc<Partition>, LogError> {
@@ -333,7 +345,8 @@ impl EventLog for EmbeddedLog {
         } else {
             app.file_bytes
         };
-        if let Err(e) = app.file.write_all_at(&buf, app.segment_bytes).and_then(|()| app.file.sync_data()) {
+        let synced = app.file.write_all_at(&buf, app.segment_bytes).and_then(|()| self.sync(&app.file));
+        if let Err(e) = synced {
             // Whatever part was written is a torn tail: cut it so the next
             // append starts clean (and a restart would cut it too). If that
             // fails as well, records of this append could come back later.
@@ -354,6 +367,10 @@ impl EventLog for EmbeddedLog {
         drop(shared);
         p.grown.notify_all();
         Ok((first..first + records.len() as u64).collect())
+    }
+
+    fn time_fsyncs(&self, seconds: crate::metrics::Histogram) {
+        let _ = self.fsyncs.set(seconds);
     }
 
     fn end_offset(&self, partition: u32) -> Result<u64, LogError> {

@@ -203,6 +203,18 @@ pub trait EventLog: Send + Sync + 'static {
         embedded::RECORD_BYTES_MAX
     }
 
+    /// Figures of the log's client for the metrics (Kafka: librdkafka's
+    /// statistics of the producer), by name; none by default.
+    fn figures(&self) -> Vec<(&'static str, i64)> {
+        Vec::new()
+    }
+
+    /// Times the log's own fsyncs into `seconds` from now on (the embedded
+    /// log; others have none).
+    fn time_fsyncs(&self, seconds: crate::metrics::Histogram) {
+        let _ = seconds;
+    }
+
     /// The offset the next appended record will get (= records so far).
     fn end_offset(&self, partition: u32) -> Result<u64, LogError>;
 

@@ -142,6 +142,30 @@ pub struct Db {
     bulk_loads: std::sync::Mutex<usize>,
 }
 
+/// RocksDB's compactions and write stalls at one moment ([`Db::condition`]).
+#[derive(Clone, Debug, Default)]
+pub struct Condition {
+    pub running_compactions: u64,
+    pub pending_compaction_bytes: u64,
+    pub write_stopped: bool,
+    /// Bytes a second writes are slowed to (0: not slowed).
+    pub delayed_write_rate: u64,
+    /// Stalls and slowdowns since opening, by cause (RocksDB's names).
+    pub stalls: Vec<(String, u64)>,
+}
+
+/// The counts of `rocksdb.db-write-stall-stats` (`name: count` or
+/// `name=count` pairs), leaving out zeros.
+fn parse_stall_stats(text: &str) -> Vec<(String, u64)> {
+    text.split(['\n', ';'])
+        .filter_map(|pair| {
+            let (name, n) = pair.split_once([':', '='])?;
+            let n = n.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
+            Some((name.trim().to_string(), n))
+        })
+        .collect()
+}
+
 /// A key and its value, as stored.
 pub type Row = (Vec<u8>, Vec<u8>);
 
@@ -563,6 +587,37 @@ impl Db {
 
     pub fn column_families(&self) -> &'static [Cf] {
         self.cfs
+    }
+
+    /// What RocksDB says of its compactions and write stalls now (for the
+    /// metrics; a property it does not know reads as 0).
+    pub fn condition(&self) -> Condition {
+        let int = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let pending = self
+            .cfs
+            .iter()
+            .map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(*cf), "rocksdb.estimate-pending-compaction-bytes")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
+            .sum();
+        let stalls = self
+            .db
+            .property_value("rocksdb.db-write-stall-stats")
+            .ok()
+            .flatten()
+            .map(|text| parse_stall_stats(&text))
+            .unwrap_or_default();
+        Condition {
+            running_compactions: int("rocksdb.num-running-compactions"),
+            pending_compaction_bytes: pending,
+            write_stopped: int("rocksdb.is-write-stopped") != 0,
+            delayed_write_rate: int("rocksdb.actual-delayed-write-rate"),
+            stalls,
+        }
     }
 
     /// Every key and value of one column family, for tests.

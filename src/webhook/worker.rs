@@ -60,6 +60,8 @@ pub struct WorkerParts {
     pub writers: Arc<Writers>,
     pub books: Arc<Db>,
     pub deliveries: Deliveries,
+    /// Where deliveries are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A lane as the worker runs it.
@@ -197,6 +199,8 @@ async fn lane_step(parts: &WorkerParts, poster: &Poster, key: &LaneKey, w: &Webh
         let mut lanes = parts.deliveries.lock().expect("deliveries lock");
         let state = lanes.entry(key.clone()).or_default();
         state.end = end;
+        let outcome = if sent.is_ok() { "delivered" } else { "failed" };
+        parts.metrics.counter(crate::metrics::WEBHOOK_DELIVERIES, &[("outcome", outcome.to_string())]).increment(1);
         match sent {
             Ok(()) => {
                 let after = *after;

@@ -41,6 +41,8 @@ use tonic::transport::Channel;
 
 pub struct Harness {
     pub addr: SocketAddr,
+    /// The admin HTTP listener (metrics, health, the console).
+    pub admin_addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub events: Arc<dyn EventLog>,
     pub clock: Arc<ManualClock>,
@@ -117,6 +119,9 @@ impl Harness {
         if wait {
             service.ready().await;
         }
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin_listener.local_addr().unwrap();
+        let admin = points_ledger::server::spawn_admin(admin_listener, &service);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             serve(listener, &service, async {
@@ -124,9 +129,10 @@ impl Harness {
             })
             .await
             .unwrap();
+            let _ = admin.await;
             tokio::task::spawn_blocking(move || service.stop()).await.unwrap();
         });
-        Harness { addr, dir, events, clock, broker, shutdown: Some(tx), task: Some(task) }
+        Harness { addr, admin_addr, dir, events, clock, broker, shutdown: Some(tx), task: Some(task) }
     }
 
     /// Stops the service but keeps its broker (if any) running for the
@@ -173,6 +179,12 @@ impl Harness {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A page of the admin listener: its status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.admin_addr)).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 
     pub async fn ledger(&self) -> PointsLedgerClient<Channel> {

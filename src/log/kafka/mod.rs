@@ -185,9 +185,31 @@ struct Slot {
     index: usize,
 }
 
-struct Deliveries;
+/// The producer's context: delivery reports, and its latest statistics.
+struct Deliveries {
+    figures: Figures,
+}
 
-impl ClientContext for Deliveries {}
+/// librdkafka's latest statistics of the producer, as metric figures.
+type Figures = Arc<std::sync::Mutex<Vec<(&'static str, i64)>>>;
+
+/// How often librdkafka reports the producer's statistics.
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+impl ClientContext for Deliveries {
+    fn stats(&self, s: rdkafka::Statistics) {
+        let rtt_max = s.brokers.values().filter_map(|b| b.rtt.as_ref()).map(|w| w.p99).max().unwrap_or(0);
+        let figures = vec![
+            ("queue_messages", i64::try_from(s.msg_cnt).unwrap_or(i64::MAX)),
+            ("queue_bytes", i64::try_from(s.msg_size).unwrap_or(i64::MAX)),
+            ("requests_sent", s.tx),
+            ("bytes_sent", s.tx_bytes),
+            ("messages_sent", s.txmsgs),
+            ("broker_rtt_p99_microseconds", rtt_max),
+        ];
+        *self.figures.lock().expect("figures lock") = figures;
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<Slot>;
@@ -211,6 +233,8 @@ pub struct KafkaLog {
     /// For watermark queries; replaced after a failure (a client that lost
     /// its broker can keep timing out after the broker is back).
     meta: RwLock<Arc<BaseConsumer>>,
+    /// The producer's latest statistics.
+    figures: Figures,
 }
 
 /// The CloudEvents spec version the headers follow.
@@ -260,9 +284,10 @@ impl KafkaLog {
                 )))
             }
         }
-        let producer = Arc::new(make_producer(&config)?);
+        let figures = Figures::default();
+        let producer = Arc::new(make_producer(&config, &figures)?);
         tracing::info!(brokers = %config.brokers, topic = %config.topic, partitions = config.partitions, "kafka log open");
-        Ok(KafkaLog { config, producer: RwLock::new(producer), meta: RwLock::new(Arc::new(meta)) })
+        Ok(KafkaLog { config, producer: RwLock::new(producer), meta: RwLock::new(Arc::new(meta)), figures })
     }
 
     pub fn topic(&self) -> &str {
@@ -286,7 +311,7 @@ impl KafkaLog {
             }
             None => tracing::warn!(why, "kafka append failed; starting a new producer"),
         }
-        if let Ok(p) = make_producer(&self.config) {
+        if let Ok(p) = make_producer(&self.config, &self.figures) {
             let mut slot = self.producer.write().expect("producer lock");
             if Arc::ptr_eq(&slot, current) {
                 *slot = Arc::new(p);
@@ -302,8 +327,10 @@ impl KafkaLog {
     }
 }
 
-fn make_producer(config: &KafkaConfig) -> Result<Prod, LogError> {
-    config.producer().create_with_context(Deliveries).map_err(|e| unavailable("producer", e))
+fn make_producer(config: &KafkaConfig, figures: &Figures) -> Result<Prod, LogError> {
+    let mut c = config.producer();
+    c.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    c.create_with_context(Deliveries { figures: figures.clone() }).map_err(|e| unavailable("producer", e))
 }
 
 /// The topic's partition count, or None when it does not exist.
@@ -384,6 +411,10 @@ impl EventLog for KafkaLog {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn figures(&self) -> Vec<(&'static str, i64)> {
+        self.figures.lock().expect("figures lock").clone()
     }
 
     fn append(&self, partition: u32, records: &[LogRecord]) -> Result<Vec<u64>, LogError> {
