@@ -98,7 +98,7 @@ async fn earn_retrying(
 
 fn spawn_server(dir: &std::path::Path, log: &[String]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(log)
         .arg("--data-dir")
         .arg(dir)

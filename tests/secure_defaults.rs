@@ -16,7 +16,7 @@ const TOKENS: &str = "adm * admin\nshop-adm shop admin\nshop-app shop\n";
 fn serve_refuses(args: &[&str], unset: &str) -> String {
     let data = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_points-ledger"))
-        .arg("serve")
+        .args(["serve", "--admin-listen", "127.0.0.1:0"])
         .args(args)
         .arg("--data-dir")
         .arg(data.path())

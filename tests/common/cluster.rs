@@ -81,7 +81,7 @@ pub fn log_flags(broker: &Tansu, partitions: u32) -> Vec<String> {
 pub fn spawn(dir: &Path, broker: &Tansu, partitions: u32, extra: &[&str]) -> Instance {
     let log = std::fs::File::create(dir.with_extension("log")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_points-ledger"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(log_flags(broker, partitions))
         .args(extra)
         .arg("--data-dir")

@@ -157,7 +157,7 @@ impl Served {
         use std::io::BufRead;
         let data = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_points-ledger"))
-            .arg("serve")
+            .args(["serve", "--admin-listen", "127.0.0.1:0"])
             .args(args)
             .arg("--data-dir")
             .arg(data.path())
