@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use points_ledger::api::Auth;
-
 // mimalloc: under load, glibc malloc/free took ~21% of the server's CPU
 // (BENCHMARKS.md); this allocator serves the Rust side.
 #[global_allocator]
@@ -430,9 +428,15 @@ struct ServeArgs {
     #[arg(long, env = "POINTS_LEDGER_FEED_STALL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     feed_stall_ms: u64,
     /// Tokens file (`TOKEN TENANT[,TENANT...]|* [admin]` or `cert:NAME TENANTS|* [admin]` per line);
-    /// without it and without --tls-client-ca, access is open.
-    #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE")]
+    /// without it, --clients-file and --tls-client-ca, access is open.
+    /// Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "POINTS_LEDGER_AUTH_TOKENS_FILE", conflicts_with = "clients_file")]
     auth_tokens_file: Option<PathBuf>,
+    /// Clients file: `NAME token:TOKEN|cert:NAME TENANTS|* PROGRAMMES|* OPERATIONS|*`
+    /// per line, operations among earn, spend, read, admin, finance.
+    /// Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "POINTS_LEDGER_CLIENTS_FILE")]
+    clients_file: Option<PathBuf>,
     /// Address of the admin HTTP listener: /metrics (Prometheus), /healthz,
     /// /readyz, /console. `off` for none.
     #[arg(long, env = "POINTS_LEDGER_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
@@ -538,11 +542,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "off" => None,
         addr => Some(addr.parse().with_context(|| format!("--admin-listen {addr}: expected HOST:PORT or off"))?),
     };
-    if let Some(path) = &args.auth_tokens_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        config.auth = Auth::parse(&text).with_context(|| format!("reading {}", path.display()))?;
+    let auth_file = match (&args.clients_file, &args.auth_tokens_file) {
+        (Some(path), _) => Some(server::AuthFile { path: path.clone(), clients: true }),
+        (None, Some(path)) => Some(server::AuthFile { path: path.clone(), clients: false }),
+        (None, None) => None,
+    };
+    if let Some(file) = &auth_file {
+        config.auth = file.load()?;
     }
-    let access_control = args.auth_tokens_file.is_some() || args.tls_client_ca.is_some();
+    config.auth_file = auth_file;
+    let access_control = config.auth_file.is_some() || args.tls_client_ca.is_some();
     server::check_exposure(args.listen, access_control, args.insecure_no_auth)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let files = server::tls::TlsFiles {

@@ -67,6 +67,32 @@ pub struct Config {
     /// The admin HTTP listener's address (metrics, health, the console);
     /// None: no admin listener (`run` only; tests bind their own).
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// The file `auth` was read from, read again on SIGHUP and when it
+    /// changes (None: the rules never change).
+    pub auth_file: Option<AuthFile>,
+}
+
+/// A file of access rules: a clients file, or an older tokens file.
+#[derive(Clone, Debug)]
+pub struct AuthFile {
+    pub path: PathBuf,
+    /// A clients file (`--clients-file`); else a tokens file.
+    pub clients: bool,
+}
+
+impl AuthFile {
+    pub fn load(&self) -> anyhow::Result<Auth> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
+        let parsed = if self.clients { Auth::parse_clients(&text) } else { Auth::parse(&text) };
+        parsed.with_context(|| format!("reading {}", self.path.display()))
+    }
+
+    /// What tells that the file changed: its modification time and length.
+    fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
 }
 
 /// The gRPC listener's bounds: a caller that opens more than this, or a
@@ -142,6 +168,7 @@ impl Config {
             tls: None,
             limits: ServerLimits::default(),
             admin_listen: None,
+            auth_file: None,
         }
     }
 }
@@ -485,7 +512,7 @@ pub fn check_exposure(
     }
     anyhow::bail!(
         "refusing to serve on {listen} without access control: anyone who reaches it could adjust any account \
-         and change programme rules. Give --auth-tokens-file FILE or --tls-client-ca FILE (with --tls-cert and \
+         and change programme rules. Give --clients-file FILE (or --auth-tokens-file FILE) or --tls-client-ca FILE (with --tls-cert and \
          --tls-key), or --insecure-no-auth to accept that risk"
     )
 }
@@ -662,35 +689,73 @@ pub fn spawn_admin(listener: TcpListener, service: &Service) -> tokio::task::Joi
     }))
 }
 
-/// Reloads the TLS files on every SIGHUP until aborted.
-async fn reload_on_hangup(service: Arc<Service>) {
+/// Reloads the TLS files and the access rules on every SIGHUP until aborted.
+async fn reload_on_hangup(service: Arc<Service>, auth_file: Option<AuthFile>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hangups = match signal(SignalKind::hangup()) {
             Ok(h) => h,
-            Err(e) => return tracing::error!(error = %e, "cannot listen for SIGHUP: TLS files will not be reloaded"),
+            Err(e) => return tracing::error!(error = %e, "cannot listen for SIGHUP: nothing will be reloaded"),
         };
         while hangups.recv().await.is_some() {
             // A few small files: read on this thread, with the runtime told.
             match tokio::task::block_in_place(|| service.reload_tls()) {
-                Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate, key and CAs; new connections use them"),
+                Ok(()) if service.tls.is_some() => {
+                    tracing::info!("SIGHUP: reloaded the TLS certificate, key and CAs; new connections use them")
+                }
+                Ok(()) => {}
                 Err(e) => tracing::error!(
                     error = format!("{e:#}"),
                     "SIGHUP: reloading TLS failed; keeping the files loaded before"
                 ),
             }
+            if let Some(file) = &auth_file {
+                tokio::task::block_in_place(|| reload_auth(&service, file, "SIGHUP"));
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = service;
+    let _ = (service, auth_file);
+}
+
+/// How often the access rules' file is looked at for changes.
+const AUTH_FILE_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the access rules whenever their file changes, until aborted.
+async fn reload_on_change(service: Arc<Service>, file: AuthFile) {
+    let mut stamp = file.stamp();
+    loop {
+        tokio::time::sleep(AUTH_FILE_POLL).await;
+        let now = file.stamp();
+        if now.is_some() && now != stamp {
+            stamp = now;
+            tokio::task::block_in_place(|| reload_auth(&service, &file, "the file changed"));
+        }
+    }
+}
+
+/// Reads the access rules again; on an error the rules in force stay.
+fn reload_auth(service: &Service, file: &AuthFile, why: &str) {
+    match file.load() {
+        Ok(auth) => {
+            service.ledger.auth.replace(&auth);
+            tracing::info!(file = %file.path.display(), why, "reloaded the access rules; calls from now on use them");
+        }
+        Err(e) => tracing::error!(
+            file = %file.path.display(),
+            why,
+            error = format!("{e:#}"),
+            "the access rules could not be reloaded; the rules loaded before stay in force"
+        ),
+    }
 }
 
 /// Says at start what access control is off, or cannot work.
 fn warn_about_access(config: &Config, service: &Service) {
     if service.ledger.auth.is_open() {
         tracing::warn!(
-            "no access control (no --auth-tokens-file, no --tls-client-ca): every caller may do everything, \
+            "no access control (no --clients-file or --auth-tokens-file, no --tls-client-ca): every caller may do everything, \
              including adjusting any account and changing programme rules"
         );
     }
@@ -720,7 +785,9 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
     };
     tracing::info!(addr = %listener.local_addr()?, advertise = %config.writer.advertise, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "serving");
     warn_about_access(&config, &service);
-    let hangups = config.tls.is_some().then(|| tokio::spawn(reload_on_hangup(service.clone())));
+    let hangups = (config.tls.is_some() || config.auth_file.is_some())
+        .then(|| tokio::spawn(reload_on_hangup(service.clone(), config.auth_file.clone())));
+    let watcher = config.auth_file.clone().map(|f| tokio::spawn(reload_on_change(service.clone(), f)));
     // A graceful stop hands the partitions over first, while this instance
     // still serves (and forwards) calls; then the server stops.
     let leaving = service.clone();
@@ -732,7 +799,7 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
     if let Some(a) = admin {
         let _ = a.await;
     }
-    if let Some(h) = hangups {
+    for h in hangups.into_iter().chain(watcher) {
         h.abort();
         let _ = h.await;
     }

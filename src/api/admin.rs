@@ -36,7 +36,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let r = req.get_ref();
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Admin)?;
         let programme = self.0.programme(&key)?;
         // Without a range: up to now, from the start of the programme day
         // ALERTS_DEFAULT_DAYS - 1 days before the range's last day.
@@ -100,7 +100,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     ) -> Result<Response<pb::AccountRisk>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Admin)?;
         self.0.programme(&key.programme())?;
         let read = key.clone();
         let state =
@@ -131,7 +131,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     ) -> Result<Response<pb::GetIssuanceResponse>, Status> {
         let r = req.get_ref();
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Admin)?;
         self.0.programme(&key)?;
         let parse = |field: &str, v: &str| {
             chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
@@ -167,7 +167,8 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         // The caller first: one without admin rights learns nothing about
         // what the service would accept (its tenant is compared as sent).
         let tenant = r.programme.as_ref().map(|p| p.tenant_id.as_str()).unwrap_or_default();
-        self.0.auth.check(&Caller::of(&req), tenant, Access::Admin)?;
+        let programme = r.programme.as_ref().map(|p| p.programme_id.as_str()).unwrap_or_default();
+        self.0.auth.check(&Caller::of(&req), tenant, programme, Access::Admin)?;
         let input = r.programme.as_ref().ok_or_else(|| invalid("programme", "is required"))?;
         let programme = validate::programme(input)?;
         let request_id = validate::request_id(&r.request_id)?;
@@ -190,7 +191,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     async fn get_programme(&self, req: Request<pb::GetProgrammeRequest>) -> Result<Response<pb::Programme>, Status> {
         let r = req.get_ref();
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Read)?;
         let found = {
             let reg = self.0.programmes.registry();
             let reg = reg.read().expect("registry lock");
@@ -203,7 +204,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         let p = found.ok_or_else(|| programme_not_found(&key, Some(r.version)))?;
         let mut answer = convert::programme_to_pb(&p);
         // The risk thresholds tell a farmer how far to go: admins only.
-        if !self.0.auth.is_admin(&Caller::of(&req), &key.tenant_id) {
+        if !self.0.auth.allows(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Admin) {
             answer.risk = None;
         }
         Ok(Response::new(answer))
@@ -240,7 +241,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     async fn set_level(&self, req: Request<pb::SetLevelRequest>) -> Result<Response<pb::CommandReply>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
         let account = validate::account(&r.account)?;
-        self.0.auth.check(&caller, &account.tenant_id, Access::Admin)?;
+        self.0.auth.check(&caller, &account.tenant_id, &account.programme_id, Access::Admin)?;
         let body = domain::CommandBody::SetLevel {
             level: if r.level.is_empty() { String::new() } else { validate::text("level", &r.level, 64, true)? },
             operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
@@ -287,7 +288,7 @@ impl Ledger {
         resolved: bool,
     ) -> Result<Response<pb::AlertActionReply>, Status> {
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.auth.check(caller, &key.tenant_id, Access::Admin)?;
+        self.auth.check(caller, &key.tenant_id, &key.programme_id, Access::Admin)?;
         self.programme(&key)?;
         let request_id = validate::request_id(&r.request_id)?;
         let alert_id = validate::text("alert_id", &r.alert_id, ALERT_ID_CHARS_MAX, true)?;

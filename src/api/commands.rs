@@ -56,7 +56,7 @@ macro_rules! command_request {
     };
 }
 
-command_request!(pb::EarnRequest, path::EARN, Access::Member, |r| CommandBody::Earn {
+command_request!(pb::EarnRequest, path::EARN, Access::Earn, |r| CommandBody::Earn {
     // Growth alone (a login): points 0 with growth > 0.
     points: if r.points == 0 && r.growth.unwrap_or(0) > 0 { 0 } else { validate::points("points", r.points)? },
     reason: validate::id("reason", &r.reason)?,
@@ -65,13 +65,13 @@ command_request!(pb::EarnRequest, path::EARN, Access::Member, |r| CommandBody::E
     expires_at: r.expires_at.as_ref().map(|t| validate::instant("expires_at", t)).transpose()?,
 });
 
-command_request!(pb::SpendRequest, path::SPEND, Access::Member, |r| CommandBody::Spend {
+command_request!(pb::SpendRequest, path::SPEND, Access::Spend, |r| CommandBody::Spend {
     points: validate::points("points", r.points)?,
     order_ref: validate::order_ref(r.order_ref.as_ref())?,
     order_cash_amount: r.order_cash_amount.map(validate::order_cash).transpose()?,
 });
 
-command_request!(pb::ReserveRequest, path::RESERVE, Access::Member, |r| CommandBody::Reserve {
+command_request!(pb::ReserveRequest, path::RESERVE, Access::Spend, |r| CommandBody::Reserve {
     points: validate::points("points", r.points)?,
     order_ref: validate::text("order_ref", &r.order_ref, validate::ORDER_REF_CHARS_MAX, true)?,
     timeout_seconds: match r.timeout_seconds {
@@ -83,24 +83,24 @@ command_request!(pb::ReserveRequest, path::RESERVE, Access::Member, |r| CommandB
     order_cash_amount: r.order_cash_amount.map(validate::order_cash).transpose()?,
 });
 
-command_request!(pb::CaptureReservationRequest, path::CAPTURE_RESERVATION, Access::Member, |r| CommandBody::Capture {
+command_request!(pb::CaptureReservationRequest, path::CAPTURE_RESERVATION, Access::Spend, |r| CommandBody::Capture {
     reservation_id: validate::request_id(&r.reservation_id)
         .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
     points: r.points.map(|p| validate::points("points", p)).transpose()?,
 });
 
-command_request!(pb::ReleaseReservationRequest, path::RELEASE_RESERVATION, Access::Member, |r| CommandBody::Release {
+command_request!(pb::ReleaseReservationRequest, path::RELEASE_RESERVATION, Access::Spend, |r| CommandBody::Release {
     reservation_id: validate::request_id(&r.reservation_id)
         .map_err(|_| invalid("reservation_id", "must be 1..128 characters"))?,
 });
 
-command_request!(pb::RefundRequest, path::REFUND, Access::Member, |r| CommandBody::Refund {
+command_request!(pb::RefundRequest, path::REFUND, Access::Spend, |r| CommandBody::Refund {
     spend_id: validate::request_id(&r.spend_request_id)
         .map_err(|_| invalid("spend_request_id", "must be 1..128 characters"))?,
     points: validate::points("points", r.points)?,
 });
 
-command_request!(pb::ReverseEarnRequest, path::REVERSE_EARN, Access::Member, |r| CommandBody::ReverseEarn {
+command_request!(pb::ReverseEarnRequest, path::REVERSE_EARN, Access::Earn, |r| CommandBody::ReverseEarn {
     earn_id: validate::request_id(&r.earn_request_id)
         .map_err(|_| invalid("earn_request_id", "must be 1..128 characters"))?,
     points: validate::points("points", r.points)?,
@@ -109,7 +109,7 @@ command_request!(pb::ReverseEarnRequest, path::REVERSE_EARN, Access::Member, |r|
 
 // Expiring due lots is a business call; recycling every point of an
 // account (a blacklisted member) is a back-office act: admin and operator.
-command_request!(pb::ExpireRequest, path::EXPIRE, |r| if r.all_points { Access::Admin } else { Access::Member }, |r| {
+command_request!(pb::ExpireRequest, path::EXPIRE, |r| if r.all_points { Access::Admin } else { Access::Earn }, |r| {
     CommandBody::Expire {
         all_points: r.all_points,
         reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, r.all_points)?,
@@ -123,7 +123,7 @@ command_request!(pb::AdjustRequest, path::ADJUST, Access::Admin, |r| CommandBody
     reason: validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?,
 });
 
-command_request!(pb::RecordActivityRequest, path::RECORD_ACTIVITY, Access::Member, |r| {
+command_request!(pb::RecordActivityRequest, path::RECORD_ACTIVITY, Access::Earn, |r| {
     CommandBody::RecordActivity(validate::activity(r)?)
 });
 
@@ -158,7 +158,7 @@ impl Ledger {
     pub(super) fn build<R: CommandRequest>(&self, caller: &Caller<'_>, r: &R) -> Result<Command, Status> {
         let c = r.common();
         let account = validate::account(c.account)?;
-        self.auth.check(caller, &account.tenant_id, r.access())?;
+        self.auth.check(caller, &account.tenant_id, &account.programme_id, r.access())?;
         let request_id = validate::request_id(c.request_id)?;
         let context = validate::context(c.metadata, c.client_ip, c.device_id)?;
         let body = r.body()?;

@@ -81,7 +81,7 @@ impl pb::feed_server::Feed for FeedService {
         let ledger = &self.0;
         let r = req.get_ref();
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        ledger.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
+        ledger.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Read)?;
         ledger.programme(&key)?;
         let filter = filter(r)?;
         let source = Source {

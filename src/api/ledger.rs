@@ -21,6 +21,8 @@ pub const SUBMIT_BATCH_COMMANDS_MAX: usize = 1000;
 /// Statement entries one `ListLevelChanges` page reads at most.
 pub const LEVEL_CHANGES_SCAN_ENTRIES_MAX: usize = 10_000;
 pub const EXPIRING_PAGE_SIZE_MAX: u32 = 1000;
+/// Programmes `ListMemberAccounts` looks in at most.
+pub const MEMBER_ACCOUNTS_PROGRAMMES_MAX: usize = 1000;
 pub const EXPIRING_WITHIN_DAYS_MAX: i32 = 3650;
 /// `ListExpiring`'s window for a programme without reminder days.
 pub const EXPIRING_WITHIN_DAYS_DEFAULT: i32 = 15;
@@ -109,7 +111,7 @@ ledger_service! {
         req: Request<pb::ListPendingPointsRequest>,
     ) -> Result<Response<pb::ListPendingPointsResponse>, Status> {
         let key = validate::account(&req.get_ref().account)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Admin)?;
         self.0.programme(&key.programme())?;
         self.0.wait_for(&key, req.get_ref().min_position.as_ref()).await?;
         let position = self.0.view_position(&key);
@@ -182,10 +184,51 @@ ledger_service! {
         Ok(Response::new(pb::SubmitBatchResponse { results }))
     }
 
+    async fn list_member_accounts(
+        &self,
+        req: Request<pb::ListMemberAccountsRequest>,
+    ) -> Result<Response<pb::ListMemberAccountsResponse>, Status> {
+        let r = req.get_ref();
+        let tenant = validate::id("tenant_id", &r.tenant_id)?;
+        let member = validate::id("member_id", &r.member_id)?;
+        let caller = Caller::of(&req);
+        // Unknown callers are refused as anywhere else; a known one sees
+        // only the programmes it may read (possibly none).
+        self.0.auth.client(&caller)?;
+        let mut programmes: Vec<_> = self
+            .0
+            .programmes
+            .registry()
+            .read()
+            .expect("registry lock")
+            .all_current()
+            .into_iter()
+            .filter(|p| p.tenant_id == tenant && self.0.auth.allows(&caller, &tenant, &p.programme_id, Access::Read))
+            .collect();
+        programmes.sort_by(|a, b| a.programme_id.cmp(&b.programme_id));
+        let mut accounts = Vec::new();
+        for programme in programmes.into_iter().take(MEMBER_ACCOUNTS_PROGRAMMES_MAX) {
+            let key = domain::AccountKey::new(&tenant, &programme.programme_id, &member);
+            let position = self.0.view_position(&key);
+            let read = key.clone();
+            let found = self
+                .0
+                .read_views(move |views| {
+                    Ok(if queries::account_exists(views, &read)? { Some(queries::account(views, &read)?) } else { None })
+                })
+                .await?;
+            if let Some(account) = found {
+                let level = convert::level_status_to_pb(&programme, domain::level_status(&programme, &account));
+                accounts.push(convert::account_to_pb(&key, &account, level, position, &None, 0));
+            }
+        }
+        Ok(Response::new(pb::ListMemberAccountsResponse { accounts }))
+    }
+
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Read)?;
         let programme = self.0.programme(&key.programme())?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
         let position = self.0.view_position(&key);
@@ -222,7 +265,7 @@ ledger_service! {
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Read)?;
         self.0.programme(&key.programme())?;
         let size = page_size(r.page_size, ENTRIES_PAGE_SIZE_MAX)?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
@@ -241,7 +284,7 @@ ledger_service! {
     ) -> Result<Response<pb::ListLevelChangesResponse>, Status> {
         let r = req.get_ref();
         let key = validate::account(&r.account)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Read)?;
         self.0.programme(&key.programme())?;
         let size = page_size(r.page_size, ENTRIES_PAGE_SIZE_MAX)?;
         self.0.wait_for(&key, r.min_position.as_ref()).await?;
@@ -266,7 +309,7 @@ ledger_service! {
         let r = req.get_ref();
         let tenant = validate::id("tenant_id", &r.tenant_id)?;
         let programme_id = validate::id("programme_id", &r.programme_id)?;
-        self.0.auth.check(&Caller::of(&req), &tenant, Access::Member)?;
+        self.0.auth.check(&Caller::of(&req), &tenant, &programme_id, Access::Read)?;
         let programme =
             self.0.programme(&validate::programme_key(&tenant, &programme_id)?)?;
         let days = match r.within_days {

@@ -177,7 +177,7 @@ impl Ledger {
         freeze: bool,
     ) -> Result<Response<pb::CommandReply>, Status> {
         let account = validate::account(&r.account)?;
-        self.auth.check(caller, &account.tenant_id, Access::Admin)?;
+        self.auth.check(caller, &account.tenant_id, &account.programme_id, Access::Admin)?;
         if !r.earning && !r.spending {
             return Err(invalid("earning", "name earning, spending or both"));
         }

@@ -17,7 +17,7 @@ impl pb::reconciliation_server::Reconciliation for ReconciliationService {
     async fn get_daily_book(&self, req: Request<pb::GetDailyBookRequest>) -> Result<Response<pb::DailyBook>, Status> {
         let r = req.get_ref();
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.0.auth.check(&Caller::of(&req), &key.tenant_id, Access::Admin)?;
+        self.0.auth.check(&Caller::of(&req), &key.tenant_id, &key.programme_id, Access::Finance)?;
         let date = chrono::NaiveDate::parse_from_str(&r.date, "%Y-%m-%d")
             .map_err(|_| invalid("date", format!("'{}' is not a date YYYY-MM-DD", r.date)))?;
         let programme = self.0.programme(&key)?;

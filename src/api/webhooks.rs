@@ -21,7 +21,7 @@ impl Ledger {
         r: &pb::ConfigureWebhookRequest,
     ) -> Result<Response<pb::ConfigureWebhookReply>, Status> {
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.auth.check(caller, &key.tenant_id, Access::Admin)?;
+        self.auth.check(caller, &key.tenant_id, &key.programme_id, Access::Admin)?;
         self.programme(&key)?;
         let request_id = validate::request_id(&r.request_id)?;
         let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
@@ -67,7 +67,7 @@ impl Ledger {
         r: &pb::ListWebhookDeliveriesRequest,
     ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.auth.check(caller, &key.tenant_id, Access::Admin)?;
+        self.auth.check(caller, &key.tenant_id, &key.programme_id, Access::Admin)?;
         self.programme(&key)?;
         let size = page_size(r.page_size, WEBHOOK_DELIVERIES_PAGE_SIZE_MAX)?;
         let skip = match r.page_token.as_str() {

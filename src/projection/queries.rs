@@ -61,6 +61,11 @@ pub fn account(views: &Db, key: &AccountKey) -> Result<Account, StoreError> {
     accounts::load(views, Cf::Accounts, key).map(|(a, _)| a)
 }
 
+/// Whether the balance view has the account.
+pub fn account_exists(views: &Db, key: &AccountKey) -> Result<bool, StoreError> {
+    accounts::exists(views, Cf::Accounts, key)
+}
+
 /// Statement rows one read takes at most.
 const STATEMENT_ROWS_PER_READ: usize = 64;
 

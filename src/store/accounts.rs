@@ -237,6 +237,11 @@ fn decode_parts(prefix_len: usize, mut a: Account, pieces: &[Row]) -> Result<(Ac
     Ok((a, changed))
 }
 
+/// Whether `cf` of `db` has the account (one point read).
+pub fn exists(db: &Db, cf: Cf, key: &AccountKey) -> Result<bool, StoreError> {
+    Ok(db.get(cf, &store::account_key(key))?.is_some())
+}
+
 /// Loads an account from `cf` of `db` (the default account when it has no rows).
 pub fn load(db: &Db, cf: Cf, key: &AccountKey) -> Result<(Account, Changed), StoreError> {
     load_with_tail(db, cf, key).map(|(a, c, _)| (a, c))
