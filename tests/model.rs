@@ -196,7 +196,10 @@ fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
             ],
             ..Default::default()
         };
-        ledger.programmes.configure("cfg", "ops", points_ledger::api::validate::programme(&p).unwrap(), 1, T0).unwrap();
+        ledger
+            .programmes
+            .configure("cfg", "ops", "", points_ledger::api::validate::programme(&p).unwrap(), 1, T0)
+            .unwrap();
 
         let mut models: BTreeMap<u8, Model> = (0..MEMBERS).map(|m| (m, Model::default())).collect();
         let mut history: Vec<(Command, points_ledger::log::record::Reply)> = Vec::new();

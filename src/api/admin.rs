@@ -30,6 +30,13 @@ pub struct AdminService(pub Arc<Ledger>);
 
 #[tonic::async_trait]
 impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
+    async fn list_audit_log(
+        &self,
+        req: Request<pb::ListAuditLogRequest>,
+    ) -> Result<Response<pb::ListAuditLogResponse>, Status> {
+        self.0.list_audit_log(&Caller::of(&req), req.get_ref()).await
+    }
+
     async fn list_alerts(
         &self,
         req: Request<pb::ListAlertsRequest>,
@@ -168,7 +175,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         // what the service would accept (its tenant is compared as sent).
         let tenant = r.programme.as_ref().map(|p| p.tenant_id.as_str()).unwrap_or_default();
         let programme = r.programme.as_ref().map(|p| p.programme_id.as_str()).unwrap_or_default();
-        self.0.auth.check(&Caller::of(&req), tenant, programme, Access::Admin)?;
+        let client = self.0.auth.check(&Caller::of(&req), tenant, programme, Access::Admin)?;
         let input = r.programme.as_ref().ok_or_else(|| invalid("programme", "is required"))?;
         let programme = validate::programme(input)?;
         let request_id = validate::request_id(&r.request_id)?;
@@ -176,7 +183,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         let fingerprint = domain::fingerprint_programme(&programme, &operator);
         let (programmes, now) = (self.0.programmes.clone(), self.0.clock.now());
         let (stored, position, replayed) = tokio::task::spawn_blocking(move || {
-            programmes.configure(&request_id, &operator, programme, fingerprint, now)
+            programmes.configure(&request_id, &operator, &client.name, programme, fingerprint, now)
         })
         .await
         .map_err(internal)??;
@@ -241,7 +248,7 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
     async fn set_level(&self, req: Request<pb::SetLevelRequest>) -> Result<Response<pb::CommandReply>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
         let account = validate::account(&r.account)?;
-        self.0.auth.check(&caller, &account.tenant_id, &account.programme_id, Access::Admin)?;
+        let client = self.0.auth.check(&caller, &account.tenant_id, &account.programme_id, Access::Admin)?;
         let body = domain::CommandBody::SetLevel {
             level: if r.level.is_empty() { String::new() } else { validate::text("level", &r.level, 64, true)? },
             operator: validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?,
@@ -249,7 +256,8 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
             hold_until: r.hold_until.as_ref().map(|t| validate::instant("hold_until", t)).transpose()?,
         };
         let request_id = validate::request_id(&r.request_id)?;
-        let command = domain::Command { request_id, account, body, context: Default::default() };
+        let context = domain::CommandContext { client: client.name.to_string(), ..Default::default() };
+        let command = domain::Command { request_id, account, body, context };
         self.0.route(caller.metadata, super::forward::path::SET_LEVEL, r, command).await
     }
 
@@ -288,7 +296,7 @@ impl Ledger {
         resolved: bool,
     ) -> Result<Response<pb::AlertActionReply>, Status> {
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.auth.check(caller, &key.tenant_id, &key.programme_id, Access::Admin)?;
+        let client = self.auth.check(caller, &key.tenant_id, &key.programme_id, Access::Admin)?;
         self.programme(&key)?;
         let request_id = validate::request_id(&r.request_id)?;
         let alert_id = validate::text("alert_id", &r.alert_id, ALERT_ID_CHARS_MAX, true)?;
@@ -298,7 +306,7 @@ impl Ledger {
         let (programmes, now) = (self.programmes.clone(), self.clock.now());
         let id = request_id.clone();
         let (position, replayed) =
-            tokio::task::spawn_blocking(move || programmes.act_on_alert(&id, &operator, action, now))
+            tokio::task::spawn_blocking(move || programmes.act_on_alert(&id, &operator, &client.name, action, now))
                 .await
                 .map_err(internal)??;
         Ok(Response::new(pb::AlertActionReply {

@@ -158,9 +158,10 @@ impl Ledger {
     pub(super) fn build<R: CommandRequest>(&self, caller: &Caller<'_>, r: &R) -> Result<Command, Status> {
         let c = r.common();
         let account = validate::account(c.account)?;
-        self.auth.check(caller, &account.tenant_id, &account.programme_id, r.access())?;
+        let client = self.auth.check(caller, &account.tenant_id, &account.programme_id, r.access())?;
         let request_id = validate::request_id(c.request_id)?;
-        let context = validate::context(c.metadata, c.client_ip, c.device_id)?;
+        let mut context = validate::context(c.metadata, c.client_ip, c.device_id)?;
+        context.client = client.name.to_string();
         let body = r.body()?;
         Ok(Command { request_id, account, body, context })
     }

@@ -9,6 +9,7 @@
 //! the generated code (`proto`); nowhere else.
 
 mod admin;
+mod audit;
 mod auth;
 mod cluster;
 mod commands;
@@ -177,7 +178,7 @@ impl Ledger {
         freeze: bool,
     ) -> Result<Response<pb::CommandReply>, Status> {
         let account = validate::account(&r.account)?;
-        self.auth.check(caller, &account.tenant_id, &account.programme_id, Access::Admin)?;
+        let client = self.auth.check(caller, &account.tenant_id, &account.programme_id, Access::Admin)?;
         if !r.earning && !r.spending {
             return Err(invalid("earning", "name earning, spending or both"));
         }
@@ -192,7 +193,8 @@ impl Ledger {
         let request_id = validate::request_id(&r.request_id)?;
         let path = if freeze { forward::path::FREEZE_ACCOUNT } else { forward::path::UNFREEZE_ACCOUNT };
         // An unfreeze request has a freeze's fields and numbers: the same bytes.
-        let command = Command { request_id, account, body, context: Default::default() };
+        let context = domain::CommandContext { client: client.name.to_string(), ..Default::default() };
+        let command = Command { request_id, account, body, context };
         self.route(caller.metadata, path, r, command).await
     }
 

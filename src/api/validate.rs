@@ -127,6 +127,7 @@ pub fn context(
         }
     }
     Ok(CommandContext {
+        client: String::new(),
         client_ip: client_ip.into(),
         device_id: device_id.into(),
         metadata: metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),

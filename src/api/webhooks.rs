@@ -21,7 +21,7 @@ impl Ledger {
         r: &pb::ConfigureWebhookRequest,
     ) -> Result<Response<pb::ConfigureWebhookReply>, Status> {
         let key = validate::programme_key(&r.tenant_id, &r.programme_id)?;
-        self.auth.check(caller, &key.tenant_id, &key.programme_id, Access::Admin)?;
+        let client = self.auth.check(caller, &key.tenant_id, &key.programme_id, Access::Admin)?;
         self.programme(&key)?;
         let request_id = validate::request_id(&r.request_id)?;
         let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
@@ -53,10 +53,11 @@ impl Ledger {
             disabled: r.disabled,
         };
         let (programmes, now, id) = (self.programmes.clone(), self.clock.now(), request_id.clone());
-        let (position, replayed) =
-            tokio::task::spawn_blocking(move || programmes.configure_webhook(&id, &operator, webhook, now))
-                .await
-                .map_err(internal)??;
+        let (position, replayed) = tokio::task::spawn_blocking(move || {
+            programmes.configure_webhook(&id, &operator, &client.name, webhook, now)
+        })
+        .await
+        .map_err(internal)??;
         let position = Some(convert::position_to_pb(position));
         Ok(Response::new(pb::ConfigureWebhookReply { request_id, replayed, position }))
     }

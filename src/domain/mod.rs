@@ -253,6 +253,10 @@ impl Programme {
 /// `decide` yet, but part of the command's content (and fingerprint).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommandContext {
+    /// The authenticated client that sent it (its name in the clients
+    /// file), for the audit log; not part of the fingerprint (a retry by
+    /// another client of the same content is the same command).
+    pub client: String,
     pub client_ip: String,
     pub device_id: String,
     pub metadata: BTreeMap<String, String>,
@@ -662,7 +666,42 @@ pub enum Event {
     },
 }
 
+/// An event an operator caused by hand (for the audit log): what, who,
+/// why, and the points or growth it moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminAct<'a> {
+    pub action: &'static str,
+    pub operator: &'a str,
+    pub reason: &'a str,
+    pub amount: i64,
+}
+
 impl Event {
+    /// The admin act this event records, if an operator caused it.
+    pub fn admin_act(&self) -> Option<AdminAct<'_>> {
+        fn act<'e>(action: &'static str, operator: &'e str, reason: &'e str, amount: i64) -> Option<AdminAct<'e>> {
+            Some(AdminAct { action, operator, reason, amount })
+        }
+        match self {
+            Event::PointsExpired { points, reason, operator, .. } if !operator.is_empty() => {
+                act("recycle", operator, reason, -points)
+            }
+            Event::PointsAdjusted { points, operator, reason, .. } => act("adjust", operator, reason, *points),
+            Event::AccountFrozen { operator, reason, .. } => act("freeze", operator, reason, 0),
+            Event::AccountUnfrozen { operator, reason, .. } => act("unfreeze", operator, reason, 0),
+            Event::GrowthAdjusted { growth, operator, reason, .. } => act("adjust_growth", operator, reason, *growth),
+            Event::LevelHeld { operator, reason, .. } => act("set_level", operator, reason, 0),
+            Event::EarningsUnheld { operator, reason } => act("unhold", operator, reason, 0),
+            Event::PendingPointsReleased { points, operator, reason, .. } => {
+                act("release_pending", operator, reason, *points)
+            }
+            Event::PendingPointsForfeited { points, operator, reason, .. } => {
+                act("forfeit_pending", operator, reason, -points)
+            }
+            _ => None,
+        }
+    }
+
     /// The signed change this event makes to available + reserved − debt
     /// (the member's net balance), for statements and books.
     pub fn net_delta(&self) -> Points {

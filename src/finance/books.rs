@@ -54,7 +54,7 @@ pub enum BooksError {
 /// The books' layout; books without it (an older build's) are folded again
 /// from the log on start. Kept in `outbox`, which `verify` leaves out (a
 /// rebuild for the tools has no marker to compare).
-pub const BOOKS_FORMAT: &[u8] = b"books-32-redemption";
+pub const BOOKS_FORMAT: &[u8] = b"books-33-audit";
 const BOOKS_FORMAT_KEY: &[u8] = b"books-format";
 
 /// Opens the books of a data directory in this build's layout: the derived
@@ -371,8 +371,10 @@ pub fn fold(
     let mut open: Open = HashMap::new();
     // Partials finished within this fold (a later day began), to store too.
     let mut done: Vec<(ProgrammeKey, i64, state::DailyBook)> = Vec::new();
+    let mut batch = Batch::default();
     for entry in entries {
         let Some(record) = counted(arbiter, home, entry, quarantined, risk) else { continue };
+        super::audit::put_acts(&mut batch, &record, partition, entry.offset);
         let key = ProgrammeKey {
             tenant_id: record.account.tenant_id.clone(),
             programme_id: record.account.programme_id.clone(),
@@ -418,7 +420,6 @@ pub fn fold(
         part.last_offset = entry.offset;
         part.chain = chain_step(&part.chain, entry.offset, &entry.payload);
     }
-    let mut batch = Batch::default();
     let finished = done.into_iter().chain(open.into_iter().map(|(k, (d, b))| (k, d, b)));
     for (key, day, book) in finished {
         if day == i64::MIN {

@@ -6,6 +6,7 @@
 //! (`raiser`); and the reports over the books (`reports`: roll-ups, the
 //! expiry forecast, CSV and tables).
 
+pub mod audit;
 pub mod books;
 pub mod raiser;
 pub mod reconciler;

@@ -888,6 +888,7 @@ mod tests {
                     system: false,
                     events: vec![event],
                     context: CommandContext {
+                        client: String::new(),
                         client_ip: format!("10.0.0.{}", i % 4),
                         device_id: format!("d{}", i % 5),
                         ..Default::default()

@@ -64,6 +64,8 @@ pub struct Registry {
     admin_requests: HashMap<(String, String), (u64, Position)>,
     /// Each programme's webhooks as last configured.
     webhooks: std::collections::BTreeMap<(ProgrammeKey, String), Webhook>,
+    /// The admin acts of the control stream, by programme, in order.
+    audit: HashMap<ProgrammeKey, Vec<crate::finance::audit::AuditEntry>>,
 }
 
 /// A programme's webhook as last configured.
@@ -158,6 +160,46 @@ impl Registry {
     /// Folds one control record; false when the log's arbitration voids it.
     fn add(&mut self, record: &ControlRecord, position: Position) -> bool {
         self.applied = position.offset + 1;
+        let counted = self.add_event(record, position);
+        if counted {
+            self.note_act(record, position);
+        }
+        counted
+    }
+
+    /// Keeps a counted record's admin act for the audit log.
+    fn note_act(&mut self, record: &ControlRecord, position: Position) {
+        let (programme, action, reason) = match &record.event {
+            ControlEvent::Configured(p) => (p.key(), "configure_programme", format!("version {}", p.version)),
+            ControlEvent::AlertActioned(a) => {
+                let action = if a.resolved { "resolve_alert" } else { "acknowledge_alert" };
+                (a.programme.clone(), action, format!("{}: {}", a.alert_id, a.note))
+            }
+            ControlEvent::WebhookConfigured(w) => {
+                let state = if w.disabled { "disabled" } else { "enabled" };
+                (w.programme.clone(), "configure_webhook", format!("{} {} ({state})", w.webhook_id, w.url))
+            }
+            ControlEvent::ShareTaken(_) | ControlEvent::AlertRaised(_) => return,
+        };
+        self.audit.entry(programme).or_default().push(crate::finance::audit::AuditEntry {
+            at: record.at,
+            client: record.client.clone(),
+            operator: record.operator.clone(),
+            action: action.to_string(),
+            reason,
+            member_id: String::new(),
+            request_id: record.request_id.clone(),
+            place: (crate::finance::audit::CONTROL, position.offset, 0),
+            amount: 0,
+        });
+    }
+
+    /// The admin acts of the control stream on a programme, in order.
+    pub fn audit_of(&self, programme: &ProgrammeKey) -> &[crate::finance::audit::AuditEntry] {
+        self.audit.get(programme).map_or(&[], Vec::as_slice)
+    }
+
+    fn add_event(&mut self, record: &ControlRecord, position: Position) -> bool {
         match &record.event {
             ControlEvent::Configured(p) => self.add_programme(record, p, position),
             ControlEvent::ShareTaken(share) => {
@@ -345,6 +387,7 @@ impl Programmes {
         &self,
         request_id: &str,
         operator: &str,
+        client: &str,
         mut programme: Programme,
         fingerprint: u64,
         now: Millis,
@@ -375,6 +418,7 @@ impl Programmes {
                 at: programme.configured_at,
                 fingerprint,
                 operator: operator.into(),
+                client: client.into(),
                 event: ControlEvent::Configured(programme.clone()),
             };
             let payload = crate::log::codec::encode_control_record(&record);
@@ -418,13 +462,15 @@ impl Programmes {
         &self,
         request_id: &str,
         operator: &str,
+        client: &str,
         action: AlertActioned,
         now: Millis,
     ) -> Result<(Position, bool), ConfigureError> {
         let fingerprint =
             crate::domain::fingerprint_alert_action(&action.alert_id, action.resolved, &action.note, operator);
         let tenant = action.programme.tenant_id.clone();
-        self.admin_act(request_id, &tenant, operator, fingerprint, ControlEvent::AlertActioned(action), now)
+        let who = (operator, client);
+        self.admin_act(request_id, &tenant, who, fingerprint, ControlEvent::AlertActioned(action), now)
     }
 
     /// Sets, changes or disables a programme's webhook: appended to the
@@ -434,6 +480,7 @@ impl Programmes {
         &self,
         request_id: &str,
         operator: &str,
+        client: &str,
         webhook: crate::log::record::WebhookConfigured,
         now: Millis,
     ) -> Result<(Position, bool), ConfigureError> {
@@ -441,7 +488,8 @@ impl Programmes {
         let fields = [&*w.programme.tenant_id, &w.programme.programme_id, &w.webhook_id, &w.url, &w.secret];
         let fingerprint = crate::domain::fingerprint_webhook(fields, &w.event_types, w.disabled, operator);
         let tenant = webhook.programme.tenant_id.clone();
-        self.admin_act(request_id, &tenant, operator, fingerprint, ControlEvent::WebhookConfigured(webhook), now)
+        let who = (operator, client);
+        self.admin_act(request_id, &tenant, who, fingerprint, ControlEvent::WebhookConfigured(webhook), now)
     }
 
     /// Raises a programme-wide alert as an event of the control stream
@@ -455,16 +503,17 @@ impl Programmes {
         let request_id = format!("alert:{}", alert.alert_id);
         let fingerprint = crate::domain::fingerprint_alert_action(&alert.alert_id, false, &alert.rule, "risk");
         let tenant = alert.programme.tenant_id.clone();
-        self.admin_act(&request_id, &tenant, "risk", fingerprint, ControlEvent::AlertRaised(alert), now)
+        self.admin_act(&request_id, &tenant, ("risk", ""), fingerprint, ControlEvent::AlertRaised(alert), now)
     }
 
-    /// Appends an admin act to the control stream and waits until it is
-    /// read back (the position, and whether it was a retry's).
+    /// Appends an admin act of (operator, client) to the control stream and
+    /// waits until it is read back (the position, and whether it was a
+    /// retry's).
     fn admin_act(
         &self,
         request_id: &str,
         tenant: &str,
-        operator: &str,
+        (operator, client): (&str, &str),
         fingerprint: u64,
         event: ControlEvent,
         now: Millis,
@@ -484,6 +533,7 @@ impl Programmes {
             at: now,
             fingerprint,
             operator: operator.into(),
+            client: client.into(),
             event,
         };
         let payload = crate::log::codec::encode_control_record(&record);
@@ -518,6 +568,7 @@ impl Programmes {
             at: now,
             fingerprint: 0,
             operator: String::new(),
+            client: String::new(),
             event: ControlEvent::ShareTaken(share),
         };
         let payload = crate::log::codec::encode_control_record(&record);

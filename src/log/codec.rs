@@ -502,6 +502,7 @@ pub fn account_record_to_wire(r: &AccountRecord) -> wire::AccountRecord {
         metadata: r.context.metadata.clone().into_iter().collect(),
         claim: None,
         cap_mode: cap_mode_to_wire(r.cap_mode) as i32,
+        client: r.context.client.clone(),
     }
 }
 
@@ -574,6 +575,7 @@ fn account_record_from_wire(r: wire::AccountRecord) -> Result<AccountRecord, Cod
         system: r.system,
         events: r.events.into_iter().map(event_from_wire).collect::<Result<_, _>>()?,
         context: crate::domain::CommandContext {
+            client: r.client,
             client_ip: r.client_ip,
             device_id: r.device_id,
             metadata: r.metadata.into_iter().collect(),
@@ -623,6 +625,7 @@ pub fn encode_control_record(r: &ControlRecord) -> Vec<u8> {
         at_ms: r.at,
         fingerprint: r.fingerprint,
         operator: r.operator.clone(),
+        client: r.client.clone(),
         event: Some(event),
     }
     .encode_to_vec()
@@ -672,6 +675,7 @@ pub fn decode_control_record(bytes: &[u8]) -> Result<ControlRecord, CodecError> 
         at: r.at_ms,
         fingerprint: r.fingerprint,
         operator: r.operator,
+        client: r.client,
         event,
     })
 }

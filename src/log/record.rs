@@ -45,6 +45,8 @@ pub struct ControlRecord {
     pub at: Millis,
     pub fingerprint: u64,
     pub operator: String,
+    /// The authenticated client (empty for the service's own records).
+    pub client: String,
     pub event: ControlEvent,
 }
 

@@ -41,6 +41,31 @@ pub fn programme_prefix(tenant: &str, programme: &str) -> Vec<u8> {
     b
 }
 
+/// An admin act of the account log in the audit column family:
+/// `tenant \0 programme \0 at(millis_key) partition(be32) offset(be64)
+/// index(be16)`, so a programme's acts sort by time, then by place.
+pub fn audit_key(tenant: &str, programme: &str, at: Millis, place: (u32, u64, u16)) -> Vec<u8> {
+    let mut k = programme_prefix(tenant, programme);
+    k.extend_from_slice(&millis_key(at));
+    k.extend_from_slice(&place.0.to_be_bytes());
+    k.extend_from_slice(&place.1.to_be_bytes());
+    k.extend_from_slice(&place.2.to_be_bytes());
+    k
+}
+
+/// The instant and place an audit key ends with (after its programme
+/// prefix of `prefix_len` bytes).
+pub fn parse_audit_key(prefix_len: usize, k: &[u8]) -> Option<(Millis, (u32, u64, u16))> {
+    let rest = k.get(prefix_len..)?;
+    if rest.len() != 8 + 4 + 8 + 2 {
+        return None;
+    }
+    let partition = u32::from_be_bytes(rest[8..12].try_into().ok()?);
+    let offset = u64::from_be_bytes(rest[12..20].try_into().ok()?);
+    let index = u16::from_be_bytes(rest[20..22].try_into().ok()?);
+    Some((millis_from_key(rest), (partition, offset, index)))
+}
+
 /// Big-endian with the sign bit flipped, so instants sort as bytes.
 pub fn millis_key(at: Millis) -> [u8; 8] {
     ((at as u64) ^ (1 << 63)).to_be_bytes()

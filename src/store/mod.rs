@@ -64,10 +64,13 @@ pub enum Cf {
     /// Alerts of members not raised in their partition yet (delivery
     /// state, not derived state: `verify` does not compare it).
     Outbox,
+    /// The admin acts of the account log, by programme and time (the
+    /// audit log; those of the control stream are in the registry).
+    Audit,
 }
 
 /// Column families there are.
-const CF_COUNT: usize = 11;
+const CF_COUNT: usize = 12;
 
 impl Cf {
     pub fn name(self) -> &'static str {
@@ -83,6 +86,7 @@ impl Cf {
             Cf::Alerts => "alerts",
             Cf::Issuance => "issuance",
             Cf::Outbox => "outbox",
+            Cf::Audit => "audit",
         }
     }
 
@@ -109,9 +113,9 @@ pub const VIEW_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta,
 pub const VIEW_DIGEST_CFS: &[Cf] = &[Cf::Accounts, Cf::Entries, Cf::Expiring, Cf::Meta];
 /// The reconciliation consumer's database: partial books, the risk view,
 /// alerts, and its positions.
-pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta, Cf::Outbox];
+pub const BOOK_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta, Cf::Outbox, Cf::Audit];
 /// The column families of the books a rebuild writes, and `verify` compares.
-pub const BOOK_DIGEST_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta];
+pub const BOOK_DIGEST_CFS: &[Cf] = &[Cf::Books, Cf::Risk, Cf::Alerts, Cf::Meta, Cf::Audit];
 
 /// Memtable budget of each database (writer state, views, books).
 pub const DB_WRITE_BUFFER_BYTES: usize = 96 << 20;
