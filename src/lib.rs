@@ -29,6 +29,7 @@ pub mod finance;
 pub mod api;
 pub mod server;
 pub mod metrics;
+pub mod telemetry;
 pub mod admin;
 pub mod tools;
 pub mod feed;

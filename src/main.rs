@@ -437,6 +437,13 @@ struct ServeArgs {
     /// Reloaded on SIGHUP and when it changes.
     #[arg(long, env = "POINTS_LEDGER_CLIENTS_FILE")]
     clients_file: Option<PathBuf>,
+    /// How log lines are written to stderr: text, or one JSON object per line.
+    #[arg(long, env = "POINTS_LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
+    log_format: LogFormatArg,
+    /// Export traces (a call's span, its writer batch and log append) to
+    /// this OpenTelemetry collector over OTLP/gRPC, e.g. http://127.0.0.1:4317.
+    #[arg(long, env = "POINTS_LEDGER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Address of the admin HTTP listener: /metrics (Prometheus), /healthz,
     /// /readyz, /console. `off` for none.
     #[arg(long, env = "POINTS_LEDGER_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
@@ -614,16 +621,41 @@ fn load_config_file() -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     if let Err(e) = load_config_file() {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (format, otlp) = match &cli.command {
+        Cmd::Serve(args) => (args.log_format.into(), args.otlp_endpoint.clone()),
+        _ => (points_ledger::telemetry::LogFormat::Text, None),
+    };
+    let telemetry = {
+        let _runtime = rt.enter();
+        points_ledger::telemetry::init(format, otlp.as_deref())?
+    };
+    let done = run(cli, &rt);
+    telemetry.shutdown();
+    done
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for points_ledger::telemetry::LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => points_ledger::telemetry::LogFormat::Text,
+            LogFormatArg::Json => points_ledger::telemetry::LogFormat::Json,
+        }
+    }
+}
+
+fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve(args) => rt.block_on(serve(args)),
         Cmd::Cluster(args) => {

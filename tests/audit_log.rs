@@ -6,19 +6,12 @@ mod common;
 use common::*;
 use points_ledger::api::Auth;
 use points_ledger::proto as pb;
-use tonic::Request;
 
 const CLIENTS: &str = "\
 root   token:t-root  *     *       *
 desk   token:t-desk  shop  points  read,admin
 app    token:t-app   shop  points  earn,spend
 ";
-
-fn with<T>(token: &str, message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
 
 /// Every entry of the programme's audit log, `page_size` at a time, once
 /// the books have folded `expected` entries (they trail the log).
@@ -36,7 +29,7 @@ async fn audit_log(h: &Harness, page_size: u32, expected: usize) -> Vec<pb::Audi
                 page_token,
                 ..Default::default()
             };
-            let page = admin.list_audit_log(with("t-desk", r)).await.unwrap().into_inner();
+            let page = admin.list_audit_log(as_client("t-desk", r)).await.unwrap().into_inner();
             all.extend(page.entries);
             if page.next_page_token.is_empty() {
                 break;
@@ -57,11 +50,11 @@ async fn acts(h: &Harness) {
         programme: Some(programme()),
         operator: "ops".into(),
     };
-    a.configure_programme(with("t-root", cfg)).await.unwrap();
+    a.configure_programme(as_client("t-root", cfg)).await.unwrap();
     h.clock.advance(1000);
-    l.earn(with("t-app", earn("e1", "m1", 100))).await.unwrap();
+    l.earn(as_client("t-app", earn("e1", "m1", 100))).await.unwrap();
     h.clock.advance(1000);
-    l.adjust(with("t-desk", adjust("adj", "m1", 50, "alice", "goodwill"))).await.unwrap();
+    l.adjust(as_client("t-desk", adjust("adj", "m1", 50, "alice", "goodwill"))).await.unwrap();
     h.clock.advance(1000);
     let freeze = pb::FreezeAccountRequest {
         request_id: "frz".into(),
@@ -71,7 +64,7 @@ async fn acts(h: &Harness) {
         reason: "farming".into(),
         ..Default::default()
     };
-    a.freeze_account(with("t-desk", freeze)).await.unwrap();
+    a.freeze_account(as_client("t-desk", freeze)).await.unwrap();
     h.clock.advance(1000);
     let recycle = pb::ExpireRequest {
         request_id: "rec".into(),
@@ -81,7 +74,7 @@ async fn acts(h: &Harness) {
         operator: "carol".into(),
         ..Default::default()
     };
-    l.expire(with("t-desk", recycle)).await.unwrap();
+    l.expire(as_client("t-desk", recycle)).await.unwrap();
     h.clock.advance(1000);
     let hook = pb::ConfigureWebhookRequest {
         request_id: "wh".into(),
@@ -93,10 +86,10 @@ async fn acts(h: &Harness) {
         secret: "0123456789abcdef".into(),
         ..Default::default()
     };
-    a.configure_webhook(with("t-desk", hook)).await.unwrap();
+    a.configure_webhook(as_client("t-desk", hook)).await.unwrap();
     h.clock.advance(1000);
     // A retry is the same act: listed once.
-    l.adjust(with("t-desk", adjust("adj", "m1", 50, "alice", "goodwill"))).await.unwrap();
+    l.adjust(as_client("t-desk", adjust("adj", "m1", 50, "alice", "goodwill"))).await.unwrap();
     h.clock.advance(1000);
 }
 
@@ -140,6 +133,6 @@ async fn the_audit_log_is_for_admin_clients() {
     let h = Harness::start_with(|c| c.auth = Auth::parse_clients(CLIENTS).unwrap()).await;
     acts(&h).await;
     let r = pb::ListAuditLogRequest { tenant_id: "shop".into(), programme_id: "points".into(), ..Default::default() };
-    let err = h.admin().await.list_audit_log(with("t-app", r)).await.unwrap_err();
+    let err = h.admin().await.list_audit_log(as_client("t-app", r)).await.unwrap_err();
     assert_eq!(reason_of(&err), "ADMIN_REQUIRED");
 }

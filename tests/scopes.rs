@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use points_ledger::api::Auth;
 use points_ledger::proto as pb;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 const CLIENTS: &str = "\
 earner   token:t-earn   shop  points  earn
@@ -23,12 +23,6 @@ root     token:t-root   *     *       *
 const ONE_OPERATION: [(&str, &str); 5] =
     [("earn", "t-earn"), ("spend", "t-spend"), ("read", "t-read"), ("admin", "t-admin"), ("finance", "t-fin")];
 
-fn with<T>(token: &str, message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
-
 async fn started() -> Harness {
     let h = Harness::start_with(|c| c.auth = Auth::parse_clients(CLIENTS).unwrap()).await;
     let mut admin = h.admin().await;
@@ -39,13 +33,13 @@ async fn started() -> Harness {
             programme: Some(p),
             operator: "ops".into(),
         };
-        admin.configure_programme(with("t-root", r)).await.unwrap();
+        admin.configure_programme(as_client("t-root", r)).await.unwrap();
     }
     let mut ledger = h.ledger().await;
     for id in ["points", "other"] {
         let mut e = earn(&format!("seed-{id}"), "m1", 1000);
         e.account = Some(pb::AccountKey { programme_id: id.into(), ..account("m1").unwrap() });
-        ledger.earn(with("t-root", e)).await.unwrap();
+        ledger.earn(as_client("t-root", e)).await.unwrap();
     }
     h
 }
@@ -87,6 +81,9 @@ const TABLE: &[(&str, &str)] = &[
     ("ListWebhookDeliveries", "admin"),
     ("GetAccountRisk", "admin"),
     ("GetIssuance", "admin"),
+    ("ListAuditLog", "admin"),
+    ("ApproveAdjustment", "admin"),
+    ("RejectAdjustment", "admin"),
     ("GetDailyBook", "finance"),
 ];
 
@@ -123,12 +120,12 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
         ..Default::default()
     };
     match rpc {
-        "Earn" => l.earn(with(token, earn(&id, "m1", 10))).await.map(drop),
-        "RecordActivity" => l.record_activity(with(token, activity(&id, "m1", "check_in"))).await.map(drop),
-        "PreviewActivity" => l.preview_activity(with(token, activity(&id, "m1", "check_in"))).await.map(drop),
-        "ReverseEarn" => l.reverse_earn(with(token, reverse(&id, "m1", "seed-points", 1))).await.map(drop),
+        "Earn" => l.earn(as_client(token, earn(&id, "m1", 10))).await.map(drop),
+        "RecordActivity" => l.record_activity(as_client(token, activity(&id, "m1", "check_in"))).await.map(drop),
+        "PreviewActivity" => l.preview_activity(as_client(token, activity(&id, "m1", "check_in"))).await.map(drop),
+        "ReverseEarn" => l.reverse_earn(as_client(token, reverse(&id, "m1", "seed-points", 1))).await.map(drop),
         "Expire" => l
-            .expire(with(token, pb::ExpireRequest { request_id: id, account: key, ..Default::default() }))
+            .expire(as_client(token, pb::ExpireRequest { request_id: id, account: key, ..Default::default() }))
             .await
             .map(drop),
         "ExpireAll" => {
@@ -140,11 +137,11 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 operator: op(),
                 ..Default::default()
             };
-            l.expire(with(token, r)).await.map(drop)
+            l.expire(as_client(token, r)).await.map(drop)
         }
         "SubmitBatch" => {
             let c = pb::BatchCommand { command: Some(pb::batch_command::Command::Earn(earn(&id, "m1", 10))) };
-            let reply = l.submit_batch(with(token, pb::SubmitBatchRequest { commands: vec![c] })).await?;
+            let reply = l.submit_batch(as_client(token, pb::SubmitBatchRequest { commands: vec![c] })).await?;
             match reply.into_inner().results.remove(0).result {
                 Some(pb::batch_result::Result::Error(e)) => {
                     use tonic_types::{ErrorDetails, StatusExt};
@@ -154,7 +151,7 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 _ => Ok(()),
             }
         }
-        "Spend" => l.spend(with(token, spend(&id, "m1", 1))).await.map(drop),
+        "Spend" => l.spend(as_client(token, spend(&id, "m1", 1))).await.map(drop),
         "Reserve" => {
             let r = pb::ReserveRequest {
                 request_id: id,
@@ -164,7 +161,7 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 timeout_seconds: 60,
                 ..Default::default()
             };
-            l.reserve(with(token, r)).await.map(drop)
+            l.reserve(as_client(token, r)).await.map(drop)
         }
         "CaptureReservation" => {
             let r = pb::CaptureReservationRequest {
@@ -173,7 +170,7 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 reservation_id: "none".into(),
                 ..Default::default()
             };
-            l.capture_reservation(with(token, r)).await.map(drop)
+            l.capture_reservation(as_client(token, r)).await.map(drop)
         }
         "ReleaseReservation" => {
             let r = pb::ReleaseReservationRequest {
@@ -182,33 +179,35 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 reservation_id: "none".into(),
                 ..Default::default()
             };
-            l.release_reservation(with(token, r)).await.map(drop)
+            l.release_reservation(as_client(token, r)).await.map(drop)
         }
-        "Refund" => l.refund(with(token, refund(&id, "m1", "none", 1))).await.map(drop),
-        "GetAccount" => {
-            l.get_account(with(token, pb::GetAccountRequest { account: key, ..Default::default() })).await.map(drop)
-        }
-        "ListEntries" => {
-            l.list_entries(with(token, pb::ListEntriesRequest { account: key, ..Default::default() })).await.map(drop)
-        }
+        "Refund" => l.refund(as_client(token, refund(&id, "m1", "none", 1))).await.map(drop),
+        "GetAccount" => l
+            .get_account(as_client(token, pb::GetAccountRequest { account: key, ..Default::default() }))
+            .await
+            .map(drop),
+        "ListEntries" => l
+            .list_entries(as_client(token, pb::ListEntriesRequest { account: key, ..Default::default() }))
+            .await
+            .map(drop),
         "ListExpiring" => {
             let r = pb::ListExpiringRequest { tenant_id: t, programme_id: p, ..Default::default() };
-            l.list_expiring(with(token, r)).await.map(drop)
+            l.list_expiring(as_client(token, r)).await.map(drop)
         }
         "ListLevelChanges" => {
             let r = pb::ListLevelChangesRequest { account: key, ..Default::default() };
-            l.list_level_changes(with(token, r)).await.map(drop)
+            l.list_level_changes(as_client(token, r)).await.map(drop)
         }
         "GetProgramme" => {
             let r = pb::GetProgrammeRequest { tenant_id: t, programme_id: p, ..Default::default() };
-            a.get_programme(with(token, r)).await.map(drop)
+            a.get_programme(as_client(token, r)).await.map(drop)
         }
         "Subscribe" => {
             let mut f = pb::feed_client::FeedClient::connect(h.url()).await.unwrap();
             let r = pb::SubscribeRequest { tenant_id: t, programme_id: p, from_now: true, ..Default::default() };
-            f.subscribe(with(token, r)).await.map(drop)
+            f.subscribe(as_client(token, r)).await.map(drop)
         }
-        "Adjust" => l.adjust(with(token, adjust(&id, "m1", 5, "ops", "scope test"))).await.map(drop),
+        "Adjust" => l.adjust(as_client(token, adjust(&id, "m1", 5, "ops", "scope test"))).await.map(drop),
         "AdjustGrowth" => {
             let r = pb::AdjustGrowthRequest {
                 request_id: id,
@@ -218,13 +217,13 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 reason: why(),
                 ..Default::default()
             };
-            l.adjust_growth(with(token, r)).await.map(drop)
+            l.adjust_growth(as_client(token, r)).await.map(drop)
         }
         "ListPendingPoints" => {
             let r = pb::ListPendingPointsRequest { account: key, ..Default::default() };
-            l.list_pending_points(with(token, r)).await.map(drop)
+            l.list_pending_points(as_client(token, r)).await.map(drop)
         }
-        "ReleasePendingPoints" => l.release_pending_points(with(token, pending())).await.map(drop),
+        "ReleasePendingPoints" => l.release_pending_points(as_client(token, pending())).await.map(drop),
         "ForfeitPendingPoints" => {
             let r = pending();
             let f = pb::ForfeitPendingPointsRequest {
@@ -234,7 +233,7 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 reason: r.reason,
                 ..Default::default()
             };
-            l.forfeit_pending_points(with(token, f)).await.map(drop)
+            l.forfeit_pending_points(as_client(token, f)).await.map(drop)
         }
         "UnholdAccount" => {
             let r = pending();
@@ -245,13 +244,13 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 reason: r.reason,
                 ..Default::default()
             };
-            l.unhold_account(with(token, u)).await.map(drop)
+            l.unhold_account(as_client(token, u)).await.map(drop)
         }
         "ConfigureProgramme" => {
             let r = pb::ConfigureProgrammeRequest { request_id: id, programme: Some(programme()), operator: op() };
-            a.configure_programme(with(token, r)).await.map(drop)
+            a.configure_programme(as_client(token, r)).await.map(drop)
         }
-        "FreezeAccount" => a.freeze_account(with(token, freeze())).await.map(drop),
+        "FreezeAccount" => a.freeze_account(as_client(token, freeze())).await.map(drop),
         "UnfreezeAccount" => {
             let f = freeze();
             let u = pb::UnfreezeAccountRequest {
@@ -262,7 +261,7 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 reason: f.reason,
                 ..Default::default()
             };
-            a.unfreeze_account(with(token, u)).await.map(drop)
+            a.unfreeze_account(as_client(token, u)).await.map(drop)
         }
         "SetLevel" => {
             let r = pb::SetLevelRequest {
@@ -273,14 +272,14 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 reason: why(),
                 ..Default::default()
             };
-            a.set_level(with(token, r)).await.map(drop)
+            a.set_level(as_client(token, r)).await.map(drop)
         }
         "ListAlerts" => {
             let r = pb::ListAlertsRequest { tenant_id: t, programme_id: p, ..Default::default() };
-            a.list_alerts(with(token, r)).await.map(drop)
+            a.list_alerts(as_client(token, r)).await.map(drop)
         }
-        "AcknowledgeAlert" => a.acknowledge_alert(with(token, alert())).await.map(drop),
-        "ResolveAlert" => a.resolve_alert(with(token, alert())).await.map(drop),
+        "AcknowledgeAlert" => a.acknowledge_alert(as_client(token, alert())).await.map(drop),
+        "ResolveAlert" => a.resolve_alert(as_client(token, alert())).await.map(drop),
         "ConfigureWebhook" => {
             let r = pb::ConfigureWebhookRequest {
                 request_id: id,
@@ -292,15 +291,15 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 secret: "0123456789abcdef".into(),
                 ..Default::default()
             };
-            a.configure_webhook(with(token, r)).await.map(drop)
+            a.configure_webhook(as_client(token, r)).await.map(drop)
         }
         "ListWebhookDeliveries" => {
             let r = pb::ListWebhookDeliveriesRequest { tenant_id: t, programme_id: p, ..Default::default() };
-            a.list_webhook_deliveries(with(token, r)).await.map(drop)
+            a.list_webhook_deliveries(as_client(token, r)).await.map(drop)
         }
         "GetAccountRisk" => {
             let r = pb::GetAccountRiskRequest { account: key, ..Default::default() };
-            a.get_account_risk(with(token, r)).await.map(drop)
+            a.get_account_risk(as_client(token, r)).await.map(drop)
         }
         "GetIssuance" => {
             let r = pb::GetIssuanceRequest {
@@ -309,11 +308,29 @@ async fn call(h: &Harness, rpc: &str, token: &str, n: usize) -> Result<(), Statu
                 from_date: "2026-03-10".into(),
                 to_date: "2026-03-10".into(),
             };
-            a.get_issuance(with(token, r)).await.map(drop)
+            a.get_issuance(as_client(token, r)).await.map(drop)
         }
         "GetDailyBook" => {
             let r = pb::GetDailyBookRequest { tenant_id: t, programme_id: p, date: "2026-03-10".into() };
-            h.reconciliation().await.get_daily_book(with(token, r)).await.map(drop)
+            h.reconciliation().await.get_daily_book(as_client(token, r)).await.map(drop)
+        }
+        "ListAuditLog" => {
+            let r = pb::ListAuditLogRequest { tenant_id: t, programme_id: p, ..Default::default() };
+            a.list_audit_log(as_client(token, r)).await.map(drop)
+        }
+        "ApproveAdjustment" | "RejectAdjustment" => {
+            let r = pb::AdjustmentApprovalRequest {
+                request_id: id,
+                approval_id: "none".into(),
+                operator: op(),
+                reason: why(),
+                account: key,
+            };
+            if rpc == "ApproveAdjustment" {
+                a.approve_adjustment(as_client(token, r)).await.map(drop)
+            } else {
+                a.reject_adjustment(as_client(token, r)).await.map(drop)
+            }
         }
         other => panic!("no call for {other}"),
     }
@@ -362,17 +379,18 @@ async fn a_store_client_cannot_reach_another_stores_accounts_or_books() {
 async fn the_cluster_layout_needs_a_client_of_every_tenant_and_programme() {
     let h = started().await;
     let mut c = pb::cluster_client::ClusterClient::connect(h.url()).await.unwrap();
-    let err = c.describe_cluster(with("t-other", pb::DescribeClusterRequest {})).await.unwrap_err();
+    let err = c.describe_cluster(as_client("t-other", pb::DescribeClusterRequest {})).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    c.describe_cluster(with("t-root", pb::DescribeClusterRequest {})).await.unwrap();
+    c.describe_cluster(as_client("t-root", pb::DescribeClusterRequest {})).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_members_accounts_are_listed_in_the_programmes_the_caller_may_read() {
     let h = started().await;
     let mut l = h.ledger().await;
-    let list =
-        |token: &str| with(token, pb::ListMemberAccountsRequest { tenant_id: "shop".into(), member_id: "m1".into() });
+    let list = |token: &str| {
+        as_client(token, pb::ListMemberAccountsRequest { tenant_id: "shop".into(), member_id: "m1".into() })
+    };
     let programmes = |r: pb::ListMemberAccountsResponse| -> Vec<String> {
         r.accounts.into_iter().map(|a| a.account.unwrap().programme_id).collect()
     };
@@ -394,7 +412,7 @@ async fn until_answer(served: &common::tls::Served, token: &str, done: impl Fn(&
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let r = pb::GetProgrammeRequest { tenant_id: "shop".into(), programme_id: "points".into(), version: 0 };
-        let answer = a.get_programme(with(token, r)).await.map(drop);
+        let answer = a.get_programme(as_client(token, r)).await.map(drop);
         if done(&answer) {
             return;
         }

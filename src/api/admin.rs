@@ -245,6 +245,20 @@ impl pb::programme_admin_server::ProgrammeAdmin for AdminService {
         self.0.list_webhook_deliveries(&Caller::of(&req), req.get_ref()).await
     }
 
+    async fn approve_adjustment(
+        &self,
+        req: Request<pb::AdjustmentApprovalRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        self.0.decide_adjustment(&Caller::of(&req), req.get_ref(), true).await
+    }
+
+    async fn reject_adjustment(
+        &self,
+        req: Request<pb::AdjustmentApprovalRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        self.0.decide_adjustment(&Caller::of(&req), req.get_ref(), false).await
+    }
+
     async fn set_level(&self, req: Request<pb::SetLevelRequest>) -> Result<Response<pb::CommandReply>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
         let account = validate::account(&r.account)?;

@@ -160,6 +160,7 @@ impl Ledger {
         let account = validate::account(c.account)?;
         let client = self.auth.check(caller, &account.tenant_id, &account.programme_id, r.access())?;
         let request_id = validate::request_id(c.request_id)?;
+        tracing::Span::current().record("request_id", request_id.as_str());
         let mut context = validate::context(c.metadata, c.client_ip, c.device_id)?;
         context.client = client.name.to_string();
         let body = r.body()?;

@@ -172,6 +172,15 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
         }
         Event::EarningsHeld { rule, alert_id } => PbEvent::EarningsHeld(pb::EarningsHeld { rule, alert_id }),
         Event::EarningsUnheld { operator, reason } => PbEvent::EarningsUnheld(pb::EarningsUnheld { operator, reason }),
+        Event::AdjustmentRequested { approval_id, points, operator, reason, client } => {
+            PbEvent::AdjustmentRequested(pb::AdjustmentRequested { approval_id, points, operator, reason, client })
+        }
+        Event::AdjustmentApproved { approval_id, operator, reason, client } => {
+            PbEvent::AdjustmentApproved(pb::AdjustmentApproved { approval_id, operator, reason, client })
+        }
+        Event::AdjustmentRejected { approval_id, operator, reason, client } => {
+            PbEvent::AdjustmentRejected(pb::AdjustmentRejected { approval_id, operator, reason, client })
+        }
         Event::PendingPointsReleased { lots, points, operator, reason } => {
             PbEvent::PendingPointsReleased(pb::PendingPointsReleased {
                 lots: lots_to_pb(lots),
@@ -264,7 +273,16 @@ pub fn reply_to_pb(r: Reply) -> pb::CommandReply {
             _ => None,
         })
         .unwrap_or_default();
+    let pending_approval_id = r
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::AdjustmentRequested { approval_id, .. } => Some(approval_id.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
     pb::CommandReply {
+        pending_approval_id,
         applied_rules,
         request_id: r.request_id,
         replayed: r.replayed,
@@ -398,6 +416,7 @@ pub fn programme_to_pb(p: &Programme) -> pb::Programme {
             GrowthModel::Rfm => pb::GrowthModel::Rfm,
         } as i32,
         allow_ratio_change: p.allow_ratio_change,
+        adjustment_approval_points: p.adjustment_approval_points,
         rfm: p.rfm.as_deref().map(rfm_to_pb),
     }
 }

@@ -50,10 +50,12 @@ pub fn code_of(reason: Reason) -> Code {
         | Reason::SpendNotFound
         | Reason::EarnNotFound
         | Reason::ReservationNotFound
-        | Reason::LevelNotFound => Code::NotFound,
+        | Reason::LevelNotFound
+        | Reason::AdjustmentNotFound => Code::NotFound,
         Reason::InsufficientPoints
         | Reason::EarnPending
         | Reason::NothingPending
+        | Reason::ApproverIsMaker
         | Reason::AccountFrozen
         | Reason::ReservationSettled
         | Reason::CaptureExceedsReservation
@@ -65,6 +67,7 @@ pub fn code_of(reason: Reason) -> Code {
         // Safe to retry with the same request id once the scheduler has settled it.
         Reason::SettlingDue => Code::Unavailable,
         Reason::TooManyLots
+        | Reason::TooManyPendingAdjustments
         | Reason::DailyEarnCapReached
         | Reason::ActionDailyCapReached
         | Reason::ProgrammeDailyCapReached => Code::ResourceExhausted,

@@ -67,6 +67,8 @@ pub mod path {
     pub const FORFEIT_PENDING_POINTS: &str = "/points.v1.PointsLedger/ForfeitPendingPoints";
     pub const UNHOLD_ACCOUNT: &str = "/points.v1.PointsLedger/UnholdAccount";
     pub const SET_LEVEL: &str = "/points.v1.ProgrammeAdmin/SetLevel";
+    pub const APPROVE_ADJUSTMENT: &str = "/points.v1.ProgrammeAdmin/ApproveAdjustment";
+    pub const REJECT_ADJUSTMENT: &str = "/points.v1.ProgrammeAdmin/RejectAdjustment";
     pub const SUBMIT_BATCH: &str = "/points.v1.PointsLedger/SubmitBatch";
     pub const FREEZE_ACCOUNT: &str = "/points.v1.ProgrammeAdmin/FreezeAccount";
     pub const UNFREEZE_ACCOUNT: &str = "/points.v1.ProgrammeAdmin/UnfreezeAccount";

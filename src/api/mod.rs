@@ -198,6 +198,30 @@ impl Ledger {
         self.route(caller.metadata, path, r, command).await
     }
 
+    /// Approves (or rejects) an adjustment waiting for a second admin client.
+    async fn decide_adjustment(
+        &self,
+        caller: &Caller<'_>,
+        r: &pb::AdjustmentApprovalRequest,
+        approve: bool,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let account = validate::account(&r.account)?;
+        let client = self.auth.check(caller, &account.tenant_id, &account.programme_id, Access::Admin)?;
+        let approval_id = validate::request_id(&r.approval_id)
+            .map_err(|_| invalid("approval_id", "must be the pending_approval_id of an Adjust (1..128 characters)"))?;
+        let operator = validate::text("operator", &r.operator, validate::OPERATOR_CHARS_MAX, true)?;
+        let reason = validate::text("reason", &r.reason, validate::REASON_CHARS_MAX, true)?;
+        let request_id = validate::request_id(&r.request_id)?;
+        let (body, path) = if approve {
+            (CommandBody::ApproveAdjustment { approval_id, operator, reason }, forward::path::APPROVE_ADJUSTMENT)
+        } else {
+            (CommandBody::RejectAdjustment { approval_id, operator, reason }, forward::path::REJECT_ADJUSTMENT)
+        };
+        let context = domain::CommandContext { client: client.name.to_string(), ..Default::default() };
+        let command = Command { request_id, account, body, context };
+        self.route(caller.metadata, path, r, command).await
+    }
+
     /// The programme's current rules, or NOT_FOUND.
     fn programme(&self, key: &ProgrammeKey) -> Result<Arc<domain::Programme>, Status> {
         let found = self.programmes.registry().read().expect("registry lock").current(key);

@@ -292,6 +292,12 @@ pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
     let time_zone: chrono_tz::Tz = tz_name
         .parse()
         .map_err(|_| FieldError::new("programme.time_zone", format!("unknown IANA time zone '{}'", p.time_zone)))?;
+    if !(0..=POINTS_PER_COMMAND_MAX).contains(&p.adjustment_approval_points) {
+        return Err(FieldError::new(
+            "programme.adjustment_approval_points",
+            format!("must be 0..={POINTS_PER_COMMAND_MAX} (0 = no approval needed)"),
+        ));
+    }
     if p.member_daily_earn_cap < 0 {
         return Err(FieldError::new("programme.member_daily_earn_cap", "must be >= 0 (0 = no cap)"));
     }
@@ -379,6 +385,7 @@ pub fn programme(p: &pb::Programme) -> Result<Programme, FieldError> {
         growth_model,
         rfm,
         allow_ratio_change: p.allow_ratio_change,
+        adjustment_approval_points: p.adjustment_approval_points,
     })
 }
 

@@ -47,6 +47,19 @@ pub struct EarningsHold {
     pub alert_id: String,
 }
 
+/// A manual adjustment waiting for a second admin client (maker-checker).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingAdjustment {
+    pub points: Points,
+    pub operator: String,
+    pub reason: String,
+    /// The client that asked for it (who may not approve it).
+    pub client: String,
+}
+
+/// Adjustments that may wait for approval on one account at most.
+pub const PENDING_ADJUSTMENTS_MAX: usize = 100;
+
 /// What a later `ReverseEarn` needs to know about an earn.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EarnRecord {
@@ -176,6 +189,9 @@ impl Totals {
             }
             Event::PointsReserved { .. }
             | Event::ReservationReleased { .. }
+            | Event::AdjustmentRequested { .. }
+            | Event::AdjustmentApproved { .. }
+            | Event::AdjustmentRejected { .. }
             | Event::ActivityRecorded { .. }
             | Event::GrowthEvaluated { .. }
             | Event::GrowthAdjusted { .. }
@@ -245,6 +261,8 @@ pub struct Account {
     pub reminded_day: Option<i64>,
     /// While set, new earns land as pending lots.
     pub held: Option<EarningsHold>,
+    /// Adjustments waiting for a second admin client, by approval id.
+    pub adjustments: VecMap<String, PendingAdjustment>,
     /// RFM growth as of the last `GrowthEvaluated` (0 before any).
     pub rfm_growth: i64,
     /// Programme day of the first day of the last period evaluated.
@@ -600,6 +618,18 @@ impl Account {
                 self.held = Some(EarningsHold { rule: rule.clone(), alert_id: alert_id.clone() })
             }
             Event::EarningsUnheld { .. } => self.held = None,
+            Event::AdjustmentRequested { approval_id, points, operator, reason, client } => {
+                let pending = PendingAdjustment {
+                    points: *points,
+                    operator: operator.clone(),
+                    reason: reason.clone(),
+                    client: client.clone(),
+                };
+                self.adjustments.insert(approval_id.clone(), pending);
+            }
+            Event::AdjustmentApproved { approval_id, .. } | Event::AdjustmentRejected { approval_id, .. } => {
+                self.adjustments.remove(approval_id);
+            }
             Event::PendingPointsReleased { lots, .. } => {
                 self.settle_pending(lots, true);
                 self.held = None;

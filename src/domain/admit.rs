@@ -174,6 +174,9 @@ impl<'a> Sim<'a> {
             | Event::AlertRaised { .. }
             | Event::EarningsHeld { .. }
             | Event::EarningsUnheld { .. } => self.hold_event(event),
+            Event::AdjustmentRequested { .. } | Event::AdjustmentApproved { .. } | Event::AdjustmentRejected { .. } => {
+                self.approval_event(event)
+            }
             Event::PointsSpent { points, lots, spend_id, .. } => {
                 equal(*points, self.take(lots)?, "the spend")?;
                 self.spends.insert(spend_id, ());
@@ -213,18 +216,7 @@ impl<'a> Sim<'a> {
             | Event::SettlementSetAside { .. } => Ok(()),
             Event::ActivityRecorded { applied, points, growth, .. } => activity(applied, *points, *growth),
             Event::LevelHeld { .. } => Ok(()),
-            Event::ExpiryReminderDue { lots, points, .. } => {
-                let mut sum: Points = 0;
-                for l in lots {
-                    let remaining = self.lot(&l.lot_id).ok_or_else(|| format!("a reminder of no lot {}", l.lot_id))?;
-                    if l.points < 0 || remaining < l.points {
-                        return Err(format!("lot {} holds {remaining}, not the reminded {}", l.lot_id, l.points));
-                    }
-                    sum = add(sum, l.points, "the reminder's points")?;
-                }
-                non_negative(*points, "the reminder's points")?;
-                equal(*points, sum, "the reminder")
-            }
+            Event::ExpiryReminderDue { lots, points, .. } => self.reminder(lots, *points),
             Event::GrowthEvaluated { recency_days, frequency, monetary_minor, growth, previous_growth, .. } => {
                 if [*recency_days, *frequency, *monetary_minor, *growth, *previous_growth].iter().any(|v| *v < 0) {
                     return Err("an RFM evaluation with a negative figure".into());
@@ -241,6 +233,20 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// A reminder names lots that hold at least the points it reminds of.
+    fn reminder(&self, lots: &[super::LotExpiry], points: Points) -> Result<(), String> {
+        let mut sum: Points = 0;
+        for l in lots {
+            let remaining = self.lot(&l.lot_id).ok_or_else(|| format!("a reminder of no lot {}", l.lot_id))?;
+            if l.points < 0 || remaining < l.points {
+                return Err(format!("lot {} holds {remaining}, not the reminded {}", l.lot_id, l.points));
+            }
+            sum = add(sum, l.points, "the reminder's points")?;
+        }
+        non_negative(points, "the reminder's points")?;
+        equal(points, sum, "the reminder")
+    }
+
     fn movement(&mut self, which: usize, points: Points) -> Result<(), String> {
         self.totals[which] = add(self.totals[which], points, "a total")?;
         Ok(())
@@ -252,6 +258,21 @@ impl<'a> Sim<'a> {
     }
 
     /// Events of holds and pending points.
+    /// Maker-checker: a request for an id not waiting, a decision on one that is.
+    fn approval_event(&self, event: &Event) -> Result<(), String> {
+        match event {
+            Event::AdjustmentRequested { approval_id, .. } if self.account.adjustments.contains_key(approval_id) => {
+                Err(format!("adjustment {approval_id} waits for approval already"))
+            }
+            Event::AdjustmentApproved { approval_id, .. } | Event::AdjustmentRejected { approval_id, .. }
+                if !self.account.adjustments.contains_key(approval_id) =>
+            {
+                Err(format!("no adjustment {approval_id} waits for approval"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn hold_event(&mut self, event: &'a Event) -> Result<(), String> {
         match event {
             Event::PointsEarned { lot_id, granted, debt_repaid, growth, day, pending: true, .. } => {

@@ -68,7 +68,14 @@ pub fn decide_with(
                 format!("programme {}/{} is not configured", command.account.tenant_id, command.account.programme_id),
             )
         })?;
-        let d = Decision { programme, account: &state, request_id: &command.request_id, now, limits: *limits };
+        let d = Decision {
+            programme,
+            account: &state,
+            request_id: &command.request_id,
+            client: &command.context.client,
+            now,
+            limits: *limits,
+        };
         events.extend(d.decide(&command.body)?);
     }
     // A level set by hand is left alone until its hold ends.
@@ -491,10 +498,13 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
     (events, more)
 }
 
+#[derive(Clone, Copy)]
 struct Decision<'a> {
     programme: &'a Programme,
     account: &'a Account,
     request_id: &'a str,
+    /// The authenticated client that sent the command (maker-checker).
+    client: &'a str,
     now: Millis,
     limits: Limits,
 }
@@ -609,7 +619,20 @@ impl Decision<'_> {
             CommandBody::Refund { spend_id, points } => self.refund(spend_id, *points),
             CommandBody::ReverseEarn { earn_id, points, growth } => self.reverse(earn_id, *points, *growth),
             CommandBody::Expire { all_points, reason, operator } => self.expire(*all_points, reason, operator),
-            CommandBody::Adjust { points, operator, reason } => self.adjust(*points, operator, reason),
+            CommandBody::Adjust { points, operator, reason } => self.adjust_or_request(*points, operator, reason),
+            CommandBody::ApproveAdjustment { approval_id, operator, reason } => {
+                self.approve_adjustment(approval_id, operator, reason)
+            }
+            CommandBody::RejectAdjustment { approval_id, operator, reason } => {
+                needs_operator_and_reason(operator, reason)?;
+                self.pending_adjustment(approval_id)?;
+                Ok(vec![Event::AdjustmentRejected {
+                    approval_id: approval_id.clone(),
+                    operator: operator.clone(),
+                    reason: reason.clone(),
+                    client: self.client.into(),
+                }])
+            }
             CommandBody::RecordActivity(activity) => self.activity(activity),
             CommandBody::AdjustGrowth { growth, operator, reason } => self.adjust_growth(*growth, operator, reason),
             CommandBody::SetLevel { level, operator, reason, hold_until } => {
@@ -1123,6 +1146,67 @@ impl Decision<'_> {
                 operator: operator.into(),
             });
         }
+        Ok(events)
+    }
+
+    /// A manual adjustment, or above the programme's approval threshold a
+    /// request that waits for a second admin client (maker-checker). The
+    /// request is decided as an adjustment first, so one that could not be
+    /// applied now is refused now.
+    fn adjust_or_request(&self, points: Points, operator: &str, reason: &str) -> Result<Vec<Event>, Rejection> {
+        let events = self.adjust(points, operator, reason)?;
+        let threshold = self.programme.adjustment_approval_points;
+        if threshold == 0 || points.unsigned_abs() <= threshold.unsigned_abs() {
+            return Ok(events);
+        }
+        if self.account.adjustments.len() >= super::account::PENDING_ADJUSTMENTS_MAX {
+            return Err(Rejection::new(
+                Reason::TooManyPendingAdjustments,
+                format!(
+                    "{} adjustments wait for approval on this account already: approve or reject some first",
+                    super::account::PENDING_ADJUSTMENTS_MAX
+                ),
+            ));
+        }
+        Ok(vec![Event::AdjustmentRequested {
+            approval_id: self.request_id.into(),
+            points,
+            operator: operator.into(),
+            reason: reason.into(),
+            client: self.client.into(),
+        }])
+    }
+
+    fn pending_adjustment(&self, approval_id: &str) -> Result<&super::account::PendingAdjustment, Rejection> {
+        self.account.adjustments.get(approval_id).ok_or_else(|| {
+            Rejection::field(
+                Reason::AdjustmentNotFound,
+                "approval_id",
+                format!("no adjustment {approval_id} waits for approval on this account"),
+            )
+        })
+    }
+
+    /// Applies a waiting adjustment, by a client other than its maker: the
+    /// adjustment as its maker asked for it (lot id = the request's id),
+    /// decided against the account as it is now.
+    fn approve_adjustment(&self, approval_id: &str, operator: &str, reason: &str) -> Result<Vec<Event>, Rejection> {
+        needs_operator_and_reason(operator, reason)?;
+        let pending = self.pending_adjustment(approval_id)?;
+        if pending.client == self.client {
+            return Err(Rejection::new(
+                Reason::ApproverIsMaker,
+                format!("the client {} asked for this adjustment: another admin client must approve it", self.client),
+            ));
+        }
+        let mut events = vec![Event::AdjustmentApproved {
+            approval_id: approval_id.into(),
+            operator: operator.into(),
+            reason: reason.into(),
+            client: self.client.into(),
+        }];
+        let maker = Decision { request_id: approval_id, ..*self };
+        events.extend(maker.adjust(pending.points, &pending.operator, &pending.reason)?);
         Ok(events)
     }
 

@@ -160,6 +160,16 @@ pub fn fingerprint(command: &Command) -> u64 {
             h.str(operator);
             h.str(reason);
         }
+        CommandBody::ApproveAdjustment { approval_id, operator, reason }
+        | CommandBody::RejectAdjustment { approval_id, operator, reason } => {
+            h.str(match command.body {
+                CommandBody::ApproveAdjustment { .. } => "approve_adjustment",
+                _ => "reject_adjustment",
+            });
+            h.str(approval_id);
+            h.str(operator);
+            h.str(reason);
+        }
         CommandBody::Tick => h.str("tick"),
     }
     let ctx = &command.context;
@@ -236,6 +246,9 @@ pub fn fingerprint_programme(p: &super::Programme, operator: &str) -> u64 {
     // Hashed only when set, as the risk thresholds.
     if !p.earning_rules.is_empty() || !p.campaigns.is_empty() || !p.level_multipliers_percent.is_empty() {
         h.str(&format!("{:?}{:?}{:?}", p.earning_rules, p.campaigns, p.level_multipliers_percent));
+    }
+    if p.adjustment_approval_points != 0 {
+        h.str(&format!("approval{}", p.adjustment_approval_points));
     }
     if p.growth_model != super::GrowthModel::Behaviour || p.allow_ratio_change {
         h.str(&format!("{:?}{}", p.growth_model, p.allow_ratio_change));

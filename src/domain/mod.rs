@@ -23,8 +23,8 @@ mod vecmap;
 use std::collections::BTreeMap;
 
 pub use account::{
-    Account, EarnRecord, EarningsHold, Lot, PurchaseMonth, ReservationRecord, ReservationStatus, SpendRecord, Totals,
-    PURCHASE_MONTHS_KEPT,
+    Account, EarnRecord, EarningsHold, Lot, PendingAdjustment, PurchaseMonth, ReservationRecord, ReservationStatus,
+    SpendRecord, Totals, PURCHASE_MONTHS_KEPT,
 };
 pub use admit::admissible;
 #[cfg(test)]
@@ -151,6 +151,9 @@ pub struct Programme {
     pub rfm: Option<Box<RfmRules>>,
     /// This version was allowed to change `points_per_cash_unit`.
     pub allow_ratio_change: bool,
+    /// Manual adjustments of more points than this wait for a second admin
+    /// client's approval (0 = none do).
+    pub adjustment_approval_points: Points,
 }
 
 /// Thresholds of the alert rules (0 = the rule is off). Alerts are derived
@@ -245,6 +248,7 @@ impl Programme {
             growth_model: GrowthModel::Behaviour,
             rfm: None,
             allow_ratio_change: false,
+            adjustment_approval_points: 0,
         }
     }
 }
@@ -370,6 +374,20 @@ pub enum CommandBody {
     },
     /// The hold on new earns is lifted; pending points stay pending.
     Unhold {
+        operator: String,
+        reason: String,
+    },
+    /// A pending adjustment (maker-checker) is applied, by a client other
+    /// than the one that asked for it.
+    ApproveAdjustment {
+        /// The request id of the `Adjust` waiting.
+        approval_id: String,
+        operator: String,
+        reason: String,
+    },
+    /// A pending adjustment is dropped.
+    RejectAdjustment {
+        approval_id: String,
         operator: String,
         reason: String,
     },
@@ -649,6 +667,31 @@ pub enum Event {
         operator: String,
         reason: String,
     },
+    /// A manual adjustment above the programme's `adjustment_approval_points`
+    /// waits for a second admin client (`approval_id` = its request id);
+    /// `client` asked for it. Moves nothing.
+    AdjustmentRequested {
+        approval_id: String,
+        points: Points,
+        operator: String,
+        reason: String,
+        client: String,
+    },
+    /// A second client approved it: a `PointsAdjusted` with the request's
+    /// points, operator and reason follows in the same record.
+    AdjustmentApproved {
+        approval_id: String,
+        operator: String,
+        reason: String,
+        client: String,
+    },
+    /// A second client (or the maker) rejected it: nothing is adjusted.
+    AdjustmentRejected {
+        approval_id: String,
+        operator: String,
+        reason: String,
+        client: String,
+    },
     /// Pending lots became ordinary lots (their original expiry): issued
     /// now. Lifts the hold.
     PendingPointsReleased {
@@ -692,6 +735,11 @@ impl Event {
             Event::GrowthAdjusted { growth, operator, reason, .. } => act("adjust_growth", operator, reason, *growth),
             Event::LevelHeld { operator, reason, .. } => act("set_level", operator, reason, 0),
             Event::EarningsUnheld { operator, reason } => act("unhold", operator, reason, 0),
+            Event::AdjustmentRequested { points, operator, reason, .. } => {
+                act("request_adjustment", operator, reason, *points)
+            }
+            Event::AdjustmentApproved { operator, reason, .. } => act("approve_adjustment", operator, reason, 0),
+            Event::AdjustmentRejected { operator, reason, .. } => act("reject_adjustment", operator, reason, 0),
             Event::PendingPointsReleased { points, operator, reason, .. } => {
                 act("release_pending", operator, reason, *points)
             }
@@ -710,6 +758,9 @@ impl Event {
             Event::PointsEarned { pending: true, .. } => 0,
             Event::PendingPointsReleased { points, .. } => *points,
             Event::PendingPointsForfeited { .. }
+            | Event::AdjustmentRequested { .. }
+            | Event::AdjustmentApproved { .. }
+            | Event::AdjustmentRejected { .. }
             | Event::AlertRaised { .. }
             | Event::EarningsHeld { .. }
             | Event::EarningsUnheld { .. } => 0,
@@ -762,6 +813,9 @@ impl Event {
             Event::EarningsUnheld { .. } => "EarningsUnheld",
             Event::PendingPointsReleased { .. } => "PendingPointsReleased",
             Event::PendingPointsForfeited { .. } => "PendingPointsForfeited",
+            Event::AdjustmentRequested { .. } => "AdjustmentRequested",
+            Event::AdjustmentApproved { .. } => "AdjustmentApproved",
+            Event::AdjustmentRejected { .. } => "AdjustmentRejected",
         }
     }
 }
@@ -798,6 +852,12 @@ pub enum Reason {
     EarnPending,
     /// Nothing is pending and the account is not held.
     NothingPending,
+    /// No adjustment waits for approval under that id.
+    AdjustmentNotFound,
+    /// The client that asked for an adjustment cannot approve it.
+    ApproverIsMaker,
+    /// Too many adjustments wait for approval on the account.
+    TooManyPendingAdjustments,
     /// The action's earning rules are disabled or outside their window.
     EarningRuleNotActive,
     /// More is due than one record holds; the scheduler is settling it.
@@ -835,6 +895,9 @@ impl Reason {
             Reason::TooManyLots => "TOO_MANY_LOTS",
             Reason::EarnPending => "EARN_PENDING",
             Reason::NothingPending => "NOTHING_PENDING",
+            Reason::AdjustmentNotFound => "ADJUSTMENT_NOT_FOUND",
+            Reason::ApproverIsMaker => "APPROVER_IS_MAKER",
+            Reason::TooManyPendingAdjustments => "TOO_MANY_PENDING_ADJUSTMENTS",
             Reason::SettlingDue => "SETTLING_DUE",
             Reason::DailyEarnCapReached => "DAILY_EARN_CAP_REACHED",
             Reason::ActionDailyCapReached => "ACTION_DAILY_CAP_REACHED",

@@ -194,6 +194,9 @@ pub fn event_types() -> BTreeSet<&'static str> {
         "EarningsUnheld",
         "PendingPointsReleased",
         "PendingPointsForfeited",
+        "AdjustmentRequested",
+        "AdjustmentApproved",
+        "AdjustmentRejected",
     ]
     .into_iter()
     .collect()

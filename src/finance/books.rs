@@ -321,6 +321,9 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
         | Event::AlertRaised { .. }
         | Event::EarningsHeld { .. }
         | Event::EarningsUnheld { .. }
+        | Event::AdjustmentRequested { .. }
+        | Event::AdjustmentApproved { .. }
+        | Event::AdjustmentRejected { .. }
         | Event::PendingPointsReleased { .. }
         | Event::PendingPointsForfeited { .. } => {}
     }

@@ -157,7 +157,19 @@ fn epoch_text(epoch: Option<u64>) -> String {
     epoch.map(|e| format!(" (epoch {e})")).unwrap_or_default()
 }
 
-type ReplyTx = oneshot::Sender<Result<Reply, WriteError>>;
+/// Where a command's answer goes, and the span of the call that waits for
+/// it (the writer's spans of the command are its children).
+struct ReplyTx {
+    tx: oneshot::Sender<Result<Reply, WriteError>>,
+    span: tracing::Span,
+}
+
+impl ReplyTx {
+    /// Answers; a caller that stopped waiting is no error.
+    fn send(self, answer: Result<Reply, WriteError>) {
+        let _ = self.tx.send(answer);
+    }
+}
 /// A preview's answer: the events the command would cause now.
 type PreviewTx = oneshot::Sender<Result<Vec<crate::domain::Event>, WriteError>>;
 
@@ -356,6 +368,7 @@ impl Writers {
 
     async fn send(&self, command: Command) -> Result<(u32, oneshot::Receiver<Result<Reply, WriteError>>), WriteError> {
         let (tx, rx) = oneshot::channel();
+        let tx = ReplyTx { tx, span: tracing::Span::current() };
         let p = self.queue(command, |c| Msg::Submit(c, tx)).await?;
         Ok((p, rx))
     }

@@ -118,6 +118,28 @@ impl Observed {
     }
 }
 
+/// The writer's spans of a batch's commands, each a child of its call's
+/// span (none when tracing is off: a disabled callsite's check each).
+struct BatchSpans(Vec<tracing::Span>);
+
+impl BatchSpans {
+    fn of(partition: u32, msgs: &[Msg]) -> BatchSpans {
+        let commands = msgs.len();
+        let spans = msgs.iter().filter_map(|m| match m {
+            Msg::Submit(_, tx) if !tx.span.is_disabled() => {
+                Some(tracing::debug_span!(parent: &tx.span, "writer.batch", partition, commands))
+            }
+            _ => None,
+        });
+        BatchSpans(spans.collect())
+    }
+
+    /// The append's span under each command's, while it lasts.
+    fn appending(&self, records: usize) -> Vec<tracing::Span> {
+        self.0.iter().map(|s| tracing::debug_span!(parent: s, "log.append", records)).collect()
+    }
+}
+
 /// An account as of the last committed batch.
 struct Kept {
     account: Account,
@@ -353,6 +375,7 @@ impl PartitionWriter {
         }
         let now = self.clock.now().max(self.last_now);
         self.last_now = now;
+        let spans = BatchSpans::of(self.partition, &msgs);
         let mut gathered = self.gather(msgs, now)?;
         self.preview(std::mem::take(&mut gathered.previews), now)?;
         let mut decided = self.decide(gathered.commands, gathered.ticked, now)?;
@@ -363,11 +386,14 @@ impl PartitionWriter {
             self.write_levels_progress(&mut decided.work)?;
             let at = self.cursor.next.saturating_sub(1);
             for (tx, reply) in decided.unchanged.drain(..) {
-                let _ = tx.send(Ok(Reply { position: Position { partition: self.partition, offset: at }, ..reply }));
+                tx.send(Ok(Reply { position: Position { partition: self.partition, offset: at }, ..reply }));
             }
             return Ok(());
         }
-        let (offsets, quarantined) = match self.append_and_confirm(&mut decided.records) {
+        let appending = spans.appending(decided.records.len());
+        let appended = self.append_and_confirm(&mut decided.records);
+        drop(appending);
+        let (offsets, quarantined) = match appended {
             Ok(confirmed) => confirmed,
             Err(cause) => {
                 self.fail(decided, cause);
@@ -488,7 +514,7 @@ impl PartitionWriter {
             if fp == fingerprint {
                 d.waiting.push((tx, i, true));
             } else {
-                let _ = tx.send(Err(WriteError::RequestIdReused(cmd.request_id.clone())));
+                tx.send(Err(WriteError::RequestIdReused(cmd.request_id.clone())));
             }
             return Ok(None);
         }
@@ -504,15 +530,14 @@ impl PartitionWriter {
                     // cannot be read now: the caller retries again.
                     Err(e) => {
                         tracing::warn!(partition = self.partition, offset, error = %e, "cannot read a retried command's record");
-                        let _ = tx
-                            .send(Err(Unavailable::Log(format!("reading the record at offset {offset}: {e}")).into()));
+                        tx.send(Err(Unavailable::Log(format!("reading the record at offset {offset}: {e}")).into()));
                         return Ok(None);
                     }
                 }
             }
             snapshot::StoredRequest::At { fingerprint: fp, .. } => (fp, Reply::default()),
         };
-        let _ = tx.send(if fp == fingerprint {
+        tx.send(if fp == fingerprint {
             Ok(Reply { replayed: true, ..reply })
         } else {
             Err(WriteError::RequestIdReused(key.1))
@@ -585,7 +610,7 @@ impl PartitionWriter {
             Err(e) => {
                 match tx {
                     Some(tx) => {
-                        let _ = tx.send(Err(e));
+                        tx.send(Err(e));
                     }
                     None => {
                         let version = programme.map(|p| p.version).unwrap_or(0);
@@ -617,7 +642,7 @@ impl PartitionWriter {
             let e = WriteError::RecordTooLarge { bytes: payload.len(), max: self.record_bytes_max };
             match tx {
                 Some(tx) => {
-                    let _ = tx.send(Err(e));
+                    tx.send(Err(e));
                 }
                 None => self.settlement_set_aside(d, record, &e)?,
             }
@@ -813,7 +838,7 @@ impl PartitionWriter {
         self.reader = None;
         let unchanged = decided.unchanged.into_iter().map(|(tx, _)| tx);
         for tx in decided.waiting.into_iter().map(|(tx, _, _)| tx).chain(unchanged) {
-            let _ = tx.send(Err(cause.clone().into()));
+            tx.send(Err(cause.clone().into()));
         }
     }
 
@@ -836,11 +861,11 @@ impl PartitionWriter {
         for (tx, i, replayed) in waiting {
             let mut reply = replies[i].clone();
             reply.replayed = replayed;
-            let _ = tx.send(Ok(reply));
+            tx.send(Ok(reply));
         }
         let last = Position { partition: self.partition, offset: *offsets.last().expect("a batch") };
         for (tx, reply) in unchanged {
-            let _ = tx.send(Ok(Reply { position: last, ..reply }));
+            tx.send(Ok(Reply { position: last, ..reply }));
         }
         work
     }
@@ -1152,7 +1177,7 @@ impl PartitionWriter {
         for m in msgs {
             match m {
                 Msg::Submit(_, tx) => {
-                    let _ = tx.send(Err(cause.clone().into()));
+                    tx.send(Err(cause.clone().into()));
                 }
                 Msg::Preview(_, tx) => {
                     let _ = tx.send(Err(cause.clone().into()));

@@ -293,6 +293,15 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
         Event::EarningsUnheld { operator, reason } => {
             WireEvent::EarningsUnheld(wire::EarningsUnheld { operator, reason })
         }
+        Event::AdjustmentRequested { approval_id, points, operator, reason, client } => {
+            WireEvent::AdjustmentRequested(wire::AdjustmentRequested { approval_id, points, operator, reason, client })
+        }
+        Event::AdjustmentApproved { approval_id, operator, reason, client } => {
+            WireEvent::AdjustmentApproved(wire::AdjustmentApproved { approval_id, operator, reason, client })
+        }
+        Event::AdjustmentRejected { approval_id, operator, reason, client } => {
+            WireEvent::AdjustmentRejected(wire::AdjustmentRejected { approval_id, operator, reason, client })
+        }
         Event::PendingPointsReleased { lots, points, operator, reason } => {
             WireEvent::PendingPointsReleased(wire::PendingPointsReleased {
                 lots: lots_to_wire(lots),
@@ -470,6 +479,25 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
         WireEvent::AlertRaised(x) => Event::AlertRaised { alert_id: x.alert_id, rule: x.rule, detail: x.detail },
         WireEvent::EarningsHeld(x) => Event::EarningsHeld { rule: x.rule, alert_id: x.alert_id },
         WireEvent::EarningsUnheld(x) => Event::EarningsUnheld { operator: x.operator, reason: x.reason },
+        WireEvent::AdjustmentRequested(x) => Event::AdjustmentRequested {
+            approval_id: x.approval_id,
+            points: x.points,
+            operator: x.operator,
+            reason: x.reason,
+            client: x.client,
+        },
+        WireEvent::AdjustmentApproved(x) => Event::AdjustmentApproved {
+            approval_id: x.approval_id,
+            operator: x.operator,
+            reason: x.reason,
+            client: x.client,
+        },
+        WireEvent::AdjustmentRejected(x) => Event::AdjustmentRejected {
+            approval_id: x.approval_id,
+            operator: x.operator,
+            reason: x.reason,
+            client: x.client,
+        },
         WireEvent::PendingPointsReleased(x) => Event::PendingPointsReleased {
             lots: lots_from_wire(x.lots),
             points: x.points,
@@ -736,6 +764,7 @@ pub fn programme_to_wire(p: &Programme) -> wire::Programme {
             GrowthModel::Rfm => wire::GrowthModel::Rfm,
         } as i32,
         allow_ratio_change: p.allow_ratio_change,
+        adjustment_approval_points: p.adjustment_approval_points,
         rfm: p.rfm.as_deref().map(rfm_to_wire),
         risk: (p.risk != RiskRules::default()).then_some(wire::RiskRules {
             issuance_spike_percent: p.risk.issuance_spike_percent as i32,
@@ -905,6 +934,7 @@ pub fn programme_from_wire(p: wire::Programme, recorded_at: Millis) -> Programme
         },
         rfm: p.rfm.map(rfm_from_wire),
         allow_ratio_change: p.allow_ratio_change,
+        adjustment_approval_points: p.adjustment_approval_points.max(0),
         risk: risk_rules_from_wire(&r),
     }
 }

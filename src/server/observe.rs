@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use http_body::{Body, Frame};
 use tonic::Code;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
 
@@ -88,13 +90,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let pending = Pending {
-            metrics: self.metrics.clone(),
-            rpc: self.methods.name(req.uri().path()),
-            started: Instant::now(),
-        };
-        let future = self.inner.call(req);
-        Box::pin(async move {
+        let rpc = self.methods.name(req.uri().path());
+        let pending = Pending { metrics: self.metrics.clone(), rpc, started: Instant::now() };
+        // The call's span: a trace's root (the handlers record the request id).
+        let span = tracing::debug_span!("grpc", otel.name = rpc, otel.kind = "server", rpc, request_id = Empty);
+        let future = span.in_scope(|| self.inner.call(req));
+        let observed = async move {
             match future.await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
@@ -113,7 +114,8 @@ where
                     Err(e)
                 }
             }
-        })
+        };
+        Box::pin(observed.instrument(span))
     }
 }
 

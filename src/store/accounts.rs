@@ -118,7 +118,12 @@ impl Changed {
             Event::PendingPointsReleased { lots, .. } | Event::PendingPointsForfeited { lots, .. } => {
                 lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id))
             }
-            Event::AlertRaised { .. } | Event::EarningsHeld { .. } | Event::EarningsUnheld { .. } => {}
+            Event::AlertRaised { .. }
+            | Event::EarningsHeld { .. }
+            | Event::EarningsUnheld { .. }
+            | Event::AdjustmentRequested { .. }
+            | Event::AdjustmentApproved { .. }
+            | Event::AdjustmentRejected { .. } => {}
             Event::PointsAdjusted { adjustment_id, lots, .. } => {
                 piece(Piece::Lot, adjustment_id);
                 lots.iter().for_each(|l| piece(Piece::Lot, &l.lot_id));

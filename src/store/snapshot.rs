@@ -119,6 +119,17 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         held: a.held.is_some(),
         held_rule: a.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
         held_alert_id: a.held.as_ref().map(|h| h.alert_id.clone()).unwrap_or_default(),
+        pending_adjustments: a
+            .adjustments
+            .iter()
+            .map(|(id, p)| state::PendingAdjustment {
+                approval_id: id.clone(),
+                points: p.points,
+                operator: p.operator.clone(),
+                reason: p.reason.clone(),
+                client: p.client.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -414,6 +425,19 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     a.rfm_evaluated = s.rfm_evaluated.then_some(s.rfm_evaluated_period_start);
     a.reminded_day = s.reminded.then_some(s.reminded_day);
     a.held = s.held.then_some(crate::domain::EarningsHold { rule: s.held_rule, alert_id: s.held_alert_id });
+    a.adjustments = s
+        .pending_adjustments
+        .into_iter()
+        .map(|p| {
+            let pending = crate::domain::PendingAdjustment {
+                points: p.points,
+                operator: p.operator,
+                reason: p.reason,
+                client: p.client,
+            };
+            (p.approval_id, pending)
+        })
+        .collect();
     a.recount();
     // An account's statement has an entry per event folded and every page
     // but the last is full: whether there is a last page with room, and its

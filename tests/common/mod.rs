@@ -246,6 +246,13 @@ pub fn auth(text: &str) -> Auth {
     Auth::parse(text).unwrap()
 }
 
+/// `message` sent with `authorization: Bearer TOKEN`.
+pub fn as_client<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
 pub fn account(member: &str) -> Option<pb::AccountKey> {
     Some(pb::AccountKey { tenant_id: "shop".into(), programme_id: "points".into(), member_id: member.into() })
 }
