@@ -560,6 +560,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.auth_file = auth_file;
     let access_control = config.auth_file.is_some() || args.tls_client_ca.is_some();
     server::check_exposure(args.listen, access_control, args.insecure_no_auth)?;
+    // The admin listener serves the console, whose actions adjust accounts.
+    if let Some(admin) = config.admin_listen {
+        server::check_exposure(admin, access_control, args.insecure_no_auth)?;
+    }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let files = server::tls::TlsFiles {
             cert: cert.clone(),

@@ -58,3 +58,6 @@ pub fn methods_served(descriptor_sets: &[&[u8]]) -> Vec<(String, String)> {
     }
     methods
 }
+
+/// The API's timestamps (`google.protobuf.Timestamp` with its JSON mapping).
+pub type Timestamp = pbjson_types::Timestamp;

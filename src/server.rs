@@ -673,6 +673,8 @@ impl Service {
         crate::admin::router(crate::admin::AdminState {
             metrics: self.metrics.clone(),
             ownership: self.writers.ownership(),
+            ledger: self.ledger.clone(),
+            sessions: Default::default(),
         })
     }
 }

@@ -2,7 +2,9 @@
 //! default): `/metrics` in the Prometheus text format, `/healthz` (the
 //! process answers) and `/readyz` (every partition this instance should
 //! write takes commands), so a probe and a scrape work whatever the gRPC
-//! listener's TLS.
+//! listener's TLS; and the console (`/console`, `console/`).
+
+pub mod console;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     pub metrics: Metrics,
     pub ownership: Arc<Ownership>,
+    pub ledger: Arc<crate::api::Ledger>,
+    pub sessions: Arc<console::Sessions>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -29,6 +33,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .merge(console::routes())
         .with_state(state)
 }
 

@@ -639,7 +639,19 @@ pub fn account_to_pb(
         .collect();
     let mut open: Vec<_> = a.reservations.iter().filter(|(_, r)| r.status == domain::ReservationStatus::Open).collect();
     open.sort_unstable_by_key(|(id, r)| (r.expires_at, *id));
+    let pending_adjustments = a
+        .adjustments
+        .iter()
+        .map(|(id, p)| pb::AdjustmentRequested {
+            approval_id: id.clone(),
+            points: p.points,
+            operator: p.operator.clone(),
+            reason: p.reason.clone(),
+            client: p.client.clone(),
+        })
+        .collect();
     pb::Account {
+        pending_adjustments,
         lots_next_page_token,
         lots_with_points: fefo.len() as u32,
         open_reservations: open.len() as u32,

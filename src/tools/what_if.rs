@@ -251,20 +251,22 @@ impl Period {
 pub fn load_rules(path: &Path, tenant: &str, programme: &str) -> anyhow::Result<Programme> {
     let file = path.display();
     let text = std::fs::read_to_string(path).with_context(|| format!("--rules {file}: cannot read it"))?;
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("--rules {file}: not JSON"))?;
+    parse_rules(&text, &format!("--rules {file}"), tenant, programme)
+}
+
+/// [`load_rules`] of the text itself (`origin` names it in errors).
+pub fn parse_rules(text: &str, origin: &str, tenant: &str, programme: &str) -> anyhow::Result<Programme> {
+    let file = origin;
+    let value: serde_json::Value = serde_json::from_str(text).with_context(|| format!("{file}: not JSON"))?;
     let what = "not a Programme in the protobuf JSON mapping";
     let wire: crate::proto::Programme = match value.get("programme").filter(|p| p.is_object()) {
-        Some(inner) => serde_json::from_value(inner.clone()).with_context(|| format!("--rules {file}: {what}"))?,
-        None => serde_json::from_str(&text).with_context(|| format!("--rules {file}: {what}"))?,
+        Some(inner) => serde_json::from_value(inner.clone()).with_context(|| format!("{file}: {what}"))?,
+        None => serde_json::from_str(text).with_context(|| format!("{file}: {what}"))?,
     };
-    let proposed = crate::api::validate::programme(&wire)
-        .map_err(|e| anyhow::anyhow!("--rules {file}: {}: {}", e.field, e.message))?;
+    let proposed =
+        crate::api::validate::programme(&wire).map_err(|e| anyhow::anyhow!("{file}: {}: {}", e.field, e.message))?;
     if proposed.tenant_id != tenant || proposed.programme_id != programme {
-        anyhow::bail!(
-            "--rules {file} is programme {}/{}, not {tenant}/{programme}",
-            proposed.tenant_id,
-            proposed.programme_id
-        );
+        anyhow::bail!("{file} is programme {}/{}, not {tenant}/{programme}", proposed.tenant_id, proposed.programme_id);
     }
     Ok(proposed)
 }

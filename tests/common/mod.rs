@@ -21,6 +21,7 @@ macro_rules! rejected {
 
 pub mod broker;
 pub mod cluster;
+pub mod console;
 pub mod hostile;
 pub mod receiver;
 pub mod tls;
