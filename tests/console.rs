@@ -23,7 +23,10 @@ async fn started() -> Harness {
     let p = pb::Programme { adjustment_approval_points: 10_000, ..programme() };
     let cfg = pb::ConfigureProgrammeRequest { request_id: "cfg".into(), programme: Some(p), operator: "ops".into() };
     h.admin().await.configure_programme(as_client("t-desk", cfg)).await.unwrap();
-    h.ledger().await.earn(as_client("t-app", earn("e1", "m1", 100))).await.unwrap();
+    let earned = h.ledger().await.earn(as_client("t-app", earn("e1", "m1", 100))).await.unwrap().into_inner();
+    // The pages read the views: wait until they have the earn.
+    let seen = pb::GetAccountRequest { account: account("m1"), min_position: earned.position, ..Default::default() };
+    h.ledger().await.get_account(as_client("t-app", seen)).await.unwrap();
     h
 }
 
@@ -108,7 +111,7 @@ async fn a_large_adjustment_waits_and_another_admin_approves_it_in_the_console()
     let approved =
         act(&checker, "approve", &[("approval_id", "console-adjust-1"), ("operator", "bob"), ("reason", "ok")]).await;
     assert_eq!(approved.0, 303, "{}", approved.1);
-    assert!(checker.get(MEMBER).await.1.contains("id=\"available\">20100<"));
+    assert!(checker.get(&approved.2).await.1.contains("id=\"available\">20100<"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -103,7 +103,10 @@ async fn an_admin_adjusts_a_member_in_the_browser_and_the_books_chart_renders() 
         operator: "ops".into(),
     };
     h.admin().await.configure_programme(as_client("t-desk", cfg)).await.unwrap();
-    h.ledger().await.earn(as_client("t-app", earn("e1", "m1", 100))).await.unwrap();
+    let earned = h.ledger().await.earn(as_client("t-app", earn("e1", "m1", 100))).await.unwrap().into_inner();
+    // The pages read the views: wait until they have the earn.
+    let seen = pb::GetAccountRequest { account: account("m1"), min_position: earned.position, ..Default::default() };
+    h.ledger().await.get_account(as_client("t-app", seen)).await.unwrap();
     let base = format!("http://{}", h.admin_addr);
     let shot = tokio::task::spawn_blocking(move || {
         let tab = browser.new_tab().unwrap();

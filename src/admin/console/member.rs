@@ -34,7 +34,16 @@ pub struct MemberQuery {
     as_of: String,
     #[serde(default)]
     done: String,
+    /// `partition:offset` of the action just taken: the page waits for the
+    /// views to have it (read your own writes).
+    #[serde(default)]
+    at: String,
     lang: Option<String>,
+}
+
+fn position_of(at: &str) -> Option<pb::LogPosition> {
+    let (p, o) = at.split_once(':')?;
+    Some(pb::LogPosition { partition: p.parse().ok()?, offset: o.parse().ok()? })
 }
 
 fn key_of(programme: &str, member: &str) -> Option<pb::AccountKey> {
@@ -139,7 +148,13 @@ pub async fn show(State(s): State<AdminState>, headers: HeaderMap, Query(q): Que
         return error_page(&v, &tonic::Status::invalid_argument("name a programme (tenant/programme) and a member"));
     };
     let ledger = LedgerService(v.ledger().clone());
-    let get = pb::GetAccountRequest { account: Some(key.clone()), lots_page_size: LOTS_PAGE, ..Default::default() };
+    let min_position = position_of(&q.at);
+    let get = pb::GetAccountRequest {
+        account: Some(key.clone()),
+        lots_page_size: LOTS_PAGE,
+        min_position,
+        ..Default::default()
+    };
     let account = match ledger.get_account(v.request(get)).await {
         Ok(a) => a.into_inner(),
         Err(e) => return error_page(&v, &e),
@@ -148,7 +163,7 @@ pub async fn show(State(s): State<AdminState>, headers: HeaderMap, Query(q): Que
         account: Some(key.clone()),
         page_size: STATEMENT_PAGE,
         page_token: q.entries.clone(),
-        ..Default::default()
+        min_position,
     };
     let entries = match ledger.list_entries(v.request(list)).await {
         Ok(e) => e.into_inner(),
@@ -417,8 +432,9 @@ pub async fn action(State(s): State<AdminState>, headers: HeaderMap, Form(f): Fo
             } else {
                 format!("{} ({})", f.kind, v.t("waits_approval"))
             };
-            let url =
-                format!("/console/member?programme={}&member={}&done={}", f.programme, f.member, url_escape(&done));
+            let at = reply.position.map(|p| format!("{}:{}", p.partition, p.offset)).unwrap_or_default();
+            let (programme, member, done) = (&f.programme, &f.member, url_escape(&done));
+            let url = format!("/console/member?programme={programme}&member={member}&done={done}&at={at}");
             Redirect::to(&url).into_response()
         }
         Err(status) => error_page(&v, &status),
