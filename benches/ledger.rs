@@ -95,6 +95,7 @@ fn bench_codec(c: &mut Criterion) {
                 points_ledger::domain::LotAmount::new("e1", 100),
                 points_ledger::domain::LotAmount::new("e2", 20),
             ],
+            order_cash_minor: 0,
         }],
     );
     let bytes = codec::encode_account_record(&rec);

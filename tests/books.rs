@@ -848,3 +848,35 @@ async fn wait_for_book(h: &Harness, events: u64) -> pb::DailyBook {
     }
     panic!("no book of {events} events");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redemptions_are_split_into_points_only_and_points_plus_cash_orders() {
+    let h = Harness::start().await;
+    configure(&h, programme()).await;
+    let mut c = h.ledger().await;
+    c.earn(earn("e1", "m1", 1000)).await.unwrap();
+    c.spend(spend("s-points", "m1", 100)).await.unwrap();
+    c.spend(pb::SpendRequest { order_cash_amount: Some(5000), ..spend("s-cash", "m1", 200) }).await.unwrap();
+    let reserve = pb::ReserveRequest {
+        request_id: "r1".into(),
+        account: account("m1"),
+        points: 300,
+        order_ref: "mall-7".into(),
+        timeout_seconds: 600,
+        order_cash_amount: Some(1000),
+        ..Default::default()
+    };
+    c.reserve(reserve).await.unwrap();
+    let capture = pb::CaptureReservationRequest {
+        request_id: "c1".into(),
+        account: account("m1"),
+        reservation_id: "r1".into(),
+        points: Some(250),
+        ..Default::default()
+    };
+    c.capture_reservation(capture).await.unwrap();
+    let b = wait_for_book(&h, 5).await;
+    assert_eq!(b.spent, 550);
+    assert_eq!((b.spent_with_cash, b.orders_points_only, b.orders_with_cash), (450, 1, 2));
+    assert!(b.balanced, "{}", b.mismatch);
+}

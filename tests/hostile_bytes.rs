@@ -29,6 +29,7 @@ fn a_record() -> Vec<u8> {
             order_ref: Some("o".into()),
             points: 5,
             lots: vec![LotAmount::new("e1", 5)],
+            order_cash_minor: 0,
         }],
         context: Default::default(),
         cap_mode: Default::default(),

@@ -37,9 +37,12 @@ async fn started() -> Harness {
     }
     let mut ledger = h.ledger().await;
     for id in ["points", "other"] {
-        let mut e = earn(&format!("seed-{id}"), "m1", 1000);
-        e.account = Some(pb::AccountKey { programme_id: id.into(), ..account("m1").unwrap() });
-        ledger.earn(as_client("t-root", e)).await.unwrap();
+        let key = Some(pb::AccountKey { programme_id: id.into(), ..account("m1").unwrap() });
+        let e = pb::EarnRequest { account: key.clone(), ..earn(&format!("seed-{id}"), "m1", 1000) };
+        let position = ledger.earn(as_client("t-root", e)).await.unwrap().into_inner().position;
+        // Queries read the views: wait until they have the earn.
+        let seen = pb::GetAccountRequest { account: key, min_position: position, ..Default::default() };
+        ledger.get_account(as_client("t-root", seen)).await.unwrap();
     }
     h
 }

@@ -66,31 +66,42 @@ pub fn event_to_api(e: Event) -> pb::LedgerEvent {
             growth,
             date: date_of(day),
         }),
-        Event::PointsSpent { spend_id, order_ref, points, lots } => PbEvent::PointsSpent(pb::PointsSpent {
-            spend_id,
-            order_ref: order_ref.unwrap_or_default(),
-            points,
-            lots: lots_to_pb(lots),
-        }),
-        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at } => {
+        Event::PointsSpent { spend_id, order_ref, points, lots, order_cash_minor } => {
+            PbEvent::PointsSpent(pb::PointsSpent {
+                spend_id,
+                order_ref: order_ref.unwrap_or_default(),
+                points,
+                lots: lots_to_pb(lots),
+                order_cash_minor,
+            })
+        }
+        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at, order_cash_minor } => {
             PbEvent::PointsReserved(pb::PointsReserved {
                 reservation_id,
                 order_ref,
                 points,
                 lots: lots_to_pb(lots),
                 expires_at: Some(timestamp(expires_at)),
+                order_cash_minor,
             })
         }
-        Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_points, released_lots } => {
-            PbEvent::ReservationCaptured(pb::ReservationCaptured {
-                reservation_id,
-                spend_id,
-                points,
-                lots: lots_to_pb(lots),
-                released_points,
-                released_lots: lots_to_pb(released_lots),
-            })
-        }
+        Event::ReservationCaptured {
+            reservation_id,
+            spend_id,
+            points,
+            lots,
+            released_points,
+            released_lots,
+            order_cash_minor,
+        } => PbEvent::ReservationCaptured(pb::ReservationCaptured {
+            reservation_id,
+            spend_id,
+            points,
+            lots: lots_to_pb(lots),
+            released_points,
+            released_lots: lots_to_pb(released_lots),
+            order_cash_minor,
+        }),
         Event::ReservationReleased { reservation_id, points, lots, cause } => {
             PbEvent::ReservationReleased(pb::ReservationReleased {
                 reservation_id,
@@ -513,6 +524,9 @@ pub fn book_to_pb(b: state::DailyBook) -> pb::DailyBook {
         pending_earned: b.pending_earned,
         pending_released: b.pending_released,
         pending_forfeited: b.pending_forfeited,
+        spent_with_cash: b.spent_with_cash,
+        orders_points_only: b.orders_points_only,
+        orders_with_cash: b.orders_with_cash,
         digest: b.digest,
         mismatch: b.mismatch,
         partitions: b

@@ -106,6 +106,8 @@ pub enum ReservationStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReservationRecord {
     pub order_ref: String,
+    /// The order's cash part in minor units (0: points only).
+    pub order_cash_minor: i64,
     /// The held points, by the lot they were taken from.
     pub lots: Vec<LotAmount>,
     pub expires_at: Millis,
@@ -484,7 +486,7 @@ impl Account {
                 self.take(lots);
                 self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: VecMap::new() });
             }
-            Event::PointsReserved { reservation_id, order_ref, lots, expires_at, .. } => {
+            Event::PointsReserved { reservation_id, order_ref, lots, expires_at, order_cash_minor, .. } => {
                 self.take(lots);
                 self.sums.reserved += super::sum(lots);
                 self.sums.count_in(Due::Hold, *expires_at);
@@ -492,6 +494,7 @@ impl Account {
                     reservation_id.clone(),
                     ReservationRecord {
                         order_ref: order_ref.clone(),
+                        order_cash_minor: *order_cash_minor,
                         lots: lots.clone(),
                         expires_at: *expires_at,
                         status: super::ReservationStatus::Open,

@@ -732,7 +732,13 @@ mod tests {
 
     fn spent(l: &[(&str, Points)]) -> Event {
         let lots = lots(l);
-        Event::PointsSpent { spend_id: "s".into(), order_ref: None, points: crate::domain::sum(&lots), lots }
+        Event::PointsSpent {
+            spend_id: "s".into(),
+            order_ref: None,
+            points: crate::domain::sum(&lots),
+            lots,
+            order_cash_minor: 0,
+        }
     }
 
     /// Lot r0 holds 70 points (30 of its 100 are held by r2, open), r1 holds 30.
@@ -820,8 +826,30 @@ mod tests {
 
     #[test]
     fn a_headline_that_disagrees_with_its_lots_is_not_admissible() {
-        let lying = Event::PointsSpent { spend_id: "s".into(), order_ref: None, points: 1, lots: lots(&[("r0", 50)]) };
+        let lying = Event::PointsSpent {
+            spend_id: "s".into(),
+            order_ref: None,
+            points: 1,
+            lots: lots(&[("r0", 50)]),
+            order_cash_minor: 0,
+        };
         assert!(admissible(&member(), &[lying]).is_err());
+    }
+
+    fn earned_event(id: String, n: i64, b: bool) -> Event {
+        Event::PointsEarned {
+            lot_id: id,
+            reason: "a".into(),
+            order_ref: None,
+            requested: n,
+            granted: n,
+            forfeited: 0,
+            debt_repaid: if b { n } else { 0 },
+            expires_at: b.then_some(T0),
+            growth: n,
+            day: 1,
+            pending: false,
+        }
     }
 
     /// Any event, naming the lots, earns, spends and reservations a short
@@ -832,23 +860,16 @@ mod tests {
         let some_lots = vec((id.clone(), amount.clone()), 0..3)
             .prop_map(|l| l.into_iter().map(|(id, p)| LotAmount { lot_id: id, points: p }).collect::<Vec<_>>());
         (0..16u8, id, amount, some_lots.clone(), some_lots, any::<bool>()).prop_map(|(k, id, n, l, m, b)| match k {
-            0 => Event::PointsEarned {
-                lot_id: id,
-                reason: "a".into(),
-                order_ref: None,
-                requested: n,
-                granted: n,
-                forfeited: 0,
-                debt_repaid: if b { n } else { 0 },
-                expires_at: b.then_some(T0),
-                growth: n,
-                day: 1,
-                pending: false,
+            0 => earned_event(id, n, b),
+            1 => Event::PointsSpent { spend_id: id, order_ref: None, points: n, lots: l, order_cash_minor: 0 },
+            2 => Event::PointsReserved {
+                reservation_id: id,
+                order_ref: "o".into(),
+                points: n,
+                lots: l,
+                expires_at: T0,
+                order_cash_minor: 0,
             },
-            1 => Event::PointsSpent { spend_id: id, order_ref: None, points: n, lots: l },
-            2 => {
-                Event::PointsReserved { reservation_id: id, order_ref: "o".into(), points: n, lots: l, expires_at: T0 }
-            }
             3 => Event::ReservationCaptured {
                 reservation_id: id.clone(),
                 spend_id: id,
@@ -856,6 +877,7 @@ mod tests {
                 lots: l,
                 released_points: 0,
                 released_lots: m,
+                order_cash_minor: 0,
             },
             4 => Event::ReservationReleased { reservation_id: id, points: n, lots: l, cause: ReleaseCause::Requested },
             5 => Event::SpendRefunded { refund_id: "f".into(), spend_id: id, points: n, lots: l },

@@ -871,6 +871,7 @@ impl Decision<'_> {
             order_ref: order_ref.clone(),
             points,
             lots: take_fefo(self.account, points),
+            order_cash_minor: cash.unwrap_or(0).max(0),
         }])
     }
 
@@ -897,6 +898,7 @@ impl Decision<'_> {
             points,
             lots: take_fefo(self.account, points),
             expires_at: self.now + timeout_seconds * 1000,
+            order_cash_minor: cash.unwrap_or(0).max(0),
         }])
     }
 
@@ -949,6 +951,7 @@ impl Decision<'_> {
             lots,
             released_points: held - points,
             released_lots: released.clone(),
+            order_cash_minor: r.order_cash_minor,
         }];
         events.extend(self.returned(&released));
         Ok(events)

@@ -468,6 +468,8 @@ pub enum Event {
         order_ref: Option<String>,
         points: Points,
         lots: Vec<LotAmount>,
+        /// The order's cash part in minor units (0: points only).
+        order_cash_minor: i64,
     },
     PointsReserved {
         reservation_id: String,
@@ -475,6 +477,8 @@ pub enum Event {
         points: Points,
         lots: Vec<LotAmount>,
         expires_at: Millis,
+        /// The order's cash part in minor units (0: points only).
+        order_cash_minor: i64,
     },
     ReservationCaptured {
         reservation_id: String,
@@ -483,6 +487,8 @@ pub enum Event {
         lots: Vec<LotAmount>,
         released_points: Points,
         released_lots: Vec<LotAmount>,
+        /// The reserved order's cash part in minor units (0: points only).
+        order_cash_minor: i64,
     },
     ReservationReleased {
         reservation_id: String,

@@ -122,8 +122,13 @@ fn unholding_lifts_the_hold_and_leaves_pending_points_pending() {
 #[test]
 fn a_record_taking_pending_points_is_not_admissible() {
     let s = held_member();
-    let spend =
-        Event::PointsSpent { spend_id: "s".into(), order_ref: None, points: 10, lots: tests::lots(&[("e2", 10)]) };
+    let spend = Event::PointsSpent {
+        spend_id: "s".into(),
+        order_ref: None,
+        points: 10,
+        lots: tests::lots(&[("e2", 10)]),
+        order_cash_minor: 0,
+    };
     assert!(admissible(&s.account, &[spend]).unwrap_err().contains("pending"));
     let half = Event::PendingPointsReleased {
         lots: tests::lots(&[("e2", 20)]),

@@ -193,6 +193,7 @@ fn partial_capture_spends_part_and_releases_the_rest() {
             lots: lots(&[("a", 30), ("b", 10)]),
             released_points: 10,
             released_lots: lots(&[("b", 10)]),
+            order_cash_minor: 0
         }]
     );
     assert_eq!((s.account.available(), s.account.reserved()), (60, 0));

@@ -54,7 +54,7 @@ pub enum BooksError {
 /// The books' layout; books without it (an older build's) are folded again
 /// from the log on start. Kept in `outbox`, which `verify` leaves out (a
 /// rebuild for the tools has no marker to compare).
-pub const BOOKS_FORMAT: &[u8] = b"books-33-audit";
+pub const BOOKS_FORMAT: &[u8] = b"books-33-orders";
 const BOOKS_FORMAT_KEY: &[u8] = b"books-format";
 
 /// Opens the books of a data directory in this build's layout: the derived
@@ -167,6 +167,9 @@ struct Movements {
     pending_earned: Points,
     pending_released: Points,
     pending_forfeited: Points,
+    spent_with_cash: Points,
+    orders_points_only: u64,
+    orders_with_cash: u64,
 }
 
 impl Movements {
@@ -188,6 +191,9 @@ impl Movements {
             pending_earned: b.pending_earned,
             pending_released: b.pending_released,
             pending_forfeited: b.pending_forfeited,
+            spent_with_cash: b.spent_with_cash,
+            orders_points_only: b.orders_points_only,
+            orders_with_cash: b.orders_with_cash,
         }
     }
 
@@ -208,6 +214,20 @@ impl Movements {
         b.pending_earned = self.pending_earned;
         b.pending_released = self.pending_released;
         b.pending_forfeited = self.pending_forfeited;
+        b.spent_with_cash = self.spent_with_cash;
+        b.orders_points_only = self.orders_points_only;
+        b.orders_with_cash = self.orders_with_cash;
+    }
+
+    /// Counts a redemption (a spend or a capture) by its kind of order.
+    fn order(&mut self, points: Points, order_cash_minor: i64) -> Option<()> {
+        if order_cash_minor > 0 {
+            add(&mut self.spent_with_cash, points)?;
+            self.orders_with_cash = self.orders_with_cash.checked_add(1)?;
+        } else {
+            self.orders_points_only = self.orders_points_only.checked_add(1)?;
+        }
+        Some(())
     }
 }
 
@@ -250,6 +270,18 @@ fn add(x: &mut i64, d: i64) -> Option<()> {
     Some(())
 }
 
+/// A manual adjustment: a credit (repaying debt first) or a debit.
+fn adjusted(b: &mut Movements, points: Points, l: &[crate::domain::LotAmount], debt_repaid: Points) -> Option<()> {
+    if points > 0 {
+        add(&mut b.adjusted_up, points)?;
+        add(&mut b.closing_balance, lots(l)?)?;
+        add(&mut b.debt, -debt_repaid)
+    } else {
+        add(&mut b.adjusted_down, points.checked_neg()?)?;
+        add(&mut b.closing_balance, -lots(l)?)
+    }
+}
+
 fn apply(b: &mut Movements, event: &Event) -> Option<()> {
     if let Some(applied) = apply_pending(b, event) {
         return applied;
@@ -260,13 +292,15 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
             add(&mut b.closing_balance, granted.checked_sub(*debt_repaid)?)?;
             add(&mut b.debt, -debt_repaid)?;
         }
-        Event::PointsSpent { points, lots: l, .. } => {
+        Event::PointsSpent { points, lots: l, order_cash_minor, .. } => {
             add(&mut b.spent, *points)?;
             add(&mut b.closing_balance, -lots(l)?)?;
+            b.order(*points, *order_cash_minor)?;
         }
         Event::PointsReserved { lots: l, .. } => add(&mut b.reserved, lots(l)?)?,
-        Event::ReservationCaptured { points, lots: l, released_lots, .. } => {
+        Event::ReservationCaptured { points, lots: l, released_lots, order_cash_minor, .. } => {
             add(&mut b.spent, *points)?;
+            b.order(*points, *order_cash_minor)?;
             add(&mut b.closing_balance, -lots(l)?)?;
             add(&mut b.reserved, -(lots(l)?.checked_add(lots(released_lots)?)?))?;
         }
@@ -293,16 +327,7 @@ fn apply(b: &mut Movements, event: &Event) -> Option<()> {
             add(&mut b.expired, *points)?;
             add(&mut b.closing_balance, -lots(l)?)?;
         }
-        Event::PointsAdjusted { points, lots: l, debt_repaid, .. } => {
-            if *points > 0 {
-                add(&mut b.adjusted_up, *points)?;
-                add(&mut b.closing_balance, lots(l)?)?;
-                add(&mut b.debt, -debt_repaid)?;
-            } else {
-                add(&mut b.adjusted_down, points.checked_neg()?)?;
-                add(&mut b.closing_balance, -lots(l)?)?;
-            }
-        }
+        Event::PointsAdjusted { points, lots: l, debt_repaid, .. } => adjusted(b, *points, l, *debt_repaid)?,
         Event::PenaltyApplied { taken, debt_added, .. } => {
             add(&mut b.penalized, lots(taken)?.checked_add(*debt_added)?)?;
             add(&mut b.closing_balance, -lots(taken)?)?;
@@ -588,6 +613,7 @@ pub fn daily_book(
                 (&mut total.pending_earned, partial.pending_earned),
                 (&mut total.pending_released, partial.pending_released),
                 (&mut total.pending_forfeited, partial.pending_forfeited),
+                (&mut total.spent_with_cash, partial.spent_with_cash),
                 (&mut total.issued, partial.issued),
                 (&mut total.spent, partial.spent),
                 (&mut total.refunded, partial.refunded),
@@ -601,6 +627,8 @@ pub fn daily_book(
                 sum(t, x)?;
             }
             total.event_count += partial.event_count;
+            total.orders_points_only = total.orders_points_only.saturating_add(partial.orders_points_only);
+            total.orders_with_cash = total.orders_with_cash.saturating_add(partial.orders_with_cash);
             for part in &partial.partitions {
                 digest.update(part.chain.as_bytes());
                 let position = |offset| Some(state::Position { partition: p, offset });

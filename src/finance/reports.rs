@@ -58,6 +58,7 @@ pub fn roll_up(days: &[state::DailyBook], period: Period) -> Result<Vec<state::D
                 date: label,
                 opening_balance: d.opening_balance,
                 opening_debt: d.opening_debt,
+                opening_pending: d.opening_pending,
                 first_position: d.first_position,
                 balanced: true,
                 ..Default::default()
@@ -78,10 +79,17 @@ pub fn roll_up(days: &[state::DailyBook], period: Period) -> Result<Vec<state::D
             (&mut p.adjusted_down, d.adjusted_down),
             (&mut p.penalized, d.penalized),
             (&mut p.written_off, d.written_off),
+            (&mut p.pending_earned, d.pending_earned),
+            (&mut p.pending_released, d.pending_released),
+            (&mut p.pending_forfeited, d.pending_forfeited),
+            (&mut p.spent_with_cash, d.spent_with_cash),
         ] {
             *t = t.checked_add(x).ok_or_else(overflow)?;
         }
         p.event_count += d.event_count;
+        p.orders_points_only = p.orders_points_only.saturating_add(d.orders_points_only);
+        p.orders_with_cash = p.orders_with_cash.saturating_add(d.orders_with_cash);
+        p.pending = d.pending;
         p.closing_balance = d.closing_balance;
         p.debt = d.debt;
         p.reserved = d.reserved;
@@ -172,6 +180,9 @@ pub const BOOK_COLUMNS: &[&str] = &[
     "opening_debt",
     "issued",
     "spent",
+    "spent_with_cash",
+    "orders_points_only",
+    "orders_with_cash",
     "refunded",
     "reversed",
     "expired",
@@ -208,6 +219,9 @@ pub fn book_values(b: &state::DailyBook) -> Vec<String> {
         n(b.opening_debt),
         n(b.issued),
         n(b.spent),
+        n(b.spent_with_cash),
+        b.orders_points_only.to_string(),
+        b.orders_with_cash.to_string(),
         n(b.refunded),
         n(b.reversed),
         n(b.expired),

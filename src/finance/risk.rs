@@ -862,6 +862,7 @@ mod tests {
                         order_ref: None,
                         points: 5,
                         lots: vec![LotAmount::new(&format!("r{}", i - 2), 5)],
+                        order_cash_minor: 0,
                     }
                 } else {
                     Event::PointsEarned {

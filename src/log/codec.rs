@@ -130,31 +130,42 @@ pub fn event_to_wire(e: Event) -> wire::LedgerEvent {
             growth,
             day,
         }),
-        Event::PointsSpent { spend_id, order_ref, points, lots } => WireEvent::PointsSpent(wire::PointsSpent {
-            spend_id,
-            order_ref: order_ref.unwrap_or_default(),
-            points,
-            lots: lots_to_wire(lots),
-        }),
-        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at } => {
+        Event::PointsSpent { spend_id, order_ref, points, lots, order_cash_minor } => {
+            WireEvent::PointsSpent(wire::PointsSpent {
+                spend_id,
+                order_ref: order_ref.unwrap_or_default(),
+                points,
+                lots: lots_to_wire(lots),
+                order_cash_minor,
+            })
+        }
+        Event::PointsReserved { reservation_id, order_ref, points, lots, expires_at, order_cash_minor } => {
             WireEvent::PointsReserved(wire::PointsReserved {
                 reservation_id,
                 order_ref,
                 points,
                 lots: lots_to_wire(lots),
                 expires_at_ms: expires_at,
+                order_cash_minor,
             })
         }
-        Event::ReservationCaptured { reservation_id, spend_id, points, lots, released_points, released_lots } => {
-            WireEvent::ReservationCaptured(wire::ReservationCaptured {
-                reservation_id,
-                spend_id,
-                points,
-                lots: lots_to_wire(lots),
-                released_points,
-                released_lots: lots_to_wire(released_lots),
-            })
-        }
+        Event::ReservationCaptured {
+            reservation_id,
+            spend_id,
+            points,
+            lots,
+            released_points,
+            released_lots,
+            order_cash_minor,
+        } => WireEvent::ReservationCaptured(wire::ReservationCaptured {
+            reservation_id,
+            spend_id,
+            points,
+            lots: lots_to_wire(lots),
+            released_points,
+            released_lots: lots_to_wire(released_lots),
+            order_cash_minor,
+        }),
         Event::ReservationReleased { reservation_id, points, lots, cause } => {
             WireEvent::ReservationReleased(wire::ReservationReleased {
                 reservation_id,
@@ -342,6 +353,7 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             spend_id: x.spend_id,
             points: x.points,
             lots: lots_from_wire(x.lots),
+            order_cash_minor: x.order_cash_minor.max(0),
         },
         WireEvent::PointsReserved(x) => Event::PointsReserved {
             reservation_id: x.reservation_id,
@@ -349,6 +361,7 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             points: x.points,
             lots: lots_from_wire(x.lots),
             expires_at: x.expires_at_ms,
+            order_cash_minor: x.order_cash_minor.max(0),
         },
         WireEvent::ReservationCaptured(x) => Event::ReservationCaptured {
             reservation_id: x.reservation_id,
@@ -357,6 +370,7 @@ pub fn event_from_wire(e: wire::LedgerEvent) -> Result<Event, CodecError> {
             lots: lots_from_wire(x.lots),
             released_points: x.released_points,
             released_lots: lots_from_wire(x.released_lots),
+            order_cash_minor: x.order_cash_minor.max(0),
         },
         WireEvent::ReservationReleased(x) => Event::ReservationReleased {
             cause: match wire::ReleaseCause::try_from(x.cause) {

@@ -58,8 +58,13 @@ fn reservation_from_pb(r: state::ReservationState) -> Result<(String, Reservatio
             return Err(CodecError::Enum("ReservationStatus", r.status))
         }
     };
-    let record =
-        ReservationRecord { order_ref: r.order_ref, lots: lots_from_wire(r.lots), expires_at: r.expires_at_ms, status };
+    let record = ReservationRecord {
+        order_ref: r.order_ref,
+        order_cash_minor: r.order_cash_minor.max(0),
+        lots: lots_from_wire(r.lots),
+        expires_at: r.expires_at_ms,
+        status,
+    };
     Ok((r.reservation_id, record))
 }
 
@@ -346,6 +351,7 @@ mod fields {
             + amounts_len(3, r.lots.iter().map(|l| (l.lot_id.as_str(), l.points)))
             + int_len(4, r.expires_at)
             + int_len(5, status(r))
+            + int_len(6, r.order_cash_minor)
     }
 
     pub fn put_reservation(id: &str, r: &ReservationRecord, buf: &mut Vec<u8>) {
@@ -354,6 +360,7 @@ mod fields {
         r.lots.iter().for_each(|l| put_amount(3, &l.lot_id, l.points, buf));
         put_int(4, r.expires_at, buf);
         put_int(5, status(r), buf);
+        put_int(6, r.order_cash_minor, buf);
     }
 }
 
@@ -734,6 +741,7 @@ mod tests {
         state::ReservationState {
             reservation_id: id,
             order_ref: r.order_ref.clone(),
+            order_cash_minor: r.order_cash_minor,
             lots: lots_to_wire(r.lots.clone()),
             expires_at_ms: r.expires_at,
             status: match r.status {
@@ -794,8 +802,16 @@ mod tests {
         {
             let lots = if i == 1 { Vec::new() } else { vec![amount("e1", i as Points + 1)] };
             let order_ref = if i == 2 { String::new() } else { format!("order-{i}") };
-            a.reservations
-                .insert(format!("h{i}"), ReservationRecord { order_ref, lots, expires_at: i as Millis * 1000, status });
+            a.reservations.insert(
+                format!("h{i}"),
+                ReservationRecord {
+                    order_ref,
+                    order_cash_minor: i as i64 * 100,
+                    lots,
+                    expires_at: i as Millis * 1000,
+                    status,
+                },
+            );
         }
         a.debt = 12;
         a.growth = -3;
@@ -832,6 +848,7 @@ mod tests {
                 order_ref: Some("o-1".into()),
                 points: 5,
                 lots: vec![amount("e1", 5)],
+                order_cash_minor: 0,
             }],
             balance: Balance { available: 5, ..Default::default() },
             position: Position { partition: 3, offset: 41 },

@@ -114,6 +114,7 @@ pub fn spend_from_nowhere(points: i64) -> Vec<Event> {
         order_ref: None,
         points,
         lots: vec![LotAmount::new("no-such-lot", points)],
+        order_cash_minor: 0,
     }]
 }
 

@@ -173,6 +173,7 @@ pub async fn show(State(s): State<AdminState>, headers: HeaderMap, Query(q): Que
     let clients = if admin { clients_of(&v, &key, &entries.entries).await } else { HashMap::new() };
     let as_of = balance_as_of(&v, &ledger, &key, &q.as_of).await;
     let risk = if admin { risk_of(&v, &key).await } else { None };
+    let alerts = if admin { alerts_of(&v, &key).await } else { None };
     let body = html! {
         @if !q.done.is_empty() { p.ok { (v.t("done")) ": " (q.done) } }
         (summary(&v, &account))
@@ -180,6 +181,7 @@ pub async fn show(State(s): State<AdminState>, headers: HeaderMap, Query(q): Que
         (statement(&v, &q, &entries, &clients, admin))
         (explain(&v, &q, as_of))
         @if let Some(r) = risk { (r) }
+        @if let Some(a) = alerts { (a) }
         @if admin { (actions(&v, &key, &account)) } @else { p { (v.t("read_only")) } }
     };
     let title = format!("{} {} · {} / {}", v.t("member"), key.member_id, key.tenant_id, key.programme_id);
@@ -301,6 +303,32 @@ async fn risk_of(v: &Viewer, key: &pb::AccountKey) -> Option<Markup> {
     let risk = admin.get_account_risk(v.request(r)).await.ok()?.into_inner();
     let json = serde_json::to_string_pretty(&risk).unwrap_or_default();
     Some(html! { h2 { (v.t("risk_today")) } pre { (json) } })
+}
+
+/// The member's alerts of the last seven days (admin viewers).
+async fn alerts_of(v: &Viewer, key: &pb::AccountKey) -> Option<Markup> {
+    let admin = AdminService(v.ledger().clone());
+    let r = pb::ListAlertsRequest {
+        tenant_id: key.tenant_id.clone(),
+        programme_id: key.programme_id.clone(),
+        page_size: 500,
+        ..Default::default()
+    };
+    let alerts = admin.list_alerts(v.request(r)).await.ok()?.into_inner().alerts;
+    let mine: Vec<_> = alerts.iter().filter(|a| a.accounts.iter().any(|k| k.member_id == key.member_id)).collect();
+    Some(html! {
+        h2 { (v.t("alerts")) }
+        table #member-alerts {
+            tr { th { (v.t("at")) } th { (v.t("rule")) } th { (v.t("state")) } }
+            @for a in mine {
+                tr {
+                    td { (when(&a.at)) }
+                    td { (a.rule) " " small { (a.subject) } }
+                    td { (format!("{:?}", pb::AlertState::try_from(a.state).unwrap_or(pb::AlertState::Open))) }
+                }
+            }
+        }
+    })
 }
 
 /// One action's form: the fields it needs, then operator and reason.

@@ -162,13 +162,16 @@ fn table(v: &Viewer, rows: &[state::DailyBook]) -> Markup {
     html! {
         table #books {
             tr {
-                th { (v.t("period")) } th { (v.t("issued")) } th { (v.t("spent")) } th { (v.t("refunded")) }
+                th { (v.t("period")) } th { (v.t("issued")) } th { (v.t("spent")) }
+                th { (v.t("spent_cash")) } th { (v.t("orders_points")) } th { (v.t("orders_cash")) } th { (v.t("refunded")) }
                 th { (v.t("expired")) } th { (v.t("pending")) } th { (v.t("closing")) } th { (v.t("liability")) }
                 th { (v.t("balanced")) }
             }
             @for b in rows {
                 tr {
-                    td { (b.date) } td.n { (b.issued) } td.n { (b.spent) } td.n { (b.refunded) } td.n { (b.expired) }
+                    td { (b.date) } td.n { (b.issued) } td.n { (b.spent) }
+                    td.n { (b.spent_with_cash) } td.n { (b.orders_points_only) } td.n { (b.orders_with_cash) }
+                    td.n { (b.refunded) } td.n { (b.expired) }
                     td.n { (b.pending) } td.n { (b.closing_balance) }
                     td.n { (format!("{}.{:02}", b.liability_cash_minor / 100, (b.liability_cash_minor % 100).abs())) }
                     td { (if b.balanced { v.t("yes") } else { v.t("no") }) }
