@@ -53,6 +53,21 @@ async fn act(c: &Console, kind: &str, fields: &[(&str, &str)]) -> (u16, String, 
     c.post("/console/member/action", &form).await
 }
 
+/// A confirmed adjustment of m1 by 5, with this form token.
+fn confirmed_adjustment(form_token: &str) -> [(&str, &str); 9] {
+    [
+        ("form_token", form_token),
+        ("programme", "shop/points"),
+        ("member", "m1"),
+        ("kind", "adjust"),
+        ("request_id", "r1"),
+        ("points", "5"),
+        ("operator", "x"),
+        ("reason", "y"),
+        ("confirmed", "yes"),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_need_a_session_and_a_wrong_token_is_refused() {
     let h = started().await;
@@ -121,21 +136,9 @@ async fn a_read_only_client_sees_no_action_and_an_action_is_refused_with_403() {
     let (status, page) = c.get(MEMBER).await;
     assert_eq!(status, 200);
     assert!(!page.contains("/console/member/action"), "a read-only client sees an action: {page}");
-    let token = input_value(
-        &Console::sign_in(h.admin_addr, "t-read").await.get("/console/programme?programme=shop/points").await.1,
-        "form_token",
-    );
-    let form = [
-        ("form_token", token.as_str()),
-        ("programme", "shop/points"),
-        ("member", "m1"),
-        ("kind", "adjust"),
-        ("request_id", "r1"),
-        ("points", "5"),
-        ("operator", "x"),
-        ("reason", "y"),
-        ("confirmed", "yes"),
-    ];
+    // The session's own form token (from a page it may read): only the scope refuses.
+    let token = input_value(&c.get("/console/programme?programme=shop/points").await.1, "form_token");
+    let form = confirmed_adjustment(&token);
     assert_eq!(c.post("/console/member/action", &form).await.0, 403);
 }
 
@@ -143,17 +146,7 @@ async fn a_read_only_client_sees_no_action_and_an_action_is_refused_with_403() {
 async fn a_form_without_the_sessions_form_token_is_refused() {
     let h = started().await;
     let c = Console::sign_in(h.admin_addr, "t-desk").await;
-    let form = [
-        ("form_token", "forged"),
-        ("programme", "shop/points"),
-        ("member", "m1"),
-        ("kind", "adjust"),
-        ("request_id", "r1"),
-        ("points", "5"),
-        ("operator", "x"),
-        ("reason", "y"),
-        ("confirmed", "yes"),
-    ];
+    let form = confirmed_adjustment("forged");
     assert_eq!(c.post("/console/member/action", &form).await.0, 403);
     assert!(c.get(MEMBER).await.1.contains("id=\"available\">100<"));
 }
