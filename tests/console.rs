@@ -175,3 +175,18 @@ async fn the_console_speaks_chinese_when_asked() {
     assert!(page.contains("积分账本控制台") && page.contains("lang=\"zh\""), "{page}");
     assert!(page.contains("积分)"), "the programme's unit name: {page}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_programme_page_shows_each_version_and_what_it_changed() {
+    let h = started().await;
+    let p = pb::Programme { adjustment_approval_points: 10_000, reminder_days: 7, ..programme() };
+    let cfg =
+        pb::ConfigureProgrammeRequest { request_id: "cfg-2".into(), programme: Some(p), operator: "carol".into() };
+    h.admin().await.configure_programme(as_client("t-checker", cfg)).await.unwrap();
+    let c = Console::sign_in(h.admin_addr, "t-desk").await;
+    let (status, page) = c.get("/console/programme?programme=shop/points").await;
+    assert_eq!(status, 200, "{page}");
+    let row = page.split("<tr>").find(|r| r.starts_with("<td class=\"n\">2</td>")).expect("version 2");
+    assert!(row.contains("<td>checker</td>") && row.contains("<td>carol</td>"), "{row}");
+    assert!(row.contains("reminder_days") && !row.contains("unit_name"), "{row}");
+}

@@ -17,8 +17,9 @@ use points_ledger::api::Auth;
 use points_ledger::proto as pb;
 
 const CLIENTS: &str = "\
-desk   token:t-desk  shop  points  read,admin,finance
-app    token:t-app   shop  points  earn,spend,read
+desk    token:t-desk  shop  points  read,admin,finance
+reader  token:t-read  shop  points  read
+app     token:t-app   shop  points  earn,spend,read
 ";
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -82,6 +83,22 @@ fn adjust_in_the_browser(tab: &Tab, base: &str) -> (String, String) {
     panic!("the statement never showed the adjustment with its client");
 }
 
+/// A read-only client, signed in in a browser context of its own, sees the
+/// member but no action.
+fn read_only_sees_no_action(browser: &Browser, base: &str) {
+    let context = browser.new_context().unwrap();
+    let tab = context.new_tab().unwrap();
+    tab.navigate_to(&format!("{base}/console/login")).unwrap().wait_until_navigated().unwrap();
+    tab.wait_for_element("#token").unwrap().click().unwrap();
+    tab.type_str("t-read").unwrap();
+    tab.wait_for_element("#sign-in").unwrap().click().unwrap();
+    tab.wait_until_navigated().unwrap();
+    let member = format!("{base}/console/member?programme=shop/points&member=m1");
+    tab.navigate_to(&member).unwrap().wait_until_navigated().unwrap();
+    assert_eq!(text_of(&tab, "#available"), "150");
+    assert!(tab.find_element("#adjust-submit").is_err(), "a read-only client sees the adjust form");
+}
+
 /// Whether a PNG has more than one colour.
 fn not_blank(png_bytes: &[u8]) -> bool {
     let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
@@ -118,7 +135,9 @@ async fn an_admin_adjusts_a_member_in_the_browser_and_the_books_chart_renders() 
         let books = format!("{base}/console/books?programme=shop/points&from=2026-03-01&to=2026-03-10");
         tab.navigate_to(&books).unwrap().wait_until_navigated().unwrap();
         let chart = tab.wait_for_element("#books-chart").unwrap();
-        chart.capture_screenshot(CaptureScreenshotFormatOption::Png).unwrap()
+        let shot = chart.capture_screenshot(CaptureScreenshotFormatOption::Png).unwrap();
+        read_only_sees_no_action(&browser, &base);
+        shot
     })
     .await
     .unwrap();

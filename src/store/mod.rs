@@ -158,12 +158,14 @@ pub struct Condition {
     pub stalls: Vec<(String, u64)>,
 }
 
-/// The counts of `rocksdb.db-write-stall-stats` (`name: count` or
-/// `name=count` pairs), leaving out zeros.
+/// The counts of `rocksdb.db-write-stall-stats` (RocksDB 11 writes `Write
+/// Stall (count): name: count, name: count` lines), leaving out zeros.
 fn parse_stall_stats(text: &str) -> Vec<(String, u64)> {
-    text.split(['\n', ';'])
+    text.split(['\n', ',', ';'])
         .filter_map(|pair| {
-            let (name, n) = pair.split_once([':', '='])?;
+            let pair = pair.trim();
+            let pair = pair.strip_prefix("Write Stall (count):").unwrap_or(pair);
+            let (name, n) = pair.rsplit_once([':', '='])?;
             let n = n.trim().parse::<u64>().ok().filter(|n| *n > 0)?;
             Some((name.trim().to_string(), n))
         })
@@ -745,5 +747,26 @@ mod tests {
         assert_eq!(keys(b"a\xff", b"a\xff\x00"), [b"a\xff\x00"]);
         assert_eq!(keys(b"\xff", b""), [&b"\xff"[..], b"\xff\xff"]);
         assert_eq!(keys(b"", b"b").len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod condition_tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_database_reports_no_stall_and_no_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), VIEW_CFS).unwrap();
+        let c = db.condition();
+        assert!(!c.write_stopped);
+        assert_eq!((c.running_compactions, c.delayed_write_rate), (0, 0));
+        assert!(c.stalls.is_empty(), "{:?}", c.stalls);
+    }
+
+    #[test]
+    fn stall_counts_are_read_from_rocksdbs_text() {
+        let text = "Write Stall (count): write-buffer-manager-limit-stops: 3, memtable-limit-delays: 0\n";
+        assert_eq!(parse_stall_stats(text), [("write-buffer-manager-limit-stops".to_string(), 3)]);
     }
 }

@@ -134,6 +134,7 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("rules", "Rules in force", "当前规则"),
     ("history", "Version history", "版本历史"),
     ("version", "Version", "版本"),
+    ("changed", "What changed", "变更内容"),
     ("what_if", "What if: a proposed rule set", "规则模拟"),
     ("run", "Run", "运行"),
     ("read_only", "This client may read only: no actions.", "此客户端只读：不可操作。"),

@@ -229,20 +229,42 @@ pub async fn programme(State(s): State<AdminState>, headers: HeaderMap, Query(q)
         pre #rules { (json) }
         h2 { (v.t("history")) }
         table {
-            tr { th { (v.t("version")) } th { (v.t("at")) } th { (v.t("client")) } th { (v.t("operator")) } }
-            @for p in &versions {
+            tr {
+                th { (v.t("version")) } th { (v.t("at")) } th { (v.t("client")) } th { (v.t("operator")) }
+                th { (v.t("changed")) }
+            }
+            @for (i, p) in versions.iter().enumerate() {
                 @let act = acts.iter().find(|e| e.reason == format!("version {}", p.version));
                 tr {
                     td.n { (p.version) }
                     td { (when(&Some(crate::api::convert::timestamp(p.configured_at)))) }
                     td { (act.map(|a| a.client.as_str()).unwrap_or("")) }
                     td { (act.map(|a| a.operator.as_str()).unwrap_or("")) }
+                    td.changed { (changed(p, versions.get(i + 1).map(|b| b.as_ref())).join(", ")) }
                 }
             }
         }
         (what_if_form(&v, &q.programme, &json))
     };
     page(&v, &format!("{} · {}", v.t("programme"), q.programme), body)
+}
+
+/// The fields a programme version changed from the one before it (every
+/// field set, for the first), by their names in the API.
+fn changed(version: &crate::domain::Programme, before: Option<&crate::domain::Programme>) -> Vec<String> {
+    let json = |p: &crate::domain::Programme| {
+        let mut value = serde_json::to_value(crate::api::convert::programme_to_pb(p)).unwrap_or_default();
+        if let Some(m) = value.as_object_mut() {
+            // Every version has its own number and time.
+            m.remove("version");
+            m.remove("configured_at");
+        }
+        value
+    };
+    let Some(before) = before else { return vec!["(first version)".to_string()] };
+    let (now, then) = (json(version), json(before));
+    let Some(fields) = now.as_object() else { return Vec::new() };
+    fields.iter().filter(|(k, x)| then.get(k.as_str()) != Some(*x)).map(|(k, _)| k.clone()).collect()
 }
 
 fn what_if_form(v: &Viewer, programme: &str, rules: &str) -> Markup {
