@@ -68,7 +68,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (ROCKSDB_STOPPED, Kind::Gauge, "1 while RocksDB stops writes (a stall), by database"),
     (ROCKSDB_DELAYED_RATE, Kind::Gauge, "the rate RocksDB slows writes to (0: not delayed)"),
     (ROCKSDB_STALLS, Kind::Gauge, "write stalls and slowdowns since the database opened, by cause"),
-    (KAFKA, Kind::Gauge, "librdkafka's figures of the log's producer (its statistics)"),
+    (KAFKA, Kind::Gauge, "the Kafka log's figures: librdkafka's statistics of its producer, its readers' receipts"),
     (
         PROGRAMME_POINTS,
         Kind::Gauge,
@@ -92,7 +92,7 @@ pub const ROCKSDB_PENDING_BYTES: &str = "points_ledger_rocksdb_pending_compactio
 pub const ROCKSDB_STOPPED: &str = "points_ledger_rocksdb_write_stopped";
 pub const ROCKSDB_DELAYED_RATE: &str = "points_ledger_rocksdb_delayed_write_rate_bytes_per_second";
 pub const ROCKSDB_STALLS: &str = "points_ledger_rocksdb_write_stalls";
-pub const KAFKA: &str = "points_ledger_kafka_producer";
+pub const KAFKA: &str = "points_ledger_kafka";
 pub const PROGRAMME_POINTS: &str = "points_ledger_programme_points";
 pub const ALERTS: &str = "points_ledger_alerts_raised_total";
 pub const WEBHOOK_DELIVERIES: &str = "points_ledger_webhook_deliveries_total";

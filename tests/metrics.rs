@@ -89,3 +89,25 @@ async fn the_sampled_gauges_show_the_readers_lag_and_the_programmes_day() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_kafka_the_producer_and_the_readers_figures_are_exported() {
+    let h = Harness::start().await;
+    if h.broker.is_none() {
+        return; // The embedded log has no Kafka client.
+    }
+    configure(&h, programme()).await;
+    h.ledger().await.earn(earn("e1", "m1", 10)).await.unwrap();
+    // librdkafka reports every 5 s; the sampler reads every second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, text) = h.admin_get("/metrics").await;
+        let sent = sample(&text, r#"points_ledger_kafka{figure="producer_messages_sent"}"#);
+        let received = sample(&text, r#"points_ledger_kafka{figure="consumer_messages_received"}"#);
+        if sent > 0.0 && received > 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no Kafka figures:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

@@ -200,12 +200,12 @@ impl ClientContext for Deliveries {
     fn stats(&self, s: rdkafka::Statistics) {
         let rtt_max = s.brokers.values().filter_map(|b| b.rtt.as_ref()).map(|w| w.p99).max().unwrap_or(0);
         let figures = vec![
-            ("queue_messages", i64::try_from(s.msg_cnt).unwrap_or(i64::MAX)),
-            ("queue_bytes", i64::try_from(s.msg_size).unwrap_or(i64::MAX)),
-            ("requests_sent", s.tx),
-            ("bytes_sent", s.tx_bytes),
-            ("messages_sent", s.txmsgs),
-            ("broker_rtt_p99_microseconds", rtt_max),
+            ("producer_queue_messages", i64::try_from(s.msg_cnt).unwrap_or(i64::MAX)),
+            ("producer_queue_bytes", i64::try_from(s.msg_size).unwrap_or(i64::MAX)),
+            ("producer_requests_sent", s.tx),
+            ("producer_bytes_sent", s.tx_bytes),
+            ("producer_messages_sent", s.txmsgs),
+            ("producer_broker_rtt_p99_microseconds", rtt_max),
         ];
         *self.figures.lock().expect("figures lock") = figures;
     }
@@ -225,6 +225,11 @@ impl ProducerContext for Deliveries {
 
 type Prod = ThreadedProducer<Deliveries>;
 
+/// What the log's readers have received, counted as they read (their
+/// consumers live too briefly for librdkafka's periodic statistics):
+/// records, and payload bytes.
+type Received = Arc<[std::sync::atomic::AtomicU64; 2]>;
+
 pub struct KafkaLog {
     config: KafkaConfig,
     /// Replaced when librdkafka reports the idempotent producer's state as
@@ -235,6 +240,8 @@ pub struct KafkaLog {
     meta: RwLock<Arc<BaseConsumer>>,
     /// The producer's latest statistics.
     figures: Figures,
+    /// What the readers have received.
+    received: Received,
 }
 
 /// The CloudEvents spec version the headers follow.
@@ -287,7 +294,13 @@ impl KafkaLog {
         let figures = Figures::default();
         let producer = Arc::new(make_producer(&config, &figures)?);
         tracing::info!(brokers = %config.brokers, topic = %config.topic, partitions = config.partitions, "kafka log open");
-        Ok(KafkaLog { config, producer: RwLock::new(producer), meta: RwLock::new(Arc::new(meta)), figures })
+        Ok(KafkaLog {
+            config,
+            producer: RwLock::new(producer),
+            meta: RwLock::new(Arc::new(meta)),
+            figures,
+            received: Received::default(),
+        })
     }
 
     pub fn topic(&self) -> &str {
@@ -414,7 +427,11 @@ impl EventLog for KafkaLog {
     }
 
     fn figures(&self) -> Vec<(&'static str, i64)> {
-        self.figures.lock().expect("figures lock").clone()
+        let mut figures = self.figures.lock().expect("figures lock").clone();
+        let read = |i: usize| i64::try_from(self.received[i].load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
+        figures.push(("consumer_messages_received", read(0)));
+        figures.push(("consumer_bytes_received", read(1)));
+        figures
     }
 
     fn append(&self, partition: u32, records: &[LogRecord]) -> Result<Vec<u64>, LogError> {
@@ -506,6 +523,7 @@ impl KafkaLog {
             config: self.config.clone(),
             fetch,
             consumer,
+            received: self.received.clone(),
             partition: partition as i32,
             position: from,
             trouble_since: None,
@@ -532,6 +550,8 @@ pub struct KafkaReader {
     config: KafkaConfig,
     fetch: Fetch,
     consumer: BaseConsumer,
+    /// The log's count of what its readers received.
+    received: Received,
     partition: i32,
     position: u64,
     /// When the consumer first reported an error with nothing delivered since.
@@ -613,6 +633,9 @@ impl LogReader for KafkaReader {
                 }
             }
         }
+        let bytes: usize = out.iter().map(|e| e.payload.len()).sum();
+        self.received[0].fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.received[1].fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
     }
 
