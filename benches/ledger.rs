@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use points_ledger::domain::{decide, Account, AccountKey, Command, CommandBody, Programme};
-use points_ledger::ledger::WRITER_CACHE_ACCOUNTS;
 use points_ledger::log::arbiter::{Arbiter, Home};
 use points_ledger::log::codec;
 use points_ledger::log::record::AccountRecord;
 use points_ledger::log::LogEntry;
 use points_ledger::projection::{fold, ViewCache};
 use points_ledger::store::{self, Db};
+use points_ledger::writer::WRITER_CACHE_ACCOUNTS;
 
 const T0: i64 = 1_773_100_800_000;
 

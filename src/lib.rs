@@ -7,8 +7,10 @@
 //! - [`log`]: the partitioned log (embedded or Kafka), its records, their
 //!   encoding and the log's arbitration of writers.
 //! - [`store`]: RocksDB, key layouts, stored accounts and snapshots.
-//! - [`ledger`]: the writers (one per partition), the scheduler, the
-//!   programme-wide cap, the control stream of programme rules.
+//! - [`programmes`]: the control stream and the registry of programme rules.
+//! - [`writer`]: the writers (one per partition) as a state machine, the
+//!   scheduler, the programme-wide cap.
+//! - [`clock`]: "now", read by the writers, never in the domain.
 //! - [`projection`]: the views folded from the log, and the queries on them.
 //! - [`finance`]: daily books, the reconciliation consumer, the risk view.
 //! - [`api`]: the gRPC services, validation, conversion, errors, auth.
@@ -23,7 +25,9 @@
 pub mod domain;
 pub mod log;
 pub mod store;
-pub mod ledger;
+pub mod clock;
+pub mod programmes;
+pub mod writer;
 pub mod projection;
 pub mod finance;
 pub mod api;

@@ -22,16 +22,17 @@ use tonic_health::ServingStatus;
 
 use crate::api::forward::Forwarder;
 use crate::api::{AdminService, Auth, ClusterService, FeedService, Ledger, LedgerService, ReconciliationService};
+use crate::clock::{Clock, SystemClock};
 use crate::finance::raiser::{Raiser, RaiserParts};
 use crate::finance::reconciler::Reconciler;
-use crate::ledger::programmes::Programmes;
-use crate::ledger::{Clock, SystemClock, WriterConfig, Writers};
 use crate::log::embedded::EmbeddedLog;
 use crate::log::kafka::group::{GroupConfig as GroupSettings, GroupMember};
 use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::log::EventLog;
+use crate::programmes::Programmes;
 use crate::proto as pb;
 use crate::store::Db;
+use crate::writer::{WriterConfig, Writers};
 
 /// Where the events go.
 #[derive(Clone, Debug)]
@@ -521,7 +522,7 @@ pub fn check_exposure(
 /// whole ("") SERVING only while every partition this instance should write
 /// takes commands (caught up, claimed), and NOT_SERVING whenever one does
 /// not, for as long as it does not. Runs until aborted.
-async fn follow_partitions(health: tonic_health::server::HealthReporter, ownership: Arc<crate::ledger::Ownership>) {
+async fn follow_partitions(health: tonic_health::server::HealthReporter, ownership: Arc<crate::writer::Ownership>) {
     let mut serving = ownership.serving();
     loop {
         set_ledger_health(&health, serving).await;

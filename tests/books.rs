@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 use common::*;
-use points_ledger::ledger::Clock;
+use points_ledger::clock::Clock;
 use points_ledger::proto as pb;
 use points_ledger::proto::reconciliation_client::ReconciliationClient;
 use points_ledger::store::{self, Cf, Db};

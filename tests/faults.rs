@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use points_ledger::ledger::ManualClock;
+use points_ledger::clock::ManualClock;
 use points_ledger::log::{EventLog, LogError, LogReader, LogRecord};
 use points_ledger::proto as pb;
 use tonic::Code;

@@ -102,7 +102,7 @@ async fn a_service_started_on_an_old_log_shows_its_balances_and_rebuilds_byte_fo
     // The fixture's last records were decided 43 days after T0; nothing
     // falls due a day later.
     let h =
-        Harness::start_in(copy_fixture(), points_ledger::ledger::ManualClock::new(T0 + 44 * DAY), |c| c.partitions = 2)
+        Harness::start_in(copy_fixture(), points_ledger::clock::ManualClock::new(T0 + 44 * DAY), |c| c.partitions = 2)
             .await;
     let mut c = h.ledger().await;
     for (member, [available, reserved, debt, growth], level) in expected() {
@@ -143,7 +143,7 @@ async fn a_writer_folding_an_old_log_behind_writes_what_its_live_catch_up_writes
     }
     let mut digests = Vec::new();
     for min in [u64::MAX, 0] {
-        let clock = points_ledger::ledger::ManualClock::new(T0 + 44 * DAY);
+        let clock = points_ledger::clock::ManualClock::new(T0 + 44 * DAY);
         let h = Harness::start_in(copy_fixture(), clock, |c| {
             c.partitions = 2;
             c.writer.bulk_catch_up_records_min = min;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::broker::Tansu;
 use common::hostile::*;
 use common::*;
-use points_ledger::ledger::ManualClock;
+use points_ledger::clock::ManualClock;
 use points_ledger::log::kafka::KafkaConfig;
 use points_ledger::server::{Config, LogConfig};
 use rdkafka::config::ClientConfig;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::broker::Tansu;
 use common::*;
-use points_ledger::ledger::ManualClock;
+use points_ledger::clock::ManualClock;
 use points_ledger::log::kafka::{KafkaConfig, KafkaLog, MockBroker};
 use points_ledger::log::EventLog;
 use points_ledger::proto as pb;

@@ -8,14 +8,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use points_ledger::clock::{Clock, ManualClock};
 use points_ledger::domain::{AccountKey, Activity, Command, CommandBody, Event, ReleaseCause};
-use points_ledger::ledger::{Clock, ManualClock, WriteError};
 use points_ledger::log::arbiter::{Admitted, Arbiter, Home};
 use points_ledger::log::kafka::KafkaConfig;
 use points_ledger::projection::{rebuild, Until};
 use points_ledger::proto as pb;
 use points_ledger::server::{open_logs, Config, LogConfig, Service};
 use points_ledger::store::{self, Cf, Db};
+use points_ledger::writer::WriteError;
 use proptest::prelude::*;
 
 const MEMBERS: u8 = 3;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use points_ledger::ledger::ManualClock;
+use points_ledger::clock::ManualClock;
 use points_ledger::proto as pb;
 use points_ledger::store::{self, Db};
 
@@ -258,7 +258,7 @@ async fn each_alert_rule_fires_and_holds_back_and_a_replay_reproduces_the_risk_v
         .unwrap(),
         None => points_ledger::server::open_embedded_logs(dir.path(), events.partitions()).unwrap(),
     };
-    let registry = points_ledger::ledger::programmes::Registry::load(logs.control.as_ref()).unwrap();
+    let registry = points_ledger::programmes::Registry::load(logs.control.as_ref()).unwrap();
     // Folded afresh up to exactly where the live books stand (the raiser
     // appends members' alerts after the traffic, which the books may not
     // have reached when the service stopped).

@@ -16,8 +16,8 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::ledger::Ownership;
 use crate::metrics::Metrics;
+use crate::writer::Ownership;
 
 /// What the admin listener's pages read.
 #[derive(Clone)]

@@ -546,7 +546,7 @@ pub fn book_to_pb(b: state::DailyBook) -> pb::DailyBook {
 
 /// An alert with its id and what the risk desk did with it (`history`,
 /// oldest first: the last step is its state).
-pub fn alert_to_pb(a: state::Alert, history: &[crate::ledger::programmes::AlertStep]) -> pb::Alert {
+pub fn alert_to_pb(a: state::Alert, history: &[crate::programmes::AlertStep]) -> pb::Alert {
     let step_state = |resolved: bool| if resolved { pb::AlertState::Resolved } else { pb::AlertState::Acknowledged };
     pb::Alert {
         alert_id: crate::finance::risk::alert_id(&a),

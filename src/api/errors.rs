@@ -9,8 +9,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::validate::FieldError;
 use crate::domain::{ProgrammeKey, Reason, Rejection};
-use crate::ledger::programmes::ConfigureError;
-use crate::ledger::{Unavailable, WriteError};
+use crate::programmes::ConfigureError;
+use crate::writer::{Unavailable, WriteError};
 
 pub const ERROR_DOMAIN: &str = "points-ledger";
 

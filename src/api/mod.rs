@@ -37,12 +37,13 @@ pub use reconciliation::ReconciliationService;
 
 use errors::{invalid, programme_not_found, status};
 
+use crate::clock::Clock;
 use crate::domain::{self, AccountKey, Command, CommandBody, ProgrammeKey};
-use crate::ledger::programmes::Programmes;
-use crate::ledger::{Clock, Writers};
 use crate::log::record::partition_for;
+use crate::programmes::Programmes;
 use crate::proto as pb;
 use crate::store::Db;
+use crate::writer::Writers;
 
 pub const ENTRIES_PAGE_SIZE_MAX: u32 = 500;
 /// The most lots one `GetAccount` answer lists (a page; the rest by token).

@@ -68,7 +68,7 @@ pub struct Source {
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The control stream, and the registry that folds it.
     pub control: Arc<dyn EventLog>,
-    pub registry: crate::ledger::programmes::SharedRegistry,
+    pub registry: crate::programmes::SharedRegistry,
 }
 
 impl Source {

@@ -30,11 +30,11 @@ use sha2::{Digest, Sha256};
 use super::risk::RiskFold;
 use crate::domain::{calendar, AccountKey, Event, Points, ProgrammeKey};
 use crate::hex;
-use crate::ledger::programmes::Registry;
 use crate::log::arbiter::{report, Admitted, Arbiter, Home};
 use crate::log::codec::CodecError;
 use crate::log::record::{partition_for, AccountRecord, Balance, Position};
 use crate::log::LogEntry;
+use crate::programmes::Registry;
 use crate::proto::state;
 use crate::store::{self, Batch, Cf, Db};
 

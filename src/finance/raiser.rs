@@ -27,13 +27,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::risk::{alert_id, RAISE_PREFIX};
+use crate::clock::Clock;
 use crate::domain::{AccountKey, Command, CommandBody, Millis};
-use crate::ledger::programmes::SharedRegistry;
-use crate::ledger::Clock;
-use crate::ledger::{WriteError, Writers};
 use crate::log::codec::{account_key_from_wire, instant_millis};
+use crate::programmes::SharedRegistry;
 use crate::proto::state;
 use crate::store::{self, Cf, Db};
+use crate::writer::{WriteError, Writers};
 
 /// How often the outbox is looked at.
 const RAISER_POLL_MS: u64 = 200;
@@ -60,7 +60,7 @@ pub struct RaiserParts {
     pub books: Arc<Db>,
     pub writers: Arc<Writers>,
     pub registry: SharedRegistry,
-    pub programmes: Arc<crate::ledger::programmes::Programmes>,
+    pub programmes: Arc<crate::programmes::Programmes>,
     pub clock: Arc<dyn Clock>,
     /// Where raised alerts are counted.
     pub metrics: crate::metrics::Metrics,

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::books::{check_against_views, fold, Mismatch};
 use super::risk::RiskFold;
-use crate::ledger::programmes::{Registry, SharedRegistry};
 use crate::log::arbiter::{Arbiter, Home};
 use crate::log::{EventLog, LogEntry, LogReader};
+use crate::programmes::{Registry, SharedRegistry};
 use crate::store::{self, Cf, Db};
 
 /// The reconciliation consumer: folds every partition into the books, only

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::domain::{AccountKey, Millis};
-use crate::ledger::programmes::Registry;
 use crate::log::EventLog;
+use crate::programmes::Registry;
 use crate::server::LogConfig;
 
 /// Where a tool reads: a data directory and the log it belongs to.

@@ -11,7 +11,7 @@ use super::{write_out, Source};
 use crate::domain::Programme;
 use crate::finance::books;
 use crate::finance::reports::{self, Period};
-use crate::ledger::programmes::Registry;
+use crate::programmes::Registry;
 use crate::proto::state;
 
 /// Most days one `recon` prints.

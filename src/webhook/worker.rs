@@ -21,10 +21,10 @@ use std::time::Duration;
 use super::{backoff, Poster};
 use crate::domain::{Millis, ProgrammeKey};
 use crate::feed::{self, Filter, Lane, Source};
-use crate::ledger::programmes::{SharedRegistry, Webhook};
-use crate::ledger::Writers;
+use crate::programmes::{SharedRegistry, Webhook};
 use crate::proto as pb;
 use crate::store::{Batch, Cf, Db};
+use crate::writer::Writers;
 
 /// How often the worker looks for work when there is none.
 const WORKER_IDLE_MS: u64 = 200;

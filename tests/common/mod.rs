@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use points_ledger::api::Auth;
-use points_ledger::ledger::{Clock, ManualClock};
+use points_ledger::clock::{Clock, ManualClock};
 use points_ledger::log::kafka::KafkaConfig;
 use points_ledger::log::EventLog;
 use points_ledger::proto as pb;

@@ -7,7 +7,7 @@
 //!   only when every record's delivery report came back with its offset, or
 //!   fail within the append timeout (+ a margin), which replaces the producer
 //!   (librdkafka itself never times a message out). A failed append may still
-//!   have landed: the writers (src/ledger/follow.rs) settle that by reading the log
+//!   have landed: the writers (src/writer/follow.rs) settle that by reading the log
 //!   and, on this shared log, by claiming a new epoch.
 //! - Readers are consumers assigned to one partition at an offset (no group
 //!   membership, no committed offsets: every reader keeps its position in its

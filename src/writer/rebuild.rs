@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::commit::{request_row, Work};
 use super::issuance::{self, earned_in, issued_key, Granted};
-use super::programmes::SharedRegistry;
-use super::writer::{request_row, PartitionWriter, Work};
+use super::partition::PartitionWriter;
 use super::Msg;
 use crate::domain::{self, Account, AccountKey, Millis};
 use crate::log::record::{AccountRecord, Balance, Position, Reply};
 use crate::log::{self as eventlog, LogEntry};
+use crate::programmes::SharedRegistry;
 use crate::projection::{self, Beside, ViewCache, REBUILD_CACHE_ACCOUNTS, REBUILD_INGEST_ROWS};
 use crate::store::{self, Cf, TableRow};
 use crate::FastMap;

@@ -1,41 +1,51 @@
 //! The write side: one writer per partition, each on its own thread, owning
 //! that partition's account state, and the handle the API submits through.
 //!
-//! - `writer`: a partition's writer, its batch in named phases (gather,
-//!   decide, append and confirm, answer, commit);
+//! - `mode` and `run`: a writer's modes (catching up, writing, following,
+//!   releasing, fenced, stopped) and the moves between them;
+//! - `partition`: what a writer holds;
+//! - `batch`, `decide`, `append`, `commit`: one batch in named phases
+//!   (gather, decide, append and confirm, answer, commit);
+//! - `cache`: the accounts kept decoded between batches;
 //! - `follow`: how a writer follows its partition of the log (catching up,
 //!   claiming it on a shared log, reading each batch back);
+//! - `ownership`: which partitions this instance wants, and each writer's mode;
 //! - `scheduler`: the ticker that makes expiry and timeouts events;
-//! - `issuance`: the programme-wide daily cap across partitions;
+//! - `issuance` and `shares`: the programme-wide daily cap across partitions;
+//! - `reevaluate`: the walk of a programme's accounts after its levels change;
 //! - `rebuild`: a writer without state folding a long log behind, as a
-//!   rebuild does;
-//! - `programmes`: the control stream and the registry of programme rules;
-//! - `clock`: "now", read here, never in the domain.
+//!   rebuild does.
 //!
 //! A writer never answers before its batch is durable in the log (and, on a
 //! shared log, read back and counted); a failed append answers
 //! `Unavailable` and leaves no trace in its state.
 
-pub mod clock;
+mod append;
+mod batch;
+mod cache;
+mod commit;
+mod decide;
 mod follow;
 pub mod issuance;
+pub mod mode;
 pub mod ownership;
-pub mod programmes;
+mod partition;
 mod rebuild;
 mod reevaluate;
+mod run;
 mod scheduler;
 mod shares;
-mod writer;
 
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use clock::{Clock, ManualClock, SystemClock};
+use crate::clock::Clock;
+use crate::programmes::Programmes;
 use issuance::Issuance;
+pub use mode::Mode;
 pub use ownership::Ownership;
-use programmes::Programmes;
 
 use crate::domain::{AccountKey, Command, Rejection};
 use crate::log::arbiter::{Arbiter, Owner};
@@ -184,14 +194,6 @@ enum Msg {
     Wake,
 }
 
-/// A partition writer's state, as the API sees it: catching up with the
-/// log (at start), owning the partition, following it (another writer owns
-/// it, or nobody here wants it), or letting it go (finishing what is queued).
-const CATCHING_UP: u8 = 0;
-const READY: u8 = 1;
-const FOLLOWING: u8 = 2;
-const RELEASING: u8 = 3;
-
 /// The handle the API submits commands through.
 pub struct Writers {
     senders: Vec<mpsc::Sender<Msg>>,
@@ -236,7 +238,7 @@ impl Writers {
         let owners = Arc::new(RwLock::new(cursors.iter().map(|c| c.arbiter.clone()).collect()));
         for partition in 0..log.partitions() {
             issuance.add(&issuance::load(&store, partition)?, 1);
-            let w = writer::PartitionWriter::new(writer::Parts {
+            let w = partition::PartitionWriter::new(partition::Parts {
                 partition,
                 issuance: issuance.clone(),
                 log: log.clone(),
@@ -284,7 +286,7 @@ impl Writers {
 
     /// Whether this instance writes partition `p` now.
     pub fn owns(&self, p: u32) -> bool {
-        self.ownership.status(p) == READY
+        self.ownership.status(p) == Mode::Writing
     }
 
     /// Whether `offset` lies past the end of partition `p`'s log, as far as
@@ -301,7 +303,7 @@ impl Writers {
     /// Whether commands for `p` would wait here for its catch-up (rather
     /// than belong to another instance).
     pub fn catching_up(&self, p: u32) -> bool {
-        self.ownership.status(p) == CATCHING_UP
+        self.ownership.status(p) == Mode::CatchingUp
     }
 
     /// Who writes partition `p`, as its latest counted claim says.
@@ -378,8 +380,8 @@ impl Writers {
     async fn queue(&self, command: Command, msg: impl FnOnce(Box<Command>) -> Msg) -> Result<u32, WriteError> {
         let p = self.partition_of(&command.account);
         match self.ownership.status(p) {
-            READY => {}
-            CATCHING_UP => return Err(Unavailable::CatchingUp(p).into()),
+            Mode::Writing => {}
+            Mode::CatchingUp => return Err(Unavailable::CatchingUp(p).into()),
             _ => return Err(Unavailable::PartitionMoving(p).into()),
         }
         self.senders[p as usize].send(msg(Box::new(command))).await.map_err(|_| Unavailable::WriterStopped(p))?;

@@ -17,12 +17,13 @@
 
 use std::sync::Arc;
 
+use super::commit::Work;
 use super::issuance::{earned_in, Granted};
-use super::programmes::Programmes;
-use super::writer::{PartitionWriter, Work};
+use super::partition::PartitionWriter;
 use super::{Unavailable, WriteError};
 use crate::domain::{self, Command, Millis, Points, ProgrammeKey};
 use crate::log::record::{CapMode, CapShare};
+use crate::programmes::Programmes;
 use crate::store;
 
 /// Shares a writer tries to take for one command at most (another

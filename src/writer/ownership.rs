@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Msg, CATCHING_UP, READY, RELEASING};
+use super::{Mode, Msg};
 use crate::log::kafka::group::Assignments;
 
 /// How long a revocation waits for a partition's writer to finish its
@@ -49,7 +49,7 @@ impl Ownership {
             generation: (0..n).map(|_| AtomicU64::new(u64::from(!assigned_only))).collect(),
             tried: (0..n).map(|_| AtomicU64::new(0)).collect(),
             joined: AtomicBool::new(!assigned_only),
-            status: Arc::new((0..n).map(|_| AtomicU8::new(CATCHING_UP)).collect()),
+            status: Arc::new((0..n).map(|_| AtomicU8::new(Mode::CatchingUp as u8)).collect()),
             wake: OnceLock::new(),
             changes: watch::channel(0).0,
         }
@@ -77,14 +77,14 @@ impl Ownership {
         self.tried[p as usize].load(Ordering::Acquire)
     }
 
-    pub(super) fn status(&self, p: u32) -> u8 {
-        self.status[p as usize].load(Ordering::Acquire)
+    pub fn status(&self, p: u32) -> Mode {
+        Mode::from_byte(self.status[p as usize].load(Ordering::Acquire))
     }
 
     /// A writer's new status (and, after a claim attempt, the generation
     /// it was made under).
-    pub(super) fn set_status(&self, p: u32, status: u8, tried: Option<u64>) {
-        self.status[p as usize].store(status, Ordering::Release);
+    pub(super) fn set_status(&self, p: u32, status: Mode, tried: Option<u64>) {
+        self.status[p as usize].store(status as u8, Ordering::Release);
         if let Some(g) = tried {
             self.tried[p as usize].store(g, Ordering::Release);
         }
@@ -93,7 +93,7 @@ impl Ownership {
 
     /// The partitions this instance writes now.
     pub fn owned(&self) -> Vec<u32> {
-        (0..self.status.len() as u32).filter(|&p| self.status(p) == READY).collect()
+        (0..self.status.len() as u32).filter(|&p| self.status(p) == Mode::Writing).collect()
     }
 
     /// The partitions the group assigned this instance.
@@ -109,9 +109,9 @@ impl Ownership {
         self.joined.load(Ordering::Acquire)
             && (0..self.status.len() as u32).all(|p| {
                 let s = self.status(p);
-                s != CATCHING_UP
+                s != Mode::CatchingUp
                     && (!self.wanted(p)
-                        || s == READY
+                        || s == Mode::Writing
                         || self.tried[p as usize].load(Ordering::Acquire) == self.generation(p))
             })
     }
@@ -156,7 +156,7 @@ impl Assignments for Ownership {
         }
         self.changes.send_modify(|n| *n += 1);
         let started = Instant::now();
-        while partitions.iter().any(|&p| matches!(self.status(p), READY | RELEASING)) {
+        while partitions.iter().any(|&p| self.status(p).appends()) {
             if started.elapsed() > RELEASE_WAIT {
                 tracing::warn!(?partitions, "writers did not let go of revoked partitions in time");
                 return;

@@ -17,7 +17,7 @@ use crate::domain::{AccountKey, Programme, ProgrammeKey};
 use crate::log::record::partition_for;
 use crate::store::{self, Cf, Db, StoreError};
 
-use super::programmes::Registry;
+use crate::programmes::Registry;
 
 /// Rows to write: (key, value).
 pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;

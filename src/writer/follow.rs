@@ -4,9 +4,10 @@
 //! back before answering it, and re-reading after an append whose outcome is
 //! unknown (ARCHITECTURE.md, "Writers arbitrated by the log").
 
+use super::commit::{Quarantined, Work};
 use super::issuance::earned_in;
-use super::writer::{PartitionWriter, Quarantined, Work};
-use super::FOLLOWING;
+use super::partition::{LogSync, PartitionWriter, ReaderKind};
+use super::Mode;
 use crate::log::arbiter::{Admitted, Home};
 use crate::log::codec;
 use crate::log::record::{Claim, Position, Reply};
@@ -45,24 +46,25 @@ pub(super) enum ReadBack {
 impl PartitionWriter {
     /// A reader at `cursor.next`: the kept one if it is there and of the
     /// kind wanted now (a follower's while following), else a new one.
-    pub(super) fn take_reader(&mut self) -> Result<Box<dyn LogReader>, LogError> {
+    pub(super) fn take_reader(&mut self, kind: ReaderKind) -> Result<Box<dyn LogReader>, LogError> {
         match self.reader.take() {
-            Some(r) if r.position() == self.cursor.next && self.reader_follows == self.following => Ok(r),
-            _ => {
-                self.reader_follows = self.following;
-                if self.following {
-                    self.log.follower(self.partition, self.cursor.next)
-                } else {
-                    self.log.reader(self.partition, self.cursor.next)
-                }
-            }
+            Some((r, k)) if r.position() == self.cursor.next && k == kind => Ok(r),
+            _ => match kind {
+                ReaderKind::Follower => self.log.follower(self.partition, self.cursor.next),
+                ReaderKind::Writer => self.log.reader(self.partition, self.cursor.next),
+            },
         }
     }
 
     /// Folds the log from the cursor up to `end` (exclusive), committing as it
     /// goes. Returns the records folded.
     pub(super) fn catch_up(&mut self, end: u64) -> anyhow::Result<u64> {
-        let mut reader = self.take_reader()?;
+        self.catch_up_with(end, ReaderKind::Writer)
+    }
+
+    /// [`PartitionWriter::catch_up`] with a reader of the given kind.
+    fn catch_up_with(&mut self, end: u64, kind: ReaderKind) -> anyhow::Result<u64> {
+        let mut reader = self.take_reader(kind)?;
         let mut folded = 0;
         loop {
             let entries = eventlog::read_towards(reader.as_mut(), end, self.config.batch_commands_max)?;
@@ -108,7 +110,7 @@ impl PartitionWriter {
             self.cursor.next = reader.position();
             self.commit(work)?;
         }
-        self.reader = Some(reader);
+        self.reader = Some((reader, kind));
         Ok(folded)
     }
 
@@ -135,10 +137,7 @@ impl PartitionWriter {
     pub(super) fn follow_step(&mut self, wait: std::time::Duration) -> anyhow::Result<()> {
         let end = self.log.end_offset(self.partition)?;
         if end > self.cursor.next {
-            self.following = true;
-            let caught_up = self.catch_up(end);
-            self.following = false;
-            caught_up?;
+            self.catch_up_with(end, ReaderKind::Follower)?;
         } else {
             std::thread::sleep(wait);
         }
@@ -239,7 +238,7 @@ impl PartitionWriter {
     /// Reads the partition back past a just-appended batch (shared logs).
     pub(super) fn read_back(&mut self, offsets: &[u64]) -> Result<ReadBack, LogError> {
         let end = offsets.last().expect("a batch") + 1;
-        let mut reader = self.take_reader()?;
+        let mut reader = self.take_reader(ReaderKind::Writer)?;
         let mut arbiter = self.cursor.arbiter.clone();
         let mut quarantined = Vec::new();
         loop {
@@ -269,7 +268,7 @@ impl PartitionWriter {
                 }
             }
         }
-        self.reader = Some(reader);
+        self.reader = Some((reader, ReaderKind::Writer));
         self.cursor.next = end;
         Ok(ReadBack::Confirmed(quarantined))
     }
@@ -287,7 +286,7 @@ impl PartitionWriter {
             let end = self.log.end_offset(self.partition)?;
             self.catch_up(end)?;
         }
-        self.stale = false;
+        self.sync = LogSync::InStep;
         Ok(())
     }
 
@@ -299,6 +298,6 @@ impl PartitionWriter {
             "a newer writer claimed the partition; this writer stops writing it"
         );
         let generation = self.ownership.generation(self.partition);
-        self.ownership.set_status(self.partition, FOLLOWING, Some(generation));
+        self.ownership.set_status(self.partition, Mode::Fenced, Some(generation));
     }
 }
