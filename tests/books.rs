@@ -817,7 +817,7 @@ async fn books_of_an_older_layout_are_folded_again_from_the_log_on_start() {
         // What an older build left: no marker, and a row this build never writes.
         let books = Db::open(&dir.path().join("books"), store::BOOK_CFS).unwrap();
         let mut batch = store::Batch::default();
-        batch.delete(store::Cf::Outbox, b"books-format");
+        batch.delete(store::Cf::Outbox, store::books::BOOKS_FORMAT_KEY);
         batch.put(store::Cf::Risk, b"zz-stale", b"1");
         books.write(batch).unwrap();
     }

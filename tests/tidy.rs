@@ -138,6 +138,30 @@ fn no_floats_near_points() {
     }
 }
 
+/// Where bytes may be decoded into numbers: `store/` (every stored key and
+/// row), `log/` (the log's own files and records), and the API's page
+/// tokens, which callers hand back and are no stored layout.
+const BYTES_DECODED_IN: [&str; 3] = ["src/store/", "src/log/", "src/api/"];
+
+#[test]
+fn stored_layouts_are_decoded_only_in_store() {
+    let mut outside = Vec::new();
+    for file in sources(&root().join("src")) {
+        let name = rel(&file);
+        if BYTES_DECODED_IN.iter().any(|home| name.starts_with(home)) {
+            continue;
+        }
+        for line in code_of(&file).lines().filter(|l| l.contains("from_be_bytes") || l.contains("from_le_bytes")) {
+            outside.push(format!("{name}: {}", line.trim()));
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "decode stored rows with a function of store/ (errors, not panics):\n{}",
+        outside.join("\n")
+    );
+}
+
 /// Longest function body, in lines, before it must be split into named
 /// phases.
 const FUNCTION_LINES_MAX: usize = 80;

@@ -51,11 +51,8 @@ pub enum BooksError {
     Overflow(ProgrammeKey),
 }
 
-/// The books' layout; books without it (an older build's) are folded again
-/// from the log on start. Kept in `outbox`, which `verify` leaves out (a
-/// rebuild for the tools has no marker to compare).
-pub const BOOKS_FORMAT: &[u8] = b"books-33-orders";
-const BOOKS_FORMAT_KEY: &[u8] = b"books-format";
+pub use store::books::BOOKS_FORMAT;
+use store::books::{book_key, book_partition_prefix, parse_book_key, BOOKS_FORMAT_KEY};
 
 /// Opens the books of a data directory in this build's layout: the derived
 /// rows of books an older build wrote are deleted (the consumer folds them
@@ -77,24 +74,6 @@ pub fn open_books(dir: &std::path::Path) -> Result<Db, store::StoreError> {
     Ok(books)
 }
 
-/// `tenant \0 programme \0 partition(be32)`: one partition's partials.
-fn partition_prefix(tenant: &str, programme: &str, partition: u32) -> Vec<u8> {
-    let mut k = store::programme_prefix(tenant, programme);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
-
-/// Partial book key: partition prefix, then the day (sign-flipped be64).
-pub fn book_key(tenant: &str, programme: &str, partition: u32, day: i64) -> Vec<u8> {
-    let mut k = partition_prefix(tenant, programme, partition);
-    k.extend_from_slice(&store::millis_key(day));
-    k
-}
-
-fn day_of_key(key: &[u8]) -> i64 {
-    store::millis_from_key(&key[key.len() - 8..])
-}
-
 /// The latest partial of a partition at or before `day`, with its day.
 pub fn partial_at_or_before(
     books: &Db,
@@ -102,12 +81,12 @@ pub fn partial_at_or_before(
     partition: u32,
     day: i64,
 ) -> Result<Option<(i64, state::DailyBook)>, BooksError> {
-    let prefix = partition_prefix(&key.tenant_id, &key.programme_id, partition);
+    let prefix = book_partition_prefix(&key.tenant_id, &key.programme_id, partition);
     let at = book_key(&key.tenant_id, &key.programme_id, partition, day);
     match books.seek_prev(Cf::Books, &prefix, &at)? {
         Some((k, v)) => {
             let book: state::DailyBook = store::decode_row(&v).map_err(|e| BooksError::Codec(e, 0))?;
-            Ok(Some((day_of_key(&k), book)))
+            Ok(Some((parse_book_key(&k)?.2, book)))
         }
         None => Ok(None),
     }
@@ -470,20 +449,12 @@ fn running(books: &Db) -> Result<Partials, BooksError> {
     let mut out = Partials::new();
     for row in books.rows(Cf::Books) {
         let (k, v) = row?;
-        let (tenant, rest) = split_nul(&k);
-        let (programme, rest) = split_nul(rest);
-        let partition = u32::from_be_bytes(rest[..4].try_into().expect("partition in key"));
+        let (key, partition, day) = parse_book_key(&k)?;
         let book: state::DailyBook = store::decode_row(&v).map_err(|e| BooksError::Codec(e, 0))?;
         // Rows come in key order: the last per (programme, partition) wins.
-        let key = ProgrammeKey { tenant_id: tenant, programme_id: programme };
-        out.insert((key, partition), (day_of_key(&k), book));
+        out.insert((key, partition), (day, book));
     }
     Ok(out)
-}
-
-fn split_nul(b: &[u8]) -> (String, &[u8]) {
-    let i = b.iter().position(|&x| x == 0).unwrap_or(b.len());
-    (String::from_utf8_lossy(&b[..i]).into_owned(), b.get(i + 1..).unwrap_or_default())
 }
 
 /// A disagreement between the books and the balance view.

@@ -160,13 +160,6 @@ fn programme_alerts(parts: &RaiserParts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The outbox rows of `partition`.
-fn partition_prefix(partition: u32) -> Vec<u8> {
-    let mut k = RAISE_PREFIX.to_vec();
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
-
 /// Whether a stored alert is older than what is still raised (or unreadable).
 fn stale(value: &[u8], now: Millis) -> bool {
     let alert = store::decode_row::<state::Alert>(value).ok();
@@ -187,7 +180,7 @@ fn step(parts: &RaiserParts, submitted: &mut HashMap<Vec<u8>, Instant>, sweep: &
     }
     let mut seen = Vec::new();
     for partition in (0..parts.writers.partitions()).filter(|p| parts.writers.owns(*p)) {
-        let prefix = partition_prefix(partition);
+        let prefix = store::risk::raise_prefix(partition);
         for (key, value) in parts.books.scan(Cf::Outbox, &prefix, &prefix, RAISER_ROWS_MAX)? {
             seen.push(key.clone());
             if submitted.contains_key(&key) || stale(&value, now) {

@@ -149,11 +149,13 @@ pub fn expiry_forecast(
         next.push(0);
         let full = rows.len() == FORECAST_PAGE_ROWS;
         for (k, v) in rows {
-            let at = store::millis_from_key(&k[prefix.len()..prefix.len() + 8]);
+            let Some((_, at, _)) = store::views::parse_expiring_key(prefix.len(), &k) else {
+                return Err(store::StoreError::Layout("an expiring lot's key").into());
+            };
             if at >= end_ms {
                 return Ok(out);
             }
-            let points = i64::from_be_bytes(v[..8].try_into().expect("stored points"));
+            let points = store::views::expiring_points(&v)?;
             let day = calendar::day_to_date(calendar::programme_day(programme.time_zone, at)).unwrap_or(from);
             match out.last_mut() {
                 Some((d, p, n)) if *d == day => {

@@ -60,64 +60,15 @@ fn unattributed() -> ProgrammeKey {
     ProgrammeKey { tenant_id: String::new(), programme_id: String::new() }
 }
 
-fn account_row(a: &AccountKey) -> Vec<u8> {
-    let mut k = b"a".to_vec();
-    k.extend_from_slice(&store::account_key(a));
-    k
-}
+pub use crate::store::risk::RAISE_PREFIX;
+use crate::store::risk::{
+    account_row, alert_row, day_prefix, day_sum_row, raise_row, shared_row, Seen, ISSUANCE, REDEMPTION, SHARED_EARN,
+    SHARED_SPEND,
+};
 
-fn day_prefix(tag: u8, p: &ProgrammeKey, day: i64) -> Vec<u8> {
-    let mut k = vec![tag];
-    k.extend_from_slice(&store::programme_prefix(&p.tenant_id, &p.programme_id));
-    k.extend_from_slice(&store::millis_key(day));
-    k
-}
-
-fn issuance_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
-    let mut k = day_prefix(b'i', p, day);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
-
-fn redemption_row(p: &ProgrammeKey, day: i64, partition: u32) -> Vec<u8> {
-    let mut k = day_prefix(b'r', p, day);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
-
-/// A member's first earn (tag `s`) or spend (tag `p`) of a day from an
-/// address.
-fn shared_row(tag: u8, p: &ProgrammeKey, day: i64, address: &str, member: &str) -> Vec<u8> {
-    let mut k = day_prefix(tag, p, day);
-    k.extend_from_slice(address.as_bytes());
-    k.push(0);
-    k.extend_from_slice(member.as_bytes());
-    k
-}
-
-/// Alerts: programme, decision time, partition, offset, rule.
-fn alert_row(p: &ProgrammeKey, at: Millis, partition: u32, offset: u64, rule: &str) -> Vec<u8> {
-    let mut k = store::programme_prefix(&p.tenant_id, &p.programme_id);
-    k.extend_from_slice(&store::millis_key(at));
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(&offset.to_be_bytes());
-    k.extend_from_slice(rule.as_bytes());
-    k
-}
-
-/// The outbox rows of alerts to raise.
-pub const RAISE_PREFIX: &[u8] = b"raise/";
-
-/// A member's alert to raise in their partition (`Cf::Outbox`): partition,
-/// account, alert id. Written when the rule fires, deleted when the fold
-/// meets the member's `AlertRaised` of it ([`crate::finance::raiser`]).
-pub fn outbox_row(partition: u32, a: &AccountKey, alert_id: &str) -> Vec<u8> {
-    let mut k = RAISE_PREFIX.to_vec();
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(&store::account_key(a));
-    k.extend_from_slice(alert_id.as_bytes());
-    k
-}
+// A member's alert to raise in their partition is an outbox row
+// (`store::risk::raise_row`), written when the rule fires and deleted when
+// the fold meets the member's `AlertRaised` of it ([`crate::finance::raiser`]).
 
 fn programme_of(a: &AccountKey) -> ProgrammeKey {
     ProgrammeKey { tenant_id: a.tenant_id.clone(), programme_id: a.programme_id.clone() }
@@ -405,18 +356,16 @@ impl RiskFold {
         let pk = programme_of(t.key);
         let sum = self.issuance.entry((pk.clone(), t.day)).or_insert(i64::MIN);
         if *sum == i64::MIN {
-            *sum = match db.get(Cf::Risk, &issuance_row(&pk, t.day, t.partition))? {
-                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored issuance")),
+            *sum = match db.get(Cf::Risk, &day_sum_row(ISSUANCE, &pk, t.day, t.partition))? {
+                Some(b) => store::risk::day_sum(&b)?,
                 None => 0,
             };
         }
         *sum = sum.saturating_add(earned);
         for a in addresses {
-            let row = shared_row(b's', &pk, t.day, a, &t.key.member_id);
+            let row = shared_row(SHARED_EARN, &pk, t.day, a, &t.key.member_id);
             if !self.shared.contains_key(&row) && db.get(Cf::Risk, &row)?.is_none() {
-                let mut v = t.at.to_be_bytes().to_vec();
-                v.extend_from_slice(&t.partition.to_be_bytes());
-                v.extend_from_slice(&t.offset.to_be_bytes());
+                let v = Seen { at: t.at, partition: t.partition, offset: t.offset }.encode();
                 self.shared.insert(row.clone(), v);
                 self.raise_shared(db, rules, t, a, &row)?;
             }
@@ -444,7 +393,7 @@ impl RiskFold {
             return Ok(());
         }
         let pk = programme_of(t.key);
-        let mut prefix = day_prefix(b's', &pk, t.day);
+        let mut prefix = day_prefix(SHARED_EARN, &pk, t.day);
         prefix.extend_from_slice(address.as_bytes());
         prefix.push(0);
         let mut members: BTreeMap<Vec<u8>, Vec<u8>> = db.scan(Cf::Risk, &prefix, &prefix, n + 2)?.into_iter().collect();
@@ -460,9 +409,7 @@ impl RiskFold {
         let crossed = members.len() == n + 1;
         for (k, v) in members.iter().filter(|(k, _)| crossed || k.as_slice() == row) {
             let member = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let (Some(at), Some(partition)) = (v.get(..8), v.get(8..12)) else { continue };
-            let at = i64::from_be_bytes(at.try_into().expect("eight bytes"));
-            let partition = u32::from_be_bytes(partition.try_into().expect("four bytes"));
+            let Seen { at, partition, .. } = Seen::decode(v)?;
             let account = AccountKey::new(&pk.tenant_id, &pk.programme_id, &member);
             let alert = state::Alert {
                 rule: "shared_address".into(),
@@ -473,7 +420,7 @@ impl RiskFold {
                 subject: address.to_string(),
                 date: date_of(t.day),
             };
-            self.outbox.insert(outbox_row(partition, &account, &alert_id(&alert)), Some(store::encode_row(&alert)));
+            self.outbox.insert(raise_row(partition, &account, &alert_id(&alert)), Some(store::encode_row(&alert)));
         }
         Ok(())
     }
@@ -483,11 +430,9 @@ impl RiskFold {
     fn count_spend_addresses(&mut self, db: &Db, t: &Trigger, addresses: &[String]) -> Result<(), StoreError> {
         let pk = programme_of(t.key);
         for a in addresses {
-            let row = shared_row(b'p', &pk, t.day, a, &t.key.member_id);
+            let row = shared_row(SHARED_SPEND, &pk, t.day, a, &t.key.member_id);
             if !self.shared.contains_key(&row) && db.get(Cf::Risk, &row)?.is_none() {
-                let mut v = t.at.to_be_bytes().to_vec();
-                v.extend_from_slice(&t.partition.to_be_bytes());
-                v.extend_from_slice(&t.offset.to_be_bytes());
+                let v = Seen { at: t.at, partition: t.partition, offset: t.offset }.encode();
                 self.shared.insert(row, v);
             }
         }
@@ -499,8 +444,8 @@ impl RiskFold {
         let pk = programme_of(t.key);
         let sum = self.redemption.entry((pk.clone(), t.day)).or_insert(i64::MIN);
         if *sum == i64::MIN {
-            *sum = match db.get(Cf::Risk, &redemption_row(&pk, t.day, t.partition))? {
-                Some(b) => i64::from_be_bytes(b[..8].try_into().expect("stored redemption")),
+            *sum = match db.get(Cf::Risk, &day_sum_row(REDEMPTION, &pk, t.day, t.partition))? {
+                Some(b) => store::risk::day_sum(&b)?,
                 None => 0,
             };
         }
@@ -523,7 +468,7 @@ impl RiskFold {
         let rules = programme.risk;
         for e in &record.events {
             if let Event::AlertRaised { alert_id, .. } = e {
-                self.outbox.insert(outbox_row(partition, &record.account, alert_id), None);
+                self.outbox.insert(raise_row(partition, &record.account, alert_id), None);
             }
         }
         // An alert raised is the risk view's own doing, not the member's:
@@ -566,7 +511,7 @@ impl RiskFold {
         }
         let pk = programme_of(&record.account);
         for a in alerts {
-            let raise = outbox_row(partition, &record.account, &alert_id(&a));
+            let raise = raise_row(partition, &record.account, &alert_id(&a));
             self.outbox.insert(raise, Some(store::encode_row(&a)));
             self.alerts.insert(alert_row(&pk, t.at, partition, offset, &a.rule), store::encode_row(&a));
         }
@@ -630,10 +575,10 @@ impl RiskFold {
             self.accounts.clear();
         }
         for ((p, day), sum) in self.issuance.drain() {
-            batch.put(Cf::Risk, &issuance_row(&p, day, partition), &sum.to_be_bytes());
+            batch.put(Cf::Risk, &day_sum_row(ISSUANCE, &p, day, partition), &store::points_row(sum));
         }
         for ((p, day), sum) in self.redemption.drain() {
-            batch.put(Cf::Risk, &redemption_row(&p, day, partition), &sum.to_be_bytes());
+            batch.put(Cf::Risk, &day_sum_row(REDEMPTION, &p, day, partition), &store::points_row(sum));
         }
         for (k, v) in std::mem::take(&mut self.shared) {
             batch.put(Cf::Risk, &k, &v);
@@ -660,18 +605,15 @@ impl RiskFold {
 
 /// A programme's issuance on one day, all partitions.
 pub fn issuance(db: &Db, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> {
-    day_sum(db, b'i', p, day)
+    day_sum(db, ISSUANCE, p, day)
 }
 
 /// A programme's day sum of the rows of `tag` (issuance, redemption), all
 /// partitions.
 fn day_sum(db: &Db, tag: u8, p: &ProgrammeKey, day: i64) -> Result<i64, StoreError> {
     let prefix = day_prefix(tag, p, day);
-    Ok(db
-        .scan(Cf::Risk, &prefix, &prefix, usize::MAX)?
-        .iter()
-        .map(|(_, v)| i64::from_be_bytes(v[..8].try_into().expect("stored issuance")))
-        .sum())
+    let rows = db.scan(Cf::Risk, &prefix, &prefix, usize::MAX)?;
+    rows.iter().try_fold(0i64, |sum, (_, v)| Ok(sum.saturating_add(store::risk::day_sum(v)?)))
 }
 
 /// A member's counters, when its latest record fell on `day` (or any day).
@@ -699,7 +641,7 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
     start.extend_from_slice(&store::millis_key(from));
     let mut out = Vec::new();
     for (k, v) in db.scan(Cf::Alerts, &prefix, &start, usize::MAX)? {
-        if store::millis_from_key(&k[prefix.len()..prefix.len() + 8]) >= to {
+        if store::risk::alert_time(prefix.len(), &k)? >= to {
             break;
         }
         out.push(store::decode_row::<state::Alert>(&v)?);
@@ -717,9 +659,15 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         };
         if (from..to).contains(&start_of_day) {
             let spikes = [
-                (b'i', "issuance_spike", "issued_today", rules.issuance_spike_percent, rules.issuance_spike_min_points),
                 (
-                    b'r',
+                    ISSUANCE,
+                    "issuance_spike",
+                    "issued_today",
+                    rules.issuance_spike_percent,
+                    rules.issuance_spike_min_points,
+                ),
+                (
+                    REDEMPTION,
                     "redemption_spike",
                     "redeemed_today",
                     rules.redemption_spike_percent,
@@ -732,11 +680,11 @@ pub fn alerts(db: &Db, programme: &Programme, from: Millis, to: Millis) -> Resul
         }
         if rules.shared_address_members > 0 {
             let n = rules.shared_address_members as usize;
-            out.extend(shared_address_alerts(db, programme, day, from, to, (b's', "shared_address", n))?);
+            out.extend(shared_address_alerts(db, programme, day, from, to, (SHARED_EARN, "shared_address", n))?);
         }
         if rules.shared_spend_address_members > 0 {
             let n = rules.shared_spend_address_members as usize;
-            out.extend(shared_address_alerts(db, programme, day, from, to, (b'p', "shared_spend_address", n))?);
+            out.extend(shared_address_alerts(db, programme, day, from, to, (SHARED_SPEND, "shared_spend_address", n))?);
         }
     }
     out.sort_by(|a, b| {
@@ -802,13 +750,8 @@ fn shared_address_alerts(
     let prefix = day_prefix(tag, &pk, day);
     let mut by_address: BTreeMap<String, Vec<(Millis, u32, u64, String)>> = BTreeMap::new();
     for (k, v) in db.scan(Cf::Risk, &prefix, &prefix, usize::MAX)? {
-        let rest = &k[prefix.len()..];
-        let Some(i) = rest.iter().position(|b| *b == 0) else { continue };
-        let address = String::from_utf8_lossy(&rest[..i]).into_owned();
-        let member = String::from_utf8_lossy(&rest[i + 1..]).into_owned();
-        let at = i64::from_be_bytes(v[..8].try_into().expect("stored time"));
-        let partition = u32::from_be_bytes(v[8..12].try_into().expect("stored partition"));
-        let offset = u64::from_be_bytes(v[12..20].try_into().expect("stored offset"));
+        let Some((address, member)) = store::risk::parse_shared_row(prefix.len(), &k) else { continue };
+        let Seen { at, partition, offset } = Seen::decode(&v)?;
         by_address.entry(address).or_default().push((at, partition, offset, member));
     }
     let mut out = Vec::new();

@@ -4,7 +4,7 @@
 //! writes the same rows, only later and differently (write-behind, ingested
 //! table files), so a rebuild from offset zero gives byte-identical views.
 
-use crate::domain::{Account, AccountKey, Lot, Millis};
+use crate::domain::{Account, AccountKey, Lot};
 use crate::log::arbiter::{Admitted, Arbiter, Home};
 use crate::log::record::{AccountRecord, Balance, Position};
 use crate::log::LogEntry;
@@ -140,7 +140,7 @@ pub fn view_rows(
     // expiry never changes, so neither does its key).
     let mut expiring = |id: &str, lot: &Lot| {
         if let Some(at) = lot.expires_at {
-            let value = (lot.spendable() > 0).then(|| lot.spendable().to_be_bytes().to_vec());
+            let value = (lot.spendable() > 0).then(|| store::points_row(lot.spendable()).to_vec());
             rows.push((Cf::Expiring, expiring_key(key, at, id), value));
         }
     };
@@ -393,7 +393,7 @@ pub fn fold(
 
 /// An account's lots with points and an expiry: (expires_at, lot id) → points.
 #[cfg(test)]
-type ExpiringLots = std::collections::BTreeMap<(Millis, String), i64>;
+type ExpiringLots = std::collections::BTreeMap<(crate::domain::Millis, String), i64>;
 
 #[cfg(test)]
 fn expiring_lots(a: &Account) -> ExpiringLots {
@@ -404,32 +404,7 @@ fn expiring_lots(a: &Account) -> ExpiringLots {
         .collect()
 }
 
-/// `account, offset BE, event index BE`: a member's statement in log order
-/// (a page's key is its first entry's).
-pub fn entry_key(account: &AccountKey, offset: u64, index: u16) -> Vec<u8> {
-    let mut k = store::account_key(account);
-    k.extend_from_slice(&offset.to_be_bytes());
-    k.extend_from_slice(&index.to_be_bytes());
-    k
-}
-
-/// `tenant \0 programme \0, expires_at, member \0, lot id`.
-pub fn expiring_key(account: &AccountKey, at: Millis, lot_id: &str) -> Vec<u8> {
-    let mut k = store::programme_prefix(&account.tenant_id, &account.programme_id);
-    k.extend_from_slice(&store::millis_key(at));
-    k.extend_from_slice(account.member_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(lot_id.as_bytes());
-    k
-}
-
-/// Parses an expiring key back into (member, expires_at, lot id).
-pub fn parse_expiring_key(prefix_len: usize, k: &[u8]) -> Option<(String, Millis, String)> {
-    let at = store::millis_from_key(k.get(prefix_len..prefix_len + 8)?);
-    let rest = &k[prefix_len + 8..];
-    let i = rest.iter().position(|&b| b == 0)?;
-    Some((String::from_utf8(rest[..i].to_vec()).ok()?, at, String::from_utf8(rest[i + 1..].to_vec()).ok()?))
-}
+pub use crate::store::views::{entry_key, expiring_key, parse_expiring_key};
 
 #[cfg(test)]
 mod tests {
@@ -439,7 +414,7 @@ mod tests {
     use crate::log::record::AccountRecord;
     use crate::store::Row;
 
-    const T0: Millis = 1_773_100_800_000;
+    const T0: crate::domain::Millis = 1_773_100_800_000;
     /// One partition: every account is at home in it.
     const HOME: Home = Home { partition: 0, partitions: 1 };
 

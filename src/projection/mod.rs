@@ -37,15 +37,8 @@ use crate::store::{self, Db};
 /// Records a rebuild folds into one WriteBatch at most.
 pub const PROJECTOR_BATCH_RECORDS_MAX: usize = 4096;
 
-/// The layout of the views this build writes (statements in pages of
-/// `STATEMENT_PAGE_ENTRIES`, each a row of the entries column family, the
-/// last one added to by each batch; an account in one row up to
-/// `INLINE_PIECES_MAX` = 32 pieces), kept in their `meta`. Views without it
-/// were written by an older build: they are rebuilt from the log on start
-/// (so `verify` compares them with a rebuild in the same layout, and the due
-/// index holds what this build schedules: reminders, RFM period ends).
-pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32-arbiters";
-const VIEWS_FORMAT_KEY: &[u8] = b"format";
+pub use store::views::VIEWS_FORMAT;
+use store::views::VIEWS_FORMAT_KEY;
 
 /// Marks `views` as written in this build's layout.
 pub fn mark_format(views: &Db) -> Result<(), store::StoreError> {
@@ -54,27 +47,18 @@ pub fn mark_format(views: &Db) -> Result<(), store::StoreError> {
     views.write(batch)
 }
 
-/// Meta keys `quarantined/<partition BE><offset BE>` → why: a record of
-/// the partition that every reader skips (it does not decode, names
-/// another partition's account, or would break its account's invariants:
-/// ARCHITECTURE.md, "A record no reader can use"). Written in the batch
-/// that moves the position past it, by the writers and a rebuild alike, so
-/// `verify` compares the decisions too; the books read them from the views
-/// they never fold ahead of.
-const QUARANTINED_PREFIX: &[u8] = b"quarantined/";
-
-fn quarantined_key(partition: u32, offset: u64) -> Vec<u8> {
-    let mut k = QUARANTINED_PREFIX.to_vec();
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(&offset.to_be_bytes());
-    k
-}
+// Meta rows `quarantined/…` → why: a record of the partition that every
+// reader skips (it does not decode, names another partition's account, or
+// would break its account's invariants: ARCHITECTURE.md, "A record no
+// reader can use"). Written in the batch that moves the position past it,
+// by the writers and a rebuild alike, so `verify` compares the decisions
+// too; the books read them from the views they never fold ahead of.
 
 /// Skips the record at `at` for the views (`reader` names who read it):
 /// names it at error level and puts its row in `batch`.
 pub fn quarantine(batch: &mut store::Batch, reader: &'static str, at: Position, why: &str) {
     crate::log::arbiter::report(reader, at, why);
-    batch.put(store::Cf::Meta, &quarantined_key(at.partition, at.offset), why.as_bytes());
+    batch.put(store::Cf::Meta, &store::views::quarantined_key(at.partition, at.offset), why.as_bytes());
 }
 
 /// The records of `partition` in `[from, to)` the views skipped, as of
@@ -85,76 +69,53 @@ pub fn quarantined_in(
     from: u64,
     to: u64,
 ) -> Result<std::collections::BTreeMap<u64, String>, store::StoreError> {
+    use store::views::{quarantined_key, quarantined_offset};
     let rows = snap.range(store::Cf::Meta, &quarantined_key(partition, from), &quarantined_key(partition, to))?;
     Ok(rows
         .into_iter()
-        .filter_map(|(k, v)| {
-            let offset = u64::from_be_bytes(k.get(QUARANTINED_PREFIX.len() + 4..)?.try_into().ok()?);
-            Some((offset, String::from_utf8_lossy(&v).into_owned()))
-        })
+        .filter_map(|(k, v)| Some((quarantined_offset(&k)?, String::from_utf8_lossy(&v).into_owned())))
         .collect())
 }
 
-/// Meta keys `arbiter/<partition BE><offset BE>` → the arbitration after
-/// the claim or release at that offset (epoch BE, released, the claiming
-/// writer): where the partition's arbitration changed. Written in the batch
-/// that moves the position past it, by the writers and a rebuild alike, so
-/// a reader starting mid-log (the feed) judges every record as the readers
-/// from offset zero did ([`arbiter_at`]).
-const ARBITER_PREFIX: &[u8] = b"arbiter/";
-
-fn arbiter_key(partition: u32, offset: u64) -> Vec<u8> {
-    let mut k = ARBITER_PREFIX.to_vec();
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(&offset.to_be_bytes());
-    k
-}
+// Meta rows `arbiter/…`: the arbitration after the claim or release at
+// an offset, where the partition's arbitration changed. Written in the
+// batch that moves the position past it, by the writers and a rebuild
+// alike, so a reader starting mid-log (the feed) judges every record as the
+// readers from offset zero did ([`arbiter_at`]).
 
 /// Notes the arbitration `arbiter` took at `at` (a counted claim or release).
 pub fn note_arbiter(batch: &mut store::Batch, at: Position, arbiter: &Arbiter) {
-    let mut v = arbiter.epoch.to_be_bytes().to_vec();
-    v.push(u8::from(arbiter.released));
-    v.extend_from_slice(arbiter.owner.as_ref().map_or("", |o| o.writer.as_str()).as_bytes());
-    batch.put(store::Cf::Meta, &arbiter_key(at.partition, at.offset), &v);
+    batch.put(
+        store::Cf::Meta,
+        &store::views::arbiter_key(at.partition, at.offset),
+        &store::views::arbiter_row(arbiter),
+    );
 }
 
 /// The arbitration of `partition` just before `offset`, as the views noted
 /// it (the default before any claim).
 pub fn arbiter_at(views: &Db, partition: u32, offset: u64) -> Result<Arbiter, store::StoreError> {
     let Some(before) = offset.checked_sub(1) else { return Ok(Arbiter::default()) };
-    let prefix = &arbiter_key(partition, 0)[..ARBITER_PREFIX.len() + 4];
-    let Some((_, v)) = views.seek_prev(store::Cf::Meta, prefix, &arbiter_key(partition, before))? else {
-        return Ok(Arbiter::default());
-    };
-    let (Some(epoch), Some(released)) = (v.get(..8), v.get(8)) else { return Ok(Arbiter::default()) };
-    let writer = String::from_utf8_lossy(&v[9..]).into_owned();
-    Ok(Arbiter {
-        epoch: u64::from_be_bytes(epoch.try_into().expect("eight bytes")),
-        released: *released != 0,
-        owner: Some(std::sync::Arc::new(crate::log::arbiter::Owner { writer, address: String::new() })),
-    })
+    let (prefix, key) = (store::views::arbiter_prefix(partition), store::views::arbiter_key(partition, before));
+    match views.seek_prev(store::Cf::Meta, &prefix, &key)? {
+        None => Ok(Arbiter::default()),
+        Some((_, v)) => store::views::decode_arbiter_row(&v),
+    }
 }
 
-/// Meta keys `rebuilding/<partition BE>`: a partition whose state is being
-/// folded from offset zero behind (its rows go in as table files, the
-/// position last), so what the views hold of it is incomplete. Left by a
-/// fold that did not finish, it makes the next start rebuild the views.
-const REBUILDING_PREFIX: &[u8] = b"rebuilding/";
-
-fn rebuilding_key(partition: u32) -> Vec<u8> {
-    let mut k = REBUILDING_PREFIX.to_vec();
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
+// Meta rows `rebuilding/…`: a partition whose state is being folded from
+// offset zero behind (its rows go in as table files, the position last), so
+// what the views hold of it is incomplete. Left by a fold that did not
+// finish, it makes the next start rebuild the views.
 
 /// Marks `partition` as being folded behind from offset zero (durably,
 /// before any of its rows goes in), or, when `on` is false, as done.
 pub fn mark_rebuilding(views: &Db, partition: u32, on: bool) -> Result<(), store::StoreError> {
     let mut batch = store::Batch::default();
     if on {
-        batch.put(store::Cf::Meta, &rebuilding_key(partition), &[]);
+        batch.put(store::Cf::Meta, &store::views::rebuilding_key(partition), &[]);
     } else {
-        batch.delete(store::Cf::Meta, &rebuilding_key(partition));
+        batch.delete(store::Cf::Meta, &store::views::rebuilding_key(partition));
     }
     views.write(batch)?;
     if on {
@@ -166,7 +127,7 @@ pub fn mark_rebuilding(views: &Db, partition: u32, on: bool) -> Result<(), store
 /// Whether any of `partitions` is being folded behind, as of `snap`.
 pub fn rebuilding(snap: &store::Snapshot, partitions: u32) -> Result<bool, store::StoreError> {
     for p in 0..partitions {
-        if snap.get(store::Cf::Meta, &rebuilding_key(p))?.is_some() {
+        if snap.get(store::Cf::Meta, &store::views::rebuilding_key(p))?.is_some() {
             return Ok(true);
         }
     }
@@ -180,7 +141,9 @@ pub fn open_views(dir: &std::path::Path) -> anyhow::Result<Db> {
     if dir.exists() {
         let views = Db::open(dir, store::VIEW_CFS)?;
         let current = views.get(store::Cf::Meta, VIEWS_FORMAT_KEY)?.as_deref() == Some(VIEWS_FORMAT);
-        let incomplete = !views.scan(store::Cf::Meta, REBUILDING_PREFIX, REBUILDING_PREFIX, 1)?.is_empty();
+        let incomplete = !views
+            .scan(store::Cf::Meta, store::views::REBUILDING_PREFIX, store::views::REBUILDING_PREFIX, 1)?
+            .is_empty();
         if current && !incomplete {
             return Ok(views);
         }

@@ -41,18 +41,14 @@ impl EntryAt {
         b
     }
 
+    /// A page token back (the same 10 bytes end an entry's key).
     pub fn from_bytes(b: &[u8]) -> Option<EntryAt> {
-        if b.len() != 10 {
-            return None;
-        }
-        Some(EntryAt {
-            offset: u64::from_be_bytes(b[..8].try_into().ok()?),
-            index: u16::from_be_bytes(b[8..].try_into().ok()?),
-        })
+        EntryAt::of_key(0, b)
     }
 
     fn of_key(prefix_len: usize, key: &[u8]) -> Option<EntryAt> {
-        EntryAt::from_bytes(key.get(prefix_len..)?)
+        let (offset, index) = store::views::entry_place(prefix_len, key)?;
+        Some(EntryAt { offset, index })
     }
 }
 
@@ -245,8 +241,7 @@ pub fn expiring(
             more = true;
             break;
         }
-        let points =
-            i64::from_be_bytes(v.get(..8).and_then(|b| b.try_into().ok()).ok_or(CodecError::Missing("points"))?);
+        let points = store::views::expiring_points(&v)?;
         lots.push(ExpiringLot { member_id, lot_id, points, expires_at: at });
         last = k[prefix.len()..].to_vec();
     }

@@ -155,6 +155,14 @@ impl Changed {
     }
 }
 
+/// The first key after an account's row and its piece rows (every piece
+/// tag is below 0xff).
+pub fn after_account_rows(account: &AccountKey) -> Vec<u8> {
+    let mut k = super::account_key(account);
+    k.push(0xff);
+    k
+}
+
 /// The key of one piece row.
 pub fn piece_key(account: &[u8], piece: Piece, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + 1 + id.len());

@@ -32,6 +32,15 @@ pub fn parse_account_key(b: &[u8]) -> Option<(AccountKey, &[u8])> {
     Some((AccountKey { tenant_id: tenant, programme_id: programme, member_id: member }, rest))
 }
 
+/// Splits `tenant \0 programme \0` off the front of a key.
+pub fn parse_programme_prefix(b: &[u8]) -> Option<(crate::domain::ProgrammeKey, &[u8])> {
+    let i = b.iter().position(|&x| x == 0)?;
+    let j = i + 1 + b[i + 1..].iter().position(|&x| x == 0)?;
+    let tenant = String::from_utf8(b[..i].to_vec()).ok()?;
+    let programme = String::from_utf8(b[i + 1..j].to_vec()).ok()?;
+    Some((crate::domain::ProgrammeKey { tenant_id: tenant, programme_id: programme }, &b[j + 1..]))
+}
+
 pub fn programme_prefix(tenant: &str, programme: &str) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(tenant.as_bytes());
@@ -63,7 +72,7 @@ pub fn parse_audit_key(prefix_len: usize, k: &[u8]) -> Option<(Millis, (u32, u64
     let partition = u32::from_be_bytes(rest[8..12].try_into().ok()?);
     let offset = u64::from_be_bytes(rest[12..20].try_into().ok()?);
     let index = u16::from_be_bytes(rest[20..22].try_into().ok()?);
-    Some((millis_from_key(rest), (partition, offset, index)))
+    Some((millis_from_key(rest)?, (partition, offset, index)))
 }
 
 /// Big-endian with the sign bit flipped, so instants sort as bytes.
@@ -71,8 +80,30 @@ pub fn millis_key(at: Millis) -> [u8; 8] {
     ((at as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-pub fn millis_from_key(b: &[u8]) -> Millis {
-    (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64
+/// The instant [`millis_key`] put at the start of `b` (None when `b` is
+/// shorter).
+pub fn millis_from_key(b: &[u8]) -> Option<Millis> {
+    Some((u64::from_be_bytes(b.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+/// A number of points (or any i64) as stored: 8 bytes, big-endian.
+pub fn points_row(points: i64) -> [u8; 8] {
+    points.to_be_bytes()
+}
+
+/// The i64 at the start of a stored row (`what` names it in the error).
+pub fn read_i64(v: &[u8], what: &'static str) -> Result<i64, StoreError> {
+    Ok(i64::from_be_bytes(v.get(..8).and_then(|b| b.try_into().ok()).ok_or(StoreError::Layout(what))?))
+}
+
+/// The u64 at the start of a stored row (`what` names it in the error).
+pub fn read_u64(v: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(v.get(..8).and_then(|b| b.try_into().ok()).ok_or(StoreError::Layout(what))?))
+}
+
+/// The u32 at the start of `b`, if it holds one.
+pub fn read_u32(b: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
 }
 
 /// Idempotency records: the account's key, then the request id. A request
@@ -113,9 +144,9 @@ pub fn read_cursor(db: &Db, partition: u32) -> Result<Cursor, StoreError> {
     Ok(match db.get(Cf::Meta, &position_key(partition))? {
         None => Cursor::default(),
         Some(v) => Cursor {
-            next: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            next: read_u64(&v, "a position")?,
             arbiter: Arbiter {
-                epoch: v.get(8..16).map(|e| u64::from_be_bytes(e.try_into().expect("8 bytes"))).unwrap_or(0),
+                epoch: v.get(8..16).map(|e| read_u64(e, "an epoch")).transpose()?.unwrap_or(0),
                 owner: v.get(17..).and_then(decode_owner).map(Arc::new),
                 released: v.get(16) == Some(&2),
             },

@@ -22,8 +22,12 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBat
 use sha2::{Digest, Sha256};
 
 pub mod accounts;
+pub mod books;
 mod keys;
 pub mod snapshot;
+pub mod risk;
+pub mod views;
+pub mod writer;
 
 pub use keys::*;
 
@@ -35,6 +39,9 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error("stored value unreadable: {0}")]
     Codec(#[from] CodecError),
+    /// A row or key shorter than its layout (or otherwise not of it).
+    #[error("stored row does not hold {0}")]
+    Layout(&'static str),
 }
 
 /// A stored row (a `points.state.v1` message) as bytes.
@@ -707,7 +714,7 @@ impl Snapshot<'_> {
     /// The next offset the views of `partition` fold, as of this snapshot.
     pub fn position(&self, partition: u32) -> Result<u64, StoreError> {
         Ok(match self.get(Cf::Meta, &position_key(partition))? {
-            Some(v) => u64::from_be_bytes(v[..8].try_into().expect("stored position")),
+            Some(v) => read_u64(&v, "a position")?,
             None => 0,
         })
     }
@@ -724,7 +731,8 @@ mod tests {
         let b = account_key(&k);
         assert_eq!(parse_account_key(&b), Some((k, &[][..])));
         assert!(millis_key(-5) < millis_key(3));
-        assert_eq!(millis_from_key(&millis_key(-123)), -123);
+        assert_eq!(millis_from_key(&millis_key(-123)), Some(-123));
+        assert_eq!(millis_from_key(&[1, 2, 3]), None);
     }
 
     #[test]

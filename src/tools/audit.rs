@@ -34,8 +34,7 @@ pub fn describe_key(cf: Cf, key: &[u8]) -> String {
     match cf {
         Cf::Accounts => store::parse_account_key(key).map(|(a, _)| a.to_string()),
         Cf::Entries => store::parse_account_key(key).and_then(|(a, rest)| {
-            let offset = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-            let index = u16::from_be_bytes(rest.get(8..10)?.try_into().ok()?);
+            let (offset, index) = store::views::entry_place(0, rest)?;
             Some(format!("{a} @ offset {offset} event {index}"))
         }),
         Cf::Meta => String::from_utf8(key.to_vec()).ok(),

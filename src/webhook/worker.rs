@@ -77,11 +77,7 @@ struct Running {
 
 /// The stored cursor of a lane.
 fn cursor_key(k: &LaneKey) -> Vec<u8> {
-    format!("webhook/{}/{}/{}/", k.0.tenant_id, k.0.programme_id, k.1)
-        .into_bytes()
-        .into_iter()
-        .chain(k.2.to_be_bytes())
-        .collect()
+    crate::store::books::webhook_cursor_key(&k.0, &k.1, k.2)
 }
 
 fn filter_of(w: &Webhook) -> Filter {
@@ -148,7 +144,8 @@ async fn round(parts: &WorkerParts, poster: &Poster, lanes: &mut BTreeMap<LaneKe
 /// A lane from its stored cursor.
 fn open(parts: &WorkerParts, key: &LaneKey) -> Result<Running, String> {
     let stored = parts.books.get(Cf::Outbox, &cursor_key(key)).map_err(|e| e.to_string())?;
-    let next = stored.and_then(|v| Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))).unwrap_or(0);
+    let next =
+        stored.map(|v| crate::store::books::webhook_cursor(&v)).transpose().map_err(|e| e.to_string())?.unwrap_or(0);
     let lane = Lane::at(&parts.source, key.2, next)?;
     parts.deliveries.lock().expect("deliveries lock").entry(key.clone()).or_default().read_to = next;
     Ok(Running { lane: Some(lane), queue: VecDeque::new(), retry_at: None })
@@ -241,7 +238,7 @@ fn millis(i: &pb::FeedItem) -> Millis {
 
 fn store_cursor(parts: &WorkerParts, key: &LaneKey, next: u64) {
     let mut batch = Batch::default();
-    batch.put(Cf::Outbox, &cursor_key(key), &next.to_be_bytes());
+    batch.put(Cf::Outbox, &cursor_key(key), &crate::store::books::webhook_cursor_row(next));
     if let Err(e) = parts.books.write(batch) {
         tracing::warn!(error = %e, webhook = %key.1, "webhooks: cannot store a cursor");
     }

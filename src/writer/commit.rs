@@ -170,7 +170,7 @@ impl PartitionWriter {
         }
         for ((p, day), v) in issued.iter_mut() {
             *v += self.issued_in_partition(p, *day);
-            batch.put(Cf::Issuance, &issued_key(self.partition, p, *day), &v.to_be_bytes());
+            batch.put(Cf::Issuance, &issued_key(self.partition, p, *day), &store::points_row(*v));
         }
         for (account, request_id, fingerprint, reply) in &work.replies {
             batch.put_vec(

@@ -54,38 +54,15 @@ impl Issuance {
     }
 }
 
-/// `issued/<partition BE>/<tenant \0 programme \0><day>`: a partition's
-/// persisted issuance per programme day (the `issuance` column family).
-pub fn issued_key(partition: u32, p: &ProgrammeKey, day: i64) -> Vec<u8> {
-    let mut k = issued_prefix(partition);
-    k.extend_from_slice(&store::programme_prefix(&p.tenant_id, &p.programme_id));
-    k.extend_from_slice(&store::millis_key(day));
-    k
-}
-
-pub fn issued_prefix(partition: u32) -> Vec<u8> {
-    let mut k = b"issued/".to_vec();
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
-}
-
-/// Splits `tenant \0 programme \0` off the front of a key.
-pub fn parse_programme_prefix(b: &[u8]) -> Option<(ProgrammeKey, &[u8])> {
-    let i = b.iter().position(|&x| x == 0)?;
-    let j = i + 1 + b[i + 1..].iter().position(|&x| x == 0)?;
-    let tenant = String::from_utf8(b[..i].to_vec()).ok()?;
-    let programme = String::from_utf8(b[i + 1..j].to_vec()).ok()?;
-    Some((ProgrammeKey { tenant_id: tenant, programme_id: programme }, &b[j + 1..]))
-}
+pub use crate::store::writer::issued_key;
 
 /// A partition's persisted issuance.
 pub fn load(db: &store::Db, partition: u32) -> Result<Granted, store::StoreError> {
-    let prefix = issued_prefix(partition);
+    let prefix = store::writer::issued_prefix(partition);
     let mut persisted = Granted::new();
     for (k, v) in db.scan(store::Cf::Issuance, &prefix, &prefix, usize::MAX)? {
-        let Some((p, rest)) = parse_programme_prefix(&k[prefix.len()..]) else { continue };
-        let value = i64::from_be_bytes(v[..8].try_into().expect("stored issuance"));
-        persisted.insert((p, store::millis_from_key(rest)), value);
+        let (p, day) = store::writer::parse_issued_key(partition, &k)?;
+        persisted.insert((p, day), store::read_i64(&v, "issued points")?);
     }
     Ok(persisted)
 }

@@ -263,7 +263,7 @@ impl Beside for WriterRows {
             let issued = std::mem::take(&mut self.issued);
             let rows = issued
                 .into_iter()
-                .map(|((p, day), v)| (issued_key(self.partition, &p, day), Some(v.to_be_bytes().to_vec())))
+                .map(|((p, day), v)| (issued_key(self.partition, &p, day), Some(store::points_row(v).to_vec())))
                 .collect();
             out.push((Cf::Issuance, rows));
         }

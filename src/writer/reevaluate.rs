@@ -22,38 +22,7 @@ use crate::programmes::Registry;
 /// Rows to write: (key, value).
 pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The progress row of `programme` in `partition`: after every instant.
-fn progress_key(partition: u32, programme: &ProgrammeKey) -> Vec<u8> {
-    let mut k = partition.to_be_bytes().to_vec();
-    k.extend_from_slice(&[0xff; 8]);
-    k.extend_from_slice(b"levels\0");
-    k.extend_from_slice(&store::programme_prefix(&programme.tenant_id, &programme.programme_id));
-    k
-}
-
-/// How far a partition walked a programme: the version, and the key to go
-/// on from (`None`: done).
-struct Progress {
-    version: u64,
-    next: Option<Vec<u8>>,
-}
-
-impl Progress {
-    fn encode(&self) -> Vec<u8> {
-        let mut v = self.version.to_be_bytes().to_vec();
-        if let Some(next) = &self.next {
-            v.push(1);
-            v.extend_from_slice(next);
-        }
-        v
-    }
-
-    fn decode(b: &[u8]) -> Option<Progress> {
-        let version = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-        let next = (b.len() > 8).then(|| b[9..].to_vec());
-        Some(Progress { version, next })
-    }
-}
+use crate::store::writer::{levels_progress_key, LevelsProgress as Progress};
 
 /// Whether two versions decide levels alike (a change of growth model or of
 /// the RFM rules changes the growth levels follow, and when evaluations fall
@@ -82,8 +51,8 @@ pub(super) fn accounts_to_evaluate(
         if budget == 0 {
             break;
         }
-        let key = progress_key(partition, &p.key());
-        let stored = db.get(Cf::Due, &key)?.and_then(|b| Progress::decode(&b));
+        let key = levels_progress_key(partition, &p.key());
+        let stored = db.get(Cf::Due, &key)?.map(|b| Progress::decode(&b)).transpose()?;
         let mut progress = match stored {
             Some(s) if s.version == p.version && s.next.is_none() => continue,
             Some(s) if s.version == p.version => s,
@@ -130,8 +99,7 @@ fn walk(
         *budget -= 1;
         let Some((account, _)) = store::parse_account_key(&k) else { return Ok(None) };
         // Past the account and its piece rows (its key, then a tag).
-        start = store::account_key(&account);
-        start.push(0xff);
+        start = store::accounts::after_account_rows(&account);
         visit(account);
     }
     Ok(Some(start))

@@ -45,11 +45,14 @@ pub(super) fn due_accounts(
     now: Millis,
     max: usize,
 ) -> Result<Vec<(Vec<u8>, AccountKey)>, store::StoreError> {
-    let prefix = partition.to_be_bytes();
+    let prefix = store::writer::due_prefix(partition);
     let rows = db.scan(Cf::Due, &prefix, &prefix, max)?;
+    // Rows of another layout (a level walk's progress) sort after every
+    // due instant, so the first row that is not a due key ends the scan.
     Ok(rows
         .into_iter()
-        .take_while(|(k, _)| store::millis_from_key(&k[4..12]) <= now)
-        .filter_map(|(k, _)| store::parse_account_key(&k[12..]).map(|(a, _)| (k.clone(), a)))
+        .map_while(|(k, _)| store::writer::parse_due_key(&k).map(|(at, a)| (k, at, a)))
+        .take_while(|(_, at, _)| *at <= now)
+        .map(|(k, _, a)| (k, a))
         .collect())
 }
