@@ -70,7 +70,7 @@ async fn health_and_readiness_answer_on_the_admin_listener() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_sampled_gauges_show_the_readers_lag_and_the_programmes_day() {
+async fn the_sampled_gauges_show_the_readers_lag_the_writers_modes_and_the_programmes_day() {
     let h = Harness::start().await;
     configure(&h, programme()).await;
     let mut c = h.ledger().await;
@@ -83,6 +83,8 @@ async fn the_sampled_gauges_show_the_readers_lag_and_the_programmes_day() {
         if sample(&text, series) == 250.0 {
             assert!(text.contains(r#"points_ledger_lag_records{reader="views",partition="0"}"#), "{text}");
             assert!(text.contains(r#"points_ledger_rocksdb_running_compactions{database="books"}"#));
+            let mode = |m: &str| sample(&text, &format!(r#"points_ledger_writer_mode{{partition="0",mode="{m}"}}"#));
+            assert_eq!((mode("writing"), mode("following"), mode("fenced")), (1.0, 0.0, 0.0), "{text}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the day's issuance never showed:\n{text}");

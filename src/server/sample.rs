@@ -43,6 +43,7 @@ pub async fn run(ledger: Arc<Ledger>, metrics: Metrics) {
 
 fn sample(ledger: &Ledger, metrics: &Metrics, caught_up: &mut CaughtUp, books_too: bool) {
     lags(ledger, metrics, caught_up);
+    writer_modes(ledger, metrics);
     for (name, db) in [("views", &ledger.views), ("books", &ledger.books)] {
         rocksdb(metrics, name, db);
     }
@@ -70,6 +71,18 @@ fn lags(ledger: &Ledger, metrics: &Metrics, caught_up: &mut CaughtUp) {
             let labels = [("reader", reader.to_string()), ("partition", p.to_string())];
             metrics.gauge(m::LAG_RECORDS, &labels).set(behind);
             metrics.gauge(m::LAG_SECONDS, &labels).set_duration(now.duration_since(*since));
+        }
+    }
+}
+
+/// Each partition's writer mode, one series per mode (1 for the current).
+fn writer_modes(ledger: &Ledger, metrics: &Metrics) {
+    let ownership = ledger.writers.ownership();
+    for p in 0..ledger.writers.partitions() {
+        let now = ownership.status(p);
+        for mode in crate::writer::Mode::ALL {
+            let labels = [("partition", p.to_string()), ("mode", mode.name().to_string())];
+            metrics.gauge(m::WRITER_MODE, &labels).set(u64::from(mode == now));
         }
     }
 }

@@ -24,8 +24,20 @@ pub enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 6] =
+    pub const ALL: [Mode; 6] =
         [Mode::CatchingUp, Mode::Writing, Mode::Following, Mode::Releasing, Mode::Fenced, Mode::Stopped];
+
+    /// Its name in the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::CatchingUp => "catching_up",
+            Mode::Writing => "writing",
+            Mode::Following => "following",
+            Mode::Releasing => "releasing",
+            Mode::Fenced => "fenced",
+            Mode::Stopped => "stopped",
+        }
+    }
 
     /// The mode stored as `byte` (an atomic holds it).
     pub(super) fn from_byte(byte: u8) -> Mode {
