@@ -409,7 +409,8 @@ impl RiskFold {
         let crossed = members.len() == n + 1;
         for (k, v) in members.iter().filter(|(k, _)| crossed || k.as_slice() == row) {
             let member = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let Seen { at, partition, .. } = Seen::decode(v)?;
+            // A row that does not read raises nothing; the fold goes on.
+            let Ok(Seen { at, partition, .. }) = Seen::decode(v) else { continue };
             let account = AccountKey::new(&pk.tenant_id, &pk.programme_id, &member);
             let alert = state::Alert {
                 rule: "shared_address".into(),
