@@ -149,9 +149,10 @@ pub fn expiry_forecast(
         next.push(0);
         let full = rows.len() == FORECAST_PAGE_ROWS;
         for (k, v) in rows {
-            let Some((_, at, _)) = store::views::parse_expiring_key(prefix.len(), &k) else {
-                return Err(store::StoreError::Layout("an expiring lot's key").into());
-            };
+            let at = k
+                .get(prefix.len()..)
+                .and_then(store::millis_from_key)
+                .ok_or(store::StoreError::Layout("an expiring lot's key"))?;
             if at >= end_ms {
                 return Ok(out);
             }

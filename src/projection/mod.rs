@@ -99,7 +99,11 @@ pub fn arbiter_at(views: &Db, partition: u32, offset: u64) -> Result<Arbiter, st
     let (prefix, key) = (store::views::arbiter_prefix(partition), store::views::arbiter_key(partition, before));
     match views.seek_prev(store::Cf::Meta, &prefix, &key)? {
         None => Ok(Arbiter::default()),
-        Some((_, v)) => store::views::decode_arbiter_row(&v),
+        // A row that does not read counts as no claim, as before any.
+        Some((_, v)) => Ok(store::views::decode_arbiter_row(&v).unwrap_or_else(|e| {
+            tracing::warn!(partition, offset, error = %e, "arbiter row unreadable");
+            Arbiter::default()
+        })),
     }
 }
 

@@ -31,6 +31,9 @@ pub fn book_key(tenant: &str, programme: &str, partition: u32, day: i64) -> Vec<
 pub fn parse_book_key(k: &[u8]) -> Result<(ProgrammeKey, u32, i64), StoreError> {
     let bad = || StoreError::Layout("a daily book's key");
     let (programme, rest) = parse_programme_prefix(k).ok_or_else(bad)?;
+    if rest.len() != 12 {
+        return Err(bad());
+    }
     let partition = read_u32(rest).ok_or_else(bad)?;
     let day = rest.get(4..).and_then(millis_from_key).ok_or_else(bad)?;
     Ok((programme, partition, day))
@@ -63,6 +66,7 @@ mod tests {
         assert_eq!(parse_book_key(&book_key("t", "p", 3, -2)).unwrap(), (p, 3, -2));
         assert!(parse_book_key(&book_partition_prefix("t", "p", 3)).is_err());
         assert!(parse_book_key(b"t\0p\0\0\0").is_err());
+        assert!(parse_book_key(&[book_key("t", "p", 3, -2), vec![0]].concat()).is_err());
         assert!(webhook_cursor(&[1]).is_err());
     }
 }

@@ -63,7 +63,7 @@ pub fn arbiter_row(arbiter: &Arbiter) -> Vec<u8> {
 /// An arbiter row back (the owner's address is not kept).
 pub fn decode_arbiter_row(v: &[u8]) -> Result<Arbiter, StoreError> {
     let released = *v.get(8).ok_or(StoreError::Layout("an arbitration"))?;
-    let writer = String::from_utf8_lossy(&v[9..]).into_owned();
+    let writer = String::from_utf8_lossy(v.get(9..).unwrap_or_default()).into_owned();
     Ok(Arbiter {
         epoch: super::read_u64(v, "an arbitration")?,
         released: released != 0,

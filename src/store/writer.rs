@@ -33,12 +33,16 @@ pub fn due_prefix(partition: u32) -> [u8; 4] {
     partition.to_be_bytes()
 }
 
-/// The instant and account a due key names (None for a row of another
-/// layout, such as a level walk's progress, which sorts after every due
-/// instant).
-pub fn parse_due_key(k: &[u8]) -> Option<(Millis, AccountKey)> {
+/// The instant a due key (or a level walk's progress row, whose instant
+/// bytes are all 0xff: after every due instant) sorts at.
+pub fn due_instant(k: &[u8]) -> Option<Millis> {
     read_u32(k)?;
-    let at = millis_from_key(k.get(4..)?)?;
+    millis_from_key(k.get(4..)?)
+}
+
+/// The instant and account a due key names.
+pub fn parse_due_key(k: &[u8]) -> Option<(Millis, AccountKey)> {
+    let at = due_instant(k)?;
     let (account, _) = super::parse_account_key(k.get(12..)?)?;
     Some((at, account))
 }
@@ -92,6 +96,7 @@ mod tests {
         let a = AccountKey::new("t", "p", "m");
         assert_eq!(parse_due_key(&super::super::due_key(1, -4, &a)), Some((-4, a)));
         assert_eq!(parse_due_key(&[0, 0, 0, 1, 9]), None);
+        assert_eq!(due_instant(&levels_progress_key(1, &p)), Some(i64::MAX));
         let walk = LevelsProgress { version: 3, next: Some(b"k".to_vec()) };
         assert_eq!(LevelsProgress::decode(&walk.encode()).unwrap(), walk);
         let done = LevelsProgress { version: 3, next: None };

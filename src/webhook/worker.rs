@@ -144,8 +144,9 @@ async fn round(parts: &WorkerParts, poster: &Poster, lanes: &mut BTreeMap<LaneKe
 /// A lane from its stored cursor.
 fn open(parts: &WorkerParts, key: &LaneKey) -> Result<Running, String> {
     let stored = parts.books.get(Cf::Outbox, &cursor_key(key)).map_err(|e| e.to_string())?;
-    let next =
-        stored.map(|v| crate::store::books::webhook_cursor(&v)).transpose().map_err(|e| e.to_string())?.unwrap_or(0);
+    // A cursor that does not read starts the lane at the beginning
+    // (deliveries are at least once; receivers drop an id seen before).
+    let next = stored.and_then(|v| crate::store::books::webhook_cursor(&v).ok()).unwrap_or(0);
     let lane = Lane::at(&parts.source, key.2, next)?;
     parts.deliveries.lock().expect("deliveries lock").entry(key.clone()).or_default().read_to = next;
     Ok(Running { lane: Some(lane), queue: VecDeque::new(), retry_at: None })

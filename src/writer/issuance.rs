@@ -61,7 +61,10 @@ pub fn load(db: &store::Db, partition: u32) -> Result<Granted, store::StoreError
     let prefix = store::writer::issued_prefix(partition);
     let mut persisted = Granted::new();
     for (k, v) in db.scan(store::Cf::Issuance, &prefix, &prefix, usize::MAX)? {
-        let (p, day) = store::writer::parse_issued_key(partition, &k)?;
+        let Ok((p, day)) = store::writer::parse_issued_key(partition, &k) else {
+            tracing::warn!(partition, key = %crate::hex(&k), "issuance row with a key of another layout skipped");
+            continue;
+        };
         persisted.insert((p, day), store::read_i64(&v, "issued points")?);
     }
     Ok(persisted)

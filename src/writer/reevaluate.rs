@@ -52,7 +52,10 @@ pub(super) fn accounts_to_evaluate(
             break;
         }
         let key = levels_progress_key(partition, &p.key());
-        let stored = db.get(Cf::Due, &key)?.map(|b| Progress::decode(&b)).transpose()?;
+        // A row that does not read starts the walk over (and is written anew).
+        let stored = db.get(Cf::Due, &key)?.and_then(|b| {
+            Progress::decode(&b).inspect_err(|e| tracing::warn!(error = %e, "level walk progress unreadable")).ok()
+        });
         let mut progress = match stored {
             Some(s) if s.version == p.version && s.next.is_none() => continue,
             Some(s) if s.version == p.version => s,

@@ -133,7 +133,10 @@ impl PartitionWriter {
             }
         }
         self.release_marker();
-        self.ownership.set_status(self.partition, Mode::Following, None);
+        // A batch fenced meanwhile left the writer fenced; else it follows.
+        if self.ownership.status(self.partition) == Mode::Releasing {
+            self.ownership.set_status(self.partition, Mode::Following, None);
+        }
         tracing::info!(partition = self.partition, next = self.cursor.next, "released the partition");
     }
 

@@ -47,12 +47,39 @@ pub(super) fn due_accounts(
 ) -> Result<Vec<(Vec<u8>, AccountKey)>, store::StoreError> {
     let prefix = store::writer::due_prefix(partition);
     let rows = db.scan(Cf::Due, &prefix, &prefix, max)?;
-    // Rows of another layout (a level walk's progress) sort after every
-    // due instant, so the first row that is not a due key ends the scan.
+    // The level walk's progress rows sort after every due instant (their
+    // instant bytes are all 0xff), so the instant alone ends the scan; a row
+    // whose account does not read is passed over.
     Ok(rows
         .into_iter()
-        .map_while(|(k, _)| store::writer::parse_due_key(&k).map(|(at, a)| (k, at, a)))
-        .take_while(|(_, at, _)| *at <= now)
-        .map(|(k, _, a)| (k, a))
+        .take_while(|(k, _)| store::writer::due_instant(k).is_some_and(|at| at <= now))
+        .filter_map(|(k, _)| store::writer::parse_due_key(&k).map(|(_, a)| (k, a)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_due_row_that_does_not_read_is_passed_over_and_the_walks_progress_ends_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
+        let (a, b) = (AccountKey::new("t", "p", "a"), AccountKey::new("t", "p", "b"));
+        let mut batch = store::Batch::default();
+        batch.put(Cf::Due, &store::due_key(0, 10, &a), &[]);
+        let mut unreadable = store::writer::due_prefix(0).to_vec();
+        unreadable.extend_from_slice(&store::millis_key(20));
+        unreadable.extend_from_slice(b"no account here");
+        batch.put(Cf::Due, &unreadable, &[]);
+        batch.put(Cf::Due, &store::due_key(0, 30, &b), &[]);
+        batch.put(Cf::Due, &store::writer::levels_progress_key(0, &a.programme()), b"\0\0\0\0\0\0\0\x01");
+        batch.put(Cf::Due, &store::due_key(1, 5, &b), &[]);
+        db.write(batch).unwrap();
+
+        let due: Vec<AccountKey> = due_accounts(&db, 0, 100, 10).unwrap().into_iter().map(|(_, k)| k).collect();
+        assert_eq!(due, [a.clone(), b.clone()], "the row that does not read is skipped, not an end");
+        let due: Vec<AccountKey> = due_accounts(&db, 0, 15, 10).unwrap().into_iter().map(|(_, k)| k).collect();
+        assert_eq!(due, [a], "only what is due by now");
+    }
 }
