@@ -612,7 +612,7 @@ pub fn pending_to_pb(a: &Account, position: pb::LogPosition) -> pb::ListPendingP
             .into_iter()
             .take(PENDING_LOTS_SHOWN_MAX)
             .map(|(id, l)| pb::Lot {
-                lot_id: id.clone(),
+                lot_id: id.to_string(),
                 remaining: l.remaining,
                 expires_at: l.expires_at.map(timestamp),
             })
@@ -637,16 +637,16 @@ pub fn account_to_pb(
     let fefo = a.lots_fefo();
     let start = after
         .as_ref()
-        .map_or(0, |(at, id)| fefo.partition_point(|(i, l)| (order(l), i.as_str()) <= (*at, id.as_str())));
+        .map_or(0, |(at, id)| fefo.partition_point(|(i, l)| (order(l), *i) <= (*at, &domain::Id::of(id))));
     let page = &fefo[start..fefo.len().min(start.saturating_add(page_size))];
     let lots_next_page_token = match page.last() {
-        Some((id, l)) if start + page.len() < fefo.len() => lots_token(order(l), id),
+        Some((id, l)) if start + page.len() < fefo.len() => lots_token(order(l), &id.to_string()),
         _ => String::new(),
     };
     let lots = page
         .iter()
         .map(|(id, l)| pb::Lot {
-            lot_id: (*id).clone(),
+            lot_id: id.to_string(),
             remaining: l.remaining,
             expires_at: l.expires_at.map(timestamp),
         })
@@ -687,7 +687,7 @@ pub fn account_to_pb(
             .into_iter()
             .take(ACCOUNT_RESERVATIONS_SHOWN_MAX)
             .map(|(id, r)| pb::Reservation {
-                reservation_id: id.clone(),
+                reservation_id: id.to_string(),
                 order_ref: r.order_ref.clone(),
                 points: r.held(),
                 expires_at: Some(timestamp(r.expires_at)),

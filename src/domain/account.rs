@@ -1,6 +1,6 @@
 //! An account's state and the fold of events into it.
 
-use super::{Event, ExpiryCause, LotAmount, Millis, Points, ReleaseCause, VecMap};
+use super::{Event, ExpiryCause, Id, LotAmount, Millis, Points, ReleaseCause, VecMap};
 
 /// One earn (or credit adjustment) with its own expiry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,18 +80,41 @@ impl EarnRecord {
     }
 }
 
+/// A lot's share in a spend or a hold: the account's own copy of an event's
+/// [`LotAmount`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub lot: Id,
+    pub points: Points,
+}
+
+impl Share {
+    pub fn of(lots: &[LotAmount]) -> Vec<Share> {
+        lots.iter().map(|l| Share { lot: Id::of(&l.lot_id), points: l.points }).collect()
+    }
+
+    /// As an event names them.
+    pub fn amounts(shares: &[Share]) -> Vec<LotAmount> {
+        shares.iter().map(|s| LotAmount { lot_id: s.lot.to_string(), points: s.points }).collect()
+    }
+
+    pub fn sum(shares: &[Share]) -> Points {
+        shares.iter().map(|s| s.points).sum()
+    }
+}
+
 /// What a later `Refund` needs to know about a spend (or a capture).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SpendRecord {
     /// The lots that paid, in the order they were consumed.
-    pub lots: Vec<LotAmount>,
+    pub lots: Vec<Share>,
     /// Refunded so far, per lot.
-    pub refunded: VecMap<String, Points>,
+    pub refunded: VecMap<Id, Points>,
 }
 
 impl SpendRecord {
     pub fn refundable(&self) -> Points {
-        super::sum(&self.lots) - self.refunded.values().sum::<Points>()
+        Share::sum(&self.lots) - self.refunded.values().sum::<Points>()
     }
 }
 
@@ -109,7 +132,7 @@ pub struct ReservationRecord {
     /// The order's cash part in minor units (0: points only).
     pub order_cash_minor: i64,
     /// The held points, by the lot they were taken from.
-    pub lots: Vec<LotAmount>,
+    pub lots: Vec<Share>,
     pub expires_at: Millis,
     pub status: ReservationStatus,
 }
@@ -117,7 +140,7 @@ pub struct ReservationRecord {
 impl ReservationRecord {
     pub fn held(&self) -> Points {
         if self.status == ReservationStatus::Open {
-            super::sum(&self.lots)
+            Share::sum(&self.lots)
         } else {
             0
         }
@@ -220,10 +243,10 @@ const DEBUG_FULL_CHECK_LOTS_MAX: usize = 2_000;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Account {
     /// Every lot by id (the earn's or credit's request id).
-    pub lots: VecMap<String, Lot>,
-    pub earns: VecMap<String, EarnRecord>,
-    pub spends: VecMap<String, SpendRecord>,
-    pub reservations: VecMap<String, ReservationRecord>,
+    pub lots: VecMap<Id, Lot>,
+    pub earns: VecMap<Id, EarnRecord>,
+    pub spends: VecMap<Id, SpendRecord>,
+    pub reservations: VecMap<Id, ReservationRecord>,
     /// Clawed-back points the member owes; earns and credits repay it first.
     pub debt: Points,
     /// Reversed points that were written off (the member had spent, held or
@@ -361,7 +384,7 @@ impl Account {
     }
 
     /// The pending lots, by id.
-    pub fn pending_lots(&self) -> impl Iterator<Item = (&String, &Lot)> {
+    pub fn pending_lots(&self) -> impl Iterator<Item = (&Id, &Lot)> {
         self.lots.iter().filter(|(_, l)| l.pending && l.remaining > 0)
     }
 
@@ -423,7 +446,7 @@ impl Account {
     }
 
     /// Lots with points in them, soonest-expiring first (never-expiring last).
-    pub fn lots_fefo(&self) -> Vec<(&String, &Lot)> {
+    pub fn lots_fefo(&self) -> Vec<(&Id, &Lot)> {
         let mut lots: Vec<_> = self.lots.iter().filter(|(_, l)| l.spendable() > 0).collect();
         lots.sort_unstable_by_key(|(id, l)| (l.expires_at.unwrap_or(Millis::MAX), *id));
         lots
@@ -473,7 +496,7 @@ impl Account {
                     growth_expired: 0,
                 };
                 self.count_growth(&earn, 1);
-                self.earns.insert(lot_id.clone(), earn);
+                self.earns.insert(Id::of(lot_id), earn);
                 if self.day != *day {
                     self.day = *day;
                     self.day_earned = 0;
@@ -484,18 +507,18 @@ impl Account {
             }
             Event::PointsSpent { spend_id, lots, .. } => {
                 self.take(lots);
-                self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: VecMap::new() });
+                self.spends.insert(Id::of(spend_id), SpendRecord { lots: Share::of(lots), refunded: VecMap::new() });
             }
             Event::PointsReserved { reservation_id, order_ref, lots, expires_at, order_cash_minor, .. } => {
                 self.take(lots);
                 self.sums.reserved += super::sum(lots);
                 self.sums.count_in(Due::Hold, *expires_at);
                 self.reservations.insert(
-                    reservation_id.clone(),
+                    Id::of(reservation_id),
                     ReservationRecord {
                         order_ref: order_ref.clone(),
                         order_cash_minor: *order_cash_minor,
-                        lots: lots.clone(),
+                        lots: Share::of(lots),
                         expires_at: *expires_at,
                         status: super::ReservationStatus::Open,
                     },
@@ -504,7 +527,7 @@ impl Account {
             Event::ReservationCaptured { reservation_id, spend_id, lots, released_lots, .. } => {
                 self.settle(reservation_id, ReservationStatus::Captured);
                 self.give(released_lots);
-                self.spends.insert(spend_id.clone(), SpendRecord { lots: lots.clone(), refunded: VecMap::new() });
+                self.spends.insert(Id::of(spend_id), SpendRecord { lots: Share::of(lots), refunded: VecMap::new() });
             }
             Event::ReservationReleased { reservation_id, lots, cause, .. } => {
                 let status = match cause {
@@ -516,9 +539,9 @@ impl Account {
             }
             Event::SpendRefunded { spend_id, lots, .. } => {
                 self.give(lots);
-                let spend = self.spends.get_mut(spend_id).expect("refund of a recorded spend");
+                let spend = self.spends.get_mut(&Id::of(spend_id)).expect("refund of a recorded spend");
                 for l in lots {
-                    *spend.refunded.entry_or_default(l.lot_id.clone()) += l.points;
+                    *spend.refunded.entry_or_default(Id::of(&l.lot_id)) += l.points;
                 }
             }
             Event::EarnReversed { earn_id, points, taken, debt_added, written_off, growth, .. } => {
@@ -526,7 +549,7 @@ impl Account {
                 self.debt += debt_added;
                 self.written_off_open += written_off;
                 self.growth -= growth;
-                let earn = self.earns.get_mut(earn_id).expect("reversal of a recorded earn");
+                let earn = self.earns.get_mut(&Id::of(earn_id)).expect("reversal of a recorded earn");
                 let before = earn.clone();
                 earn.reversed += points;
                 earn.growth_reversed += growth;
@@ -564,7 +587,7 @@ impl Account {
             }
             Event::GrowthExpired { earns, .. } => {
                 for e in earns {
-                    let earn = self.earns.get_mut(&e.lot_id).expect("growth expiry of a recorded earn");
+                    let earn = self.earns.get_mut(&Id::of(&e.lot_id)).expect("growth expiry of a recorded earn");
                     assert!(
                         e.points >= 0 && e.points <= earn.growth_in_window(),
                         "earn {} growth over-expired",
@@ -594,7 +617,7 @@ impl Account {
                     let earn = EarnRecord { growth: *growth, day: *day, ..EarnRecord::default() };
                     self.count_growth(&earn, 1);
                     self.growth += growth;
-                    let previous = self.earns.insert(adjustment_id.clone(), earn);
+                    let previous = self.earns.insert(Id::of(adjustment_id), earn);
                     assert!(previous.is_none(), "earn {adjustment_id} recorded twice");
                 } else {
                     self.take_growth(earns);
@@ -604,7 +627,10 @@ impl Account {
             Event::ExpiryReminderDue { lots, day, .. } => {
                 self.reminded_day = Some(self.reminded_day.map_or(*day, |d| d.max(*day)));
                 for l in lots {
-                    let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("reminder of no lot {}", l.lot_id));
+                    let lot = self
+                        .lots
+                        .get_mut(&Id::of(&l.lot_id))
+                        .unwrap_or_else(|| panic!("reminder of no lot {}", l.lot_id));
                     if let Some(at) = lot.to_remind() {
                         self.sums.count_out(Due::Reminder, at);
                     }
@@ -653,7 +679,7 @@ impl Account {
     fn credit_pending(&mut self, lot_id: &str, points: Points, expires_at: Option<Millis>) {
         if points > 0 {
             let lot = Lot { earned: points, remaining: points, expires_at, reminded: false, pending: true };
-            let previous = self.lots.insert(lot_id.into(), lot);
+            let previous = self.lots.insert(Id::of(lot_id), lot);
             assert!(previous.is_none(), "lot {lot_id} credited twice");
             self.sums.pending += points;
             self.sums.lots_with_points += 1;
@@ -664,7 +690,7 @@ impl Account {
     /// forfeited (whole: they are emptied).
     fn settle_pending(&mut self, lots: &[LotAmount], release: bool) {
         for l in lots {
-            let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
+            let lot = self.lots.get_mut(&Id::of(&l.lot_id)).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
             assert!(lot.pending && lot.remaining == l.points, "lot {} is not pending {}", l.lot_id, l.points);
             lot.pending = false;
             self.sums.pending -= l.points;
@@ -687,7 +713,7 @@ impl Account {
     /// A forfeited earn is settled: nothing of it is left to reverse, and
     /// its growth is taken back.
     fn forfeit_earn(&mut self, earn_id: &str, points: Points) {
-        let Some(earn) = self.earns.get_mut(earn_id) else { return };
+        let Some(earn) = self.earns.get_mut(&Id::of(earn_id)) else { return };
         let before = earn.clone();
         let growth = earn.growth_in_window();
         earn.reversed = earn.reversed.saturating_add(points).min(earn.points);
@@ -701,7 +727,7 @@ impl Account {
     fn credit_lot(&mut self, lot_id: &str, points: Points, expires_at: Option<Millis>) {
         if points > 0 {
             let lot = Lot { earned: points, remaining: points, expires_at, reminded: false, pending: false };
-            let previous = self.lots.insert(lot_id.into(), lot);
+            let previous = self.lots.insert(Id::of(lot_id), lot);
             assert!(previous.is_none(), "lot {lot_id} credited twice");
             self.sums.available += points;
             self.sums.lots_with_points += 1;
@@ -714,7 +740,7 @@ impl Account {
 
     fn take(&mut self, lots: &[LotAmount]) {
         for l in lots {
-            let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
+            let lot = self.lots.get_mut(&Id::of(&l.lot_id)).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
             assert!(!lot.pending || l.points == 0, "points taken from pending lot {}", l.lot_id);
             assert!(
                 l.points >= 0 && lot.remaining >= l.points,
@@ -739,7 +765,7 @@ impl Account {
 
     fn give(&mut self, lots: &[LotAmount]) {
         for l in lots {
-            let lot = self.lots.get_mut(&l.lot_id).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
+            let lot = self.lots.get_mut(&Id::of(&l.lot_id)).unwrap_or_else(|| panic!("no lot {}", l.lot_id));
             assert!(l.points >= 0, "negative points back into lot {}", l.lot_id);
             assert!(!lot.pending || l.points == 0, "points given to pending lot {}", l.lot_id);
             if lot.remaining == 0 && l.points > 0 {
@@ -799,7 +825,7 @@ impl Account {
     /// Growth a penalty takes, by earn.
     fn take_growth(&mut self, earns: &[LotAmount]) {
         for e in earns {
-            let earn = self.earns.get_mut(&e.lot_id).expect("growth taken from a recorded earn");
+            let earn = self.earns.get_mut(&Id::of(&e.lot_id)).expect("growth taken from a recorded earn");
             assert!(e.points >= 0 && e.points <= earn.growth_in_window(), "earn {} growth over-taken", e.lot_id);
             let before = earn.clone();
             earn.growth_reversed += e.points;
@@ -823,10 +849,10 @@ impl Account {
     }
 
     fn settle(&mut self, reservation_id: &str, status: ReservationStatus) {
-        let r = self.reservations.get_mut(reservation_id).expect("settle of a recorded reservation");
+        let r = self.reservations.get_mut(&Id::of(reservation_id)).expect("settle of a recorded reservation");
         assert_eq!(r.status, ReservationStatus::Open, "reservation {reservation_id} settled twice");
         r.status = status;
-        self.sums.reserved -= super::sum(&r.lots);
+        self.sums.reserved -= Share::sum(&r.lots);
         self.sums.count_out(Due::Hold, r.expires_at);
     }
 

@@ -165,7 +165,7 @@ fn registration_earns_its_bonus_into_a_lot_named_by_the_request_with_the_action_
     let events = s.then_ok("reg-1", activity("register"));
     let Event::PointsEarned { lot_id, reason, granted, .. } = &events[1] else { panic!("{events:?}") };
     assert_eq!((lot_id.as_str(), reason.as_str(), *granted), ("reg-1", "register", 100));
-    assert_eq!(s.account.lots["reg-1"].remaining, 100);
+    assert_eq!(s.account.lots[&Id::of("reg-1")].remaining, 100);
 }
 
 #[test]

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use super::{Account, Event, LotAmount, Points, ReservationStatus};
+use super::{Account, Event, Id, LotAmount, Points, ReservationStatus};
 
 /// Entries an [`Overlay`] searches one by one before it builds an index
 /// (most records name a handful of lots; a due expiry may name thousands).
@@ -254,7 +254,7 @@ impl<'a> Sim<'a> {
 
     /// Points left in a lot as this record leaves it (None: no such lot).
     fn lot(&self, id: &str) -> Option<Points> {
-        self.lots.get(&id).copied().or_else(|| self.account.lots.get(id).map(|l| l.remaining))
+        self.lots.get(&id).copied().or_else(|| self.account.lots.get(&Id::of(id)).map(|l| l.remaining))
     }
 
     /// Events of holds and pending points.
@@ -294,7 +294,7 @@ impl<'a> Sim<'a> {
 
     /// Whether a lot is pending as this record leaves it.
     fn is_pending(&self, id: &str) -> bool {
-        self.pending.get(&id).copied().unwrap_or_else(|| self.account.lots.get(id).is_some_and(|l| l.pending))
+        self.pending.get(&id).copied().unwrap_or_else(|| self.account.lots.get(&Id::of(id)).is_some_and(|l| l.pending))
     }
 
     /// Pending lots released or forfeited whole; returns their points.
@@ -423,7 +423,7 @@ impl<'a> Sim<'a> {
 
     fn earn_state(&self, id: &str) -> Option<EarnSim> {
         self.earns.get(&id).copied().or_else(|| {
-            self.account.earns.get(id).map(|e| EarnSim {
+            self.account.earns.get(&Id::of(id)).map(|e| EarnSim {
                 reversed: e.reversed,
                 growth: e.growth,
                 growth_reversed: e.growth_reversed,
@@ -446,7 +446,7 @@ impl<'a> Sim<'a> {
     /// Some(None) once settled, Some(Some(points held)) while open.
     fn held(&self, id: &str) -> Option<Option<Points>> {
         self.reservations.get(&id).copied().or_else(|| {
-            self.account.reservations.get(id).map(|r| (r.status == ReservationStatus::Open).then(|| r.held()))
+            self.account.reservations.get(&Id::of(id)).map(|r| (r.status == ReservationStatus::Open).then(|| r.held()))
         })
     }
 
@@ -463,7 +463,7 @@ impl<'a> Sim<'a> {
 
     fn refund(&mut self, spend_id: &'a str, points: Points, lots: &'a [LotAmount]) -> Result<(), String> {
         let made_here = self.spends.get(&spend_id).is_some();
-        let recorded = self.account.spends.get(spend_id);
+        let recorded = self.account.spends.get(&Id::of(spend_id));
         if !made_here && recorded.is_none() {
             return Err(format!("no spend {spend_id}"));
         }
@@ -471,7 +471,7 @@ impl<'a> Sim<'a> {
             let before = match self.refunded.get(&(spend_id, l.lot_id.as_str())) {
                 Some(r) => *r,
                 None if made_here => 0,
-                None => recorded.and_then(|s| s.refunded.get(&l.lot_id)).copied().unwrap_or(0),
+                None => recorded.and_then(|s| s.refunded.get(&Id::of(&l.lot_id))).copied().unwrap_or(0),
             };
             self.refunded.insert((spend_id, &l.lot_id), add(before, l.points, "a spend's refunds")?);
         }
@@ -754,7 +754,7 @@ mod tests {
 
     #[test]
     fn taking_more_than_a_lot_holds_is_not_admissible_even_in_two_steps() {
-        assert_eq!(member().lots.get("r0").map(|l| l.remaining), Some(70));
+        assert_eq!(member().lots.get(&Id::of("r0")).map(|l| l.remaining), Some(70));
         assert!(admissible(&member(), &[spent(&[("r0", 71)])]).is_err());
         assert!(admissible(&member(), &[spent(&[("r0", 40)]), spent(&[("r0", 40)])]).is_err());
         assert_eq!(admissible(&member(), &[spent(&[("r0", 40)]), spent(&[("r0", 30)])]), Ok(()));
@@ -763,7 +763,12 @@ mod tests {
     #[test]
     fn settling_a_reservation_twice_is_not_admissible() {
         let a = member();
-        let (reservation_id, held) = a.reservations.iter().next().map(|(id, r)| (id.clone(), r.lots.clone())).unwrap();
+        let (reservation_id, held) = a
+            .reservations
+            .iter()
+            .next()
+            .map(|(id, r)| (id.to_string(), crate::domain::Share::amounts(&r.lots)))
+            .unwrap();
         let release = Event::ReservationReleased {
             reservation_id,
             points: crate::domain::sum(&held),

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use super::calendar::{add_days, lot_expiry, month_first_day, month_of_day, programme_day};
 use super::{
     rules, sum, Account, Activity, CapPolicy, ClawbackPolicy, Command, CommandBody, Event, ExpiryCause, GrowthModel,
-    LotAmount, LotExpiry, Millis, Points, Programme, Reason, Rejection, ReleaseCause, ReservationStatus, RfmRules,
-    CASH_MINOR_PER_UNIT, DUE_ITEMS_PER_RECORD_MAX, LOTS_WITH_POINTS_MAX, RESERVATION_TIMEOUT_SECONDS_MAX,
+    Id, LotAmount, LotExpiry, Millis, Points, Programme, Reason, Rejection, ReleaseCause, ReservationStatus, RfmRules,
+    Share, CASH_MINOR_PER_UNIT, DUE_ITEMS_PER_RECORD_MAX, LOTS_WITH_POINTS_MAX, RESERVATION_TIMEOUT_SECONDS_MAX,
 };
 
 /// Decides what `command` does to `account` at `now` under `programme`'s rules.
@@ -110,7 +110,7 @@ fn growth_in_window_after(state: &Account, decided: &[Event]) -> i64 {
         match e {
             Event::PointsEarned { growth: g, .. } => growth += g,
             Event::EarnReversed { earn_id, growth: g, .. } => {
-                if let Some(earn) = state.earns.get(earn_id) {
+                if let Some(earn) = state.earns.get(&Id::of(earn_id)) {
                     let before = earn.growth_in_window();
                     growth -= before - (before - g).max(0);
                 }
@@ -367,7 +367,7 @@ fn reminders(
     programme: &Programme,
     account: &Account,
     now: Millis,
-    restored: &std::collections::BTreeMap<&str, Points>,
+    restored: &std::collections::BTreeMap<&Id, Points>,
 ) -> Option<Event> {
     let today = programme_day(programme.time_zone, now);
     if account.reminded_day.is_some_and(|d| d >= today) {
@@ -381,9 +381,9 @@ fn reminders(
         .lots
         .iter()
         .filter_map(|(id, l)| {
-            let points = l.remaining + restored.get(id.as_str()).copied().unwrap_or(0);
+            let points = l.remaining + restored.get(id).copied().unwrap_or(0);
             let at = l.expires_at.filter(|at| !l.reminded && !l.pending && points > 0 && *at > now && gate(*at))?;
-            Some(LotExpiry { lot_id: id.clone(), points, expires_at: at })
+            Some(LotExpiry { lot_id: id.to_string(), points, expires_at: at })
         })
         .take(DUE_ITEMS_PER_RECORD_MAX)
         .collect();
@@ -403,18 +403,18 @@ fn timed_out_holds<'a>(
     now: Millis,
     events: &mut Vec<Event>,
     more: &mut bool,
-) -> std::collections::BTreeMap<&'a str, Points> {
-    let mut restored: std::collections::BTreeMap<&str, Points> = Default::default();
+) -> std::collections::BTreeMap<&'a Id, Points> {
+    let mut restored: std::collections::BTreeMap<&Id, Points> = Default::default();
     let mut due =
         account.reservations.iter().filter(|(_, r)| r.status == ReservationStatus::Open && r.expires_at <= now);
     for (id, r) in due.by_ref().take(DUE_ITEMS_PER_RECORD_MAX) {
         for l in &r.lots {
-            *restored.entry(l.lot_id.as_str()).or_insert(0) += l.points;
+            *restored.entry(&l.lot).or_insert(0) += l.points;
         }
         events.push(Event::ReservationReleased {
-            reservation_id: id.clone(),
-            points: sum(&r.lots),
-            lots: r.lots.clone(),
+            reservation_id: id.to_string(),
+            points: Share::sum(&r.lots),
+            lots: Share::amounts(&r.lots),
             cause: ReleaseCause::TimedOut,
         });
     }
@@ -423,7 +423,7 @@ fn timed_out_holds<'a>(
     if let Some(e) = recovery(account, &back) {
         if let Event::PointsRecovered { lots, .. } = &e {
             for l in lots {
-                *restored.get_mut(l.lot_id.as_str()).expect("recovered from a restored lot") -= l.points;
+                *restored.get_mut(&Id::of(&l.lot_id)).expect("recovered from a restored lot") -= l.points;
             }
         }
         events.push(e);
@@ -455,7 +455,7 @@ fn due_events(account: &Account, programme: Option<&Programme>, now: Millis) -> 
             .lots
             .iter()
             .filter(|(_, l)| !l.pending && l.expires_at.is_some_and(|at| at <= now))
-            .map(|(id, l)| LotAmount::new(id, l.remaining + restored.get(id.as_str()).copied().unwrap_or(0)))
+            .map(|(id, l)| LotAmount::new(id, l.remaining + restored.get(id).copied().unwrap_or(0)))
             .filter(|l| l.points > 0)
             .take(DUE_ITEMS_PER_RECORD_MAX + 1)
             .collect()
@@ -526,7 +526,7 @@ fn overflow(what: &str) -> Rejection {
 /// of their history, and a spend is paid by one or two.
 fn take_fefo(account: &Account, points: Points) -> Vec<LotAmount> {
     use std::cmp::Reverse;
-    let mut lots: std::collections::BinaryHeap<Reverse<(Millis, &String, Points)>> = account
+    let mut lots: std::collections::BinaryHeap<Reverse<(Millis, &Id, Points)>> = account
         .lots
         .iter()
         .filter(|(_, l)| l.spendable() > 0)
@@ -903,7 +903,7 @@ impl Decision<'_> {
     }
 
     fn open_reservation(&self, reservation_id: &str) -> Result<&super::ReservationRecord, Rejection> {
-        let r = self.account.reservations.get(reservation_id).ok_or_else(|| {
+        let r = self.account.reservations.get(&Id::of(reservation_id)).ok_or_else(|| {
             Rejection::field(Reason::ReservationNotFound, "reservation_id", format!("no reservation {reservation_id}"))
         })?;
         if r.status != ReservationStatus::Open {
@@ -931,16 +931,16 @@ impl Decision<'_> {
         }
         // Capture the soonest-expiring part of the hold; release the rest.
         let mut held_lots = r.lots.clone();
-        held_lots.sort_by_key(|l| (self.lot_expiry(&l.lot_id).unwrap_or(Millis::MAX), l.lot_id.clone()));
+        held_lots.sort_by_key(|l| (self.lot_expiry(&l.lot).unwrap_or(Millis::MAX), l.lot.clone()));
         let (mut lots, mut released) = (Vec::new(), Vec::new());
         let mut left = points;
         for l in held_lots {
             let p = left.min(l.points);
             if p > 0 {
-                lots.push(LotAmount::new(&l.lot_id, p));
+                lots.push(LotAmount::new(&l.lot, p));
             }
             if l.points > p {
-                released.push(LotAmount::new(&l.lot_id, l.points - p));
+                released.push(LotAmount::new(&l.lot, l.points - p));
             }
             left -= p;
         }
@@ -962,22 +962,22 @@ impl Decision<'_> {
         let mut events = vec![Event::ReservationReleased {
             reservation_id: reservation_id.into(),
             points: r.held(),
-            lots: r.lots.clone(),
+            lots: Share::amounts(&r.lots),
             cause: ReleaseCause::Requested,
         }];
-        events.extend(self.returned(&r.lots));
+        events.extend(self.returned(&Share::amounts(&r.lots)));
         Ok(events)
     }
 
-    fn lot_expiry(&self, lot_id: &str) -> Option<Millis> {
-        self.account.lots.get(lot_id).and_then(|l| l.expires_at)
+    fn lot_expiry(&self, lot: &Id) -> Option<Millis> {
+        self.account.lots.get(lot).and_then(|l| l.expires_at)
     }
 
     /// Points that go back into lots whose time is already up expire at once.
     fn expire_if_due(&self, returned: &[LotAmount]) -> Option<Event> {
         let mut lots: std::collections::BTreeMap<&str, Points> = Default::default();
         for l in returned {
-            if self.lot_expiry(&l.lot_id).is_some_and(|at| at <= self.now) && l.points > 0 {
+            if self.lot_expiry(&Id::of(&l.lot_id)).is_some_and(|at| at <= self.now) && l.points > 0 {
                 *lots.entry(l.lot_id.as_str()).or_insert(0) += l.points;
             }
         }
@@ -993,7 +993,7 @@ impl Decision<'_> {
 
     fn refund(&self, spend_id: &str, points: Points) -> Result<Vec<Event>, Rejection> {
         positive(points, "points")?;
-        let spend = self.account.spends.get(spend_id).ok_or_else(|| {
+        let spend = self.account.spends.get(&Id::of(spend_id)).ok_or_else(|| {
             Rejection::field(Reason::SpendNotFound, "spend_request_id", format!("no spend {spend_id} on this account"))
         })?;
         let refundable = spend.refundable();
@@ -1006,11 +1006,11 @@ impl Decision<'_> {
         self.account.available().checked_add(points).ok_or_else(|| overflow("the balance"))?;
         // Back into the lots the spend came from, latest expiry first, so the
         // member gets the longest-lived points back.
-        let mut paid: std::collections::BTreeMap<&str, Points> = Default::default();
+        let mut paid: std::collections::BTreeMap<&Id, Points> = Default::default();
         for l in &spend.lots {
-            *paid.entry(l.lot_id.as_str()).or_insert(0) += l.points;
+            *paid.entry(&l.lot).or_insert(0) += l.points;
         }
-        let mut order: Vec<(&str, Points)> = paid
+        let mut order: Vec<(&Id, Points)> = paid
             .into_iter()
             .map(|(id, p)| (id, p - spend.refunded.get(id).copied().unwrap_or(0)))
             .filter(|(_, left)| *left > 0)
@@ -1041,10 +1041,10 @@ impl Decision<'_> {
         if growth < 0 {
             return Err(Rejection::field(Reason::InvalidAmount, "growth", "growth must be >= 0"));
         }
-        let earn = self.account.earns.get(earn_id).ok_or_else(|| {
+        let earn = self.account.earns.get(&Id::of(earn_id)).ok_or_else(|| {
             Rejection::field(Reason::EarnNotFound, "earn_request_id", format!("no earn {earn_id} on this account"))
         })?;
-        if self.account.lots.get(earn_id).is_some_and(|l| l.pending && l.remaining > 0) {
+        if self.account.lots.get(&Id::of(earn_id)).is_some_and(|l| l.pending && l.remaining > 0) {
             return Err(Rejection::new(
                 Reason::EarnPending,
                 format!("earn {earn_id} is pending (the member's earns are held): release or forfeit it first"),
@@ -1067,7 +1067,7 @@ impl Decision<'_> {
         // The earn's own lot first, then the other lots soonest-expiring first.
         let mut taken = Vec::new();
         let mut left = points;
-        let own = self.account.lots.get(earn_id).map(|l| l.spendable()).unwrap_or(0);
+        let own = self.account.lots.get(&Id::of(earn_id)).map(|l| l.spendable()).unwrap_or(0);
         if own > 0 {
             let p = left.min(own);
             taken.push(LotAmount::new(earn_id, p));
@@ -1077,7 +1077,7 @@ impl Decision<'_> {
             if left == 0 {
                 break;
             }
-            if id == earn_id {
+            if id.is(earn_id) {
                 continue;
             }
             let p = left.min(lot.remaining);
@@ -1115,9 +1115,9 @@ impl Decision<'_> {
         for (id, r) in &self.account.reservations {
             if r.status == ReservationStatus::Open {
                 events.push(Event::ReservationReleased {
-                    reservation_id: id.clone(),
+                    reservation_id: id.to_string(),
                     points: r.held(),
-                    lots: r.lots.clone(),
+                    lots: Share::amounts(&r.lots),
                     cause: ReleaseCause::Recycled,
                 });
             }
@@ -1127,7 +1127,7 @@ impl Decision<'_> {
             .reservations
             .values()
             .filter(|r| r.status == ReservationStatus::Open)
-            .flat_map(|r| r.lots.iter().cloned())
+            .flat_map(|r| Share::amounts(&r.lots))
             .collect();
         events.extend(recovery(self.account, &released));
         let mut after = self.account.clone();
@@ -1310,7 +1310,7 @@ impl Decision<'_> {
     /// Up to `want` growth from the earns that hold growth in the window,
     /// newest first: by earn, and in all.
     fn newest_growth(&self, want: i64) -> (Vec<LotAmount>, i64) {
-        let mut earns: Vec<(&String, &super::EarnRecord)> =
+        let mut earns: Vec<(&Id, &super::EarnRecord)> =
             self.account.earns.iter().filter(|(_, e)| e.growth_in_window() > 0).collect();
         earns.sort_by(|a, b| b.1.day.cmp(&a.1.day).then_with(|| b.0.cmp(a.0)));
         let (mut left, mut taken) = (want, Vec::new());

@@ -17,6 +17,7 @@ mod admit;
 pub mod calendar;
 mod decide;
 mod fingerprint;
+mod id;
 pub mod rules;
 mod vecmap;
 
@@ -24,12 +25,13 @@ use std::collections::BTreeMap;
 
 pub use account::{
     Account, EarnRecord, EarningsHold, Lot, PendingAdjustment, PurchaseMonth, ReservationRecord, ReservationStatus,
-    SpendRecord, Totals, PURCHASE_MONTHS_KEPT,
+    Share, SpendRecord, Totals, PURCHASE_MONTHS_KEPT,
 };
 pub use admit::admissible;
 #[cfg(test)]
 use decide::rfm_next_evaluation;
 pub use decide::{decide, decide_with, due_at, level_status, next_reminder, LevelStatus, Limits};
+pub use id::Id;
 pub use rules::{
     Activity, AmountRate, AppliedMultiplier, AppliedRule, Campaign, EarningRule, GrowthModel, RfmBand, RfmRules,
     RuleDay,
@@ -411,8 +413,8 @@ pub struct LotAmount {
 }
 
 impl LotAmount {
-    pub fn new(lot_id: &str, points: Points) -> Self {
-        LotAmount { lot_id: lot_id.into(), points }
+    pub fn new(lot_id: &(impl ToString + ?Sized), points: Points) -> Self {
+        LotAmount { lot_id: lot_id.to_string(), points }
     }
 }
 

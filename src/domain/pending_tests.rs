@@ -74,12 +74,12 @@ fn pending_points_cannot_be_spent_reserved_or_reversed() {
 #[test]
 fn released_points_become_spendable_with_their_original_expiry_and_the_hold_is_lifted() {
     let mut s = held_member();
-    let expiry = s.account.lots.get("e2").and_then(|l| l.expires_at);
+    let expiry = s.account.lots.get(&Id::of("e2")).and_then(|l| l.expires_at);
     assert_eq!(expiry, Some(tests::T0 + 30 * DAY));
     let events = s.then_ok("rel-1", release());
     assert!(matches!(&events[..], [Event::PendingPointsReleased { points: 50, .. }]), "{events:?}");
     assert_eq!((s.available(), s.account.pending()), (150, 0));
-    assert_eq!(s.account.lots.get("e2").and_then(|l| l.expires_at), expiry);
+    assert_eq!(s.account.lots.get(&Id::of("e2")).and_then(|l| l.expires_at), expiry);
     assert_eq!(s.account.totals.issued, 150);
     assert!(s.account.held.is_none());
     // The next earn is an ordinary one, and the released lot expires as any.

@@ -165,7 +165,7 @@ fn replaying_the_events_gives_the_same_reminded_lots_and_next_reminder() {
     let mut replayed = Account::default();
     all.iter().for_each(|e| replayed.apply(e));
     assert_eq!(replayed, s.account);
-    assert!(replayed.lots.get("e1").is_some_and(|l| l.reminded));
+    assert!(replayed.lots.get(&Id::of("e1")).is_some_and(|l| l.reminded));
     assert_eq!(next_reminder(&s.programme, &replayed), Some((start(2026, 5, 26), 30)));
 }
 

@@ -129,7 +129,7 @@ fn earn_creates_a_lot_with_the_programmes_validity_rounded_to_month_end_in_its_z
     let Event::PointsEarned { granted, expires_at, .. } = &events[0] else { panic!() };
     assert_eq!(*granted, 100);
     assert_eq!(*expires_at, Some(1_777_564_800_000));
-    assert_eq!(s.account.lots["e1"].remaining, 100);
+    assert_eq!(s.account.lots[&Id::of("e1")].remaining, 100);
 }
 
 #[test]
@@ -264,8 +264,8 @@ fn partial_refund_goes_back_to_the_original_lots_latest_expiry_first() {
     s.then_rejects("rf2", CommandBody::Refund { spend_id: "s1".into(), points: 61 }, Reason::RefundExceedsSpend);
     s.then_rejects("rf3", CommandBody::Refund { spend_id: "nope".into(), points: 1 }, Reason::SpendNotFound);
     s.then_ok("rf4", CommandBody::Refund { spend_id: "s1".into(), points: 60 });
-    assert_eq!(s.account.lots["soon"].remaining, 50);
-    assert_eq!(s.account.lots["late"].remaining, 50);
+    assert_eq!(s.account.lots[&Id::of("soon")].remaining, 50);
+    assert_eq!(s.account.lots[&Id::of("late")].remaining, 50);
     s.then_rejects("rf5", CommandBody::Refund { spend_id: "s1".into(), points: 1 }, Reason::RefundExceedsSpend);
 }
 
@@ -381,10 +381,10 @@ fn clawback_into_debt_is_repaid_first_by_later_earns() {
     let events = s.earn("e2", 50, None);
     assert!(matches!(&events[0], Event::PointsEarned { granted: 50, debt_repaid: 50, .. }));
     assert_eq!((s.available(), s.account.debt), (0, 30));
-    assert!(!s.account.lots.contains_key("e2"), "a fully repaying earn leaves no lot");
+    assert!(!s.account.lots.contains_key(&Id::of("e2")), "a fully repaying earn leaves no lot");
     s.earn("e3", 50, None);
     assert_eq!((s.available(), s.account.debt), (20, 0));
-    assert_eq!(s.account.lots["e3"].remaining, 20);
+    assert_eq!(s.account.lots[&Id::of("e3")].remaining, 20);
     // A credit adjustment repays debt the same way.
     s.then_ok("s2", spend(20));
     s.then_ok("rv2", CommandBody::ReverseEarn { earn_id: "e3".into(), points: 10, growth: 0 });

@@ -4,7 +4,7 @@
 //! writes the same rows, only later and differently (write-behind, ingested
 //! table files), so a rebuild from offset zero gives byte-identical views.
 
-use crate::domain::{Account, AccountKey, Lot};
+use crate::domain::{Account, AccountKey, Id, Lot};
 use crate::log::arbiter::{Admitted, Arbiter, Home};
 use crate::log::record::{AccountRecord, Balance, Position};
 use crate::log::LogEntry;
@@ -138,7 +138,7 @@ pub fn view_rows(
     }
     // Each changed lot with an expiry has a row while it has points (its
     // expiry never changes, so neither does its key).
-    let mut expiring = |id: &str, lot: &Lot| {
+    let mut expiring = |id: &Id, lot: &Lot| {
         if let Some(at) = lot.expires_at {
             let value = (lot.spendable() > 0).then(|| store::points_row(lot.spendable()).to_vec());
             rows.push((Cf::Expiring, expiring_key(key, at, id), value));
@@ -393,7 +393,7 @@ pub fn fold(
 
 /// An account's lots with points and an expiry: (expires_at, lot id) → points.
 #[cfg(test)]
-type ExpiringLots = std::collections::BTreeMap<(crate::domain::Millis, String), i64>;
+type ExpiringLots = std::collections::BTreeMap<(crate::domain::Millis, Id), i64>;
 
 #[cfg(test)]
 fn expiring_lots(a: &Account) -> ExpiringLots {

@@ -26,7 +26,7 @@
 use std::collections::BTreeSet;
 
 use super::snapshot::{self as codec, Piece};
-use crate::domain::{Account, AccountKey, Event};
+use crate::domain::{Account, AccountKey, Event, Id};
 use crate::log::codec::CodecError;
 use crate::store::{self, Cf, Db, Row, StoreError};
 
@@ -44,7 +44,7 @@ pub struct Changed {
     inline: bool,
     /// Every piece is to be written (a rebuild).
     all: bool,
-    pieces: BTreeSet<(Piece, String)>,
+    pieces: BTreeSet<(Piece, Id)>,
     /// Whether events were folded at all (the header changes with each).
     any: bool,
 }
@@ -87,7 +87,7 @@ impl Changed {
         }
         let set = &mut self.pieces;
         let mut piece = |p: Piece, id: &str| {
-            set.insert((p, id.to_string()));
+            set.insert((p, Id::of(id)));
         };
         match event {
             Event::PointsEarned { lot_id, .. } => {
@@ -150,8 +150,8 @@ impl Changed {
     }
 
     /// The ids of the lots changed, or `None` for every lot.
-    pub fn lots(&self) -> Option<impl Iterator<Item = &str>> {
-        (!self.all).then(|| self.pieces.iter().filter(|(p, _)| *p == Piece::Lot).map(|(_, id)| id.as_str()))
+    pub fn lots(&self) -> Option<impl Iterator<Item = &Id>> {
+        (!self.all).then(|| self.pieces.iter().filter(|(p, _)| *p == Piece::Lot).map(|(_, id)| id))
     }
 }
 
@@ -164,11 +164,11 @@ pub fn after_account_rows(account: &AccountKey) -> Vec<u8> {
 }
 
 /// The key of one piece row.
-pub fn piece_key(account: &[u8], piece: Piece, id: &str) -> Vec<u8> {
+pub fn piece_key(account: &[u8], piece: Piece, id: &Id) -> Vec<u8> {
     let mut k = Vec::with_capacity(account.len() + 1 + id.len());
     k.extend_from_slice(account);
     k.push(piece.tag());
-    k.extend_from_slice(id.as_bytes());
+    id.with_str(|s| k.extend_from_slice(s.as_bytes()));
     k
 }
 
@@ -203,7 +203,7 @@ pub fn rows_with(
         if !changed.inline {
             // Stored as pieces (by an earlier version): the maps name every
             // piece row, as pieces are never taken out of an account.
-            let mut delete = |p: Piece, id: &String| out.push((piece_key(&prefix, p, id), None));
+            let mut delete = |p: Piece, id: &Id| out.push((piece_key(&prefix, p, id), None));
             a.lots.keys().for_each(|id| delete(Piece::Lot, id));
             a.earns.keys().for_each(|id| delete(Piece::Earn, id));
             a.spends.keys().for_each(|id| delete(Piece::Spend, id));
@@ -243,8 +243,8 @@ fn decode_parts(prefix_len: usize, mut a: Account, pieces: &[Row]) -> Result<(Ac
     for (k, v) in pieces {
         let (&tag, id) = k.get(prefix_len..).and_then(<[u8]>::split_first).ok_or(CodecError::Missing("piece tag"))?;
         let piece = Piece::from_tag(tag).ok_or(CodecError::Missing("known piece tag"))?;
-        let id = String::from_utf8(id.to_vec()).map_err(|_| CodecError::Missing("utf-8 piece id"))?;
-        codec::decode_piece_into(&mut a, piece, id, v)?;
+        let id = std::str::from_utf8(id).map_err(|_| CodecError::Missing("utf-8 piece id"))?;
+        codec::decode_piece_into(&mut a, piece, Id::of(id), v)?;
     }
     a.recount();
     Ok((a, changed))
@@ -429,9 +429,9 @@ mod tests {
         let ten = fold_and_write(&db, "m10", 4);
         assert_eq!(one, ten);
         assert!(
-            one.spends["s1"].refundable() < 250
-                && one.earns["e2"].reversed == 50
-                && one.earns["e1"].growth_expired == 10
+            one.spends[&Id::of("s1")].refundable() < 250
+                && one.earns[&Id::of("e2")].reversed == 50
+                && one.earns[&Id::of("e1")].growth_expired == 10
         );
         for member in ["m1", "m10"] {
             let (loaded, changed) = load(&db, Cf::Accounts, &AccountKey::new("shop", "points", member)).unwrap();

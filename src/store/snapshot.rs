@@ -5,10 +5,10 @@
 
 use prost::Message;
 
-use crate::domain::{Account, EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals};
+use crate::domain::{Account, EarnRecord, Id, Lot, ReservationRecord, ReservationStatus, Share, SpendRecord, Totals};
 #[cfg(test)]
 use crate::log::codec::lots_to_wire;
-use crate::log::codec::{event_from_wire, event_to_wire, lots_from_wire, opt_at, CodecError};
+use crate::log::codec::{event_from_wire, event_to_wire, opt_at, CodecError};
 use crate::log::record::{Balance, Position, Reply};
 use crate::proto::state;
 
@@ -20,7 +20,7 @@ use crate::proto::state;
 // piece messages are encoded with it empty. A header written before the
 // split carries the lists itself; [`decode_account`] still reads it.
 
-fn lot_from_pb(l: state::LotState) -> (String, Lot) {
+fn lot_from_pb(l: state::LotState) -> (Id, Lot) {
     let lot = Lot {
         earned: l.earned_points,
         remaining: l.remaining,
@@ -28,10 +28,10 @@ fn lot_from_pb(l: state::LotState) -> (String, Lot) {
         reminded: l.reminded,
         pending: l.pending,
     };
-    (l.lot_id, lot)
+    (Id::of(&l.lot_id), lot)
 }
 
-fn earn_from_pb(e: state::EarnState) -> (String, EarnRecord) {
+fn earn_from_pb(e: state::EarnState) -> (Id, EarnRecord) {
     let record = EarnRecord {
         points: e.points,
         reversed: e.reversed,
@@ -40,15 +40,19 @@ fn earn_from_pb(e: state::EarnState) -> (String, EarnRecord) {
         day: e.day,
         growth_expired: e.growth_expired,
     };
-    (e.earn_id, record)
+    (Id::of(&e.earn_id), record)
 }
 
-fn spend_from_pb(s: state::SpendState) -> (String, SpendRecord) {
-    let refunded = s.refunded.iter().map(|l| (l.lot_id.clone(), l.points)).collect();
-    (s.spend_id, SpendRecord { lots: lots_from_wire(s.lots), refunded })
+fn spend_from_pb(s: state::SpendState) -> (Id, SpendRecord) {
+    let refunded = s.refunded.iter().map(|l| (Id::of(&l.lot_id), l.points)).collect();
+    (Id::of(&s.spend_id), SpendRecord { lots: shares_from_wire(&s.lots), refunded })
 }
 
-fn reservation_from_pb(r: state::ReservationState) -> Result<(String, ReservationRecord), CodecError> {
+fn shares_from_wire(lots: &[crate::proto::log::LotAmount]) -> Vec<Share> {
+    lots.iter().map(|l| Share { lot: Id::of(&l.lot_id), points: l.points }).collect()
+}
+
+fn reservation_from_pb(r: state::ReservationState) -> Result<(Id, ReservationRecord), CodecError> {
     let status = match state::ReservationStatus::try_from(r.status) {
         Ok(state::ReservationStatus::Open) => ReservationStatus::Open,
         Ok(state::ReservationStatus::Captured) => ReservationStatus::Captured,
@@ -61,11 +65,11 @@ fn reservation_from_pb(r: state::ReservationState) -> Result<(String, Reservatio
     let record = ReservationRecord {
         order_ref: r.order_ref,
         order_cash_minor: r.order_cash_minor.max(0),
-        lots: lots_from_wire(r.lots),
+        lots: shares_from_wire(&r.lots),
         expires_at: r.expires_at_ms,
         status,
     };
-    Ok((r.reservation_id, record))
+    Ok((Id::of(&r.reservation_id), record))
 }
 
 /// Everything but the lists.
@@ -219,7 +223,22 @@ mod fields {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
     use super::field_len;
-    use crate::domain::{EarnRecord, Lot, ReservationRecord, ReservationStatus, SpendRecord, VecMap};
+    use crate::domain::{EarnRecord, Id, Lot, ReservationRecord, ReservationStatus, SpendRecord, VecMap};
+
+    fn id_len(tag: u32, id: &Id) -> usize {
+        if id.is_empty() {
+            0
+        } else {
+            field_len(tag, id.len())
+        }
+    }
+
+    fn put_id(tag: u32, id: &Id, buf: &mut Vec<u8>) {
+        if !id.is_empty() {
+            put_message(tag, id.len(), buf);
+            id.with_str(|s| buf.extend_from_slice(s.as_bytes()));
+        }
+    }
 
     fn str_len(tag: u32, s: &str) -> usize {
         if s.is_empty() {
@@ -254,9 +273,9 @@ mod fields {
     /// Every entry of `map` as a message field `tag`, in key order.
     pub fn put_list<T>(
         tag: u32,
-        map: &VecMap<String, T>,
-        len: fn(&str, &T) -> usize,
-        put: fn(&str, &T, &mut Vec<u8>),
+        map: &VecMap<Id, T>,
+        len: fn(&Id, &T) -> usize,
+        put: fn(&Id, &T, &mut Vec<u8>),
         buf: &mut Vec<u8>,
     ) {
         for (id, v) in map.iter() {
@@ -272,22 +291,22 @@ mod fields {
     }
 
     /// A `LotAmount`.
-    fn amount_len(id: &str, points: i64) -> usize {
-        str_len(1, id) + int_len(2, points)
+    fn amount_len(id: &Id, points: i64) -> usize {
+        id_len(1, id) + int_len(2, points)
     }
 
-    fn put_amount(tag: u32, id: &str, points: i64, buf: &mut Vec<u8>) {
+    fn put_amount(tag: u32, id: &Id, points: i64, buf: &mut Vec<u8>) {
         put_message(tag, amount_len(id, points), buf);
-        put_str(1, id, buf);
+        put_id(1, id, buf);
         put_int(2, points, buf);
     }
 
-    fn amounts_len<'a>(tag: u32, amounts: impl Iterator<Item = (&'a str, i64)>) -> usize {
+    fn amounts_len<'a>(tag: u32, amounts: impl Iterator<Item = (&'a Id, i64)>) -> usize {
         amounts.map(|(id, points)| field_len(tag, amount_len(id, points))).sum()
     }
 
-    pub fn lot_len(id: &str, l: &Lot) -> usize {
-        str_len(1, id)
+    pub fn lot_len(id: &Id, l: &Lot) -> usize {
+        id_len(1, id)
             + int_len(2, l.earned)
             + int_len(3, l.remaining)
             + int_len(4, l.expires_at.unwrap_or(0))
@@ -295,8 +314,8 @@ mod fields {
             + int_len(6, i64::from(l.pending))
     }
 
-    pub fn put_lot(id: &str, l: &Lot, buf: &mut Vec<u8>) {
-        put_str(1, id, buf);
+    pub fn put_lot(id: &Id, l: &Lot, buf: &mut Vec<u8>) {
+        put_id(1, id, buf);
         put_int(2, l.earned, buf);
         put_int(3, l.remaining, buf);
         put_int(4, l.expires_at.unwrap_or(0), buf);
@@ -304,8 +323,8 @@ mod fields {
         put_int(6, i64::from(l.pending), buf);
     }
 
-    pub fn earn_len(id: &str, e: &EarnRecord) -> usize {
-        str_len(1, id)
+    pub fn earn_len(id: &Id, e: &EarnRecord) -> usize {
+        id_len(1, id)
             + int_len(2, e.points)
             + int_len(3, e.reversed)
             + int_len(4, e.growth)
@@ -314,8 +333,8 @@ mod fields {
             + int_len(7, e.growth_expired)
     }
 
-    pub fn put_earn(id: &str, e: &EarnRecord, buf: &mut Vec<u8>) {
-        put_str(1, id, buf);
+    pub fn put_earn(id: &Id, e: &EarnRecord, buf: &mut Vec<u8>) {
+        put_id(1, id, buf);
         put_int(2, e.points, buf);
         put_int(3, e.reversed, buf);
         put_int(4, e.growth, buf);
@@ -324,15 +343,15 @@ mod fields {
         put_int(7, e.growth_expired, buf);
     }
 
-    pub fn spend_len(id: &str, x: &SpendRecord) -> usize {
-        str_len(1, id)
-            + amounts_len(2, x.lots.iter().map(|l| (l.lot_id.as_str(), l.points)))
-            + amounts_len(3, x.refunded.iter().map(|(id, p)| (id.as_str(), *p)))
+    pub fn spend_len(id: &Id, x: &SpendRecord) -> usize {
+        id_len(1, id)
+            + amounts_len(2, x.lots.iter().map(|l| (&l.lot, l.points)))
+            + amounts_len(3, x.refunded.iter().map(|(id, p)| (id, *p)))
     }
 
-    pub fn put_spend(id: &str, x: &SpendRecord, buf: &mut Vec<u8>) {
-        put_str(1, id, buf);
-        x.lots.iter().for_each(|l| put_amount(2, &l.lot_id, l.points, buf));
+    pub fn put_spend(id: &Id, x: &SpendRecord, buf: &mut Vec<u8>) {
+        put_id(1, id, buf);
+        x.lots.iter().for_each(|l| put_amount(2, &l.lot, l.points, buf));
         x.refunded.iter().for_each(|(id, p)| put_amount(3, id, *p, buf));
     }
 
@@ -345,19 +364,19 @@ mod fields {
         }
     }
 
-    pub fn reservation_len(id: &str, r: &ReservationRecord) -> usize {
-        str_len(1, id)
+    pub fn reservation_len(id: &Id, r: &ReservationRecord) -> usize {
+        id_len(1, id)
             + str_len(2, &r.order_ref)
-            + amounts_len(3, r.lots.iter().map(|l| (l.lot_id.as_str(), l.points)))
+            + amounts_len(3, r.lots.iter().map(|l| (&l.lot, l.points)))
             + int_len(4, r.expires_at)
             + int_len(5, status(r))
             + int_len(6, r.order_cash_minor)
     }
 
-    pub fn put_reservation(id: &str, r: &ReservationRecord, buf: &mut Vec<u8>) {
-        put_str(1, id, buf);
+    pub fn put_reservation(id: &Id, r: &ReservationRecord, buf: &mut Vec<u8>) {
+        put_id(1, id, buf);
         put_str(2, &r.order_ref, buf);
-        r.lots.iter().for_each(|l| put_amount(3, &l.lot_id, l.points, buf));
+        r.lots.iter().for_each(|l| put_amount(3, &l.lot, l.points, buf));
         put_int(4, r.expires_at, buf);
         put_int(5, status(r), buf);
         put_int(6, r.order_cash_minor, buf);
@@ -492,7 +511,7 @@ impl Piece {
 }
 
 /// One piece of `a`, or `None` when it has no such lot, earn, spend or reservation.
-pub fn encode_piece(a: &Account, piece: Piece, id: &str) -> Option<Vec<u8>> {
+pub fn encode_piece(a: &Account, piece: Piece, id: &Id) -> Option<Vec<u8>> {
     Some(match piece {
         Piece::Lot => lot_piece(a.lots.get(id)?),
         Piece::Earn => earn_piece(a.earns.get(id)?),
@@ -503,7 +522,7 @@ pub fn encode_piece(a: &Account, piece: Piece, id: &str) -> Option<Vec<u8>> {
 
 /// Every piece of `a` with its id, encoded, walking the maps rather than
 /// looking each id up (an account written whole: a rebuild, an old header).
-pub fn encode_every_piece(a: &Account, mut out: impl FnMut(Piece, &str, Vec<u8>)) {
+pub fn encode_every_piece(a: &Account, mut out: impl FnMut(Piece, &Id, Vec<u8>)) {
     a.lots.iter().for_each(|(id, l)| out(Piece::Lot, id, lot_piece(l)));
     a.earns.iter().for_each(|(id, e)| out(Piece::Earn, id, earn_piece(e)));
     a.spends.iter().for_each(|(id, x)| out(Piece::Spend, id, spend_piece(x)));
@@ -512,9 +531,10 @@ pub fn encode_every_piece(a: &Account, mut out: impl FnMut(Piece, &str, Vec<u8>)
 
 // A piece row's message, with its id left empty (the id is in the row's key).
 
-fn piece<T>(v: &T, len: fn(&str, &T) -> usize, put: fn(&str, &T, &mut Vec<u8>)) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(len("", v));
-    put("", v, &mut buf);
+fn piece<T>(v: &T, len: fn(&Id, &T) -> usize, put: fn(&Id, &T, &mut Vec<u8>)) -> Vec<u8> {
+    let none = Id::of("");
+    let mut buf = Vec::with_capacity(len(&none, v));
+    put(&none, v, &mut buf);
     buf
 }
 
@@ -536,7 +556,7 @@ fn reservation_piece(r: &ReservationRecord) -> Vec<u8> {
 
 /// Puts one piece row's contents into `a` (replacing what it had under `id`);
 /// the caller calls [`Account::recount`] once all are in.
-pub fn decode_piece_into(a: &mut Account, piece: Piece, id: String, bytes: &[u8]) -> Result<(), CodecError> {
+pub fn decode_piece_into(a: &mut Account, piece: Piece, id: Id, bytes: &[u8]) -> Result<(), CodecError> {
     match piece {
         Piece::Lot => {
             let (_, lot) = lot_from_pb(state::LotState::decode(bytes)?);
@@ -701,13 +721,15 @@ mod tests {
     use super::*;
     use crate::domain::{LotAmount, Millis, Points, VecMap};
 
+    const UUID: &str = "6f1c2a4e-9b3d-4e5f-8a7b-0c1d2e3f4a5b";
+
     // prost's own messages, as the account snapshots were encoded before
     // they were written straight from the account. They name every field
     // (no `..Default::default()`), so a field added to the messages stops
     // them compiling until it is written here and in `mod fields` too.
 
-    fn sorted_lots(m: &crate::domain::VecMap<String, i64>) -> Vec<crate::proto::log::LotAmount> {
-        m.iter().map(|(id, p)| crate::proto::log::LotAmount { lot_id: id.clone(), points: *p }).collect()
+    fn sorted_lots(m: &crate::domain::VecMap<Id, i64>) -> Vec<crate::proto::log::LotAmount> {
+        m.iter().map(|(id, p)| crate::proto::log::LotAmount { lot_id: id.to_string(), points: *p }).collect()
     }
 
     fn lot_to_pb(id: String, l: &Lot) -> state::LotState {
@@ -734,7 +756,11 @@ mod tests {
     }
 
     fn spend_to_pb(id: String, s: &SpendRecord) -> state::SpendState {
-        state::SpendState { spend_id: id, lots: lots_to_wire(s.lots.clone()), refunded: sorted_lots(&s.refunded) }
+        state::SpendState {
+            spend_id: id,
+            lots: lots_to_wire(Share::amounts(&s.lots)),
+            refunded: sorted_lots(&s.refunded),
+        }
     }
 
     fn reservation_to_pb(id: String, r: &ReservationRecord) -> state::ReservationState {
@@ -742,7 +768,7 @@ mod tests {
             reservation_id: id,
             order_ref: r.order_ref.clone(),
             order_cash_minor: r.order_cash_minor,
-            lots: lots_to_wire(r.lots.clone()),
+            lots: lots_to_wire(Share::amounts(&r.lots)),
             expires_at_ms: r.expires_at,
             status: match r.status {
                 ReservationStatus::Open => state::ReservationStatus::Open,
@@ -755,15 +781,15 @@ mod tests {
 
     fn whole_by_prost(a: &Account) -> Vec<u8> {
         let mut s = header_to_pb(a);
-        s.lots = a.lots.iter().map(|(id, l)| lot_to_pb(id.clone(), l)).collect();
-        s.earns = a.earns.iter().map(|(id, e)| earn_to_pb(id.clone(), e)).collect();
-        s.spends = a.spends.iter().map(|(id, sp)| spend_to_pb(id.clone(), sp)).collect();
-        s.reservations = a.reservations.iter().map(|(id, r)| reservation_to_pb(id.clone(), r)).collect();
+        s.lots = a.lots.iter().map(|(id, l)| lot_to_pb(id.to_string(), l)).collect();
+        s.earns = a.earns.iter().map(|(id, e)| earn_to_pb(id.to_string(), e)).collect();
+        s.spends = a.spends.iter().map(|(id, sp)| spend_to_pb(id.to_string(), sp)).collect();
+        s.reservations = a.reservations.iter().map(|(id, r)| reservation_to_pb(id.to_string(), r)).collect();
         s.encode_to_vec()
     }
 
-    fn amount(id: &str, points: Points) -> LotAmount {
-        LotAmount { lot_id: id.into(), points }
+    fn amount(id: &str, points: Points) -> Share {
+        Share { lot: Id::of(id), points }
     }
 
     /// An account with every kind of piece, default values among them
@@ -773,24 +799,27 @@ mod tests {
         let long = "r".repeat(300);
         let lot =
             |earned, remaining, expires_at, reminded| Lot { earned, remaining, expires_at, reminded, pending: false };
-        a.lots.insert("e1".into(), lot(100, 40, Some(1_773_100_800_000), true));
-        a.lots.insert("e2".into(), lot(5, 0, None, false));
-        a.lots.insert(long.clone(), lot(i64::MAX, 1, Some(-1), false));
-        a.lots.insert(String::new(), lot(0, 0, None, true));
-        a.earns.insert("e1".into(), EarnRecord { points: 100, growth: 7, day: 20_000, ..Default::default() });
+        a.lots.insert(Id::of("e1"), lot(100, 40, Some(1_773_100_800_000), true));
+        a.lots.insert(Id::of("e2"), lot(5, 0, None, false));
+        a.lots.insert(Id::of(&long), lot(i64::MAX, 1, Some(-1), false));
+        a.lots.insert(Id::of(""), lot(0, 0, None, true));
+        a.lots.insert(Id::of(UUID), lot(9, 9, None, false));
+        a.earns.insert(Id::of("e1"), EarnRecord { points: 100, growth: 7, day: 20_000, ..Default::default() });
+        a.earns.insert(Id::of(UUID), EarnRecord { points: 9, ..Default::default() });
         a.earns.insert(
-            long.clone(),
+            Id::of(&long),
             EarnRecord { points: 3, reversed: 3, growth: -2, growth_reversed: 1, day: -5, growth_expired: 9 },
         );
-        a.earns.insert("e0".into(), EarnRecord::default());
+        a.earns.insert(Id::of("e0"), EarnRecord::default());
         let mut refunded = VecMap::new();
-        refunded.insert("e1".to_string(), 10);
-        refunded.insert("e2".to_string(), 0);
+        refunded.insert(Id::of("e1"), 10);
+        refunded.insert(Id::of("e2"), 0);
+        refunded.insert(Id::of(UUID), 2);
         a.spends.insert(
-            "s1".into(),
-            SpendRecord { lots: vec![amount("e1", 50), amount("e2", 5), amount("", 0)], refunded },
+            Id::of("s1"),
+            SpendRecord { lots: vec![amount("e1", 50), amount("e2", 5), amount("", 0), amount(UUID, 3)], refunded },
         );
-        a.spends.insert("s2".into(), SpendRecord::default());
+        a.spends.insert(Id::of("s2"), SpendRecord::default());
         for (i, status) in [
             ReservationStatus::Open,
             ReservationStatus::Captured,
@@ -803,7 +832,7 @@ mod tests {
             let lots = if i == 1 { Vec::new() } else { vec![amount("e1", i as Points + 1)] };
             let order_ref = if i == 2 { String::new() } else { format!("order-{i}") };
             a.reservations.insert(
-                format!("h{i}"),
+                Id::of(&format!("h{i}")),
                 ReservationRecord {
                     order_ref,
                     order_cash_minor: i as i64 * 100,
@@ -847,7 +876,7 @@ mod tests {
                 spend_id: "r1".into(),
                 order_ref: Some("o-1".into()),
                 points: 5,
-                lots: vec![amount("e1", 5)],
+                lots: vec![LotAmount::new("e1", 5)],
                 order_cash_minor: 0,
             }],
             balance: Balance { available: 5, ..Default::default() },
@@ -900,15 +929,15 @@ mod tests {
             assert_eq!(pieces.len(), a.lots.len() + a.earns.len() + a.spends.len() + a.reservations.len());
             for (piece, id, bytes) in pieces {
                 let by_prost = match piece {
-                    Piece::Lot => lot_to_pb(String::new(), a.lots.get(&id).unwrap()).encode_to_vec(),
-                    Piece::Earn => earn_to_pb(String::new(), a.earns.get(&id).unwrap()).encode_to_vec(),
-                    Piece::Spend => spend_to_pb(String::new(), a.spends.get(&id).unwrap()).encode_to_vec(),
+                    Piece::Lot => lot_to_pb(String::new(), a.lots.get(&Id::of(&id)).unwrap()).encode_to_vec(),
+                    Piece::Earn => earn_to_pb(String::new(), a.earns.get(&Id::of(&id)).unwrap()).encode_to_vec(),
+                    Piece::Spend => spend_to_pb(String::new(), a.spends.get(&Id::of(&id)).unwrap()).encode_to_vec(),
                     Piece::Reservation => {
-                        reservation_to_pb(String::new(), a.reservations.get(&id).unwrap()).encode_to_vec()
+                        reservation_to_pb(String::new(), a.reservations.get(&Id::of(&id)).unwrap()).encode_to_vec()
                     }
                 };
                 assert_eq!(bytes, by_prost, "{piece:?} {id:?}");
-                assert_eq!(encode_piece(&a, piece, &id), Some(bytes));
+                assert_eq!(encode_piece(&a, piece, &Id::of(&id)), Some(bytes));
             }
         }
     }

@@ -3,7 +3,7 @@
 //! `meta`), statement page keys and the expiring-lots index.
 
 use super::{account_key, millis_from_key, millis_key, programme_prefix, read_i64, StoreError};
-use crate::domain::{AccountKey, Millis};
+use crate::domain::{AccountKey, Id, Millis};
 use crate::log::arbiter::{Arbiter, Owner};
 
 /// The layout of the views this build writes (statements in pages of
@@ -102,12 +102,12 @@ pub fn entry_place(prefix_len: usize, k: &[u8]) -> Option<(u64, u16)> {
 
 /// `tenant \0 programme \0, expires_at, member \0, lot id` → the lot's
 /// spendable points (i64 BE; no row once it has none).
-pub fn expiring_key(account: &AccountKey, at: Millis, lot_id: &str) -> Vec<u8> {
+pub fn expiring_key(account: &AccountKey, at: Millis, lot: &Id) -> Vec<u8> {
     let mut k = programme_prefix(&account.tenant_id, &account.programme_id);
     k.extend_from_slice(&millis_key(at));
     k.extend_from_slice(account.member_id.as_bytes());
     k.push(0);
-    k.extend_from_slice(lot_id.as_bytes());
+    lot.with_str(|s| k.extend_from_slice(s.as_bytes()));
     k
 }
 
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(entry_place(2, b"ab\0"), None);
         assert_eq!(parse_expiring_key(4, b"abcd\0\0"), None);
         let a = AccountKey::new("t", "p", "m");
-        let k = expiring_key(&a, -7, "lot");
+        let k = expiring_key(&a, -7, &Id::of("lot"));
         assert_eq!(parse_expiring_key(4, &k), Some(("m".into(), -7, "lot".into())));
     }
 

@@ -513,7 +513,7 @@ fn shadow_events(shadow: &Account, events: &[Event], request_id: &str) -> Vec<Ev
             }
             Event::AccountFrozen { .. } | Event::AccountUnfrozen { .. } => out.push(e.clone()),
             Event::EarnReversed { earn_id, growth, .. } if *growth > 0 => {
-                let held = shadow.earns.get(earn_id).map_or(0, |earn| earn.growth_in_window());
+                let held = shadow.earns.get(&crate::domain::Id::of(earn_id)).map_or(0, |earn| earn.growth_in_window());
                 let g = held.min(*growth);
                 if g > 0 {
                     out.push(Event::GrowthAdjusted {
