@@ -31,6 +31,17 @@ pub const BOOKS_BATCH_RECORDS_MAX: usize = 4096;
 const BOOKS_POLL_WAIT_MS: u64 = 100;
 /// How long the consumer waits after a failed step before trying again.
 const BOOKS_RETRY_MS: u64 = 500;
+/// The check against the views reads every account of the balance view, a
+/// cost that grows with the members; the next
+/// check waits at least this many times as long as the last one took, so
+/// that checking takes at most a twentieth of the consumer's time.
+const BOOKS_CHECK_GAP_PER_CHECK: u32 = 20;
+
+/// When the check after one that took `took` is due: `interval` after it,
+/// or later when the check itself is slow.
+fn check_gap(interval: Duration, took: Duration) -> Duration {
+    interval.max(took.saturating_mul(BOOKS_CHECK_GAP_PER_CHECK))
+}
 
 impl Reconciler {
     pub fn start(
@@ -51,15 +62,21 @@ impl Reconciler {
         let thread = {
             let (stop, last_check) = (stop.clone(), last_check.clone());
             std::thread::Builder::new().name("reconciliation".into()).spawn(move || {
-                let mut last = Instant::now() - check_interval;
+                let (mut last, mut gap) = (Instant::now() - check_interval, check_interval);
                 let mut folded_since_check = true;
                 while !stop.load(Ordering::Relaxed) {
-                    let due = folded_since_check && last.elapsed() >= check_interval;
+                    let due = folded_since_check && last.elapsed() >= gap;
                     match step(&views, &books, &registry, &mut readers, &mut lanes, &stop, due) {
                         Ok((folded, checked)) => {
                             folded_since_check |= folded > 0;
-                            if let Some(m) = checked {
+                            if let Some((m, took)) = checked {
                                 last = Instant::now();
+                                gap = check_gap(check_interval, took);
+                                tracing::debug!(
+                                    took_ms = took.as_millis() as u64,
+                                    next_in_s = gap.as_secs(),
+                                    "books checked against the views"
+                                );
                                 folded_since_check = folded > 0;
                                 *last_check.lock().expect("check lock") = Some(m);
                             }
@@ -99,9 +116,13 @@ struct Lane {
     risk: RiskFold,
 }
 
+/// A check's mismatches and how long it took.
+type Checked = (Vec<Mismatch>, Duration);
+
 /// Folds every partition up to the views' positions (one snapshot) and,
 /// when `check` and every partition got there, compares the books with that
-/// same snapshot. Returns the records folded and the check's mismatches.
+/// same snapshot. Returns the records folded and the check's mismatches and
+/// how long it took.
 fn step(
     views: &Db,
     books: &Db,
@@ -110,7 +131,7 @@ fn step(
     lanes: &mut [Lane],
     stop: &AtomicBool,
     check: bool,
-) -> Result<(usize, Option<Vec<Mismatch>>), anyhow::Error> {
+) -> Result<(usize, Option<Checked>), anyhow::Error> {
     let snap = views.snapshot();
     let mut folded = 0;
     let mut all_there = true;
@@ -147,12 +168,13 @@ fn step(
     if !(check && all_there) || crate::projection::rebuilding(&snap, readers.len() as u32)? {
         return Ok((folded, None));
     }
+    let started = Instant::now();
     let (mismatches, batch) = check_against_views(books, snap.rows(Cf::Accounts), readers.len() as u32)?;
     books.write(batch)?;
     for m in &mismatches {
         tracing::error!(mismatch = %m, "the books do not agree with the balance view");
     }
-    Ok((folded, Some(mismatches)))
+    Ok((folded, Some((mismatches, started.elapsed()))))
 }
 
 /// Folds every partition from offset zero into `books` up to `targets`
@@ -303,4 +325,18 @@ pub fn verify(
         return Ok((folded, None));
     }
     Ok((folded, crate::tools::audit::first_difference(live, &rebuilt, store::BOOK_DIGEST_CFS)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_is_due_an_interval_after_the_last_unless_the_check_took_longer_than_a_twentieth_of_that() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(check_gap(minute, Duration::from_millis(40)), minute);
+        assert_eq!(check_gap(minute, Duration::from_secs(3)), minute);
+        assert_eq!(check_gap(minute, Duration::from_secs(5)), Duration::from_secs(100));
+        assert_eq!(check_gap(minute, Duration::MAX), Duration::MAX);
+    }
 }
