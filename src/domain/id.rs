@@ -52,6 +52,20 @@ impl Id {
         Id(Repr::Heap(s.into()))
     }
 
+    /// The id of a UUID's 16 bytes (as [`Id::uuid`] gives them), or `None`
+    /// when `bytes` are not 16.
+    pub fn from_uuid(bytes: &[u8]) -> Option<Id> {
+        bytes.try_into().ok().map(|uuid| Id(Repr::Uuid(uuid)))
+    }
+
+    /// Its 16 bytes when it is a canonical UUID.
+    pub fn uuid(&self) -> Option<&[u8; 16]> {
+        match &self.0 {
+            Repr::Uuid(uuid) => Some(uuid),
+            _ => None,
+        }
+    }
+
     /// Its text's length in bytes.
     pub fn len(&self) -> usize {
         match &self.0 {
@@ -195,6 +209,14 @@ mod tests {
         assert_eq!(id.to_string(), UUID);
         assert_eq!(id.len(), UUID.len());
         assert!(id.is(UUID));
+    }
+
+    #[test]
+    fn a_uuid_is_made_again_from_its_bytes_and_only_from_sixteen() {
+        let id = Id::of(UUID);
+        assert_eq!(Id::from_uuid(id.uuid().unwrap()), Some(id));
+        assert_eq!(Id::from_uuid(&[1; 15]), None);
+        assert_eq!(Id::of("e1").uuid(), None);
     }
 
     #[test]

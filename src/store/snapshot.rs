@@ -6,8 +6,6 @@
 use prost::Message;
 
 use crate::domain::{Account, EarnRecord, Id, Lot, ReservationRecord, ReservationStatus, Share, SpendRecord, Totals};
-#[cfg(test)]
-use crate::log::codec::lots_to_wire;
 use crate::log::codec::{event_from_wire, event_to_wire, opt_at, CodecError};
 use crate::log::record::{Balance, Position, Reply};
 use crate::proto::state;
@@ -19,8 +17,54 @@ use crate::proto::state;
 // reservation (see `crate::store::accounts`). The id is in the row's key, so the
 // piece messages are encoded with it empty. A header written before the
 // split carries the lists itself; [`decode_account`] still reads it.
+//
+// A small account is one row with its lists ([`encode_account_with`]).
+// There a lot is named by its place among the row's lots rather than by its
+// id again: an earn by the place of its own lot (same id), a spend's and a
+// hold's shares by the places of the lots they drew on ([`Places`]). Any
+// id that is a canonical UUID is kept as its 16 bytes. A member's history
+// is mostly earns and the spends of their lots, so that is most of what a
+// row held twice or three times.
 
-fn lot_from_pb(l: state::LotState) -> (Id, Lot) {
+/// Where each lot of an account sits in its whole row's `lots` (in id
+/// order), for the row to name a lot by its place rather than its id again;
+/// a piece row names lots by id ([`Places::none`]).
+pub struct Places<'a>(Vec<&'a Id>);
+
+impl<'a> Places<'a> {
+    fn of(a: &'a Account) -> Places<'a> {
+        Places(a.lots.keys().collect())
+    }
+
+    fn none() -> Places<'static> {
+        Places(Vec::new())
+    }
+
+    /// 1 + the lot's index, or 0 when it has none.
+    fn place(&self, id: &Id) -> u32 {
+        self.0.binary_search(&id).map_or(0, |i| i as u32 + 1)
+    }
+}
+
+/// An id kept as text, or as the 16 bytes of a canonical UUID.
+fn id_from_pb(text: &str, uuid: &[u8]) -> Result<Id, CodecError> {
+    if uuid.is_empty() {
+        Ok(Id::of(text))
+    } else {
+        Id::from_uuid(uuid).ok_or(CodecError::Missing("a UUID of 16 bytes"))
+    }
+}
+
+/// The id of a lot named by its place in `lots` (1 + its index), or by id
+/// when `place` is 0.
+fn lot_named(text: &str, uuid: &[u8], place: u32, lots: &[(Id, Lot)]) -> Result<Id, CodecError> {
+    match place {
+        0 => id_from_pb(text, uuid),
+        n => lots.get(n as usize - 1).map(|(id, _)| id.clone()).ok_or(CodecError::Missing("the lot of a place")),
+    }
+}
+
+fn lot_from_pb(l: state::LotState) -> Result<(Id, Lot), CodecError> {
     let lot = Lot {
         earned: l.earned_points,
         remaining: l.remaining,
@@ -28,10 +72,10 @@ fn lot_from_pb(l: state::LotState) -> (Id, Lot) {
         reminded: l.reminded,
         pending: l.pending,
     };
-    (Id::of(&l.lot_id), lot)
+    Ok((id_from_pb(&l.lot_id, &l.uuid)?, lot))
 }
 
-fn earn_from_pb(e: state::EarnState) -> (Id, EarnRecord) {
+fn earn_from_pb(e: state::EarnState, lots: &[(Id, Lot)]) -> Result<(Id, EarnRecord), CodecError> {
     let record = EarnRecord {
         points: e.points,
         reversed: e.reversed,
@@ -40,19 +84,20 @@ fn earn_from_pb(e: state::EarnState) -> (Id, EarnRecord) {
         day: e.day,
         growth_expired: e.growth_expired,
     };
-    (Id::of(&e.earn_id), record)
+    Ok((lot_named(&e.earn_id, &e.uuid, e.lot, lots)?, record))
 }
 
-fn spend_from_pb(s: state::SpendState) -> (Id, SpendRecord) {
-    let refunded = s.refunded.iter().map(|l| (Id::of(&l.lot_id), l.points)).collect();
-    (Id::of(&s.spend_id), SpendRecord { lots: shares_from_wire(&s.lots), refunded })
+fn shares_from_pb(shares: &[state::LotShare], lots: &[(Id, Lot)]) -> Result<Vec<Share>, CodecError> {
+    shares.iter().map(|l| Ok(Share { lot: lot_named(&l.lot_id, &l.uuid, l.lot, lots)?, points: l.points })).collect()
 }
 
-fn shares_from_wire(lots: &[crate::proto::log::LotAmount]) -> Vec<Share> {
-    lots.iter().map(|l| Share { lot: Id::of(&l.lot_id), points: l.points }).collect()
+fn spend_from_pb(s: state::SpendState, lots: &[(Id, Lot)]) -> Result<(Id, SpendRecord), CodecError> {
+    let refunded = shares_from_pb(&s.refunded, lots)?.into_iter().map(|l| (l.lot, l.points)).collect();
+    let record = SpendRecord { lots: shares_from_pb(&s.lots, lots)?, refunded };
+    Ok((id_from_pb(&s.spend_id, &s.uuid)?, record))
 }
 
-fn reservation_from_pb(r: state::ReservationState) -> Result<(Id, ReservationRecord), CodecError> {
+fn reservation_from_pb(r: state::ReservationState, lots: &[(Id, Lot)]) -> Result<(Id, ReservationRecord), CodecError> {
     let status = match state::ReservationStatus::try_from(r.status) {
         Ok(state::ReservationStatus::Open) => ReservationStatus::Open,
         Ok(state::ReservationStatus::Captured) => ReservationStatus::Captured,
@@ -63,13 +108,13 @@ fn reservation_from_pb(r: state::ReservationState) -> Result<(Id, ReservationRec
         }
     };
     let record = ReservationRecord {
-        order_ref: r.order_ref,
         order_cash_minor: r.order_cash_minor.max(0),
-        lots: shares_from_wire(&r.lots),
+        lots: shares_from_pb(&r.lots, lots)?,
         expires_at: r.expires_at_ms,
         status,
+        order_ref: r.order_ref,
     };
-    Ok((Id::of(&r.reservation_id), record))
+    Ok((id_from_pb(&r.reservation_id, &r.uuid)?, record))
 }
 
 /// Everything but the lists.
@@ -194,17 +239,18 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
 /// starts.
 pub fn encode_account_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
     let header = header_with(a, tail);
-    let lists: usize = a.lots.iter().map(|(id, l)| field_len(1, fields::lot_len(id, l))).sum::<usize>()
-        + a.earns.iter().map(|(id, e)| field_len(2, fields::earn_len(id, e))).sum::<usize>()
-        + a.spends.iter().map(|(id, x)| field_len(3, fields::spend_len(id, x))).sum::<usize>()
-        + a.reservations.iter().map(|(id, r)| field_len(4, fields::reservation_len(id, r))).sum::<usize>();
+    let p = Places::of(a);
+    let lists: usize = a.lots.iter().map(|(id, l)| field_len(1, fields::lot_len(id, l, &p))).sum::<usize>()
+        + a.earns.iter().map(|(id, e)| field_len(2, fields::earn_len(id, e, &p))).sum::<usize>()
+        + a.spends.iter().map(|(id, x)| field_len(3, fields::spend_len(id, x, &p))).sum::<usize>()
+        + a.reservations.iter().map(|(id, r)| field_len(4, fields::reservation_len(id, r, &p))).sum::<usize>();
     // The lists are fields 1-4 and the header's fields follow them, which is
     // the order prost would write the whole message in.
     let mut buf = Vec::with_capacity(lists + header.encoded_len());
-    fields::put_list(1, &a.lots, fields::lot_len, fields::put_lot, &mut buf);
-    fields::put_list(2, &a.earns, fields::earn_len, fields::put_earn, &mut buf);
-    fields::put_list(3, &a.spends, fields::spend_len, fields::put_spend, &mut buf);
-    fields::put_list(4, &a.reservations, fields::reservation_len, fields::put_reservation, &mut buf);
+    fields::put_list(1, &a.lots, &p, fields::lot_len, fields::put_lot, &mut buf);
+    fields::put_list(2, &a.earns, &p, fields::earn_len, fields::put_earn, &mut buf);
+    fields::put_list(3, &a.spends, &p, fields::spend_len, fields::put_spend, &mut buf);
+    fields::put_list(4, &a.reservations, &p, fields::reservation_len, fields::put_reservation, &mut buf);
     header.encode(&mut buf).expect("a Vec grows as needed");
     buf
 }
@@ -222,21 +268,32 @@ fn field_len(tag: u32, len: usize) -> usize {
 mod fields {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-    use super::field_len;
+    use super::{field_len, Places};
     use crate::domain::{EarnRecord, Id, Lot, ReservationRecord, ReservationStatus, SpendRecord, VecMap};
 
-    fn id_len(tag: u32, id: &Id) -> usize {
-        if id.is_empty() {
-            0
-        } else {
-            field_len(tag, id.len())
+    /// An id kept as text under `text` or, a canonical UUID, as its bytes
+    /// under `uuid`.
+    fn id_len(text: u32, uuid: u32, id: &Id) -> usize {
+        match id.uuid() {
+            Some(bytes) => field_len(uuid, bytes.len()),
+            None if id.is_empty() => 0,
+            None => field_len(text, id.len()),
         }
     }
 
-    fn put_id(tag: u32, id: &Id, buf: &mut Vec<u8>) {
-        if !id.is_empty() {
+    /// The text field of [`id_len`] (written in its place among the fields).
+    fn put_text(tag: u32, id: &Id, buf: &mut Vec<u8>) {
+        if id.uuid().is_none() && !id.is_empty() {
             put_message(tag, id.len(), buf);
             id.with_str(|s| buf.extend_from_slice(s.as_bytes()));
+        }
+    }
+
+    /// The bytes field of [`id_len`].
+    fn put_uuid(tag: u32, id: &Id, buf: &mut Vec<u8>) {
+        if let Some(bytes) = id.uuid() {
+            put_message(tag, bytes.len(), buf);
+            buf.extend_from_slice(bytes);
         }
     }
 
@@ -270,17 +327,15 @@ mod fields {
         }
     }
 
+    /// The length of an entry's message, and the entry written.
+    pub type Len<T> = fn(&Id, &T, &Places) -> usize;
+    pub type Put<T> = fn(&Id, &T, &Places, &mut Vec<u8>);
+
     /// Every entry of `map` as a message field `tag`, in key order.
-    pub fn put_list<T>(
-        tag: u32,
-        map: &VecMap<Id, T>,
-        len: fn(&Id, &T) -> usize,
-        put: fn(&Id, &T, &mut Vec<u8>),
-        buf: &mut Vec<u8>,
-    ) {
+    pub fn put_list<T>(tag: u32, map: &VecMap<Id, T>, places: &Places, len: Len<T>, put: Put<T>, buf: &mut Vec<u8>) {
         for (id, v) in map.iter() {
-            put_message(tag, len(id, v), buf);
-            put(id, v, buf);
+            put_message(tag, len(id, v, places), buf);
+            put(id, v, places, buf);
         }
     }
 
@@ -290,23 +345,32 @@ mod fields {
         encode_varint(len as u64, buf);
     }
 
-    /// A `LotAmount`.
-    fn amount_len(id: &Id, points: i64) -> usize {
-        id_len(1, id) + int_len(2, points)
+    /// A `LotShare`: the lot by its place in the row, else by id.
+    fn share_len(id: &Id, points: i64, places: &Places) -> usize {
+        let place = places.place(id);
+        let named = if place == 0 { id_len(1, 3, id) } else { 0 };
+        named + int_len(2, points) + int_len(4, i64::from(place))
     }
 
-    fn put_amount(tag: u32, id: &Id, points: i64, buf: &mut Vec<u8>) {
-        put_message(tag, amount_len(id, points), buf);
-        put_id(1, id, buf);
+    fn put_share(tag: u32, id: &Id, points: i64, places: &Places, buf: &mut Vec<u8>) {
+        put_message(tag, share_len(id, points, places), buf);
+        let place = places.place(id);
+        if place == 0 {
+            put_text(1, id, buf);
+        }
         put_int(2, points, buf);
+        if place == 0 {
+            put_uuid(3, id, buf);
+        }
+        put_int(4, i64::from(place), buf);
     }
 
-    fn amounts_len<'a>(tag: u32, amounts: impl Iterator<Item = (&'a Id, i64)>) -> usize {
-        amounts.map(|(id, points)| field_len(tag, amount_len(id, points))).sum()
+    fn shares_len<'a>(tag: u32, shares: impl Iterator<Item = (&'a Id, i64)>, places: &Places) -> usize {
+        shares.map(|(id, points)| field_len(tag, share_len(id, points, places))).sum()
     }
 
-    pub fn lot_len(id: &Id, l: &Lot) -> usize {
-        id_len(1, id)
+    pub fn lot_len(id: &Id, l: &Lot, _: &Places) -> usize {
+        id_len(1, 7, id)
             + int_len(2, l.earned)
             + int_len(3, l.remaining)
             + int_len(4, l.expires_at.unwrap_or(0))
@@ -314,45 +378,58 @@ mod fields {
             + int_len(6, i64::from(l.pending))
     }
 
-    pub fn put_lot(id: &Id, l: &Lot, buf: &mut Vec<u8>) {
-        put_id(1, id, buf);
+    pub fn put_lot(id: &Id, l: &Lot, _: &Places, buf: &mut Vec<u8>) {
+        put_text(1, id, buf);
         put_int(2, l.earned, buf);
         put_int(3, l.remaining, buf);
         put_int(4, l.expires_at.unwrap_or(0), buf);
         put_int(5, i64::from(l.reminded), buf);
         put_int(6, i64::from(l.pending), buf);
+        put_uuid(7, id, buf);
     }
 
-    pub fn earn_len(id: &Id, e: &EarnRecord) -> usize {
-        id_len(1, id)
+    /// An earn is named by the place of its lot (same id) when it has one.
+    pub fn earn_len(id: &Id, e: &EarnRecord, places: &Places) -> usize {
+        let place = places.place(id);
+        let named = if place == 0 { id_len(1, 8, id) } else { 0 };
+        named
             + int_len(2, e.points)
             + int_len(3, e.reversed)
             + int_len(4, e.growth)
             + int_len(5, e.growth_reversed)
             + int_len(6, e.day)
             + int_len(7, e.growth_expired)
+            + int_len(9, i64::from(place))
     }
 
-    pub fn put_earn(id: &Id, e: &EarnRecord, buf: &mut Vec<u8>) {
-        put_id(1, id, buf);
+    pub fn put_earn(id: &Id, e: &EarnRecord, places: &Places, buf: &mut Vec<u8>) {
+        let place = places.place(id);
+        if place == 0 {
+            put_text(1, id, buf);
+        }
         put_int(2, e.points, buf);
         put_int(3, e.reversed, buf);
         put_int(4, e.growth, buf);
         put_int(5, e.growth_reversed, buf);
         put_int(6, e.day, buf);
         put_int(7, e.growth_expired, buf);
+        if place == 0 {
+            put_uuid(8, id, buf);
+        }
+        put_int(9, i64::from(place), buf);
     }
 
-    pub fn spend_len(id: &Id, x: &SpendRecord) -> usize {
-        id_len(1, id)
-            + amounts_len(2, x.lots.iter().map(|l| (&l.lot, l.points)))
-            + amounts_len(3, x.refunded.iter().map(|(id, p)| (id, *p)))
+    pub fn spend_len(id: &Id, x: &SpendRecord, places: &Places) -> usize {
+        id_len(1, 4, id)
+            + shares_len(2, x.lots.iter().map(|l| (&l.lot, l.points)), places)
+            + shares_len(3, x.refunded.iter().map(|(id, p)| (id, *p)), places)
     }
 
-    pub fn put_spend(id: &Id, x: &SpendRecord, buf: &mut Vec<u8>) {
-        put_id(1, id, buf);
-        x.lots.iter().for_each(|l| put_amount(2, &l.lot, l.points, buf));
-        x.refunded.iter().for_each(|(id, p)| put_amount(3, id, *p, buf));
+    pub fn put_spend(id: &Id, x: &SpendRecord, places: &Places, buf: &mut Vec<u8>) {
+        put_text(1, id, buf);
+        x.lots.iter().for_each(|l| put_share(2, &l.lot, l.points, places, buf));
+        x.refunded.iter().for_each(|(id, p)| put_share(3, id, *p, places, buf));
+        put_uuid(4, id, buf);
     }
 
     fn status(r: &ReservationRecord) -> i64 {
@@ -364,22 +441,23 @@ mod fields {
         }
     }
 
-    pub fn reservation_len(id: &Id, r: &ReservationRecord) -> usize {
-        id_len(1, id)
+    pub fn reservation_len(id: &Id, r: &ReservationRecord, places: &Places) -> usize {
+        id_len(1, 7, id)
             + str_len(2, &r.order_ref)
-            + amounts_len(3, r.lots.iter().map(|l| (&l.lot, l.points)))
+            + shares_len(3, r.lots.iter().map(|l| (&l.lot, l.points)), places)
             + int_len(4, r.expires_at)
             + int_len(5, status(r))
             + int_len(6, r.order_cash_minor)
     }
 
-    pub fn put_reservation(id: &Id, r: &ReservationRecord, buf: &mut Vec<u8>) {
-        put_id(1, id, buf);
+    pub fn put_reservation(id: &Id, r: &ReservationRecord, places: &Places, buf: &mut Vec<u8>) {
+        put_text(1, id, buf);
         put_str(2, &r.order_ref, buf);
-        r.lots.iter().for_each(|l| put_amount(3, &l.lot, l.points, buf));
+        r.lots.iter().for_each(|l| put_share(3, &l.lot, l.points, places, buf));
         put_int(4, r.expires_at, buf);
         put_int(5, status(r), buf);
         put_int(6, r.order_cash_minor, buf);
+        put_uuid(7, id, buf);
     }
 }
 
@@ -407,10 +485,11 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     let (offset, index) = (s.statement_tail_offset, s.statement_tail_index as u16);
     let t = s.totals.unwrap_or_default();
     let mut a = Account::default();
-    a.lots = s.lots.into_iter().map(lot_from_pb).collect();
-    a.earns = s.earns.into_iter().map(earn_from_pb).collect();
-    a.spends = s.spends.into_iter().map(spend_from_pb).collect();
-    a.reservations = s.reservations.into_iter().map(reservation_from_pb).collect::<Result<_, _>>()?;
+    let lots: Vec<(Id, Lot)> = s.lots.into_iter().map(lot_from_pb).collect::<Result<_, _>>()?;
+    a.earns = s.earns.into_iter().map(|e| earn_from_pb(e, &lots)).collect::<Result<_, _>>()?;
+    a.spends = s.spends.into_iter().map(|x| spend_from_pb(x, &lots)).collect::<Result<_, _>>()?;
+    a.reservations = s.reservations.into_iter().map(|r| reservation_from_pb(r, &lots)).collect::<Result<_, _>>()?;
+    a.lots = lots.into_iter().collect();
     a.debt = s.debt;
     a.written_off_open = s.written_off_open;
     a.growth = s.growth;
@@ -531,10 +610,10 @@ pub fn encode_every_piece(a: &Account, mut out: impl FnMut(Piece, &Id, Vec<u8>))
 
 // A piece row's message, with its id left empty (the id is in the row's key).
 
-fn piece<T>(v: &T, len: fn(&Id, &T) -> usize, put: fn(&Id, &T, &mut Vec<u8>)) -> Vec<u8> {
-    let none = Id::of("");
-    let mut buf = Vec::with_capacity(len(&none, v));
-    put(&none, v, &mut buf);
+fn piece<T>(v: &T, len: fields::Len<T>, put: fields::Put<T>) -> Vec<u8> {
+    let (none, places) = (Id::of(""), Places::none());
+    let mut buf = Vec::with_capacity(len(&none, v, &places));
+    put(&none, v, &places, &mut buf);
     buf
 }
 
@@ -559,19 +638,19 @@ fn reservation_piece(r: &ReservationRecord) -> Vec<u8> {
 pub fn decode_piece_into(a: &mut Account, piece: Piece, id: Id, bytes: &[u8]) -> Result<(), CodecError> {
     match piece {
         Piece::Lot => {
-            let (_, lot) = lot_from_pb(state::LotState::decode(bytes)?);
+            let (_, lot) = lot_from_pb(state::LotState::decode(bytes)?)?;
             a.lots.insert(id, lot);
         }
         Piece::Earn => {
-            let (_, earn) = earn_from_pb(state::EarnState::decode(bytes)?);
+            let (_, earn) = earn_from_pb(state::EarnState::decode(bytes)?, &[])?;
             a.earns.insert(id, earn);
         }
         Piece::Spend => {
-            let (_, spend) = spend_from_pb(state::SpendState::decode(bytes)?);
+            let (_, spend) = spend_from_pb(state::SpendState::decode(bytes)?, &[])?;
             a.spends.insert(id, spend);
         }
         Piece::Reservation => {
-            let (_, r) = reservation_from_pb(state::ReservationState::decode(bytes)?)?;
+            let (_, r) = reservation_from_pb(state::ReservationState::decode(bytes)?, &[])?;
             a.reservations.insert(id, r);
         }
     }
@@ -722,53 +801,80 @@ mod tests {
     use crate::domain::{LotAmount, Millis, Points, VecMap};
 
     const UUID: &str = "6f1c2a4e-9b3d-4e5f-8a7b-0c1d2e3f4a5b";
+    const OTHER_UUID: &str = "00000000-0000-4000-8000-00000000000a";
 
     // prost's own messages, as the account snapshots were encoded before
     // they were written straight from the account. They name every field
     // (no `..Default::default()`), so a field added to the messages stops
     // them compiling until it is written here and in `mod fields` too.
 
-    fn sorted_lots(m: &crate::domain::VecMap<Id, i64>) -> Vec<crate::proto::log::LotAmount> {
-        m.iter().map(|(id, p)| crate::proto::log::LotAmount { lot_id: id.to_string(), points: *p }).collect()
+    /// An id's text and bytes fields: a canonical UUID as its bytes.
+    fn named(id: &Id) -> (String, Vec<u8>) {
+        match id.uuid() {
+            Some(bytes) => (String::new(), bytes.to_vec()),
+            None => (id.to_string(), Vec::new()),
+        }
     }
 
-    fn lot_to_pb(id: String, l: &Lot) -> state::LotState {
+    /// The lots of the whole row, in order (none for a piece row).
+    type Order<'a> = Option<Vec<&'a Id>>;
+
+    fn place(order: &Order, id: &Id) -> u32 {
+        order.as_ref().and_then(|o| o.iter().position(|l| *l == id)).map_or(0, |i| i as u32 + 1)
+    }
+
+    fn share(id: &Id, points: Points, order: &Order) -> state::LotShare {
+        let lot = place(order, id);
+        let (lot_id, uuid) = if lot == 0 { named(id) } else { Default::default() };
+        state::LotShare { lot_id, points, uuid, lot }
+    }
+
+    fn lot_to_pb(id: &Id, l: &Lot) -> state::LotState {
+        let (lot_id, uuid) = named(id);
         state::LotState {
-            lot_id: id,
+            lot_id,
             earned_points: l.earned,
             remaining: l.remaining,
             expires_at_ms: l.expires_at.unwrap_or(0),
             reminded: l.reminded,
             pending: l.pending,
+            uuid,
         }
     }
 
-    fn earn_to_pb(id: String, e: &EarnRecord) -> state::EarnState {
+    fn earn_to_pb(id: &Id, e: &EarnRecord, order: &Order) -> state::EarnState {
+        let lot = place(order, id);
+        let (earn_id, uuid) = if lot == 0 { named(id) } else { Default::default() };
         state::EarnState {
-            earn_id: id,
+            earn_id,
             points: e.points,
             reversed: e.reversed,
             growth: e.growth,
             growth_reversed: e.growth_reversed,
             day: e.day,
             growth_expired: e.growth_expired,
+            uuid,
+            lot,
         }
     }
 
-    fn spend_to_pb(id: String, s: &SpendRecord) -> state::SpendState {
+    fn spend_to_pb(id: &Id, s: &SpendRecord, order: &Order) -> state::SpendState {
+        let (spend_id, uuid) = named(id);
         state::SpendState {
-            spend_id: id,
-            lots: lots_to_wire(Share::amounts(&s.lots)),
-            refunded: sorted_lots(&s.refunded),
+            spend_id,
+            lots: s.lots.iter().map(|l| share(&l.lot, l.points, order)).collect(),
+            refunded: s.refunded.iter().map(|(id, p)| share(id, *p, order)).collect(),
+            uuid,
         }
     }
 
-    fn reservation_to_pb(id: String, r: &ReservationRecord) -> state::ReservationState {
+    fn reservation_to_pb(id: &Id, r: &ReservationRecord, order: &Order) -> state::ReservationState {
+        let (reservation_id, uuid) = named(id);
         state::ReservationState {
-            reservation_id: id,
+            reservation_id,
             order_ref: r.order_ref.clone(),
             order_cash_minor: r.order_cash_minor,
-            lots: lots_to_wire(Share::amounts(&r.lots)),
+            lots: r.lots.iter().map(|l| share(&l.lot, l.points, order)).collect(),
             expires_at_ms: r.expires_at,
             status: match r.status {
                 ReservationStatus::Open => state::ReservationStatus::Open,
@@ -776,15 +882,17 @@ mod tests {
                 ReservationStatus::Released => state::ReservationStatus::Released,
                 ReservationStatus::TimedOut => state::ReservationStatus::TimedOut,
             } as i32,
+            uuid,
         }
     }
 
     fn whole_by_prost(a: &Account) -> Vec<u8> {
+        let order = Some(a.lots.keys().collect());
         let mut s = header_to_pb(a);
-        s.lots = a.lots.iter().map(|(id, l)| lot_to_pb(id.to_string(), l)).collect();
-        s.earns = a.earns.iter().map(|(id, e)| earn_to_pb(id.to_string(), e)).collect();
-        s.spends = a.spends.iter().map(|(id, sp)| spend_to_pb(id.to_string(), sp)).collect();
-        s.reservations = a.reservations.iter().map(|(id, r)| reservation_to_pb(id.to_string(), r)).collect();
+        s.lots = a.lots.iter().map(|(id, l)| lot_to_pb(id, l)).collect();
+        s.earns = a.earns.iter().map(|(id, e)| earn_to_pb(id, e, &order)).collect();
+        s.spends = a.spends.iter().map(|(id, sp)| spend_to_pb(id, sp, &order)).collect();
+        s.reservations = a.reservations.iter().map(|(id, r)| reservation_to_pb(id, r, &order)).collect();
         s.encode_to_vec()
     }
 
@@ -863,8 +971,86 @@ mod tests {
         a.rfm_evaluated = Some(0);
         a.reminded_day = Some(20_597);
         a.held = Some(crate::domain::EarningsHold { rule: "dense_spend".into(), alert_id: "a-1".into() });
+        with_uuid_pieces(&mut a);
         a.recount();
         a
+    }
+
+    /// A spend and a hold of UUID ids, naming a lot that is not there.
+    fn with_uuid_pieces(a: &mut Account) {
+        let other = SpendRecord { lots: vec![amount(UUID, 1), amount("e9", 2)], refunded: VecMap::new() };
+        a.spends.insert(Id::of(OTHER_UUID), other);
+        let hold = ReservationRecord {
+            order_ref: String::new(),
+            order_cash_minor: 0,
+            lots: vec![amount("e9", 1)],
+            expires_at: 5,
+            status: ReservationStatus::Released,
+        };
+        a.reservations.insert(Id::of(OTHER_UUID), hold);
+    }
+
+    /// The row as written before 2026-12-07: every id as text, no places.
+    fn with_ids_as_text(row: &[u8]) -> Vec<u8> {
+        let mut s = state::AccountSnapshot::decode(row).unwrap();
+        let text = |uuid: &mut Vec<u8>, id: &mut String| {
+            if !uuid.is_empty() {
+                *id = Id::from_uuid(uuid).unwrap().to_string();
+                uuid.clear();
+            }
+        };
+        let lots: Vec<String> = s
+            .lots
+            .iter_mut()
+            .map(|l| {
+                text(&mut l.uuid, &mut l.lot_id);
+                l.lot_id.clone()
+            })
+            .collect();
+        let by_place = |lot: &mut u32, id: &mut String| {
+            if *lot > 0 {
+                *id = lots[*lot as usize - 1].clone();
+                *lot = 0;
+            }
+        };
+        let shares = |shares: &mut Vec<state::LotShare>| {
+            for l in shares {
+                text(&mut l.uuid, &mut l.lot_id);
+                by_place(&mut l.lot, &mut l.lot_id);
+            }
+        };
+        for e in &mut s.earns {
+            text(&mut e.uuid, &mut e.earn_id);
+            by_place(&mut e.lot, &mut e.earn_id);
+        }
+        for x in &mut s.spends {
+            text(&mut x.uuid, &mut x.spend_id);
+            shares(&mut x.lots);
+            shares(&mut x.refunded);
+        }
+        for r in &mut s.reservations {
+            text(&mut r.uuid, &mut r.reservation_id);
+            shares(&mut r.lots);
+        }
+        s.encode_to_vec()
+    }
+
+    #[test]
+    fn a_row_with_every_id_as_text_reads_as_the_same_account_and_takes_more_bytes() {
+        let a = varied();
+        let (row, old) = (encode_account(&a), with_ids_as_text(&encode_account(&a)));
+        assert_eq!(decode_account(&old).unwrap(), a);
+        assert!(row.len() + 4 * 20 < old.len(), "{} vs {}", row.len(), old.len());
+    }
+
+    #[test]
+    fn a_place_past_the_rows_lots_or_a_uuid_not_of_16_bytes_is_an_error() {
+        let mut s = state::AccountSnapshot::decode(&*encode_account(&varied())).unwrap();
+        s.earns[0].lot = s.lots.len() as u32 + 1;
+        assert!(decode_account(&s.encode_to_vec()).is_err());
+        let mut s = state::AccountSnapshot::decode(&*encode_account(&varied())).unwrap();
+        s.lots[0].uuid = vec![1; 15];
+        assert!(decode_account(&s.encode_to_vec()).is_err());
     }
 
     #[test]
@@ -927,13 +1113,14 @@ mod tests {
             let mut pieces = Vec::new();
             encode_every_piece(&a, |p, id, v| pieces.push((p, id.to_string(), v)));
             assert_eq!(pieces.len(), a.lots.len() + a.earns.len() + a.spends.len() + a.reservations.len());
+            let none = Id::of("");
             for (piece, id, bytes) in pieces {
                 let by_prost = match piece {
-                    Piece::Lot => lot_to_pb(String::new(), a.lots.get(&Id::of(&id)).unwrap()).encode_to_vec(),
-                    Piece::Earn => earn_to_pb(String::new(), a.earns.get(&Id::of(&id)).unwrap()).encode_to_vec(),
-                    Piece::Spend => spend_to_pb(String::new(), a.spends.get(&Id::of(&id)).unwrap()).encode_to_vec(),
+                    Piece::Lot => lot_to_pb(&none, a.lots.get(&Id::of(&id)).unwrap()).encode_to_vec(),
+                    Piece::Earn => earn_to_pb(&none, a.earns.get(&Id::of(&id)).unwrap(), &None).encode_to_vec(),
+                    Piece::Spend => spend_to_pb(&none, a.spends.get(&Id::of(&id)).unwrap(), &None).encode_to_vec(),
                     Piece::Reservation => {
-                        reservation_to_pb(String::new(), a.reservations.get(&Id::of(&id)).unwrap()).encode_to_vec()
+                        reservation_to_pb(&none, a.reservations.get(&Id::of(&id)).unwrap(), &None).encode_to_vec()
                     }
                 };
                 assert_eq!(bytes, by_prost, "{piece:?} {id:?}");

@@ -9,11 +9,12 @@ use crate::log::arbiter::{Arbiter, Owner};
 /// The layout of the views this build writes (statements in pages of
 /// `STATEMENT_PAGE_ENTRIES`, each a row of the entries column family, the
 /// last one added to by each batch; an account in one row up to
-/// `INLINE_PIECES_MAX` = 32 pieces), kept in their `meta`. Views without it
+/// `INLINE_PIECES_MAX` = 32 pieces, naming its lots by their place in the
+/// row and keeping UUID ids as bytes), kept in their `meta`. Views without it
 /// were written by an older build: they are rebuilt from the log on start
 /// (so `verify` compares them with a rebuild in the same layout, and the due
 /// index holds what this build schedules: reminders, RFM period ends).
-pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32-arbiters";
+pub const VIEWS_FORMAT: &[u8] = b"appended-pages-32-arbiters-places";
 /// The `meta` key of [`VIEWS_FORMAT`].
 pub const VIEWS_FORMAT_KEY: &[u8] = b"format";
 
