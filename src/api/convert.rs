@@ -618,9 +618,9 @@ pub fn pending_to_pb(a: &Account, position: pb::LogPosition) -> pb::ListPendingP
             })
             .collect(),
         pending: a.pending(),
-        held: a.held.is_some(),
-        held_rule: a.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
-        held_alert_id: a.held.as_ref().map(|h| h.alert_id.clone()).unwrap_or_default(),
+        held: a.extra.held.is_some(),
+        held_rule: a.extra.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
+        held_alert_id: a.extra.held.as_ref().map(|h| h.alert_id.clone()).unwrap_or_default(),
         position: Some(position),
     }
 }
@@ -654,6 +654,7 @@ pub fn account_to_pb(
     let mut open: Vec<_> = a.reservations.iter().filter(|(_, r)| r.status == domain::ReservationStatus::Open).collect();
     open.sort_unstable_by_key(|(id, r)| (r.expires_at, *id));
     let pending_adjustments = a
+        .extra
         .adjustments
         .iter()
         .map(|(id, p)| pb::AdjustmentRequested {
@@ -679,8 +680,8 @@ pub fn account_to_pb(
         earning_frozen: a.earning_frozen,
         spending_frozen: a.spending_frozen,
         pending: a.pending(),
-        earnings_held: a.held.is_some(),
-        held_rule: a.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
+        earnings_held: a.extra.held.is_some(),
+        held_rule: a.extra.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
         lots,
         position: Some(position),
         reservations: open

@@ -249,12 +249,6 @@ pub struct Account {
     pub reservations: VecMap<Id, ReservationRecord>,
     /// Clawed-back points the member owes; earns and credits repay it first.
     pub debt: Points,
-    /// Reversed points that were written off (the member had spent, held or
-    /// lost them, `CLAWBACK_POLICY_WITHIN_BALANCE`) and not recovered since.
-    /// A write-off forgives points that are gone, never points that come
-    /// back: refunded and released points are taken for it first
-    /// (`PointsRecovered`), so a refund after a reversal mints nothing.
-    pub written_off_open: Points,
     pub growth: i64,
     pub earning_frozen: bool,
     pub spending_frozen: bool,
@@ -263,16 +257,38 @@ pub struct Account {
     pub day: i64,
     pub day_earned: Points,
     pub day_actions: VecMap<String, Points>,
+    /// Events folded so far.
+    pub events: u64,
+    /// The member's level as of the last `LevelChanged` ("" before any).
+    pub level: String,
+    /// What many members never have ([`Extra`]).
+    pub extra: Extra,
+    /// What `available`, `reserved`, `growth_in_window` and the due instants
+    /// are made of, kept as lots, reservations and earns change, so they
+    /// cost the same however long the member's history (every lot, earn and
+    /// reservation ever made stays in the maps). Whoever fills the maps other
+    /// than through [`Account::apply`] calls [`Account::recount`].
+    sums: Sums,
+}
+
+/// The part of an account that only some members have: a write-off, a
+/// level held by hand, held earns, adjustments waiting, and what only some
+/// programmes count (earning rules' daily limits, RFM purchases, expiry
+/// reminders).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtraState {
+    /// Reversed points that were written off (the member had spent, held or
+    /// lost them, `CLAWBACK_POLICY_WITHIN_BALANCE`) and not recovered since.
+    /// A write-off forgives points that are gone, never points that come
+    /// back: refunded and released points are taken for it first
+    /// (`PointsRecovered`), so a refund after a reversal mints nothing.
+    pub written_off_open: Points,
     /// Until when a level set by hand is held against evaluation.
     pub level_held_until: Option<Millis>,
     /// The programme day `rule_days` count for.
     pub rules_day: i64,
     /// Each earning rule's occurrences and points on `rules_day`.
     pub rule_days: VecMap<String, super::RuleDay>,
-    /// Events folded so far.
-    pub events: u64,
-    /// The member's level as of the last `LevelChanged` ("" before any).
-    pub level: String,
     /// RFM: the programme day of the last purchase (`ActivityRecorded` with
     /// `purchase`).
     pub last_purchase_day: Option<i64>,
@@ -292,12 +308,71 @@ pub struct Account {
     pub rfm_growth: i64,
     /// Programme day of the first day of the last period evaluated.
     pub rfm_evaluated: Option<i64>,
-    /// What `available`, `reserved`, `growth_in_window` and the due instants
-    /// are made of, kept as lots, reservations and earns change, so they
-    /// cost the same however long the member's history (every lot, earn and
-    /// reservation ever made stays in the maps). Whoever fills the maps other
-    /// than through [`Account::apply`] calls [`Account::recount`].
-    sums: Sums,
+}
+
+/// An account's [`ExtraState`] behind one pointer, none while it is all
+/// defaults: a member without any of it keeps 8 bytes for it, not ~220. It
+/// reads as its state (the defaults when there is none) and is made on the
+/// first write; [`Account::apply`] lets it go again once it is back to the
+/// defaults, and accounts compare by what they hold, not by whether it is
+/// allocated.
+#[derive(Clone, Default)]
+pub struct Extra(Option<Box<ExtraState>>);
+
+static NO_EXTRA: ExtraState = ExtraState {
+    written_off_open: 0,
+    level_held_until: None,
+    rules_day: 0,
+    rule_days: VecMap::new(),
+    last_purchase_day: None,
+    purchase_months: Vec::new(),
+    reminded_day: None,
+    held: None,
+    adjustments: VecMap::new(),
+    rfm_growth: 0,
+    rfm_evaluated: None,
+};
+
+impl Extra {
+    /// `state`, allocated only when it is not all defaults.
+    pub fn of(state: ExtraState) -> Extra {
+        Extra((state != NO_EXTRA).then(|| Box::new(state)))
+    }
+
+    /// Lets the state go once it is back to the defaults.
+    fn tidy(&mut self) {
+        if self.0.as_deref() == Some(&NO_EXTRA) {
+            self.0 = None;
+        }
+    }
+}
+
+impl std::ops::Deref for Extra {
+    type Target = ExtraState;
+
+    fn deref(&self) -> &ExtraState {
+        self.0.as_deref().unwrap_or(&NO_EXTRA)
+    }
+}
+
+impl std::ops::DerefMut for Extra {
+    fn deref_mut(&mut self) -> &mut ExtraState {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl PartialEq for Extra {
+    fn eq(&self, other: &Extra) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Extra {}
+
+impl std::fmt::Debug for Extra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -468,10 +543,10 @@ impl Account {
 
     /// An earning rule's counters on programme day `day`.
     pub fn rule_day(&self, rule_id: &str, day: i64) -> super::RuleDay {
-        if self.rules_day != day {
+        if self.extra.rules_day != day {
             return super::RuleDay::default();
         }
-        self.rule_days.get(rule_id).copied().unwrap_or_default()
+        self.extra.rule_days.get(rule_id).copied().unwrap_or_default()
     }
 
     /// Folds one event. Cannot fail: a history that takes more from a lot than
@@ -547,7 +622,9 @@ impl Account {
             Event::EarnReversed { earn_id, points, taken, debt_added, written_off, growth, .. } => {
                 self.take(taken);
                 self.debt += debt_added;
-                self.written_off_open += written_off;
+                if *written_off != 0 {
+                    self.extra.written_off_open += written_off;
+                }
                 self.growth -= growth;
                 let earn = self.earns.get_mut(&Id::of(earn_id)).expect("reversal of a recorded earn");
                 let before = earn.clone();
@@ -561,9 +638,11 @@ impl Account {
             Event::PointsRecovered { lots, debt_repaid, written_off, .. } => {
                 self.take(lots);
                 assert!(*debt_repaid >= 0 && *debt_repaid <= self.debt, "debt over-repaid");
-                assert!(*written_off >= 0 && *written_off <= self.written_off_open, "write-off over-recovered");
+                assert!(*written_off >= 0 && *written_off <= self.extra.written_off_open, "write-off over-recovered");
                 self.debt -= debt_repaid;
-                self.written_off_open -= written_off;
+                if *written_off != 0 {
+                    self.extra.written_off_open -= written_off;
+                }
             }
             Event::PointsExpired { lots, cause, .. } => {
                 debug_assert!(matches!(cause, ExpiryCause::Due | ExpiryCause::AllPoints));
@@ -609,8 +688,8 @@ impl Account {
                 }
             }
             Event::GrowthEvaluated { period_start, growth, .. } => {
-                self.rfm_growth = *growth;
-                self.rfm_evaluated = Some(*period_start);
+                self.extra.rfm_growth = *growth;
+                self.extra.rfm_evaluated = Some(*period_start);
             }
             Event::GrowthAdjusted { adjustment_id, growth, earns, day, .. } => {
                 if *growth > 0 {
@@ -623,9 +702,9 @@ impl Account {
                     self.take_growth(earns);
                 }
             }
-            Event::LevelHeld { hold_until, .. } => self.level_held_until = *hold_until,
+            Event::LevelHeld { hold_until, .. } => self.extra.level_held_until = *hold_until,
             Event::ExpiryReminderDue { lots, day, .. } => {
-                self.reminded_day = Some(self.reminded_day.map_or(*day, |d| d.max(*day)));
+                self.extra.reminded_day = Some(self.extra.reminded_day.map_or(*day, |d| d.max(*day)));
                 for l in lots {
                     let lot = self
                         .lots
@@ -644,9 +723,9 @@ impl Account {
             }
             Event::AlertRaised { .. } => {}
             Event::EarningsHeld { rule, alert_id } => {
-                self.held = Some(EarningsHold { rule: rule.clone(), alert_id: alert_id.clone() })
+                self.extra.held = Some(EarningsHold { rule: rule.clone(), alert_id: alert_id.clone() })
             }
-            Event::EarningsUnheld { .. } => self.held = None,
+            Event::EarningsUnheld { .. } => self.extra.held = None,
             Event::AdjustmentRequested { approval_id, points, operator, reason, client } => {
                 let pending = PendingAdjustment {
                     points: *points,
@@ -654,21 +733,22 @@ impl Account {
                     reason: reason.clone(),
                     client: client.clone(),
                 };
-                self.adjustments.insert(approval_id.clone(), pending);
+                self.extra.adjustments.insert(approval_id.clone(), pending);
             }
             Event::AdjustmentApproved { approval_id, .. } | Event::AdjustmentRejected { approval_id, .. } => {
-                self.adjustments.remove(approval_id);
+                self.extra.adjustments.remove(approval_id);
             }
             Event::PendingPointsReleased { lots, .. } => {
                 self.settle_pending(lots, true);
-                self.held = None;
+                self.extra.held = None;
             }
             Event::PendingPointsForfeited { lots, .. } => {
                 self.settle_pending(lots, false);
-                self.held = None;
+                self.extra.held = None;
             }
         }
         self.events += 1;
+        self.extra.tidy();
         // Every lot recounted on every event: in debug builds, and only while
         // the account is of a size that keeps that from being quadratic.
         if cfg!(debug_assertions) && self.lots.len() <= DEBUG_FULL_CHECK_LOTS_MAX {
@@ -786,37 +866,39 @@ impl Account {
     /// An activity's rules counted for their daily limits (a rule that gave
     /// nothing is not an occurrence).
     fn count_rules(&mut self, applied: &[super::AppliedRule], day: i64) {
-        if self.rules_day != day {
-            self.rules_day = day;
-            self.rule_days.clear();
+        if self.extra.rules_day != day {
+            self.extra.rules_day = day;
+            self.extra.rule_days.clear();
         }
         for a in applied.iter().filter(|a| a.points != 0 || a.growth != 0) {
-            let d = self.rule_days.entry_or_default(a.rule_id.clone());
+            let d = self.extra.rule_days.entry_or_default(a.rule_id.clone());
             d.count = d.count.saturating_add(1);
             d.points = d.points.saturating_add(a.points.saturating_abs());
         }
     }
 
     fn count_purchase(&mut self, day: i64, amount_minor: i64) {
-        self.last_purchase_day = Some(self.last_purchase_day.map_or(day, |d| d.max(day)));
+        self.extra.last_purchase_day = Some(self.extra.last_purchase_day.map_or(day, |d| d.max(day)));
         let month = super::calendar::month_of_day(day);
-        match self.purchase_months.binary_search_by_key(&month, |m| m.month) {
+        match self.extra.purchase_months.binary_search_by_key(&month, |m| m.month) {
             Ok(i) => {
-                let m = &mut self.purchase_months[i];
+                let m = &mut self.extra.purchase_months[i];
                 m.count = m.count.saturating_add(1);
                 m.amount_minor = m.amount_minor.saturating_add(amount_minor.max(0));
             }
-            Err(i) => {
-                self.purchase_months.insert(i, PurchaseMonth { month, count: 1, amount_minor: amount_minor.max(0) })
-            }
+            Err(i) => self
+                .extra
+                .purchase_months
+                .insert(i, PurchaseMonth { month, count: 1, amount_minor: amount_minor.max(0) }),
         }
-        let newest = self.purchase_months.last().map_or(month, |m| m.month);
-        self.purchase_months.retain(|m| m.month > newest - PURCHASE_MONTHS_KEPT);
+        let newest = self.extra.purchase_months.last().map_or(month, |m| m.month);
+        self.extra.purchase_months.retain(|m| m.month > newest - PURCHASE_MONTHS_KEPT);
     }
 
     /// Purchases and their amount in the calendar months `from..to`.
     pub fn purchases_in(&self, from: i64, to: i64) -> (i64, i64) {
-        self.purchase_months
+        self.extra
+            .purchase_months
             .iter()
             .filter(|m| (from..to).contains(&m.month))
             .fold((0, 0), |(c, a), m| (c.saturating_add(m.count), a.saturating_add(m.amount_minor)))
@@ -905,5 +987,30 @@ impl Account {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_accounts_extra_state_is_made_on_its_first_write_and_let_go_once_back_to_the_defaults() {
+        let mut a = Account::default();
+        assert!(a.extra.0.is_none() && a.extra.held.is_none());
+        a.apply(&Event::EarningsHeld { rule: "dense_spend".into(), alert_id: "a-1".into() });
+        assert!(a.extra.0.is_some() && a.extra.held.is_some());
+        a.apply(&Event::EarningsUnheld { operator: "ops".into(), reason: "cleared".into() });
+        assert!(a.extra.0.is_none());
+    }
+
+    #[test]
+    fn accounts_compare_by_their_extra_state_not_by_whether_it_is_allocated() {
+        let (mut kept, none) = (Account::default(), Account::default());
+        kept.extra = Extra(Some(Box::default()));
+        assert_eq!(kept, none);
+        assert!(Extra::of(ExtraState::default()).0.is_none());
+        kept.extra.reminded_day = Some(0);
+        assert_ne!(kept, none);
     }
 }

@@ -142,7 +142,7 @@ impl<'a> Sim<'a> {
             available: account.available(),
             reserved: account.reserved(),
             debt: account.debt,
-            written_off_open: account.written_off_open,
+            written_off_open: account.extra.written_off_open,
             growth: account.growth,
             totals: [
                 t.issued,
@@ -261,11 +261,13 @@ impl<'a> Sim<'a> {
     /// Maker-checker: a request for an id not waiting, a decision on one that is.
     fn approval_event(&self, event: &Event) -> Result<(), String> {
         match event {
-            Event::AdjustmentRequested { approval_id, .. } if self.account.adjustments.contains_key(approval_id) => {
+            Event::AdjustmentRequested { approval_id, .. }
+                if self.account.extra.adjustments.contains_key(approval_id) =>
+            {
                 Err(format!("adjustment {approval_id} waits for approval already"))
             }
             Event::AdjustmentApproved { approval_id, .. } | Event::AdjustmentRejected { approval_id, .. }
-                if !self.account.adjustments.contains_key(approval_id) =>
+                if !self.account.extra.adjustments.contains_key(approval_id) =>
             {
                 Err(format!("no adjustment {approval_id} waits for approval"))
             }

@@ -79,11 +79,12 @@ pub fn decide_with(
         events.extend(d.decide(&command.body)?);
     }
     // A level set by hand is left alone until its hold ends.
-    let held = matches!(command.body, CommandBody::SetLevel { .. }) || state.level_held_until.is_some_and(|u| now < u);
+    let held =
+        matches!(command.body, CommandBody::SetLevel { .. }) || state.extra.level_held_until.is_some_and(|u| now < u);
     if let Some(p) = programme.filter(|p| !held && (!p.levels.is_empty() || !state.level.is_empty())) {
         // Under RFM the level follows the last evaluation (folded into
         // `state` when it was due now): a command changes no RFM growth.
-        let growth = if is_rfm(p) { state.rfm_growth } else { growth_in_window_after(&state, &events[due..]) };
+        let growth = if is_rfm(p) { state.extra.rfm_growth } else { growth_in_window_after(&state, &events[due..]) };
         events.extend(level_change(p, &state.level, growth, &command.body, &events));
     }
     totals_fit(account, &events)?;
@@ -173,7 +174,7 @@ fn rfm_rules(programme: &Programme) -> Option<&RfmRules> {
 /// the window.
 fn level_growth(programme: &Programme, account: &Account) -> i64 {
     if is_rfm(programme) {
-        account.rfm_growth
+        account.extra.rfm_growth
     } else {
         account.growth_in_window()
     }
@@ -209,7 +210,7 @@ fn rfm_period_end(programme: &Programme, rules: &RfmRules, month: i64) -> Option
 /// RFM: the next evaluation of the account and when it falls due.
 pub(super) fn rfm_next_evaluation(programme: &Programme, account: &Account) -> Option<(i64, Millis)> {
     let rules = rfm_rules(programme)?;
-    let month = rfm_next_period(rules, account.last_purchase_day, account.rfm_evaluated)?;
+    let month = rfm_next_period(rules, account.extra.last_purchase_day, account.extra.rfm_evaluated)?;
     Some((month, rfm_period_end(programme, rules, month)?))
 }
 
@@ -217,11 +218,11 @@ pub(super) fn rfm_next_evaluation(programme: &Programme, account: &Account) -> O
 /// purchase and the one after it), measured from the account's purchases.
 fn rfm_evaluations(programme: &Programme, account: &Account, now: Millis) -> Vec<Event> {
     let Some(rules) = rfm_rules(programme) else { return Vec::new() };
-    let (mut evaluated, mut growth, mut events) = (account.rfm_evaluated, account.rfm_growth, Vec::new());
-    while let Some(month) = rfm_next_period(rules, account.last_purchase_day, evaluated) {
+    let (mut evaluated, mut growth, mut events) = (account.extra.rfm_evaluated, account.extra.rfm_growth, Vec::new());
+    while let Some(month) = rfm_next_period(rules, account.extra.last_purchase_day, evaluated) {
         let end_month = month + i64::from(rules.period_months);
         let (Some(start), Some(end_day), Some(last)) =
-            (month_first_day(month), month_first_day(end_month), account.last_purchase_day)
+            (month_first_day(month), month_first_day(end_month), account.extra.last_purchase_day)
         else {
             break;
         };
@@ -267,7 +268,7 @@ pub struct LevelStatus {
 /// purchases, not growth to earn).
 pub fn level_status(programme: &Programme, account: &Account) -> LevelStatus {
     if is_rfm(programme) {
-        let growth = account.rfm_growth;
+        let growth = account.extra.rfm_growth;
         let level =
             if account.level.is_empty() { programme.level_for(growth).to_string() } else { account.level.clone() };
         let threshold = programme.levels.iter().find(|l| l.name == level).map(|l| l.min_growth).unwrap_or(0);
@@ -342,7 +343,7 @@ pub(super) fn day_start(programme: &Programme, day: i64) -> Option<Millis> {
 /// the day after the last reminder (one a day at most).
 fn next_reminder_day(programme: &Programme, account: &Account) -> Option<i64> {
     let day = reminder_day(programme, account.next_unreminded_expiry()?)?;
-    Some(account.reminded_day.map_or(day, |last| day.max(last + 1)))
+    Some(account.extra.reminded_day.map_or(day, |last| day.max(last + 1)))
 }
 
 /// The account's next expiry reminder: when it falls due and the points it
@@ -370,7 +371,7 @@ fn reminders(
     restored: &std::collections::BTreeMap<&Id, Points>,
 ) -> Option<Event> {
     let today = programme_day(programme.time_zone, now);
-    if account.reminded_day.is_some_and(|d| d >= today) {
+    if account.extra.reminded_day.is_some_and(|d| d >= today) {
         return None;
     }
     let gate = |at: Millis| reminder_day(programme, at).is_some_and(|d| d <= today);
@@ -556,7 +557,7 @@ fn recovery(account: &Account, returned: &[LotAmount]) -> Option<Event> {
     for l in returned {
         *back.entry(l.lot_id.as_str()).or_insert(0) += l.points;
     }
-    let (mut written_off_left, mut debt_left) = (account.written_off_open.max(0), account.debt.max(0));
+    let (mut written_off_left, mut debt_left) = (account.extra.written_off_open.max(0), account.debt.max(0));
     let (mut lots, mut written_off, mut debt_repaid) = (Vec::new(), 0, 0);
     for (id, p) in back {
         let claw = p.min(written_off_left).max(0);
@@ -661,7 +662,7 @@ impl Decision<'_> {
             CommandBody::ForfeitPending { operator, reason } => self.settle_pending(operator, reason, false),
             CommandBody::Unhold { operator, reason } => {
                 needs_operator_and_reason(operator, reason)?;
-                if self.account.held.is_none() {
+                if self.account.extra.held.is_none() {
                     return Err(Rejection::new(Reason::NothingPending, "the account's earns are not held"));
                 }
                 Ok(vec![Event::EarningsUnheld { operator: operator.clone(), reason: reason.clone() }])
@@ -678,7 +679,7 @@ impl Decision<'_> {
         }
         let mut events =
             vec![Event::AlertRaised { alert_id: alert_id.into(), rule: rule.into(), detail: detail.into() }];
-        if hold && self.account.held.is_none() {
+        if hold && self.account.extra.held.is_none() {
             events.push(Event::EarningsHeld { rule: rule.into(), alert_id: alert_id.into() });
         }
         Ok(events)
@@ -695,7 +696,7 @@ impl Decision<'_> {
             .take(DUE_ITEMS_PER_RECORD_MAX)
             .map(|(id, l)| LotAmount::new(id, l.remaining))
             .collect();
-        if lots.is_empty() && self.account.held.is_none() {
+        if lots.is_empty() && self.account.extra.held.is_none() {
             return Err(Rejection::new(
                 Reason::NothingPending,
                 "nothing is pending and the account's earns are not held",
@@ -749,7 +750,7 @@ impl Decision<'_> {
         }
         let granted = allowed;
         // Held earns repay nothing until they are released.
-        let pending = self.account.held.is_some();
+        let pending = self.account.extra.held.is_some();
         let debt_repaid = if pending { 0 } else { granted.min(self.account.debt) };
         if granted > debt_repaid && self.account.lots_with_points() >= LOTS_WITH_POINTS_MAX {
             return Err(Rejection::new(
@@ -1162,7 +1163,7 @@ impl Decision<'_> {
         if threshold == 0 || points.unsigned_abs() <= threshold.unsigned_abs() {
             return Ok(events);
         }
-        if self.account.adjustments.len() >= super::account::PENDING_ADJUSTMENTS_MAX {
+        if self.account.extra.adjustments.len() >= super::account::PENDING_ADJUSTMENTS_MAX {
             return Err(Rejection::new(
                 Reason::TooManyPendingAdjustments,
                 format!(
@@ -1181,7 +1182,7 @@ impl Decision<'_> {
     }
 
     fn pending_adjustment(&self, approval_id: &str) -> Result<&super::account::PendingAdjustment, Rejection> {
-        self.account.adjustments.get(approval_id).ok_or_else(|| {
+        self.account.extra.adjustments.get(approval_id).ok_or_else(|| {
             Rejection::field(
                 Reason::AdjustmentNotFound,
                 "approval_id",

@@ -24,8 +24,8 @@ mod vecmap;
 use std::collections::BTreeMap;
 
 pub use account::{
-    Account, EarnRecord, EarningsHold, Lot, PendingAdjustment, PurchaseMonth, ReservationRecord, ReservationStatus,
-    Share, SpendRecord, Totals, PURCHASE_MONTHS_KEPT,
+    Account, EarnRecord, EarningsHold, Extra, ExtraState, Lot, PendingAdjustment, PurchaseMonth, ReservationRecord,
+    ReservationStatus, Share, SpendRecord, Totals, PURCHASE_MONTHS_KEPT,
 };
 pub use admit::admissible;
 #[cfg(test)]

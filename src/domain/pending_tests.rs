@@ -58,7 +58,7 @@ fn an_alert_of_a_holding_rule_is_an_event_and_holds_the_members_earns() {
     // An alert of a rule that only tells holds nothing.
     let mut told = Scenario::new();
     assert_eq!(raise(&mut told, "a-1", false).len(), 1);
-    assert!(told.account.held.is_none());
+    assert!(told.account.extra.held.is_none());
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn released_points_become_spendable_with_their_original_expiry_and_the_hold_is_l
     assert_eq!((s.available(), s.account.pending()), (150, 0));
     assert_eq!(s.account.lots.get(&Id::of("e2")).and_then(|l| l.expires_at), expiry);
     assert_eq!(s.account.totals.issued, 150);
-    assert!(s.account.held.is_none());
+    assert!(s.account.extra.held.is_none());
     // The next earn is an ordinary one, and the released lot expires as any.
     assert!(matches!(s.earn("e3", 5, None)[..], [Event::PointsEarned { pending: false, .. }]));
     let expired = s.at(tests::T0 + 30 * DAY).then_ok("", CommandBody::Tick);

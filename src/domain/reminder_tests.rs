@@ -192,5 +192,8 @@ fn a_lot_earned_inside_the_window_on_a_day_already_reminded_is_reminded_the_next
         vec![(0, vec![("e2".to_string(), 30, inside + 10 * DAY)])],
         "at the start of the next day"
     );
-    assert_eq!(s.account.reminded_day, Some(calendar::programme_day(chrono_tz::Asia::Shanghai, start(2026, 5, 25))));
+    assert_eq!(
+        s.account.extra.reminded_day,
+        Some(calendar::programme_day(chrono_tz::Asia::Shanghai, start(2026, 5, 25)))
+    );
 }

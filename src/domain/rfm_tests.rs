@@ -95,7 +95,7 @@ fn a_purchase_is_marked_as_such_in_its_activity_record_and_other_actions_are_not
     let e = s.then_ok("l", CommandBody::RecordActivity(Activity { action: "login".into(), ..Default::default() }));
     assert!(matches!(&e[0], Event::ActivityRecorded { purchase: false, .. }));
     assert_eq!(
-        s.account.purchases_in(calendar::month_of_day(s.account.last_purchase_day.unwrap()), i64::MAX),
+        s.account.purchases_in(calendar::month_of_day(s.account.extra.last_purchase_day.unwrap()), i64::MAX),
         (1, 30_000)
     );
 }
@@ -114,7 +114,7 @@ fn a_member_buying_often_in_january_is_gold_at_the_end_of_january() {
     // Last purchase on the 29th: 2 days to the 31st (3); 5 purchases (3); 1,500 yuan (3).
     assert_eq!(evaluations(&events), [(2, 5, 150_000, 9, 0)]);
     assert_eq!(level_changes(&events), [("member".into(), "gold".into(), "RFM evaluation".into())]);
-    assert_eq!((s.account.level.as_str(), s.account.rfm_growth), ("gold", 9));
+    assert_eq!((s.account.level.as_str(), s.account.extra.rfm_growth), ("gold", 9));
     let Event::GrowthEvaluated { period_start, .. } = &events[0] else { panic!("{events:?}") };
     assert_eq!(calendar::day_to_date(*period_start), chrono::NaiveDate::from_ymd_opt(2027, 1, 1));
 }
@@ -138,7 +138,7 @@ fn after_two_periods_without_purchases_a_member_is_no_longer_evaluated() {
     assert_eq!(due_at(&s.account, Some(&s.programme)), None);
     assert!(tick(&mut s, start(2027, 4, 1)).is_empty());
     assert!(tick(&mut s, start(2027, 5, 1)).is_empty());
-    assert_eq!((s.account.level.as_str(), s.account.rfm_growth), ("member", 2));
+    assert_eq!((s.account.level.as_str(), s.account.extra.rfm_growth), ("member", 2));
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn a_late_tick_evaluates_each_period_due_in_order() {
     assert_eq!(evaluations(&events), [(2, 5, 150_000, 9, 0), (30, 0, 0, 2, 9)]);
     // The level follows the last: the member never shows as gold.
     assert!(level_changes(&events).is_empty());
-    assert_eq!((s.account.level.as_str(), s.account.rfm_growth), ("member", 2));
+    assert_eq!((s.account.level.as_str(), s.account.extra.rfm_growth), ("member", 2));
 }
 
 #[test]
@@ -185,7 +185,7 @@ fn under_rfm_earned_growth_is_recorded_but_does_not_move_the_level() {
         CommandBody::Earn { points: 10, reason: "bonus".into(), order_ref: None, growth: 100, expires_at: None },
     );
     assert!(level_changes(&events).iter().all(|(_, to, _)| to == "member"), "{events:?}");
-    assert_eq!((s.account.growth_in_window(), s.account.rfm_growth), (100, 0));
+    assert_eq!((s.account.growth_in_window(), s.account.extra.rfm_growth), (100, 0));
 }
 
 #[test]
@@ -216,9 +216,9 @@ fn an_account_with_purchases_survives_a_refold_unchanged() {
     let mut copy = s.account.clone();
     copy.recount();
     assert_eq!(copy, s.account);
-    assert_eq!(s.account.purchase_months.len(), 1);
+    assert_eq!(s.account.extra.purchase_months.len(), 1);
     assert_eq!(
-        s.account.rfm_evaluated,
+        s.account.extra.rfm_evaluated,
         Some(calendar::days_since_epoch(chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap()))
     );
 }

@@ -90,7 +90,7 @@ fn due_at_counted(a: &Account, p: &Programme) -> Option<Millis> {
         .filter_map(Lot::to_remind)
         .filter_map(|at| decide::reminder_day(p, at))
         .min()
-        .map(|d| a.reminded_day.map_or(d, |last| d.max(last + 1)))
+        .map(|d| a.extra.reminded_day.map_or(d, |last| d.max(last + 1)))
         .and_then(|d| decide::day_start(p, d));
     lots.chain(holds).chain(growth).chain(rfm).chain(reminder).min()
 }
@@ -735,7 +735,7 @@ fn a_refund_after_a_written_off_reversal_claws_the_points_back_instead_of_mintin
         Event::PointsRecovered { lots: lots(&[("e1", 100)]), points: 100, debt_repaid: 0, written_off: 100 }
     );
     assert_eq!((s.available(), s.account.debt), (0, 0), "both orders refunded: nothing to spend");
-    assert_eq!(s.account.written_off_open, 0);
+    assert_eq!(s.account.extra.written_off_open, 0);
     s.then_rejects("s2", spend(1), Reason::InsufficientPoints);
 }
 
@@ -764,9 +764,9 @@ fn a_write_off_is_recovered_from_points_that_come_back_into_any_lot() {
     s.then_ok("s1", spend(100));
     s.then_ok("rv2", reverse("e2", 100));
     s.then_ok("rv1", reverse("e1", 100));
-    assert_eq!((s.available(), s.account.written_off_open), (0, 100));
+    assert_eq!((s.available(), s.account.extra.written_off_open), (0, 100));
     s.then_ok("rf", refund("s1", 100));
-    assert_eq!((s.available(), s.account.written_off_open), (0, 0), "200 earned, 200 reversed");
+    assert_eq!((s.available(), s.account.extra.written_off_open), (0, 0), "200 earned, 200 reversed");
 }
 
 #[test]
@@ -776,7 +776,7 @@ fn a_write_off_is_not_recovered_from_new_earns() {
     s.then_ok("s1", spend(100));
     s.then_ok("rv", reverse("e1", 100));
     s.earn("e2", 40, None);
-    assert_eq!((s.available(), s.account.written_off_open), (40, 100));
+    assert_eq!((s.available(), s.account.extra.written_off_open), (40, 100));
 }
 
 #[test]

@@ -5,7 +5,9 @@
 
 use prost::Message;
 
-use crate::domain::{Account, EarnRecord, Id, Lot, ReservationRecord, ReservationStatus, Share, SpendRecord, Totals};
+use crate::domain::{
+    Account, EarnRecord, Extra, ExtraState, Id, Lot, ReservationRecord, ReservationStatus, Share, SpendRecord, Totals,
+};
 use crate::log::codec::{event_from_wire, event_to_wire, opt_at, CodecError};
 use crate::log::record::{Balance, Position, Reply};
 use crate::proto::state;
@@ -150,30 +152,33 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         statement_tail: Vec::new(),
         statement_tail_offset: 0,
         statement_tail_index: 0,
-        written_off_open: a.written_off_open,
-        rules_day: a.rules_day,
-        level_held_until_ms: a.level_held_until.unwrap_or(0),
+        written_off_open: a.extra.written_off_open,
+        rules_day: a.extra.rules_day,
+        level_held_until_ms: a.extra.level_held_until.unwrap_or(0),
         rule_days: a
+            .extra
             .rule_days
             .iter()
             .map(|(k, d)| state::RuleDayCounter { rule_id: k.clone(), count: d.count, points: d.points })
             .collect(),
-        has_last_purchase: a.last_purchase_day.is_some(),
-        last_purchase_day: a.last_purchase_day.unwrap_or(0),
+        has_last_purchase: a.extra.last_purchase_day.is_some(),
+        last_purchase_day: a.extra.last_purchase_day.unwrap_or(0),
         purchase_months: a
+            .extra
             .purchase_months
             .iter()
             .map(|m| state::PurchaseMonth { month: m.month, count: m.count, amount_minor: m.amount_minor })
             .collect(),
-        rfm_growth: a.rfm_growth,
-        rfm_evaluated: a.rfm_evaluated.is_some(),
-        rfm_evaluated_period_start: a.rfm_evaluated.unwrap_or(0),
-        reminded: a.reminded_day.is_some(),
-        reminded_day: a.reminded_day.unwrap_or(0),
-        held: a.held.is_some(),
-        held_rule: a.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
-        held_alert_id: a.held.as_ref().map(|h| h.alert_id.clone()).unwrap_or_default(),
+        rfm_growth: a.extra.rfm_growth,
+        rfm_evaluated: a.extra.rfm_evaluated.is_some(),
+        rfm_evaluated_period_start: a.extra.rfm_evaluated.unwrap_or(0),
+        reminded: a.extra.reminded_day.is_some(),
+        reminded_day: a.extra.reminded_day.unwrap_or(0),
+        held: a.extra.held.is_some(),
+        held_rule: a.extra.held.as_ref().map(|h| h.rule.clone()).unwrap_or_default(),
+        held_alert_id: a.extra.held.as_ref().map(|h| h.alert_id.clone()).unwrap_or_default(),
         pending_adjustments: a
+            .extra
             .adjustments
             .iter()
             .map(|(id, p)| state::PendingAdjustment {
@@ -481,17 +486,17 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
 /// [`decode_account`], and the statement's last page while it has room
 /// (where it starts and its count of entries; none of them to write).
 pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>), CodecError> {
-    let s = state::AccountSnapshot::decode(bytes)?;
+    let mut s = state::AccountSnapshot::decode(bytes)?;
     let (offset, index) = (s.statement_tail_offset, s.statement_tail_index as u16);
     let t = s.totals.unwrap_or_default();
     let mut a = Account::default();
+    a.extra = Extra::of(extra_from_pb(&mut s));
     let lots: Vec<(Id, Lot)> = s.lots.into_iter().map(lot_from_pb).collect::<Result<_, _>>()?;
     a.earns = s.earns.into_iter().map(|e| earn_from_pb(e, &lots)).collect::<Result<_, _>>()?;
     a.spends = s.spends.into_iter().map(|x| spend_from_pb(x, &lots)).collect::<Result<_, _>>()?;
     a.reservations = s.reservations.into_iter().map(|r| reservation_from_pb(r, &lots)).collect::<Result<_, _>>()?;
     a.lots = lots.into_iter().collect();
     a.debt = s.debt;
-    a.written_off_open = s.written_off_open;
     a.growth = s.growth;
     a.earning_frozen = s.earning_frozen;
     a.spending_frozen = s.spending_frozen;
@@ -511,44 +516,50 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     a.day = s.day;
     a.day_earned = s.day_earned;
     a.day_actions = s.day_actions.into_iter().map(|d| (d.action, d.earned)).collect();
-    a.rules_day = s.rules_day;
-    a.level_held_until = (s.level_held_until_ms != 0).then_some(s.level_held_until_ms);
-    a.rule_days = s
-        .rule_days
-        .into_iter()
-        .map(|d| (d.rule_id, crate::domain::RuleDay { count: d.count, points: d.points }))
-        .collect();
     a.events = s.events;
     a.level = s.level;
-    a.last_purchase_day = s.has_last_purchase.then_some(s.last_purchase_day);
-    a.purchase_months = s
-        .purchase_months
-        .into_iter()
-        .map(|m| crate::domain::PurchaseMonth { month: m.month, count: m.count, amount_minor: m.amount_minor })
-        .collect();
-    a.rfm_growth = s.rfm_growth;
-    a.rfm_evaluated = s.rfm_evaluated.then_some(s.rfm_evaluated_period_start);
-    a.reminded_day = s.reminded.then_some(s.reminded_day);
-    a.held = s.held.then_some(crate::domain::EarningsHold { rule: s.held_rule, alert_id: s.held_alert_id });
-    a.adjustments = s
-        .pending_adjustments
-        .into_iter()
-        .map(|p| {
-            let pending = crate::domain::PendingAdjustment {
-                points: p.points,
-                operator: p.operator,
-                reason: p.reason,
-                client: p.client,
-            };
-            (p.approval_id, pending)
-        })
-        .collect();
     a.recount();
     // An account's statement has an entry per event folded and every page
     // but the last is full: whether there is a last page with room, and its
     // count of entries, follow.
     let entries = (a.events % STATEMENT_PAGE_ENTRIES as u64) as u16;
     Ok((a, (entries > 0).then_some(Tail { offset, index, bytes: Vec::new(), entries })))
+}
+
+/// The header's fields that make an account's [`ExtraState`].
+fn extra_from_pb(s: &mut state::AccountSnapshot) -> ExtraState {
+    use std::mem::take;
+    let adjustment = |p: state::PendingAdjustment| {
+        let pending = crate::domain::PendingAdjustment {
+            points: p.points,
+            operator: p.operator,
+            reason: p.reason,
+            client: p.client,
+        };
+        (p.approval_id, pending)
+    };
+    ExtraState {
+        written_off_open: s.written_off_open,
+        level_held_until: (s.level_held_until_ms != 0).then_some(s.level_held_until_ms),
+        rules_day: s.rules_day,
+        rule_days: take(&mut s.rule_days)
+            .into_iter()
+            .map(|d| (d.rule_id, crate::domain::RuleDay { count: d.count, points: d.points }))
+            .collect(),
+        last_purchase_day: s.has_last_purchase.then_some(s.last_purchase_day),
+        purchase_months: take(&mut s.purchase_months)
+            .into_iter()
+            .map(|m| crate::domain::PurchaseMonth { month: m.month, count: m.count, amount_minor: m.amount_minor })
+            .collect(),
+        reminded_day: s.reminded.then_some(s.reminded_day),
+        held: s.held.then(|| crate::domain::EarningsHold {
+            rule: take(&mut s.held_rule),
+            alert_id: take(&mut s.held_alert_id),
+        }),
+        adjustments: take(&mut s.pending_adjustments).into_iter().map(adjustment).collect(),
+        rfm_growth: s.rfm_growth,
+        rfm_evaluated: s.rfm_evaluated.then_some(s.rfm_evaluated_period_start),
+    }
 }
 
 /// Statement entries one page holds: a member's statement is a row per
@@ -955,22 +966,22 @@ mod tests {
         a.spending_frozen = true;
         a.totals.issued = 108;
         a.day_actions.insert("checkin".into(), 5);
-        a.rules_day = 3;
-        a.rule_days.insert("login".into(), crate::domain::RuleDay { count: 2, points: 2 });
-        a.level_held_until = Some(9_000);
+        a.extra.rules_day = 3;
+        a.extra.rule_days.insert("login".into(), crate::domain::RuleDay { count: 2, points: 2 });
+        a.extra.level_held_until = Some(9_000);
         a.totals.penalized = 7;
         a.events = 17;
         a.level = "gold".into();
         // RFM: a purchase on day 0 (a value the flags must tell from none).
-        a.last_purchase_day = Some(0);
-        a.purchase_months = vec![
+        a.extra.last_purchase_day = Some(0);
+        a.extra.purchase_months = vec![
             crate::domain::PurchaseMonth { month: 24_311, count: 2, amount_minor: 30_000 },
             crate::domain::PurchaseMonth { month: 24_312, count: 1, amount_minor: 0 },
         ];
-        a.rfm_growth = 9;
-        a.rfm_evaluated = Some(0);
-        a.reminded_day = Some(20_597);
-        a.held = Some(crate::domain::EarningsHold { rule: "dense_spend".into(), alert_id: "a-1".into() });
+        a.extra.rfm_growth = 9;
+        a.extra.rfm_evaluated = Some(0);
+        a.extra.reminded_day = Some(20_597);
+        a.extra.held = Some(crate::domain::EarningsHold { rule: "dense_spend".into(), alert_id: "a-1".into() });
         with_uuid_pieces(&mut a);
         a.recount();
         a
