@@ -256,7 +256,7 @@ pub struct Account {
     /// The programme day `day_earned` and `day_actions` count for.
     pub day: i64,
     pub day_earned: Points,
-    pub day_actions: VecMap<String, Points>,
+    pub day_actions: VecMap<Id, Points>,
     /// Events folded so far.
     pub events: u64,
     /// The member's level as of the last `LevelChanged` ("" before any).
@@ -288,7 +288,7 @@ pub struct ExtraState {
     /// The programme day `rule_days` count for.
     pub rules_day: i64,
     /// Each earning rule's occurrences and points on `rules_day`.
-    pub rule_days: VecMap<String, super::RuleDay>,
+    pub rule_days: VecMap<Id, super::RuleDay>,
     /// RFM: the programme day of the last purchase (`ActivityRecorded` with
     /// `purchase`).
     pub last_purchase_day: Option<i64>,
@@ -538,7 +538,7 @@ impl Account {
         if self.day != day {
             return (0, 0);
         }
-        (self.day_earned, self.day_actions.get(action).copied().unwrap_or(0))
+        (self.day_earned, self.day_actions.get(&Id::of(action)).copied().unwrap_or(0))
     }
 
     /// An earning rule's counters on programme day `day`.
@@ -546,7 +546,7 @@ impl Account {
         if self.extra.rules_day != day {
             return super::RuleDay::default();
         }
-        self.extra.rule_days.get(rule_id).copied().unwrap_or_default()
+        self.extra.rule_days.get(&Id::of(rule_id)).copied().unwrap_or_default()
     }
 
     /// Folds one event. Cannot fail: a history that takes more from a lot than
@@ -578,7 +578,7 @@ impl Account {
                     self.day_actions.clear();
                 }
                 self.day_earned += granted;
-                *self.day_actions.entry_or_default(reason.clone()) += granted;
+                *self.day_actions.entry_or_default(Id::of(reason)) += granted;
             }
             Event::PointsSpent { spend_id, lots, .. } => {
                 self.take(lots);
@@ -871,7 +871,7 @@ impl Account {
             self.extra.rule_days.clear();
         }
         for a in applied.iter().filter(|a| a.points != 0 || a.growth != 0) {
-            let d = self.extra.rule_days.entry_or_default(a.rule_id.clone());
+            let d = self.extra.rule_days.entry_or_default(Id::of(&a.rule_id));
             d.count = d.count.saturating_add(1);
             d.points = d.points.saturating_add(a.points.saturating_abs());
         }

@@ -146,7 +146,11 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
         }),
         day: a.day,
         day_earned: a.day_earned,
-        day_actions: a.day_actions.iter().map(|(k, v)| state::DayCounter { action: k.clone(), earned: *v }).collect(),
+        day_actions: a
+            .day_actions
+            .iter()
+            .map(|(k, v)| state::DayCounter { action: k.to_string(), earned: *v })
+            .collect(),
         events: a.events,
         level: a.level.clone(),
         statement_tail: Vec::new(),
@@ -159,7 +163,7 @@ fn header_to_pb(a: &Account) -> state::AccountSnapshot {
             .extra
             .rule_days
             .iter()
-            .map(|(k, d)| state::RuleDayCounter { rule_id: k.clone(), count: d.count, points: d.points })
+            .map(|(k, d)| state::RuleDayCounter { rule_id: k.to_string(), count: d.count, points: d.points })
             .collect(),
         has_last_purchase: a.extra.last_purchase_day.is_some(),
         last_purchase_day: a.extra.last_purchase_day.unwrap_or(0),
@@ -515,7 +519,7 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     };
     a.day = s.day;
     a.day_earned = s.day_earned;
-    a.day_actions = s.day_actions.into_iter().map(|d| (d.action, d.earned)).collect();
+    a.day_actions = s.day_actions.into_iter().map(|d| (Id::of(&d.action), d.earned)).collect();
     a.events = s.events;
     a.level = s.level;
     a.recount();
@@ -544,7 +548,7 @@ fn extra_from_pb(s: &mut state::AccountSnapshot) -> ExtraState {
         rules_day: s.rules_day,
         rule_days: take(&mut s.rule_days)
             .into_iter()
-            .map(|d| (d.rule_id, crate::domain::RuleDay { count: d.count, points: d.points }))
+            .map(|d| (Id::of(&d.rule_id), crate::domain::RuleDay { count: d.count, points: d.points }))
             .collect(),
         last_purchase_day: s.has_last_purchase.then_some(s.last_purchase_day),
         purchase_months: take(&mut s.purchase_months)
@@ -965,9 +969,9 @@ mod tests {
         a.growth = -3;
         a.spending_frozen = true;
         a.totals.issued = 108;
-        a.day_actions.insert("checkin".into(), 5);
+        a.day_actions.insert(Id::of("checkin"), 5);
         a.extra.rules_day = 3;
-        a.extra.rule_days.insert("login".into(), crate::domain::RuleDay { count: 2, points: 2 });
+        a.extra.rule_days.insert(Id::of("login"), crate::domain::RuleDay { count: 2, points: 2 });
         a.extra.level_held_until = Some(9_000);
         a.totals.penalized = 7;
         a.events = 17;
