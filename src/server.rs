@@ -53,7 +53,8 @@ pub struct Config {
     pub auth: Auth,
     pub clock: Arc<dyn Clock>,
     /// How often the reconciliation consumer compares the books with the
-    /// balance view (a scan of every account), when something changed.
+    /// balance view (a scan of every account), when something changed, at
+    /// the most: a slow check puts the next one further off.
     pub books_check_interval: Duration,
     /// The bench's no-database bound only (never the default, no flag):
     /// the writers', views' and books' databases drop every write.

@@ -635,9 +635,8 @@ pub fn account_to_pb(
 ) -> pb::Account {
     let order = |l: &domain::Lot| l.expires_at.unwrap_or(Millis::MAX);
     let fefo = a.lots_fefo();
-    let start = after
-        .as_ref()
-        .map_or(0, |(at, id)| fefo.partition_point(|(i, l)| (order(l), *i) <= (*at, &domain::Id::of(id))));
+    let after = after.as_ref().map(|(at, id)| (*at, domain::Id::of(id)));
+    let start = after.map_or(0, |(at, id)| fefo.partition_point(|(i, l)| (order(l), *i) <= (at, &id)));
     let page = &fefo[start..fefo.len().min(start.saturating_add(page_size))];
     let lots_next_page_token = match page.last() {
         Some((id, l)) if start + page.len() < fefo.len() => lots_token(order(l), &id.to_string()),

@@ -864,13 +864,18 @@ impl Account {
 
     /// Adds (`sign` 1) or takes out (-1) an earn's share of the kept growth.
     /// An activity's rules counted for their daily limits (a rule that gave
-    /// nothing is not an occurrence).
+    /// nothing is not an occurrence, and an activity without one leaves the
+    /// counters as they are: a past day's read as none).
     fn count_rules(&mut self, applied: &[super::AppliedRule], day: i64) {
+        let mut counted = applied.iter().filter(|a| a.points != 0 || a.growth != 0).peekable();
+        if counted.peek().is_none() {
+            return;
+        }
         if self.extra.rules_day != day {
             self.extra.rules_day = day;
             self.extra.rule_days.clear();
         }
-        for a in applied.iter().filter(|a| a.points != 0 || a.growth != 0) {
+        for a in counted {
             let d = self.extra.rule_days.entry_or_default(Id::of(&a.rule_id));
             d.count = d.count.saturating_add(1);
             d.points = d.points.saturating_add(a.points.saturating_abs());
@@ -1002,6 +1007,30 @@ mod tests {
         assert!(a.extra.0.is_some() && a.extra.held.is_some());
         a.apply(&Event::EarningsUnheld { operator: "ops".into(), reason: "cleared".into() });
         assert!(a.extra.0.is_none());
+    }
+
+    fn activity(day: i64, applied: Vec<super::super::AppliedRule>) -> Event {
+        Event::ActivityRecorded {
+            activity_id: format!("act-{day}"),
+            activity: Default::default(),
+            applied,
+            points: 0,
+            growth: 0,
+            day,
+            purchase: false,
+        }
+    }
+
+    #[test]
+    fn an_activity_no_rule_counted_for_leaves_the_rules_counters_and_the_extra_state_alone() {
+        let mut a = Account::default();
+        a.apply(&activity(3, vec![super::super::AppliedRule { rule_id: "login".into(), ..Default::default() }]));
+        assert!(a.extra.0.is_none(), "a rule that gave nothing is not an occurrence");
+        let login = super::super::AppliedRule { rule_id: "login".into(), points: 2, ..Default::default() };
+        a.apply(&activity(3, vec![login]));
+        assert_eq!(a.rule_day("login", 3).count, 1);
+        a.apply(&activity(4, Vec::new()));
+        assert_eq!((a.rule_day("login", 3).count, a.rule_day("login", 4).count), (1, 0));
     }
 
     #[test]

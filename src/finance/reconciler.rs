@@ -15,9 +15,10 @@ use crate::store::{self, Cf, Db};
 
 /// The reconciliation consumer: folds every partition into the books, only
 /// ever up to where the balance view stands (read from one snapshot of the
-/// views), and checks the books against that snapshot every
-/// `check_interval` when something new was folded. A mismatch is logged at
-/// error level and marked in the book; it is never silent.
+/// views), and checks the books against that snapshot when something new
+/// was folded, `check_interval` after the last check at the soonest (later
+/// when the check is slow: [`check_gap`]). A mismatch is logged at error
+/// level and marked in the book; it is never silent.
 pub struct Reconciler {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -32,15 +33,18 @@ const BOOKS_POLL_WAIT_MS: u64 = 100;
 /// How long the consumer waits after a failed step before trying again.
 const BOOKS_RETRY_MS: u64 = 500;
 /// The check against the views reads every account of the balance view, a
-/// cost that grows with the members; the next
-/// check waits at least this many times as long as the last one took, so
-/// that checking takes at most a twentieth of the consumer's time.
+/// cost that grows with the members (7-8 s at 1,000,000): the next check
+/// waits at least this many times as long as the last one took, so that
+/// checking takes at most a twentieth of the consumer's time.
 const BOOKS_CHECK_GAP_PER_CHECK: u32 = 20;
+/// However slow the last check was (a stall, a compaction), the next one is
+/// due this long after it at the latest (or `check_interval`, if longer).
+const BOOKS_CHECK_GAP_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// When the check after one that took `took` is due: `interval` after it,
-/// or later when the check itself is slow.
+/// or later when the check itself is slow, up to [`BOOKS_CHECK_GAP_MAX`].
 fn check_gap(interval: Duration, took: Duration) -> Duration {
-    interval.max(took.saturating_mul(BOOKS_CHECK_GAP_PER_CHECK))
+    interval.max(took.saturating_mul(BOOKS_CHECK_GAP_PER_CHECK).min(BOOKS_CHECK_GAP_MAX))
 }
 
 impl Reconciler {
@@ -337,6 +341,14 @@ mod tests {
         assert_eq!(check_gap(minute, Duration::from_millis(40)), minute);
         assert_eq!(check_gap(minute, Duration::from_secs(3)), minute);
         assert_eq!(check_gap(minute, Duration::from_secs(5)), Duration::from_secs(100));
-        assert_eq!(check_gap(minute, Duration::MAX), Duration::MAX);
+    }
+
+    #[test]
+    fn however_slow_a_check_the_next_is_due_within_fifteen_minutes_or_the_interval() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(check_gap(minute, Duration::from_secs(3600)), BOOKS_CHECK_GAP_MAX);
+        assert_eq!(check_gap(minute, Duration::MAX), BOOKS_CHECK_GAP_MAX);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(check_gap(hour, Duration::MAX), hour);
     }
 }
