@@ -40,6 +40,7 @@ enum Repr {
 const _: () = assert!(std::mem::size_of::<Id>() == 24);
 
 impl Id {
+    #[inline]
     pub fn of(s: &str) -> Id {
         if let Some(uuid) = parse_uuid(s.as_bytes()) {
             return Id(Repr::Uuid(uuid));
@@ -59,6 +60,7 @@ impl Id {
     }
 
     /// Its 16 bytes when it is a canonical UUID.
+    #[inline]
     pub fn uuid(&self) -> Option<&[u8; 16]> {
         match &self.0 {
             Repr::Uuid(uuid) => Some(uuid),
@@ -67,6 +69,7 @@ impl Id {
     }
 
     /// Its text's length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         match &self.0 {
             Repr::Uuid(_) => UUID_LEN,
@@ -75,11 +78,13 @@ impl Id {
         }
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Calls `f` with its text (written out on the stack for a UUID).
+    #[inline]
     pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         match &self.0 {
             Repr::Uuid(uuid) => {
@@ -92,6 +97,7 @@ impl Id {
     }
 
     /// Whether its text is `s`.
+    #[inline]
     pub fn is(&self, s: &str) -> bool {
         match &self.0 {
             Repr::Inline { len, bytes } => inline_str(bytes, *len) == s,
@@ -101,11 +107,13 @@ impl Id {
     }
 }
 
+#[inline]
 fn inline_str(bytes: &[u8; INLINE_MAX], len: u8) -> &str {
     std::str::from_utf8(&bytes[..usize::from(len)]).expect("made from a str")
 }
 
 /// The 16 bytes of a UUID in canonical text (lowercase hex, hyphenated).
+#[inline]
 fn parse_uuid(text: &[u8]) -> Option<[u8; 16]> {
     if text.len() != UUID_LEN || HYPHENS.iter().any(|&i| text[i] != b'-') {
         return None;
@@ -119,6 +127,7 @@ fn parse_uuid(text: &[u8]) -> Option<[u8; 16]> {
     Some(out)
 }
 
+#[inline]
 fn nibble(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -143,6 +152,7 @@ fn format_uuid<'a>(uuid: &[u8; 16], text: &'a mut [u8; UUID_LEN]) -> &'a str {
 }
 
 impl Ord for Id {
+    #[inline]
     fn cmp(&self, other: &Id) -> Ordering {
         match (&self.0, &other.0) {
             (Repr::Uuid(a), Repr::Uuid(b)) => a.cmp(b),
@@ -155,6 +165,7 @@ impl Ord for Id {
 }
 
 impl PartialOrd for Id {
+    #[inline]
     fn partial_cmp(&self, other: &Id) -> Option<Ordering> {
         Some(self.cmp(other))
     }
