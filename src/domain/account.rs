@@ -1009,7 +1009,7 @@ mod tests {
         assert!(a.extra.0.is_none());
     }
 
-    fn activity(day: i64, applied: Vec<super::super::AppliedRule>) -> Event {
+    fn activity(day: i64, applied: Vec<crate::domain::AppliedRule>) -> Event {
         Event::ActivityRecorded {
             activity_id: format!("act-{day}"),
             activity: Default::default(),
@@ -1024,9 +1024,9 @@ mod tests {
     #[test]
     fn an_activity_no_rule_counted_for_leaves_the_rules_counters_and_the_extra_state_alone() {
         let mut a = Account::default();
-        a.apply(&activity(3, vec![super::super::AppliedRule { rule_id: "login".into(), ..Default::default() }]));
+        a.apply(&activity(3, vec![crate::domain::AppliedRule { rule_id: "login".into(), ..Default::default() }]));
         assert!(a.extra.0.is_none(), "a rule that gave nothing is not an occurrence");
-        let login = super::super::AppliedRule { rule_id: "login".into(), points: 2, ..Default::default() };
+        let login = crate::domain::AppliedRule { rule_id: "login".into(), points: 2, ..Default::default() };
         a.apply(&activity(3, vec![login]));
         assert_eq!(a.rule_day("login", 3).count, 1);
         a.apply(&activity(4, Vec::new()));

@@ -1042,10 +1042,11 @@ impl Decision<'_> {
         if growth < 0 {
             return Err(Rejection::field(Reason::InvalidAmount, "growth", "growth must be >= 0"));
         }
-        let earn = self.account.earns.get(&Id::of(earn_id)).ok_or_else(|| {
+        let earn_key = Id::of(earn_id);
+        let earn = self.account.earns.get(&earn_key).ok_or_else(|| {
             Rejection::field(Reason::EarnNotFound, "earn_request_id", format!("no earn {earn_id} on this account"))
         })?;
-        if self.account.lots.get(&Id::of(earn_id)).is_some_and(|l| l.pending && l.remaining > 0) {
+        if self.account.lots.get(&earn_key).is_some_and(|l| l.pending && l.remaining > 0) {
             return Err(Rejection::new(
                 Reason::EarnPending,
                 format!("earn {earn_id} is pending (the member's earns are held): release or forfeit it first"),
@@ -1068,7 +1069,7 @@ impl Decision<'_> {
         // The earn's own lot first, then the other lots soonest-expiring first.
         let mut taken = Vec::new();
         let mut left = points;
-        let own = self.account.lots.get(&Id::of(earn_id)).map(|l| l.spendable()).unwrap_or(0);
+        let own = self.account.lots.get(&earn_key).map(|l| l.spendable()).unwrap_or(0);
         if own > 0 {
             let p = left.min(own);
             taken.push(LotAmount::new(earn_id, p));
@@ -1078,7 +1079,7 @@ impl Decision<'_> {
             if left == 0 {
                 break;
             }
-            if id.is(earn_id) {
+            if *id == earn_key {
                 continue;
             }
             let p = left.min(lot.remaining);
