@@ -3,8 +3,7 @@
 //! writes nothing, penalties take points, and every refusal has its code,
 //! reason and field.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use common::*;
 use points_ledger::proto as pb;

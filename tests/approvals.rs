@@ -1,8 +1,7 @@
 //! Maker-checker: an adjustment above the programme's threshold waits for a
 //! second admin client, who approves or rejects it.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use common::*;
 use points_ledger::api::Auth;

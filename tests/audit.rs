@@ -2,7 +2,7 @@
 //! beside a running service), a corrupted view is caught and named, and a
 //! replay up to a time folds only what was decided by then.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! `ListAuditLog`: every admin act once, with the client that sent it and
 //! the operator it names, in order, page by page.
 
-mod common;
+use crate::common;
 
 use common::*;
 use points_ledger::api::Auth;

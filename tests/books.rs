@@ -7,7 +7,7 @@
 //! (`ListEntries`). Then a corrupted balance view is caught by `recon` (and
 //! `verify`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! command is lost or applied twice. Bounded in commands and time; every
 //! test stops its processes itself.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

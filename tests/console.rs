@@ -3,7 +3,7 @@
 //! and the pages in Chinese. (`tests/console_browser.rs` drives the same in
 //! a real browser.)
 
-mod common;
+use crate::common;
 
 use common::console::{input_value, Console};
 use common::*;

@@ -6,7 +6,7 @@
 //! POINTS_LEDGER_TEST_REQUIRE_CHROMIUM is set (`scripts/test` installs it
 //! and sets it).
 
-mod common;
+use crate::common;
 
 use std::ffi::OsStr;
 

@@ -1,7 +1,7 @@
 //! A log that fails its appends: commands get UNAVAILABLE, nothing is
 //! written or acknowledged, and the service carries on once the log is back.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

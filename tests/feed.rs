@@ -3,7 +3,7 @@
 //! taking items (and resumes), and filters by programme and event type.
 //! On Kafka too (`scripts/test` runs it again there).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

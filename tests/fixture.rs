@@ -5,7 +5,7 @@
 //! views rebuild byte for byte; a writer folding it behind from offset zero
 //! writes what its catch-up through the live path writes.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

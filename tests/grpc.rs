@@ -1,8 +1,7 @@
 //! Every RPC over a real socket on 127.0.0.1:0, and every status code, with
 //! the check that a rejected command writes nothing.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use common::*;
 use points_ledger::proto as pb;

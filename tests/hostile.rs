@@ -4,8 +4,7 @@
 //! page tokens and positions. Each is refused cleanly or does exactly what
 //! the contract says, and a refusal writes nothing.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use common::*;
 use points_ledger::api::validate::POINTS_PER_COMMAND_MAX;

@@ -5,7 +5,7 @@
 //! those partitions, and after a restart health says SERVING and commands
 //! succeed (issue 30, defect 4).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! service goes on serving. The records are written into the log while the
 //! service is stopped, then it starts on them.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

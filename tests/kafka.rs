@@ -2,7 +2,7 @@
 //! here) and on librdkafka's mock cluster (for faults on cue): writers
 //! arbitrated by the log, broker outages, partition-count checks.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

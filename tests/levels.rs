@@ -3,7 +3,7 @@
 //! window passes (no command needed); GetAccount's level view and
 //! ListLevelChanges show it, and a replay from offset zero reproduces it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

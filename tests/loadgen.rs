@@ -3,7 +3,7 @@
 //! and on Kafka (tansu), with the floors measured in the same run. No timing
 //! is asserted: only that it ran, saw no errors and reported every figure.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The admin listener: `/metrics` counts exactly what was sent, `/healthz`
 //! and `/readyz` answer probes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tonic::Code;

@@ -151,8 +151,7 @@ fn key(m: u8) -> AccountKey {
     AccountKey::new("shop", "points", &format!("m{m}"))
 }
 
-#[path = "common/broker.rs"]
-mod broker;
+use crate::common::broker;
 
 static CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

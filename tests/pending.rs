@@ -4,7 +4,7 @@
 //! forfeits them; the day's book balances throughout and a rebuild of the
 //! books gives the same bytes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! GetAccount announces the reminder before it, ListEntries shows it once,
 //! and a replay from offset zero is byte-identical.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! `replayed = true`, and the views equal a replay from offset zero. Under
 //! `POINTS_LEDGER_TEST_LOG=kafka` the same runs on a real broker (tansu).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};

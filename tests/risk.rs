@@ -2,7 +2,7 @@
 //! a day boundary in Asia/Shanghai, the programme's issuance per day, and a
 //! replay from offset zero giving byte-identical risk view, alerts and books.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! client kept to its store, and a member's accounts across the stores a
 //! caller may see.
 
-mod common;
+use crate::common;
 
 use common::*;
 use points_ledger::api::Auth;

@@ -1,7 +1,7 @@
 //! Secure by default: `serve` refuses to expose an open service, and what
 //! only admins may see or do stays theirs.
 
-mod common;
+use crate::common;
 
 use common::tls::*;
 use common::*;

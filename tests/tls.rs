@@ -3,7 +3,7 @@
 //! code: who is served and who is refused, reloads, client identities in
 //! the tokens file, forwarding over TLS, and the `dev-certs` command.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

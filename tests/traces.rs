@@ -2,7 +2,7 @@
 //! receiver on 127.0.0.1 run by the test, one trace per command covering
 //! the call, the writer's batch and the log append.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

@@ -2,8 +2,7 @@
 //! receiver gets, and how an attempt fails (a refusing status, a redirect,
 //! nothing listening).
 
-#[path = "common/receiver.rs"]
-mod receiver;
+use crate::common::receiver;
 
 use points_ledger::webhook::{signature, PostError, Poster, DELIVERY_ID_HEADER, SIGNATURE_HEADER};
 use receiver::{Answer, Receiver};

@@ -4,7 +4,7 @@
 //! same delivery id); deliveries show where they stand; a restart of the
 //! service during delivery loses nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

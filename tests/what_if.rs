@@ -2,7 +2,7 @@
 //! service stopped, then the period decided again under a rules file, and
 //! the report read as JSON.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
