@@ -39,3 +39,4 @@ mod tls;
 mod traces;
 mod webhook_post;
 mod webhooks;
+mod what_if;

@@ -278,3 +278,17 @@ fn documents_name_only_files_that_exist() {
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
+
+/// The integration tests are one binary (`autotests = false`): a file in
+/// `tests/` that `tests/suite.rs` does not name would never be compiled.
+#[test]
+fn every_test_file_is_a_module_of_the_suite() {
+    let suite = std::fs::read_to_string(root().join("tests/suite.rs")).unwrap();
+    for e in std::fs::read_dir(root().join("tests")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_stem().unwrap().to_string_lossy().to_string();
+        if p.extension().is_some_and(|x| x == "rs") && name != "suite" && name != "tidy" {
+            assert!(suite.lines().any(|l| l == format!("mod {name};")), "tests/suite.rs does not name tests/{name}.rs");
+        }
+    }
+}
