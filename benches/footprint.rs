@@ -1,6 +1,7 @@
 //! What an account costs: the bytes a decoded account holds on the heap
 //! (counted by the allocator, requested sizes) and its stored row, for the
-//! members issue 34 names. Run: `cargo bench --bench footprint`.
+//! members issue 34 names, beside the estimate the writers' cache budget
+//! counts (`Account::bytes`). Run: `cargo bench --bench footprint`.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -103,16 +104,18 @@ fn measure(programme: &Programme, p: Profile, accounts: usize) {
     let heap = LIVE.load(Ordering::Relaxed) - before - (accounts * std::mem::size_of::<Account>()) as isize;
     let per_account = heap as usize / accounts + std::mem::size_of::<Account>();
     let stored: usize = built.iter().map(|a| snapshot::encode_account(a).len()).sum::<usize>() / accounts;
+    let estimated: usize = built.iter().map(Account::bytes).sum::<usize>() / accounts;
     let a = &built[0];
     let with_points = a.lots.values().filter(|l| l.spendable() > 0).count();
     println!(
-        "{:<34} {:>6} lots ({:>5} with points) {:>5} earns {:>4} spends | decoded {:>8} B | stored {:>8} B",
+        "{:<34} {:>6} lots ({:>5} with points) {:>5} earns {:>4} spends | decoded {:>8} B (estimate {:>8} B) | stored {:>8} B",
         p.name,
         a.lots.len(),
         with_points,
         a.earns.len(),
         a.spends.len(),
         per_account,
+        estimated,
         stored
     );
     drop(built);

@@ -17,7 +17,9 @@ use points_ledger::log::record::AccountRecord;
 use points_ledger::log::LogEntry;
 use points_ledger::projection::{fold, ViewCache};
 use points_ledger::store::{self, Db};
-use points_ledger::writer::WRITER_CACHE_ACCOUNTS;
+
+/// Accounts the live fold keeps decoded (about what a writer kept of 100,000 members).
+const LIVE_CACHE_ACCOUNTS: usize = 25_000;
 
 const T0: i64 = 1_773_100_800_000;
 
@@ -152,7 +154,7 @@ fn bench_projection(c: &mut Criterion) {
                     if at + batch > log.len() {
                         let dir = tempfile::tempdir().unwrap();
                         let db = Db::open(dir.path(), store::VIEW_CFS).unwrap();
-                        state = Some((dir, db, ViewCache::live(WRITER_CACHE_ACCOUNTS), Arbiter::default()));
+                        state = Some((dir, db, ViewCache::live(LIVE_CACHE_ACCOUNTS), Arbiter::default()));
                         at = 0;
                     }
                     let (_, db, cache, arbiter) = state.as_mut().unwrap();

@@ -23,6 +23,7 @@
 //! - [`proto`]: the generated code of the three schemas (API, log, state).
 
 pub mod domain;
+pub mod evict;
 pub mod log;
 pub mod store;
 pub mod clock;

@@ -413,6 +413,11 @@ struct ServeArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     log: LogArgs,
+    /// What the accounts the writers keep decoded between batches may weigh
+    /// in all, in MiB (the store has every account; a member the writers do
+    /// not keep is read from it).
+    #[arg(long, env = "POINTS_LEDGER_ACCOUNT_CACHE_MB", default_value_t = (points_ledger::writer::WRITER_CACHE_BYTES >> 20) as u64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    account_cache_mb: u64,
     /// Commands a writer decides and appends together at most.
     #[arg(long, env = "POINTS_LEDGER_BATCH_COMMANDS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch_commands_max: u64,
@@ -542,6 +547,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.writer.advertise = args.advertise.clone().unwrap_or_default();
     config.writer.batch_commands_max = args.batch_commands_max as usize;
+    config.account_cache_bytes = (args.account_cache_mb as usize) << 20;
     config.limits.requests_in_flight_max = args.requests_in_flight_max as usize;
     config.limits.request_timeout = std::time::Duration::from_millis(args.request_timeout_ms);
     config.limits.feed_stall = std::time::Duration::from_millis(args.feed_stall_ms);

@@ -61,6 +61,8 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (APPEND_SECONDS, Kind::Histogram, "time a writer's append to the log took (the fsync included)"),
     (FSYNC_SECONDS, Kind::Histogram, "time the embedded log's fsync took"),
     (QUEUE_COMMANDS, Kind::Gauge, "commands waiting for a partition's writer"),
+    (CACHE_ACCOUNTS, Kind::Gauge, "accounts a partition's writer keeps decoded between batches"),
+    (CACHE_BYTES, Kind::Gauge, "what the accounts a partition's writer keeps decoded weigh, about, in bytes"),
     (WRITER_MODE, Kind::Gauge, "1 for the mode each partition's writer is in, 0 for the others"),
     (LAG_RECORDS, Kind::Gauge, "records of the log a reader has not folded yet, by reader and partition"),
     (LAG_SECONDS, Kind::Gauge, "how long since a reader last had every record of its partition, by reader"),
@@ -87,6 +89,8 @@ pub const APPEND_SECONDS: &str = "points_ledger_log_append_seconds";
 pub const FSYNC_SECONDS: &str = "points_ledger_log_fsync_seconds";
 pub const QUEUE_COMMANDS: &str = "points_ledger_writer_queue_commands";
 pub const WRITER_MODE: &str = "points_ledger_writer_mode";
+pub const CACHE_ACCOUNTS: &str = "points_ledger_writer_cache_accounts";
+pub const CACHE_BYTES: &str = "points_ledger_writer_cache_bytes";
 pub const LAG_RECORDS: &str = "points_ledger_lag_records";
 pub const LAG_SECONDS: &str = "points_ledger_lag_seconds";
 pub const ROCKSDB_COMPACTIONS: &str = "points_ledger_rocksdb_running_compactions";

@@ -50,6 +50,9 @@ pub struct Config {
     pub partitions: u32,
     pub log: LogConfig,
     pub writer: WriterConfig,
+    /// What the writers' decoded accounts may weigh in all, in bytes (each
+    /// partition's writer gets its share; the store has every account).
+    pub account_cache_bytes: usize,
     pub auth: Auth,
     pub clock: Arc<dyn Clock>,
     /// How often the reconciliation consumer compares the books with the
@@ -162,6 +165,7 @@ impl Config {
             partitions: 4,
             log: LogConfig::Embedded,
             writer: WriterConfig::default(),
+            account_cache_bytes: crate::writer::WRITER_CACHE_BYTES,
             auth: Auth::open(),
             clock: Arc::new(SystemClock),
             books_check_interval: Duration::from_secs(BOOKS_CHECK_INTERVAL_SECONDS),
@@ -351,6 +355,7 @@ impl Service {
             (None, _) => None,
         };
         writer_config.assigned_only = group.is_some();
+        writer_config.cache_bytes_max = config.account_cache_bytes / config.partitions.max(1) as usize;
         let writers = Arc::new(Writers::start(
             logs.events.clone(),
             views.clone(),

@@ -443,6 +443,33 @@ impl Sums {
 }
 
 impl Account {
+    /// What the account holds in memory, about, in constant time: its own
+    /// size and its maps' entries, a spend's or a hold's lots as one share
+    /// each, ids and texts at their inline size (an id of more than 22
+    /// bytes, a hold's order reference and a spend's refunds hold more).
+    /// What the writers' cache budget counts.
+    pub fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        let share = size_of::<Share>();
+        let mut n = size_of::<Account>()
+            + self.lots.heap_bytes()
+            + self.earns.heap_bytes()
+            + self.spends.heap_bytes()
+            + self.spends.len() * share
+            + self.reservations.heap_bytes()
+            + self.reservations.len() * share
+            + self.day_actions.heap_bytes()
+            + self.level.capacity()
+            + self.sums.due.capacity() * size_of::<Counted>();
+        if let Some(x) = &self.extra.0 {
+            n += size_of::<ExtraState>()
+                + x.rule_days.heap_bytes()
+                + x.purchase_months.capacity() * size_of::<PurchaseMonth>()
+                + x.adjustments.heap_bytes();
+        }
+        n
+    }
+
     /// Spendable now: the sum of lots.
     pub fn available(&self) -> Points {
         self.sums.available

@@ -56,6 +56,17 @@ impl<K: Ord, V> VecMap<K, V> {
         self.len() == 0
     }
 
+    /// The bytes its entries take on the heap, about: a vector's capacity,
+    /// or a tree's entries in nodes about two-thirds full. What the entries
+    /// hold on the heap themselves is not counted.
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(K, V)>();
+        match &self.repr {
+            Repr::Vec(v) => v.capacity() * entry,
+            Repr::Tree(t) => t.len() * entry * 3 / 2,
+        }
+    }
+
     fn find<Q: Ord + ?Sized>(v: &[(K, V)], key: &Q) -> Result<usize, usize>
     where
         K: Borrow<Q>,

@@ -89,8 +89,9 @@ pub const REBUILD_RISK_CACHE_ACCOUNTS: usize = 500_000;
 /// batch changes, put into the batch by [`RiskFold::write`]. After a batch
 /// that was not written, [`RiskFold::clear`] it.
 pub struct RiskFold {
-    /// Counters as stored (or about to be), and whether listed in `dirty`.
-    accounts: FastMap<AccountKey, (state::RiskState, bool)>,
+    /// Counters as stored (or about to be), whether listed in `dirty`, and
+    /// whether used since the cache last made room ([`crate::evict`]).
+    accounts: FastMap<AccountKey, (state::RiskState, bool, bool)>,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
     redemption: HashMap<(ProgrammeKey, i64), i64>,
@@ -326,9 +327,10 @@ impl RiskFold {
                 Some(b) => store::decode_row::<state::RiskState>(&b)?,
                 None => state::RiskState::default(),
             };
-            self.accounts.insert(key.clone(), (s, false));
+            self.accounts.insert(key.clone(), (s, false, true));
         }
-        let (s, dirty) = self.accounts.get_mut(key).expect("loaded");
+        let (s, dirty, recent) = self.accounts.get_mut(key).expect("loaded");
+        *recent = true;
         if !*dirty {
             *dirty = true;
             self.dirty.push(key.clone());
@@ -556,7 +558,7 @@ impl RiskFold {
         }
         let mut rows = Vec::with_capacity(self.dirty.len());
         for k in std::mem::take(&mut self.dirty) {
-            let (s, dirty) = self.accounts.get_mut(&k).expect("a dirty account is cached");
+            let (s, dirty, _) = self.accounts.get_mut(&k).expect("a dirty account is cached");
             *dirty = false;
             rows.push((account_row(&k), Some(store::encode_row(s))));
         }
@@ -573,7 +575,9 @@ impl RiskFold {
             }
         }
         if full {
-            self.accounts.clear();
+            // Every counter is written now: the least used go.
+            let over = crate::evict::over(self.accounts.len(), 0, self.max);
+            crate::evict::evict(&mut self.accounts, over, |_| 1, |(_, _, recent)| recent);
         }
         for ((p, day), sum) in self.issuance.drain() {
             batch.put(Cf::Risk, &day_sum_row(ISSUANCE, &p, day, partition), &store::points_row(sum));

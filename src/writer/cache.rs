@@ -1,6 +1,8 @@
-//! The accounts a writer keeps decoded between batches.
+//! The accounts a writer keeps decoded between batches, under a budget of
+//! bytes.
 
 use crate::domain::{Account, AccountKey, Millis};
+use crate::evict;
 use crate::projection::Tail;
 use crate::store::accounts;
 use crate::FastMap;
@@ -14,45 +16,69 @@ pub(super) struct Kept {
     pub(super) changed: accounts::Changed,
     /// The last page of its statement, while it has room.
     pub(super) page: Option<Tail>,
-    /// Put back by a batch since the cache last made room (see
-    /// [`make_room`]).
+    /// Put back by a batch since the cache last made room.
     pub(super) recent: bool,
 }
 
-/// Share of [`WriterConfig::cache_accounts_max`] a full cache is brought
-/// back to, in per cent.
-const CACHE_KEPT_AFTER_EVICTION_PERCENT: usize = 75;
-
-/// Brings a cache holding more than `max` accounts (with `coming` about to be
-/// put back) down to [`CACHE_KEPT_AFTER_EVICTION_PERCENT`] of `max`: accounts
-/// no batch put back since the last time go first, then any (the store has
-/// them all). Every account kept loses its mark, so the next time those that
-/// were used in between are the ones kept (a clock with one bit). Clearing
-/// the whole cache instead made every member a miss again each time a
-/// partition's active members outgrew it.
-pub(super) fn make_room(cache: &mut FastMap<AccountKey, Kept>, coming: usize, max: usize) {
-    if cache.len() + coming <= max {
-        return;
+impl Kept {
+    /// What it holds in memory with its key, about ([`Account::bytes`]).
+    fn bytes(&self, key: &AccountKey) -> usize {
+        let key =
+            std::mem::size_of::<AccountKey>() + key.tenant_id.len() + key.programme_id.len() + key.member_id.len();
+        let page = self.page.as_ref().map_or(0, |p| p.bytes.capacity());
+        key + std::mem::size_of::<Kept>() + self.account.bytes() + page
     }
-    let target = (max * CACHE_KEPT_AFTER_EVICTION_PERCENT / 100).saturating_sub(coming);
-    let mut over = cache.len().saturating_sub(target);
-    cache.retain(|_, kept| {
-        if over > 0 && !kept.recent {
-            over -= 1;
-            return false;
-        }
-        kept.recent = false;
-        true
-    });
-    if over > 0 {
-        // Every account was used since last time: any go.
-        cache.retain(|_, _| {
-            if over > 0 {
-                over -= 1;
-                return false;
+}
+
+/// The accounts kept, what they weigh, and the most they may.
+pub(super) struct Cache {
+    kept: FastMap<AccountKey, (Kept, usize)>,
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl Cache {
+    /// An empty cache that keeps `bytes_max` at most (about: see
+    /// [`Account::bytes`]).
+    pub(super) fn new(bytes_max: usize) -> Cache {
+        Cache { kept: FastMap::default(), bytes: 0, bytes_max }
+    }
+
+    pub(super) fn get(&self, key: &AccountKey) -> Option<&Kept> {
+        self.kept.get(key).map(|(k, _)| k)
+    }
+
+    /// Takes an account out (a batch that commits puts it back).
+    pub(super) fn take(&mut self, key: &AccountKey) -> Option<Kept> {
+        let (kept, bytes) = self.kept.remove(key)?;
+        self.bytes -= bytes;
+        Some(kept)
+    }
+
+    /// Puts back the accounts a batch committed, making room for them
+    /// first: accounts no batch put back since the cache last made room go
+    /// first, then any (the store has them all; see [`crate::evict`]).
+    pub(super) fn put_back(&mut self, accounts: Vec<(AccountKey, Kept)>) {
+        let weighed: Vec<_> = accounts.into_iter().map(|(key, kept)| (kept.bytes(&key), key, kept)).collect();
+        let coming = weighed.iter().map(|(bytes, ..)| bytes).sum();
+        let over = evict::over(self.bytes, coming, self.bytes_max);
+        self.bytes -= evict::evict(&mut self.kept, over, |(_, bytes)| *bytes, |(kept, _)| &mut kept.recent);
+        for (bytes, key, kept) in weighed {
+            self.bytes += bytes;
+            if let Some((_, was)) = self.kept.insert(key, (kept, bytes)) {
+                self.bytes -= was;
             }
-            true
-        });
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.kept.clear();
+        self.bytes = 0;
+    }
+
+    /// Accounts kept, and what they weigh.
+    pub(super) fn size(&self) -> (usize, usize) {
+        (self.kept.len(), self.bytes)
     }
 }
 
@@ -60,34 +86,57 @@ pub(super) fn make_room(cache: &mut FastMap<AccountKey, Kept>, coming: usize, ma
 mod tests {
     use super::*;
 
-    fn kept(recent: bool) -> Kept {
-        Kept { account: Account::default(), due: None, changed: Default::default(), page: None, recent }
+    fn kept() -> Kept {
+        Kept { account: Account::default(), due: None, changed: Default::default(), page: None, recent: true }
     }
 
     fn key(i: usize) -> AccountKey {
-        AccountKey::new("t", "p", &format!("m{i}"))
+        AccountKey::new("t", "p", &format!("m{i:04}"))
     }
 
     #[test]
-    fn a_full_cache_keeps_the_accounts_used_since_it_last_made_room() {
-        let mut cache = FastMap::default();
-        for i in 0..100 {
-            cache.insert(key(i), kept(i % 4 == 0));
-        }
-        make_room(&mut cache, 0, 100);
-        assert_eq!(cache.len(), 100, "not over: nothing goes");
+    fn a_cache_weighs_what_it_keeps_and_stays_under_its_budget() {
+        let one = kept().bytes(&key(0));
+        let mut cache = Cache::new(100 * one);
+        cache.put_back((0..100).map(|i| (key(i), kept())).collect());
+        assert_eq!(cache.size(), (100, 100 * one), "a full budget keeps all");
 
-        make_room(&mut cache, 10, 100);
-        assert_eq!(cache.len(), 65, "down to 75 % with the 10 coming");
-        assert!((0..100).step_by(4).all(|i| cache.contains_key(&key(i))), "the recent ones stay");
-        assert!(cache.values().all(|k| !k.recent), "and lose their mark");
+        let taken = cache.take(&key(7)).unwrap();
+        assert_eq!(cache.size(), (99, 99 * one));
+        cache.put_back(vec![(key(7), taken)]);
+        assert_eq!(cache.size(), (100, 100 * one));
 
-        // Nothing recent now: any go, as many as needed.
-        for i in 100..140 {
-            cache.insert(key(i), kept(true));
+        // Ten more: down to 75 % with them.
+        cache.put_back((100..110).map(|i| (key(i), kept())).collect());
+        assert_eq!(cache.size(), (75, 75 * one));
+        assert!((100..110).all(|i| cache.get(&key(i)).is_some()), "the ones coming are kept");
+    }
+
+    #[test]
+    fn the_accounts_put_back_since_the_cache_last_made_room_stay() {
+        let one = kept().bytes(&key(0));
+        let mut cache = Cache::new(100 * one);
+        cache.put_back((0..100).map(|i| (key(i), kept())).collect());
+        cache.put_back(vec![(key(100), kept())]);
+        // Every mark is clear now; the next batch uses a few.
+        let used: Vec<_> = (0..75)
+            .step_by(5)
+            .filter_map(|i| cache.take(&key(i)).map(|k| (key(i), Kept { recent: true, ..k })))
+            .collect();
+        let keys: Vec<_> = used.iter().map(|(k, _)| k.clone()).collect();
+        assert!(keys.len() >= 5, "most of them survived the first eviction");
+        cache.put_back(used);
+        cache.put_back((200..230).map(|i| (key(i), kept())).collect());
+        assert!(keys.iter().all(|k| cache.get(k).is_some()), "the used ones stay");
+    }
+
+    #[test]
+    fn a_bigger_account_weighs_more() {
+        let mut big = kept();
+        for i in 0..50 {
+            let lot = crate::domain::Lot { earned: 1, remaining: 1, expires_at: None, reminded: false, pending: false };
+            big.account.lots.insert(crate::domain::Id::of(&format!("lot-{i}")), lot);
         }
-        make_room(&mut cache, 0, 100);
-        assert_eq!(cache.len(), 75);
-        assert!((100..140).all(|i| cache.contains_key(&key(i))));
+        assert!(big.bytes(&key(0)) > kept().bytes(&key(0)) + 50 * 40);
     }
 }

@@ -1,7 +1,7 @@
 //! Commit: the state a batch leaves (the writer's and the views'), with
 //! the cursor it reflects, in one WriteBatch.
 
-use super::cache::{make_room, Kept};
+use super::cache::Kept;
 use super::issuance::{issued_key, Granted};
 use super::partition::PartitionWriter;
 use crate::domain::{self, Account, AccountKey, Millis};
@@ -93,7 +93,7 @@ impl PartitionWriter {
     /// An account as of the last committed batch, taken out of the cache
     /// (a batch that commits puts it back; one that fails leaves the store's).
     fn load(&mut self, key: &AccountKey) -> Result<Kept, store::StoreError> {
-        if let Some(kept) = self.cache.remove(key) {
+        if let Some(kept) = self.cache.take(key) {
             return Ok(kept);
         }
         let (account, changed, page) = accounts::load_with_tail(&self.store, Cf::Accounts, key)?;
@@ -195,11 +195,12 @@ impl PartitionWriter {
         if self.owners.read().expect("owners lock")[p] != *arbiter {
             self.owners.write().expect("owners lock")[p] = arbiter.clone();
         }
-        make_room(&mut self.cache, work.accounts.len(), self.config.cache_accounts_max);
-        for (key, t) in work.accounts {
+        let kept = work.accounts.into_iter().map(|(key, t)| {
             let changed = t.changed.written(&t.account);
-            self.cache.insert(key, Kept { account: t.account, due: t.due_after, changed, page: t.page, recent: true });
-        }
+            (key, Kept { account: t.account, due: t.due_after, changed, page: t.page, recent: true })
+        });
+        self.cache.put_back(kept.collect());
+        self.observed.cached(self.cache.size());
         Ok(())
     }
 

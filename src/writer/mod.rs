@@ -53,9 +53,9 @@ use crate::log::record::{partition_for, Reply};
 use crate::log::EventLog;
 use crate::store::Db;
 
-/// Accounts a writer keeps decoded per partition, by default
-/// ([`WriterConfig::cache_accounts_max`]).
-pub const WRITER_CACHE_ACCOUNTS: usize = 25_000;
+/// What the writers' decoded accounts may weigh in all, by default
+/// ([`WriterConfig::cache_bytes_max`] is a partition's share).
+pub const WRITER_CACHE_BYTES: usize = 256 << 20;
 
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
@@ -67,10 +67,10 @@ pub struct WriterConfig {
     pub tick_interval_ms: u64,
     /// Accounts settled per tick at most (the rest go in the next tick).
     pub tick_accounts_max: usize,
-    /// Accounts kept in memory per partition at most (the store has them
-    /// all; 200,000 per partition made a 10-minute run with 1M accounts
-    /// swing between 1.2 and 3 GiB of RSS).
-    pub cache_accounts_max: usize,
+    /// What the accounts a partition's writer keeps decoded may weigh, in
+    /// bytes, about ([`crate::domain::Account::bytes`]); the store has them
+    /// all.
+    pub cache_bytes_max: usize,
     /// True in a cluster: write only the partitions the consumer group
     /// assigns (false: every partition).
     pub assigned_only: bool,
@@ -98,7 +98,7 @@ impl Default for WriterConfig {
             queue_commands_max: 8192,
             tick_interval_ms: 1000,
             tick_accounts_max: 512,
-            cache_accounts_max: WRITER_CACHE_ACCOUNTS,
+            cache_bytes_max: WRITER_CACHE_BYTES / 4,
             assigned_only: false,
             advertise: String::new(),
             bulk_catch_up_records_min: rebuild::BULK_CATCH_UP_RECORDS_MIN,

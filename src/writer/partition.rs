@@ -24,7 +24,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::cache::Kept;
+use super::cache::Cache;
 use super::issuance::{Granted, Issuance};
 use super::ownership::Ownership;
 use super::WriterConfig;
@@ -35,7 +35,6 @@ use crate::log::record::{AccountRecord, CapMode};
 use crate::log::{EventLog, LogReader};
 use crate::programmes::{Programmes, SharedRegistry};
 use crate::store::{self, Cursor, Db};
-use crate::FastMap;
 
 /// How long a writer that cannot catch up with the log yet waits before it
 /// tries again.
@@ -54,7 +53,7 @@ pub(super) struct PartitionWriter {
     pub(super) registry: SharedRegistry,
     pub(super) clock: Arc<dyn Clock>,
     /// Accounts as of the last committed batch (a cache of the store).
-    pub(super) cache: FastMap<AccountKey, Kept>,
+    pub(super) cache: Cache,
     /// The latest `now` used, so time never runs backwards in a partition.
     pub(super) last_now: Millis,
     pub(super) config: WriterConfig,
@@ -111,17 +110,27 @@ pub(super) struct Observed {
     pub(super) batch_commands: crate::metrics::Histogram,
     pub(super) append_seconds: crate::metrics::Histogram,
     pub(super) queue_commands: crate::metrics::Gauge,
+    pub(super) cache_accounts: crate::metrics::Gauge,
+    pub(super) cache_bytes: crate::metrics::Gauge,
 }
 
 impl Observed {
     fn new(metrics: &crate::metrics::Metrics, partition: u32) -> Observed {
-        use crate::metrics::{APPEND_SECONDS, BATCH_COMMANDS, QUEUE_COMMANDS};
+        use crate::metrics::{APPEND_SECONDS, BATCH_COMMANDS, CACHE_ACCOUNTS, CACHE_BYTES, QUEUE_COMMANDS};
         let p = [("partition", partition.to_string())];
         Observed {
             batch_commands: metrics.histogram(BATCH_COMMANDS, &[]),
             append_seconds: metrics.histogram(APPEND_SECONDS, &[]),
             queue_commands: metrics.gauge(QUEUE_COMMANDS, &p),
+            cache_accounts: metrics.gauge(CACHE_ACCOUNTS, &p),
+            cache_bytes: metrics.gauge(CACHE_BYTES, &p),
         }
+    }
+
+    /// The cache's accounts and bytes ([`Cache::size`]).
+    pub(super) fn cached(&self, (accounts, bytes): (usize, usize)) {
+        self.cache_accounts.set(accounts as u64);
+        self.cache_bytes.set(bytes as u64);
     }
 }
 
@@ -159,7 +168,7 @@ impl PartitionWriter {
             store: p.store,
             registry: p.registry,
             clock: p.clock,
-            cache: FastMap::default(),
+            cache: Cache::new(p.config.cache_bytes_max),
             last_now: 0,
             config: p.config,
             writer_id: p.writer_id,

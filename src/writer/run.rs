@@ -167,6 +167,7 @@ impl PartitionWriter {
         self.issued = super::issuance::load(&self.store, self.partition)?;
         self.cursor = store::read_cursor(&self.store, self.partition)?;
         self.cache.clear();
+        self.observed.cached(self.cache.size());
         self.reader = None;
         self.last_claim = None;
         self.own_claim = None;
