@@ -292,3 +292,19 @@ fn every_test_file_is_a_module_of_the_suite() {
         }
     }
 }
+
+/// The Kafka half of `scripts/test` picks the suite's modules by filter
+/// (`grpc::` ...): a filter naming no module would run nothing, silently.
+#[test]
+fn every_module_the_kafka_half_filters_on_is_in_the_suite() {
+    let suite = std::fs::read_to_string(root().join("tests/suite.rs")).unwrap();
+    let script = std::fs::read_to_string(root().join("scripts/test")).unwrap();
+    let filters: Vec<&str> = script.split_whitespace().filter_map(|w| w.strip_suffix("::")).collect();
+    assert!(filters.len() >= 10, "the Kafka half's filters: {filters:?}");
+    for name in filters {
+        assert!(
+            suite.lines().any(|l| l == format!("mod {name};")),
+            "scripts/test filters on {name}::, not a module of the suite"
+        );
+    }
+}

@@ -99,7 +99,8 @@ pub struct RiskFold {
     alerts: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Members' alerts to raise (Some) or raised (None): `Cf::Outbox`.
     outbox: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Accounts kept at most; over it, the cache starts again empty.
+    /// Accounts kept at most; over it, the least used go (a rebuild's cache
+    /// starts again empty: it writes what it keeps only when full).
     max: usize,
     /// A rebuild into an empty database ([`RiskFold::rebuild`]).
     rebuild: bool,
@@ -575,8 +576,13 @@ impl RiskFold {
             }
         }
         if full {
-            // Every counter is written now: the least used go.
-            let over = crate::evict::over(self.accounts.len(), 0, self.max);
+            // Every counter is written now: the least used go (all of them in
+            // a rebuild, which would otherwise write those it keeps again at
+            // every fill).
+            let over = match self.rebuild {
+                true => self.accounts.len(),
+                false => crate::evict::over(self.accounts.len(), 0, self.max),
+            };
             crate::evict::evict(&mut self.accounts, over, |_| 1, |(_, _, recent)| recent);
         }
         for ((p, day), sum) in self.issuance.drain() {

@@ -54,8 +54,14 @@ use crate::log::EventLog;
 use crate::store::Db;
 
 /// What the writers' decoded accounts may weigh in all, by default
-/// ([`WriterConfig::cache_bytes_max`] is a partition's share).
-pub const WRITER_CACHE_BYTES: usize = 256 << 20;
+/// ([`WriterConfig::cache_bytes_max`] is a partition's share): the most
+/// that kept a 10-minute run on 1,000,000 members under 1 GiB of RSS (867
+/// MiB; 192 MiB took 1,070). A `SubmitBatch` run on 100,000 members of ~11
+/// commands each, which weigh ~290 MiB, measured ~5 % slower with it than
+/// with every member kept (docs/benchmarks-log.md).
+pub const WRITER_CACHE_BYTES: usize = 160 << 20;
+/// The least share of it a partition gets (a few hundred accounts).
+pub const CACHE_BYTES_PARTITION_MIN: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
