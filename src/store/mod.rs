@@ -466,6 +466,13 @@ impl Db {
         Ok(self.db.get_cf(self.cf(cf), key)?)
     }
 
+    /// The rows of `keys` in one column family, in their order: one lookup
+    /// of many keys, which shares the search of the memtables' and table
+    /// files' filters and blocks among them.
+    pub fn multi_get(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.db.batched_multi_get_cf(self.cf(cf), keys, false).into_iter().map(|r| Ok(r?.map(|v| v.to_vec()))).collect()
+    }
+
     pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
         // RocksDB's own encoding: per row a tag, a column family id and two
         // length prefixes besides the bytes.
@@ -478,8 +485,15 @@ impl Db {
         if self.discard.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        let mut wb = WriteBatch::with_capacity_bytes(bytes + 16 * batch.ops.len() + 12);
-        for (cf, k, v) in &batch.ops {
+        // In key order within each column family: a memtable's skiplist
+        // finds the place of a key next to the last one it inserted from
+        // there, instead of from the top (the writers' dearest step was that
+        // search, a cache miss per level). Stable, so rows of one key keep
+        // their order.
+        let mut ops = batch.ops;
+        ops.sort_by(|(a, ka, _), (b, kb, _)| (*a as u8).cmp(&(*b as u8)).then_with(|| ka.cmp(kb)));
+        let mut wb = WriteBatch::with_capacity_bytes(bytes + 16 * ops.len() + 12);
+        for (cf, k, v) in &ops {
             match v {
                 Op::Put(v) => wb.put_cf(self.cf(*cf), k, v),
                 Op::Delete => wb.delete_cf(self.cf(*cf), k),

@@ -249,83 +249,81 @@ pub fn encode_account(a: &Account) -> Vec<u8> {
 pub fn encode_account_with(a: &Account, tail: Option<&Tail>) -> Vec<u8> {
     let header = header_with(a, tail);
     let p = Places::of(a);
-    let lists: usize = a.lots.iter().map(|(id, l)| field_len(1, fields::lot_len(id, l, &p))).sum::<usize>()
-        + a.earns.iter().map(|(id, e)| field_len(2, fields::earn_len(id, e, &p))).sum::<usize>()
-        + a.spends.iter().map(|(id, x)| field_len(3, fields::spend_len(id, x, &p))).sum::<usize>()
-        + a.reservations.iter().map(|(id, r)| field_len(4, fields::reservation_len(id, r, &p))).sum::<usize>();
+    // Room for the usual entry (a lot, an earn or a spend of one lot: 30-50
+    // bytes); a longer row grows once or twice.
+    let entries = a.lots.len() + a.earns.len() + a.spends.len() + a.reservations.len();
     // The lists are fields 1-4 and the header's fields follow them, which is
     // the order prost would write the whole message in.
-    let mut buf = Vec::with_capacity(lists + header.encoded_len());
-    fields::put_list(1, &a.lots, &p, fields::lot_len, fields::put_lot, &mut buf);
-    fields::put_list(2, &a.earns, &p, fields::earn_len, fields::put_earn, &mut buf);
-    fields::put_list(3, &a.spends, &p, fields::spend_len, fields::put_spend, &mut buf);
-    fields::put_list(4, &a.reservations, &p, fields::reservation_len, fields::put_reservation, &mut buf);
+    let mut buf = Vec::with_capacity(entries * 48 + header.encoded_len());
+    fields::put_list(1, &a.lots, &p, fields::put_lot, &mut buf);
+    fields::put_list(2, &a.earns, &p, fields::put_earn, &mut buf);
+    fields::put_list(3, &a.spends, &p, fields::put_spend, &mut buf);
+    fields::put_list(4, &a.reservations, &p, fields::put_reservation, &mut buf);
     header.encode(&mut buf).expect("a Vec grows as needed");
     buf
 }
 
-/// Bytes of a length-delimited field of `len` bytes under `tag`.
-fn field_len(tag: u32, len: usize) -> usize {
-    prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len
-}
-
 /// The lot, earn, spend and reservation messages of an account snapshot,
-/// written straight from the account. Building prost's messages would copy
-/// every id into them only to drop it once encoded (a few per cent of a
-/// command's CPU); these write the bytes prost writes (fields in number
-/// order, default values left out; the tests compare the two).
+/// written straight from the account in one pass. Building prost's messages
+/// would copy every id into them only to drop it once encoded, and working
+/// out each message's length before writing it walked every entry two or
+/// three times (a few per cent of a command's CPU each); these write the
+/// bytes prost writes (fields in number order, default values left out; the
+/// tests compare the two).
 mod fields {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    use prost::encoding::{encode_key, encode_varint, WireType};
 
-    use super::{field_len, Places};
+    use super::Places;
     use crate::domain::{EarnRecord, Id, Lot, ReservationRecord, ReservationStatus, SpendRecord, VecMap};
 
-    /// An id kept as text under `text` or, a canonical UUID, as its bytes
-    /// under `uuid`.
-    fn id_len(text: u32, uuid: u32, id: &Id) -> usize {
-        match id.uuid() {
-            Some(bytes) => field_len(uuid, bytes.len()),
-            None if id.is_empty() => 0,
-            None => field_len(text, id.len()),
+    /// A length-delimited field whose bytes `body` writes. One byte is kept
+    /// for the length, which is patched in after; a message of 128 bytes or
+    /// more moves up to make room for its longer varint.
+    pub fn put_nested(tag: u32, buf: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        let at = buf.len();
+        buf.push(0);
+        body(buf);
+        let end = buf.len();
+        let len = end - at - 1;
+        if len < 0x80 {
+            buf[at] = len as u8;
+            return;
         }
+        let mut varint = [0u8; 10];
+        let mut rest = &mut varint[..];
+        encode_varint(len as u64, &mut rest);
+        let n = 10 - rest.len();
+        buf.resize(end + n - 1, 0);
+        buf.copy_within(at + 1..end, at + n);
+        buf[at..at + n].copy_from_slice(&varint[..n]);
     }
 
-    /// The text field of [`id_len`] (written in its place among the fields).
+    /// A length-delimited field of bytes.
+    fn put_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(bytes.len() as u64, buf);
+        buf.extend_from_slice(bytes);
+    }
+
+    /// An id kept as text under one tag ([`put_text`], in its place among
+    /// the fields) or, a canonical UUID, as its bytes under another
+    /// ([`put_uuid`]).
     fn put_text(tag: u32, id: &Id, buf: &mut Vec<u8>) {
         if id.uuid().is_none() && !id.is_empty() {
-            put_message(tag, id.len(), buf);
-            id.with_str(|s| buf.extend_from_slice(s.as_bytes()));
+            id.with_str(|s| put_bytes(tag, s.as_bytes(), buf));
         }
     }
 
-    /// The bytes field of [`id_len`].
     fn put_uuid(tag: u32, id: &Id, buf: &mut Vec<u8>) {
         if let Some(bytes) = id.uuid() {
-            put_message(tag, bytes.len(), buf);
-            buf.extend_from_slice(bytes);
-        }
-    }
-
-    fn str_len(tag: u32, s: &str) -> usize {
-        if s.is_empty() {
-            0
-        } else {
-            field_len(tag, s.len())
+            put_bytes(tag, bytes, buf);
         }
     }
 
     fn put_str(tag: u32, s: &str, buf: &mut Vec<u8>) {
         if !s.is_empty() {
-            put_message(tag, s.len(), buf);
-            buf.extend_from_slice(s.as_bytes());
-        }
-    }
-
-    fn int_len(tag: u32, v: i64) -> usize {
-        if v == 0 {
-            0
-        } else {
-            key_len(tag) + encoded_len_varint(v as u64)
+            put_bytes(tag, s.as_bytes(), buf);
         }
     }
 
@@ -336,55 +334,29 @@ mod fields {
         }
     }
 
-    /// The length of an entry's message, and the entry written.
-    pub type Len<T> = fn(&Id, &T, &Places) -> usize;
+    /// Writes an entry's message (without its key and length).
     pub type Put<T> = fn(&Id, &T, &Places, &mut Vec<u8>);
 
     /// Every entry of `map` as a message field `tag`, in key order.
-    pub fn put_list<T>(tag: u32, map: &VecMap<Id, T>, places: &Places, len: Len<T>, put: Put<T>, buf: &mut Vec<u8>) {
+    pub fn put_list<T>(tag: u32, map: &VecMap<Id, T>, places: &Places, put: Put<T>, buf: &mut Vec<u8>) {
         for (id, v) in map.iter() {
-            put_message(tag, len(id, v, places), buf);
-            put(id, v, places, buf);
+            put_nested(tag, buf, |buf| put(id, v, places, buf));
         }
-    }
-
-    /// The key and length of a length-delimited field (its bytes follow).
-    pub fn put_message(tag: u32, len: usize, buf: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
     }
 
     /// A `LotShare`: the lot by its place in the row, else by id.
-    fn share_len(id: &Id, points: i64, places: &Places) -> usize {
-        let place = places.place(id);
-        let named = if place == 0 { id_len(1, 3, id) } else { 0 };
-        named + int_len(2, points) + int_len(4, i64::from(place))
-    }
-
     fn put_share(tag: u32, id: &Id, points: i64, places: &Places, buf: &mut Vec<u8>) {
-        put_message(tag, share_len(id, points, places), buf);
         let place = places.place(id);
-        if place == 0 {
-            put_text(1, id, buf);
-        }
-        put_int(2, points, buf);
-        if place == 0 {
-            put_uuid(3, id, buf);
-        }
-        put_int(4, i64::from(place), buf);
-    }
-
-    fn shares_len<'a>(tag: u32, shares: impl Iterator<Item = (&'a Id, i64)>, places: &Places) -> usize {
-        shares.map(|(id, points)| field_len(tag, share_len(id, points, places))).sum()
-    }
-
-    pub fn lot_len(id: &Id, l: &Lot, _: &Places) -> usize {
-        id_len(1, 7, id)
-            + int_len(2, l.earned)
-            + int_len(3, l.remaining)
-            + int_len(4, l.expires_at.unwrap_or(0))
-            + int_len(5, i64::from(l.reminded))
-            + int_len(6, i64::from(l.pending))
+        put_nested(tag, buf, |buf| {
+            if place == 0 {
+                put_text(1, id, buf);
+            }
+            put_int(2, points, buf);
+            if place == 0 {
+                put_uuid(3, id, buf);
+            }
+            put_int(4, i64::from(place), buf);
+        });
     }
 
     pub fn put_lot(id: &Id, l: &Lot, _: &Places, buf: &mut Vec<u8>) {
@@ -398,19 +370,6 @@ mod fields {
     }
 
     /// An earn is named by the place of its lot (same id) when it has one.
-    pub fn earn_len(id: &Id, e: &EarnRecord, places: &Places) -> usize {
-        let place = places.place(id);
-        let named = if place == 0 { id_len(1, 8, id) } else { 0 };
-        named
-            + int_len(2, e.points)
-            + int_len(3, e.reversed)
-            + int_len(4, e.growth)
-            + int_len(5, e.growth_reversed)
-            + int_len(6, e.day)
-            + int_len(7, e.growth_expired)
-            + int_len(9, i64::from(place))
-    }
-
     pub fn put_earn(id: &Id, e: &EarnRecord, places: &Places, buf: &mut Vec<u8>) {
         let place = places.place(id);
         if place == 0 {
@@ -428,12 +387,6 @@ mod fields {
         put_int(9, i64::from(place), buf);
     }
 
-    pub fn spend_len(id: &Id, x: &SpendRecord, places: &Places) -> usize {
-        id_len(1, 4, id)
-            + shares_len(2, x.lots.iter().map(|l| (&l.lot, l.points)), places)
-            + shares_len(3, x.refunded.iter().map(|(id, p)| (id, *p)), places)
-    }
-
     pub fn put_spend(id: &Id, x: &SpendRecord, places: &Places, buf: &mut Vec<u8>) {
         put_text(1, id, buf);
         x.lots.iter().for_each(|l| put_share(2, &l.lot, l.points, places, buf));
@@ -448,15 +401,6 @@ mod fields {
             ReservationStatus::Released => 3,
             ReservationStatus::TimedOut => 4,
         }
-    }
-
-    pub fn reservation_len(id: &Id, r: &ReservationRecord, places: &Places) -> usize {
-        id_len(1, 7, id)
-            + str_len(2, &r.order_ref)
-            + shares_len(3, r.lots.iter().map(|l| (&l.lot, l.points)), places)
-            + int_len(4, r.expires_at)
-            + int_len(5, status(r))
-            + int_len(6, r.order_cash_minor)
     }
 
     pub fn put_reservation(id: &Id, r: &ReservationRecord, places: &Places, buf: &mut Vec<u8>) {
@@ -625,27 +569,27 @@ pub fn encode_every_piece(a: &Account, mut out: impl FnMut(Piece, &Id, Vec<u8>))
 
 // A piece row's message, with its id left empty (the id is in the row's key).
 
-fn piece<T>(v: &T, len: fields::Len<T>, put: fields::Put<T>) -> Vec<u8> {
+fn piece<T>(v: &T, put: fields::Put<T>) -> Vec<u8> {
     let (none, places) = (Id::of(""), Places::none());
-    let mut buf = Vec::with_capacity(len(&none, v, &places));
+    let mut buf = Vec::with_capacity(48);
     put(&none, v, &places, &mut buf);
     buf
 }
 
 fn lot_piece(l: &Lot) -> Vec<u8> {
-    piece(l, fields::lot_len, fields::put_lot)
+    piece(l, fields::put_lot)
 }
 
 fn earn_piece(e: &EarnRecord) -> Vec<u8> {
-    piece(e, fields::earn_len, fields::put_earn)
+    piece(e, fields::put_earn)
 }
 
 fn spend_piece(x: &SpendRecord) -> Vec<u8> {
-    piece(x, fields::spend_len, fields::put_spend)
+    piece(x, fields::put_spend)
 }
 
 fn reservation_piece(r: &ReservationRecord) -> Vec<u8> {
-    piece(r, fields::reservation_len, fields::put_reservation)
+    piece(r, fields::put_reservation)
 }
 
 /// Puts one piece row's contents into `a` (replacing what it had under `id`);

@@ -86,12 +86,21 @@ impl PartitionWriter {
             Self::add_entries(touched, r, position, balances, &mut work.pages);
             let reply = Reply::for_record(r, position, *b);
             if !r.system {
-                work.replies.push((r.account.clone(), r.request_id.clone(), r.fingerprint, reply.clone()));
+                work.requests.push(self.request(r, &reply));
             }
-            replies.push(reply);
+            replies.push(Some(reply));
         }
+        // A reply goes to its last waiter as it is (a retry within the batch
+        // waits on the same record and gets a copy).
+        let mut waiters = vec![0u32; replies.len()];
+        waiting.iter().for_each(|(_, i, _)| waiters[*i] += 1);
         for (tx, i, replayed) in waiting {
-            let mut reply = replies[i].clone();
+            waiters[i] -= 1;
+            let mut reply = if waiters[i] == 0 {
+                replies[i].take().expect("a reply for each record")
+            } else {
+                replies[i].clone().expect("a reply for each record")
+            };
             reply.replayed = replayed;
             tx.send(Ok(reply));
         }

@@ -15,8 +15,8 @@ use crate::FastMap;
 pub(super) struct Work {
     /// Accounts the batch has looked at.
     pub(super) accounts: FastMap<AccountKey, Touched>,
-    /// (account, request id, fingerprint, reply) for the idempotency records.
-    pub(super) replies: Vec<(AccountKey, String, u64, Reply)>,
+    /// The idempotency records' rows (key, row), built as the replies are.
+    pub(super) requests: Vec<(Vec<u8>, Vec<u8>)>,
     /// Due-index rows a tick took up: deleted at commit, and each account's
     /// current due instant put back (a row can go stale when the rules that
     /// set it change, e.g. the level window).
@@ -72,6 +72,12 @@ pub(super) fn request_row(shared: bool, fingerprint: u64, reply: &Reply) -> Vec<
 }
 
 impl PartitionWriter {
+    /// The idempotency record of a record's reply, as (key, row).
+    pub(super) fn request(&self, record: &AccountRecord, reply: &Reply) -> (Vec<u8>, Vec<u8>) {
+        let key = store::request_key(&record.account, &record.request_id);
+        (key, request_row(self.log.shared(), record.fingerprint, reply))
+    }
+
     /// Adds a record's statement entries (with the balance after each
     /// event) to its account's pages; the pages it fills go to `pages`.
     pub(super) fn add_entries(
@@ -172,12 +178,8 @@ impl PartitionWriter {
             *v += self.issued_in_partition(p, *day);
             batch.put(Cf::Issuance, &issued_key(self.partition, p, *day), &store::points_row(*v));
         }
-        for (account, request_id, fingerprint, reply) in &work.replies {
-            batch.put_vec(
-                Cf::Requests,
-                store::request_key(account, request_id),
-                request_row(self.log.shared(), *fingerprint, reply),
-            );
+        for (key, row) in std::mem::take(&mut work.requests) {
+            batch.put_vec(Cf::Requests, key, row);
         }
         for (at, why) in &work.quarantined {
             projection::quarantine(&mut batch, "writer", *at, why);

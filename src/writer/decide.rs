@@ -53,12 +53,21 @@ impl PartitionWriter {
             unchanged: Vec::new(),
             set_aside: Vec::new(),
         };
+        // The idempotency records of the callers' commands, read together
+        // (one lookup of many keys shares the work of finding them; only this
+        // writer writes them, at commit).
+        let keys: Vec<Vec<u8>> = commands
+            .iter()
+            .filter(|(_, tx)| tx.is_some())
+            .map(|(cmd, _)| store::request_key(&cmd.account, &cmd.request_id))
+            .collect();
+        let mut stored = self.store.multi_get(Cf::Requests, &keys)?.into_iter();
         for (cmd, tx) in commands {
             let fingerprint = domain::fingerprint(&cmd);
             // Callers' commands are idempotent; the writer's own have no id.
             let tx = match tx {
                 None => None,
-                Some(tx) => match self.seen_before(&mut d, &cmd, fingerprint, tx)? {
+                Some(tx) => match self.seen_before(&mut d, &cmd, stored.next().flatten(), fingerprint, tx)? {
                     Some(tx) => Some(tx),
                     None => continue,
                 },
@@ -69,12 +78,13 @@ impl PartitionWriter {
     }
 
     /// A caller's command whose request id this batch or the idempotency
-    /// records already hold is answered here (its original answer, or
-    /// `RequestIdReused`); a new one gets its sender back.
+    /// records already hold (`stored`: its row there) is answered here (its
+    /// original answer, or `RequestIdReused`); a new one gets its sender back.
     fn seen_before(
         &self,
         d: &mut Decided,
         cmd: &Command,
+        stored: Option<Vec<u8>>,
         fingerprint: u64,
         tx: ReplyTx,
     ) -> anyhow::Result<Option<ReplyTx>> {
@@ -87,7 +97,7 @@ impl PartitionWriter {
             }
             return Ok(None);
         }
-        let Some(bytes) = self.store.get(Cf::Requests, &store::request_key(&cmd.account, &cmd.request_id))? else {
+        let Some(bytes) = stored else {
             return Ok(Some(tx));
         };
         let (fp, reply) = match snapshot::decode_request(&bytes)? {

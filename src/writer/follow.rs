@@ -89,12 +89,7 @@ impl PartitionWriter {
                         self.last_now = self.last_now.max(record.at);
                         if !record.system {
                             let reply = Reply::for_record(&record, position, balance);
-                            work.replies.push((
-                                record.account.clone(),
-                                record.request_id.clone(),
-                                record.fingerprint,
-                                reply,
-                            ));
+                            work.requests.push(self.request(&record, &reply));
                         }
                         folded += 1;
                     }
