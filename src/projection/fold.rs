@@ -17,7 +17,10 @@ use crate::FastMap;
 /// changed. The views database is the truth: the cache only ever holds what
 /// was written there (or, for a rebuild, what will be).
 pub struct ViewCache {
-    accounts: FastMap<AccountKey, Cached>,
+    /// Boxed: a map's free slots then cost a pointer each instead of an
+    /// account, and growing it moves pointers (a rebuild's map of 500,000
+    /// accounts grows from empty).
+    accounts: FastMap<AccountKey, Box<Cached>>,
     /// Accounts kept at most; over it, the cache starts again empty.
     max: usize,
     /// For a fresh rebuild: account and expiring rows are written only when
@@ -203,7 +206,7 @@ impl ViewCache {
     }
 
     fn load<'c>(
-        accounts: &'c mut FastMap<AccountKey, Cached>,
+        accounts: &'c mut FastMap<AccountKey, Box<Cached>>,
         views: &Db,
         key: &AccountKey,
         deferred: bool,
@@ -221,7 +224,7 @@ impl ViewCache {
                 // all of them, rather than noting each piece on the way.
                 changed = changed.everything();
             }
-            accounts.insert(key.clone(), Cached { account, changed, dirty: false, page });
+            accounts.insert(key.clone(), Box::new(Cached { account, changed, dirty: false, page }));
         }
         Ok(accounts.get_mut(key).expect("loaded"))
     }

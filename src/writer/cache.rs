@@ -21,18 +21,25 @@ pub(super) struct Kept {
 }
 
 impl Kept {
-    /// What it holds in memory with its key, about ([`Account::bytes`]).
+    /// What it holds in memory with its key, about ([`Account::bytes`],
+    /// which counts the account's own struct): its slot in the map, the
+    /// key's text, its box and the statement bytes not written yet.
     fn bytes(&self, key: &AccountKey) -> usize {
-        let key =
-            std::mem::size_of::<AccountKey>() + key.tenant_id.len() + key.programme_id.len() + key.member_id.len();
+        use std::mem::size_of;
+        let key = key.tenant_id.len() + key.programme_id.len() + key.member_id.len();
         let page = self.page.as_ref().map_or(0, |p| p.bytes.capacity());
-        key + std::mem::size_of::<Kept>() + self.account.bytes() + page
+        size_of::<Slot>() + key + size_of::<Kept>() - size_of::<Account>() + self.account.bytes() + page
     }
 }
 
+/// A kept account in the map, boxed: a map's free slots (up to half of
+/// them after it grows) then cost a pointer each instead of a whole
+/// account, and growing it moves pointers.
+type Slot = (AccountKey, (Box<Kept>, usize));
+
 /// The accounts kept, what they weigh, and the most they may.
 pub(super) struct Cache {
-    kept: FastMap<AccountKey, (Kept, usize)>,
+    kept: FastMap<AccountKey, (Box<Kept>, usize)>,
     bytes: usize,
     bytes_max: usize,
 }
@@ -45,14 +52,14 @@ impl Cache {
     }
 
     pub(super) fn get(&self, key: &AccountKey) -> Option<&Kept> {
-        self.kept.get(key).map(|(k, _)| k)
+        self.kept.get(key).map(|(k, _)| &**k)
     }
 
     /// Takes an account out (a batch that commits puts it back).
     pub(super) fn take(&mut self, key: &AccountKey) -> Option<Kept> {
         let (kept, bytes) = self.kept.remove(key)?;
         self.bytes -= bytes;
-        Some(kept)
+        Some(*kept)
     }
 
     /// Puts back the accounts a batch committed, making room for them
@@ -65,7 +72,7 @@ impl Cache {
         self.bytes -= evict::evict(&mut self.kept, over, |(_, bytes)| *bytes, |(kept, _)| &mut kept.recent);
         for (bytes, key, kept) in weighed {
             self.bytes += bytes;
-            if let Some((_, was)) = self.kept.insert(key, (kept, bytes)) {
+            if let Some((_, was)) = self.kept.insert(key, (Box::new(kept), bytes)) {
                 self.bytes -= was;
             }
         }

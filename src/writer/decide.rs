@@ -53,6 +53,9 @@ impl PartitionWriter {
             unchanged: Vec::new(),
             set_aside: Vec::new(),
         };
+        // At most an account a command: sized once rather than grown (and
+        // every account in it moved) as the batch meets them.
+        d.work.accounts.reserve(commands.len());
         // The idempotency records of the callers' commands, read together
         // (one lookup of many keys shares the work of finding them; only this
         // writer writes them, at commit).
