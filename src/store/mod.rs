@@ -470,6 +470,9 @@ impl Db {
     /// of many keys, which shares the search of the memtables' and table
     /// files' filters and blocks among them.
     pub fn multi_get(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         self.db.batched_multi_get_cf(self.cf(cf), keys, false).into_iter().map(|r| Ok(r?.map(|v| v.to_vec()))).collect()
     }
 

@@ -1063,9 +1063,21 @@ mod tests {
         assert_eq!(decode_account_with_tail(&encode_account(&a)).unwrap().1, None, "the last page is full");
     }
 
+    /// A spend of 120 KB: shares of 128 bytes and more inside it (their
+    /// lots named by long ids, not in the row), and its own length three
+    /// bytes long.
+    fn long_spend() -> Account {
+        let mut a = varied();
+        let lots = (0..600).map(|i| amount(&format!("{i:0>190}"), i64::from(i) << 40)).collect();
+        let mut refunded = VecMap::new();
+        refunded.insert(Id::of(&"x".repeat(20_000)), 1);
+        a.spends.insert(Id::of(&"s".repeat(130)), SpendRecord { lots, refunded });
+        a
+    }
+
     #[test]
     fn snapshots_written_straight_are_the_bytes_prost_writes() {
-        for a in [Account::default(), varied()] {
+        for a in [Account::default(), varied(), long_spend()] {
             let whole = encode_account(&a);
             assert_eq!(whole, whole_by_prost(&a));
             assert_eq!(decode_account(&whole).unwrap(), a);

@@ -70,7 +70,13 @@ impl PartitionWriter {
             // Callers' commands are idempotent; the writer's own have no id.
             let tx = match tx {
                 None => None,
-                Some(tx) => match self.seen_before(&mut d, &cmd, stored.next().flatten(), fingerprint, tx)? {
+                Some(tx) => match self.seen_before(
+                    &mut d,
+                    &cmd,
+                    stored.next().expect("a row looked up per caller's command"),
+                    fingerprint,
+                    tx,
+                )? {
                     Some(tx) => Some(tx),
                     None => continue,
                 },
