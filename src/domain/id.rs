@@ -155,9 +155,7 @@ impl Ord for Id {
     #[inline]
     fn cmp(&self, other: &Id) -> Ordering {
         match (&self.0, &other.0) {
-            // As two numbers, not by a call to `memcmp` (a replay compares
-            // ids more than anything else it does).
-            (Repr::Uuid(a), Repr::Uuid(b)) => u128::from_be_bytes(*a).cmp(&u128::from_be_bytes(*b)),
+            (Repr::Uuid(a), Repr::Uuid(b)) => a.cmp(b),
             (Repr::Inline { len: a, bytes: x }, Repr::Inline { len: b, bytes: y }) => {
                 x[..usize::from(*a)].cmp(&y[..usize::from(*b)])
             }
