@@ -753,6 +753,31 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_one_key_keep_their_order_in_a_batch_written_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), VIEW_CFS).unwrap();
+        let mut batch = Batch::default();
+        batch.put(Cf::Due, b"k", b"1");
+        batch.put(Cf::Accounts, b"z", b"z");
+        batch.delete_vec(Cf::Due, b"k".to_vec());
+        batch.put(Cf::Accounts, b"a", b"a");
+        batch.put(Cf::Due, b"k", b"2");
+        batch.put(Cf::Due, b"gone", b"1");
+        batch.delete_vec(Cf::Due, b"gone".to_vec());
+        batch.view_row(Cf::Entries, b"page".to_vec(), Some(b"one,".to_vec()));
+        batch.put(Cf::Due, b"a", b"3");
+        batch.view_row(Cf::Entries, b"page".to_vec(), Some(b"two".to_vec()));
+        db.write(batch).unwrap();
+        assert_eq!(db.get(Cf::Due, b"k").unwrap().as_deref(), Some(&b"2"[..]), "the last put wins");
+        assert_eq!(db.get(Cf::Due, b"gone").unwrap(), None, "a delete after a put deletes");
+        assert_eq!(db.get(Cf::Entries, b"page").unwrap().as_deref(), Some(&b"one,two"[..]), "appends in order");
+        assert_eq!(
+            db.multi_get(Cf::Accounts, &[b"z".to_vec(), b"b".to_vec(), b"a".to_vec()]).unwrap(),
+            [Some(b"z".to_vec()), None, Some(b"a".to_vec())]
+        );
+    }
+
+    #[test]
     fn a_scan_stays_within_its_prefix() {
         assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
         assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
