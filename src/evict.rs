@@ -35,28 +35,41 @@ pub fn evict<K: Eq + Hash, V, S: BuildHasher>(
     weight: impl Fn(&V) -> usize,
     recent: impl Fn(&mut V) -> &mut bool,
 ) -> usize {
+    evict_into(map, over, weight, recent, |_, _| {})
+}
+
+/// [`evict`], handing each entry taken out to `gone`.
+pub fn evict_into<K: Eq + Hash, V, S: BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+    over: usize,
+    weight: impl Fn(&V) -> usize,
+    recent: impl Fn(&mut V) -> &mut bool,
+    mut gone: impl FnMut(K, V),
+) -> usize {
     if over == 0 {
         return 0;
     }
     let mut taken = 0;
-    map.retain(|_, v| {
+    let first = map.extract_if(|_, v| {
         let mark = recent(v);
         if taken < over && !*mark {
             taken += weight(v);
-            return false;
+            return true;
         }
         *mark = false;
-        true
+        false
     });
+    first.for_each(|(k, v)| gone(k, v));
     if taken < over {
         // Every entry was used since last time: any go.
-        map.retain(|_, v| {
+        let rest = map.extract_if(|_, v| {
             if taken < over {
                 taken += weight(v);
-                return false;
+                return true;
             }
-            true
+            false
         });
+        rest.for_each(|(k, v)| gone(k, v));
     }
     taken
 }

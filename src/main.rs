@@ -413,9 +413,9 @@ struct ServeArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     log: LogArgs,
-    /// What the accounts the writers keep decoded between batches may weigh
-    /// in all, in MiB (the store has every account; a member the writers do
-    /// not keep is read from it).
+    /// What the accounts the writers keep between batches (decoded, and as
+    /// one row each) may weigh in all, in MiB (the store has every account;
+    /// a member the writers do not keep is read from it).
     #[arg(long, env = "POINTS_LEDGER_ACCOUNT_CACHE_MB", default_value_t = (points_ledger::writer::WRITER_CACHE_BYTES >> 20) as u64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     account_cache_mb: u64,
     /// Commands a writer decides and appends together at most.

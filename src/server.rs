@@ -50,11 +50,11 @@ pub struct Config {
     pub partitions: u32,
     pub log: LogConfig,
     pub writer: WriterConfig,
-    /// What the writers' decoded accounts may weigh in all, in bytes: each
+    /// What the accounts the writers keep may weigh in all, in bytes: each
     /// partition's writer gets its share, at least
-    /// [`crate::writer::CACHE_BYTES_PARTITION_MIN`] (an instance of a
-    /// cluster uses the shares of the partitions it writes; the store has
-    /// every account).
+    /// [`crate::writer::CACHE_BYTES_PARTITION_MIN`], or all of this when it
+    /// is less (an instance of a cluster uses the shares of the partitions
+    /// it writes; the store has every account).
     pub account_cache_bytes: usize,
     pub auth: Auth,
     pub clock: Arc<dyn Clock>,
@@ -359,7 +359,7 @@ impl Service {
         };
         writer_config.assigned_only = group.is_some();
         writer_config.cache_bytes_max = (config.account_cache_bytes / logs.events.partitions().max(1) as usize)
-            .max(crate::writer::CACHE_BYTES_PARTITION_MIN);
+            .max(crate::writer::CACHE_BYTES_PARTITION_MIN.min(config.account_cache_bytes));
         let writers = Arc::new(Writers::start(
             logs.events.clone(),
             views.clone(),

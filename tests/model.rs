@@ -155,13 +155,14 @@ use crate::common::broker;
 
 static CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn run(ops: Vec<Op>, kafka: Option<&str>) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, cache_bytes: usize, kafka: Option<&str>) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let mut config = Config::new(dir.path());
         config.partitions = 2;
+        config.account_cache_bytes = cache_bytes;
         config.clock = clock.clone() as Arc<dyn Clock>;
         config.writer.tick_interval_ms = 3_600_000; // ticks only when the test asks
         if let Some(bootstrap) = kafka {
@@ -456,6 +457,13 @@ fn op_sequences() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 1..80)
 }
 
+/// What the writers may keep between batches: the default, or so little
+/// that they let members go after most batches (decoded ones to a row,
+/// rows to the store) and read them back.
+fn cache_budgets() -> impl Strategy<Value = usize> {
+    prop_oneof![Just(points_ledger::writer::WRITER_CACHE_BYTES), Just(2 << 10), Just(1 << 10)]
+}
+
 #[test]
 fn the_ledger_agrees_with_the_model_and_replays_to_identical_views() {
     let dir = tempfile::tempdir().unwrap();
@@ -465,7 +473,7 @@ fn the_ledger_agrees_with_the_model_and_replays_to_identical_views() {
     let config = ProptestConfig { cases, max_shrink_iters: 200, ..ProptestConfig::default() };
     let mut runner = proptest::test_runner::TestRunner::new(config);
     let bootstrap = broker.as_ref().map(|b| b.bootstrap());
-    let result = runner.run(&op_sequences(), |ops| run(ops, bootstrap.as_deref()));
+    let result = runner.run(&(op_sequences(), cache_budgets()), |(ops, cache)| run(ops, cache, bootstrap.as_deref()));
     drop(broker);
     if let Err(e) = result {
         panic!("{e}");

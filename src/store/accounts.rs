@@ -236,6 +236,7 @@ pub fn decode(prefix_len: usize, rows: &[Row]) -> Result<(Account, Changed), Cod
     }
 }
 
+/// `a` is a header as `codec::decode_account*` gives it (counted).
 fn decode_parts(prefix_len: usize, mut a: Account, pieces: &[Row]) -> Result<(Account, Changed), CodecError> {
     // One row is the whole account; pieces are only ever written with a
     // header without lists.
@@ -246,7 +247,10 @@ fn decode_parts(prefix_len: usize, mut a: Account, pieces: &[Row]) -> Result<(Ac
         let id = std::str::from_utf8(id).map_err(|_| CodecError::Missing("utf-8 piece id"))?;
         codec::decode_piece_into(&mut a, piece, Id::of(id), v)?;
     }
-    a.recount();
+    if !pieces.is_empty() {
+        // The header came counted.
+        a.recount();
+    }
     Ok((a, changed))
 }
 

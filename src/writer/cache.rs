@@ -1,11 +1,26 @@
-//! The accounts a writer keeps decoded between batches, under a budget of
-//! bytes.
+//! The accounts a writer keeps between batches, under a budget of bytes:
+//! the most recently used decoded, and, behind them, more as the one row
+//! they are stored as.
+//!
+//! A decoded account weighs three to five times its row (a bench member
+//! 1,144 bytes against 232: `cargo bench --bench footprint`). An account
+//! the decoded tier lets go is kept in the second tier as the one row of a
+//! small account (whether the store has it so or as pieces), so that using
+//! it again is a decode instead of lookups through the memtables and table
+//! files (most of what a command cost once members outgrew the decoded
+//! tier). Only this writer writes its partition's accounts, and an account
+//! is in one tier at a time (it moves to the decoded one when taken), so a
+//! kept row is always what the store has.
 
 use crate::domain::{Account, AccountKey, Millis};
 use crate::evict;
 use crate::projection::Tail;
-use crate::store::accounts;
+use crate::store::{accounts, snapshot};
 use crate::FastMap;
+
+/// Share of the budget the rows may have at most, in per cent; the
+/// decoded tier has what they do not use.
+pub const ROWS_SHARE_PERCENT: usize = 50;
 
 /// An account as of the last committed batch.
 pub(super) struct Kept {
@@ -26,10 +41,13 @@ impl Kept {
     /// key's text, its box and the statement bytes not written yet.
     fn bytes(&self, key: &AccountKey) -> usize {
         use std::mem::size_of;
-        let key = key.tenant_id.len() + key.programme_id.len() + key.member_id.len();
         let page = self.page.as_ref().map_or(0, |p| p.bytes.capacity());
-        size_of::<Slot>() + key + size_of::<Kept>() - size_of::<Account>() + self.account.bytes() + page
+        size_of::<Slot>() + key_bytes(key) + size_of::<Kept>() - size_of::<Account>() + self.account.bytes() + page
     }
+}
+
+fn key_bytes(key: &AccountKey) -> usize {
+    key.tenant_id.len() + key.programme_id.len() + key.member_id.len()
 }
 
 /// A kept account in the map, boxed: a map's free slots (up to half of
@@ -37,43 +55,129 @@ impl Kept {
 /// account, and growing it moves pointers.
 type Slot = (AccountKey, (Box<Kept>, usize));
 
-/// The accounts kept, what they weigh, and the most they may.
+/// An account let go by the decoded tier: the account and its statement's
+/// last page as one row, the rest of what it was kept with, what it weighs
+/// with its key, and a mark [`evict`] reads (never set: a row used leaves
+/// the tier).
+struct Row {
+    row: Box<[u8]>,
+    due: Option<Millis>,
+    changed: accounts::Changed,
+    bytes: usize,
+    recent: bool,
+}
+
+impl Row {
+    fn of(key: &AccountKey, kept: &Kept) -> Row {
+        let row = snapshot::encode_account_with(&kept.account, kept.page.as_ref());
+        // Counted as the allocator holds it: a map's slots about two-thirds
+        // full, and each block rounded up to 16 bytes (a row weighs little,
+        // so what comes with it is much of it).
+        let block = |n: usize| n.div_ceil(16) * 16;
+        let key_blocks = block(key.tenant_id.len()) + block(key.programme_id.len()) + block(key.member_id.len());
+        let bytes = std::mem::size_of::<(AccountKey, Row)>() * 3 / 2 + key_blocks + block(row.len());
+        Row { row: row.into_boxed_slice(), due: kept.due, changed: kept.changed.clone(), bytes, recent: false }
+    }
+}
+
+/// The accounts kept, decoded and as rows, what they weigh, and the most
+/// they may.
 pub(super) struct Cache {
     kept: FastMap<AccountKey, (Box<Kept>, usize)>,
     bytes: usize,
+    rows: FastMap<AccountKey, Row>,
+    rows_bytes: usize,
+    /// Both tiers together.
     bytes_max: usize,
+    rows_max: usize,
 }
 
 impl Cache {
     /// An empty cache that keeps `bytes_max` at most (about: see
-    /// [`Account::bytes`]).
+    /// [`Account::bytes`]), up to [`ROWS_SHARE_PERCENT`] of it as rows.
     pub(super) fn new(bytes_max: usize) -> Cache {
-        Cache { kept: FastMap::default(), bytes: 0, bytes_max }
+        Cache {
+            kept: FastMap::default(),
+            bytes: 0,
+            rows: FastMap::default(),
+            rows_bytes: 0,
+            bytes_max,
+            rows_max: (bytes_max as u128 * ROWS_SHARE_PERCENT as u128 / 100) as usize,
+        }
     }
 
+    /// A decoded account.
     pub(super) fn get(&self, key: &AccountKey) -> Option<&Kept> {
         self.kept.get(key).map(|(k, _)| &**k)
     }
 
-    /// Takes an account out (a batch that commits puts it back).
+    /// Takes an account out, decoding it if the cache kept its row (a
+    /// batch that commits puts it back). A row that does not decode (never
+    /// seen: the writer encoded it) is named and left to the store.
     pub(super) fn take(&mut self, key: &AccountKey) -> Option<Kept> {
-        let (kept, bytes) = self.kept.remove(key)?;
-        self.bytes -= bytes;
-        Some(*kept)
+        if let Some((kept, bytes)) = self.kept.remove(key) {
+            self.bytes -= bytes;
+            return Some(*kept);
+        }
+        let row = self.rows.remove(key)?;
+        self.rows_bytes -= row.bytes;
+        match snapshot::decode_account_with_tail(&row.row) {
+            Ok((account, page)) => Some(Kept { account, due: row.due, changed: row.changed, page, recent: false }),
+            Err(e) => {
+                tracing::error!(account = %key, error = %e, "an account the writer kept as a row does not decode; reading it from the store");
+                None
+            }
+        }
     }
 
     /// Puts back the accounts a batch committed, making room for them
     /// first: accounts no batch put back since the cache last made room go
-    /// first, then any (the store has them all; see [`crate::evict`]).
+    /// first, then any (see [`crate::evict`]), as rows to the second tier
+    /// (any row can go: the store has them all).
     pub(super) fn put_back(&mut self, accounts: Vec<(AccountKey, Kept)>) {
         let weighed: Vec<_> = accounts.into_iter().map(|(key, kept)| (kept.bytes(&key), key, kept)).collect();
         let coming = weighed.iter().map(|(bytes, ..)| bytes).sum();
-        let over = evict::over(self.bytes, coming, self.bytes_max);
-        self.bytes -= evict::evict(&mut self.kept, over, |(_, bytes)| *bytes, |(kept, _)| &mut kept.recent);
+        let over = evict::over(self.bytes, coming, self.bytes_max.saturating_sub(self.rows_bytes));
+        let mut gone = Vec::new();
+        self.bytes -= evict::evict_into(
+            &mut self.kept,
+            over,
+            |(_, bytes)| *bytes,
+            |(kept, _)| &mut kept.recent,
+            |key, (kept, _)| gone.push((key, kept)),
+        );
         for (bytes, key, kept) in weighed {
             self.bytes += bytes;
             if let Some((_, was)) = self.kept.insert(key, (Box::new(kept), bytes)) {
                 self.bytes -= was;
+            }
+        }
+        self.keep_rows(gone);
+    }
+
+    /// Keeps the rows of accounts the decoded tier let go, making room.
+    fn keep_rows(&mut self, gone: Vec<(AccountKey, Box<Kept>)>) {
+        let room = self.rows_max.min(self.bytes_max.saturating_sub(self.bytes));
+        // No more of them than fit, the kept rows gone.
+        let mut coming = 0;
+        let rows: Vec<_> = gone
+            .into_iter()
+            .map_while(|(key, kept)| {
+                let row = Row::of(&key, &kept);
+                coming += row.bytes;
+                (coming <= room).then_some((row, key))
+            })
+            .collect();
+        let coming = rows.iter().map(|(row, _)| row.bytes).sum();
+        let over = evict::over(self.rows_bytes, coming, room);
+        self.rows_bytes -= evict::evict(&mut self.rows, over, |r| r.bytes, |r| &mut r.recent);
+        for (row, key) in rows {
+            if self.rows_bytes + row.bytes > room {
+                continue;
+            }
+            self.rows_bytes += row.bytes;
+            if let Some(was) = self.rows.insert(key, row) {
+                self.rows_bytes -= was.bytes;
             }
         }
     }
@@ -81,55 +185,83 @@ impl Cache {
     pub(super) fn clear(&mut self) {
         self.kept.clear();
         self.bytes = 0;
+        self.rows.clear();
+        self.rows_bytes = 0;
     }
 
-    /// Accounts kept, and what they weigh.
+    /// Accounts kept (decoded or as rows), and what they weigh.
     pub(super) fn size(&self) -> (usize, usize) {
-        (self.kept.len(), self.bytes)
+        (self.kept.len() + self.rows.len(), self.bytes + self.rows_bytes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Event, Id, Lot};
 
     fn kept() -> Kept {
         Kept { account: Account::default(), due: None, changed: Default::default(), page: None, recent: true }
+    }
+
+    /// An account with `lots` lots, stored as one row while they are few.
+    fn with_lots(lots: usize) -> Kept {
+        let mut k = kept();
+        for i in 0..lots {
+            let lot = Lot { earned: 5, remaining: 5, expires_at: Some(1_000), reminded: false, pending: false };
+            k.account.lots.insert(Id::of(&format!("lot-{i}")), lot);
+        }
+        k.account.recount();
+        k.due = Some(1_000);
+        k
     }
 
     fn key(i: usize) -> AccountKey {
         AccountKey::new("t", "p", &format!("m{i:04}"))
     }
 
+    /// The decoded tier's accounts and what they weigh.
+    fn decoded(c: &Cache) -> (usize, usize) {
+        (c.kept.len(), c.bytes)
+    }
+
+    /// A cache that keeps `bytes` at most.
+    fn cache(bytes: usize) -> Cache {
+        Cache::new(bytes)
+    }
+
     #[test]
     fn a_cache_weighs_what_it_keeps_and_stays_under_its_budget() {
         let one = kept().bytes(&key(0));
-        let mut cache = Cache::new(100 * one);
+        let mut cache = cache(100 * one);
         cache.put_back((0..100).map(|i| (key(i), kept())).collect());
-        assert_eq!(cache.size(), (100, 100 * one), "a full budget keeps all");
+        assert_eq!(decoded(&cache), (100, 100 * one), "a full budget keeps all");
 
         let taken = cache.take(&key(7)).unwrap();
-        assert_eq!(cache.size(), (99, 99 * one));
+        assert_eq!(decoded(&cache), (99, 99 * one));
         cache.put_back(vec![(key(7), taken)]);
-        assert_eq!(cache.size(), (100, 100 * one));
+        assert_eq!(decoded(&cache), (100, 100 * one));
 
         // Ten more: down to 75 % with them.
         cache.put_back((100..110).map(|i| (key(i), kept())).collect());
-        assert_eq!(cache.size(), (75, 75 * one));
+        assert_eq!(decoded(&cache), (75, 75 * one));
         assert!((100..110).all(|i| cache.get(&key(i)).is_some()), "the ones coming are kept");
     }
 
     #[test]
     fn the_accounts_put_back_since_the_cache_last_made_room_stay() {
         let one = kept().bytes(&key(0));
-        let mut cache = Cache::new(100 * one);
+        let mut cache = cache(100 * one);
         cache.put_back((0..100).map(|i| (key(i), kept())).collect());
         cache.put_back(vec![(key(100), kept())]);
         // Every mark is clear now; the next batch uses a few.
-        let used: Vec<_> = (0..75)
-            .step_by(5)
-            .filter_map(|i| cache.take(&key(i)).map(|k| (key(i), Kept { recent: true, ..k })))
-            .collect();
+        let mut used = Vec::new();
+        for i in (0..75).step_by(5) {
+            if !cache.kept.contains_key(&key(i)) {
+                continue;
+            }
+            used.push((key(i), Kept { recent: true, ..cache.take(&key(i)).unwrap() }));
+        }
         let keys: Vec<_> = used.iter().map(|(k, _)| k.clone()).collect();
         assert!(keys.len() >= 5, "most of them survived the first eviction");
         cache.put_back(used);
@@ -138,12 +270,57 @@ mod tests {
     }
 
     #[test]
-    fn a_bigger_account_weighs_more() {
-        let mut big = kept();
-        for i in 0..50 {
-            let lot = crate::domain::Lot { earned: 1, remaining: 1, expires_at: None, reminded: false, pending: false };
-            big.account.lots.insert(crate::domain::Id::of(&format!("lot-{i}")), lot);
+    fn an_account_the_decoded_tier_lets_go_comes_back_from_its_row() {
+        let one = with_lots(3).bytes(&key(0));
+        let mut cache = cache(10 * one);
+        cache.put_back((0..10).map(|i| (key(i), with_lots(3))).collect());
+        cache.put_back((10..13).map(|i| (key(i), with_lots(3))).collect());
+        let gone: Vec<_> = (0..10).filter(|i| cache.get(&key(*i)).is_none()).collect();
+        assert!(!gone.is_empty());
+        assert_eq!(cache.size().0, 13, "the ones let go are kept as rows");
+        for i in gone {
+            let back = cache.take(&key(i)).expect("kept as a row");
+            let want = with_lots(3);
+            assert_eq!((back.account, back.due, back.changed.is_inline()), (want.account, want.due, true));
         }
-        assert!(big.bytes(&key(0)) > kept().bytes(&key(0)) + 50 * 40);
+        assert_eq!(cache.rows.len(), 0);
+        assert_eq!(cache.rows_bytes, 0);
+    }
+
+    #[test]
+    fn the_rows_stay_under_their_share_of_the_budget() {
+        let one = with_lots(3).bytes(&key(0));
+        let mut cache = Cache::new(4 * one);
+        for i in 0..200 {
+            cache.put_back(vec![(key(i), with_lots(3))]);
+            assert!(cache.rows_bytes <= cache.rows_max && cache.bytes + cache.rows_bytes <= cache.bytes_max);
+        }
+        assert_eq!(cache.rows_bytes, cache.rows.values().map(|r| r.bytes).sum::<usize>());
+        assert!(cache.rows.len() > cache.kept.len(), "a row weighs less than a decoded account");
+    }
+
+    #[test]
+    fn an_account_stored_as_pieces_comes_back_from_its_row_as_stored_so() {
+        let big = accounts::INLINE_PIECES_MAX + 1;
+        let mut stored = with_lots(big);
+        // A write that found it past one row's pieces.
+        let freeze = Event::AccountFrozen { earning: true, spending: false, operator: "o".into(), reason: "r".into() };
+        stored.changed.note(&freeze);
+        stored.changed = stored.changed.written(&stored.account);
+        assert!(!stored.changed.is_inline());
+        let one = stored.bytes(&key(0));
+        let mut cache = cache(2 * one);
+        cache.put_back(vec![(key(0), with_lots(big)), (key(1), with_lots(big))]);
+        cache.put_back(vec![(key(0), stored)]);
+        cache.put_back(vec![(key(2), with_lots(big))]);
+        assert!(cache.get(&key(0)).is_none() && cache.rows.contains_key(&key(0)));
+        let back = cache.take(&key(0)).expect("kept as a row");
+        assert_eq!(back.account, with_lots(big).account);
+        assert!(!back.changed.is_inline(), "still stored as pieces");
+    }
+
+    #[test]
+    fn a_bigger_account_weighs_more() {
+        assert!(with_lots(50).bytes(&key(0)) > kept().bytes(&key(0)) + 50 * 40);
     }
 }

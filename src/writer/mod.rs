@@ -6,7 +6,8 @@
 //! - `partition`: what a writer holds;
 //! - `batch`, `decide`, `append`, `commit`: one batch in named phases
 //!   (gather, decide, append and confirm, answer, commit);
-//! - `cache`: the accounts kept decoded between batches;
+//! - `cache`: the accounts kept between batches (decoded, and behind them as
+//!   one row each);
 //! - `follow`: how a writer follows its partition of the log (catching up,
 //!   claiming it on a shared log, reading each batch back);
 //! - `ownership`: which partitions this instance wants, and each writer's mode;
@@ -53,14 +54,15 @@ use crate::log::record::{partition_for, Reply};
 use crate::log::EventLog;
 use crate::store::Db;
 
-/// What the writers' decoded accounts may weigh in all, by default
+/// What the accounts the writers keep may weigh in all, by default
 /// ([`WriterConfig::cache_bytes_max`] is a partition's share): the most
 /// that kept a 10-minute run on 1,000,000 members under 1 GiB of RSS (867
-/// MiB; 192 MiB took 1,070). A `SubmitBatch` run on 100,000 members of ~11
+/// MiB; 192 MiB took 1,070; 1,013 since half of it may hold rows). A `SubmitBatch` run on 100,000 members of ~11
 /// commands each, which weigh ~290 MiB, measured ~5 % slower with it than
 /// with every member kept (docs/benchmarks-log.md).
 pub const WRITER_CACHE_BYTES: usize = 160 << 20;
-/// The least share of it a partition gets (a few hundred accounts).
+/// The least share of it a partition gets (a few hundred accounts), unless
+/// the whole is less.
 pub const CACHE_BYTES_PARTITION_MIN: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
@@ -73,9 +75,9 @@ pub struct WriterConfig {
     pub tick_interval_ms: u64,
     /// Accounts settled per tick at most (the rest go in the next tick).
     pub tick_accounts_max: usize,
-    /// What the accounts a partition's writer keeps decoded may weigh, in
-    /// bytes, about ([`crate::domain::Account::bytes`]); the store has them
-    /// all.
+    /// What the accounts a partition's writer keeps (decoded, and as rows)
+    /// may weigh, in bytes, about ([`crate::domain::Account::bytes`]); the
+    /// store has them all.
     pub cache_bytes_max: usize,
     /// True in a cluster: write only the partitions the consumer group
     /// assigns (false: every partition).
