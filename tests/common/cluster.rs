@@ -303,7 +303,7 @@ async fn send_until_decided(
                         | tonic::Code::Unknown
                         | tonic::Code::Cancelled
                         | tonic::Code::DeadlineExceeded
-                ) =>
+                ) || transport_failed(&e) =>
             {
                 let reason = super::reason_of(&e);
                 let key = if reason.is_empty() { format!("{:?}", e.code()) } else { reason };
@@ -317,6 +317,13 @@ async fn send_until_decided(
         }
     }
     seen.lock().unwrap().undecided.push(id.to_string());
+}
+
+/// Whether the call failed in the connection rather than in the service
+/// (as when an instance stopping sends its HTTP/2 `GOAWAY` while the call
+/// is on its way): its outcome is unknown, and a caller sends it again.
+fn transport_failed(e: &tonic::Status) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
 /// Every member's balance, as the instance at `url` answers once its view
