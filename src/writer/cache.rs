@@ -320,6 +320,20 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_row_that_does_not_decode_is_left_to_the_store() {
+        let one = with_lots(3).bytes(&key(0));
+        let mut cache = cache(10 * one);
+        cache.put_back((0..10).map(|i| (key(i), with_lots(3))).collect());
+        cache.put_back((10..13).map(|i| (key(i), with_lots(3))).collect());
+        let gone = (0..10).find(|i| cache.rows.contains_key(&key(*i))).expect("one kept as a row");
+        let rows = cache.rows.len();
+        cache.rows.get_mut(&key(gone)).unwrap().row = vec![0xff; 7].into_boxed_slice();
+        assert!(cache.take(&key(gone)).is_none(), "read from the store instead");
+        assert_eq!(cache.rows.len(), rows - 1);
+        assert_eq!(cache.rows_bytes, cache.rows.values().map(|r| r.bytes).sum::<usize>());
+    }
+
+    #[test]
     fn a_bigger_account_weighs_more() {
         assert!(with_lots(50).bytes(&key(0)) > kept().bytes(&key(0)) + 50 * 40);
     }
