@@ -269,12 +269,18 @@ mod tests {
         assert!(keys.iter().all(|k| cache.get(k).is_some()), "the used ones stay");
     }
 
-    #[test]
-    fn an_account_the_decoded_tier_lets_go_comes_back_from_its_row() {
-        let one = with_lots(3).bytes(&key(0));
-        let mut cache = cache(10 * one);
+    /// A cache with room for ten accounts of three lots, given thirteen:
+    /// some of the first ten let go.
+    fn some_let_go() -> Cache {
+        let mut cache = cache(10 * with_lots(3).bytes(&key(0)));
         cache.put_back((0..10).map(|i| (key(i), with_lots(3))).collect());
         cache.put_back((10..13).map(|i| (key(i), with_lots(3))).collect());
+        cache
+    }
+
+    #[test]
+    fn an_account_the_decoded_tier_lets_go_comes_back_from_its_row() {
+        let mut cache = some_let_go();
         let gone: Vec<_> = (0..10).filter(|i| cache.get(&key(*i)).is_none()).collect();
         assert!(!gone.is_empty());
         assert_eq!(cache.size().0, 13, "the ones let go are kept as rows");
@@ -321,10 +327,7 @@ mod tests {
 
     #[test]
     fn a_kept_row_that_does_not_decode_is_left_to_the_store() {
-        let one = with_lots(3).bytes(&key(0));
-        let mut cache = cache(10 * one);
-        cache.put_back((0..10).map(|i| (key(i), with_lots(3))).collect());
-        cache.put_back((10..13).map(|i| (key(i), with_lots(3))).collect());
+        let mut cache = some_let_go();
         let gone = (0..10).find(|i| cache.rows.contains_key(&key(*i))).expect("one kept as a row");
         let rows = cache.rows.len();
         cache.rows.get_mut(&key(gone)).unwrap().row = vec![0xff; 7].into_boxed_slice();
