@@ -107,7 +107,31 @@ fn bench_codec(c: &mut Criterion) {
     g.bench_function("decode record", |b| {
         b.iter(|| black_box(codec::decode_account_record(black_box(&bytes)).unwrap()))
     });
+    // An account's row (as the writers keep and store a small one), after
+    // a few commands and after a hundred.
+    for n in [4, 100] {
+        let a = after(n);
+        let row = store::snapshot::encode_account(&a);
+        g.bench_function(format!("encode account after {n} commands"), |b| {
+            b.iter(|| black_box(store::snapshot::encode_account(black_box(&a))))
+        });
+        g.bench_function(format!("decode account after {n} commands"), |b| {
+            b.iter(|| black_box(store::snapshot::decode_account(black_box(&row)).unwrap()))
+        });
+    }
     g.finish();
+}
+
+/// An account after `n` of [`commands`].
+fn after(n: u64) -> Account {
+    let programme = Programme::example("shop", "points");
+    let mut a = Account::default();
+    for (i, cmd) in commands(n).iter().enumerate() {
+        if let Ok(events) = decide(Some(&programme), &a, cmd, T0 + i as i64) {
+            events.iter().for_each(|e| a.apply(e));
+        }
+    }
+    a
 }
 
 /// A log of `records` commands over `accounts` members (three earns to one

@@ -29,6 +29,8 @@ pub enum CodecError {
     Missing(&'static str),
     #[error("unknown enum value {1} for {0}")]
     Enum(&'static str, i32),
+    #[error("undecodable state: {0}")]
+    State(&'static str),
 }
 
 // ---- small pieces ----

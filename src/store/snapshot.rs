@@ -6,9 +6,9 @@
 use prost::Message;
 
 use crate::domain::{
-    Account, EarnRecord, Extra, ExtraState, Id, Lot, ReservationRecord, ReservationStatus, Share, SpendRecord, Totals,
+    Account, EarnRecord, Extra, ExtraState, Id, Lot, ReservationRecord, ReservationStatus, SpendRecord, Totals,
 };
-use crate::log::codec::{event_from_wire, event_to_wire, opt_at, CodecError};
+use crate::log::codec::{event_from_wire, event_to_wire, CodecError};
 use crate::log::record::{Balance, Position, Reply};
 use crate::proto::state;
 
@@ -66,57 +66,166 @@ fn lot_named(text: &str, uuid: &[u8], place: u32, lots: &[(Id, Lot)]) -> Result<
     }
 }
 
-fn lot_from_pb(l: state::LotState) -> Result<(Id, Lot), CodecError> {
-    let lot = Lot {
-        earned: l.earned_points,
-        remaining: l.remaining,
-        expires_at: opt_at(l.expires_at_ms),
-        reminded: l.reminded,
-        pending: l.pending,
-    };
-    Ok((id_from_pb(&l.lot_id, &l.uuid)?, lot))
+/// The status a reservation's message gives.
+fn status_of(status: i32) -> Result<ReservationStatus, CodecError> {
+    match state::ReservationStatus::try_from(status) {
+        Ok(state::ReservationStatus::Open) => Ok(ReservationStatus::Open),
+        Ok(state::ReservationStatus::Captured) => Ok(ReservationStatus::Captured),
+        Ok(state::ReservationStatus::Released) => Ok(ReservationStatus::Released),
+        Ok(state::ReservationStatus::TimedOut) => Ok(ReservationStatus::TimedOut),
+        Ok(state::ReservationStatus::Unspecified) | Err(_) => Err(CodecError::Enum("ReservationStatus", status)),
+    }
 }
 
-fn earn_from_pb(e: state::EarnState, lots: &[(Id, Lot)]) -> Result<(Id, EarnRecord), CodecError> {
-    let record = EarnRecord {
-        points: e.points,
-        reversed: e.reversed,
-        growth: e.growth,
-        growth_reversed: e.growth_reversed,
-        day: e.day,
-        growth_expired: e.growth_expired,
-    };
-    Ok((lot_named(&e.earn_id, &e.uuid, e.lot, lots)?, record))
-}
+/// The lot, earn, spend and reservation messages of an account snapshot (and
+/// its piece rows), read straight into the account's records in one pass.
+/// prost's messages would allocate every id (its text, or a UUID's bytes)
+/// and every list only to drop them once turned into the account's (about
+/// half of decoding a member). These read what prost reads: fields in any
+/// order, a scalar given twice (the last wins), unknown fields skipped; and
+/// fail where it fails (a varint or length past the end, a wrong wire type,
+/// text that is not UTF-8). The tests compare the two, on mangled rows too.
+/// One difference, on rows no writer makes: prost refuses groups nested
+/// about 100 deep inside a list's entry, where these skip them.
+mod read {
+    use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field, DecodeContext, WireType};
 
-fn shares_from_pb(shares: &[state::LotShare], lots: &[(Id, Lot)]) -> Result<Vec<Share>, CodecError> {
-    shares.iter().map(|l| Ok(Share { lot: lot_named(&l.lot_id, &l.uuid, l.lot, lots)?, points: l.points })).collect()
-}
+    use super::{id_from_pb, lot_named, status_of};
+    use crate::domain::{EarnRecord, Id, Lot, ReservationRecord, Share, SpendRecord};
+    use crate::log::codec::{opt_at, CodecError};
 
-fn spend_from_pb(s: state::SpendState, lots: &[(Id, Lot)]) -> Result<(Id, SpendRecord), CodecError> {
-    let refunded = shares_from_pb(&s.refunded, lots)?.into_iter().map(|l| (l.lot, l.points)).collect();
-    let record = SpendRecord { lots: shares_from_pb(&s.lots, lots)?, refunded };
-    Ok((id_from_pb(&s.spend_id, &s.uuid)?, record))
-}
-
-fn reservation_from_pb(r: state::ReservationState, lots: &[(Id, Lot)]) -> Result<(Id, ReservationRecord), CodecError> {
-    let status = match state::ReservationStatus::try_from(r.status) {
-        Ok(state::ReservationStatus::Open) => ReservationStatus::Open,
-        Ok(state::ReservationStatus::Captured) => ReservationStatus::Captured,
-        Ok(state::ReservationStatus::Released) => ReservationStatus::Released,
-        Ok(state::ReservationStatus::TimedOut) => ReservationStatus::TimedOut,
-        Ok(state::ReservationStatus::Unspecified) | Err(_) => {
-            return Err(CodecError::Enum("ReservationStatus", r.status))
+    /// The next field's number and wire type, or `None` at the message's end.
+    pub fn next(buf: &mut &[u8]) -> Result<Option<(u32, WireType)>, CodecError> {
+        if buf.is_empty() {
+            return Ok(None);
         }
-    };
-    let record = ReservationRecord {
-        order_cash_minor: r.order_cash_minor.max(0),
-        lots: shares_from_pb(&r.lots, lots)?,
-        expires_at: r.expires_at_ms,
-        status,
-        order_ref: r.order_ref,
-    };
-    Ok((id_from_pb(&r.reservation_id, &r.uuid)?, record))
+        Ok(Some(decode_key(buf)?))
+    }
+
+    /// Skips a field this reader has no use for.
+    pub fn skip(tag: u32, wire: WireType, buf: &mut &[u8]) -> Result<(), CodecError> {
+        Ok(skip_field(wire, tag, buf, DecodeContext::default())?)
+    }
+
+    /// A varint field (int64, uint32 and bool are all read through it).
+    fn int(wire: WireType, buf: &mut &[u8]) -> Result<i64, CodecError> {
+        check_wire_type(WireType::Varint, wire)?;
+        Ok(decode_varint(buf)? as i64)
+    }
+
+    /// A length-delimited field's bytes.
+    pub fn delimited<'a>(wire: WireType, buf: &mut &'a [u8]) -> Result<&'a [u8], CodecError> {
+        check_wire_type(WireType::LengthDelimited, wire)?;
+        let len = decode_varint(buf)?;
+        if len > buf.len() as u64 {
+            return Err(CodecError::State("a field's length past the end of its message"));
+        }
+        let (field, rest) = buf.split_at(len as usize);
+        *buf = rest;
+        Ok(field)
+    }
+
+    fn text<'a>(wire: WireType, buf: &mut &'a [u8]) -> Result<&'a str, CodecError> {
+        std::str::from_utf8(delimited(wire, buf)?).map_err(|_| CodecError::State("text that is not UTF-8"))
+    }
+
+    /// A `LotState`.
+    pub fn lot(mut buf: &[u8]) -> Result<(Id, Lot), CodecError> {
+        let (mut id, mut uuid) = ("", &[][..]);
+        let mut lot = Lot { earned: 0, remaining: 0, expires_at: None, reminded: false, pending: false };
+        while let Some((tag, wire)) = next(&mut buf)? {
+            match tag {
+                1 => id = text(wire, &mut buf)?,
+                2 => lot.earned = int(wire, &mut buf)?,
+                3 => lot.remaining = int(wire, &mut buf)?,
+                4 => lot.expires_at = opt_at(int(wire, &mut buf)?),
+                5 => lot.reminded = int(wire, &mut buf)? != 0,
+                6 => lot.pending = int(wire, &mut buf)? != 0,
+                7 => uuid = delimited(wire, &mut buf)?,
+                _ => skip(tag, wire, &mut buf)?,
+            }
+        }
+        Ok((id_from_pb(id, uuid)?, lot))
+    }
+
+    /// An `EarnState`; `lots` are the row's, which its place names.
+    pub fn earn(mut buf: &[u8], lots: &[(Id, Lot)]) -> Result<(Id, EarnRecord), CodecError> {
+        let (mut id, mut uuid, mut place) = ("", &[][..], 0);
+        let mut e = EarnRecord::default();
+        while let Some((tag, wire)) = next(&mut buf)? {
+            match tag {
+                1 => id = text(wire, &mut buf)?,
+                2 => e.points = int(wire, &mut buf)?,
+                3 => e.reversed = int(wire, &mut buf)?,
+                4 => e.growth = int(wire, &mut buf)?,
+                5 => e.growth_reversed = int(wire, &mut buf)?,
+                6 => e.day = int(wire, &mut buf)?,
+                7 => e.growth_expired = int(wire, &mut buf)?,
+                8 => uuid = delimited(wire, &mut buf)?,
+                9 => place = int(wire, &mut buf)? as u32,
+                _ => skip(tag, wire, &mut buf)?,
+            }
+        }
+        Ok((lot_named(id, uuid, place, lots)?, e))
+    }
+
+    /// A `LotShare`.
+    fn share(mut buf: &[u8], lots: &[(Id, Lot)]) -> Result<Share, CodecError> {
+        let (mut id, mut uuid, mut place, mut points) = ("", &[][..], 0, 0);
+        while let Some((tag, wire)) = next(&mut buf)? {
+            match tag {
+                1 => id = text(wire, &mut buf)?,
+                2 => points = int(wire, &mut buf)?,
+                3 => uuid = delimited(wire, &mut buf)?,
+                4 => place = int(wire, &mut buf)? as u32,
+                _ => skip(tag, wire, &mut buf)?,
+            }
+        }
+        Ok(Share { lot: lot_named(id, uuid, place, lots)?, points })
+    }
+
+    /// A `SpendState`.
+    pub fn spend(mut buf: &[u8], lots: &[(Id, Lot)]) -> Result<(Id, SpendRecord), CodecError> {
+        let (mut id, mut uuid) = ("", &[][..]);
+        let (mut paid, mut refunded) = (Vec::new(), Vec::new());
+        while let Some((tag, wire)) = next(&mut buf)? {
+            match tag {
+                1 => id = text(wire, &mut buf)?,
+                2 => paid.push(share(delimited(wire, &mut buf)?, lots)?),
+                3 => refunded.push(share(delimited(wire, &mut buf)?, lots)?),
+                4 => uuid = delimited(wire, &mut buf)?,
+                _ => skip(tag, wire, &mut buf)?,
+            }
+        }
+        let refunded = refunded.into_iter().map(|s| (s.lot, s.points)).collect();
+        Ok((id_from_pb(id, uuid)?, SpendRecord { lots: paid, refunded }))
+    }
+
+    /// A `ReservationState`.
+    pub fn reservation(mut buf: &[u8], lots: &[(Id, Lot)]) -> Result<(Id, ReservationRecord), CodecError> {
+        let (mut id, mut uuid, mut order_ref) = ("", &[][..], "");
+        let (mut held, mut expires_at, mut status, mut cash) = (Vec::new(), 0, 0, 0);
+        while let Some((tag, wire)) = next(&mut buf)? {
+            match tag {
+                1 => id = text(wire, &mut buf)?,
+                2 => order_ref = text(wire, &mut buf)?,
+                3 => held.push(share(delimited(wire, &mut buf)?, lots)?),
+                4 => expires_at = int(wire, &mut buf)?,
+                5 => status = int(wire, &mut buf)? as i32,
+                6 => cash = int(wire, &mut buf)?,
+                7 => uuid = delimited(wire, &mut buf)?,
+                _ => skip(tag, wire, &mut buf)?,
+            }
+        }
+        let record = ReservationRecord {
+            order_cash_minor: cash.max(0),
+            lots: held,
+            expires_at,
+            status: status_of(status)?,
+            order_ref: order_ref.to_owned(),
+        };
+        Ok((id_from_pb(id, uuid)?, record))
+    }
 }
 
 /// Everything but the lists.
@@ -434,15 +543,41 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, CodecError> {
 /// [`decode_account`], and the statement's last page while it has room
 /// (where it starts and its count of entries; none of them to write).
 pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>), CodecError> {
-    let mut s = state::AccountSnapshot::decode(bytes)?;
+    // The lists are read straight into the account's records ([`read`]):
+    // the lots first (the other lists name lots by their place), then the
+    // rest. The header's fields, usually one run after the lists, go to prost.
+    let (mut lots, mut header) = (Vec::new(), Header::None);
+    let mut rest = bytes;
+    loop {
+        let at = bytes.len() - rest.len();
+        let Some((tag, wire)) = read::next(&mut rest)? else { break };
+        match tag {
+            1 => lots.push(read::lot(read::delimited(wire, &mut rest)?)?),
+            2..=4 => _ = read::delimited(wire, &mut rest)?,
+            _ => {
+                read::skip(tag, wire, &mut rest)?;
+                header.add(bytes, at..bytes.len() - rest.len());
+            }
+        }
+    }
+    let (mut earns, mut spends, mut reservations) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rest = bytes;
+    while let Some((tag, wire)) = read::next(&mut rest)? {
+        match tag {
+            2 => earns.push(read::earn(read::delimited(wire, &mut rest)?, &lots)?),
+            3 => spends.push(read::spend(read::delimited(wire, &mut rest)?, &lots)?),
+            4 => reservations.push(read::reservation(read::delimited(wire, &mut rest)?, &lots)?),
+            _ => read::skip(tag, wire, &mut rest)?,
+        }
+    }
+    let mut s = state::AccountSnapshot::decode(header.bytes(bytes))?;
     let (offset, index) = (s.statement_tail_offset, s.statement_tail_index as u16);
     let t = s.totals.unwrap_or_default();
     let mut a = Account::default();
     a.extra = Extra::of(extra_from_pb(&mut s));
-    let lots: Vec<(Id, Lot)> = s.lots.into_iter().map(lot_from_pb).collect::<Result<_, _>>()?;
-    a.earns = s.earns.into_iter().map(|e| earn_from_pb(e, &lots)).collect::<Result<_, _>>()?;
-    a.spends = s.spends.into_iter().map(|x| spend_from_pb(x, &lots)).collect::<Result<_, _>>()?;
-    a.reservations = s.reservations.into_iter().map(|r| reservation_from_pb(r, &lots)).collect::<Result<_, _>>()?;
+    a.earns = earns.into_iter().collect();
+    a.spends = spends.into_iter().collect();
+    a.reservations = reservations.into_iter().collect();
     a.lots = lots.into_iter().collect();
     a.debt = s.debt;
     a.growth = s.growth;
@@ -472,6 +607,37 @@ pub fn decode_account_with_tail(bytes: &[u8]) -> Result<(Account, Option<Tail>),
     // count of entries, follow.
     let entries = (a.events % STATEMENT_PAGE_ENTRIES as u64) as u16;
     Ok((a, (entries > 0).then_some(Tail { offset, index, bytes: Vec::new(), entries })))
+}
+
+/// Where an account row's fields other than its lists are: one run of
+/// bytes (as written: after the lists), or copied together when they are
+/// spread among the lists.
+enum Header {
+    None,
+    Run(std::ops::Range<usize>),
+    Copied(Vec<u8>),
+}
+
+impl Header {
+    fn add(&mut self, bytes: &[u8], field: std::ops::Range<usize>) {
+        *self = match std::mem::replace(self, Header::None) {
+            Header::None => Header::Run(field),
+            Header::Run(run) if run.end == field.start => Header::Run(run.start..field.end),
+            Header::Run(run) => Header::Copied([&bytes[run], &bytes[field]].concat()),
+            Header::Copied(mut copied) => {
+                copied.extend_from_slice(&bytes[field]);
+                Header::Copied(copied)
+            }
+        }
+    }
+
+    fn bytes<'a>(&'a self, bytes: &'a [u8]) -> &'a [u8] {
+        match self {
+            Header::None => &[],
+            Header::Run(run) => &bytes[run.clone()],
+            Header::Copied(copied) => copied,
+        }
+    }
 }
 
 /// The header's fields that make an account's [`ExtraState`].
@@ -597,19 +763,19 @@ fn reservation_piece(r: &ReservationRecord) -> Vec<u8> {
 pub fn decode_piece_into(a: &mut Account, piece: Piece, id: Id, bytes: &[u8]) -> Result<(), CodecError> {
     match piece {
         Piece::Lot => {
-            let (_, lot) = lot_from_pb(state::LotState::decode(bytes)?)?;
+            let (_, lot) = read::lot(bytes)?;
             a.lots.insert(id, lot);
         }
         Piece::Earn => {
-            let (_, earn) = earn_from_pb(state::EarnState::decode(bytes)?, &[])?;
+            let (_, earn) = read::earn(bytes, &[])?;
             a.earns.insert(id, earn);
         }
         Piece::Spend => {
-            let (_, spend) = spend_from_pb(state::SpendState::decode(bytes)?, &[])?;
+            let (_, spend) = read::spend(bytes, &[])?;
             a.spends.insert(id, spend);
         }
         Piece::Reservation => {
-            let (_, r) = reservation_from_pb(state::ReservationState::decode(bytes)?, &[])?;
+            let (_, r) = read::reservation(bytes, &[])?;
             a.reservations.insert(id, r);
         }
     }
@@ -757,7 +923,8 @@ pub fn encode_stored_reply(fingerprint: u64, r: &Reply) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{LotAmount, Millis, Points, VecMap};
+    use crate::domain::{LotAmount, Millis, Points, Share, VecMap};
+    use crate::log::codec::opt_at;
 
     const UUID: &str = "6f1c2a4e-9b3d-4e5f-8a7b-0c1d2e3f4a5b";
     const OTHER_UUID: &str = "00000000-0000-4000-8000-00000000000a";
@@ -842,6 +1009,114 @@ mod tests {
                 ReservationStatus::TimedOut => state::ReservationStatus::TimedOut,
             } as i32,
             uuid,
+        }
+    }
+
+    // prost's reading of the lists, as rows were read before `mod read`
+    // read them straight: the reference it is compared with.
+
+    fn lot_from_pb(l: state::LotState) -> Result<(Id, Lot), CodecError> {
+        let lot = Lot {
+            earned: l.earned_points,
+            remaining: l.remaining,
+            expires_at: opt_at(l.expires_at_ms),
+            reminded: l.reminded,
+            pending: l.pending,
+        };
+        Ok((id_from_pb(&l.lot_id, &l.uuid)?, lot))
+    }
+
+    fn earn_from_pb(e: state::EarnState, lots: &[(Id, Lot)]) -> Result<(Id, EarnRecord), CodecError> {
+        let record = EarnRecord {
+            points: e.points,
+            reversed: e.reversed,
+            growth: e.growth,
+            growth_reversed: e.growth_reversed,
+            day: e.day,
+            growth_expired: e.growth_expired,
+        };
+        Ok((lot_named(&e.earn_id, &e.uuid, e.lot, lots)?, record))
+    }
+
+    fn shares_from_pb(shares: &[state::LotShare], lots: &[(Id, Lot)]) -> Result<Vec<Share>, CodecError> {
+        shares
+            .iter()
+            .map(|l| Ok(Share { lot: lot_named(&l.lot_id, &l.uuid, l.lot, lots)?, points: l.points }))
+            .collect()
+    }
+
+    fn spend_from_pb(s: state::SpendState, lots: &[(Id, Lot)]) -> Result<(Id, SpendRecord), CodecError> {
+        let refunded = shares_from_pb(&s.refunded, lots)?.into_iter().map(|l| (l.lot, l.points)).collect();
+        let record = SpendRecord { lots: shares_from_pb(&s.lots, lots)?, refunded };
+        Ok((id_from_pb(&s.spend_id, &s.uuid)?, record))
+    }
+
+    fn reservation_from_pb(
+        r: state::ReservationState,
+        lots: &[(Id, Lot)],
+    ) -> Result<(Id, ReservationRecord), CodecError> {
+        let status = status_of(r.status)?;
+        let record = ReservationRecord {
+            order_cash_minor: r.order_cash_minor.max(0),
+            lots: shares_from_pb(&r.lots, lots)?,
+            expires_at: r.expires_at_ms,
+            status,
+            order_ref: r.order_ref,
+        };
+        Ok((id_from_pb(&r.reservation_id, &r.uuid)?, record))
+    }
+
+    /// An account row as prost reads it.
+    fn decode_by_prost(bytes: &[u8]) -> Result<Account, CodecError> {
+        let mut s = state::AccountSnapshot::decode(bytes)?;
+        let lots: Vec<(Id, Lot)> =
+            std::mem::take(&mut s.lots).into_iter().map(lot_from_pb).collect::<Result<_, _>>()?;
+        let earns: Vec<_> =
+            std::mem::take(&mut s.earns).into_iter().map(|e| earn_from_pb(e, &lots)).collect::<Result<_, _>>()?;
+        let spends: Vec<_> =
+            std::mem::take(&mut s.spends).into_iter().map(|x| spend_from_pb(x, &lots)).collect::<Result<_, _>>()?;
+        let reservations: Vec<_> = std::mem::take(&mut s.reservations)
+            .into_iter()
+            .map(|r| reservation_from_pb(r, &lots))
+            .collect::<Result<_, _>>()?;
+        // The rest (no lists left to read) as the reader under test reads it.
+        let mut a = decode_account(&s.encode_to_vec())?;
+        a.lots = lots.into_iter().collect();
+        a.earns = earns.into_iter().collect();
+        a.spends = spends.into_iter().collect();
+        a.reservations = reservations.into_iter().collect();
+        a.recount();
+        Ok(a)
+    }
+
+    /// A piece row as prost reads it.
+    fn piece_by_prost(piece: Piece, bytes: &[u8]) -> Result<Account, CodecError> {
+        let (mut a, id) = (Account::default(), Id::of("p"));
+        match piece {
+            Piece::Lot => _ = a.lots.insert(id, lot_from_pb(state::LotState::decode(bytes)?)?.1),
+            Piece::Earn => _ = a.earns.insert(id, earn_from_pb(state::EarnState::decode(bytes)?, &[])?.1),
+            Piece::Spend => _ = a.spends.insert(id, spend_from_pb(state::SpendState::decode(bytes)?, &[])?.1),
+            Piece::Reservation => {
+                _ = a.reservations.insert(id, reservation_from_pb(state::ReservationState::decode(bytes)?, &[])?.1)
+            }
+        }
+        Ok(a)
+    }
+
+    fn piece_read(piece: Piece, bytes: &[u8]) -> Result<Account, CodecError> {
+        let mut a = Account::default();
+        decode_piece_into(&mut a, piece, Id::of("p"), bytes)?;
+        Ok(a)
+    }
+
+    /// A row's top-level fields, each as (number, its bytes with its key).
+    fn fields_of(row: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        let (mut rest, mut out) = (row, Vec::new());
+        loop {
+            let at = row.len() - rest.len();
+            let Some((tag, wire)) = read::next(&mut rest).unwrap() else { return out };
+            read::skip(tag, wire, &mut rest).unwrap();
+            out.push((tag, row[at..row.len() - rest.len()].to_vec()));
         }
     }
 
@@ -1096,6 +1371,83 @@ mod tests {
                 };
                 assert_eq!(bytes, by_prost, "{piece:?} {id:?}");
                 assert_eq!(encode_piece(&a, piece, &Id::of(&id)), Some(bytes));
+            }
+        }
+    }
+
+    /// Every row and piece of the accounts above, and the rows as written
+    /// before 2026-12-07 (every id as text).
+    fn rows() -> Vec<Vec<u8>> {
+        let mut rows = Vec::new();
+        for a in [Account::default(), varied(), long_spend()] {
+            rows.push(with_ids_as_text(&encode_account(&a)));
+            rows.push(encode_account(&a));
+        }
+        rows
+    }
+
+    #[test]
+    fn rows_read_straight_are_the_accounts_prost_reads() {
+        for row in rows() {
+            assert_eq!(decode_account(&row).unwrap(), decode_by_prost(&row).unwrap());
+        }
+        for a in [varied(), long_spend()] {
+            encode_every_piece(&a, |piece, _, bytes| {
+                assert_eq!(piece_read(piece, &bytes).unwrap(), piece_by_prost(piece, &bytes).unwrap(), "{piece:?}");
+            });
+        }
+    }
+
+    #[test]
+    fn a_row_with_its_lists_among_its_other_fields_reads_as_written() {
+        let a = varied();
+        let mut fields = fields_of(&encode_account(&a));
+        assert!(fields.len() > 20);
+        // Lists after some of the header's fields and among others, each
+        // list's entries in their order (the lots' places count by it).
+        fields.sort_by_key(|(tag, _)| (tag * 7) % 5);
+        let row = fields.concat_bytes();
+        assert_ne!(row, encode_account(&a));
+        assert_eq!(decode_account(&row).unwrap(), a);
+        // And the header's fields in one run before the lists.
+        let mut fields = fields_of(&encode_account(&a));
+        fields.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag > 4));
+        assert_eq!(decode_account(&fields.concat_bytes()).unwrap(), a);
+    }
+
+    trait ConcatBytes {
+        fn concat_bytes(&self) -> Vec<u8>;
+    }
+
+    impl ConcatBytes for Vec<(u32, Vec<u8>)> {
+        fn concat_bytes(&self) -> Vec<u8> {
+            self.iter().flat_map(|(_, f)| f.iter().copied()).collect()
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// A mangled row (bytes changed, cut short or let in) reads as
+        /// prost reads it: the same account, or an error from both.
+        #[test]
+        fn a_mangled_row_reads_as_prost_reads_it(
+            which in 0usize..6,
+            edits in proptest::collection::vec((0u8..3, proptest::prelude::any::<u16>(), proptest::prelude::any::<u8>()), 1..4),
+        ) {
+            static ROWS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+            let mut row = ROWS.get_or_init(rows)[which].clone();
+            for (kind, at, byte) in edits {
+                let at = usize::from(at) % (row.len() + 1);
+                match kind {
+                    0 if at < row.len() => row[at] = byte,
+                    1 => row.truncate(at),
+                    _ => row.insert(at, byte),
+                }
+            }
+            proptest::prop_assert_eq!(decode_account(&row).ok(), decode_by_prost(&row).ok());
+            for piece in Piece::ALL {
+                proptest::prop_assert_eq!(piece_read(piece, &row).ok(), piece_by_prost(piece, &row).ok());
             }
         }
     }
