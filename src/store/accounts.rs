@@ -177,7 +177,7 @@ fn piece_count(a: &Account) -> usize {
 }
 
 /// Whether `a` is stored as one row.
-fn fits_one_row(a: &Account) -> bool {
+pub fn fits_one_row(a: &Account) -> bool {
     piece_count(a) <= INLINE_PIECES_MAX
 }
 

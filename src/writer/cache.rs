@@ -1,16 +1,19 @@
 //! The accounts a writer keeps between batches, under a budget of bytes:
-//! the most recently used decoded, and, behind them, more as the one row
-//! they are stored as.
+//! the most recently used decoded, in a tenth of it, and behind them, in
+//! the rest, as many more as fit as the one row they are stored as.
 //!
 //! A decoded account weighs three to five times its row (a bench member
 //! 1,144 bytes against 232: `cargo bench --bench footprint`). An account
 //! the decoded tier lets go is kept in the second tier as the one row of a
 //! small account (whether the store has it so or as pieces), so that using
 //! it again is a decode instead of lookups through the memtables and table
-//! files (most of what a command cost once members outgrew the decoded
-//! tier). Only this writer writes its partition's accounts, and an account
-//! is in one tier at a time (it moves to the decoded one when taken), so a
-//! kept row is always what the store has.
+//! files (most of what a command cost once members outgrew the cache). The
+//! row is the one the batch that last changed the account wrote to the
+//! store, when it was stored as one row (or the one the rows tier had,
+//! while the account is unchanged); else it is encoded when let go.
+//! Only this writer writes its partition's accounts, and an account is in
+//! one tier at a time (it moves to the decoded one when taken), so a kept
+//! row is always what the store has.
 
 use crate::domain::{Account, AccountKey, Millis};
 use crate::evict;
@@ -18,9 +21,17 @@ use crate::projection::Tail;
 use crate::store::{accounts, snapshot};
 use crate::FastMap;
 
-/// Share of the budget the rows may have at most, in per cent; the
-/// decoded tier has what they do not use.
-pub const ROWS_SHARE_PERCENT: usize = 50;
+/// Share of the budget the decoded tier may have at most, in per cent. A
+/// member kept decoded costs no decode on its next command, but weighs
+/// three to five rows: with most of the budget as rows, 4-minute runs on
+/// 1,000,000 members peaked 60-230 MiB lower in RSS, and runs on 100,000
+/// (every member kept either way) took ~5 % more CPU a command
+/// (docs/benchmarks-log.md, twenty-eighth session).
+pub const DECODED_SHARE_PERCENT: usize = 10;
+/// Share of the budget the rows may have at most, in per cent: the rest
+/// (so the decoded tier always has its share; the measured build let the
+/// rows have all of it).
+pub const ROWS_SHARE_PERCENT: usize = 100 - DECODED_SHARE_PERCENT;
 
 /// An account as of the last committed batch.
 pub(super) struct Kept {
@@ -33,16 +44,25 @@ pub(super) struct Kept {
     pub(super) page: Option<Tail>,
     /// Put back by a batch since the cache last made room.
     pub(super) recent: bool,
+    /// The account and its statement's last page as one row, when at hand
+    /// (the batch that changed it encoded it so for the store, or the rows
+    /// tier had it): what the rows tier keeps of it once it is let go.
+    pub(super) row: Option<Box<[u8]>>,
 }
 
 impl Kept {
     /// What it holds in memory with its key, about ([`Account::bytes`],
     /// which counts the account's own struct): its slot in the map, the
-    /// key's text, its box and the statement bytes not written yet.
+    /// key's text, its box, the statement bytes not written yet and its row
+    /// when it carries one.
     fn bytes(&self, key: &AccountKey) -> usize {
         use std::mem::size_of;
         let page = self.page.as_ref().map_or(0, |p| p.bytes.capacity());
-        size_of::<Slot>() + key_bytes(key) + size_of::<Kept>() - size_of::<Account>() + self.account.bytes() + page
+        let row = self.row.as_ref().map_or(0, |r| r.len());
+        size_of::<Slot>() + key_bytes(key) + size_of::<Kept>() - size_of::<Account>()
+            + self.account.bytes()
+            + page
+            + row
     }
 }
 
@@ -68,15 +88,15 @@ struct Row {
 }
 
 impl Row {
-    fn of(key: &AccountKey, kept: &Kept) -> Row {
-        let row = snapshot::encode_account_with(&kept.account, kept.page.as_ref());
+    fn of(key: &AccountKey, kept: Kept) -> Row {
+        let row = kept.row.unwrap_or_else(|| snapshot::encode_account_with(&kept.account, kept.page.as_ref()).into());
         // Counted as the allocator holds it: a map's slots about two-thirds
         // full, and each block rounded up to 16 bytes (a row weighs little,
         // so what comes with it is much of it).
         let block = |n: usize| n.div_ceil(16) * 16;
         let key_blocks = block(key.tenant_id.len()) + block(key.programme_id.len()) + block(key.member_id.len());
         let bytes = std::mem::size_of::<(AccountKey, Row)>() * 3 / 2 + key_blocks + block(row.len());
-        Row { row: row.into_boxed_slice(), due: kept.due, changed: kept.changed.clone(), bytes, recent: false }
+        Row { row, due: kept.due, changed: kept.changed, bytes, recent: false }
     }
 }
 
@@ -90,25 +110,41 @@ pub(super) struct Cache {
     /// Both tiers together.
     bytes_max: usize,
     rows_max: usize,
+    decoded_max: usize,
 }
 
 impl Cache {
     /// An empty cache that keeps `bytes_max` at most (about: see
-    /// [`Account::bytes`]), up to [`ROWS_SHARE_PERCENT`] of it as rows.
+    /// [`Account::bytes`]), up to [`DECODED_SHARE_PERCENT`] of it decoded
+    /// and up to [`ROWS_SHARE_PERCENT`] as rows.
     pub(super) fn new(bytes_max: usize) -> Cache {
+        Cache::with_shares(bytes_max, DECODED_SHARE_PERCENT, ROWS_SHARE_PERCENT)
+    }
+
+    /// The decoded tier within `decoded_percent` of the budget, the rows
+    /// within `rows_percent`.
+    fn with_shares(bytes_max: usize, decoded_percent: usize, rows_percent: usize) -> Cache {
+        let share = |percent: usize| (bytes_max as u128 * percent as u128 / 100) as usize;
         Cache {
             kept: FastMap::default(),
             bytes: 0,
             rows: FastMap::default(),
             rows_bytes: 0,
             bytes_max,
-            rows_max: (bytes_max as u128 * ROWS_SHARE_PERCENT as u128 / 100) as usize,
+            rows_max: share(rows_percent),
+            decoded_max: share(decoded_percent),
         }
     }
 
     /// A decoded account.
     pub(super) fn get(&self, key: &AccountKey) -> Option<&Kept> {
         self.kept.get(key).map(|(k, _)| &**k)
+    }
+
+    /// An account kept as a row, decoded, left where it is (a preview's);
+    /// `None` when it is not kept so or its row does not decode.
+    pub(super) fn read_row(&self, key: &AccountKey) -> Option<Account> {
+        snapshot::decode_account(&self.rows.get(key)?.row).ok()
     }
 
     /// Takes an account out, decoding it if the cache kept its row (a
@@ -122,7 +158,9 @@ impl Cache {
         let row = self.rows.remove(key)?;
         self.rows_bytes -= row.bytes;
         match snapshot::decode_account_with_tail(&row.row) {
-            Ok((account, page)) => Some(Kept { account, due: row.due, changed: row.changed, page, recent: false }),
+            Ok((account, page)) => {
+                Some(Kept { account, due: row.due, changed: row.changed, page, recent: false, row: Some(row.row) })
+            }
             Err(e) => {
                 tracing::error!(account = %key, error = %e, "an account the writer kept as a row does not decode; reading it from the store");
                 None
@@ -137,7 +175,8 @@ impl Cache {
     pub(super) fn put_back(&mut self, accounts: Vec<(AccountKey, Kept)>) {
         let weighed: Vec<_> = accounts.into_iter().map(|(key, kept)| (kept.bytes(&key), key, kept)).collect();
         let coming = weighed.iter().map(|(bytes, ..)| bytes).sum();
-        let over = evict::over(self.bytes, coming, self.bytes_max.saturating_sub(self.rows_bytes));
+        let over =
+            evict::over(self.bytes, coming, self.decoded_max.min(self.bytes_max.saturating_sub(self.rows_bytes)));
         let mut gone = Vec::new();
         self.bytes -= evict::evict_into(
             &mut self.kept,
@@ -163,7 +202,7 @@ impl Cache {
         let rows: Vec<_> = gone
             .into_iter()
             .map_while(|(key, kept)| {
-                let row = Row::of(&key, &kept);
+                let row = Row::of(&key, *kept);
                 coming += row.bytes;
                 (coming <= room).then_some((row, key))
             })
@@ -201,7 +240,14 @@ mod tests {
     use crate::domain::{Event, Id, Lot};
 
     fn kept() -> Kept {
-        Kept { account: Account::default(), due: None, changed: Default::default(), page: None, recent: true }
+        Kept {
+            account: Account::default(),
+            due: None,
+            changed: Default::default(),
+            page: None,
+            recent: true,
+            row: None,
+        }
     }
 
     /// An account with `lots` lots, stored as one row while they are few.
@@ -225,9 +271,10 @@ mod tests {
         (c.kept.len(), c.bytes)
     }
 
-    /// A cache that keeps `bytes` at most.
+    /// A cache that keeps `bytes` at most, all of it decoded if it can and
+    /// up to half of it as rows (how each tier makes room shows best).
     fn cache(bytes: usize) -> Cache {
-        Cache::new(bytes)
+        Cache::with_shares(bytes, 100, 50)
     }
 
     #[test]
@@ -291,6 +338,40 @@ mod tests {
         }
         assert_eq!(cache.rows.len(), 0);
         assert_eq!(cache.rows_bytes, 0);
+    }
+
+    #[test]
+    fn an_account_let_go_is_kept_as_the_row_its_batch_wrote_not_encoded_again() {
+        let one = with_lots(3).bytes(&key(0));
+        let written: Box<[u8]> = snapshot::encode_account_with(&with_lots(4).account, None).into();
+        let with_row = || Kept { row: Some(written.clone()), ..with_lots(3) };
+        let mut cache = cache(10 * (one + written.len()));
+        cache.put_back((0..10).map(|i| (key(i), with_row())).collect());
+        cache.put_back((10..13).map(|i| (key(i), with_row())).collect());
+        let gone = (0..10).find(|i| cache.rows.contains_key(&key(*i))).expect("one kept as a row");
+        let back = cache.take(&key(gone)).unwrap();
+        assert_eq!(back.account, with_lots(4).account, "the row it came with");
+        assert_eq!(back.row, Some(written), "and it keeps it while unchanged");
+    }
+
+    #[test]
+    fn by_default_a_tenth_of_the_budget_is_decoded_and_the_rest_holds_more_members_as_rows() {
+        let one = with_lots(3).bytes(&key(0));
+        let mut cache = Cache::new(100 * one);
+        for i in 0..1000 {
+            cache.put_back(vec![(key(i), with_lots(3))]);
+            assert!(cache.bytes <= 10 * one && cache.bytes + cache.rows_bytes <= cache.bytes_max);
+        }
+        assert!(cache.size().0 > 100, "more members than the budget holds decoded: {:?}", cache.size());
+    }
+
+    #[test]
+    fn an_account_kept_as_a_row_reads_without_leaving_the_tier() {
+        let cache = some_let_go();
+        let gone = (0..10).find(|i| cache.rows.contains_key(&key(*i))).expect("one kept as a row");
+        assert_eq!(cache.read_row(&key(gone)), Some(with_lots(3).account));
+        assert!(cache.rows.contains_key(&key(gone)));
+        assert_eq!(cache.read_row(&key(99)), None, "not kept");
     }
 
     #[test]

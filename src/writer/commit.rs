@@ -57,6 +57,8 @@ pub(super) struct Touched {
     pub(super) changed: accounts::Changed,
     /// The last page of its statement, while it has room.
     pub(super) page: Option<Tail>,
+    /// Its one row as last committed, when at hand (see [`Kept`]'s).
+    pub(super) row: Option<Box<[u8]>>,
 }
 
 /// The idempotency record of a command's reply: the fingerprint, the
@@ -104,7 +106,7 @@ impl PartitionWriter {
         }
         let (account, changed, page) = accounts::load_with_tail(&self.store, Cf::Accounts, key)?;
         let due = domain::due_at(&account, self.programme(key).as_deref());
-        Ok(Kept { account, due, changed, page, recent: false })
+        Ok(Kept { account, due, changed, page, recent: false, row: None })
     }
 
     pub(super) fn account<'w>(
@@ -113,8 +115,9 @@ impl PartitionWriter {
         key: &AccountKey,
     ) -> Result<&'w mut Touched, store::StoreError> {
         if !work.accounts.contains_key(key) {
-            let Kept { account, due, changed, page, .. } = self.load(key)?;
-            work.accounts.insert(key.clone(), Touched { due_before: due, due_after: due, account, changed, page });
+            let Kept { account, due, changed, page, row, .. } = self.load(key)?;
+            let touched = Touched { due_before: due, due_after: due, account, changed, page, row };
+            work.accounts.insert(key.clone(), touched);
         }
         Ok(work.accounts.get_mut(key).expect("just inserted"))
     }
@@ -137,7 +140,13 @@ impl PartitionWriter {
         let mut batch = Batch::default();
         let mut rows = Vec::new();
         for (key, t) in work.accounts.iter_mut().filter(|(_, t)| !t.changed.is_empty()) {
+            let first = rows.len();
             projection::view_rows(key, &t.account, &t.changed, t.page.as_mut(), &mut rows);
+            // An account stored as one row: that row is what the cache keeps of it.
+            t.row = match rows.get(first) {
+                Some((Cf::Accounts, _, Some(row))) if accounts::fits_one_row(&t.account) => Some(row.as_slice().into()),
+                _ => None,
+            };
             t.due_after = domain::due_at(&t.account, self.programme(key).as_deref());
             if t.due_before != t.due_after {
                 if let Some(at) = t.due_before {
@@ -199,7 +208,7 @@ impl PartitionWriter {
         }
         let kept = work.accounts.into_iter().map(|(key, t)| {
             let changed = t.changed.written(&t.account);
-            (key, Kept { account: t.account, due: t.due_after, changed, page: t.page, recent: true })
+            (key, Kept { account: t.account, due: t.due_after, changed, page: t.page, recent: true, row: t.row })
         });
         self.cache.put_back(kept.collect());
         self.observed.cached(self.cache.size());

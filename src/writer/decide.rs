@@ -157,8 +157,8 @@ impl PartitionWriter {
     }
 
     /// Previews: each command decided against its account as last committed
-    /// (the cache's, or the store's), answered with its events; nothing is
-    /// kept or written.
+    /// (the cache's, decoded or as a row, or the store's), answered with its
+    /// events; nothing is kept or written.
     pub(super) fn preview(
         &mut self,
         previews: Vec<(Command, PreviewTx)>,
@@ -170,7 +170,10 @@ impl PartitionWriter {
             let account = match self.cache.get(&cmd.account) {
                 Some(kept) => &kept.account,
                 None => {
-                    stored = accounts::load_with_tail(&self.store, Cf::Accounts, &cmd.account)?.0;
+                    stored = match self.cache.read_row(&cmd.account) {
+                        Some(account) => account,
+                        None => accounts::load_with_tail(&self.store, Cf::Accounts, &cmd.account)?.0,
+                    };
                     &stored
                 }
             };

@@ -57,9 +57,11 @@ use crate::store::Db;
 /// What the accounts the writers keep may weigh in all, by default
 /// ([`WriterConfig::cache_bytes_max`] is a partition's share): the most
 /// that kept a 10-minute run on 1,000,000 members under 1 GiB of RSS (867
-/// MiB; 192 MiB took 1,070; 1,013 since half of it may hold rows). A `SubmitBatch` run on 100,000 members of ~11
-/// commands each, which weigh ~290 MiB, measured ~5 % slower with it than
-/// with every member kept (docs/benchmarks-log.md).
+/// MiB; 192 MiB took 1,070; 1,013 since half of it may hold rows; 4-minute
+/// runs peaked at 707-734 MiB since nine tenths of it may hold rows). A `SubmitBatch`
+/// run on 100,000 members of ~11 commands each, which weigh ~290 MiB,
+/// measured ~5 % slower with it than with every member kept
+/// (docs/benchmarks-log.md).
 pub const WRITER_CACHE_BYTES: usize = 160 << 20;
 /// The least share of it a partition gets (a few hundred accounts), unless
 /// the whole is less.
