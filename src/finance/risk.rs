@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::domain::{calendar, AccountKey, Event, Millis, Programme, ProgrammeKey, RiskRules};
 use crate::log::record::AccountRecord;
 use crate::proto::state;
+use crate::store::packed::{Packed, PackedSet};
 use crate::store::{self, Batch, Cf, Db, StoreError};
 use crate::FastMap;
 
@@ -83,15 +84,25 @@ pub const RISK_CACHE_ACCOUNTS: usize = 40_000;
 /// Accounts' counters a rebuild from offset zero keeps per partition before
 /// writing them out (~185 MB when full; two partitions fold at a time).
 pub const REBUILD_RISK_CACHE_ACCOUNTS: usize = 500_000;
+/// What the counters the live fold lets go may weigh, kept as their rows,
+/// per partition: a bench member's counters are a row of a few dozen bytes
+/// (~100 with its key), so this keeps ~300,000 members a partition, where
+/// decoded they would weigh ~370 bytes each. A member not kept is a
+/// lookup in the books' database (at 1,000,000 members most of them were).
+pub const RISK_ROWS_BYTES: usize = 32 << 20;
 
 /// A partition's risk fold: the counters of the accounts it has seen (kept
-/// between batches, up to [`RISK_CACHE_ACCOUNTS`]) and what the current
+/// between batches, up to [`RISK_CACHE_ACCOUNTS`] decoded and behind them,
+/// up to [`RISK_ROWS_BYTES`], as their rows) and what the current
 /// batch changes, put into the batch by [`RiskFold::write`]. After a batch
 /// that was not written, [`RiskFold::clear`] it.
 pub struct RiskFold {
     /// Counters as stored (or about to be), whether listed in `dirty`, and
     /// whether used since the cache last made room ([`crate::evict`]).
     accounts: FastMap<AccountKey, (state::RiskState, bool, bool)>,
+    /// Counters `accounts` let go, as stored, found by their row's key (a
+    /// rebuild keeps none: it writes what it lets go).
+    rows: PackedSet,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
     redemption: HashMap<(ProgrammeKey, i64), i64>,
@@ -114,6 +125,7 @@ impl Default for RiskFold {
     fn default() -> RiskFold {
         RiskFold {
             accounts: FastMap::default(),
+            rows: PackedSet::new(RISK_ROWS_BYTES),
             dirty: Vec::new(),
             issuance: HashMap::new(),
             redemption: HashMap::new(),
@@ -323,10 +335,13 @@ impl RiskFold {
     /// marked to be written.
     fn counters(&mut self, db: &Db, key: &AccountKey, day: i64) -> Result<&mut state::RiskState, StoreError> {
         if !self.accounts.contains_key(key) {
-            let stored = if self.nothing_written { None } else { db.get(Cf::Risk, &account_row(key))? };
-            let s = match stored {
-                Some(b) => store::decode_row::<state::RiskState>(&b)?,
-                None => state::RiskState::default(),
+            let row = account_row(key);
+            let s = match self.rows.take(&row) {
+                Some(kept) => store::decode_row::<state::RiskState>(kept.value())?,
+                None => match if self.nothing_written { None } else { db.get(Cf::Risk, &row)? } {
+                    Some(b) => store::decode_row::<state::RiskState>(&b)?,
+                    None => state::RiskState::default(),
+                },
             };
             self.accounts.insert(key.clone(), (s, false, true));
         }
@@ -549,7 +564,13 @@ impl RiskFold {
     /// 1,000,000 accounts spent two thirds of its time putting and getting
     /// them through the memtable (BENCHMARKS.md).
     pub fn rebuild() -> RiskFold {
-        RiskFold { max: REBUILD_RISK_CACHE_ACCOUNTS, rebuild: true, nothing_written: true, ..RiskFold::default() }
+        RiskFold {
+            max: REBUILD_RISK_CACHE_ACCOUNTS,
+            rows: PackedSet::new(0),
+            rebuild: true,
+            nothing_written: true,
+            ..RiskFold::default()
+        }
     }
 
     /// The counters changed since they were last written, as rows.
@@ -578,12 +599,25 @@ impl RiskFold {
         if full {
             // Every counter is written now: the least used go (all of them in
             // a rebuild, which would otherwise write those it keeps again at
-            // every fill).
+            // every fill), kept as their rows in the live fold.
             let over = match self.rebuild {
                 true => self.accounts.len(),
                 false => crate::evict::over(self.accounts.len(), 0, self.max),
             };
-            crate::evict::evict(&mut self.accounts, over, |_| 1, |(_, _, recent)| recent);
+            let mut gone = Vec::new();
+            let keep = self.rows.max() > 0;
+            crate::evict::evict_into(
+                &mut self.accounts,
+                over,
+                |_| 1,
+                |(_, _, recent)| recent,
+                |key, (s, ..)| {
+                    if keep {
+                        gone.push(Packed::new(&account_row(&key), &[&store::encode_row(&s)]));
+                    }
+                },
+            );
+            self.rows.keep(gone, usize::MAX);
         }
         for ((p, day), sum) in self.issuance.drain() {
             batch.put(Cf::Risk, &day_sum_row(ISSUANCE, &p, day, partition), &store::points_row(sum));
@@ -610,7 +644,8 @@ impl RiskFold {
 
     /// Forgets everything (the store is the truth again).
     pub fn clear(&mut self) {
-        *self = RiskFold { max: self.max, rebuild: self.rebuild, ..RiskFold::default() };
+        let rows = PackedSet::new(self.rows.max());
+        *self = RiskFold { max: self.max, rows, rebuild: self.rebuild, ..RiskFold::default() };
     }
 }
 
@@ -892,10 +927,34 @@ mod tests {
         let whole = Db::open_rebuild(&dir.path().join("whole"), store::BOOK_CFS).unwrap();
         fold_all(&whole, &records, RiskFold::rebuild(), &programme);
         whole.finish_rebuild().unwrap();
+        // A live fold that keeps no rows of the counters it lets go reads
+        // them all back from the store.
+        let unkept = Db::open(&dir.path().join("unkept"), store::BOOK_CFS).unwrap();
+        fold_all(&unkept, &records, RiskFold { max: 2, rows: PackedSet::new(0), ..RiskFold::default() }, &programme);
         let digest = live.digest().unwrap();
         let rows = |cf: &str| digest.iter().find(|(name, _, _)| *name == cf).unwrap().2;
         assert!(rows("risk") >= 7 && rows("alerts") > 0, "{digest:?}");
         assert_eq!(rebuilt.digest().unwrap(), digest);
         assert_eq!(whole.digest().unwrap(), digest);
+        assert_eq!(unkept.digest().unwrap(), digest);
+    }
+
+    #[test]
+    fn counters_the_live_fold_lets_go_are_read_back_from_their_row_not_the_store() {
+        let programme = Programme::example("shop", "points");
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), store::BOOK_CFS).unwrap();
+        let mut risk = RiskFold { max: 1, ..RiskFold::default() };
+        let records = records();
+        // m0's earn and m1's, folded in batches the store never gets.
+        for (offset, r) in records.iter().take(2).enumerate() {
+            risk.record(&db, &programme, 0, offset as u64, r, 0).unwrap();
+            risk.write(&mut Batch::default(), 0);
+        }
+        assert!(risk.rows.get(&account_row(&records[0].account)).is_some(), "m0 let go as a row");
+        assert_eq!(db.get(Cf::Risk, &account_row(&records[0].account)).unwrap(), None);
+        let s = risk.counters(&db, &records[0].account, 0).unwrap();
+        assert_eq!((s.earned, s.commands), (40, 1));
+        assert!(risk.rows.get(&account_row(&records[0].account)).is_none(), "taken back out");
     }
 }

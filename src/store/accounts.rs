@@ -26,8 +26,9 @@
 use std::collections::BTreeSet;
 
 use super::snapshot::{self as codec, Piece};
-use crate::domain::{Account, AccountKey, Event, Id};
+use crate::domain::{Account, AccountKey, Event, Id, Millis};
 use crate::log::codec::CodecError;
+use crate::store::packed::Packed;
 use crate::store::{self, Cf, Db, Row, StoreError};
 
 /// Pieces an account kept as one row holds at most. 32 rather than 12: at
@@ -47,6 +48,35 @@ pub struct Changed {
     pieces: BTreeSet<(Piece, Id)>,
     /// Whether events were folded at all (the header changes with each).
     any: bool,
+}
+
+// An account at rest as the writers keep it in memory once they let its
+// decoded form go ([`kept_row`]): a row of a [`PackedSet`], found by `key`;
+// its value a byte of flags (how it is stored, whether it has a due
+// instant), the due instant, and the account's row (with its statement's
+// last page) as stored.
+const KEPT_INLINE: u8 = 1;
+const KEPT_ALL: u8 = 2;
+const KEPT_DUE: u8 = 4;
+const KEPT_ROW_AT: usize = 1 + 8;
+
+/// An account at rest kept as its stored `row`, with its due instant and
+/// how it is stored; `None` when it has changes not written.
+pub fn kept_row(key: &[u8], changed: &Changed, due: Option<Millis>, row: &[u8]) -> Option<Packed> {
+    let (inline, all) = changed.at_rest()?;
+    let flags = [(inline, KEPT_INLINE), (all, KEPT_ALL), (due.is_some(), KEPT_DUE)];
+    let flags = flags.iter().filter(|(on, _)| *on).fold(0, |f, (_, bit)| f | bit);
+    Some(Packed::new(key, &[&[flags], &due.unwrap_or(0).to_le_bytes(), row]))
+}
+
+/// What [`kept_row`] kept: how the account is stored, its due instant and
+/// its row; `None` when the value is too short to be one.
+pub fn read_kept_row(kept: &Packed) -> Option<(Changed, Option<Millis>, &[u8])> {
+    let v = kept.value();
+    let flags = *v.first()?;
+    let due = i64::from_le_bytes(v.get(1..KEPT_ROW_AT)?.try_into().ok()?);
+    let changed = Changed::from_rest(flags & KEPT_INLINE != 0, flags & KEPT_ALL != 0);
+    Some((changed, (flags & KEPT_DUE != 0).then_some(due), &v[KEPT_ROW_AT..]))
 }
 
 impl Default for Changed {
@@ -73,6 +103,18 @@ impl Changed {
     /// Whether the account is stored as one row.
     pub fn is_inline(&self) -> bool {
         self.inline
+    }
+
+    /// What an account at rest (nothing changed since it was written) keeps
+    /// of it: whether it is stored as one row, and whether every piece is
+    /// to be written next time; `None` when something changed.
+    pub fn at_rest(&self) -> Option<(bool, bool)> {
+        (!self.any && self.pieces.is_empty()).then_some((self.inline, self.all))
+    }
+
+    /// The account at rest that [`Changed::at_rest`] gave.
+    fn from_rest(inline: bool, all: bool) -> Changed {
+        Changed { inline, all, pieces: BTreeSet::new(), any: false }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -339,6 +381,29 @@ mod tests {
 
     const T0: i64 = 1_773_100_800_000;
     const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn a_kept_row_gives_back_how_the_account_is_stored_its_due_instant_and_its_row() {
+        for (inline, all, due) in [(true, false, Some(-7)), (false, true, None), (true, true, Some(i64::MAX))] {
+            let changed = Changed::from_rest(inline, all);
+            let kept = kept_row(b"key", &changed, due, b"the row").unwrap();
+            let (back, due_back, row) = read_kept_row(&kept).unwrap();
+            assert_eq!(
+                (back.at_rest(), due_back, row, kept.key()),
+                (Some((inline, all)), due, &b"the row"[..], &b"key"[..])
+            );
+        }
+        let short = Packed::new(b"key", &[&[1, 2, 3]]);
+        assert!(read_kept_row(&short).is_none(), "cut short");
+        let mut changed = Changed::default();
+        changed.note(&Event::AccountFrozen {
+            earning: true,
+            spending: false,
+            operator: "o".into(),
+            reason: "r".into(),
+        });
+        assert!(kept_row(b"key", &changed, None, b"row").is_none(), "changes not written");
+    }
 
     /// Commands on one member that make every kind of piece and change each
     /// again later: lots with and without expiry, spends and their refunds,

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 pub mod accounts;
 pub mod books;
+pub mod packed;
 mod keys;
 pub mod snapshot;
 pub mod risk;

@@ -5,7 +5,8 @@
 //! A decoded account weighs three to five times its row (a bench member
 //! 1,144 bytes against 232: `cargo bench --bench footprint`). An account
 //! the decoded tier lets go is kept in the second tier as the one row of a
-//! small account (whether the store has it so or as pieces), so that using
+//! small account (whether the store has it so or as pieces; with its key
+//! and the rest in one block: [`crate::store::packed`]), so that using
 //! it again is a decode instead of lookups through the memtables and table
 //! files (most of what a command cost once members outgrew the cache). The
 //! row is the one the batch that last changed the account wrote to the
@@ -18,6 +19,7 @@
 use crate::domain::{Account, AccountKey, Millis};
 use crate::evict;
 use crate::projection::Tail;
+use crate::store::packed::{Packed, PackedSet};
 use crate::store::{accounts, snapshot};
 use crate::FastMap;
 
@@ -75,29 +77,31 @@ fn key_bytes(key: &AccountKey) -> usize {
 /// account, and growing it moves pointers.
 type Slot = (AccountKey, (Box<Kept>, usize));
 
-/// An account let go by the decoded tier: the account and its statement's
-/// last page as one row, the rest of what it was kept with, what it weighs
-/// with its key, and a mark [`evict`] reads (never set: a row used leaves
-/// the tier).
-struct Row {
-    row: Box<[u8]>,
-    due: Option<Millis>,
-    changed: accounts::Changed,
-    bytes: usize,
-    recent: bool,
+/// `key` as the rows tier finds it (each of its ids after its length).
+fn key_of(key: &AccountKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + key_bytes(key));
+    for id in [&key.tenant_id, &key.programme_id, &key.member_id] {
+        out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+    }
+    out
 }
 
-impl Row {
-    fn of(key: &AccountKey, kept: Kept) -> Row {
-        let row = kept.row.unwrap_or_else(|| snapshot::encode_account_with(&kept.account, kept.page.as_ref()).into());
-        // Counted as the allocator holds it: a map's slots about two-thirds
-        // full, and each block rounded up to 16 bytes (a row weighs little,
-        // so what comes with it is much of it).
-        let block = |n: usize| n.div_ceil(16) * 16;
-        let key_blocks = block(key.tenant_id.len()) + block(key.programme_id.len()) + block(key.member_id.len());
-        let bytes = std::mem::size_of::<(AccountKey, Row)>() * 3 / 2 + key_blocks + block(row.len());
-        Row { row, due: kept.due, changed: kept.changed, bytes, recent: false }
-    }
+/// An account let go by the decoded tier, as a row of the rows tier
+/// ([`accounts::kept_row`]; a member kept so weighs its row and ~50
+/// bytes), or `None` when it has changes not written (never so: a batch
+/// puts back what it wrote).
+fn row_of(key: &AccountKey, kept: Kept) -> Option<Packed> {
+    let row = match kept.row {
+        Some(row) => row,
+        None => snapshot::encode_account_with(&kept.account, kept.page.as_ref()).into(),
+    };
+    accounts::kept_row(&key_of(key), &kept.changed, kept.due, &row)
+}
+
+/// The account and its statement's last page, as stored.
+fn stored(row: &Packed) -> Option<&[u8]> {
+    accounts::read_kept_row(row).map(|(_, _, stored)| stored)
 }
 
 /// The accounts kept, decoded and as rows, what they weigh, and the most
@@ -105,11 +109,9 @@ impl Row {
 pub(super) struct Cache {
     kept: FastMap<AccountKey, (Box<Kept>, usize)>,
     bytes: usize,
-    rows: FastMap<AccountKey, Row>,
-    rows_bytes: usize,
+    rows: PackedSet,
     /// Both tiers together.
     bytes_max: usize,
-    rows_max: usize,
     decoded_max: usize,
 }
 
@@ -128,10 +130,8 @@ impl Cache {
         Cache {
             kept: FastMap::default(),
             bytes: 0,
-            rows: FastMap::default(),
-            rows_bytes: 0,
+            rows: PackedSet::new(share(rows_percent)),
             bytes_max,
-            rows_max: share(rows_percent),
             decoded_max: share(decoded_percent),
         }
     }
@@ -144,7 +144,7 @@ impl Cache {
     /// An account kept as a row, decoded, left where it is (a preview's);
     /// `None` when it is not kept so or its row does not decode.
     pub(super) fn read_row(&self, key: &AccountKey) -> Option<Account> {
-        snapshot::decode_account(&self.rows.get(key)?.row).ok()
+        snapshot::decode_account(stored(self.rows.get(&key_of(key))?)?).ok()
     }
 
     /// Takes an account out, decoding it if the cache kept its row (a
@@ -155,12 +155,13 @@ impl Cache {
             self.bytes -= bytes;
             return Some(*kept);
         }
-        let row = self.rows.remove(key)?;
-        self.rows_bytes -= row.bytes;
-        match snapshot::decode_account_with_tail(&row.row) {
-            Ok((account, page)) => {
-                Some(Kept { account, due: row.due, changed: row.changed, page, recent: false, row: Some(row.row) })
-            }
+        let row = self.rows.take(&key_of(key))?;
+        let Some((changed, due, stored)) = accounts::read_kept_row(&row) else {
+            tracing::error!(account = %key, "an account the writer kept as a row is cut short; reading it from the store");
+            return None;
+        };
+        match snapshot::decode_account_with_tail(stored) {
+            Ok((account, page)) => Some(Kept { account, due, changed, page, recent: false, row: Some(stored.into()) }),
             Err(e) => {
                 tracing::error!(account = %key, error = %e, "an account the writer kept as a row does not decode; reading it from the store");
                 None
@@ -176,7 +177,7 @@ impl Cache {
         let weighed: Vec<_> = accounts.into_iter().map(|(key, kept)| (kept.bytes(&key), key, kept)).collect();
         let coming = weighed.iter().map(|(bytes, ..)| bytes).sum();
         let over =
-            evict::over(self.bytes, coming, self.decoded_max.min(self.bytes_max.saturating_sub(self.rows_bytes)));
+            evict::over(self.bytes, coming, self.decoded_max.min(self.bytes_max.saturating_sub(self.rows.bytes())));
         let mut gone = Vec::new();
         self.bytes -= evict::evict_into(
             &mut self.kept,
@@ -196,41 +197,19 @@ impl Cache {
 
     /// Keeps the rows of accounts the decoded tier let go, making room.
     fn keep_rows(&mut self, gone: Vec<(AccountKey, Box<Kept>)>) {
-        let room = self.rows_max.min(self.bytes_max.saturating_sub(self.bytes));
-        // No more of them than fit, the kept rows gone.
-        let mut coming = 0;
-        let rows: Vec<_> = gone
-            .into_iter()
-            .map_while(|(key, kept)| {
-                let row = Row::of(&key, *kept);
-                coming += row.bytes;
-                (coming <= room).then_some((row, key))
-            })
-            .collect();
-        let coming = rows.iter().map(|(row, _)| row.bytes).sum();
-        let over = evict::over(self.rows_bytes, coming, room);
-        self.rows_bytes -= evict::evict(&mut self.rows, over, |r| r.bytes, |r| &mut r.recent);
-        for (row, key) in rows {
-            if self.rows_bytes + row.bytes > room {
-                continue;
-            }
-            self.rows_bytes += row.bytes;
-            if let Some(was) = self.rows.insert(key, row) {
-                self.rows_bytes -= was.bytes;
-            }
-        }
+        let room = self.bytes_max.saturating_sub(self.bytes);
+        self.rows.keep(gone.into_iter().filter_map(|(key, kept)| row_of(&key, *kept)).collect(), room);
     }
 
     pub(super) fn clear(&mut self) {
         self.kept.clear();
         self.bytes = 0;
         self.rows.clear();
-        self.rows_bytes = 0;
     }
 
     /// Accounts kept (decoded or as rows), and what they weigh.
     pub(super) fn size(&self) -> (usize, usize) {
-        (self.kept.len() + self.rows.len(), self.bytes + self.rows_bytes)
+        (self.kept.len() + self.rows.len(), self.bytes + self.rows.bytes())
     }
 }
 
@@ -264,6 +243,10 @@ mod tests {
 
     fn key(i: usize) -> AccountKey {
         AccountKey::new("t", "p", &format!("m{i:04}"))
+    }
+
+    fn has_row(c: &Cache, key: &AccountKey) -> bool {
+        c.rows.get(&key_of(key)).is_some()
     }
 
     /// The decoded tier's accounts and what they weigh.
@@ -337,7 +320,7 @@ mod tests {
             assert_eq!((back.account, back.due, back.changed.is_inline()), (want.account, want.due, true));
         }
         assert_eq!(cache.rows.len(), 0);
-        assert_eq!(cache.rows_bytes, 0);
+        assert_eq!(cache.rows.bytes(), 0);
     }
 
     #[test]
@@ -348,7 +331,7 @@ mod tests {
         let mut cache = cache(10 * (one + written.len()));
         cache.put_back((0..10).map(|i| (key(i), with_row())).collect());
         cache.put_back((10..13).map(|i| (key(i), with_row())).collect());
-        let gone = (0..10).find(|i| cache.rows.contains_key(&key(*i))).expect("one kept as a row");
+        let gone = (0..10).find(|i| has_row(&cache, &key(*i))).expect("one kept as a row");
         let back = cache.take(&key(gone)).unwrap();
         assert_eq!(back.account, with_lots(4).account, "the row it came with");
         assert_eq!(back.row, Some(written), "and it keeps it while unchanged");
@@ -360,7 +343,7 @@ mod tests {
         let mut cache = Cache::new(100 * one);
         for i in 0..1000 {
             cache.put_back(vec![(key(i), with_lots(3))]);
-            assert!(cache.bytes <= 10 * one && cache.bytes + cache.rows_bytes <= cache.bytes_max);
+            assert!(cache.bytes <= 10 * one && cache.bytes + cache.rows.bytes() <= cache.bytes_max);
         }
         assert!(cache.size().0 > 100, "more members than the budget holds decoded: {:?}", cache.size());
     }
@@ -368,9 +351,9 @@ mod tests {
     #[test]
     fn an_account_kept_as_a_row_reads_without_leaving_the_tier() {
         let cache = some_let_go();
-        let gone = (0..10).find(|i| cache.rows.contains_key(&key(*i))).expect("one kept as a row");
+        let gone = (0..10).find(|i| has_row(&cache, &key(*i))).expect("one kept as a row");
         assert_eq!(cache.read_row(&key(gone)), Some(with_lots(3).account));
-        assert!(cache.rows.contains_key(&key(gone)));
+        assert!(has_row(&cache, &key(gone)));
         assert_eq!(cache.read_row(&key(99)), None, "not kept");
     }
 
@@ -380,9 +363,8 @@ mod tests {
         let mut cache = Cache::new(4 * one);
         for i in 0..200 {
             cache.put_back(vec![(key(i), with_lots(3))]);
-            assert!(cache.rows_bytes <= cache.rows_max && cache.bytes + cache.rows_bytes <= cache.bytes_max);
+            assert!(cache.rows.bytes() <= cache.rows.max() && cache.bytes + cache.rows.bytes() <= cache.bytes_max);
         }
-        assert_eq!(cache.rows_bytes, cache.rows.values().map(|r| r.bytes).sum::<usize>());
         assert!(cache.rows.len() > cache.kept.len(), "a row weighs less than a decoded account");
     }
 
@@ -400,7 +382,7 @@ mod tests {
         cache.put_back(vec![(key(0), with_lots(big)), (key(1), with_lots(big))]);
         cache.put_back(vec![(key(0), stored)]);
         cache.put_back(vec![(key(2), with_lots(big))]);
-        assert!(cache.get(&key(0)).is_none() && cache.rows.contains_key(&key(0)));
+        assert!(cache.get(&key(0)).is_none() && has_row(&cache, &key(0)));
         let back = cache.take(&key(0)).expect("kept as a row");
         assert_eq!(back.account, with_lots(big).account);
         assert!(!back.changed.is_inline(), "still stored as pieces");
@@ -409,12 +391,54 @@ mod tests {
     #[test]
     fn a_kept_row_that_does_not_decode_is_left_to_the_store() {
         let mut cache = some_let_go();
-        let gone = (0..10).find(|i| cache.rows.contains_key(&key(*i))).expect("one kept as a row");
+        let gone = (0..10).find(|i| has_row(&cache, &key(*i))).expect("one kept as a row");
         let rows = cache.rows.len();
-        cache.rows.get_mut(&key(gone)).unwrap().row = vec![0xff; 7].into_boxed_slice();
+        let row = cache.rows.take(&key_of(&key(gone))).unwrap();
+        let head = row.value().len() - stored(&row).unwrap().len();
+        let mangled = Packed::new(row.key(), &[&row.value()[..head], &[0xff; 7]]);
+        cache.rows.keep(vec![mangled], usize::MAX);
         assert!(cache.take(&key(gone)).is_none(), "read from the store instead");
         assert_eq!(cache.rows.len(), rows - 1);
-        assert_eq!(cache.rows_bytes, cache.rows.values().map(|r| r.bytes).sum::<usize>());
+    }
+
+    #[test]
+    fn an_account_let_go_is_kept_with_its_key_due_instant_and_row() {
+        let written: Box<[u8]> = snapshot::encode_account_with(&with_lots(2).account, None).into();
+        let kept = Kept { due: Some(-7), row: Some(written.clone()), ..with_lots(2) };
+        let row = row_of(&key(3), kept).expect("at rest");
+        let (changed, due, stored) = accounts::read_kept_row(&row).unwrap();
+        assert_eq!(
+            (row.key(), due, changed.is_inline(), stored),
+            (key_of(&key(3)).as_slice(), Some(-7), true, &written[..])
+        );
+    }
+
+    #[test]
+    fn an_account_with_changes_not_written_is_not_kept_as_a_row() {
+        let mut k = with_lots(1);
+        k.changed.note(&Event::AccountFrozen {
+            earning: true,
+            spending: false,
+            operator: "o".into(),
+            reason: "r".into(),
+        });
+        assert!(row_of(&key(0), k).is_none());
+    }
+
+    #[test]
+    fn keys_whose_ids_split_differently_are_different_rows() {
+        let (a, b) = (AccountKey::new("ab", "c", "m"), AccountKey::new("a", "bc", "m"));
+        assert_ne!(key_of(&a), key_of(&b));
+        let mut cache = cache(1 << 20);
+        cache.rows.keep(vec![row_of(&a, with_lots(1)).unwrap()], usize::MAX);
+        assert!(has_row(&cache, &a) && !has_row(&cache, &b));
+    }
+
+    #[test]
+    fn a_member_kept_as_a_row_weighs_its_row_and_little_more() {
+        let row = row_of(&key(0), with_lots(3)).unwrap();
+        let stored = snapshot::encode_account(&with_lots(3).account).len();
+        assert!(row.bytes() <= stored + key_bytes(&key(0)) + 64, "{} for a row of {stored}", row.bytes());
     }
 
     #[test]
