@@ -57,7 +57,7 @@ impl Reconciler {
     ) -> anyhow::Result<Reconciler> {
         let n = log.partitions();
         let mut lanes: Vec<Lane> = (0..n)
-            .map(|p| store::read_cursor(&books, p).map(|cursor| Lane { cursor, risk: RiskFold::default() }))
+            .map(|p| store::read_cursor(&books, p).map(|cursor| Lane { cursor, risk: RiskFold::live(n) }))
             .collect::<Result<_, _>>()?;
         let mut readers =
             (0..n).map(|p| log.follower(p, lanes[p as usize].cursor.next)).collect::<Result<Vec<_>, _>>()?;

@@ -76,20 +76,21 @@ fn programme_of(a: &AccountKey) -> ProgrammeKey {
 }
 
 /// Accounts' risk counters a fold keeps decoded between batches, per
-/// partition (about 370 bytes each with the key: ~15 MB a partition when
-/// full). Every command reads its account's counters, so a cache smaller
-/// than a partition's active members turns each into a database lookup:
-/// with 10,000, at 100,000 members (25,000 a partition) most missed.
-pub const RISK_CACHE_ACCOUNTS: usize = 40_000;
+/// partition (about 370 bytes each with the key: ~3.7 MB a partition when
+/// full); behind them, those it lets go are kept as rows
+/// ([`RISK_ROWS_BYTES`]), a tenth of the weight and a decode away. A
+/// batch's members (4,096 records at most) fit.
+pub const RISK_CACHE_ACCOUNTS: usize = 10_000;
 /// Accounts' counters a rebuild from offset zero keeps per partition before
 /// writing them out (~185 MB when full; two partitions fold at a time).
 pub const REBUILD_RISK_CACHE_ACCOUNTS: usize = 500_000;
-/// What the counters the live fold lets go may weigh, kept as their rows,
-/// per partition: a bench member's counters are a row of a few dozen bytes
-/// (~100 with its key), so this keeps ~300,000 members a partition, where
-/// decoded they would weigh ~370 bytes each. A member not kept is a
-/// lookup in the books' database (at 1,000,000 members most of them were).
-pub const RISK_ROWS_BYTES: usize = 32 << 20;
+/// What the counters the live fold lets go may weigh in all, kept as their
+/// rows, shared among the partitions ([`RiskFold::live`]): a bench member's
+/// counters are a row of a few dozen bytes (~90 with its key), so this
+/// keeps ~1,000,000 members, where decoded they would weigh ~370 bytes
+/// each. A member not kept is a lookup in the books' database (at
+/// 1,000,000 members most of them were).
+pub const RISK_ROWS_BYTES: usize = 96 << 20;
 
 /// A partition's risk fold: the counters of the accounts it has seen (kept
 /// between batches, up to [`RISK_CACHE_ACCOUNTS`] decoded and behind them,
@@ -100,8 +101,9 @@ pub struct RiskFold {
     /// Counters as stored (or about to be), whether listed in `dirty`, and
     /// whether used since the cache last made room ([`crate::evict`]).
     accounts: FastMap<AccountKey, (state::RiskState, bool, bool)>,
-    /// Counters `accounts` let go, as stored, found by their row's key (a
-    /// rebuild keeps none: it writes what it lets go).
+    /// Counters `accounts` let go, as stored or about to be (as `accounts`:
+    /// [`RiskFold::clear`] after a batch not written), found by their row's
+    /// key (a rebuild keeps none: it writes what it lets go).
     rows: PackedSet,
     dirty: Vec<AccountKey>,
     issuance: HashMap<(ProgrammeKey, i64), i64>,
@@ -120,8 +122,16 @@ pub struct RiskFold {
     nothing_written: bool,
 }
 
+impl RiskFold {
+    /// The live fold of one of `partitions`: its share of [`RISK_ROWS_BYTES`].
+    pub fn live(partitions: u32) -> RiskFold {
+        RiskFold { rows: PackedSet::new(RISK_ROWS_BYTES / partitions.max(1) as usize), ..RiskFold::default() }
+    }
+}
+
 impl Default for RiskFold {
-    /// The live fold: every batch writes the counters it changed.
+    /// The live fold: every batch writes the counters it changed (keeping
+    /// the whole of [`RISK_ROWS_BYTES`] for the rows it lets go).
     fn default() -> RiskFold {
         RiskFold {
             accounts: FastMap::default(),

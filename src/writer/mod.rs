@@ -58,7 +58,8 @@ use crate::store::Db;
 /// ([`WriterConfig::cache_bytes_max`] is a partition's share): the most
 /// that kept a 10-minute run on 1,000,000 members under 1 GiB of RSS (867
 /// MiB; 192 MiB took 1,070; 1,013 since half of it may hold rows; 4-minute
-/// runs peaked at 707-734 MiB since nine tenths of it may hold rows). A `SubmitBatch`
+/// runs peaked at 707-734 MiB since nine tenths of it may hold rows; 400
+/// MiB kept 771,000 members but took 1,281 MiB in 10 minutes). A `SubmitBatch`
 /// run on 100,000 members of ~11 commands each, which weigh ~290 MiB,
 /// measured ~5 % slower with it than with every member kept
 /// (docs/benchmarks-log.md).
