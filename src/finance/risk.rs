@@ -76,11 +76,12 @@ fn programme_of(a: &AccountKey) -> ProgrammeKey {
 }
 
 /// Accounts' risk counters a fold keeps decoded between batches, per
-/// partition (about 370 bytes each with the key: ~3.7 MB a partition when
+/// partition (about 370 bytes each with the key: ~15 MB a partition when
 /// full); behind them, those it lets go are kept as rows
-/// ([`RISK_ROWS_BYTES`]), a tenth of the weight and a decode away. A
-/// batch's members (4,096 records at most) fit.
-pub const RISK_CACHE_ACCOUNTS: usize = 10_000;
+/// ([`RISK_ROWS_BYTES`]), a decode and an encoding away: with 10,000, at
+/// 100,000 members (25,000 a partition) the fold took ~15 % more CPU a
+/// command than with every member decoded.
+pub const RISK_CACHE_ACCOUNTS: usize = 40_000;
 /// Accounts' counters a rebuild from offset zero keeps per partition before
 /// writing them out (~185 MB when full; two partitions fold at a time).
 pub const REBUILD_RISK_CACHE_ACCOUNTS: usize = 500_000;
