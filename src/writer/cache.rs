@@ -77,14 +77,9 @@ fn key_bytes(key: &AccountKey) -> usize {
 /// account, and growing it moves pointers.
 type Slot = (AccountKey, (Box<Kept>, usize));
 
-/// `key` as the rows tier finds it (each of its ids after its length).
+/// `key` as the rows tier finds it: as the store does.
 fn key_of(key: &AccountKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + key_bytes(key));
-    for id in [&key.tenant_id, &key.programme_id, &key.member_id] {
-        out.extend_from_slice(&(id.len() as u32).to_le_bytes());
-        out.extend_from_slice(id.as_bytes());
-    }
-    out
+    crate::store::account_key(key)
 }
 
 /// An account let go by the decoded tier, as a row of the rows tier
